@@ -1,0 +1,162 @@
+"""Keys, streaming encryption (age, through pyrage), signatures (Ed25519) and hashes.
+
+No cipher is written here: data files and releases use the age format (X25519 + ChaCha20-Poly1305
+in 64 KiB chunks, the STREAM construction), signatures use Ed25519 from `cryptography`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyrage
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pyrage import x25519
+
+from cleanroom.errors import IntegrityError, ValidationError
+
+__all__ = [
+    "KeyPair",
+    "canonical_json",
+    "decrypt_bytes",
+    "decrypt_stream",
+    "encrypt_bytes",
+    "encrypt_stream",
+    "fingerprint",
+    "generate_keypair",
+    "sha256_bytes",
+    "sha256_file",
+    "sign",
+    "verify",
+]
+
+CHUNK = 1 << 20
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one byte form of a JSON value that signatures and hashes are computed over."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(public: str) -> str:
+    """Short, comparable fingerprint of a public key string."""
+    return "SHA256:" + hashlib.sha256(public.strip().encode()).hexdigest()[:32]
+
+
+class KeyPair:
+    """An encryption (age X25519) and a signing (Ed25519) key pair, as text."""
+
+    def __init__(self, enc_secret: str, sign_secret: str) -> None:
+        try:
+            self._identity = x25519.Identity.from_str(enc_secret.strip())
+            raw = base64.b64decode(sign_secret.strip(), validate=True)
+            self._signing = Ed25519PrivateKey.from_private_bytes(raw)
+        except Exception as exc:  # malformed key files
+            raise ValidationError("the key file is not a valid cleanroom key pair") from exc
+        self.enc_secret = enc_secret.strip()
+        self.sign_secret = sign_secret.strip()
+
+    @property
+    def enc_public(self) -> str:
+        return str(self._identity.to_public())
+
+    @property
+    def sign_public(self) -> str:
+        raw = self._signing.public_key().public_bytes_raw()
+        return base64.b64encode(raw).decode()
+
+    @property
+    def identity(self) -> x25519.Identity:
+        return self._identity
+
+    def sign(self, payload: Any) -> str:
+        return base64.b64encode(self._signing.sign(canonical_json(payload))).decode()
+
+    def to_dict(self) -> dict[str, str]:
+        return {"enc_secret": self.enc_secret, "sign_secret": self.sign_secret,
+                "enc_public": self.enc_public, "sign_public": self.sign_public}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> KeyPair:
+        return cls(data["enc_secret"], data["sign_secret"])
+
+    def public_dict(self) -> dict[str, str]:
+        return {"enc_public": self.enc_public, "sign_public": self.sign_public,
+                "fingerprint": fingerprint(self.enc_public + self.sign_public)}
+
+
+def generate_keypair() -> KeyPair:
+    signing = Ed25519PrivateKey.generate()
+    return KeyPair(str(x25519.Identity.generate()), base64.b64encode(signing.private_bytes_raw()).decode())
+
+
+def sign(secret: KeyPair, payload: Any) -> str:
+    return secret.sign(payload)
+
+
+def verify(sign_public: str, payload: Any, signature: str) -> None:
+    """Raise IntegrityError unless `signature` is `sign_public`'s signature of `payload`."""
+    try:
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(sign_public, validate=True))
+        key.verify(base64.b64decode(signature, validate=True), canonical_json(payload))
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        raise IntegrityError("signature does not verify") from exc
+
+
+def _recipients(publics: list[str]) -> list[x25519.Recipient]:
+    if not publics:
+        raise ValidationError("encryption needs at least one recipient")
+    try:
+        return [x25519.Recipient.from_str(p.strip()) for p in publics]
+    except Exception as exc:
+        raise ValidationError("a recipient is not a valid age public key") from exc
+
+
+def encrypt_stream(src: BinaryIO, dst: BinaryIO, recipients: list[str]) -> None:
+    """Encrypt `src` to every recipient, streaming in chunks (memory stays flat)."""
+    pyrage.encrypt_io(src, dst, _recipients(recipients))
+
+
+def decrypt_stream(src: BinaryIO, dst: BinaryIO, identity: KeyPair) -> None:
+    """Decrypt `src` into `dst`. Tampering, truncation or a wrong key is an IntegrityError.
+
+    `dst` may have received part of the plaintext when this raises: callers decrypt into
+    memory they throw away on error.
+    """
+    try:
+        pyrage.decrypt_io(src, dst, [identity.identity])
+    except (pyrage.DecryptError, OSError, ValueError) as exc:
+        msg = str(exc)
+        if "No matching keys" in msg:
+            raise IntegrityError("the ciphertext was not encrypted to this key",
+                                 hint="check that the data was encrypted to this room's key") from exc
+        raise IntegrityError(f"ciphertext is corrupt or truncated ({msg})") from exc
+
+
+def encrypt_bytes(data: bytes, recipients: list[str]) -> bytes:
+    out = io.BytesIO()
+    encrypt_stream(io.BytesIO(data), out, recipients)
+    return out.getvalue()
+
+
+def decrypt_bytes(data: bytes, identity: KeyPair) -> bytes:
+    out = io.BytesIO()
+    decrypt_stream(io.BytesIO(data), out, identity)
+    return out.getvalue()
