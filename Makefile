@@ -1,0 +1,63 @@
+# One entry point for developers and CI (.ci/run runs `make test`).
+#   make install   .venv with the project and its dev tools
+#   make images    base image, wheelhouse, sandbox and app images (containers/build.py)
+#   make up        build and start the clean room, wait until healthy (scripts/up.sh)
+#   make down      stop it, keeping its volumes; `make destroy` removes the volumes too
+#   make test      ruff, then pytest against the freshly built images
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALL_STAMP := $(VENV)/.install-stamp
+IMAGES_ENV := containers/.build/images.env
+COMPOSE := scripts/compose.sh
+PYTEST_ARGS ?=
+
+.PHONY: help install images up down destroy clean-room-state lint typecheck test bench check
+
+help:
+	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
+
+install: $(INSTALL_STAMP)
+
+$(INSTALL_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[dev]'
+	@touch $@
+
+images: install
+	$(PY) containers/build.py
+
+up: images
+	scripts/up.sh
+
+down:
+	$(COMPOSE) down --remove-orphans
+
+destroy clean-room-state:
+	$(COMPOSE) down --remove-orphans --volumes
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+# pytest's exit code 5 (no test collected) fails here like any other failure.
+test: install lint images
+	set -a; . ./$(IMAGES_ENV); set +a; \
+	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
+	exit $$rc
+
+bench: install images
+	set -a; . ./$(IMAGES_ENV); set +a; \
+	for bench in benchmarks/bench_*.py; do \
+		[ -e "$$bench" ] || { echo "no benchmarks/bench_*.py yet"; break; }; \
+		echo "==> $$bench"; $(PY) "$$bench"; \
+	done
+
+check: lint typecheck test

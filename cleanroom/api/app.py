@@ -1,0 +1,142 @@
+"""The API service: `create_app(settings)` builds the FastAPI app; errors map to JSON here only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cleanroom import __version__
+from cleanroom.api.deps import authorize, hash_secret, new_token
+from cleanroom.errors import CleanroomError
+from cleanroom.settings import Settings
+from cleanroom.store import Store, new_id, now
+
+log = logging.getLogger("cleanroom.api")
+
+
+def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
+    store = store or Store(settings.data_dir)
+    app = FastAPI(title="cleanroom", version=__version__, dependencies=[Depends(authorize)],
+                  description="A plugin-based data clean room. Every route needs a bearer token "
+                              "except /health, /room and the review page's login.")
+    app.state.store = store
+    app.state.settings = settings
+    app.state.bootstrap_token = ensure_admin(store, settings)
+    ensure_runner(store, settings)
+
+    from cleanroom.api import routes_datasets, routes_jobs, routes_plugins, routes_room, routes_runner, web
+
+    for module in (routes_room, routes_datasets, routes_plugins, routes_jobs, routes_runner, web):
+        app.include_router(module.router)
+
+    @app.exception_handler(CleanroomError)
+    async def _cleanroom_error(request: Request, exc: CleanroomError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [{"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg")}
+                    for e in exc.errors()]
+        return JSONResponse({"error": "invalid_input", "message": "the request is not valid",
+                             "details": problems}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "message": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        incident = secrets.token_hex(6)
+        log.exception("unexpected error %s on %s %s", incident, request.method, request.url.path)
+        return JSONResponse({"error": "internal_error",
+                             "message": f"internal error (incident {incident}); the operator's log has "
+                                        "the details"}, status_code=500)
+
+    return app
+
+
+def ensure_admin(store: Store, settings: Settings) -> str | None:
+    """Create the bootstrap admin org on first start. Returns its token once (else None)."""
+    with store.tx() as conn:
+        if conn.execute("SELECT 1 FROM orgs WHERE name = 'admin'").fetchone():
+            return None
+        org_id = new_id("org")
+        conn.execute("INSERT INTO orgs (id, name, roles, created_at) VALUES (?,?,?,?)",
+                     (org_id, "admin", json.dumps(["admin"]), now()))
+        if settings.bootstrap_token:
+            token = settings.bootstrap_token
+            token_id, _, secret = token.removeprefix("crt_").partition(".")
+            conn.execute("INSERT INTO tokens (id, org_id, hash, created_at) VALUES (?,?,?,?)",
+                         (token_id, org_id, hash_secret(secret), now()))
+        else:
+            token = new_token(conn, org_id)
+        from cleanroom import audit
+
+        audit.append(conn, actor="system", action="org.created", object_type="org", object_id="admin",
+                     details={"roles": ["admin"]}, ts=now())
+    return token
+
+
+def rotate_admin_token(store: Store) -> str:
+    """Revoke the admin org's tokens and return a fresh one (run on the API host by the operator)."""
+    with store.tx() as conn:
+        row = conn.execute("SELECT id FROM orgs WHERE name = 'admin'").fetchone()
+        if not row:
+            raise CleanroomError("the room has no admin org yet: start the API once first")
+        conn.execute("UPDATE tokens SET revoked_at = ? WHERE org_id = ? AND revoked_at IS NULL",
+                     (now(), row["id"]))
+        token = new_token(conn, row["id"])
+        from cleanroom import audit
+
+        audit.append(conn, actor="operator", action="token.rotated", object_type="org", object_id="admin",
+                     details={}, ts=now())
+    return token
+
+
+def ensure_runner(store: Store, settings: Settings) -> None:
+    """When CLEANROOM_RUNNER_TOKEN_FILE is set, make sure the runner org exists with that token."""
+    if not settings.runner_token_file:
+        return
+    path = Path(settings.runner_token_file)
+    token = path.read_text().strip() if path.exists() else None
+    with store.tx() as conn:
+        row = conn.execute("SELECT id FROM orgs WHERE name = 'runner'").fetchone()
+        if row is None:
+            org_id = new_id("org")
+            conn.execute("INSERT INTO orgs (id, name, roles, created_at) VALUES (?,?,?,?)",
+                         (org_id, "runner", json.dumps(["runner"]), now()))
+            from cleanroom import audit
+
+            audit.append(conn, actor="system", action="org.created", object_type="org",
+                         object_id="runner", details={"roles": ["runner"]}, ts=now())
+        else:
+            org_id = row["id"]
+        if token:
+            token_id, _, secret = token.removeprefix("crt_").partition(".")
+            known = conn.execute("SELECT hash FROM tokens WHERE id = ? AND org_id = ? AND revoked_at IS NULL",
+                                 (token_id, org_id)).fetchone()
+            if known and known["hash"] == hash_secret(secret):
+                return
+        token = new_token(conn, org_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(token + "\n")
+    tmp.chmod(0o640)
+    tmp.replace(path)
+
+
+def row_dict(row: Any, *json_fields: str) -> dict[str, Any]:
+    data = dict(row)
+    for f in json_fields:
+        if f in data and isinstance(data[f], str):
+            data[f] = json.loads(data[f])
+    return data

@@ -1,0 +1,210 @@
+"""Datasets: a two-step upload (declare, then stream the ciphertext), listing, policy versions.
+
+The API only ever sees ciphertext (checked to be an age file), the schema, the mock sample and
+the policy. Nothing is visible until the whole ciphertext arrived and its sha256 matched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from cleanroom.api.app import row_dict
+from cleanroom.api.authz import require_dataset_owner
+from cleanroom.api.deps import Ctx, get_ctx
+from cleanroom.errors import Conflict, NotFound, TooLarge, ValidationError
+from cleanroom.store import dumps, new_id, now
+
+router = APIRouter()
+DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+AGE_MAGIC = b"age-encryption.org/v1\n"
+MAX_MOCK_ROWS = 1000
+MAX_META_BYTES = 2 * 2**20
+
+
+class UploadIn(BaseModel):
+    name: str
+    description: str = Field(default="", max_length=2000)
+    schema_: dict[str, Any] = Field(alias="schema")
+    row_count: int = Field(ge=0)
+    mock: list[dict[str, Any]]
+    dropped: list[str] = []
+    policy: str = Field(max_length=64_000)
+    sha256: str
+    size: int = Field(gt=0)
+
+
+def load_dataset(conn: Any, name: str) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
+    if not row:
+        raise NotFound(f"no dataset named {name!r}")
+    return row_dict(row, "schema", "mock", "dropped")
+
+
+def current_policy(conn: Any, name: str, version: int) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM policies WHERE dataset = ? AND version = ?", (name, version)).fetchone()
+    return row_dict(row, "policy")
+
+
+def dataset_view(conn: Any, ds: dict[str, Any], *, full: bool) -> dict[str, Any]:
+    owner = conn.execute("SELECT name FROM orgs WHERE id = ?", (ds["owner_id"],)).fetchone()["name"]
+    pol = current_policy(conn, ds["name"], ds["policy_version"])
+    view = {"name": ds["name"], "owner": owner, "description": ds["description"],
+            "row_count": ds["row_count"], "sha256": ds["sha256"], "size": ds["size"],
+            "policy_version": ds["policy_version"], "policy_sha256": pol["sha256"],
+            "created_at": ds["created_at"], "columns": [c.get("name") for c in ds["schema"].get("columns", [])]}
+    if full:
+        view.update({"schema": ds["schema"], "mock": ds["mock"], "dropped": ds["dropped"],
+                     "policy": pol["policy"], "policy_text": pol["text"]})
+    return view
+
+
+def _validate_meta(body: UploadIn) -> dict[str, Any]:
+    from cleanroom.policy import parse_policy
+
+    if not DATASET_NAME.match(body.name):
+        raise ValidationError("dataset names are 1-63 characters: lowercase letters, digits, '_', '.', '-'")
+    if not SHA256.match(body.sha256):
+        raise ValidationError("sha256 must be 64 lowercase hex characters")
+    columns = body.schema_.get("columns")
+    if not isinstance(columns, list) or not columns or not all(isinstance(c, dict) and "name" in c
+                                                              for c in columns):
+        raise ValidationError("schema must have a non-empty 'columns' list of {name, type}")
+    names = [c["name"] for c in columns]
+    if "_pid" not in names:
+        raise ValidationError("the schema has no _pid column: pseudonymise the id column on the "
+                              "owner's machine (cleanroom dataset upload --id-column)")
+    if len(body.mock) > MAX_MOCK_ROWS:
+        raise ValidationError(f"the mock sample has more than {MAX_MOCK_ROWS} rows")
+    for index, row in enumerate(body.mock):
+        extra = set(row) - set(names)
+        if extra:
+            raise ValidationError(f"mock row {index} has columns not in the schema: {sorted(extra)}")
+    if len(dumps(body.schema_)) + len(dumps(body.mock)) > MAX_META_BYTES:
+        raise TooLarge("schema and mock sample are larger than 2 MiB")
+    policy = parse_policy(body.policy)
+    return {"policy": policy}
+
+
+@router.post("/datasets/uploads", status_code=201, tags=["datasets"])
+def create_upload(body: UploadIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Declare a dataset (schema, mock, policy, ciphertext hash); then PUT the ciphertext."""
+    checked = _validate_meta(body)
+    if body.size > ctx.settings.max_upload_bytes:
+        raise TooLarge(f"the ciphertext is larger than the room's limit of {ctx.settings.max_upload_bytes} "
+                       "bytes", hint="ask the operator to raise CLEANROOM_MAX_UPLOAD_BYTES")
+    with ctx.store.tx() as conn:
+        if conn.execute("SELECT 1 FROM datasets WHERE name = ?", (body.name,)).fetchone():
+            raise Conflict(f"a dataset named {body.name!r} exists already",
+                           hint="choose another name; data changes are new datasets")
+        dup = conn.execute("SELECT name FROM datasets WHERE sha256 = ?", (body.sha256,)).fetchone()
+        if dup:
+            raise Conflict(f"this ciphertext was uploaded already as {dup['name']!r} (replayed upload)")
+        upload_id = new_id("upl")
+        meta = body.model_dump(by_alias=True)
+        meta["policy_dict"] = checked["policy"].to_dict()
+        conn.execute("INSERT INTO uploads (id, org_id, meta, created_at) VALUES (?,?,?,?)",
+                     (upload_id, ctx.caller.org_id, json.dumps(meta), now()))
+    return {"upload_id": upload_id, "put": f"/datasets/uploads/{upload_id}"}
+
+
+@router.put("/datasets/uploads/{upload_id}", tags=["datasets"])
+async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Stream the ciphertext. The dataset appears only when all of it arrived intact."""
+    with ctx.store.read() as conn:
+        row = conn.execute("SELECT * FROM uploads WHERE id = ? AND org_id = ?",
+                           (upload_id, ctx.caller.org_id)).fetchone()
+    if not row:
+        raise NotFound("no such upload; declare it first with POST /datasets/uploads")
+    meta = json.loads(row["meta"])
+    writer = ctx.store.blobs.writer(max_bytes=min(meta["size"], ctx.settings.max_upload_bytes))
+    head = b""
+    try:
+        async for chunk in request.stream():
+            if len(head) < len(AGE_MAGIC):
+                head += chunk[: len(AGE_MAGIC)]
+                if not AGE_MAGIC.startswith(head[: len(AGE_MAGIC)]):
+                    raise ValidationError("the upload is not an age ciphertext: the room only accepts "
+                                          "data encrypted to its key", hint="use cleanroom dataset upload")
+            writer.write(chunk)
+        if writer.size != meta["size"]:
+            raise ValidationError(f"upload is incomplete: got {writer.size} of {meta['size']} bytes",
+                                  hint="retry the upload")
+        digest, size = writer.commit(meta["sha256"])
+    except BaseException:
+        writer.abort()
+        raise
+    try:
+        with ctx.store.tx() as conn:
+            if conn.execute("SELECT 1 FROM datasets WHERE name = ? OR sha256 = ?",
+                            (meta["name"], digest)).fetchone():
+                raise Conflict("the dataset was created meanwhile by another upload")
+            conn.execute(
+                "INSERT INTO datasets (name, owner_id, sha256, size, row_count, schema, mock, dropped,"
+                " description, policy_version, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (meta["name"], ctx.caller.org_id, digest, size, meta["row_count"], dumps(meta["schema"]),
+                 dumps(meta["mock"]), dumps(meta["dropped"]), meta["description"], 1, now()))
+            policy = meta["policy_dict"]
+            conn.execute("INSERT INTO policies (dataset, version, text, policy, sha256, created_at)"
+                         " VALUES (?,?,?,?,?,?)",
+                         (meta["name"], 1, meta["policy"], dumps(policy), _policy_hash(policy), now()))
+            conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+            ctx.audit(conn, "dataset.uploaded", "dataset", meta["name"],
+                      {"sha256": digest, "size": size, "rows": meta["row_count"], "policy_version": 1,
+                       "policy_sha256": _policy_hash(policy)})
+            view = dataset_view(conn, load_dataset(conn, meta["name"]), full=False)
+    except BaseException:
+        ctx.store.blobs.delete(digest)
+        raise
+    return view
+
+
+def _policy_hash(policy: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(dumps(policy).encode()).hexdigest()
+
+
+@router.get("/datasets", tags=["datasets"])
+def list_datasets(ctx: Ctx = Depends(get_ctx)) -> list[dict[str, Any]]:
+    """Every dataset in the room: owner, size, rows, columns, policy version."""
+    with ctx.store.read() as conn:
+        rows = conn.execute("SELECT * FROM datasets ORDER BY name").fetchall()
+        return [dataset_view(conn, row_dict(r, "schema", "mock", "dropped"), full=False) for r in rows]
+
+
+@router.get("/datasets/{name}", tags=["datasets"])
+def get_dataset(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """One dataset: schema, policy, mock sample and ciphertext hash."""
+    with ctx.store.read() as conn:
+        return dataset_view(conn, load_dataset(conn, name), full=True)
+
+
+class PolicyIn(BaseModel):
+    policy: str = Field(max_length=64_000)
+
+
+@router.put("/datasets/{name}/policy", tags=["datasets"])
+def update_policy(name: str, body: PolicyIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Publish a new policy version; approvals bound to older versions stop counting."""
+    from cleanroom.policy import parse_policy
+
+    policy = parse_policy(body.policy).to_dict()
+    with ctx.store.tx() as conn:
+        ds = load_dataset(conn, name)
+        require_dataset_owner(ctx.caller, ds)
+        if _policy_hash(policy) == current_policy(conn, name, ds["policy_version"])["sha256"]:
+            raise Conflict("the policy is unchanged")
+        version = ds["policy_version"] + 1
+        conn.execute("INSERT INTO policies (dataset, version, text, policy, sha256, created_at)"
+                     " VALUES (?,?,?,?,?,?)", (name, version, body.policy, dumps(policy),
+                                                _policy_hash(policy), now()))
+        conn.execute("UPDATE datasets SET policy_version = ? WHERE name = ?", (version, name))
+        ctx.audit(conn, "dataset.policy_changed", "dataset", name,
+                  {"policy_version": version, "policy_sha256": _policy_hash(policy)})
+        return dataset_view(conn, load_dataset(conn, name), full=True)

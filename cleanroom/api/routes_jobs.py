@@ -1,0 +1,291 @@
+"""Jobs (submitted by analysts, checked against every input's policy and approvals) and releases."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from cleanroom.api.app import row_dict
+from cleanroom.api.authz import Caller, visible_job
+from cleanroom.api.deps import Ctx, get_ctx
+from cleanroom.api.routes_datasets import current_policy, load_dataset
+from cleanroom.api.routes_plugins import check_signed
+from cleanroom.errors import Conflict, NotFound, PermissionDenied, RateLimited, ValidationError
+from cleanroom.store import dumps, new_id, now
+
+router = APIRouter()
+TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
+
+
+class JobIn(BaseModel):
+    spec: str = Field(max_length=100_000)
+
+
+def job_context(conn: Any, spec: Any) -> dict[str, Any]:
+    """Everything `jobspec.check_job` needs, read from the store."""
+    from cleanroom.policy import Policy
+
+    datasets: dict[str, Any] = {}
+    for name in spec.dataset_names():
+        row = conn.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
+        if not row:
+            continue
+        ds = dict(row)
+        pol = current_policy(conn, name, ds["policy_version"])
+        owner = conn.execute("SELECT name FROM orgs WHERE id = ?", (ds["owner_id"],)).fetchone()["name"]
+        datasets[name] = {"owner": owner, "owner_id": ds["owner_id"],
+                          "policy": Policy.from_dict(pol["policy"]),
+                          "policy_version": ds["policy_version"], "sha256": ds["sha256"]}
+    plugins: dict[str, Any] = {}
+    for pid in spec.plugin_ids():
+        row = conn.execute("SELECT * FROM plugins WHERE id = ?", (pid,)).fetchone()
+        if row:
+            p = row_dict(row, "manifest")
+            plugins[pid] = {"name": p["name"], "kind": p["kind"], "manifest": p["manifest"]}
+    approvals = set()
+    for row in conn.execute("SELECT a.plugin_id, a.dataset, a.policy_version, a.dataset_sha256 FROM approvals a"
+                            " JOIN datasets d ON d.name = a.dataset"
+                            " WHERE a.decision = 'approve' AND a.revoked_at IS NULL AND a.org_id = d.owner_id"):
+        approvals.add((row[0], row[1], row[2], row[3]))
+    budget: dict[str, float | None] = {}
+    for name, ds in datasets.items():
+        total = ds["policy"].to_dict().get("privacy", {}).get("epsilon")
+        if total is None:
+            budget[name] = None
+            continue
+        spent = conn.execute("SELECT COALESCE(SUM(epsilon), 0) FROM budget WHERE dataset = ?",
+                             (name,)).fetchone()[0]
+        budget[name] = max(0.0, float(total) - float(spent))
+    return {"datasets": datasets, "plugins": plugins, "approvals": approvals, "budget_remaining": budget}
+
+
+def input_owner_ids(conn: Any, job: dict[str, Any]) -> set[str]:
+    names = [i["dataset"] for i in job["spec"].get("inputs", [])]
+    rows = conn.execute(f"SELECT owner_id FROM datasets WHERE name IN ({','.join('?' * len(names))})",
+                        names).fetchall() if names else []
+    return {r[0] for r in rows}
+
+
+def load_job(conn: Any, job_id: str) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if not row:
+        raise NotFound("job not found")
+    job = row_dict(row, "spec", "effective_policy")
+    rec = conn.execute("SELECT id FROM orgs WHERE name = ?", (job["spec"].get("recipient"),)).fetchone()
+    job["recipient_id"] = rec[0] if rec else None
+    return job
+
+
+def job_view(conn: Any, job: dict[str, Any], rel: set[str]) -> dict[str, Any]:
+    submitter = conn.execute("SELECT name FROM orgs WHERE id = ?", (job["org_id"],)).fetchone()["name"]
+    release = conn.execute("SELECT id FROM releases WHERE job_id = ?", (job["id"],)).fetchone()
+    view = {"id": job["id"], "name": job["name"], "submitted_by": submitter, "status": job["status"],
+            "phase": job["phase"], "error_class": job["error_class"], "created_at": job["created_at"],
+            "started_at": job["started_at"], "finished_at": job["finished_at"],
+            "recipient": job["spec"].get("recipient"), "inputs": [i["dataset"] for i in job["spec"]["inputs"]],
+            "release_id": release[0] if release else None, "spec": job["spec"]}
+    # owners and staff see the reason; analysts get only the error class (no covert channel in text)
+    if rel & {"owner", "staff"}:
+        view["reason"] = job["reason"]
+        view["effective_policy"] = job["effective_policy"]
+    return view
+
+
+@router.post("/jobs", status_code=201, tags=["jobs"])
+def submit_job(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Submit a job spec (TOML). It is checked against every input's policy and the approvals."""
+    from cleanroom.jobspec import check_job, parse_jobspec
+
+    spec = parse_jobspec(body.spec)
+    with ctx.store.tx() as conn:
+        queued = conn.execute("SELECT COUNT(*) FROM jobs WHERE org_id = ? AND status IN ('queued', 'running')",
+                              (ctx.caller.org_id,)).fetchone()[0]
+        if queued >= ctx.settings.max_queued_jobs_per_org:
+            raise RateLimited(f"{queued} jobs of yours are queued or running; the limit is "
+                              f"{ctx.settings.max_queued_jobs_per_org}", hint="wait for some to finish")
+        recipient = conn.execute("SELECT id FROM orgs WHERE name = ?", (spec.recipient,)).fetchone()
+        jc = job_context(conn, spec)
+        effective = check_job(spec, recipient_exists=recipient is not None, **jc)
+        job_id = new_id("job")
+        spec_dict = spec.to_dict()
+        epsilon = spec_dict.get("outputs", {}).get("epsilon")
+        conn.execute("INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, phase, created_at)"
+                     " VALUES (?,?,?,?,?,?,?,?)",
+                     (job_id, ctx.caller.org_id, spec.name, dumps(spec_dict), dumps(effective.to_dict()),
+                      "queued", None, now()))
+        if epsilon:
+            for name in spec.dataset_names():
+                conn.execute("INSERT INTO budget (dataset, job_id, epsilon, state, created_at) VALUES (?,?,?,?,?)",
+                             (name, job_id, float(epsilon), "reserved", now()))
+        ctx.audit(conn, "job.submitted", "job", job_id,
+                  {"name": spec.name, "inputs": spec.dataset_names(), "plugins": spec.plugin_ids(),
+                   "recipient": spec.recipient, "epsilon": epsilon,
+                   "policy_versions": {n: d["policy_version"] for n, d in jc["datasets"].items()}})
+        job = load_job(conn, job_id)
+        return job_view(conn, job, {"submitter"})
+
+
+@router.get("/jobs", tags=["jobs"])
+def list_jobs(ctx: Ctx = Depends(get_ctx)) -> list[dict[str, Any]]:
+    """Jobs you submitted, jobs over your datasets, jobs released to you."""
+    out = []
+    with ctx.store.read() as conn:
+        for row in conn.execute("SELECT id FROM jobs ORDER BY created_at DESC LIMIT 500").fetchall():
+            job = load_job(conn, row[0])
+            try:
+                rel = visible_job(ctx.caller, job, input_owner_ids(conn, job))
+            except NotFound:
+                continue
+            out.append(job_view(conn, job, rel))
+    return out
+
+
+@router.get("/jobs/{job_id}", tags=["jobs"])
+def get_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """A job's status, phase and timings."""
+    with ctx.store.read() as conn:
+        job = load_job(conn, job_id)
+        rel = visible_job(ctx.caller, job, input_owner_ids(conn, job))
+        return job_view(conn, job, rel)
+
+
+@router.post("/jobs/{job_id}/cancel", tags=["jobs"])
+def cancel_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Cancel a queued or running job (its submitter, an owner of an input, or an admin)."""
+    with ctx.store.tx() as conn:
+        job = load_job(conn, job_id)
+        rel = visible_job(ctx.caller, job, input_owner_ids(conn, job))
+        if not rel & {"submitter", "owner", "staff"} or (rel == {"staff"} and not ctx.caller.is_admin):
+            raise PermissionDenied("you cannot cancel this job")
+        if job["status"] in TERMINAL:
+            raise Conflict(f"the job is {job['status']} already")
+        conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?",
+                     (now(), f"cancelled by {ctx.caller.name}", job_id))
+        conn.execute("DELETE FROM budget WHERE job_id = ? AND state = 'reserved'", (job_id,))
+        ctx.audit(conn, "job.cancelled", "job", job_id, {})
+        return job_view(conn, load_job(conn, job_id), rel)
+
+
+@router.get("/jobs/{job_id}/logs", tags=["jobs"])
+def job_logs(job_id: str, ctx: Ctx = Depends(get_ctx)) -> Response:
+    """The job's capped logs, encrypted to the input owners (decrypt with your org key)."""
+    with ctx.store.read() as conn:
+        job = load_job(conn, job_id)
+        rel = visible_job(ctx.caller, job, input_owner_ids(conn, job))
+        if "owner" not in rel:
+            raise PermissionDenied("logs are for the owners of the job's input datasets")
+        if not job["log_blob"]:
+            raise NotFound("this job has no logs (yet)")
+    return Response(ctx.store.blobs.read(job["log_blob"]), media_type="application/octet-stream")
+
+
+# Releases ---------------------------------------------------------------------------------------
+
+def load_release(conn: Any, release_id: str) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM releases WHERE id = ? OR job_id = ?", (release_id, release_id)).fetchone()
+    if not row:
+        raise NotFound("release not found")
+    return row_dict(row, "manifest", "receipt", "review_by")
+
+
+def release_state(conn: Any, release: dict[str, Any]) -> dict[str, Any]:
+    approvals = {r["dataset"]: r["org_id"] for r in
+                 conn.execute("SELECT * FROM release_approvals WHERE release_id = ?", (release["id"],))}
+    pending = [d for d in release["review_by"] if d not in approvals]
+    return {"approved_by": sorted(approvals), "pending_review": pending, "downloadable": not pending}
+
+
+def release_relation(conn: Any, caller: Caller, release: dict[str, Any]) -> set[str]:
+    job = load_job(conn, release["job_id"])
+    return visible_job(caller, job, input_owner_ids(conn, job))
+
+
+def release_view(conn: Any, release: dict[str, Any]) -> dict[str, Any]:
+    arts = [dict(r) for r in conn.execute("SELECT name, blob, size FROM release_artifacts WHERE release_id = ?"
+                                          " ORDER BY name", (release["id"],))]
+    recipient = conn.execute("SELECT name FROM orgs WHERE id = ?", (release["recipient_id"],)).fetchone()[0]
+    return {"id": release["id"], "job_id": release["job_id"], "recipient": recipient,
+            "manifest": release["manifest"], "receipt": release["receipt"], "review_by": release["review_by"],
+            "created_at": release["created_at"], "artifacts": arts, **release_state(conn, release)}
+
+
+@router.get("/releases", tags=["releases"])
+def list_releases(ctx: Ctx = Depends(get_ctx)) -> list[dict[str, Any]]:
+    """Releases addressed to you or over your data."""
+    out = []
+    with ctx.store.read() as conn:
+        for row in conn.execute("SELECT id FROM releases ORDER BY created_at DESC").fetchall():
+            release = load_release(conn, row[0])
+            try:
+                release_relation(conn, ctx.caller, release)
+            except NotFound:
+                continue
+            out.append(release_view(conn, release))
+    return out
+
+
+@router.get("/releases/{release_id}", tags=["releases"])
+def get_release(release_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """A release's manifest, check results, receipt and review state (by release or job id)."""
+    with ctx.store.read() as conn:
+        release = load_release(conn, release_id)
+        release_relation(conn, ctx.caller, release)
+        return release_view(conn, release)
+
+
+class ReleaseApprovalIn(BaseModel):
+    payload: dict[str, Any]
+    signature: str
+
+
+@router.post("/releases/{release_id}/approve", tags=["releases"])
+def approve_release(release_id: str, body: ReleaseApprovalIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """An input owner's signed approval of a release that its policy holds for review."""
+    p = body.payload
+    with ctx.store.tx() as conn:
+        release = load_release(conn, release_id)
+        if set(p) != {"type", "release_id", "dataset", "manifest_sha256", "org", "issued_at"}:
+            raise ValidationError("malformed release approval payload")
+        check_signed(conn, ctx, p, body.signature, "release-approval")
+        if p["release_id"] != release["id"]:
+            raise ValidationError("the signed payload names another release")
+        if p["dataset"] not in release["review_by"]:
+            raise ValidationError(f"{p['dataset']} does not hold this release for review")
+        ds = load_dataset(conn, p["dataset"])
+        if ds["owner_id"] != ctx.caller.org_id:
+            raise PermissionDenied(f"only the owner of {p['dataset']} can approve for it")
+        manifest_sha = hashlib.sha256(dumps(release["manifest"]).encode()).hexdigest()
+        if p["manifest_sha256"] != manifest_sha:
+            raise Conflict("the approval is for another manifest")
+        if conn.execute("SELECT 1 FROM release_approvals WHERE release_id = ? AND dataset = ?",
+                        (release["id"], p["dataset"])).fetchone():
+            raise Conflict("approved already")
+        conn.execute("INSERT INTO release_approvals (release_id, dataset, org_id, payload, signature, created_at)"
+                     " VALUES (?,?,?,?,?,?)", (release["id"], p["dataset"], ctx.caller.org_id, json.dumps(p),
+                                                body.signature, now()))
+        ctx.audit(conn, "release.approved", "release", release["id"], {"dataset": p["dataset"]})
+        return release_view(conn, release)
+
+
+@router.get("/releases/{release_id}/artifacts/{name:path}", tags=["releases"])
+def get_artifact(release_id: str, name: str, ctx: Ctx = Depends(get_ctx)) -> Response:
+    """An encrypted artifact: for the recipient once reviews are done, and for input owners."""
+    with ctx.store.read() as conn:
+        release = load_release(conn, release_id)
+        rel = release_relation(conn, ctx.caller, release)
+        is_recipient = release["recipient_id"] == ctx.caller.org_id
+        if "owner" not in rel and not is_recipient:
+            raise PermissionDenied("only the recipient and the input owners can download artifacts")
+        state = release_state(conn, release)
+        if "owner" not in rel and not state["downloadable"]:
+            raise PermissionDenied("the release waits for review by: " + ", ".join(state["pending_review"]))
+        row = conn.execute("SELECT blob FROM release_artifacts WHERE release_id = ? AND name = ?",
+                           (release["id"], name)).fetchone()
+        if not row:
+            raise NotFound(f"no artifact {name!r}")
+    return Response(ctx.store.blobs.read(row[0]), media_type="application/octet-stream")

@@ -1,0 +1,243 @@
+"""Plugins (bundles bound by hash, with their review report) and owners' signed approvals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from cleanroom.api.app import row_dict
+from cleanroom.api.authz import require_dataset_owner, visible_plugin
+from cleanroom.api.deps import Ctx, get_ctx
+from cleanroom.api.routes_datasets import load_dataset
+from cleanroom.crypto import verify
+from cleanroom.errors import Conflict, NotFound, PermissionDenied, TooLarge, ValidationError
+from cleanroom.store import dumps, new_id, now
+
+router = APIRouter()
+CLOCK_SKEW = 600
+
+
+def load_plugin(conn: Any, plugin_id: str) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM plugins WHERE id = ?", (plugin_id,)).fetchone()
+    if not row:
+        raise NotFound(f"no plugin with id {plugin_id[:16]}")
+    return row_dict(row, "manifest", "review")
+
+
+def approvals_of(conn: Any, plugin_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute("SELECT a.*, o.name AS org FROM approvals a JOIN orgs o ON o.id = a.org_id"
+                        " WHERE plugin_id = ? ORDER BY created_at", (plugin_id,)).fetchall()
+    return [row_dict(r, "payload") for r in rows]
+
+
+def plugin_view(conn: Any, plugin: dict[str, Any], *, full: bool) -> dict[str, Any]:
+    by = conn.execute("SELECT name FROM orgs WHERE id = ?", (plugin["submitted_by"],)).fetchone()["name"]
+    view = {"id": plugin["id"], "name": plugin["name"], "version": plugin["version"], "kind": plugin["kind"],
+            "submitted_by": by, "size": plugin["size"], "created_at": plugin["created_at"],
+            "blocking_findings": sum(1 for f in plugin["review"].get("findings", [])
+                                     if f.get("severity") == "blocking")}
+    approvals = [{"id": a["id"], "dataset": a["dataset"], "org": a["org"], "decision": a["decision"],
+                  "reason": a["reason"], "policy_version": a["policy_version"],
+                  "dataset_sha256": a["dataset_sha256"], "created_at": a["created_at"],
+                  "revoked_at": a["revoked_at"]} for a in approvals_of(conn, plugin["id"])]
+    view["approvals"] = approvals
+    if full:
+        view["manifest"] = plugin["manifest"]
+        view["review"] = plugin["review"]
+    return view
+
+
+@router.post("/plugins", status_code=201, tags=["plugins"])
+async def submit_plugin(request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Submit a plugin bundle (its canonical tar as the body); answers its id and review report."""
+    from cleanroom import bundle, review
+
+    cap = ctx.settings.max_bundle_bytes
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > cap:
+            raise TooLarge(f"the bundle is larger than {cap} bytes")
+    archive = bytes(body)
+    parsed = bundle.unpack(archive)
+    plugin_id = hashlib.sha256(archive).hexdigest()
+    report = review.review(parsed).to_dict()
+    manifest = parsed.manifest
+    with ctx.store.tx() as conn:
+        existing = conn.execute("SELECT * FROM plugins WHERE id = ?", (plugin_id,)).fetchone()
+        if existing:
+            view = plugin_view(conn, row_dict(existing, "manifest", "review"), full=True)
+            return {**view, "created": False}
+        clash = conn.execute("SELECT id FROM plugins WHERE name = ? AND version = ?",
+                             (manifest["name"], manifest["version"])).fetchone()
+        if clash:
+            raise Conflict(f"{manifest['name']} {manifest['version']} exists already with other code",
+                           hint="bump the version in cleanroom-plugin.toml")
+        digest = ctx.store.blobs.put_bytes(archive)
+        assert digest == plugin_id
+        conn.execute("INSERT INTO plugins (id, name, version, kind, manifest, review, size, submitted_by,"
+                     " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                     (plugin_id, manifest["name"], manifest["version"], manifest["kind"], dumps(manifest),
+                      dumps(report), len(archive), ctx.caller.org_id, now()))
+        ctx.audit(conn, "plugin.submitted", "plugin", plugin_id,
+                  {"name": manifest["name"], "version": manifest["version"], "kind": manifest["kind"],
+                   "blocking_findings": sum(1 for f in report.get("findings", [])
+                                            if f.get("severity") == "blocking")})
+        view = plugin_view(conn, load_plugin(conn, plugin_id), full=True)
+    return {**view, "created": True}
+
+
+@router.get("/plugins", tags=["plugins"])
+def list_plugins(ctx: Ctx = Depends(get_ctx)) -> list[dict[str, Any]]:
+    """Plugins you may see: all for owners and reviewers, your own for analysts."""
+    with ctx.store.read() as conn:
+        rows = conn.execute("SELECT * FROM plugins ORDER BY name, created_at").fetchall()
+        out = []
+        for r in rows:
+            plugin = row_dict(r, "manifest", "review")
+            try:
+                visible_plugin(ctx.caller, plugin)
+            except NotFound:
+                continue
+            out.append(plugin_view(conn, plugin, full=False))
+    return out
+
+
+def resolve_plugin(conn: Any, ref: str) -> dict[str, Any]:
+    """A plugin by full id, by a unique id prefix (>= 8 chars) or by name@version."""
+    if "@" in ref:
+        name, _, version = ref.partition("@")
+        row = conn.execute("SELECT * FROM plugins WHERE name = ? AND version = ?", (name, version)).fetchone()
+    elif len(ref) >= 8:
+        rows = conn.execute("SELECT * FROM plugins WHERE id LIKE ? LIMIT 2", (ref.lower() + "%",)).fetchall()
+        if len(rows) > 1:
+            raise ValidationError(f"plugin id prefix {ref} is ambiguous")
+        row = rows[0] if rows else None
+    else:
+        row = None
+    if not row:
+        raise NotFound(f"no plugin {ref!r}")
+    return row_dict(row, "manifest", "review")
+
+
+@router.get("/plugins/{ref}", tags=["plugins"])
+def get_plugin(ref: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """A plugin: manifest, files, review findings, approvals, diff against the last approved version."""
+    from cleanroom import bundle
+
+    with ctx.store.read() as conn:
+        plugin = resolve_plugin(conn, ref)
+        visible_plugin(ctx.caller, plugin)
+        view = plugin_view(conn, plugin, full=True)
+        parsed = bundle.unpack(ctx.store.blobs.read(plugin["id"]))
+        view["files"] = {path: data.decode("utf-8", "replace") for path, data in sorted(parsed.files.items())}
+        prev = conn.execute(
+            "SELECT p.id, p.version FROM plugins p JOIN approvals a ON a.plugin_id = p.id"
+            " WHERE p.name = ? AND p.id != ? AND a.decision = 'approve' AND a.revoked_at IS NULL"
+            " ORDER BY p.created_at DESC LIMIT 1", (plugin["name"], plugin["id"])).fetchone()
+        view["diff_against"] = None
+        if prev:
+            old = bundle.unpack(ctx.store.blobs.read(prev["id"]))
+            view["diff_against"] = {"id": prev["id"], "version": prev["version"],
+                                    "diff": bundle.diff(old, parsed)}
+    return view
+
+
+@router.get("/plugins/{ref}/bundle", tags=["plugins"])
+def get_plugin_bundle(ref: str, ctx: Ctx = Depends(get_ctx)) -> Response:
+    """The exact bytes that were hashed: reviewers can re-hash them."""
+    with ctx.store.read() as conn:
+        plugin = resolve_plugin(conn, ref)
+        visible_plugin(ctx.caller, plugin)
+    return Response(ctx.store.blobs.read(plugin["id"]), media_type="application/x-tar")
+
+
+class ApprovalIn(BaseModel):
+    payload: dict[str, Any]
+    signature: str
+
+
+APPROVAL_KEYS = {"type", "plugin_id", "dataset", "policy_version", "dataset_sha256", "decision",
+                 "reason", "org", "issued_at"}
+
+
+def check_signed(conn: Any, ctx: Ctx, payload: dict[str, Any], signature: str, kind: str) -> None:
+    """Common checks of a signed decision: type, signer, freshness, signature by the org's key."""
+    if payload.get("type") != kind:
+        raise ValidationError(f"payload type must be {kind!r}")
+    if payload.get("org") != ctx.caller.name:
+        raise PermissionDenied("the payload names another org than the caller")
+    issued = payload.get("issued_at")
+    if not isinstance(issued, (int, float)) or abs(time.time() - issued) > CLOCK_SKEW:
+        raise ValidationError("the signed payload is stale or from the future (replay?)",
+                              hint="sign a fresh decision; check this machine's clock")
+    keys = conn.execute("SELECT sign_public FROM orgs WHERE id = ?", (ctx.caller.org_id,)).fetchone()
+    if not keys or not keys["sign_public"]:
+        raise ValidationError("this org has registered no signing key", hint="run any cleanroom command "
+                              "with your profile once: it registers the keys")
+    verify(keys["sign_public"], payload, signature)
+
+
+@router.post("/plugins/{plugin_id}/approvals", status_code=201, tags=["plugins"])
+def approve_plugin(plugin_id: str, body: ApprovalIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Record an owner's signed approval (or rejection) of this exact plugin for one dataset."""
+    p = body.payload
+    if set(p) != APPROVAL_KEYS:
+        raise ValidationError(f"approval payload must have exactly the keys {sorted(APPROVAL_KEYS)}")
+    if p["decision"] not in ("approve", "reject"):
+        raise ValidationError("decision must be 'approve' or 'reject'")
+    with ctx.store.tx() as conn:
+        plugin = load_plugin(conn, plugin_id)
+        if p["plugin_id"] != plugin["id"]:
+            raise ValidationError("the signed payload names another plugin")
+        ds = load_dataset(conn, str(p["dataset"]))
+        require_dataset_owner(ctx.caller, ds)
+        check_signed(conn, ctx, p, body.signature, "plugin-approval")
+        if p["policy_version"] != ds["policy_version"]:
+            raise Conflict(f"the approval is for policy version {p['policy_version']} but "
+                           f"{ds['name']} is at version {ds['policy_version']}")
+        if p["dataset_sha256"] != ds["sha256"]:
+            raise Conflict("the approval names other data than the dataset holds")
+        last_revoked = conn.execute(
+            "SELECT MAX(revoked_at) FROM approvals WHERE plugin_id = ? AND dataset = ?",
+            (plugin_id, ds["name"])).fetchone()[0]
+        if last_revoked and p["issued_at"] <= last_revoked:
+            raise Conflict("this signed approval predates a revocation (replay)")
+        if conn.execute("SELECT 1 FROM approvals WHERE signature = ?", (body.signature,)).fetchone():
+            raise Conflict("this signed approval was recorded already (replay)")
+        approval_id = new_id("apr")
+        conn.execute("UPDATE approvals SET revoked_at = ? WHERE plugin_id = ? AND dataset = ? AND "
+                     "revoked_at IS NULL", (now(), plugin_id, ds["name"]))
+        conn.execute(
+            "INSERT INTO approvals (id, plugin_id, dataset, policy_version, dataset_sha256, org_id, decision,"
+            " reason, payload, signature, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (approval_id, plugin_id, ds["name"], p["policy_version"], p["dataset_sha256"], ctx.caller.org_id,
+             p["decision"], str(p["reason"])[:2000], json.dumps(p), body.signature, now()))
+        ctx.audit(conn, f"plugin.{'approved' if p['decision'] == 'approve' else 'rejected'}", "plugin",
+                  plugin_id, {"dataset": ds["name"], "policy_version": p["policy_version"],
+                              "approval": approval_id})
+    return {"id": approval_id, "decision": p["decision"], "dataset": ds["name"], "plugin_id": plugin_id}
+
+
+@router.delete("/plugins/{plugin_id}/approvals/{approval_id}", tags=["plugins"])
+def revoke_approval(plugin_id: str, approval_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Revoke an approval; jobs not yet started that rely on it will not run."""
+    with ctx.store.tx() as conn:
+        row = conn.execute("SELECT * FROM approvals WHERE id = ? AND plugin_id = ?",
+                           (approval_id, plugin_id)).fetchone()
+        if not row:
+            raise NotFound("no such approval")
+        if row["org_id"] != ctx.caller.org_id:
+            raise PermissionDenied("only the org that approved can revoke")
+        if row["revoked_at"] is not None:
+            raise Conflict("the approval is revoked already")
+        conn.execute("UPDATE approvals SET revoked_at = ? WHERE id = ?", (now(), approval_id))
+        ctx.audit(conn, "plugin.approval_revoked", "plugin", plugin_id,
+                  {"dataset": row["dataset"], "approval": approval_id})
+    return {"id": approval_id, "revoked": True}

@@ -1,0 +1,159 @@
+"""Health, the room's public keys, orgs and the audit log."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from cleanroom import __version__, audit
+from cleanroom.api.app import row_dict
+from cleanroom.api.authz import ROLES
+from cleanroom.api.deps import Ctx, get_ctx, new_token
+from cleanroom.crypto import fingerprint
+from cleanroom.errors import Conflict, NotFound, ValidationError
+from cleanroom.store import new_id, now
+
+router = APIRouter()
+ORG_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
+
+
+@router.get("/health", tags=["room"])
+def health(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Liveness and readiness: the database answers."""
+    with ctx.store.read() as conn:
+        conn.execute("SELECT 1").fetchone()
+        room = conn.execute("SELECT value FROM room WHERE key = 'keys'").fetchone()
+    return {"status": "ok", "version": __version__, "room_key": bool(room)}
+
+
+def room_keys(conn: Any) -> dict[str, Any] | None:
+    row = conn.execute("SELECT value FROM room WHERE key = 'keys'").fetchone()
+    return json.loads(row["value"]) if row else None
+
+
+@router.get("/room", tags=["room"])
+def room_info(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """The room's public keys (data encryption and receipt signing) and their fingerprint."""
+    with ctx.store.read() as conn:
+        keys = room_keys(conn)
+        counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                  for t in ("orgs", "datasets", "plugins", "jobs", "releases")}
+    return {"version": __version__, "ready": keys is not None, "keys": keys, "counts": counts}
+
+
+class OrgIn(BaseModel):
+    name: str = Field(min_length=2, max_length=40)
+    roles: list[str] = Field(min_length=1)
+
+
+def _org_view(row: Any) -> dict[str, Any]:
+    org = row_dict(row, "roles")
+    keys = None
+    if org.get("enc_public") and org.get("sign_public"):
+        keys = {"enc_public": org["enc_public"], "sign_public": org["sign_public"],
+                "fingerprint": fingerprint(org["enc_public"] + org["sign_public"])}
+    return {"id": org["id"], "name": org["name"], "roles": org["roles"], "keys": keys,
+            "created_at": org["created_at"]}
+
+
+@router.post("/orgs", status_code=201, tags=["orgs"])
+def create_org(body: OrgIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Create an org with roles; its token is in the answer and never shown again."""
+    if not ORG_NAME.match(body.name):
+        raise ValidationError("org names are 2-40 characters: lowercase letters, digits and '-'")
+    bad = [r for r in body.roles if r not in ROLES or r in ("admin", "runner")]
+    if bad:
+        raise ValidationError(f"unknown or reserved role {bad[0]!r}",
+                              hint="roles: owner, analyst, reviewer")
+    with ctx.store.tx() as conn:
+        if conn.execute("SELECT 1 FROM orgs WHERE name = ?", (body.name,)).fetchone():
+            raise Conflict(f"an org named {body.name!r} exists already")
+        org_id = new_id("org")
+        roles = sorted(set(body.roles))
+        conn.execute("INSERT INTO orgs (id, name, roles, created_at) VALUES (?,?,?,?)",
+                     (org_id, body.name, json.dumps(roles), now()))
+        token = new_token(conn, org_id)
+        ctx.audit(conn, "org.created", "org", body.name, {"roles": roles})
+        row = conn.execute("SELECT * FROM orgs WHERE id = ?", (org_id,)).fetchone()
+    return {"org": _org_view(row), "token": token}
+
+
+@router.get("/orgs", tags=["orgs"])
+def list_orgs(ctx: Ctx = Depends(get_ctx)) -> list[dict[str, Any]]:
+    """Every org in the room with its roles and public keys."""
+    with ctx.store.read() as conn:
+        rows = conn.execute("SELECT * FROM orgs WHERE name NOT IN ('runner') ORDER BY name").fetchall()
+    return [_org_view(r) for r in rows]
+
+
+@router.get("/orgs/me", tags=["orgs"])
+def whoami(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """The org behind the token."""
+    with ctx.store.read() as conn:
+        row = conn.execute("SELECT * FROM orgs WHERE id = ?", (ctx.caller.org_id,)).fetchone()
+    return _org_view(row)
+
+
+@router.get("/orgs/{name}", tags=["orgs"])
+def get_org(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """One org's roles and public keys."""
+    with ctx.store.read() as conn:
+        row = conn.execute("SELECT * FROM orgs WHERE name = ?", (name,)).fetchone()
+    if not row:
+        raise NotFound(f"no org named {name!r}")
+    return _org_view(row)
+
+
+class KeysIn(BaseModel):
+    enc_public: str = Field(max_length=200)
+    sign_public: str = Field(max_length=200)
+
+
+@router.put("/orgs/me/keys", tags=["orgs"])
+def register_keys(body: KeysIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Register the public halves of the org's key pair (generated on the org's machine)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from pyrage import x25519
+
+    try:
+        x25519.Recipient.from_str(body.enc_public)
+        import base64
+
+        Ed25519PublicKey.from_public_bytes(base64.b64decode(body.sign_public, validate=True))
+    except Exception as exc:
+        raise ValidationError("the public keys are not valid (age X25519 and base64 Ed25519)") from exc
+    with ctx.store.tx() as conn:
+        row = conn.execute("SELECT * FROM orgs WHERE id = ?", (ctx.caller.org_id,)).fetchone()
+        if row["enc_public"]:
+            if (row["enc_public"], row["sign_public"]) == (body.enc_public, body.sign_public):
+                return _org_view(row)
+            raise Conflict("this org registered other keys already",
+                           hint="key rotation is not supported yet; ask the operator")
+        conn.execute("UPDATE orgs SET enc_public = ?, sign_public = ? WHERE id = ?",
+                     (body.enc_public, body.sign_public, ctx.caller.org_id))
+        ctx.audit(conn, "org.keys_registered", "org", ctx.caller.name,
+                  {"fingerprint": fingerprint(body.enc_public + body.sign_public)})
+        row = conn.execute("SELECT * FROM orgs WHERE id = ?", (ctx.caller.org_id,)).fetchone()
+    return _org_view(row)
+
+
+@router.get("/audit", tags=["audit"])
+def list_audit(after: int = 0, limit: int = 1000, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Audit events after sequence number `after`, oldest first (at most `limit`, max 10000)."""
+    limit = max(1, min(limit, 10_000))
+    with ctx.store.read() as conn:
+        rows = conn.execute("SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+        total = conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
+    return {"events": [audit.row_to_event(r) for r in rows], "total": total}
+
+
+@router.get("/audit/verify", tags=["audit"])
+def verify_audit(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """The server's own check of the chain (clients should also verify with `cleanroom audit verify`)."""
+    with ctx.store.read() as conn:
+        events = [audit.row_to_event(r) for r in conn.execute("SELECT * FROM audit ORDER BY rowid")]
+    return audit.verify_events(events)

@@ -1,0 +1,5 @@
+"""The `cleanroom` command line, built on the SDK (`cleanroom.Client`)."""
+
+from cleanroom.cli.base import main
+
+__all__ = ["main"]

@@ -1,0 +1,109 @@
+"""Datasets and using released models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from cleanroom.cli.base import State, cli, console, emit, pass_state
+
+
+@cli.group()
+def dataset() -> None:
+    """Encrypted datasets."""
+
+
+@dataset.command("upload")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", required=True, help="Dataset name, e.g. retail.customers")
+@click.option("--policy", "policy_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--id-column", required=True, help="The privacy unit / join key column (pseudonymised here).")
+@click.option("--join-secret", "secret_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--schema", "schema_path", default=None, type=click.Path(exists=True, dir_okay=False))
+@click.option("--description", default="")
+@click.option("--refuse-identifiers", is_flag=True, help="Refuse (instead of drop) identifier columns.")
+@pass_state
+def dataset_upload(state: State, path: str, name: str, policy_path: str, id_column: str, secret_path: str,
+                   schema_path: str | None, description: str, refuse_identifiers: bool) -> None:
+    """Prepare PATH on this machine (schema, pseudonyms, mock sample), encrypt it and upload it."""
+    from cleanroom.ingest import load_join_secret
+
+    override = None
+    if schema_path:
+        from cleanroom.schema import load_schema_file
+
+        override = load_schema_file(schema_path)
+    secret = load_join_secret(secret_path)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                  console=console) as bar:
+        prep = bar.add_task("encrypting", total=Path(path).stat().st_size)
+        sent = bar.add_task("uploading", total=None, visible=False)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(prep, completed=done, total=total)
+
+        def upload_progress(done: int, total: int) -> None:
+            bar.update(prep, completed=bar.tasks[prep].total)
+            bar.update(sent, visible=True, completed=done, total=total)
+
+        result = state.client.upload_dataset(
+            path, name=name, policy=Path(policy_path).read_text(), id_column=id_column, join_secret=secret,
+            description=description, schema_override=override, drop_identifiers=not refuse_identifiers,
+            progress=_two_stage(progress, upload_progress))
+    emit(state, result)
+
+
+def _two_stage(first, second):  # type: ignore[no-untyped-def]
+    """The SDK reports encryption progress, then upload progress; route them to two bars."""
+    stage = {"n": 0, "last": -1}
+
+    def report(done: int, total: int) -> None:
+        if done < stage["last"]:
+            stage["n"] = 1
+        stage["last"] = done
+        (first if stage["n"] == 0 else second)(done, total)
+
+    return report
+
+
+@dataset.command("list")
+@pass_state
+def dataset_list(state: State) -> None:
+    """List datasets in the room."""
+    emit(state, state.client.list_datasets(), ["name", "owner", "row_count", "policy_version", "columns"])
+
+
+@dataset.command("show")
+@click.argument("name")
+@pass_state
+def dataset_show(state: State, name: str) -> None:
+    """Schema, row count, policy, mock sample and ciphertext hash."""
+    emit(state, state.client.get_dataset(name))
+
+
+@dataset.command("policy")
+@click.argument("name")
+@click.argument("policy_path", type=click.Path(exists=True, dir_okay=False))
+@pass_state
+def dataset_policy(state: State, name: str, policy_path: str) -> None:
+    """Publish a new policy version (voids approvals bound to the old one)."""
+    emit(state, state.client.update_policy(name, Path(policy_path).read_text()))
+
+
+@cli.group()
+def model() -> None:
+    """Use released models on your own machine."""
+
+
+@model.command("predict")
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("csv_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+def model_predict(model_path: str, csv_path: str, output: str) -> None:
+    """Score CSV_PATH with a released .skops model (loaded safely: no untrusted types)."""
+    from cleanroom.modelio import predict
+
+    predict(model_path, csv_path, output)
+    console.print(f"wrote {output}")

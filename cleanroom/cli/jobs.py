@@ -1,0 +1,135 @@
+"""Jobs, releases, results and the demo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cleanroom.cli.base import State, cli, console, emit, pass_state
+
+EXIT = {"succeeded": 0, "failed": 3, "cancelled": 4, "timed_out": 5}
+
+
+@cli.group()
+def job() -> None:
+    """Jobs over the room's data."""
+
+
+@job.command("submit")
+@click.argument("spec_path", type=click.Path(exists=True, dir_okay=False))
+@pass_state
+def job_submit(state: State, spec_path: str) -> None:
+    """Submit a job spec (TOML); refused with a precise reason when it cannot run."""
+    result = state.client.submit_job(Path(spec_path).read_text())
+    if state.as_json:
+        emit(state, result)
+    else:
+        click.echo(result["id"])
+
+
+@job.command("list")
+@pass_state
+def job_list(state: State) -> None:
+    """Jobs you submitted or that touch your data."""
+    emit(state, state.client.list_jobs(), ["id", "name", "submitted_by", "status", "phase", "error_class"])
+
+
+@job.command("status")
+@click.argument("job_id")
+@pass_state
+def job_status(state: State, job_id: str) -> None:
+    """A job's status."""
+    emit(state, state.client.get_job(job_id))
+
+
+@job.command("wait")
+@click.argument("job_id")
+@click.option("--timeout", default=1800.0)
+@pass_state
+def job_wait(state: State, job_id: str, timeout: float) -> None:
+    """Follow a job's phases; the exit code tells the outcome (0 succeeded, 3 failed, 4 cancelled, 5 timed out)."""
+    def show(j: dict[str, Any]) -> None:
+        console.print(f"{j['id']}: {j['status']}" + (f" ({j['phase']})" if j.get("phase") else ""))
+
+    final = state.client.wait_job(job_id, timeout=timeout, on_update=show)
+    if final.get("error_class"):
+        console.print(f"error class: {final['error_class']}")
+    if final.get("reason") and final["status"] != "succeeded":
+        console.print(f"reason: {final['reason']}")
+    sys.exit(EXIT.get(final["status"], 1))
+
+
+@job.command("logs")
+@click.argument("job_id")
+@pass_state
+def job_logs(state: State, job_id: str) -> None:
+    """The job's logs (input owners only; decrypted with your org key)."""
+    click.echo(state.client.job_logs(job_id))
+
+
+@job.command("cancel")
+@click.argument("job_id")
+@pass_state
+def job_cancel(state: State, job_id: str) -> None:
+    """Cancel a queued or running job."""
+    emit(state, state.client.cancel_job(job_id))
+
+
+@cli.group()
+def release() -> None:
+    """Releases: what a job lets out, after the release checks."""
+
+
+@release.command("list")
+@pass_state
+def release_list(state: State) -> None:
+    """Releases addressed to you or over your data."""
+    rows = [{**r, "pending_review": r["pending_review"]} for r in state.client.list_releases()]
+    emit(state, rows, ["id", "job_id", "recipient", "pending_review", "downloadable"])
+
+
+@release.command("show")
+@click.argument("ref")
+@pass_state
+def release_show(state: State, ref: str) -> None:
+    """Manifest, check results and review state (by release or job id)."""
+    emit(state, state.client.get_release(ref))
+
+
+@release.command("approve")
+@click.argument("ref")
+@click.option("--dataset", default=None, help="Which of your datasets approves (default: all pending).")
+@pass_state
+def release_approve(state: State, ref: str, dataset: str | None) -> None:
+    """Approve a release held for your review, signed with your org key."""
+    emit(state, state.client.approve_release(ref, dataset))
+
+
+@cli.group()
+def result() -> None:
+    """Results released to you."""
+
+
+@result.command("get")
+@click.argument("job_id")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False))
+@pass_state
+def result_get(state: State, job_id: str, out_dir: str) -> None:
+    """Download and decrypt a job's released artifacts and its signed receipt."""
+    done = state.client.get_result(job_id, out_dir)
+    for f in done["files"]:
+        console.print(f"wrote {f}")
+
+
+@cli.command()
+@click.option("--customers", default=50_000, help="Number of customers to generate.")
+@click.option("--workdir", default=None, type=click.Path(file_okay=False))
+@pass_state
+def demo(state: State, customers: int, workdir: str | None) -> None:
+    """Play the motivating scenario against the room that `make up` started."""
+    from cleanroom.demo import run_demo
+
+    run_demo(admin_profile=state.profile_name or "admin", customers=customers, workdir=workdir)

@@ -1,0 +1,168 @@
+"""Profiles, the room, orgs, the audit log and receipts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from cleanroom.cli.base import State, cli, console, emit, pass_state
+
+
+@cli.group()
+def profile() -> None:
+    """Connection profiles (one per org you act as)."""
+
+
+@profile.command("save")
+@click.argument("name")
+@click.option("--url", required=True)
+@click.option("--token", default=None, help="The org token (prefer --token-stdin).")
+@click.option("--token-stdin", is_flag=True, help="Read the token from standard input.")
+@click.option("--ca-file", default=None, help="CA bundle to verify the room's HTTPS certificate.")
+def profile_save(name: str, url: str, token: str | None, token_stdin: bool, ca_file: str | None) -> None:
+    """Save a profile."""
+    from cleanroom.errors import ValidationError
+    from cleanroom.profile import Profile
+
+    if token_stdin:
+        token = sys.stdin.readline().strip()
+    if not token:
+        raise ValidationError("give --token or --token-stdin")
+    p = Profile.load(name)
+    p.url, p.token, p.ca_file = url.rstrip("/"), token, ca_file
+    p.save()
+    console.print(f"saved profile {name} ({p.path})")
+
+
+@profile.command("list")
+@pass_state
+def profile_list(state: State) -> None:
+    """List saved profiles."""
+    from cleanroom.profile import home
+
+    names = sorted(p.stem for p in (home() / "profiles").glob("*.json"))
+    emit(state, [{"profile": n} for n in names], ["profile"])
+
+
+@cli.group()
+def room() -> None:
+    """The clean room itself."""
+
+
+@room.command("info")
+@pass_state
+def room_info(state: State) -> None:
+    """The room's public keys and fingerprint (pinned in your profile on first use)."""
+    emit(state, state.client.room())
+
+
+@cli.command()
+@pass_state
+def whoami(state: State) -> None:
+    """The org behind your profile's token."""
+    emit(state, state.client.whoami())
+
+
+@cli.group()
+def org() -> None:
+    """Orgs in the room."""
+
+
+@org.command("create")
+@click.argument("name")
+@click.option("--role", "roles", multiple=True, required=True,
+              type=click.Choice(["owner", "analyst", "reviewer"]), help="Repeat for several roles.")
+@click.option("--save-profile", default=None, help="Also save a profile with the new token.")
+@pass_state
+def org_create(state: State, name: str, roles: tuple[str, ...], save_profile: str | None) -> None:
+    """Create an org (admin); prints its token once."""
+    result = state.client.create_org(name, list(roles))
+    if save_profile:
+        from cleanroom.profile import Profile
+
+        p = Profile.load(save_profile)
+        p.url, p.token = state.client.url, result["token"]
+        p.save()
+        console.print(f"saved profile {save_profile}")
+    emit(state, result)
+
+
+@org.command("list")
+@pass_state
+def org_list(state: State) -> None:
+    """List orgs and their roles."""
+    rows = [{**o, "fingerprint": (o.get("keys") or {}).get("fingerprint")} for o in state.client.list_orgs()]
+    emit(state, rows, ["name", "roles", "fingerprint"])
+
+
+@cli.group()
+def audit() -> None:
+    """The tamper-evident audit log."""
+
+
+@audit.command("list")
+@click.option("--limit", default=50, help="Show the last N events.")
+@pass_state
+def audit_list(state: State, limit: int) -> None:
+    """Show the latest audit events."""
+    events = list(state.client.audit_events())[-limit:]
+    emit(state, events, ["seq", "ts", "actor", "action", "object_type", "object_id"])
+
+
+@audit.command("verify")
+@pass_state
+def audit_verify(state: State) -> None:
+    """Verify the hash chain here; exit 1 naming the first broken event."""
+    result = state.client.audit_verify()
+    if result["ok"]:
+        console.print(f"audit log intact: {result['count']} events, head {result['head']['hash'][:16]}")
+        return
+    console.print(f"[bold red]audit log broken at event {result['broken_at']}:[/] {result['reason']}")
+    sys.exit(1)
+
+
+@cli.group()
+def receipt() -> None:
+    """Signed receipts of jobs."""
+
+
+@receipt.command("verify")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--fingerprint", default=None, help="Expected room key fingerprint (default: your profile's).")
+@pass_state
+def receipt_verify(state: State, path: str, fingerprint: str | None) -> None:
+    """Check a receipt's signature offline."""
+    from cleanroom.client import verify_receipt
+    from cleanroom.errors import ValidationError
+    from cleanroom.profile import Profile
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise ValidationError(f"{path} is not JSON") from exc
+    expected = fingerprint or Profile.load(state.profile_name).room_fingerprint
+    result = verify_receipt(data, expected_fingerprint=expected)
+    console.print(f"receipt valid: job {result['job']}, signed by room key {result['fingerprint']}")
+    if not expected:
+        console.print("note: no pinned room fingerprint to compare with; pass --fingerprint")
+
+
+@cli.group("join-secret")
+def join_secret() -> None:
+    """The secret data owners share to pseudonymise join keys."""
+
+
+@join_secret.command("new")
+@click.argument("path", type=click.Path(dir_okay=False))
+def join_secret_new(path: str) -> None:
+    """Write a new random join secret to PATH (mode 0600). Share it only with the other owners."""
+    from cleanroom.errors import Conflict
+    from cleanroom.ingest import new_join_secret, save_join_secret
+
+    if Path(path).exists():
+        raise Conflict(f"{path} exists; refusing to overwrite a join secret")
+    save_join_secret(path, new_join_secret())
+    console.print(f"wrote {path}")

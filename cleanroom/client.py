@@ -1,0 +1,338 @@
+"""The Python SDK: `Client` does everything the CLI does (the CLI is built on it).
+
+    from cleanroom import Client
+    c = Client.from_profile("retailer")
+    c.upload_dataset("purchases.csv", name="retail.purchases", policy=open("policy.toml").read(),
+                     id_column="customer_id", join_secret=secret)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+
+from cleanroom import audit as audit_chain
+from cleanroom.crypto import KeyPair, canonical_json, decrypt_bytes, verify
+from cleanroom.errors import (
+    CleanroomError,
+    ConnectionFailed,
+    IntegrityError,
+    ValidationError,
+    from_response,
+)
+from cleanroom.profile import Profile, load_or_create_keys
+
+Progress = Callable[[int, int], None]
+TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
+
+
+def is_loopback(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Client:
+    """A connection to a clean room as one org."""
+
+    def __init__(self, url: str, token: str | None = None, *, ca_file: str | None = None,
+                 profile: Profile | None = None, allow_insecure: bool = False, timeout: float = 60.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        url = url.rstrip("/")
+        if url.startswith("http://") and not is_loopback(url) and not allow_insecure and transport is None:
+            raise ValidationError(f"refusing plain HTTP to {url}: use https:// (or a loopback address)",
+                                  hint="set CLEANROOM_ALLOW_INSECURE_REMOTE=true only on a private network")
+        self.url = url
+        self.token = token
+        self.profile = profile
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout,
+                                 verify=ca_file if ca_file else True, transport=transport)
+        self._me: dict[str, Any] | None = None
+
+    @classmethod
+    def from_profile(cls, name: str | None = None, **kwargs: Any) -> Client:
+        import os
+
+        profile = Profile.load(name)
+        insecure = os.environ.get("CLEANROOM_ALLOW_INSECURE_REMOTE", "").lower() in ("1", "true", "yes")
+        return cls(profile.url, profile.token, ca_file=profile.ca_file, profile=profile,
+                   allow_insecure=insecure, **kwargs)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # plumbing -----------------------------------------------------------------------------------
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            resp = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"cannot reach the clean room at {self.url}: {exc}",
+                                   hint="is it up? (make up) Check CLEANROOM_URL or your profile") from exc
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {"message": resp.text[:200] or resp.reason_phrase}
+            raise from_response(resp.status_code, body if isinstance(body, dict) else {"message": str(body)})
+        return resp
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw).json()
+
+    def post(self, path: str, **kw: Any) -> Any:
+        return self.request("POST", path, **kw).json()
+
+    # room and orgs ------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return self.get("/health")
+
+    def room(self) -> dict[str, Any]:
+        """The room's public keys; the fingerprint is pinned in the profile on first use."""
+        info = self.get("/room")
+        keys = info.get("keys")
+        if keys and self.profile is not None:
+            if self.profile.room_fingerprint and self.profile.room_fingerprint != keys["fingerprint"]:
+                raise IntegrityError(
+                    f"the room's key changed: pinned {self.profile.room_fingerprint}, now {keys['fingerprint']}",
+                    hint="if the operator announced a new room key, remove room_fingerprint from the profile")
+            if not self.profile.room_fingerprint:
+                self.profile.room_fingerprint = keys["fingerprint"]
+                self.profile.save()
+        return info
+
+    def room_keys(self) -> dict[str, Any]:
+        keys = self.room().get("keys")
+        if not keys:
+            raise CleanroomError("the room has no key yet", hint="is the runner up? (make up)")
+        return keys
+
+    def whoami(self) -> dict[str, Any]:
+        if self._me is None:
+            self._me = self.get("/orgs/me")
+        return self._me
+
+    def create_org(self, name: str, roles: list[str]) -> dict[str, Any]:
+        return self.post("/orgs", json={"name": name, "roles": roles})
+
+    def list_orgs(self) -> list[dict[str, Any]]:
+        return self.get("/orgs")
+
+    def keys(self) -> KeyPair:
+        """This org's key pair: made on this machine on first use; only public halves are sent."""
+        me = self.whoami()
+        pair, _ = load_or_create_keys(me["name"])
+        registered = me.get("keys")
+        if registered is None:
+            self._me = self.request("PUT", "/orgs/me/keys", json={"enc_public": pair.enc_public,
+                                                                   "sign_public": pair.sign_public}).json()
+        elif registered["enc_public"] != pair.enc_public:
+            raise IntegrityError("the keys registered for this org are not the ones on this machine",
+                                 hint=f"copy the org's key file to {Path('~/.cleanroom/keys')}")
+        return pair
+
+    # datasets -----------------------------------------------------------------------------------
+    def upload_dataset(self, path: str | Path, *, name: str, policy: str, id_column: str, join_secret: bytes,
+                       description: str = "", schema_override: Any = None, drop_identifiers: bool = True,
+                       progress: Progress | None = None) -> dict[str, Any]:
+        """Prepare on this machine (schema, pseudonyms, mock, encryption), then upload the ciphertext."""
+        from cleanroom import ingest
+        from cleanroom.policy import parse_policy
+
+        parsed_policy = parse_policy(policy)
+        room = self.room_keys()
+        prepared = ingest.prepare(Path(path), id_column=id_column, join_secret=join_secret, policy=parsed_policy,
+                                  schema_override=schema_override, drop_identifiers=drop_identifiers,
+                                  recipient=room["enc_public"], progress=progress)
+        try:
+            mock = json.loads(prepared.mock.to_json(orient="records", date_format="iso"))
+            decl = self.post("/datasets/uploads", json={
+                "name": name, "description": description, "schema": prepared.schema.to_dict(),
+                "row_count": prepared.row_count, "mock": mock, "dropped": list(prepared.dropped),
+                "policy": policy, "sha256": prepared.sha256, "size": prepared.size})
+            return self.request("PUT", decl["put"], content=_file_chunks(prepared.ciphertext_path, progress),
+                                headers={"content-type": "application/octet-stream"}, timeout=None).json()
+        finally:
+            prepared.cleanup()
+
+    def list_datasets(self) -> list[dict[str, Any]]:
+        return self.get("/datasets")
+
+    def get_dataset(self, name: str) -> dict[str, Any]:
+        return self.get(f"/datasets/{name}")
+
+    def update_policy(self, name: str, policy: str) -> dict[str, Any]:
+        return self.request("PUT", f"/datasets/{name}/policy", json={"policy": policy}).json()
+
+    # plugins ------------------------------------------------------------------------------------
+    def submit_plugin(self, folder: str | Path) -> dict[str, Any]:
+        from cleanroom import bundle
+
+        archive = bundle.pack(Path(folder))
+        return self.post("/plugins", content=archive, headers={"content-type": "application/x-tar"})
+
+    def list_plugins(self) -> list[dict[str, Any]]:
+        return self.get("/plugins")
+
+    def get_plugin(self, ref: str) -> dict[str, Any]:
+        return self.get(f"/plugins/{ref}")
+
+    def decide_plugin(self, ref: str, dataset: str, decision: str = "approve", reason: str = "") -> dict[str, Any]:
+        """Sign (on this machine, with the org's key) and send an approval or rejection."""
+        pair = self.keys()
+        plugin = self.get_plugin(ref)
+        ds = self.get_dataset(dataset)
+        bundle_bytes = self.request("GET", f"/plugins/{plugin['id']}/bundle").content
+        if hashlib.sha256(bundle_bytes).hexdigest() != plugin["id"]:
+            raise IntegrityError("the bundle the room serves does not hash to the plugin id")
+        payload = {"type": "plugin-approval", "plugin_id": plugin["id"], "dataset": dataset,
+                   "policy_version": ds["policy_version"], "dataset_sha256": ds["sha256"], "decision": decision,
+                   "reason": reason, "org": self.whoami()["name"], "issued_at": time.time()}
+        return self.post(f"/plugins/{plugin['id']}/approvals",
+                         json={"payload": payload, "signature": pair.sign(payload)})
+
+    def revoke_approval(self, plugin_id: str, approval_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/plugins/{plugin_id}/approvals/{approval_id}").json()
+
+    # jobs ---------------------------------------------------------------------------------------
+    def submit_job(self, spec: str) -> dict[str, Any]:
+        return self.post("/jobs", json={"spec": spec})
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self.get(f"/jobs/{job_id}")
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        return self.get("/jobs")
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self.post(f"/jobs/{job_id}/cancel")
+
+    def wait_job(self, job_id: str, *, timeout: float = 1800, interval: float = 1.0,
+                 on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            job = self.get_job(job_id)
+            state = (job["status"], job["phase"])
+            if on_update and state != last:
+                on_update(job)
+            last = state
+            if job["status"] in TERMINAL:
+                return job
+            if time.monotonic() > deadline:
+                raise CleanroomError(f"job {job_id} did not finish in {timeout:.0f} s", hint="cleanroom job wait again")
+            time.sleep(interval)
+
+    def job_logs(self, job_id: str) -> str:
+        data = self.request("GET", f"/jobs/{job_id}/logs").content
+        return decrypt_bytes(data, self.keys()).decode("utf-8", "replace")
+
+    # releases -----------------------------------------------------------------------------------
+    def list_releases(self) -> list[dict[str, Any]]:
+        return self.get("/releases")
+
+    def get_release(self, ref: str) -> dict[str, Any]:
+        return self.get(f"/releases/{ref}")
+
+    def approve_release(self, ref: str, dataset: str | None = None) -> dict[str, Any]:
+        pair = self.keys()
+        release = self.get_release(ref)
+        mine = [d["name"] for d in self.list_datasets() if d["owner"] == self.whoami()["name"]]
+        targets = [dataset] if dataset else [d for d in release["pending_review"] if d in mine]
+        if not targets:
+            raise ValidationError("none of your datasets holds this release for review")
+        manifest_sha = hashlib.sha256(json.dumps(release["manifest"], sort_keys=True,
+                                                 separators=(",", ":")).encode()).hexdigest()
+        result = release
+        for ds in targets:
+            payload = {"type": "release-approval", "release_id": release["id"], "dataset": ds,
+                       "manifest_sha256": manifest_sha, "org": self.whoami()["name"], "issued_at": time.time()}
+            result = self.post(f"/releases/{release['id']}/approve",
+                               json={"payload": payload, "signature": pair.sign(payload)})
+        return result
+
+    def get_result(self, job_id: str, out_dir: str | Path) -> dict[str, Any]:
+        """Download and decrypt a release's artifacts into `out_dir`, with the signed receipt."""
+        pair = self.keys()
+        release = self.get_release(job_id)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for art in release["artifacts"]:
+            data = self.request("GET", f"/releases/{release['id']}/artifacts/{art['name']}").content
+            plain = decrypt_bytes(data, pair)
+            expected = release["manifest"]["outputs"].get(art["name"], {}).get("sha256")
+            if expected and hashlib.sha256(plain).hexdigest() != expected:
+                raise IntegrityError(f"artifact {art['name']} does not match the signed manifest")
+            target = out / art["name"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(plain)
+            written.append(str(target))
+        (out / "receipt.json").write_text(json.dumps(release["receipt"], indent=2, sort_keys=True))
+        verify_receipt(release["receipt"], expected_fingerprint=self.room_keys()["fingerprint"])
+        return {"release": release["id"], "files": written + [str(out / "receipt.json")]}
+
+    # audit --------------------------------------------------------------------------------------
+    def audit_events(self) -> Iterator[dict[str, Any]]:
+        after = 0
+        while True:
+            page = self.get("/audit", params={"after": after, "limit": 5000})
+            if not page["events"]:
+                return
+            yield from page["events"]
+            after = page["events"][-1]["seq"]
+
+    def audit_verify(self) -> dict[str, Any]:
+        """Verify the whole chain here, against the head this profile saw last time."""
+        events = list(self.audit_events())
+        pinned = self.profile.audit_head if self.profile else None
+        result = audit_chain.verify_events(events, pinned=pinned)
+        if result["ok"] and self.profile is not None:
+            self.profile.audit_head = result["head"]
+            self.profile.save()
+        return result
+
+
+def _file_chunks(path: Path, progress: Progress | None, chunk: int = 1 << 20) -> Iterator[bytes]:
+    total = path.stat().st_size
+    done = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            done += len(block)
+            if progress:
+                progress(done, total)
+            yield block
+
+
+def verify_receipt(receipt: dict[str, Any], *, expected_fingerprint: str | None = None) -> dict[str, Any]:
+    """Check a receipt's signature by the room key (and that key's fingerprint when given)."""
+    from cleanroom.crypto import fingerprint
+
+    try:
+        body, signature, keys = receipt["body"], receipt["signature"], receipt["room_keys"]
+    except (KeyError, TypeError) as exc:
+        raise IntegrityError("not a cleanroom receipt") from exc
+    fp = fingerprint(keys["enc_public"] + keys["sign_public"])
+    if expected_fingerprint and fp != expected_fingerprint:
+        raise IntegrityError(f"the receipt was signed by another room key ({fp})")
+    verify(keys["sign_public"], body, signature)
+    return {"ok": True, "fingerprint": fp, "job": body.get("job_id"),
+            "body_sha256": hashlib.sha256(canonical_json(body)).hexdigest()}

@@ -1,0 +1,330 @@
+"""Job specs: what an analyst asks the room to run, and the check that the policies allow it.
+
+A job spec names inputs, approved plugins (by id) and outputs; it never carries isolation
+settings. The room's operator sets those, so a client cannot turn on the network or raise a limit.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import math
+import re
+from collections.abc import Mapping, Set
+from dataclasses import dataclass, field
+from typing import Any
+
+from cleanroom.errors import CleanroomError, PolicyError, ValidationError
+from cleanroom.policy import (
+    ORG_NAME,
+    Checker,
+    EffectivePolicy,
+    Policy,
+    combine,
+    dotted,
+    load_toml,
+    type_name,
+)
+
+__all__ = ["FORBIDDEN_KEYS", "JobOutputs", "JobSpec", "Step", "check_job", "parse_jobspec"]
+
+FORBIDDEN_KEYS = frozenset({
+    "network", "network_mode", "image", "runtime", "mounts", "volumes", "privileged", "env",
+    "environment", "limits", "memory", "mem_limit", "cpu", "cpus", "pids_limit", "timeout", "user",
+    "cap_add", "capabilities", "security_opt", "devices", "tmpfs", "entrypoint", "command", "working_dir",
+})
+PLUGIN_ID = re.compile(r"^[0-9a-f]{64}$")
+DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+JOB_NAME = DATASET_NAME
+MAX_INPUTS = 8
+MAX_STEPS = 20
+MAX_PARAMS_BYTES = 64_000
+STEP_KINDS = ("preprocess", "features", "model", "analysis")
+_EPS = 1e-9  # float slack when comparing a request with the remaining budget
+
+
+@dataclass(frozen=True)
+class Step:
+    plugin: str
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+    dataset: str | None = None  # set: runs on that input only, before the join
+
+
+@dataclass(frozen=True)
+class JobOutputs:
+    model: bool = False
+    metrics: bool = False
+    aggregates: bool = False
+    holdout_fraction: float = 0.2
+    seed: int = 0
+    epsilon: float | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    recipient: str
+    inputs: tuple[str, ...]
+    steps: tuple[Step, ...]
+    outputs: JobOutputs
+    join: str = "inner"
+
+    def dataset_names(self) -> tuple[str, ...]:
+        return self.inputs
+
+    def plugin_ids(self) -> tuple[str, ...]:
+        """Every plugin of the job once, in step order."""
+        return tuple(dict.fromkeys(step.plugin for step in self.steps))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form the API stores and sends to the runner."""
+        o = self.outputs
+        return {
+            "name": self.name, "recipient": self.recipient,
+            "inputs": [{"dataset": name} for name in self.inputs],
+            "join": {"how": self.join},
+            "steps": [{"plugin": s.plugin, "params": copy.deepcopy(s.params), "dataset": s.dataset}
+                      for s in self.steps],
+            "outputs": {"model": o.model, "metrics": o.metrics, "aggregates": o.aggregates,
+                        "holdout_fraction": o.holdout_fraction, "seed": o.seed, "epsilon": o.epsilon},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        """Reload `to_dict()`; as strict as `parse_jobspec`."""
+        return _build(dict(data), Checker(None, ValidationError))
+
+
+def parse_jobspec(text: str) -> JobSpec:
+    """Parse and validate a job spec (TOML); `ValidationError` names the line of the problem."""
+    data, lines = load_toml(text, "job spec", ValidationError)
+    return _build(data, Checker(lines, ValidationError))
+
+
+def _forbidden(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        found = []
+        for key, item in value.items():
+            here = path + (key,)
+            found += [here] if str(key).lower() in FORBIDDEN_KEYS else _forbidden(item, here)
+        return found
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _forbidden(item, path + (i,))]
+    return []
+
+
+def _jsonable(ck: Checker, path: tuple[Any, ...], value: Any) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _jsonable(ck, path + (key,), item)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _jsonable(ck, path + (i,), item)
+    elif isinstance(value, datetime.date | datetime.time):
+        ck.fail(path, f"{dotted(path)} is a date or time: params hold strings, numbers, booleans, arrays"
+                " and tables only")
+    elif isinstance(value, float) and not math.isfinite(value):
+        ck.fail(path, f"{dotted(path)} must be a finite number")
+
+
+def _build(data: dict[str, Any], ck: Checker) -> JobSpec:
+    bad = _forbidden(data)
+    if bad:
+        path = min(bad, key=lambda p: ck.lines.line_of(p) if ck.lines else 0)
+        ck.fail(path, f"the job spec cannot set {path[-1]!r}: isolation is set by the room's policy")
+    ck.table((), data, ("name", "recipient", "inputs", "join", "steps", "outputs"), "the job spec")
+    for key in ("name", "recipient", "inputs", "steps", "outputs"):
+        if key not in data:
+            ck.fail((), f"the job spec needs {key!r}")
+    name = ck.typed(("name",), data["name"], "string")
+    if not JOB_NAME.match(name):
+        ck.fail(("name",), f"job name {name!r} must be 1-63 characters: a-z, 0-9, '_', '.', '-'")
+    recipient = ck.typed(("recipient",), data["recipient"], "string")
+    if not ORG_NAME.match(recipient):
+        ck.fail(("recipient",), f"recipient {recipient!r} is not a valid org name")
+
+    inputs: list[str] = []
+    raw_inputs = ck.typed(("inputs",), data["inputs"], "list")
+    if not 1 <= len(raw_inputs) <= MAX_INPUTS:
+        ck.fail(("inputs",), f"a job has 1 to {MAX_INPUTS} inputs (got {len(raw_inputs)})")
+    for i, item in enumerate(raw_inputs):
+        path = ("inputs", i)
+        item = ck.table(path, item, ("dataset",), f"inputs[{i}]")
+        if "dataset" not in item:
+            ck.fail(path, f"inputs[{i}] needs 'dataset'")
+        dataset = ck.typed(path + ("dataset",), item["dataset"], "string")
+        if not DATASET_NAME.match(dataset):
+            ck.fail(path + ("dataset",), f"{dataset!r} is not a valid dataset name")
+        if dataset in inputs:
+            ck.fail(path + ("dataset",), f"dataset {dataset!r} is an input twice")
+        inputs.append(dataset)
+
+    join = ck.table(("join",), data.get("join", {}), ("how",), "[join]")
+    how = ck.typed(("join", "how"), join.get("how", "inner"), "string")
+    if how != "inner":
+        ck.fail(("join", "how"), f"join how = {how!r} is not supported: only 'inner' (on _pid)")
+
+    steps: list[Step] = []
+    raw_steps = ck.typed(("steps",), data["steps"], "list")
+    if not 1 <= len(raw_steps) <= MAX_STEPS:
+        ck.fail(("steps",), f"a job has 1 to {MAX_STEPS} steps (got {len(raw_steps)})")
+    for i, item in enumerate(raw_steps):
+        path = ("steps", i)
+        item = ck.table(path, item, ("plugin", "params", "dataset"), f"steps[{i}]")
+        if "plugin" not in item:
+            ck.fail(path, f"steps[{i}] needs 'plugin' (a plugin id)")
+        plugin = ck.typed(path + ("plugin",), item["plugin"], "string")
+        if not PLUGIN_ID.match(plugin):
+            ck.fail(path + ("plugin",), f"steps[{i}].plugin must be a plugin id: 64 lowercase hex characters")
+        params = item.get("params", {})
+        if not isinstance(params, dict):
+            ck.fail(path + ("params",), f"steps[{i}].params must be a table, got {type_name(params)}")
+        _jsonable(ck, path + ("params",), params)
+        if len(json.dumps(params)) > MAX_PARAMS_BYTES:
+            ck.fail(path + ("params",), f"steps[{i}].params is larger than {MAX_PARAMS_BYTES} bytes")
+        dataset = item.get("dataset")
+        if dataset is not None:
+            ck.typed(path + ("dataset",), dataset, "string")
+            if dataset not in inputs:
+                ck.fail(path + ("dataset",), f"steps[{i}] runs on {dataset!r}, which is not an input")
+        steps.append(Step(plugin, params, dataset))
+
+    out = ck.table(("outputs",), data["outputs"], JobOutputs.__dataclass_fields__, "[outputs]")
+    flags = {key: ck.typed(("outputs", key), out.get(key, False), "bool")
+             for key in ("model", "metrics", "aggregates")}
+    if not any(flags.values()):
+        ck.fail(("outputs",), "the job asks for nothing: set model, metrics or aggregates to true")
+    if flags["metrics"] and not flags["model"]:
+        ck.fail(("outputs", "metrics"), "metrics = true needs model = true")
+    holdout = ck.typed(("outputs", "holdout_fraction"), out.get("holdout_fraction", 0.2), "number")
+    if not 0.05 <= holdout <= 0.5:
+        ck.fail(("outputs", "holdout_fraction"), f"holdout_fraction must be in [0.05, 0.5] (got {holdout:g})")
+    seed = ck.typed(("outputs", "seed"), out.get("seed", 0), "int")
+    if not 0 <= seed < 2**32:
+        ck.fail(("outputs", "seed"), f"seed must be in [0, 2**32) (got {seed})")
+    epsilon = out.get("epsilon")
+    if epsilon is not None:
+        epsilon = ck.typed(("outputs", "epsilon"), epsilon, "number")
+        if epsilon <= 0:
+            ck.fail(("outputs", "epsilon"), f"epsilon must be greater than 0 (got {epsilon:g})")
+        if not flags["aggregates"]:
+            ck.fail(("outputs", "epsilon"), "epsilon is spent on aggregates: set aggregates = true")
+    return JobSpec(name=name, recipient=recipient, inputs=tuple(inputs), steps=tuple(steps), join=how,
+                   outputs=JobOutputs(**flags, holdout_fraction=holdout, seed=seed, epsilon=epsilon))
+
+
+def check_job(
+    spec: JobSpec,
+    *,
+    datasets: Mapping[str, Mapping[str, Any]],
+    plugins: Mapping[str, Mapping[str, Any]],
+    approvals: Set[tuple[str, str, int, str]],
+    recipient_exists: bool,
+    budget_remaining: Mapping[str, float | None],
+) -> EffectivePolicy:
+    """Decide whether `spec` may run now; return its effective policy or raise `PolicyError`.
+
+    The API builds every argument from its store, as plain values:
+
+    - `datasets[name] = {"owner": org name, "policy": Policy (or its to_dict()),
+      "policy_version": int, "sha256": ciphertext sha256 hex}` for (at least) every input.
+    - `plugins[plugin_id] = {"name": str, "kind": "preprocess"|"features"|"model"|"analysis",
+      "manifest": the parsed cleanroom-plugin.toml dict}` for (at least) every plugin of the job.
+    - `approvals`: `(plugin_id, dataset, policy_version, dataset_sha256)` of every approval that is
+      granted, not revoked and given by the dataset's current owner.
+    - `recipient_exists`: whether an org named `spec.recipient` is in the room.
+    - `budget_remaining[name]`: DP budget left (policy epsilon minus what jobs spent or reserved);
+      needed for every input whose policy sets `epsilon`, None or absent for the others.
+    """
+    missing = [name for name in spec.inputs if name not in datasets]
+    if missing:
+        raise PolicyError(f"unknown dataset {missing[0]!r}", details={"dataset": missing[0]})
+    if not recipient_exists:
+        raise PolicyError(f"no org named {spec.recipient!r} in the room",
+                          details={"recipient": spec.recipient})
+    for pid in spec.plugin_ids():
+        if pid not in plugins:
+            raise PolicyError(f"unknown plugin {pid[:12]}", details={"plugin": pid})
+    policies = {name: _policy(datasets[name]["policy"]) for name in spec.inputs}
+    _check_steps(spec, plugins)
+
+    for name, policy in policies.items():
+        owner = datasets[name]["owner"]
+        if spec.recipient not in policy.recipients and spec.recipient != owner:
+            allowed = ", ".join(policy.recipients) or "nobody but its owner"
+            raise PolicyError(f"dataset {name!r} does not allow releases to {spec.recipient!r} "
+                              f"(its policy allows: {allowed})", details={"dataset": name})
+        wanted = [("model", spec.outputs.model), ("aggregate", spec.outputs.aggregates)]
+        for kind in (kind for kind, on in wanted if on and kind not in policy.outputs):
+            raise PolicyError(f"dataset {name!r} does not allow {kind} outputs", details={"dataset": name})
+    epsilon = spec.outputs.epsilon
+    for name, policy in policies.items():
+        if policy.require_dp and spec.outputs.aggregates and epsilon is None:
+            raise PolicyError(f"dataset {name!r} requires differential privacy for aggregates: "
+                              "set epsilon in [outputs]", details={"dataset": name})
+        if epsilon is None or policy.epsilon is None:
+            continue  # no budget in the policy (so no require_dp either): DP there is free and optional
+        if budget_remaining.get(name) is None:
+            raise CleanroomError(f"the remaining DP budget of {name!r} was not given to the job check")
+        left = float(budget_remaining[name])  # type: ignore[arg-type]
+        if epsilon > left + _EPS:
+            raise PolicyError(f"the job asks for epsilon {epsilon:g} but dataset {name!r} has "
+                              f"{max(left, 0):g} left of its budget {policy.epsilon:g}",
+                              details={"dataset": name, "remaining": left})
+
+    owners = {name: datasets[name]["owner"] for name in spec.inputs}
+    absent = []
+    for i, step in enumerate(spec.steps):
+        for name in [step.dataset] if step.dataset else spec.inputs:
+            ds = datasets[name]
+            if (step.plugin, name, ds["policy_version"], ds["sha256"]) not in approvals:
+                absent.append((i, step.plugin, name))
+    if absent:
+        i, pid, name = absent[0]
+        more = f" ({len(absent) - 1} more missing)" if len(absent) > 1 else ""
+        raise PolicyError(
+            f"plugin {plugins[pid]['name']!r} ({pid[:12]}) is not approved by {owners[name]!r} for dataset "
+            f"{name!r} at policy version {datasets[name]['policy_version']} and its current data{more}",
+            hint=f"ask {owners[name]} to review and approve the plugin",
+            details={"missing_approvals": [{"step": s, "plugin": p, "dataset": d} for s, p, d in absent]})
+    return combine(policies, owners=owners)
+
+
+def _policy(value: Policy | Mapping[str, Any]) -> Policy:
+    return value if isinstance(value, Policy) else Policy.from_dict(value)
+
+
+def _check_steps(spec: JobSpec, plugins: Mapping[str, Mapping[str, Any]]) -> None:
+    from cleanroom.bundle import validate_params  # written alongside; imported late to keep this light
+
+    kinds = [plugins[step.plugin]["kind"] for step in spec.steps]
+    for i, (step, kind) in enumerate(zip(spec.steps, kinds, strict=True)):
+        label = f"step {i} ({plugins[step.plugin]['name']!r}, {step.plugin[:12]})"
+        if step.dataset is not None and step.dataset not in spec.inputs:
+            raise PolicyError(f"{label} runs on {step.dataset!r}, which is not an input of the job",
+                              details={"step": i})
+        if kind not in STEP_KINDS:
+            raise PolicyError(f"{label} has unknown kind {kind!r}", details={"step": i})
+        if kind in ("model", "analysis") and step.dataset:
+            raise PolicyError(f"{label} is a {kind} step: it runs on the joined inputs, drop 'dataset'",
+                              details={"step": i})
+        if i and kind in ("preprocess", "features") and kinds[i - 1] in ("model", "analysis"):
+            raise PolicyError(f"{label} is a {kind} step after a {kinds[i - 1]} step: preprocess and "
+                              "features steps come first", details={"step": i})
+        if step.dataset and i and not spec.steps[i - 1].dataset:
+            raise PolicyError(f"{label} runs on {step.dataset!r} before the join: put it before the "
+                              "steps on the joined inputs", details={"step": i})
+        try:
+            validate_params(plugins[step.plugin]["manifest"], step.params)
+        except ValidationError as exc:
+            raise PolicyError(f"{label}: {exc.message}", hint=exc.hint, details={"step": i}) from None
+    models, analyses = kinds.count("model"), kinds.count("analysis")
+    if spec.outputs.model and models != 1:
+        raise PolicyError(f"model = true needs exactly one model step (the job has {models})")
+    if not spec.outputs.model and models:
+        raise PolicyError("the job has a model step but does not ask for a model: set model = true")
+    if spec.outputs.aggregates and not analyses:
+        raise PolicyError("aggregates = true needs at least one analysis step")
+    if not spec.outputs.aggregates and analyses:
+        raise PolicyError("the job has analysis steps but does not ask for aggregates: set aggregates = true")

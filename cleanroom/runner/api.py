@@ -1,0 +1,72 @@
+"""The runner's HTTP client for the API's /runner routes (the runner holds its own token)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from cleanroom.errors import ConnectionFailed, from_response
+
+
+class RunnerAPI:
+    def __init__(self, url: str, token: str, *, ca_file: str | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers={"authorization": f"Bearer {token}"},
+                                 timeout=httpx.Timeout(60.0, read=600.0), verify=ca_file or True,
+                                 transport=transport)
+
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self.http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"runner cannot reach the API: {exc}") from exc
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {"message": resp.text[:200]}
+            raise from_response(resp.status_code, body)
+        return resp
+
+    def register(self, enc_public: str, sign_public: str) -> dict[str, Any]:
+        return self._call("POST", "/runner/register", json={"enc_public": enc_public,
+                                                            "sign_public": sign_public}).json()
+
+    def recover(self) -> dict[str, Any]:
+        return self._call("POST", "/runner/recover").json()
+
+    def claim(self) -> str | None:
+        return self._call("POST", "/runner/claim").json()["job"]
+
+    def status(self, job_id: str) -> str:
+        return self._call("GET", f"/runner/jobs/{job_id}").json()["status"]
+
+    def context(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/runner/jobs/{job_id}/context").json()
+
+    def ciphertext(self, name: str, max_bytes: int) -> bytes:
+        out = bytearray()
+        try:
+            with self.http.stream("GET", f"/runner/datasets/{name}/ciphertext") as resp:
+                if resp.status_code >= 400:
+                    raise from_response(resp.status_code, {"message": f"cannot fetch {name}"})
+                for chunk in resp.iter_bytes():
+                    out.extend(chunk)
+                    if len(out) > max_bytes:
+                        raise ConnectionFailed(f"ciphertext of {name} is larger than declared")
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"runner cannot fetch {name}: {exc}") from exc
+        return bytes(out)
+
+    def bundle(self, plugin_id: str) -> bytes:
+        return self._call("GET", f"/runner/plugins/{plugin_id}/bundle").content
+
+    def progress(self, job_id: str, phase: str) -> str:
+        return self._call("POST", f"/runner/jobs/{job_id}/progress", json={"phase": phase}).json()["status"]
+
+    def artifact(self, job_id: str, name: str, data: bytes) -> dict[str, Any]:
+        return self._call("PUT", f"/runner/jobs/{job_id}/artifacts/{name}", content=data).json()
+
+    def finish(self, job_id: str, **body: Any) -> dict[str, Any]:
+        return self._call("POST", f"/runner/jobs/{job_id}/finish", json=body).json()

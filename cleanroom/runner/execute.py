@@ -1,0 +1,287 @@
+"""One job, end to end, on the runner: verify, decrypt in memory, compute, release, encrypt, upload.
+
+Fails closed: any doubt about hashes, signatures or policy versions stops the job before a byte is
+decrypted. Plaintext lives only in this process's memory and in the sandbox containers' pipes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from typing import Any
+
+from cleanroom.crypto import KeyPair, canonical_json, decrypt_bytes, encrypt_bytes, fingerprint, verify
+from cleanroom.errors import CleanroomError, IntegrityError, PolicyError, SandboxError
+from cleanroom.runner.api import RunnerAPI
+from cleanroom.runner.sandbox import PhaseResult, Sandbox
+from cleanroom.sandbox import wire
+
+log = logging.getLogger("cleanroom.runner")
+
+
+class JobFailed(Exception):
+    def __init__(self, error_class: str, reason: str, status: str = "failed") -> None:
+        super().__init__(reason)
+        self.error_class = error_class
+        self.reason = reason
+        self.status = status
+
+
+class Cancelled(Exception):
+    pass
+
+
+def verify_context(ctx: dict[str, Any], bundles: dict[str, bytes]) -> dict[str, Any]:
+    """Re-check, on the runner, everything the API checked: hashes, signed approvals, policies.
+
+    Returns the effective policy recomputed here from the datasets' current policies.
+    """
+    from cleanroom.jobspec import JobSpec, check_job
+    from cleanroom.policy import Policy
+
+    spec = JobSpec.from_dict(ctx["job"]["spec"])
+    for pid, data in bundles.items():
+        if hashlib.sha256(data).hexdigest() != pid:
+            raise JobFailed("integrity_error", f"plugin {pid[:12]} does not hash to its id")
+    datasets = {}
+    for ds in ctx["datasets"]:
+        policy = Policy.from_dict(ds["policy"])
+        if hashlib.sha256(json.dumps(policy.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+                          ).hexdigest() != ds["policy_sha256"]:
+            raise JobFailed("integrity_error", f"the policy of {ds['name']} does not match its hash")
+        datasets[ds["name"]] = {"owner": ds["owner"], "policy": policy, "policy_version": ds["policy_version"],
+                                "sha256": ds["sha256"]}
+    approvals = set()
+    for a in ctx["approvals"]:
+        p = a["payload"]
+        ds = datasets.get(p.get("dataset"))
+        if ds is None or a["org"] != ds["owner"] or p.get("org") != ds["owner"]:
+            continue  # only the dataset's owner can approve for it
+        owner_key = ctx["owners"].get(ds["owner"], {}).get("sign_public")
+        if not owner_key:
+            continue
+        try:
+            verify(owner_key, p, a["signature"])
+        except IntegrityError:
+            log.warning("approval with a bad signature ignored (plugin %s, dataset %s)",
+                        str(p.get("plugin_id"))[:12], p.get("dataset"))
+            continue
+        if p.get("type") == "plugin-approval" and p.get("decision") == "approve":
+            approvals.add((p["plugin_id"], p["dataset"], p["policy_version"], p["dataset_sha256"]))
+    plugins = {pid: {"name": p["name"], "kind": p["kind"], "manifest": p["manifest"]}
+               for pid, p in ctx["plugins"].items()}
+    try:
+        effective = check_job(spec, datasets=datasets, plugins=plugins, approvals=approvals, recipient_exists=True,
+                              budget_remaining={n: None for n in datasets}, enforce_budget=False)
+    except PolicyError as exc:
+        raise JobFailed("approval_or_policy", f"re-check on the runner failed: {exc.message}") from exc
+    return effective.to_dict()
+
+
+class JobRun:
+    def __init__(self, api: RunnerAPI, sandbox: Sandbox, keys: KeyPair, job_id: str, settings: Any) -> None:
+        self.api = api
+        self.sandbox = sandbox
+        self.keys = keys
+        self.job_id = job_id
+        self.settings = settings
+        self.logs = io.BytesIO()
+        self.timings: dict[str, float] = {}
+        self.isolation: dict[str, Any] = {}
+
+    def note(self, text: str) -> None:
+        if self.logs.tell() < self.settings.job_log_bytes:
+            self.logs.write(text.encode()[: 4096] + b"\n")
+
+    def phase(self, name: str) -> None:
+        if self.api.progress(self.job_id, name) != "running":
+            raise Cancelled()
+
+    def cancelled(self) -> bool:
+        try:
+            return self.api.status(self.job_id) == "cancelled"
+        except CleanroomError:
+            return False
+
+    def run(self) -> None:
+        ctx: dict[str, Any] | None = None
+        try:
+            ctx = self.api.context(self.job_id)
+            self._run(ctx)
+        except Cancelled:
+            log.info("job %s was cancelled", self.job_id)
+        except JobFailed as exc:
+            self.note(f"job failed: {exc.error_class}: {exc.reason}")
+            self._fail(ctx, exc.status, exc.error_class, exc.reason)
+        except CleanroomError as exc:
+            self.note(f"job failed: {exc.code}: {exc.message}")
+            self._fail(ctx, "failed", exc.code, exc.message)
+        except Exception as exc:  # noqa: BLE001 - never lose a job
+            log.exception("job %s crashed the runner's job code", self.job_id)
+            self._fail(ctx, "failed", "internal", f"runner error: {type(exc).__name__}")
+
+    def _fail(self, ctx: dict[str, Any] | None, status: str, error_class: str, reason: str) -> None:
+        log_blob = self._upload_logs(ctx)
+        try:
+            self.api.finish(self.job_id, status=status, reason=reason[:4000], error_class=error_class,
+                            log_blob=log_blob)
+        except CleanroomError as exc:
+            log.warning("could not record the failure of job %s: %s", self.job_id, exc.message)
+
+    def _upload_logs(self, ctx: dict[str, Any] | None) -> str | None:
+        if ctx is None:
+            return None
+        owners = [o["enc_public"] for o in ctx["owners"].values() if o.get("enc_public")]
+        if not owners:
+            return None
+        try:
+            data = encrypt_bytes(self.logs.getvalue()[: self.settings.job_log_bytes], owners)
+            return self.api.artifact(self.job_id, "_logs", data)["blob"]
+        except CleanroomError:
+            return None
+
+    def _run(self, ctx: dict[str, Any]) -> None:
+        started = time.monotonic()
+        spec = ctx["job"]["spec"]
+        bundles = {pid: self.api.bundle(pid) for pid in ctx["plugins"]}
+        effective = verify_context(ctx, bundles)
+        self.timings["verify"] = round(time.monotonic() - started, 3)
+
+        self.phase("decrypting")
+        t = time.monotonic()
+        inputs: dict[str, bytes] = {}
+        for index, ds in enumerate(ctx["datasets"]):
+            ciphertext = self.api.ciphertext(ds["name"], ds["size"])
+            if hashlib.sha256(ciphertext).hexdigest() != ds["sha256"]:
+                raise JobFailed("integrity_error", f"the ciphertext of {ds['name']} does not match its hash")
+            try:
+                inputs[f"inputs/{index}.arrow"] = decrypt_bytes(ciphertext, self.keys)
+            except IntegrityError as exc:
+                raise JobFailed("integrity_error", f"{ds['name']}: {exc.message}") from exc
+            del ciphertext
+        self.timings["decrypt"] = round(time.monotonic() - t, 3)
+
+        self.phase("compute")
+        steps = []
+        for step in spec["steps"]:
+            p = ctx["plugins"][step["plugin"]]
+            steps.append({"plugin_id": p["id"], "name": p["name"], "kind": p["kind"],
+                          "entry": p["manifest"]["entry"], "params": step.get("params", {}),
+                          "dataset": step.get("dataset")})
+        request = io.BytesIO()
+        files = dict(inputs)
+        files.update({f"plugins/{pid}.tar": data for pid, data in bundles.items()})
+        wire.write_message(request, "job.json", {
+            "job_id": self.job_id, "steps": steps, "max_output_bytes": self.settings.job_max_output_bytes,
+            "inputs": [{"dataset": ds["name"], "file": f"inputs/{i}.arrow"} for i, ds in enumerate(ctx["datasets"])],
+        }, files)
+        del files, inputs
+        compute = self._phase_run("compute", request.getvalue())
+        del request
+        result, out_files = self._decode(compute, "compute")
+        if not result.get("ok"):
+            raise JobFailed("plugin_error", f"a plugin failed: {str(result.get('error'))[:500]}")
+        frame = out_files.get("frames/joined.arrow")
+        if frame is None:
+            raise JobFailed("protocol_error", "the compute phase returned no frame")
+
+        self.phase("release")
+        outputs = spec.get("outputs", {})
+        model_specs = [m["spec"] for m in result.get("model_specs", [])]
+        if outputs.get("model") and len(model_specs) != 1:
+            raise JobFailed("release_check_failed", "a model output needs exactly one model spec")
+        request = io.BytesIO()
+        wire.write_message(request, "job.json", {
+            "job_id": self.job_id, "policy": effective, "outputs": outputs,
+            "model_spec": model_specs[0] if outputs.get("model") else None,
+            "analysis_specs": [a["spec"] for a in result.get("analysis_specs", [])] if outputs.get("aggregates")
+            else [],
+            "dp": {"epsilon": outputs.get("epsilon"), "delta": outputs.get("delta")},
+        }, {"frames/joined.arrow": frame})
+        del frame
+        release = self._phase_run("release", request.getvalue())
+        rel, artifacts = self._decode(release, "release")
+        checks = rel.get("checks", [])
+        if not rel.get("ok"):
+            failed = [c["name"] for c in checks if not c.get("passed")]
+            raise JobFailed("release_check_failed",
+                            f"release checks failed: {', '.join(failed) or rel.get('error')}")
+
+        self.phase("uploading")
+        self._publish(ctx, effective, rel, artifacts, bundles, started)
+
+    def _phase_run(self, phase: str, request: bytes) -> PhaseResult:
+        try:
+            res = self.sandbox.run_phase(phase, self.job_id, request, cancelled=self.cancelled)
+        except SandboxError as exc:
+            raise JobFailed(exc.code, exc.message) from exc
+        self.isolation[phase] = res.isolation
+        self.timings[phase] = res.seconds
+        self.note(f"--- {phase} phase (exit {res.exit_code}, {res.seconds:.1f} s) ---")
+        self.note(res.stderr.decode("utf-8", "replace"))
+        if self.cancelled():
+            raise Cancelled()
+        if res.timed_out:
+            raise JobFailed("timeout", f"the {phase} phase ran past the time limit", status="timed_out")
+        if res.oom_killed:
+            raise JobFailed("out_of_memory", f"the {phase} phase ran out of memory")
+        if res.output_overflow:
+            raise JobFailed("output_too_large", f"the {phase} phase wrote more than the output limit")
+        if res.exit_code != 0:
+            raise JobFailed("sandbox_crash", f"the {phase} phase exited with an error")
+        return res
+
+    def _decode(self, res: PhaseResult, phase: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+        try:
+            return wire.read_message(io.BytesIO(res.stdout), "result.json", self.settings.job_max_output_bytes)
+        except wire.WireError as exc:
+            raise JobFailed("protocol_error", f"the {phase} phase answered an invalid message: {exc}") from exc
+
+    def _publish(self, ctx: dict[str, Any], effective: dict[str, Any], rel: dict[str, Any],
+                 files: dict[str, bytes], bundles: dict[str, bytes], started: float) -> None:
+        spec = ctx["job"]["spec"]
+        owners = {name: o["enc_public"] for name, o in ctx["owners"].items() if o.get("enc_public")}
+        recipient_key = ctx["recipient"].get("enc_public")
+        if not recipient_key:
+            raise JobFailed("recipient_has_no_key", f"the recipient {ctx['recipient']['name']} registered no key")
+        recipients = [recipient_key] + [k for k in owners.values() if k != recipient_key]
+        outputs, uploaded = {}, {}
+        for name, data in sorted(files.items()):
+            art = name.removeprefix("artifacts/")
+            declared = rel.get("artifacts", {}).get(art)
+            if not name.startswith("artifacts/") or declared is None:
+                raise JobFailed("protocol_error", f"undeclared artifact {name!r}")
+            digest = hashlib.sha256(data).hexdigest()
+            if declared.get("sha256") != digest:
+                raise JobFailed("protocol_error", f"artifact {art} does not match its declared hash")
+            outputs[art] = {"sha256": digest, "bytes": len(data)}
+            up = self.api.artifact(self.job_id, art, encrypt_bytes(data, recipients))
+            uploaded[art] = {"blob": up["blob"], "size": up["size"]}
+        review_by = sorted(effective.get("review_by", []))
+        manifest = {"job_id": self.job_id, "outputs": outputs, "checks": rel.get("checks", []),
+                    "epsilon_spent": rel.get("epsilon_spent", 0.0), "recipient": spec["recipient"],
+                    "encrypted_to": sorted([ctx["recipient"]["name"], *owners])}
+        self.timings["total"] = round(time.monotonic() - started, 3)
+        body = {
+            "type": "cleanroom-receipt", "version": 1, "job_id": self.job_id,
+            "spec_sha256": hashlib.sha256(canonical_json(spec)).hexdigest(),
+            "plugins": {pid: f"{p['name']}@{p['manifest'].get('version')}" for pid, p in ctx["plugins"].items()},
+            "datasets": {d["name"]: {"sha256": d["sha256"], "policy_version": d["policy_version"],
+                                     "policy_sha256": d["policy_sha256"]} for d in ctx["datasets"]},
+            "approvals": sorted(hashlib.sha256(canonical_json(a["payload"])).hexdigest()
+                                for a in ctx["approvals"]),
+            "image": self.isolation.get("compute", {}).get("image"),
+            "isolation": self.isolation, "epsilon_spent": rel.get("epsilon_spent", 0.0),
+            "outputs": outputs, "timings": self.timings, "issued_at": time.time(),
+            "manifest_sha256": hashlib.sha256(canonical_json(manifest)).hexdigest(),
+        }
+        receipt = {"body": body, "signature": self.keys.sign(body),
+                   "room_keys": {"enc_public": self.keys.enc_public, "sign_public": self.keys.sign_public,
+                                 "fingerprint": fingerprint(self.keys.enc_public + self.keys.sign_public)}}
+        log_blob = self._upload_logs(ctx)
+        self.api.finish(self.job_id, status="succeeded", reason="", error_class=None, log_blob=log_blob,
+                        release={"manifest": manifest, "receipt": receipt, "artifacts": uploaded,
+                                 "review_by": review_by})

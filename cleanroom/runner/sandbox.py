@@ -1,0 +1,266 @@
+"""Launching one sandbox phase: a fresh, locked-down container fed and read through pipes.
+
+The request goes to the container's stdin and the response comes back on its stdout over the
+Docker attach stream; nothing touches disk (the log driver is `none`). Every isolation control is
+read back from the engine before the container starts; one that did not apply fails the phase
+closed unless the operator waived it in settings (and the runner audits the waiver).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+from docker.types import LogConfig, Ulimit
+
+from cleanroom.errors import IsolationUnavailable, SandboxError
+from cleanroom.settings import Settings
+
+LABEL = "cleanroom.job"
+CONTROLS = ("network", "read_only", "user", "cap_drop", "no_new_privileges", "seccomp", "pids", "memory",
+            "swap", "cpu", "tmpfs", "ipc", "mounts", "privileged", "runtime")
+
+
+@dataclass
+class PhaseResult:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int | None
+    oom_killed: bool = False
+    timed_out: bool = False
+    output_overflow: bool = False
+    seconds: float = 0.0
+    isolation: dict[str, Any] = field(default_factory=dict)
+
+
+def _memory_bytes(text: str) -> int:
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    text = text.strip().lower()
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+
+
+def container_config(settings: Settings, image: str, phase: str, job_id: str) -> dict[str, Any]:
+    """The docker-py arguments of a sandbox container: the isolation baseline in one place."""
+    memory = _memory_bytes(settings.job_memory)
+    config: dict[str, Any] = dict(
+        image=image,
+        command=["python", "-I", "-m", f"cleanroom.sandbox.{phase}"],
+        stdin_open=True, tty=False, detach=False,  # detach=False makes docker-py set StdinOnce
+        user="65534:65534",
+        network_mode="none",
+        read_only=True,
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"],
+        pids_limit=max(16, int(settings.job_pids)),
+        mem_limit=memory, memswap_limit=memory,
+        nano_cpus=max(int(settings.job_cpus * 1e9), 100_000_000),
+        ipc_mode="none",
+        tmpfs={"/tmp": f"rw,noexec,nosuid,nodev,size={int(settings.job_tmpfs_bytes)}"},
+        ulimits=[Ulimit(name="nofile", soft=256, hard=256), Ulimit(name="core", soft=0, hard=0),
+                 Ulimit(name="fsize", soft=int(settings.job_tmpfs_bytes), hard=int(settings.job_tmpfs_bytes))],
+        environment={"HOME": "/tmp"},
+        working_dir="/tmp",
+        hostname="sandbox",
+        init=True,
+        log_config=LogConfig(type="none"),
+        labels={LABEL: job_id, "cleanroom.phase": phase},
+    )
+    if settings.sandbox_runtime:
+        config["runtime"] = settings.sandbox_runtime
+    return config
+
+
+def read_back(attrs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """What the engine actually applied, control by control (True = enforced)."""
+    hc = attrs.get("HostConfig", {})
+    cfg = attrs.get("Config", {})
+    sec = hc.get("SecurityOpt") or []
+    tmpfs = hc.get("Tmpfs") or {}
+    applied = {
+        "network": hc.get("NetworkMode") == "none",
+        "read_only": hc.get("ReadonlyRootfs") is True,
+        "user": cfg.get("User") == "65534:65534",
+        "cap_drop": [c.upper() for c in (hc.get("CapDrop") or [])] in (["ALL"], ["CAP_ALL"]) and not hc.get("CapAdd"),
+        "no_new_privileges": any(s.startswith("no-new-privileges") for s in sec),
+        "seccomp": not any("seccomp=unconfined" in s or "seccomp:unconfined" in s for s in sec),
+        "pids": (hc.get("PidsLimit") or 0) == config["pids_limit"],
+        "memory": hc.get("Memory") == config["mem_limit"],
+        "swap": hc.get("MemorySwap") == config["mem_limit"],
+        "cpu": hc.get("NanoCpus") == config["nano_cpus"],
+        "tmpfs": "noexec" in tmpfs.get("/tmp", "") and "size=" in tmpfs.get("/tmp", ""),
+        "ipc": hc.get("IpcMode") in ("none", "private"),
+        "mounts": not (hc.get("Binds") or hc.get("Mounts")) and not attrs.get("Mounts"),
+        "privileged": hc.get("Privileged") is False and hc.get("PidMode", "") in ("", "private")
+        and not hc.get("Devices"),
+        "runtime": (hc.get("Runtime") == config["runtime"]) if "runtime" in config else True,
+        "environment": sorted(k.split("=")[0] for k in cfg.get("Env") or []),
+    }
+    return applied
+
+
+def check_isolation(applied: dict[str, Any], waived: list[str]) -> list[str]:
+    """Fail closed: raise unless every control is enforced or explicitly waived. Returns waivers used."""
+    missing = [c for c in CONTROLS if applied.get(c) is not True]
+    used = [c for c in missing if c in waived]
+    refused = [c for c in missing if c not in waived]
+    if refused:
+        raise IsolationUnavailable(f"the Docker engine did not apply: {', '.join(refused)}",
+                                   hint="fix the engine, or waive a control with CLEANROOM_ALLOW_UNENFORCED "
+                                        "(audited)")
+    return used
+
+
+class Sandbox:
+    """Runs sandbox phases on a Docker engine."""
+
+    def __init__(self, settings: Settings, client: docker.DockerClient | None = None) -> None:
+        self.settings = settings
+        try:
+            self.docker = client or docker.from_env(timeout=120)
+            self.docker.ping()
+        except docker.errors.DockerException as exc:
+            raise SandboxError(f"cannot reach the Docker engine: {exc}",
+                               hint="start Docker, or mount /var/run/docker.sock into the runner") from exc
+
+    def image_id(self, image: str) -> str:
+        try:
+            return str(self.docker.images.get(image).id)
+        except docker.errors.ImageNotFound as exc:
+            raise SandboxError(f"sandbox image {image} is missing", hint="run: make images") from exc
+
+    def run_phase(self, phase: str, job_id: str, request: bytes, *, image: str | None = None,
+                  timeout: float | None = None, max_output: int | None = None,
+                  cancelled: Any = None) -> PhaseResult:
+        image = image or self.settings.sandbox_image
+        timeout = timeout or self.settings.job_timeout_seconds
+        max_output = max_output or self.settings.job_max_output_bytes
+        config = container_config(self.settings, image, phase, job_id)
+        started = time.monotonic()
+        try:
+            container = self.docker.containers.create(**config)
+        except docker.errors.APIError as exc:
+            raise IsolationUnavailable(f"the engine refused the sandbox configuration: {exc.explanation}") from exc
+        try:
+            container.reload()
+            applied = read_back(container.attrs, config)
+            waivers = check_isolation(applied, self.settings.allow_unenforced)
+            result = self._attach_and_run(container, request, timeout, max_output, cancelled)
+            result.isolation = {**applied, "waived": waivers, "image": container.attrs.get("Image")}
+            result.seconds = round(time.monotonic() - started, 3)
+            return result
+        finally:
+            try:
+                container.remove(force=True)
+            except docker.errors.APIError:
+                pass
+
+    def _attach_and_run(self, container: Any, request: bytes, timeout: float, max_output: int,
+                        cancelled: Any) -> PhaseResult:
+        sock = self.docker.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1,
+                                                                   "stream": 1})
+        raw: socket.socket = sock._sock  # the hijacked connection
+        container.start()
+        log_cap = self.settings.job_log_bytes
+        state = {"timed_out": False, "overflow": False, "done": False}
+
+        def feed() -> None:
+            try:
+                view = memoryview(request)
+                for offset in range(0, len(view), 1 << 16):
+                    raw.sendall(view[offset:offset + (1 << 16)])
+                raw.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the container exited early; its exit code tells why
+
+        def watchdog() -> None:
+            deadline = time.monotonic() + timeout
+            while not state["done"]:
+                if time.monotonic() > deadline or (cancelled is not None and cancelled()):
+                    state["timed_out"] = time.monotonic() > deadline
+                    _kill(container)
+                    return
+                time.sleep(0.2)
+
+        writer = threading.Thread(target=feed, daemon=True)
+        guard = threading.Thread(target=watchdog, daemon=True)
+        writer.start()
+        guard.start()
+        stdout, stderr = bytearray(), bytearray()
+        try:
+            for stream, data in _frames(raw):
+                if stream == 1:
+                    if len(stdout) + len(data) > max_output:
+                        state["overflow"] = True
+                        _kill(container)
+                        break
+                    stdout.extend(data)
+                elif len(stderr) < log_cap:
+                    stderr.extend(data[: log_cap - len(stderr)])
+        finally:
+            state["done"] = True
+            try:
+                raw.close()
+            except OSError:
+                pass
+        try:
+            status = container.wait(timeout=30)
+            code = status.get("StatusCode")
+        except Exception:  # noqa: BLE001 - an engine that will not answer: kill and report
+            _kill(container)
+            code = None
+        container.reload()
+        oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+        return PhaseResult(stdout=bytes(stdout), stderr=bytes(stderr), exit_code=code, oom_killed=oom,
+                           timed_out=state["timed_out"], output_overflow=state["overflow"])
+
+    def remove_orphans(self) -> int:
+        """Remove sandbox containers left by a crashed runner."""
+        count = 0
+        for c in self.docker.containers.list(all=True, filters={"label": LABEL}):
+            _kill(c)
+            try:
+                c.remove(force=True)
+                count += 1
+            except docker.errors.APIError:
+                pass
+        return count
+
+
+def _kill(container: Any) -> None:
+    try:
+        container.kill()
+    except docker.errors.APIError:
+        pass
+
+
+def _frames(raw: socket.socket):  # type: ignore[no-untyped-def]
+    """Demultiplex Docker's attach stream: 8-byte headers (stream, size) then payload."""
+    buf = bytearray()
+
+    def read_exact(n: int) -> bytes | None:
+        while len(buf) < n:
+            try:
+                chunk = raw.recv(max(65536, n - len(buf)))
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            buf.extend(chunk)
+        data = bytes(buf[:n])
+        del buf[:n]
+        return data
+
+    while True:
+        header = read_exact(8)
+        if header is None:
+            return
+        stream, size = header[0], struct.unpack(">I", header[4:8])[0]
+        payload = read_exact(size)
+        if payload is None:
+            return
+        yield stream, payload

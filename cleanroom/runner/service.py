@@ -1,0 +1,98 @@
+"""The runner service: holds the room key, claims jobs over HTTP and runs them in sandboxes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from cleanroom.crypto import KeyPair, generate_keypair
+from cleanroom.errors import CleanroomError, ConnectionFailed
+from cleanroom.runner.api import RunnerAPI
+from cleanroom.runner.execute import JobRun
+from cleanroom.runner.sandbox import Sandbox
+from cleanroom.settings import Settings
+
+log = logging.getLogger("cleanroom.runner")
+
+
+def load_room_key(home: Path) -> KeyPair:
+    """The room's key pair, generated on the runner's first start and kept only in its volume."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = home / "room-key.json"
+    if path.exists():
+        return KeyPair.from_dict(json.loads(path.read_text()))
+    pair = generate_keypair()
+    tmp = home / "room-key.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(pair.to_dict(), f)
+    os.replace(tmp, path)
+    log.info("generated the room key pair")
+    return pair
+
+
+def heartbeat(home: Path) -> None:
+    path = home / "heartbeat"
+    path.write_text(str(time.time()))
+
+
+class RunnerService:
+    def __init__(self, settings: Settings, api: RunnerAPI | None = None, sandbox: Sandbox | None = None) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s %(message)s")
+        self.settings = settings
+        self.keys = load_room_key(settings.runner_home)
+        self.api = api or RunnerAPI(settings.url, settings.runner_token(), ca_file=settings.ca_file)
+        self.sandbox = sandbox or Sandbox(settings)
+        self.stop = threading.Event()
+
+    def start(self) -> None:
+        """Register the room key, clean up after a crash, re-queue interrupted jobs."""
+        for attempt in range(60):
+            try:
+                self.api.register(self.keys.enc_public, self.keys.sign_public)
+                break
+            except ConnectionFailed:
+                if attempt == 59:
+                    raise
+                time.sleep(1)
+        removed = self.sandbox.remove_orphans()
+        if removed:
+            log.info("removed %d sandbox containers left by an earlier run", removed)
+        recovered = self.api.recover()
+        if recovered["requeued"] or recovered["failed"]:
+            log.info("recovered jobs: %s", recovered)
+        self.sandbox.image_id(self.settings.sandbox_image)
+
+    def run_job(self, job_id: str) -> None:
+        log.info("running job %s", job_id)
+        JobRun(self.api, self.sandbox, self.keys, job_id, self.settings).run()
+        log.info("job %s done", job_id)
+
+    def run(self, *, once: bool = False) -> None:
+        self.start()
+        running: dict[str, Future[None]] = {}
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.max_concurrent_jobs)) as pool:
+            while not self.stop.is_set():
+                heartbeat(self.settings.runner_home)
+                for job_id, fut in list(running.items()):
+                    if fut.done():
+                        running.pop(job_id)
+                claimed = False
+                while len(running) < self.settings.max_concurrent_jobs:
+                    try:
+                        job_id = self.api.claim()
+                    except CleanroomError as exc:
+                        log.warning("claim failed: %s", exc.message)
+                        break
+                    if not job_id:
+                        break
+                    claimed = True
+                    running[job_id] = pool.submit(self.run_job, job_id)
+                if once and not claimed and not running:
+                    return
+                self.stop.wait(self.settings.poll_seconds)

@@ -1,0 +1,149 @@
+"""SQLite store (WAL) with numbered migrations, plus the blob directory.
+
+Each state change runs in one transaction together with its audit event (`Store.tx`), so a crash
+never leaves a half-visible record. PostgreSQL can implement the same small surface later.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cleanroom.blobs import BlobStore
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE orgs (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, roles TEXT NOT NULL,
+        enc_public TEXT, sign_public TEXT, created_at REAL NOT NULL);
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id), hash TEXT NOT NULL,
+        created_at REAL NOT NULL, revoked_at REAL);
+    CREATE TABLE room (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE uploads (
+        id TEXT PRIMARY KEY, org_id TEXT NOT NULL, meta TEXT NOT NULL, created_at REAL NOT NULL);
+    CREATE TABLE datasets (
+        name TEXT PRIMARY KEY, owner_id TEXT NOT NULL REFERENCES orgs(id), sha256 TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL, row_count INTEGER NOT NULL, schema TEXT NOT NULL, mock TEXT NOT NULL,
+        dropped TEXT NOT NULL, description TEXT NOT NULL, policy_version INTEGER NOT NULL,
+        created_at REAL NOT NULL);
+    CREATE TABLE policies (
+        dataset TEXT NOT NULL, version INTEGER NOT NULL, text TEXT NOT NULL, policy TEXT NOT NULL,
+        sha256 TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (dataset, version));
+    CREATE TABLE plugins (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, version TEXT NOT NULL, kind TEXT NOT NULL,
+        manifest TEXT NOT NULL, review TEXT NOT NULL, size INTEGER NOT NULL,
+        submitted_by TEXT NOT NULL, created_at REAL NOT NULL, UNIQUE (name, version));
+    CREATE TABLE approvals (
+        id TEXT PRIMARY KEY, plugin_id TEXT NOT NULL REFERENCES plugins(id), dataset TEXT NOT NULL,
+        policy_version INTEGER NOT NULL, dataset_sha256 TEXT NOT NULL, org_id TEXT NOT NULL,
+        decision TEXT NOT NULL, reason TEXT NOT NULL, payload TEXT NOT NULL, signature TEXT NOT NULL,
+        created_at REAL NOT NULL, revoked_at REAL);
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY, org_id TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,
+        effective_policy TEXT NOT NULL, status TEXT NOT NULL, phase TEXT, reason TEXT,
+        error_class TEXT, created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+        runner_id TEXT, log_blob TEXT, attempts INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX jobs_status ON jobs(status, created_at);
+    CREATE TABLE budget (
+        dataset TEXT NOT NULL, job_id TEXT NOT NULL, epsilon REAL NOT NULL, state TEXT NOT NULL,
+        created_at REAL NOT NULL, PRIMARY KEY (dataset, job_id));
+    CREATE TABLE releases (
+        id TEXT PRIMARY KEY, job_id TEXT NOT NULL UNIQUE REFERENCES jobs(id), recipient_id TEXT NOT NULL,
+        manifest TEXT NOT NULL, receipt TEXT NOT NULL, review_by TEXT NOT NULL, created_at REAL NOT NULL);
+    CREATE TABLE release_artifacts (
+        release_id TEXT NOT NULL, name TEXT NOT NULL, blob TEXT NOT NULL, size INTEGER NOT NULL,
+        PRIMARY KEY (release_id, name));
+    CREATE TABLE release_approvals (
+        release_id TEXT NOT NULL, dataset TEXT NOT NULL, org_id TEXT NOT NULL, payload TEXT NOT NULL,
+        signature TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (release_id, dataset));
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY, ts REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        object_type TEXT NOT NULL, object_id TEXT NOT NULL, details TEXT NOT NULL,
+        prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+    """,
+]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+def now() -> float:
+    return round(time.time(), 6)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class Store:
+    """The API's state: one SQLite database and one blob directory under `data_dir`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.data_dir / "cleanroom.db"
+        self.blobs = BlobStore(self.data_dir / "blobs")
+        self._write_lock = threading.Lock()
+        self.migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    def migrate(self) -> int:
+        with self._write_lock:
+            conn = self._connect()
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        for statement in script.split(";"):
+                            if statement.strip():
+                                conn.execute(statement)
+                        conn.execute(f"PRAGMA user_version={number}")
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                return int(conn.execute("PRAGMA user_version").fetchone()[0])
+            finally:
+                conn.close()
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: all or nothing. Writers are serialised (SQLite allows one)."""
+        with self._write_lock:
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            finally:
+                conn.close()

@@ -1,0 +1,95 @@
+"""Shared fixtures: a real API over HTTP on loopback, orgs with their own key homes, a real runner."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from cleanroom.api.app import create_app
+from cleanroom.client import Client
+from cleanroom.profile import Profile
+from cleanroom.settings import Settings
+from cleanroom.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load_images_env() -> None:
+    env_file = REPO / "containers" / ".build" / "images.env"
+    if env_file.exists():
+        for line in env_file.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key and value and key not in os.environ:
+                os.environ[key.strip()] = value.strip()
+
+
+_load_images_env()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Room:
+    """A running API service (uvicorn in a thread) with its data directory."""
+
+    def __init__(self, data_dir: Path, **overrides: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.settings = Settings(data_dir=data_dir, port=self.port,
+                                 runner_token_file=str(data_dir / "runner-token"), **overrides)
+        self.store = Store(data_dir)
+        self.app = create_app(self.settings, self.store)
+        self.admin_token: str = self.app.state.bootstrap_token
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("API did not start")
+            time.sleep(0.05)
+        self.admin = Client(self.url, self.admin_token, profile=Profile(name="admin-test"))
+        self._n = 0
+
+    @property
+    def runner_token(self) -> str:
+        return Path(self.settings.runner_token_file or "").read_text().strip()
+
+    def org(self, name: str, *roles: str) -> Client:
+        created = self.admin.create_org(name, list(roles))
+        client = Client(self.url, created["token"], profile=Profile(name=f"{name}-{self.port}"))
+        client.keys()  # generate and register this org's key pair, as the CLI does on first use
+        return client
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def cleanroom_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own CLEANROOM_HOME (profiles and org keys)."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("CLEANROOM_HOME", str(home))
+    for var in ("CLEANROOM_URL", "CLEANROOM_TOKEN", "CLEANROOM_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
+def room(tmp_path: Path) -> Iterator[Room]:
+    r = Room(tmp_path / "api-data")
+    yield r
+    r.stop()
