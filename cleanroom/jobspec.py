@@ -291,6 +291,10 @@ def check_job(
     return combine(policies, owners=owners)
 
 
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
+
+
 def _policy(value: Policy | Mapping[str, Any]) -> Policy:
     return value if isinstance(value, Policy) else Policy.from_dict(value)
 
@@ -307,10 +311,10 @@ def _check_steps(spec: JobSpec, plugins: Mapping[str, Mapping[str, Any]]) -> Non
         if kind not in STEP_KINDS:
             raise PolicyError(f"{label} has unknown kind {kind!r}", details={"step": i})
         if kind in ("model", "analysis") and step.dataset:
-            raise PolicyError(f"{label} is a {kind} step: it runs on the joined inputs, drop 'dataset'",
+            raise PolicyError(f"{label} is {_a(kind)} step: it runs on the joined inputs, drop 'dataset'",
                               details={"step": i})
         if i and kind in ("preprocess", "features") and kinds[i - 1] in ("model", "analysis"):
-            raise PolicyError(f"{label} is a {kind} step after a {kinds[i - 1]} step: preprocess and "
+            raise PolicyError(f"{label} is {_a(kind)} step after {_a(kinds[i - 1])} step: preprocess and "
                               "features steps come first", details={"step": i})
         if step.dataset and i and not spec.steps[i - 1].dataset:
             raise PolicyError(f"{label} runs on {step.dataset!r} before the join: put it before the "

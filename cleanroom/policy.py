@@ -34,7 +34,7 @@ DEFAULT_ESTIMATORS = (
 )
 # These keep training rows inside the fitted model, so an owner must opt in with allow_row_storing.
 ROW_STORING_ESTIMATORS = (
-    "knn_regressor", "knn_classifier", "svr", "svc",
+    "k_neighbors_regressor", "k_neighbors_classifier", "svr", "svc",
     "gaussian_process_regressor", "gaussian_process_classifier",
 )
 KNOWN_ESTIMATORS = DEFAULT_ESTIMATORS + ROW_STORING_ESTIMATORS
@@ -163,16 +163,20 @@ class Checker:
             self.fail(path, f"{dotted(path)} must be {_KIND_LABEL[kind]}, got {type_name(value)}")
         return float(value) if kind == "number" else value
 
+    def choice(self, path: tuple[Any, ...], item: str, allowed: Iterable[str], message: str) -> str:
+        if item not in (allowed := list(allowed)):
+            close = difflib.get_close_matches(item, allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (one of: {', '.join(allowed)})"
+            self.fail(path, message, item, hint)
+        return item
+
     def names(self, path: tuple[Any, ...], value: Any, allowed: Iterable[str] | None = None,
               pattern: re.Pattern[str] | None = None, what: str = "name") -> tuple[str, ...]:
-        allowed = list(allowed) if allowed is not None else None
         for item in self.typed(path, value, "list"):
             if not isinstance(item, str):
                 self.fail(path, f"{dotted(path)} must be a list of strings, got {type_name(item)} in it")
-            if allowed is not None and item not in allowed:
-                close = difflib.get_close_matches(item, allowed, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f" (one of: {', '.join(allowed)})"
-                self.fail(path, f"unknown {what} {item!r} in {dotted(path)}", item, hint)
+            if allowed is not None:
+                self.choice(path, item, allowed, f"unknown {what} {item!r} in {dotted(path)}")
             if pattern is not None and not pattern.match(item):
                 self.fail(path, f"{item!r} in {dotted(path)} is not a valid {what}", item)
         return tuple(sorted(set(value)))
@@ -199,7 +203,7 @@ def load_toml(text: str, what: str, error: type[ValidationError]) -> tuple[dict[
         line, column = (int(m.group(1)), int(m.group(2))) if m else (len(text.splitlines()) or 1, None)
         reason = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", raw)
         reason = reason[:1].lower() + reason[1:]
-        where = f"line {line}, column {column}" if column else f"the end (line {line})"
+        where = f"line {line}, column {column}" if column else f"the end of the text (line {line})"
         raise error(f"the {what} is not valid TOML: {reason} at {where}",
                     details={"line": line, "column": column, "key": None}) from None
     return data, TomlLines(text)
@@ -325,10 +329,7 @@ def _build(data: dict[str, Any], ck: Checker) -> Policy:
         path = ("columns", name)
         spec = ck.table(path, spec, ("rule", "bounds"), f"[columns.{dotted([name])}]")
         rule = ck.typed(path + ("rule",), spec.get("rule", "allowed"), "string")
-        if rule not in RULES:
-            close = difflib.get_close_matches(rule, RULES, n=1)
-            ck.fail(path + ("rule",), f"unknown rule {rule!r} for column {name!r}", rule,
-                    f"; did you mean {close[0]!r}?" if close else f" (one of: {', '.join(RULES)})")
+        ck.choice(path + ("rule",), rule, RULES, f"unknown rule {rule!r} for column {name!r}")
         bounds = spec.get("bounds")
         if bounds is not None:
             ck.typed(path + ("bounds",), bounds, "list")
@@ -338,7 +339,8 @@ def _build(data: dict[str, Any], ck: Checker) -> Policy:
             if lo >= hi:
                 ck.fail(path + ("bounds",), f"bounds of column {name!r} need lo < hi (got [{lo:g}, {hi:g}])")
             bounds = (lo, hi)
-        columns.append(ColumnRule(name, rule, bounds))
+        if rule != "allowed" or bounds:  # a no-op entry would change the hash, not the meaning
+            columns.append(ColumnRule(name, rule, bounds))
     if "allow" in sect["identifiers"]:
         fields["identifiers_allow"] = ck.names(("identifiers", "allow"), sect["identifiers"]["allow"],
                                                what="column name")
@@ -385,8 +387,8 @@ def combine(policies: Mapping[str, Policy], *, owners: Mapping[str, str] | None 
     items = sorted(policies.items())
 
     def meet(sets: Iterable[Iterable[str]]) -> tuple[str, ...]:
-        sets = [set(s) for s in sets]
-        return tuple(sorted(set.intersection(*sets)))
+        first, *rest = [set(s) for s in sets]
+        return tuple(sorted(first.intersection(*rest)))
 
     bounds: dict[str, tuple[float, float]] = {}
     seen: dict[str, list[str]] = {}

@@ -117,7 +117,13 @@ def detail(message: str) -> None:
 def run_streaming(cmd: list[str], *, cwd: Path | None = None, stdin: int | None = None) -> int:
     """Run `cmd`, echoing its output indented as it comes; return the exit code."""
     proc = subprocess.Popen(
-        cmd, cwd=cwd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1, text=True,
+        cmd,
+        cwd=cwd,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        bufsize=1,
+        text=True,
         errors="replace",
     )
     assert proc.stdout is not None
@@ -170,8 +176,14 @@ def image_hash(root: Path, spec: ImageSpec, base_image_id: str) -> str:
 
 def base_recipe_tag() -> str:
     recipe = json.dumps(
-        {"version": SCRIPT_VERSION, "suite": SUITE, "packages": BASE_PACKAGES, "trim": TRIM, "empty": EMPTY,
-         "changes": IMPORT_CHANGES},
+        {
+            "version": SCRIPT_VERSION,
+            "suite": SUITE,
+            "packages": BASE_PACKAGES,
+            "trim": TRIM,
+            "empty": EMPTY,
+            "changes": IMPORT_CHANGES,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
@@ -194,12 +206,15 @@ def image_id(ref: str) -> str | None:
 
 def check_docker() -> None:
     if shutil.which("docker") is None:
-        raise BuildError("docker CLI not found: install Docker (apt-get install docker.io) and start the engine")
+        raise BuildError(
+            "docker CLI not found: install Docker (apt-get install docker.io) and start the engine"
+        )
     proc = docker("version", "--format", "{{.Server.Version}}", check=False)
     if proc.returncode != 0:
+        said = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no answer"
         raise BuildError(
             "cannot reach the Docker engine: start it (`dockerd &` or `systemctl start docker`) "
-            f"or set DOCKER_HOST ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no answer'})"
+            f"or set DOCKER_HOST ({said})"
         )
 
 
@@ -283,7 +298,8 @@ def debootstrap_base(ref: str) -> None:
             "(or set CLEANROOM_BASE_IMAGE=python:3.11-slim where a registry is reachable)"
         )
     mirror = os.environ.get("CLEANROOM_DEBIAN_MIRROR", DEFAULT_MIRROR)
-    step(f"base image: building {ref} with debootstrap ({SUITE} minbase + {', '.join(BASE_PACKAGES)}, {mirror})")
+    packages = ", ".join(BASE_PACKAGES)
+    step(f"base image: building {ref} with debootstrap ({SUITE} minbase + {packages}, {mirror})")
     tmp = Path(tempfile.mkdtemp(prefix="cleanroom-base-"))
     rootfs = tmp / "rootfs"
     try:
@@ -303,12 +319,16 @@ def debootstrap_base(ref: str) -> None:
             subprocess.run(["umount", "-l", leftover], capture_output=True)
         trim_rootfs(rootfs)
         step(f"base image: importing the tree as {ref}")
-        tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        tar = subprocess.Popen(
+            ["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE
+        )
         changes = [arg for change in IMPORT_CHANGES for arg in ("--change", change)]
         message = f"cleanroom base: debootstrap {SUITE} minbase + {','.join(BASE_PACKAGES)}"
         imported = subprocess.run(
             ["docker", "import", *changes, "--message", message, "-", ref],
-            stdin=tar.stdout, capture_output=True, text=True,
+            stdin=tar.stdout,
+            capture_output=True,
+            text=True,
         )
         assert tar.stdout is not None
         tar.stdout.close()
@@ -334,9 +354,10 @@ def build_requires(root: Path) -> list[str]:
 def pip_command() -> list[str]:
     candidates = [sys.executable, str(ROOT / ".venv" / "bin" / "python")]
     for python in candidates:
-        if Path(python).exists() and subprocess.run(
-            [python, "-m", "pip", "--version"], capture_output=True
-        ).returncode == 0:
+        if (
+            Path(python).exists()
+            and subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode == 0
+        ):
             return [python, "-m", "pip"]
     raise BuildError(
         "pip not found for this python: apt-get install python3-pip, or run `make install` and then "
@@ -375,8 +396,20 @@ def ensure_wheelhouse(root: Path) -> bool:
     staging = root / "containers" / "wheelhouse.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    cmd = pip_command() + ["download", "--dest", str(staging), "--only-binary=:all:", "--progress-bar", "off",
-                           "--python-version", PYTHON_VERSION, "--implementation", "cp", "--abi", "cp311"]
+    cmd = pip_command() + [
+        "download",
+        "--dest",
+        str(staging),
+        "--only-binary=:all:",
+        "--progress-bar",
+        "off",
+        "--python-version",
+        PYTHON_VERSION,
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp311",
+    ]
     for platform in PLATFORMS:
         cmd += ["--platform", platform]
     for spec in IMAGES.values():
@@ -414,14 +447,33 @@ def ensure_image(root: Path, spec: ImageSpec, base_ref: str, base_id: str) -> tu
         return tag, False
     step(f"{spec.name} image: building {tag} from {spec.dockerfile} (base {base_ref})")
     started = time.monotonic()
-    cmd = ["docker", "build", "--build-arg", f"BASE_IMAGE={base_ref}", "-f", spec.dockerfile,
-           "-t", tag, "-t", f"{spec.repo}:latest", "--label", "cleanroom=1",
-           "--label", f"cleanroom.image={spec.name}", "--label", f"cleanroom.hash={tag.split(':')[1]}", "."]
+    cmd = [
+        "docker",
+        "build",
+        "--build-arg",
+        f"BASE_IMAGE={base_ref}",
+        "-f",
+        spec.dockerfile,
+        "-t",
+        tag,
+        "-t",
+        f"{spec.repo}:latest",
+        "--label",
+        "cleanroom=1",
+        "--label",
+        f"cleanroom.image={spec.name}",
+        "--label",
+        f"cleanroom.hash={tag.split(':')[1]}",
+        ".",
+    ]
     if run_streaming(cmd, cwd=root) != 0:
         raise BuildError(
-            f"building {tag} failed (see above); a pip error about a missing distribution means the "
-            "wheelhouse lacks it: delete containers/wheelhouse/.stamp.json and run this again"
+            f"building {tag} failed: the docker output above says why. A pip 'No matching distribution' "
+            "means the wheelhouse lacks a package (delete containers/wheelhouse/.stamp.json and run this "
+            "again); a compileall error means a source file does not compile"
         )
+    if f"{spec.repo}:{image_hash(root, spec, base_id)}" != tag:
+        detail(f"warning: {spec.name} sources changed during the build; run build.py again to pick them up")
     size = docker("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip()
     detail(f"built {tag} in {time.monotonic() - started:.0f}s ({int(size) / 1e6:.0f} MB)")
     return tag, True
@@ -441,14 +493,17 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def write_env_files(root: Path, values: dict[str, str]) -> None:
     lines = [f"{key}={values[key]}" for key in ENV_KEYS]
-    _write_atomic(root / "containers" / ".build" / "images.env",
-                  "# written by containers/build.py\n" + "\n".join(lines) + "\n")
+    _write_atomic(
+        root / "containers" / ".build" / "images.env",
+        "# written by containers/build.py\n" + "\n".join(lines) + "\n",
+    )
     # The compose .env may hold the user's own settings (CLEANROOM_PORT, ...): replace only our keys.
     dotenv = root / ".env"
     kept = []
     if dotenv.is_file():
-        kept = [line for line in dotenv.read_text().splitlines()
-                if line.split("=", 1)[0].strip() not in ENV_KEYS]
+        kept = [
+            line for line in dotenv.read_text().splitlines() if line.split("=", 1)[0].strip() not in ENV_KEYS
+        ]
     _write_atomic(dotenv, "\n".join(kept + lines) + "\n")
 
 
@@ -458,8 +513,11 @@ def write_env_files(root: Path, values: dict[str, str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=sorted(IMAGES), help="build just this image (and what it needs)")
-    parser.add_argument("--base-image", default=os.environ.get("CLEANROOM_BASE_IMAGE") or None,
-                        help="base image to use instead of a debootstrapped Debian (default: $CLEANROOM_BASE_IMAGE)")
+    parser.add_argument(
+        "--base-image",
+        default=os.environ.get("CLEANROOM_BASE_IMAGE") or None,
+        help="base image to use instead of a debootstrapped Debian (default: $CLEANROOM_BASE_IMAGE)",
+    )
     args = parser.parse_args(argv)
     root = ROOT
     try:
@@ -473,12 +531,20 @@ def main(argv: list[str] | None = None) -> int:
         for spec in IMAGES.values():
             if args.only and spec.name != args.only:
                 tags[spec.name] = f"{spec.repo}:{image_hash(root, spec, base_id)}"
+                if not image_id(tags[spec.name]):
+                    step(f"{spec.name} image: {tags[spec.name]} not built (--only {args.only})")
                 continue
             tags[spec.name], image_built = ensure_image(root, spec, base_ref, base_id)
             if image_built:
                 built.append(spec.name)
-        write_env_files(root, {"CLEANROOM_APP_IMAGE": tags["app"], "CLEANROOM_SANDBOX_IMAGE": tags["sandbox"],
-                               "CLEANROOM_BASE_IMAGE": base_ref})
+        write_env_files(
+            root,
+            {
+                "CLEANROOM_APP_IMAGE": tags["app"],
+                "CLEANROOM_SANDBOX_IMAGE": tags["sandbox"],
+                "CLEANROOM_BASE_IMAGE": base_ref,
+            },
+        )
     except BuildError as exc:
         print(f"build.py: error: {exc}", file=sys.stderr, flush=True)
         return 1

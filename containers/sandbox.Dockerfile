@@ -29,10 +29,9 @@ RUN python3 -m venv /opt/venv \
  && rm -rf /build
 
 # src: only the sandbox runtime files, as the `cleanroom` package, compiled in place and collected
-# under /staging with their final paths. (The [y] glob lets the image build before hookspecs.py
-# exists; __init__.py always matches.)
+# under /staging with their final paths.
 FROM deps AS src
-COPY cleanroom/__init__.py cleanroom/hookspecs.p[y] /build/cleanroom/
+COPY cleanroom/__init__.py cleanroom/hookspecs.py /build/cleanroom/
 COPY cleanroom/sandbox/ /build/cleanroom/sandbox/
 RUN site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
  && cp -r /build/cleanroom "$site/cleanroom" \

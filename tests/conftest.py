@@ -93,3 +93,38 @@ def room(tmp_path: Path) -> Iterator[Room]:
     r = Room(tmp_path / "api-data")
     yield r
     r.stop()
+
+
+class RunnerThread:
+    """A real runner service (room key, Docker sandboxes) in a thread, talking HTTP to the room."""
+
+    def __init__(self, room: Room, home: Path, **overrides: Any) -> None:
+        from cleanroom.runner.service import RunnerService
+
+        image = os.environ.get("CLEANROOM_SANDBOX_IMAGE", "cleanroom-sandbox:latest")
+        self.settings = Settings(url=room.url, token=room.runner_token, runner_home=home, sandbox_image=image,
+                                 poll_seconds=0.2, job_timeout_seconds=overrides.pop("job_timeout_seconds", 120),
+                                 **overrides)
+        self.service = RunnerService(self.settings)
+        self.thread = threading.Thread(target=self.service.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not room.admin.room().get("ready"):
+            if time.time() > deadline:
+                raise RuntimeError("runner did not register the room key")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.service.stop.set()
+        self.thread.join(timeout=60)
+
+
+@pytest.fixture
+def runner(room: Room, tmp_path: Path) -> Iterator[RunnerThread]:
+    from tests.dockerutil import require_docker, require_image
+
+    client = require_docker()
+    require_image(client, "CLEANROOM_SANDBOX_IMAGE")
+    r = RunnerThread(room, tmp_path / "runner-home")
+    yield r
+    r.stop()

@@ -1,5 +1,6 @@
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -135,7 +136,7 @@ BAD = [
     ("[release]\nreview = 1\n", 2, "release.review", "true or false"),
     ("[models]\nestimators = [\n  'ridge',\n  'lasso',\n  'ridge_regresion',\n]\n", 5, "models.estimators",
      "unknown estimator 'ridge_regresion'"),
-    ("[models]\nestimators = ['ridge', 'knn_regressor']\n", 2, "models.estimators",
+    ("[models]\nestimators = ['ridge', 'k_neighbors_regressor']\n", 2, "models.estimators",
      "stores training rows"),
     ("[models]\nmax_model_bytes = 0\n", 2, "models.max_model_bytes", "at least 1"),
     ("[models]\nmax_bytes = 5\n", 2, "models.max_bytes", "did you mean 'max_model_bytes'?"),
@@ -210,7 +211,7 @@ epsilon = 1.0
 recipients = ["acme", "bank"]
 review = true
 [models]
-estimators = ["ridge", "lasso", "knn_regressor"]
+estimators = ["ridge", "lasso", "k_neighbors_regressor"]
 allow_row_storing = true
 max_model_bytes = 1000
 [columns.email]
@@ -314,3 +315,28 @@ def test_identifier_columns_are_detected(column, reason):
 ])
 def test_ordinary_columns_are_not_identifiers(column):
     assert looks_like_identifier(column) is None
+
+
+def test_the_documented_example_parses():
+    doc = (Path(__file__).parents[1] / "docs" / "policy.md").read_text()
+    example = doc.split("Example:\n\n```toml\n", 1)[1].split("```", 1)[0]
+    policy = parse_policy(example)
+    assert policy.estimators == ("gradient_boosting_regressor", "ridge")
+    assert policy.column_rule("email").rule == "never_output"
+
+
+def test_a_column_entry_that_changes_nothing_does_not_change_the_hash():
+    assert parse_policy("[columns.age]\nrule = 'allowed'\n").sha256() == Policy().sha256()
+    assert parse_policy("[columns.age]\n").to_dict()["columns"] == {}
+
+
+def test_seed_scenario_policies_parse_and_combine():
+    from cleanroom.scenario import BANK_POLICY, RETAIL_POLICY
+
+    effective = combine({"retail.purchases": parse_policy(RETAIL_POLICY),
+                         "bank.customers": parse_policy(BANK_POLICY)})
+    assert effective.never_output == ("income",) and effective.recipients == ("acme-analytics",)
+    kept = ["spend", "visits", "category", "region", "last_purchase", "age", "income", "tenure_years",
+            "segment"]
+    assert [c for c in kept if looks_like_identifier(c)] == []
+    assert all(looks_like_identifier(c) for c in ["customer_id", "email", "full_name", "phone"])

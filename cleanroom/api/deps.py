@@ -76,8 +76,6 @@ async def authorize(request: Request) -> None:
     name = getattr(route, "name", None) or "unknown"
     store: Store = request.app.state.store
     header = request.headers.get("authorization")
-    if header is None and name.startswith("web_"):
-        header = None
     caller = authenticate(store, header)
     check_route(name, caller)
     request.state.caller = caller

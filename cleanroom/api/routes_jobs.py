@@ -119,7 +119,7 @@ def submit_job(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
                      (job_id, ctx.caller.org_id, spec.name, dumps(spec_dict), dumps(effective.to_dict()),
                       "queued", None, now()))
         if epsilon:
-            for name in spec.dataset_names():
+            for name in [n for n, left in jc["budget_remaining"].items() if left is not None]:
                 conn.execute("INSERT INTO budget (dataset, job_id, epsilon, state, created_at) VALUES (?,?,?,?,?)",
                              (name, job_id, float(epsilon), "reserved", now()))
         ctx.audit(conn, "job.submitted", "job", job_id,

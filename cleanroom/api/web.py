@@ -1,7 +1,228 @@
-"""The review web page (server-rendered). Filled in by the web-page work; routes named web_*."""
+"""The review page: server-rendered HTML for reviewers and data owners, no JavaScript.
+
+The routes are public for the app-wide bearer check and do their own login: the org token lives in
+an HttpOnly, SameSite=Strict cookie and every page authenticates it like a bearer token. Each page
+calls the JSON route it mirrors (same rule from `authz.RULES`, same visibility, same views), so the
+page can never show more than the API would. POST forms carry a double-submit CSRF token and are
+refused when the browser says they come from another site.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hmac
+import secrets
+from urllib.parse import parse_qs
 
-router = APIRouter()
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from cleanroom.api import web_pages as pages
+from cleanroom.api.authz import Caller, check_route
+from cleanroom.api.deps import Ctx, authenticate
+from cleanroom.errors import AuthenticationError, CleanroomError, NotFound, PermissionDenied
+
+router = APIRouter(include_in_schema=False)
+
+SESSION_COOKIE = "cleanroom_session"
+CSRF_COOKIE = "cleanroom_csrf"
+CSRF_FIELD = "csrf"
+MAX_FORM_BYTES = 4096
+AUDIT_EVENTS_SHOWN = 200
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+# Responses, cookies and CSRF -------------------------------------------------------------------
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def _set_cookie(response: Response, request: Request, name: str, value: str) -> None:
+    response.set_cookie(name, value, path="/ui", httponly=True, samesite="strict", secure=_secure(request))
+
+
+def _csrf_token(request: Request) -> tuple[str, bool]:
+    """The browser's CSRF token, or a new one (then True: the response must set the cookie)."""
+    token = request.cookies.get(CSRF_COOKIE, "")
+    if len(token) == 43 and token.replace("-", "").replace("_", "").isalnum():
+        return token, False
+    return secrets.token_urlsafe(32), True
+
+
+def _html(request: Request, body: str, status: int = 200) -> HTMLResponse:
+    token, new = _csrf_token(request)
+    response = HTMLResponse(body.replace(pages.CSRF_PLACEHOLDER, token), status_code=status,
+                            headers=SECURITY_HEADERS)
+    if new:
+        _set_cookie(response, request, CSRF_COOKIE, token)
+    return response
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
+
+
+def _login_page(request: Request, error: str | None, status: int) -> HTMLResponse:
+    response = _html(request, pages.login_page(error), status)
+    if request.cookies.get(SESSION_COOKIE) and status == 401:
+        response.delete_cookie(SESSION_COOKIE, path="/ui", httponly=True, samesite="strict",
+                               secure=_secure(request))
+    return response
+
+
+def _same_site_post(request: Request, form: dict[str, str]) -> bool:
+    """Refuse cross-site POSTs: Fetch metadata, Origin (when the browser sends one) and the token."""
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site != "same-origin":
+        return False
+    origin = request.headers.get("origin")
+    # With Referrer-Policy no-referrer, browsers send "Origin: null" on our own form posts.
+    if origin not in (None, "null") and origin != own:
+        return False
+    cookie, sent = request.cookies.get(CSRF_COOKIE, ""), form.get(CSRF_FIELD, "")
+    return bool(cookie) and hmac.compare_digest(cookie.encode(), sent.encode())
+
+
+async def _read_form(request: Request) -> dict[str, str]:
+    """A small urlencoded form, read with a cap (no multipart, no files)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        return {}
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > MAX_FORM_BYTES:
+            return {}
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    except ValueError:  # too many fields
+        return {}
+    return {k: v[0] for k, v in fields.items()}
+
+
+# Login and logout --------------------------------------------------------------------------------
+
+@router.get("/ui/login")
+def web_login(request: Request) -> Response:
+    """The login form."""
+    return _login_page(request, None, 200)
+
+
+@router.post("/ui/login")
+async def web_login_post(request: Request) -> Response:
+    """Check the org token and keep it in an HttpOnly cookie."""
+    form = await _read_form(request)
+    if not _same_site_post(request, form):
+        message = "refused: this form was not sent from this page (cross-site?). Reload it and try again."
+        return _html(request, pages.error_page(None, 403, message), 403)
+    token = form.get("token", "").strip()
+    try:
+        if not token or len(token) > 300:
+            raise AuthenticationError("the token is not valid")
+        caller = await run_in_threadpool(authenticate, request.app.state.store, "Bearer " + token)
+        check_route("list_datasets", caller)
+    except AuthenticationError:
+        return _login_page(request, "That token is not valid. Paste the org token you were given "
+                                    "(it starts with crt_).", 401)
+    except PermissionDenied:
+        return _login_page(request, "This token cannot be used on the review page.", 403)
+    response = _redirect("/ui/datasets")
+    _set_cookie(response, request, SESSION_COOKIE, token)
+    return response
+
+
+@router.post("/ui/logout")
+async def web_logout(request: Request) -> Response:
+    """Forget the token in this browser."""
+    form = await _read_form(request)
+    if not _same_site_post(request, form):
+        return _html(request, pages.error_page(None, 403, "refused: cross-site request"), 403)
+    response = _redirect("/ui/login")
+    response.delete_cookie(SESSION_COOKIE, path="/ui", httponly=True, samesite="strict",
+                           secure=_secure(request))
+    return response
+
+
+# Pages ------------------------------------------------------------------------------------------
+
+@router.get("/ui")
+@router.get("/ui/{path:path}")
+def web_page(request: Request, path: str = "") -> Response:
+    """Datasets, plugins, jobs, releases and the audit log, as the logged-in org may see them."""
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return _redirect("/ui/datasets")
+    token = request.cookies.get(SESSION_COOKIE)
+    caller: Caller | None = None
+    try:
+        if not token:
+            raise AuthenticationError("log in first")
+        caller = authenticate(request.app.state.store, "Bearer " + token)
+        if caller is None:
+            raise AuthenticationError("log in first")
+        ctx = Ctx(store=request.app.state.store, settings=request.app.state.settings, caller=caller)
+        return _html(request, render(ctx, parts))
+    except AuthenticationError:
+        message = "Log in with your org token to see this page." if not token else \
+            "Your token is not valid (any more). Log in again."
+        return _login_page(request, message, 401)
+    except CleanroomError as exc:
+        return _html(request, pages.error_page(caller, exc.status_code, exc.message), exc.status_code)
+
+
+def render(ctx: Ctx, parts: list[str]) -> str:
+    """The page for a path, built from the JSON routes' own functions."""
+    from cleanroom.api import routes_datasets as ds
+    from cleanroom.api import routes_jobs as jobs
+    from cleanroom.api import routes_plugins as plugins
+    from cleanroom.api import routes_room as room
+
+    caller = ctx.caller
+    match parts:
+        case ["datasets"]:
+            check_route("list_datasets", caller)
+            return pages.datasets_page(caller, ds.list_datasets(ctx))
+        case ["datasets", name]:
+            check_route("get_dataset", caller)
+            return pages.dataset_page(caller, ds.get_dataset(name, ctx))
+        case ["plugins"]:
+            check_route("list_plugins", caller)
+            return pages.plugins_page(caller, plugins.list_plugins(ctx))
+        case ["plugins", ref]:
+            check_route("get_plugin", caller)
+            view = plugins.get_plugin(ref, ctx)
+            return pages.plugin_page(caller, view, _own_datasets(ctx))
+        case ["jobs"]:
+            check_route("list_jobs", caller)
+            return pages.jobs_page(caller, jobs.list_jobs(ctx))
+        case ["releases"]:
+            check_route("list_releases", caller)
+            return pages.releases_page(caller, jobs.list_releases(ctx))
+        case ["releases", release_id]:
+            check_route("get_release", caller)
+            return pages.release_page(caller, jobs.get_release(release_id, ctx))
+        case ["audit"]:
+            check_route("list_audit", caller)
+            check_route("verify_audit", caller)
+            total = room.list_audit(after=0, limit=1, ctx=ctx)["total"]
+            start = max(0, total - AUDIT_EVENTS_SHOWN)
+            latest = room.list_audit(after=start, limit=AUDIT_EVENTS_SHOWN, ctx=ctx)
+            return pages.audit_page(caller, latest["events"], latest["total"], room.verify_audit(ctx))
+    raise NotFound("there is no such page")
+
+
+def _own_datasets(ctx: Ctx) -> list[str]:
+    """Datasets the caller owns: the plugin page shows a ready approve command for each."""
+    if not ctx.caller.has("owner"):
+        return []
+    from cleanroom.api.routes_datasets import list_datasets
+
+    return [d["name"] for d in list_datasets(ctx) if d["owner"] == ctx.caller.name]

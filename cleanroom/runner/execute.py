@@ -75,7 +75,7 @@ def verify_context(ctx: dict[str, Any], bundles: dict[str, bytes]) -> dict[str, 
                for pid, p in ctx["plugins"].items()}
     try:
         effective = check_job(spec, datasets=datasets, plugins=plugins, approvals=approvals, recipient_exists=True,
-                              budget_remaining={n: None for n in datasets}, enforce_budget=False)
+                              budget_remaining={n: float("inf") for n in datasets})  # reserved by the API
     except PolicyError as exc:
         raise JobFailed("approval_or_policy", f"re-check on the runner failed: {exc.message}") from exc
     return effective.to_dict()

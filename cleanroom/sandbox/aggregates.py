@@ -107,7 +107,8 @@ def parse_spec(spec: Any, frame: pd.DataFrame, forbidden: set[str]) -> Aggregate
             _check_column(name, column, frame, forbidden, "metric")
             if column in group_by:
                 raise AggregateError(f"{name}: column {column!r} is both grouped and aggregated")
-            if not (pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column])):
+            types = pd.api.types
+            if not (types.is_numeric_dtype(frame[column]) or types.is_bool_dtype(frame[column])):
                 raise AggregateError(f"{name}: metric column {column!r} is not numeric")
         metrics.append(Metric(agg, column))
     labels = [m.label for m in metrics]
@@ -189,11 +190,14 @@ def compute_dp(frame: pd.DataFrame, spec: AggregateSpec, k: int, bounds: dict[st
         df[column] = df[column].clip(*bounds[column])
     grouped = _grouped(df, spec)
     sizes = grouped.size()
-    keys = {dp.key_of(_as_tuple(idx)): idx for idx in sizes.index}
-    counts = {key: int(sizes.loc[idx]) for key, idx in keys.items()}
+    keys: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    for idx, size in sizes.items():
+        key = dp.key_of(_as_tuple(idx))
+        keys[key], counts[key] = idx, int(size)
     released = dp.noisy_counts(counts, epsilon_per_query, delta, k, budget)
     order_keys = sorted(released)
-    rows = {key: {} for key in order_keys}
+    rows: dict[str, dict[str, Any]] = {key: {} for key in order_keys}
     noisy_sum: dict[str, list[float]] = {}
     for column in spec.summed_columns:
         lo, hi = bounds[column]

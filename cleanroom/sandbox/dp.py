@@ -95,8 +95,8 @@ def count_mechanism(epsilon: float, delta: float, min_threshold: int) -> Any:
 
     scale = dp.binary_search_param(with_scale, d_in=MAX_GROUPS_PER_UNIT, d_out=epsilon)
 
-    def with_threshold(threshold: int) -> Any:
-        return dp.m.make_laplace_threshold(domain, metric, scale=scale, threshold=threshold)
+    def with_threshold(threshold: float) -> Any:
+        return dp.m.make_laplace_threshold(domain, metric, scale=scale, threshold=int(threshold))
 
     if with_threshold(min_threshold).check(d_in, (epsilon, delta)):
         return with_threshold(min_threshold)

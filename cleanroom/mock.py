@@ -1,0 +1,213 @@
+"""Summaries of a dataset's columns, and synthetic ("mock") rows made from them alone.
+
+Mock rows let analysts write and test plugins without seeing data. They are drawn from the
+summaries only (ranges, means, frequent categories), never from rows: no real row, and no rare
+value, can be copied. A string value is summarised only when MIN_CATEGORY_COUNT rows share it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cleanroom.schema import Column, Schema
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["MIN_CATEGORY_COUNT", "StatsCollector", "make_mock", "to_records"]
+
+MIN_CATEGORY_COUNT = 20
+MAX_CATEGORIES = 50
+_COUNTER_CAP = 50_000
+_DEFAULT_DATES = ("2000-01-01", "2024-12-31")
+
+
+class _Categories:
+    """Counts of string values in bounded memory. Pruning only lowers counts, so a value published
+    as frequent is at least that frequent."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def update(self, values: pa.Array) -> None:
+        found = pc.value_counts(values)
+        counts = self.counts
+        for value, count in zip(found.field("values").to_pylist(), found.field("counts").to_pylist(),
+                                strict=True):
+            counts[value] = counts.get(value, 0) + count
+        if len(counts) > _COUNTER_CAP:
+            self.counts = dict(heapq.nlargest(_COUNTER_CAP // 2, counts.items(), key=lambda p: p[1]))
+
+    def frequent(self) -> dict[str, int]:
+        top = heapq.nlargest(MAX_CATEGORIES, self.counts.items(), key=lambda p: (p[1], p[0]))
+        return {v: c for v, c in sorted(top, key=lambda p: (-p[1], p[0])) if c >= MIN_CATEGORY_COUNT}
+
+
+class StatsCollector:
+    """Summaries of typed record batches, merged batch by batch (memory stays flat)."""
+
+    def __init__(self, columns: list[Column]) -> None:
+        self.columns = {c.name: c for c in columns}
+        self.rows = 0
+        self._acc: dict[str, dict[str, Any]] = {c.name: {"nulls": 0, "n": 0} for c in columns}
+        self._cats = {c.name: _Categories() for c in columns if c.type == "string"}
+
+    def update(self, batch: pa.RecordBatch) -> None:
+        self.rows += batch.num_rows
+        for name, col in self.columns.items():
+            values = batch.column(name)
+            acc = self._acc[name]
+            acc["nulls"] += values.null_count
+            values = values.drop_null()
+            if col.type == "number":
+                values = values.filter(pc.is_finite(values))
+            if not len(values):
+                continue
+            if col.type == "string":
+                self._cats[name].update(values)
+                acc["n"] += len(values)
+            elif col.type == "boolean":
+                acc["true"] = acc.get("true", 0) + pc.sum(values).as_py()
+                acc["n"] += len(values)
+            else:
+                self._update_range(acc, col.type, values)
+
+    @staticmethod
+    def _update_range(acc: dict[str, Any], kind: str, values: pa.Array) -> None:
+        low, high = pc.min_max(values).values()
+        acc["min"] = low if "min" not in acc or pc.less(low, acc["min"]).as_py() else acc["min"]
+        acc["max"] = high if "max" not in acc or pc.greater(high, acc["max"]).as_py() else acc["max"]
+        n = len(values)
+        if kind in ("integer", "number"):  # Chan et al.: merge (n, mean, M2) of two parts
+            mean = pc.mean(values).as_py()
+            m2 = pc.variance(values, ddof=0).as_py() * n
+            total = acc["n"] + n
+            if acc["n"]:
+                delta = mean - acc["mean"]
+                acc["m2"] += m2 + delta * delta * acc["n"] * n / total
+                acc["mean"] += delta * n / total
+            else:
+                acc["mean"], acc["m2"] = mean, m2
+        acc["n"] += n
+
+    def stats(self, name: str) -> dict[str, Any]:
+        col, acc = self.columns[name], self._acc[name]
+        out: dict[str, Any] = {"null_fraction": round(acc["nulls"] / self.rows, 6) if self.rows else 0.0}
+        if not acc["n"]:
+            return out
+        if col.type in ("integer", "number"):
+            out.update(min=acc["min"].as_py(), max=acc["max"].as_py(), mean=_num(acc["mean"]),
+                       std=_num(math.sqrt(max(acc["m2"], 0.0) / acc["n"])))
+        elif col.type in ("date", "datetime"):
+            out.update(min=acc["min"].as_py().isoformat(), max=acc["max"].as_py().isoformat())
+        elif col.type == "boolean":
+            out["true_fraction"] = round(acc["true"] / acc["n"], 6)
+        else:
+            categories = self._cats[name].frequent()
+            out["categories"] = categories
+            out["other_fraction"] = round(1 - sum(categories.values()) / acc["n"], 6)
+        return out
+
+    def column(self, col: Column) -> Column:
+        """`col` with summaries and, for an inferred column, nullability from the data."""
+        nullable = bool(self._acc[col.name]["nulls"]) if col.stats is None else col.nullable
+        stats = self.stats(col.name) if col.stats is None else col.stats
+        return Column(col.name, col.type, nullable, col.timezone, stats)
+
+
+def _num(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+
+# -- synthetic rows --------------------------------------------------------------------------------
+def make_mock(schema: Schema | dict[str, Any], n: int = 100, seed: int = 0) -> pd.DataFrame:
+    """`n` synthetic rows with `schema`'s columns and types, drawn from its summaries only."""
+    if isinstance(schema, dict):
+        schema = Schema.from_dict(schema)
+    rng = np.random.default_rng(seed)
+    arrays = [_mock_column(col, n, rng) for col in schema.columns]
+    return pa.Table.from_arrays(arrays, schema=schema.arrow_schema()).to_pandas()
+
+
+def _mock_column(col: Column, n: int, rng: np.random.Generator) -> pa.Array:
+    stats = col.stats or {}
+    if col.name == "_pid":
+        return pa.array([rng.bytes(32).hex() for _ in range(n)], pa.string())
+    values: Any
+    if col.type in ("integer", "number"):
+        values = _numbers(stats, n, rng, integer=col.type == "integer")
+    elif col.type == "boolean":
+        values = rng.random(n) < float(stats.get("true_fraction", 0.5))
+    elif col.type in ("date", "datetime"):
+        values = _instants(col, stats, n, rng)
+    else:
+        values = _strings(col.name, stats, n, rng)
+    mask = None
+    if col.nullable and stats.get("null_fraction"):
+        mask = rng.random(n) < float(stats["null_fraction"])
+    return pa.array(values, type=col.arrow_type(), mask=mask)
+
+
+def _numbers(stats: dict[str, Any], n: int, rng: np.random.Generator, *, integer: bool) -> np.ndarray:
+    low, high = float(stats.get("min", 0)), float(stats.get("max", 100))
+    mean = float(stats.get("mean", (low + high) / 2))
+    std = float(stats.get("std", (high - low) / 4))
+    values = rng.normal(mean, std, n) if std > 0 else np.full(n, mean)
+    outside = (values < low) | (values > high)  # redraw in range rather than pile up on min and max
+    values[outside] = rng.uniform(low, high, int(outside.sum()))
+    if integer:
+        return np.clip(np.rint(values), math.ceil(low), math.floor(high)).astype(np.int64)
+    return values
+
+
+def _instants(col: Column, stats: dict[str, Any], n: int, rng: np.random.Generator) -> pa.Array:
+    low = dt.datetime.fromisoformat(stats.get("min", _DEFAULT_DATES[0]))
+    high = dt.datetime.fromisoformat(stats.get("max", _DEFAULT_DATES[1]))
+    if (low.tzinfo is None) != (high.tzinfo is None):
+        low, high = low.replace(tzinfo=None), high.replace(tzinfo=None)
+    span = max((high - low) // dt.timedelta(microseconds=1), 0)
+    offsets = rng.integers(0, span + 1, n) if span else np.zeros(n, dtype=np.int64)
+    if low.tzinfo is not None:
+        low = low.astimezone(dt.UTC).replace(tzinfo=None)
+    start = np.datetime64(low, "us")
+    stamps = start + offsets.astype("timedelta64[us]")
+    if col.type == "date":
+        return pa.array(stamps.astype("datetime64[D]"), pa.date32())
+    return pa.array(stamps, pa.timestamp("us")).cast(col.arrow_type())
+
+
+def _strings(name: str, stats: dict[str, Any], n: int, rng: np.random.Generator) -> list[str]:
+    categories = stats.get("categories") or {}
+    tokens = [f"{name[:12]}-{rng.bytes(4).hex()}" for _ in range(n)]
+    if not categories:
+        return tokens
+    values, counts = list(categories), np.array(list(categories.values()), dtype=float)
+    picks = rng.choice(len(values), size=n, p=counts / counts.sum())
+    other = rng.random(n) < float(stats.get("other_fraction", 0.0))
+    return [tokens[i] if other[i] else values[picks[i]] for i in range(n)]
+
+
+def to_records(frame: pd.DataFrame, schema: Schema | None = None) -> list[dict[str, Any]]:
+    """JSON-ready rows: missing values as None, dates and times as ISO 8601 text, and integer
+    columns (which pandas turns into floats when they have gaps) as integers."""
+    import pandas as pd
+
+    integers = {c.name for c in schema.columns if c.type == "integer"} if schema else set()
+    rows = []
+    for record in frame.astype(object).where(frame.notna(), None).to_dict(orient="records"):
+        rows.append({k: v.isoformat() if isinstance(v, dt.date | pd.Timestamp)
+                     else int(v) if k in integers and v is not None else _plain(v)
+                     for k, v in record.items()})
+    return rows
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

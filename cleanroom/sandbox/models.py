@@ -1,0 +1,400 @@
+"""Models fitted, evaluated and checked by the trusted release phase.
+
+A model spec (from a model plugin, so untrusted) names an allow-listed estimator and its
+hyper-parameters: `{"estimator": "ridge", "params": {"alpha": 1.0}, "target": "spend",
+"features": ["age", ...] | null, "task": "regression" | "classification"}`.
+
+Rules: the estimator must be in `ESTIMATORS` and in the policy's `estimators`; params must be
+known params of that class with JSON scalar values (no objects, callables, lists or dicts;
+`n_jobs` 1 or None, no `warm_start`, `verbose`, `oob_score`); tree families get
+`min_samples_leaf >= k` (set to k when absent); row-storing families (k-neighbours, SVMs, Gaussian
+processes) need `allow_row_storing`. Features are the spec's list or every numeric column except
+`_pid`, reserved `_` columns, the target and forbidden columns. Columns the policy marks
+never_output or join_only are never features nor the target (an explicit request is refused).
+Training and holdout are split by `_pid`, so no unit is in both. After fitting: every tree leaf
+holds at least k distinct units, no array of the model holds a training row verbatim or one value
+per training row, the skops dump holds only trusted types and fits `max_model_bytes`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import skops.io as sio
+from sklearn import ensemble, gaussian_process, linear_model, metrics, neighbors, svm, tree
+from sklearn.model_selection import GroupShuffleSplit
+
+PID = "_pid"
+ESTIMATORS: dict[str, type] = {
+    "linear_regression": linear_model.LinearRegression,
+    "ridge": linear_model.Ridge,
+    "lasso": linear_model.Lasso,
+    "logistic_regression": linear_model.LogisticRegression,
+    "gradient_boosting_regressor": ensemble.GradientBoostingRegressor,
+    "gradient_boosting_classifier": ensemble.GradientBoostingClassifier,
+    "random_forest_regressor": ensemble.RandomForestRegressor,
+    "random_forest_classifier": ensemble.RandomForestClassifier,
+    "decision_tree_regressor": tree.DecisionTreeRegressor,
+    "decision_tree_classifier": tree.DecisionTreeClassifier,
+    "k_neighbors_regressor": neighbors.KNeighborsRegressor,
+    "k_neighbors_classifier": neighbors.KNeighborsClassifier,
+    "svr": svm.SVR,
+    "svc": svm.SVC,
+    "gaussian_process_regressor": gaussian_process.GaussianProcessRegressor,
+    "gaussian_process_classifier": gaussian_process.GaussianProcessClassifier,
+}
+ROW_STORING = frozenset({"k_neighbors_regressor", "k_neighbors_classifier", "svr", "svc",
+                         "gaussian_process_regressor", "gaussian_process_classifier"})
+TREE_FAMILY = frozenset(name for name in ESTIMATORS if "tree" in name or "forest" in name
+                        or "boosting" in name)
+# Types skops does not trust by default that our estimators need; modelio.py keeps the same list.
+TRUSTED_TYPES = frozenset({"sklearn.tree._tree.Tree"})
+ROW_STORING_TYPES = frozenset({
+    "sklearn.neighbors._kd_tree.KDTree", "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64", "sklearn.metrics._dist_metrics.ManhattanDistance64",
+    "sklearn.metrics._dist_metrics.MinkowskiDistance64", "sklearn.metrics._dist_metrics.ChebyshevDistance64",
+    "sklearn.gaussian_process.kernels.ConstantKernel", "sklearn.gaussian_process.kernels.Product",
+    "sklearn.gaussian_process.kernels.RBF",
+    "sklearn.gaussian_process._gpc._BinaryGaussianProcessClassifierLaplace",
+})
+FIXED_PARAMS = {"n_jobs": (None, 1), "warm_start": (False,), "verbose": (0, False), "oob_score": (False,)}
+CAPS = {"n_estimators": 1000, "max_iter": 100_000}
+MAX_FEATURES = 1000
+MAX_CLASSES = 100
+SPEC_KEYS = {"estimator", "params", "target", "features", "task"}
+
+
+class ModelError(Exception):
+    """A model check failed; `check` names it, the message never holds data values."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+def _passed(checks: list[dict[str, Any]], name: str, detail: str) -> None:
+    checks.append({"name": name, "passed": True, "detail": detail})
+
+
+def unwrap(spec: Any) -> Any:
+    if isinstance(spec, dict) and set(spec) == {"plugin_id", "spec"}:
+        return spec["spec"]
+    return spec
+
+
+def build_estimator(spec: Any, *, k: int, allowed: list[str],
+                    allow_row_storing: bool) -> tuple[str, Any, str]:
+    """Validate the spec's estimator and params; return (name, unfitted estimator, task)."""
+    spec = unwrap(spec)
+    if not isinstance(spec, dict) or set(spec) - SPEC_KEYS:
+        raise ModelError("model:spec", f"a model spec is an object with keys {sorted(SPEC_KEYS)}")
+    name = spec.get("estimator")
+    if not isinstance(name, str) or name not in ESTIMATORS:
+        raise ModelError("model:estimator", f"unknown estimator (allowed: {', '.join(sorted(ESTIMATORS))})")
+    if name not in allowed:
+        raise ModelError("model:estimator", f"estimator {name!r} is not allowed by the policy")
+    if name in ROW_STORING and not allow_row_storing:
+        raise ModelError("model:estimator", f"{name!r} stores training rows; the policy does not allow it")
+    cls = ESTIMATORS[name]
+    task = "classification" if name.endswith("classifier") or name in ("logistic_regression", "svc") \
+        else "regression"
+    if spec.get("task", task) != task:
+        raise ModelError("model:spec", f"{name!r} is a {task} estimator")
+    params = spec.get("params") or {}
+    if not isinstance(params, dict):
+        raise ModelError("model:params", "params must be an object")
+    known = cls().get_params(deep=False)
+    for key, value in params.items():
+        if key not in known:
+            raise ModelError("model:params", f"{name!r} has no parameter {key!r}")
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise ModelError("model:params", f"parameter {key!r} must be a JSON scalar")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ModelError("model:params", f"parameter {key!r} must be finite")
+        if key in FIXED_PARAMS and not any(value is v or (type(value) is type(v) and value == v)
+                                           for v in FIXED_PARAMS[key]):
+            raise ModelError("model:params", f"parameter {key!r} must be one of {FIXED_PARAMS[key]}")
+        if key in CAPS and isinstance(value, int) and value > CAPS[key]:
+            raise ModelError("model:params", f"parameter {key!r} is capped at {CAPS[key]}")
+    params = dict(params)
+    if name in TREE_FAMILY:
+        leaf = params.setdefault("min_samples_leaf", k)
+        if isinstance(leaf, bool) or not isinstance(leaf, int):
+            raise ModelError("model:min_samples_leaf", "min_samples_leaf must be an integer")
+        if leaf < k:
+            raise ModelError("model:min_samples_leaf", f"min_samples_leaf must be at least k={k}")
+    estimator = cls(**params)
+    try:
+        estimator._validate_params()
+    except AttributeError:
+        pass
+    except (ValueError, TypeError) as exc:
+        raise ModelError("model:params", f"invalid parameters: {exc}") from None
+    return name, estimator, task
+
+
+def select_features(frame: pd.DataFrame, spec: dict[str, Any], forbidden: set[str]) -> tuple[list[str], str]:
+    """The feature columns and the target, refusing reserved, forbidden and non-numeric columns."""
+    target = spec.get("target")
+    if not isinstance(target, str) or target not in frame.columns:
+        raise ModelError("model:features", "the target column is missing from the frame")
+    if target.startswith("_") or target in forbidden:
+        raise ModelError("model:features", f"column {target!r} cannot be the target (reserved or forbidden)")
+    features = spec.get("features")
+    if features is None:
+        features = [c for c in frame.columns if isinstance(c, str) and not c.startswith("_")
+                    and c != target and c not in forbidden and _numeric(frame[c])]
+    if not isinstance(features, list) or not 1 <= len(features) <= MAX_FEATURES:
+        raise ModelError("model:features", f"features must be a list of 1 to {MAX_FEATURES} columns")
+    if len(set(map(str, features))) != len(features):
+        raise ModelError("model:features", "features repeat a column")
+    for column in features:
+        if not isinstance(column, str) or column not in frame.columns:
+            raise ModelError("model:features", f"feature {column!r} is not in the frame")
+        if column.startswith("_") or column in forbidden or column == target:
+            raise ModelError("model:features", f"column {column!r} cannot be a feature (reserved, "
+                             "forbidden by the policy, or the target)")
+        if not _numeric(frame[column]):
+            raise ModelError("model:features", f"feature {column!r} is not numeric; one-hot encode it "
+                             "in a features step first")
+    return features, target
+
+
+def _numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+
+
+def iter_arrays(obj: Any, path: str = "model", seen: dict[int, Any] | None = None, depth: int = 0) -> Any:
+    """Yield (path, array) for every numeric numpy array reachable from a fitted estimator."""
+    seen = {} if seen is None else seen
+    if depth > 16 or id(obj) in seen or obj is None or isinstance(obj, str | bytes | int | float | bool):
+        return
+    seen[id(obj)] = obj  # holding a reference keeps temporary states from recycling their id
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == object:
+            for i, item in enumerate(obj.ravel()):
+                yield from iter_arrays(item, f"{path}[{i}]", seen, depth + 1)
+        elif obj.dtype.names:
+            for field in obj.dtype.names:
+                yield f"{path}.{field}", np.asarray(obj[field])
+        elif obj.dtype.kind in "biuf":
+            yield path, obj
+    elif isinstance(obj, list | tuple):
+        for i, item in enumerate(obj):
+            yield from iter_arrays(item, f"{path}[{i}]", seen, depth + 1)
+    elif isinstance(obj, dict):
+        for key, item in obj.items():
+            yield from iter_arrays(item, f"{path}.{key}", seen, depth + 1)
+    elif type(obj).__module__.startswith("sklearn."):
+        try:
+            state = obj.__getstate__()
+        except Exception:  # noqa: BLE001 - an object we cannot inspect is reported by the caller
+            yield f"{path}(uninspectable)", np.empty(0)
+            return
+        yield from iter_arrays(state, path, seen, depth + 1)
+
+
+def find_stored_rows(model: Any, X: np.ndarray) -> list[str]:
+    """Paths of model arrays where a 1-D slice of length n_features equals a training row.
+
+    Constant slices are ignored (a zero coefficient vector is not a stored row), so the check is
+    moot for one feature.
+    """
+    X = np.asarray(X, dtype="float64") + 0.0
+    n_features = X.shape[1]
+    if n_features < 2:
+        return []
+    rows = {row.tobytes() for row in np.ascontiguousarray(X) if np.ptp(row) > 0}
+    hits = []
+    for path, array in iter_arrays(model):
+        for axis, size in enumerate(array.shape):
+            if size != n_features:
+                continue
+            slices = np.ascontiguousarray(np.moveaxis(array, axis, -1).reshape(-1, n_features),
+                                          dtype="float64") + 0.0
+            slices = slices[np.ptp(slices, axis=1) > 0]
+            if any(s.tobytes() in rows for s in slices):
+                hits.append(path)
+                break
+    return hits
+
+
+def find_per_sample_arrays(model: Any, n_train: int) -> list[str]:
+    """Paths of model arrays with a dimension of size n_train (one value per training row)."""
+    return [path for path, array in iter_arrays(model) if n_train in array.shape]
+
+
+def _trees(model: Any, n: int) -> list[tuple[Any, np.ndarray]]:
+    """(tree, in-bag row indices) for every tree of a tree-family model."""
+    if isinstance(model, tree.DecisionTreeRegressor | tree.DecisionTreeClassifier):
+        return [(model, np.arange(n))]
+    if isinstance(model, ensemble.RandomForestRegressor | ensemble.RandomForestClassifier):
+        if getattr(model, "bootstrap", False):
+            samples = model.estimators_samples_
+            return [(t, np.unique(s)) for t, s in zip(model.estimators_, samples, strict=True)]
+        return [(t, np.arange(n)) for t in model.estimators_]
+    if isinstance(model, ensemble.GradientBoostingRegressor | ensemble.GradientBoostingClassifier):
+        # with subsample < 1 the in-bag rows are not kept: all rows are an upper bound
+        return [(t, np.arange(n)) for t in model.estimators_.ravel()]
+    return []
+
+
+def min_leaf_units(model: Any, X: np.ndarray, pids: np.ndarray) -> int | None:
+    """The smallest number of distinct units in any leaf of any tree, None for non-tree models."""
+    trees = _trees(model, len(X))
+    if not trees:
+        return None
+    codes = pd.factorize(pids)[0]
+    X = np.asarray(X, dtype="float32")
+    smallest = None
+    for estimator, rows in trees:
+        leaves = estimator.tree_.apply(X[rows])
+        pairs = pd.DataFrame({"leaf": leaves, "unit": codes[rows]}).drop_duplicates()
+        low = int(pairs["leaf"].value_counts().min())
+        smallest = low if smallest is None else min(smallest, low)
+    return smallest
+
+
+def _sig(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return float(f"{value:.4g}")
+
+
+def evaluate(model: Any, task: str, X: pd.DataFrame, y: pd.Series) -> dict[str, float | None]:
+    """Holdout metrics, rounded to 4 significant digits."""
+    if task == "regression":
+        pred = model.predict(X)
+        return {"r2": _sig(metrics.r2_score(y, pred)), "mae": _sig(metrics.mean_absolute_error(y, pred)),
+                "rmse": _sig(metrics.root_mean_squared_error(y, pred))}
+    out: dict[str, float | None] = {"accuracy": _sig(metrics.accuracy_score(y, model.predict(X))),
+                                    "roc_auc": None, "log_loss": None}
+    if hasattr(model, "predict_proba"):
+        proba = model.predict_proba(X)
+        out["log_loss"] = _sig(metrics.log_loss(y, proba, labels=model.classes_))
+        if len(model.classes_) == 2 and y.nunique() == 2:
+            out["roc_auc"] = _sig(metrics.roc_auc_score(y == model.classes_[1], proba[:, 1]))
+    return out
+
+
+def split(frame: pd.DataFrame, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and holdout row positions, split by `_pid` so that no unit is in both."""
+    splitter = GroupShuffleSplit(n_splits=1, test_size=holdout_fraction, random_state=seed)
+    train, holdout = next(splitter.split(frame, groups=frame[PID].to_numpy()))
+    return train, holdout
+
+
+def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str], allow_row_storing: bool,
+                  max_model_bytes: int, forbidden: set[str], holdout_fraction: float, seed: int,
+                  job_id: str, checks: list[dict[str, Any]], with_metrics: bool = True) -> dict[str, bytes]:
+    """Fit, evaluate and check the model; return model.skops, metrics.json and model_card.md.
+
+    Without `with_metrics` the card leaves out the holdout metrics (metrics.json is still built;
+    the caller decides what to release).
+    """
+    spec = unwrap(spec)
+    name, estimator, task = build_estimator(spec, k=k, allowed=allowed, allow_row_storing=allow_row_storing)
+    _passed(checks, "model:estimator", f"{name} is allow-listed and allowed by the policy")
+    _passed(checks, "model:params", "known scalar parameters within floors")
+    features, target = select_features(frame, spec, forbidden)
+    data = frame[[PID, *features, target]]
+    if data.isna().to_numpy().any():
+        raise ModelError("model:features", "features or target have missing values; impute them first")
+    X = data[features].astype("float64")
+    if not np.isfinite(X.to_numpy()).all():
+        raise ModelError("model:features", "features hold infinite values")
+    y = data[target]
+    if task == "regression":
+        if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+            raise ModelError("model:features", "a regression target must be numeric")
+        y = y.astype("float64")
+        if not np.isfinite(y.to_numpy()).all():
+            raise ModelError("model:features", "the target holds infinite values")
+    _passed(checks, "model:features", f"{len(features)} numeric features, target {target!r}")
+
+    pids = data[PID].to_numpy()
+    if len(set(pids)) < 2 * k:
+        raise ModelError("model:holdout", f"training and holdout sets need at least k={k} units each")
+    train, holdout = split(data, holdout_fraction, seed)
+    train_units, holdout_units = len(set(pids[train])), len(set(pids[holdout]))
+    if holdout_units < k or train_units < k:
+        raise ModelError("model:holdout", f"training and holdout sets need at least k={k} units each")
+    _passed(checks, "model:holdout", "split by unit; both sets hold at least k units")
+    if task == "classification":
+        per_class = data.iloc[train].groupby(target, observed=True)[PID].nunique()
+        if not 2 <= len(per_class) <= MAX_CLASSES or int(per_class.min()) < k:
+            raise ModelError("model:classes", f"classification needs 2 to {MAX_CLASSES} classes, each with "
+                             f"at least k={k} units in the training set")
+        if set(y.iloc[holdout]) - set(per_class.index):
+            raise ModelError("model:classes", "the holdout holds a class the training set lacks")
+        _passed(checks, "model:classes", f"{len(per_class)} classes, each with at least k units")
+
+    X_train, y_train = X.iloc[train], y.iloc[train]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimator.fit(X_train, y_train)
+        scores = evaluate(estimator, task, X.iloc[holdout], y.iloc[holdout])
+    warned = sorted({w.category.__name__ for w in caught})
+
+    leaf = min_leaf_units(estimator, X_train.to_numpy(), pids[train])
+    if leaf is not None:
+        if leaf < k:
+            raise ModelError("model:leaf_units", f"a tree leaf holds fewer than k={k} distinct units; raise "
+                             "min_samples_leaf or aggregate to one row per unit first")
+        _passed(checks, "model:leaf_units", "every tree leaf holds at least k units")
+    if name in ROW_STORING:
+        _passed(checks, "model:no_training_rows", "skipped: row-storing estimator allowed by the policy")
+    else:
+        stored = find_stored_rows(estimator, X_train.to_numpy())
+        if stored:
+            raise ModelError("model:no_training_rows", "a training row is stored verbatim in "
+                             + ", ".join(stored[:5]))
+        per_sample = find_per_sample_arrays(estimator, len(train))
+        if per_sample:
+            raise ModelError("model:no_training_rows",
+                             "per-sample arrays stored in " + ", ".join(per_sample[:5]))
+        _passed(checks, "model:no_training_rows", "no training row nor per-sample array in the model")
+
+    blob = sio.dumps(estimator)
+    trusted = TRUSTED_TYPES | (ROW_STORING_TYPES if name in ROW_STORING else frozenset())
+    untrusted = sio.get_untrusted_types(data=blob)
+    if set(untrusted) - trusted:
+        raise ModelError("model:skops_types", "the skops dump holds types outside the allow-list: "
+                         + ", ".join(sorted(set(untrusted) - trusted)))
+    sio.loads(blob, trusted=sorted(untrusted))
+    _passed(checks, "model:skops_types", "skops dump loads with the explicit allow-list")
+    if len(blob) > max_model_bytes:
+        raise ModelError("model:size", f"model is {len(blob)} bytes, over the policy cap {max_model_bytes}")
+    _passed(checks, "model:size", f"{len(blob)} bytes")
+
+    report = {"job_id": job_id, "estimator": name, "task": task, "target": target, "features": features,
+              "metrics": scores, "n_train": len(train) // 10 * 10, "n_holdout": len(holdout) // 10 * 10,
+              "holdout_fraction": holdout_fraction, "seed": seed, "fit_warnings": warned}
+    params = {key: value for key, value in estimator.get_params(deep=False).items()
+              if value is None or isinstance(value, str | int | float | bool)}
+    card = model_card(report if with_metrics else {**report, "metrics": {}}, params,
+                      {c: str(frame[c].dtype) for c in features})
+    return {"model.skops": blob, "metrics.json": json.dumps(report, indent=2, sort_keys=True).encode(),
+            "model_card.md": card.encode()}
+
+
+def model_card(report: dict[str, Any], params: dict[str, Any], dtypes: dict[str, str]) -> str:
+    """A short markdown card: what was fitted and how well; never rows or values."""
+    lines = [f"# Model card: {report['estimator']}", "",
+             f"- job: `{report['job_id']}`", f"- task: {report['task']}", f"- target: `{report['target']}`",
+             f"- training rows (rounded down to 10): {report['n_train']}",
+             f"- holdout rows (rounded down to 10): {report['n_holdout']}, split by privacy unit "
+             f"(fraction {report['holdout_fraction']}, seed {report['seed']})",
+             "- format: skops (load with `cleanroom.modelio.load_model`)", "", "## Parameters", ""]
+    lines += [f"- `{key}`: `{json.dumps(value)}`" for key, value in sorted(params.items())]
+    lines += ["", "## Features (in order)", "", "| feature | dtype |", "| --- | --- |"]
+    lines += [f"| `{name}` | {dtype} |" for name, dtype in dtypes.items()]
+    if report["metrics"]:
+        lines += ["", "## Holdout metrics", ""]
+        lines += [f"- {key}: {value}" for key, value in report["metrics"].items()]
+    return "\n".join(lines) + "\n"

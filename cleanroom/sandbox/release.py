@@ -1,0 +1,295 @@
+"""The release phase: trusted checks between the compute phase and anything that leaves.
+
+Run as `python -I -m cleanroom.sandbox.release` in the sandbox image. It reads one wire message
+(`job.json` + `frames/joined.arrow`) on stdin and writes one (`result.json` + `artifacts/<name>`)
+on stdout; logs go to stderr and never hold data values. Exit 0 means a response was written,
+which may still report `ok: false`. It imports no plugin code and no server-side module.
+
+Request `job.json`:
+    {"job_id": str,
+     "policy": EffectivePolicy,
+     "outputs": {"model": bool, "metrics": bool, "aggregates": bool,
+                 "holdout_fraction": float = 0.2, "seed": int = 0},
+     "model_spec": spec | {"plugin_id", "spec"} | null,
+     "analysis_specs": [spec | {"plugin_id", "spec"}, ...],
+     "dp": {"epsilon": float | null, "delta": float | null}}
+
+EffectivePolicy (the combined, most restrictive policy of every input; all keys required, other
+keys such as recipients or review are ignored here):
+    {"k": int >= 2,                          # minimum distinct _pid per released group / leaf
+     "outputs": ["aggregate", "model"],      # what may be released at all
+     "estimators": [name, ...],              # allowed estimator names (models.ESTIMATORS keys)
+     "allow_row_storing": bool,              # knn, svm, gaussian processes
+     "max_model_bytes": int,                 # cap on model.skops
+     "never_output": [column, ...],          # never grouped, aggregated, a feature or the target
+     "join_only": [column, ...],             # same restrictions as never_output here
+     "bounds": {column: [lo, hi]},           # clamping bounds for DP sums and means
+     "require_dp": bool}                     # aggregates must use DP (dp.epsilon must be set)
+
+Response `result.json`: {"ok", "error", "checks": [{"name", "passed", "detail"}],
+"artifacts": {name: {"sha256", "bytes"}}, "epsilon_spent", "delta_spent"}. All or nothing: when
+any check fails there are no artifacts and nothing is spent. `outputs.model` yields `model.skops`
+and `model_card.md`, `outputs.metrics` yields `metrics.json` (holdout metrics; the card shows
+them too when both are asked), `outputs.aggregates` yields `aggregates/<name>.csv`. Without
+`dp.delta`, DP uses `dp.DEFAULT_DELTA`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from cleanroom.sandbox import aggregates, dp, models, wire
+
+MAX_REQUEST_BYTES = 4 * 2**30
+MAX_ARTIFACT_BYTES = 128 * 2**20
+FRAME = "frames/joined.arrow"
+OUTPUT_KINDS = ("aggregate", "model")
+POLICY_KEYS = ("k", "outputs", "estimators", "allow_row_storing", "max_model_bytes", "never_output",
+               "join_only", "bounds", "require_dp")
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+log = logging.getLogger("cleanroom.release")
+
+
+class RequestError(Exception):
+    """The request or the policy is malformed; `check` names the failed check."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+@dataclass(frozen=True)
+class Policy:
+    k: int
+    outputs: frozenset[str]
+    estimators: tuple[str, ...]
+    allow_row_storing: bool
+    max_model_bytes: int
+    never_output: frozenset[str]
+    join_only: frozenset[str]
+    bounds: dict[str, tuple[float, float]]
+    require_dp: bool
+
+    @property
+    def forbidden(self) -> set[str]:
+        return set(self.never_output | self.join_only)
+
+
+def _strings(raw: Any, key: str) -> list[str]:
+    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+        raise RequestError("policy", f"policy {key} must be a list of strings")
+    return raw
+
+
+def parse_policy(raw: Any) -> Policy:
+    """Validate the EffectivePolicy dict (fail closed on anything missing or mistyped)."""
+    if not isinstance(raw, dict):
+        raise RequestError("policy", "policy must be an object")
+    missing = [key for key in POLICY_KEYS if key not in raw]
+    if missing:
+        raise RequestError("policy", f"policy lacks {missing}")
+    k = raw["k"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise RequestError("policy", "policy k must be an integer >= 2")
+    outputs = _strings(raw["outputs"], "outputs")
+    if set(outputs) - set(OUTPUT_KINDS):
+        raise RequestError("policy", f"policy outputs must be a subset of {list(OUTPUT_KINDS)}")
+    for key in ("allow_row_storing", "require_dp"):
+        if not isinstance(raw[key], bool):
+            raise RequestError("policy", f"policy {key} must be a boolean")
+    size = raw["max_model_bytes"]
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise RequestError("policy", "policy max_model_bytes must be a positive integer")
+    if not isinstance(raw["bounds"], dict):
+        raise RequestError("policy", "policy bounds must be an object")
+    bounds: dict[str, tuple[float, float]] = {}
+    for column, pair in raw["bounds"].items():
+        if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(_finite(v) for v in pair)
+                and pair[0] < pair[1]):
+            raise RequestError("policy", f"policy bounds of {column!r} must be [lo, hi] with lo < hi")
+        bounds[column] = (float(pair[0]), float(pair[1]))
+    return Policy(k=k, outputs=frozenset(outputs),
+                  estimators=tuple(_strings(raw["estimators"], "estimators")),
+                  allow_row_storing=raw["allow_row_storing"], max_model_bytes=size,
+                  never_output=frozenset(_strings(raw["never_output"], "never_output")),
+                  join_only=frozenset(_strings(raw["join_only"], "join_only")), bounds=bounds,
+                  require_dp=raw["require_dp"])
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _flag(outputs: dict[str, Any], key: str) -> bool:
+    value = outputs.get(key, False)
+    if not isinstance(value, bool):
+        raise RequestError("request", f"outputs.{key} must be a boolean")
+    return value
+
+
+def _read_frame(files: dict[str, bytes]) -> pd.DataFrame:
+    if FRAME not in files:
+        raise RequestError("frame", f"the request has no {FRAME}")
+    frame = wire.frame_from_bytes(files[FRAME])
+    names = list(frame.columns)
+    if not all(isinstance(c, str) and c for c in names) or len(set(names)) != len(names):
+        raise RequestError("frame", "frame column names must be distinct non-empty strings")
+    if aggregates.PID not in names:
+        raise RequestError("frame", "the frame has no _pid column")
+    if frame[aggregates.PID].isna().any():
+        raise RequestError("frame", "_pid has missing values")
+    frame[aggregates.PID] = frame[aggregates.PID].astype(str)
+    return frame
+
+
+def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict[str, Any]]) -> tuple[
+        dict[str, bytes], float, float]:
+    def passed(name: str, detail: str) -> None:
+        checks.append({"name": name, "passed": True, "detail": detail})
+
+    policy = parse_policy(request.get("policy"))
+    passed("policy", f"k={policy.k}")
+    job_id = request.get("job_id")
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise RequestError("request", "job_id must match ^[A-Za-z0-9_.:-]{1,128}$")
+    outputs = request.get("outputs") or {}
+    if not isinstance(outputs, dict):
+        raise RequestError("request", "outputs must be an object")
+    want_model, want_metrics = _flag(outputs, "model"), _flag(outputs, "metrics")
+    want_aggregates = _flag(outputs, "aggregates")
+    if set(files) - {FRAME}:
+        raise RequestError("request", "unexpected files in the request")
+    denied = [kind for kind, wanted in (("model", want_model or want_metrics), ("aggregate", want_aggregates))
+              if wanted and kind not in policy.outputs]
+    if denied:
+        raise RequestError("outputs", f"the policy does not allow {' or '.join(denied)} outputs")
+    passed("outputs", "requested outputs are allowed by the policy")
+
+    dp_request = request.get("dp") or {}
+    epsilon, delta = dp_request.get("epsilon"), dp_request.get("delta")
+    if epsilon is not None and not (_finite(epsilon) and epsilon > 0):
+        raise RequestError("dp", "dp.epsilon must be a positive number")
+    if delta is not None and not (_finite(delta) and 0 < delta < 1):
+        raise RequestError("dp", "dp.delta must be a number in (0, 1)")
+    if want_aggregates and policy.require_dp and epsilon is None:
+        raise RequestError("dp", "the policy requires DP for aggregates but the job sets no epsilon")
+
+    artifacts: dict[str, bytes] = {}
+    budget = dp.Budget(float(epsilon or 0.0), float(delta or dp.DEFAULT_DELTA))
+    if not (want_model or want_metrics or want_aggregates):
+        return artifacts, 0.0, 0.0
+    frame = _read_frame(files)
+    passed("frame", f"{len(frame.columns)} columns")
+
+    if want_aggregates:
+        raw_specs = request.get("analysis_specs")
+        if not isinstance(raw_specs, list) or not raw_specs:
+            raise RequestError("aggregate:spec", "aggregates were requested but there is no analysis spec")
+        specs = [aggregates.parse_spec(raw, frame, policy.forbidden) for raw in raw_specs]
+        if len({s.name for s in specs}) != len(specs):
+            raise RequestError("aggregate:spec", "aggregate names must be unique")
+        if epsilon is None:
+            aggregates.check_nesting(specs)
+        queries = sum(aggregates.dp_query_count(s) for s in specs)
+        for spec in specs:
+            if epsilon is None:
+                table = aggregates.compute(frame, spec, policy.k)
+            else:
+                table = aggregates.compute_dp(frame, spec, policy.k, policy.bounds, budget.epsilon / queries,
+                                              budget.delta / len(specs), budget)
+            artifacts[f"aggregates/{spec.name}.csv"] = aggregates.to_csv(table)
+            mode = "with DP" if epsilon is not None else "exact"
+            passed(f"aggregate:{spec.name}", f"{len(table)} groups, each with at least k units ({mode})")
+
+    if want_model or want_metrics:
+        model_spec = request.get("model_spec")
+        if model_spec is None:
+            raise RequestError("model:spec", "a model was requested but there is no model spec")
+        fraction = outputs.get("holdout_fraction", 0.2)
+        seed = outputs.get("seed", 0)
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.05 <= fraction <= 0.5:
+            raise RequestError("request", "holdout_fraction must be between 0.05 and 0.5")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise RequestError("request", "seed must be an integer in [0, 2**32)")
+        made = models.fit_and_check(
+            frame, model_spec, k=policy.k, allowed=list(policy.estimators),
+            allow_row_storing=policy.allow_row_storing, max_model_bytes=policy.max_model_bytes,
+            forbidden=policy.forbidden, holdout_fraction=float(fraction), seed=seed, job_id=job_id,
+            checks=checks, with_metrics=want_metrics)
+        keep = ({"model.skops", "model_card.md"} if want_model else set()) | (
+            {"metrics.json"} if want_metrics else set())
+        artifacts.update({name: data for name, data in made.items() if name in keep})
+
+    total = sum(len(data) for data in artifacts.values())
+    if total > MAX_ARTIFACT_BYTES:
+        raise RequestError("artifacts:size", f"artifacts total {total} bytes, over {MAX_ARTIFACT_BYTES}")
+    passed("artifacts:size", f"{total} bytes in {len(artifacts)} artifacts")
+    return artifacts, budget.epsilon_spent, budget.delta_spent
+
+
+def run(request: dict[str, Any], files: dict[str, bytes]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Run the release checks; return the response meta and its files (`artifacts/<name>`)."""
+    checks: list[dict[str, Any]] = []
+    try:
+        artifacts, eps, delta = _release(request, files, checks)
+    except (RequestError, models.ModelError) as exc:
+        checks.append({"name": exc.check, "passed": False, "detail": str(exc)})
+        return _failure(checks, str(exc)), {}
+    except aggregates.AggregateError as exc:
+        checks.append({"name": "aggregate:spec", "passed": False, "detail": str(exc)})
+        return _failure(checks, str(exc)), {}
+    except (dp.BudgetError, wire.WireError) as exc:
+        name = "dp" if isinstance(exc, dp.BudgetError) else "frame"
+        checks.append({"name": name, "passed": False, "detail": str(exc)})
+        return _failure(checks, str(exc)), {}
+    except Exception as exc:  # noqa: BLE001 - messages of library errors may quote data: class only
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        log.error("internal error %s at %s:%s", type(exc).__name__, os.path.basename(where.filename),
+                  where.lineno)
+        checks.append({"name": "internal", "passed": False, "detail": type(exc).__name__})
+        return _failure(checks, f"internal error: {type(exc).__name__}"), {}
+    manifest = {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                for name, data in sorted(artifacts.items())}
+    meta = {"ok": True, "error": None, "checks": checks, "artifacts": manifest,
+            "epsilon_spent": eps, "delta_spent": delta}
+    return meta, {f"artifacts/{name}": data for name, data in artifacts.items()}
+
+
+def _failure(checks: list[dict[str, Any]], error: str) -> dict[str, Any]:
+    return {"ok": False, "error": error, "checks": checks, "artifacts": {}, "epsilon_spent": 0.0,
+            "delta_spent": 0.0}
+
+
+def main() -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="release: %(message)s")
+    # The wire owns stdout; anything a library prints goes to stderr instead.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    started = time.monotonic()
+    result: dict[str, bytes] = {}
+    try:
+        request, files = wire.read_message(sys.stdin.buffer, "job.json", MAX_REQUEST_BYTES)
+    except wire.WireError as exc:
+        meta = _failure([{"name": "request", "passed": False, "detail": str(exc)}], str(exc))
+    else:
+        meta, result = run(request, files)
+    wire.write_message(out, "result.json", meta, result)
+    out.close()
+    log.info("ok=%s artifacts=%d in %.2fs", meta["ok"], len(meta["artifacts"]), time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

