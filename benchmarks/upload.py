@@ -173,7 +173,8 @@ def bench(size: int, workdir: Path, opts: argparse.Namespace) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     cols = [("size", "size", human), ("rows", "rows", lambda v: f"{v:,}"),
-            ("copy MiB/s", "copy_mbs", lambda v: f"{v:,.0f}"), ("prepare MiB/s", "prep_mbs", lambda v: f"{v:,.1f}"),
+            ("copy MiB/s", "copy_mbs", lambda v: f"{v:,.0f}"),
+            ("prepare MiB/s", "prep_mbs", lambda v: f"{v:,.1f}"),
             ("ratio", "ratio", lambda v: f"{v:.1f}x"), ("client peak RSS", "client_rss", human),
             ("ciphertext", "ciphertext", human)]
     if any("upload_mbs" in r or "upload_error" in r for r in rows):

@@ -154,20 +154,17 @@ class Client:
                        description: str = "", schema_override: Any = None, drop_identifiers: bool = True,
                        progress: Progress | None = None) -> dict[str, Any]:
         """Prepare on this machine (schema, pseudonyms, mock, encryption), then upload the ciphertext."""
-        from cleanroom import ingest
+        from cleanroom.ingest import prepare
         from cleanroom.policy import parse_policy
 
         parsed_policy = parse_policy(policy)
         room = self.room_keys()
-        prepared = ingest.prepare(Path(path), id_column=id_column, join_secret=join_secret, policy=parsed_policy,
+        prepared = prepare(Path(path), id_column=id_column, join_secret=join_secret, policy=parsed_policy,
                                   schema_override=schema_override, drop_identifiers=drop_identifiers,
                                   recipient=room["enc_public"], progress=progress)
         try:
-            mock = json.loads(prepared.mock.to_json(orient="records", date_format="iso"))
             decl = self.post("/datasets/uploads", json={
-                "name": name, "description": description, "schema": prepared.schema.to_dict(),
-                "row_count": prepared.row_count, "mock": mock, "dropped": list(prepared.dropped),
-                "policy": policy, "sha256": prepared.sha256, "size": prepared.size})
+                "name": name, "description": description, "policy": policy, **prepared.metadata()})
             return self.request("PUT", decl["put"], content=_file_chunks(prepared.ciphertext_path, progress),
                                 headers={"content-type": "application/octet-stream"}, timeout=None).json()
         finally:

@@ -17,7 +17,8 @@ __all__ = ["HOOK_BY_KIND", "analysis_spec", "features", "hookimpl", "hookspec", 
 hookspec = pluggy.HookspecMarker("cleanroom")
 hookimpl = pluggy.HookimplMarker("cleanroom")
 
-# The hook that the compute phase calls for each plugin kind of the manifest.
+# The hook that the compute phase calls for each plugin kind of the manifest. Every hook is
+# firstresult: the first non-None result wins, and None means "not handled" (an error in a job).
 HOOK_BY_KIND = {
     "preprocess": "preprocess",
     "features": "features",
@@ -27,20 +28,20 @@ HOOK_BY_KIND = {
 
 
 @hookspec(firstresult=True)
-def preprocess(df: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+def preprocess(df: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame | None:
     """Clean one input (or the joined frame) and return a DataFrame that keeps `_pid`."""
 
 
 @hookspec(firstresult=True)
-def features(df: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+def features(df: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame | None:
     """Derive feature columns and return a DataFrame that keeps `_pid`."""
 
 
 @hookspec(firstresult=True)
-def model_spec(columns: list[str], params: dict[str, Any]) -> dict[str, Any]:
+def model_spec(columns: list[str], params: dict[str, Any]) -> dict[str, Any] | None:
     """Return a model spec (estimator, params, target, features, task) over these columns."""
 
 
 @hookspec(firstresult=True)
-def analysis_spec(columns: list[str], params: dict[str, Any]) -> dict[str, Any]:
+def analysis_spec(columns: list[str], params: dict[str, Any]) -> dict[str, Any] | None:
     """Return an aggregate spec (name, group_by, metrics) over these columns."""

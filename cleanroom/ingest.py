@@ -329,7 +329,9 @@ def _identifiers(path: Path, fmt: str, schema: Schema, id_column: str, policy: A
     """Columns to drop (name -> reason): identifier-like names, or values that are mostly e-mail
     addresses, unless the policy's [identifiers] allow list keeps them."""
     if check is None:
-        from cleanroom.policy import looks_like_identifier as check
+        from cleanroom.policy import looks_like_identifier
+
+        check = looks_like_identifier
     allowed = set(_allowed_identifiers(policy))
     flagged = {}
     for col in schema.columns:

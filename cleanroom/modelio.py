@@ -91,6 +91,7 @@ def predict(model_path: str | Path, csv_path: str | Path, out_path: str | Path) 
     if not features:
         raise ModelFileError("the model does not record its feature names")
     frame = pd.read_csv(csv_path)
+    _expand_one_hot(frame, features)
     missing = [c for c in features if c not in frame.columns]
     if missing:
         raise ModelFileError(f"the CSV lacks the model's feature columns: {', '.join(missing)}")
@@ -116,3 +117,25 @@ def predict(model_path: str | Path, csv_path: str | Path, out_path: str | Path) 
                 out[f"proba_{label}"] = proba[:, i]
     out.to_csv(out_path, index=False)
     return len(out)
+
+
+def _expand_one_hot(frame: Any, features: list[str]) -> None:
+    """Rebuild one-hot features (`<column>_<value>`) the model wants from raw category columns.
+
+    A released model trained after the `one-hot` plugin expects indicator columns; new data on the
+    recipient's machine has the raw column. Values the model never saw give all-zero indicators.
+    """
+    for feature in features:
+        if feature in frame.columns:
+            continue
+        for column in frame.columns:
+            prefix = f"{column}_"
+            if feature.startswith(prefix) and not _numeric(frame[column]):
+                frame[feature] = (frame[column].astype(str) == feature[len(prefix):]).astype("float64")
+                break
+
+
+def _numeric(series: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.api.types.is_numeric_dtype(series))

@@ -122,7 +122,8 @@ class _Checker(ast.NodeVisitor):
     def __init__(self, path: str, local_modules: set[str]) -> None:
         self.path = path
         self.local = local_modules
-        self.allowed = ALLOWED_MODULES | (TEST_MODULES if _is_test(path) else frozenset())
+        self.is_test = _is_test(path)
+        self.allowed = ALLOWED_MODULES | (TEST_MODULES if self.is_test else frozenset())
         self.aliases: dict[str, str] = {}
         self.findings: list[Finding] = []
         self.calls: dict[str, Callable[[ast.AST, ast.Call | None, str], None]] = {
@@ -155,6 +156,8 @@ class _Checker(ast.NodeVisitor):
             self.add(node, "dangerous-import", "blocking", f"import of {module}: it {DANGEROUS[bad]}")
         elif not parent_allowed and not _within(module, self.allowed):
             if module.split(".")[0] in self.local:
+                if self.is_test:  # test runners put the folder on sys.path; the sandbox never runs tests
+                    return
                 self.add(node, "local-absolute-import", "warning", f"import {module} of the bundle's own "
                          "module: bundles are imported as packages, use a relative import (from . import x)")
             else:
@@ -220,6 +223,8 @@ class _Checker(ast.NodeVisitor):
             return
         if isinstance(node, ast.Attribute):
             self._method(node, node.attr, dotted or "", call)
+        elif dotted and "." in dotted:  # a name imported from a module: `from pandas import read_csv`
+            self._method(node, dotted.rsplit(".", 1)[1], dotted, call)
 
     def _dunder(self, node: ast.AST, attr: str) -> None:
         if attr in DANGEROUS_DUNDERS or attr in FRAME_ATTRS:

@@ -45,13 +45,13 @@ k = 10
 recipients = ["acme-analytics"]
 review = false
 
-[columns.income]
-rule = "never_output"
+[columns.age]
+bounds = [18, 100]
 """
 
 
 def make_data(n: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Raw files as each org holds them (identifiers included); about 80% of customers overlap."""
+    """Raw files as each org holds them (identifiers included); most customers are in both."""
     rng = np.random.default_rng(seed)
     ids = np.array([f"C{100000 + i}" for i in range(int(n * 1.1))])
     retail_ids = rng.choice(ids, size=n, replace=False)
@@ -97,5 +97,55 @@ def write_data(folder: Path, n: int, seed: int = 7) -> dict[str, Path]:
     new = make_data(max(200, n // 50), seed + 1)[1].merge(make_data(max(200, n // 50), seed + 1)[0],
                                                          on="customer_id")
     paths["new_customers"] = folder / "new_customers.csv"
+    new["tenure_years"] = new["tenure_years"].fillna(0)
     new.drop(columns=["spend"]).to_csv(paths["new_customers"], index=False)
     return paths
+
+
+PLUGINS = ("drop-identifiers", "impute", "one-hot", "linear-model", "group-aggregate")
+
+
+def job_spec(plugin_ids: dict[str, str], *, recipient: str = "acme-analytics",
+             retail: str = "retail.purchases", bank: str = "bank.customers",
+             epsilon: float | None = None) -> str:
+    """The motivating job: join, drop identifiers, impute, one-hot, ridge on spend, spend by region."""
+    dp = f"epsilon = {epsilon}\n" if epsilon else ""
+    return f"""\
+name = "spend-model"
+recipient = "{recipient}"
+
+[[inputs]]
+dataset = "{retail}"
+[[inputs]]
+dataset = "{bank}"
+
+[join]
+how = "inner"
+
+[[steps]]
+plugin = "{plugin_ids['drop-identifiers']}"
+params = {{ missing_ok = true }}
+
+[[steps]]
+plugin = "{plugin_ids['impute']}"
+params = {{ columns = ["tenure_years"], strategy = "median" }}
+
+[[steps]]
+plugin = "{plugin_ids['one-hot']}"
+params = {{ columns = ["category", "segment"], keep_original = false }}
+
+[[steps]]
+plugin = "{plugin_ids['linear-model']}"
+params = {{ estimator = "ridge", target = "spend", alpha = 1.0 }}
+
+[[steps]]
+plugin = "{plugin_ids['group-aggregate']}"
+params = {{ name = "spend_by_region", group_by = ["region"], metrics = [{{ agg = "count" }}, {{ agg = "mean", column = "spend" }}] }}
+
+[outputs]
+model = true
+metrics = true
+aggregates = true
+holdout_fraction = 0.2
+seed = 0
+{dp}"""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +119,7 @@ def load_schema_file(path: str | Path) -> Schema:
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise ValidationError(f"{path.name} is not valid {path.suffix.lstrip('.').upper()}: {exc}",
-                                      hint="schema files are .json or .toml") from exc
+                              hint="schema files are .json or .toml") from exc
     return Schema.from_dict(data)
 
 
@@ -146,7 +146,7 @@ def _pattern_key(col: Column) -> str:
 
 
 def detect_format(path: str | Path, fmt: str | None = None) -> str:
-    """"csv" or "parquet", from `fmt` or else the file name's extension."""
+    """The format, csv or parquet: `fmt` if given, else from the file name's extension."""
     if fmt is not None:
         if fmt.lower() not in ("csv", "parquet"):
             raise ValidationError(f"unknown format {fmt!r}: use csv or parquet")
@@ -255,7 +255,7 @@ class _Mismatch(Exception):
 
 
 def read_batches(path: str | Path, fmt: str, schema: Schema, *,
-                 progress: Callable[[int], None] | None = None) -> Iterator[pa.RecordBatch]:
+                 progress: Callable[[int], None] | None = None) -> Generator[pa.RecordBatch, None, None]:
     """Typed record batches of `schema`'s columns (in its order). Rows that do not fit raise
     ValidationError naming their lines (CSV) or rows (Parquet). `progress(bytes_read)`."""
     types = {c.name: c.arrow_type() for c in schema.columns}
@@ -382,7 +382,7 @@ def _scan_csv(path: str | Path, schema: Schema, limit: int) -> list[dict[str, An
     return sorted(out, key=lambda v: v["line"])
 
 
-def _guarded(open_reader: Callable[[], tuple[pa.OSFile, Any]]) -> Iterator[pa.RecordBatch]:
+def _guarded(open_reader: Callable[[], tuple[pa.OSFile, Any]]) -> Generator[pa.RecordBatch, None, None]:
     try:
         f, reader = open_reader()
         with f:

@@ -122,6 +122,17 @@ def test_csv_round_trip_is_exact(tmp_path: Path, keys: KeyPair) -> None:
     assert not prepared.ciphertext_path.exists()
 
 
+def test_the_sandbox_reads_what_the_runner_decrypts(tmp_path: Path, keys: KeyPair) -> None:
+    from cleanroom.crypto import decrypt_bytes
+    from cleanroom.sandbox.wire import frame_from_bytes
+
+    frame = people(100)
+    path = tmp_path / "w.csv"
+    frame.to_csv(path, index=False)
+    ciphertext = run(path, keys, tmp_path).ciphertext_path.read_bytes()
+    assert_same(frame_from_bytes(decrypt_bytes(ciphertext, keys)), expected_frame(frame))
+
+
 def test_parquet_round_trip_is_exact(tmp_path: Path, keys: KeyPair) -> None:
     frame = people(seed=1)
     path = tmp_path / "people.parquet"

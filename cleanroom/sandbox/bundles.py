@@ -3,8 +3,10 @@
 Stdlib only, because the compute phase unpacks bundles too. `cleanroom.bundle` wraps these functions
 for the server side and turns `BundleFormatError` / `ParamsError` into the project's error tree.
 
-A bundle's archive is canonical: uncompressed ustar, regular files only, sorted by path, mode 0644,
-uid/gid 0, empty owner names, mtime 0, no directory entries. `unpack` re-packs what it read and
+A bundle's archive is canonical: uncompressed POSIX ustar, regular files only, sorted by path, mode
+0644, uid/gid 0, empty owner names, mtime 0, no directory entries, padded to whole 10 KiB records.
+The headers are written here byte by byte so that the same files give the same bytes (and plugin id)
+on any machine and any Python version. `unpack` re-packs what it read and
 refuses the archive unless the bytes are identical, so gzip, directory entries, links, odd modes,
 pax attributes or trailing data never get through: the sha256 of those bytes is the plugin id that
 owners approve.
@@ -140,23 +142,33 @@ def check_layout(files: Mapping[str, bytes], *, max_files: int = MAX_FILES,
 # ---------------------------------------------------------------------------------------------- archive
 
 
+def _ustar_header(path: str, size: int) -> bytes:
+    """One POSIX ustar header, written here rather than by `tarfile`, whose output varies by version."""
+    name, prefix = path.encode("utf-8"), b""
+    if len(name) > 100:  # split at the first "/" that leaves a prefix <= 155 and a name <= 100 bytes
+        cuts = [i for i, byte in enumerate(name) if byte == 0x2F and i <= 155 and len(name) - i - 1 <= 100]
+        if not cuts:
+            raise BundleFormatError(f"file path {path!r} does not fit a ustar header (a part is too long)")
+        name, prefix = name[cuts[0] + 1:], name[:cuts[0]]
+    header = b"".join([
+        name.ljust(100, b"\0"), b"0000644\0", b"0000000\0", b"0000000\0", b"%011o\0" % size,
+        b"00000000000\0", b" " * 8, tarfile.REGTYPE, b"\0" * 100, b"ustar\x0000", b"\0" * 64,
+        b"\0" * 16, prefix.ljust(155, b"\0"), b"\0" * 12,  # no device numbers: not a device
+    ])
+    return header[:148] + b"%06o\0 " % sum(header) + header[156:]
+
+
 def pack_files(files: Mapping[str, bytes], *, max_archive_bytes: int = MAX_ARCHIVE_BYTES,
                max_files: int = MAX_FILES, max_total_bytes: int = MAX_TOTAL_BYTES) -> bytes:
     """The canonical archive of `files` ({path: bytes})."""
     check_layout(files, max_files=max_files, max_total_bytes=max_total_bytes)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT, encoding="utf-8") as tar:
-        for path in sorted(files):
-            data = files[path]
-            info = tarfile.TarInfo(path)
-            info.size, info.mode, info.mtime, info.type = len(data), 0o644, 0, tarfile.REGTYPE
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            try:
-                tar.addfile(info, io.BytesIO(data))
-            except ValueError as exc:
-                raise BundleFormatError(f"file path {path!r} does not fit a ustar header: {exc}") from None
-    archive = buf.getvalue()
+    parts = []
+    for path in sorted(files):
+        data = files[path]
+        parts += [_ustar_header(path, len(data)), data, b"\0" * (-len(data) % 512)]
+    parts.append(b"\0" * 1024)  # end of archive, then padding to a whole tar record like tar(1)
+    archive = b"".join(parts)
+    archive += b"\0" * (-len(archive) % tarfile.RECORDSIZE)
     if len(archive) > max_archive_bytes:
         raise BundleFormatError(f"the bundle archive is larger than {max_archive_bytes} bytes")
     return archive

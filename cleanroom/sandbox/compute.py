@@ -38,7 +38,15 @@ import pluggy
 
 from cleanroom import hookspecs
 from cleanroom.sandbox import wire
-from cleanroom.sandbox.bundles import KINDS, Bundle, BundleFormatError, ParamsError, extract_to, unpack
+from cleanroom.sandbox.bundles import (
+    KINDS,
+    Bundle,
+    BundleFormatError,
+    ParamsError,
+    bundle_id,
+    extract_to,
+    unpack,
+)
 from cleanroom.sandbox.bundles import validate_params as _validate_params
 
 PID = "_pid"
@@ -175,10 +183,9 @@ def _load_bundle(plugin_id: str, files: dict[str, bytes]) -> Bundle:
     archive = files.get(f"plugins/{plugin_id}.tar")
     if archive is None:
         raise ComputeError(f"plugin {plugin_id[:16]} was not sent")
-    bundle = unpack(archive)
-    if bundle.id != plugin_id:
+    if bundle_id(archive) != plugin_id:  # checked before parsing anything
         raise ComputeError(f"plugin {plugin_id[:16]}: the bundle's sha256 does not match its id; refusing it")
-    return bundle
+    return unpack(archive)
 
 
 Response = tuple[dict[str, Any], dict[str, bytes]]
@@ -229,7 +236,8 @@ def run(meta: dict[str, Any], files: dict[str, bytes], workdir: str) -> Response
             frames[step["dataset"]] = transform(n, step, frames[step["dataset"]])
     joined = join(frames)
     del frames
-    model_specs, analysis_specs = [], []
+    model_specs: list[dict[str, Any]] = []
+    analysis_specs: list[dict[str, Any]] = []
     for n, step in enumerate(steps, 1):
         if step.get("dataset") is not None:
             continue
