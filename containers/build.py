@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the cleanroom images: base -> wheelhouse -> sandbox and app images -> env files.
 
-    python3 containers/build.py [--only sandbox|app] [--base-image IMAGE]
+    python3 containers/build.py [--only sandbox|app] [--base-image IMAGE] [--prune]
 
 Stdlib only, any python3. Every step is skipped when its output already exists for the same inputs,
 so a second run only hashes files and asks the engine whether the tags exist:
@@ -231,7 +231,7 @@ def resolve_base_image(requested: str | None) -> tuple[str, str, bool]:
         step(f"base image: {requested} not present, pulling it")
         if run_streaming(["docker", "pull", requested]) == 0 and (found := image_id(requested)):
             return requested, found, False
-        step(f"base image: cannot pull {requested}; building a Debian base with debootstrap instead")
+        step(f"base image: cannot pull {requested}; using a Debian base made with debootstrap instead")
     ref = f"{BASE_REPO}:{SUITE}-{base_recipe_tag()}"
     found = image_id(ref)
     if found:
@@ -393,7 +393,7 @@ def ensure_wheelhouse(root: Path) -> bool:
     step("wheelhouse: downloading wheels for cp311 manylinux x86_64 (pip download)")
     started = time.monotonic()
     # Download into a fresh folder and swap, so versions left over from older requirements drop out.
-    staging = root / "containers" / "wheelhouse.partial"
+    staging = root / "containers" / ".build" / "wheelhouse.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     cmd = pip_command() + [
@@ -424,7 +424,7 @@ def ensure_wheelhouse(root: Path) -> bool:
         )
     files = sorted(p.name for p in staging.iterdir() if p.is_file())
     (staging / ".stamp.json").write_text(json.dumps({"stamp": stamp, "files": files}, indent=1) + "\n")
-    old = root / "containers" / "wheelhouse.old"
+    old = root / "containers" / ".build" / "wheelhouse.old"
     shutil.rmtree(old, ignore_errors=True)
     if wheelhouse.exists():
         wheelhouse.rename(old)
@@ -479,6 +479,19 @@ def ensure_image(root: Path, spec: ImageSpec, base_ref: str, base_id: str) -> tu
     return tag, True
 
 
+def prune_old_tags(current: dict[str, str]) -> None:
+    """Untag this script's older sandbox/app images (a tag still used by a container stays)."""
+    for name, tag in current.items():
+        listed = docker(
+            "images", "--filter", f"label=cleanroom.image={name}", "--format", "{{.Repository}}:{{.Tag}}"
+        ).stdout.split()
+        old = [ref for ref in listed if ref != tag and not ref.endswith((":latest", ":<none>"))]
+        for ref in old:
+            if docker("rmi", ref, check=False).returncode == 0:
+                detail(f"removed {ref}")
+    docker("image", "prune", "--force", "--filter", "label=cleanroom=1", check=False)
+
+
 # ---------------------------------------------------------------------------------------------- env files
 
 ENV_KEYS = ("CLEANROOM_APP_IMAGE", "CLEANROOM_SANDBOX_IMAGE", "CLEANROOM_BASE_IMAGE")
@@ -518,6 +531,11 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("CLEANROOM_BASE_IMAGE") or None,
         help="base image to use instead of a debootstrapped Debian (default: $CLEANROOM_BASE_IMAGE)",
     )
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="afterwards, remove older cleanroom-sandbox/cleanroom-app tags and dangling layers",
+    )
     args = parser.parse_args(argv)
     root = ROOT
     try:
@@ -537,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
             tags[spec.name], image_built = ensure_image(root, spec, base_ref, base_id)
             if image_built:
                 built.append(spec.name)
+        if args.prune:
+            step("pruning older image tags")
+            prune_old_tags({name: tag for name, tag in tags.items() if args.only in (None, name)})
         write_env_files(
             root,
             {
