@@ -140,7 +140,8 @@ params = {{ estimator = "ridge", target = "spend", alpha = 1.0 }}
 
 [[steps]]
 plugin = "{plugin_ids['group-aggregate']}"
-params = {{ name = "spend_by_region", group_by = ["region"], metrics = [{{ agg = "count" }}, {{ agg = "mean", column = "spend" }}] }}
+params = {{ name = "spend_by_region", group_by = ["region"], metrics = [
+    {{ agg = "count" }}, {{ agg = "mean", column = "spend" }}] }}
 
 [outputs]
 model = true

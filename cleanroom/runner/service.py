@@ -11,7 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from cleanroom.crypto import KeyPair, generate_keypair
-from cleanroom.errors import CleanroomError, ConnectionFailed
+from cleanroom.errors import CleanroomError, ConnectionFailed, ValidationError
 from cleanroom.runner.api import RunnerAPI
 from cleanroom.runner.execute import JobRun
 from cleanroom.runner.sandbox import Sandbox
@@ -41,12 +41,26 @@ def heartbeat(home: Path) -> None:
     path.write_text(str(time.time()))
 
 
+def wait_for_token(settings: Settings, seconds: float = 120) -> str:
+    """The runner's token; under compose the API writes the token file on its first start."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return settings.runner_token()
+        except ValidationError:
+            if time.monotonic() > deadline or not settings.token_file:
+                raise
+            log.info("waiting for the runner token file %s", settings.token_file)
+            time.sleep(1)
+
+
 class RunnerService:
     def __init__(self, settings: Settings, api: RunnerAPI | None = None, sandbox: Sandbox | None = None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s %(message)s")
         self.settings = settings
         self.keys = load_room_key(settings.runner_home)
-        self.api = api or RunnerAPI(settings.url, settings.runner_token(), ca_file=settings.ca_file)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll would flood the log
+        self.api = api or RunnerAPI(settings.url, wait_for_token(settings), ca_file=settings.ca_file)
         self.sandbox = sandbox or Sandbox(settings)
         self.stop = threading.Event()
 
