@@ -15,7 +15,7 @@ from cleanroom.api.authz import Caller, visible_job
 from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.api.routes_datasets import current_policy, load_dataset
 from cleanroom.api.routes_plugins import check_signed
-from cleanroom.errors import Conflict, NotFound, PermissionDenied, RateLimited, ValidationError
+from cleanroom.errors import Conflict, NotFound, PermissionDenied, PolicyError, RateLimited, ValidationError
 from cleanroom.store import dumps, new_id, now
 
 router = APIRouter()
@@ -108,9 +108,12 @@ def submit_job(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
         if queued >= ctx.settings.max_queued_jobs_per_org:
             raise RateLimited(f"{queued} jobs of yours are queued or running; the limit is "
                               f"{ctx.settings.max_queued_jobs_per_org}", hint="wait for some to finish")
-        recipient = conn.execute("SELECT id FROM orgs WHERE name = ?", (spec.recipient,)).fetchone()
+        recipient = conn.execute("SELECT id, enc_public FROM orgs WHERE name = ?", (spec.recipient,)).fetchone()
         jc = job_context(conn, spec)
         effective = check_job(spec, recipient_exists=recipient is not None, **jc)
+        if not recipient["enc_public"]:
+            raise PolicyError(f"the recipient {spec.recipient!r} has registered no keys yet, so nothing could be "
+                              "encrypted to it", hint="the recipient runs any cleanroom command once")
         job_id = new_id("job")
         spec_dict = spec.to_dict()
         epsilon = spec_dict.get("outputs", {}).get("epsilon")

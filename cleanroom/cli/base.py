@@ -28,6 +28,8 @@ class State:
             from cleanroom.client import Client
 
             self._client = Client.from_profile(self.profile_name)
+            if self._client.token:
+                self._client.keys()  # first use on this machine: make the org's key pair, register the public half
         return self._client
 
 

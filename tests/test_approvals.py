@@ -1,0 +1,139 @@
+"""Owner approvals: bound to (plugin hash, dataset, policy version, data), signed on the owner's machine."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cleanroom import crypto, scenario
+from cleanroom.errors import Conflict, IntegrityError, PermissionDenied, PolicyError, ValidationError
+from cleanroom.ingest import new_join_secret
+from cleanroom.profile import load_or_create_keys
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def world(room, tmp_path):
+    key = crypto.generate_keypair()
+    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
+               json={"enc_public": key.enc_public, "sign_public": key.sign_public}).raise_for_status()
+    retailer, bank = room.org("retailer", "owner"), room.org("bank", "owner")
+    analyst = room.org("acme-analytics", "analyst")
+    files = scenario.write_data(tmp_path / "data", 300)
+    secret = new_join_secret()
+    retailer.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
+                            id_column="customer_id", join_secret=secret)
+    bank.upload_dataset(files["bank"], name="bank.customers", policy=scenario.BANK_POLICY,
+                        id_column="customer_id", join_secret=secret)
+    ids = {n: analyst.submit_plugin(REPO / "plugins" / n)["id"] for n in scenario.PLUGINS}
+    return retailer, bank, analyst, ids
+
+
+def payload(client, plugin_id, dataset, **changes):
+    ds = client.get_dataset(dataset)
+    p = {"type": "plugin-approval", "plugin_id": plugin_id, "dataset": dataset,
+         "policy_version": ds["policy_version"], "dataset_sha256": ds["sha256"], "decision": "approve",
+         "reason": "", "org": client.whoami()["name"], "issued_at": time.time()}
+    p.update(changes)
+    return p
+
+
+def send(client, plugin_id, p, signer=None):
+    pair = signer or client.keys()
+    return client.post(f"/plugins/{plugin_id}/approvals", json={"payload": p, "signature": pair.sign(p)})
+
+
+def test_valid_approval_then_job_accepted(world):
+    retailer, bank, analyst, ids = world
+    for pid in ids.values():
+        send(retailer, pid, payload(retailer, pid, "retail.purchases"))
+    with pytest.raises(PolicyError, match="bank"):
+        analyst.submit_job(scenario.job_spec(ids))  # until every owner approved
+    for pid in ids.values():
+        bank.decide_plugin(pid, "bank.customers")
+    assert analyst.submit_job(scenario.job_spec(ids))["status"] == "queued"
+
+
+def test_wrong_org_cannot_approve_for_a_dataset(world):
+    retailer, bank, analyst, ids = world
+    pid = ids["impute"]
+    with pytest.raises(PermissionDenied):
+        send(bank, pid, payload(bank, pid, "retail.purchases"))
+    with pytest.raises(PermissionDenied):
+        send(analyst, pid, payload(analyst, pid, "retail.purchases"))
+
+
+def test_wrong_hash_old_policy_and_other_data_are_refused(world):
+    retailer, _, _, ids = world
+    pid, other = ids["impute"], ids["scale"] if "scale" in ids else ids["one-hot"]
+    with pytest.raises(ValidationError, match="another plugin"):
+        send(retailer, pid, payload(retailer, other, "retail.purchases"))
+    with pytest.raises(Conflict, match="policy version"):
+        send(retailer, pid, payload(retailer, pid, "retail.purchases", policy_version=0))
+    with pytest.raises(Conflict, match="other data"):
+        send(retailer, pid, payload(retailer, pid, "retail.purchases", dataset_sha256="0" * 64))
+
+
+def test_bad_signature_and_foreign_key_are_refused(world):
+    retailer, bank, _, ids = world
+    pid = ids["impute"]
+    p = payload(retailer, pid, "retail.purchases")
+    with pytest.raises(IntegrityError):
+        send(retailer, pid, p, signer=crypto.generate_keypair())
+    bank_key, _ = load_or_create_keys("bank")
+    with pytest.raises(IntegrityError):
+        send(retailer, pid, p, signer=bank_key)
+    tampered = dict(p)
+    sig = retailer.keys().sign(p)
+    tampered["reason"] = "changed after signing"
+    with pytest.raises(IntegrityError):
+        retailer.post(f"/plugins/{pid}/approvals", json={"payload": tampered, "signature": sig})
+
+
+def test_replay_and_stale_approvals_are_refused(world):
+    retailer, _, _, ids = world
+    pid = ids["impute"]
+    p = payload(retailer, pid, "retail.purchases")
+    sig = retailer.keys().sign(p)
+    first = retailer.post(f"/plugins/{pid}/approvals", json={"payload": p, "signature": sig})
+    with pytest.raises(Conflict, match="replay"):
+        retailer.post(f"/plugins/{pid}/approvals", json={"payload": p, "signature": sig})
+    retailer.revoke_approval(pid, first["id"])
+    with pytest.raises(Conflict):
+        retailer.post(f"/plugins/{pid}/approvals", json={"payload": p, "signature": sig})
+    with pytest.raises(ValidationError, match="stale"):
+        send(retailer, pid, payload(retailer, pid, "retail.purchases", issued_at=time.time() - 3600))
+    actions = [e["action"] for e in retailer.audit_events()]
+    assert "plugin.approval_revoked" in actions
+
+
+def test_policy_change_voids_old_approvals(world):
+    retailer, bank, analyst, ids = world
+    for pid in ids.values():
+        retailer.decide_plugin(pid, "retail.purchases")
+        bank.decide_plugin(pid, "bank.customers")
+    retailer.update_policy("retail.purchases", scenario.RETAIL_POLICY.replace("k = 10", "k = 15"))
+    with pytest.raises(PolicyError, match="policy version 2"):
+        analyst.submit_job(scenario.job_spec(ids))
+
+
+def test_new_plugin_version_starts_unapproved_and_shows_a_diff(world, tmp_path):
+    import shutil
+
+    retailer, bank, analyst, ids = world
+    retailer.decide_plugin(ids["impute"], "retail.purchases")
+    folder = tmp_path / "impute"
+    shutil.copytree(REPO / "plugins" / "impute", folder)
+    manifest = folder / "cleanroom-plugin.toml"
+    manifest.write_text(manifest.read_text().replace('version = "1.0.0"', 'version = "1.0.1"'))
+    with open(folder / "plugin.py", "a") as f:
+        f.write("\n# a harmless change\n")
+    new = analyst.submit_plugin(folder)
+    assert new["id"] != ids["impute"] and new["approvals"] == []
+    shown = retailer.get_plugin(new["id"])
+    assert shown["diff_against"]["id"] == ids["impute"]
+    assert "+# a harmless change" in shown["diff_against"]["diff"]
