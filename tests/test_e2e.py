@@ -95,3 +95,54 @@ def test_policy_change_voids_approvals_and_bad_ciphertext_fails(room, runner, tm
     retailer.update_policy("retail.purchases", scenario.RETAIL_POLICY.replace("k = 10", "k = 12"))
     with pytest.raises(PolicyError, match="not approved"):
         analyst.submit_job(scenario.job_spec(ids))
+
+
+def test_dp_job_spends_budget_and_the_next_past_it_is_refused(room, runner, tmp_path):
+    retailer, bank, analyst, files, ids = setup_scenario(room, tmp_path, n=3000)
+    approve_all(retailer, bank, ids)
+    spec = scenario.job_spec(ids, epsilon=2.0)
+    job = analyst.submit_job(spec)
+    final = analyst.wait_job(job["id"], timeout=300)
+    assert final["status"] == "succeeded", final
+    manifest = analyst.get_release(job["id"])["manifest"]
+    assert manifest["epsilon_spent"] == pytest.approx(2.0)
+    with pytest.raises(PolicyError, match="retail.purchases.*left"):
+        analyst.submit_job(spec)  # 3.0 - 2.0 = 1.0 left of the retailer's budget
+    assert analyst.submit_job(scenario.job_spec(ids, epsilon=1.0))["status"] == "queued"
+
+
+def test_cancel_a_queued_job(room, tmp_path):
+    from cleanroom import crypto
+
+    key = crypto.generate_keypair()
+    import httpx
+
+    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
+               json={"enc_public": key.enc_public, "sign_public": key.sign_public}).raise_for_status()
+    retailer, bank, analyst, files, ids = setup_scenario(room, tmp_path, n=300)
+    approve_all(retailer, bank, ids)
+    job = analyst.submit_job(scenario.job_spec(ids))
+    assert analyst.cancel_job(job["id"])["status"] == "cancelled"
+    from cleanroom.errors import Conflict
+
+    with pytest.raises(Conflict):
+        analyst.cancel_job(job["id"])
+    other = room.org("other-analyst", "analyst")
+    from cleanroom.errors import NotFound
+
+    with pytest.raises(NotFound):
+        other.get_job(job["id"])
+
+
+def test_plugin_test_runs_on_mock_data_in_the_sandbox(room, runner, tmp_path):
+    from cleanroom.runner.local import test_plugin
+
+    retailer, bank, analyst, files, ids = setup_scenario(room, tmp_path, n=300)
+    result = test_plugin(analyst, REPO / "plugins" / "one-hot", ["retail.purchases"],
+                         {"columns": ["category"]}, image=runner.settings.sandbox_image,
+                         settings=runner.settings)
+    assert result["ok"] is True, result
+    assert any(c.startswith("category_") for c in result["columns"])
+    model = test_plugin(analyst, REPO / "plugins" / "linear-model", ["retail.purchases", "bank.customers"],
+                        {"target": "spend"}, image=runner.settings.sandbox_image, settings=runner.settings)
+    assert model["ok"] and model["model_specs"][0]["spec"]["estimator"] == "ridge"

@@ -1,0 +1,611 @@
+"""What a job costs in the clean room: container start overhead, the motivating pipeline, peak memory.
+
+    .venv/bin/python benchmarks/jobs.py                          # 100k and 1M joined rows
+    .venv/bin/python benchmarks/jobs.py --rows 100000 --repeat 10
+    .venv/bin/python benchmarks/jobs.py --rows 1000000 --job-memory 4g --profile prof/
+
+1. Container start overhead: one sandbox phase that does nothing (`Sandbox.run_phase` with every
+   isolation control, fed a trivial request that the phase refuses at once) against `docker run
+   --rm <image> python -c pass` and against `docker run -i` of the same phase and request without
+   the isolation settings; median (min-max) of --repeat runs each.
+2. The motivating pipeline (`cleanroom.scenario`) on each --rows JOINED rows: both sides are
+   generated with `scenario.write_data` (about 91 % of each side joins, so each side gets 1.1x the
+   rows), uploaded through the SDK, the scenario's plugins submitted and approved, and the job run
+   by a real runner against a real API (child processes on loopback). Reported: submit-to-succeeded
+   wall time, the receipt's per-phase timings and the client-side upload preparation (schema pass,
+   HMAC pseudonyms, Arrow, age encryption) apart from the transfer. The baseline is the same pandas
+   and scikit-learn work in one fresh process: read both CSVs, join on the raw id, the same three
+   plugin functions, the spend-by-region table and the same Ridge on the same kind of split.
+3. Peak memory: the runner process's peak RSS during the job (sampled, with the phase it was in),
+   each sandbox container's peak from its memory cgroup (sampled in a thread: the runner removes
+   the containers right after each phase), and the direct run's peak RSS.
+
+The runner is `cleanroom runner` with CLEANROOM_JOB_MEMORY / CLEANROOM_JOB_TIMEOUT_SECONDS /
+CLEANROOM_JOB_CPUS from --job-memory / --job-timeout / --job-cpus, except that it does not remove
+other runners' sandbox containers on start (see benchmarks/_harness.py). With --profile DIR, py-spy
+(from PATH or --py-spy) records the runner and each sandbox phase; the hottest frames are printed
+and the raw collapsed stacks kept in DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import _harness as h  # noqa: E402
+
+REPO = h.REPO
+OVERLAP = 1 / 1.1  # scenario.make_data: both sides draw n of 1.1 n ids, so about n / 1.1 are in both
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def parse_rows(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        mult = {"k": 1_000, "m": 1_000_000}.get(part[-1], 1)
+        out.append(int(float(part.rstrip("km")) * mult))
+    return out
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def fmt_s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s" if x < 100 else f"{x:.0f} s"
+
+
+# --- 1. container start overhead ---------------------------------------------------------------------
+
+def trivial_request(phase: str) -> bytes:
+    """A request the phase refuses at once (after importing what it always imports)."""
+    from cleanroom.sandbox import wire
+
+    meta: dict[str, Any] = {"job_id": "bench-noop", "inputs": [], "steps": [], "max_output_bytes": 1024}
+    if phase == "release":
+        meta = {"job_id": "bench-noop", "policy": {}, "outputs": {}}
+    buf = io.BytesIO()
+    wire.write_message(buf, "job.json", meta, {})
+    return buf.getvalue()
+
+
+def overhead(image: str, repeat: int) -> list[dict[str, Any]]:
+    from cleanroom.runner.sandbox import Sandbox
+    from cleanroom.settings import Settings
+
+    sandbox = Sandbox(Settings(sandbox_image=image))  # the default limits, every control
+    rows = []
+
+    def timed(label: str, fn: Any, kind: str = "", phase: str = "") -> None:
+        fn()  # warm: page cache, image layers
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        rows.append({"what": label, "kind": kind, "phase": phase, **stats(times)})
+        log(f"overhead: {label}: median {statistics.median(times):.3f} s")
+
+    def docker_run(*args: str, stdin: bytes | None = None) -> None:
+        done = subprocess.run(["docker", "run", "--rm", *args], input=stdin, capture_output=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"docker run failed: {done.stderr.decode()[-500:]}")
+
+    timed("docker run --rm IMAGE python -c pass", lambda: docker_run(image, "python", "-c", "pass"))
+    for phase in ("compute", "release"):
+        request = trivial_request(phase)
+
+        def isolated(phase: str = phase, request: bytes = request) -> None:
+            res = sandbox.run_phase(phase, "bench-noop", request)
+            if res.exit_code != 0:
+                raise RuntimeError(f"{phase}: exit {res.exit_code}: {res.stderr.decode()[-500:]}")
+
+        timed(f"docker run --rm -i IMAGE {phase} phase, trivial request (no limits)",
+              lambda phase=phase, request=request: docker_run(
+                  "-i", "--network", "none", image, "python", "-I", "-m", f"cleanroom.sandbox.{phase}",
+                  stdin=request), "plain", phase)
+        timed(f"Sandbox.run_phase {phase}, trivial request (all controls)", isolated, "isolated", phase)
+    return rows
+
+
+# --- 2. the direct baseline ------------------------------------------------------------------------------
+
+def _plugin(name: str) -> tuple[Any, dict[str, Any]]:
+    import importlib.util
+    import tomllib
+
+    folder = REPO / "plugins" / name
+    manifest = tomllib.loads((folder / "cleanroom-plugin.toml").read_text())
+    spec = importlib.util.spec_from_file_location(f"bench_plugin_{name.replace('-', '_')}",
+                                                  folder / manifest["entry"])
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, manifest
+
+
+def direct(retail_csv: str, bank_csv: str) -> dict[str, Any]:
+    """The pipeline without the clean room, in this process (run it in a fresh child)."""
+    import tomllib
+
+    t0 = time.perf_counter()
+    import numpy as np
+    import pandas as pd
+    from sklearn import linear_model
+
+    from cleanroom import scenario
+    from cleanroom.sandbox import models
+    from cleanroom.sandbox.bundles import validate_params
+
+    spec = tomllib.loads(scenario.job_spec({name: name for name in scenario.PLUGINS}))
+    marks: dict[str, float] = {"import": time.perf_counter() - t0}
+
+    def mark(name: str, since: float) -> float:
+        now = time.perf_counter()
+        marks[name] = now - since
+        return now
+
+    t = time.perf_counter()
+    retail = pd.read_csv(retail_csv).rename(columns={"customer_id": "_pid"})
+    bank = pd.read_csv(bank_csv).rename(columns={"customer_id": "_pid"})
+    t = mark("read CSVs", t)
+    frame = retail.merge(bank, on="_pid", how="inner", sort=False).reset_index(drop=True)
+    del retail, bank
+    rows = len(frame)
+    t = mark("join", t)
+    model_params: dict[str, Any] = {}
+    agg_params: dict[str, Any] = {}
+    for step in spec["steps"]:
+        module, manifest = _plugin(step["plugin"])
+        params = validate_params(manifest, step.get("params", {}))
+        if manifest["kind"] == "preprocess":
+            frame = module.preprocess(frame, params)
+        elif manifest["kind"] == "features":
+            frame = module.features(frame, params)
+        elif manifest["kind"] == "model":
+            model_params = params
+        else:
+            agg_params = params
+    t = mark("drop ids, impute, one-hot", t)
+    k = 10
+    grouped = frame.dropna(subset=agg_params["group_by"] + ["spend"]).groupby(agg_params["group_by"])
+    table = pd.DataFrame({"_units": grouped["_pid"].nunique(), "count": grouped.size(),
+                          "mean_spend": grouped["spend"].mean()})
+    table = table[table["_units"] >= k].drop(columns="_units").reset_index()
+    t = mark("aggregate", t)
+    features, target = models.select_features(frame, {"target": model_params["target"], "features": None}, set())
+    X = frame[features].astype("float64")
+    y = frame[target].astype("float64")
+    train, holdout = models.split(frame, spec["outputs"]["holdout_fraction"], spec["outputs"]["seed"])
+    ridge = linear_model.Ridge(alpha=model_params["alpha"], fit_intercept=model_params["fit_intercept"])
+    ridge.fit(X.iloc[train], y.iloc[train])
+    scores = models.evaluate(ridge, "regression", X.iloc[holdout], y.iloc[holdout])
+    t = mark("split, fit ridge, evaluate", t)
+    assert np.isfinite(ridge.coef_).all() and len(table) > 0
+    return {"seconds": time.perf_counter() - t0, "steps": marks, "rows": rows, "metrics": scores,
+            "features": len(features), "peak_rss": h.proc_status(os.getpid(), "VmHWM")}
+
+
+def run_direct(paths: dict[str, Path]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--direct-child",
+                           str(paths["retail"]), str(paths["bank"])], capture_output=True, text=True,
+                          env=h.clean_env())
+    if done.returncode != 0:
+        raise RuntimeError(f"direct run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- 2. the clean room -----------------------------------------------------------------------------------
+
+class PhaseProfiler(threading.Thread):
+    """py-spy on every sandbox container of a job (the python process under docker-init)."""
+
+    def __init__(self, docker_client: Any, label: str, pyspy: str, outdir: Path, tag: str) -> None:
+        super().__init__(daemon=True)
+        self.docker, self.label, self.pyspy, self.outdir, self.tag = docker_client, label, pyspy, outdir, tag
+        self.seen: set[str] = set()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.outputs: dict[str, Path] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                for c in self.docker.containers.list(filters={"label": self.label}):
+                    if c.id in self.seen:
+                        continue
+                    pid = c.attrs.get("State", {}).get("Pid") or 0
+                    python = self._python_pid(pid)
+                    if python:
+                        self.seen.add(c.id)
+                        phase = c.labels.get("cleanroom.phase", "phase")
+                        out = self.outdir / f"{self.tag}-{phase}.txt"
+                        self.outputs[phase] = out
+                        self.procs.append(subprocess.Popen(
+                            [self.pyspy, "record", "--pid", str(python), "--rate", "50", "--format", "raw",
+                             "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            except Exception:  # noqa: BLE001 - keep trying while the job runs
+                pass
+            time.sleep(0.05)
+
+    @staticmethod
+    def _python_pid(init_pid: int) -> int | None:
+        if not init_pid:
+            return None
+        try:
+            children = Path(f"/proc/{init_pid}/task/{init_pid}/children").read_text().split()
+        except OSError:
+            return None
+        for child in children:
+            try:
+                if b"python" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+            except OSError:
+                continue
+        return None
+
+    def stop(self) -> dict[str, Path]:
+        self._halt.set()
+        self.join()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGINT)
+                proc.wait()
+        return self.outputs
+
+
+def summarise_profile(path: Path, top: int = 12) -> list[str]:
+    """The hottest frames of a py-spy raw (collapsed) profile, inclusive share of the samples."""
+    if not path.exists() or path.stat().st_size == 0:
+        return [f"  (no samples in {path.name})"]
+    total = 0
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = []
+        for frame in stack.split(";"):
+            name, _, where = frame.partition(" (")
+            file = where.split(":")[0].rstrip(")")
+            parts = Path(file).parts
+            short = "/".join(parts[-2:]) if parts else file
+            frames.append(f"{name} ({short})")
+        for frame in set(frames):
+            inclusive[frame] += n
+        if frames:
+            own[frames[-1]] += n
+    if not total:
+        return [f"  (no samples in {path.name})"]
+    skip = ("<module>", "_run_code", "_run_module_as_main", "main (", "run (threading", "_bootstrap")
+    lines = [f"  {path.name}: {total} samples at 50 Hz (~{total / 50:.0f} s of wall time)",
+             "    inclusive:"]
+    shown = 0
+    for frame, n in inclusive.most_common():
+        if n == total or any(frame.startswith(s) for s in skip):
+            continue
+        lines.append(f"      {100 * n / total:5.1f}%  {frame}")
+        shown += 1
+        if shown >= top:
+            break
+    lines.append("    self:")
+    for frame, n in own.most_common(top // 2):
+        lines.append(f"      {100 * n / total:5.1f}%  {frame}")
+    return lines
+
+
+def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argparse.Namespace,
+               docker_client: Any) -> dict[str, Any]:
+    import cleanroom.ingest as ingest
+    from cleanroom import scenario
+    from cleanroom.client import Client
+    from cleanroom.ingest import new_join_secret
+    from cleanroom.profile import Profile
+
+    os.environ["CLEANROOM_HOME"] = str(workdir / "home")
+    runner_env = {"CLEANROOM_JOB_MEMORY": opts.job_memory, "CLEANROOM_JOB_TIMEOUT_SECONDS": str(opts.job_timeout),
+                  "CLEANROOM_JOB_CPUS": str(opts.job_cpus), "CLEANROOM_POLL_SECONDS": "0.2",
+                  "CLEANROOM_MAX_CONCURRENT_JOBS": "1"}
+    services = h.Services(workdir, runner_env=runner_env)
+    out: dict[str, Any] = {"rows": joined}
+    try:
+        admin = Client(services.url, services.admin_token, profile=Profile(name="bench-admin"))
+        services.wait_ready(admin)
+
+        def org(name: str, *roles: str) -> Client:
+            created = admin.create_org(name, list(roles))
+            client = Client(services.url, created["token"], profile=Profile(name=f"bench-{name}"))
+            client.keys()
+            return client
+
+        retailer, bank = org("retailer", "owner"), org("bank", "owner")
+        analyst = org("acme-analytics", "analyst")
+        secret = new_join_secret()
+
+        # client-side preparation (schema, HMAC, Arrow, encryption) timed apart from the transfer
+        real_prepare = ingest.prepare
+        prep_seconds: list[float] = []
+
+        def timed_prepare(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return real_prepare(*args, **kwargs)
+            finally:
+                prep_seconds.append(time.perf_counter() - start)
+
+        ingest.prepare = timed_prepare  # type: ignore[assignment]
+        try:
+            start = time.perf_counter()
+            retailer.upload_dataset(paths["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
+                                    id_column="customer_id", join_secret=secret)
+            bank.upload_dataset(paths["bank"], name="bank.customers", policy=scenario.BANK_POLICY,
+                                id_column="customer_id", join_secret=secret)
+            out["upload_total"] = time.perf_counter() - start
+        finally:
+            ingest.prepare = real_prepare  # type: ignore[assignment]
+        out["upload_prepare"] = sum(prep_seconds)
+        out["ciphertext"] = sum(c.get_dataset(name).get("size") or 0
+                                for c, name in ((retailer, "retail.purchases"), (bank, "bank.customers")))
+        log(f"{joined:,} rows: uploaded in {out['upload_total']:.1f} s ({out['upload_prepare']:.1f} s preparing)")
+
+        ids = {name: analyst.submit_plugin(REPO / "plugins" / name)["id"] for name in scenario.PLUGINS}
+        for pid in ids.values():
+            retailer.decide_plugin(pid, "retail.purchases")
+            bank.decide_plugin(pid, "bank.customers")
+
+        phase = {"now": "queued"}
+        assert services.runner is not None
+        rss = h.RssSampler(services.runner.pid, label=lambda: phase["now"])
+        runner_rss_before = h.proc_status(services.runner.pid, "VmRSS")
+        rss.start()
+        job = analyst.submit_job(scenario.job_spec(ids))
+        submitted = time.perf_counter()
+        label = f"cleanroom.job={job['id']}"
+        mem = h.ContainerMemorySampler(docker_client, label)
+        mem.start()
+        profiler = None
+        runner_spy = None
+        if opts.profile:
+            profiler = PhaseProfiler(docker_client, label, opts.py_spy, opts.profile, f"{joined}")
+            profiler.start()
+            runner_spy = subprocess.Popen(
+                [opts.py_spy, "record", "--pid", str(services.runner.pid), "--rate", "50", "--format", "raw",
+                 "--nonblocking", "-o", str(opts.profile / f"{joined}-runner.txt")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        timeline: list[tuple[float, str, str]] = []
+        deadline = submitted + 2 * opts.job_timeout + 600
+        while True:
+            state = analyst.get_job(job["id"])
+            key = (state["status"], state.get("phase") or "")
+            if not timeline or timeline[-1][1:] != key:
+                timeline.append((time.perf_counter() - submitted, *key))
+                phase["now"] = key[1] or key[0]
+                log(f"{joined:,} rows: {key[0]} {key[1]} at {timeline[-1][0]:.1f} s")
+            if state["status"] in ("succeeded", "failed", "cancelled", "timed_out", "rejected"):
+                break
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"job {job['id']} did not finish")
+            time.sleep(0.1)
+        out["job_wall"] = time.perf_counter() - submitted
+        out["status"] = state["status"]
+        out["timeline"] = timeline
+        out["runner_peak"] = rss.stop()
+        out["runner_peak_by_phase"] = rss.by_label
+        out["runner_rss_before"] = runner_rss_before
+        out["container_peaks"] = mem.stop()
+        out["container_source"] = sorted(set(mem.source.values()))
+        if runner_spy is not None:
+            runner_spy.send_signal(signal.SIGINT)
+            runner_spy.wait(timeout=60)
+        if profiler is not None:
+            profiler.stop()
+        if state["status"] != "succeeded":
+            out["error"] = f"{state['status']} ({state.get('error_class')})"
+            try:
+                out["logs"] = retailer.job_logs(job["id"])[-3000:]
+            except Exception as exc:  # noqa: BLE001
+                out["logs"] = f"(no logs: {exc})"
+            return out
+        retailer.approve_release(job["id"])
+        result_dir = workdir / "result"
+        analyst.get_result(job["id"], result_dir)
+        receipt = json.loads((result_dir / "receipt.json").read_text())
+        out["timings"] = receipt["body"]["timings"]
+        out["metrics"] = json.loads((result_dir / "metrics.json").read_text())["metrics"]
+        return out
+    finally:
+        services.stop()
+        if opts.keep:
+            log(f"kept {workdir} (api.log, runner.log)")
+
+
+# --- the report --------------------------------------------------------------------------------------
+
+def report(machine: dict[str, Any], image: str, opts: argparse.Namespace, over: list[dict[str, Any]],
+           results: list[dict[str, Any]]) -> str:
+    lines = ["", "cleanroom job benchmark", "",
+             f"machine: {machine['cpus']} CPUs ({machine.get('cpu_model') or '?'}), {h.human(machine['memory'])} RAM, "
+             f"kernel {machine['kernel']}, Python {machine['python']}",
+             f"docker: server {machine.get('docker_server')}, {machine.get('storage_driver')}, cgroup "
+             f"{machine.get('cgroup')}, runtime {machine.get('docker_runtime')}",
+             f"sandbox image: {image}",
+             f"per-phase limits: memory {opts.job_memory}, {opts.job_cpus} CPU, timeout {opts.job_timeout} s", ""]
+    if over:
+        lines += ["1. Container start overhead (median of runs, min-max)", ""]
+        lines.append(h.table(["what", "median", "min-max", "runs"],
+                             [[r["what"], f"{r['median']:.3f} s", f"{r['min']:.3f}-{r['max']:.3f} s", str(r["n"])]
+                              for r in over], "lrrr"))
+        base = over[0]["median"]
+        iso = {r["phase"]: r["median"] for r in over if r["kind"] == "isolated"}
+        plain = {r["phase"]: r["median"] for r in over if r["kind"] == "plain"}
+        lines.append("")
+        for ph in iso:
+            lines.append(f"   {ph}: run_phase costs {iso[ph] - base:+.2f} s over `python -c pass`, of which "
+                         f"{plain.get(ph, base) - base:.2f} s is the phase's imports and "
+                         f"{iso[ph] - plain.get(ph, base):.2f} s the SDK path and isolation settings")
+        lines.append("")
+    if results:
+        lines += ["2. The motivating pipeline (submit-to-succeeded vs the same pandas/scikit-learn in one process)", ""]
+        head = ["joined rows", "direct", "clean-room job", "ratio", "upload prep", "upload xfer",
+                "e2e ratio", "r2 direct/room"]
+        rows = []
+        for r in results:
+            d = r.get("direct") or {}
+            c = r.get("room") or {}
+            job = c.get("job_wall") if c.get("status") == "succeeded" else None
+            ratio = job / d["seconds"] if job and d.get("seconds") else None
+            e2e = (job + c["upload_total"]) / d["seconds"] if job and d.get("seconds") else None
+            r2 = f"{d.get('metrics', {}).get('r2', '-')}/{c.get('metrics', {}).get('r2', '-')}"
+            rows.append([f"{r['rows']:,}", fmt_s(d.get("seconds")),
+                         fmt_s(job) if job else (c.get("error") or "-"),
+                         f"{ratio:.2f}x" if ratio else "-", fmt_s(c.get("upload_prepare")),
+                         fmt_s(c["upload_total"] - c["upload_prepare"]) if "upload_total" in c else "-",
+                         f"{e2e:.2f}x" if e2e else "-", r2])
+        lines.append(h.table(head, rows))
+        lines += ["", "   ratio = clean-room job / direct (goal: <= 1.3 at 1M rows); e2e ratio adds the two uploads",
+                  "   (client-side preparation = schema pass + HMAC + Arrow + age encryption; xfer = HTTP upload",
+                  "   and the API storing the ciphertext)", ""]
+        lines += ["   where the clean-room job's time goes (receipt.body.timings; 'runner other' = building and",
+                  "   decoding the phase messages, encrypting and uploading artifacts; 'API/poll' = claim latency,",
+                  "   context, finish and the client's 0.1 s polling)", ""]
+        head = ["joined rows", "verify", "decrypt", "compute", "release", "runner other", "runner total",
+                "API/poll", "job wall"]
+        rows = []
+        for r in results:
+            c = r.get("room") or {}
+            t = c.get("timings")
+            if not t:
+                continue
+            known = sum(t.get(k, 0) for k in ("verify", "decrypt", "compute", "release"))
+            rows.append([f"{r['rows']:,}", *(fmt_s(t.get(k)) for k in ("verify", "decrypt", "compute", "release")),
+                         fmt_s(t["total"] - known), fmt_s(t["total"]), fmt_s(c["job_wall"] - t["total"]),
+                         fmt_s(c["job_wall"])])
+        if rows:
+            lines.append(h.table(head, rows))
+        lines += ["", "   direct run, step by step", ""]
+        steps = sorted({s for r in results for s in (r.get("direct") or {}).get("steps", {})},
+                       key=lambda s: list((results[0].get("direct") or {}).get("steps", {})).index(s)
+                       if s in (results[0].get("direct") or {}).get("steps", {}) else 99)
+        rows = [[f"{r['rows']:,}", *(fmt_s((r.get("direct") or {}).get("steps", {}).get(s)) for s in steps)]
+                for r in results]
+        lines.append(h.table(["joined rows", *steps], rows))
+        lines += ["", "3. Peak memory", ""]
+        head = ["joined rows", "direct RSS", "runner RSS (job)", "runner RSS by phase", "compute ctr",
+                "release ctr", "ciphertext"]
+        rows = []
+        for r in results:
+            c = r.get("room") or {}
+            d = r.get("direct") or {}
+            by = c.get("runner_peak_by_phase") or {}
+            peaks = c.get("container_peaks") or {}
+            rows.append([f"{r['rows']:,}", h.human(d.get("peak_rss")), h.human(c.get("runner_peak")),
+                         ", ".join(f"{k} {h.human(v)}" for k, v in by.items() if k not in ("queued",)) or "-",
+                         h.human(peaks.get("compute")), h.human(peaks.get("release")), h.human(c.get("ciphertext"))])
+        lines.append(h.table(head, rows, "lrrlrrr"))
+        src = sorted({s for r in results for s in (r.get("room") or {}).get("container_source", [])})
+        lines += ["", f"   containers: peak of the memory cgroup ({', '.join(src) or 'not sampled'}; includes page "
+                  "cache), limit " + opts.job_memory + "; runner: sampled VmRSS of the runner process "
+                  "(idle before the job: " + ", ".join(h.human((r.get('room') or {}).get('runner_rss_before'))
+                                                       for r in results) + ")"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="100000,1000000", help="joined rows, comma-separated (100k, 1M ok)")
+    parser.add_argument("--repeat", type=int, default=7, help="runs per container overhead measure")
+    parser.add_argument("--job-memory", default=os.environ.get("CLEANROOM_JOB_MEMORY", "2g"),
+                        help="CLEANROOM_JOB_MEMORY of the runner (default: the setting's 2g)")
+    parser.add_argument("--job-timeout", type=int, default=int(os.environ.get("CLEANROOM_JOB_TIMEOUT_SECONDS", 1800)))
+    parser.add_argument("--job-cpus", type=float, default=float(os.environ.get("CLEANROOM_JOB_CPUS", 1.0)))
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument("--profile", type=Path, help="folder for py-spy profiles of the runner and the phases")
+    parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="the py-spy binary (for --profile)")
+    parser.add_argument("--tmp", help="folder for the generated data and the room's state (default: system temp)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated data and logs")
+    parser.add_argument("--json", type=Path, help="also write every measurement as JSON here")
+    parser.add_argument("--direct-child", nargs=2, help=argparse.SUPPRESS)
+    opts = parser.parse_args(argv)
+
+    if opts.direct_child:
+        print(json.dumps(direct(*opts.direct_child)))
+        return 0
+    if opts.profile:
+        if not opts.py_spy:
+            parser.error("--profile needs py-spy (pip install py-spy, or give --py-spy PATH)")
+        opts.profile.mkdir(parents=True, exist_ok=True)
+
+    import docker
+
+    from cleanroom import scenario
+
+    image = h.sandbox_image()
+    client = docker.from_env(timeout=300)
+    machine = h.machine_info(client)
+    over = [] if opts.skip_overhead else overhead(image, opts.repeat)
+    results: list[dict[str, Any]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="cleanroom-jobs-", dir=opts.tmp))
+    try:
+        for joined in ([] if opts.skip_pipeline else parse_rows(opts.rows)):
+            n = math.ceil(joined / OVERLAP)
+            work = tmp / f"rows-{joined}"
+            start = time.perf_counter()
+            paths = scenario.write_data(work / "data", n)
+            log(f"{joined:,} joined rows: generated {n:,} rows per side in {time.perf_counter() - start:.1f} s")
+            entry: dict[str, Any] = {"rows": joined, "per_side": n}
+            entry["direct"] = run_direct(paths)
+            log(f"{joined:,} rows: direct run {entry['direct']['seconds']:.1f} s, {entry['direct']['rows']:,} joined")
+            entry["rows"] = entry["direct"]["rows"]
+            entry["room"] = clean_room(entry["rows"], paths, work, opts, client)
+            results.append(entry)
+            if opts.json:
+                opts.json.write_text(json.dumps({"machine": machine, "overhead": over, "results": results},
+                                                indent=2, default=str))
+    finally:
+        if not opts.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(report(machine, image, opts, over, results))
+    if opts.profile:
+        print("\nprofiles (py-spy, collapsed stacks in " + str(opts.profile) + ")")
+        for path in sorted(opts.profile.glob("*.txt")):
+            print("\n".join(summarise_profile(path)))
+    for r in results:
+        if (r.get("room") or {}).get("logs"):
+            print(f"\n{r['rows']:,} rows: job logs (tail)\n{r['room']['logs']}", file=sys.stderr)
+    if opts.json:
+        opts.json.write_text(json.dumps({"machine": machine, "overhead": over, "results": results},
+                                        indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

