@@ -55,9 +55,8 @@ test: install lint images
 
 bench: install images
 	set -a; . ./$(IMAGES_ENV); set +a; \
-	for bench in benchmarks/bench_*.py; do \
-		[ -e "$$bench" ] || { echo "no benchmarks/bench_*.py yet"; break; }; \
-		echo "==> $$bench"; $(PY) "$$bench"; \
-	done
+	$(PY) benchmarks/upload.py --sizes 100M; \
+	$(PY) benchmarks/jobs.py --rows 100000; \
+	$(PY) benchmarks/load.py --seconds 30
 
 check: lint typecheck test

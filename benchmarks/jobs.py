@@ -573,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = h.machine_info(client)
     over = [] if opts.skip_overhead else overhead(image, opts.repeat)
     results: list[dict[str, Any]] = []
+    if opts.tmp:
+        Path(opts.tmp).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="cleanroom-jobs-", dir=opts.tmp))
     try:
         for joined in ([] if opts.skip_pipeline else parse_rows(opts.rows)):

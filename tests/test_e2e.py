@@ -81,7 +81,7 @@ def test_spend_model_end_to_end(room, runner, tmp_path):
     # the API's disk holds no plaintext: a raw id and an email from the raw file appear nowhere
     raw = pd.read_csv(files["retail"]).iloc[0]
     canaries = [str(raw["customer_id"]).encode(), str(raw["email"]).encode()]
-    for path in room.settings.data_dir.rglob("*"):
+    for path in [*room.settings.data_dir.rglob("*"), *runner.settings.runner_home.rglob("*")]:
         if path.is_file():
             data = path.read_bytes()
             assert not any(c in data for c in canaries), path
