@@ -78,6 +78,10 @@ def fmt_s(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f} s" if x < 100 else f"{x:.0f} s"
 
 
+class Interfered(Exception):
+    """A sandbox container was killed from outside (exit 137 without an OOM kill)."""
+
+
 # --- 1. container start overhead ---------------------------------------------------------------------
 
 def trivial_request(phase: str) -> bytes:
@@ -100,12 +104,21 @@ def overhead(image: str, repeat: int) -> list[dict[str, Any]]:
     rows = []
 
     def timed(label: str, fn: Any, kind: str = "", phase: str = "") -> None:
-        fn()  # warm: page cache, image layers
-        times = []
-        for _ in range(repeat):
+        times: list[float] = []
+        warm = True  # the first run warms the page cache and is not counted
+        for _ in range(3 * repeat + 3):
+            if len(times) >= repeat:
+                break
             start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
+            try:
+                fn()
+            except Interfered as exc:
+                log(f"overhead: a {exc} container was killed from outside (another runner's start "
+                    "removing every cleanroom.job container?); run not counted")
+                continue
+            if not warm:
+                times.append(time.perf_counter() - start)
+            warm = False
         rows.append({"what": label, "kind": kind, "phase": phase, **stats(times)})
         log(f"overhead: {label}: median {statistics.median(times):.3f} s")
 
@@ -120,6 +133,8 @@ def overhead(image: str, repeat: int) -> list[dict[str, Any]]:
 
         def isolated(phase: str = phase, request: bytes = request) -> None:
             res = sandbox.run_phase(phase, "bench-noop", request)
+            if res.exit_code == 137 and not res.oom_killed:
+                raise Interfered(phase)
             if res.exit_code != 0:
                 raise RuntimeError(f"{phase}: exit {res.exit_code}: {res.stderr.decode()[-500:]}")
 
@@ -323,7 +338,8 @@ def summarise_profile(path: Path, top: int = 12) -> list[str]:
 
 
 def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argparse.Namespace,
-               docker_client: Any) -> dict[str, Any]:
+               docker_client: Any, between: Any = None) -> dict[str, Any]:
+    """Upload once, then run the job --runs times (calling `between()` before each: the direct run)."""
     import cleanroom.ingest as ingest
     from cleanroom import scenario
     from cleanroom.client import Client
@@ -381,65 +397,94 @@ def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argpars
             retailer.decide_plugin(pid, "retail.purchases")
             bank.decide_plugin(pid, "bank.customers")
 
-        phase = {"now": "queued"}
-        assert services.runner is not None
-        rss = h.RssSampler(services.runner.pid, label=lambda: phase["now"])
-        runner_rss_before = h.proc_status(services.runner.pid, "VmRSS")
-        rss.start()
-        job = analyst.submit_job(scenario.job_spec(ids))
-        submitted = time.perf_counter()
-        label = f"cleanroom.job={job['id']}"
-        mem = h.ContainerMemorySampler(docker_client, label)
-        mem.start()
-        profiler = None
-        runner_spy = None
-        if opts.profile:
-            profiler = PhaseProfiler(docker_client, label, opts.py_spy, opts.profile, f"{joined}")
-            profiler.start()
-            runner_spy = subprocess.Popen(
-                [opts.py_spy, "record", "--pid", str(services.runner.pid), "--rate", "50", "--format", "raw",
-                 "--nonblocking", "-o", str(opts.profile / f"{joined}-runner.txt")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        timeline: list[tuple[float, str, str]] = []
-        deadline = submitted + 2 * opts.job_timeout + 600
-        while True:
-            state = analyst.get_job(job["id"])
-            key = (state["status"], state.get("phase") or "")
-            if not timeline or timeline[-1][1:] != key:
-                timeline.append((time.perf_counter() - submitted, *key))
-                phase["now"] = key[1] or key[0]
-                log(f"{joined:,} rows: {key[0]} {key[1]} at {timeline[-1][0]:.1f} s")
-            if state["status"] in ("succeeded", "failed", "cancelled", "timed_out", "rejected"):
-                break
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"job {job['id']} did not finish")
-            time.sleep(0.1)
-        out["job_wall"] = time.perf_counter() - submitted
-        out["status"] = state["status"]
-        out["timeline"] = timeline
-        out["runner_peak"] = rss.stop()
-        out["runner_peak_by_phase"] = rss.by_label
-        out["runner_rss_before"] = runner_rss_before
-        out["container_peaks"] = mem.stop()
-        out["container_source"] = sorted(set(mem.source.values()))
-        if runner_spy is not None:
-            runner_spy.send_signal(signal.SIGINT)
-            runner_spy.wait(timeout=60)
-        if profiler is not None:
-            profiler.stop()
-        if state["status"] != "succeeded":
-            out["error"] = f"{state['status']} ({state.get('error_class')})"
-            try:
-                out["logs"] = retailer.job_logs(job["id"])[-3000:]
-            except Exception as exc:  # noqa: BLE001
-                out["logs"] = f"(no logs: {exc})"
+        jobs_done: list[dict[str, Any]] = []
+        out["jobs"] = jobs_done
+
+        def one_job() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            phase = {"now": "queued"}
+            assert services.runner is not None
+            rss = h.RssSampler(services.runner.pid, label=lambda: phase["now"])
+            runner_rss_before = h.proc_status(services.runner.pid, "VmRSS")
+            rss.start()
+            job = analyst.submit_job(scenario.job_spec(ids))
+            submitted = time.perf_counter()
+            label = f"cleanroom.job={job['id']}"
+            mem = h.ContainerMemorySampler(docker_client, label)
+            mem.start()
+            profiler = None
+            runner_spy = None
+            if opts.profile:
+                tag = f"{joined}-run{len(jobs_done) + 1}"
+                profiler = PhaseProfiler(docker_client, label, opts.py_spy, opts.profile, tag)
+                profiler.start()
+                runner_spy = subprocess.Popen(
+                    [opts.py_spy, "record", "--pid", str(services.runner.pid), "--rate", "50", "--format", "raw",
+                     "--nonblocking", "-o", str(opts.profile / f"{tag}-runner.txt")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            timeline: list[tuple[float, str, str]] = []
+            deadline = submitted + 2 * opts.job_timeout + 600
+            while True:
+                state = analyst.get_job(job["id"])
+                key = (state["status"], state.get("phase") or "")
+                if not timeline or timeline[-1][1:] != key:
+                    timeline.append((time.perf_counter() - submitted, *key))
+                    phase["now"] = key[1] or key[0]
+                    log(f"{joined:,} rows: {key[0]} {key[1]} at {timeline[-1][0]:.1f} s")
+                if state["status"] in ("succeeded", "failed", "cancelled", "timed_out", "rejected"):
+                    break
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"job {job['id']} did not finish")
+                time.sleep(0.1)
+            out["job_wall"] = time.perf_counter() - submitted
+            out["status"] = state["status"]
+            out["timeline"] = timeline
+            out["runner_peak"] = rss.stop()
+            out["runner_peak_by_phase"] = rss.by_label
+            out["runner_rss_before"] = runner_rss_before
+            out["container_peaks"] = mem.stop()
+            out["container_source"] = sorted(set(mem.source.values()))
+            if runner_spy is not None:
+                runner_spy.send_signal(signal.SIGINT)
+                runner_spy.wait(timeout=60)
+            if profiler is not None:
+                profiler.stop()
+            out["job_id"] = job["id"]
+            if state["status"] != "succeeded":
+                out["error_class"] = state.get("error_class")
+                out["error"] = f"{state['status']} ({state.get('error_class')})"
+                try:
+                    out["logs"] = retailer.job_logs(job["id"])[-3000:]
+                except Exception as exc:  # noqa: BLE001
+                    out["logs"] = f"(no logs: {exc})"
+                return out
             return out
-        retailer.approve_release(job["id"])
-        result_dir = workdir / "result"
-        analyst.get_result(job["id"], result_dir)
-        receipt = json.loads((result_dir / "receipt.json").read_text())
-        out["timings"] = receipt["body"]["timings"]
-        out["metrics"] = json.loads((result_dir / "metrics.json").read_text())["metrics"]
+
+        def finished_job() -> dict[str, Any]:
+            job_out: dict[str, Any] = {}
+            for attempt in range(1, opts.attempts + 1):
+                job_out = one_job()
+                if job_out.get("error_class") != "sandbox_crash" or attempt == opts.attempts:
+                    break
+                log(f"{joined:,} rows: a phase crashed (killed from outside? exit codes are in the logs); "
+                    "submitting the job again")
+            job_out["attempts"] = attempt
+            if job_out["status"] != "succeeded":
+                return job_out
+            retailer.approve_release(job_out["job_id"])
+            result_dir = workdir / f"result-{job_out['job_id']}"
+            analyst.get_result(job_out["job_id"], result_dir)
+            receipt = json.loads((result_dir / "receipt.json").read_text())
+            job_out["timings"] = receipt["body"]["timings"]
+            job_out["metrics"] = json.loads((result_dir / "metrics.json").read_text())["metrics"]
+            return job_out
+
+        for _ in range(opts.runs):
+            if between is not None:
+                between()
+            jobs_done.append(finished_job())
+            if jobs_done[-1]["status"] != "succeeded":
+                break
         return out
     finally:
         services.stop()
@@ -456,6 +501,8 @@ def report(machine: dict[str, Any], image: str, opts: argparse.Namespace, over: 
              f"kernel {machine['kernel']}, Python {machine['python']}",
              f"docker: server {machine.get('docker_server')}, {machine.get('storage_driver')}, cgroup "
              f"{machine.get('cgroup')}, runtime {machine.get('docker_runtime')}",
+             f"load average (1/5/15 min) at the start: {machine.get('load_start')}, at the end: "
+             f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the machine makes the numbers noisy)",
              f"sandbox image: {image}",
              f"per-phase limits: memory {opts.job_memory}, {opts.job_cpus} CPU, timeout {opts.job_timeout} s", ""]
     if over:
@@ -473,69 +520,111 @@ def report(machine: dict[str, Any], image: str, opts: argparse.Namespace, over: 
                          f"{iso[ph] - plain.get(ph, base):.2f} s the SDK path and isolation settings")
         lines.append("")
     if results:
-        lines += ["2. The motivating pipeline (submit-to-succeeded vs the same pandas/scikit-learn in one process)", ""]
-        head = ["joined rows", "direct", "clean-room job", "ratio", "upload prep", "upload xfer",
-                "e2e ratio", "r2 direct/room"]
-        rows = []
-        for r in results:
-            d = r.get("direct") or {}
-            c = r.get("room") or {}
-            job = c.get("job_wall") if c.get("status") == "succeeded" else None
-            ratio = job / d["seconds"] if job and d.get("seconds") else None
-            e2e = (job + c["upload_total"]) / d["seconds"] if job and d.get("seconds") else None
-            r2 = f"{d.get('metrics', {}).get('r2', '-')}/{c.get('metrics', {}).get('r2', '-')}"
-            rows.append([f"{r['rows']:,}", fmt_s(d.get("seconds")),
-                         fmt_s(job) if job else (c.get("error") or "-"),
-                         f"{ratio:.2f}x" if ratio else "-", fmt_s(c.get("upload_prepare")),
-                         fmt_s(c["upload_total"] - c["upload_prepare"]) if "upload_total" in c else "-",
-                         f"{e2e:.2f}x" if e2e else "-", r2])
-        lines.append(h.table(head, rows))
-        lines += ["", "   ratio = clean-room job / direct (goal: <= 1.3 at 1M rows); e2e ratio adds the two uploads",
-                  "   (client-side preparation = schema pass + HMAC + Arrow + age encryption; xfer = HTTP upload",
-                  "   and the API storing the ciphertext)", ""]
-        lines += ["   where the clean-room job's time goes (receipt.body.timings; 'runner other' = building and",
-                  "   decoding the phase messages, encrypting and uploading artifacts; 'API/poll' = claim latency,",
-                  "   context, finish and the client's 0.1 s polling)", ""]
-        head = ["joined rows", "verify", "decrypt", "compute", "release", "runner other", "runner total",
-                "API/poll", "job wall"]
-        rows = []
-        for r in results:
-            c = r.get("room") or {}
-            t = c.get("timings")
-            if not t:
-                continue
-            known = sum(t.get(k, 0) for k in ("verify", "decrypt", "compute", "release"))
-            rows.append([f"{r['rows']:,}", *(fmt_s(t.get(k)) for k in ("verify", "decrypt", "compute", "release")),
-                         fmt_s(t["total"] - known), fmt_s(t["total"]), fmt_s(c["job_wall"] - t["total"]),
-                         fmt_s(c["job_wall"])])
-        if rows:
-            lines.append(h.table(head, rows))
-        lines += ["", "   direct run, step by step", ""]
-        steps = sorted({s for r in results for s in (r.get("direct") or {}).get("steps", {})},
-                       key=lambda s: list((results[0].get("direct") or {}).get("steps", {})).index(s)
-                       if s in (results[0].get("direct") or {}).get("steps", {}) else 99)
-        rows = [[f"{r['rows']:,}", *(fmt_s((r.get("direct") or {}).get("steps", {}).get(s)) for s in steps)]
-                for r in results]
-        lines.append(h.table(["joined rows", *steps], rows))
-        lines += ["", "3. Peak memory", ""]
-        head = ["joined rows", "direct RSS", "runner RSS (job)", "runner RSS by phase", "compute ctr",
-                "release ctr", "ciphertext"]
-        rows = []
-        for r in results:
-            c = r.get("room") or {}
-            d = r.get("direct") or {}
-            by = c.get("runner_peak_by_phase") or {}
-            peaks = c.get("container_peaks") or {}
-            rows.append([f"{r['rows']:,}", h.human(d.get("peak_rss")), h.human(c.get("runner_peak")),
-                         ", ".join(f"{k} {h.human(v)}" for k, v in by.items() if k not in ("queued",)) or "-",
-                         h.human(peaks.get("compute")), h.human(peaks.get("release")), h.human(c.get("ciphertext"))])
-        lines.append(h.table(head, rows, "lrrlrrr"))
-        src = sorted({s for r in results for s in (r.get("room") or {}).get("container_source", [])})
-        lines += ["", f"   containers: peak of the memory cgroup ({', '.join(src) or 'not sampled'}; includes page "
-                  "cache), limit " + opts.job_memory + "; runner: sampled VmRSS of the runner process "
-                  "(idle before the job: " + ", ".join(h.human((r.get('room') or {}).get('runner_rss_before'))
-                                                       for r in results) + ")"]
+        lines += _pipeline_report(opts, [summarise(r) for r in results])
     return "\n".join(lines)
+
+
+def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    ordered = sorted(runs, key=lambda r: r[key])
+    return ordered[(len(ordered) - 1) // 2] if ordered else {}
+
+
+def summarise(entry: dict[str, Any]) -> dict[str, Any]:
+    """Medians over the runs of one size; peaks are the largest of the runs."""
+    directs = entry.get("direct_runs") or []
+    room = entry.get("room") or {}
+    jobs = room.get("jobs") or []
+    ok = [j for j in jobs if j.get("status") == "succeeded"]
+    out: dict[str, Any] = {"rows": entry["rows"], "runs": len(ok), "room": room}
+    if directs:
+        out["direct"] = statistics.median(d["seconds"] for d in directs)
+        out["direct_range"] = (min(d["seconds"] for d in directs), max(d["seconds"] for d in directs))
+        out["direct_median_run"] = _median_run(directs, "seconds")
+        out["direct_rss"] = max(d["peak_rss"] or 0 for d in directs)
+    failed = [j for j in jobs if j.get("status") != "succeeded"]
+    out["error"] = failed[0].get("error") if failed else None
+    out["logs"] = failed[0].get("logs") if failed else None
+    if ok:
+        out["job"] = statistics.median(j["job_wall"] for j in ok)
+        out["job_range"] = (min(j["job_wall"] for j in ok), max(j["job_wall"] for j in ok))
+        out["timings"] = {k: statistics.median(j["timings"].get(k, 0) for j in ok)
+                          for k in ("verify", "decrypt", "compute", "release", "total")}
+        out["job_median_run"] = _median_run(ok, "job_wall")
+        out["runner_rss"] = max(j["runner_peak"] for j in ok)
+        out["containers"] = {ph: max((j.get("container_peaks") or {}).get(ph, 0) for j in ok)
+                             for ph in ("compute", "release")}
+        out["sources"] = sorted({s for j in ok for s in j.get("container_source", [])})
+        out["retried"] = sum(j.get("attempts", 1) - 1 for j in jobs)
+    return out
+
+
+def _pipeline_report(opts: argparse.Namespace, results: list[dict[str, Any]]) -> list[str]:
+    lines = ["2. The motivating pipeline: submit-to-succeeded in the clean room vs the same pandas/scikit-learn",
+             f"   in one fresh process (median of --runs {opts.runs}, interleaved; min-max in brackets)", ""]
+    head = ["joined rows", "direct", "clean-room job", "ratio", "upload prep", "upload xfer", "e2e ratio", "r2"]
+    rows = []
+    for r in results:
+        room = r["room"]
+        job, direct_s = r.get("job"), r.get("direct")
+        ratio = job / direct_s if job and direct_s else None
+        prep, total = room.get("upload_prepare"), room.get("upload_total")
+        e2e = (job + total) / direct_s if job and direct_s and total else None
+        r2_room = (r.get("job_median_run") or {}).get("metrics", {}).get("r2", "-")
+        r2_direct = (r.get("direct_median_run") or {}).get("metrics", {}).get("r2", "-")
+        rng = r.get("job_range") or (0, 0)
+        drng = r.get("direct_range") or (0, 0)
+        rows.append([f"{r['rows']:,}", f"{fmt_s(direct_s)} [{drng[0]:.1f}-{drng[1]:.1f}]",
+                     f"{fmt_s(job)} [{rng[0]:.1f}-{rng[1]:.1f}]" if job else (r.get("error") or "-"),
+                     f"{ratio:.2f}x" if ratio else "-", fmt_s(prep),
+                     fmt_s(total - prep) if total is not None and prep is not None else "-",
+                     f"{e2e:.2f}x" if e2e else "-", f"{r2_direct} / {r2_room}"])
+    lines.append(h.table(head, rows))
+    lines += ["", "   ratio = clean-room job / direct (goal: <= 1.3 at 1M rows). Upload (both datasets, once):",
+              "   prep = client-side schema pass + HMAC pseudonyms + Arrow + age encryption, xfer = HTTP PUT and",
+              "   the API storing the ciphertext; e2e ratio = (upload + job) / direct. r2: direct / clean room.", ""]
+    lines += ["   where the clean-room job's time goes (medians of receipt.body.timings; runner other = building",
+              "   and decoding the phase messages, encrypting and uploading artifacts; API/poll = claim latency,",
+              "   context fetch, finish and the client's 0.1 s polling)", ""]
+    head = ["joined rows", "verify", "decrypt", "compute", "release", "runner other", "runner total", "API/poll",
+            "job wall"]
+    rows = []
+    for r in results:
+        t = r.get("timings")
+        if not t:
+            continue
+        known = sum(t[k] for k in ("verify", "decrypt", "compute", "release"))
+        rows.append([f"{r['rows']:,}", *(fmt_s(t[k]) for k in ("verify", "decrypt", "compute", "release")),
+                     fmt_s(t["total"] - known), fmt_s(t["total"]), fmt_s(r["job"] - t["total"]), fmt_s(r["job"])])
+    if rows:
+        lines.append(h.table(head, rows))
+    steps: list[str] = []
+    for r in results:
+        steps += [s for s in (r.get("direct_median_run") or {}).get("steps", {}) if s not in steps]
+    lines += ["", "   the direct run, step by step (its median run)", ""]
+    lines.append(h.table(["joined rows", *steps],
+                         [[f"{r['rows']:,}", *(fmt_s((r.get("direct_median_run") or {}).get("steps", {}).get(s))
+                                               for s in steps)] for r in results]))
+    lines += ["", "3. Peak memory (largest over the runs)", ""]
+    head = ["joined rows", "direct RSS", "runner RSS", "runner RSS by job phase (median run)", "compute ctr",
+            "release ctr", "ciphertext"]
+    rows = []
+    for r in results:
+        by = (r.get("job_median_run") or {}).get("runner_peak_by_phase") or {}
+        peaks = r.get("containers") or {}
+        rows.append([f"{r['rows']:,}", h.human(r.get("direct_rss")), h.human(r.get("runner_rss")),
+                     ", ".join(f"{k} {h.human(v)}" for k, v in by.items() if k not in ("queued", "verifying"))
+                     or "-", h.human(peaks.get("compute")), h.human(peaks.get("release")),
+                     h.human(r["room"].get("ciphertext"))])
+    lines.append(h.table(head, rows, "lrrlrrr"))
+    src = sorted({s for r in results for s in r.get("sources", [])})
+    idle = ", ".join(h.human((r.get("job_median_run") or {}).get("runner_rss_before")) for r in results)
+    lines += ["", f"   containers: peak of the container's memory cgroup ({', '.join(src) or 'not sampled'}; counts "
+              f"page cache too) against the limit {opts.job_memory}; runner: sampled VmRSS of the runner process "
+              f"(idle before the job: {idle}); direct: VmHWM of its process"]
+    retried = sum(r.get("retried", 0) for r in results)
+    if retried:
+        lines.append(f"   {retried} job(s) were submitted again after a phase was killed from outside")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -546,6 +635,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="CLEANROOM_JOB_MEMORY of the runner (default: the setting's 2g)")
     parser.add_argument("--job-timeout", type=int, default=int(os.environ.get("CLEANROOM_JOB_TIMEOUT_SECONDS", 1800)))
     parser.add_argument("--job-cpus", type=float, default=float(os.environ.get("CLEANROOM_JOB_CPUS", 1.0)))
+    parser.add_argument("--attempts", type=int, default=2,
+                        help="submit a job again when a phase was killed from outside (sandbox_crash)")
+    parser.add_argument("--runs", type=int, default=3, help="job and direct runs per size (medians)")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--profile", type=Path, help="folder for py-spy profiles of the runner and the phases")
@@ -571,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     image = h.sandbox_image()
     client = docker.from_env(timeout=300)
     machine = h.machine_info(client)
+    machine["load_start"] = "/".join(f"{x:.2f}" for x in os.getloadavg())
     over = [] if opts.skip_overhead else overhead(image, opts.repeat)
     results: list[dict[str, Any]] = []
     if opts.tmp:
@@ -583,11 +676,15 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             paths = scenario.write_data(work / "data", n)
             log(f"{joined:,} joined rows: generated {n:,} rows per side in {time.perf_counter() - start:.1f} s")
-            entry: dict[str, Any] = {"rows": joined, "per_side": n}
-            entry["direct"] = run_direct(paths)
-            log(f"{joined:,} rows: direct run {entry['direct']['seconds']:.1f} s, {entry['direct']['rows']:,} joined")
-            entry["rows"] = entry["direct"]["rows"]
-            entry["room"] = clean_room(entry["rows"], paths, work, opts, client)
+            entry: dict[str, Any] = {"rows": joined, "per_side": n, "direct_runs": []}
+
+            def direct_run(entry: dict[str, Any] = entry, paths: dict[str, Path] = paths, joined: int = joined) -> None:
+                done = run_direct(paths)
+                entry["direct_runs"].append(done)
+                entry["rows"] = done["rows"]
+                log(f"{joined:,} rows: direct run {done['seconds']:.1f} s, {done['rows']:,} joined")
+
+            entry["room"] = clean_room(joined, paths, work, opts, client, between=direct_run)
             results.append(entry)
             if opts.json:
                 opts.json.write_text(json.dumps({"machine": machine, "overhead": over, "results": results},
@@ -601,8 +698,9 @@ def main(argv: list[str] | None = None) -> int:
         for path in sorted(opts.profile.glob("*.txt")):
             print("\n".join(summarise_profile(path)))
     for r in results:
-        if (r.get("room") or {}).get("logs"):
-            print(f"\n{r['rows']:,} rows: job logs (tail)\n{r['room']['logs']}", file=sys.stderr)
+        for j in (r.get("room") or {}).get("jobs", []):
+            if j.get("logs"):
+                print(f"\n{r['rows']:,} rows: job {j.get('job_id')} logs (tail)\n{j['logs']}", file=sys.stderr)
     if opts.json:
         opts.json.write_text(json.dumps({"machine": machine, "overhead": over, "results": results},
                                         indent=2, default=str))

@@ -146,3 +146,28 @@ def test_plugin_test_runs_on_mock_data_in_the_sandbox(room, runner, tmp_path):
     model = test_plugin(analyst, REPO / "plugins" / "linear-model", ["retail.purchases", "bank.customers"],
                         {"target": "spend"}, image=runner.settings.sandbox_image, settings=runner.settings)
     assert model["ok"] and model["model_specs"][0]["spec"]["estimator"] == "ridge"
+
+
+def test_queue_flooding_gets_429(tmp_path):
+    import httpx
+
+    from cleanroom import crypto
+    from cleanroom.errors import RateLimited
+    from tests.conftest import Room
+
+    small = Room(tmp_path / "api", max_queued_jobs_per_org=2)
+    try:
+        key = crypto.generate_keypair()
+        httpx.post(small.url + "/runner/register", headers={"authorization": f"Bearer {small.runner_token}"},
+                   json={"enc_public": key.enc_public, "sign_public": key.sign_public}).raise_for_status()
+        retailer, bank, analyst, files, ids = setup_scenario(small, tmp_path, n=300)
+        approve_all(retailer, bank, ids)
+        spec = scenario.job_spec(ids)
+        analyst.submit_job(spec)
+        analyst.submit_job(spec)
+        before = len(analyst.list_jobs())
+        with pytest.raises(RateLimited):
+            analyst.submit_job(spec)
+        assert len(analyst.list_jobs()) == before  # the refused job left nothing behind
+    finally:
+        small.stop()

@@ -142,13 +142,19 @@ class Outcome:
         """Every byte the phase emitted (response and log): what a leak would have to pass through."""
         return self.phase.stdout + self.phase.stderr
 
+    def entry(self, name: str) -> dict[str, Any]:
+        if name not in self.obs:
+            raise AssertionError(f"the plugin reported no {name!r}: exit {self.phase.exit_code}, timed out "
+                                 f"{self.phase.timed_out}, result {self.result}, log {self.stderr[-2000:]}")
+        return dict(self.obs[name])
+
     def errno(self, name: str) -> int | None:
-        entry = self.obs[name]
+        entry = self.entry(name)
         assert not entry["ok"], f"{name} was not stopped: {entry}"
         return entry["errno"]
 
     def ok(self, name: str) -> Any:
-        entry = self.obs[name]
+        entry = self.entry(name)
         assert entry["ok"], f"{name} failed: {entry}"
         return entry["value"]
 
@@ -177,9 +183,13 @@ def run_compute(sandbox: Any, plugins: Plugin | list[Plugin], *, frames: dict[st
                 max_output: int | None = None, job_id: str | None = None) -> Outcome:
     """Run the compute phase in the real sandbox container, as the runner does."""
     plugins = [plugins] if isinstance(plugins, Plugin) else plugins
-    job_id = job_id or new_job_id()
-    request = compute_request(job_id, plugins, frames, steps)
-    phase = sandbox.run_phase("compute", job_id, request, timeout=timeout, max_output=max_output)
+    for _ in range(3):
+        job_id = job_id or new_job_id()
+        request = compute_request(job_id, plugins, frames, steps)
+        phase = sandbox.run_phase("compute", job_id, request, timeout=timeout, max_output=max_output)
+        if not killed_from_outside(phase):
+            break
+        job_id = None  # another runner on this engine removed "its orphans": ours. Run it again.
     result = frame = None
     obs: dict[str, Any] = {}
     with contextlib.suppress(wire.WireError):
@@ -189,6 +199,16 @@ def run_compute(sandbox: Any, plugins: Plugin | list[Plugin], *, frames: dict[st
             if "obs" in frame.columns and len(frame):
                 obs = json.loads(frame["obs"].iloc[0])
     return Outcome(job_id, phase, result, frame, obs)
+
+
+def killed_from_outside(phase: Any) -> bool:
+    """SIGKILL before the container wrote a byte, neither by our watchdog nor by the OOM killer.
+
+    Every runner removes all sandbox containers on its engine when it starts (`remove_orphans`), so
+    a test run sharing the engine with other test runs sees its containers killed that way.
+    """
+    return (phase.exit_code == 137 and not phase.oom_killed and not phase.timed_out and not phase.stdout
+            and not phase.stderr)
 
 
 def containers_of(client: Any, job_id: str) -> list[Any]:
@@ -465,6 +485,11 @@ def stack_for_module(tmp_path_factory: pytest.TempPathFactory, shared_keys: Path
     client.close()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLEANROOM_HOME", str(new_home(tmp_path_factory, shared_keys)))
+        # A starting runner removes every sandbox container on the engine; other test runs may share
+        # this engine, so this runner leaves theirs alone (their runners may still remove ours).
+        from cleanroom.runner.sandbox import Sandbox
+
+        mp.setattr(Sandbox, "remove_orphans", lambda self: 0)
         for var in ("CLEANROOM_URL", "CLEANROOM_TOKEN", "CLEANROOM_PROFILE"):
             mp.delenv(var, raising=False)
         stack = Stack(tmp_path_factory.mktemp(name), os.environ["CLEANROOM_SANDBOX_IMAGE"])

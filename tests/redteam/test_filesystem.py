@@ -157,8 +157,8 @@ def test_a_hundred_thousand_tiny_files_fill_only_the_jobs_tmpfs(sandbox: Any, do
     control = preprocess(tmp_path, "fs-inodes-control", '''
         attempt("listing", lambda: sorted(os.listdir("/tmp"))[:5])
         for i in range(100):
-            open(f"/tmp/c{i}", "w").write("x")
-        attempt("made", lambda: len([n for n in os.listdir("/tmp") if n.startswith("c")]))
+            open(f"/tmp/ctl{i}", "w").write("x")
+        attempt("made", lambda: len([n for n in os.listdir("/tmp") if n.startswith("ctl")]))
     ''')
     second = run_compute(sandbox, control)
     assert not any(name.startswith("f") for name in second.ok("listing"))

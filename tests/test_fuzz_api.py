@@ -1,0 +1,234 @@
+"""API fuzzing with schemathesis against /openapi.json of a real room over HTTP on loopback.
+
+For every operation of the schema, schemathesis generates positive and negative requests (a
+bounded number of examples each) and sends them as one org: admin, a data owner, and the runner
+(its own routes only). Checks: no 5xx, and every response whose status the schema declares matches
+the declared schema. The room is populated first (room key, datasets, plugins, approvals, a queued
+job, a pending upload) and path parameters name those real objects half of the time, so fuzzed
+bodies reach the code behind the lookups instead of stopping at a 404.
+
+schemathesis's pytest plugin (`schemathesis.pytest.from_fixture`) does not work with pytest 9.2
+(it sets `request.node._nodeid`), so this drives its Python API: `operation.as_strategy()` under a
+Hypothesis `@given`, one operation and generation mode at a time, collecting every failure.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
+
+from cleanroom import scenario
+from cleanroom.crypto import generate_keypair
+from cleanroom.ingest import new_join_secret
+
+REPO = Path(__file__).resolve().parent.parent
+
+CHECKS = [not_a_server_error, response_schema_conformance]
+MAX_EXAMPLES = 20  # per operation and generation mode: ~40 operations x 2 modes x 3 callers
+FUZZ = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
+                phases=[Phase.explicit, Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
+
+# Integer query parameters that are known to answer 5xx at the int64 edges (xfail reproducers below).
+KNOWN_BOUNDARY = {("GET", "/audit", "after"): "OverflowError in SQLite: see test_audit_after_beyond_int64"}
+INT64_EDGES = (2**63, -(2**63) - 1, 10**30)
+
+# Failures known and reported, each with an xfail(strict) reproducer in this file: (caller, operation
+# label) -> reason. Keep this empty when the bugs are fixed (the reproducers then XPASS and fail).
+KNOWN: dict[tuple[str, str], str] = {}
+
+
+class Objects:
+    """A populated room: tokens by caller, and real values for path parameters by name."""
+
+    def __init__(self, url: str, tokens: dict[str, str], values: dict[str, list[str]]) -> None:
+        self.url = url
+        self.tokens = tokens
+        self.values = values
+
+
+@pytest.fixture
+def objects(room: Any, tmp_path: Path) -> Objects:
+    keys = generate_keypair()
+    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
+               json={"enc_public": keys.enc_public, "sign_public": keys.sign_public}).raise_for_status()
+    retailer = room.org("retailer", "owner")
+    bank = room.org("bank", "owner")
+    analyst = room.org("acme-analytics", "analyst")
+    files = scenario.write_data(tmp_path / "data", 100)
+    secret = new_join_secret()
+    retailer.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
+                            id_column="customer_id", join_secret=secret)
+    bank.upload_dataset(files["bank"], name="bank.customers", policy=scenario.BANK_POLICY,
+                        id_column="customer_id", join_secret=secret)
+    ids = {name: analyst.submit_plugin(REPO / "plugins" / name)["id"] for name in scenario.PLUGINS}
+    for pid in ids.values():
+        retailer.decide_plugin(pid, "retail.purchases")
+        bank.decide_plugin(pid, "bank.customers")
+    job = analyst.submit_job(scenario.job_spec(ids))["id"]
+    upload = retailer.post("/datasets/uploads", json={
+        "name": "retail.pending", "policy": scenario.BANK_POLICY, "row_count": 1, "mock": [],
+        "schema": {"columns": [{"name": "_pid", "type": "string"}]}, "sha256": "ab" * 32, "size": 10})
+    approvals = [a["id"] for a in retailer.get_plugin(ids["impute"])["approvals"]]
+    tokens = {"admin": room.admin_token, "owner": retailer.token or "", "runner": room.runner_token}
+    values = {
+        "name": ["retail.purchases", "bank.customers", "retailer", "metrics.json"],
+        "ref": [*ids.values(), "impute@1.0.0", ids["impute"][:12]],
+        "plugin_id": list(ids.values()),
+        "approval_id": approvals,
+        "job_id": [job],
+        "release_id": [job],
+        "upload_id": [upload["upload_id"]],
+    }
+    return Objects(room.url, tokens, values)
+
+
+def _real_objects(case: Any, objects: Objects) -> None:
+    """Half of the cases (chosen by the case's own values, so a failure replays) name real objects."""
+    params = case.path_parameters
+    if not params or zlib.crc32(repr(sorted(params.items())).encode()) % 2:
+        return
+    for name in list(params):
+        real = objects.values.get(name)
+        if real:
+            params[name] = real[zlib.crc32((name + repr(params)).encode()) % len(real)]
+
+
+def run_fuzz(objects: Objects, who: str, path_prefix: str = "/") -> list[str]:
+    """Fuzz every operation under `path_prefix` as `who`; return the failures (empty when clean)."""
+    schema = schemathesis.openapi.from_url(objects.url + "/openapi.json")
+    headers = {"authorization": f"Bearer {objects.tokens[who]}"}
+    failures: list[str] = []
+    operations = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if not operation.path.startswith(path_prefix):
+            continue
+        operations += 1
+        for mode in GenerationMode:
+            last: dict[str, Any] = {}
+
+            @FUZZ
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def check(case: Any) -> None:
+                _real_objects(case, objects)
+                last["case"] = case
+                case.call_and_validate(base_url=objects.url, headers=headers, checks=CHECKS, timeout=30)
+
+            try:
+                check()
+            except Unsatisfiable:
+                continue  # nothing in this operation can be made invalid (no body, only string params)
+            except Exception as exc:  # noqa: BLE001 - every failure is reported below
+                label = f"{operation.method.upper()} {operation.path}"
+                if (who, label) in KNOWN:
+                    continue
+                case = last.get("case")
+                curl = case.as_curl_command(headers=headers) if case is not None else "?"
+                failures.append(f"[{who}] {label} ({mode.value}): {type(exc).__name__}: "
+                                f"{str(exc)[:800]}\n    reproduce: {curl}")
+    assert operations > 0, f"no operation under {path_prefix} in the schema"
+    return failures
+
+
+@pytest.mark.slow
+def test_fuzz_as_admin(objects: Objects) -> None:
+    failures = run_fuzz(objects, "admin")
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.slow
+def test_fuzz_as_owner(objects: Objects) -> None:
+    failures = run_fuzz(objects, "owner")
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.slow
+def test_fuzz_runner_routes_as_runner(objects: Objects) -> None:
+    failures = run_fuzz(objects, "runner", "/runner/")
+    assert not failures, "\n\n".join(failures)
+
+
+def test_integer_query_parameters_at_int64_edges(objects: Objects) -> None:
+    """Random generation rarely picks integers past SQLite's int64; this sweep sends them on purpose."""
+    spec = httpx.get(objects.url + "/openapi.json").json()
+    headers = {"authorization": f"Bearer {objects.tokens['admin']}"}
+    failures, sent = [], 0
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            params = op.get("parameters", [])
+            url = path
+            for p in params:
+                if p["in"] == "path":
+                    url = url.replace("{" + p["name"] + "}", (objects.values.get(p["name"]) or ["x"])[0])
+            for p in params:
+                if p["in"] != "query" or p.get("schema", {}).get("type") != "integer":
+                    continue
+                for value in INT64_EDGES:
+                    if (method.upper(), path, p["name"]) in KNOWN_BOUNDARY:
+                        continue
+                    sent += 1
+                    resp = httpx.request(method, objects.url + url, params={p["name"]: value}, headers=headers)
+                    if resp.status_code >= 500:
+                        failures.append(f"{method.upper()} {url}?{p['name']}={value}: {resp.status_code}")
+    assert sent or KNOWN_BOUNDARY, "the schema has no integer query parameter any more: drop this test"
+    assert not failures, failures
+
+
+# Reproducers of the 5xx bugs found (not in files of this test's author): strict xfails, so a fix
+# makes them XPASS and fail until the xfail mark (and the KNOWN entries above) are removed.
+
+@pytest.mark.xfail(strict=True, reason="routes_room.list_audit passes `after` unclamped to SQLite: "
+                                       "OverflowError -> 500 for values outside int64")
+def test_audit_after_beyond_int64(room: Any) -> None:
+    headers = {"authorization": f"Bearer {room.admin_token}"}
+    for after in (2**63, -(2**63) - 1):
+        resp = httpx.get(room.url + "/audit", params={"after": after}, headers=headers)
+        assert resp.status_code == 400 or resp.status_code == 200, (after, resp.status_code, resp.text)
+
+
+@pytest.mark.xfail(strict=True, reason="routes_datasets.UploadIn.row_count has no upper bound: the "
+                                       "declaration is accepted, then every PUT fails with a 500 "
+                                       "(SQLite OverflowError when the dataset row is inserted)")
+def test_upload_row_count_beyond_int64_is_refused_up_front(room: Any) -> None:
+    import hashlib
+
+    from cleanroom.crypto import encrypt_bytes
+
+    keys = generate_keypair()
+    runner = {"authorization": f"Bearer {room.runner_token}"}
+    httpx.post(room.url + "/runner/register", headers=runner,
+               json={"enc_public": keys.enc_public, "sign_public": keys.sign_public}).raise_for_status()
+    owner = {"authorization": f"Bearer {room.admin.create_org('retailer', ['owner'])['token']}"}
+    data = encrypt_bytes(b"_pid\nabc\n", [keys.enc_public])
+    decl = httpx.post(room.url + "/datasets/uploads", headers=owner, json={
+        "name": "big.rows", "policy": scenario.BANK_POLICY, "row_count": 2**63, "mock": [],
+        "schema": {"columns": [{"name": "_pid", "type": "string"}]},
+        "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
+    if decl.status_code == 400:
+        return  # refused when declared: the fix
+    put = httpx.put(room.url + decl.json()["put"], headers=owner, content=data)
+    assert put.status_code < 500, put.text
+
+
+@pytest.mark.xfail(strict=True, reason="routes_runner.runner_finish reads `release` as an untyped dict: "
+                                       "a malformed release is a KeyError/AttributeError -> 500, not a 400")
+@pytest.mark.parametrize("release", [{"receipt": {}}, {"manifest": 1, "receipt": {}},
+                                     {"manifest": {}, "receipt": {}, "artifacts": []},
+                                     {"manifest": {}, "receipt": {}, "artifacts": {"a.csv": 1}}])
+def test_runner_finish_with_a_malformed_release_is_a_400(objects: Objects, release: dict[str, Any]) -> None:
+    runner = {"authorization": f"Bearer {objects.tokens['runner']}"}
+    job = httpx.post(objects.url + "/runner/claim", headers=runner).json()["job"]
+    assert job
+    resp = httpx.post(objects.url + f"/runner/jobs/{job}/finish", headers=runner,
+                      json={"status": "succeeded", "release": release})
+    assert resp.status_code == 400, resp.text
