@@ -28,6 +28,7 @@ MAX_ATTEMPTS = 2
 class RoomKeysIn(BaseModel):
     enc_public: str = Field(max_length=200)
     sign_public: str = Field(max_length=200)
+    waived: list[str] = Field(default_factory=list, max_length=32)
 
 
 @router.post("/register")
@@ -36,6 +37,8 @@ def runner_register(body: RoomKeysIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, 
     keys = {"enc_public": body.enc_public, "sign_public": body.sign_public,
             "fingerprint": fingerprint(body.enc_public + body.sign_public)}
     with ctx.store.tx() as conn:
+        if body.waived:
+            ctx.audit(conn, "room.isolation_waived", "room", "room", {"controls": sorted(body.waived)})
         row = conn.execute("SELECT value FROM room WHERE key = 'keys'").fetchone()
         if row:
             if json.loads(row["value"]) == keys:
@@ -179,16 +182,21 @@ class FinishIn(BaseModel):
     error_class: str | None = Field(default=None, max_length=100)
     log_blob: str | None = None
     release: dict[str, Any] | None = None
+    waived: list[str] = Field(default_factory=list, max_length=32)
 
 
-def _finish(conn: Any, ctx: Ctx, job_id: str, status: str, reason: str, error_class: str | None) -> None:
+def _finish(conn: Any, ctx: Ctx, job_id: str, status: str, reason: str, error_class: str | None,
+            waived: list[str] | None = None) -> None:
     conn.execute("UPDATE jobs SET status = ?, reason = ?, error_class = ?, finished_at = ?, phase = NULL"
                  " WHERE id = ?", (status, reason, error_class, now(), job_id))
     if status == "succeeded":
         conn.execute("UPDATE budget SET state = 'spent' WHERE job_id = ?", (job_id,))
     else:
         conn.execute("DELETE FROM budget WHERE job_id = ? AND state = 'reserved'", (job_id,))
-    ctx.audit(conn, f"job.{status}", "job", job_id, {"error_class": error_class})
+    details: dict[str, Any] = {"error_class": error_class}
+    if waived:
+        details["isolation_waived"] = sorted(waived)
+    ctx.audit(conn, f"job.{status}", "job", job_id, details)
 
 
 @router.post("/jobs/{job_id}/finish")
@@ -226,5 +234,5 @@ def runner_finish(job_id: str, body: FinishIn, ctx: Ctx = Depends(get_ctx)) -> d
                       {"job": job_id, "outputs": {n: a.get("sha256") for n, a in
                                                   rel["manifest"].get("outputs", {}).items()},
                        "review_by": sorted(rel.get("review_by", []))})
-        _finish(conn, ctx, job_id, body.status, body.reason, body.error_class)
+        _finish(conn, ctx, job_id, body.status, body.reason, body.error_class, body.waived)
     return {"job": job_id, "status": body.status, "release_id": release_id}

@@ -29,9 +29,9 @@ class RunnerAPI:
             raise from_response(resp.status_code, body)
         return resp
 
-    def register(self, enc_public: str, sign_public: str) -> dict[str, Any]:
-        return self._call("POST", "/runner/register", json={"enc_public": enc_public,
-                                                            "sign_public": sign_public}).json()
+    def register(self, enc_public: str, sign_public: str, waived: list[str] | None = None) -> dict[str, Any]:
+        return self._call("POST", "/runner/register", json={"enc_public": enc_public, "sign_public": sign_public,
+                                                            "waived": waived or []}).json()
 
     def recover(self) -> dict[str, Any]:
         return self._call("POST", "/runner/recover").json()

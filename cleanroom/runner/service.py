@@ -68,7 +68,7 @@ class RunnerService:
         """Register the room key, clean up after a crash, re-queue interrupted jobs."""
         for attempt in range(60):
             try:
-                self.api.register(self.keys.enc_public, self.keys.sign_public)
+                self.api.register(self.keys.enc_public, self.keys.sign_public, self.settings.allow_unenforced)
                 break
             except ConnectionFailed:
                 if attempt == 59:
