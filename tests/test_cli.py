@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-c", "from cleanroom.cli import main; main()"]
 
 
-def run(*args: str, profile: str | None = None, ok: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+def run(*args: str, profile: str | None = None, ok: bool = True,
+        stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANROOM_") or k in (
         "CLEANROOM_HOME", "CLEANROOM_SANDBOX_IMAGE")}
     cmd = CLI + (["--profile", profile] if profile else []) + list(args)

@@ -179,7 +179,7 @@ class JobRun:
             "inputs": [{"dataset": ds["name"], "file": f"inputs/{i}.arrow"} for i, ds in enumerate(ctx["datasets"])],
         }, files)
         del files, inputs
-        compute = self._phase_run("compute", request.getvalue())
+        compute = self._phase_run("compute", request.getbuffer())
         del request
         result, out_files = self._decode(compute, "compute")
         if not result.get("ok"):
@@ -202,7 +202,7 @@ class JobRun:
             "dp": {"epsilon": outputs.get("epsilon"), "delta": outputs.get("delta")},
         }, {"frames/joined.arrow": frame})
         del frame
-        release = self._phase_run("release", request.getvalue())
+        release = self._phase_run("release", request.getbuffer())
         rel, artifacts = self._decode(release, "release")
         checks = rel.get("checks", [])
         if not rel.get("ok"):

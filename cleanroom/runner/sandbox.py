@@ -22,6 +22,7 @@ from cleanroom.errors import IsolationUnavailable, SandboxError
 from cleanroom.settings import Settings
 
 LABEL = "cleanroom.job"
+RUNNER_LABEL = "cleanroom.runner"
 CONTROLS = ("network", "read_only", "user", "cap_drop", "no_new_privileges", "seccomp", "pids", "memory",
             "swap", "cpu", "tmpfs", "ipc", "mounts", "privileged", "runtime")
 
@@ -44,7 +45,7 @@ def _memory_bytes(text: str) -> int:
     return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
 
 
-def container_config(settings: Settings, image: str, phase: str, job_id: str) -> dict[str, Any]:
+def container_config(settings: Settings, image: str, phase: str, job_id: str, runner_id: str = "") -> dict[str, Any]:
     """The docker-py arguments of a sandbox container: the isolation baseline in one place."""
     memory = _memory_bytes(settings.job_memory)
     config: dict[str, Any] = dict(
@@ -68,7 +69,7 @@ def container_config(settings: Settings, image: str, phase: str, job_id: str) ->
         hostname="sandbox",
         init=True,
         log_config=LogConfig(type="none"),
-        labels={LABEL: job_id, "cleanroom.phase": phase},
+        labels={LABEL: job_id, "cleanroom.phase": phase, RUNNER_LABEL: runner_id},
     )
     if settings.sandbox_runtime:
         config["runtime"] = settings.sandbox_runtime
@@ -118,8 +119,9 @@ def check_isolation(applied: dict[str, Any], waived: list[str]) -> list[str]:
 class Sandbox:
     """Runs sandbox phases on a Docker engine."""
 
-    def __init__(self, settings: Settings, client: docker.DockerClient | None = None) -> None:
+    def __init__(self, settings: Settings, client: docker.DockerClient | None = None, runner_id: str = "") -> None:
         self.settings = settings
+        self.runner_id = runner_id  # containers carry it, so a runner cleans up only its own
         try:
             self.docker = client or docker.from_env(timeout=120)
             self.docker.ping()
@@ -133,13 +135,13 @@ class Sandbox:
         except docker.errors.ImageNotFound as exc:
             raise SandboxError(f"sandbox image {image} is missing", hint="run: make images") from exc
 
-    def run_phase(self, phase: str, job_id: str, request: bytes, *, image: str | None = None,
+    def run_phase(self, phase: str, job_id: str, request: bytes | memoryview, *, image: str | None = None,
                   timeout: float | None = None, max_output: int | None = None,
                   cancelled: Any = None) -> PhaseResult:
         image = image or self.settings.sandbox_image
         timeout = timeout or self.settings.job_timeout_seconds
         max_output = max_output or self.settings.job_max_output_bytes
-        config = container_config(self.settings, image, phase, job_id)
+        config = container_config(self.settings, image, phase, job_id, self.runner_id)
         started = time.monotonic()
         try:
             container = self.docker.containers.create(**config)
@@ -159,7 +161,7 @@ class Sandbox:
             except docker.errors.APIError:
                 pass
 
-    def _attach_and_run(self, container: Any, request: bytes, timeout: float, max_output: int,
+    def _attach_and_run(self, container: Any, request: bytes | memoryview, timeout: float, max_output: int,
                         cancelled: Any) -> PhaseResult:
         sock = self.docker.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1,
                                                                    "stream": 1})
@@ -219,9 +221,9 @@ class Sandbox:
                            timed_out=state["timed_out"], output_overflow=state["overflow"])
 
     def remove_orphans(self) -> int:
-        """Remove sandbox containers left by a crashed runner."""
+        """Remove sandbox containers left by an earlier run of this runner (not other runners' jobs)."""
         count = 0
-        for c in self.docker.containers.list(all=True, filters={"label": LABEL}):
+        for c in self.docker.containers.list(all=True, filters={"label": f"{RUNNER_LABEL}={self.runner_id}"}):
             _kill(c)
             try:
                 c.remove(force=True)

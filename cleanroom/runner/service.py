@@ -10,7 +10,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from cleanroom.crypto import KeyPair, generate_keypair
+from cleanroom.crypto import KeyPair, fingerprint, generate_keypair
 from cleanroom.errors import CleanroomError, ConnectionFailed, ValidationError
 from cleanroom.runner.api import RunnerAPI
 from cleanroom.runner.execute import JobRun
@@ -61,7 +61,8 @@ class RunnerService:
         self.keys = load_room_key(settings.runner_home)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll would flood the log
         self.api = api or RunnerAPI(settings.url, wait_for_token(settings), ca_file=settings.ca_file)
-        self.sandbox = sandbox or Sandbox(settings)
+        self.runner_id = fingerprint(self.keys.enc_public + self.keys.sign_public).removeprefix("SHA256:")[:16]
+        self.sandbox = sandbox or Sandbox(settings, runner_id=self.runner_id)
         self.stop = threading.Event()
 
     def start(self) -> None:

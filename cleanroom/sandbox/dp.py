@@ -33,11 +33,17 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-import opendp.prelude as dp
 
-dp.enable_features("contrib")
+@cache
+def _opendp() -> Any:
+    """OpenDP, imported on first use: it takes about a second, and most jobs use no DP."""
+    import opendp.prelude as prelude
+
+    prelude.enable_features("contrib")
+    return prelude
 
 DEFAULT_DELTA = 1e-6
 MAX_GROUPS_PER_UNIT = 1
@@ -79,12 +85,14 @@ def _plain(value: Any) -> Any:
 
 
 def _count_space() -> tuple[Any, Any]:
+    dp = _opendp()
     return (dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T=int)),
             dp.l01inf_distance(dp.absolute_distance(T=int)))
 
 
 def count_mechanism(epsilon: float, delta: float, min_threshold: int) -> Any:
     """The Laplace threshold measurement for per-group unit counts within (epsilon, delta)."""
+    dp = _opendp()
     if epsilon <= 0 or not 0 < delta < 1:
         raise ValueError("epsilon must be > 0 and delta in (0, 1)")
     domain, metric = _count_space()
@@ -118,6 +126,7 @@ def noisy_counts(counts: dict[str, int], epsilon: float, delta: float, min_thres
 
 def sum_mechanism(sensitivity: float, epsilon: float) -> Any:
     """The Laplace measurement for a vector of per-group sums with the given l1 sensitivity."""
+    dp = _opendp()
     if epsilon <= 0 or not math.isfinite(sensitivity):
         raise ValueError("epsilon must be > 0 and the sensitivity finite")
     sensitivity = max(float(sensitivity), 1e-12)

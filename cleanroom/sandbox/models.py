@@ -209,7 +209,8 @@ def find_stored_rows(model: Any, X: np.ndarray) -> list[str]:
     n_features = X.shape[1]
     if n_features < 2:
         return []
-    rows = {row.tobytes() for row in np.ascontiguousarray(X) if np.ptp(row) > 0}
+    X = np.ascontiguousarray(X)
+    rows: set[bytes] | None = None  # built only when a model has many candidate slices
     hits = []
     for path, array in iter_arrays(model):
         for axis, size in enumerate(array.shape):
@@ -218,7 +219,13 @@ def find_stored_rows(model: Any, X: np.ndarray) -> list[str]:
             slices = np.ascontiguousarray(np.moveaxis(array, axis, -1).reshape(-1, n_features),
                                           dtype="float64") + 0.0
             slices = slices[np.ptp(slices, axis=1) > 0]
-            if any(s.tobytes() in rows for s in slices):
+            if len(slices) <= 8:  # linear models: compare each slice with every row, vectorised
+                found = any(bool((X == s).all(axis=1).any()) for s in slices)
+            else:
+                if rows is None:
+                    rows = {row.tobytes() for row in X[np.ptp(X, axis=1) > 0]}
+                found = any(s.tobytes() in rows for s in slices)
+            if found:
                 hits.append(path)
                 break
     return hits
@@ -285,7 +292,8 @@ def evaluate(model: Any, task: str, X: pd.DataFrame, y: pd.Series) -> dict[str, 
 def split(frame: pd.DataFrame, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train and holdout row positions, split by `_pid` so that no unit is in both."""
     splitter = GroupShuffleSplit(n_splits=1, test_size=holdout_fraction, random_state=seed)
-    train, holdout = next(splitter.split(frame, groups=frame[PID].to_numpy()))
+    groups, _ = pd.factorize(frame[PID])  # integer codes: sorting 1M hex strings is slow
+    train, holdout = next(splitter.split(frame, groups=groups))
     return train, holdout
 
 
