@@ -67,6 +67,8 @@ class Settings:
             if key not in env:
                 continue
             raw = env[key]
+            if raw == "":
+                continue  # compose passes unset variables through as empty strings
             try:
                 values[f.name] = _convert(f.type, raw)
             except ValueError as exc:

@@ -47,7 +47,8 @@ work.mkdir(parents=True, exist_ok=True)
 # encrypt their data to it; compare the fingerprint with the one your operator announced.
 admin = Client(args.url, args.admin_token, ca_file=args.ca_file)
 room = admin.room()  # cleanroom room info
-assert room["ready"], "the room has no key yet: is the runner up?"
+if not room["ready"]:
+    raise SystemExit("the room has no key yet: is the runner up?")
 print(f"room {args.url}: key fingerprint {room['keys']['fingerprint']}")
 
 # %% 2. Three orgs ----------------------------------------------------------------------------------
@@ -191,7 +192,8 @@ job = analyst.submit_job(spec)  # refused right here, with the reason, if a poli
 final = analyst.wait_job(job["id"], timeout=900,
                          on_update=lambda j: print(f"job {j['id']}: {j['status']} {j.get('phase') or ''}".rstrip()))
 # An analyst sees only the error class of a failed job; the owners can read its log (`cleanroom job logs`).
-assert final["status"] == "succeeded", f"job {final['status']}: {final.get('error_class')}"
+if final["status"] != "succeeded":
+    raise SystemExit(f"the job ended {final['status']} ({final.get('error_class')})")
 
 # %% 10. The retailer reviews the release and approves it ----------------------------------------------
 #   cleanroom release show <job>;  cleanroom release approve <job>

@@ -69,9 +69,14 @@ port="${published##*:}"
 url="http://127.0.0.1:${port:-${CLEANROOM_PORT:-8000}}"
 
 profiles="${CLEANROOM_HOME:-$HOME/.cleanroom}/profiles"
+cli="cleanroom"
+[ -x "$root/.venv/bin/cleanroom" ] && cli="$root/.venv/bin/cleanroom"
+if [ -f "$profiles/admin.json" ] && ! CLEANROOM_URL="$url" "$cli" --profile admin whoami >/dev/null 2>&1; then
+    # a profile from an earlier room (make destroy): its token and pinned key are dead
+    echo "==> the saved admin profile does not work with this room: replacing it"
+    rm -f "$profiles/admin.json"
+fi
 if [ ! -f "$profiles/admin.json" ]; then
-    cli="cleanroom"
-    [ -x "$root/.venv/bin/cleanroom" ] && cli="$root/.venv/bin/cleanroom"
     command -v "$cli" >/dev/null || fail "the cleanroom CLI is not installed on this host: run make install"
     echo "==> creating the admin token and saving it as profile 'admin'"
     # The token goes straight from the api container into the profile, never through a variable or the terminal.

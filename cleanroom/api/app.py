@@ -73,10 +73,10 @@ def ensure_admin(store: Store, settings: Settings) -> str | None:
         conn.execute("INSERT INTO orgs (id, name, roles, created_at) VALUES (?,?,?,?)",
                      (org_id, "admin", json.dumps(["admin"]), now()))
         if settings.bootstrap_token:
-            token = settings.bootstrap_token
-            token_id, _, secret = token.removeprefix("crt_").partition(".")
+            token_id, _, secret = settings.bootstrap_token.removeprefix("crt_").partition(".")
             conn.execute("INSERT INTO tokens (id, org_id, hash, created_at) VALUES (?,?,?,?)",
                          (token_id, org_id, hash_secret(secret), now()))
+            token = None  # the operator chose it: never echo it into logs
         else:
             token = new_token(conn, org_id)
         from cleanroom import audit

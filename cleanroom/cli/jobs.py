@@ -47,7 +47,7 @@ def job_status(state: State, job_id: str) -> None:
 
 @job.command("wait")
 @click.argument("job_id")
-@click.option("--timeout", default=1800.0)
+@click.option("--timeout", default=1800.0, help="Seconds to wait before giving up (the job keeps running).")
 @pass_state
 def job_wait(state: State, job_id: str, timeout: float) -> None:
     """Follow a job's phases; the exit code tells the outcome (0 succeeded, 3 failed, 4 cancelled, 5 timed out)."""

@@ -103,7 +103,8 @@ def plugin_revoke(state: State, plugin_id: str, approval_id: str) -> None:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--dataset", "datasets", multiple=True, required=True, help="Datasets whose mock data to use.")
 @click.option("--params", default="{}", help="JSON object of parameters.")
-@click.option("--image", envvar="CLEANROOM_SANDBOX_IMAGE", default="cleanroom-sandbox:latest")
+@click.option("--image", envvar="CLEANROOM_SANDBOX_IMAGE", default="cleanroom-sandbox:latest",
+              help="Sandbox image (CLEANROOM_SANDBOX_IMAGE; `make images` writes the tag to .env).")
 @pass_state
 def plugin_test(state: State, folder: str, datasets: tuple[str, ...], params: str, image: str) -> None:
     """Run a plugin on the datasets' mock data in the sandbox image, with a real job's limits."""

@@ -18,7 +18,7 @@ def profile() -> None:
 
 @profile.command("save")
 @click.argument("name")
-@click.option("--url", required=True)
+@click.option("--url", required=True, help="The room's API, e.g. https://room.example:8000")
 @click.option("--token", default=None, help="The org token (prefer --token-stdin).")
 @click.option("--token-stdin", is_flag=True, help="Read the token from standard input.")
 @click.option("--ca-file", default=None, help="CA bundle to verify the room's HTTPS certificate.")
@@ -85,6 +85,7 @@ def org_create(state: State, name: str, roles: tuple[str, ...], save_profile: st
 
         p = Profile.load(save_profile)
         p.url, p.token = state.client.url, result["token"]
+        p.ca_file = state.client.profile.ca_file if state.client.profile else None
         p.save()
         console.print(f"saved profile {save_profile}")
     emit(state, result)

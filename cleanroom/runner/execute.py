@@ -126,8 +126,9 @@ class JobRun:
     def _fail(self, ctx: dict[str, Any] | None, status: str, error_class: str, reason: str) -> None:
         log_blob = self._upload_logs(ctx)
         try:
+            waived = sorted({c for phase in self.isolation.values() for c in phase.get("waived", [])})
             self.api.finish(self.job_id, status=status, reason=reason[:4000], error_class=error_class,
-                            log_blob=log_blob)
+                            log_blob=log_blob, waived=waived)
         except CleanroomError as exc:
             log.warning("could not record the failure of job %s: %s", self.job_id, exc.message)
 
