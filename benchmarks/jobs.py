@@ -15,14 +15,17 @@
    wall time, the receipt's per-phase timings and the client-side upload preparation (schema pass,
    HMAC pseudonyms, Arrow, age encryption) apart from the transfer. The baseline is the same pandas
    and scikit-learn work in one fresh process: read both CSVs, join on the raw id, the same three
-   plugin functions, the spend-by-region table and the same Ridge on the same kind of split.
+   plugin functions, the spend-by-region table and the same Ridge on the same kind of split. The
+   datasets are uploaded once; the job and the direct run then alternate --runs times (medians).
 3. Peak memory: the runner process's peak RSS during the job (sampled, with the phase it was in),
    each sandbox container's peak from its memory cgroup (sampled in a thread: the runner removes
    the containers right after each phase), and the direct run's peak RSS.
 
 The runner is `cleanroom runner` with CLEANROOM_JOB_MEMORY / CLEANROOM_JOB_TIMEOUT_SECONDS /
 CLEANROOM_JOB_CPUS from --job-memory / --job-timeout / --job-cpus, except that it does not remove
-other runners' sandbox containers on start (see benchmarks/_harness.py). With --profile DIR, py-spy
+other runners' sandbox containers on start (see benchmarks/_harness.py). Another runner starting on
+the same engine still kills ours, so a job whose phase crashed is submitted again (--attempts) and
+the report says so. With --profile DIR, py-spy
 (from PATH or --py-spy) records the runner and each sandbox phase; the hottest frames are printed
 and the raw collapsed stacks kept in DIR.
 """
@@ -224,10 +227,14 @@ def direct(retail_csv: str, bank_csv: str) -> dict[str, Any]:
             "features": len(features), "peak_rss": h.proc_status(os.getpid(), "VmHWM")}
 
 
-def run_direct(paths: dict[str, Path]) -> dict[str, Any]:
+def run_direct(paths: dict[str, Path], cpus: int | None = None) -> dict[str, Any]:
+    """The direct pipeline in a fresh process; with `cpus`, pinned to that many CPUs and BLAS threads."""
+    env = h.clean_env()
+    if cpus:
+        env.update({k: str(cpus) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+        env["BENCH_DIRECT_CPUS"] = str(cpus)
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--direct-child",
-                           str(paths["retail"]), str(paths["bank"])], capture_output=True, text=True,
-                          env=h.clean_env())
+                           str(paths["retail"]), str(paths["bank"])], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"direct run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -504,7 +511,8 @@ def report(machine: dict[str, Any], image: str, opts: argparse.Namespace, over: 
              f"load average (1/5/15 min) at the start: {machine.get('load_start')}, at the end: "
              f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the machine makes the numbers noisy)",
              f"sandbox image: {image}",
-             f"per-phase limits: memory {opts.job_memory}, {opts.job_cpus} CPU, timeout {opts.job_timeout} s", ""]
+             f"per-phase limits: memory {opts.job_memory}, {opts.job_cpus} CPU, timeout {opts.job_timeout} s; "
+             f"direct run on {opts.direct_cpus or 'all'} CPU(s)", ""]
     if over:
         lines += ["1. Container start overhead (median of runs, min-max)", ""]
         lines.append(h.table(["what", "median", "min-max", "runs"],
@@ -638,6 +646,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attempts", type=int, default=2,
                         help="submit a job again when a phase was killed from outside (sandbox_crash)")
     parser.add_argument("--runs", type=int, default=3, help="job and direct runs per size (medians)")
+    parser.add_argument("--direct-cpus", type=int, default=None,
+                        help="pin the direct run to this many CPUs (and BLAS threads); default: all, as a "
+                             "data scientist would run it (each sandbox phase gets --job-cpus)")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--profile", type=Path, help="folder for py-spy profiles of the runner and the phases")
@@ -649,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
 
     if opts.direct_child:
+        if os.environ.get("BENCH_DIRECT_CPUS"):
+            os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(os.environ["BENCH_DIRECT_CPUS"])])
         print(json.dumps(direct(*opts.direct_child)))
         return 0
     if opts.profile:
@@ -679,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
             entry: dict[str, Any] = {"rows": joined, "per_side": n, "direct_runs": []}
 
             def direct_run(entry: dict[str, Any] = entry, paths: dict[str, Path] = paths, joined: int = joined) -> None:
-                done = run_direct(paths)
+                done = run_direct(paths, opts.direct_cpus)
                 entry["direct_runs"].append(done)
                 entry["rows"] = done["rows"]
                 log(f"{joined:,} rows: direct run {done['seconds']:.1f} s, {done['rows']:,} joined")

@@ -48,7 +48,8 @@ SKIPPED_PREFIXES = ("/ui",)
 #   other_analyst = other-analytics: an analyst with nothing of its own
 #   reviewer      = auditor (role reviewer)
 #   runner        = the runner service's token
-# case (route name[@variant])  method path                                   anon admin owner o_own anal o_anal rev runner
+# row: case (route name[@variant]), method, path, then one status per caller, in CALLERS order:
+#      anon admin owner other_owner analyst other_analyst reviewer runner
 MATRIX = """
 health                 GET    /health                                        200  200  200  200  200  200  200  200
 room_info              GET    /room                                          200  200  200  200  200  200  200  200

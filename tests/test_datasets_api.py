@@ -133,3 +133,15 @@ def test_analyst_cannot_upload_or_read_ciphertext(room, owner, tmp_path):
     r = httpx.get(room.url + "/runner/datasets/retail.purchases/ciphertext",
                   headers={"authorization": f"Bearer {analyst.token}"})
     assert r.status_code == 403
+
+
+def test_room_key_is_pinned_and_a_changed_key_refused(room, owner, tmp_path):
+    from cleanroom.errors import IntegrityError
+
+    first = owner.room()["keys"]["fingerprint"]
+    assert owner.profile.room_fingerprint == first
+    owner.profile.room_fingerprint = "SHA256:" + "0" * 32  # as if the room had presented another key before
+    with pytest.raises(IntegrityError, match="key changed"):
+        owner.upload_dataset(scenario.write_data(tmp_path / "d", 100)["retail"], name="retail.x",
+                             policy=scenario.RETAIL_POLICY, id_column="customer_id", join_secret=new_join_secret())
+    assert owner.list_datasets() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import secrets
@@ -52,6 +53,14 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse({"error": code, "message": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno == errno.ENOSPC:
+            log.error("disk full on %s %s", request.method, request.url.path)
+            return JSONResponse({"error": "insufficient_storage", "message": "the room's disk is full; nothing "
+                                 "was stored", "hint": "ask the operator to free space, then retry"}, status_code=507)
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

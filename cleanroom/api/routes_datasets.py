@@ -31,12 +31,12 @@ class UploadIn(BaseModel):
     name: str
     description: str = Field(default="", max_length=2000)
     schema_: dict[str, Any] = Field(alias="schema")
-    row_count: int = Field(ge=0)
+    row_count: int = Field(ge=0, le=2**63 - 1)
     mock: list[dict[str, Any]]
     dropped: list[str] = []
     policy: str = Field(max_length=64_000)
     sha256: str
-    size: int = Field(gt=0)
+    size: int = Field(gt=0, le=2**63 - 1)
 
 
 def load_dataset(conn: Any, name: str) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def dataset_view(conn: Any, ds: dict[str, Any], *, full: bool) -> dict[str, Any]
 def _validate_meta(body: UploadIn) -> dict[str, Any]:
     from cleanroom.policy import parse_policy
 
-    if not DATASET_NAME.match(body.name):
+    if not DATASET_NAME.match(body.name) or body.name == "uploads":
         raise ValidationError("dataset names are 1-63 characters: lowercase letters, digits, '_', '.', '-'")
     if not SHA256.match(body.sha256):
         raise ValidationError("sha256 must be 64 lowercase hex characters")

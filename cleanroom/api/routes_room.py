@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from cleanroom import __version__, audit
@@ -142,7 +142,8 @@ def register_keys(body: KeysIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
 
 
 @router.get("/audit", tags=["audit"])
-def list_audit(after: int = 0, limit: int = 1000, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+def list_audit(after: int = Query(0, ge=0, le=2**63 - 1), limit: int = Query(1000, ge=1, le=10_000),
+               ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Audit events after sequence number `after`, oldest first (at most `limit`, max 10000)."""
     limit = max(1, min(limit, 10_000))
     with ctx.store.read() as conn:

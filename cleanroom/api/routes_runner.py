@@ -176,12 +176,24 @@ async def runner_artifact(job_id: str, name: str, request: Request, ctx: Ctx = D
     return {"name": name, "blob": digest, "size": size}
 
 
+class ArtifactRef(BaseModel):
+    blob: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0, le=2**63 - 1)
+
+
+class ReleaseIn(BaseModel):
+    manifest: dict[str, Any]
+    receipt: dict[str, Any]
+    artifacts: dict[str, ArtifactRef] = Field(default_factory=dict)
+    review_by: list[str] = Field(default_factory=list)
+
+
 class FinishIn(BaseModel):
     status: str
     reason: str = Field(default="", max_length=4000)
     error_class: str | None = Field(default=None, max_length=100)
     log_blob: str | None = None
-    release: dict[str, Any] | None = None
+    release: ReleaseIn | None = None
     waived: list[str] = Field(default_factory=list, max_length=32)
 
 
@@ -223,16 +235,19 @@ def runner_finish(job_id: str, body: FinishIn, ctx: Ctx = Depends(get_ctx)) -> d
                 raise NotFound("the recipient org is gone")
             conn.execute("INSERT INTO releases (id, job_id, recipient_id, manifest, receipt, review_by, created_at)"
                          " VALUES (?,?,?,?,?,?,?)",
-                         (release_id, job_id, recipient[0], dumps(rel["manifest"]), dumps(rel["receipt"]),
-                          dumps(sorted(rel.get("review_by", []))), now()))
-            for name, art in rel.get("artifacts", {}).items():
-                if not ARTIFACT_NAME.match(name) or not ctx.store.blobs.exists(art["blob"]):
+                         (release_id, job_id, recipient[0], dumps(rel.manifest), dumps(rel.receipt),
+                          dumps(sorted(rel.review_by)), now()))
+            for name, art in rel.artifacts.items():
+                if not ARTIFACT_NAME.match(name) or not ctx.store.blobs.exists(art.blob):
                     raise ValidationError(f"artifact {name!r} was not uploaded")
                 conn.execute("INSERT INTO release_artifacts (release_id, name, blob, size) VALUES (?,?,?,?)",
-                             (release_id, name, art["blob"], int(art["size"])))
+                             (release_id, name, art.blob, art.size))
+            outputs = rel.manifest.get("outputs")
+            if not isinstance(outputs, dict):
+                raise ValidationError("the release manifest has no outputs")
             ctx.audit(conn, "release.created", "release", release_id,
-                      {"job": job_id, "outputs": {n: a.get("sha256") for n, a in
-                                                  rel["manifest"].get("outputs", {}).items()},
-                       "review_by": sorted(rel.get("review_by", []))})
+                      {"job": job_id, "outputs": {n: a.get("sha256") if isinstance(a, dict) else None
+                                                  for n, a in outputs.items()},
+                       "review_by": sorted(rel.review_by)})
         _finish(conn, ctx, job_id, body.status, body.reason, body.error_class, body.waived)
     return {"job": job_id, "status": body.status, "release_id": release_id}
