@@ -3,7 +3,7 @@
 #   make images    base image, wheelhouse, sandbox and app images (containers/build.py)
 #   make up        build and start the clean room, wait until healthy (scripts/up.sh)
 #   make down      stop it, keeping its volumes; `make destroy` removes the volumes too
-#   make test      ruff, then pytest against the freshly built images
+#   make test      ruff, mypy, then pytest against the freshly built images
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -47,7 +47,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 # pytest's exit code 5 (no test collected) fails here like any other failure.
-test: install lint images
+test: install lint typecheck images
 	set -a; . ./$(IMAGES_ENV); set +a; \
 	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \

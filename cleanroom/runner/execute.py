@@ -214,7 +214,7 @@ class JobRun:
         self.phase("uploading")
         self._publish(ctx, effective, rel, artifacts, bundles, started)
 
-    def _phase_run(self, phase: str, request: bytes) -> PhaseResult:
+    def _phase_run(self, phase: str, request: bytes | memoryview) -> PhaseResult:
         try:
             res = self.sandbox.run_phase(phase, self.job_id, request, cancelled=self.cancelled)
         except SandboxError as exc:

@@ -100,14 +100,14 @@ class RunnerService:
                 claimed = False
                 while len(running) < self.settings.max_concurrent_jobs:
                     try:
-                        job_id = self.api.claim()
+                        claim = self.api.claim()
                     except CleanroomError as exc:
                         log.warning("claim failed: %s", exc.message)
                         break
-                    if not job_id:
+                    if not claim:
                         break
                     claimed = True
-                    running[job_id] = pool.submit(self.run_job, job_id)
+                    running[claim] = pool.submit(self.run_job, claim)
                 if once and not claimed and not running:
                     return
                 self.stop.wait(self.settings.poll_seconds)
