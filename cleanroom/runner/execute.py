@@ -16,7 +16,7 @@ from typing import Any
 from cleanroom.crypto import KeyPair, canonical_json, decrypt_bytes, encrypt_bytes, fingerprint, verify
 from cleanroom.errors import CleanroomError, IntegrityError, PolicyError, SandboxError
 from cleanroom.runner.api import RunnerAPI
-from cleanroom.runner.sandbox import PhaseResult, Sandbox
+from cleanroom.runner.sandbox import PhaseResult, Sandbox, StartedPhase
 from cleanroom.sandbox import wire
 
 log = logging.getLogger("cleanroom.runner")
@@ -91,6 +91,7 @@ class JobRun:
         self.logs = io.BytesIO()
         self.timings: dict[str, float] = {}
         self.isolation: dict[str, Any] = {}
+        self.pending_release: StartedPhase | None = None
 
     def note(self, text: str) -> None:
         if self.logs.tell() < self.settings.job_log_bytes:
@@ -122,6 +123,9 @@ class JobRun:
         except Exception as exc:  # noqa: BLE001 - never lose a job
             log.exception("job %s crashed the runner's job code", self.job_id)
             self._fail(ctx, "failed", "internal", f"runner error: {type(exc).__name__}")
+        finally:
+            if self.pending_release is not None:
+                self.pending_release.close()  # a job that failed before its release phase
 
     def _fail(self, ctx: dict[str, Any] | None, status: str, error_class: str, reason: str) -> None:
         log_blob = self._upload_logs(ctx)
@@ -180,6 +184,10 @@ class JobRun:
             "inputs": [{"dataset": ds["name"], "file": f"inputs/{i}.arrow"} for i, ds in enumerate(ctx["datasets"])],
         }, files)
         del files, inputs
+        try:  # the release container starts (imports, no data) while the compute phase runs
+            self.pending_release = self.sandbox.start("release", self.job_id)
+        except SandboxError as exc:
+            raise JobFailed(exc.code, exc.message) from exc
         compute = self._phase_run("compute", request.getbuffer())
         del request
         result, out_files = self._decode(compute, "compute")
@@ -203,7 +211,7 @@ class JobRun:
             "dp": {"epsilon": outputs.get("epsilon"), "delta": outputs.get("delta")},
         }, {"frames/joined.arrow": frame})
         del frame
-        release = self._phase_run("release", request.getbuffer())
+        release = self._phase_run("release", request.getbuffer(), started=self.pending_release)
         rel, artifacts = self._decode(release, "release")
         checks = rel.get("checks", [])
         if not rel.get("ok"):
@@ -214,9 +222,12 @@ class JobRun:
         self.phase("uploading")
         self._publish(ctx, effective, rel, artifacts, bundles, started)
 
-    def _phase_run(self, phase: str, request: bytes | memoryview) -> PhaseResult:
+    def _phase_run(self, phase: str, request: bytes | memoryview, started: StartedPhase | None = None) -> PhaseResult:
         try:
-            res = self.sandbox.run_phase(phase, self.job_id, request, cancelled=self.cancelled)
+            if started is not None:
+                res = started.run(request, cancelled=self.cancelled)
+            else:
+                res = self.sandbox.run_phase(phase, self.job_id, request, cancelled=self.cancelled)
         except SandboxError as exc:
             raise JobFailed(exc.code, exc.message) from exc
         self.isolation[phase] = res.isolation

@@ -135,14 +135,14 @@ class Sandbox:
         except docker.errors.ImageNotFound as exc:
             raise SandboxError(f"sandbox image {image} is missing", hint="run: make images") from exc
 
-    def run_phase(self, phase: str, job_id: str, request: bytes | memoryview, *, image: str | None = None,
-                  timeout: float | None = None, max_output: int | None = None,
-                  cancelled: Any = None) -> PhaseResult:
+    def start(self, phase: str, job_id: str, *, image: str | None = None) -> StartedPhase:
+        """Create, check and start a phase's container; it imports its code and waits for the request.
+
+        Starting the release phase while the compute phase runs hides its start-up (mostly imports);
+        it is still a fresh container that has seen no data until `run` feeds it.
+        """
         image = image or self.settings.sandbox_image
-        timeout = timeout or self.settings.job_timeout_seconds
-        max_output = max_output or self.settings.job_max_output_bytes
         config = container_config(self.settings, image, phase, job_id, self.runner_id)
-        started = time.monotonic()
         try:
             container = self.docker.containers.create(**config)
         except docker.errors.APIError as exc:
@@ -151,74 +151,23 @@ class Sandbox:
             container.reload()
             applied = read_back(container.attrs, config)
             waivers = check_isolation(applied, self.settings.allow_unenforced)
-            result = self._attach_and_run(container, request, timeout, max_output, cancelled)
-            result.isolation = {**applied, "waived": waivers, "image": container.attrs.get("Image")}
-            result.seconds = round(time.monotonic() - started, 3)
-            return result
-        finally:
-            try:
-                container.remove(force=True)
-            except docker.errors.APIError:
-                pass
+            sock = self.docker.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1,
+                                                                       "stream": 1})
+            container.start()
+        except BaseException:
+            _remove(container)
+            raise
+        isolation = {**applied, "waived": waivers, "image": container.attrs.get("Image")}
+        return StartedPhase(self, container, sock._sock, isolation)
 
-    def _attach_and_run(self, container: Any, request: bytes | memoryview, timeout: float, max_output: int,
-                        cancelled: Any) -> PhaseResult:
-        sock = self.docker.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1,
-                                                                   "stream": 1})
-        raw: socket.socket = sock._sock  # the hijacked connection
-        container.start()
-        log_cap = self.settings.job_log_bytes
-        state = {"timed_out": False, "overflow": False, "done": False}
-
-        def feed() -> None:
-            try:
-                view = memoryview(request)
-                for offset in range(0, len(view), 1 << 16):
-                    raw.sendall(view[offset:offset + (1 << 16)])
-                raw.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass  # the container exited early; its exit code tells why
-
-        def watchdog() -> None:
-            deadline = time.monotonic() + timeout
-            while not state["done"]:
-                if time.monotonic() > deadline or (cancelled is not None and cancelled()):
-                    state["timed_out"] = time.monotonic() > deadline
-                    _kill(container)
-                    return
-                time.sleep(0.2)
-
-        writer = threading.Thread(target=feed, daemon=True)
-        guard = threading.Thread(target=watchdog, daemon=True)
-        writer.start()
-        guard.start()
-        stdout, stderr = bytearray(), bytearray()
-        try:
-            for stream, data in _frames(raw):
-                if stream == 1:
-                    if len(stdout) + len(data) > max_output:
-                        state["overflow"] = True
-                        _kill(container)
-                        break
-                    stdout.extend(data)
-                elif len(stderr) < log_cap:
-                    stderr.extend(data[: log_cap - len(stderr)])
-        finally:
-            state["done"] = True
-            try:
-                raw.close()
-            except OSError:
-                pass
-        try:
-            status = container.wait(timeout=30)
-            code = status.get("StatusCode")
-        except Exception:  # noqa: BLE001 - an engine that will not answer: kill and report
-            _kill(container)
-            code = None
-        container.reload()
-        oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
-        return PhaseResult(stdout=bytes(stdout), stderr=bytes(stderr), exit_code=code, oom_killed=oom,
-                           timed_out=state["timed_out"], output_overflow=state["overflow"])
+    def run_phase(self, phase: str, job_id: str, request: bytes | memoryview, *, image: str | None = None,
+                  timeout: float | None = None, max_output: int | None = None,
+                  cancelled: Any = None) -> PhaseResult:
+        started = time.monotonic()
+        result = self.start(phase, job_id, image=image).run(request, timeout=timeout, max_output=max_output,
+                                                            cancelled=cancelled)
+        result.seconds = round(time.monotonic() - started, 3)
+        return result
 
     def remove_orphans(self) -> int:
         """Remove sandbox containers left by an earlier run of this runner (not other runners' jobs)."""
@@ -231,6 +180,103 @@ class Sandbox:
             except docker.errors.APIError:
                 pass
         return count
+
+
+class StartedPhase:
+    """A running phase container waiting for its request on stdin."""
+
+    def __init__(self, sandbox: Sandbox, container: Any, raw: socket.socket, isolation: dict[str, Any]) -> None:
+        self.sandbox = sandbox
+        self.container = container
+        self.raw = raw
+        self.isolation = isolation
+        self.closed = False
+
+    def close(self) -> None:
+        """Kill and remove the container (also when it was never fed)."""
+        if not self.closed:
+            self.closed = True
+            try:
+                self.raw.close()
+            except OSError:
+                pass
+            _remove(self.container)
+
+    def run(self, request: bytes | memoryview, *, timeout: float | None = None, max_output: int | None = None,
+            cancelled: Any = None) -> PhaseResult:
+        settings = self.sandbox.settings
+        started = time.monotonic()
+        try:
+            result = _feed_and_collect(self.container, self.raw, request, timeout or settings.job_timeout_seconds,
+                                       max_output or settings.job_max_output_bytes, settings.job_log_bytes,
+                                       cancelled)
+            result.isolation = self.isolation
+            result.seconds = round(time.monotonic() - started, 3)
+            return result
+        finally:
+            self.close()
+
+
+def _feed_and_collect(container: Any, raw: socket.socket, request: bytes | memoryview, timeout: float,
+                      max_output: int, log_cap: int, cancelled: Any) -> PhaseResult:
+    state = {"timed_out": False, "overflow": False, "done": False}
+
+    def feed() -> None:
+        try:
+            view = memoryview(request)
+            for offset in range(0, len(view), 1 << 16):
+                raw.sendall(view[offset:offset + (1 << 16)])
+            raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the container exited early; its exit code tells why
+
+    def watchdog() -> None:
+        deadline = time.monotonic() + timeout
+        while not state["done"]:
+            if time.monotonic() > deadline or (cancelled is not None and cancelled()):
+                state["timed_out"] = time.monotonic() > deadline
+                _kill(container)
+                return
+            time.sleep(0.2)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    guard = threading.Thread(target=watchdog, daemon=True)
+    writer.start()
+    guard.start()
+    stdout, stderr = bytearray(), bytearray()
+    try:
+        for stream, data in _frames(raw):
+            if stream == 1:
+                if len(stdout) + len(data) > max_output:
+                    state["overflow"] = True
+                    _kill(container)
+                    break
+                stdout.extend(data)
+            elif len(stderr) < log_cap:
+                stderr.extend(data[: log_cap - len(stderr)])
+    finally:
+        state["done"] = True
+        try:
+            raw.close()
+        except OSError:
+            pass
+    try:
+        status = container.wait(timeout=30)
+        code = status.get("StatusCode")
+    except Exception:  # noqa: BLE001 - an engine that will not answer: kill and report
+        _kill(container)
+        code = None
+    container.reload()
+    oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
+    return PhaseResult(stdout=bytes(stdout), stderr=bytes(stderr), exit_code=code, oom_killed=oom,
+                       timed_out=state["timed_out"], output_overflow=state["overflow"])
+
+
+def _remove(container: Any) -> None:
+    try:
+        container.remove(force=True)
+    except docker.errors.APIError:
+        pass
 
 
 def _kill(container: Any) -> None:
