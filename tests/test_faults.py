@@ -250,7 +250,8 @@ def preprocess(df, params):
 
 
 def _containers(docker_client: Any, job_id: str) -> list[Any]:
-    return list(docker_client.containers.list(all=True, filters={"label": f"cleanroom.job={job_id}"}))
+    return list(docker_client.containers.list(all=True, filters={"label": f"cleanroom.job={job_id}"},
+                                              ignore_removed=True))
 
 
 class RunnerProc:

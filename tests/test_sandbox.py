@@ -54,7 +54,8 @@ def test_engine_applies_every_control(box):
     assert {c: result.isolation[c] for c in sb.CONTROLS} == dict.fromkeys(sb.CONTROLS, True)
     assert result.isolation["environment"] == sorted(result.isolation["environment"])
     assert not [k for k in result.isolation["environment"] if "TOKEN" in k or "KEY" in k or "SECRET" in k]
-    leftover = box.docker.containers.list(all=True, filters={"label": "cleanroom.job=job_conformance"})
+    leftover = box.docker.containers.list(all=True, filters={"label": "cleanroom.job=job_conformance"},
+                                          ignore_removed=True)
     assert leftover == []
 
 

@@ -66,11 +66,19 @@ def shot(driver: Any, name: str) -> None:
 
 def click_and_wait(driver: Any, element: Any) -> None:
     """Click a link or a form's button and wait until the browser shows the new document."""
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    def gone(_: Any) -> bool:
+        # Chromium reports a node of the old document as stale, or as "not in the document"
+        try:
+            element.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
     element.click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(element))
+    WebDriverWait(driver, 15).until(gone)
     WebDriverWait(driver, 15).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 

@@ -172,7 +172,8 @@ class Sandbox:
     def remove_orphans(self) -> int:
         """Remove sandbox containers left by an earlier run of this runner (not other runners' jobs)."""
         count = 0
-        for c in self.docker.containers.list(all=True, filters={"label": f"{RUNNER_LABEL}={self.runner_id}"}):
+        mine = {"label": f"{RUNNER_LABEL}={self.runner_id}"}
+        for c in self.docker.containers.list(all=True, filters=mine, ignore_removed=True):
             _kill(c)
             try:
                 c.remove(force=True)
