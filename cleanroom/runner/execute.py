@@ -192,7 +192,10 @@ class JobRun:
         del request
         result, out_files = self._decode(compute, "compute")
         if not result.get("ok"):
-            raise JobFailed("plugin_error", f"a plugin failed: {str(result.get('error'))[:500]}")
+            # the plugin's message may quote data: it goes only into the log (encrypted to the owners)
+            self.note(f"plugin error: {str(result.get('error'))[:2000]}")
+            raise JobFailed("plugin_error", "a plugin step failed in the compute phase; its message is in the "
+                                            "job log (owners: cleanroom job logs)")
         frame = out_files.get("frames/joined.arrow")
         if frame is None:
             raise JobFailed("protocol_error", "the compute phase returned no frame")

@@ -236,6 +236,7 @@ def _feed_and_collect(container: Any, raw: socket.socket, request: bytes | memor
         while not state["done"]:
             if time.monotonic() > deadline or (cancelled is not None and cancelled()):
                 state["timed_out"] = time.monotonic() > deadline
+                _shutdown(raw)
                 _kill(container)
                 return
             time.sleep(0.2)
@@ -250,6 +251,7 @@ def _feed_and_collect(container: Any, raw: socket.socket, request: bytes | memor
             if stream == 1:
                 if len(stdout) + len(data) > max_output:
                     state["overflow"] = True
+                    _shutdown(raw)  # an unread attach stream would block the engine's kill
                     _kill(container)
                     break
                 stdout.extend(data)
@@ -280,10 +282,17 @@ def _remove(container: Any) -> None:
         pass
 
 
+def _shutdown(raw: socket.socket) -> None:
+    try:
+        raw.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 def _kill(container: Any) -> None:
     try:
         container.kill()
-    except docker.errors.APIError:
+    except Exception:  # noqa: BLE001 - APIError, or a read timeout from a busy engine: removal follows
         pass
 
 

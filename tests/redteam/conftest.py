@@ -34,6 +34,7 @@ from cleanroom.sandbox import wire
 from tests.dockerutil import require_docker, require_image
 
 LABEL = "cleanroom.job"
+REDTEAM_RUNNER_ID = "redteam-" + secrets.token_hex(4)  # our containers' cleanroom.runner label
 # Planted in this process's environment (the runner's and the launcher's): no sandbox may ever see it.
 RUNNER_CANARY_VAR = "CLEANROOM_REDTEAM_RUNNER_SECRET"
 RUNNER_CANARY = "runner-canary-" + secrets.token_hex(12)
@@ -161,6 +162,7 @@ class Outcome:
 
 def compute_request(job_id: str, plugins: list[Plugin], frames: dict[str, pd.DataFrame] | None = None,
                     steps: list[dict[str, Any]] | None = None, max_output_bytes: int = 64 * 2**20) -> bytes:
+    """The wire request the runner sends the compute phase (docs/design.md, "Sandbox phases")."""
     frames = frames if frames is not None else {"redteam.data": canary_frame("input")}
     if steps is None:
         steps = [{"plugin_id": p.id, "name": p.name, "kind": p.kind, "entry": "plugin.py", "params": {},
@@ -180,12 +182,13 @@ def new_job_id() -> str:
 
 def run_compute(sandbox: Any, plugins: Plugin | list[Plugin], *, frames: dict[str, pd.DataFrame] | None = None,
                 steps: list[dict[str, Any]] | None = None, timeout: float | None = 60,
-                max_output: int | None = None, job_id: str | None = None) -> Outcome:
+                max_output: int | None = None, job_id: str | None = None,
+                max_output_bytes: int = 64 * 2**20) -> Outcome:
     """Run the compute phase in the real sandbox container, as the runner does."""
     plugins = [plugins] if isinstance(plugins, Plugin) else plugins
     for _ in range(3):
         job_id = job_id or new_job_id()
-        request = compute_request(job_id, plugins, frames, steps)
+        request = compute_request(job_id, plugins, frames, steps, max_output_bytes)
         phase = sandbox.run_phase("compute", job_id, request, timeout=timeout, max_output=max_output)
         if not killed_from_outside(phase):
             break
@@ -204,8 +207,8 @@ def run_compute(sandbox: Any, plugins: Plugin | list[Plugin], *, frames: dict[st
 def killed_from_outside(phase: Any) -> bool:
     """SIGKILL before the container wrote a byte, neither by our watchdog nor by the OOM killer.
 
-    Every runner removes all sandbox containers on its engine when it starts (`remove_orphans`), so
-    a test run sharing the engine with other test runs sees its containers killed that way.
+    Other test runs sharing the engine may remove containers they believe are theirs (runners used to
+    remove every sandbox container on the engine when they started); such a run is repeated.
     """
     return (phase.exit_code == 137 and not phase.oom_killed and not phase.timed_out and not phase.stdout
             and not phase.stderr)
@@ -234,16 +237,7 @@ def sandbox(docker_client: Any, sandbox_image: str) -> Any:
     from cleanroom.runner.sandbox import Sandbox
     from cleanroom.settings import Settings
 
-    return Sandbox(Settings(sandbox_image=sandbox_image, job_timeout_seconds=60))
-
-
-@pytest.fixture
-def no_leftovers(docker_client: Any) -> Iterator[list[str]]:
-    """Collects job ids; after the test, no container of any of them may exist."""
-    ids: list[str] = []
-    yield ids
-    for job_id in ids:
-        assert containers_of(docker_client, job_id) == [], f"containers of {job_id} survived the phase"
+    return Sandbox(Settings(sandbox_image=sandbox_image, job_timeout_seconds=60), runner_id=REDTEAM_RUNNER_ID)
 
 
 # ------------------------------------------------------------------------------------------ host side
@@ -360,6 +354,33 @@ def owner_csv(path: Path, canary: str, n: int = 80, seed: int = 1) -> Path:
     return path
 
 
+def upload_dataset(owner: Any, tmp: Path, name: str, canary: str, recipient: str, *, n: int = 80, seed: int = 1,
+                   extra_privacy: str = "", extra: str = "") -> str:
+    """Upload an owner_csv file as `name`, with OWNER_POLICY naming `recipient` as the allowed recipient."""
+    from cleanroom.ingest import new_join_secret
+
+    path = owner_csv(tmp / f"{name}.csv", canary, n=n, seed=seed)
+    policy = OWNER_POLICY.format(analyst=recipient, extra_privacy=extra_privacy, extra=extra)
+    owner.upload_dataset(path, name=name, policy=policy, id_column="customer_id", join_secret=new_join_secret(),
+                         drop_identifiers=False)
+    path.unlink()
+    return name
+
+
+def job_spec(name: str, recipient: str, dataset: str, steps: list[tuple[str, dict[str, Any]]], *,
+             model: bool = False, aggregates: bool = False, epsilon: float | None = None,
+             extra_inputs: tuple[str, ...] = ()) -> str:
+    lines = [f'name = "{name}"', f'recipient = "{recipient}"']
+    for ds in (dataset, *extra_inputs):
+        lines += ["[[inputs]]", f'dataset = "{ds}"']
+    for pid, params in steps:
+        lines += ["[[steps]]", f'plugin = "{pid}"', f"params = {_toml_inline(params)}"]
+    lines += ["[outputs]", f"model = {str(model).lower()}", f"aggregates = {str(aggregates).lower()}"]
+    if epsilon is not None:
+        lines.append(f"epsilon = {epsilon}")
+    return "\n".join(lines) + "\n"
+
+
 class Stack:
     """One room (API over HTTP) and one runner (room key, Docker sandboxes) for a test module."""
 
@@ -381,16 +402,8 @@ class Stack:
     def owner(self, name: str) -> Any:
         return self.room.org(name, "owner")
 
-    def dataset(self, owner: Any, name: str, canary: str, *, n: int = 80, seed: int = 1,
-                extra_privacy: str = "", extra: str = "") -> str:
-        from cleanroom.ingest import new_join_secret
-
-        path = owner_csv(self.tmp / f"{name}.csv", canary, n=n, seed=seed)
-        policy = OWNER_POLICY.format(analyst=self.analyst_name, extra_privacy=extra_privacy, extra=extra)
-        owner.upload_dataset(path, name=name, policy=policy, id_column="customer_id",
-                             join_secret=new_join_secret(), drop_identifiers=False)
-        path.unlink()
-        return name
+    def dataset(self, owner: Any, name: str, canary: str, **kw: Any) -> str:
+        return upload_dataset(owner, self.tmp, name, canary, self.analyst_name, **kw)
 
     def plugin(self, code: str, *, kind: str = "preprocess", params: str = "", prelude: bool = True,
                approvers: list[tuple[Any, str]] = (), submitter: Any = None) -> str:
@@ -402,18 +415,8 @@ class Stack:
             owner.decide_plugin(pid, dataset)
         return pid
 
-    def job_spec(self, dataset: str, steps: list[tuple[str, dict[str, Any]]], *, model: bool = False,
-                 aggregates: bool = False, epsilon: float | None = None, extra_inputs: tuple[str, ...] = ()
-                 ) -> str:
-        lines = [f'name = "{self.unique("rt-job")}"', f'recipient = "{self.analyst_name}"']
-        for ds in (dataset, *extra_inputs):
-            lines += ["[[inputs]]", f'dataset = "{ds}"']
-        for pid, params in steps:
-            lines += ["[[steps]]", f'plugin = "{pid}"', f"params = {_toml_inline(params)}"]
-        lines += ["[outputs]", f"model = {str(model).lower()}", f"aggregates = {str(aggregates).lower()}"]
-        if epsilon is not None:
-            lines.append(f"epsilon = {epsilon}")
-        return "\n".join(lines) + "\n"
+    def job_spec(self, dataset: str, steps: list[tuple[str, dict[str, Any]]], **kw: Any) -> str:
+        return job_spec(self.unique("rt-job"), self.analyst_name, dataset, steps, **kw)
 
     def run(self, spec: str, timeout: float = 180) -> dict[str, Any]:
         job = self.analyst.submit_job(spec)
@@ -485,11 +488,7 @@ def stack_for_module(tmp_path_factory: pytest.TempPathFactory, shared_keys: Path
     client.close()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLEANROOM_HOME", str(new_home(tmp_path_factory, shared_keys)))
-        # A starting runner removes every sandbox container on the engine; other test runs may share
-        # this engine, so this runner leaves theirs alone (their runners may still remove ours).
-        from cleanroom.runner.sandbox import Sandbox
 
-        mp.setattr(Sandbox, "remove_orphans", lambda self: 0)
         for var in ("CLEANROOM_URL", "CLEANROOM_TOKEN", "CLEANROOM_PROFILE"):
             mp.delenv(var, raising=False)
         stack = Stack(tmp_path_factory.mktemp(name), os.environ["CLEANROOM_SANDBOX_IMAGE"])

@@ -7,6 +7,7 @@ The limits are the runner's defaults (Settings): 128 pids, 2 GiB memory without 
 from __future__ import annotations
 
 import errno
+import gc
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from tests.redteam.conftest import containers_of, new_job_id, preprocess, run_compute, wait_until
+from tests.redteam.conftest import (
+    REDTEAM_RUNNER_ID,
+    containers_of,
+    new_job_id,
+    preprocess,
+    run_compute,
+    wait_until,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -172,24 +180,68 @@ def test_runaway_log_output_is_capped(sandbox: Any, tmp_path: Path) -> None:
     assert "CONTROL-LAST-LINE" not in out.stderr
 
 
-def test_flooding_the_response_stream_hits_the_output_cap(sandbox: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "res-flood", '''
-        def protocol_fd():
-            taken = {os.readlink(f"/proc/self/fd/{n}") for n in (0, 2)}
-            for fd in range(3, 64):
-                try:
-                    target = os.readlink(f"/proc/self/fd/{fd}")
-                except OSError:
-                    continue
-                if target.startswith("pipe:") and target not in taken:
-                    return fd
-        fd, junk = protocol_fd(), b"\\0" * 2**20
-        for _ in range(256):
-            os.write(fd, junk)
+FLOOD = '''
+    def protocol_fd():
+        taken = {os.readlink(f"/proc/self/fd/{n}") for n in (0, 2)}
+        for fd in range(3, 64):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("pipe:") and target not in taken:
+                return fd
+    fd, junk = protocol_fd(), b"\\0" * 2**20
+    for _ in range(256):
+        os.write(fd, junk)
+'''
+
+
+def test_flooding_the_response_stream_is_cut_off_promptly(docker_client: Any, sandbox_image: str,
+                                                         tmp_path: Path) -> None:
+    import docker as docker_sdk
+
+    from cleanroom.runner.sandbox import Sandbox
+    from cleanroom.settings import Settings
+
+    # the engine client's timeout bounds the hang; the phase's own timeout is out of the way
+    impatient = Sandbox(Settings(sandbox_image=sandbox_image, job_timeout_seconds=300),
+                        client=docker_sdk.from_env(timeout=8), runner_id=REDTEAM_RUNNER_ID)
+    plugin = preprocess(tmp_path, "res-flood", FLOOD)
+
+    def flood_once() -> tuple[str | None, Any, float]:
+        job_id, started, error, out = new_job_id(), time.monotonic(), None, None
+        try:
+            out = run_compute(impatient, plugin, max_output=8 * 2**20, timeout=300, job_id=job_id)
+        except Exception as exc:  # noqa: BLE001 - the launcher's own failure is the finding
+            error = f"{type(exc).__name__}: {exc}"
+        elapsed = time.monotonic() - started
+        gc.collect()  # drops the traceback's frames and with them the attach socket: the engine unblocks
+        for container in containers_of(docker_client, job_id):
+            try:
+                container.remove(force=True)
+            except docker_sdk.errors.APIError:
+                pass  # the launcher's own removal is in progress or done
+        wait_until(lambda: containers_of(docker_client, job_id) == [], 60)
+        return error, out, elapsed
+
+    try:
+        for _ in range(4):  # the stall depends on timing: every attempt must end promptly
+            error, out, elapsed = flood_once()
+            assert error is None, error
+            assert out.phase.output_overflow is True and out.result is None
+            assert len(out.phase.stdout) <= 8 * 2**20
+            assert elapsed < 30
+    finally:
+        impatient.docker.close()
+
+
+def test_output_within_the_cap_is_collected_and_oversized_frames_are_refused(sandbox: Any, tmp_path: Path) -> None:
+    big = preprocess(tmp_path, "res-big-frame", '''
+        df = df.assign(padding=[os.urandom(2**19).hex() for _ in range(len(df))])  # ~30 MB of noise
     ''')
-    out = run_compute(sandbox, plugin, max_output=8 * 2**20)
-    assert out.phase.output_overflow is True
-    assert len(out.phase.stdout) <= 8 * 2**20 and out.result is None
+    out = run_compute(sandbox, big, max_output=64 * 2**20, max_output_bytes=4 * 2**20)
+    assert out.result is not None and out.result["ok"] is False
+    assert "over the limit" in out.result["error"] and out.frame is None
     control = preprocess(tmp_path, "res-flood-control", "pass\n")
     second = run_compute(sandbox, control, max_output=8 * 2**20)
     assert second.phase.output_overflow is False and second.result and second.result["ok"]
