@@ -124,10 +124,15 @@ class JobRun:
             log.exception("job %s crashed the runner's job code", self.job_id)
             self._fail(ctx, "failed", "internal", f"runner error: {type(exc).__name__}")
         finally:
-            if self.pending_release is not None:
-                self.pending_release.close()  # a job that failed before its release phase
+            self._close_pending()  # also after a cancellation
+
+    def _close_pending(self) -> None:
+        """Remove the release container started early, before the job's outcome is reported."""
+        if self.pending_release is not None:
+            self.pending_release.close()
 
     def _fail(self, ctx: dict[str, Any] | None, status: str, error_class: str, reason: str) -> None:
+        self._close_pending()
         log_blob = self._upload_logs(ctx)
         try:
             waived = sorted({c for phase in self.isolation.values() for c in phase.get("waived", [])})
@@ -298,6 +303,7 @@ class JobRun:
                                  "fingerprint": fingerprint(self.keys.enc_public + self.keys.sign_public)}}
         log_blob = self._upload_logs(ctx)
         waived = sorted({c for phase in self.isolation.values() for c in phase.get("waived", [])})
+        self._close_pending()
         self.api.finish(self.job_id, status="succeeded", reason="", error_class=None, log_blob=log_blob, waived=waived,
                         release={"manifest": manifest, "receipt": receipt, "artifacts": uploaded,
                                  "review_by": review_by})
