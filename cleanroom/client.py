@@ -200,8 +200,14 @@ class Client:
         bundle_bytes = self.request("GET", f"/plugins/{plugin['id']}/bundle").content
         if hashlib.sha256(bundle_bytes).hexdigest() != plugin["id"]:
             raise IntegrityError("the bundle the room serves does not hash to the plugin id")
+        from cleanroom.policy import Policy
+
+        policy_sha256 = Policy.from_dict(ds["policy"]).sha256()  # sign the policy text shown, not a label
+        if policy_sha256 != ds["policy_sha256"]:
+            raise IntegrityError(f"the policy the room shows for {dataset} does not match its hash")
         payload = {"type": "plugin-approval", "plugin_id": plugin["id"], "dataset": dataset,
-                   "policy_version": ds["policy_version"], "dataset_sha256": ds["sha256"], "decision": decision,
+                   "policy_version": ds["policy_version"], "policy_sha256": policy_sha256,
+                   "dataset_sha256": ds["sha256"], "decision": decision,
                    "reason": reason, "org": self.whoami()["name"], "issued_at": time.time()}
         return self.post(f"/plugins/{plugin['id']}/approvals",
                          json={"payload": payload, "signature": pair.sign(payload)})

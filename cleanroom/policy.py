@@ -233,6 +233,7 @@ class Policy:
     max_model_bytes: int = 5_000_000
     columns: tuple[ColumnRule, ...] = ()
     identifiers_allow: tuple[str, ...] = ()
+    limits: tuple[tuple[str, float], ...] = ()
 
     def column_rule(self, name: str) -> ColumnRule:
         """The rule of a column; columns the policy does not name are `allowed` without bounds."""
@@ -253,6 +254,8 @@ class Policy:
             "columns": {c.name: {"rule": c.rule, "bounds": list(c.bounds) if c.bounds else None}
                         for c in sorted(self.columns, key=lambda c: c.name)},
             "identifiers": {"allow": sorted(self.identifiers_allow)},
+            # only when set, so that policies without limits keep the hash they had before limits existed
+            **({"limits": dict(sorted(self.limits))} if self.limits else {}),
         }
 
     @classmethod
@@ -278,7 +281,11 @@ _SCHEMA = {
     "models": ("estimators", "allow_row_storing", "max_model_bytes"),
     "columns": None,
     "identifiers": ("allow",),
+    "limits": ("memory_mb", "cpus", "timeout_seconds", "pids"),
 }
+# Sandbox limits a policy may set; the runner applies the smallest of the room's and every input's.
+LIMIT_KINDS = {"memory_mb": "int", "cpus": "number", "timeout_seconds": "int", "pids": "int"}
+LIMIT_FLOORS = {"memory_mb": 256, "cpus": 0.1, "timeout_seconds": 10, "pids": 16}
 
 
 def _build(data: dict[str, Any], ck: Checker) -> Policy:
@@ -344,7 +351,13 @@ def _build(data: dict[str, Any], ck: Checker) -> Policy:
     if "allow" in sect["identifiers"]:
         fields["identifiers_allow"] = ck.names(("identifiers", "allow"), sect["identifiers"]["allow"],
                                                what="column name")
-    return Policy(columns=tuple(sorted(columns, key=lambda c: c.name)), **fields)
+    limits = []
+    for key, value in sect["limits"].items():
+        number = ck.typed(("limits", key), value, LIMIT_KINDS[key])
+        if number < LIMIT_FLOORS[key]:
+            ck.fail(("limits", key), f"{key} must be at least {LIMIT_FLOORS[key]:g} (got {number:g})")
+        limits.append((key, int(number) if LIMIT_KINDS[key] == "int" else float(number)))
+    return Policy(columns=tuple(sorted(columns, key=lambda c: c.name)), limits=tuple(sorted(limits)), **fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,6 +376,7 @@ class EffectivePolicy:
     require_dp: bool
     recipients: tuple[str, ...]
     review_by: tuple[str, ...]
+    limits: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The exact shape the release phase reads."""
@@ -372,7 +386,7 @@ class EffectivePolicy:
             "never_output": sorted(self.never_output), "join_only": sorted(self.join_only),
             "bounds": {col: [lo, hi] for col, (lo, hi) in sorted(self.bounds)},
             "require_dp": self.require_dp, "recipients": sorted(self.recipients),
-            "review_by": sorted(self.review_by),
+            "review_by": sorted(self.review_by), "limits": dict(sorted(self.limits)),
         }
 
 
@@ -416,6 +430,8 @@ def combine(policies: Mapping[str, Policy], *, owners: Mapping[str, str] | None 
         require_dp=any(p.require_dp for _, p in items),
         recipients=meet(set(p.recipients) | ({owners[d]} if d in owners else set()) for d, p in items),
         review_by=tuple(d for d, p in items if p.review),
+        limits=tuple(sorted((key, min(v for _, p in items for k, v in p.limits if k == key))
+                            for key in {k for _, p in items for k, _ in p.limits})),
     )
 
 

@@ -102,13 +102,14 @@ def write_data(folder: Path, n: int, seed: int = 7) -> dict[str, Path]:
     return paths
 
 
-PLUGINS = ("drop-identifiers", "impute", "one-hot", "linear-model", "group-aggregate")
+PLUGINS = ("drop-identifiers", "impute", "clip", "one-hot", "linear-model", "group-aggregate")
 
 
 def job_spec(plugin_ids: dict[str, str], *, recipient: str = "acme-analytics",
              retail: str = "retail.purchases", bank: str = "bank.customers",
              epsilon: float | None = None) -> str:
-    """The motivating job: join, drop identifiers, impute, one-hot, ridge on spend, spend by region."""
+    """The motivating job: join, drop identifiers, impute, clip outliers, one-hot, ridge on spend, spend by
+    region."""
     dp = f"epsilon = {epsilon}\n" if epsilon else ""
     return f"""\
 name = "spend-model"
@@ -129,6 +130,10 @@ params = {{ missing_ok = true }}
 [[steps]]
 plugin = "{plugin_ids['impute']}"
 params = {{ columns = ["tenure_years"], strategy = "median" }}
+
+[[steps]]
+plugin = "{plugin_ids['clip']}"
+params = {{ exclude = ["spend"] }}
 
 [[steps]]
 plugin = "{plugin_ids['one-hot']}"

@@ -26,7 +26,7 @@ import pandas as pd
 
 from cleanroom import Client
 
-PLUGINS = ("drop-identifiers", "impute", "one-hot", "linear-model", "group-aggregate")
+PLUGINS = ("drop-identifiers", "impute", "clip", "one-hot", "linear-model", "group-aggregate")
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--url", required=True, help="the room's API, e.g. http://127.0.0.1:8000")
@@ -171,6 +171,9 @@ params = {{ missing_ok = true }}
 [[steps]]
 plugin = "{ids['impute']}"
 params = {{ columns = ["tenure_years"], strategy = "median" }}
+[[steps]]
+plugin = "{ids['clip']}"
+params = {{ exclude = ["spend"] }}   # winsorise outliers: the leverage check refuses models they dominate
 [[steps]]
 plugin = "{ids['one-hot']}"
 params = {{ columns = ["category", "segment"] }}

@@ -36,7 +36,8 @@ def world(room, tmp_path):
 def payload(client, plugin_id, dataset, **changes):
     ds = client.get_dataset(dataset)
     p = {"type": "plugin-approval", "plugin_id": plugin_id, "dataset": dataset,
-         "policy_version": ds["policy_version"], "dataset_sha256": ds["sha256"], "decision": "approve",
+         "policy_version": ds["policy_version"], "policy_sha256": ds["policy_sha256"],
+         "dataset_sha256": ds["sha256"], "decision": "approve",
          "reason": "", "org": client.whoami()["name"], "issued_at": time.time()}
     p.update(changes)
     return p

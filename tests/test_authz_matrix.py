@@ -155,7 +155,8 @@ class World:
         org = ORG_OF.get(who, "retailer") if who not in ("anon", "runner") else "retailer"
         ds = self.datasets[dataset]
         payload = {"type": "plugin-approval", "plugin_id": plugin_id, "dataset": dataset,
-                   "policy_version": ds["policy_version"], "dataset_sha256": ds["sha256"],
+                   "policy_version": ds["policy_version"], "policy_sha256": ds["policy_sha256"],
+                   "dataset_sha256": ds["sha256"],
                    "decision": decision, "reason": "", "org": org, "issued_at": time.time()}
         return {"payload": payload, "signature": self.keys[org].sign(payload)}
 

@@ -43,7 +43,7 @@ def test_cli_scenario(room, runner, tmp_path):
     run("profile", "save", "admin", "--url", room.url, "--token-stdin", stdin=room.admin_token + "\n")
     for name, role in (("retailer", "owner"), ("bank", "owner"), ("acme-analytics", "analyst")):
         run("org", "create", name, "--role", role, "--save-profile", name, profile="admin")
-    files = scenario.write_data(tmp_path / "data", 800)
+    files = scenario.write_data(tmp_path / "data", 1000)
     secret = tmp_path / "room-join.key"
     run("join-secret", "new", str(secret))
     assert oct(secret.stat().st_mode & 0o777) == "0o600"

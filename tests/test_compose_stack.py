@@ -62,7 +62,7 @@ def test_compose_stack_runs_a_job_and_keeps_state(stack, tmp_path, monkeypatch):
         return client
 
     retailer, bank, analyst = org("retailer", "owner"), org("bank", "owner"), org("acme-analytics", "analyst")
-    files = scenario.write_data(tmp_path / "data", 600)
+    files = scenario.write_data(tmp_path / "data", 1000)
     secret = new_join_secret()
     retailer.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
                             id_column="customer_id", join_secret=secret)

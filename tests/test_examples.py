@@ -19,7 +19,7 @@ def test_spend_model_example(room, runner, tmp_path):
     try:
         done = subprocess.run(
             [sys.executable, str(REPO / "examples" / "spend_model.py"), "--url", room.url,
-             "--admin-token", room.admin_token, "--customers", "600", "--workdir", str(tmp_path / "work")],
+             "--admin-token", room.admin_token, "--customers", "1500", "--workdir", str(tmp_path / "work")],
             env=dict(os.environ), capture_output=True, text=True, timeout=450)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the example did not finish in {exc.timeout} s; its output so far:\n{exc.stdout}\n{exc.stderr}")

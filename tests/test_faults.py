@@ -312,7 +312,7 @@ def test_runner_killed_mid_phase_requeues_the_job(room: Any, tmp_path: Path, pro
     retailer = room.org("retailer", "owner")
     bank = room.org("bank", "owner")
     analyst = room.org("acme-analytics", "analyst")
-    files = scenario.write_data(tmp_path / "data", 300)
+    files = scenario.write_data(tmp_path / "data", 1000)
     secret = new_join_secret()
     retailer.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
                             id_column="customer_id", join_secret=secret)

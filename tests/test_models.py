@@ -17,6 +17,7 @@ from sklearn.tree import DecisionTreeRegressor
 from cleanroom import modelio
 from cleanroom.sandbox import models
 from cleanroom.sandbox.models import ModelError
+from cleanroom.sandbox.names import NameRule
 
 ALL = list(models.ESTIMATORS)
 
@@ -35,11 +36,13 @@ def frame(units: int = 400, rows_per_unit: int = 1, seed: int = 0) -> pd.DataFra
 
 def fit(spec: dict[str, Any], df: pd.DataFrame | None = None, k: int = 10, allowed: list[str] | None = None,
         allow_row_storing: bool = False, max_model_bytes: int = 5_000_000,
-        checks: list | None = None) -> dict[str, bytes]:
+        checks: list | None = None, names: list[str] | None = None) -> dict[str, bytes]:
+    df = frame() if df is None else df
     return models.fit_and_check(
         frame() if df is None else df, spec, k=k, allowed=ALL if allowed is None else allowed,
         allow_row_storing=allow_row_storing, max_model_bytes=max_model_bytes, forbidden={"email"},
-        holdout_fraction=0.2, seed=0, job_id="job-1", checks=[] if checks is None else checks)
+        holdout_fraction=0.2, seed=0, job_id="job-1", checks=[] if checks is None else checks,
+        names=NameRule({str(c): [] for c in (df.columns if names is None else names)}))
 
 
 RIDGE = {"estimator": "ridge", "params": {"alpha": 1.0}, "target": "spend", "features": None,
@@ -231,3 +234,63 @@ def test_every_default_family_passes_its_checks() -> None:
                 "target": "big" if classify else "spend", "features": ["age", "income"]}
         out = fit(spec)
         assert json.loads(out["metrics.json"])["estimator"] == name
+
+
+# -- W1: rows leaving through linear models' parameters ---------------------------------------------
+def _with_indicators(n_people: int, noise: float = 0.0, seed: int = 1) -> pd.DataFrame:
+    """One 0/1 column per person for the first `n_people` units (optionally blurred with noise)."""
+    df = frame(units=400)
+    rng = np.random.default_rng(seed)
+    for i in range(n_people):
+        df[f"age_{i}"] = (df["_pid"] == df["_pid"].iloc[i]).astype(float) + noise * rng.standard_normal(len(df))
+    return df
+
+
+@pytest.mark.parametrize("noise", [0.0, 1e-3])
+def test_per_person_features_are_refused_by_leverage(noise: float) -> None:
+    df = _with_indicators(5, noise)
+    spec = {**RIDGE, "params": {"alpha": 1e-6}, "features": ["age", "income", *[f"age_{i}" for i in range(5)]]}
+    with pytest.raises(ModelError) as refused:
+        fit(spec, df)
+    assert refused.value.check == "model:leverage"
+    checks: list = []  # control: the same data without the per-person columns passes
+    fit({**spec, "features": ["age", "income"]}, df, checks=checks)
+    assert any(c["name"] == "model:leverage" and c["passed"] for c in checks)
+
+
+def test_a_feature_held_by_fewer_than_k_units_is_refused_and_one_held_by_many_passes() -> None:
+    df = frame(units=400)
+    pids = df["_pid"].unique()
+    df["region_north"] = df["_pid"].isin(pids[:4]).astype(float)  # a "category" of 4 people, k = 10
+    with pytest.raises(ModelError, match="singles out"):
+        fit({**RIDGE, "features": ["age", "region_north"]}, df)
+    df["region_north"] = df["_pid"].isin(pids[:120]).astype(float)
+    fit({**RIDGE, "features": ["age", "region_north"]}, df)
+
+
+def test_linear_models_need_k_units_per_feature() -> None:
+    df = frame(units=60)
+    for i in range(8):
+        df[f"income_{['log', 'sqrt', 'sq', 'z', 'std', 'norm', 'rank', 'code'][i]}"] = np.random.default_rng(i).random(
+            len(df))
+    with pytest.raises(ModelError, match="units per feature"):
+        fit({**RIDGE, "features": None}, df)
+
+
+def test_leverage_matches_the_hat_matrix() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    X[:, 3] = X[:, 0] + X[:, 1]  # collinear: the pseudo-inverse handles it
+    design = np.column_stack([np.ones(200), X])
+    hat = np.diag(design @ np.linalg.pinv(design.T @ design) @ design.T)
+    units = np.arange(200) // 2  # two rows per unit: a unit's leverage is the sum over its rows
+    expected = np.bincount(units, weights=hat).max()
+    assert models.max_unit_leverage(X, units, chunk=33) == pytest.approx(expected, rel=1e-6)
+
+
+def test_feature_and_target_names_must_be_public() -> None:
+    df = frame()
+    df["leak_ab12_1234"] = df["age"] * 1.0
+    with pytest.raises(Exception, match="feature #3 has a name"):
+        fit({**RIDGE, "features": ["age", "income", "leak_ab12_1234"]}, df, names=["age", "income", "spend"])
+    fit({**RIDGE, "features": ["age", "income"]}, df, names=["age", "income", "spend"])  # control

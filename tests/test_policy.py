@@ -1,10 +1,11 @@
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from cleanroom.errors import PolicyError
+from cleanroom.errors import PolicyError, ValidationError
 from cleanroom.policy import (
     DEFAULT_ESTIMATORS,
     ColumnRule,
@@ -251,6 +252,7 @@ bounds = [0, 65]
         "require_dp": True,
         "recipients": ["acme"],
         "review_by": ["retail.a"],
+        "limits": {},
     }
     json.dumps(effective.to_dict())  # JSON-ready
 
@@ -259,7 +261,7 @@ def test_combine_of_one_default_policy():
     assert combine({"x": Policy()}).to_dict() == {
         "k": 10, "outputs": ["aggregate", "model"], "estimators": sorted(DEFAULT_ESTIMATORS),
         "allow_row_storing": False, "max_model_bytes": 5_000_000, "never_output": [], "join_only": [],
-        "bounds": {}, "require_dp": False, "recipients": [], "review_by": [],
+        "bounds": {}, "require_dp": False, "recipients": [], "review_by": [], "limits": {},
     }
 
 
@@ -340,3 +342,26 @@ def test_seed_scenario_policies_parse_and_combine():
             "segment"]
     assert [c for c in kept if looks_like_identifier(c)] == []
     assert all(looks_like_identifier(c) for c in ["customer_id", "email", "full_name", "phone"])
+
+
+def test_limits_parse_combine_to_the_tightest_and_only_change_the_hash_when_set():
+    plain = parse_policy("[privacy]\nk = 5\n")
+    assert "limits" not in plain.to_dict()  # hashes of policies without limits did not change
+    a = parse_policy("[limits]\nmemory_mb = 1024\ntimeout_seconds = 60\ncpus = 0.5\n")
+    b = parse_policy("[limits]\nmemory_mb = 512\npids = 64\n")
+    assert a.to_dict()["limits"] == {"cpus": 0.5, "memory_mb": 1024, "timeout_seconds": 60}
+    assert Policy.from_dict(a.to_dict()) == a
+    assert combine({"a": a, "b": b, "c": plain}).to_dict()["limits"] == {
+        "cpus": 0.5, "memory_mb": 512, "pids": 64, "timeout_seconds": 60}
+    assert combine({"c": plain}).to_dict()["limits"] == {}
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("[limits]\nmemory_mb = 10\n", "memory_mb must be at least 256 (got 10) at line 2"),
+    ("[limits]\ntimeout_seconds = 1.5\n", "timeout_seconds"),
+    ("[limits]\nnetwork = true\n", "unknown key 'network' in [limits] at line 2"),
+    ("[limits]\ncpus = 0\n", "cpus must be at least 0.1"),
+])
+def test_bad_limits_name_the_line(text, fragment):
+    with pytest.raises(ValidationError, match=re.escape(fragment)):
+        parse_policy(text)

@@ -46,7 +46,9 @@ def request(**overrides: Any) -> dict[str, Any]:
     base = {"job_id": "job-42", "policy": POLICY, "outputs": outputs,
             "model_spec": {"plugin_id": "ab" * 32, "spec": MODEL_SPEC},
             "analysis_specs": [{"plugin_id": "cd" * 32, "spec": SPEND_BY_REGION}],
-            "dp": {"epsilon": None, "delta": None}}
+            "dp": {"epsilon": None, "delta": None},
+            "names": {"schemas": {"acme.joined": {c: [] for c in joined(10).columns}}, "job_strings": []},
+            "table_names": ["spend_by_region"]}
     base.update(overrides)
     return base
 

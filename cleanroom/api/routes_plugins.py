@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from cleanroom.api.app import row_dict
 from cleanroom.api.authz import require_dataset_owner, visible_plugin
 from cleanroom.api.deps import Ctx, get_ctx
-from cleanroom.api.routes_datasets import load_dataset
+from cleanroom.api.routes_datasets import current_policy, load_dataset
 from cleanroom.crypto import verify
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, TooLarge, ValidationError
 from cleanroom.store import dumps, new_id, now
@@ -163,7 +163,7 @@ class ApprovalIn(BaseModel):
     signature: str
 
 
-APPROVAL_KEYS = {"type", "plugin_id", "dataset", "policy_version", "dataset_sha256", "decision",
+APPROVAL_KEYS = {"type", "plugin_id", "dataset", "policy_version", "policy_sha256", "dataset_sha256", "decision",
                  "reason", "org", "issued_at"}
 
 
@@ -202,6 +202,8 @@ def approve_plugin(plugin_id: str, body: ApprovalIn, ctx: Ctx = Depends(get_ctx)
         if p["policy_version"] != ds["policy_version"]:
             raise Conflict(f"the approval is for policy version {p['policy_version']} but "
                            f"{ds['name']} is at version {ds['policy_version']}")
+        if p["policy_sha256"] != current_policy(conn, ds["name"], ds["policy_version"])["sha256"]:
+            raise Conflict("the approval names another policy text than the dataset's current policy")
         if p["dataset_sha256"] != ds["sha256"]:
             raise Conflict("the approval names other data than the dataset holds")
         last_revoked = conn.execute(

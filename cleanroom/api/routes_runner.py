@@ -104,7 +104,8 @@ def runner_context(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
             owners[owner["name"]] = {"enc_public": owner["enc_public"], "sign_public": owner["sign_public"]}
             datasets.append({"name": ds["name"], "owner": owner["name"], "sha256": ds["sha256"],
                              "size": ds["size"], "policy_version": ds["policy_version"],
-                             "policy": pol["policy"], "policy_sha256": pol["sha256"]})
+                             "policy": pol["policy"], "policy_sha256": pol["sha256"],
+                             "schema": ds["schema"]})
         plugins = {}
         for step in spec["steps"]:
             p = load_plugin(conn, step["plugin"])

@@ -42,12 +42,24 @@ def serve(host: str | None, port: int | None) -> None:
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Run queued jobs, then exit.")
-def runner(once: bool) -> None:
+@click.option("--pinned-keys", is_flag=True, help="List the owners' signing keys this runner pinned, then exit.")
+@click.option("--forget-key", metavar="ORG", help="Drop the pinned signing key of ORG (after a genuine key "
+              "change), then exit.")
+def runner(once: bool, pinned_keys: bool, forget_key: str | None) -> None:
     """Run the job runner (needs the Docker engine and the room key volume)."""
+    from cleanroom.runner.pins import KeyPins
     from cleanroom.runner.service import RunnerService
     from cleanroom.settings import Settings
 
-    RunnerService(Settings.from_env()).run(once=once)
+    settings = Settings.from_env()
+    if forget_key:
+        KeyPins(settings.runner_home).forget(forget_key)
+        click.echo(f"dropped the pinned key of {forget_key}; the next job pins the key the room reports")
+    elif pinned_keys:
+        for org, fp in KeyPins(settings.runner_home).pinned().items():
+            click.echo(f"{org}\t{fp}")
+    else:
+        RunnerService(Settings.from_env()).run(once=once)
 
 
 @cli.group()

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import time
 from typing import Any
 
 from cleanroom.crypto import KeyPair, canonical_json, decrypt_bytes, encrypt_bytes, fingerprint, verify
 from cleanroom.errors import CleanroomError, IntegrityError, PolicyError, SandboxError
+from cleanroom.runner import recode
 from cleanroom.runner.api import RunnerAPI
+from cleanroom.runner.pins import KeyPins
 from cleanroom.runner.sandbox import PhaseResult, Sandbox, StartedPhase
 from cleanroom.sandbox import wire
 
@@ -34,10 +35,12 @@ class Cancelled(Exception):
     pass
 
 
-def verify_context(ctx: dict[str, Any], bundles: dict[str, bytes]) -> dict[str, Any]:
+def verify_context(ctx: dict[str, Any], bundles: dict[str, bytes], pins: KeyPins) -> dict[str, Any]:
     """Re-check, on the runner, everything the API checked: hashes, signed approvals, policies.
 
-    Returns the effective policy recomputed here from the datasets' current policies.
+    Owners' signing keys must match the ones this runner pinned (`pins`); every approval must be
+    signed for the exact policy text enforced here (`policy_sha256`). Returns the effective policy
+    recomputed here from the datasets' current policies.
     """
     from cleanroom.jobspec import JobSpec, check_job
     from cleanroom.policy import Policy
@@ -49,11 +52,14 @@ def verify_context(ctx: dict[str, Any], bundles: dict[str, bytes]) -> dict[str, 
     datasets = {}
     for ds in ctx["datasets"]:
         policy = Policy.from_dict(ds["policy"])
-        if hashlib.sha256(json.dumps(policy.to_dict(), sort_keys=True, separators=(",", ":")).encode()
-                          ).hexdigest() != ds["policy_sha256"]:
+        if policy.sha256() != ds["policy_sha256"]:
             raise JobFailed("integrity_error", f"the policy of {ds['name']} does not match its hash")
         datasets[ds["name"]] = {"owner": ds["owner"], "policy": policy, "policy_version": ds["policy_version"],
-                                "sha256": ds["sha256"]}
+                                "policy_sha256": policy.sha256(), "sha256": ds["sha256"]}
+    try:
+        pins.check({ds["owner"]: ctx["owners"].get(ds["owner"], {}) for ds in datasets.values()})
+    except IntegrityError as exc:
+        raise JobFailed("integrity_error", exc.message) from exc
     approvals = set()
     for a in ctx["approvals"]:
         p = a["payload"]
@@ -69,6 +75,8 @@ def verify_context(ctx: dict[str, Any], bundles: dict[str, bytes]) -> dict[str, 
             log.warning("approval with a bad signature ignored (plugin %s, dataset %s)",
                         str(p.get("plugin_id"))[:12], p.get("dataset"))
             continue
+        if p.get("policy_sha256") != ds["policy_sha256"]:
+            continue  # signed for another policy text than the one enforced here (W3)
         if p.get("type") == "plugin-approval" and p.get("decision") == "approve":
             approvals.add((p["plugin_id"], p["dataset"], p["policy_version"], p["dataset_sha256"]))
     plugins = {pid: {"name": p["name"], "kind": p["kind"], "manifest": p["manifest"]}
@@ -79,6 +87,32 @@ def verify_context(ctx: dict[str, Any], bundles: dict[str, bytes]) -> dict[str, 
     except PolicyError as exc:
         raise JobFailed("approval_or_policy", f"re-check on the runner failed: {exc.message}") from exc
     return effective.to_dict()
+
+
+def released_names(ctx: dict[str, Any]) -> dict[str, Any]:
+    """What released column names may be built from: the inputs' schemas with their published
+    categories, and the strings of the job spec's step parameters (`cleanroom.sandbox.names`)."""
+    from cleanroom.sandbox.names import job_strings
+
+    schemas = {}
+    for ds in ctx["datasets"]:
+        columns = ds.get("schema", {}).get("columns", [])
+        schemas[ds["name"]] = {str(c["name"]): sorted(str(v) for v in ((c.get("stats") or {}).get("categories") or {}))
+                               for c in columns}
+    return {"schemas": schemas, "job_strings": job_strings(ctx["job"]["spec"]["steps"])}
+
+
+def table_names(ctx: dict[str, Any]) -> list[str]:
+    """One name per analysis step, in job order: its `name` parameter, else `step<N>` (never plugin output)."""
+    from cleanroom.sandbox.names import TABLE_NAME_RE
+
+    out = []
+    for n, step in enumerate(ctx["job"]["spec"]["steps"], 1):
+        if ctx["plugins"][step["plugin"]]["kind"] != "analysis":
+            continue
+        name = (step.get("params") or {}).get("name")
+        out.append(name if isinstance(name, str) and TABLE_NAME_RE.match(name) and name not in out else f"step{n}")
+    return out
 
 
 class JobRun:
@@ -157,43 +191,59 @@ class JobRun:
         started = time.monotonic()
         spec = ctx["job"]["spec"]
         bundles = {pid: self.api.bundle(pid) for pid in ctx["plugins"]}
-        effective = verify_context(ctx, bundles)
+        effective = verify_context(ctx, bundles, KeyPins(self.settings.runner_home))
         self.timings["verify"] = round(time.monotonic() - started, 3)
 
         self.phase("decrypting")
-        t = time.monotonic()
-        inputs: dict[str, bytes] = {}
-        for index, ds in enumerate(ctx["datasets"]):
-            ciphertext = self.api.ciphertext(ds["name"], ds["size"])
-            if hashlib.sha256(ciphertext).hexdigest() != ds["sha256"]:
-                raise JobFailed("integrity_error", f"the ciphertext of {ds['name']} does not match its hash")
-            try:
-                inputs[f"inputs/{index}.arrow"] = decrypt_bytes(ciphertext, self.keys)
-            except IntegrityError as exc:
-                raise JobFailed("integrity_error", f"{ds['name']}: {exc.message}") from exc
-            del ciphertext
-        self.timings["decrypt"] = round(time.monotonic() - t, 3)
-
-        self.phase("compute")
-        steps = []
-        for step in spec["steps"]:
-            p = ctx["plugins"][step["plugin"]]
-            steps.append({"plugin_id": p["id"], "name": p["name"], "kind": p["kind"],
-                          "entry": p["manifest"]["entry"], "params": step.get("params", {}),
-                          "dataset": step.get("dataset")})
-        request = io.BytesIO()
-        files = dict(inputs)
-        files.update({f"plugins/{pid}.tar": data for pid, data in bundles.items()})
-        wire.write_message(request, "job.json", {
-            "job_id": self.job_id, "steps": steps, "max_output_bytes": self.settings.job_max_output_bytes,
-            "inputs": [{"dataset": ds["name"], "file": f"inputs/{i}.arrow"} for i, ds in enumerate(ctx["datasets"])],
-        }, files)
-        del files, inputs
-        try:  # the release container starts (imports, no data) while the compute phase runs
-            self.pending_release = self.sandbox.start("release", self.job_id)
+        try:  # the compute container starts (imports, no data) while the inputs are decrypted and recoded
+            compute_box = self.sandbox.start("compute", self.job_id)
         except SandboxError as exc:
             raise JobFailed(exc.code, exc.message) from exc
-        compute = self._phase_run("compute", request.getbuffer())
+        try:
+            t = time.monotonic()
+            inputs: dict[str, bytes] = {}
+            for index, ds in enumerate(ctx["datasets"]):
+                ciphertext = self.api.ciphertext(ds["name"], ds["size"])
+                if hashlib.sha256(ciphertext).hexdigest() != ds["sha256"]:
+                    raise JobFailed("integrity_error", f"the ciphertext of {ds['name']} does not match its hash")
+                try:
+                    inputs[f"inputs/{index}.arrow"] = decrypt_bytes(ciphertext, self.keys)
+                except IntegrityError as exc:
+                    raise JobFailed("integrity_error", f"{ds['name']}: {exc.message}") from exc
+                del ciphertext
+            self.timings["decrypt"] = round(time.monotonic() - t, 3)
+            t = time.monotonic()
+            try:  # `_pid` becomes int64 codes, the same in every input and fresh for this job
+                inputs = recode.recode_inputs(inputs, {f"inputs/{i}.arrow": ds["name"]
+                                                       for i, ds in enumerate(ctx["datasets"])})
+            except recode.RecodeError as exc:
+                raise JobFailed("integrity_error", str(exc)) from exc
+            self.timings["recode"] = round(time.monotonic() - t, 3)
+
+            self.phase("compute")
+            steps = []
+            for step in spec["steps"]:
+                p = ctx["plugins"][step["plugin"]]
+                steps.append({"plugin_id": p["id"], "name": p["name"], "kind": p["kind"],
+                              "entry": p["manifest"]["entry"], "params": step.get("params", {}),
+                              "dataset": step.get("dataset")})
+            request = io.BytesIO()
+            files = dict(inputs)
+            files.update({f"plugins/{pid}.tar": data for pid, data in bundles.items()})
+            wire.write_message(request, "job.json", {
+                "job_id": self.job_id, "steps": steps, "max_output_bytes": self.settings.job_max_output_bytes,
+                "inputs": [{"dataset": ds["name"], "file": f"inputs/{i}.arrow"}
+                           for i, ds in enumerate(ctx["datasets"])],
+            }, files)
+            del files, inputs
+            try:  # the release container starts (imports, no data) while the compute phase runs
+                self.pending_release = self.sandbox.start("release", self.job_id)
+            except SandboxError as exc:
+                raise JobFailed(exc.code, exc.message) from exc
+        except BaseException:
+            compute_box.close()  # started early: removed on any failure or cancellation before it is fed
+            raise
+        compute = self._phase_run("compute", request.getbuffer(), started=compute_box)
         del request
         result, out_files = self._decode(compute, "compute")
         if not result.get("ok"):
@@ -217,6 +267,7 @@ class JobRun:
             "analysis_specs": [a["spec"] for a in result.get("analysis_specs", [])] if outputs.get("aggregates")
             else [],
             "dp": {"epsilon": outputs.get("epsilon"), "delta": outputs.get("delta")},
+            "names": released_names(ctx), "table_names": table_names(ctx),
         }, {"frames/joined.arrow": frame})
         del frame
         release = self._phase_run("release", request.getbuffer(), started=self.pending_release)

@@ -14,6 +14,16 @@ never_output or join_only are never features nor the target (an explicit request
 Training and holdout are split by `_pid`, so no unit is in both. After fitting: every tree leaf
 holds at least k distinct units, no array of the model holds a training row verbatim or one value
 per training row, the skops dump holds only trusted types and fits `max_model_bytes`.
+
+Linear families (no leaves to count) get the same guarantee through leverage: with n training
+units and p features, n >= k * p, and no training unit's own rows carry more than 1/k of the weight
+of their own fitted values (the diagonal of the hat matrix of the features plus an intercept,
+summed over the unit's rows; for a tree leaf holding m units that is 1/m, so this is the leaf rule
+again). A feature that singles out fewer than k people (a per-person indicator, even a noisy one)
+gives those people a leverage near 1 and is refused. The least-squares hat matrix is used for every
+linear family: ridge and lasso shrink leverage below it, so the check is conservative for them; for
+logistic regression it is an approximation. Feature names and the target must pass the released-name
+rule (`cleanroom.sandbox.names`).
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ import pandas as pd
 import skops.io as sio
 from sklearn import ensemble, gaussian_process, linear_model, metrics, neighbors, svm, tree
 from sklearn.model_selection import GroupShuffleSplit
+
+from cleanroom.sandbox.names import NameRule
 
 PID = "_pid"
 ESTIMATORS: dict[str, type] = {
@@ -50,6 +62,7 @@ ESTIMATORS: dict[str, type] = {
 }
 ROW_STORING = frozenset({"k_neighbors_regressor", "k_neighbors_classifier", "svr", "svc",
                          "gaussian_process_regressor", "gaussian_process_classifier"})
+LINEAR_FAMILY = frozenset({"linear_regression", "ridge", "lasso", "logistic_regression"})
 TREE_FAMILY = frozenset(name for name in ESTIMATORS if "tree" in name or "forest" in name
                         or "boosting" in name)
 # Types skops does not trust by default that our estimators need; modelio.py keeps the same list.
@@ -289,6 +302,37 @@ def evaluate(model: Any, task: str, X: pd.DataFrame, y: pd.Series) -> dict[str, 
     return out
 
 
+def max_unit_leverage(X: np.ndarray, units: np.ndarray, chunk: int = 65_536) -> float:
+    """The largest hat-matrix weight of one unit's rows on their own fits, with an intercept.
+
+    Leverage is invariant to scaling and, with an intercept, equals 1/n plus the leverage of the
+    centred features; a pseudo-inverse handles collinear features (one-hot sets). Memory: a few
+    chunks of rows, never a second copy of X.
+    """
+    n, p = X.shape
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0)
+    keep = scale > 0
+    gram = np.zeros((int(keep.sum()),) * 2)
+    for start in range(0, n, chunk):
+        block = (X[start:start + chunk, keep] - mean[keep]) / scale[keep]
+        gram += block.T @ block
+    values, vectors = np.linalg.eigh(gram) if len(gram) else (np.zeros(0), np.zeros((0, 0)))
+    big = values > max(float(values.max(initial=0.0)), 1.0) * 1e-10 * max(p, 1)
+    inverse = (vectors[:, big] / values[big]) @ vectors[:, big].T
+    leverage = np.full(n, 1.0 / n)
+    for start in range(0, n, chunk):
+        block = (X[start:start + chunk, keep] - mean[keep]) / scale[keep]
+        leverage[start:start + chunk] += np.einsum("ij,ij->i", block @ inverse, block)
+    codes, _ = pd.factorize(units)
+    return float(np.bincount(codes, weights=leverage).max()) if n else 0.0
+
+
+def _count_units(codes: np.ndarray) -> int:
+    """How many distinct units `codes` (from `pd.factorize`, so 0..m-1) hold."""
+    return int(np.count_nonzero(np.bincount(codes))) if len(codes) else 0
+
+
 def split(frame: pd.DataFrame, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train and holdout row positions, split by `_pid` so that no unit is in both."""
     splitter = GroupShuffleSplit(n_splits=1, test_size=holdout_fraction, random_state=seed)
@@ -299,7 +343,8 @@ def split(frame: pd.DataFrame, holdout_fraction: float, seed: int) -> tuple[np.n
 
 def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str], allow_row_storing: bool,
                   max_model_bytes: int, forbidden: set[str], holdout_fraction: float, seed: int,
-                  job_id: str, checks: list[dict[str, Any]], with_metrics: bool = True) -> dict[str, bytes]:
+                  job_id: str, checks: list[dict[str, Any]], names: NameRule,
+                  with_metrics: bool = True) -> dict[str, bytes]:
     """Fit, evaluate and check the model; return model.skops, metrics.json and model_card.md.
 
     Without `with_metrics` the card leaves out the holdout metrics (metrics.json is still built;
@@ -323,13 +368,15 @@ def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str],
         y = y.astype("float64")
         if not np.isfinite(y.to_numpy()).all():
             raise ModelError("model:features", "the target holds infinite values")
+    names.check(features, "feature")
+    names.check([target], "target")
     _passed(checks, "model:features", f"{len(features)} numeric features, target {target!r}")
 
-    pids = data[PID].to_numpy()
-    if len(set(pids)) < 2 * k:
+    pids, _ = pd.factorize(data[PID])  # one integer per unit: Python sets of 1M values are slow
+    if _count_units(pids) < 2 * k:
         raise ModelError("model:holdout", f"training and holdout sets need at least k={k} units each")
     train, holdout = split(data, holdout_fraction, seed)
-    train_units, holdout_units = len(set(pids[train])), len(set(pids[holdout]))
+    train_units, holdout_units = _count_units(pids[train]), _count_units(pids[holdout])
     if holdout_units < k or train_units < k:
         raise ModelError("model:holdout", f"training and holdout sets need at least k={k} units each")
     _passed(checks, "model:holdout", "split by unit; both sets hold at least k units")
@@ -343,6 +390,16 @@ def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str],
         _passed(checks, "model:classes", f"{len(per_class)} classes, each with at least k units")
 
     X_train, y_train = X.iloc[train], y.iloc[train]
+    if name in LINEAR_FAMILY:
+        if train_units < k * len(features):
+            raise ModelError("model:leverage", f"a linear model needs at least k={k} training units per "
+                             f"feature ({len(features)} features, fewer than {k * len(features)} units)")
+        worst = max_unit_leverage(X_train.to_numpy(), pids[train])
+        if worst > 1.0 / k + 1e-9:
+            raise ModelError("model:leverage", f"a training unit carries more than 1/k (k={k}) of the weight "
+                             "of its own fitted value: some feature singles out fewer than k units (a rare "
+                             "category, an outlier, a per-person column); merge rare values or drop it")
+        _passed(checks, "model:leverage", "every training unit's leverage is at most 1/k")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         estimator.fit(X_train, y_train)

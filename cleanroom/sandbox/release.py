@@ -12,7 +12,9 @@ Request `job.json`:
                  "holdout_fraction": float = 0.2, "seed": int = 0},
      "model_spec": spec | {"plugin_id", "spec"} | null,
      "analysis_specs": [spec | {"plugin_id", "spec"}, ...],
-     "dp": {"epsilon": float | null, "delta": float | null}}
+     "dp": {"epsilon": float | null, "delta": float | null},
+     "names": {"schemas": {dataset: {column: [published category, ...]}}, "job_strings": [str, ...]},
+     "table_names": [str, ...]}            # one per analysis spec, from the job spec (names.py)
 
 EffectivePolicy (the combined, most restrictive policy of every input; all keys required, other
 keys such as recipients or review are ignored here):
@@ -25,6 +27,10 @@ keys such as recipients or review are ignored here):
      "join_only": [column, ...],             # same restrictions as never_output here
      "bounds": {column: [lo, hi]},           # clamping bounds for DP sums and means
      "require_dp": bool}                     # aggregates must use DP (dp.epsilon must be set)
+
+Released column names (aggregate headers, model features and target) must be input columns or
+names derived from them as `cleanroom.sandbox.names` describes; aggregate tables are named by
+`table_names`, never by the plugin's spec.
 
 Response `result.json`: {"ok", "error", "checks": [{"name", "passed", "detail"}],
 "artifacts": {name: {"sha256", "bytes"}}, "epsilon_spent", "delta_spent"}. All or nothing: when
@@ -49,7 +55,7 @@ from typing import Any
 
 import pandas as pd
 
-from cleanroom.sandbox import aggregates, dp, models, wire
+from cleanroom.sandbox import aggregates, dp, models, names, wire
 
 MAX_REQUEST_BYTES = 4 * 2**30
 MAX_ARTIFACT_BYTES = 128 * 2**20
@@ -150,7 +156,10 @@ def _read_frame(files: dict[str, bytes]) -> pd.DataFrame:
         raise RequestError("frame", "the frame has no _pid column")
     if frame[aggregates.PID].isna().any():
         raise RequestError("frame", "_pid has missing values")
-    frame[aggregates.PID] = frame[aggregates.PID].astype(str)
+    if not pd.api.types.is_integer_dtype(frame[aggregates.PID].dtype):
+        # integer codes from the runner (cleanroom.runner.recode) are counted as they are; anything
+        # else (text pseudonyms in local plugin tests) as text, so that equal units compare equal
+        frame[aggregates.PID] = frame[aggregates.PID].astype(str)
     return frame
 
 
@@ -192,26 +201,38 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
         return artifacts, 0.0, 0.0
     frame = _read_frame(files)
     passed("frame", f"{len(frame.columns)} columns")
+    try:
+        rule = names.NameRule.from_request(request.get("names"))
+    except ValueError as exc:
+        raise RequestError("names", f"the request's names are malformed: {exc}") from exc
 
     if want_aggregates:
         raw_specs = request.get("analysis_specs")
         if not isinstance(raw_specs, list) or not raw_specs:
             raise RequestError("aggregate:spec", "aggregates were requested but there is no analysis spec")
+        tables = request.get("table_names")
+        if not (isinstance(tables, list) and len(tables) == len(raw_specs)
+                and all(isinstance(t, str) and names.TABLE_NAME_RE.match(t) for t in tables)
+                and len(set(tables)) == len(tables)):
+            raise RequestError("aggregate:spec", "table_names must name each analysis spec, uniquely, "
+                                                 "matching ^[a-z0-9_-]{1,64}$")
         specs = [aggregates.parse_spec(raw, frame, policy.forbidden) for raw in raw_specs]
-        if len({s.name for s in specs}) != len(specs):
-            raise RequestError("aggregate:spec", "aggregate names must be unique")
+        for table, spec in zip(tables, specs, strict=True):
+            rule.check(spec.group_by, f"{table}: group-by column")
+            rule.check([m.column for m in spec.metrics if m.column is not None], f"{table}: metric column")
+        passed("names", "released column names are input columns or derived from them")
         if epsilon is None:
             aggregates.check_nesting(specs)
         queries = sum(aggregates.dp_query_count(s) for s in specs)
-        for spec in specs:
+        for table, spec in zip(tables, specs, strict=True):
             if epsilon is None:
-                table = aggregates.compute(frame, spec, policy.k)
+                result = aggregates.compute(frame, spec, policy.k)
             else:
-                table = aggregates.compute_dp(frame, spec, policy.k, policy.bounds, budget.epsilon / queries,
+                result = aggregates.compute_dp(frame, spec, policy.k, policy.bounds, budget.epsilon / queries,
                                               budget.delta / len(specs), budget)
-            artifacts[f"aggregates/{spec.name}.csv"] = aggregates.to_csv(table)
+            artifacts[f"aggregates/{table}.csv"] = aggregates.to_csv(result)
             mode = "with DP" if epsilon is not None else "exact"
-            passed(f"aggregate:{spec.name}", f"{len(table)} groups, each with at least k units ({mode})")
+            passed(f"aggregate:{table}", f"{len(result)} groups, each with at least k units ({mode})")
 
     if want_model or want_metrics:
         model_spec = request.get("model_spec")
@@ -227,7 +248,7 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
             frame, model_spec, k=policy.k, allowed=list(policy.estimators),
             allow_row_storing=policy.allow_row_storing, max_model_bytes=policy.max_model_bytes,
             forbidden=policy.forbidden, holdout_fraction=float(fraction), seed=seed, job_id=job_id,
-            checks=checks, with_metrics=want_metrics)
+            checks=checks, with_metrics=want_metrics, names=rule)
         keep = ({"model.skops", "model_card.md"} if want_model else set()) | (
             {"metrics.json"} if want_metrics else set())
         artifacts.update({name: data for name, data in made.items() if name in keep})
@@ -244,6 +265,9 @@ def run(request: dict[str, Any], files: dict[str, bytes]) -> tuple[dict[str, Any
     checks: list[dict[str, Any]] = []
     try:
         artifacts, eps, delta = _release(request, files, checks)
+    except names.UnsafeName as exc:
+        checks.append({"name": "names", "passed": False, "detail": str(exc)})
+        return _failure(checks, str(exc)), {}
     except (RequestError, models.ModelError) as exc:
         checks.append({"name": exc.check, "passed": False, "detail": str(exc)})
         return _failure(checks, str(exc)), {}

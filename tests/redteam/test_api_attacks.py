@@ -42,7 +42,7 @@ def _world(room, tmp_path, with_key=True):
         _register_room_key(room)
     retailer, bank = room.org("retailer", "owner"), room.org("bank", "owner")
     analyst = room.org("acme-analytics", "analyst")
-    files = scenario.write_data(tmp_path / "data", 400)
+    files = scenario.write_data(tmp_path / "data", 1000)
     secret = new_join_secret()
     retailer.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
                             id_column="customer_id", join_secret=secret)
@@ -63,7 +63,8 @@ def world(room, tmp_path):
 def _signed(client, plugin_id, dataset, **changes):
     ds = client.get_dataset(dataset)
     p = {"type": "plugin-approval", "plugin_id": plugin_id, "dataset": dataset,
-         "policy_version": ds["policy_version"], "dataset_sha256": ds["sha256"], "decision": "approve",
+         "policy_version": ds["policy_version"], "policy_sha256": ds["policy_sha256"],
+         "dataset_sha256": ds["sha256"], "decision": "approve",
          "reason": "", "org": client.whoami()["name"], "issued_at": time.time()}
     p.update(changes)
     return p

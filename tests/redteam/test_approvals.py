@@ -21,6 +21,8 @@ import pytest
 from cleanroom import crypto
 from cleanroom.errors import Conflict, IntegrityError, PermissionDenied, PolicyError, ValidationError
 from cleanroom.jobspec import FORBIDDEN_KEYS, parse_jobspec
+from cleanroom.policy import Policy
+from cleanroom.runner.pins import KeyPins
 from tests.redteam.conftest import AGGREGATE_CODE, AGGREGATE_PARAMS, job_spec, upload_dataset, write_plugin
 
 ANALYST = "eve-analytics"
@@ -32,7 +34,7 @@ def world(room: Any, tmp_path: Path) -> SimpleNamespace:
     room_key = crypto.generate_keypair()
     httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
                json={"enc_public": room_key.enc_public, "sign_public": room_key.sign_public}).raise_for_status()
-    w = SimpleNamespace(room=room, tmp=tmp_path, room_key=room_key, n=0)
+    w = SimpleNamespace(room=room, tmp=tmp_path, room_key=room_key, n=0, pins=KeyPins(tmp_path / "runner-home"))
     w.alice = room.org("alice-bank", "owner")
     w.bob = room.org("bob-retail", "owner")
     w.eve = room.org(ANALYST, "analyst")
@@ -62,8 +64,8 @@ def spec(w: SimpleNamespace, plugin: str, dataset: str, epsilon: float | None = 
 def payload(w: SimpleNamespace, owner: Any, plugin: str, dataset: str, **changes: Any) -> dict[str, Any]:
     ds = owner.get_dataset(dataset)
     p = {"type": "plugin-approval", "plugin_id": plugin, "dataset": dataset, "policy_version": ds["policy_version"],
-         "dataset_sha256": ds["sha256"], "decision": "approve", "reason": "", "org": owner.whoami()["name"],
-         "issued_at": time.time()}
+         "policy_sha256": Policy.from_dict(ds["policy"]).sha256(), "dataset_sha256": ds["sha256"],
+         "decision": "approve", "reason": "", "org": owner.whoami()["name"], "issued_at": time.time()}
     p.update(changes)
     return p
 
@@ -183,11 +185,11 @@ def test_a_job_queued_before_revocation_fails_closed_on_the_runner(world: Simple
     api = RunnerAPI(w.room.url, w.room.runner_token)
     ctx = api.context(job["id"])
     bundles = {pid: api.bundle(pid) for pid in ctx["plugins"]}
-    verify_context(ctx, bundles)  # control: it would run now
+    verify_context(ctx, bundles, w.pins)  # control: it would run now
     approval = next(a for a in w.alice.get_plugin(w.plugin)["approvals"] if not a["revoked_at"])
     w.alice.revoke_approval(w.plugin, approval["id"])
     with pytest.raises(JobFailed) as failed:
-        verify_context(api.context(job["id"]), bundles)
+        verify_context(api.context(job["id"]), bundles, w.pins)
     assert failed.value.error_class == "approval_or_policy"
 
 
@@ -289,10 +291,10 @@ def test_an_operator_inserted_approval_without_a_valid_signature_fails_on_the_ru
     job = w.eve.submit_job(spec(w, target, w.ds_a))  # the API trusts its own table...
     ctx, bundles = _context(w, job["id"])
     with pytest.raises(JobFailed) as failed:  # ...the runner checks the owner's signature and refuses
-        verify_context(ctx, bundles)
+        verify_context(ctx, bundles, w.pins)
     assert failed.value.error_class == "approval_or_policy"
     good = w.eve.submit_job(spec(w, w.plugin, w.ds_a))
-    verify_context(*_context(w, good["id"]))  # control: a genuinely approved job passes
+    verify_context(*_context(w, good["id"]), w.pins)  # control: a genuinely approved job passes
 
 
 def test_an_operator_swapping_plugin_code_fails_on_the_runner(world: SimpleNamespace) -> None:
@@ -301,28 +303,26 @@ def test_an_operator_swapping_plugin_code_fails_on_the_runner(world: SimpleNames
     w = world
     job = w.eve.submit_job(spec(w, w.plugin, w.ds_a))
     ctx, bundles = _context(w, job["id"])
-    verify_context(ctx, bundles)  # control
+    verify_context(ctx, bundles, w.pins)  # control
     swapped = {pid: data.replace(b"group_by", b"groupXby") for pid, data in bundles.items()}
     with pytest.raises(JobFailed) as failed:
-        verify_context(ctx, swapped)
+        verify_context(ctx, swapped, w.pins)
     assert failed.value.error_class == "integrity_error"
     forged_ctx = copy.deepcopy(ctx)
     forged_ctx["datasets"][0]["policy"]["privacy"]["k"] = 2  # a weaker policy under the old hash
     with pytest.raises(JobFailed):
-        verify_context(forged_ctx, bundles)
+        verify_context(forged_ctx, bundles, w.pins)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="WEAKNESS (lead): a signed approval names the policy *version*, not the "
-                   "policy's hash, so an operator who rewrites a stored policy version (and its hash column) "
-                   "keeps every approval valid. Fix: put policy_sha256 in the signed approval payload and "
-                   "have verify_context require it to equal the hash of the policy it enforces")
 def test_an_operator_rewriting_a_policy_version_fails_on_the_runner(world: SimpleNamespace) -> None:
+    """W3: approvals are signed for the policy's content hash, not only its version number."""
     from cleanroom.api.routes_datasets import _policy_hash
     from cleanroom.runner.execute import JobFailed, verify_context
 
     w = world
     ds = w.alice.get_dataset(w.ds_a)
+    before = w.eve.submit_job(spec(w, w.plugin, w.ds_a))
+    verify_context(*_context(w, before["id"]), w.pins)  # control: under the signed policy it runs
     weaker = copy.deepcopy(ds["policy"])
     weaker["privacy"]["k"] = 2
     weaker["release"]["recipients"] = sorted({*weaker["release"]["recipients"], "operator-org"})
@@ -331,21 +331,30 @@ def test_an_operator_rewriting_a_policy_version_fails_on_the_runner(world: Simpl
                   ds["policy_version"])
     job = w.eve.submit_job(spec(w, w.plugin, w.ds_a))
     ctx, bundles = _context(w, job["id"])
-    assert ctx["datasets"][0]["policy"]["privacy"]["k"] == 2
-    assert _refused(lambda: verify_context(ctx, bundles), JobFailed), "the runner ran under a rewritten policy"
+    assert ctx["datasets"][0]["policy"]["privacy"]["k"] == 2  # the API now serves the weaker policy...
+    with pytest.raises(JobFailed) as failed:  # ...and the runner finds no approval signed for it
+        verify_context(ctx, bundles, w.pins)
+    assert failed.value.error_class == "approval_or_policy"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="WEAKNESS (lead): the runner takes each owner's signing key from the API "
-                   "on every job, so an operator who replaces an owner's registered key can sign approvals as "
-                   "that owner. Fix: the runner pins each org's signing key on first sight (runner_home) and "
-                   "refuses approvals under a changed key (and the API refuses key changes, audited)")
+def test_an_approval_for_another_policy_text_is_refused_by_the_api(world: SimpleNamespace) -> None:
+    w = world
+    target = submit(w, AGGREGATE_CODE)
+    p = payload(w, w.alice, target, w.ds_a, policy_sha256="0" * 64)
+    with pytest.raises(Conflict, match="another policy text"):
+        post_approval(w.alice, target, p, w.alice.keys().sign(p))
+    good = payload(w, w.alice, target, w.ds_a)  # control
+    assert post_approval(w.alice, target, good, w.alice.keys().sign(good))["decision"] == "approve"
+
+
 def test_an_operator_swapping_an_owners_signing_key_fails_on_the_runner(world: SimpleNamespace) -> None:
+    """W4: the runner pins each owner's signing key on first sight and refuses a changed one."""
     from cleanroom.runner.execute import JobFailed, verify_context
 
     w = world
     first = w.eve.submit_job(spec(w, w.plugin, w.ds_a))
-    verify_context(*_context(w, first["id"]))  # the runner has seen alice's genuine key
+    verify_context(*_context(w, first["id"]), w.pins)  # the runner has seen alice's genuine key
+    assert set(w.pins.pinned()) == {"alice-bank"}
     target = submit(w, AGGREGATE_CODE)
     operator_key = crypto.generate_keypair()
     p = payload(w, w.alice, target, w.ds_a)
@@ -356,5 +365,11 @@ def test_an_operator_swapping_an_owners_signing_key_fails_on_the_runner(world: S
                   "apr_operator", target, w.ds_a, p["policy_version"], p["dataset_sha256"], alice_id, "approve", "",
                   json.dumps(p), operator_key.sign(p), time.time())
     job = w.eve.submit_job(spec(w, target, w.ds_a))
-    assert _refused(lambda: verify_context(*_context(w, job["id"])), JobFailed), \
-        "the runner accepted an approval signed under an operator-planted key"
+    with pytest.raises(JobFailed) as failed:
+        verify_context(*_context(w, job["id"]), w.pins)
+    assert failed.value.error_class == "integrity_error" and "pinned" in failed.value.reason
+    # control: the forged approval is otherwise perfect; a runner that never saw alice's key would accept it
+    # (trust on first use is the limit), and so would this runner once its operator drops the pin
+    verify_context(*_context(w, job["id"]), KeyPins(w.tmp / "fresh-runner"))
+    w.pins.forget("alice-bank")
+    verify_context(*_context(w, job["id"]), w.pins)

@@ -130,40 +130,55 @@ def preprocess(df, params):
 '''
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="WEAKNESS (lead, cleanroom/sandbox/models.py): a hostile preprocess step "
-                   "turns each person into an indicator feature; ridge then stores every training row's target "
-                   "as a coefficient (n_features != n_train, so find_per_sample_arrays misses it), and the "
-                   "feature names (plugin-chosen) carry identifiers. Fix: refuse features that are non-constant "
-                   "on fewer than k units, require n_train_units >= k * n_features, and check released names")
 def test_model_parameters_do_not_carry_rows(world: SimpleNamespace, tmp_path: Path) -> None:
-    from cleanroom.modelio import load_model
-
+    """W1: one indicator feature per person + ridge would store each person's spend as a coefficient."""
     w = world
     leak = w.stack.plugin(INDICATORS, prelude=True, approvers=[(w.owner, w.ds)])
     final = w.stack.run(w.stack.job_spec(w.ds, [(leak, {}), (w.model, {
         "estimator": "ridge", "params": {"alpha": 1e-6}})], model=True))
-    if final["status"] != "succeeded":
-        return  # refused: the defence held
+    assert final["status"] == "failed" and final["error_class"] == "release_check_failed", final
+    nothing_released(w, final)
+    owner_view = w.owner.get_job(final["id"])
+    assert "names" in owner_view["reason"] or "model:leverage" in owner_view["reason"], owner_view["reason"]
+    assert w.canary not in owner_view["reason"]
+    # control: the same model over the owner's real columns is released, and loads
+    final = w.stack.run(w.stack.job_spec(w.ds, [(w.model, {"estimator": "ridge", "params": {"alpha": 1e-6}})],
+                                         model=True))
+    assert final["status"] == "succeeded", final
     files = released_files(w, final["id"], tmp_path)
+    from cleanroom.modelio import load_model
+
     (tmp_path / "m.skops").write_bytes(files["model.skops"])
-    model = load_model(tmp_path / "m.skops")
-    decoded = {name.removeprefix("u_"): float(c + model.intercept_)
-               for name, c in zip(model.feature_names_in_, model.coef_, strict=True)}
-    ingest_spend = _owner_spend(w)
-    recovered = [code for code, value in decoded.items() if abs(ingest_spend.get(code, -1e9) - value) < 0.01]
-    assert recovered == [], f"{len(recovered)} people's exact spend recovered from the model, e.g. {recovered[:3]}"
+    assert len(load_model(tmp_path / "m.skops").coef_) < 10
     assert not any(w.canary.encode() in data for data in files.values())
 
 
-def _owner_spend(w: SimpleNamespace) -> dict[str, float]:
-    """The owner's own file, regenerated (owner_csv is deterministic in its seed)."""
-    from tests.redteam.conftest import owner_csv
+def test_per_person_features_with_public_names_are_refused_by_leverage(world: SimpleNamespace) -> None:
+    """W1 without the name channel: indicators named `spend_<vocabulary word>` pass the name rule and the
+    leverage check still refuses them (each person's own row would carry all the weight of its fit)."""
+    w = world
+    leak = w.stack.plugin(INDICATORS_PUBLIC_NAMES, prelude=True, approvers=[(w.owner, w.ds)])
+    final = w.stack.run(w.stack.job_spec(w.ds, [(leak, {}), (w.model, {
+        "estimator": "ridge", "params": {"alpha": 1e-6}})], model=True))
+    assert final["status"] == "failed" and final["error_class"] == "release_check_failed", final
+    assert "model:leverage" in w.owner.get_job(final["id"])["reason"]
+    nothing_released(w, final)
+    harmless_job_succeeds(w)
 
-    path = owner_csv(w.stack.tmp / "regenerated.csv", w.canary)
-    frame = pd.read_csv(path)
-    path.unlink()
-    return dict(zip(frame["secret_code"], frame["spend"], strict=True))
+
+INDICATORS_PUBLIC_NAMES = '''\
+import numpy
+import pandas as pd
+
+WORDS = ["missing", "bin", "year", "month", "day", "weekday", "quarter", "log", "sqrt", "squared", "rank", "z"]
+
+
+@hookimpl
+def preprocess(df, params):
+    df = df.reset_index(drop=True)
+    picked = {f"visits_{word}": (numpy.arange(len(df)) == i).astype(float) for i, word in enumerate(WORDS)}
+    return pd.concat([df[["_pid", "spend", "visits"]], pd.DataFrame(picked)], axis=1)
+'''
 
 
 NAME_CHANNEL_PRE = '''\
@@ -182,22 +197,25 @@ def analysis_spec(columns, params):
 '''
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="WEAKNESS (lead, cleanroom/sandbox/release.py + aggregates.py): column names "
-                   "are plugin-chosen and released verbatim (CSV headers, model card, feature_names_in_), so one "
-                   "row's values leave in a name while every group has k units. Fix: released column names must "
-                   "be input schema columns or names the release phase derives itself (e.g. one-hot '<col>_<value>' "
-                   "with the value holding k units), capped in length and charset")
 def test_column_names_do_not_carry_rows(world: SimpleNamespace, tmp_path: Path) -> None:
+    """W2: a value from one row written into a column *name* that an aggregate then releases."""
     w = world
     pre = w.stack.plugin(NAME_CHANNEL_PRE, approvers=[(w.owner, w.ds)])
     spec = w.stack.plugin(NAME_CHANNEL_SPEC, kind="analysis", approvers=[(w.owner, w.ds)])
     final = w.stack.run(w.stack.job_spec(w.ds, [(pre, {}), (spec, {})], aggregates=True))
-    if final["status"] != "succeeded":
-        return
+    assert final["status"] == "failed" and final["error_class"] == "release_check_failed", final
+    reason = w.owner.get_job(final["id"])["reason"]
+    assert "names" in reason and w.canary not in reason
+    nothing_released(w, final)
+    analyst_view_is_coarse(w, final)
+    # control: the same analysis over a public column is released, named by the job spec
+    good = w.stack.plugin(NAME_CHANNEL_SPEC.replace('c.startswith("leak_")', 'c == "spend"'), kind="analysis",
+                          approvers=[(w.owner, w.ds)])
+    final = w.stack.run(w.stack.job_spec(w.ds, [(good, {})], aggregates=True))
+    assert final["status"] == "succeeded", final
     files = released_files(w, final["id"], tmp_path)
-    leaked = [name for name, data in files.items() if w.canary.encode() in data]
-    assert leaked == [], f"a secret code left in {leaked}: {files[leaked[0]][:200]!r}"
+    assert any(name.startswith("aggregates/step") for name in files), sorted(files)
+    assert not any(w.canary.encode() in data for data in files.values())
 
 
 CRASH_WITH_DATA = '''\

@@ -151,7 +151,9 @@ def _release(frame: pd.DataFrame, *, model: dict[str, Any] | None = None,
                                                                                               dict[str, bytes]]:
     request = {"job_id": "job_rt", "policy": POLICY,
                "outputs": {"model": model is not None, "metrics": False, "aggregates": bool(specs)},
-               "model_spec": model, "analysis_specs": specs or [], "dp": {"epsilon": epsilon}}
+               "model_spec": model, "analysis_specs": specs or [], "dp": {"epsilon": epsilon},
+               "names": {"schemas": {"owner.data": {c: [] for c in _frame(2).columns}}, "job_strings": []},
+               "table_names": [s["name"] for s in specs or []]}
     return release.run(request, {"frames/joined.arrow": wire.frame_to_bytes(frame)})
 
 
