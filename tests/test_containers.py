@@ -6,6 +6,7 @@ exports from containers/.build/images.env after `containers/build.py` built them
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -21,16 +22,17 @@ from typing import Any
 
 import pytest
 
+from cleanroom.runner.sandbox import SECCOMP_FILE, seccomp_profile
 from tests.dockerutil import require_docker, require_image, unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 # The sandbox runs untrusted code the way the runner starts it: no network, read-only root, no
-# capabilities, no privilege escalation.
+# capabilities, no privilege escalation, the runner's seccomp profile.
 HARDENED: dict[str, Any] = {
     "network_mode": "none",
     "read_only": True,
     "cap_drop": ["ALL"],
-    "security_opt": ["no-new-privileges"],
+    "security_opt": ["no-new-privileges", "seccomp=" + seccomp_profile()],
 }
 
 
@@ -78,6 +80,14 @@ def test_sandbox_requirements_use_the_pyproject_pins() -> None:
     }
     for req in sandbox:
         assert req == pins[name_of(req)], f"{req} differs from pyproject.toml's {pins[name_of(req)]}"
+
+
+def test_the_seccomp_profile_is_package_data() -> None:
+    """The runner reads it at run time, so the wheel the app image installs must carry it."""
+    with (REPO / "pyproject.toml").open("rb") as fh:
+        package_data = tomllib.load(fh)["tool"]["setuptools"]["package-data"]
+    assert SECCOMP_FILE in package_data["cleanroom.runner"]
+    assert (REPO / "cleanroom" / "runner" / SECCOMP_FILE).is_file()
 
 
 def make_tree(root: Path) -> None:
@@ -247,6 +257,15 @@ def test_app_image_has_the_cleanroom_command(docker_client: Any) -> None:
     facts = json.loads(run(docker_client, image, ["python", "-c", probe]).strip().splitlines()[-1])
     assert facts == {"uid": 10001, "script": "/opt/venv/bin/cleanroom", "entry": "cleanroom.cli:main"}
     assert "Usage" in run(docker_client, image, ["cleanroom", "--help"], network_mode="none")
+
+
+@pytest.mark.docker
+def test_app_image_ships_the_sandbox_seccomp_profile(docker_client: Any) -> None:
+    image = require_image(docker_client, "CLEANROOM_APP_IMAGE")
+    probe = ("import hashlib; from cleanroom.runner.sandbox import seccomp_profile; "
+             "print(hashlib.sha256(seccomp_profile().encode()).hexdigest())")
+    out = run(docker_client, image, ["python", "-c", probe], network_mode="none")
+    assert out.strip().splitlines()[-1] == hashlib.sha256(seccomp_profile().encode()).hexdigest()
 
 
 def progress(output: str) -> str:

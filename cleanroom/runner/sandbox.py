@@ -4,15 +4,28 @@ The request goes to the container's stdin and the response comes back on its std
 Docker attach stream; nothing touches disk (the log driver is `none`). Every isolation control is
 read back from the engine before the container starts; one that did not apply fails the phase
 closed unless the operator waived it in settings (and the runner audits the waiver).
+
+Seccomp: the runner passes its own profile, `seccomp.json` next to this module (package data), as
+JSON text in `security_opt` (what `docker run --security-opt seccomp=<file>` sends), so the filter does
+not depend on the engine's version. It is Docker's current default profile (github.com/moby/profiles):
+no `io_uring_*` (engines < 25 allow them), `socket` only for the families moby allows, so never
+AF_VSOCK (engines < 23 allow it) nor AF_ALG; plus one change of ours, the native ABI only, because the
+32-bit `socketcall` hides the address family from seccomp. Its `_comment` key says the same. The
+read-back checks that the engine holds exactly that profile, not merely that seccomp is not
+`unconfined`; the `seccomp` control fails closed otherwise.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import docker
@@ -25,6 +38,7 @@ LABEL = "cleanroom.job"
 RUNNER_LABEL = "cleanroom.runner"
 CONTROLS = ("network", "read_only", "user", "cap_drop", "no_new_privileges", "seccomp", "pids", "memory",
             "swap", "cpu", "tmpfs", "ipc", "mounts", "privileged", "runtime")
+SECCOMP_FILE = "seccomp.json"  # package data of cleanroom.runner (pyproject.toml)
 
 
 @dataclass
@@ -37,6 +51,39 @@ class PhaseResult:
     output_overflow: bool = False
     seconds: float = 0.0
     isolation: dict[str, Any] = field(default_factory=dict)
+
+
+@functools.cache
+def _seccomp() -> tuple[str, Any]:
+    """Our seccomp profile, read once: (compact JSON text for the engine, the parsed profile)."""
+    try:
+        profile = json.loads(resources.files(__name__.rpartition(".")[0]).joinpath(SECCOMP_FILE).read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IsolationUnavailable(f"cannot load the sandbox seccomp profile: {exc}",
+                                   hint="reinstall cleanroom: cleanroom/runner/seccomp.json ships with it") from exc
+    return json.dumps(profile, separators=(",", ":")), profile
+
+
+def seccomp_profile() -> str:
+    """The seccomp profile as compact JSON text, as `security_opt` carries it (`seccomp=<text>`)."""
+    return _seccomp()[0]
+
+
+def _is_our_seccomp(text: str) -> bool:
+    if text == _seccomp()[0]:
+        return True
+    try:
+        return bool(json.loads(text) == _seccomp()[1])  # the same profile, re-encoded by the engine
+    except ValueError:
+        return False
+
+
+def _seccomp_read_back(sec: list[str]) -> tuple[bool, str | None]:
+    """Whether the engine holds our profile (at least one seccomp option, each one ours), and its sha256."""
+    profiles = [s[len("seccomp") + 1:] for s in sec if s.startswith(("seccomp=", "seccomp:"))]
+    ours = bool(profiles) and all(_is_our_seccomp(p) for p in profiles)
+    digest = "sha256:" + hashlib.sha256(profiles[-1].encode()).hexdigest() if profiles else None
+    return ours, digest
 
 
 def _memory_bytes(text: str) -> int:
@@ -56,7 +103,7 @@ def container_config(settings: Settings, image: str, phase: str, job_id: str, ru
         network_mode="none",
         read_only=True,
         cap_drop=["ALL"],
-        security_opt=["no-new-privileges:true"],
+        security_opt=["no-new-privileges:true", "seccomp=" + seccomp_profile()],
         pids_limit=max(16, int(settings.job_pids)),
         mem_limit=memory, memswap_limit=memory,
         nano_cpus=max(int(settings.job_cpus * 1e9), 100_000_000),
@@ -82,13 +129,16 @@ def read_back(attrs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     cfg = attrs.get("Config", {})
     sec = hc.get("SecurityOpt") or []
     tmpfs = hc.get("Tmpfs") or {}
+    seccomp_ours, seccomp_digest = _seccomp_read_back(sec)
     applied = {
         "network": hc.get("NetworkMode") == "none",
         "read_only": hc.get("ReadonlyRootfs") is True,
         "user": cfg.get("User") == "65534:65534",
         "cap_drop": [c.upper() for c in (hc.get("CapDrop") or [])] in (["ALL"], ["CAP_ALL"]) and not hc.get("CapAdd"),
-        "no_new_privileges": any(s.startswith("no-new-privileges") for s in sec),
-        "seccomp": not any("seccomp=unconfined" in s or "seccomp:unconfined" in s for s in sec),
+        "no_new_privileges": any(s in ("no-new-privileges", "no-new-privileges:true", "no-new-privileges=true")
+                                 for s in sec) and not any(s.endswith(("false", "False")) and "new-privileges" in s
+                                                           for s in sec),
+        "seccomp": seccomp_ours,  # our profile, not the engine's default (nor unconfined)
         "pids": (hc.get("PidsLimit") or 0) == config["pids_limit"],
         "memory": hc.get("Memory") == config["mem_limit"],
         "swap": hc.get("MemorySwap") == config["mem_limit"],
@@ -100,6 +150,7 @@ def read_back(attrs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         and not hc.get("Devices"),
         "runtime": (hc.get("Runtime") == config["runtime"]) if "runtime" in config else True,
         "environment": sorted(k.split("=")[0] for k in cfg.get("Env") or []),
+        "seccomp_profile": seccomp_digest,
     }
     return applied
 

@@ -7,7 +7,10 @@ the same code path works where it is allowed (loopback inside the container, a h
 from __future__ import annotations
 
 import errno
+import json
+import platform
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -132,39 +135,91 @@ def test_raw_and_packet_sockets_are_refused(sandbox: Any, tmp_path: Path) -> Non
     assert out.ok("control_dgram") == "ok"
 
 
-def _engine_major(docker_client: Any) -> int:
-    try:
-        return int(str(docker_client.version()["Version"]).split(".")[0])
-    except Exception:  # noqa: BLE001
-        return 0
-
-
-def _custom_seccomp() -> bool:
-    from cleanroom.runner.sandbox import container_config
-    from cleanroom.settings import Settings
-
-    opts = container_config(Settings(), "image", "compute", "job")["security_opt"]
-    return any(o.startswith("seccomp=") and "unconfined" not in o for o in opts)
-
-
-def test_vsock_sockets_are_refused(sandbox: Any, docker_client: Any, tmp_path: Path) -> None:
+def test_vsock_sockets_are_refused(sandbox: Any, tmp_path: Path) -> None:
     """AF_VSOCK is not confined by the network namespace: on a VM host it reaches the hypervisor.
 
-    Docker blocks it in its default seccomp profile since engine 23 (moby/moby#44562); older
-    engines do not, and the runner passes no seccomp profile of its own. Only the socket is made:
-    the attack never connects anywhere.
+    Docker's default seccomp profile refuses it only since engine 23 (moby/moby#44562); the runner
+    passes its own profile (cleanroom/runner/seccomp.json), which refuses it on every engine. Only
+    the socket is made: the attack never connects anywhere.
     """
     plugin = preprocess(tmp_path, "net-vsock", '''
-        attempt("vsock", lambda: socket.socket(40, socket.SOCK_STREAM).close() or "created")
+        for kind in ("SOCK_STREAM", "SOCK_DGRAM", "SOCK_SEQPACKET"):
+            attempt("vsock_" + kind, lambda kind=kind: socket.socket(40, getattr(socket, kind)).close() or "created")
+        attempt("alg", lambda: socket.socket(38, socket.SOCK_SEQPACKET).close() or "created")  # AF_ALG
+        # controls: the same call makes the sockets a job may have
         attempt("control_unix", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close() or "created")
+        attempt("control_inet", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).close() or "created")
+        attempt("control_inet6", lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close() or "created")
     ''')
     out = run_compute(sandbox, plugin)
-    assert out.ok("control_unix") == "created"
-    if out.obs["vsock"]["ok"] and _engine_major(docker_client) < 23 and not _custom_seccomp():
-        pytest.xfail("WEAKNESS (lead): engine < 23 and no seccomp profile of our own, so AF_VSOCK sockets "
-                     "can be made; ship a profile denying socket(AF_VSOCK) and io_uring_* (docs/security.md)")
-    assert out.errno("vsock") in (errno.EPERM, errno.EAFNOSUPPORT, errno.EACCES)
-    assert out.ok("control_unix") == "created"
+    for name in ("control_unix", "control_inet", "control_inet6"):
+        assert out.ok(name) == "created", name
+    for kind in ("SOCK_STREAM", "SOCK_DGRAM", "SOCK_SEQPACKET"):
+        assert out.errno("vsock_" + kind) in (errno.EPERM, errno.EACCES), kind
+    assert out.errno("alg") in (errno.EPERM, errno.EACCES)
+
+
+# The 32-bit socketcall(2) attack: x86_64 machine code run in a forked child (a crash stays there).
+SOCKETCALL_VSOCK = '''
+    import ctypes, mmap, struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    page = libc.mmap(None, 4096, 7, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40, -1, 0)  # rwx, MAP_32BIT
+    if page in (None, 2**64 - 1):
+        raise OSError(ctypes.get_errno(), "mmap")
+    args = page + 2048
+    ctypes.memmove(args, struct.pack("<III", 40, 1, 0), 12)  # socket(AF_VSOCK, SOCK_STREAM, 0), behind a pointer
+    # push rbx; mov eax, 102 (socketcall); mov ebx, 1 (SYS_SOCKET); mov ecx, args; int 0x80; pop rbx; ret
+    INT80 = b"\\x53\\xb8\\x66\\0\\0\\0\\xbb\\x01\\0\\0\\0\\xb9" + struct.pack("<I", args) + b"\\xcd\\x80\\x5b\\xc3"
+    # control, the native ABI: mov eax, 41 (socket); mov edi, 1 (AF_UNIX); mov esi, 1; xor edx, edx; syscall; ret
+    NATIVE = b"\\xb8\\x29\\0\\0\\0\\xbf\\x01\\0\\0\\0\\xbe\\x01\\0\\0\\0\\x31\\xd2\\x0f\\x05\\xc3"
+
+    def in_child(code):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            ctypes.memmove(page, code, len(code))
+            os.write(w, str(ctypes.CFUNCTYPE(ctypes.c_long)(page)()).encode())
+            os._exit(0)
+        os.close(w)
+        answer = os.read(r, 64).decode()
+        os.close(r)
+        status = os.waitpid(pid, 0)[1]
+        return {"result": int(answer) if answer else None,
+                "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
+
+    attempt("socketcall_vsock", lambda: in_child(INT80))
+    attempt("control_native_unix", lambda: in_child(NATIVE))
+'''
+
+
+def test_vsock_through_the_32_bit_socketcall_is_refused(sandbox: Any, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """socketcall(2) hides the address family behind a pointer, so seccomp cannot see AF_VSOCK there.
+
+    Docker's profile allows the 32-bit ABI (`int 0x80` from a 64-bit process): with its archMap the
+    socket rules do not stop the attack (the control run below). The runner's profile keeps the
+    native ABI only, so the first 32-bit syscall kills the process (SIGSYS).
+    """
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the int 0x80 path is x86_64's")
+    plugin = preprocess(tmp_path, "net-vsock-socketcall", SOCKETCALL_VSOCK)
+    out = run_compute(sandbox, plugin)
+    native = out.ok("control_native_unix")
+    assert native["signal"] is None and native["result"] >= 0  # the machine-code path works in the sandbox
+    attack = out.ok("socketcall_vsock")
+    assert attack["signal"] == signal.SIGSYS and attack["result"] is None, attack
+
+    # control: the same attack under Docker's archMap (32-bit ABI allowed) is not stopped by seccomp
+    from cleanroom.runner import sandbox as sb
+
+    docker_arches = json.loads(sb.seccomp_profile())
+    for entry in docker_arches["archMap"]:
+        entry["subArchitectures"] = {"SCMP_ARCH_X86_64": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]}.get(entry["architecture"])
+    monkeypatch.setattr(sb, "_seccomp", lambda: (json.dumps(docker_arches), docker_arches))
+    loose = run_compute(sandbox, plugin).ok("socketcall_vsock")
+    assert loose["signal"] != signal.SIGSYS, loose  # a socket, or the kernel's own answer (no ia32/vsock)
 
 
 def test_abstract_unix_socket_cannot_rendezvous_with_a_concurrent_job(sandbox: Any, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from cleanroom.errors import IsolationUnavailable
-from cleanroom.runner.sandbox import CONTROLS, check_isolation, container_config, read_back
+from cleanroom.runner.sandbox import CONTROLS, check_isolation, container_config, read_back, seccomp_profile
 from cleanroom.settings import Settings
 from tests.redteam.conftest import RUNNER_CANARY, RUNNER_CANARY_VAR, preprocess, run_compute
 
@@ -90,29 +91,28 @@ def test_dangerous_syscalls_are_refused(sandbox: Any, tmp_path: Path) -> None:
     assert out.ok("control_getpid") is True
 
 
-def _engine_major(docker_client: Any) -> int:
-    try:
-        return int(str(docker_client.version()["Version"]).split(".")[0])
-    except Exception:  # noqa: BLE001
-        return 0
-
-
 @pytest.mark.docker
-def test_io_uring_is_refused(sandbox: Any, docker_client: Any, tmp_path: Path) -> None:
-    """io_uring is a large kernel attack surface; Docker's default profile blocks it since engine 25."""
+def test_io_uring_is_refused(sandbox: Any, tmp_path: Path) -> None:
+    """io_uring is a large kernel attack surface whose operations seccomp cannot see.
+
+    Docker's default profile refuses it only since engine 25 (moby/moby#46762); the runner passes its
+    own profile (cleanroom/runner/seccomp.json), which refuses it on every engine.
+    """
     plugin = preprocess(tmp_path, "priv-io-uring", SYSCALLS.replace("\n", "\n        ") + '''
         params = ctypes.create_string_buffer(120)
         attempt("io_uring_setup", lambda: syscall(425, 4, params))
+        attempt("io_uring_enter", lambda: syscall(426, 0, 1, 0, 0, None, 0))
+        attempt("io_uring_register", lambda: syscall(427, 0, 0, None, 0))
+        # controls: an ordinary syscall, and the older AIO interface the profile keeps
         attempt("control_eventfd", lambda: os.close(syscall(290, 0, 0)) or "ok")
+        ctx = ctypes.c_ulong(0)
+        attempt("control_io_setup", lambda: syscall(206, 4, ctypes.byref(ctx)) == 0 and syscall(207, ctx) == 0)
     ''')
     out = run_compute(sandbox, plugin)
     assert out.ok("control_eventfd") == "ok"
-    opts = container_config(Settings(), "image", "compute", "job")["security_opt"]
-    own_profile = any(o.startswith("seccomp=") and "unconfined" not in o for o in opts)
-    if out.obs["io_uring_setup"]["ok"] and _engine_major(docker_client) < 25 and not own_profile:
-        pytest.xfail("WEAKNESS (lead): engine < 25 and no seccomp profile of our own, so io_uring_setup "
-                     "succeeds in the sandbox; ship a profile denying io_uring_* and AF_VSOCK")
-    assert out.errno("io_uring_setup") in (errno.EPERM, errno.ENOSYS)
+    assert out.ok("control_io_setup") is True
+    for name in ("io_uring_setup", "io_uring_enter", "io_uring_register"):
+        assert out.errno(name) in (errno.EPERM, errno.ENOSYS), name
 
 
 @pytest.mark.docker
@@ -174,6 +174,13 @@ def test_the_runner_environment_never_reaches_a_plugin(sandbox: Any, tmp_path: P
     assert [f for f in out.ok("key_files") if "/etc/ssl" not in f and "/etc/pki" not in f] == []
 
 
+OUR_SECCOMP = "seccomp=" + seccomp_profile()
+# the same profile, but one that lets io_uring through: the read-back wants ours, not any seccomp profile
+LOOSE_SECCOMP = "seccomp=" + json.dumps({**json.loads(seccomp_profile()), "syscalls": [
+    {"names": ["io_uring_setup", "io_uring_enter", "io_uring_register"], "action": "SCMP_ACT_ALLOW"},
+    *json.loads(seccomp_profile())["syscalls"]]})
+
+
 def test_the_container_config_is_the_hardened_baseline() -> None:
     settings = Settings()
     config = container_config(settings, "image", "compute", "job-1")
@@ -181,6 +188,7 @@ def test_the_container_config_is_the_hardened_baseline() -> None:
     assert config["cap_drop"] == ["ALL"] and "cap_add" not in config
     assert "no-new-privileges:true" in config["security_opt"]
     assert not any("unconfined" in o for o in config["security_opt"])
+    assert OUR_SECCOMP in config["security_opt"]  # our profile on every engine, not the engine's default
     assert config["user"] not in ("root", "0", "0:0") and not str(config["user"]).startswith("0:")
     assert config["pids_limit"] > 0 and config["mem_limit"] == config["memswap_limit"] > 0
     assert config["nano_cpus"] > 0 and config["ipc_mode"] == "none"
@@ -194,6 +202,11 @@ def test_the_container_config_is_the_hardened_baseline() -> None:
 @pytest.mark.parametrize("loosen", [
     {"NetworkMode": "bridge"}, {"ReadonlyRootfs": False}, {"CapAdd": ["NET_RAW"]}, {"Privileged": True},
     {"SecurityOpt": ["no-new-privileges:true", "seccomp=unconfined"]}, {"PidsLimit": 0}, {"MemorySwap": -1},
+    {"SecurityOpt": ["no-new-privileges:true"]},  # the engine's default profile instead of ours
+    {"SecurityOpt": ["no-new-privileges:true", LOOSE_SECCOMP]},  # a profile, but not ours
+    {"SecurityOpt": ["no-new-privileges:true", OUR_SECCOMP, "seccomp=unconfined"]},
+    {"SecurityOpt": ["no-new-privileges:false", OUR_SECCOMP]},  # the prefix alone is not enough
+    {"SecurityOpt": ["no-new-privileges:true", "no-new-privileges:false", OUR_SECCOMP]},
     {"Binds": ["/var/run/docker.sock:/var/run/docker.sock"]}, {"PidMode": "host"},
     {"Devices": [{"PathOnHost": "/dev/mem"}]}, {"IpcMode": "host"},
 ])
@@ -201,7 +214,7 @@ def test_an_engine_that_drops_a_control_makes_the_runner_refuse(loosen: dict[str
     """Fail closed: the read-back of what the engine applied catches any loosened control."""
     config = container_config(Settings(), "image", "compute", "job-1")
     host = {"NetworkMode": "none", "ReadonlyRootfs": True, "CapDrop": ["ALL"], "CapAdd": None,
-            "SecurityOpt": ["no-new-privileges:true"], "PidsLimit": config["pids_limit"],
+            "SecurityOpt": config["security_opt"], "PidsLimit": config["pids_limit"],
             "Memory": config["mem_limit"], "MemorySwap": config["mem_limit"], "NanoCpus": config["nano_cpus"],
             "Tmpfs": {"/tmp": config["tmpfs"]["/tmp"]}, "IpcMode": "none", "Privileged": False, "PidMode": ""}
     attrs = {"HostConfig": host, "Config": {"User": config["user"], "Env": ["HOME=/tmp"]}, "Mounts": []}
