@@ -196,7 +196,7 @@ class JobRun:
 
         self.phase("decrypting")
         try:  # the compute container starts (imports, no data) while the inputs are decrypted and recoded
-            compute_box = self.sandbox.start("compute", self.job_id)
+            compute_box = self.sandbox.start("compute", self.job_id, limits=effective.get("limits"))
         except SandboxError as exc:
             raise JobFailed(exc.code, exc.message) from exc
         try:
@@ -237,7 +237,7 @@ class JobRun:
             }, files)
             del files, inputs
             try:  # the release container starts (imports, no data) while the compute phase runs
-                self.pending_release = self.sandbox.start("release", self.job_id)
+                self.pending_release = self.sandbox.start("release", self.job_id, limits=effective.get("limits"))
             except SandboxError as exc:
                 raise JobFailed(exc.code, exc.message) from exc
         except BaseException:

@@ -17,6 +17,7 @@ read-back checks that the engine holds exactly that profile, not merely that sec
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -167,6 +168,21 @@ def check_isolation(applied: dict[str, Any], waived: list[str]) -> list[str]:
     return used
 
 
+def tightened(settings: Settings, limits: dict[str, Any]) -> Settings:
+    """The room's sandbox settings with a job's policy limits applied; a limit can only lower one."""
+    changes: dict[str, Any] = {}
+    if "memory_mb" in limits:
+        mb = min(_memory_bytes(settings.job_memory) // 2**20, int(limits["memory_mb"]))
+        changes["job_memory"] = f"{mb}m"
+    if "cpus" in limits:
+        changes["job_cpus"] = min(float(settings.job_cpus), float(limits["cpus"]))
+    if "pids" in limits:
+        changes["job_pids"] = min(int(settings.job_pids), int(limits["pids"]))
+    if "timeout_seconds" in limits:
+        changes["job_timeout_seconds"] = min(int(settings.job_timeout_seconds), int(limits["timeout_seconds"]))
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
 class Sandbox:
     """Runs sandbox phases on a Docker engine."""
 
@@ -186,14 +202,17 @@ class Sandbox:
         except docker.errors.ImageNotFound as exc:
             raise SandboxError(f"sandbox image {image} is missing", hint="run: make images") from exc
 
-    def start(self, phase: str, job_id: str, *, image: str | None = None) -> StartedPhase:
+    def start(self, phase: str, job_id: str, *, image: str | None = None,
+              limits: dict[str, Any] | None = None) -> StartedPhase:
         """Create, check and start a phase's container; it imports its code and waits for the request.
 
         Starting the release phase while the compute phase runs hides its start-up (mostly imports);
-        it is still a fresh container that has seen no data until `run` feeds it.
+        it is still a fresh container that has seen no data until `run` feeds it. `limits` are the
+        job's policy limits (`memory_mb`, `cpus`, `timeout_seconds`, `pids`): they only tighten.
         """
-        image = image or self.settings.sandbox_image
-        config = container_config(self.settings, image, phase, job_id, self.runner_id)
+        settings = tightened(self.settings, limits or {})
+        image = image or settings.sandbox_image
+        config = container_config(settings, image, phase, job_id, self.runner_id)
         try:
             container = self.docker.containers.create(**config)
         except docker.errors.APIError as exc:
@@ -208,8 +227,10 @@ class Sandbox:
         except BaseException:
             _remove(container)
             raise
-        isolation = {**applied, "waived": waivers, "image": container.attrs.get("Image")}
-        return StartedPhase(self, container, sock._sock, isolation)
+        isolation = {**applied, "waived": waivers, "image": container.attrs.get("Image"),
+                     "limits": {"memory": settings.job_memory, "cpus": settings.job_cpus,
+                                "pids": settings.job_pids, "timeout_seconds": settings.job_timeout_seconds}}
+        return StartedPhase(self, container, sock._sock, isolation, settings)
 
     def run_phase(self, phase: str, job_id: str, request: bytes | memoryview, *, image: str | None = None,
                   timeout: float | None = None, max_output: int | None = None,
@@ -237,8 +258,10 @@ class Sandbox:
 class StartedPhase:
     """A running phase container waiting for its request on stdin."""
 
-    def __init__(self, sandbox: Sandbox, container: Any, raw: socket.socket, isolation: dict[str, Any]) -> None:
+    def __init__(self, sandbox: Sandbox, container: Any, raw: socket.socket, isolation: dict[str, Any],
+                 settings: Settings | None = None) -> None:
         self.sandbox = sandbox
+        self.settings = settings or sandbox.settings
         self.container = container
         self.raw = raw
         self.isolation = isolation
@@ -256,7 +279,7 @@ class StartedPhase:
 
     def run(self, request: bytes | memoryview, *, timeout: float | None = None, max_output: int | None = None,
             cancelled: Any = None) -> PhaseResult:
-        settings = self.sandbox.settings
+        settings = self.settings
         started = time.monotonic()
         try:
             result = _feed_and_collect(self.container, self.raw, request, timeout or settings.job_timeout_seconds,
