@@ -51,3 +51,11 @@ def test_job_strings_are_collected_and_capped() -> None:
 def test_malformed_requests_are_refused(raw: object) -> None:
     with pytest.raises(ValueError):
         NameRule.from_request(raw)
+
+
+def test_names_derived_from_a_forbidden_column_are_refused(rule: NameRule) -> None:
+    for name in ("region_north", "region@bank.accounts_s", "region_missing", "region"):
+        with pytest.raises(UnsafeName, match="never_output or join_only"):
+            rule.check([name], "feature", forbidden={"region"})
+    rule.check(["age_bin", "income_missing"], "feature", forbidden={"region"})  # control
+    assert rule.roots("region@bank.accounts_s") == {"region"}

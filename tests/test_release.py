@@ -170,3 +170,22 @@ def test_malformed_requests_fail_closed(overrides: dict[str, Any]) -> None:
 def test_frame_without_pid_is_refused() -> None:
     meta, _ = run(request(), df=joined().drop(columns="_pid"))
     assert not meta["ok"] and "_pid" in meta["error"]
+
+
+def test_columns_derived_from_never_output_columns_do_not_leave() -> None:
+    """A one-hot of a never_output column gets a new name; the release still knows where it came from."""
+    df = joined()
+    df["email_missing"] = 0.0
+    df.loc[df.index[:500], "email_missing"] = 1.0
+    spec = {**MODEL_SPEC, "features": ["age", "income", "email_missing"]}
+    meta, files = run(request(model_spec=spec, analysis_specs=[], table_names=[],
+                              outputs={"model": True, "metrics": False, "aggregates": False}), df)
+    assert meta["ok"] is False and files == {}
+    assert any(c["name"] == "names" and not c["passed"] for c in meta["checks"])
+    by_email = {"name": "t", "group_by": ["email_missing"], "metrics": [{"agg": "count"}]}
+    meta, files = run(request(model_spec=None, analysis_specs=[by_email], table_names=["t"],
+                              outputs={"model": False, "metrics": False, "aggregates": True}), df)
+    assert meta["ok"] is False and files == {}
+    meta, _ = run(request(model_spec={**MODEL_SPEC, "features": ["age", "income"]}, analysis_specs=[],
+                          table_names=[], outputs={"model": True, "metrics": False, "aggregates": False}), df)
+    assert meta["ok"] is True  # control

@@ -368,8 +368,8 @@ def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str],
         y = y.astype("float64")
         if not np.isfinite(y.to_numpy()).all():
             raise ModelError("model:features", "the target holds infinite values")
-    names.check(features, "feature")
-    names.check([target], "target")
+    names.check(features, "feature", forbidden)
+    names.check([target], "target", forbidden)
     _passed(checks, "model:features", f"{len(features)} numeric features, target {target!r}")
 
     pids, _ = pd.factorize(data[PID])  # one integer per unit: Python sets of 1M values are slow

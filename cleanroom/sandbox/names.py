@@ -49,9 +49,10 @@ class NameRule:
     def __init__(self, columns: Mapping[str, Iterable[str]], job_strings: Iterable[str] = ()) -> None:
         """`columns`: every allowed base name -> its published categories."""
         self.categories = {str(name): frozenset(str(c) for c in cats) for name, cats in columns.items()}
+        self.plain = frozenset(name for name in self.categories if "@" not in name)
         short = sorted({s for s in job_strings if isinstance(s, str) and 0 < len(s) <= MAX_JOB_STRING})
         self.job_strings = frozenset(short[:MAX_JOB_STRINGS])
-        self.allowed = lru_cache(maxsize=4096)(self._allowed)
+        self.roots = lru_cache(maxsize=4096)(self._roots)
 
     @classmethod
     def from_request(cls, raw: Any) -> NameRule:
@@ -73,16 +74,21 @@ class NameRule:
             raise ValueError("names.job_strings must be a list")
         return cls(columns, [s for s in strings if isinstance(s, str)])
 
-    def _allowed(self, name: str) -> bool:
+    def allowed(self, name: str) -> bool:
+        return bool(self.roots(name))
+
+    def _roots(self, name: str) -> frozenset[str]:
+        """The input columns `name` can be derived from (empty: not a releasable name)."""
         if len(name) > MAX_NAME:
-            return False
+            return frozenset()
+        found: set[str] = set()
         if name in self.categories:
-            return True
+            found.add(name.split("@", 1)[0] if "@" in name and name not in self.plain else name)
         for cut in range(len(name) - 1, 0, -1):
             prefix, rest = name[:cut], name[cut:]
-            if self._suffix_ok(prefix, rest) and self.allowed(prefix):
-                return True
-        return False
+            if self._suffix_ok(prefix, rest):
+                found |= self.roots(prefix)
+        return frozenset(found)
 
     def _suffix_ok(self, prefix: str, rest: str) -> bool:
         if rest in self.job_strings:
@@ -95,12 +101,19 @@ class NameRule:
                     return True
         return False
 
-    def check(self, names: Iterable[str], role: str) -> None:
+    def check(self, names: Iterable[str], role: str, forbidden: Iterable[str] = ()) -> None:
+        """Refuse a name that is not releasable, or one derived from a `forbidden` column (never_output,
+        join_only): a one-hot `email_<x>` is as much the email column as `email` itself."""
+        banned = frozenset(forbidden)
         for position, name in enumerate(names, 1):
-            if not isinstance(name, str) or not self.allowed(name):
+            roots = self.roots(name) if isinstance(name, str) else frozenset()
+            if not roots:
                 raise UnsafeName(f"{role} #{position} has a name that is neither an input column nor derived "
                                  "from one by a known suffix, a published category or a string of the job spec; "
                                  "rename it in the plugin (docs/policy.md, 'Released names')")
+            if roots & banned:
+                raise UnsafeName(f"{role} #{position} is derived from a column the policy marks never_output or "
+                                 "join_only")
 
 
 def job_strings(steps: Iterable[Mapping[str, Any]]) -> list[str]:

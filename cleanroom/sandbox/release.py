@@ -218,8 +218,9 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
                                                  "matching ^[a-z0-9_-]{1,64}$")
         specs = [aggregates.parse_spec(raw, frame, policy.forbidden) for raw in raw_specs]
         for table, spec in zip(tables, specs, strict=True):
-            rule.check(spec.group_by, f"{table}: group-by column")
-            rule.check([m.column for m in spec.metrics if m.column is not None], f"{table}: metric column")
+            rule.check(spec.group_by, f"{table}: group-by column", policy.forbidden)
+            rule.check([m.column for m in spec.metrics if m.column is not None], f"{table}: metric column",
+                       policy.forbidden)
         passed("names", "released column names are input columns or derived from them")
         if epsilon is None:
             aggregates.check_nesting(specs)
