@@ -16,6 +16,13 @@ def test_health_and_openapi(room):
     assert r.status_code == 200 and r.json()["status"] == "ok"
     spec = httpx.get(room.url + "/openapi.json").json()
     assert "/datasets/uploads" in spec["paths"]
+    operations = [op for path in spec["paths"].values() for op in path.values()]
+    assert not any("422" in op["responses"] for op in operations)  # the API answers invalid input with 400
+    declared = [op for op in operations if "400" in op["responses"]]
+    assert declared and all(op["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
+                            == "#/components/schemas/Error" for op in declared)
+    bad = httpx.post(room.url + "/orgs", json={"name": 5}, headers={"authorization": f"Bearer {room.admin_token}"})
+    assert bad.status_code == 400 and {"error", "message"} <= set(bad.json())  # what the schema says
 
 
 def test_org_create_list_and_token_once(room):

@@ -70,7 +70,38 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                              "message": f"internal error (incident {incident}); the operator's log has "
                                         "the details"}, status_code=500)
 
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+ERROR_SCHEMA = {
+    "title": "Error", "type": "object", "required": ["error", "message"],
+    "properties": {"error": {"type": "string", "description": "a stable error code, e.g. invalid_input"},
+                   "message": {"type": "string"}, "hint": {"type": "string", "description": "what to do next"},
+                   "details": {"description": "structured details, e.g. the invalid fields"}},
+}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, saying what the API really answers: invalid input is a 400 with our error body
+    (FastAPI would declare 422 and its own validation schema)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    components["Error"] = ERROR_SCHEMA
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses["400"] = {"description": "Invalid input", "content": error}
+    app.openapi_schema = schema
+    return schema
 
 
 def ensure_admin(store: Store, settings: Settings) -> str | None:
