@@ -59,6 +59,18 @@ def test_valid_approval_then_job_accepted(world):
     assert analyst.submit_job(scenario.job_spec(ids))["status"] == "queued"
 
 
+def test_an_analyst_cannot_run_another_analysts_approved_plugins(world, room):
+    retailer, bank, analyst, ids = world
+    for pid in ids.values():
+        retailer.decide_plugin(pid, "retail.purchases")
+        bank.decide_plugin(pid, "bank.customers")
+    rival = room.org("rival-analytics", "analyst")
+    spec = scenario.job_spec(ids, recipient="acme-analytics")
+    with pytest.raises(PolicyError, match="unknown plugin"):
+        rival.submit_job(spec)  # the ids are approved, but not rival's to use
+    assert analyst.submit_job(spec)["status"] == "queued"  # control: their author can
+
+
 def test_wrong_org_cannot_approve_for_a_dataset(world):
     retailer, bank, analyst, ids = world
     pid = ids["impute"]

@@ -71,7 +71,7 @@ get_plugin             GET    /plugins/{ref}                                 401
 get_plugin_bundle      GET    /plugins/{ref}/bundle                          401  200  200  200  200  404  200  403
 approve_plugin         POST   /plugins/{plugin_id}/approvals                 401  403  201  403  403  403  403  403
 revoke_approval        DELETE /plugins/{plugin_id}/approvals/{approval_id}   401  403  200  403  403  403  403  403
-submit_job             POST   /jobs                                          401  403  403  403  201  201  403  403
+submit_job             POST   /jobs                                          401  403  403  403  201  400  403  403
 list_jobs              GET    /jobs                                          401  200  200  200  200  200  200  403
 get_job                GET    /jobs/{job_id}                                 401  200  200  404  200  404  200  403
 cancel_job             POST   /jobs/{job_id}/cancel                          401  200  200  404  200  404  403  403

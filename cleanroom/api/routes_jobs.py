@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from cleanroom.api.app import row_dict
-from cleanroom.api.authz import Caller, visible_job
+from cleanroom.api.authz import Caller, can_see_all, visible_job
 from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.api.routes_datasets import current_policy, load_dataset
 from cleanroom.api.routes_plugins import check_signed
@@ -26,8 +26,13 @@ class JobIn(BaseModel):
     spec: str = Field(max_length=100_000)
 
 
-def job_context(conn: Any, spec: Any) -> dict[str, Any]:
-    """Everything `jobspec.check_job` needs, read from the store."""
+def job_context(conn: Any, spec: Any, caller: Caller | None = None) -> dict[str, Any]:
+    """Everything `jobspec.check_job` needs, read from the store.
+
+    With `caller`, only plugins the caller may see count (an analyst's own; every plugin for owners,
+    reviewers and admins): an analyst cannot run another analyst's plugin by its id, even an approved
+    one. The owners approved code, not who may use it, and a plugin is its author's work.
+    """
     from cleanroom.policy import Policy
 
     datasets: dict[str, Any] = {}
@@ -44,7 +49,7 @@ def job_context(conn: Any, spec: Any) -> dict[str, Any]:
     plugins: dict[str, Any] = {}
     for pid in spec.plugin_ids():
         row = conn.execute("SELECT * FROM plugins WHERE id = ?", (pid,)).fetchone()
-        if row:
+        if row and (caller is None or can_see_all(caller) or row["submitted_by"] == caller.org_id):
             p = row_dict(row, "manifest")
             plugins[pid] = {"name": p["name"], "kind": p["kind"], "manifest": p["manifest"]}
     approvals = set()
@@ -109,7 +114,7 @@ def submit_job(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
             raise RateLimited(f"{queued} jobs of yours are queued or running; the limit is "
                               f"{ctx.settings.max_queued_jobs_per_org}", hint="wait for some to finish")
         recipient = conn.execute("SELECT id, enc_public FROM orgs WHERE name = ?", (spec.recipient,)).fetchone()
-        jc = job_context(conn, spec)
+        jc = job_context(conn, spec, ctx.caller)
         effective = check_job(spec, recipient_exists=recipient is not None, **jc)
         if not recipient["enc_public"]:
             raise PolicyError(f"the recipient {spec.recipient!r} has registered no keys yet, so nothing could be "
