@@ -27,7 +27,7 @@ REVIEW_VERSION = 1
 ALLOWED_MODULES = frozenset({
     "pandas", "numpy", "scipy", "sklearn", "math", "statistics", "collections", "itertools", "functools",
     "re", "datetime", "dataclasses", "typing", "json", "decimal", "fractions", "operator", "string", "enum",
-    "cleanroom.hookspecs", "__future__",
+    "cleanroom.hookspecs", "cleanroom.plugin_helpers", "__future__",
 })
 TEST_MODULES = frozenset({"pytest", "pluggy"})  # extra modules that test files may import
 WHY = {

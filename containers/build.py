@@ -88,7 +88,8 @@ IMAGES = {
         repo="cleanroom-sandbox",
         dockerfile="containers/sandbox.Dockerfile",
         requirements="containers/requirements-sandbox.txt",
-        sources=("cleanroom/__init__.py", "cleanroom/hookspecs.py", "cleanroom/sandbox/**"),
+        sources=("cleanroom/__init__.py", "cleanroom/hookspecs.py", "cleanroom/plugin_helpers.py",
+                 "cleanroom/sandbox/**"),
     ),
     "app": ImageSpec(
         name="app",

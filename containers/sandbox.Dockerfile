@@ -31,7 +31,7 @@ RUN python3 -m venv /opt/venv \
 # src: only the sandbox runtime files, as the `cleanroom` package, compiled in place and collected
 # under /staging with their final paths.
 FROM deps AS src
-COPY cleanroom/__init__.py cleanroom/hookspecs.py /build/cleanroom/
+COPY cleanroom/__init__.py cleanroom/hookspecs.py cleanroom/plugin_helpers.py /build/cleanroom/
 COPY cleanroom/sandbox/ /build/cleanroom/sandbox/
 RUN site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
  && cp -r /build/cleanroom "$site/cleanroom" \

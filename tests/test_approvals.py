@@ -10,8 +10,8 @@ import pytest
 
 from cleanroom import crypto, scenario
 from cleanroom.errors import Conflict, IntegrityError, PermissionDenied, PolicyError, ValidationError
-from cleanroom.ingest import new_join_secret
 from cleanroom.profile import load_or_create_keys
+from tests.scenario_setup import setup_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,15 +21,7 @@ def world(room, tmp_path):
     key = crypto.generate_keypair()
     httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
                json={"enc_public": key.enc_public, "sign_public": key.sign_public}).raise_for_status()
-    retailer, bank = room.org("retailer", "owner"), room.org("bank", "owner")
-    analyst = room.org("acme-analytics", "analyst")
-    files = scenario.write_data(tmp_path / "data", 300)
-    secret = new_join_secret()
-    retailer.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
-                            id_column="customer_id", join_secret=secret)
-    bank.upload_dataset(files["bank"], name="bank.customers", policy=scenario.BANK_POLICY,
-                        id_column="customer_id", join_secret=secret)
-    ids = {n: analyst.submit_plugin(REPO / "plugins" / n)["id"] for n in scenario.PLUGINS}
+    retailer, bank, analyst, _, ids = setup_scenario(room.org, tmp_path, 300)
     return retailer, bank, analyst, ids
 
 

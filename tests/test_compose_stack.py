@@ -17,10 +17,10 @@ import pytest
 
 from cleanroom import scenario
 from cleanroom.client import Client
-from cleanroom.ingest import new_join_secret
 from cleanroom.profile import Profile
 from tests.conftest import free_port
 from tests.dockerutil import require_docker, unavailable
+from tests.scenario_setup import setup_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -61,17 +61,7 @@ def test_compose_stack_runs_a_job_and_keeps_state(stack, tmp_path, monkeypatch):
         client.keys()
         return client
 
-    retailer, bank, analyst = org("retailer", "owner"), org("bank", "owner"), org("acme-analytics", "analyst")
-    files = scenario.write_data(tmp_path / "data", 1000)
-    secret = new_join_secret()
-    retailer.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
-                            id_column="customer_id", join_secret=secret)
-    bank.upload_dataset(files["bank"], name="bank.customers", policy=scenario.BANK_POLICY,
-                        id_column="customer_id", join_secret=secret)
-    ids = {n: analyst.submit_plugin(REPO / "plugins" / n)["id"] for n in scenario.PLUGINS}
-    for pid in ids.values():
-        retailer.decide_plugin(pid, "retail.purchases")
-        bank.decide_plugin(pid, "bank.customers")
+    retailer, bank, analyst, files, ids = setup_scenario(org, tmp_path, 1000, approve=True)
     job = analyst.submit_job(scenario.job_spec(ids))
     final = analyst.wait_job(job["id"], timeout=300)
     assert final["status"] == "succeeded", final

@@ -11,30 +11,15 @@ import pytest
 from cleanroom import scenario
 from cleanroom.client import verify_receipt
 from cleanroom.errors import IntegrityError, PermissionDenied, PolicyError
-from cleanroom.ingest import new_join_secret
+from tests.scenario_setup import approve_all
+from tests.scenario_setup import setup_scenario as shared_setup
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def setup_scenario(room, tmp_path, n=2000):
-    retailer = room.org("retailer", "owner")
-    bank = room.org("bank", "owner")
-    analyst = room.org("acme-analytics", "analyst")
-    files = scenario.write_data(tmp_path / "data", n)
-    secret = new_join_secret()
-    retailer.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
-                            id_column="customer_id", join_secret=secret)
-    bank.upload_dataset(files["bank"], name="bank.customers", policy=scenario.BANK_POLICY,
-                        id_column="customer_id", join_secret=secret)
-    ids = {name: analyst.submit_plugin(REPO / "plugins" / name)["id"] for name in scenario.PLUGINS}
-    return retailer, bank, analyst, files, ids
-
-
-def approve_all(retailer, bank, ids):
-    for pid in ids.values():
-        retailer.decide_plugin(pid, "retail.purchases")
-        bank.decide_plugin(pid, "bank.customers")
+    return shared_setup(room.org, tmp_path, n)
 
 
 def test_spend_model_end_to_end(room, runner, tmp_path):

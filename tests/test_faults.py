@@ -33,9 +33,9 @@ import pytest
 from cleanroom import scenario
 from cleanroom.client import Client
 from cleanroom.crypto import encrypt_bytes, generate_keypair
-from cleanroom.ingest import new_join_secret
 from cleanroom.profile import Profile
 from tests.conftest import free_port
+from tests.scenario_setup import setup_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 AGE_MAGIC = b"age-encryption.org/v1\n"
@@ -309,24 +309,14 @@ def test_runner_killed_mid_phase_requeues_the_job(room: Any, tmp_path: Path, pro
     runner = RunnerProc(procs, room, tmp_path / "runner-home", tmp_path / "runner.log")
     runner.start()
 
-    retailer = room.org("retailer", "owner")
-    bank = room.org("bank", "owner")
-    analyst = room.org("acme-analytics", "analyst")
-    files = scenario.write_data(tmp_path / "data", 1000)
-    secret = new_join_secret()
-    retailer.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
-                            id_column="customer_id", join_secret=secret)
-    bank.upload_dataset(files["bank"], name="bank.customers", policy=scenario.BANK_POLICY,
-                        id_column="customer_id", join_secret=secret)
+    retailer, bank, analyst, _, ids = setup_scenario(room.org, tmp_path, 1000, approve=True)
     sleepy = tmp_path / "sleepy"
     sleepy.mkdir()
     (sleepy / "cleanroom-plugin.toml").write_text(SLEEPY_MANIFEST)
     (sleepy / "plugin.py").write_text(SLEEPY_CODE)
-    ids = {name: analyst.submit_plugin(REPO / "plugins" / name)["id"] for name in scenario.PLUGINS}
     sleepy_id = analyst.submit_plugin(sleepy)["id"]
-    for pid in [*ids.values(), sleepy_id]:
-        retailer.decide_plugin(pid, "retail.purchases")
-        bank.decide_plugin(pid, "bank.customers")
+    retailer.decide_plugin(sleepy_id, "retail.purchases")
+    bank.decide_plugin(sleepy_id, "bank.customers")
     seconds = 5 if phase.startswith("compute") else 0
     spec = scenario.job_spec(ids).replace(
         '[join]\nhow = "inner"\n',

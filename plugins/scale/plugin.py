@@ -7,29 +7,12 @@ from typing import Any
 import pandas as pd
 
 from cleanroom.hookspecs import hookimpl
-
-
-def is_numeric(series: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
-
-
-def is_binary(series: pd.Series) -> bool:
-    return bool(series.dropna().isin([0, 1]).all())
+from cleanroom.plugin_helpers import numeric_columns
 
 
 @hookimpl
 def features(df: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    exclude = set(params["exclude"])
-    if params["columns"]:
-        columns = [c for c in params["columns"] if c not in exclude]
-        for column in columns:
-            if column not in df.columns or str(column).startswith("_"):
-                raise ValueError(f"no column {column!r} to scale")
-            if not is_numeric(df[column]):
-                raise ValueError(f"column {column!r} is not numeric")
-    else:
-        columns = [c for c in df.columns if not str(c).startswith("_") and c not in exclude
-                   and is_numeric(df[c]) and not is_binary(df[c])]
+    columns = numeric_columns(df, params, "scale")
     out = df.copy()
     for column in columns:
         values = out[column].astype("float64")

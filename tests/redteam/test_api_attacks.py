@@ -26,7 +26,7 @@ from cleanroom.errors import (
     TooLarge,
     ValidationError,
 )
-from cleanroom.ingest import new_join_secret
+from tests.scenario_setup import setup_scenario
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,18 +40,7 @@ def _register_room_key(room):
 def _world(room, tmp_path, with_key=True):
     if with_key:
         _register_room_key(room)
-    retailer, bank = room.org("retailer", "owner"), room.org("bank", "owner")
-    analyst = room.org("acme-analytics", "analyst")
-    files = scenario.write_data(tmp_path / "data", 1000)
-    secret = new_join_secret()
-    retailer.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
-                            id_column="customer_id", join_secret=secret)
-    bank.upload_dataset(files["bank"], name="bank.customers", policy=scenario.BANK_POLICY,
-                        id_column="customer_id", join_secret=secret)
-    ids = {n: analyst.submit_plugin(REPO / "plugins" / n)["id"] for n in scenario.PLUGINS}
-    for pid in ids.values():
-        retailer.decide_plugin(pid, "retail.purchases")
-        bank.decide_plugin(pid, "bank.customers")
+    retailer, bank, analyst, _, ids = setup_scenario(room.org, tmp_path, 1000, approve=True)
     return retailer, bank, analyst, ids
 
 
