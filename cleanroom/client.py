@@ -256,6 +256,14 @@ class Client:
         return self.get(f"/releases/{ref}")
 
     def approve_release(self, ref: str, dataset: str | None = None) -> dict[str, Any]:
+        """Sign and send an approval of a release held for your review (every pending dataset of yours)."""
+        return self._decide_release(ref, dataset, "release-approval", "approve")
+
+    def reject_release(self, ref: str, dataset: str | None = None, reason: str = "") -> dict[str, Any]:
+        """Sign and send a rejection: the recipient can never download the release."""
+        return self._decide_release(ref, dataset, "release-rejection", "reject", reason=reason)
+
+    def _decide_release(self, ref: str, dataset: str | None, kind: str, verb: str, **extra: Any) -> dict[str, Any]:
         pair = self.keys()
         release = self.get_release(ref)
         mine = [d["name"] for d in self.list_datasets() if d["owner"] == self.whoami()["name"]]
@@ -266,9 +274,9 @@ class Client:
                                                  separators=(",", ":")).encode()).hexdigest()
         result = release
         for ds in targets:
-            payload = {"type": "release-approval", "release_id": release["id"], "dataset": ds,
-                       "manifest_sha256": manifest_sha, "org": self.whoami()["name"], "issued_at": time.time()}
-            result = self.post(f"/releases/{release['id']}/approve",
+            payload = {"type": kind, "release_id": release["id"], "dataset": ds, "manifest_sha256": manifest_sha,
+                       "org": self.whoami()["name"], "issued_at": time.time(), **extra}
+            result = self.post(f"/releases/{release['id']}/{verb}",
                                json={"payload": payload, "signature": pair.sign(payload)})
         return result
 

@@ -70,6 +70,12 @@ MIGRATIONS: list[str] = [
         object_type TEXT NOT NULL, object_id TEXT NOT NULL, details TEXT NOT NULL,
         prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
     """,
+    # 2: owners can reject a release held for their review
+    """
+    CREATE TABLE release_rejections (
+        release_id TEXT NOT NULL, dataset TEXT NOT NULL, org_id TEXT NOT NULL, reason TEXT NOT NULL,
+        payload TEXT NOT NULL, signature TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (release_id, dataset));
+    """,
 ]
 
 

@@ -79,6 +79,7 @@ job_logs               GET    /jobs/{job_id}/logs                            401
 list_releases          GET    /releases                                      401  200  200  200  200  200  200  403
 get_release            GET    /releases/{release_id}                         401  200  200  404  200  404  200  403
 approve_release        POST   /releases/{release_id}/approve                 401  403  200  403  403  403  403  403
+reject_release         POST   /releases/{release_id}/reject                  401  403  200  403  403  403  403  403
 get_artifact@pending   GET    /releases/{release_id}/artifacts/{name:path}   401  403  200  404  403  404  403  403
 get_artifact@reviewed  GET    /releases/{release_id}/artifacts/{name:path}   401  403  200  404  200  404  403  403
 runner_register        POST   /runner/register                               401  403  403  403  403  403  403  200
@@ -133,6 +134,7 @@ class World:
     queued_job: str
     pending_release: dict[str, str]          # job id, release id: waits for retail's review
     approve_target: dict[str, str]           # a pending release for the approve_release cells
+    reject_target: dict[str, str]            # another one for the reject_release cells
     reviewed_release: dict[str, str]         # reviewed by retail: downloadable by the recipient
     ids: Iterator[int] = field(default_factory=lambda: iter(range(10**6)))
 
@@ -243,12 +245,14 @@ def _build_world(room: Any, base: Path) -> World:
         "runner": room.runner_token}
     w = World(url=room.url, http=httpx.Client(base_url=room.url, timeout=60), tokens=tokens, keys=keys,
               room_keys=room_keys, spec=scenario.job_spec(ids), plugin_ids=ids, scratch_plugin=scratch,
-              datasets={}, queued_job="", pending_release={}, approve_target={}, reviewed_release={})
+              datasets={}, queued_job="", pending_release={}, approve_target={}, reviewed_release={},
+              reject_target={})
     for name in ("retail.purchases", "retail.scratch", "bank.customers", "telco.usage"):
         w.datasets[name] = w.ok("admin", "GET", f"/datasets/{name}")
     # released jobs first (the runner claims the oldest queued job), then the job that stays queued
     w.pending_release = _release(w, reviewed=False)
     w.approve_target = _release(w, reviewed=False)
+    w.reject_target = _release(w, reviewed=False)
     w.reviewed_release = _release(w, reviewed=True)
     w.queued_job = w.ok("analyst", "POST", "/jobs", json={"spec": w.spec})["id"]
     return w
@@ -315,6 +319,17 @@ def _approve_release(w: World, who: str) -> Req:
                {"json": {"payload": payload, "signature": w.keys[org].sign(payload)}})
 
 
+def _reject_release(w: World, who: str) -> Req:
+    rid = w.reject_target["release"]
+    release = w.ok("admin", "GET", f"/releases/{rid}")
+    org = ORG_OF[who] if who not in ("anon", "runner") else "retailer"
+    payload = {"type": "release-rejection", "release_id": rid, "dataset": "retail.purchases",
+               "manifest_sha256": hashlib.sha256(dumps(release["manifest"]).encode()).hexdigest(),
+               "org": org, "issued_at": time.time(), "reason": "no"}
+    return Req("POST", f"/releases/{rid}/reject",
+               {"json": {"payload": payload, "signature": w.keys[org].sign(payload)}})
+
+
 def _runner_finish(w: World, who: str) -> Req:
     job = w.ok("analyst", "POST", "/jobs", json={"spec": w.spec})["id"]
     return Req("POST", f"/runner/jobs/{job}/finish",
@@ -367,6 +382,7 @@ BUILDERS: dict[str, Callable[[World, str], Req]] = {
     "list_releases": _get("/releases"),
     "get_release": _get("/releases/{w.pending_release[release]}"),
     "approve_release": _approve_release,
+    "reject_release": _reject_release,
     "get_artifact@pending": _get("/releases/{w.pending_release[release]}/artifacts/metrics.json"),
     "get_artifact@reviewed": _get("/releases/{w.reviewed_release[release]}/artifacts/metrics.json"),
     "runner_register": lambda w, who: Req("POST", "/runner/register", {"json": {

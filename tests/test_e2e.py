@@ -10,7 +10,7 @@ import pytest
 
 from cleanroom import scenario
 from cleanroom.client import verify_receipt
-from cleanroom.errors import IntegrityError, PermissionDenied, PolicyError
+from cleanroom.errors import Conflict, IntegrityError, PermissionDenied, PolicyError
 from tests.scenario_setup import approve_all
 from tests.scenario_setup import setup_scenario as shared_setup
 
@@ -72,6 +72,24 @@ def test_spend_model_end_to_end(room, runner, tmp_path):
             assert not any(c in data for c in canaries), path
 
     assert room.admin.audit_verify()["ok"]
+
+
+def test_an_owner_rejects_a_release_and_the_recipient_never_gets_it(room, runner, tmp_path):
+    retailer, bank, analyst, files, ids = setup_scenario(room, tmp_path, n=1000)
+    approve_all(retailer, bank, ids)
+    job = analyst.submit_job(scenario.job_spec(ids))
+    assert analyst.wait_job(job["id"], timeout=300)["status"] == "succeeded"
+    with pytest.raises(PermissionDenied):
+        bank.reject_release(job["id"], "retail.purchases", reason="not my dataset")  # only its owner decides
+    view = retailer.reject_release(job["id"], reason="the model card shows too much")
+    assert view["rejected_by"] == ["retail.purchases"] and not view["downloadable"]
+    assert view["rejection_reasons"] == {"retail.purchases": "the model card shows too much"}
+    with pytest.raises(PermissionDenied, match="rejected"):
+        analyst.get_result(job["id"], tmp_path / "never")
+    with pytest.raises(Conflict, match="rejected this release already"):
+        retailer.approve_release(job["id"], "retail.purchases")  # a rejection is final
+    assert any(e["action"] == "release.rejected" for e in room.admin.audit_events())
+    assert not (tmp_path / "never").exists() or not any((tmp_path / "never").iterdir())
 
 
 def test_policy_change_voids_approvals_and_bad_ciphertext_fails(room, runner, tmp_path):

@@ -47,6 +47,7 @@ RULES: dict[str, str | tuple[str, ...]] = {
     "list_releases": ANY,
     "get_release": ANY,
     "approve_release": ("owner",),
+    "reject_release": ("owner",),
     "get_artifact": ANY,
     # audit
     "list_audit": ANY,

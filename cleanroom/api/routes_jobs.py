@@ -202,10 +202,13 @@ def load_release(conn: Any, release_id: str) -> dict[str, Any]:
 
 
 def release_state(conn: Any, release: dict[str, Any]) -> dict[str, Any]:
-    approvals = {r["dataset"]: r["org_id"] for r in
-                 conn.execute("SELECT * FROM release_approvals WHERE release_id = ?", (release["id"],))}
-    pending = [d for d in release["review_by"] if d not in approvals]
-    return {"approved_by": sorted(approvals), "pending_review": pending, "downloadable": not pending}
+    approvals = {r["dataset"] for r in
+                 conn.execute("SELECT dataset FROM release_approvals WHERE release_id = ?", (release["id"],))}
+    rejections = {r["dataset"]: r["reason"] for r in conn.execute(
+        "SELECT dataset, reason FROM release_rejections WHERE release_id = ?", (release["id"],))}
+    pending = [d for d in release["review_by"] if d not in approvals | set(rejections)]
+    return {"approved_by": sorted(approvals), "rejected_by": sorted(rejections), "rejection_reasons": rejections,
+            "pending_review": pending, "downloadable": not pending and not rejections}
 
 
 def release_relation(conn: Any, caller: Caller, release: dict[str, Any]) -> set[str]:
@@ -251,32 +254,59 @@ class ReleaseApprovalIn(BaseModel):
     signature: str
 
 
+RELEASE_DECISION_KEYS = {"type", "release_id", "dataset", "manifest_sha256", "org", "issued_at"}
+
+
+def _check_release_decision(conn: Any, ctx: Ctx, release: dict[str, Any], body: ReleaseApprovalIn,
+                            kind: str, keys: set[str]) -> None:
+    """The checks an approval and a rejection share: signature, release, dataset owner, manifest, once."""
+    p = body.payload
+    if set(p) != keys:
+        raise ValidationError(f"a {kind} payload has exactly the keys {sorted(keys)}")
+    check_signed(conn, ctx, p, body.signature, kind)
+    if p["release_id"] != release["id"]:
+        raise ValidationError("the signed payload names another release")
+    if p["dataset"] not in release["review_by"]:
+        raise ValidationError(f"{p['dataset']} does not hold this release for review")
+    ds = load_dataset(conn, p["dataset"])
+    if ds["owner_id"] != ctx.caller.org_id:
+        raise PermissionDenied(f"only the owner of {p['dataset']} can decide for it")
+    manifest_sha = hashlib.sha256(dumps(release["manifest"]).encode()).hexdigest()
+    if p["manifest_sha256"] != manifest_sha:
+        raise Conflict(f"the {kind} is for another manifest")
+    for table, done in (("release_approvals", "approved"), ("release_rejections", "rejected")):
+        if conn.execute(f"SELECT 1 FROM {table} WHERE release_id = ? AND dataset = ?",
+                        (release["id"], p["dataset"])).fetchone():
+            raise Conflict(f"{p['dataset']} {done} this release already")
+
+
 @router.post("/releases/{release_id}/approve", tags=["releases"])
 def approve_release(release_id: str, body: ReleaseApprovalIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """An input owner's signed approval of a release that its policy holds for review."""
     p = body.payload
     with ctx.store.tx() as conn:
         release = load_release(conn, release_id)
-        if set(p) != {"type", "release_id", "dataset", "manifest_sha256", "org", "issued_at"}:
-            raise ValidationError("malformed release approval payload")
-        check_signed(conn, ctx, p, body.signature, "release-approval")
-        if p["release_id"] != release["id"]:
-            raise ValidationError("the signed payload names another release")
-        if p["dataset"] not in release["review_by"]:
-            raise ValidationError(f"{p['dataset']} does not hold this release for review")
-        ds = load_dataset(conn, p["dataset"])
-        if ds["owner_id"] != ctx.caller.org_id:
-            raise PermissionDenied(f"only the owner of {p['dataset']} can approve for it")
-        manifest_sha = hashlib.sha256(dumps(release["manifest"]).encode()).hexdigest()
-        if p["manifest_sha256"] != manifest_sha:
-            raise Conflict("the approval is for another manifest")
-        if conn.execute("SELECT 1 FROM release_approvals WHERE release_id = ? AND dataset = ?",
-                        (release["id"], p["dataset"])).fetchone():
-            raise Conflict("approved already")
+        _check_release_decision(conn, ctx, release, body, "release-approval", RELEASE_DECISION_KEYS)
         conn.execute("INSERT INTO release_approvals (release_id, dataset, org_id, payload, signature, created_at)"
                      " VALUES (?,?,?,?,?,?)", (release["id"], p["dataset"], ctx.caller.org_id, json.dumps(p),
                                                 body.signature, now()))
         ctx.audit(conn, "release.approved", "release", release["id"], {"dataset": p["dataset"]})
+        return release_view(conn, release)
+
+
+@router.post("/releases/{release_id}/reject", tags=["releases"])
+def reject_release(release_id: str, body: ReleaseApprovalIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """An input owner's signed rejection: the recipient can never download this release."""
+    p = body.payload
+    with ctx.store.tx() as conn:
+        release = load_release(conn, release_id)
+        _check_release_decision(conn, ctx, release, body, "release-rejection", RELEASE_DECISION_KEYS | {"reason"})
+        if not isinstance(p["reason"], str) or len(p["reason"]) > 2000:
+            raise ValidationError("reason must be text of at most 2000 characters")
+        conn.execute("INSERT INTO release_rejections (release_id, dataset, org_id, reason, payload, signature,"
+                     " created_at) VALUES (?,?,?,?,?,?,?)", (release["id"], p["dataset"], ctx.caller.org_id,
+                                                             p["reason"], json.dumps(p), body.signature, now()))
+        ctx.audit(conn, "release.rejected", "release", release["id"], {"dataset": p["dataset"]})
         return release_view(conn, release)
 
 
@@ -290,6 +320,8 @@ def get_artifact(release_id: str, name: str, ctx: Ctx = Depends(get_ctx)) -> Res
         if "owner" not in rel and not is_recipient:
             raise PermissionDenied("only the recipient and the input owners can download artifacts")
         state = release_state(conn, release)
+        if "owner" not in rel and state["rejected_by"]:
+            raise PermissionDenied("the owners of " + ", ".join(state["rejected_by"]) + " rejected this release")
         if "owner" not in rel and not state["downloadable"]:
             raise PermissionDenied("the release waits for review by: " + ", ".join(state["pending_review"]))
         row = conn.execute("SELECT blob FROM release_artifacts WHERE release_id = ? AND name = ?",

@@ -108,6 +108,16 @@ def release_approve(state: State, ref: str, dataset: str | None) -> None:
     emit(state, state.client.approve_release(ref, dataset))
 
 
+@release.command("reject")
+@click.argument("ref")
+@click.option("--reason", default="", help="Why (kept with the rejection; the analyst sees it).")
+@click.option("--dataset", default=None, help="Which of your datasets rejects (default: all pending).")
+@pass_state
+def release_reject(state: State, ref: str, reason: str, dataset: str | None) -> None:
+    """Reject a release held for your review: its recipient can never download it."""
+    emit(state, state.client.reject_release(ref, dataset, reason))
+
+
 @cli.group()
 def result() -> None:
     """Results released to you."""
