@@ -222,8 +222,9 @@ class Client:
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self.get(f"/jobs/{job_id}")
 
-    def list_jobs(self) -> list[dict[str, Any]]:
-        return self.get("/jobs")
+    def list_jobs(self, *, status: str | None = None, limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset, **({"status": status} if status else {})}
+        return self.get("/jobs", params=params)
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self.post(f"/jobs/{job_id}/cancel")
@@ -249,8 +250,8 @@ class Client:
         return decrypt_bytes(data, self.keys()).decode("utf-8", "replace")
 
     # releases -----------------------------------------------------------------------------------
-    def list_releases(self) -> list[dict[str, Any]]:
-        return self.get("/releases")
+    def list_releases(self, *, limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
+        return self.get("/releases", params={"limit": limit, "offset": offset})
 
     def get_release(self, ref: str) -> dict[str, Any]:
         return self.get(f"/releases/{ref}")

@@ -142,3 +142,21 @@ def test_new_plugin_version_starts_unapproved_and_shows_a_diff(world, tmp_path):
     shown = retailer.get_plugin(new["id"])
     assert shown["diff_against"]["id"] == ids["impute"]
     assert "+# a harmless change" in shown["diff_against"]["diff"]
+
+
+def test_job_lists_page_over_only_the_jobs_a_caller_may_see(world, room):
+    retailer, bank, analyst, ids = world
+    for pid in ids.values():
+        retailer.decide_plugin(pid, "retail.purchases")
+        bank.decide_plugin(pid, "bank.customers")
+    mine = [analyst.submit_job(scenario.job_spec(ids))["id"] for _ in range(3)]
+    rival = room.org("rival-analytics", "analyst")
+    assert rival.list_jobs() == []  # other analysts' jobs are not theirs to list
+    pages = [analyst.list_jobs(limit=2, offset=0), analyst.list_jobs(limit=2, offset=2)]
+    assert [len(p) for p in pages] == [2, 1]
+    assert [j["id"] for p in pages for j in p] == mine[::-1]  # newest first, no repeats across pages
+    assert {j["id"] for j in retailer.list_jobs()} == set(mine)  # the owner of an input sees them
+    assert [j["id"] for j in analyst.list_jobs(status="queued", limit=1)] == [mine[-1]]
+    assert analyst.list_jobs(status="succeeded") == []
+    with pytest.raises(ValidationError):
+        analyst.list_jobs(limit=0)

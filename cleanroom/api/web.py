@@ -202,10 +202,10 @@ def render(ctx: Ctx, parts: list[str]) -> str:
             return pages.plugin_page(caller, view, _own_datasets(ctx))
         case ["jobs"]:
             check_route("list_jobs", caller)
-            return pages.jobs_page(caller, jobs.list_jobs(ctx))
+            return pages.jobs_page(caller, jobs.list_jobs(limit=200, offset=0, status=None, ctx=ctx))
         case ["releases"]:
             check_route("list_releases", caller)
-            return pages.releases_page(caller, jobs.list_releases(ctx))
+            return pages.releases_page(caller, jobs.list_releases(limit=200, offset=0, ctx=ctx))
         case ["releases", release_id]:
             check_route("get_release", caller)
             return pages.release_page(caller, jobs.get_release(release_id, ctx))
