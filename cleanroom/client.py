@@ -133,6 +133,19 @@ class Client:
     def create_org(self, name: str, roles: list[str]) -> dict[str, Any]:
         return self.post("/orgs", json={"name": name, "roles": roles})
 
+    def rotate_token(self, org: str = "me") -> dict[str, Any]:
+        """Revoke the org's tokens and get a new one (shown once). Rotating your own switches this
+        client, and its profile when it has one, to the new token."""
+        me = self.whoami()["name"]
+        result = self.post(f"/orgs/{org}/token")
+        if result["org"]["name"] == me:
+            self.token = result["token"]
+            self.http.headers["authorization"] = f"Bearer {self.token}"
+            if self.profile is not None and self.profile.name:
+                self.profile.token = self.token
+                self.profile.save()
+        return result
+
     def list_orgs(self) -> list[dict[str, Any]]:
         return self.get("/orgs")
 

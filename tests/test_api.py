@@ -123,3 +123,26 @@ def test_unauthenticated_client_error_type(room):
 
     with pytest.raises(AuthenticationError):
         Client(room.url, "crt_abc.def").list_datasets()
+
+
+def test_an_org_rotates_its_own_token_and_an_admin_rotates_a_lost_one(room):
+    from cleanroom.errors import AuthenticationError, NotFound, PermissionDenied
+
+    retailer = room.org("retailer", "owner")
+    bank = room.org("bank", "owner")
+    old = retailer.token
+    result = retailer.rotate_token()
+    assert result["token"] != old and retailer.token == result["token"]
+    assert retailer.whoami()["name"] == "retailer"  # the client switched to the new token...
+    stale = httpx.get(room.url + "/orgs/me", headers={"authorization": f"Bearer {old}"})
+    assert stale.status_code == 401  # ...and the old one is dead
+    with pytest.raises(PermissionDenied):
+        bank.rotate_token("retailer")  # another org cannot
+    with pytest.raises(NotFound):
+        room.admin.rotate_token("runner")  # the runner's token belongs to its token file
+    lost = room.admin.rotate_token("bank")["token"]  # an admin can, for an org that lost its token
+    with pytest.raises(AuthenticationError):
+        bank.get("/orgs/me")  # its old token is dead
+    assert httpx.get(room.url + "/orgs/me", headers={"authorization": f"Bearer {lost}"}).json()["name"] == "bank"
+    actions = [e["action"] for e in room.admin.audit_events()]
+    assert actions.count("token.rotated") == 2

@@ -54,6 +54,7 @@ MATRIX = """
 health                 GET    /health                                        200  200  200  200  200  200  200  200
 room_info              GET    /room                                          200  200  200  200  200  200  200  200
 create_org             POST   /orgs                                          401  201  403  403  403  403  403  403
+rotate_token           POST   /orgs/{name}/token                             401  200  403  403  403  403  403  403
 list_orgs              GET    /orgs                                          401  200  200  200  200  200  200  403
 whoami                 GET    /orgs/me                                       401  200  200  200  200  200  200  403
 get_org                GET    /orgs/{name}                                   401  200  200  200  200  200  200  403
@@ -354,6 +355,9 @@ BUILDERS: dict[str, Callable[[World, str], Req]] = {
     "health": _get("/health"),
     "room_info": _get("/room"),
     "create_org": lambda w, who: Req("POST", "/orgs", {"json": {"name": w.unique("org"), "roles": ["analyst"]}}),
+    # a fresh org per cell: rotating a caller's own token would break the cells after it
+    "rotate_token": lambda w, who: Req("POST", "/orgs/{}/token".format(
+        w.ok("admin", "POST", "/orgs", json={"name": w.unique("org"), "roles": ["analyst"]})["org"]["name"])),
     "list_orgs": _get("/orgs"),
     "whoami": _get("/orgs/me"),
     "get_org": _get("/orgs/retailer"),

@@ -21,6 +21,7 @@ RULES: dict[str, str | tuple[str, ...]] = {
     "health": PUBLIC,
     "room_info": PUBLIC,
     "create_org": ("admin",),
+    "rotate_token": ANY,  # the handler allows the org itself and admins
     "list_orgs": ANY,
     "whoami": ANY,
     "get_org": ANY,

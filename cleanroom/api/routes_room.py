@@ -14,7 +14,7 @@ from cleanroom.api.app import row_dict
 from cleanroom.api.authz import ROLES
 from cleanroom.api.deps import Ctx, get_ctx, new_token
 from cleanroom.crypto import fingerprint
-from cleanroom.errors import Conflict, NotFound, ValidationError
+from cleanroom.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from cleanroom.store import new_id, now
 
 router = APIRouter()
@@ -79,6 +79,24 @@ def create_org(body: OrgIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
         token = new_token(conn, org_id)
         ctx.audit(conn, "org.created", "org", body.name, {"roles": roles})
         row = conn.execute("SELECT * FROM orgs WHERE id = ?", (org_id,)).fetchone()
+    return {"org": _org_view(row), "token": token}
+
+
+@router.post("/orgs/{name}/token", tags=["orgs"])
+def rotate_token(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Revoke every token of an org and issue a new one, shown once: the org itself (`me` or its name),
+    or an admin for an org that lost its token. The runner's token is managed by its token file."""
+    with ctx.store.tx() as conn:
+        row = conn.execute("SELECT * FROM orgs WHERE name = ?",
+                           (ctx.caller.name if name == "me" else name,)).fetchone()
+        if not row or row["name"] == "runner":
+            raise NotFound(f"no org named {name!r}")
+        if row["id"] != ctx.caller.org_id and not ctx.caller.is_admin:
+            raise PermissionDenied("only the org itself or an admin can rotate its token")
+        conn.execute("UPDATE tokens SET revoked_at = ? WHERE org_id = ? AND revoked_at IS NULL",
+                     (now(), row["id"]))
+        token = new_token(conn, row["id"])
+        ctx.audit(conn, "token.rotated", "org", row["name"], {"by": ctx.caller.name})
     return {"org": _org_view(row), "token": token}
 
 

@@ -91,6 +91,15 @@ def org_create(state: State, name: str, roles: tuple[str, ...], save_profile: st
     emit(state, result)
 
 
+@org.command("rotate-token")
+@click.argument("name", default="me")
+@pass_state
+def org_rotate_token(state: State, name: str) -> None:
+    """Revoke an org's tokens and print a new one, once (your own org by default; admins: any org).
+    Rotating your own token also updates the profile in use."""
+    emit(state, state.client.rotate_token(name))
+
+
 @org.command("list")
 @pass_state
 def org_list(state: State) -> None:
