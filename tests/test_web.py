@@ -274,6 +274,14 @@ def test_release_page_shows_checks_state_and_the_approve_command(room, seeded):
     assert "waits for customers" in page
     assert f"cleanroom release approve {seeded.release_id}" in page
     assert "aggregates/by_region.csv" in page
+    assert f"cleanroom release reject {seeded.release_id}" in page
+    with room.store.tx() as conn:  # an owner rejected it (the signed route is tested in test_e2e)
+        conn.execute("INSERT INTO release_rejections (release_id, dataset, org_id, reason, payload, signature,"
+                     " created_at) VALUES (?,?,?,?,?,?,?)", (seeded.release_id, "customers", "x",
+                                                             "<b>too fine</b>", "{}", "", 0.0))
+    page = login(room, seeded.tokens["bank"]).get(f"/ui/releases/{seeded.release_id}").text
+    assert "rejected by customers" in page and "&lt;b&gt;too fine&lt;/b&gt;" in page
+    assert "cleanroom release approve" not in page
 
 
 def test_audit_page_shows_events_and_the_chain_status(room, seeded):

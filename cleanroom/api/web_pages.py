@@ -320,6 +320,8 @@ def jobs_page(caller: Caller, jobs: list[dict[str, Any]]) -> str:
 
 
 def _review_state(r: dict[str, Any]) -> Safe:
+    if r.get("rejected_by"):
+        return badge("rejected by " + ", ".join(r["rejected_by"]), "bad")
     if r["pending_review"]:
         return badge("waits for " + ", ".join(r["pending_review"]), "warn")
     return badge("downloadable", "ok")
@@ -344,11 +346,14 @@ def release_page(caller: Caller, r: dict[str, Any]) -> str:
         facts([("job", tag("code", r["job_id"])), ("recipient", r["recipient"]),
                ("created", when(r["created_at"])),
                ("reviewed by owners of", ", ".join(r["review_by"]) or None),
-               ("approved for", ", ".join(r["approved_by"]) or None), ("state", _review_state(r))]),
+               ("approved for", ", ".join(r["approved_by"]) or None), ("state", _review_state(r)),
+               *[(f"rejected for {d}", reason or None)
+                 for d, reason in sorted(r.get("rejection_reasons", {}).items())]]),
     ]
-    if r["pending_review"]:
-        parts += [tag("h2", "Approve (with the CLI, as the owner of a dataset it waits for)"),
-                  command(f"cleanroom release approve {r['id']}")]
+    if r["pending_review"] and not r.get("rejected_by"):
+        parts += [tag("h2", "Approve or reject (with the CLI, as the owner of a dataset it waits for)"),
+                  command(f"cleanroom release approve {r['id']}\n"
+                          f"cleanroom release reject {r['id']} --reason \"...\"")]
     parts += [tag("h2", "Release checks"),
               table(["result", "check", "detail"], check_rows, "no checks recorded"),
               tag("h2", "Artifacts (encrypted to the recipient and the input owners)"),
