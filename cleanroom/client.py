@@ -162,6 +162,28 @@ class Client:
                                  hint=f"copy the org's key file to {Path('~/.cleanroom/keys')}")
         return pair
 
+    def rotate_keys(self) -> dict[str, Any]:
+        """Replace this org's key pair: a new one is made here, a statement signed by the old and the new
+        signing key is sent, and the key file keeps the old decryption key so that earlier releases and
+        logs stay readable. The org's plugin approvals are revoked by the room: approve again."""
+        from cleanroom.crypto import generate_keypair
+        from cleanroom.profile import key_path, write_private
+
+        old = self.keys()
+        fresh = generate_keypair()
+        name = self.whoami()["name"]
+        rotated = KeyPair(fresh.enc_secret, fresh.sign_secret, [old.enc_secret, *old.previous_enc_secrets])
+        pending = key_path(name).with_suffix(".pending.json")
+        write_private(pending, rotated.to_dict())  # kept if the answer is lost: the new key is not lost
+        payload = {"type": "key-rotation", "org": name, "old_sign_public": old.sign_public,
+                   "new_enc_public": fresh.enc_public, "new_sign_public": fresh.sign_public,
+                   "issued_at": time.time()}
+        result = self.post("/orgs/me/keys/rotate", json={"payload": payload, "old_signature": old.sign(payload),
+                                                          "new_signature": fresh.sign(payload)})
+        pending.replace(key_path(name))
+        self._me = None
+        return dict(result)
+
     # datasets -----------------------------------------------------------------------------------
     def upload_dataset(self, path: str | Path, *, name: str, policy: str, id_column: str, join_secret: bytes,
                        description: str = "", schema_override: Any = None, drop_identifiers: bool = True,

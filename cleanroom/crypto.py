@@ -63,15 +63,19 @@ def fingerprint(public: str) -> str:
 class KeyPair:
     """An encryption (age X25519) and a signing (Ed25519) key pair, as text."""
 
-    def __init__(self, enc_secret: str, sign_secret: str) -> None:
+    def __init__(self, enc_secret: str, sign_secret: str, previous_enc_secrets: list[str] | None = None) -> None:
+        """`previous_enc_secrets`: decryption keys of pairs this one replaced (key rotation), so that
+        what was encrypted to them stays readable; never used to encrypt or sign."""
         try:
             self._identity = x25519.Identity.from_str(enc_secret.strip())
             raw = base64.b64decode(sign_secret.strip(), validate=True)
             self._signing = Ed25519PrivateKey.from_private_bytes(raw)
+            self._previous = [x25519.Identity.from_str(s.strip()) for s in previous_enc_secrets or []]
         except Exception as exc:  # malformed key files
             raise ValidationError("the key file is not a valid cleanroom key pair") from exc
         self.enc_secret = enc_secret.strip()
         self.sign_secret = sign_secret.strip()
+        self.previous_enc_secrets = [s.strip() for s in previous_enc_secrets or []]
 
     @property
     def enc_public(self) -> str:
@@ -86,16 +90,24 @@ class KeyPair:
     def identity(self) -> x25519.Identity:
         return self._identity
 
+    @property
+    def identities(self) -> list[x25519.Identity]:
+        """The current decryption key first, then the ones it replaced."""
+        return [self._identity, *self._previous]
+
     def sign(self, payload: Any) -> str:
         return base64.b64encode(self._signing.sign(canonical_json(payload))).decode()
 
-    def to_dict(self) -> dict[str, str]:
-        return {"enc_secret": self.enc_secret, "sign_secret": self.sign_secret,
-                "enc_public": self.enc_public, "sign_public": self.sign_public}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"enc_secret": self.enc_secret, "sign_secret": self.sign_secret,
+                               "enc_public": self.enc_public, "sign_public": self.sign_public}
+        if self.previous_enc_secrets:
+            out["previous_enc_secrets"] = self.previous_enc_secrets
+        return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, str]) -> KeyPair:
-        return cls(data["enc_secret"], data["sign_secret"])
+    def from_dict(cls, data: dict[str, Any]) -> KeyPair:
+        return cls(data["enc_secret"], data["sign_secret"], data.get("previous_enc_secrets"))
 
     def public_dict(self) -> dict[str, str]:
         return {"enc_public": self.enc_public, "sign_public": self.sign_public,
@@ -141,7 +153,7 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, identity: KeyPair) -> None:
     memory they throw away on error.
     """
     try:
-        pyrage.decrypt_io(src, dst, [identity.identity])
+        pyrage.decrypt_io(src, dst, identity.identities)
     except (pyrage.DecryptError, OSError, ValueError) as exc:
         msg = str(exc)
         if "No matching keys" in msg:

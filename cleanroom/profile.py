@@ -23,7 +23,7 @@ def home() -> Path:
     return Path(os.environ.get("CLEANROOM_HOME") or Path.home() / ".cleanroom")
 
 
-def _write_private(path: Path, data: dict[str, Any]) -> None:
+def write_private(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -48,7 +48,7 @@ class Profile:
         return home() / "profiles" / f"{self.name}.json"
 
     def save(self) -> None:
-        _write_private(self.path, asdict(self))
+        write_private(self.path, asdict(self))
 
     @classmethod
     def load(cls, name: str | None = None, *, must_exist: bool = False) -> Profile:
@@ -86,5 +86,5 @@ def load_or_create_keys(org: str) -> tuple[KeyPair, bool]:
         except (ValueError, KeyError) as exc:
             raise ValidationError(f"key file {path} is damaged") from exc
     pair = generate_keypair()
-    _write_private(path, pair.to_dict())
+    write_private(path, pair.to_dict())
     return pair, True

@@ -76,6 +76,12 @@ MIGRATIONS: list[str] = [
         release_id TEXT NOT NULL, dataset TEXT NOT NULL, org_id TEXT NOT NULL, reason TEXT NOT NULL,
         payload TEXT NOT NULL, signature TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (release_id, dataset));
     """,
+    # 3: orgs rotate their keys with a statement signed by the old and the new signing key
+    """
+    CREATE TABLE key_rotations (
+        seq INTEGER PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id), payload TEXT NOT NULL,
+        old_signature TEXT NOT NULL, new_signature TEXT NOT NULL, created_at REAL NOT NULL);
+    """,
 ]
 
 

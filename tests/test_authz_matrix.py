@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cleanroom import bundle, scenario
+from cleanroom import bundle, crypto, scenario
 from cleanroom.api.authz import iter_routes
 from cleanroom.crypto import KeyPair, encrypt_bytes, generate_keypair
 from cleanroom.ingest import new_join_secret
@@ -59,6 +59,7 @@ list_orgs              GET    /orgs                                          401
 whoami                 GET    /orgs/me                                       401  200  200  200  200  200  200  403
 get_org                GET    /orgs/{name}                                   401  200  200  200  200  200  200  403
 register_keys          PUT    /orgs/me/keys                                  401  200  200  200  200  200  200  403
+rotate_keys            POST   /orgs/me/keys/rotate                           401  409  409  409  409  409  409  403
 list_audit             GET    /audit                                         401  200  200  200  200  200  200  403
 verify_audit           GET    /audit/verify                                  401  200  200  200  200  200  200  403
 create_upload          POST   /datasets/uploads                              401  201  201  201  403  403  403  403
@@ -331,6 +332,15 @@ def _reject_release(w: World, who: str) -> Req:
                {"json": {"payload": payload, "signature": w.keys[org].sign(payload)}})
 
 
+def _rotate_keys(w: World, who: str) -> Req:
+    org = ORG_OF[who] if who not in ("anon", "runner") else "retailer"
+    stranger, new = crypto.generate_keypair(), crypto.generate_keypair()
+    payload = {"type": "key-rotation", "org": org, "old_sign_public": stranger.sign_public,
+               "new_enc_public": new.enc_public, "new_sign_public": new.sign_public, "issued_at": time.time()}
+    return Req("POST", "/orgs/me/keys/rotate", {"json": {"payload": payload, "old_signature": stranger.sign(payload),
+                                                         "new_signature": new.sign(payload)}})
+
+
 def _runner_finish(w: World, who: str) -> Req:
     job = w.ok("analyst", "POST", "/jobs", json={"spec": w.spec})["id"]
     return Req("POST", f"/runner/jobs/{job}/finish",
@@ -355,6 +365,8 @@ BUILDERS: dict[str, Callable[[World, str], Req]] = {
     "health": _get("/health"),
     "room_info": _get("/room"),
     "create_org": lambda w, who: Req("POST", "/orgs", {"json": {"name": w.unique("org"), "roles": ["analyst"]}}),
+    # a statement naming a key that is not the caller's: authorised callers get 409, and nobody's keys change
+    "rotate_keys": _rotate_keys,
     # a fresh org per cell: rotating a caller's own token would break the cells after it
     "rotate_token": lambda w, who: Req("POST", "/orgs/{}/token".format(
         w.ok("admin", "POST", "/orgs", json={"name": w.unique("org"), "roles": ["analyst"]})["org"]["name"])),

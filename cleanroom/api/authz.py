@@ -26,6 +26,7 @@ RULES: dict[str, str | tuple[str, ...]] = {
     "whoami": ANY,
     "get_org": ANY,
     "register_keys": ANY,
+    "rotate_keys": ANY,
     # datasets
     "create_upload": ("owner",),
     "put_upload": ("owner",),

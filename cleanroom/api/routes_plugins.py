@@ -15,12 +15,12 @@ from cleanroom.api.app import row_dict
 from cleanroom.api.authz import require_dataset_owner, visible_plugin
 from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.api.routes_datasets import current_policy, load_dataset
+from cleanroom.api.routes_room import CLOCK_SKEW
 from cleanroom.crypto import verify
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, TooLarge, ValidationError
 from cleanroom.store import dumps, new_id, now
 
 router = APIRouter()
-CLOCK_SKEW = 600
 
 
 def load_plugin(conn: Any, plugin_id: str) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
@@ -13,9 +15,11 @@ from cleanroom import __version__, audit
 from cleanroom.api.app import row_dict
 from cleanroom.api.authz import ROLES
 from cleanroom.api.deps import Ctx, get_ctx, new_token
-from cleanroom.crypto import fingerprint
+from cleanroom.crypto import fingerprint, verify
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from cleanroom.store import new_id, now
+
+CLOCK_SKEW = 600  # seconds a signed statement may be old (or ahead): the same as approvals
 
 router = APIRouter()
 ORG_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
@@ -157,6 +161,66 @@ def register_keys(body: KeysIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
                   {"fingerprint": fingerprint(body.enc_public + body.sign_public)})
         row = conn.execute("SELECT * FROM orgs WHERE id = ?", (ctx.caller.org_id,)).fetchone()
     return _org_view(row)
+
+
+class KeyRotationIn(BaseModel):
+    payload: dict[str, Any]
+    old_signature: str = Field(max_length=200)
+    new_signature: str = Field(max_length=200)
+
+
+ROTATION_KEYS = {"type", "org", "old_sign_public", "new_enc_public", "new_sign_public", "issued_at"}
+
+
+@router.post("/orgs/me/keys/rotate", tags=["orgs"])
+def rotate_keys(body: KeyRotationIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Replace the org's keys with a statement signed by the old signing key (it is the org) and the new
+    one (it holds it). Runners follow the chain of statements from the key they pinned. The org's
+    approvals, signed with the old key, are revoked: approve again with the new one."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from pyrage import x25519
+
+    p = body.payload
+    if set(p) != ROTATION_KEYS or p.get("type") != "key-rotation":
+        raise ValidationError(f"a key rotation payload has exactly the keys {sorted(ROTATION_KEYS)}, "
+                              "type 'key-rotation'")
+    if p["org"] != ctx.caller.name:
+        raise PermissionDenied("the statement names another org than the caller")
+    issued = p["issued_at"]
+    if not isinstance(issued, int | float) or abs(time.time() - issued) > CLOCK_SKEW:
+        raise ValidationError("the statement is stale or from the future (replay?)")
+    try:
+        x25519.Recipient.from_str(str(p["new_enc_public"]))
+        Ed25519PublicKey.from_public_bytes(base64.b64decode(str(p["new_sign_public"]), validate=True))
+    except Exception as exc:
+        raise ValidationError("the new public keys are not valid (age X25519 and base64 Ed25519)") from exc
+    with ctx.store.tx() as conn:
+        row = conn.execute("SELECT * FROM orgs WHERE id = ?", (ctx.caller.org_id,)).fetchone()
+        if not row["sign_public"] or row["sign_public"] != p["old_sign_public"]:
+            raise Conflict("the statement does not name the org's registered signing key")
+        if p["new_sign_public"] == row["sign_public"]:
+            raise ValidationError("the new signing key is the old one")
+        verify(row["sign_public"], p, body.old_signature)
+        verify(p["new_sign_public"], p, body.new_signature)
+        conn.execute("INSERT INTO key_rotations (org_id, payload, old_signature, new_signature, created_at)"
+                     " VALUES (?,?,?,?,?)", (row["id"], json.dumps(p), body.old_signature, body.new_signature,
+                                             now()))
+        conn.execute("UPDATE orgs SET enc_public = ?, sign_public = ? WHERE id = ?",
+                     (p["new_enc_public"], p["new_sign_public"], row["id"]))
+        revoked = conn.execute("UPDATE approvals SET revoked_at = ? WHERE org_id = ? AND revoked_at IS NULL",
+                               (now(), row["id"])).rowcount
+        ctx.audit(conn, "org.keys_rotated", "org", row["name"],
+                  {"old": fingerprint(row["enc_public"] + row["sign_public"]),
+                   "new": fingerprint(p["new_enc_public"] + p["new_sign_public"]), "approvals_revoked": revoked})
+        row = conn.execute("SELECT * FROM orgs WHERE id = ?", (row["id"],)).fetchone()
+    return {**_org_view(row), "approvals_revoked": revoked}
+
+
+def key_rotations(conn: Any, org_id: str) -> list[dict[str, Any]]:
+    """An org's signed key rotations, oldest first (the runner walks them from the key it pinned)."""
+    return [{"payload": json.loads(r["payload"]), "old_signature": r["old_signature"],
+             "new_signature": r["new_signature"]}
+            for r in conn.execute("SELECT * FROM key_rotations WHERE org_id = ? ORDER BY seq", (org_id,))]
 
 
 @router.get("/audit", tags=["audit"])

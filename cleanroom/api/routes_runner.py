@@ -15,6 +15,7 @@ from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.api.routes_datasets import current_policy, load_dataset
 from cleanroom.api.routes_jobs import TERMINAL, load_job
 from cleanroom.api.routes_plugins import load_plugin
+from cleanroom.api.routes_room import key_rotations
 from cleanroom.crypto import fingerprint
 from cleanroom.errors import Conflict, NotFound, ValidationError
 from cleanroom.store import dumps, new_id, now
@@ -101,7 +102,8 @@ def runner_context(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
             ds = load_dataset(conn, item["dataset"])
             pol = current_policy(conn, ds["name"], ds["policy_version"])
             owner = dict(conn.execute("SELECT * FROM orgs WHERE id = ?", (ds["owner_id"],)).fetchone())
-            owners[owner["name"]] = {"enc_public": owner["enc_public"], "sign_public": owner["sign_public"]}
+            owners[owner["name"]] = {"enc_public": owner["enc_public"], "sign_public": owner["sign_public"],
+                                     "rotations": key_rotations(conn, owner["id"])}
             datasets.append({"name": ds["name"], "owner": owner["name"], "sha256": ds["sha256"],
                              "size": ds["size"], "policy_version": ds["policy_version"],
                              "policy": pol["policy"], "policy_sha256": pol["sha256"],

@@ -100,6 +100,14 @@ def org_rotate_token(state: State, name: str) -> None:
     emit(state, state.client.rotate_token(name))
 
 
+@org.command("rotate-keys")
+@pass_state
+def org_rotate_keys(state: State) -> None:
+    """Replace your org's key pair (signed by the old and the new key). Earlier releases stay readable;
+    your plugin approvals are revoked and must be given again."""
+    emit(state, state.client.rotate_keys())
+
+
 @org.command("list")
 @pass_state
 def org_list(state: State) -> None:

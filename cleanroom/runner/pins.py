@@ -3,9 +3,11 @@
 The runner re-verifies every approval's signature before it decrypts a byte, but the public keys
 come from the API. Without a pin, an operator who swaps an owner's registered key in the API's
 database could sign approvals as that owner. The runner therefore keeps, in its own home, the
-first signing key it saw for each org and refuses jobs whose context names another one. The API
-refuses key changes too; a genuine rotation needs the runner's operator to drop the pin
-(`cleanroom runner --forget-key ORG`), a deliberate step on the runner host that the log records.
+first signing key it saw for each org and refuses jobs whose context names another one, unless
+the context also carries the org's key rotations: statements signed by the old key (the org
+speaks) and the new one (it holds it), which the runner follows from the key it pinned. Without
+such a chain, only the runner's operator can drop a pin (`cleanroom runner --forget-key ORG`), a
+deliberate step on the runner host that the log records.
 """
 
 from __future__ import annotations
@@ -19,12 +21,31 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cleanroom.crypto import fingerprint
+from cleanroom.crypto import fingerprint, verify
 from cleanroom.errors import IntegrityError, ValidationError
 
 FILE = "owner-keys.json"
 log = logging.getLogger("cleanroom.runner")
 _lock = threading.Lock()  # jobs run in threads of one runner process
+
+
+def follow(start: str, rotations: list[dict[str, Any]], org: str) -> str:
+    """The signing key reached from `start` through `rotations` that each name the current key as the old
+    one and carry valid signatures by both keys; statements that do not chain are skipped."""
+    current = start
+    for item in rotations:
+        p = item.get("payload") if isinstance(item, dict) else None
+        if not isinstance(p, dict) or p.get("type") != "key-rotation" or p.get("org") != org:
+            continue
+        if p.get("old_sign_public") != current or not isinstance(p.get("new_sign_public"), str):
+            continue
+        try:
+            verify(current, p, str(item.get("old_signature")))
+            verify(p["new_sign_public"], p, str(item.get("new_signature")))
+        except IntegrityError:
+            continue
+        current = p["new_sign_public"]
+    return current
 
 
 class KeyPins:
@@ -64,6 +85,9 @@ class KeyPins:
                 pinned = pins.get(org)
                 if pinned is None:
                     new[org] = {"sign_public": key, "pinned_at": time.time()}
+                elif pinned["sign_public"] != key and follow(pinned["sign_public"], keys.get("rotations") or [],
+                                                             org) == key:
+                    new[org] = {"sign_public": key, "pinned_at": time.time(), "rotated_from": pinned["sign_public"]}
                 elif pinned["sign_public"] != key:
                     raise IntegrityError(
                         f"the room reports another signing key for {org} ({fingerprint(key)}) than the one this "

@@ -373,3 +373,69 @@ def test_an_operator_swapping_an_owners_signing_key_fails_on_the_runner(world: S
     verify_context(*_context(w, job["id"]), KeyPins(w.tmp / "fresh-runner"))
     w.pins.forget("alice-bank")
     verify_context(*_context(w, job["id"]), w.pins)
+
+
+def test_a_signed_key_rotation_moves_the_runners_pin_and_a_forged_one_does_not(world: SimpleNamespace) -> None:
+    from cleanroom.runner.execute import JobFailed, verify_context
+
+    w = world
+    first = w.eve.submit_job(spec(w, w.plugin, w.ds_a))
+    verify_context(*_context(w, first["id"]), w.pins)  # pins alice's first key
+    before = w.alice.keys()
+    old_release = crypto.encrypt_bytes(b"an earlier release", [before.enc_public])
+    rotated = w.alice.rotate_keys()
+    assert rotated["approvals_revoked"] >= 1 and rotated["keys"]["sign_public"] != before.sign_public
+    with pytest.raises(PolicyError, match="not approved"):
+        w.eve.submit_job(spec(w, w.plugin, w.ds_a))  # approvals signed with the old key are void
+    assert crypto.decrypt_bytes(old_release, w.alice.keys()) == b"an earlier release"  # old key kept for reading
+    w.alice.decide_plugin(w.plugin, w.ds_a)  # approve again, with the new key
+    job = w.eve.submit_job(spec(w, w.plugin, w.ds_a))
+    verify_context(*_context(w, job["id"]), w.pins)  # the runner followed the signed chain
+    assert w.pins.pinned()["alice-bank"] == crypto.fingerprint(w.alice.keys().sign_public)
+
+    # an operator forges a rotation to its own key: it cannot sign as alice's current key
+    operator_key = crypto.generate_keypair()
+    alice_id = w.alice.whoami()["id"]
+    p = {"type": "key-rotation", "org": "alice-bank", "old_sign_public": w.alice.keys().sign_public,
+         "new_enc_public": operator_key.enc_public, "new_sign_public": operator_key.sign_public,
+         "issued_at": time.time()}
+    _operator_sql(w.room, "INSERT INTO key_rotations (org_id, payload, old_signature, new_signature, created_at)"
+                  " VALUES (?,?,?,?,?)", alice_id, json.dumps(p), operator_key.sign(p), operator_key.sign(p),
+                  time.time())
+    _operator_sql(w.room, "UPDATE orgs SET sign_public = ? WHERE id = ?", operator_key.sign_public, alice_id)
+    target = submit(w, AGGREGATE_CODE)
+    forged = payload(w, w.alice, target, w.ds_a)
+    _operator_sql(w.room, "INSERT INTO approvals (id, plugin_id, dataset, policy_version, dataset_sha256, org_id,"
+                  " decision, reason, payload, signature, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                  "apr_forged_rot", target, w.ds_a, forged["policy_version"], forged["dataset_sha256"], alice_id,
+                  "approve", "", json.dumps(forged), operator_key.sign(forged), time.time())
+    job = w.eve.submit_job(spec(w, target, w.ds_a))
+    with pytest.raises(JobFailed) as failed:
+        verify_context(*_context(w, job["id"]), w.pins)
+    assert failed.value.error_class == "integrity_error" and "pinned" in failed.value.reason
+
+
+def test_key_rotation_statements_are_checked_by_the_api(world: SimpleNamespace) -> None:
+    w = world
+    old = w.alice.keys()
+    new = crypto.generate_keypair()
+    p = {"type": "key-rotation", "org": "alice-bank", "old_sign_public": old.sign_public,
+         "new_enc_public": new.enc_public, "new_sign_public": new.sign_public, "issued_at": time.time()}
+
+    def send(payload: dict[str, Any], old_sig: str, new_sig: str) -> Any:
+        return w.alice.post("/orgs/me/keys/rotate", json={"payload": payload, "old_signature": old_sig,
+                                                          "new_signature": new_sig})
+
+    with pytest.raises(IntegrityError):
+        send(p, new.sign(p), new.sign(p))  # not signed by the registered key
+    with pytest.raises(IntegrityError):
+        send(p, old.sign(p), old.sign(p))  # the new key's holder did not sign
+    with pytest.raises(PermissionDenied):
+        send({**p, "org": "bob-retail"}, old.sign({**p, "org": "bob-retail"}), new.sign({**p, "org": "bob-retail"}))
+    stale = {**p, "issued_at": time.time() - 3600}
+    with pytest.raises(ValidationError, match="stale"):
+        send(stale, old.sign(stale), new.sign(stale))
+    assert w.alice.get("/orgs/me")["keys"]["sign_public"] == old.sign_public  # nothing changed
+    assert send(p, old.sign(p), new.sign(p))["keys"]["sign_public"] == new.sign_public  # control
+    with pytest.raises(Conflict):
+        send(p, old.sign(p), new.sign(p))  # a replay names a key that is no longer registered
