@@ -2,14 +2,23 @@
 
     python benchmarks/upload.py                       # 100M only
     python benchmarks/upload.py --sizes 100M,1G,2G
+    python benchmarks/upload.py --sizes 100M,1G --room   # also upload, to an API + runner started here
     python benchmarks/upload.py --sizes 1G --url https://room.example --token $TOKEN --api-pid 4242
 
-Generates CSV files of each size in a temporary directory and prints, per size: a plain file copy
-on the same disk (shutil.copyfile), `cleanroom.ingest.prepare` (schema pass, HMAC pseudonyms, Arrow
-IPC, age encryption), their ratio and the peak RSS of the process that prepared. Every measured step
-runs in a fresh child process, so the peak RSS is that step's alone. With --url and --token it also
-uploads through the API (`Client.upload_dataset`, which prepares again and then streams the
-ciphertext) and, with --api-pid, samples the API process's resident memory meanwhile.
+Generates CSV files of each size in a temporary directory and prints, per size:
+
+- two plain file copies on the same disk (shutil.copyfile): one that ends when the bytes are in the
+  page cache, one that also fsyncs the copy (the source was just written, so both read it from the
+  page cache);
+- `cleanroom.ingest.prepare` (schema, HMAC pseudonyms, Arrow IPC + zstd, age encryption, fsync of the
+  ciphertext), and its throughput as a fraction of each copy's;
+- the peak RSS of the process that prepared.
+
+Every measured step runs in a fresh child process, so the peak RSS is that step's alone. With --room
+(an API and a runner in child processes, as benchmarks/jobs.py starts them; the runner needs Docker)
+or with --url and --token (an org token with the owner role) it also uploads through the API
+(`Client.upload_dataset`, which prepares again and then streams the ciphertext) and samples the API
+process's resident memory meanwhile (--api-pid for a room of your own).
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
 
@@ -138,19 +149,34 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
+def copy_seconds(src: Path, dst: Path, *, fsync: bool) -> float:
+    """Seconds to copy `src` to `dst` (and, with `fsync`, to have the copy on the disk)."""
+    start = time.perf_counter()
+    shutil.copyfile(src, dst)
+    if fsync:
+        fd = os.open(dst, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    seconds = time.perf_counter() - start
+    dst.unlink()
+    return seconds
+
+
 def bench(size: int, workdir: Path, opts: argparse.Namespace) -> dict[str, Any]:
     src = workdir / f"data-{size}.csv"
     rows = generate_csv(src, size)
     actual = src.stat().st_size
     dst = workdir / "copy.csv"
-    start = time.perf_counter()
-    shutil.copyfile(src, dst)
-    copy_s = time.perf_counter() - start
-    dst.unlink()
+    copy_s = min(copy_seconds(src, dst, fsync=False) for _ in range(3))
+    synced_s = min(copy_seconds(src, dst, fsync=True) for _ in range(3))
+    row: dict[str, Any] = {"size": actual, "rows": rows, "copy_mbs": actual / copy_s / 2**20,
+                           "synced_mbs": actual / synced_s / 2**20}
     answer, peak = measured_child({"mode": "prepare", "path": str(src), "workdir": str(workdir)})
-    row: dict[str, Any] = {"size": actual, "rows": rows, "copy_mbs": actual / copy_s / 2**20}
     if answer:
-        row.update(prep_mbs=actual / answer["seconds"] / 2**20, ratio=answer["seconds"] / copy_s,
+        prep_mbs = actual / answer["seconds"] / 2**20
+        row.update(prep_mbs=prep_mbs, vs_copy=prep_mbs / row["copy_mbs"], vs_synced=prep_mbs / row["synced_mbs"],
                    client_rss=peak, ciphertext=answer["ciphertext"])
     if opts.url and opts.token:
         sampler = RssSampler(opts.api_pid) if opts.api_pid else None
@@ -164,7 +190,9 @@ def bench(size: int, workdir: Path, opts: argparse.Namespace) -> dict[str, Any]:
             answer = None
         api_peak = sampler.stop() if sampler else None
         if answer:
-            row.update(upload_mbs=actual / answer["seconds"] / 2**20, upload_rss=peak, api_rss=api_peak)
+            upload_mbs = actual / answer["seconds"] / 2**20
+            row.update(upload_mbs=upload_mbs, upload_vs_synced=upload_mbs / row["synced_mbs"], upload_rss=peak,
+                       api_rss=api_peak)
         else:
             row["upload_error"] = "upload failed (see stderr); is cleanroom.client.Client available?"
     src.unlink()
@@ -173,12 +201,14 @@ def bench(size: int, workdir: Path, opts: argparse.Namespace) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     cols = [("size", "size", human), ("rows", "rows", lambda v: f"{v:,}"),
-            ("copy MiB/s", "copy_mbs", lambda v: f"{v:,.0f}"),
+            ("copy MiB/s (cached)", "copy_mbs", lambda v: f"{v:,.0f}"),
+            ("copy+fsync MiB/s", "synced_mbs", lambda v: f"{v:,.0f}"),
             ("prepare MiB/s", "prep_mbs", lambda v: f"{v:,.1f}"),
-            ("ratio", "ratio", lambda v: f"{v:.1f}x"), ("client peak RSS", "client_rss", human),
-            ("ciphertext", "ciphertext", human)]
+            ("vs copy", "vs_copy", lambda v: f"{v:.3f}"), ("vs copy+fsync", "vs_synced", lambda v: f"{v:.3f}"),
+            ("client peak RSS", "client_rss", human), ("ciphertext", "ciphertext", human)]
     if any("upload_mbs" in r or "upload_error" in r for r in rows):
         cols += [("prepare+upload MiB/s", "upload_mbs", lambda v: f"{v:,.1f}"),
+                 ("upload vs copy+fsync", "upload_vs_synced", lambda v: f"{v:.3f}"),
                  ("upload client RSS", "upload_rss", human),
                  ("API peak RSS", "api_rss", lambda v: human(v) if v else "-")]
     cells = [[head for head, _, _ in cols]] + [[fmt(r[key]) if r.get(key) is not None else "-"
@@ -189,9 +219,30 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def start_room(workdir: Path) -> tuple[Any, str]:
+    """An API and a runner in child processes (see _harness.Services), and a token of an owner org."""
+    import _harness as h
+
+    from cleanroom.client import Client
+    from cleanroom.profile import Profile
+
+    os.environ["CLEANROOM_HOME"] = str(workdir / "home")  # the children's profiles (pinned room keys)
+    services = h.Services(workdir, runner_env={"CLEANROOM_POLL_SECONDS": "0.5"})
+    try:
+        with Client(services.url, services.admin_token, profile=Profile(name="bench-admin")) as admin:
+            services.wait_ready(admin)
+            token = admin.create_org("bench-owner", ["owner"])["token"]
+    except BaseException:
+        services.stop()
+        raise
+    return services, token
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100M", help="comma-separated sizes, e.g. 100M,1G,2G")
+    parser.add_argument("--room", action="store_true",
+                        help="start an API and a runner here (needs Docker) and also measure uploads to it")
     parser.add_argument("--url", help="the room's API, to also measure uploads")
     parser.add_argument("--token", help="an org token with the data-owner role")
     parser.add_argument("--api-pid", type=int, help="pid of the API process, to sample its memory")
@@ -199,15 +250,26 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     sizes = [parse_size(s) for s in opts.sizes.split(",") if s.strip()]
     results = []
+    services = None
     with tempfile.TemporaryDirectory(prefix="cleanroom-bench-", dir=opts.tmp) as tmp:
-        for size in sizes:
-            print(f"benchmarking {human(size)} ...", file=sys.stderr, flush=True)
-            results.append(bench(size, Path(tmp), opts))
+        try:
+            if opts.room:
+                services, opts.token = start_room(Path(tmp) / "room")
+                opts.url, opts.api_pid = services.url, services.api.pid
+            for size in sizes:
+                print(f"benchmarking {human(size)} ...", file=sys.stderr, flush=True)
+                results.append(bench(size, Path(tmp), opts))
+        finally:
+            if services is not None:
+                services.stop()
     print(table(results))
+    print("copies read a page-cached source; 'copy' ends in the page cache, 'copy+fsync' on the disk. "
+          "prepare ends with an fsync of the ciphertext; 'vs' = prepare throughput / copy throughput.")
     for r in results:
         if r.get("upload_error"):
             print(f"{human(r['size'])}: {r['upload_error']}", file=sys.stderr)
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs", file=sys.stderr)
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+          "(other work on the machine slows every figure)", file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,13 @@
 (hex HMAC-SHA256 of the raw id under the owners' shared join secret), drops columns that look like
 direct identifiers, and writes the rows as an Arrow IPC stream that is encrypted to the room's key
 while it is written. Only ciphertext reaches the disk; memory stays flat whatever the file size.
+
+A CSV file is read once: column types are inferred from its first few MiB (`sample_types`) and every
+later value is checked against them as it is converted. Only when a later value needs a wider type
+(a fraction in a column of integers, say) is the file read again, with types inferred from all of it,
+so the result is the same as inferring from the whole file first. Reading, pseudonymising and
+encrypting run in three threads (Arrow, hashing and age each hold the interpreter lock only part of
+the time), with a couple of batches between them.
 """
 
 from __future__ import annotations
@@ -11,29 +18,34 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
 import secrets
+import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from cleanroom.crypto import KeyPair, decrypt_stream, encrypt_stream
 from cleanroom.errors import Conflict, IntegrityError, NotFound, ValidationError
+from cleanroom.pseudonym import pid_array, pseudonym
 from cleanroom.schema import (
     Column,
     Schema,
+    TypesChanged,
     check_columns,
     detect_format,
     file_columns,
     infer_types,
     load_schema_file,
     read_batches,
+    sample_types,
 )
 
 if TYPE_CHECKING:  # pandas is heavy: the owner's side loads it only to make the mock sample
@@ -97,39 +109,16 @@ def _check_secret(secret: bytes) -> None:
                               hint="make one with new_join_secret()")
 
 
-def pseudonym(raw_id: str, join_secret: bytes) -> str:
-    """The `_pid` of one raw id: hex HMAC-SHA256(join secret, raw id as UTF-8)."""
-    import hmac
-
-    return hmac.new(join_secret, raw_id.encode("utf-8"), hashlib.sha256).hexdigest()
-
-
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-_PID_CHUNK = 4096
+# rows per batch read (a few MiB: three threads each hold one or two), per IPC message, and batches
+# waiting between two pipeline stages
+_PIPELINE_ROWS = 32_768
 _WRITE_ROWS = 16_384
-
-
-def pid_array(values: pa.Array, join_secret: bytes) -> pa.StringArray:
-    """`pseudonym` of every value, vectorised: HMAC from precomputed inner and outer states."""
-    key = join_secret if len(join_secret) <= 64 else hashlib.sha256(join_secret).digest()
-    key = key.ljust(64, b"\0")
-    inner, outer = hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key))
-    icopy, ocopy = inner.copy, outer.copy
-    n = len(values)
-    digests = bytearray()
-    raw = pc.cast(values, pa.binary())
-    for start in range(0, n, _PID_CHUNK):  # a few thousand Python bytes objects alive at a time
-        for value in raw.slice(start, _PID_CHUNK).to_pylist():
-            h = icopy()
-            h.update(value)
-            o = ocopy()
-            o.update(h.digest())
-            digests += o.digest()
-    binary = np.frombuffer(digests, dtype=np.uint8)
-    hexed = np.empty(binary.size * 2, dtype=np.uint8)
-    hexed[0::2], hexed[1::2] = _HEX[binary >> 4], _HEX[binary & 15]
-    offsets = np.arange(0, 64 * (n + 1), 64, dtype=np.int32)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(hexed))
+_QUEUE_DEPTH = 2
+# while preparing: a thread that waits for the interpreter lock gets it within this many seconds (the
+# default, 5 ms, would let the hashing loop starve the reader, which needs the lock briefly many times
+# per batch)
+_SWITCH_INTERVAL = 0.0005
+T = TypeVar("T")
 
 
 # -- prepare ---------------------------------------------------------------------------------------
@@ -170,10 +159,13 @@ class _ArrowSource(io.RawIOBase):
     The encryptor pulls from it, so at most one batch of plaintext is in memory at a time.
     """
 
-    def __init__(self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, compression: str | None) -> None:
+    def __init__(self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, compression: str | None,
+                 written: Callable[[], None] | None = None) -> None:
         self._batches = batches
+        self._written = written
         self._sink = io.BytesIO()
-        options = pa.ipc.IpcWriteOptions(compression=compression)
+        # one column after another: compressing columns in Arrow's threads costs 10-15 MB more memory
+        options = pa.ipc.IpcWriteOptions(compression=compression, use_threads=False)
         self._writer = pa.ipc.new_stream(self._sink, schema, options=options)
         self._buf = memoryview(b"")
         self._done = False
@@ -200,6 +192,8 @@ class _ArrowSource(io.RawIOBase):
             self._done = True
         else:
             self._writer.write_batch(batch)
+            if self._written:
+                self._written()
         self._buf = memoryview(self._sink.getvalue())
         self._sink.seek(0)
         self._sink.truncate()
@@ -236,7 +230,12 @@ def prepare(path: str | Path, *, recipient: str | Sequence[str], id_column: str,
 @contextmanager
 def _lean_memory_pool() -> Iterator[None]:
     """Arrow's jemalloc pool, while preparing: it hands the CSV reader's many short-lived blocks
-    back to the system, so the peak memory is about 30 MB lower than with mimalloc."""
+    back to the system, so the peak memory is about 30 MB lower than with mimalloc.
+
+    jemalloc keeps freed pages for a second (Arrow's setting) in an arena per thread; with three
+    threads that is 30-40 MB more. The arenas made from here on (this module's threads get their own)
+    give pages back at once; Arrow's one second is the default again for later arenas.
+    """
     try:
         pool = pa.jemalloc_memory_pool()
     except NotImplementedError:  # builds without jemalloc (Windows)
@@ -244,10 +243,59 @@ def _lean_memory_pool() -> Iterator[None]:
         return
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pool)
+    pa.jemalloc_set_decay_ms(0)
     try:
         yield
     finally:
+        pa.jemalloc_set_decay_ms(_JEMALLOC_DECAY_MS)
         pa.set_memory_pool(previous)
+
+
+_JEMALLOC_DECAY_MS = 0 if sys.platform == "darwin" else 1000  # Arrow's (je_arrow_malloc_conf)
+
+
+class _Meter:
+    """Progress over the passes over the file: `done` never goes back, the total grows if a pass is
+    added (types that must be inferred from the whole file after all)."""
+
+    def __init__(self, progress: Progress | None, size: int) -> None:
+        self.progress, self.size = progress, size
+        self.start, self.done, self.total = 0, 0, size
+
+    def add_passes(self, passes: int) -> None:
+        self.start, self.total = self.done, self.done + passes * self.size
+
+    def reporter(self, index: int = 0) -> Callable[[int], None]:
+        """progress(bytes read) for pass `index` (from 0) since the last `add_passes`."""
+        base = self.start + index * self.size
+
+        def report(done: int) -> None:
+            self.done = max(self.done, base + min(done, self.size))
+            if self.progress:
+                self.progress(self.done, self.total)
+
+        return report
+
+
+_tuning_lock = threading.Lock()
+_tuning: dict[str, Any] = {"users": 0, "previous": None}
+
+
+@contextmanager
+def _switch_interval(seconds: float) -> Iterator[None]:
+    """A shorter interpreter switch interval while any `prepare` runs (they may run in parallel)."""
+    with _tuning_lock:
+        if not _tuning["users"]:
+            _tuning["previous"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_tuning["previous"], seconds))
+        _tuning["users"] += 1
+    try:
+        yield
+    finally:
+        with _tuning_lock:
+            _tuning["users"] -= 1
+            if not _tuning["users"]:
+                sys.setswitchinterval(_tuning["previous"])
 
 
 def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_secret: bytes, policy: Any,
@@ -264,48 +312,87 @@ def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_se
     if reserved:
         raise ValidationError(f"column names starting with '_' are reserved: {reserved}",
                               hint="rename these columns")
-    size = path.stat().st_size
-    passes = 2 if schema_override is None and fmt == "csv" else 1
+    meter = _Meter(progress, path.stat().st_size)
 
-    def report(offset: int) -> Callable[[int], None] | None:
-        return (lambda done: progress(offset + min(done, size), size * passes)) if progress else None
+    def flag(schema: Schema, first: pa.RecordBatch | None) -> dict[str, str]:
+        check_columns(names, schema.names)
+        flagged = _identifiers(path, fmt, schema, id_column, policy, identifier_check, first)
+        if flagged and not drop_identifiers:
+            listing = "; ".join(f"{name!r} ({why})" for name, why in flagged.items())
+            raise ValidationError(f"columns that look like direct identifiers: {listing}",
+                                  hint="drop them, or list them under [identifiers] allow in the policy",
+                                  details={"identifiers": flagged})
+        return flagged
 
-    if schema_override is None:
-        schema = infer_types(path, fmt, progress=report(0))
-    elif isinstance(schema_override, Schema):
-        schema = schema_override
-    elif isinstance(schema_override, dict):
-        schema = Schema.from_dict(schema_override)
-    else:
-        schema = load_schema_file(schema_override)
-    check_columns(names, schema.names)
-    flagged = _identifiers(path, fmt, schema, id_column, policy, identifier_check)
-    if flagged and not drop_identifiers:
-        listing = "; ".join(f"{name!r} ({why})" for name, why in flagged.items())
-        raise ValidationError(f"columns that look like direct identifiers: {listing}",
-                              hint="drop them, or list them under [identifiers] allow in the policy",
-                              details={"identifiers": flagged})
-    kept = [c for c in schema.columns if c.name != id_column and c.name not in flagged]
-    read_schema = Schema([Column(id_column, "string", nullable=False)] + kept)
-    out_schema = pa.schema([pa.field(PID, pa.string(), nullable=False)] +
-                           [pa.field(c.name, c.arrow_type()) for c in kept])
+    def encrypt(schema: Schema, flagged: dict[str, str], sampled: list[str] | None,
+                report: Callable[[int], None]) -> PreparedDataset:
+        kept = [c for c in schema.columns if c.name != id_column and c.name not in flagged]
+        read_schema = Schema([Column(id_column, "string", nullable=False)] + kept)
+        position = [0]  # bytes read: set in the reading thread, reported from this one
 
+        def tick() -> None:
+            report(position[0])
+
+        batches = read_batches(path, fmt, read_schema, progress=lambda done: position.__setitem__(0, done),
+                               sampled=sampled, rows=_PIPELINE_ROWS)
+        return _encrypt(batches, kept, flagged, recipients, join_secret, workdir, mock_rows, compression, tick)
+
+    with _switch_interval(_SWITCH_INTERVAL):
+        if schema_override is not None or fmt != "csv":
+            schema = _override(schema_override) if schema_override is not None else infer_types(path, fmt)
+            return encrypt(schema, flag(schema, None), None, meter.reporter())
+        sample = sample_types(path)
+        flagged = flag(sample.schema, sample.first)
+        sample.first = None  # not kept while the file is read
+        try:  # the sample is the whole file: its types are final; else check them on every later row
+            return encrypt(sample.schema, flagged, None if sample.complete else sample.empty, meter.reporter())
+        except TypesChanged:  # a later row needs a wider type: infer from every row, then start again
+            meter.add_passes(2)
+            schema = infer_types(path, fmt, progress=meter.reporter(0))
+            return encrypt(schema, flag(schema, None), None, meter.reporter(1))
+
+
+def _override(schema_override: Any) -> Schema:
+    if isinstance(schema_override, Schema):
+        return schema_override
+    if isinstance(schema_override, dict):
+        return Schema.from_dict(schema_override)
+    return load_schema_file(schema_override)
+
+
+def _encrypt(batches: Generator[pa.RecordBatch, None, None], kept: list[Column], flagged: dict[str, str],
+             recipients: list[str], join_secret: bytes, workdir: str | Path | None, mock_rows: int,
+             compression: str | None, tick: Callable[[], None]) -> PreparedDataset:
+    """Pseudonymise, summarise and encrypt `batches` (the id column first, then `kept`).
+
+    Three threads: one reads and converts (Arrow, mostly outside the interpreter lock), one hashes ids
+    and collects summaries, and this one writes the Arrow IPC stream (zstd, outside the lock) that
+    age encrypts (inside it) into the hashed temporary file.
+    """
     from cleanroom.mock import StatsCollector, make_mock
 
+    out_schema = pa.schema([pa.field(PID, pa.string(), nullable=False)] +
+                           [pa.field(c.name, c.arrow_type()) for c in kept])
     stats = StatsCollector(kept)
 
-    def transformed() -> Iterator[pa.RecordBatch]:
-        for batch in read_batches(path, fmt, read_schema, progress=report(size * (passes - 1))):
-            out = pa.record_batch([pid_array(batch.column(0), join_secret)] + batch.columns[1:],
-                                  schema=out_schema)
-            stats.update(out)
-            for start in range(0, out.num_rows, _WRITE_ROWS):  # small IPC messages: small buffers
-                yield out.slice(start, _WRITE_ROWS)
+    def summarised() -> Iterator[pa.RecordBatch]:  # in the reading thread: off the hashing thread's way
+        with closing(batches):
+            for batch in batches:
+                stats.update(batch)
+                yield batch
+
+    def transformed(read: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in read:
+            for start in range(0, batch.num_rows, _WRITE_ROWS):  # small IPC messages, small buffers
+                part = batch.slice(start, _WRITE_ROWS)
+                yield pa.record_batch([pid_array(part.column(0), join_secret)] + part.columns[1:],
+                                      schema=out_schema)
 
     fd, tmp = tempfile.mkstemp(prefix="cleanroom-", suffix=".age", dir=workdir)
     try:
-        with os.fdopen(fd, "wb") as raw:
-            sink, source = _HashingFile(raw), _ArrowSource(transformed(), out_schema, compression)
+        with os.fdopen(fd, "wb") as raw, _in_thread(summarised(), "cleanroom-read") as read, \
+                _in_thread(transformed(read), "cleanroom-pseudonymise") as ready:
+            sink, source = _HashingFile(raw), _ArrowSource(ready, out_schema, compression, tick)
             try:
                 encrypt_stream(source, sink, recipients)  # type: ignore[arg-type]
             except Exception:
@@ -314,6 +401,7 @@ def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_se
                 raise
             raw.flush()
             os.fsync(raw.fileno())
+        tick()
         columns = [Column(PID, "string", nullable=False, stats={})]
         columns += [stats.column(c) for c in kept]
         final = Schema(columns)
@@ -324,8 +412,59 @@ def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_se
         raise
 
 
+@contextmanager
+def _in_thread(items: Iterator[T], name: str, depth: int = _QUEUE_DEPTH) -> Iterator[Iterator[T]]:
+    """Iterate `items` in a thread of its own, up to `depth` items ahead of the consumer.
+
+    The consumer gets the items, then the producer's exception if it raised one. On leaving the
+    block the producer is stopped (and its generator closed, in its thread) before this returns.
+    """
+    handoff: queue.Queue[tuple[int, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+    item_, end_, error_ = 0, 1, 2
+
+    def put(entry: tuple[int, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item_, item)):
+                    return
+            put((end_, None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put((error_, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    def consume() -> Iterator[T]:
+        while True:
+            kind, value = handoff.get()
+            if kind == end_:
+                return
+            if kind == error_:
+                raise value
+            yield value
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _identifiers(path: Path, fmt: str, schema: Schema, id_column: str, policy: Any,
-                 check: Callable[[str], str | None] | None) -> dict[str, str]:
+                 check: Callable[[str], str | None] | None, first: pa.RecordBatch | None = None) -> dict[str, str]:
     """Columns to drop (name -> reason): identifier-like names, or values that are mostly e-mail
     addresses, unless the policy's [identifiers] allow list keeps them."""
     if check is None:
@@ -343,12 +482,15 @@ def _identifiers(path: Path, fmt: str, schema: Schema, id_column: str, policy: A
     candidates = [c for c in schema.columns if c.type == "string" and c.name not in flagged
                   and c.name != id_column and c.name not in allowed]
     if candidates:
-        sample = Schema([Column(c.name, "string") for c in candidates])
-        try:
-            with closing(read_batches(path, fmt, sample)) as batches:
-                batch = next(batches, None)
-        except ValidationError:  # the main pass reports it with line numbers
-            batch = None
+        if first is not None:  # the first batch of the file as text (from sample_types)
+            batch: pa.RecordBatch | None = first.select([c.name for c in candidates])
+        else:
+            sample = Schema([Column(c.name, "string") for c in candidates])
+            try:
+                with closing(read_batches(path, fmt, sample)) as batches:
+                    batch = next(batches, None)
+            except ValidationError:  # the main pass reports it with line numbers
+                batch = None
         for col, values in zip(candidates, batch.columns if batch is not None else [], strict=False):
             values = values.drop_null()
             matches = pc.sum(pc.match_substring_regex(values, _EMAIL).cast(pa.int64())).as_py() or 0

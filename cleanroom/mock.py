@@ -8,7 +8,6 @@ value, can be copied. A string value is summarised only when MIN_CATEGORY_COUNT 
 from __future__ import annotations
 
 import datetime as dt
-import heapq
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -31,22 +30,42 @@ _DEFAULT_DATES = ("2000-01-01", "2024-12-31")
 
 class _Categories:
     """Counts of string values in bounded memory. Pruning only lowers counts, so a value published
-    as frequent is at least that frequent."""
+    as frequent is at least that frequent.
+
+    The counts live in arrays (values in the order first seen, as a dict would keep them) and are
+    merged with each batch's `value_counts` by Arrow and numpy, so a column of mostly distinct
+    values costs no Python work per value.
+    """
 
     def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
+        self._values: pa.Array = pa.array([], pa.string())
+        self._counts = np.zeros(0, dtype=np.int64)
 
-    def update(self, values: pa.Array) -> None:
-        found = pc.value_counts(values)
-        counts = self.counts
-        for value, count in zip(found.field("values").to_pylist(), found.field("counts").to_pylist(),
-                                strict=True):
-            counts[value] = counts.get(value, 0) + count
-        if len(counts) > _COUNTER_CAP:
-            self.counts = dict(heapq.nlargest(_COUNTER_CAP // 2, counts.items(), key=lambda p: p[1]))
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(zip(self._values.to_pylist(), self._counts.tolist(), strict=True))
+
+    def update(self, values: pa.Array | pa.ChunkedArray) -> None:
+        found = pc.value_counts(values)  # distinct values in the order first seen
+        found_values, found_counts = found.field("values").cast(pa.string()), found.field("counts").to_numpy()
+        where = pc.index_in(found_values, value_set=self._values)
+        known = where.is_valid().to_numpy(zero_copy_only=False)
+        counts = self._counts.copy()
+        counts[where.drop_null().to_numpy()] += found_counts[known]  # each known value once: no clashes
+        fresh = pc.invert(where.is_valid())
+        values = pa.concat_arrays([self._values, found_values.filter(fresh)])
+        counts = np.concatenate([counts, found_counts[~known]])
+        if len(counts) > _COUNTER_CAP:  # keep the most frequent half; ties: the first seen (stable sort)
+            keep = np.argsort(-counts, kind="stable")[: _COUNTER_CAP // 2]
+            values, counts = values.take(pa.array(keep)), counts[keep]
+        self._values, self._counts = values, counts
 
     def frequent(self) -> dict[str, int]:
-        top = heapq.nlargest(MAX_CATEGORIES, self.counts.items(), key=lambda p: (p[1], p[0]))
+        table = pa.table({"values": self._values, "counts": self._counts})
+        if table.num_rows > MAX_CATEGORIES:
+            order = pc.sort_indices(table, sort_keys=[("counts", "descending"), ("values", "descending")])
+            table = table.take(order[:MAX_CATEGORIES])
+        top = zip(table["values"].to_pylist(), table["counts"].to_pylist(), strict=True)
         return {v: c for v, c in sorted(top, key=lambda p: (-p[1], p[0])) if c >= MIN_CATEGORY_COUNT}
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from cleanroom.errors import ValidationError
 
 __all__ = [
-    "FORMATS", "TYPES", "Column", "Schema", "check_columns", "detect_format", "file_columns",
-    "infer_schema", "infer_types", "load_schema_file", "read_batches", "validate",
+    "FORMATS", "TYPES", "Column", "Sample", "Schema", "TypesChanged", "check_columns", "detect_format",
+    "file_columns", "infer_schema", "infer_types", "load_schema_file", "read_batches", "sample_types", "validate",
 ]
 
 TYPES = ("integer", "number", "boolean", "string", "date", "datetime")
@@ -130,6 +130,8 @@ BATCH_ROWS = 65_536
 # and joined into batches of about BATCH_ROWS rows
 CSV_BLOCK = 1 << 18
 MAX_VIOLATIONS = 10
+# CSV types are inferred from about this much of the start of a file, then checked on every later row
+SAMPLE_BYTES = 8 << 20
 _DT = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
 PATTERNS = {  # strict on purpose: "007" or "02139" stay strings, so leading zeros survive
     "integer": r"^-?(0|[1-9][0-9]{0,17})$",
@@ -176,11 +178,12 @@ def _open_csv(path: str | Path, types: dict[str, pa.DataType], *, threads: bool 
     return f, reader
 
 
-def _joined(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def _joined(batches: Iterator[pa.RecordBatch], rows: int | None = None) -> Iterator[pa.RecordBatch]:
+    rows = BATCH_ROWS if rows is None else rows
     pending: list[pa.RecordBatch] = []
     for batch in batches:
         pending.append(batch)
-        if sum(b.num_rows for b in pending) >= BATCH_ROWS:
+        if sum(b.num_rows for b in pending) >= rows:
             yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
             pending = []
     if pending and sum(b.num_rows for b in pending):
@@ -254,25 +257,47 @@ class _Mismatch(Exception):
     pass
 
 
-def read_batches(path: str | Path, fmt: str, schema: Schema, *,
-                 progress: Callable[[int], None] | None = None) -> Generator[pa.RecordBatch, None, None]:
-    """Typed record batches of `schema`'s columns (in its order). Rows that do not fit raise
-    ValidationError naming their lines (CSV) or rows (Parquet). `progress(bytes_read)`."""
+class TypesChanged(Exception):
+    """A row past the sample that a CSV file's types were inferred from needs a wider type (or has a
+    value in a column that was empty in the sample): infer the types from the whole file instead."""
+
+    def __init__(self, column: str) -> None:
+        super().__init__(column)
+        self.column = column
+
+
+def read_batches(path: str | Path, fmt: str, schema: Schema, *, progress: Callable[[int], None] | None = None,
+                 sampled: Collection[str] | None = None, rows: int | None = None
+                 ) -> Generator[pa.RecordBatch, None, None]:
+    """Typed record batches of `schema`'s columns (in its order), of about `rows` rows (BATCH_ROWS).
+    Rows that do not fit raise ValidationError naming their lines (CSV) or rows (Parquet).
+    `progress(bytes_read)`.
+
+    `sampled` (CSV only) says that `schema`'s types were inferred from a sample of the file
+    (`sample_types`), and names the columns that had no value there: every value is then read as text,
+    checked against the strict pattern inference used and converted, and a value that inference from
+    the whole file would not have given the column's type raises TypesChanged, so that the caller can
+    fall back to `infer_types`. Rows that do not fit in other ways (missing values in a non-nullable
+    column, wrong field counts) still raise ValidationError with their lines.
+    """
     types = {c.name: c.arrow_type() for c in schema.columns}
     failed = False
     try:
         if fmt == "csv":
-            f, reader = _open_csv(path, types)
+            checked = sampled is not None
+            f, reader = _open_csv(path, {n: pa.string() for n in types} if checked else types)
+            target = pa.schema([pa.field(c.name, c.arrow_type()) for c in schema.columns])
+            empty = frozenset(sampled or ())
             with f:
-                for batch in _joined(reader):
+                for batch in _joined(reader, rows):
                     _check_nulls(batch, schema)
-                    yield batch
+                    yield _conform(batch, schema, empty, target) if checked else batch
                     if progress:
                         progress(f.tell())
         else:
             pfile = _parquet(path)
             total, rows, size = max(pfile.metadata.num_rows, 1), 0, Path(path).stat().st_size
-            for raw in pfile.iter_batches(batch_size=BATCH_ROWS, columns=list(types)):
+            for raw in pfile.iter_batches(batch_size=rows or BATCH_ROWS, columns=list(types)):
                 try:
                     arrays = [_to_type(raw.column(n), t) for n, t in types.items()]
                 except pa.ArrowNotImplementedError as exc:
@@ -286,8 +311,49 @@ def read_batches(path: str | Path, fmt: str, schema: Schema, *,
                     progress(size * rows // total)
     except (pa.ArrowInvalid, _Mismatch):
         failed = True
-    if failed:
-        _raise_violations(path, fmt, schema)
+    if failed:  # when the types came from a sample, only nullability and field counts are known to be wrong
+        _raise_violations(path, fmt, schema if sampled is None else
+                          Schema([Column(c.name, "string", c.nullable) for c in schema.columns]))
+
+
+def _conform(batch: pa.RecordBatch, schema: Schema, empty: frozenset[str], target: pa.Schema) -> pa.RecordBatch:
+    """`batch` (all text) converted to `schema`'s types, each value checked as `_candidate_ok` would."""
+    arrays = []
+    for col, values in zip(schema.columns, batch.columns, strict=True):
+        if col.name in empty:
+            if values.null_count != len(values):
+                raise TypesChanged(col.name)
+        elif col.type != "string":
+            values = _strict_cast(values, col)
+        arrays.append(values)
+    return pa.record_batch(arrays, schema=target)
+
+
+def _strict_cast(values: pa.Array, col: Column) -> pa.Array:
+    """`values` (text) as `col`'s type, or TypesChanged unless `_candidate_ok` holds for them."""
+    key = _pattern_key(col)
+    try:  # the patterns let impossible dates (2021-02-30) through, which inference turns to text
+        typed = pc.cast(values, col.arrow_type())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise TypesChanged(col.name) from None
+    if key in ("integer", "date"):
+        # one text form per value: a value fits the strict pattern when it reads back the same (cheaper
+        # than the pattern); the few that do not (-0, or 007 and 0x10, which the cast accepts) are
+        # matched against it
+        same = pc.equal(pc.cast(typed, pa.string()), values)
+        unlike = values.filter(pc.invert(same)) if not pc.all(same, min_count=0).as_py() else None
+        if unlike is not None and not pc.all(pc.match_substring_regex(unlike, PATTERNS[key]), min_count=0).as_py():
+            raise TypesChanged(col.name)
+        if key == "integer" and typed.null_count < len(typed):  # at most 18 digits
+            low, high = pc.min_max(typed).values()
+            if low.as_py() <= -_INT_LIMIT or high.as_py() >= _INT_LIMIT:
+                raise TypesChanged(col.name)
+    elif not pc.all(pc.match_substring_regex(values, PATTERNS[key]), min_count=0).as_py():
+        raise TypesChanged(col.name)
+    return typed
+
+
+_INT_LIMIT = 10**18
 
 
 def _check_nulls(batch: pa.RecordBatch, schema: Schema) -> None:
@@ -349,7 +415,9 @@ def _scan_csv(path: str | Path, schema: Schema, limit: int) -> list[dict[str, An
 
     out: list[dict[str, Any]] = []
     next_index = extra = 0  # data index of the next record; newlines inside earlier records
-    types = {n: pa.string() for n in schema.names}
+    # every column of the file, not only the schema's: newlines inside any value move the lines after it
+    names = file_columns(path, "csv")
+    types = {n: pa.string() for n in names}
     with closing(_guarded(lambda: _open_csv(path, types, threads=False, handler=handler))) as batches:
         for batch in batches:
             # data index of every row: skipped records sit between them
@@ -368,9 +436,9 @@ def _scan_csv(path: str | Path, schema: Schema, limit: int) -> list[dict[str, An
             order = np.argsort(all_idx, kind="stable")
             lines = np.empty_like(all_idx)
             lines[order] = 2 + all_idx[order] + extra + np.cumsum(all_nl[order]) - all_nl[order]
-            for col, values in zip(schema.columns, batch.columns, strict=True):
+            for col in schema.columns:
                 out += [{"line": int(lines[i]), "column": col.name, "expected": col.type, "got": kind}
-                        for i, kind in _bad_rows(values, col, limit)]
+                        for i, kind in _bad_rows(batch.column(col.name), col, limit)]
             out += [misfit(int(lines[n + j]), *skipped.pop(s)[:2]) for j, s in enumerate(here)]
             extra, next_index = extra + int(all_nl.sum()), end
             if len(out) > limit:
@@ -441,6 +509,35 @@ def _candidate_ok(kind: str, values: pa.Array) -> bool:
     return True
 
 
+class _Inference:
+    """Column types of CSV text batches, narrowed batch by batch: a column keeps the first kind of
+    _INFER_ORDER that every one of its values has read as so far."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.alive = {n: list(_INFER_ORDER) for n in names}
+        self.seen = dict.fromkeys(names, False)
+
+    def update(self, batch: pa.RecordBatch) -> None:
+        for name, values in zip(self.names, batch.columns, strict=True):
+            if not self.alive[name]:
+                continue
+            values = values.drop_null()
+            if len(values):
+                self.seen[name] = True
+                self.alive[name] = [k for k in self.alive[name] if _candidate_ok(k, values)]
+
+    def schema(self) -> Schema:
+        columns = []
+        for name in self.names:
+            kind = self.alive[name][0] if self.alive[name] and self.seen[name] else "string"
+            if kind == "datetime_tz":
+                columns.append(Column(name, "datetime", timezone="UTC"))
+            else:
+                columns.append(Column(name, kind))
+        return Schema(columns)
+
+
 def infer_types(path: str | Path, fmt: str | None = None, *,
                 progress: Callable[[int], None] | None = None) -> Schema:
     """Column names and types, without summaries. CSV needs one streaming pass; Parquet none."""
@@ -449,25 +546,45 @@ def infer_types(path: str | Path, fmt: str | None = None, *,
         return Schema([Column(n, parquet_kind(n, t), timezone="UTC" if getattr(t, "tz", None) else None)
                        for n, t in parquet_types(path)])
     names = file_columns(path, fmt)
-    alive = {n: list(_INFER_ORDER) for n in names}
-    seen = dict.fromkeys(names, False)
-    strings = Schema([Column(n, "string") for n in names])
-    for batch in read_batches(path, fmt, strings, progress=progress):
-        for name, values in zip(names, batch.columns, strict=True):
-            if not alive[name]:
-                continue
-            values = values.drop_null()
-            if len(values):
-                seen[name] = True
-                alive[name] = [k for k in alive[name] if _candidate_ok(k, values)]
-    columns = []
-    for name in names:
-        kind = alive[name][0] if alive[name] and seen[name] else "string"
-        if kind == "datetime_tz":
-            columns.append(Column(name, "datetime", timezone="UTC"))
-        else:
-            columns.append(Column(name, kind))
-    return Schema(columns)
+    inference = _Inference(names)
+    for batch in read_batches(path, fmt, Schema([Column(n, "string") for n in names]), progress=progress):
+        inference.update(batch)
+    return inference.schema()
+
+
+@dataclass
+class Sample:
+    """Types inferred from the first rows of a CSV file (`sample_types`)."""
+
+    schema: Schema
+    empty: list[str]  # columns with no value in the sample (typed string until a value shows up)
+    first: pa.RecordBatch | None  # the first batch, every column as text
+    complete: bool  # the sample is the whole file
+
+
+def sample_types(path: str | Path, *, limit: int | None = None) -> Sample:
+    """Column types of a CSV file inferred from about its first `limit` bytes (SAMPLE_BYTES), in
+    whole batches. Read the rest with `read_batches(..., sampled=sample.empty)`, which checks that
+    every later value fits the type (and raises TypesChanged where one does not)."""
+    limit = SAMPLE_BYTES if limit is None else limit
+    names = file_columns(path, "csv")
+    inference = _Inference(names)
+    first: pa.RecordBatch | None = None
+    read = 0
+
+    def seen(done: int) -> None:  # called when the next batch is asked for
+        nonlocal read
+        read = done
+
+    complete = True
+    with closing(read_batches(path, "csv", Schema([Column(n, "string") for n in names]), progress=seen)) as batches:
+        for batch in batches:
+            if first is not None and read >= limit:  # this batch is checked with the rest
+                complete = False
+                break
+            first = batch if first is None else first
+            inference.update(batch)
+    return Sample(inference.schema(), [n for n in names if not inference.seen[n]], first, complete)
 
 
 def infer_schema(path: str | Path, fmt: str | None = None, *, id_column: str | None = None) -> Schema:

@@ -291,7 +291,21 @@ def test_progress_is_monotone_and_complete(tmp_path: Path, keys: KeyPair) -> Non
     seen: list[tuple[int, int]] = []
     run(path, keys, tmp_path, progress=lambda done, total: seen.append((done, total)))
     dones = [d for d, _ in seen]
-    assert dones == sorted(dones) and seen[-1][0] == seen[-1][1] == 2 * path.stat().st_size
+    # one pass over the file: types come from a sample and are checked as the rows go by
+    assert dones == sorted(dones) and seen[-1][0] == seen[-1][1] == path.stat().st_size
+
+
+def test_progress_when_types_must_be_inferred_again(tmp_path: Path, keys: KeyPair, small_batches: None) -> None:
+    path = tmp_path / "g.csv"
+    frame = people(3000)
+    frame["age"] = frame["age"].astype(str)
+    frame.loc[2900, "age"] = "41.5"  # far past the sample: the column is a number after all
+    frame.to_csv(path, index=False)
+    seen: list[tuple[int, int]] = []
+    prepared = run(path, keys, tmp_path, progress=lambda done, total: seen.append((done, total)))
+    assert prepared.schema.column("age").type == "number"
+    dones = [d for d, _ in seen]
+    assert dones == sorted(dones) and seen[-1][0] == seen[-1][1] > path.stat().st_size
 
 
 def test_metadata_matches_the_upload_declaration(tmp_path: Path, keys: KeyPair) -> None:
@@ -312,6 +326,136 @@ def test_pid_array_matches_the_reference_hmac() -> None:
     for secret in (SECRET, b"k" * 100):
         assert pid_array(values, secret).to_pylist() == [pseudonym(v, secret) for v in values.to_pylist()]
     assert pid_array(pa.array(["17"]), SECRET) == pid_array(pa.array([17]).cast(pa.string()), SECRET)
+
+
+# HMAC-SHA256(key, raw id as UTF-8), hex; from `openssl dgst -sha256 -mac HMAC -macopt hexkey:...`
+GOLDEN = {(SECRET, ""): "d38b42096d80f45f826b44a9d5607de72496a415d3f4a1a8c88e3bb9da8dc1cb",
+          (SECRET, "17"): "47cdebcdb73f89f2b9deff1a4852aab11ac006bfcc7307cfe76e4b7c47b5571a",
+          (SECRET, "ünïcödé"): "583061c5dd972f280d125a9396cc98552da62a644d442b7c4e9e6e6d6c6e0732",
+          (b"k" * 100, "C00042"): "17a0b008accd6ccd918676ef58d7df62d597476701ce35ca7d2319f7179d5957"}
+
+
+def test_pseudonyms_are_byte_identical_to_the_published_construction() -> None:
+    for (secret, raw), want in GOLDEN.items():
+        assert pseudonym(raw, secret) == want
+        assert pid_array(pa.array([raw]), secret).to_pylist() == [want]
+    # repeated ids are hashed once per batch (and the same), long batches go in chunks
+    ids = pa.array(["17", "", "ünïcödé"] * 5000 + [f"id{i}" for i in range(9000)])
+    got = pid_array(ids, SECRET).to_pylist()
+    assert got[:3] == [GOLDEN[SECRET, "17"], GOLDEN[SECRET, ""], GOLDEN[SECRET, "ünïcödé"]] and got[3:6] == got[:3]
+    assert got[-1] == pseudonym("id8999", SECRET) and len(got) == 24_000
+    assert pid_array(pa.chunked_array([ids[:10], ids[10:20]]), SECRET).to_pylist() == got[:20]
+    with pytest.raises(ValueError, match="missing"):
+        pid_array(pa.array(["a", None]), SECRET)
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Types from the first batch only, and batches of a few dozen rows: files of a few thousand
+    rows then take every path that a file of gigabytes takes."""
+    from cleanroom import ingest, schema
+
+    monkeypatch.setattr(schema, "SAMPLE_BYTES", 0)
+    monkeypatch.setattr(schema, "BATCH_ROWS", 40)
+    monkeypatch.setattr(schema, "CSV_BLOCK", 1 << 12)
+    monkeypatch.setattr(ingest, "_PIPELINE_ROWS", 64)
+    monkeypatch.setattr(ingest, "_WRITE_ROWS", 48)
+
+
+def whole_file_types(path: Path) -> dict[str, str]:
+    from cleanroom.schema import infer_types
+
+    return {c.name: c.type for c in infer_types(path).columns}
+
+
+def test_types_from_a_sample_are_those_of_the_whole_file(tmp_path: Path, keys: KeyPair, small_batches: None) -> None:
+    frame = people(3000)
+    path = tmp_path / "s.csv"
+    frame.to_csv(path, index=False)
+    prepared = run(path, keys, tmp_path)
+    assert_same(decrypt_dataset(prepared.ciphertext_path.read_bytes(), keys), expected_frame(frame))
+    assert prepared.row_count == 3000 and prepared.dropped == ["email", "full_name"]
+    wanted = whole_file_types(path)
+    assert {c.name: c.type for c in prepared.schema.columns[1:]} == {n: wanted[n] for n in prepared.schema.names[1:]}
+    reference = infer_schema_of(path)
+    for col in prepared.schema.columns[1:]:
+        assert col.stats == reference.column(col.name).stats, col.name
+        assert col.nullable == reference.column(col.name).nullable, col.name
+
+
+def infer_schema_of(path: Path) -> Schema:
+    from cleanroom.schema import infer_schema
+
+    return infer_schema(path)
+
+
+@pytest.mark.parametrize(("column", "late", "kind"), [
+    ("age", "41.5", "number"),          # a fraction in a column of integers
+    ("age", "041", "string"),           # a leading zero: text, as whole-file inference says
+    ("age", "+41", "string"),
+    ("age", "1234567890123456789", "number"),  # too long for the strict integer pattern
+    ("day", "2021-02-30", "string"),    # an impossible date
+    ("member", "yes", "string"),
+    ("note", "17", "integer"),          # empty in the sample, a value later
+])
+def test_a_later_row_that_needs_another_type_is_read_again(tmp_path: Path, keys: KeyPair, small_batches: None,
+                                                           column: str, late: str, kind: str) -> None:
+    frame = people(3000).assign(note=None)
+    frame[column] = frame[column].astype(object)
+    frame.loc[2900, column] = late
+    path = tmp_path / "late.csv"
+    frame.to_csv(path, index=False)
+    assert whole_file_types(path)[column] == kind
+    work = tmp_path / "work"
+    prepared = run(path, keys, tmp_path)
+    assert prepared.schema.column(column).type == kind
+    got = decrypt_table(prepared.ciphertext_path.read_bytes(), keys)
+    assert got.num_rows == 3000 and got.column_names == prepared.schema.names
+    assert got[column][2900].as_py() == (late if kind == "string" else got[column][2900].as_py())
+    assert os.listdir(work) == [prepared.ciphertext_path.name]  # the first attempt left nothing behind
+
+
+def test_bad_rows_far_past_the_sample_name_their_lines_and_leave_nothing(tmp_path: Path, keys: KeyPair,
+                                                                         small_batches: None) -> None:
+    frame = people(3000)
+    frame["email"] = [f"p{i}@x.org" if i % 9 else f'"first\nsecond{i}"@x.org' for i in range(3000)]
+    frame.loc[2500, "customer"] = None  # past the sample and many batches in
+    path = tmp_path / "far.csv"
+    frame.to_csv(path, index=False)
+    newlines = sum(v.count("\n") for v in frame["email"][:2500])
+    with pytest.raises(ValidationError) as info:
+        run(path, keys, tmp_path)
+    # the dropped e-mail column's line breaks count too
+    assert f"line {2502 + newlines}: column 'customer' expected string, got an empty value" in info.value.message
+    assert os.listdir(tmp_path / "work") == []
+    text = path.read_text().splitlines()
+    text[2000] = text[2000].rsplit(",", 2)[0]  # a row with two fields too few
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(ValidationError, match=r"line 2001: expected \d+ fields, got \d+ fields") as info:
+        run(path, keys, tmp_path)
+    assert os.listdir(tmp_path / "work") == []
+
+
+def test_a_failure_in_any_stage_stops_every_thread(tmp_path: Path, keys: KeyPair, small_batches: None) -> None:
+    import threading
+
+    path = tmp_path / "t.csv"
+    people(3000).to_csv(path, index=False)
+
+    def fail(done: int, total: int) -> None:
+        if done > path.stat().st_size // 2:
+            raise KeyboardInterrupt
+
+    interval = sys.getswitchinterval()
+    with pytest.raises(KeyboardInterrupt):
+        run(path, keys, tmp_path, progress=fail)
+    assert os.listdir(tmp_path / "work") == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("cleanroom-")]
+    assert sys.getswitchinterval() == interval  # the shorter one is only for the time of a prepare
+    with pytest.raises(ValidationError, match="recipient"):
+        prepare(path, recipient="not a key", id_column="customer", join_secret=SECRET, workdir=tmp_path / "work")
+    assert os.listdir(tmp_path / "work") == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("cleanroom-")]
 
 
 def test_join_secret_files(tmp_path: Path) -> None:

@@ -129,3 +129,42 @@ def test_mock_of_an_override_file(tmp_path: Path) -> None:
     stats = {"categories": {"a": 30, "b": 20}, "other_fraction": 0.0}
     schema = Schema([Column("kind", "string", stats=stats)])
     assert set(make_mock(schema, n=100)["kind"]) == {"a", "b"}
+
+
+class ReferenceCategories:
+    """The counting rule, one value at a time in a dict (what _Categories does with Arrow arrays)."""
+
+    def __init__(self, cap: int) -> None:
+        self.counts: dict[str, int] = {}
+        self.cap = cap
+
+    def update(self, values: list[str]) -> None:
+        found: dict[str, int] = {}
+        for v in values:
+            found[v] = found.get(v, 0) + 1
+        for value, count in found.items():
+            self.counts[value] = self.counts.get(value, 0) + count
+        if len(self.counts) > self.cap:
+            import heapq
+
+            self.counts = dict(heapq.nlargest(self.cap // 2, self.counts.items(), key=lambda p: p[1]))
+
+    def frequent(self) -> dict[str, int]:
+        import heapq
+
+        top = heapq.nlargest(50, self.counts.items(), key=lambda p: (p[1], p[0]))
+        return {v: c for v, c in sorted(top, key=lambda p: (-p[1], p[0])) if c >= 20}
+
+
+def test_category_counts_match_the_one_value_at_a_time_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cleanroom import mock
+
+    monkeypatch.setattr(mock, "_COUNTER_CAP", 300)  # prune often
+    rng = np.random.default_rng(5)
+    got, want = mock._Categories(), ReferenceCategories(300)
+    for _ in range(40):
+        values = [f"v{int(i)}" for i in rng.zipf(1.3, 500) % 5000] + [f"u{int(i)}" for i in rng.integers(0, 10**6, 100)]
+        got.update(pa.array(values))
+        want.update(values)
+        assert got.counts == want.counts and list(got.counts) == list(want.counts)
+    assert got.frequent() == want.frequent() and len(got.frequent()) > 5

@@ -15,11 +15,14 @@ from cleanroom.errors import ValidationError
 from cleanroom.schema import (
     Column,
     Schema,
+    TypesChanged,
     detect_format,
     file_columns,
     infer_schema,
     infer_types,
     load_schema_file,
+    read_batches,
+    sample_types,
     validate,
 )
 
@@ -215,3 +218,80 @@ def test_bytes_that_are_not_utf8(tmp_path: Path) -> None:
     path.write_bytes("a,b\n1,caf\u00e9\n".encode("latin-1"))
     with pytest.raises(ValidationError, match="not UTF-8"):
         infer_types(path)
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cleanroom import schema
+
+    monkeypatch.setattr(schema, "BATCH_ROWS", 40)
+    monkeypatch.setattr(schema, "CSV_BLOCK", 1 << 12)
+
+
+def test_types_from_a_sample_then_checked_on_every_row(tmp_path: Path, small_batches: None) -> None:
+    rows = [f"{i},{i / 4},2021-01-{1 + i % 28:02d},,x{i}" for i in range(2000)]
+    path = write(tmp_path / "s.csv", "n,x,d,later,s\n" + "\n".join(rows) + "\n")
+    whole = sample_types(path, limit=10**9)
+    assert whole.complete and whole.schema == infer_types(path)
+    sample = sample_types(path, limit=0)  # the first batch only
+    assert not sample.complete and sample.empty == ["later"] and sample.first is not None
+    assert sample.first.num_rows < 2000 and sample.first.column("n").type == pa.string()
+    assert types_of(sample.schema) == {"n": "integer", "x": "number", "d": "date", "later": "string", "s": "string"}
+    got = pa.Table.from_batches(list(read_batches(path, "csv", sample.schema, sampled=sample.empty)))
+    typed = pa.Table.from_batches(list(read_batches(path, "csv", infer_types(path))))
+    assert got.equals(typed)
+
+
+@pytest.mark.parametrize(("line", "column"), [("7.5,7,2021-01-01,,x", "n"), ("7,7,2021-02-30,,x", "d"),
+                                               ("7,7,2021-01-01,3,x", "later"), ("007,7,2021-01-01,,x", "n")])
+def test_a_later_value_of_another_type_raises_types_changed(tmp_path: Path, small_batches: None, line: str,
+                                                           column: str) -> None:
+    rows = [f"{i},{i},2021-01-01,,x" for i in range(2000)]
+    rows[1900] = line
+    path = write(tmp_path / "t.csv", "n,x,d,later,s\n" + "\n".join(rows) + "\n")
+    sample = sample_types(path, limit=0)
+    with pytest.raises(TypesChanged) as info:
+        for _ in read_batches(path, "csv", sample.schema, sampled=sample.empty):
+            pass
+    assert info.value.column == column
+
+
+def test_rows_that_do_not_fit_a_sampled_schema_name_lines_not_types(tmp_path: Path, small_batches: None) -> None:
+    rows = [f"{i},{i}" for i in range(2000)]
+    rows[1500] = ",3"
+    path = write(tmp_path / "n.csv", "id,n\n" + "\n".join(rows) + "\n")
+    sample = sample_types(path, limit=0)
+    schema = Schema([Column("id", "integer", nullable=False), Column("n", "integer")])
+    with pytest.raises(ValidationError) as info:
+        list(read_batches(path, "csv", schema, sampled=sample.empty))
+    assert info.value.details["violations"] == [{"line": 1502, "column": "id", "expected": "string",
+                                                 "got": "an empty value"}]
+
+
+def test_checking_a_sampled_type_agrees_with_inference_value_by_value() -> None:
+    """`read_batches(sampled=...)` decides with cheaper checks than inference's patterns; never otherwise."""
+    import random
+
+    from cleanroom.schema import _candidate_ok, _strict_cast
+
+    rng = random.Random(7)
+    tricky = ["0", "-0", "00", "007", "-007", "+5", "0x10", "1e3", "12", "-12", "999999999999999999",
+              "-999999999999999999", "1000000000000000000", "-1000000000000000000", "9223372036854775807",
+              "2021-01-01", "2021-02-30", "0001-01-01", "2021-1-01", "20210101", "1.5", " 1", "1 ", "", "-",
+              "true", "TRUE", "yes", "2021-01-01T10:00", "2021-01-01 10:00:00.5", "2021-01-01T10:00Z", "٣"]
+    alphabet = "0123456789-+.:eExTZ "
+    values = tricky + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 20))) for _ in range(3000)]
+    values += [f"{rng.randint(1, 9999):04d}-{rng.randint(0, 13):02d}-{rng.randint(0, 32):02d}" for _ in range(500)]
+    values += [str(rng.randint(-10**19, 10**19)) for _ in range(500)]
+    for col in (Column("c", "integer"), Column("c", "number"), Column("c", "boolean"), Column("c", "date"),
+                Column("c", "datetime"), Column("c", "datetime", timezone="UTC")):
+        kind = "datetime_tz" if col.timezone else col.type
+        for value in values:
+            strict = _candidate_ok(kind, pa.array([value]))
+            try:
+                got = _strict_cast(pa.array([value, None]), col)
+            except TypesChanged:
+                assert not strict, (col, value)
+            else:
+                assert strict, (col, value)
+                assert got.type == col.arrow_type() and got.null_count == 1
