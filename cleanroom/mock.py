@@ -122,10 +122,13 @@ class StatsCollector:
         if not acc["n"]:
             return out
         if col.type in ("integer", "number"):
-            out.update(min=acc["min"].as_py(), max=acc["max"].as_py(), mean=_num(acc["mean"]),
-                       std=_num(math.sqrt(max(acc["m2"], 0.0) / acc["n"])))
+            mean, std = acc["mean"], math.sqrt(max(acc["m2"], 0.0) / acc["n"])
+            low, high = _published_range(acc["min"].as_py(), acc["max"].as_py(), mean, std,
+                                         integer=col.type == "integer")
+            out.update(min=low, max=high, mean=_num(mean), std=_num(std))
         elif col.type in ("date", "datetime"):
-            out.update(min=acc["min"].as_py().isoformat(), max=acc["max"].as_py().isoformat())
+            low, high = acc["min"].as_py(), acc["max"].as_py()
+            out.update(min=_month_start(low).isoformat(), max=_month_end(high).isoformat())
         elif col.type == "boolean":
             out["true_fraction"] = round(acc["true"] / acc["n"], 6)
         else:
@@ -143,6 +146,35 @@ class StatsCollector:
 
 def _num(x: float) -> float:
     return float(f"{x:.6g}")
+
+
+def _published_range(low: float, high: float, mean: float, std: float, *, integer: bool) -> tuple[Any, Any]:
+    """The range a summary publishes: never a real extreme. Tails beyond three standard deviations are
+    cut off (an outlier is one person), then both ends are rounded outward to two significant digits."""
+    if std > 0:
+        low, high = max(low, mean - 3 * std), min(high, mean + 3 * std)
+    low, high = _round_out(low, math.floor), _round_out(high, math.ceil)
+    return (int(low), int(high)) if integer else (low, high)
+
+
+def _round_out(x: float, direction: Any) -> float:
+    if x == 0 or not math.isfinite(x):
+        return x
+    step = 10.0 ** (math.floor(math.log10(abs(x))) - 1)
+    return float(f"{direction(x / step) * step:.12g}")
+
+
+def _month_start(value: Any) -> Any:
+    return value.replace(day=1, **({"hour": 0, "minute": 0, "second": 0, "microsecond": 0}
+                                   if isinstance(value, dt.datetime) else {}))
+
+
+def _month_end(value: Any) -> Any:
+    first_next = (value.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    last = first_next - dt.timedelta(days=1)
+    if isinstance(value, dt.datetime):
+        return last.replace(hour=23, minute=59, second=59, microsecond=0)
+    return last
 
 
 

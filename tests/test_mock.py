@@ -50,10 +50,12 @@ def test_same_columns_and_types(real: tuple[pd.DataFrame, Schema]) -> None:
 def test_values_are_plausible(real: tuple[pd.DataFrame, Schema]) -> None:
     frame, schema = real
     mock = make_mock(schema, n=2000, seed=1)
-    assert mock["age"].between(frame["age"].min(), frame["age"].max()).all()
+    published = schema.column("age").stats
+    assert mock["age"].between(published["min"], published["max"]).all()
     assert mock["age"].mean() == pytest.approx(frame["age"].mean(), rel=0.1)
     spend = mock["spend"].dropna()
-    assert spend.between(frame["spend"].min(), frame["spend"].max()).all()
+    spend_stats = schema.column("spend").stats
+    assert spend.between(spend_stats["min"], spend_stats["max"]).all()
     assert mock["spend"].isna().mean() == pytest.approx(0.2, abs=0.05)
     assert set(mock["region"]) == {"north", "south", "east"}
     assert mock["member"].mean() == pytest.approx(0.25, abs=0.05)
@@ -168,3 +170,22 @@ def test_category_counts_match_the_one_value_at_a_time_rule(monkeypatch: pytest.
         want.update(values)
         assert got.counts == want.counts and list(got.counts) == list(want.counts)
     assert got.frequent() == want.frequent() and len(got.frequent()) > 5
+
+
+def test_published_ranges_never_hold_a_real_extreme() -> None:
+    rng = np.random.default_rng(4)
+    values = np.append(rng.normal(50_000, 8_000, 5_000).round(2), 9_876_543.21)  # one person's income
+    stats = StatsCollector([Column("income", "number"), Column("n", "integer"), Column("d", "date")])
+    days = pd.to_datetime("2021-03-07") + pd.to_timedelta(rng.integers(0, 200, len(values)), "D")
+    stats.update(pa.record_batch({"income": values, "n": (values // 1000).astype("int64"),
+                                  "d": pa.array(days.date, pa.date32())}))
+    income = stats.stats("income")
+    # the outlier is cut off at mean + 3 std (both published anyway), far below its value
+    assert income["max"] < values.max() / 10
+    assert income["max"] >= income["mean"] + 3 * income["std"] * 0.99
+    assert income["min"] not in set(values) and income["max"] not in set(values)
+    assert income["min"] <= np.sort(values)[10] and income["max"] >= np.sort(values)[-20]  # still plausible
+    assert float(f"{income['max']:.2g}") == income["max"]  # rounded outward to two significant digits
+    assert isinstance(stats.stats("n")["min"], int)
+    d = stats.stats("d")
+    assert d["min"] == "2021-03-01" and d["max"].endswith(("-30", "-31", "-28", "-29"))
