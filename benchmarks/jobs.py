@@ -12,7 +12,9 @@
    generated with `scenario.write_data` (about 91 % of each side joins, so each side gets 1.1x the
    rows), uploaded through the SDK, the scenario's plugins submitted and approved, and the job run
    by a real runner against a real API (child processes on loopback). Reported: submit-to-succeeded
-   wall time, the receipt's per-phase timings and the client-side upload preparation (schema pass,
+   wall time, the receipt's per-phase timings (the runner's decrypt and recode, each phase), the
+   compute container's own stage times (its `compute: ...` line in the job log, read as an owner)
+   and the client-side upload preparation (schema pass,
    HMAC pseudonyms, Arrow, age encryption) apart from the transfer. The baseline is the same pandas
    and scikit-learn work in one fresh process: read both CSVs, join on the raw id, the same three
    plugin functions, the spend-by-region table and the same Ridge on the same kind of split. The
@@ -56,6 +58,7 @@ import _harness as h  # noqa: E402
 
 REPO = h.REPO
 OVERLAP = 1 / 1.1  # scenario.make_data: both sides draw n of 1.1 n ids, so about n / 1.1 are in both
+STAGES = ("verify", "decrypt", "recode", "compute", "release")  # receipt.body.timings, in job order
 
 
 def log(text: str) -> None:
@@ -484,6 +487,7 @@ def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argpars
             receipt = json.loads((result_dir / "receipt.json").read_text())
             job_out["timings"] = receipt["body"]["timings"]
             job_out["metrics"] = json.loads((result_dir / "metrics.json").read_text())["metrics"]
+            job_out["inside"] = compute_stages(retailer.job_logs(job_out["job_id"]))
             return job_out
 
         for _ in range(opts.runs):
@@ -497,6 +501,21 @@ def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argpars
         services.stop()
         if opts.keep:
             log(f"kept {workdir} (api.log, runner.log)")
+
+
+def compute_stages(log_text: str) -> dict[str, float]:
+    """The compute container's own stage times, from its `compute: read 0.12 s, ...` log line."""
+    for line in log_text.splitlines():
+        if line.startswith("compute: ") and line.endswith(" s"):
+            out = {}
+            for part in line.removeprefix("compute: ").split(", "):
+                name, _, value = part.rpartition(" ")[0].rpartition(" ")
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    continue
+            return out
+    return {}
 
 
 # --- the report --------------------------------------------------------------------------------------
@@ -556,7 +575,10 @@ def summarise(entry: dict[str, Any]) -> dict[str, Any]:
         out["job"] = statistics.median(j["job_wall"] for j in ok)
         out["job_range"] = (min(j["job_wall"] for j in ok), max(j["job_wall"] for j in ok))
         out["timings"] = {k: statistics.median(j["timings"].get(k, 0) for j in ok)
-                          for k in ("verify", "decrypt", "compute", "release", "total")}
+                          for k in (*STAGES, "total")}
+        inside = [j.get("inside") or {} for j in ok]
+        names = list(dict.fromkeys(n for i in inside for n in i))
+        out["inside"] = {n: statistics.median(i.get(n, 0.0) for i in inside) for n in names}
         out["job_median_run"] = _median_run(ok, "job_wall")
         out["runner_rss"] = max(j["runner_peak"] for j in ok)
         out["containers"] = {ph: max((j.get("container_peaks") or {}).get(ph, 0) for j in ok)
@@ -590,21 +612,32 @@ def _pipeline_report(opts: argparse.Namespace, results: list[dict[str, Any]]) ->
     lines += ["", "   ratio = clean-room job / direct (goal: <= 1.3 at 1M rows). Upload (both datasets, once):",
               "   prep = client-side schema pass + HMAC pseudonyms + Arrow + age encryption, xfer = HTTP PUT and",
               "   the API storing the ciphertext; e2e ratio = (upload + job) / direct. r2: direct / clean room.", ""]
-    lines += ["   where the clean-room job's time goes (medians of receipt.body.timings; runner other = building",
-              "   and decoding the phase messages, encrypting and uploading artifacts; API/poll = claim latency,",
-              "   context fetch, finish and the client's 0.1 s polling)", ""]
-    head = ["joined rows", "verify", "decrypt", "compute", "release", "runner other", "runner total", "API/poll",
-            "job wall"]
+    lines += ["   where the clean-room job's time goes (medians of receipt.body.timings; recode = the runner's",
+              "   int64 codes for _pid; compute = feeding the compute container (started while the runner",
+              "   decrypts and recodes) to its last byte; runner other = building and decoding the phase",
+              "   messages, encrypting and uploading artifacts; API/poll = claim latency, context fetch, finish",
+              "   and the client's 0.1 s polling)", ""]
+    head = ["joined rows", *STAGES, "runner other", "runner total", "API/poll", "job wall"]
     rows = []
     for r in results:
         t = r.get("timings")
         if not t:
             continue
-        known = sum(t[k] for k in ("verify", "decrypt", "compute", "release"))
-        rows.append([f"{r['rows']:,}", *(fmt_s(t[k]) for k in ("verify", "decrypt", "compute", "release")),
+        known = sum(t[k] for k in STAGES)
+        rows.append([f"{r['rows']:,}", *(fmt_s(t[k]) for k in STAGES),
                      fmt_s(t["total"] - known), fmt_s(t["total"]), fmt_s(r["job"] - t["total"]), fmt_s(r["job"])])
     if rows:
         lines.append(h.table(head, rows))
+    stages: list[str] = []
+    for r in results:
+        stages += [s for s in r.get("inside") or {} if s not in stages]
+    if stages:
+        lines += ["", "   inside the compute container (medians of its log line; read = the request off stdin, "
+                      "inputs = Arrow to pandas,", "   steps = plugins on the joined frame, encode = the joined "
+                      "frame to Arrow/zstd, write = the response to stdout)", ""]
+        lines.append(h.table(["joined rows", *stages],
+                             [[f"{r['rows']:,}", *(fmt_s((r.get("inside") or {}).get(s)) for s in stages)]
+                              for r in results]))
     steps: list[str] = []
     for r in results:
         steps += [s for s in (r.get("direct_median_run") or {}).get("steps", {}) if s not in steps]

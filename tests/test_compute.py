@@ -221,3 +221,40 @@ def test_request_and_params_errors_are_answered(tmp_path: Path) -> None:
     assert "unknown hook 'preproces'" in result["error"]
     result, _, _ = run_compute({"org.a": frame}, [], [], max_output_bytes=10)
     assert not result["ok"] and "over the limit of 10" in result["error"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("return df.assign(_pid=df['_pid'].astype('float64'))", "changed or invented _pid values"),
+    ("return df.assign(_pid=df['_pid'].astype(object))", "changed or invented _pid values"),
+    ("return df.assign(_pid=df['_pid'] == 1)", "changed or invented _pid values"),
+    ("return df.assign(_pid=df['_pid'] + 100)", "changed or invented _pid values"),
+    ("return df.iloc[::2]", None),
+    ("return df.assign(_pid=df['_pid'].iloc[::-1].to_numpy())", None),
+])
+def test_integer_codes_keep_their_type(tmp_path: Path, body: str, message: str | None) -> None:
+    """The runner sends `_pid` as int64 codes: a step may drop or reorder rows, not retype or invent codes."""
+    frame = pd.DataFrame({"_pid": np.array([7, 1, 3, 1], dtype=np.int64), "v": [1, 2, 3, 4]})
+    plugin = make_plugin(tmp_path, "codes", f"@hookimpl\ndef preprocess(df, params):\n    {body}\n")
+    meta = {"inputs": [{"dataset": "org.a", "file": "in"}], "steps": [step(plugin, dataset="org.a")],
+            "max_output_bytes": 1 << 20}
+    files = {"in": wire.frame_to_bytes(frame), f"plugins/{plugin[0]}.tar": plugin[1]}
+    if message is None:
+        response, out = compute.run(meta, files, str(tmp_path))
+        assert response["ok"] and wire.frame_from_bytes(out["frames/joined.arrow"])["_pid"].dtype == np.int64
+    else:
+        with pytest.raises(compute.ComputeError, match=message):
+            compute.run(meta, files, str(tmp_path))
+
+
+def test_join_on_integer_codes_and_no_mixing_with_text() -> None:
+    a = pd.DataFrame({"_pid": np.array([11, 22, 33], dtype=np.int64), "region": ["n", "s", "e"], "x": [1, 2, 3]})
+    b = pd.DataFrame({"_pid": np.array([11, 11, 22, 99], dtype=np.int64), "y": [10, 11, 20, 90]})
+    result, out, log = run_compute({"org.a": a, "org.b": b}, [], [])
+    assert result["ok"] and result["rows"] == 3
+    joined = wire.frame_from_bytes(out["frames/joined.arrow"])
+    assert joined["_pid"].dtype == np.int64 and joined["_pid"].tolist() == [11, 11, 22]
+    assert joined["y"].tolist() == [10, 11, 20]
+    assert "compute: read" in log and "join" in log  # stage timings for the owners' log, no values
+    text = b.assign(_pid=["11", "11", "22", "99"])
+    result, _, _ = run_compute({"org.a": a, "org.b": text}, [], [])
+    assert not result["ok"] and result["error"] == "the inputs' _pid columns mix integer codes and text"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import threading
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from cleanroom.errors import CleanroomError, IntegrityError, PolicyError, Sandbo
 from cleanroom.runner import recode
 from cleanroom.runner.api import RunnerAPI
 from cleanroom.runner.pins import KeyPins
-from cleanroom.runner.sandbox import PhaseResult, Sandbox, StartedPhase
+from cleanroom.runner.sandbox import PhaseResult, Sandbox, StartedPhase, _memory_bytes
 from cleanroom.sandbox import wire
 
 log = logging.getLogger("cleanroom.runner")
@@ -195,10 +196,20 @@ class JobRun:
         self.timings["verify"] = round(time.monotonic() - started, 3)
 
         self.phase("decrypting")
-        try:  # the compute container starts (imports, no data) while the inputs are decrypted and recoded
-            compute_box = self.sandbox.start("compute", self.job_id, limits=effective.get("limits"))
-        except SandboxError as exc:
-            raise JobFailed(exc.code, exc.message) from exc
+        # Both phase containers start (create, isolation read-back, imports; no data), each in a thread,
+        # while the inputs are fetched, decrypted and recoded: the release phase's imports take about 3 s.
+        boxes: dict[str, StartedPhase | BaseException] = {}
+
+        def start_phase(phase: str) -> None:
+            try:
+                boxes[phase] = self.sandbox.start(phase, self.job_id, limits=effective.get("limits"))
+            except BaseException as exc:  # noqa: BLE001 - raised again in the job's own thread
+                boxes[phase] = exc
+
+        starters = [threading.Thread(target=start_phase, args=(phase,), name=f"start-{phase}-{self.job_id}",
+                                     daemon=True) for phase in ("release", "compute")]
+        for starter in starters:
+            starter.start()
         try:
             t = time.monotonic()
             inputs: dict[str, bytes] = {}
@@ -215,7 +226,10 @@ class JobRun:
             t = time.monotonic()
             try:  # `_pid` becomes int64 codes, the same in every input and fresh for this job
                 inputs = recode.recode_inputs(inputs, {f"inputs/{i}.arrow": ds["name"]
-                                                       for i, ds in enumerate(ctx["datasets"])})
+                                                       for i, ds in enumerate(ctx["datasets"])},
+                                              max_bytes=_memory_bytes(self.settings.job_memory))
+            except recode.TooLarge as exc:
+                raise JobFailed("out_of_memory", str(exc)) from exc
             except recode.RecodeError as exc:
                 raise JobFailed("integrity_error", str(exc)) from exc
             self.timings["recode"] = round(time.monotonic() - t, 3)
@@ -236,13 +250,25 @@ class JobRun:
                            for i, ds in enumerate(ctx["datasets"])],
             }, files)
             del files, inputs
-            try:  # the release container starts (imports, no data) while the compute phase runs
-                self.pending_release = self.sandbox.start("release", self.job_id, limits=effective.get("limits"))
-            except SandboxError as exc:
-                raise JobFailed(exc.code, exc.message) from exc
         except BaseException:
-            compute_box.close()  # started early: removed on any failure or cancellation before it is fed
+            for starter in starters:
+                starter.join()
+            for box in boxes.values():  # started early: removed on any failure or cancellation
+                if isinstance(box, StartedPhase):
+                    box.close()
             raise
+        for starter in starters:
+            starter.join()
+        compute_box, release_box = boxes.get("compute"), boxes.get("release")
+        if not (isinstance(compute_box, StartedPhase) and isinstance(release_box, StartedPhase)):
+            for ready in (compute_box, release_box):
+                if isinstance(ready, StartedPhase):
+                    ready.close()
+            failure = next((b for b in (compute_box, release_box) if isinstance(b, BaseException)), None)
+            if isinstance(failure, SandboxError):
+                raise JobFailed(failure.code, failure.message) from failure
+            raise failure or JobFailed("sandbox_error", "a sandbox container did not start")
+        self.pending_release = release_box  # removed by `run` whatever happens next
         compute = self._phase_run("compute", request.getbuffer(), started=compute_box)
         del request
         result, out_files = self._decode(compute, "compute")

@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import traceback
 import types
 from collections import Counter
@@ -59,6 +60,28 @@ SAFE_MESSAGES = (pluggy.PluginValidationError, BundleFormatError, SyntaxError, I
 
 class ComputeError(Exception):
     """The request or a step broke a rule; the message is meant for the data owners' log."""
+
+
+class _Clock:
+    """How long each stage took; `main` logs them (times only, never data) for the owners' log."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.marks: list[tuple[str, float]] = []
+
+    def reset(self) -> None:
+        self.last, self.marks = time.monotonic(), []
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.marks.append((name, now - self.last))
+        self.last = now
+
+    def summary(self) -> str:
+        return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.marks)
+
+
+stage = _Clock()
 
 
 def load_plugin(bundle: Bundle, workdir: str) -> pluggy.PluginManager:
@@ -128,11 +151,18 @@ def check_frame(result: Any, columns: list[str], pids: pd.Series, label: str) ->
 
 
 def _pids_known(after: pd.Series, before: pd.Series) -> bool:
-    """Every `_pid` after a step existed before it (vectorised: a Python-level isin is slow at 1M rows)."""
-    if len(after) == len(before) and (after.to_numpy() == before.to_numpy()).all():
+    """Every `_pid` after a step existed before it (vectorised: a Python-level isin is slow at 1M rows).
+
+    Integer codes (what the runner sends, `cleanroom.runner.recode`) must keep their dtype: values
+    of another type that compare equal (1.0, True) would later count as other units.
+    """
+    if pd.api.types.is_integer_dtype(before.dtype) and after.dtype != before.dtype:
+        return False
+    new, old = after.to_numpy(), before.to_numpy()
+    if len(new) == len(old) and (new == old).all():
         return True
-    known = pd.Index(pd.unique(before.to_numpy()))
-    return bool((known.get_indexer(after.to_numpy()) >= 0).all())
+    known = pd.Index(pd.unique(old))
+    return bool((known.get_indexer(new) >= 0).all())
 
 
 def check_spec(result: Any, label: str) -> dict[str, Any]:
@@ -208,6 +238,9 @@ def run(meta: dict[str, Any], files: dict[str, bytes], workdir: str) -> Response
         if PID not in frame.columns:
             raise ComputeError(f"input {item['dataset']} has no {PID} column")
         frames[item["dataset"]] = frame
+    if len({pd.api.types.is_integer_dtype(f[PID].dtype) for f in frames.values()}) > 1:
+        raise ComputeError(f"the inputs' {PID} columns mix integer codes and text")
+    stage("inputs")
     loaded: dict[str, tuple[Bundle, pluggy.PluginManager, str]] = {}
     for step in steps:
         pid = step["plugin_id"]
@@ -218,6 +251,7 @@ def run(meta: dict[str, Any], files: dict[str, bytes], workdir: str) -> Response
                                workdir=workdir)
             loaded[pid] = (bundle, manager, root)
     files.clear()
+    stage("plugins")
 
     def call(n: int, step: dict[str, Any], **kwargs: Any) -> Any:
         bundle, manager, root = loaded[step["plugin_id"]]
@@ -242,8 +276,10 @@ def run(meta: dict[str, Any], files: dict[str, bytes], workdir: str) -> Response
     for n, step in enumerate(steps, 1):
         if step.get("dataset") is not None:
             frames[step["dataset"]] = transform(n, step, frames[step["dataset"]])
+    stage("input steps")
     joined = join(frames)
     del frames
+    stage("join")
     model_specs: list[dict[str, Any]] = []
     analysis_specs: list[dict[str, Any]] = []
     for n, step in enumerate(steps, 1):
@@ -255,6 +291,7 @@ def run(meta: dict[str, Any], files: dict[str, bytes], workdir: str) -> Response
             label, result = call(n, step, columns=[str(c) for c in joined.columns])
             target = model_specs if step["kind"] == "model" else analysis_specs
             target.append({"plugin_id": step["plugin_id"], "spec": check_spec(result, label)})
+    stage("steps")
     try:
         data = wire.frame_to_bytes(joined)
     except Exception as exc:  # noqa: BLE001 - the type names the problem; its message may hold values
@@ -262,6 +299,7 @@ def run(meta: dict[str, Any], files: dict[str, bytes], workdir: str) -> Response
                            "every column holds one type") from None
     if len(data) > cap:
         raise ComputeError(f"the joined frame is {len(data)} bytes, over the limit of {cap}")
+    stage("encode")
     response = {"ok": True, "error": None, "rows": len(joined), "columns": [str(c) for c in joined.columns],
                 "model_specs": model_specs, "analysis_specs": analysis_specs}
     return response, {"frames/joined.arrow": data}
@@ -281,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES)
     args = parser.parse_args(argv)
     out: dict[str, bytes] = {}
+    stage.reset()
     try:
         meta, files = wire.read_message(sys.stdin.buffer, "job.json", args.max_request_bytes)
+        stage("read")
     except wire.WireError as exc:
         response = failure(f"invalid request: {exc}")
     else:
@@ -300,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stderr.flush()
     wire.write_message(protocol, "result.json", response, out)
     protocol.close()
+    stage("write")
+    print(f"compute: {stage.summary()}", file=sys.stderr, flush=True)
     return 0
 
 

@@ -333,10 +333,14 @@ def _count_units(codes: np.ndarray) -> int:
     return int(np.count_nonzero(np.bincount(codes))) if len(codes) else 0
 
 
-def split(frame: pd.DataFrame, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and holdout row positions, split by `_pid` so that no unit is in both."""
+def split(frame: pd.DataFrame, holdout_fraction: float, seed: int,
+          units: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Train and holdout row positions, split by `_pid` so that no unit is in both.
+
+    `units`: `pd.factorize(frame[PID])[0]` when the caller has it already (the same split).
+    """
     splitter = GroupShuffleSplit(n_splits=1, test_size=holdout_fraction, random_state=seed)
-    groups, _ = pd.factorize(frame[PID])  # integer codes: sorting 1M hex strings is slow
+    groups = pd.factorize(frame[PID])[0] if units is None else units  # integers: sorting 1M strings is slow
     train, holdout = next(splitter.split(frame, groups=groups))
     return train, holdout
 
@@ -375,7 +379,7 @@ def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str],
     pids, _ = pd.factorize(data[PID])  # one integer per unit: Python sets of 1M values are slow
     if _count_units(pids) < 2 * k:
         raise ModelError("model:holdout", f"training and holdout sets need at least k={k} units each")
-    train, holdout = split(data, holdout_fraction, seed)
+    train, holdout = split(data, holdout_fraction, seed, units=pids)
     train_units, holdout_units = _count_units(pids[train]), _count_units(pids[holdout])
     if holdout_units < k or train_units < k:
         raise ModelError("model:holdout", f"training and holdout sets need at least k={k} units each")
