@@ -140,17 +140,74 @@ def cgroup_peak_files(container_id: str) -> list[Path]:
             root / "docker" / container_id / "memory.peak"]                                    # v2 cgroupfs
 
 
+def _cpu_seconds(container_id: str) -> float | None:
+    """CPU time a container has used so far, from its cgroup (v1 or v2, cgroupfs or systemd)."""
+    root = Path("/sys/fs/cgroup")
+    for path, scale in ((root / "cpuacct" / "docker" / container_id / "cpuacct.usage", 1e-9),
+                        (root / "cpuacct" / "system.slice" / f"docker-{container_id}.scope" / "cpuacct.usage", 1e-9),
+                        (root / "docker" / container_id / "cpu.stat", 1e-6),
+                        (root / "system.slice" / f"docker-{container_id}.scope" / "cpu.stat", 1e-6)):
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if path.name == "cpu.stat":
+            text = next((line.split()[1] for line in text.splitlines() if line.startswith("usage_usec")), "")
+        try:
+            return int(text.strip()) * scale
+        except ValueError:
+            continue
+    return None
+
+
+def wait_for_warm_pool(docker_client: Any, runner_label: str, phases: int = 2, timeout: float = 90) -> float:
+    """Wait until the runner's warm pool holds `phases` containers that have gone idle (done importing,
+    waiting for a request): the refill after a job must not run alongside the next measurement.
+    Returns the seconds waited; raises after `timeout`.
+    """
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        warm = docker_client.containers.list(filters={"label": ["cleanroom.job=warm", runner_label],
+                                                      "status": "running"})
+        if len(warm) >= phases:
+            before = [_cpu_seconds(c.id) for c in warm]
+            time.sleep(0.5)
+            after = [_cpu_seconds(c.id) for c in warm]
+            if None in before or None in after:  # no cgroup files here: give the imports time instead
+                time.sleep(8)
+                return time.monotonic() - start
+            if all(b - a < 0.02 for a, b in zip(before, after, strict=True)):  # type: ignore[operator]
+                return time.monotonic() - start
+        else:
+            time.sleep(0.2)
+    seen = [(c.name, c.status, c.labels.get("cleanroom.runner")) for c in
+            docker_client.containers.list(all=True, filters={"label": "cleanroom.job=warm"})]
+    raise RuntimeError(f"the runner's warm pool ({runner_label}) did not fill within {timeout:.0f} s; warm "
+                       f"containers on the engine: {seen}")
+
+
+def job_containers(docker_client: Any, label: str, name: str | None = None) -> list[Any]:
+    """Containers carrying `label` plus those whose name starts with `name` (none twice)."""
+    found = {c.id: c for c in docker_client.containers.list(all=True, filters={"label": label})}
+    if name:
+        for c in docker_client.containers.list(all=True, filters={"name": f"^/?{name}"}):
+            found.setdefault(c.id, c)
+    return list(found.values())
+
+
 class ContainerMemorySampler(threading.Thread):
-    """Peak memory of the containers carrying a label, read from their memory cgroup while they run.
+    """Peak memory of a job's containers (carrying `label`, or named `name`...: the runner's warm-pool
+    containers take the job's name when a job takes them), read from their memory cgroup while they run.
 
     The runner removes each sandbox container right after its phase, so this polls: it lists the
     labelled containers every `list_every` seconds and re-reads each one's peak-usage file until the
     cgroup disappears. Where the cgroup file is not visible it falls back to `docker stats`.
     """
 
-    def __init__(self, docker_client: Any, label: str, interval: float = 0.05, list_every: float = 0.2) -> None:
+    def __init__(self, docker_client: Any, label: str, interval: float = 0.05, list_every: float = 0.2,
+                 name: str | None = None) -> None:
         super().__init__(daemon=True)
-        self.docker, self.label = docker_client, label
+        self.docker, self.label, self.name = docker_client, label, name
         self.interval, self.list_every = interval, list_every
         self.peaks: dict[str, int] = {}     # container id -> peak bytes
         self.phases: dict[str, str] = {}    # container id -> phase label
@@ -166,7 +223,7 @@ class ContainerMemorySampler(threading.Thread):
             if now - last_list >= self.list_every:
                 last_list = now
                 try:
-                    for c in self.docker.containers.list(all=True, filters={"label": self.label}):
+                    for c in job_containers(self.docker, self.label, self.name):
                         if c.id not in self._files and c.id not in self.phases:
                             self.phases[c.id] = c.labels.get("cleanroom.phase", "?")
                             self.seen_at[c.id] = now
@@ -314,6 +371,7 @@ def _runner_main() -> int:
 
     settings = Settings.from_env()
     service = RunnerService(settings, sandbox=OwnContainersOnly(settings))
+    service.sandbox.runner_id = service.runner_id  # its containers carry the runner's label, as in production
     signal.signal(signal.SIGTERM, lambda *_: service.stop.set())
     signal.signal(signal.SIGINT, lambda *_: service.stop.set())
     service.run()

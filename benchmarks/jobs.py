@@ -248,9 +248,10 @@ def run_direct(paths: dict[str, Path], cpus: int | None = None) -> dict[str, Any
 class PhaseProfiler(threading.Thread):
     """py-spy on every sandbox container of a job (the python process under docker-init)."""
 
-    def __init__(self, docker_client: Any, label: str, pyspy: str, outdir: Path, tag: str) -> None:
+    def __init__(self, docker_client: Any, label: str, pyspy: str, outdir: Path, tag: str, name: str) -> None:
         super().__init__(daemon=True)
         self.docker, self.label, self.pyspy, self.outdir, self.tag = docker_client, label, pyspy, outdir, tag
+        self.name = name
         self.seen: set[str] = set()
         self.procs: list[subprocess.Popen[bytes]] = []
         self.outputs: dict[str, Path] = {}
@@ -259,8 +260,8 @@ class PhaseProfiler(threading.Thread):
     def run(self) -> None:
         while not self._halt.is_set():
             try:
-                for c in self.docker.containers.list(filters={"label": self.label}):
-                    if c.id in self.seen:
+                for c in h.job_containers(self.docker, self.label, self.name):
+                    if c.id in self.seen or c.status != "running":
                         continue
                     pid = c.attrs.get("State", {}).get("Pid") or 0
                     python = self._python_pid(pid)
@@ -355,11 +356,12 @@ def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argpars
     from cleanroom.client import Client
     from cleanroom.ingest import new_join_secret
     from cleanroom.profile import Profile
+    from cleanroom.runner.sandbox import container_name
 
     os.environ["CLEANROOM_HOME"] = str(workdir / "home")
     runner_env = {"CLEANROOM_JOB_MEMORY": opts.job_memory, "CLEANROOM_JOB_TIMEOUT_SECONDS": str(opts.job_timeout),
                   "CLEANROOM_JOB_CPUS": str(opts.job_cpus), "CLEANROOM_POLL_SECONDS": "0.2",
-                  "CLEANROOM_MAX_CONCURRENT_JOBS": "1"}
+                  "CLEANROOM_MAX_CONCURRENT_JOBS": "1", "CLEANROOM_WARM_POOL": str(not opts.no_warm_pool).lower()}
     services = h.Services(workdir, runner_env=runner_env)
     out: dict[str, Any] = {"rows": joined}
     try:
@@ -420,13 +422,14 @@ def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argpars
             job = analyst.submit_job(scenario.job_spec(ids))
             submitted = time.perf_counter()
             label = f"cleanroom.job={job['id']}"
-            mem = h.ContainerMemorySampler(docker_client, label)
+            name = container_name(job["id"], "")  # warm-pool containers: renamed when the job takes them
+            mem = h.ContainerMemorySampler(docker_client, label, name=name)
             mem.start()
             profiler = None
             runner_spy = None
             if opts.profile:
                 tag = f"{joined}-run{len(jobs_done) + 1}"
-                profiler = PhaseProfiler(docker_client, label, opts.py_spy, opts.profile, tag)
+                profiler = PhaseProfiler(docker_client, label, opts.py_spy, opts.profile, tag, name)
                 profiler.start()
                 runner_spy = subprocess.Popen(
                     [opts.py_spy, "record", "--pid", str(services.runner.pid), "--rate", "50", "--format", "raw",
@@ -487,10 +490,17 @@ def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argpars
             receipt = json.loads((result_dir / "receipt.json").read_text())
             job_out["timings"] = receipt["body"]["timings"]
             job_out["metrics"] = json.loads((result_dir / "metrics.json").read_text())["metrics"]
-            job_out["inside"] = compute_stages(retailer.job_logs(job_out["job_id"]))
+            job_log = retailer.job_logs(job_out["job_id"])
+            job_out["inside"] = compute_stages(job_log)
+            job_out["inside_release"] = compute_stages(job_log, "release: ")
             return job_out
 
+        runner_label = "cleanroom.runner=" + admin.room()["keys"]["fingerprint"].removeprefix("SHA256:")[:16]
+        out["warm_pool"] = not opts.no_warm_pool
+        out["pool_waits"] = []
         for _ in range(opts.runs):
+            if not opts.no_warm_pool:  # the refill after a job must not overlap the next measurement
+                out["pool_waits"].append(h.wait_for_warm_pool(docker_client, runner_label))
             if between is not None:
                 between()
             jobs_done.append(finished_job())
@@ -503,12 +513,13 @@ def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argpars
             log(f"kept {workdir} (api.log, runner.log)")
 
 
-def compute_stages(log_text: str) -> dict[str, float]:
-    """The compute container's own stage times, from its `compute: read 0.12 s, ...` log line."""
+def compute_stages(log_text: str, prefix: str = "compute: ") -> dict[str, float]:
+    """A phase container's own stage times, from its `compute: read 0.12 s, ...` log line (or the
+    release phase's `release: ok=True artifacts=4; warm-up 0.09 s, wait 3.20 s, ...`)."""
     for line in log_text.splitlines():
-        if line.startswith("compute: ") and line.endswith(" s"):
+        if line.startswith(prefix) and line.endswith(" s"):
             out = {}
-            for part in line.removeprefix("compute: ").split(", "):
+            for part in line.removeprefix(prefix).split("; ")[-1].split(", "):
                 name, _, value = part.rpartition(" ")[0].rpartition(" ")
                 try:
                     out[name] = float(value)
@@ -531,7 +542,10 @@ def report(machine: dict[str, Any], image: str, opts: argparse.Namespace, over: 
              f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the machine makes the numbers noisy)",
              f"sandbox image: {image}",
              f"per-phase limits: memory {opts.job_memory}, {opts.job_cpus} CPU, timeout {opts.job_timeout} s; "
-             f"direct run on {opts.direct_cpus or 'all'} CPU(s)", ""]
+             f"direct run on {opts.direct_cpus or 'all'} CPU(s)",
+             "runner warm pool: " + ("off (each job starts its containers when the runner claims it)"
+                                     if opts.no_warm_pool else "on (before each run the benchmark waits until the "
+                                     "pool's refill after the previous job has gone idle)"), ""]
     if over:
         lines += ["1. Container start overhead (median of runs, min-max)", ""]
         lines.append(h.table(["what", "median", "min-max", "runs"],
@@ -576,9 +590,10 @@ def summarise(entry: dict[str, Any]) -> dict[str, Any]:
         out["job_range"] = (min(j["job_wall"] for j in ok), max(j["job_wall"] for j in ok))
         out["timings"] = {k: statistics.median(j["timings"].get(k, 0) for j in ok)
                           for k in (*STAGES, "total")}
-        inside = [j.get("inside") or {} for j in ok]
-        names = list(dict.fromkeys(n for i in inside for n in i))
-        out["inside"] = {n: statistics.median(i.get(n, 0.0) for i in inside) for n in names}
+        for key in ("inside", "inside_release"):
+            inside = [j.get(key) or {} for j in ok]
+            names = list(dict.fromkeys(n for i in inside for n in i))
+            out[key] = {n: statistics.median(i.get(n, 0.0) for i in inside) for n in names}
         out["job_median_run"] = _median_run(ok, "job_wall")
         out["runner_rss"] = max(j["runner_peak"] for j in ok)
         out["containers"] = {ph: max((j.get("container_peaks") or {}).get(ph, 0) for j in ok)
@@ -628,16 +643,21 @@ def _pipeline_report(opts: argparse.Namespace, results: list[dict[str, Any]]) ->
                      fmt_s(t["total"] - known), fmt_s(t["total"]), fmt_s(r["job"] - t["total"]), fmt_s(r["job"])])
     if rows:
         lines.append(h.table(head, rows))
-    stages: list[str] = []
-    for r in results:
-        stages += [s for s in r.get("inside") or {} if s not in stages]
-    if stages:
-        lines += ["", "   inside the compute container (medians of its log line; read = the request off stdin, "
-                      "inputs = Arrow to pandas,", "   steps = plugins on the joined frame, encode = the joined "
-                      "frame to Arrow/zstd, write = the response to stdout)", ""]
-        lines.append(h.table(["joined rows", *stages],
-                             [[f"{r['rows']:,}", *(fmt_s((r.get("inside") or {}).get(s)) for s in stages)]
-                              for r in results]))
+    for key, title in (("inside", ["inside the compute container (medians of its log line; wait = started, "
+                                   "imported, until the request's first byte;", "   read = the request off "
+                                   "stdin, inputs = Arrow to pandas, steps = plugins on the joined frame,",
+                                   "   encode = the joined frame to Arrow/zstd, write = the response to stdout)"]),
+                       ("inside_release", ["inside the release container (medians of its log line; warm-up = one "
+                                           "made-up job through every check", "   before the wait; checks = "
+                                           "frame decode, aggregates, model fit and checks, skops)"])):
+        stages: list[str] = []
+        for r in results:
+            stages += [s for s in r.get(key) or {} if s not in stages]
+        if stages:
+            lines += ["", *(f"   {t}" if i == 0 else t for i, t in enumerate(title)), ""]
+            lines.append(h.table(["joined rows", *stages],
+                                 [[f"{r['rows']:,}", *(fmt_s((r.get(key) or {}).get(s)) for s in stages)]
+                                  for r in results]))
     steps: list[str] = []
     for r in results:
         steps += [s for s in (r.get("direct_median_run") or {}).get("steps", {}) if s not in steps]
@@ -682,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--direct-cpus", type=int, default=None,
                         help="pin the direct run to this many CPUs (and BLAS threads); default: all, as a "
                              "data scientist would run it (each sandbox phase gets --job-cpus)")
+    parser.add_argument("--no-warm-pool", action="store_true",
+                        help="run the runner without its warm pool (each job starts its containers at the claim)")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--profile", type=Path, help="folder for py-spy profiles of the runner and the phases")

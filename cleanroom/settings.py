@@ -56,6 +56,7 @@ class Settings:
     job_max_output_bytes: int = 512 * 2**20
     job_log_bytes: int = 64 * 2**10
     sandbox_runtime: str | None = None       # e.g. "runsc" when gVisor is installed
+    warm_pool: bool = True                   # keep one started container per phase ready for the next job
     allow_unenforced: list[str] = field(default_factory=list)  # isolation controls the operator waives
 
     @classmethod

@@ -43,3 +43,17 @@ def require_image(client: Any, env_var: str) -> str:
     except docker.errors.ImageNotFound:
         unavailable(f"image {tag} ({env_var}) does not exist: run `make images`")
     return tag
+
+
+def job_containers(client: Any, job_id: str) -> list[Any]:
+    """A job's sandbox containers: labelled with its id, or taken from the runner's warm pool (labelled
+    `warm`, renamed `cleanroom-<job>-<phase>` when the job took them)."""
+    from cleanroom.runner.sandbox import LABEL, WARM_PHASES, container_name
+
+    found = {c.id: c for c in client.containers.list(all=True, filters={"label": f"{LABEL}={job_id}"},
+                                                     ignore_removed=True)}
+    names = {container_name(job_id, phase) for phase in WARM_PHASES}
+    for c in client.containers.list(all=True, filters={"name": container_name(job_id, "")}, ignore_removed=True):
+        if c.name in names:
+            found.setdefault(c.id, c)
+    return list(found.values())

@@ -250,8 +250,9 @@ def preprocess(df, params):
 
 
 def _containers(docker_client: Any, job_id: str) -> list[Any]:
-    return list(docker_client.containers.list(all=True, filters={"label": f"cleanroom.job={job_id}"},
-                                              ignore_removed=True))
+    from tests.dockerutil import job_containers
+
+    return job_containers(docker_client, job_id)
 
 
 class RunnerProc:

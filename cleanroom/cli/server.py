@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -59,7 +60,12 @@ def runner(once: bool, pinned_keys: bool, forget_key: str | None) -> None:
         for org, fp in KeyPins(settings.runner_home).pinned().items():
             click.echo(f"{org}\t{fp}")
     else:
-        RunnerService(Settings.from_env()).run(once=once)
+        service = RunnerService(Settings.from_env())
+        # `docker compose down` and `docker stop` send SIGTERM: stop claiming, let running jobs end,
+        # remove the warm pool (the engine's SIGKILL after its grace period cuts this short; the next
+        # start removes what is left and re-queues interrupted jobs)
+        signal.signal(signal.SIGTERM, lambda *_: service.stop.set())
+        service.run(once=once)
 
 
 @cli.group()

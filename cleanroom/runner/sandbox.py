@@ -21,6 +21,8 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
+import re
 import socket
 import struct
 import threading
@@ -35,8 +37,12 @@ from docker.types import LogConfig, Ulimit
 from cleanroom.errors import IsolationUnavailable, SandboxError
 from cleanroom.settings import Settings
 
+log = logging.getLogger("cleanroom.runner")
+
 LABEL = "cleanroom.job"
 RUNNER_LABEL = "cleanroom.runner"
+WARM_JOB = "warm"  # the job label of a warm-pool container until a job takes it
+WARM_PHASES = ("compute", "release")
 CONTROLS = ("network", "read_only", "user", "cap_drop", "no_new_privileges", "seccomp", "pids", "memory",
             "swap", "cpu", "tmpfs", "ipc", "mounts", "privileged", "runtime")
 SECCOMP_FILE = "seccomp.json"  # package data of cleanroom.runner (pyproject.toml)
@@ -124,6 +130,12 @@ def container_config(settings: Settings, image: str, phase: str, job_id: str, ru
     return config
 
 
+def container_name(job_id: str, phase: str) -> str:
+    """`cleanroom-<job>-<phase>`: the name a warm container takes when a job takes it (its label stays
+    `warm`). A job's containers are those labelled with its id plus those of that name."""
+    return f"cleanroom-{re.sub(r'[^A-Za-z0-9_.-]', '-', job_id)[:100]}-{phase}"
+
+
 def read_back(attrs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """What the engine actually applied, control by control (True = enforced)."""
     hc = attrs.get("HostConfig", {})
@@ -189,6 +201,10 @@ class Sandbox:
     def __init__(self, settings: Settings, client: docker.DockerClient | None = None, runner_id: str = "") -> None:
         self.settings = settings
         self.runner_id = runner_id  # containers carry it, so a runner cleans up only its own
+        self._pool: dict[str, StartedPhase] = {}
+        self._pool_lock = threading.Lock()
+        self._pool_closed = False
+        self._refills: list[threading.Thread] = []
         try:
             self.docker = client or docker.from_env(timeout=120)
             self.docker.ping()
@@ -209,10 +225,22 @@ class Sandbox:
         Starting the release phase while the compute phase runs hides its start-up (mostly imports);
         it is still a fresh container that has seen no data until `run` feeds it. `limits` are the
         job's policy limits (`memory_mb`, `cpus`, `timeout_seconds`, `pids`): they only tighten.
+        With `warm_pool` on, a job whose limits are the room's takes the phase's warm container
+        (`warm`) when one is ready: created the same way before the job was claimed, never fed.
         """
         settings = tightened(self.settings, limits or {})
         image = image or settings.sandbox_image
+        if settings == self.settings and image == settings.sandbox_image:
+            warm = self._take_warm(phase, job_id)
+            if warm is not None:
+                return warm
+        return self._create(phase, job_id, settings, image)
+
+    def _create(self, phase: str, job_id: str, settings: Settings, image: str,
+                name: str | None = None) -> StartedPhase:
         config = container_config(settings, image, phase, job_id, self.runner_id)
+        if name:
+            config["name"] = name
         try:
             container = self.docker.containers.create(**config)
         except docker.errors.APIError as exc:
@@ -229,8 +257,79 @@ class Sandbox:
             raise
         isolation = {**applied, "waived": waivers, "image": container.attrs.get("Image"),
                      "limits": {"memory": settings.job_memory, "cpus": settings.job_cpus,
-                                "pids": settings.job_pids, "timeout_seconds": settings.job_timeout_seconds}}
+                                "pids": settings.job_pids, "timeout_seconds": settings.job_timeout_seconds},
+                     "warm": False}
         return StartedPhase(self, container, sock._sock, isolation, settings)
+
+    # --- the warm pool: one started, never-fed container per phase, made between jobs ---------------
+
+    def warm(self) -> int:
+        """Start the missing warm containers (at most one per phase); how many were started.
+
+        They carry the job label `warm` and no name until a job takes one (`_take_warm` renames it
+        `cleanroom-<job>-<phase>`). A failure here is logged by the caller and costs only speed: the
+        next job then starts its containers itself, and fails there if the engine refuses them.
+        """
+        if not self.settings.warm_pool:
+            return 0
+        started = 0
+        for phase in WARM_PHASES:
+            with self._pool_lock:
+                if phase in self._pool or self._pool_closed:
+                    continue
+            box = self._create(phase, WARM_JOB, self.settings, self.settings.sandbox_image)
+            with self._pool_lock:
+                if self._pool_closed or phase in self._pool:
+                    box.close()
+                    continue
+                self._pool[phase] = box
+            started += 1
+        return started
+
+    def warm_in_background(self) -> threading.Thread:
+        def refill() -> None:
+            try:
+                began = time.monotonic()
+                started = self.warm()
+                if started:
+                    log.info("warm pool: started %d container(s) in %.1f s", started, time.monotonic() - began)
+            except Exception as exc:  # noqa: BLE001 - only speed is lost; the next job starts its own
+                log.warning("could not refill the warm pool: %s", exc)
+
+        thread = threading.Thread(target=refill, name="warm-pool", daemon=True)
+        with self._pool_lock:
+            self._refills = [t for t in self._refills if t.is_alive()] + [thread]
+        thread.start()
+        return thread
+
+    def _take_warm(self, phase: str, job_id: str) -> StartedPhase | None:
+        with self._pool_lock:
+            box = self._pool.pop(phase, None)
+        if box is None:
+            return None
+        try:
+            box.container.reload()
+            alive = box.container.status == "running"
+            if alive:
+                box.container.rename(container_name(job_id, phase))
+        except docker.errors.APIError:
+            alive = False
+        if not alive:  # its process died while waiting (or the engine lost it): start a fresh one
+            box.close()
+            return None
+        box.isolation = {**box.isolation, "warm": True}
+        return box
+
+    def drain(self) -> None:
+        """Remove the warm containers and stop refilling (the runner is stopping)."""
+        with self._pool_lock:
+            self._pool_closed = True
+            boxes, self._pool = list(self._pool.values()), {}
+            refills = list(self._refills)
+        for box in boxes:
+            box.close()
+        for thread in refills:  # a refill under way removes what it started once it sees the pool closed
+            thread.join(timeout=60)
 
     def run_phase(self, phase: str, job_id: str, request: bytes | memoryview, *, image: str | None = None,
                   timeout: float | None = None, max_output: int | None = None,

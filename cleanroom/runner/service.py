@@ -82,13 +82,24 @@ class RunnerService:
         if recovered["requeued"] or recovered["failed"]:
             log.info("recovered jobs: %s", recovered)
         self.sandbox.image_id(self.settings.sandbox_image)
+        self.sandbox.warm_in_background()  # the first job finds its containers started and imported
 
     def run_job(self, job_id: str) -> None:
         log.info("running job %s", job_id)
-        JobRun(self.api, self.sandbox, self.keys, job_id, self.settings).run()
+        try:
+            JobRun(self.api, self.sandbox, self.keys, job_id, self.settings).run()
+        finally:
+            # between jobs, not during one: the refill's imports would compete with the job for CPU
+            self.sandbox.warm_in_background()
         log.info("job %s done", job_id)
 
     def run(self, *, once: bool = False) -> None:
+        try:
+            self._loop(once=once)
+        finally:
+            self.sandbox.drain()
+
+    def _loop(self, *, once: bool) -> None:
         self.start()
         running: dict[str, Future[None]] = {}
         with ThreadPoolExecutor(max_workers=max(1, self.settings.max_concurrent_jobs)) as pool:

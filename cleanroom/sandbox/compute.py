@@ -320,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out: dict[str, bytes] = {}
     stage.reset()
+    wire.wait_for_input(sys.stdin.buffer)
+    stage("wait")
     try:
         meta, files = wire.read_message(sys.stdin.buffer, "job.json", args.max_request_bytes)
         stage("read")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import select
 import tarfile
 from typing import Any, BinaryIO
 
@@ -31,6 +32,18 @@ def write_message(stream: BinaryIO, meta_name: str, meta: dict[str, Any], files:
             info.mode = 0o600
             tar.addfile(info, io.BytesIO(data))
     stream.flush()
+
+
+def wait_for_input(stream: BinaryIO) -> None:
+    """Block until `stream` (a pipe: the phase's stdin) has a byte to read or reaches its end.
+
+    A phase container starts before its job needs it; this separates that wait from the reading.
+    """
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (tests pass BytesIO): there is nothing to wait for
+    select.select([fd], [], [])
 
 
 def read_message(stream: BinaryIO, meta_name: str, max_bytes: int) -> tuple[dict[str, Any], dict[str, bytes]]:

@@ -31,7 +31,7 @@ import pytest
 
 from cleanroom import bundle
 from cleanroom.sandbox import wire
-from tests.dockerutil import require_docker, require_image
+from tests.dockerutil import job_containers, require_docker, require_image
 
 LABEL = "cleanroom.job"
 REDTEAM_RUNNER_ID = "redteam-" + secrets.token_hex(4)  # our containers' cleanroom.runner label
@@ -215,8 +215,8 @@ def killed_from_outside(phase: Any) -> bool:
 
 
 def containers_of(client: Any, job_id: str) -> list[Any]:
-    """`docker ps -a --filter label=cleanroom.job=<id>`."""
-    return client.containers.list(all=True, filters={"label": f"{LABEL}={job_id}"})
+    """`docker ps -a --filter label=cleanroom.job=<id>`, plus warm-pool containers the job took."""
+    return job_containers(client, job_id)
 
 
 @pytest.fixture(scope="session")
