@@ -348,4 +348,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The response is written and flushed: skip the interpreter's teardown (freeing every frame and
+    # module takes tenths of a second at 1M rows), which the runner would otherwise wait for.
+    os._exit(code)
