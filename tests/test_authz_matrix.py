@@ -310,26 +310,25 @@ def _cancel_job(w: World, who: str) -> Req:
     return Req("POST", f"/jobs/{job}/cancel", after=lambda: w.cancel_if_queued(job))
 
 
-def _approve_release(w: World, who: str) -> Req:
-    rid = w.approve_target["release"]
+def _release_decision(w: World, who: str, verb: str, target: dict[str, Any], **extra: Any) -> Req:
+    """A signed release approval or rejection (`verb`: approve, reject) of `target`'s release."""
+    rid = target["release"]
     release = w.ok("admin", "GET", f"/releases/{rid}")
     org = ORG_OF[who] if who not in ("anon", "runner") else "retailer"
-    payload = {"type": "release-approval", "release_id": rid, "dataset": "retail.purchases",
+    payload = {"type": {"approve": "release-approval", "reject": "release-rejection"}[verb],
+               "release_id": rid, "dataset": "retail.purchases",
                "manifest_sha256": hashlib.sha256(dumps(release["manifest"]).encode()).hexdigest(),
-               "org": org, "issued_at": time.time()}
-    return Req("POST", f"/releases/{rid}/approve",
+               "org": org, "issued_at": time.time(), **extra}
+    return Req("POST", f"/releases/{rid}/{verb}",
                {"json": {"payload": payload, "signature": w.keys[org].sign(payload)}})
+
+
+def _approve_release(w: World, who: str) -> Req:
+    return _release_decision(w, who, "approve", w.approve_target)
 
 
 def _reject_release(w: World, who: str) -> Req:
-    rid = w.reject_target["release"]
-    release = w.ok("admin", "GET", f"/releases/{rid}")
-    org = ORG_OF[who] if who not in ("anon", "runner") else "retailer"
-    payload = {"type": "release-rejection", "release_id": rid, "dataset": "retail.purchases",
-               "manifest_sha256": hashlib.sha256(dumps(release["manifest"]).encode()).hexdigest(),
-               "org": org, "issued_at": time.time(), "reason": "no"}
-    return Req("POST", f"/releases/{rid}/reject",
-               {"json": {"payload": payload, "signature": w.keys[org].sign(payload)}})
+    return _release_decision(w, who, "reject", w.reject_target, reason="no")
 
 
 def _rotate_keys(w: World, who: str) -> Req:

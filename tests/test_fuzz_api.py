@@ -30,9 +30,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from cleanroom import scenario
 from cleanroom.crypto import generate_keypair
-from cleanroom.ingest import new_join_secret
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.scenario_setup import setup_scenario
 
 CHECKS = [not_a_server_error, response_schema_conformance]
 MAX_EXAMPLES = 40  # per operation and generation mode: ~40 operations x 2 modes x 3 callers
@@ -74,19 +72,7 @@ def objects(room: Any, tmp_path: Path) -> Objects:
     keys = generate_keypair()
     httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
                json={"enc_public": keys.enc_public, "sign_public": keys.sign_public}).raise_for_status()
-    retailer = room.org("retailer", "owner")
-    bank = room.org("bank", "owner")
-    analyst = room.org("acme-analytics", "analyst")
-    files = scenario.write_data(tmp_path / "data", 100)
-    secret = new_join_secret()
-    retailer.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
-                            id_column="customer_id", join_secret=secret)
-    bank.upload_dataset(files["bank"], name="bank.customers", policy=scenario.BANK_POLICY,
-                        id_column="customer_id", join_secret=secret)
-    ids = {name: analyst.submit_plugin(REPO / "plugins" / name)["id"] for name in scenario.PLUGINS}
-    for pid in ids.values():
-        retailer.decide_plugin(pid, "retail.purchases")
-        bank.decide_plugin(pid, "bank.customers")
+    retailer, _, analyst, _, ids = setup_scenario(room.org, tmp_path, 100, approve=True)
     job = analyst.submit_job(scenario.job_spec(ids))["id"]
     upload = retailer.post("/datasets/uploads", json={
         "name": "retail.pending", "policy": scenario.BANK_POLICY, "row_count": 1, "mock": [],
