@@ -207,7 +207,7 @@ class ContainerMemorySampler(threading.Thread):
     def __init__(self, docker_client: Any, label: str, interval: float = 0.05, list_every: float = 0.2,
                  name: str | None = None) -> None:
         super().__init__(daemon=True)
-        self.docker, self.label, self.name = docker_client, label, name
+        self.docker, self.label, self.job_name = docker_client, label, name
         self.interval, self.list_every = interval, list_every
         self.peaks: dict[str, int] = {}     # container id -> peak bytes
         self.phases: dict[str, str] = {}    # container id -> phase label
@@ -223,7 +223,7 @@ class ContainerMemorySampler(threading.Thread):
             if now - last_list >= self.list_every:
                 last_list = now
                 try:
-                    for c in job_containers(self.docker, self.label, self.name):
+                    for c in job_containers(self.docker, self.label, self.job_name):
                         if c.id not in self._files and c.id not in self.phases:
                             self.phases[c.id] = c.labels.get("cleanroom.phase", "?")
                             self.seen_at[c.id] = now

@@ -236,11 +236,8 @@ class Sandbox:
                 return warm
         return self._create(phase, job_id, settings, image)
 
-    def _create(self, phase: str, job_id: str, settings: Settings, image: str,
-                name: str | None = None) -> StartedPhase:
+    def _create(self, phase: str, job_id: str, settings: Settings, image: str) -> StartedPhase:
         config = container_config(settings, image, phase, job_id, self.runner_id)
-        if name:
-            config["name"] = name
         try:
             container = self.docker.containers.create(**config)
         except docker.errors.APIError as exc:
