@@ -441,3 +441,38 @@ def test_disk_full_during_upload_fails_cleanly_and_the_api_serves_on(small_disk:
     finally:
         logging.getLogger("uvicorn.error").disabled = False
         room.stop()
+
+
+@pytest.mark.docker
+def test_sigterm_stops_the_runner_and_removes_its_warm_pool(room: Any, tmp_path: Path, procs: list[Proc]) -> None:
+    """`docker stop` (SIGTERM) ends the runner cleanly, warm pool removed; kill -9 (the control) leaves the
+    pool behind, and the next start removes it."""
+    from tests.dockerutil import require_docker, require_image
+
+    docker_client = require_docker()
+    require_image(docker_client, "CLEANROOM_SANDBOX_IMAGE")
+    runner = RunnerProc(procs, room, tmp_path / "runner-home", tmp_path / "runner.log")
+    runner.start()
+    runner_id = room.admin.room()["keys"]["fingerprint"].removeprefix("SHA256:")[:16]
+
+    def warm() -> list[Any]:
+        return docker_client.containers.list(all=True, filters={"label": ["cleanroom.job=warm",
+                                                                          f"cleanroom.runner={runner_id}"]})
+
+    def wait_for_pool() -> None:
+        deadline = time.monotonic() + 90
+        while len(warm()) < 2:
+            assert time.monotonic() < deadline, f"no warm pool:\n{runner.proc.tail() if runner.proc else ''}"
+            time.sleep(0.2)
+
+    wait_for_pool()
+    assert runner.proc is not None
+    runner.proc.kill9()  # the control: nothing runs to clean up
+    assert len(warm()) == 2
+
+    runner.start()  # removes what the killed runner left, then warms its own pool
+    wait_for_pool()
+    assert runner.proc is not None
+    runner.proc.proc.send_signal(signal.SIGTERM)
+    assert runner.proc.proc.wait(timeout=60) == 0, runner.proc.tail()
+    assert warm() == [], "the runner left its warm pool behind after SIGTERM"
