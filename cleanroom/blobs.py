@@ -2,15 +2,24 @@
 
 Blobs are written to a temporary file in the same filesystem, fsynced, then renamed into place,
 so a crash never leaves a half-written blob visible under its hash.
+
+Blobs are shared by content: one file may back a dataset, a release artifact and a log at once.
+So nothing here deletes a blob on behalf of one upload. The only way to delete a committed blob is
+`delete`, which needs the exclusive `SweepLease` that `cleanroom.sweep` takes (it re-checks, under
+the lease, that no record references the blob and that it is older than the grace period). A
+commit renames under the shared lock, so a sweep never removes a blob that was just written again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -72,8 +81,93 @@ class BlobStore:
             while block := f.read(chunk):
                 yield block
 
-    def delete(self, digest: str) -> None:
+    @contextmanager
+    def _lock(self, mode: int) -> Iterator[None]:
+        """An advisory lock on the blob directory (flock: works across threads and processes)."""
+        with open(self.root / ".lock", "a+b") as handle:
+            fcntl.flock(handle.fileno(), mode)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    @contextmanager
+    def sweep_lease(self) -> Iterator[SweepLease]:
+        """The exclusive lock the sweep holds while it deletes: no blob is committed meanwhile."""
+        with self._lock(fcntl.LOCK_EX):
+            lease = SweepLease(self)
+            try:
+                yield lease
+            finally:
+                lease.active = False
+
+    def entries(self) -> Iterator[BlobEntry]:
+        """Every committed blob: digest, size and modification time (the last time it was written)."""
+        for folder in sorted(self.root.glob("??")):
+            if not folder.is_dir():
+                continue
+            for item in sorted(folder.iterdir()):
+                if _HEX.match(item.name) and item.name[:2] == folder.name:
+                    try:
+                        st = item.stat()
+                    except FileNotFoundError:
+                        continue
+                    yield BlobEntry(item.name, st.st_size, st.st_mtime)
+
+    def entry(self, digest: str) -> BlobEntry | None:
+        try:
+            st = self.path(digest).stat()
+        except FileNotFoundError:
+            return None
+        return BlobEntry(digest, st.st_size, st.st_mtime)
+
+    def staged(self) -> Iterator[tuple[Path, float]]:
+        """Temporary files of uploads in progress (or left by a crash), with their modification times."""
+        for item in sorted((self.root / "tmp").iterdir()):
+            try:
+                yield item, item.stat().st_mtime
+            except FileNotFoundError:
+                continue
+
+    def hash_of(self, digest: str) -> str | None:
+        """The sha256 of the bytes stored under `digest` (None when the blob is missing)."""
+        h = hashlib.sha256()
+        try:
+            with open(self.path(digest), "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+        except FileNotFoundError:
+            return None
+        return h.hexdigest()
+
+    def delete(self, digest: str, lease: SweepLease) -> None:
+        """Remove a blob. Only the sweep calls this, holding its lease (tests/test_blobs.py checks)."""
+        if not isinstance(lease, SweepLease) or lease.store is not self or not lease.active:
+            raise PermissionError("blobs are deleted only by the sweep, under its lease")
         self.path(digest).unlink(missing_ok=True)
+
+    def remove_staged(self, path: Path, lease: SweepLease) -> None:
+        """Remove an abandoned temporary file (never a committed blob)."""
+        if not isinstance(lease, SweepLease) or lease.store is not self or not lease.active:
+            raise PermissionError("staged files are removed only by the sweep, under its lease")
+        if path.parent != self.root / "tmp":
+            raise ValueError("not a staged upload file")
+        path.unlink(missing_ok=True)
+
+
+@dataclass
+class BlobEntry:
+    digest: str
+    size: int
+    mtime: float
+
+
+class SweepLease:
+    """Proof that the caller holds the blob directory's exclusive lock (see `BlobStore.sweep_lease`)."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self.active = True
 
 
 class BlobWriter:
@@ -104,7 +198,11 @@ class BlobWriter:
                                   "declared one", hint="retry the upload")
         final = self.store.path(digest)
         final.parent.mkdir(exist_ok=True)
-        os.replace(self._tmp, final)
+        # Under the shared lock: a sweep (exclusive) is never between its age check and its unlink.
+        # The rename gives the blob a fresh modification time, so the next sweep's grace period
+        # protects it until the record that references it is written.
+        with self.store._lock(fcntl.LOCK_SH):
+            os.replace(self._tmp, final)
         return digest, self.size
 
     def abort(self) -> None:

@@ -337,6 +337,15 @@ class Client:
         verify_receipt(release["receipt"], expected_fingerprint=self.room_keys()["fingerprint"])
         return {"release": release["id"], "files": written + [str(out / "receipt.json")]}
 
+    # storage (admin) ----------------------------------------------------------------------------
+    def storage_check(self, verify_hashes: bool = True) -> dict[str, Any]:
+        """Referenced blobs that are missing or corrupt, and orphans (admin)."""
+        return self.get("/admin/storage/check", params={"verify_hashes": str(verify_hashes).lower()})
+
+    def storage_sweep(self, grace_seconds: int | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Delete unreferenced blobs older than the grace period (admin; audited)."""
+        return self.post("/admin/storage/sweep", json={"grace_seconds": grace_seconds, "dry_run": dry_run})
+
     # audit --------------------------------------------------------------------------------------
     def audit_events(self) -> Iterator[dict[str, Any]]:
         after = 0

@@ -82,6 +82,15 @@ MIGRATIONS: list[str] = [
         seq INTEGER PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id), payload TEXT NOT NULL,
         old_signature TEXT NOT NULL, new_signature TEXT NOT NULL, created_at REAL NOT NULL);
     """,
+    # 4: uploads reserve their dataset name while pending and stay (done) so a retried PUT is answered
+    """
+    ALTER TABLE uploads ADD COLUMN name TEXT;
+    ALTER TABLE uploads ADD COLUMN sha256 TEXT;
+    ALTER TABLE uploads ADD COLUMN done_at REAL;
+    UPDATE uploads SET name = json_extract(meta, '$.name'), sha256 = json_extract(meta, '$.sha256');
+    CREATE INDEX uploads_name ON uploads(name);
+    CREATE INDEX uploads_sha256 ON uploads(sha256);
+    """,
 ]
 
 

@@ -84,6 +84,8 @@ approve_release        POST   /releases/{release_id}/approve                 401
 reject_release         POST   /releases/{release_id}/reject                  401  403  200  403  403  403  403  403
 get_artifact@pending   GET    /releases/{release_id}/artifacts/{name:path}   401  403  200  404  403  404  403  403
 get_artifact@reviewed  GET    /releases/{release_id}/artifacts/{name:path}   401  403  200  404  200  404  403  403
+storage_check          GET    /admin/storage/check                           401  200  403  403  403  403  403  403
+storage_sweep          POST   /admin/storage/sweep                           401  200  403  403  403  403  403  403
 runner_register        POST   /runner/register                               401  403  403  403  403  403  403  200
 runner_recover         POST   /runner/recover                                401  403  403  403  403  403  403  200
 runner_claim           POST   /runner/claim                                  401  403  403  403  403  403  403  200
@@ -400,6 +402,8 @@ BUILDERS: dict[str, Callable[[World, str], Req]] = {
     "reject_release": _reject_release,
     "get_artifact@pending": _get("/releases/{w.pending_release[release]}/artifacts/metrics.json"),
     "get_artifact@reviewed": _get("/releases/{w.reviewed_release[release]}/artifacts/metrics.json"),
+    "storage_check": _get("/admin/storage/check"),
+    "storage_sweep": _post("/admin/storage/sweep", json={"dry_run": True}),
     "runner_register": lambda w, who: Req("POST", "/runner/register", {"json": {
         "enc_public": w.room_keys.enc_public, "sign_public": w.room_keys.sign_public}}),
     "runner_recover": _post("/runner/recover"),

@@ -86,7 +86,7 @@ def test_replayed_upload_and_duplicate_name_conflict(room, owner, tmp_path):
         declare(owner, prep, name="retail.copy")
     with pytest.raises(Conflict, match="exists"):
         declare(owner, prep, sha256="0" * 64)
-    with pytest.raises(NotFound):
+    with pytest.raises(Conflict, match="done already"):  # the upload is done; other bytes change nothing
         owner.request("PUT", decl["put"], content=b"age-encryption.org/v1\n")
 
 

@@ -33,9 +33,17 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.bootstrap_token = ensure_admin(store, settings)
     ensure_runner(store, settings)
 
-    from cleanroom.api import routes_datasets, routes_jobs, routes_plugins, routes_room, routes_runner, web
+    from cleanroom.api import (
+        routes_admin,
+        routes_datasets,
+        routes_jobs,
+        routes_plugins,
+        routes_room,
+        routes_runner,
+        web,
+    )
 
-    for module in (routes_room, routes_datasets, routes_plugins, routes_jobs, routes_runner, web):
+    for module in (routes_room, routes_datasets, routes_plugins, routes_jobs, routes_runner, routes_admin, web):
         app.include_router(module.router)
 
     @app.exception_handler(CleanroomError)

@@ -54,6 +54,9 @@ RULES: dict[str, str | tuple[str, ...]] = {
     # audit
     "list_audit": ANY,
     "verify_audit": ANY,
+    # storage (the sweep is the only code that deletes blobs)
+    "storage_check": ("admin",),
+    "storage_sweep": ("admin",),
     # runner
     "runner_register": ("runner",),
     "runner_recover": ("runner",),

@@ -93,35 +93,93 @@ def _validate_meta(body: UploadIn) -> dict[str, Any]:
 
 @router.post("/datasets/uploads", status_code=201, tags=["datasets"])
 def create_upload(body: UploadIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
-    """Declare a dataset (schema, mock, policy, ciphertext hash); then PUT the ciphertext."""
+    """Declare a dataset (schema, mock, policy, ciphertext hash); then PUT the ciphertext.
+
+    The declaration reserves the name until the upload is done or expires. Declaring the very same
+    upload again (same org, name and metadata) returns the pending one, so a retry is harmless.
+    """
     checked = _validate_meta(body)
     if body.size > ctx.settings.max_upload_bytes:
         raise TooLarge(f"the ciphertext is larger than the room's limit of {ctx.settings.max_upload_bytes} "
                        "bytes", hint="ask the operator to raise CLEANROOM_MAX_UPLOAD_BYTES")
+    meta = body.model_dump(by_alias=True)
+    meta["policy_dict"] = checked["policy"].to_dict()
+    ttl = ctx.settings.upload_ttl_seconds
     with ctx.store.tx() as conn:
-        if conn.execute("SELECT 1 FROM datasets WHERE name = ?", (body.name,)).fetchone():
+        ds = conn.execute("SELECT owner_id, sha256 FROM datasets WHERE name = ?", (body.name,)).fetchone()
+        if ds and ds["owner_id"] == ctx.caller.org_id and ds["sha256"] == body.sha256:
+            raise Conflict(f"dataset {body.name!r} is uploaded already with this ciphertext: nothing to do",
+                           details={"dataset": body.name, "sha256": body.sha256, "done": True})
+        if ds:
             raise Conflict(f"a dataset named {body.name!r} exists already",
                            hint="choose another name; data changes are new datasets")
         dup = conn.execute("SELECT name FROM datasets WHERE sha256 = ?", (body.sha256,)).fetchone()
         if dup:
             raise Conflict(f"this ciphertext was uploaded already as {dup['name']!r} (replayed upload)")
+        pending = conn.execute("SELECT * FROM uploads WHERE done_at IS NULL AND created_at >= ?"
+                               " AND (name = ? OR sha256 = ?) ORDER BY created_at",
+                               (now() - ttl, body.name, body.sha256)).fetchall()
+        for row in pending:
+            if (row["org_id"] == ctx.caller.org_id and row["name"] == body.name
+                    and dumps(json.loads(row["meta"])) == dumps(meta)):
+                return {"upload_id": row["id"], "put": f"/datasets/uploads/{row['id']}", "retried": True}
+        for row in pending:
+            if row["name"] != body.name:
+                continue
+            if row["org_id"] == ctx.caller.org_id:
+                raise Conflict(f"an upload of {body.name!r} with other metadata or bytes is pending already",
+                               hint=f"finish it with PUT /datasets/uploads/{row['id']}, choose another name, "
+                                    f"or wait until it expires ({ttl} s after it was declared)",
+                               details={"pending_upload": row["id"]})
+            raise Conflict(f"the name {body.name!r} is reserved by another org's pending upload",
+                           hint="choose another name")
+        if pending:
+            raise Conflict("this ciphertext is declared already by a pending upload (replayed upload)")
         upload_id = new_id("upl")
-        meta = body.model_dump(by_alias=True)
-        meta["policy_dict"] = checked["policy"].to_dict()
-        conn.execute("INSERT INTO uploads (id, org_id, meta, created_at) VALUES (?,?,?,?)",
-                     (upload_id, ctx.caller.org_id, json.dumps(meta), now()))
+        conn.execute("INSERT INTO uploads (id, org_id, meta, created_at, name, sha256) VALUES (?,?,?,?,?,?)",
+                     (upload_id, ctx.caller.org_id, json.dumps(meta), now(), body.name, body.sha256))
     return {"upload_id": upload_id, "put": f"/datasets/uploads/{upload_id}"}
+
+
+def _expired(ctx: Ctx, row: Any) -> bool:
+    return bool(row["created_at"] < now() - ctx.settings.upload_ttl_seconds)
+
+
+async def _answer_retry(request: Request, ctx: Ctx, meta: dict[str, Any]) -> dict[str, Any]:
+    """A PUT to an upload that is done already: the same bytes get the dataset, other bytes a 409.
+    The body is only hashed (never stored), so a retry changes nothing."""
+    import hashlib
+
+    digest, size = hashlib.sha256(), 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > meta["size"]:
+            break
+        digest.update(chunk)
+    if size != meta["size"] or digest.hexdigest() != meta["sha256"]:
+        raise Conflict(f"this upload is done already: dataset {meta['name']!r} holds other bytes; "
+                       "nothing was stored or changed", details={"dataset": meta["name"], "done": True})
+    with ctx.store.read() as conn:
+        return {**dataset_view(conn, load_dataset(conn, meta["name"]), full=False), "already_done": True}
 
 
 @router.put("/datasets/uploads/{upload_id}", tags=["datasets"])
 async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
-    """Stream the ciphertext. The dataset appears only when all of it arrived intact."""
+    """Stream the ciphertext. The dataset appears only when all of it arrived intact.
+
+    A failed PUT never removes a stored blob (blobs are shared by content; only `admin sweep`
+    deletes, and only what no record references). Retrying the PUT of a done upload with the same
+    bytes answers with the dataset (`already_done`)."""
     with ctx.store.read() as conn:
         row = conn.execute("SELECT * FROM uploads WHERE id = ? AND org_id = ?",
                            (upload_id, ctx.caller.org_id)).fetchone()
     if not row:
         raise NotFound("no such upload; declare it first with POST /datasets/uploads")
     meta = json.loads(row["meta"])
+    if row["done_at"] is not None:
+        return await _answer_retry(request, ctx, meta)
+    if _expired(ctx, row):
+        raise Conflict("this upload expired before its ciphertext arrived", hint="declare it again")
     writer = ctx.store.blobs.writer(max_bytes=min(meta["size"], ctx.settings.max_upload_bytes))
     head = b""
     try:
@@ -137,31 +195,37 @@ async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ct
                                   hint="retry the upload")
         digest, size = writer.commit(meta["sha256"])
     except BaseException:
-        writer.abort()
+        writer.abort()  # only this request's own temporary file; never a committed blob
         raise
-    try:
-        with ctx.store.tx() as conn:
-            if conn.execute("SELECT 1 FROM datasets WHERE name = ? OR sha256 = ?",
-                            (meta["name"], digest)).fetchone():
-                raise Conflict("the dataset was created meanwhile by another upload")
-            conn.execute(
-                "INSERT INTO datasets (name, owner_id, sha256, size, row_count, schema, mock, dropped,"
-                " description, policy_version, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (meta["name"], ctx.caller.org_id, digest, size, meta["row_count"], dumps(meta["schema"]),
-                 dumps(meta["mock"]), dumps(meta["dropped"]), meta["description"], 1, now()))
-            policy = meta["policy_dict"]
-            conn.execute("INSERT INTO policies (dataset, version, text, policy, sha256, created_at)"
-                         " VALUES (?,?,?,?,?,?)",
-                         (meta["name"], 1, meta["policy"], dumps(policy), _policy_hash(policy), now()))
-            conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
-            ctx.audit(conn, "dataset.uploaded", "dataset", meta["name"],
-                      {"sha256": digest, "size": size, "rows": meta["row_count"], "policy_version": 1,
-                       "policy_sha256": _policy_hash(policy)})
-            view = dataset_view(conn, load_dataset(conn, meta["name"]), full=False)
-    except BaseException:
-        ctx.store.blobs.delete(digest)
-        raise
-    return view
+    # From here on the blob is committed and may be shared with other records: a failure below
+    # leaves it in place (an orphan at worst, for the sweep to judge), never deletes it.
+    with ctx.store.tx() as conn:
+        current = conn.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        if current is None:
+            raise NotFound("the upload was removed meanwhile (it expired)", hint="declare it again")
+        if current["done_at"] is not None:  # a concurrent PUT of the same bytes finished first
+            return {**dataset_view(conn, load_dataset(conn, meta["name"]), full=False), "already_done": True}
+        if _expired(ctx, current):
+            raise Conflict("this upload expired before its ciphertext arrived", hint="declare it again")
+        if conn.execute("SELECT 1 FROM datasets WHERE name = ? OR sha256 = ?",
+                        (meta["name"], digest)).fetchone():
+            raise Conflict("the dataset was created meanwhile by another upload")
+        if not ctx.store.blobs.exists(digest):
+            raise ValidationError("the stored ciphertext vanished before it was recorded", hint="retry the upload")
+        conn.execute(
+            "INSERT INTO datasets (name, owner_id, sha256, size, row_count, schema, mock, dropped,"
+            " description, policy_version, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (meta["name"], ctx.caller.org_id, digest, size, meta["row_count"], dumps(meta["schema"]),
+             dumps(meta["mock"]), dumps(meta["dropped"]), meta["description"], 1, now()))
+        policy = meta["policy_dict"]
+        conn.execute("INSERT INTO policies (dataset, version, text, policy, sha256, created_at)"
+                     " VALUES (?,?,?,?,?,?)",
+                     (meta["name"], 1, meta["policy"], dumps(policy), _policy_hash(policy), now()))
+        conn.execute("UPDATE uploads SET done_at = ? WHERE id = ?", (now(), upload_id))
+        ctx.audit(conn, "dataset.uploaded", "dataset", meta["name"],
+                  {"sha256": digest, "size": size, "rows": meta["row_count"], "policy_version": 1,
+                   "policy_sha256": _policy_hash(policy)})
+        return dataset_view(conn, load_dataset(conn, meta["name"]), full=False)
 
 
 def _policy_hash(policy: dict[str, Any]) -> str:

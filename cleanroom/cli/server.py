@@ -70,7 +70,8 @@ def runner(once: bool, pinned_keys: bool, forget_key: str | None) -> None:
 
 @cli.group()
 def admin() -> None:
-    """Operator commands, run where the API's data directory is."""
+    """Operator commands: rotate-token runs where the API's data directory is; check and sweep go over
+    the API with an admin profile."""
 
 
 @admin.command("rotate-token")
