@@ -140,15 +140,19 @@ class BlobStore:
             return None
         return h.hexdigest()
 
+    def _holds(self, lease: object) -> bool:
+        return (isinstance(lease, SweepLease) and getattr(lease, "store", None) is self
+                and getattr(lease, "active", False) is True)
+
     def delete(self, digest: str, lease: SweepLease) -> None:
         """Remove a blob. Only the sweep calls this, holding its lease (tests/test_blobs.py checks)."""
-        if not isinstance(lease, SweepLease) or lease.store is not self or not lease.active:
+        if not self._holds(lease):
             raise PermissionError("blobs are deleted only by the sweep, under its lease")
         self.path(digest).unlink(missing_ok=True)
 
     def remove_staged(self, path: Path, lease: SweepLease) -> None:
         """Remove an abandoned temporary file (never a committed blob)."""
-        if not isinstance(lease, SweepLease) or lease.store is not self or not lease.active:
+        if not self._holds(lease):
             raise PermissionError("staged files are removed only by the sweep, under its lease")
         if path.parent != self.root / "tmp":
             raise ValueError("not a staged upload file")
