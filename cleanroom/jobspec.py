@@ -15,7 +15,8 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from cleanroom.errors import CleanroomError, PolicyError, ValidationError
+from cleanroom import ledger
+from cleanroom.errors import PolicyError, ValidationError
 from cleanroom.policy import (
     ORG_NAME,
     Checker,
@@ -41,7 +42,6 @@ MAX_INPUTS = 8
 MAX_STEPS = 20
 MAX_PARAMS_BYTES = 64_000
 STEP_KINDS = ("preprocess", "features", "model", "analysis")
-_EPS = 1e-9  # float slack when comparing a request with the remaining budget
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ class JobOutputs:
     holdout_fraction: float = 0.2
     seed: int = 0
     epsilon: float | None = None
+    delta: float | None = None
+    bounds: tuple[tuple[str, tuple[float, float]], ...] = ()  # declared clipping bounds for DP (not data)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,9 @@ class JobSpec:
             "steps": [{"plugin": s.plugin, "params": copy.deepcopy(s.params), "dataset": s.dataset}
                       for s in self.steps],
             "outputs": {"model": o.model, "metrics": o.metrics, "aggregates": o.aggregates,
-                        "holdout_fraction": o.holdout_fraction, "seed": o.seed, "epsilon": o.epsilon},
+                        "holdout_fraction": o.holdout_fraction, "seed": o.seed, "epsilon": o.epsilon,
+                        **({"delta": o.delta} if o.delta is not None else {}),
+                        **({"bounds": {c: [lo, hi] for c, (lo, hi) in o.bounds}} if o.bounds else {})},
         }
 
     @classmethod
@@ -208,10 +212,27 @@ def _build(data: dict[str, Any], ck: Checker) -> JobSpec:
         epsilon = ck.typed(("outputs", "epsilon"), epsilon, "number")
         if epsilon <= 0:
             ck.fail(("outputs", "epsilon"), f"epsilon must be greater than 0 (got {epsilon:g})")
-        if not flags["aggregates"]:
-            ck.fail(("outputs", "epsilon"), "epsilon is spent on aggregates: set aggregates = true")
+    delta = out.get("delta")
+    if delta is not None:
+        delta = ck.typed(("outputs", "delta"), delta, "number")
+        if not 0 < delta <= 1e-3:
+            ck.fail(("outputs", "delta"), f"delta must be in (0, 0.001] (got {delta:g})")
+    bounds: list[tuple[str, tuple[float, float]]] = []
+    raw_bounds = out.get("bounds", {})
+    if not isinstance(raw_bounds, dict):
+        ck.fail(("outputs", "bounds"), f"outputs.bounds must be a table of column = [lo, hi], got "
+                f"{type_name(raw_bounds)}")
+    for column, pair in raw_bounds.items():
+        path = ("outputs", "bounds", column)
+        if not isinstance(pair, list) or len(pair) != 2:
+            ck.fail(path, f"bounds of {column!r} must be [lo, hi]")
+        lo, hi = (ck.typed(path, v, "number") for v in pair)
+        if lo >= hi:
+            ck.fail(path, f"bounds of {column!r} need lo < hi (got [{lo:g}, {hi:g}])")
+        bounds.append((column, (lo, hi)))
     return JobSpec(name=name, recipient=recipient, inputs=tuple(inputs), steps=tuple(steps), join=how,
-                   outputs=JobOutputs(**flags, holdout_fraction=holdout, seed=seed, epsilon=epsilon))
+                   outputs=JobOutputs(**flags, holdout_fraction=holdout, seed=seed, epsilon=epsilon, delta=delta,
+                                      bounds=tuple(sorted(bounds))))
 
 
 def check_job(
@@ -221,7 +242,7 @@ def check_job(
     plugins: Mapping[str, Mapping[str, Any]],
     approvals: Set[tuple[str, str, int, str]],
     recipient_exists: bool,
-    budget_remaining: Mapping[str, float | None],
+    budget_remaining: Mapping[str, Any] | None = None,
 ) -> EffectivePolicy:
     """Decide whether `spec` may run now; return its effective policy or raise `PolicyError`.
 
@@ -234,8 +255,9 @@ def check_job(
     - `approvals`: `(plugin_id, dataset, policy_version, dataset_sha256)` of every approval that is
       granted, not revoked and given by the dataset's current owner.
     - `recipient_exists`: whether an org named `spec.recipient` is in the room.
-    - `budget_remaining[name]`: DP budget left (policy epsilon minus what jobs spent or reserved);
-      needed for every input whose policy sets `epsilon`, None or absent for the others.
+    - `budget_remaining[name]`: DP budget left for this job's recipient, `(epsilon, delta)` or a number
+      (epsilon; delta unchecked), from the ledger (`cleanroom.ledger`); None or absent: not checked
+      here (the API's ledger admits the charge atomically with the job).
     """
     missing = [name for name in spec.inputs if name not in datasets]
     if missing:
@@ -258,20 +280,7 @@ def check_job(
         wanted = [("model", spec.outputs.model), ("aggregate", spec.outputs.aggregates)]
         for kind in (kind for kind, on in wanted if on and kind not in policy.outputs):
             raise PolicyError(f"dataset {name!r} does not allow {kind} outputs", details={"dataset": name})
-    epsilon = spec.outputs.epsilon
-    for name, policy in policies.items():
-        if policy.require_dp and spec.outputs.aggregates and epsilon is None:
-            raise PolicyError(f"dataset {name!r} requires differential privacy for aggregates: "
-                              "set epsilon in [outputs]", details={"dataset": name})
-        if epsilon is None or policy.epsilon is None:
-            continue  # no budget in the policy (so no require_dp either): DP there is free and optional
-        if budget_remaining.get(name) is None:
-            raise CleanroomError(f"the remaining DP budget of {name!r} was not given to the job check")
-        left = float(budget_remaining[name])  # type: ignore[arg-type]
-        if epsilon > left + _EPS:
-            raise PolicyError(f"the job asks for epsilon {epsilon:g} but dataset {name!r} has "
-                              f"{max(left, 0):g} left of its budget {policy.epsilon:g}",
-                              details={"dataset": name, "remaining": left})
+    ledger.check_dp_job(spec, policies, plugins, budget_remaining)
 
     owners = {name: datasets[name]["owner"] for name in spec.inputs}
     absent = []
@@ -288,7 +297,7 @@ def check_job(
             f"{name!r} at policy version {datasets[name]['policy_version']} and its current data{more}",
             hint=f"ask {owners[name]} to review and approve the plugin",
             details={"missing_approvals": [{"step": s, "plugin": p, "dataset": d} for s, p, d in absent]})
-    return combine(policies, owners=owners)
+    return ledger.with_job_budget(combine(policies, owners=owners), spec)
 
 
 def _a(kind: str) -> str:

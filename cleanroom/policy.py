@@ -40,6 +40,12 @@ ROW_STORING_ESTIMATORS = (
 KNOWN_ESTIMATORS = DEFAULT_ESTIMATORS + ROW_STORING_ESTIMATORS
 ORG_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
 MAX_DELTA = 1e-3
+# DP is the default (PRIVACY-DESIGN.md section 0): a lifetime budget per dataset and a cap per job
+DEFAULT_EPSILON, DEFAULT_DELTA = 3.0, 1e-6
+DEFAULT_JOB_EPSILON, DEFAULT_JOB_DELTA = 1.0, 1e-7
+MAX_DOMAIN = 1000
+EXACT_MODE_NOTE = ("require_dp = false: exact (non-DP) releases, so every release of this dataset is held "
+                   "for the owner's review (review = true is forced)")
 
 # ---------------------------------------------------------------------------------------------
 # Where keys are in a TOML text
@@ -217,15 +223,18 @@ class ColumnRule:
     name: str
     rule: str = "allowed"
     bounds: tuple[float, float] | None = None
+    domain: tuple[str, ...] | None = None  # declared public categories (published; mock data uses them)
 
 
 @dataclass(frozen=True)
 class Policy:
     outputs: tuple[str, ...] = OUTPUT_KINDS
     k: int = 10
-    epsilon: float | None = None
-    delta: float | None = None
-    require_dp: bool = False
+    epsilon: float = DEFAULT_EPSILON
+    delta: float = DEFAULT_DELTA
+    require_dp: bool = True
+    job_epsilon: float = DEFAULT_JOB_EPSILON
+    job_delta: float = DEFAULT_JOB_DELTA
     recipients: tuple[str, ...] = ()
     review: bool = False
     estimators: tuple[str, ...] = tuple(sorted(DEFAULT_ESTIMATORS))
@@ -234,6 +243,17 @@ class Policy:
     columns: tuple[ColumnRule, ...] = ()
     identifiers_allow: tuple[str, ...] = ()
     limits: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def exact(self) -> bool:
+        """Exact (non-DP) releases: only when the owner said `require_dp = false` (review is then forced)."""
+        return not self.require_dp
+
+    def notes(self) -> list[str]:
+        """What the parse decided that the text does not say outright (shown on upload and policy change)."""
+        return [EXACT_MODE_NOTE] if self.exact else [
+            f"differential privacy: lifetime budget epsilon {self.epsilon:g}, delta {self.delta:g}; "
+            f"at most epsilon {self.job_epsilon:g}, delta {self.job_delta:g} per job"]
 
     def column_rule(self, name: str) -> ColumnRule:
         """The rule of a column; columns the policy does not name are `allowed` without bounds."""
@@ -247,11 +267,13 @@ class Policy:
         return {
             "outputs": {"allowed": sorted(self.outputs)},
             "privacy": {"k": self.k, "epsilon": self.epsilon, "delta": self.delta,
-                        "require_dp": self.require_dp},
+                        "require_dp": self.require_dp, "job_epsilon": self.job_epsilon,
+                        "job_delta": self.job_delta},
             "release": {"recipients": sorted(self.recipients), "review": self.review},
             "models": {"estimators": sorted(self.estimators), "allow_row_storing": self.allow_row_storing,
                        "max_model_bytes": self.max_model_bytes},
-            "columns": {c.name: {"rule": c.rule, "bounds": list(c.bounds) if c.bounds else None}
+            "columns": {c.name: {"rule": c.rule, "bounds": list(c.bounds) if c.bounds else None,
+                                 **({"domain": list(c.domain)} if c.domain is not None else {})}
                         for c in sorted(self.columns, key=lambda c: c.name)},
             "identifiers": {"allow": sorted(self.identifiers_allow)},
             # only when set, so that policies without limits keep the hash they had before limits existed
@@ -276,7 +298,7 @@ def parse_policy(text: str) -> Policy:
 
 _SCHEMA = {
     "outputs": ("allowed",),
-    "privacy": ("k", "epsilon", "delta", "require_dp"),
+    "privacy": ("k", "epsilon", "delta", "require_dp", "job_epsilon", "job_delta"),
     "release": ("recipients", "review"),
     "models": ("estimators", "allow_row_storing", "max_model_bytes"),
     "columns": None,
@@ -303,20 +325,25 @@ def _build(data: dict[str, Any], ck: Checker) -> Policy:
         fields["k"] = ck.typed(("privacy", "k"), priv["k"], "int")
         if fields["k"] < 2:
             ck.fail(("privacy", "k"), f"k must be at least 2 (got {fields['k']})")
-    for key in ("epsilon", "delta"):
+    for key in ("epsilon", "delta", "job_epsilon", "job_delta"):
         if priv.get(key) is not None:
             fields[key] = value = ck.typed(("privacy", key), priv[key], "number")
-            if value <= 0 or (key == "delta" and value > MAX_DELTA):
-                bound = "greater than 0" if key == "epsilon" else f"in (0, {MAX_DELTA:g}]"
+            if value <= 0 or ("delta" in key and value > MAX_DELTA):
+                bound = f"in (0, {MAX_DELTA:g}]" if "delta" in key else "greater than 0"
                 ck.fail(("privacy", key), f"{key} must be {bound} (got {value:g})")
-    if "delta" in fields and "epsilon" not in fields:
-        ck.fail(("privacy", "delta"), "delta needs an epsilon budget in [privacy]")
     flags = (("privacy", "require_dp"), ("release", "review"), ("models", "allow_row_storing"))
     for table, key in flags:
         if key in sect[table]:
             fields[key] = ck.typed((table, key), sect[table][key], "bool")
-    if fields.get("require_dp") and "epsilon" not in fields:
-        ck.fail(("privacy", "require_dp"), "require_dp = true needs a total budget: set epsilon in [privacy]")
+    for cap, total in (("job_epsilon", "epsilon"), ("job_delta", "delta")):
+        cap_value = fields.get(cap, Policy.__dataclass_fields__[cap].default)
+        total_value = fields.get(total, Policy.__dataclass_fields__[total].default)
+        if cap_value > total_value:
+            where = cap if cap in fields else total
+            ck.fail(("privacy", where), f"the per-job {total} ({cap} = {cap_value:g}) cannot exceed the "
+                    f"dataset's budget ({total} = {total_value:g})")
+    if fields.get("require_dp") is False:
+        fields["review"] = True  # exact mode: the owner sees every release before its recipient does
     if "recipients" in rel:
         fields["recipients"] = ck.names(("release", "recipients"), rel["recipients"], pattern=ORG_NAME,
                                         what="org name")
@@ -334,7 +361,7 @@ def _build(data: dict[str, Any], ck: Checker) -> Policy:
     columns = []
     for name, spec in data.get("columns", {}).items():
         path = ("columns", name)
-        spec = ck.table(path, spec, ("rule", "bounds"), f"[columns.{dotted([name])}]")
+        spec = ck.table(path, spec, ("rule", "bounds", "domain"), f"[columns.{dotted([name])}]")
         rule = ck.typed(path + ("rule",), spec.get("rule", "allowed"), "string")
         ck.choice(path + ("rule",), rule, RULES, f"unknown rule {rule!r} for column {name!r}")
         bounds = spec.get("bounds")
@@ -346,8 +373,18 @@ def _build(data: dict[str, Any], ck: Checker) -> Policy:
             if lo >= hi:
                 ck.fail(path + ("bounds",), f"bounds of column {name!r} need lo < hi (got [{lo:g}, {hi:g}])")
             bounds = (lo, hi)
-        if rule != "allowed" or bounds:  # a no-op entry would change the hash, not the meaning
-            columns.append(ColumnRule(name, rule, bounds))
+        domain = spec.get("domain")
+        if domain is not None:
+            items = ck.typed(path + ("domain",), domain, "list")
+            if not items or len(items) > MAX_DOMAIN or not all(isinstance(v, str) and 0 < len(v) <= 200
+                                                               for v in items):
+                ck.fail(path + ("domain",), f"domain of column {name!r} must be a list of 1 to {MAX_DOMAIN} "
+                        "non-empty strings (the public categories)")
+            if len(set(items)) != len(items):
+                ck.fail(path + ("domain",), f"domain of column {name!r} repeats a value")
+            domain = tuple(items)
+        if rule != "allowed" or bounds or domain is not None:  # a no-op entry would change the hash, not the meaning
+            columns.append(ColumnRule(name, rule, bounds, domain))
     if "allow" in sect["identifiers"]:
         fields["identifiers_allow"] = ck.names(("identifiers", "allow"), sect["identifiers"]["allow"],
                                                what="column name")
@@ -377,6 +414,12 @@ class EffectivePolicy:
     recipients: tuple[str, ...]
     review_by: tuple[str, ...]
     limits: tuple[tuple[str, float], ...] = ()
+    # the smallest per-job cap of the DP inputs (None: every input is in exact mode)
+    epsilon_cap: float | None = None
+    delta_cap: float | None = None
+    # what this job spends, set by `jobspec.check_job` from the spec and these caps (None: exact)
+    job_epsilon: float | None = None
+    job_delta: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The exact shape the release phase reads."""
@@ -387,6 +430,7 @@ class EffectivePolicy:
             "bounds": {col: [lo, hi] for col, (lo, hi) in sorted(self.bounds)},
             "require_dp": self.require_dp, "recipients": sorted(self.recipients),
             "review_by": sorted(self.review_by), "limits": dict(sorted(self.limits)),
+            "dp": None if self.job_epsilon is None else {"epsilon": self.job_epsilon, "delta": self.job_delta},
         }
 
 
@@ -418,6 +462,7 @@ def combine(policies: Mapping[str, Policy], *, owners: Mapping[str, str] | None 
                                   + ", ".join(seen[col.name]), details={"column": col.name})
             bounds[col.name] = (lo, hi)
     owners = owners or {}
+    private = [p for _, p in items if p.require_dp]
     return EffectivePolicy(
         k=max(p.k for _, p in items),
         outputs=meet(p.outputs for _, p in items),
@@ -432,6 +477,8 @@ def combine(policies: Mapping[str, Policy], *, owners: Mapping[str, str] | None 
         review_by=tuple(d for d, p in items if p.review),
         limits=tuple(sorted((key, min(v for _, p in items for k, v in p.limits if k == key))
                             for key in {k for _, p in items for k, _ in p.limits})),
+        epsilon_cap=min(p.job_epsilon for p in private) if private else None,
+        delta_cap=min(p.job_delta for p in private) if private else None,
     )
 
 

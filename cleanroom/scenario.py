@@ -15,6 +15,9 @@ REGIONS = ["north", "south", "east", "west"]
 CATEGORIES = ["grocery", "electronics", "fashion", "home"]
 SEGMENTS = ["mass", "affluent", "private"]
 
+# Both policies leave differential privacy on (the default: a lifetime budget of epsilon 3 per dataset,
+# at most 1 per job) and declare what is public about each column: bounds for numbers (DP clips to
+# them) and the category domains (published, used for mock data and released names).
 RETAIL_POLICY = """\
 [outputs]
 allowed = ["aggregate", "model"]
@@ -32,6 +35,12 @@ estimators = ["linear_regression", "ridge", "lasso", "gradient_boosting_regresso
 
 [columns.spend]
 bounds = [0, 5000]
+[columns.visits]
+bounds = [0, 40]
+[columns.region]
+domain = ["north", "south", "east", "west"]
+[columns.category]
+domain = ["grocery", "electronics", "fashion", "home"]
 """
 
 BANK_POLICY = """\
@@ -47,7 +56,19 @@ review = false
 
 [columns.age]
 bounds = [18, 100]
+[columns.income]
+bounds = [0, 200000]
+[columns.tenure_years]
+bounds = [0, 40]
+[columns.segment]
+domain = ["mass", "affluent", "private"]
 """
+
+# Exact mode, for tests that compare against exact releases: the owner opts out of DP explicitly,
+# and every release is then held for the owner's review.
+def exact_policy(policy: str) -> str:
+    """`policy` in exact mode (require_dp = false; review is forced)."""
+    return policy.replace("[privacy]\n", "[privacy]\nrequire_dp = false\n", 1)
 
 
 def make_data(n: int, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -105,12 +126,18 @@ def write_data(folder: Path, n: int, seed: int = 7) -> dict[str, Path]:
 PLUGINS = ("drop-identifiers", "impute", "clip", "one-hot", "linear-model", "group-aggregate")
 
 
+# the one-hot columns of the job (bounds [0, 1], declared in the job spec: they are not input columns)
+ONE_HOT = [f"category_{c}" for c in CATEGORIES] + [f"segment_{s}" for s in SEGMENTS]
+
+
 def job_spec(plugin_ids: dict[str, str], *, recipient: str = "acme-analytics",
              retail: str = "retail.purchases", bank: str = "bank.customers",
              epsilon: float | None = None) -> str:
-    """The motivating job: join, drop identifiers, impute, clip outliers, one-hot, ridge on spend, spend by
-    region."""
+    """The motivating job: join, drop identifiers, impute a constant, one-hot, ridge on spend, spend by
+    region. Every step is a per-row transform (no statistic of the whole frame feeds a released value),
+    and the spec declares bounds for the one-hot columns, so it runs with DP (the default) as it is."""
     dp = f"epsilon = {epsilon}\n" if epsilon else ""
+    one_hot = ", ".join(f"{name} = [0, 1]" for name in ONE_HOT)
     return f"""\
 name = "spend-model"
 recipient = "{recipient}"
@@ -129,11 +156,7 @@ params = {{ missing_ok = true }}
 
 [[steps]]
 plugin = "{plugin_ids['impute']}"
-params = {{ columns = ["tenure_years"], strategy = "median" }}
-
-[[steps]]
-plugin = "{plugin_ids['clip']}"
-params = {{ exclude = ["spend"] }}
+params = {{ columns = ["tenure_years"], strategy = "constant", fill_value = 0 }}
 
 [[steps]]
 plugin = "{plugin_ids['one-hot']}"
@@ -154,4 +177,5 @@ metrics = true
 aggregates = true
 holdout_fraction = 0.2
 seed = 0
+bounds = {{ {one_hot} }}
 {dp}"""

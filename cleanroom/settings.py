@@ -37,6 +37,8 @@ class Settings:
     max_bundle_bytes: int = 5 * 2**20
     max_release_bytes: int = 100 * 2**20
     max_queued_jobs_per_org: int = 20
+    dp_room_epsilon: float = 0.0             # room-wide privacy cap over every job (cleanroom.ledger); 0: none
+    job_time_budget_seconds: int = 600      # a job's outcome is shown to its analyst this long after its start
     upload_ttl_seconds: int = 24 * 3600      # a declared upload reserves its dataset name this long
     blob_grace_seconds: int = 48 * 3600      # `admin sweep` keeps unreferenced blobs younger than this
     runner_token_file: str | None = None     # the API writes/reads the runner's token here

@@ -91,6 +91,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX uploads_name ON uploads(name);
     CREATE INDEX uploads_sha256 ON uploads(sha256);
     """,
+    # the append-only privacy ledger (cleanroom.ledger): one charge per job and DP input, never refunded;
+    # charges of the old budget table (reserved or spent) are kept as charges
+    """
+    CREATE TABLE privacy_charges (
+        seq INTEGER PRIMARY KEY, job_id TEXT NOT NULL, dataset TEXT NOT NULL, recipient TEXT NOT NULL,
+        epsilon REAL NOT NULL, delta REAL NOT NULL, policy_sha256 TEXT NOT NULL, created_at REAL NOT NULL,
+        UNIQUE (job_id, dataset));
+    CREATE INDEX privacy_charges_dataset ON privacy_charges(dataset, recipient);
+    INSERT INTO privacy_charges (job_id, dataset, recipient, epsilon, delta, policy_sha256, created_at)
+        SELECT b.job_id, b.dataset, COALESCE(json_extract(j.spec, '$.recipient'), ''), b.epsilon, 0, '',
+               b.created_at FROM budget AS b LEFT JOIN jobs AS j ON j.id = b.job_id;
+    """,
 ]
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from cleanroom.errors import CleanroomError, PolicyError, ValidationError
+from cleanroom.errors import PolicyError, ValidationError
 from cleanroom.jobspec import FORBIDDEN_KEYS, JobOutputs, JobSpec, Step, check_job, parse_jobspec
 from cleanroom.policy import Policy, parse_policy
 
@@ -118,7 +118,10 @@ BAD = [
     (_edit("holdout_fraction = 0.2", "holdout_fraction = 0.01"), 30, "outputs.holdout_fraction", "0.05"),
     (_edit("seed = 7", "seed = -1"), 31, "outputs.seed", "seed must be in"),
     (_edit("seed = 7", "seed = 1.5"), 31, "outputs.seed", "an integer"),
-    (_edit("seed = 7", "seed = 7\nepsilon = 0.5"), 32, "outputs.epsilon", "spent on aggregates"),
+    (_edit("seed = 7", "seed = 7\ndelta = 0.5"), 32, "outputs.delta", "delta must be in (0, 0.001]"),
+    (_edit("seed = 7", "seed = 7\nbounds = { age = [5, 1] }"), 32, "outputs.bounds.age", "need lo < hi"),
+    (_edit("seed = 7", "seed = 7\nbounds = { age = 5 }"), 32, "outputs.bounds.age", "must be [lo, hi]"),
+    (_edit("seed = 7", "seed = 7\nbounds = 5"), 32, "outputs.bounds", "must be a table"),
     (_edit("aggregates = false", "aggregates = true\nepsilon = 0"), 30, "outputs.epsilon",
      "greater than 0"),
     (_edit('how = "inner"', 'how = "inner"\n[foo]'), 11, "foo", "unknown key 'foo' in the job spec"),
@@ -243,8 +246,8 @@ def test_check_job_passes_and_returns_the_effective_policy():
     assert effective.to_dict() == {
         "k": 10, "outputs": ["aggregate", "model"], "estimators": sorted(Policy().estimators),
         "allow_row_storing": False, "max_model_bytes": 5_000_000, "never_output": ["email"],
-        "join_only": [], "bounds": {"age": [18.0, 100.0]}, "require_dp": False, "recipients": ["acme"],
-        "review_by": ["bank.customers"], "limits": {},
+        "join_only": [], "bounds": {"age": [18.0, 100.0]}, "require_dp": True, "recipients": ["acme"],
+        "review_by": ["bank.customers"], "limits": {}, "dp": {"epsilon": 1.0, "delta": 1e-7},
     }
 
 
@@ -252,7 +255,7 @@ def test_check_job_accepts_stored_policy_dicts_and_dp_within_budget():
     datasets = _datasets()
     for ds in datasets.values():
         ds["policy"] = ds["policy"].to_dict()
-    _check(AGG_JOB.replace("seed = 7", "seed = 7\nepsilon = 3.0"), datasets=datasets)
+    _check(AGG_JOB.replace("seed = 7", "seed = 7\nepsilon = 1.0"), datasets=datasets)
 
 
 def test_step_on_one_dataset_needs_only_that_owners_approval():
@@ -346,14 +349,29 @@ def test_check_job_validates_params_against_the_manifest(params):
     assert info.value.message.startswith(f"step 0 ('scale', {SCALE[:12]}): ")
 
 
-def test_dp_is_required_where_a_policy_requires_it():
-    datasets = _datasets(retail="[release]\nrecipients = ['acme']\n"
-                                "[privacy]\nepsilon = 3.0\nrequire_dp = true\n")
-    with pytest.raises(PolicyError, match="dataset 'retail.purchases' requires differential privacy for "
-                                          "aggregates: set epsilon in \\[outputs\\]"):
-        _check(AGG_JOB, datasets=datasets)
-    _check(AGG_JOB.replace("seed = 7", "seed = 7\nepsilon = 0.5"), datasets=datasets)
-    _check(datasets=datasets)  # a model only: require_dp is about aggregates
+def test_every_job_over_a_dp_dataset_gets_the_per_job_cap_by_default():
+    effective = _check(AGG_JOB)  # no epsilon in the spec: the smallest per-job cap of the inputs
+    assert effective.job_epsilon == 1.0 and effective.job_delta == 1e-7
+    assert _check(AGG_JOB.replace("seed = 7", "seed = 7\nepsilon = 0.5")).job_epsilon == 0.5
+    with pytest.raises(PolicyError, match="asks for epsilon 2, delta 1e-07 but dataset 'bank.customers' allows at "
+                                          "most epsilon 1, delta 1e-07 per job"):
+        _check(AGG_JOB.replace("seed = 7", "seed = 7\nepsilon = 2.0"))
+    # exact mode only when every input says so; then the job spends nothing
+    exact = "[release]\nrecipients = ['acme']\n[privacy]\nrequire_dp = false\n"
+    assert _check(AGG_JOB, datasets=_datasets(retail=exact, bank=exact)).job_epsilon is None
+    assert _check(AGG_JOB, datasets=_datasets(retail=exact)).job_epsilon == 1.0
+
+
+def test_dp_jobs_with_a_model_other_than_linear_or_ridge_are_refused_at_submission():
+    spec = _steps((RIDGE, None), model=True)
+    tree = JobSpec(**{**spec.__dict__, "steps": (Step(RIDGE, {"target": "spend", "estimator": "svr"}),)})
+    plugins = {**PLUGINS, RIDGE: {**PLUGINS[RIDGE], "manifest": _manifest("ridge", "model", {
+        "target": {"type": "string", "required": True}, "estimator": {"type": "string"}})}}
+    with pytest.raises(PolicyError, match="fits only linear_regression and ridge models, not 'svr'.*"
+                                          "sample-and-aggregate, a later step"):
+        _check(tree, plugins=plugins)
+    ridge = JobSpec(**{**spec.__dict__, "steps": (Step(RIDGE, {"target": "spend", "estimator": "ridge"}),)})
+    _check(ridge, plugins=plugins)  # control
 
 
 def test_epsilon_beyond_the_remaining_budget_is_refused():
@@ -364,15 +382,14 @@ def test_epsilon_beyond_the_remaining_budget_is_refused():
                                   "of its budget 3")
     assert info.value.details == {"dataset": "retail.purchases", "remaining": 0.25}
     _check(spec, budget={"retail.purchases": 0.5})  # exactly what is left
-    # bank.customers has no budget in its policy: DP there is optional and spends nothing.
-    _check(spec, budget={"retail.purchases": 1.0, "bank.customers": None})
+    _check(spec, budget={"retail.purchases": 1.0, "bank.customers": None})  # None: checked by the ledger
 
 
-def test_missing_budget_figure_fails_closed():
-    spec = AGG_JOB.replace("seed = 7", "seed = 7\nepsilon = 0.5")
-    with pytest.raises(CleanroomError, match="remaining DP budget of 'retail.purchases'") as info:
-        _check(spec, budget={})
-    assert not isinstance(info.value, PolicyError)
+def test_job_spec_bounds_narrow_the_owners_and_fill_the_rest():
+    spec = AGG_JOB.replace("seed = 7", "seed = 7\nbounds = { age = [20, 200], spend = [0, 100] }")
+    assert dict(_check(spec).bounds) == {"age": (20.0, 100.0), "spend": (0.0, 100.0)}
+    with pytest.raises(PolicyError, match="bounds of 'age' do not overlap"):
+        _check(AGG_JOB.replace("seed = 7", "seed = 7\nbounds = { age = [200, 300] }"))
 
 
 def test_check_job_refusals_are_policy_errors():

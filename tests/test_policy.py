@@ -63,7 +63,8 @@ def test_defaults():
     assert policy == Policy()
     assert policy.to_dict() == {
         "outputs": {"allowed": ["aggregate", "model"]},
-        "privacy": {"k": 10, "epsilon": None, "delta": None, "require_dp": False},
+        "privacy": {"k": 10, "epsilon": 3.0, "delta": 1e-6, "require_dp": True, "job_epsilon": 1.0,
+                    "job_delta": 1e-7},
         "release": {"recipients": [], "review": False},
         "models": {"estimators": sorted(DEFAULT_ESTIMATORS), "allow_row_storing": False,
                    "max_model_bytes": 5_000_000},
@@ -92,6 +93,7 @@ recipients = ["acme", "acme"]
 [privacy]
 delta = 0.000001
 epsilon = 3
+require_dp = false
 """
     assert parse_policy(reordered).sha256() == policy.sha256()
     assert parse_policy(reordered.replace("epsilon = 3", "epsilon = 2")).sha256() != policy.sha256()
@@ -124,9 +126,14 @@ BAD = [
     ("[privacy]\nepsilon = inf\n", 2, "privacy.epsilon", "finite number"),
     ("[privacy]\nepsilon = 1\ndelta = 0.01\n", 3, "privacy.delta", "delta must be in (0, 0.001]"),
     ("[privacy]\nepsilon = 1\ndelta = 0\n", 3, "privacy.delta", "delta must be in"),
-    ("[privacy]\ndelta = 1e-6\n", 2, "privacy.delta", "delta needs an epsilon"),
+    ("[privacy]\ndelta = 1e-8\n", 2, "privacy.delta", "the per-job delta (job_delta = 1e-07) cannot exceed"),
+    ("[privacy]\nepsilon = 0.5\n", 2, "privacy.epsilon", "the per-job epsilon (job_epsilon = 1) cannot exceed"),
+    ("[privacy]\njob_epsilon = 4\n", 2, "privacy.job_epsilon", "cannot exceed the dataset's budget"),
+    ("[privacy]\njob_delta = 0\n", 2, "privacy.job_delta", "job_delta must be in"),
+    ("[columns.region]\ndomain = []\n", 2, "columns.region.domain", "list of 1 to 1000 non-empty strings"),
+    ("[columns.region]\ndomain = ['a', 'a']\n", 2, "columns.region.domain", "repeats a value"),
+    ("[columns.region]\ndomain = 'a'\n", 2, "columns.region.domain", "must be an array"),
     ("[privacy]\nrequire_dp = 'yes'\n", 2, "privacy.require_dp", "must be true or false"),
-    ("[privacy]\nrequire_dp = true\n", 2, "privacy.require_dp", "needs a total budget"),
     ("[outputs]\nallowed = ['aggregates']\n", 2, "outputs.allowed",
      "unknown output kind 'aggregates'"),
     ("[outputs]\nallowed = 'model'\n", 2, "outputs.allowed", "must be an array"),
@@ -253,6 +260,7 @@ bounds = [0, 65]
         "recipients": ["acme"],
         "review_by": ["retail.a"],
         "limits": {},
+        "dp": None,
     }
     json.dumps(effective.to_dict())  # JSON-ready
 
@@ -261,7 +269,7 @@ def test_combine_of_one_default_policy():
     assert combine({"x": Policy()}).to_dict() == {
         "k": 10, "outputs": ["aggregate", "model"], "estimators": sorted(DEFAULT_ESTIMATORS),
         "allow_row_storing": False, "max_model_bytes": 5_000_000, "never_output": [], "join_only": [],
-        "bounds": {}, "require_dp": False, "recipients": [], "review_by": [], "limits": {},
+        "bounds": {}, "require_dp": True, "recipients": [], "review_by": [], "limits": {}, "dp": None,
     }
 
 
@@ -365,3 +373,45 @@ def test_limits_parse_combine_to_the_tightest_and_only_change_the_hash_when_set(
 def test_bad_limits_name_the_line(text, fragment):
     with pytest.raises(ValidationError, match=re.escape(fragment)):
         parse_policy(text)
+
+
+# -- differential privacy is the default -------------------------------------------------------------
+
+def test_a_policy_that_says_nothing_gets_dp_with_the_default_budget():
+    policy = parse_policy("[privacy]\nk = 10\n")
+    assert policy.require_dp and not policy.exact
+    assert (policy.epsilon, policy.delta, policy.job_epsilon, policy.job_delta) == (3.0, 1e-6, 1.0, 1e-7)
+    assert policy.review is False  # DP releases need no review
+    assert "lifetime budget epsilon 3" in policy.notes()[0]
+
+
+def test_exact_mode_is_explicit_and_forces_owner_review():
+    for text in ("[privacy]\nrequire_dp = false\n", "[privacy]\nrequire_dp = false\n[release]\nreview = false\n"):
+        policy = parse_policy(text)
+        assert policy.exact and policy.review is True, text
+        assert "review = true is forced" in policy.notes()[0]
+        assert Policy.from_dict(policy.to_dict()) == policy
+    control = parse_policy("[release]\nreview = false\n")
+    assert not control.exact and control.review is False
+
+
+def test_old_policies_keep_parsing_with_their_budget_now_enforced():
+    old = parse_policy("[privacy]\nk = 10\nepsilon = 3.0\ndelta = 1e-6\n")  # opt-in DP before the change
+    assert old.require_dp and old.epsilon == 3.0 and old.job_epsilon == 1.0
+    assert parse_policy("[privacy]\nepsilon = 2.0\nrequire_dp = true\n").epsilon == 2.0
+
+
+def test_declared_domains_round_trip_and_change_the_hash():
+    policy = parse_policy("[columns.region]\ndomain = ['north', 'south']\n")
+    assert policy.column_rule("region").domain == ("north", "south")
+    assert Policy.from_dict(json.loads(json.dumps(policy.to_dict()))) == policy
+    assert policy.sha256() != parse_policy("").sha256()
+
+
+def test_combine_takes_the_smallest_per_job_cap_of_the_dp_inputs():
+    a = parse_policy("[privacy]\njob_epsilon = 0.5\njob_delta = 1e-8\n")
+    b = parse_policy("[privacy]\nrequire_dp = false\n")
+    both = combine({"a": a, "b": b})
+    assert both.require_dp and (both.epsilon_cap, both.delta_cap) == (0.5, 1e-8)
+    exact = combine({"b": b})
+    assert not exact.require_dp and exact.epsilon_cap is None and exact.review_by == ("b",)

@@ -102,11 +102,17 @@ def test_release_imports_no_server_or_plugin_code() -> None:
     assert proc.stdout.strip() == b"[]"
 
 
+DP_BOUNDS = {"spend": [0, 400], "age": [18, 90], "income": [0, 100]}
+
+
 def test_dp_release_spends_the_job_epsilon() -> None:
-    meta, files = run(request(dp={"epsilon": 1.0, "delta": 1e-6}))
+    meta, files = run(request(dp={"epsilon": 1.0, "delta": 1e-6},
+                              policy={**POLICY, "require_dp": True, "bounds": DP_BOUNDS}))
     assert meta["ok"], meta
-    assert meta["epsilon_spent"] == pytest.approx(1.0, rel=1e-9)
+    # aggregates spend their half exactly (Laplace); the model's Gaussian at most its half (zCDP converts tighter)
+    assert 0.5 < meta["epsilon_spent"] <= 1.0 + 1e-9
     assert 0 < meta["delta_spent"] <= 1e-6
+    assert {c["name"] for c in meta["checks"]} >= {"model:dp", "metrics:dp", "model:bounds"}
     table = pd.read_csv(io.BytesIO(files["artifacts/aggregates/spend_by_region.csv"]))
     assert "lonely" not in set(table["region"])
 
@@ -144,8 +150,12 @@ def test_model_without_metrics_leaves_them_out() -> None:
 def test_require_dp_needs_an_epsilon() -> None:
     meta, _ = run(request(policy={**POLICY, "require_dp": True}))
     assert not meta["ok"] and meta["checks"][-1]["name"] == "dp"
-    meta, _ = run(request(policy={**POLICY, "require_dp": True}, dp={"epsilon": 2.0, "delta": None}))
-    assert meta["ok"] and meta["epsilon_spent"] == pytest.approx(2.0, rel=1e-9)
+    meta, _ = run(request(policy={**POLICY, "require_dp": True, "bounds": DP_BOUNDS},
+                          dp={"epsilon": 2.0, "delta": None}))
+    assert meta["ok"] and 1.0 < meta["epsilon_spent"] <= 2.0 + 1e-9
+    meta, _ = run(request(policy={**POLICY, "require_dp": True}, dp={"epsilon": 2.0, "delta": None},
+                          outputs={"model": True, "metrics": False, "aggregates": False}))
+    assert not meta["ok"] and "declared bounds for every feature: none for 'age', 'income'" in meta["error"]
 
 
 @pytest.mark.parametrize("policy", [

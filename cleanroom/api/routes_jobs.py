@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from cleanroom import ledger
 from cleanroom.api.app import row_dict
 from cleanroom.api.authz import Caller, can_see_all, visible_job
 from cleanroom.api.deps import Ctx, get_ctx
@@ -57,16 +58,8 @@ def job_context(conn: Any, spec: Any, caller: Caller | None = None) -> dict[str,
                             " JOIN datasets d ON d.name = a.dataset"
                             " WHERE a.decision = 'approve' AND a.revoked_at IS NULL AND a.org_id = d.owner_id"):
         approvals.add((row[0], row[1], row[2], row[3]))
-    budget: dict[str, float | None] = {}
-    for name, ds in datasets.items():
-        total = ds["policy"].to_dict().get("privacy", {}).get("epsilon")
-        if total is None:
-            budget[name] = None
-            continue
-        spent = conn.execute("SELECT COALESCE(SUM(epsilon), 0) FROM budget WHERE dataset = ?",
-                             (name,)).fetchone()[0]
-        budget[name] = max(0.0, float(total) - float(spent))
-    return {"datasets": datasets, "plugins": plugins, "approvals": approvals, "budget_remaining": budget}
+    # the privacy budget is checked and charged by `ledger.charge`, atomically with creating the job
+    return {"datasets": datasets, "plugins": plugins, "approvals": approvals, "budget_remaining": {}}
 
 
 def input_owner_ids(conn: Any, job: dict[str, Any]) -> set[str]:
@@ -121,18 +114,16 @@ def submit_job(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
                               "encrypted to it", hint="the recipient runs any cleanroom command once")
         job_id = new_id("job")
         spec_dict = spec.to_dict()
-        epsilon = spec_dict.get("outputs", {}).get("epsilon")
         conn.execute("INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, phase, created_at)"
                      " VALUES (?,?,?,?,?,?,?,?)",
                      (job_id, ctx.caller.org_id, spec.name, dumps(spec_dict), dumps(effective.to_dict()),
                       "queued", None, now()))
-        if epsilon:
-            for name in [n for n, left in jc["budget_remaining"].items() if left is not None]:
-                conn.execute("INSERT INTO budget (dataset, job_id, epsilon, state, created_at) VALUES (?,?,?,?,?)",
-                             (name, job_id, float(epsilon), "reserved", now()))
+        charged = ledger.charge(conn, job_id=job_id, recipient=spec.recipient, datasets=jc["datasets"],
+                                effective=effective, room_epsilon=ctx.settings.dp_room_epsilon or None, now=now())
+        epsilon = charged["epsilon"] if charged else None
         ctx.audit(conn, "job.submitted", "job", job_id,
                   {"name": spec.name, "inputs": spec.dataset_names(), "plugins": spec.plugin_ids(),
-                   "recipient": spec.recipient, "epsilon": epsilon,
+                   "recipient": spec.recipient, "epsilon": epsilon, "delta": charged["delta"] if charged else None,
                    "policy_versions": {n: d["policy_version"] for n, d in jc["datasets"].items()}})
         job = load_job(conn, job_id)
         return job_view(conn, job, {"submitter"})
@@ -195,7 +186,6 @@ def cancel_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
             raise Conflict(f"the job is {job['status']} already")
         conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?",
                      (now(), f"cancelled by {ctx.caller.name}", job_id))
-        conn.execute("DELETE FROM budget WHERE job_id = ? AND state = 'reserved'", (job_id,))
         ctx.audit(conn, "job.cancelled", "job", job_id, {})
         return job_view(conn, load_job(conn, job_id), rel)
 

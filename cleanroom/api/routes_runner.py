@@ -204,10 +204,7 @@ def _finish(conn: Any, ctx: Ctx, job_id: str, status: str, reason: str, error_cl
             waived: list[str] | None = None) -> None:
     conn.execute("UPDATE jobs SET status = ?, reason = ?, error_class = ?, finished_at = ?, phase = NULL"
                  " WHERE id = ?", (status, reason, error_class, now(), job_id))
-    if status == "succeeded":
-        conn.execute("UPDATE budget SET state = 'spent' WHERE job_id = ?", (job_id,))
-    else:
-        conn.execute("DELETE FROM budget WHERE job_id = ? AND state = 'reserved'", (job_id,))
+    # the job's privacy charge stays whatever the outcome (cleanroom.ledger: no refunds)
     details: dict[str, Any] = {"error_class": error_class}
     if waived:
         details["isolation_waived"] = sorted(waived)

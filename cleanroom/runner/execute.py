@@ -84,7 +84,7 @@ def verify_context(ctx: dict[str, Any], bundles: dict[str, bytes], pins: KeyPins
                for pid, p in ctx["plugins"].items()}
     try:
         effective = check_job(spec, datasets=datasets, plugins=plugins, approvals=approvals, recipient_exists=True,
-                              budget_remaining={n: float("inf") for n in datasets})  # reserved by the API
+                              budget_remaining={})  # charged by the API's ledger at submission
     except PolicyError as exc:
         raise JobFailed("approval_or_policy", f"re-check on the runner failed: {exc.message}") from exc
     return effective.to_dict()
@@ -292,7 +292,7 @@ class JobRun:
             "model_spec": model_specs[0] if outputs.get("model") else None,
             "analysis_specs": [a["spec"] for a in result.get("analysis_specs", [])] if outputs.get("aggregates")
             else [],
-            "dp": {"epsilon": outputs.get("epsilon"), "delta": outputs.get("delta")},
+            "dp": effective.get("dp") or {"epsilon": None, "delta": None},  # the job's charge (cleanroom.ledger)
             "names": released_names(ctx), "table_names": table_names(ctx),
         }, {"frames/joined.arrow": frame})
         del frame

@@ -26,7 +26,7 @@ keys such as recipients or review are ignored here):
      "never_output": [column, ...],          # never grouped, aggregated, a feature or the target
      "join_only": [column, ...],             # same restrictions as never_output here
      "bounds": {column: [lo, hi]},           # clamping bounds for DP sums and means
-     "require_dp": bool}                     # aggregates must use DP (dp.epsilon must be set)
+     "require_dp": bool}                     # every output must use DP (dp.epsilon must be set)
 
 Released column names (aggregate headers, model features and target) must be input columns or
 names derived from them as `cleanroom.sandbox.names` describes; aggregate tables are named by
@@ -55,7 +55,7 @@ from typing import Any
 
 import pandas as pd
 
-from cleanroom.sandbox import aggregates, dp, models, names, wire
+from cleanroom.sandbox import aggregates, dp, dp_models, dp_plan, models, names, wire
 
 MAX_REQUEST_BYTES = 4 * 2**30
 MAX_ARTIFACT_BYTES = 128 * 2**20
@@ -192,11 +192,13 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
         raise RequestError("dp", "dp.epsilon must be a positive number")
     if delta is not None and not (_finite(delta) and 0 < delta < 1):
         raise RequestError("dp", "dp.delta must be a number in (0, 1)")
-    if want_aggregates and policy.require_dp and epsilon is None:
-        raise RequestError("dp", "the policy requires DP for aggregates but the job sets no epsilon")
+    if (want_aggregates or want_model or want_metrics) and policy.require_dp and epsilon is None:
+        raise RequestError("dp", "the policy requires DP but the job has no DP budget")
 
     artifacts: dict[str, bytes] = {}
     budget = dp.Budget(float(epsilon or 0.0), float(delta or dp.DEFAULT_DELTA))
+    parts = dp_plan.split(budget.epsilon, budget.delta, aggregates=want_aggregates, model=want_model,
+                          metrics=want_metrics) if epsilon is not None else {}
     if not (want_model or want_metrics or want_aggregates):
         return artifacts, 0.0, 0.0
     frame = _read_frame(files)
@@ -229,8 +231,9 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
             if epsilon is None:
                 result = aggregates.compute(frame, spec, policy.k)
             else:
-                result = aggregates.compute_dp(frame, spec, policy.k, policy.bounds, budget.epsilon / queries,
-                                              budget.delta / len(specs), budget)
+                result = aggregates.compute_dp(frame, spec, policy.k, policy.bounds,
+                                              parts["aggregates"][0] / queries,
+                                              parts["aggregates"][1] / len(specs), budget)
             artifacts[f"aggregates/{table}.csv"] = aggregates.to_csv(result)
             mode = "with DP" if epsilon is not None else "exact"
             passed(f"aggregate:{table}", f"{len(result)} groups, each with at least k units ({mode})")
@@ -245,7 +248,10 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
             raise RequestError("request", "holdout_fraction must be between 0.05 and 0.5")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise RequestError("request", "seed must be an integer in [0, 2**32)")
-        made = models.fit_and_check(
+        made = dp_models.fit_dp(
+            frame, model_spec, allowed=list(policy.estimators), forbidden=policy.forbidden, bounds=policy.bounds,
+            parts=parts, budget=budget, holdout_fraction=float(fraction), job_id=job_id, checks=checks,
+            names=rule, with_metrics=want_metrics) if epsilon is not None else models.fit_and_check(
             frame, model_spec, k=policy.k, allowed=list(policy.estimators),
             allow_row_storing=policy.allow_row_storing, max_model_bytes=policy.max_model_bytes,
             forbidden=policy.forbidden, holdout_fraction=float(fraction), seed=seed, job_id=job_id,
