@@ -1,4 +1,5 @@
 # One entry point for developers and CI (.ci/run runs `make test`).
+#   make prereqs   host tools from Debian's packages (as root; otherwise prints the command)
 #   make install   .venv with the project and its dev tools
 #   make images    base image, wheelhouse, sandbox and app images (containers/build.py)
 #   make up        build and start the clean room, wait until healthy (scripts/up.sh)
@@ -16,12 +17,19 @@ IMAGES_ENV := containers/.build/images.env
 COMPOSE := scripts/compose.sh
 PYTEST_ARGS ?=
 
-.PHONY: help install images up down destroy clean-room-state lint typecheck test bench check
+.PHONY: help prereqs prereqs-test install images up down destroy clean-room-state lint typecheck test bench check
 
 help:
 	@sed -n 's/^#   //p' $(MAKEFILE_LIST)
 
-install: $(INSTALL_STAMP)
+prereqs:
+	scripts/prereqs.sh
+
+# The browser tests need Chromium and its driver: installed here as root, a loud failure otherwise.
+prereqs-test:
+	scripts/prereqs.sh test
+
+install: prereqs $(INSTALL_STAMP)
 
 $(INSTALL_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,7 +55,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 # pytest's exit code 5 (no test collected) fails here like any other failure.
-test: install lint typecheck images
+test: prereqs-test install lint typecheck images
 	set -a; . ./$(IMAGES_ENV); set +a; \
 	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
