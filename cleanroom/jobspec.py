@@ -142,10 +142,10 @@ def _build(data: dict[str, Any], ck: Checker) -> JobSpec:
         if key not in data:
             ck.fail((), f"the job spec needs {key!r}")
     name = ck.typed(("name",), data["name"], "string")
-    if not JOB_NAME.match(name):
+    if not JOB_NAME.fullmatch(name):
         ck.fail(("name",), f"job name {name!r} must be 1-63 characters: a-z, 0-9, '_', '.', '-'")
     recipient = ck.typed(("recipient",), data["recipient"], "string")
-    if not ORG_NAME.match(recipient):
+    if not ORG_NAME.fullmatch(recipient):
         ck.fail(("recipient",), f"recipient {recipient!r} is not a valid org name")
 
     inputs: list[str] = []
@@ -158,7 +158,7 @@ def _build(data: dict[str, Any], ck: Checker) -> JobSpec:
         if "dataset" not in item:
             ck.fail(path, f"inputs[{i}] needs 'dataset'")
         dataset = ck.typed(path + ("dataset",), item["dataset"], "string")
-        if not DATASET_NAME.match(dataset):
+        if not DATASET_NAME.fullmatch(dataset):
             ck.fail(path + ("dataset",), f"{dataset!r} is not a valid dataset name")
         if dataset in inputs:
             ck.fail(path + ("dataset",), f"dataset {dataset!r} is an input twice")
@@ -179,7 +179,7 @@ def _build(data: dict[str, Any], ck: Checker) -> JobSpec:
         if "plugin" not in item:
             ck.fail(path, f"steps[{i}] needs 'plugin' (a plugin id)")
         plugin = ck.typed(path + ("plugin",), item["plugin"], "string")
-        if not PLUGIN_ID.match(plugin):
+        if not PLUGIN_ID.fullmatch(plugin):
             ck.fail(path + ("plugin",), f"steps[{i}].plugin must be a plugin id: 64 lowercase hex characters")
         params = item.get("params", {})
         if not isinstance(params, dict):

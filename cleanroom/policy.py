@@ -183,7 +183,7 @@ class Checker:
                 self.fail(path, f"{dotted(path)} must be a list of strings, got {type_name(item)} in it")
             if allowed is not None:
                 self.choice(path, item, allowed, f"unknown {what} {item!r} in {dotted(path)}")
-            if pattern is not None and not pattern.match(item):
+            if pattern is not None and not pattern.fullmatch(item):
                 self.fail(path, f"{item!r} in {dotted(path)} is not a valid {what}", item)
         return tuple(sorted(set(value)))
 

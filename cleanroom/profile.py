@@ -53,7 +53,7 @@ class Profile:
     @classmethod
     def load(cls, name: str | None = None, *, must_exist: bool = False) -> Profile:
         name = name or os.environ.get("CLEANROOM_PROFILE") or "default"
-        if not PROFILE_NAME.match(name):
+        if not PROFILE_NAME.fullmatch(name):
             raise ValidationError(f"bad profile name {name!r}")
         path = home() / "profiles" / f"{name}.json"
         if path.exists():

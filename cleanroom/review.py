@@ -13,17 +13,22 @@ Findings are `{file, line, col, rule, severity, message}`; `line` and `col` are 
 from __future__ import annotations
 
 import ast
+import io
 import re
+import tokenize
+import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cleanroom.hookspecs import HOOK_BY_KIND
+from cleanroom.identifiers import hidden_characters, marker
 from cleanroom.sandbox.bundles import Bundle
 
-__all__ = ["ALLOWED_MODULES", "Finding", "Report", "review", "review_source"]
+__all__ = ["ALLOWED_MODULES", "Finding", "Report", "hidden_text", "review", "review_source"]
 
-REVIEW_VERSION = 1
+REVIEW_VERSION = 2  # 2: hidden characters and confusable identifiers
+MAX_HIDDEN_FINDINGS = 50  # per file: the first ones make the point
 ALLOWED_MODULES = frozenset({
     "pandas", "numpy", "scipy", "sklearn", "math", "statistics", "collections", "itertools", "functools",
     "re", "datetime", "dataclasses", "typing", "json", "decimal", "fractions", "operator", "string", "enum",
@@ -348,11 +353,49 @@ def _local_modules(files: dict[str, bytes]) -> set[str]:
     return names
 
 
+def hidden_text(path: str, data: bytes) -> list[Finding]:
+    """Characters that make a file read differently than it runs: bidi controls ("Trojan Source"),
+    zero-width and other invisible characters, anywhere in any file (code, manifest, names,
+    descriptions, data files); and, in Python, identifiers with non-ASCII letters, which can look
+    like another name (Python folds a fullwidth `eval` to `eval`; a Cyrillic `a` is not a Latin one)."""
+    text = data.decode("utf-8", "replace")
+    findings = []
+    for offset, char, what in hidden_characters(text)[:MAX_HIDDEN_FINDINGS]:
+        line = text.count("\n", 0, offset) + 1
+        col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+        findings.append(Finding(path, line, col, "hidden-character", "blocking",
+                                f"{marker(char)} is {what}: the text is not what the page seems to show"))
+    if path.endswith(".py"):
+        findings.extend(_confusable_names(path, text))
+    return findings
+
+
+def _confusable_names(path: str, text: str) -> list[Finding]:
+    findings: list[Finding] = []
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        return findings  # the syntax check reports it
+    for tok in tokens:
+        if tok.type == tokenize.NAME and not tok.string.isascii():
+            folded = unicodedata.normalize("NFKC", tok.string)
+            shown = "".join(c if c.isascii() else marker(c) for c in tok.string)
+            reads = f" (Python reads it as {folded})" if folded.isascii() else ""
+            findings.append(Finding(path, tok.start[0], tok.start[1] + 1, "confusable-identifier", "blocking",
+                                    f"the name {shown} has non-ASCII letters{reads}: it can look like "
+                                    "another name"))
+            if len(findings) >= MAX_HIDDEN_FINDINGS:
+                break
+    return findings
+
+
 def review(bundle: Bundle) -> Report:
-    """Review every .py file of a bundle (plus the entry's hook) and return the report."""
+    """Review every file of a bundle for hidden characters, every .py file's code (plus the entry's
+    hook), and return the report."""
     report = Report(files=sorted(bundle.files))
     local = _local_modules(bundle.files)
     for path in report.files:
+        report.findings.extend(hidden_text(path, bundle.files[path]))
         if path.endswith(".py"):
             report.findings.extend(review_source(path, bundle.files[path], local))
     entry, hook = bundle.manifest.get("entry"), HOOK_BY_KIND.get(str(bundle.manifest.get("kind")))

@@ -103,6 +103,14 @@ MIGRATIONS: list[str] = [
         SELECT b.job_id, b.dataset, COALESCE(json_extract(j.spec, '$.recipient'), ''), b.epsilon, 0, '',
                b.created_at FROM budget AS b LEFT JOIN jobs AS j ON j.id = b.job_id;
     """,
+    # 5: review-page sessions: their own short-lived secrets (stored hashed), bound to the org token
+    # that logged in (rotating or revoking that token ends them), revoked at logout
+    """
+    CREATE TABLE web_sessions (
+        id TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id), token_id TEXT NOT NULL,
+        hash TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL, revoked_at REAL);
+    CREATE INDEX web_sessions_token ON web_sessions(token_id);
+    """,
 ]
 
 

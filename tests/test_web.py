@@ -1,4 +1,4 @@
-"""The review page over real HTTP: login cookie, pages, visibility, escaping, CSRF, logout."""
+"""The review page over real HTTP: login session, pages, visibility, escaping, CSRF, logout."""
 
 from __future__ import annotations
 
@@ -217,7 +217,19 @@ def test_the_runner_token_cannot_log_in(room, seeded):
                     headers={"origin": room.url})
     assert r.status_code == 403 and "cleanroom_session" not in r.headers.get("set-cookie", "")
     page = httpx.get(room.url + "/ui/datasets", cookies={"cleanroom_session": room.runner_token})
-    assert page.status_code == 403 and "customers" not in page.text
+    assert page.status_code == 401 and "customers" not in page.text  # a token is never a session
+
+
+def test_the_session_cookie_is_its_own_secret_not_the_org_token(room, seeded):
+    client = login(room, seeded.tokens["bank"])
+    session = client.cookies["cleanroom_session"]
+    assert session.startswith("crs_") and seeded.tokens["bank"] not in session
+    with room.store.read() as conn:
+        stored = [r[0] for r in conn.execute("SELECT hash FROM web_sessions")]
+    assert stored and session.partition(".")[2] not in stored  # hashed at rest
+    as_token = httpx.get(room.url + "/ui/datasets", cookies={"cleanroom_session": seeded.tokens["bank"]})
+    assert as_token.status_code == 401  # the long-lived org token does not open the page
+    assert client.get("/ui/datasets").status_code == 200  # control
 
 
 def test_an_analyst_does_not_see_another_analysts_plugin(room, seeded):
@@ -343,6 +355,9 @@ def test_logout_clears_the_cookie(room, seeded):
     assert 'cleanroom_session=""' in cleared and "max-age=0" in cleared.lower()
     after = client.get("/ui/datasets")
     assert after.status_code == 401 and "customers" not in after.text
+    stolen = httpx.get(room.url + "/ui/datasets", cookies={"cleanroom_session": page.request.headers["cookie"]
+                                                            .split("cleanroom_session=")[1].split(";")[0]})
+    assert stolen.status_code == 401  # the session is revoked on the server, not only forgotten
 
 
 def test_a_bearer_header_is_not_needed_and_json_api_is_unchanged(room, seeded):

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cleanroom import __version__
 from cleanroom.api.deps import authorize, hash_secret, new_token
+from cleanroom.api.guard import Guard
 from cleanroom.errors import CleanroomError
 from cleanroom.settings import Settings
 from cleanroom.store import Store, new_id, now
@@ -25,9 +26,12 @@ log = logging.getLogger("cleanroom.api")
 
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     store = store or Store(settings.data_dir)
+    # No Swagger UI or ReDoc: they load scripts from a public CDN, and the room runs offline.
     app = FastAPI(title="cleanroom", version=__version__, dependencies=[Depends(authorize)],
+                  docs_url=None, redoc_url=None,
                   description="A plugin-based data clean room. Every route needs a bearer token "
                               "except /health, /room and the review page's login.")
+    app.add_middleware(Guard)
     app.state.store = store
     app.state.settings = settings
     app.state.bootstrap_token = ensure_admin(store, settings)
@@ -79,7 +83,19 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                                         "the details"}, status_code=500)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    if settings.api_docs:
+        app.router.add_route("/docs", lambda request: _docs(app), include_in_schema=False, name="swagger_ui_html")
     return app
+
+
+def _docs(app: FastAPI) -> Any:
+    """The API reference as a plain page made here from the OpenAPI schema: no scripts, no CDN."""
+    from fastapi.responses import HTMLResponse
+
+    from cleanroom.api.web import SECURITY_HEADERS
+    from cleanroom.api.web_pages import api_docs_page
+
+    return HTMLResponse(api_docs_page(app.openapi()), headers=SECURITY_HEADERS)
 
 
 ERROR_SCHEMA = {

@@ -17,6 +17,7 @@ from cleanroom.api.app import row_dict
 from cleanroom.api.authz import require_dataset_owner
 from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.errors import Conflict, NotFound, TooLarge, ValidationError
+from cleanroom.identifiers import check_name
 from cleanroom.store import dumps, new_id, now
 
 router = APIRouter()
@@ -67,8 +68,9 @@ def dataset_view(conn: Any, ds: dict[str, Any], *, full: bool) -> dict[str, Any]
 def _validate_meta(body: UploadIn) -> dict[str, Any]:
     from cleanroom.policy import parse_policy
 
-    if not DATASET_NAME.match(body.name) or body.name == "uploads":
-        raise ValidationError("dataset names are 1-63 characters: lowercase letters, digits, '_', '.', '-'")
+    check_name("dataset", body.name)
+    if body.name == "uploads":
+        raise ValidationError("'uploads' is a reserved name: choose another dataset name")
     if not SHA256.match(body.sha256):
         raise ValidationError("sha256 must be 64 lowercase hex characters")
     columns = body.schema_.get("columns")
@@ -113,6 +115,7 @@ def create_upload(body: UploadIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]
         if ds:
             raise Conflict(f"a dataset named {body.name!r} exists already",
                            hint="choose another name; data changes are new datasets")
+        check_name("dataset", body.name, [r[0] for r in conn.execute("SELECT name FROM datasets")])
         dup = conn.execute("SELECT name FROM datasets WHERE sha256 = ?", (body.sha256,)).fetchone()
         if dup:
             raise Conflict(f"this ciphertext was uploaded already as {dup['name']!r} (replayed upload)")

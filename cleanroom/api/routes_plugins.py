@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from typing import Any
 
@@ -12,12 +13,13 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from cleanroom.api.app import row_dict
-from cleanroom.api.authz import require_dataset_owner, visible_plugin
+from cleanroom.api.authz import Caller, require_dataset_owner, visible_plugin
 from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.api.routes_datasets import current_policy, load_dataset
 from cleanroom.api.routes_room import CLOCK_SKEW
 from cleanroom.crypto import verify
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, TooLarge, ValidationError
+from cleanroom.identifiers import check_name
 from cleanroom.store import dumps, new_id, now
 
 router = APIRouter()
@@ -67,18 +69,16 @@ async def submit_plugin(request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[s
     archive = bytes(body)
     parsed = bundle.unpack(archive)
     plugin_id = hashlib.sha256(archive).hexdigest()
-    report = review.review(parsed).to_dict()
     manifest = parsed.manifest
+    check_name("plugin", manifest["name"])
+    check_name("version", manifest["version"])
+    report = review.review(parsed).to_dict()
     with ctx.store.tx() as conn:
         existing = conn.execute("SELECT * FROM plugins WHERE id = ?", (plugin_id,)).fetchone()
         if existing:
             view = plugin_view(conn, row_dict(existing, "manifest", "review"), full=True)
             return {**view, "created": False}
-        clash = conn.execute("SELECT id FROM plugins WHERE name = ? AND version = ?",
-                             (manifest["name"], manifest["version"])).fetchone()
-        if clash:
-            raise Conflict(f"{manifest['name']} {manifest['version']} exists already with other code",
-                           hint="bump the version in cleanroom-plugin.toml")
+        _check_lineage(conn, ctx, manifest["name"], manifest["version"])
         digest = ctx.store.blobs.put_bytes(archive)
         assert digest == plugin_id
         conn.execute("INSERT INTO plugins (id, name, version, kind, manifest, review, size, submitted_by,"
@@ -91,6 +91,21 @@ async def submit_plugin(request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[s
                                             if f.get("severity") == "blocking")})
         view = plugin_view(conn, load_plugin(conn, plugin_id), full=True)
     return {**view, "created": True}
+
+
+def _check_lineage(conn: Any, ctx: Ctx, name: str, version: str) -> None:
+    """A plugin name belongs to the org that first submitted it (its lineage: what "changes since the
+    last approved version" compares against); a name or version that looks like another is refused."""
+    if conn.execute("SELECT 1 FROM plugins WHERE name = ? AND submitted_by != ?",
+                    (name, ctx.caller.org_id)).fetchone():
+        raise Conflict(f"the plugin name {name!r} belongs to another org", hint="choose another name in "
+                       "cleanroom-plugin.toml: plugin names are the room's, first come, first served")
+    check_name("plugin", name, [r[0] for r in conn.execute("SELECT DISTINCT name FROM plugins")])
+    versions = [r[0] for r in conn.execute("SELECT version FROM plugins WHERE name = ?", (name,))]
+    if version in versions:
+        raise Conflict(f"{name} {version} exists already with other code",
+                       hint="bump the version in cleanroom-plugin.toml")
+    check_name("version", version, versions)
 
 
 @router.get("/plugins", tags=["plugins"])
@@ -109,21 +124,48 @@ def list_plugins(ctx: Ctx = Depends(get_ctx)) -> list[dict[str, Any]]:
     return out
 
 
-def resolve_plugin(conn: Any, ref: str) -> dict[str, Any]:
-    """A plugin by full id, by a unique id prefix (>= 8 chars) or by name@version."""
+ID_PREFIX = re.compile(r"[0-9a-f]{8,64}")
+
+
+def resolve_plugin(conn: Any, ref: str, caller: Caller) -> dict[str, Any]:
+    """A plugin the caller may see, by full id, by a unique id prefix (>= 8 hex digits) or by
+    name@version. Only plugins the caller may see are candidates, and every miss is the same
+    "plugin not found": absent, another analyst's and ambiguous-with-another-analyst's look alike."""
     if "@" in ref:
         name, _, version = ref.partition("@")
-        row = conn.execute("SELECT * FROM plugins WHERE name = ? AND version = ?", (name, version)).fetchone()
-    elif len(ref) >= 8:
-        rows = conn.execute("SELECT * FROM plugins WHERE id LIKE ? LIMIT 2", (ref.lower() + "%",)).fetchall()
-        if len(rows) > 1:
-            raise ValidationError(f"plugin id prefix {ref} is ambiguous")
-        row = rows[0] if rows else None
+        rows = conn.execute("SELECT * FROM plugins WHERE name = ? AND version = ?", (name, version)).fetchall()
+    elif ID_PREFIX.fullmatch(ref.lower()):
+        prefix = ref.lower()  # an exact comparison of the first characters: no LIKE, no wildcards
+        rows = conn.execute("SELECT * FROM plugins WHERE substr(id, 1, ?) = ? ORDER BY id",
+                            (len(prefix), prefix)).fetchall()
     else:
-        row = None
-    if not row:
-        raise NotFound(f"no plugin {ref!r}")
-    return row_dict(row, "manifest", "review")
+        rows = []
+    seen = [p for p in (row_dict(r, "manifest", "review") for r in rows) if can_see_plugin(caller, p)]
+    if len(seen) > 1:
+        raise ValidationError(f"plugin id prefix {ref} is ambiguous", hint="give more of the id")
+    if not seen:
+        raise NotFound("plugin not found")
+    return seen[0]
+
+
+def can_see_plugin(caller: Caller, plugin: dict[str, Any]) -> bool:
+    try:
+        visible_plugin(caller, plugin)
+    except NotFound:
+        return False
+    return True
+
+
+def replaced_version(conn: Any, plugin: dict[str, Any]) -> dict[str, Any] | None:
+    """The version this plugin replaces: the latest approved one of the same name *by the same org*
+    (another org's plugin of that name is never its previous version), or None."""
+    row = conn.execute(
+        "SELECT p.* FROM plugins p JOIN approvals a ON a.plugin_id = p.id"
+        " WHERE p.name = ? AND p.submitted_by = ? AND p.id != ? AND p.created_at <= ?"
+        " AND a.decision = 'approve' AND a.revoked_at IS NULL"
+        " ORDER BY p.created_at DESC LIMIT 1",
+        (plugin["name"], plugin["submitted_by"], plugin["id"], plugin["created_at"])).fetchone()
+    return row_dict(row, "manifest", "review") if row else None
 
 
 @router.get("/plugins/{ref}", tags=["plugins"])
@@ -132,19 +174,19 @@ def get_plugin(ref: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     from cleanroom import bundle
 
     with ctx.store.read() as conn:
-        plugin = resolve_plugin(conn, ref)
-        visible_plugin(ctx.caller, plugin)
+        plugin = resolve_plugin(conn, ref, ctx.caller)
         view = plugin_view(conn, plugin, full=True)
         parsed = bundle.unpack(ctx.store.blobs.read(plugin["id"]))
         view["files"] = {path: data.decode("utf-8", "replace") for path, data in sorted(parsed.files.items())}
-        prev = conn.execute(
-            "SELECT p.id, p.version FROM plugins p JOIN approvals a ON a.plugin_id = p.id"
-            " WHERE p.name = ? AND p.id != ? AND a.decision = 'approve' AND a.revoked_at IS NULL"
-            " ORDER BY p.created_at DESC LIMIT 1", (plugin["name"], plugin["id"])).fetchone()
+        prev = replaced_version(conn, plugin)
         view["diff_against"] = None
-        if prev:
+        if prev and can_see_plugin(ctx.caller, prev):  # a diff never shows code the caller may not read
             old = bundle.unpack(ctx.store.blobs.read(prev["id"]))
+            prev_view = plugin_view(conn, prev, full=False)
             view["diff_against"] = {"id": prev["id"], "version": prev["version"],
+                                    "submitted_by": prev_view["submitted_by"],
+                                    "approved_for": sorted({a["dataset"] for a in prev_view["approvals"]
+                                                            if a["decision"] == "approve" and not a["revoked_at"]}),
                                     "diff": bundle.diff(old, parsed)}
     return view
 
@@ -153,8 +195,7 @@ def get_plugin(ref: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
 def get_plugin_bundle(ref: str, ctx: Ctx = Depends(get_ctx)) -> Response:
     """The exact bytes that were hashed: reviewers can re-hash them."""
     with ctx.store.read() as conn:
-        plugin = resolve_plugin(conn, ref)
-        visible_plugin(ctx.caller, plugin)
+        plugin = resolve_plugin(conn, ref, ctx.caller)
     return Response(ctx.store.blobs.read(plugin["id"]), media_type="application/x-tar")
 
 

@@ -17,6 +17,7 @@ from cleanroom.api.authz import ROLES
 from cleanroom.api.deps import Ctx, get_ctx, new_token
 from cleanroom.crypto import fingerprint, verify
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from cleanroom.identifiers import check_name
 from cleanroom.store import new_id, now
 
 CLOCK_SKEW = 600  # seconds a signed statement may be old (or ahead): the same as approvals
@@ -67,8 +68,7 @@ def _org_view(row: Any) -> dict[str, Any]:
 @router.post("/orgs", status_code=201, tags=["orgs"])
 def create_org(body: OrgIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Create an org with roles; its token is in the answer and never shown again."""
-    if not ORG_NAME.match(body.name):
-        raise ValidationError("org names are 2-40 characters: lowercase letters, digits and '-'")
+    check_name("org", body.name)
     bad = [r for r in body.roles if r not in ROLES or r in ("admin", "runner")]
     if bad:
         raise ValidationError(f"unknown or reserved role {bad[0]!r}",
@@ -76,6 +76,7 @@ def create_org(body: OrgIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     with ctx.store.tx() as conn:
         if conn.execute("SELECT 1 FROM orgs WHERE name = ?", (body.name,)).fetchone():
             raise Conflict(f"an org named {body.name!r} exists already")
+        check_name("org", body.name, [r[0] for r in conn.execute("SELECT name FROM orgs")])
         org_id = new_id("org")
         roles = sorted(set(body.roles))
         conn.execute("INSERT INTO orgs (id, name, roles, created_at) VALUES (?,?,?,?)",

@@ -164,7 +164,7 @@ def runner_progress(job_id: str, body: ProgressIn, ctx: Ctx = Depends(get_ctx)) 
 @router.put("/jobs/{job_id}/artifacts/{name:path}")
 async def runner_artifact(job_id: str, name: str, request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Upload one encrypted artifact (or the encrypted log) before finishing the job."""
-    if not ARTIFACT_NAME.match(name):
+    if not ARTIFACT_NAME.fullmatch(name):
         raise ValidationError("bad artifact name")
     with ctx.store.read() as conn:
         load_job(conn, job_id)
@@ -238,7 +238,7 @@ def runner_finish(job_id: str, body: FinishIn, ctx: Ctx = Depends(get_ctx)) -> d
                          (release_id, job_id, recipient[0], dumps(rel.manifest), dumps(rel.receipt),
                           dumps(sorted(rel.review_by)), now()))
             for name, art in rel.artifacts.items():
-                if not ARTIFACT_NAME.match(name) or not ctx.store.blobs.exists(art.blob):
+                if not ARTIFACT_NAME.fullmatch(name) or not ctx.store.blobs.exists(art.blob):
                     raise ValidationError(f"artifact {name!r} was not uploaded")
                 conn.execute("INSERT INTO release_artifacts (release_id, name, blob, size) VALUES (?,?,?,?)",
                              (release_id, name, art.blob, art.size))

@@ -1,7 +1,9 @@
 """The review page: server-rendered HTML for reviewers and data owners, no JavaScript.
 
-The routes are public for the app-wide bearer check and do their own login: the org token lives in
-an HttpOnly, SameSite=Strict cookie and every page authenticates it like a bearer token. Each page
+The routes are public for the app-wide bearer check and do their own login: the org token is traded
+at login for a session secret of its own (short-lived, stored hashed, revoked at logout and when the
+org token is rotated), kept in an HttpOnly, SameSite=Strict cookie. The org token is never stored
+in the browser. Each page
 calls the JSON route it mirrors (same rule from `authz.RULES`, same visibility, same views), so the
 page can never show more than the API would. POST forms carry a double-submit CSRF token and are
 refused when the browser says they come from another site.
@@ -19,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cleanroom.api import web_pages as pages
 from cleanroom.api.authz import Caller, check_route
-from cleanroom.api.deps import Ctx, authenticate
+from cleanroom.api.deps import Ctx, check_token, end_session, new_session, session_caller
 from cleanroom.errors import AuthenticationError, CleanroomError, NotFound, PermissionDenied
 
 router = APIRouter(include_in_schema=False)
@@ -45,8 +47,9 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
-def _set_cookie(response: Response, request: Request, name: str, value: str) -> None:
-    response.set_cookie(name, value, path="/ui", httponly=True, samesite="strict", secure=_secure(request))
+def _set_cookie(response: Response, request: Request, name: str, value: str, max_age: int | None = None) -> None:
+    response.set_cookie(name, value, path="/ui", httponly=True, samesite="strict", secure=_secure(request),
+                        max_age=max_age)
 
 
 def _csrf_token(request: Request) -> tuple[str, bool]:
@@ -118,33 +121,42 @@ def web_login(request: Request) -> Response:
 
 @router.post("/ui/login")
 async def web_login_post(request: Request) -> Response:
-    """Check the org token and keep it in an HttpOnly cookie."""
+    """Check the org token and start a new session (its own secret in an HttpOnly cookie)."""
     form = await _read_form(request)
     if not _same_site_post(request, form):
         message = "refused: this form was not sent from this page (cross-site?). Reload it and try again."
         return _html(request, pages.error_page(None, 403, message), 403)
     token = form.get("token", "").strip()
+    store = request.app.state.store
     try:
         if not token or len(token) > 300:
             raise AuthenticationError("the token is not valid")
-        caller = await run_in_threadpool(authenticate, request.app.state.store, "Bearer " + token)
+        caller, token_id = await run_in_threadpool(check_token, store, token)
         check_route("list_datasets", caller)
     except AuthenticationError:
         return _login_page(request, "That token is not valid. Paste the org token you were given "
                                     "(it starts with crt_).", 401)
     except PermissionDenied:
         return _login_page(request, "This token cannot be used on the review page.", 403)
+    old = request.cookies.get(SESSION_COOKIE)
+    if old:  # a login rotates the session: the one this browser had ends
+        await run_in_threadpool(end_session, store, old)
+    lifetime = request.app.state.settings.web_session_seconds
+    session = await run_in_threadpool(new_session, store, caller, token_id, lifetime)
     response = _redirect("/ui/datasets")
-    _set_cookie(response, request, SESSION_COOKIE, token)
+    _set_cookie(response, request, SESSION_COOKIE, session, max_age=lifetime)
     return response
 
 
 @router.post("/ui/logout")
 async def web_logout(request: Request) -> Response:
-    """Forget the token in this browser."""
+    """End the session: revoked on the server, forgotten by this browser."""
     form = await _read_form(request)
     if not _same_site_post(request, form):
         return _html(request, pages.error_page(None, 403, "refused: cross-site request"), 403)
+    session = request.cookies.get(SESSION_COOKIE)
+    if session:
+        await run_in_threadpool(end_session, request.app.state.store, session)
     response = _redirect("/ui/login")
     response.delete_cookie(SESSION_COOKIE, path="/ui", httponly=True, samesite="strict",
                            secure=_secure(request))
@@ -163,16 +175,14 @@ def web_page(request: Request, path: str = "") -> Response:
     token = request.cookies.get(SESSION_COOKIE)
     caller: Caller | None = None
     try:
-        if not token:
+        if not token or len(token) > 300:
             raise AuthenticationError("log in first")
-        caller = authenticate(request.app.state.store, "Bearer " + token)
-        if caller is None:
-            raise AuthenticationError("log in first")
+        caller = session_caller(request.app.state.store, token)
         ctx = Ctx(store=request.app.state.store, settings=request.app.state.settings, caller=caller)
         return _html(request, render(ctx, parts))
     except AuthenticationError:
         message = "Log in with your org token to see this page." if not token else \
-            "Your token is not valid (any more). Log in again."
+            "Your session has ended (logged out, expired, or the org token was rotated). Log in again."
         return _login_page(request, message, 401)
     except CleanroomError as exc:
         return _html(request, pages.error_page(caller, exc.status_code, exc.message), exc.status_code)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
 from cleanroom.api.authz import Caller
+from cleanroom.identifiers import hidden_characters, marker
 
 MOCK_ROWS_SHOWN = 100
 # Replaced by the browser's CSRF token after rendering. Escaped values never contain "<".
@@ -26,11 +28,25 @@ class Safe(str):
 
 
 def h(value: Any) -> Safe:
+    """Escaped text; a hidden character (bidi control, zero-width, ...) becomes a visible marker."""
     if isinstance(value, Safe):
         return value
     if value is None:
         return Safe('<span class="muted">-</span>')
-    return Safe(html.escape(str(value), quote=True))
+    text = html.escape(str(value), quote=True)
+    if not text.isascii() or not text.isprintable():
+        text = _HIDDEN.sub(_show_hidden, text)
+    return Safe(text)
+
+
+_HIDDEN = re.compile(r"[^\x20-\x7e\t\n\r]")
+
+
+def _show_hidden(match: re.Match[str]) -> str:
+    char = match.group()
+    if not hidden_characters(char):
+        return char
+    return f'<span class="hidden-char" title="hidden character">{html.escape(marker(char))}</span>'
 
 
 def join(parts: Iterable[Any], sep: str = "") -> Safe:
@@ -130,6 +146,8 @@ form.login{background:#fff;border:1px solid #dde1e8;padding:1.2em;max-width:34em
 form.login input{width:100%;font:inherit;padding:.4em;box-sizing:border-box;margin:.4em 0 .8em}
 form.login button{font:inherit;padding:.4em 1.2em;cursor:pointer}
 .error{background:#fde0e0;color:#8a1414;padding:.6em 1em;border-radius:.3em}
+.hidden-char{background:#8a1414;color:#fff;border-radius:.2em;padding:0 .15em;font-weight:700}
+.lineage{background:#eef1f5;border-left:4px solid #1a56c4}
 """
 
 NAV = (("datasets", "Datasets"), ("plugins", "Plugins"), ("jobs", "Jobs"), ("releases", "Releases"),
@@ -279,7 +297,16 @@ def plugin_page(caller: Caller, p: dict[str, Any], own_datasets: list[str]) -> s
     cmds = "\n".join(f"cleanroom plugin approve {p['id']} --dataset {d}" for d in targets)
     cmds += f"\ncleanroom plugin reject {p['id']} --dataset {targets[0]} --reason '...'"
     blocking = p["blocking_findings"]
+    prev = p.get("diff_against")
+    if prev:
+        replaces = (f"It replaces {p['name']} {prev['version']} ({prev['id'][:16]}), also by "
+                    f"{prev.get('submitted_by', p['submitted_by'])}, approved for "
+                    f"{', '.join(prev.get('approved_for', [])) or 'no dataset any more'}.")
+    else:
+        replaces = (f"It replaces nothing: {p['submitted_by']} has no earlier approved version of "
+                    f"{p['name']}. Review it as new code.")
     parts = [
+        tag("p", f"Submitted by {p['submitted_by']}. {replaces}", class_="banner lineage"),
         facts([("id (sha256 of the bundle)", tag("code", p["id"])), ("kind", p["kind"]),
                ("submitted by", p["submitted_by"]), ("size", f"{p['size']:,} bytes"),
                ("submitted", when(p["created_at"])), ("approved for", ", ".join(approved_for(p)) or None)]),
@@ -292,9 +319,9 @@ def plugin_page(caller: Caller, p: dict[str, Any], own_datasets: list[str]) -> s
                                       approval_rows, "no approvals yet"),
         tag("h2", "Manifest"), pre(p["manifest"]),
     ]
-    prev = p.get("diff_against")
     if prev:
-        parts += [tag("h2", f"Changes since the last approved version {prev['version']} ({prev['id'][:16]})"),
+        parts += [tag("h2", f"Changes since the last approved version {prev['version']} ({prev['id'][:16]}) "
+                            f"by {prev.get('submitted_by', p['submitted_by'])}"),
                   diff_view(prev["diff"]) if prev["diff"] else tag("p", "no changes", class_="muted")]
     parts.append(tag("h2", "Code"))
     if files is None:
@@ -381,3 +408,17 @@ def audit_page(caller: Caller, events: list[dict[str, Any]], total: int, check: 
                               "on your machine with: cleanroom audit verify", class_="muted"),
              table(["seq", "time", "actor", "action", "object", "details", "hash"], rows, "no events")]
     return layout("Audit log", join(parts), caller)
+
+# API reference (when the operator turns it on) -----------------------------------------------------
+
+def api_docs_page(schema: dict[str, Any]) -> str:
+    rows = []
+    for path, methods in sorted(schema.get("paths", {}).items()):
+        for method, op in methods.items():
+            params = ", ".join(f"{p.get('name')} ({p.get('in')})" for p in op.get("parameters", []))
+            rows.append((tag("code", method.upper()), tag("code", path), op.get("summary"),
+                         op.get("description"), params or None))
+    body = join([tag("p", f"{schema.get('info', {}).get('description', '')} The machine-readable schema is "
+                          "at /openapi.json.", class_="muted"),
+                 table(["method", "path", "summary", "description", "parameters"], rows, "no routes")])
+    return layout(f"API reference (cleanroom {schema.get('info', {}).get('version', '')})", body)

@@ -41,6 +41,34 @@ SCHEMA = {"columns": [{"name": "_pid", "type": "string"}, {"name": "x", "type": 
 
 # The world: a room with datasets, plugins and a released job ----------------------------------------
 
+def released_job(url: str, runner_token: str, analyst: Any, retailer: Any, bank: Any,
+                 ids: dict[str, str]) -> dict[str, Any]:
+    """A job finished through the runner's routes, with an encrypted artifact and an encrypted log."""
+    def runner(method: str, path: str, **kw: Any) -> Any:
+        resp = httpx.request(method, url + path, timeout=60, headers={"authorization": f"Bearer {runner_token}"},
+                             **kw)
+        assert resp.status_code < 300, f"{method} {path}: {resp.status_code} {resp.text[:300]}"
+        return resp.json()
+
+    job = analyst.submit_job(scenario.job_spec(ids))["id"]
+    assert runner("POST", "/runner/claim")["job"] == job
+    readers = [c.keys().enc_public for c in (analyst, retailer, bank)]
+    plain = b'{"metrics": {"r2": 0.5}}'
+    artifact = encrypt_bytes(plain, readers)
+    log = encrypt_bytes(b"the job's log", readers[1:])
+    art = runner("PUT", f"/runner/jobs/{job}/artifacts/metrics.json", content=artifact)
+    logged = runner("PUT", f"/runner/jobs/{job}/artifacts/_logs", content=log)
+    manifest = {"job_id": job, "outputs": {"metrics.json": {"sha256": hashlib.sha256(plain).hexdigest(),
+                                                            "bytes": len(plain)}},
+                "checks": [], "epsilon_spent": 0.0, "recipient": "acme-analytics"}
+    done = runner("POST", f"/runner/jobs/{job}/finish", json={
+        "status": "succeeded", "reason": "", "log_blob": logged["blob"],
+        "release": {"manifest": manifest, "receipt": {"body": {}, "signature": "", "room_keys": {}},
+                    "artifacts": {"metrics.json": {"blob": art["blob"], "size": art["size"]}},
+                    "review_by": ["retail.purchases"]}})
+    return {"job": job, "id": done["release_id"], "artifact": artifact, "log": log}
+
+
 class World:
     def __init__(self, room: Room, tmp_path: Path) -> None:
         self.room = room
@@ -56,35 +84,12 @@ class World:
     def blobs(self) -> Path:
         return self.room.settings.data_dir / "blobs"
 
-    def runner(self, method: str, path: str, **kw: Any) -> Any:
-        resp = httpx.request(method, self.room.url + path, timeout=60,
-                             headers={"authorization": f"Bearer {self.room.runner_token}"}, **kw)
-        assert resp.status_code < 300, f"{method} {path}: {resp.status_code} {resp.text[:300]}"
-        return resp.json()
-
     def _release(self) -> dict[str, Any]:
-        """A job finished through the runner's routes, with an encrypted artifact and an encrypted log."""
-        job = self.analyst.submit_job(scenario.job_spec(self.ids))["id"]
-        assert self.runner("POST", "/runner/claim")["job"] == job
-        readers = [c.keys().enc_public for c in (self.analyst, self.retailer, self.bank)]
-        plain = b'{"metrics": {"r2": 0.5}}'
-        artifact = encrypt_bytes(plain, readers)
-        log = encrypt_bytes(b"the job's log", readers[1:])
-        art = self.runner("PUT", f"/runner/jobs/{job}/artifacts/metrics.json", content=artifact)
-        logged = self.runner("PUT", f"/runner/jobs/{job}/artifacts/_logs", content=log)
-        manifest = {"job_id": job, "outputs": {"metrics.json": {"sha256": hashlib.sha256(plain).hexdigest(),
-                                                                "bytes": len(plain)}},
-                    "checks": [], "epsilon_spent": 0.0, "recipient": "acme-analytics"}
-        done = self.runner("POST", f"/runner/jobs/{job}/finish", json={
-            "status": "succeeded", "reason": "", "log_blob": logged["blob"],
-            "release": {"manifest": manifest, "receipt": {"body": {}, "signature": "", "room_keys": {}},
-                        "artifacts": {"metrics.json": {"blob": art["blob"], "size": art["size"]}},
-                        "review_by": ["retail.purchases"]}})
-        bundle = self.analyst.request("GET", f"/plugins/{self.ids['impute']}/bundle").content
-        ciphertext = httpx.get(self.room.url + "/runner/datasets/bank.customers/ciphertext",
-                               headers={"authorization": f"Bearer {self.room.runner_token}"}).content
-        return {"job": job, "id": done["release_id"], "artifact": artifact, "log": log, "bundle": bundle,
-                "dataset": ciphertext}
+        made = released_job(self.room.url, self.room.runner_token, self.analyst, self.retailer, self.bank, self.ids)
+        made["bundle"] = self.analyst.request("GET", f"/plugins/{self.ids['impute']}/bundle").content
+        made["dataset"] = httpx.get(self.room.url + "/runner/datasets/bank.customers/ciphertext",
+                                    headers={"authorization": f"Bearer {self.room.runner_token}"}).content
+        return made
 
     # what readers get ------------------------------------------------------------------------------
     def read_back(self, kind: str) -> bytes:
