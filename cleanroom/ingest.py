@@ -134,6 +134,8 @@ class PreparedDataset:
     dropped: list[str]
     mock: pd.DataFrame
     dropped_reasons: dict[str, str] = field(default_factory=dict)
+    # summaries of the rows, for the owner's eyes only (`cleanroom.mock.suggest_policy`); never sent
+    suggested: Schema | None = None
 
     def metadata(self) -> dict[str, Any]:
         from cleanroom.mock import to_records
@@ -335,7 +337,9 @@ def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_se
 
         batches = read_batches(path, fmt, read_schema, progress=lambda done: position.__setitem__(0, done),
                                sampled=sampled, rows=_PIPELINE_ROWS)
-        return _encrypt(batches, kept, flagged, recipients, join_secret, workdir, mock_rows, compression, tick)
+        silent = [c.name for c in kept if c.stats == {}]  # an override's `stats = {}`: publish nothing
+        prepared = _encrypt(batches, kept, flagged, recipients, join_secret, workdir, mock_rows, compression, tick)
+        return _publish_declared(prepared, policy, silent, mock_rows)
 
     with _switch_interval(_SWITCH_INTERVAL):
         if schema_override is not None or fmt != "csv":
@@ -350,6 +354,18 @@ def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_se
             meter.add_passes(2)
             schema = infer_types(path, fmt, progress=meter.reporter(0))
             return encrypt(schema, flag(schema, None), None, meter.reporter(1))
+
+
+def _publish_declared(prepared: PreparedDataset, policy: Any, silent: list[str],
+                      mock_rows: int) -> PreparedDataset:
+    """Keep the rows' summaries as suggestions for the owner; publish declared facts only, and mock rows
+    made from them (`cleanroom.mock`)."""
+    from cleanroom.mock import make_mock, published_schema
+
+    prepared.suggested = prepared.schema
+    prepared.schema = published_schema(prepared.schema, policy, silent)
+    prepared.mock = make_mock(prepared.schema, n=mock_rows)
+    return prepared
 
 
 def _override(schema_override: Any) -> Schema:

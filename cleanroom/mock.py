@@ -1,14 +1,25 @@
-"""Summaries of a dataset's columns, and synthetic ("mock") rows made from them alone.
+"""What a dataset publishes about its columns, and synthetic ("mock") rows made from it alone.
 
-Mock rows let analysts write and test plugins without seeing data. They are drawn from the
-summaries only (ranges, means, frequent categories), never from rows: no real row, and no rare
-value, can be copied. A string value is summarised only when MIN_CATEGORY_COUNT rows share it.
+Published (`published_schema`): only what the owner declares public: names, types, nullability, and
+the policy's declared bounds (`[columns.X] bounds`) and category domains (`[columns.X] domain`), or
+summaries written by hand in a schema override. Nothing is computed from the rows for publication:
+an exact mean, range or category count of the data is one exact release per dataset, given to every
+org with no budget, and one exact job plus a published mean gives away a person.
+
+Mock rows let analysts write and test plugins without seeing data. They are drawn from the published
+schema only (uniform in declared bounds, uniform over declared categories, random tokens otherwise).
+
+`StatsCollector` still summarises the rows, on the owner's machine only: its summaries are
+*suggestions* (`suggest_policy`) the owner may copy into the policy after checking them; they are
+never sent to the room. A string value is suggested only when MIN_CATEGORY_COUNT rows share it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +31,8 @@ from cleanroom.schema import Column, Schema
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["MIN_CATEGORY_COUNT", "StatsCollector", "make_mock", "to_records"]
+__all__ = ["MIN_CATEGORY_COUNT", "StatsCollector", "declared_stats", "make_mock", "publish", "published_schema",
+           "suggest_policy", "to_records"]
 
 MIN_CATEGORY_COUNT = 20
 MAX_CATEGORIES = 50
@@ -178,6 +190,72 @@ def _month_end(value: Any) -> Any:
 
 
 
+# -- what is published -----------------------------------------------------------------------------
+def declared_stats(col: Column, rule: Any) -> dict[str, Any]:
+    """A column's published summary: the bounds and domain its policy rule declares, nothing else."""
+    out: dict[str, Any] = {"declared": True}
+    bounds = getattr(rule, "bounds", None)
+    domain = getattr(rule, "domain", None)
+    if bounds is not None and col.type in ("integer", "number"):
+        low, high = bounds
+        out.update(min=int(math.ceil(low)) if col.type == "integer" else float(low),
+                   max=int(math.floor(high)) if col.type == "integer" else float(high))
+    if domain is not None and col.type == "string":
+        out["categories"] = dict.fromkeys(domain, 1)
+    return out
+
+
+def _rules(policy: Any) -> dict[str, Any]:
+    from cleanroom.policy import Policy
+
+    if isinstance(policy, dict):
+        try:
+            policy = Policy.from_dict(policy)
+        except Exception:  # noqa: BLE001 - a partial dict (tests, tools): no declarations
+            return {}
+    return {c.name: c for c in getattr(policy, "columns", ()) or ()}
+
+
+def published_schema(schema: Schema, policy: Any, silent: Iterable[str] = ()) -> Schema:
+    """`schema` with every summary replaced by declared facts: the policy's bounds and domains. Columns
+    in `silent` (a schema override's `stats = {}`) and `_pid` publish nothing at all."""
+    rules, silent = _rules(policy), set(silent)
+    columns = []
+    for col in schema.columns:
+        if col.name.startswith("_") or col.name in silent:
+            stats: dict[str, Any] = {}
+        else:
+            stats = declared_stats(col, rules.get(col.name))
+        columns.append(Column(col.name, col.type, col.nullable, col.timezone, stats))
+    return Schema(columns)
+
+
+def publish(schema: dict[str, Any], policy: Any, mock_rows: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What the room stores and shows of an upload declaration: the published schema and mock rows made
+    from it, whatever the client sent (the API calls this; a client's summaries are dropped)."""
+    parsed = Schema.from_dict(schema)
+    silent = [c.name for c in parsed.columns if c.stats == {}]
+    published = published_schema(parsed, policy, silent)
+    return published.to_dict(), to_records(make_mock(published, n=mock_rows), published)
+
+
+def suggest_policy(schema: Schema) -> str:
+    """Policy lines an owner may check and add: bounds and domains seen in its own data (never sent).
+
+    Ranges are already cut at three standard deviations and rounded outward (`_published_range`)."""
+    lines = []
+    for col in schema.columns:
+        stats = col.stats or {}
+        if col.name.startswith("_") or stats.get("declared"):
+            continue
+        if col.type in ("integer", "number") and "min" in stats and "max" in stats:
+            lines += [f"[columns.{col.name}]", f"bounds = [{stats['min']}, {stats['max']}]"]
+        elif col.type == "string" and stats.get("categories"):
+            values = ", ".join(json.dumps(v) for v in sorted(stats["categories"]))
+            lines += [f"[columns.{col.name}]", f"domain = [{values}]"]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 # -- synthetic rows --------------------------------------------------------------------------------
 def make_mock(schema: Schema | dict[str, Any], n: int = 100, seed: int = 0) -> pd.DataFrame:
     """`n` synthetic rows with `schema`'s columns and types, drawn from its summaries only."""
@@ -202,13 +280,16 @@ def _mock_column(col: Column, n: int, rng: np.random.Generator) -> pa.Array:
     else:
         values = _strings(col.name, stats, n, rng)
     mask = None
-    if col.nullable and stats.get("null_fraction"):
-        mask = rng.random(n) < float(stats["null_fraction"])
+    if col.nullable and stats.get("null_fraction", 0.05 if stats.get("declared") else 0):
+        mask = rng.random(n) < float(stats.get("null_fraction", 0.05))
     return pa.array(values, type=col.arrow_type(), mask=mask)
 
 
 def _numbers(stats: dict[str, Any], n: int, rng: np.random.Generator, *, integer: bool) -> np.ndarray:
     low, high = float(stats.get("min", 0)), float(stats.get("max", 100))
+    if "mean" not in stats and "std" not in stats:  # declared bounds only: uniform between them
+        values = rng.uniform(low, high, n)
+        return np.clip(np.rint(values), math.ceil(low), math.floor(high)).astype(np.int64) if integer else values
     mean = float(stats.get("mean", (low + high) / 2))
     std = float(stats.get("std", (high - low) / 4))
     values = rng.normal(mean, std, n) if std > 0 else np.full(n, mean)

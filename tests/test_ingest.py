@@ -273,8 +273,12 @@ def test_schema_override_types_and_published_summaries(tmp_path: Path, keys: Key
                             {"name": "zip", "type": "string", "stats": {}},
                             {"name": "score", "type": "number"}]}
     prepared = run(path, keys, tmp_path, schema_override=override)
-    assert prepared.schema.column("zip").stats == {}
-    assert prepared.schema.column("score").stats["max"] == 2.0
+    assert prepared.schema.column("zip").stats == {}  # written by hand: published as written
+    # computed from the rows: a suggestion for the owner only; the room gets what the policy declares
+    assert prepared.suggested is not None and prepared.suggested.column("score").stats["max"] == 2.0
+    assert prepared.schema.column("score").stats == {"declared": True}
+    bounded = run(path, keys, tmp_path, schema_override=override, policy={"columns": {"score": {"bounds": [0, 5]}}})
+    assert bounded.schema.column("score").stats == {"declared": True, "min": 0.0, "max": 5.0}
     got = decrypt_dataset(prepared.ciphertext_path.read_bytes(), keys)
     assert list(got["zip"]) == ["02139", "10001"] and got["score"].dtype == np.float64
     (tmp_path / "o.json").write_text(json.dumps(override))
@@ -378,7 +382,7 @@ def test_types_from_a_sample_are_those_of_the_whole_file(tmp_path: Path, keys: K
     wanted = whole_file_types(path)
     assert {c.name: c.type for c in prepared.schema.columns[1:]} == {n: wanted[n] for n in prepared.schema.names[1:]}
     reference = infer_schema_of(path)
-    for col in prepared.schema.columns[1:]:
+    for col in prepared.suggested.columns[1:]:  # the owner's suggestions (the room gets declared facts)
         assert col.stats == reference.column(col.name).stats, col.name
         assert col.nullable == reference.column(col.name).nullable, col.name
 

@@ -39,6 +39,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
 
     from cleanroom.api import (
         routes_admin,
+        routes_budget,
         routes_datasets,
         routes_jobs,
         routes_plugins,
@@ -47,7 +48,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         web,
     )
 
-    for module in (routes_room, routes_datasets, routes_plugins, routes_jobs, routes_runner, routes_admin, web):
+    for module in (routes_room, routes_budget, routes_datasets, routes_plugins, routes_jobs, routes_runner,
+                   routes_admin, web):
         app.include_router(module.router)
 
     @app.exception_handler(CleanroomError)

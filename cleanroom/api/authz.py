@@ -51,6 +51,9 @@ RULES: dict[str, str | tuple[str, ...]] = {
     "approve_release": ("owner",),
     "reject_release": ("owner",),
     "get_artifact": ANY,
+    # privacy budgets (the handler limits a dataset's budget to its owner, its recipients and staff)
+    "dataset_budget": ANY,
+    "job_cost": ("analyst", "owner"),
     # audit
     "list_audit": ANY,
     "verify_audit": ANY,

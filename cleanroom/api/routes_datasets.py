@@ -18,6 +18,7 @@ from cleanroom.api.authz import require_dataset_owner
 from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.errors import Conflict, NotFound, TooLarge, ValidationError
 from cleanroom.identifiers import check_name
+from cleanroom.mock import publish
 from cleanroom.store import dumps, new_id, now
 
 router = APIRouter()
@@ -50,6 +51,14 @@ def load_dataset(conn: Any, name: str) -> dict[str, Any]:
 def current_policy(conn: Any, name: str, version: int) -> dict[str, Any]:
     row = conn.execute("SELECT * FROM policies WHERE dataset = ? AND version = ?", (name, version)).fetchone()
     return row_dict(row, "policy")
+
+
+def private_counts(view: dict[str, Any], caller: Any, owner_id: str) -> dict[str, Any]:
+    """The exact row count and ciphertext size are the owner's (and staff's): for everyone else they would
+    be an exact release of the dataset's size (PRIVACY-DESIGN.md section 1: n is private)."""
+    if owner_id != caller.org_id and not caller.has("admin", "reviewer"):
+        view.update(row_count=None, size=None)
+    return view
 
 
 def dataset_view(conn: Any, ds: dict[str, Any], *, full: bool) -> dict[str, Any]:
@@ -215,11 +224,13 @@ async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ct
             raise Conflict("the dataset was created meanwhile by another upload")
         if not ctx.store.blobs.exists(digest):
             raise ValidationError("the stored ciphertext vanished before it was recorded", hint="retry the upload")
+        # published: declared facts only, and mock rows made from them, whatever the client sent (cleanroom.mock)
+        schema, mock = publish(meta["schema"], meta["policy_dict"], len(meta["mock"]))
         conn.execute(
             "INSERT INTO datasets (name, owner_id, sha256, size, row_count, schema, mock, dropped,"
             " description, policy_version, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (meta["name"], ctx.caller.org_id, digest, size, meta["row_count"], dumps(meta["schema"]),
-             dumps(meta["mock"]), dumps(meta["dropped"]), meta["description"], 1, now()))
+            (meta["name"], ctx.caller.org_id, digest, size, meta["row_count"], dumps(schema),
+             dumps(mock), dumps(meta["dropped"]), meta["description"], 1, now()))
         policy = meta["policy_dict"]
         conn.execute("INSERT INTO policies (dataset, version, text, policy, sha256, created_at)"
                      " VALUES (?,?,?,?,?,?)",
@@ -242,14 +253,16 @@ def list_datasets(ctx: Ctx = Depends(get_ctx)) -> list[dict[str, Any]]:
     """Every dataset in the room: owner, size, rows, columns, policy version."""
     with ctx.store.read() as conn:
         rows = conn.execute("SELECT * FROM datasets ORDER BY name").fetchall()
-        return [dataset_view(conn, row_dict(r, "schema", "mock", "dropped"), full=False) for r in rows]
+        return [private_counts(dataset_view(conn, row_dict(r, "schema", "mock", "dropped"), full=False),
+                               ctx.caller, r["owner_id"]) for r in rows]
 
 
 @router.get("/datasets/{name}", tags=["datasets"])
 def get_dataset(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """One dataset: schema, policy, mock sample and ciphertext hash."""
     with ctx.store.read() as conn:
-        return dataset_view(conn, load_dataset(conn, name), full=True)
+        ds = load_dataset(conn, name)
+        return private_counts(dataset_view(conn, ds, full=True), ctx.caller, ds["owner_id"])
 
 
 class PolicyIn(BaseModel):

@@ -83,6 +83,22 @@ def dataset_show(state: State, name: str) -> None:
     emit(state, state.client.get_dataset(name))
 
 
+@dataset.command("budget")
+@click.argument("name")
+@pass_state
+def dataset_budget(state: State, name: str) -> None:
+    """The dataset's privacy budget: spent and left (its owner and its allowed recipients)."""
+    budget = state.client.dataset_budget(name)
+    if state.as_json:
+        emit(state, budget)
+        return
+    click.echo(f"{name}: {budget['mode']}; epsilon {budget['remaining_epsilon']:g} of {budget['epsilon']:g} left, "
+               f"delta {budget['remaining_delta']:g} of {budget['delta']:g}; at most epsilon "
+               f"{budget['job_epsilon']:g}, delta {budget['job_delta']:g} per job")
+    if budget["charges"]:
+        emit(state, budget["charges"], ["job_id", "recipient", "epsilon", "delta", "created_at"], title="charges")
+
+
 @dataset.command("policy")
 @click.argument("name")
 @click.argument("policy_path", type=click.Path(exists=True, dir_okay=False))

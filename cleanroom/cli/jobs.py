@@ -21,9 +21,12 @@ def job() -> None:
 @job.command("submit")
 @click.argument("spec_path", type=click.Path(exists=True, dir_okay=False))
 @pass_state
-def job_submit(state: State, spec_path: str) -> None:
+def job_submit(state: State, spec_path: str, dry_run: bool) -> None:
     """Submit a job spec (TOML); refused with a precise reason when it cannot run."""
     result = state.client.submit_job(Path(spec_path).read_text())
+    if dry_run:
+        show_cost(state, state.client.job_cost(Path(spec_path).read_text()))
+        return
     if state.as_json:
         emit(state, result)
     else:
@@ -31,6 +34,39 @@ def job_submit(state: State, spec_path: str) -> None:
 
 
 @job.command("list")
+@job.command("cost")
+@click.argument("spec_path", type=click.Path(exists=True, dir_okay=False))
+@pass_state
+def job_cost(state: State, spec_path: str) -> None:
+    """What a job would spend of each input's privacy budget, and the noise on what it releases."""
+    show_cost(state, state.client.job_cost(Path(spec_path).read_text()))
+
+
+def show_cost(state: State, cost: dict[str, Any]) -> None:
+    if state.as_json:
+        emit(state, cost)
+        return
+    plan = cost.get("plan")
+    click.echo("would be admitted" if cost["admitted"] else f"would be refused: {cost['reason']}")
+    if plan is None:
+        click.echo("mode: exact (every input has require_dp = false): no privacy charge; releases are reviewed")
+    else:
+        click.echo(f"charge: epsilon {plan['epsilon']:g}, delta {plan['delta']:g} on every DP input")
+        for part, info in plan["parts"].items():
+            click.echo(f"  {part}: epsilon {info['epsilon']:.4g} - {info['mechanism']}")
+            scale = info.get("noise_scale")
+            if isinstance(scale, dict):
+                for key, value in scale.items():
+                    click.echo(f"    {key}: noise scale {value:.4g}, 95% within +-{info['interval_95'][key]:.4g}")
+            elif scale is not None:
+                click.echo(f"    noise scale {scale:.4g} ({info.get('unit', '')}), 95% within "
+                           f"+-{info['interval_95']:.4g}")
+            if info.get("note"):
+                click.echo(f"    {info['note']}")
+    for name, left in cost.get("budgets", {}).items():
+        click.echo(f"{name}: {left['mode']}, epsilon {left['remaining_epsilon']:g} of {left['epsilon']:g} left")
+
+
 @pass_state
 def job_list(state: State) -> None:
     """Jobs you submitted or that touch your data."""

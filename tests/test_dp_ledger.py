@@ -1,0 +1,83 @@
+"""The privacy ledger and the dry run through the API (real HTTP, real SQLite, no runner needed)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from cleanroom import crypto, scenario
+from cleanroom.errors import PermissionDenied, PolicyError
+from tests.scenario_setup import setup_scenario
+
+
+def register_room_key(room) -> None:
+    """The room's key, registered as the runner would (no runner runs here: jobs stay queued)."""
+    key = crypto.generate_keypair()
+    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
+               json={"enc_public": key.enc_public, "sign_public": key.sign_public}).raise_for_status()
+
+
+@pytest.fixture
+def world(room, tmp_path):
+    register_room_key(room)
+    retailer, bank, analyst, files, ids = setup_scenario(room.org, tmp_path, n=300, approve=True)
+    return room, retailer, bank, analyst, ids
+
+
+def test_submission_charges_every_dp_input_with_the_per_job_cap_by_default(world):
+    room, retailer, bank, analyst, ids = world
+    before = analyst.dataset_budget("retail.purchases")
+    assert (before["epsilon"], before["remaining_epsilon"], before["job_epsilon"]) == (3.0, 3.0, 1.0)
+    job = analyst.submit_job(scenario.job_spec(ids))
+    for name, owner in (("retail.purchases", retailer), ("bank.customers", bank)):
+        budget = owner.dataset_budget(name)
+        assert budget["spent_epsilon"] == pytest.approx(1.0) and budget["spent_delta"] == pytest.approx(1e-7)
+        assert budget["remaining_epsilon"] == pytest.approx(2.0)
+        assert [c["job_id"] for c in budget["charges"]] == [job["id"]]
+        assert budget["charges"][0]["recipient"] == "acme-analytics"
+    event = next(e for e in room.admin.audit_events() if e["action"] == "job.submitted")
+    assert event["details"]["epsilon"] == 1.0 and event["details"]["delta"] == 1e-7
+
+
+def test_budget_is_shown_to_the_owner_and_allowed_recipients_only(world, room):
+    _, retailer, _, analyst, _ = world
+    assert analyst.dataset_budget("retail.purchases")["recipient"]["org"] == "acme-analytics"
+    assert "recipient" not in retailer.dataset_budget("retail.purchases")  # the owner sees every charge
+    stranger = room.org("other-analytics", "analyst")
+    with pytest.raises(PermissionDenied, match="shown to its owner and the orgs its policy releases to"):
+        stranger.dataset_budget("retail.purchases")
+
+
+def test_the_dry_run_shows_the_charge_and_the_noise_and_spends_nothing(world):
+    _, retailer, _, analyst, ids = world
+    cost = analyst.job_cost(scenario.job_spec(ids, epsilon=0.8))
+    assert cost["admitted"] and cost["mode"] == "dp"
+    plan = cost["plan"]
+    assert plan["epsilon"] == 0.8 and plan["delta"] == 1e-7
+    assert plan["parts"]["aggregates"]["epsilon"] == pytest.approx(0.4)
+    metrics = plan["parts"]["metrics"]
+    # spend bounds [0, 5000]: residuals clipped to +-500; 3 Laplace queries at epsilon 0.4
+    assert metrics["noise_scale"]["sum_abs_residual"] == pytest.approx(500 * 3 / 0.4)
+    assert metrics["interval_95"]["count"] == pytest.approx(3 / 0.4 * 2.995732273553991)
+    assert "number of features" in plan["parts"]["model"]["note"]
+    assert retailer.dataset_budget("retail.purchases")["spent_epsilon"] == 0.0
+    refused = analyst.job_cost(scenario.job_spec(ids, epsilon=2.0))
+    assert not refused["admitted"] and "at most epsilon 1" in refused["reason"]
+
+
+def test_the_dry_run_with_listed_features_gives_the_model_noise(world):
+    _, _, _, analyst, ids = world
+    spec = scenario.job_spec(ids).replace('target = "spend", alpha = 1.0', 'target = "spend", alpha = 1.0, '
+                                          'features = ["age", "income", "visits"]')
+    model = analyst.job_cost(spec)["plan"]["parts"]["model"]
+    assert model["sensitivity_l2"] == 5 and model["released_moments"] == 15
+    assert model["interval_95"] == pytest.approx(1.959963984540054 * model["noise_scale"])
+
+
+def test_a_refused_submission_charges_nothing(world):
+    _, retailer, _, analyst, ids = world
+    with pytest.raises(PolicyError):
+        analyst.submit_job(scenario.job_spec(ids, epsilon=5.0))
+    with pytest.raises(PolicyError, match="fits only linear_regression and ridge models, not 'lasso'"):
+        analyst.submit_job(scenario.job_spec(ids).replace('estimator = "ridge"', 'estimator = "lasso"'))
+    assert retailer.dataset_budget("retail.purchases")["charges"] == []
