@@ -254,7 +254,6 @@ class Client:
     def submit_job(self, spec: str) -> dict[str, Any]:
         return self.post("/jobs", json={"spec": spec})
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
     def job_cost(self, spec: str) -> dict[str, Any]:
         """A dry run: the job's privacy charge and the noise on what it would release; nothing is stored."""
         return self.post("/jobs/cost", json={"spec": spec})
@@ -263,6 +262,7 @@ class Client:
         """A dataset's privacy budget: lifetime (epsilon, delta), spent, left, per-job cap, charges."""
         return self.get(f"/datasets/{name}/budget")
 
+    def get_job(self, job_id: str) -> dict[str, Any]:
         return self.get(f"/jobs/{job_id}")
 
     def list_jobs(self, *, status: str | None = None, limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:

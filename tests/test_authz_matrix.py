@@ -79,11 +79,13 @@ get_job                GET    /jobs/{job_id}                                 401
 cancel_job             POST   /jobs/{job_id}/cancel                          401  200  200  404  200  404  403  403
 job_logs               GET    /jobs/{job_id}/logs                            401  403  200  404  403  403  403  403
 list_releases          GET    /releases                                      401  200  200  200  200  200  200  403
-get_release            GET    /releases/{release_id}                         401  200  200  404  200  404  200  403
+get_release            GET    /releases/{release_id}                         401  200  200  404  404  404  200  403
 approve_release        POST   /releases/{release_id}/approve                 401  403  200  403  403  403  403  403
 reject_release         POST   /releases/{release_id}/reject                  401  403  200  403  403  403  403  403
-get_artifact@pending   GET    /releases/{release_id}/artifacts/{name:path}   401  403  200  404  403  404  403  403
+get_artifact@pending   GET    /releases/{release_id}/artifacts/{name:path}   401  403  200  404  404  404  403  403
 get_artifact@reviewed  GET    /releases/{release_id}/artifacts/{name:path}   401  403  200  404  200  404  403  403
+dataset_budget         GET    /datasets/{name}/budget                        401  200  200  403  200  403  200  403
+job_cost               POST   /jobs/cost                                     401  200  200  200  200  200  403  403
 storage_check          GET    /admin/storage/check                           401  200  403  403  403  403  403  403
 storage_sweep          POST   /admin/storage/sweep                           401  200  403  403  403  403  403  403
 runner_register        POST   /runner/register                               401  403  403  403  403  403  403  200
@@ -248,7 +250,8 @@ def _build_world(room: Any, base: Path) -> World:
         "analyst": analyst.token, "other_analyst": other.token, "reviewer": reviewer.token,
         "runner": room.runner_token}
     w = World(url=room.url, http=httpx.Client(base_url=room.url, timeout=60), tokens=tokens, keys=keys,
-              room_keys=room_keys, spec=scenario.job_spec(ids), plugin_ids=ids, scratch_plugin=scratch,
+              room_keys=room_keys, spec=scenario.job_spec(ids, epsilon=0.01) + "delta = 1e-10\n",
+              plugin_ids=ids, scratch_plugin=scratch,
               datasets={}, queued_job="", pending_release={}, approve_target={}, reviewed_release={},
               reject_target={})
     for name in ("retail.purchases", "retail.scratch", "bank.customers", "telco.usage"):
@@ -258,6 +261,8 @@ def _build_world(room: Any, base: Path) -> World:
     w.approve_target = _release(w, reviewed=False)
     w.reject_target = _release(w, reviewed=False)
     w.reviewed_release = _release(w, reviewed=True)
+    with room.store.tx() as conn:  # as if their time budgets ran out: their analyst may see the outcome
+        conn.execute("UPDATE jobs SET reveal_at = started_at WHERE started_at IS NOT NULL")
     w.queued_job = w.ok("analyst", "POST", "/jobs", json={"spec": w.spec})["id"]
     return w
 
@@ -402,6 +407,8 @@ BUILDERS: dict[str, Callable[[World, str], Req]] = {
     "reject_release": _reject_release,
     "get_artifact@pending": _get("/releases/{w.pending_release[release]}/artifacts/metrics.json"),
     "get_artifact@reviewed": _get("/releases/{w.reviewed_release[release]}/artifacts/metrics.json"),
+    "dataset_budget": _get("/datasets/retail.purchases/budget"),
+    "job_cost": lambda w, who: Req("POST", "/jobs/cost", {"json": {"spec": w.spec}}),
     "storage_check": _get("/admin/storage/check"),
     "storage_sweep": _post("/admin/storage/sweep", json={"dry_run": True}),
     "runner_register": lambda w, who: Req("POST", "/runner/register", {"json": {
