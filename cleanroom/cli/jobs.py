@@ -20,20 +20,20 @@ def job() -> None:
 
 @job.command("submit")
 @click.argument("spec_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Show the privacy charge and the noise; submit nothing.")
 @pass_state
 def job_submit(state: State, spec_path: str, dry_run: bool) -> None:
     """Submit a job spec (TOML); refused with a precise reason when it cannot run."""
-    result = state.client.submit_job(Path(spec_path).read_text())
     if dry_run:
         show_cost(state, state.client.job_cost(Path(spec_path).read_text()))
         return
+    result = state.client.submit_job(Path(spec_path).read_text())
     if state.as_json:
         emit(state, result)
     else:
         click.echo(result["id"])
 
 
-@job.command("list")
 @job.command("cost")
 @click.argument("spec_path", type=click.Path(exists=True, dir_okay=False))
 @pass_state
@@ -67,6 +67,7 @@ def show_cost(state: State, cost: dict[str, Any]) -> None:
         click.echo(f"{name}: {left['mode']}, epsilon {left['remaining_epsilon']:g} of {left['epsilon']:g} left")
 
 
+@job.command("list")
 @pass_state
 def job_list(state: State) -> None:
     """Jobs you submitted or that touch your data."""
