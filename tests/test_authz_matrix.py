@@ -64,6 +64,7 @@ list_audit             GET    /audit                                         401
 verify_audit           GET    /audit/verify                                  401  200  200  200  200  200  200  403
 create_upload          POST   /datasets/uploads                              401  201  201  201  403  403  403  403
 put_upload             PUT    /datasets/uploads/{upload_id}                  401  404  200  404  403  403  403  403
+cancel_upload          DELETE /datasets/uploads/{upload_id}                  401  404  200  404  403  403  403  403
 list_datasets          GET    /datasets                                      401  200  200  200  200  200  200  403
 get_dataset            GET    /datasets/{name}                               401  200  200  200  200  200  200  403
 update_policy          PUT    /datasets/{name}/policy                        401  403  200  403  403  403  403  403
@@ -290,6 +291,12 @@ def _put_upload(w: World, who: str) -> Req:
     return Req("PUT", decl["put"], {"content": data, "headers": {"content-type": "application/octet-stream"}})
 
 
+def _cancel_upload(w: World, who: str) -> Req:
+    decl = w.ok("owner", "POST", "/datasets/uploads", json=_upload_meta(
+        w, name=w.unique("authz.cancel"), sha256=secrets.token_hex(32), size=100))
+    return Req("DELETE", decl["put"])
+
+
 def _update_policy(w: World, who: str) -> Req:
     k = 10 + next(w.ids)  # a new policy every time (an unchanged one is a 409)
     return Req("PUT", "/datasets/retail.scratch/policy",
@@ -385,6 +392,7 @@ BUILDERS: dict[str, Callable[[World, str], Req]] = {
     "create_upload": lambda w, who: Req("POST", "/datasets/uploads", {"json": _upload_meta(
         w, name=w.unique("authz.decl"), sha256=secrets.token_hex(32), size=100)}),
     "put_upload": _put_upload,
+    "cancel_upload": _cancel_upload,
     "list_datasets": _get("/datasets"),
     "get_dataset": _get("/datasets/retail.purchases"),
     "update_policy": _update_policy,

@@ -30,6 +30,7 @@ RULES: dict[str, str | tuple[str, ...]] = {
     # datasets
     "create_upload": ("owner",),
     "put_upload": ("owner",),
+    "cancel_upload": ("owner",),
     "list_datasets": ANY,
     "get_dataset": ANY,
     "update_policy": ("owner",),

@@ -140,8 +140,9 @@ def create_upload(body: UploadIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]
                 continue
             if row["org_id"] == ctx.caller.org_id:
                 raise Conflict(f"an upload of {body.name!r} with other metadata or bytes is pending already",
-                               hint=f"finish it with PUT /datasets/uploads/{row['id']}, choose another name, "
-                                    f"or wait until it expires ({ttl} s after it was declared)",
+                               hint=f"finish it (PUT /datasets/uploads/{row['id']}), withdraw it (cleanroom "
+                                    f"dataset cancel-upload {row['id']}), or wait until it expires ({ttl} s "
+                                    "after it was declared)",
                                details={"pending_upload": row["id"]})
             raise Conflict(f"the name {body.name!r} is reserved by another org's pending upload",
                            hint="choose another name")
@@ -240,6 +241,21 @@ async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ct
                   {"sha256": digest, "size": size, "rows": meta["row_count"], "policy_version": 1,
                    "policy_sha256": _policy_hash(policy)})
         return dataset_view(conn, load_dataset(conn, meta["name"]), full=False)
+
+
+@router.delete("/datasets/uploads/{upload_id}", tags=["datasets"])
+def cancel_upload(upload_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Withdraw your own pending upload, freeing its name (stored bytes stay for the sweep to judge)."""
+    with ctx.store.tx() as conn:
+        row = conn.execute("SELECT id, name, done_at FROM uploads WHERE id = ? AND org_id = ?",
+                           (upload_id, ctx.caller.org_id)).fetchone()
+        if not row:
+            raise NotFound("no such upload")
+        if row["done_at"] is not None:
+            raise Conflict(f"this upload is done already: dataset {row['name']!r} exists",
+                           hint="a dataset is immutable; new data is a new upload under a new name")
+        conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+    return {"upload_id": upload_id, "name": row["name"], "cancelled": True}
 
 
 def _policy_hash(policy: dict[str, Any]) -> str:

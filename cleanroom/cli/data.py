@@ -55,6 +55,14 @@ def dataset_upload(state: State, path: str, name: str, policy_path: str, id_colu
     emit(state, result)
 
 
+@dataset.command("cancel-upload")
+@click.argument("upload_id")
+@pass_state
+def dataset_cancel_upload(state: State, upload_id: str) -> None:
+    """Withdraw your pending upload UPLOAD_ID (named in the 409 of a second upload), freeing its name."""
+    emit(state, state.client.request("DELETE", f"/datasets/uploads/{upload_id}").json())
+
+
 def _two_stage(first, second):  # type: ignore[no-untyped-def]
     """The SDK reports encryption progress, then upload progress; route them to two bars."""
     stage = {"n": 0, "last": -1}

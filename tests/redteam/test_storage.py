@@ -29,7 +29,7 @@ import pytest
 
 from cleanroom import crypto, scenario
 from cleanroom.crypto import encrypt_bytes
-from cleanroom.errors import Conflict, PermissionDenied, TooLarge, ValidationError
+from cleanroom.errors import Conflict, NotFound, PermissionDenied, TooLarge, ValidationError
 from cleanroom.store import dumps
 from tests.conftest import Room
 from tests.scenario_setup import setup_scenario
@@ -228,6 +228,51 @@ def test_a_pending_upload_reserves_its_name(world: World) -> None:
     world.assert_intact()
 
 
+def test_withdrawing_a_pending_upload_frees_its_name_and_removes_no_bytes(world: World) -> None:
+    owner, attacker = world.retailer, world.attacker
+    data = fresh(world, "first try")
+    decl = declare(owner, "retail.withdrawn", data)
+    with pytest.raises(NotFound):  # another org cannot withdraw it (nor learn it exists)
+        attacker.request("DELETE", decl["put"])
+    with pytest.raises(Conflict, match="pending already") as err:
+        declare(owner, "retail.withdrawn", fresh(world, "second try"))
+    assert "cancel-upload" in (err.value.hint or "")
+    done = _cli(world, "dataset", "cancel-upload", decl["upload_id"], token=owner.token)
+    assert done.returncode == 0 and '"cancelled": true' in done.stdout, done.stdout + done.stderr
+    with pytest.raises(NotFound):
+        put(owner, decl, data)
+    second = fresh(world, "second try")
+    ds = put(owner, declare(owner, "retail.withdrawn", second), second)  # control: the name is free again
+    assert ds["sha256"] == hashlib.sha256(second).hexdigest()
+    with pytest.raises(Conflict, match="done already"):
+        owner.request("DELETE", f"/datasets/uploads/{owner_upload_id(world, 'retail.withdrawn')}")
+    # withdrawn while its bytes (a release artifact's) stream in: stored, then refused, nothing removed
+    target = world.release["artifact"]
+    racing = declare(attacker, "mallory.withdrawn", target)
+    outcome: dict[str, Any] = {}
+    sender = threading.Thread(target=lambda: outcome.update(r=_try(lambda: put(attacker, racing,
+                                                                               _slow(target, 1.0)))))
+    sender.start()
+    time.sleep(0.3)
+    attacker.request("DELETE", racing["put"])
+    sender.join(30)
+    assert isinstance(outcome["r"], NotFound), outcome
+    assert world.read_back("artifact") == target
+    world.assert_intact()
+
+
+def owner_upload_id(world: World, name: str) -> str:
+    with world.room.store.read() as conn:
+        return str(conn.execute("SELECT id FROM uploads WHERE name = ? AND done_at IS NOT NULL", (name,)).fetchone()[0])
+
+
+def _try(fn: Any) -> Any:
+    try:
+        return fn()
+    except Exception as exc:  # the outcome under test
+        return exc
+
+
 # 3. failing uploads of bytes that a record references ---------------------------------------------
 
 def expire_soon(world: World, decl: dict[str, Any], seconds: float) -> None:
@@ -399,9 +444,9 @@ def test_only_admins_sweep_or_check_and_a_short_grace_is_refused(world: World) -
     world.assert_intact()
 
 
-def _cli(world: World, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(world: World, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CLEANROOM_") or k == "CLEANROOM_HOME"},
-           "CLEANROOM_URL": world.room.url, "CLEANROOM_TOKEN": world.room.admin_token}
+           "CLEANROOM_URL": world.room.url, "CLEANROOM_TOKEN": token or world.room.admin_token}
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
