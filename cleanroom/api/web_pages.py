@@ -183,11 +183,16 @@ def error_page(caller: Caller | None, status: int, message: str) -> str:
     return layout(f"Error {status}", tag("p", message, class_="error"), caller)
 
 
+def _bytes(size: int | None, unit: str) -> Any:
+    """A size, or the muted dash when the caller may not see it (exact sizes are the owner's)."""
+    return None if size is None else f"{size:,} {unit}"
+
+
 # Datasets -----------------------------------------------------------------------------------------
 
 def datasets_page(caller: Caller, datasets: list[dict[str, Any]]) -> str:
     rows = [(link(ui("datasets", d["name"]), d["name"]), d["owner"], d["row_count"], len(d["columns"]),
-             f"v{d['policy_version']}", f"{d['size']:,} B", when(d["created_at"])) for d in datasets]
+             f"v{d['policy_version']}", _bytes(d["size"], "B"), when(d["created_at"])) for d in datasets]
     body = table(["name", "owner", "rows", "columns", "policy", "ciphertext", "created"], rows,
                  "no datasets in the room yet")
     return layout("Datasets", body, caller)
@@ -206,7 +211,7 @@ def dataset_page(caller: Caller, ds: dict[str, Any]) -> str:
     parts = [
         tag("p", ds["description"]) if ds["description"] else Safe(""),
         facts([("owner", ds["owner"]), ("rows", ds["row_count"]),
-               ("ciphertext sha256", tag("code", ds["sha256"])), ("size", f"{ds['size']:,} bytes"),
+               ("ciphertext sha256", tag("code", ds["sha256"])), ("size", _bytes(ds["size"], "bytes")),
                ("policy version", ds["policy_version"]),
                ("policy sha256", tag("code", ds["policy_sha256"])), ("created", when(ds["created_at"])),
                ("dropped before upload", ", ".join(ds["dropped"]) or None)]),
