@@ -103,7 +103,7 @@ MIGRATIONS: list[str] = [
         SELECT b.job_id, b.dataset, COALESCE(json_extract(j.spec, '$.recipient'), ''), b.epsilon, 0, '',
                b.created_at FROM budget AS b LEFT JOIN jobs AS j ON j.id = b.job_id;
     """,
-    # 5: review-page sessions: their own short-lived secrets (stored hashed), bound to the org token
+    # review-page sessions: their own short-lived secrets (stored hashed), bound to the org token
     # that logged in (rotating or revoking that token ends them), revoked at logout
     """
     CREATE TABLE web_sessions (
