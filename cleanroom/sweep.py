@@ -19,6 +19,7 @@ the next sweep finishes the job. Nothing referenced is ever deleted, crash or no
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sqlite3
@@ -30,6 +31,7 @@ from cleanroom.errors import ValidationError
 from cleanroom.store import Store, now
 
 MIN_GRACE_SECONDS = 3600
+AUDIT_LIST = 1000  # digests listed in a sweep's audit events (the count and a hash cover the rest)
 # (table, blob column, label of the referencing record): the records a blob must exist for
 REFERENCES: tuple[tuple[str, str, str], ...] = (
     ("datasets", "sha256", "'dataset ' || name"),
@@ -103,7 +105,7 @@ def sweep(store: Store, *, actor: str, grace_seconds: int, upload_ttl_seconds: i
         if dry_run or not (plan["blobs"] or plan["staged"] or plan["expired_uploads"]):
             return {**summary, "dry_run": dry_run, "deleted": [], "kept": []}
         planned = audit.append(conn, actor=actor, action="storage.sweep_planned", object_type="storage",
-                               object_id="blobs", details=summary, ts=now())
+                               object_id="blobs", details=_listed(summary, "blobs"), ts=now())
     # 2. re-check under the lease, delete, record the result (a crash here leaves the plan, which
     #    `check` reports and the next sweep completes)
     with store.tx() as conn, store.blobs.sweep_lease() as lease:
@@ -134,8 +136,16 @@ def sweep(store: Store, *, actor: str, grace_seconds: int, upload_ttl_seconds: i
         result = {"plan_seq": planned["seq"], "deleted": deleted, "kept": kept, "bytes": freed,
                   "staged_files": staged, "expired_uploads": expired}
         audit.append(conn, actor=actor, action="storage.swept", object_type="storage", object_id="blobs",
-                     details=result, ts=now())
+                     details=_listed(_listed(result, "deleted"), "kept"), ts=now())
     return {**summary, **result, "dry_run": False}
+
+
+def _listed(details: dict[str, Any], key: str) -> dict[str, Any]:
+    """An audit event's list of digests: the count, the sha256 of the whole sorted list (one per line),
+    and the first AUDIT_LIST digests, so a sweep of a million orphans stays a small event."""
+    digests = sorted(details[key])
+    return {**details, key: digests[:AUDIT_LIST], f"{key}_count": len(digests),
+            f"{key}_sha256": hashlib.sha256("\n".join(digests).encode()).hexdigest()}
 
 
 def check(store: Store, *, verify_hashes: bool = True) -> dict[str, Any]:
@@ -165,7 +175,7 @@ def check(store: Store, *, verify_hashes: bool = True) -> dict[str, Any]:
                for d, e in sorted(on_disk.items()) if d not in refs and d not in keep]
     interrupted = None
     if planned and (not done or done["seq"] < planned["seq"]):
-        interrupted = {"plan_seq": planned["seq"], "blobs": len(json.loads(planned["details"]).get("blobs", []))}
+        interrupted = {"plan_seq": planned["seq"], "blobs": json.loads(planned["details"]).get("blobs_count")}
     return {"ok": not missing and not corrupt, "referenced": len(refs), "blobs": len(on_disk),
             "verified_hashes": verify_hashes, "missing": missing, "corrupt": corrupt, "orphans": orphans,
             "orphan_bytes": sum(o["size"] for o in orphans), "staged_files": sum(1 for _ in store.blobs.staged()),

@@ -270,3 +270,18 @@ def test_an_old_orphan_stored_again_is_young_and_kept(store: Store) -> None:
     store.blobs.put_bytes(data)  # an upload of the same bytes lands now
     result = sweep.sweep(store, actor="admin", grace_seconds=DAY, upload_ttl_seconds=DAY)
     assert result["deleted"] == [] and store.blobs.hash_of(digest) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_big_sweeps_audit_events_list_a_bounded_sample_with_a_count_and_a_hash(store: Store) -> None:
+    orphans = sorted(_blob(store, f"orphan {i}") for i in range(sweep.AUDIT_LIST + 200))
+    kept = _refs(store)
+    result = sweep.sweep(store, actor="admin", grace_seconds=DAY, upload_ttl_seconds=DAY)
+    assert sorted(result["deleted"]) == orphans  # the answer lists everything
+    with store.read() as conn:
+        planned, swept = (json.loads(r[0]) for r in conn.execute(
+            "SELECT details FROM audit WHERE action LIKE 'storage.%' ORDER BY seq"))
+    whole = hashlib.sha256("\n".join(orphans).encode()).hexdigest()
+    assert planned["blobs"] == orphans[:sweep.AUDIT_LIST] and planned["blobs_count"] == len(orphans)
+    assert planned["blobs_sha256"] == whole and swept["deleted_sha256"] == whole
+    assert swept["deleted_count"] == len(orphans) and swept["kept_count"] == 0
+    assert all(store.blobs.exists(d) for d in kept.values())
