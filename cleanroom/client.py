@@ -348,11 +348,13 @@ class Client:
     # storage (admin) ----------------------------------------------------------------------------
     def storage_check(self, verify_hashes: bool = True) -> dict[str, Any]:
         """Referenced blobs that are missing or corrupt, and orphans (admin)."""
-        return self.get("/admin/storage/check", params={"verify_hashes": str(verify_hashes).lower()})
+        return self.get("/admin/storage/check", params={"verify_hashes": str(verify_hashes).lower()},
+                        timeout=None)  # re-hashes every referenced blob: as long as reading the store takes
 
     def storage_sweep(self, grace_seconds: int | None = None, dry_run: bool = False) -> dict[str, Any]:
         """Delete unreferenced blobs older than the grace period (admin; audited)."""
-        return self.post("/admin/storage/sweep", json={"grace_seconds": grace_seconds, "dry_run": dry_run})
+        return self.post("/admin/storage/sweep", json={"grace_seconds": grace_seconds, "dry_run": dry_run},
+                         timeout=None)
 
     # audit --------------------------------------------------------------------------------------
     def audit_events(self) -> Iterator[dict[str, Any]]:
