@@ -31,7 +31,8 @@ from cleanroom.errors import (
 from cleanroom.profile import Profile, load_or_create_keys
 
 Progress = Callable[[int, int], None]
-TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
+# the statuses input owners see, and the two an analyst sees once the job's outcome time has passed
+TERMINAL = ("succeeded", "failed", "cancelled", "timed_out", "released", "nothing_released")
 
 
 def is_loopback(url: str) -> bool:
@@ -274,6 +275,8 @@ class Client:
 
     def wait_job(self, job_id: str, *, timeout: float = 1800, interval: float = 1.0,
                  on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Poll until the job's status is final. An analyst's job stays `running` until its `outcome_at`
+        (its start plus the spec's time budget), then is `released` or `nothing_released`."""
         deadline = time.monotonic() + timeout
         last = None
         while True:
@@ -325,25 +328,44 @@ class Client:
         return result
 
     def get_result(self, job_id: str, out_dir: str | Path) -> dict[str, Any]:
-        """Download and decrypt a release's artifacts into `out_dir`, with the signed receipt."""
+        """Download and decrypt a release's artifacts into `out_dir`, with the signed receipt.
+
+        The receipt is checked first (signed by the room key this profile pinned, for this job), then
+        every artifact against the receipt's `outputs` (sha256 and size), not against what the API
+        lists: an artifact the receipt does not name, or a named one that is missing or different, and
+        nothing is written."""
         pair = self.keys()
         release = self.get_release(job_id)
+        receipt = release["receipt"]
+        verify_receipt(receipt, expected_fingerprint=self.room_keys()["fingerprint"])
+        body = receipt["body"]
+        if job_id not in (body.get("job_id"), release["id"]) or body.get("job_id") != release["job_id"]:
+            raise IntegrityError(f"the receipt is for job {body.get('job_id')}, not {release['job_id']}")
+        if hashlib.sha256(canonical_json(release["manifest"])).hexdigest() != body.get("manifest_sha256"):
+            raise IntegrityError("the release manifest the room shows is not the one the receipt signed")
+        outputs = receipt_outputs(body)
+        listed = {a["name"] for a in release["artifacts"]}
+        if listed - set(outputs):
+            raise IntegrityError("the room lists artifacts the signed receipt does not: "
+                                 + ", ".join(sorted(listed - set(outputs))))
+        if set(outputs) - listed:
+            raise IntegrityError("artifacts of the signed receipt are missing: "
+                                 + ", ".join(sorted(set(outputs) - listed)))
+        plain: dict[str, bytes] = {}
+        for name in sorted(outputs):
+            data = self.request("GET", f"/releases/{release['id']}/artifacts/{name}").content
+            plain[name] = decrypt_bytes(data, pair)
+            _check_output(name, plain[name], outputs[name])
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         written = []
-        for art in release["artifacts"]:
-            data = self.request("GET", f"/releases/{release['id']}/artifacts/{art['name']}").content
-            plain = decrypt_bytes(data, pair)
-            expected = release["manifest"]["outputs"].get(art["name"], {}).get("sha256")
-            if expected and hashlib.sha256(plain).hexdigest() != expected:
-                raise IntegrityError(f"artifact {art['name']} does not match the signed manifest")
-            target = out / art["name"]
+        for name, content in plain.items():
+            target = out / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(plain)
+            target.write_bytes(content)
             written.append(str(target))
-        (out / "receipt.json").write_text(json.dumps(release["receipt"], indent=2, sort_keys=True))
-        verify_receipt(release["receipt"], expected_fingerprint=self.room_keys()["fingerprint"])
-        return {"release": release["id"], "files": written + [str(out / "receipt.json")]}
+        (out / RECEIPT_FILE).write_text(json.dumps(receipt, indent=2, sort_keys=True))
+        return {"release": release["id"], "files": written + [str(out / RECEIPT_FILE)]}
 
     # storage (admin) ----------------------------------------------------------------------------
     def storage_check(self, verify_hashes: bool = True) -> dict[str, Any]:
@@ -386,6 +408,52 @@ def _file_chunks(path: Path, progress: Progress | None, chunk: int = 1 << 20) ->
             if progress:
                 progress(done, total)
             yield block
+
+
+RECEIPT_FILE = "receipt.json"
+
+
+def receipt_outputs(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The signed outputs of a receipt body, each name a safe relative path."""
+    outputs = body.get("outputs")
+    if not isinstance(outputs, dict):
+        raise IntegrityError("the receipt lists no outputs")
+    for name, entry in outputs.items():
+        parts = str(name).split("/")
+        if (not isinstance(entry, dict) or name == RECEIPT_FILE or any(p in ("", ".", "..") for p in parts)
+                or "\\" in name):
+            raise IntegrityError(f"the receipt names an unsafe output {name!r}")
+    return outputs
+
+
+def _check_output(name: str, data: bytes, entry: dict[str, Any]) -> None:
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256") or len(data) != entry.get("bytes"):
+        raise IntegrityError(f"artifact {name} does not match the signed receipt")
+
+
+def verify_result_dir(folder: str | Path, *, expected_fingerprint: str | None = None) -> dict[str, Any]:
+    """Check a folder written by `get_result`: the receipt's signature, and that the files beside it are
+    exactly the receipt's outputs (same names, sha256 and sizes; none missing, none extra)."""
+    root = Path(folder)
+    path = root / RECEIPT_FILE
+    try:
+        receipt = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValidationError(f"no readable {RECEIPT_FILE} in {root}") from exc
+    except ValueError as exc:
+        raise IntegrityError(f"{path} is not JSON") from exc
+    result = verify_receipt(receipt, expected_fingerprint=expected_fingerprint)
+    outputs = receipt_outputs(receipt["body"])
+    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+    extra = present - set(outputs) - {RECEIPT_FILE}
+    if extra:
+        raise IntegrityError("files the receipt does not list: " + ", ".join(sorted(extra)))
+    for name in sorted(outputs):
+        target = root / name
+        if target.is_symlink() or not target.is_file():
+            raise IntegrityError(f"{name} is missing (the receipt lists it)")
+        _check_output(name, target.read_bytes(), outputs[name])
+    return {**result, "files": sorted(outputs)}
 
 
 def verify_receipt(receipt: dict[str, Any], *, expected_fingerprint: str | None = None) -> dict[str, Any]:

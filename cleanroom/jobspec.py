@@ -42,6 +42,7 @@ MAX_INPUTS = 8
 MAX_STEPS = 20
 MAX_PARAMS_BYTES = 64_000
 STEP_KINDS = ("preprocess", "features", "model", "analysis")
+MIN_TIME_BUDGET, MAX_TIME_BUDGET = 10, 86400
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class JobSpec:
     steps: tuple[Step, ...]
     outputs: JobOutputs
     join: str = "inner"
+    time_budget: int | None = None  # seconds from the start until the analyst learns the outcome (room default)
 
     def dataset_names(self) -> tuple[str, ...]:
         return self.inputs
@@ -84,6 +86,7 @@ class JobSpec:
         o = self.outputs
         return {
             "name": self.name, "recipient": self.recipient,
+            **({"time_budget": self.time_budget} if self.time_budget is not None else {}),
             "inputs": [{"dataset": name} for name in self.inputs],
             "join": {"how": self.join},
             "steps": [{"plugin": s.plugin, "params": copy.deepcopy(s.params), "dataset": s.dataset}
@@ -137,7 +140,7 @@ def _build(data: dict[str, Any], ck: Checker) -> JobSpec:
     if bad:
         path = min(bad, key=lambda p: ck.lines.line_of(p) if ck.lines else 0)
         ck.fail(path, f"the job spec cannot set {path[-1]!r}: isolation is set by the room's policy")
-    ck.table((), data, ("name", "recipient", "inputs", "join", "steps", "outputs"), "the job spec")
+    ck.table((), data, ("name", "recipient", "inputs", "join", "steps", "outputs", "time_budget"), "the job spec")
     for key in ("name", "recipient", "inputs", "steps", "outputs"):
         if key not in data:
             ck.fail((), f"the job spec needs {key!r}")
@@ -147,6 +150,12 @@ def _build(data: dict[str, Any], ck: Checker) -> JobSpec:
     recipient = ck.typed(("recipient",), data["recipient"], "string")
     if not ORG_NAME.fullmatch(recipient):
         ck.fail(("recipient",), f"recipient {recipient!r} is not a valid org name")
+    time_budget = data.get("time_budget")
+    if time_budget is not None:
+        time_budget = ck.typed(("time_budget",), time_budget, "int")
+        if not MIN_TIME_BUDGET <= time_budget <= MAX_TIME_BUDGET:
+            ck.fail(("time_budget",), f"time_budget is the seconds from the job's start to its outcome, "
+                    f"{MIN_TIME_BUDGET} to {MAX_TIME_BUDGET} (got {time_budget})")
 
     inputs: list[str] = []
     raw_inputs = ck.typed(("inputs",), data["inputs"], "list")
@@ -231,6 +240,7 @@ def _build(data: dict[str, Any], ck: Checker) -> JobSpec:
             ck.fail(path, f"bounds of {column!r} need lo < hi (got [{lo:g}, {hi:g}])")
         bounds.append((column, (lo, hi)))
     return JobSpec(name=name, recipient=recipient, inputs=tuple(inputs), steps=tuple(steps), join=how,
+                   time_budget=time_budget,
                    outputs=JobOutputs(**flags, holdout_fraction=holdout, seed=seed, epsilon=epsilon, delta=delta,
                                       bounds=tuple(sorted(bounds))))
 

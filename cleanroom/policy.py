@@ -303,11 +303,12 @@ _SCHEMA = {
     "models": ("estimators", "allow_row_storing", "max_model_bytes"),
     "columns": None,
     "identifiers": ("allow",),
-    "limits": ("memory_mb", "cpus", "timeout_seconds", "pids"),
+    "limits": ("memory_mb", "cpus", "timeout_seconds", "pids", "max_jobs_per_day"),
 }
 # Sandbox limits a policy may set; the runner applies the smallest of the room's and every input's.
-LIMIT_KINDS = {"memory_mb": "int", "cpus": "number", "timeout_seconds": "int", "pids": "int"}
-LIMIT_FLOORS = {"memory_mb": 256, "cpus": 0.1, "timeout_seconds": 10, "pids": 16}
+# max_jobs_per_day is not a sandbox limit: the API counts an analyst org's jobs on the dataset
+LIMIT_KINDS = {"memory_mb": "int", "cpus": "number", "timeout_seconds": "int", "pids": "int", "max_jobs_per_day": "int"}
+LIMIT_FLOORS = {"memory_mb": 256, "cpus": 0.1, "timeout_seconds": 10, "pids": 16, "max_jobs_per_day": 1}
 
 
 def _build(data: dict[str, Any], ck: Checker) -> Policy:

@@ -37,6 +37,7 @@ class Settings:
     max_bundle_bytes: int = 5 * 2**20
     max_release_bytes: int = 100 * 2**20
     max_queued_jobs_per_org: int = 20
+    job_time_budget_seconds: int = 600      # a job's outcome is shown to its analyst this long after its start
     max_json_bytes: int = 2**20              # request bodies of every route without a cap of its own
     max_upload_meta_bytes: int = 8 * 2**20   # a dataset declaration (schema, mock sample, policy)
     max_runner_json_bytes: int = 16 * 2**20  # the runner's finish report (manifest and receipt)

@@ -111,6 +111,14 @@ MIGRATIONS: list[str] = [
         hash TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL, revoked_at REAL);
     CREATE INDEX web_sessions_token ON web_sessions(token_id);
     """,
+    # a job's outcome is shown to its analyst only at `reveal_at` (started_at plus the spec's time budget);
+    # the audit events of a running job are held until then; an analyst's cancel after the start withdraws
+    """
+    ALTER TABLE jobs ADD COLUMN reveal_at REAL;
+    ALTER TABLE jobs ADD COLUMN held_events TEXT;
+    ALTER TABLE jobs ADD COLUMN withdrawn_at REAL;
+    CREATE INDEX jobs_held ON jobs(reveal_at) WHERE held_events IS NOT NULL;
+    """,
 ]
 
 

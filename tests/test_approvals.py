@@ -112,7 +112,7 @@ def test_replay_and_stale_approvals_are_refused(world):
         retailer.post(f"/plugins/{pid}/approvals", json={"payload": p, "signature": sig})
     with pytest.raises(ValidationError, match="stale"):
         send(retailer, pid, payload(retailer, pid, "retail.purchases", issued_at=time.time() - 3600))
-    actions = [e["action"] for e in retailer.audit_events()]
+    actions = [e.get("action") for e in retailer.audit_events()]  # other orgs' events come redacted
     assert "plugin.approval_revoked" in actions
 
 

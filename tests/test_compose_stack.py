@@ -62,10 +62,11 @@ def test_compose_stack_runs_a_job_and_keeps_state(stack, tmp_path, monkeypatch):
         return client
 
     retailer, bank, analyst, files, ids = setup_scenario(org, tmp_path, 1000, approve=True)
-    job = analyst.submit_job(scenario.job_spec(ids))
-    final = analyst.wait_job(job["id"], timeout=300)
+    job = analyst.submit_job("time_budget = 90\n" + scenario.job_spec(ids))  # its analyst learns the outcome
+    final = admin.wait_job(job["id"], timeout=300)                          # 90 s after the start
     assert final["status"] == "succeeded", final
     retailer.approve_release(job["id"])
+    assert analyst.wait_job(job["id"], timeout=300)["status"] == "released"
     analyst.get_result(job["id"], tmp_path / "out")
     assert (tmp_path / "out" / "model.skops").exists()
 

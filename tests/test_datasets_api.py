@@ -55,7 +55,7 @@ def test_upload_round_trip_and_runner_side_decrypt(room, owner, tmp_path):
 
     frame = decrypt_dataset(r.content, owner.room_key)
     assert len(frame) == prep.row_count and "_pid" in frame.columns and "email" not in frame.columns
-    events = [e["action"] for e in owner.audit_events()]
+    events = [e.get("action") for e in owner.audit_events()]  # other orgs' events come redacted
     assert "dataset.uploaded" in events
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from cleanroom import scenario
 from cleanroom.client import verify_receipt
-from cleanroom.errors import Conflict, IntegrityError, PermissionDenied, PolicyError
+from cleanroom.errors import Conflict, IntegrityError, NotFound, PermissionDenied, PolicyError
 from tests.scenario_setup import approve_all
 from tests.scenario_setup import setup_scenario as shared_setup
 
@@ -30,15 +30,18 @@ def test_spend_model_end_to_end(room, runner, tmp_path):
     approve_all(retailer, bank, ids)
 
     job = analyst.submit_job(spec)
+    assert room.end_time_budget(job["id"])["status"] == "succeeded"  # (its time budget is cut short)
     final = analyst.wait_job(job["id"], timeout=300)
-    assert final["status"] == "succeeded", final
-    assert "reason" not in final  # analysts see status and error class only
+    # held for the retailer's review: until then its analyst sees nothing released, as for a failure
+    assert final["status"] == "nothing_released" and final["error_class"] is None, final
+    assert "reason" not in final and final["finished_at"] is None
 
-    release = analyst.get_release(job["id"])
+    release = retailer.get_release(job["id"])
     assert release["pending_review"] == ["retail.purchases"]
-    with pytest.raises(PermissionDenied, match="review"):
+    with pytest.raises(NotFound):
         analyst.get_result(job["id"], tmp_path / "early")
     retailer.approve_release(job["id"])
+    assert analyst.get_job(job["id"])["status"] == "released"
 
     out = tmp_path / "out"
     analyst.get_result(job["id"], out)
@@ -78,14 +81,15 @@ def test_an_owner_rejects_a_release_and_the_recipient_never_gets_it(room, runner
     retailer, bank, analyst, files, ids = setup_scenario(room, tmp_path, n=1000)
     approve_all(retailer, bank, ids)
     job = analyst.submit_job(scenario.job_spec(ids))
-    assert analyst.wait_job(job["id"], timeout=300)["status"] == "succeeded"
+    assert room.end_time_budget(job["id"])["status"] == "succeeded"
     with pytest.raises(PermissionDenied):
         bank.reject_release(job["id"], "retail.purchases", reason="not my dataset")  # only its owner decides
     view = retailer.reject_release(job["id"], reason="the model card shows too much")
     assert view["rejected_by"] == ["retail.purchases"] and not view["downloadable"]
     assert view["rejection_reasons"] == {"retail.purchases": "the model card shows too much"}
-    with pytest.raises(PermissionDenied, match="rejected"):
+    with pytest.raises(NotFound):  # to the analyst, a rejected release is as if the job had failed
         analyst.get_result(job["id"], tmp_path / "never")
+    assert analyst.get_job(job["id"])["status"] == "nothing_released"
     with pytest.raises(Conflict, match="rejected this release already"):
         retailer.approve_release(job["id"], "retail.purchases")  # a rejection is final
     assert any(e["action"] == "release.rejected" for e in room.admin.audit_events())
@@ -105,9 +109,9 @@ def test_dp_job_spends_budget_and_the_next_past_it_is_refused(room, runner, tmp_
     approve_all(retailer, bank, ids)
     spec = scenario.job_spec(ids, epsilon=2.0)
     job = analyst.submit_job(spec)
-    final = analyst.wait_job(job["id"], timeout=300)
+    final = room.end_time_budget(job["id"])
     assert final["status"] == "succeeded", final
-    manifest = analyst.get_release(job["id"])["manifest"]
+    manifest = retailer.get_release(job["id"])["manifest"]
     assert manifest["epsilon_spent"] == pytest.approx(2.0)
     with pytest.raises(PolicyError, match="retail.purchases.*left"):
         analyst.submit_job(spec)  # 3.0 - 2.0 = 1.0 left of the retailer's budget

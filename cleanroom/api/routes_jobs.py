@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
@@ -11,6 +12,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from cleanroom import ledger
+from cleanroom import audit
 from cleanroom.api.app import row_dict
 from cleanroom.api.authz import Caller, can_see_all, visible_job
 from cleanroom.api.deps import Ctx, get_ctx
@@ -21,6 +23,10 @@ from cleanroom.store import dumps, new_id, now
 
 router = APIRouter()
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
+# What an analyst who does not own every input sees of a job: nothing about why or when it ended.
+ANALYST_STATUSES = ("queued", "running", "released", "nothing_released")
+REVEAL_PAD = 10  # seconds: a reveal time is rounded up to a multiple of this
+
 
 
 class JobIn(BaseModel):
@@ -79,19 +85,123 @@ def load_job(conn: Any, job_id: str) -> dict[str, Any]:
     return job
 
 
-def job_view(conn: Any, job: dict[str, Any], rel: set[str]) -> dict[str, Any]:
-    submitter = conn.execute("SELECT name FROM orgs WHERE id = ?", (job["org_id"],)).fetchone()["name"]
-    release = conn.execute("SELECT id FROM releases WHERE job_id = ?", (job["id"],)).fetchone()
+def time_budget(job: dict[str, Any], settings: Any) -> float:
+    """Seconds from a job's start after which its analyst learns the outcome: the spec's, else the room's."""
+    return float(job["spec"].get("time_budget") or settings.job_time_budget_seconds)
+
+
+def reveal_time(started_at: float, budget: float) -> float:
+    return math.ceil((started_at + budget) / REVEAL_PAD) * REVEAL_PAD
+
+
+def sees_outcome(caller: Caller, rel: set[str], owner_ids: set[str]) -> bool:
+    """Who may see how a job went (status, phase, timings, error class, reason, logs): staff, an org that
+    owns every input, and an input owner that neither submitted the job nor receives its result.
+    Everyone else (the analyst side) sees only `analyst_status`, fixed by the spec's time budget."""
+    if "staff" in rel or owner_ids == {caller.org_id}:
+        return True
+    return "owner" in rel and not rel & {"submitter", "recipient"}
+
+
+def released(conn: Any, job: dict[str, Any], t: float) -> dict[str, Any] | None:
+    """The job's release if its recipient may have it at time `t`: the outcome is out, every review
+    done and none rejected, and the analyst did not withdraw it; else None."""
+    if job["started_at"] is None or job.get("withdrawn_at") is not None or t < (job.get("reveal_at") or 0):
+        return None  # (a job started before reveal times existed has none: its outcome was out already)
+    row = conn.execute("SELECT * FROM releases WHERE job_id = ?", (job["id"],)).fetchone()
+    if not row:
+        return None
+    release = row_dict(row, "manifest", "receipt", "review_by")
+    return release if release_state(conn, release)["downloadable"] else None
+
+
+def analyst_status(conn: Any, job: dict[str, Any], t: float) -> str:
+    """queued, running, released or nothing_released: one status for every way a job can fail, shown only
+    once the job's reveal time (started_at + time budget) has passed."""
+    if job["started_at"] is None:
+        return "queued" if job["status"] == "queued" else "nothing_released"  # cancelled before it touched data
+    if t < (job["reveal_at"] or 0):
+        return "running"
+    return "released" if released(conn, job, t) else "nothing_released"
+
+
+def job_view(conn: Any, job: dict[str, Any], rel: set[str], full: bool) -> dict[str, Any]:
+    """A job as the caller may see it; `full` (see `sees_outcome`) adds the real status, phase, end time,
+    error class and reason. The analyst's view has the same keys, with the data-dependent ones empty."""
+    submitter = conn.execute("SELECT name FROM orgs WHERE id = ?", (job["org_id"], )).fetchone()["name"]
+    t = now()
     view = {"id": job["id"], "name": job["name"], "submitted_by": submitter, "status": job["status"],
             "phase": job["phase"], "error_class": job["error_class"], "created_at": job["created_at"],
-            "started_at": job["started_at"], "finished_at": job["finished_at"],
+            "started_at": job["started_at"], "finished_at": job["finished_at"], "outcome_at": job["reveal_at"],
             "recipient": job["spec"].get("recipient"), "inputs": [i["dataset"] for i in job["spec"]["inputs"]],
-            "release_id": release[0] if release else None, "spec": job["spec"]}
-    # owners and staff see the reason; analysts get only the error class (no covert channel in text)
-    if rel & {"owner", "staff"}:
+            "release_id": None, "spec": job["spec"]}
+    if full:
+        release = conn.execute("SELECT id FROM releases WHERE job_id = ?", (job["id"],)).fetchone()
+        view["release_id"] = release[0] if release else None
+        view["analyst_status"] = analyst_status(conn, job, t)
+        view["withdrawn"] = job.get("withdrawn_at") is not None
         view["reason"] = job["reason"]
         view["effective_policy"] = job["effective_policy"]
+        return view
+    status = analyst_status(conn, job, t)
+    release = released(conn, job, t) if status == "released" else None
+    view.update(status=status, phase=None, error_class=None, finished_at=None,
+                release_id=release["id"] if release else None)
     return view
+
+
+def caller_view(conn: Any, caller: Caller, job: dict[str, Any]) -> tuple[set[str], bool, dict[str, Any]]:
+    """The caller's relation to a job (NotFound when none), whether it sees the outcome, and its view."""
+    owner_ids = input_owner_ids(conn, job)
+    rel = visible_job(caller, job, owner_ids)
+    full = sees_outcome(caller, rel, owner_ids)
+    return rel, full, job_view(conn, job, rel, full)
+
+
+def job_event(conn: Any, ctx: Ctx, job_id: str, action: str, object_type: str, object_id: str,
+              details: dict[str, Any] | None = None) -> None:
+    """Audit an event of a job, or, while the job has started and its outcome is not out yet, hold it in
+    the job row: the held events join the chain as one `job.ended` event at the reveal time, so neither
+    their number nor their place in the chain tells anyone how the job went or how long it ran."""
+    row = conn.execute("SELECT reveal_at, held_events FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    t = now()
+    if row is None or row["reveal_at"] is None or t >= row["reveal_at"]:
+        ctx.audit(conn, action, object_type, object_id, details)
+        return
+    held = json.loads(row["held_events"] or "[]")
+    held.append({"ts": t, "actor": ctx.caller.name, "action": action, "object_type": object_type,
+                 "object_id": object_id, "details": details or {}})
+    conn.execute("UPDATE jobs SET held_events = ? WHERE id = ?", (dumps(held), job_id))
+
+
+def release_held_events(conn: Any) -> int:
+    """Append the held events of every job whose reveal time has passed (in reveal-time order)."""
+    t = now()
+    rows = conn.execute("SELECT id, held_events FROM jobs WHERE held_events IS NOT NULL AND reveal_at <= ?"
+                        " ORDER BY reveal_at, id", (t,)).fetchall()
+    for row in rows:
+        audit.append(conn, actor="cleanroom", action="job.ended", object_type="job", object_id=row["id"],
+                     details={"events": json.loads(row["held_events"])}, ts=t)
+        conn.execute("UPDATE jobs SET held_events = NULL WHERE id = ?", (row["id"],))
+    return len(rows)
+
+
+def check_daily_limits(conn: Any, caller: Caller, datasets: dict[str, Any]) -> None:
+    """`[limits] max_jobs_per_day` of an input's policy: jobs per analyst org on that dataset in 24 hours
+    (every job outcome is one bit its analyst learns; this caps them). Owners of the dataset are exempt."""
+    since = now() - 86400
+    for name, ds in sorted(datasets.items()):
+        cap = dict(ds["policy"].limits).get("max_jobs_per_day")
+        if cap is None or ds["owner_id"] == caller.org_id:
+            continue
+        rows = conn.execute("SELECT j.created_at FROM jobs AS j, json_each(j.spec, '$.inputs') AS i"
+                            " WHERE j.org_id = ? AND json_extract(i.value, '$.dataset') = ? AND j.created_at > ?"
+                            " ORDER BY j.created_at", (caller.org_id, name, since)).fetchall()
+        if len(rows) >= int(cap):
+            wait = max(1, math.ceil(rows[len(rows) - int(cap)][0] + 86400 - now()))
+            raise RateLimited(f"the policy of {name} allows {int(cap)} jobs a day per analyst org; {caller.name} "
+                              f"submitted {len(rows)} in the last 24 hours",
+                              hint=f"try again in {wait // 3600} h {wait % 3600 // 60} min")
 
 
 @router.post("/jobs", status_code=201, tags=["jobs"])
@@ -109,6 +219,7 @@ def submit_job(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
         recipient = conn.execute("SELECT id, enc_public FROM orgs WHERE name = ?", (spec.recipient,)).fetchone()
         jc = job_context(conn, spec, ctx.caller)
         effective = check_job(spec, recipient_exists=recipient is not None, **jc)
+        check_daily_limits(conn, ctx.caller, jc["datasets"])
         if not recipient["enc_public"]:
             raise PolicyError(f"the recipient {spec.recipient!r} has registered no keys yet, so nothing could be "
                               "encrypted to it", hint="the recipient runs any cleanroom command once")
@@ -125,8 +236,7 @@ def submit_job(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
                   {"name": spec.name, "inputs": spec.dataset_names(), "plugins": spec.plugin_ids(),
                    "recipient": spec.recipient, "epsilon": epsilon, "delta": charged["delta"] if charged else None,
                    "policy_versions": {n: d["policy_version"] for n, d in jc["datasets"].items()}})
-        job = load_job(conn, job_id)
-        return job_view(conn, job, {"submitter"})
+        return caller_view(conn, ctx.caller, load_job(conn, job_id))[2]
 
 
 # The jobs a caller may see, selected in SQL so that paging counts only those (the per-job check in
@@ -136,7 +246,7 @@ VISIBLE_JOBS = """
         SELECT 1 FROM json_each(j.spec, '$.inputs') AS i
         JOIN datasets AS d ON d.name = json_extract(i.value, '$.dataset') WHERE d.owner_id = :me)
 """
-STATUSES = "^(queued|running|succeeded|failed|cancelled|timed_out)$"
+STATUSES = "^(queued|running|succeeded|failed|cancelled|timed_out|released|nothing_released)$"
 
 
 @router.get("/jobs", tags=["jobs"])
@@ -144,50 +254,58 @@ def list_jobs(limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=
               status: str | None = Query(None, pattern=STATUSES),
               ctx: Ctx = Depends(get_ctx)) -> list[dict[str, Any]]:
     """Jobs you submitted, jobs over your datasets, jobs released to you; newest first, `limit` from
-    `offset` (page with `offset += limit` until a page is shorter than `limit`)."""
+    `offset` (page with `offset += limit` until a page is shorter than `limit`). `status` filters on the
+    status as you see it (an analyst's jobs: queued, running, released, nothing_released)."""
     staff = ctx.caller.has("admin", "reviewer")
     where = "1" if staff else VISIBLE_JOBS
-    if status:
+    if status and staff:
         where = f"({where}) AND j.status = :status"
+    # Without staff rights the filter applies to each job's view (an analyst's status is not the stored
+    # one), so the page is cut after filtering: a filter on the stored status would answer for hidden ones.
+    page = "LIMIT :limit OFFSET :offset" if staff or not status else ""
     out = []
     with ctx.store.read() as conn:
-        rows = conn.execute(f"SELECT j.id FROM jobs AS j WHERE {where} ORDER BY j.created_at DESC, j.id"
-                            " LIMIT :limit OFFSET :offset",
+        rows = conn.execute(f"SELECT j.id FROM jobs AS j WHERE {where} ORDER BY j.created_at DESC, j.id {page}",
                             {"me": ctx.caller.org_id, "my_name": ctx.caller.name, "status": status,
                              "limit": limit, "offset": offset}).fetchall()
         for row in rows:
-            job = load_job(conn, row[0])
             try:
-                rel = visible_job(ctx.caller, job, input_owner_ids(conn, job))
+                view = caller_view(conn, ctx.caller, load_job(conn, row[0]))[2]
             except NotFound:
                 continue
-            out.append(job_view(conn, job, rel))
-    return out
+            if page or view["status"] == status:
+                out.append(view)
+    return out if page else out[offset:offset + limit]
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
 def get_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
-    """A job's status, phase and timings."""
+    """A job's status (for its analyst: queued, running, then at `outcome_at` released or
+    nothing_released); input owners and staff also see its phase, timings, error class and reason."""
     with ctx.store.read() as conn:
-        job = load_job(conn, job_id)
-        rel = visible_job(ctx.caller, job, input_owner_ids(conn, job))
-        return job_view(conn, job, rel)
+        return caller_view(conn, ctx.caller, load_job(conn, job_id))[2]
 
 
 @router.post("/jobs/{job_id}/cancel", tags=["jobs"])
 def cancel_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
-    """Cancel a queued or running job (its submitter, an owner of an input, or an admin)."""
+    """Cancel a queued or running job (its submitter, an owner of an input, or an admin). An analyst's
+    cancel after the start means nothing is released, whether or not the job had ended already."""
     with ctx.store.tx() as conn:
         job = load_job(conn, job_id)
-        rel = visible_job(ctx.caller, job, input_owner_ids(conn, job))
+        rel, full, view = caller_view(conn, ctx.caller, job)
         if not rel & {"submitter", "owner", "staff"} or (rel == {"staff"} and not ctx.caller.is_admin):
             raise PermissionDenied("you cannot cancel this job")
-        if job["status"] in TERMINAL:
+        if full and job["status"] in TERMINAL:
             raise Conflict(f"the job is {job['status']} already")
-        conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?",
-                     (now(), f"cancelled by {ctx.caller.name}", job_id))
-        ctx.audit(conn, "job.cancelled", "job", job_id, {})
-        return job_view(conn, load_job(conn, job_id), rel)
+        if not full and view["status"] not in ("queued", "running"):
+            raise Conflict(f"the job's outcome is out already: {view['status']}")
+        if job["status"] in TERMINAL:  # ended, but its analyst cannot know that yet: withdraw the release
+            conn.execute("UPDATE jobs SET withdrawn_at = ? WHERE id = ?", (now(), job_id))
+        else:
+            conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?",
+                         (now(), f"cancelled by {ctx.caller.name}", job_id))
+        job_event(conn, ctx, job_id, "job.cancelled", "job", job_id, {})
+        return caller_view(conn, ctx.caller, load_job(conn, job_id))[2]
 
 
 @router.get("/jobs/{job_id}/logs", tags=["jobs"])
@@ -195,9 +313,10 @@ def job_logs(job_id: str, ctx: Ctx = Depends(get_ctx)) -> Response:
     """The job's capped logs, encrypted to the input owners (decrypt with your org key)."""
     with ctx.store.read() as conn:
         job = load_job(conn, job_id)
-        rel = visible_job(ctx.caller, job, input_owner_ids(conn, job))
-        if "owner" not in rel:
-            raise PermissionDenied("logs are for the owners of the job's input datasets")
+        rel, full, _ = caller_view(conn, ctx.caller, job)
+        if "owner" not in rel or not full:
+            raise PermissionDenied("logs are for the owners of the job's input datasets (an owner that "
+                                   "submitted the job or receives its result must own every input)")
         if not job["log_blob"]:
             raise NotFound("this job has no logs (yet)")
     return Response(ctx.store.blobs.read(job["log_blob"]), media_type="application/octet-stream")
@@ -223,17 +342,29 @@ def release_state(conn: Any, release: dict[str, Any]) -> dict[str, Any]:
 
 
 def release_relation(conn: Any, caller: Caller, release: dict[str, Any]) -> set[str]:
+    """The caller's relation to a release's job. A caller who does not see the job's outcome
+    (`sees_outcome`) sees the release only once it is released to its recipient: before that, not
+    its existence, hashes, sizes, checks or artifact count (NotFound, as for a job that failed)."""
     job = load_job(conn, release["job_id"])
-    return visible_job(caller, job, input_owner_ids(conn, job))
+    owner_ids = input_owner_ids(conn, job)
+    rel = visible_job(caller, job, owner_ids)
+    if not sees_outcome(caller, rel, owner_ids):
+        if released(conn, job, now()) is None:
+            raise NotFound("release not found")
+        rel.add("released")  # seen as released: shown with the job's outcome time, not its end
+    return rel
 
 
-def release_view(conn: Any, release: dict[str, Any]) -> dict[str, Any]:
+def release_view(conn: Any, release: dict[str, Any], rel: set[str] | None = None) -> dict[str, Any]:
     arts = [dict(r) for r in conn.execute("SELECT name, blob, size FROM release_artifacts WHERE release_id = ?"
                                           " ORDER BY name", (release["id"],))]
     recipient = conn.execute("SELECT name FROM orgs WHERE id = ?", (release["recipient_id"],)).fetchone()[0]
+    created = release["created_at"]
+    if rel and "released" in rel:  # when the job ended is for the owners: its analyst sees the outcome time
+        created = conn.execute("SELECT reveal_at FROM jobs WHERE id = ?", (release["job_id"],)).fetchone()[0]
     return {"id": release["id"], "job_id": release["job_id"], "recipient": recipient,
             "manifest": release["manifest"], "receipt": release["receipt"], "review_by": release["review_by"],
-            "created_at": release["created_at"], "artifacts": arts, **release_state(conn, release)}
+            "created_at": created, "artifacts": arts, **release_state(conn, release)}
 
 
 @router.get("/releases", tags=["releases"])
@@ -249,10 +380,10 @@ def list_releases(limit: int = Query(200, ge=1, le=1000), offset: int = Query(0,
                                  "offset": offset}).fetchall():
             release = load_release(conn, row[0])
             try:
-                release_relation(conn, ctx.caller, release)
+                rel = release_relation(conn, ctx.caller, release)
             except NotFound:
                 continue
-            out.append(release_view(conn, release))
+            out.append(release_view(conn, release, rel))
     return out
 
 
@@ -261,8 +392,8 @@ def get_release(release_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """A release's manifest, check results, receipt and review state (by release or job id)."""
     with ctx.store.read() as conn:
         release = load_release(conn, release_id)
-        release_relation(conn, ctx.caller, release)
-        return release_view(conn, release)
+        rel = release_relation(conn, ctx.caller, release)
+        return release_view(conn, release, rel)
 
 
 class ReleaseApprovalIn(BaseModel):
@@ -306,7 +437,7 @@ def approve_release(release_id: str, body: ReleaseApprovalIn, ctx: Ctx = Depends
         conn.execute("INSERT INTO release_approvals (release_id, dataset, org_id, payload, signature, created_at)"
                      " VALUES (?,?,?,?,?,?)", (release["id"], p["dataset"], ctx.caller.org_id, json.dumps(p),
                                                 body.signature, now()))
-        ctx.audit(conn, "release.approved", "release", release["id"], {"dataset": p["dataset"]})
+        job_event(conn, ctx, release["job_id"], "release.approved", "release", release["id"], {"dataset": p["dataset"]})
         return release_view(conn, release)
 
 
@@ -322,7 +453,7 @@ def reject_release(release_id: str, body: ReleaseApprovalIn, ctx: Ctx = Depends(
         conn.execute("INSERT INTO release_rejections (release_id, dataset, org_id, reason, payload, signature,"
                      " created_at) VALUES (?,?,?,?,?,?,?)", (release["id"], p["dataset"], ctx.caller.org_id,
                                                              p["reason"], json.dumps(p), body.signature, now()))
-        ctx.audit(conn, "release.rejected", "release", release["id"], {"dataset": p["dataset"]})
+        job_event(conn, ctx, release["job_id"], "release.rejected", "release", release["id"], {"dataset": p["dataset"]})
         return release_view(conn, release)
 
 
@@ -335,11 +466,7 @@ def get_artifact(release_id: str, name: str, ctx: Ctx = Depends(get_ctx)) -> Res
         is_recipient = release["recipient_id"] == ctx.caller.org_id
         if "owner" not in rel and not is_recipient:
             raise PermissionDenied("only the recipient and the input owners can download artifacts")
-        state = release_state(conn, release)
-        if "owner" not in rel and state["rejected_by"]:
-            raise PermissionDenied("the owners of " + ", ".join(state["rejected_by"]) + " rejected this release")
-        if "owner" not in rel and not state["downloadable"]:
-            raise PermissionDenied("the release waits for review by: " + ", ".join(state["pending_review"]))
+        # a recipient that is not an input owner got here only for a released release (release_relation)
         row = conn.execute("SELECT blob FROM release_artifacts WHERE release_id = ? AND name = ?",
                            (release["id"], name)).fetchone()
         if not row:

@@ -45,8 +45,9 @@ def room_info(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """The room's public keys (data encryption and receipt signing) and their fingerprint."""
     with ctx.store.read() as conn:
         keys = room_keys(conn)
+        # no count of releases: it would tell anyone when some job succeeded
         counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                  for t in ("orgs", "datasets", "plugins", "jobs", "releases")}
+                  for t in ("orgs", "datasets", "plugins", "jobs")}
     return {"version": __version__, "ready": keys is not None, "keys": keys, "counts": counts}
 
 
@@ -224,15 +225,68 @@ def key_rotations(conn: Any, org_id: str) -> list[dict[str, Any]]:
             for r in conn.execute("SELECT * FROM key_rotations WHERE org_id = ? ORDER BY seq", (org_id,))]
 
 
+class AuditScope:
+    """Which audit events an org reads in full: those about itself, its datasets and plugins, the
+    submission and start of jobs it may see, and every event of the jobs whose outcome it sees
+    (`routes_jobs.sees_outcome`). Admins and reviewers read everything. Other events are redacted."""
+
+    def __init__(self, conn: Any, caller: Any) -> None:
+        self.conn, self.caller = conn, caller
+        self.everything = caller.has("admin", "reviewer")
+        self.datasets = {r[0] for r in conn.execute("SELECT name FROM datasets WHERE owner_id = ?", (caller.org_id,))}
+        self.plugins = {r[0] for r in conn.execute("SELECT id FROM plugins WHERE submitted_by = ?", (caller.org_id,))}
+        self.jobs: dict[str, tuple[bool, bool]] = {}
+
+    def job(self, job_id: str) -> tuple[bool, bool]:
+        """(may see the job, sees its outcome)."""
+        from cleanroom.api.authz import visible_job
+        from cleanroom.api.routes_jobs import input_owner_ids, load_job, sees_outcome
+
+        if job_id not in self.jobs:
+            try:
+                job = load_job(self.conn, job_id)
+                owner_ids = input_owner_ids(self.conn, job)
+                rel = visible_job(self.caller, job, owner_ids)
+                self.jobs[job_id] = (True, sees_outcome(self.caller, rel, owner_ids))
+            except NotFound:
+                self.jobs[job_id] = (False, False)
+        return self.jobs[job_id]
+
+    def readable(self, event: dict[str, Any]) -> bool:
+        if self.everything:
+            return True
+        kind, oid, action, mine = event["object_type"], event["object_id"], event["action"], \
+            event["actor"] == self.caller.name
+        if kind == "job":  # a job's later events (phases, outcome, release) tell how it went
+            related, full = self.job(oid)
+            return full or related and (action in ("job.submitted", "job.started")
+                                        or action == "job.cancelled" and mine)
+        if kind == "release":
+            row = self.conn.execute("SELECT job_id FROM releases WHERE id = ?", (oid,)).fetchone()
+            return bool(row) and self.job(row[0])[1]
+        return (mine or kind == "room" or kind == "org" and oid == self.caller.name
+                or kind == "dataset" and oid in self.datasets or kind == "plugin" and oid in self.plugins)
+
+    def view(self, event: dict[str, Any]) -> dict[str, Any]:
+        return event if self.readable(event) else audit.redact(event)
+
+
 @router.get("/audit", tags=["audit"])
 def list_audit(after: int = Query(0, ge=0, le=2**63 - 1), limit: int = Query(1000, ge=1, le=10_000),
                ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
-    """Audit events after sequence number `after`, oldest first (at most `limit`, max 10000)."""
+    """Audit events after sequence number `after`, oldest first (at most `limit`, max 10000). Events you
+    may not read come as `{seq, prev_hash, hash, redacted: true}`: the chain still verifies."""
+    from cleanroom.api.routes_jobs import release_held_events
+
     limit = max(1, min(limit, 10_000))
+    with ctx.store.tx() as conn:
+        release_held_events(conn)
     with ctx.store.read() as conn:
         rows = conn.execute("SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
         total = conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0]
-    return {"events": [audit.row_to_event(r) for r in rows], "total": total}
+        scope = AuditScope(conn, ctx.caller)
+        events = [scope.view(audit.row_to_event(r)) for r in rows]
+    return {"events": events, "total": total}
 
 
 @router.get("/audit/verify", tags=["audit"])

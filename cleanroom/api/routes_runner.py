@@ -13,7 +13,14 @@ from pydantic import BaseModel, Field
 from cleanroom.api.app import row_dict
 from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.api.routes_datasets import current_policy, load_dataset
-from cleanroom.api.routes_jobs import TERMINAL, load_job
+from cleanroom.api.routes_jobs import (
+    TERMINAL,
+    job_event,
+    load_job,
+    release_held_events,
+    reveal_time,
+    time_budget,
+)
 from cleanroom.api.routes_plugins import load_plugin
 from cleanroom.api.routes_room import key_rotations
 from cleanroom.crypto import fingerprint
@@ -61,7 +68,7 @@ def runner_recover(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
                 conn.execute("UPDATE jobs SET status = 'queued', phase = NULL, reason = ? WHERE id = ?",
                              ("re-queued after a runner restart", row["id"]))
                 requeued.append(row["id"])
-                ctx.audit(conn, "job.requeued", "job", row["id"], {"reason": "runner restarted"})
+                job_event(conn, ctx, row["id"], "job.requeued", "job", row["id"], {"reason": "runner restarted"})
             else:
                 _finish(conn, ctx, row["id"], "failed", "the runner restarted during the job too often",
                         "runner_restart")
@@ -71,13 +78,18 @@ def runner_recover(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
 
 @router.post("/claim")
 def runner_claim(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
-    """Claim the oldest queued job, if any."""
+    """Claim the oldest queued job, if any (and append the held events of jobs whose outcome is due)."""
     with ctx.store.tx() as conn:
+        release_held_events(conn)
         row = conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at LIMIT 1").fetchone()
         if not row:
             return {"job": None}
+        started = now()
+        # the outcome time is fixed at the first start (a job re-queued after a runner restart keeps it)
         conn.execute("UPDATE jobs SET status = 'running', phase = 'verifying', started_at = ?, runner_id = ?,"
-                     " attempts = attempts + 1 WHERE id = ?", (now(), ctx.caller.name, row["id"]))
+                     " attempts = attempts + 1, reveal_at = COALESCE(reveal_at, ?) WHERE id = ?",
+                     (started, ctx.caller.name, reveal_time(started, time_budget(load_job(conn, row["id"]),
+                                                                                 ctx.settings)), row["id"]))
         ctx.audit(conn, "job.started", "job", row["id"], {})
     return {"job": row["id"]}
 
@@ -157,7 +169,7 @@ def runner_progress(job_id: str, body: ProgressIn, ctx: Ctx = Depends(get_ctx)) 
         if job["status"] != "running":
             return {"status": job["status"]}
         conn.execute("UPDATE jobs SET phase = ? WHERE id = ?", (body.phase, job_id))
-        ctx.audit(conn, "job.phase", "job", job_id, {"phase": body.phase})
+        job_event(conn, ctx, job_id, "job.phase", "job", job_id, {"phase": body.phase})
     return {"status": "running"}
 
 
@@ -208,7 +220,7 @@ def _finish(conn: Any, ctx: Ctx, job_id: str, status: str, reason: str, error_cl
     details: dict[str, Any] = {"error_class": error_class}
     if waived:
         details["isolation_waived"] = sorted(waived)
-    ctx.audit(conn, f"job.{status}", "job", job_id, details)
+    job_event(conn, ctx, job_id, f"job.{status}", "job", job_id, details)
 
 
 @router.post("/jobs/{job_id}/finish")
@@ -225,7 +237,12 @@ def runner_finish(job_id: str, body: FinishIn, ctx: Ctx = Depends(get_ctx)) -> d
                 raise ValidationError("unknown log blob")
             conn.execute("UPDATE jobs SET log_blob = ? WHERE id = ?", (body.log_blob, job_id))
         release_id = None
-        if body.status == "succeeded":
+        status, reason, error_class = body.status, body.reason, body.error_class
+        if status == "succeeded" and job["reveal_at"] is not None and now() >= job["reveal_at"]:
+            # its analyst was shown "nothing released" at reveal_at: a release now would tell when it ended
+            status, reason, error_class = ("timed_out", "the job ended after its time budget (the spec's "
+                                           "time_budget): nothing is released", "time_budget")
+        if status == "succeeded":
             rel = body.release
             if not rel:
                 raise ValidationError("a succeeded job needs a release")
@@ -245,9 +262,9 @@ def runner_finish(job_id: str, body: FinishIn, ctx: Ctx = Depends(get_ctx)) -> d
             outputs = rel.manifest.get("outputs")
             if not isinstance(outputs, dict):
                 raise ValidationError("the release manifest has no outputs")
-            ctx.audit(conn, "release.created", "release", release_id,
+            job_event(conn, ctx, job_id, "release.created", "release", release_id,
                       {"job": job_id, "outputs": {n: a.get("sha256") if isinstance(a, dict) else None
                                                   for n, a in outputs.items()},
                        "review_by": sorted(rel.review_by)})
-        _finish(conn, ctx, job_id, body.status, body.reason, body.error_class, body.waived)
-    return {"job": job_id, "status": body.status, "release_id": release_id}
+        _finish(conn, ctx, job_id, status, reason, error_class, body.waived)
+    return {"job": job_id, "status": status, "release_id": release_id}

@@ -105,7 +105,8 @@ def command(text: str) -> Safe:
 
 
 STATUS_KIND = {"succeeded": "ok", "failed": "bad", "timed_out": "bad", "cancelled": "warn",
-               "running": "info", "queued": "info", "approve": "ok", "reject": "bad"}
+               "running": "info", "queued": "info", "approve": "ok", "reject": "bad", "released": "ok",
+               "nothing_released": "warn"}
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2433;
@@ -404,7 +405,9 @@ def audit_page(caller: Caller, events: list[dict[str, Any]], total: int, check: 
     else:
         banner = tag("p", f"The hash chain is BROKEN at event {check['broken_at']}: {check['reason']}",
                      class_="banner bad")
-    rows = [(e["seq"], when(e["ts"]), e["actor"], tag("code", e["action"]),
+    rows = [(e["seq"], None, None, tag("span", "redacted (not about you)", class_="muted"), None, None,
+             tag("code", e["hash"][:16])) if e.get("redacted") else
+            (e["seq"], when(e["ts"]), e["actor"], tag("code", e["action"]),
              join([e["object_type"], " ", tag("code", e["object_id"])]),
              tag("code", json.dumps(e["details"], sort_keys=True)) if e["details"] else None,
              tag("code", e["hash"][:16]))

@@ -10,7 +10,7 @@ import click
 
 from cleanroom.cli.base import State, cli, console, emit, pass_state
 
-EXIT = {"succeeded": 0, "failed": 3, "cancelled": 4, "timed_out": 5}
+EXIT = {"succeeded": 0, "released": 0, "failed": 3, "nothing_released": 3, "cancelled": 4, "timed_out": 5}
 
 
 @cli.group()
@@ -71,7 +71,8 @@ def show_cost(state: State, cost: dict[str, Any]) -> None:
 @pass_state
 def job_list(state: State) -> None:
     """Jobs you submitted or that touch your data."""
-    emit(state, state.client.list_jobs(), ["id", "name", "submitted_by", "status", "phase", "error_class"])
+    emit(state, state.client.list_jobs(), ["id", "name", "submitted_by", "status", "phase", "error_class",
+                                           "outcome_at"])
 
 
 @job.command("status")
@@ -87,7 +88,9 @@ def job_status(state: State, job_id: str) -> None:
 @click.option("--timeout", default=1800.0, help="Seconds to wait before giving up (the job keeps running).")
 @pass_state
 def job_wait(state: State, job_id: str, timeout: float) -> None:
-    """Follow a job's phases; the exit code tells the outcome (0 succeeded, 3 failed, 4 cancelled, 5 timed out)."""
+    """Follow a job until its outcome; the exit code tells it (0 released or succeeded, 3 nothing released or
+    failed, 4 cancelled, 5 timed out). An analyst learns the outcome at the job's outcome time (its start
+    plus the spec's time budget); input owners see the phases and the end as they happen."""
     def show(j: dict[str, Any]) -> None:
         console.print(f"{j['id']}: {j['status']}" + (f" ({j['phase']})" if j.get("phase") else ""))
 
@@ -147,7 +150,8 @@ def release_approve(state: State, ref: str, dataset: str | None) -> None:
 
 @release.command("reject")
 @click.argument("ref")
-@click.option("--reason", default="", help="Why (kept with the rejection; the analyst sees it).")
+@click.option("--reason", default="", help="Why (kept with the rejection, for the owners; the analyst sees only "
+                                           "that nothing was released).")
 @click.option("--dataset", default=None, help="Which of your datasets rejects (default: all pending).")
 @pass_state
 def release_reject(state: State, ref: str, reason: str, dataset: str | None) -> None:

@@ -127,6 +127,8 @@ def audit() -> None:
 def audit_list(state: State, limit: int) -> None:
     """Show the latest audit events."""
     events = list(state.client.audit_events())[-limit:]
+    if not state.as_json:  # events about other orgs come redacted: only their place and hashes
+        events = [{**e, "action": "(redacted)"} if e.get("redacted") else e for e in events]
     emit(state, events, ["seq", "ts", "actor", "action", "object_type", "object_id"])
 
 
@@ -148,22 +150,29 @@ def receipt() -> None:
 
 
 @receipt.command("verify")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", type=click.Path(exists=True))
 @click.option("--fingerprint", default=None, help="Expected room key fingerprint (default: your profile's).")
 @pass_state
 def receipt_verify(state: State, path: str, fingerprint: str | None) -> None:
-    """Check a receipt's signature offline."""
-    from cleanroom.client import verify_receipt
+    """Check a receipt offline: its signature, and given the folder `result get` wrote, that the files
+    in it are exactly the receipt's outputs (names, sha256, sizes)."""
+    from cleanroom.client import verify_receipt, verify_result_dir
     from cleanroom.errors import ValidationError
     from cleanroom.profile import Profile
 
-    try:
-        data = json.loads(Path(path).read_text())
-    except ValueError as exc:
-        raise ValidationError(f"{path} is not JSON") from exc
     expected = fingerprint or Profile.load(state.profile_name).room_fingerprint
-    result = verify_receipt(data, expected_fingerprint=expected)
-    console.print(f"receipt valid: job {result['job']}, signed by room key {result['fingerprint']}")
+    if Path(path).is_dir():
+        result = verify_result_dir(path, expected_fingerprint=expected)
+        console.print(f"receipt valid: job {result['job']}, signed by room key {result['fingerprint']}; "
+                      f"{len(result['files'])} file(s) match it")
+    else:
+        try:
+            data = json.loads(Path(path).read_text())
+        except ValueError as exc:
+            raise ValidationError(f"{path} is not JSON") from exc
+        result = verify_receipt(data, expected_fingerprint=expected)
+        console.print(f"receipt valid: job {result['job']}, signed by room key {result['fingerprint']}")
+        console.print("note: only the signature was checked; pass the folder to check the files too")
     if not expected:
         console.print("note: no pinned room fingerprint to compare with; pass --fingerprint")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import threading
 import time
@@ -114,6 +115,30 @@ def table_names(ctx: dict[str, Any]) -> list[str]:
         name = (step.get("params") or {}).get("name")
         out.append(name if isinstance(name, str) and TABLE_NAME_RE.match(name) and name not in out else f"step{n}")
     return out
+
+
+def covering_approvals(ctx: dict[str, Any]) -> list[str]:
+    """The sha256 of every signed approval that covered this job: by the input's owner (its key verifies),
+    for one of the job's plugins and inputs, for the exact policy text, version and data enforced here.
+    Not every approval the inputs have: a receipt names what the runner relied on."""
+    policies = {ds["name"]: ds for ds in ctx["datasets"]}
+    plugin_ids = {step["plugin"] for step in ctx["job"]["spec"]["steps"]}
+    out = set()
+    for a in ctx["approvals"]:
+        p = a["payload"]
+        ds = policies.get(p.get("dataset"))
+        if (ds is None or a["org"] != ds["owner"] or p.get("org") != ds["owner"] or p.get("type") != "plugin-approval"
+                or p.get("decision") != "approve" or p.get("plugin_id") not in plugin_ids
+                or p.get("policy_sha256") != ds["policy_sha256"] or p.get("policy_version") != ds["policy_version"]
+                or p.get("dataset_sha256") != ds["sha256"]):
+            continue
+        owner_key = ctx["owners"].get(ds["owner"], {}).get("sign_public")
+        try:
+            verify(owner_key or "", p, a["signature"])
+        except (IntegrityError, ValueError):
+            continue
+        out.add(hashlib.sha256(canonical_json(p)).hexdigest())
+    return sorted(out)
 
 
 class JobRun:
@@ -368,13 +393,13 @@ class JobRun:
             "plugins": {pid: f"{p['name']}@{p['manifest'].get('version')}" for pid, p in ctx["plugins"].items()},
             "datasets": {d["name"]: {"sha256": d["sha256"], "policy_version": d["policy_version"],
                                      "policy_sha256": d["policy_sha256"]} for d in ctx["datasets"]},
-            "approvals": sorted(hashlib.sha256(canonical_json(a["payload"])).hexdigest()
-                                for a in ctx["approvals"]),
+            "approvals": covering_approvals(ctx),
             "image": self.isolation.get("compute", {}).get("image"),
             "isolation": self.isolation, "epsilon_spent": rel.get("epsilon_spent", 0.0),
-            "outputs": outputs, "timings": self.timings, "issued_at": time.time(),
+            "outputs": outputs,  # no timings, no signing time: how long the job ran is for the owners (log)
             "manifest_sha256": hashlib.sha256(canonical_json(manifest)).hexdigest(),
         }
+        self.note("timings: " + json.dumps(self.timings, sort_keys=True))
         receipt = {"body": body, "signature": self.keys.sign(body),
                    "room_keys": {"enc_public": self.keys.enc_public, "sign_public": self.keys.sign_public,
                                  "fingerprint": fingerprint(self.keys.enc_public + self.keys.sign_public)}}

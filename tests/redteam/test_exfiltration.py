@@ -74,8 +74,10 @@ def nothing_released(w: SimpleNamespace, job: dict[str, Any]) -> None:
 
 
 def analyst_view_is_coarse(w: SimpleNamespace, job: dict[str, Any]) -> None:
+    """The analyst sees that nothing was released: not why (no error class, phase, reason), nor when."""
     view = w.stack.analyst.get_job(job["id"])
-    assert "reason" not in view and "effective_policy" not in view
+    assert view["status"] == "nothing_released" and view["error_class"] is None and view["phase"] is None
+    assert view["finished_at"] is None and "reason" not in view and "effective_policy" not in view
     text = json.dumps(view)
     assert w.canary not in text and "exit" not in text.lower()
     with pytest.raises(PermissionDenied):
@@ -260,7 +262,7 @@ def raising_job(world: SimpleNamespace) -> dict[str, Any]:
     return w.stack.run(w.stack.job_spec(w.ds, [(plugin, {}), by_region(w)], aggregates=True))
 
 
-def test_an_error_message_full_of_data_shows_the_analyst_only_the_error_class(
+def test_an_error_message_full_of_data_shows_the_analyst_only_that_nothing_was_released(
         world: SimpleNamespace, raising_job: dict[str, Any]) -> None:
     w = world
     assert raising_job["status"] == "failed" and raising_job["error_class"] == "plugin_error"
