@@ -206,7 +206,11 @@ class BlobWriter:
         # The rename gives the blob a fresh modification time, so the next sweep's grace period
         # protects it until the record that references it is written.
         with self.store._lock(fcntl.LOCK_SH):
-            os.replace(self._tmp, final)
+            try:
+                os.replace(self._tmp, final)
+            except FileNotFoundError as exc:  # the sweep removed a staged file idle for its grace period
+                raise ValidationError("the upload was idle too long and its staged bytes were removed",
+                                      hint="retry the upload") from exc
         return digest, self.size
 
     def abort(self) -> None:

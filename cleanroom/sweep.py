@@ -103,7 +103,7 @@ def sweep(store: Store, *, actor: str, grace_seconds: int, upload_ttl_seconds: i
                    "bytes": sum(e.size for e in plan["blobs"]), "staged_files": len(plan["staged"]),
                    "expired_uploads": plan["expired_uploads"]}
         if dry_run or not (plan["blobs"] or plan["staged"] or plan["expired_uploads"]):
-            return {**summary, "dry_run": dry_run, "deleted": [], "kept": []}
+            return _listed({**summary, "dry_run": dry_run, "deleted": [], "kept": []}, "blobs")
         planned = audit.append(conn, actor=actor, action="storage.sweep_planned", object_type="storage",
                                object_id="blobs", details=_listed(summary, "blobs"), ts=now())
     # 2. re-check under the lease, delete, record the result (a crash here leaves the plan, which
@@ -137,7 +137,7 @@ def sweep(store: Store, *, actor: str, grace_seconds: int, upload_ttl_seconds: i
                   "staged_files": staged, "expired_uploads": expired}
         audit.append(conn, actor=actor, action="storage.swept", object_type="storage", object_id="blobs",
                      details=_listed(_listed(result, "deleted"), "kept"), ts=now())
-    return {**summary, **result, "dry_run": False}
+    return _listed(_listed(_listed({**summary, **result, "dry_run": False}, "blobs"), "deleted"), "kept")
 
 
 def _listed(details: dict[str, Any], key: str) -> dict[str, Any]:

@@ -276,7 +276,7 @@ def test_a_big_sweeps_audit_events_list_a_bounded_sample_with_a_count_and_a_hash
     orphans = sorted(_blob(store, f"orphan {i}") for i in range(sweep.AUDIT_LIST + 200))
     kept = _refs(store)
     result = sweep.sweep(store, actor="admin", grace_seconds=DAY, upload_ttl_seconds=DAY)
-    assert sorted(result["deleted"]) == orphans  # the answer lists everything
+    assert result["deleted_count"] == len(orphans) and result["deleted"] == orphans[:sweep.AUDIT_LIST]
     with store.read() as conn:
         planned, swept = (json.loads(r[0]) for r in conn.execute(
             "SELECT details FROM audit WHERE action LIKE 'storage.%' ORDER BY seq"))
@@ -285,3 +285,20 @@ def test_a_big_sweeps_audit_events_list_a_bounded_sample_with_a_count_and_a_hash
     assert planned["blobs_sha256"] == whole and swept["deleted_sha256"] == whole
     assert swept["deleted_count"] == len(orphans) and swept["kept_count"] == 0
     assert all(store.blobs.exists(d) for d in kept.values())
+
+
+def test_an_upload_idle_past_the_grace_period_fails_clearly_and_stores_nothing(store: Store) -> None:
+    writer = store.blobs.writer(max_bytes=1000)
+    writer.write(b"age-encryption.org/v1\nhalf")
+    staged = list((store.blobs.root / "tmp").iterdir())
+    assert len(staged) == 1
+    os.utime(staged[0], (time.time() - 3 * DAY,) * 2)  # nothing written for days
+    assert sweep.sweep(store, actor="admin", grace_seconds=DAY, upload_ttl_seconds=DAY)["staged_files"] == 1
+    with pytest.raises(ValidationError, match="idle too long"):
+        writer.commit()
+    assert list(store.blobs.entries()) == []
+    control = store.blobs.writer(max_bytes=1000)  # control: an active upload is left alone and commits
+    control.write(b"age-encryption.org/v1\nwhole")
+    sweep.sweep(store, actor="admin", grace_seconds=DAY, upload_ttl_seconds=DAY)
+    digest, _ = control.commit()
+    assert store.blobs.hash_of(digest) == digest

@@ -47,7 +47,7 @@ def admin_sweep(state: State, grace_seconds: int | None, dry_run: bool) -> None:
         emit(state, result)
         return
     verb = "would delete" if dry_run else "deleted"
-    count = len(result["blobs"]) if dry_run else len(result["deleted"])
+    count = result["blobs_count"] if dry_run else result["deleted_count"]
     console.print(f"{verb} {count} unreferenced blobs ({result['bytes']} bytes), "
                   f"{result['staged_files']} staged files, {len(result['expired_uploads'])} expired uploads "
                   f"(grace {result['grace_seconds']} s)")
