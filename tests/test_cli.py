@@ -52,6 +52,14 @@ def test_cli_scenario(room, runner, tmp_path):
             "--id-column", "customer_id", "--join-secret", str(secret), profile=org)
     listed = json.loads(run("--json", "dataset", "list", profile="acme-analytics").stdout)
     assert {d["name"] for d in listed} == {"retail.purchases", "bank.customers"}
+    # `plugin test` on the mock data: a plugin that works exits 0, one that fails exits 1 (control first)
+    image = ["--image", os.environ.get("CLEANROOM_SANDBOX_IMAGE", "cleanroom-sandbox:latest")]
+    tested = run("--json", "plugin", "test", str(REPO / "plugins" / "one-hot"), "--dataset", "retail.purchases",
+                 "--params", '{"columns": ["category"]}', *image, profile="acme-analytics")
+    assert json.loads(tested.stdout)["ok"] is True
+    failing = run("--json", "plugin", "test", str(REPO / "plugins" / "one-hot"), "--dataset", "retail.purchases",
+                  "--params", '{"columns": ["no_such_column"]}', *image, profile="acme-analytics", ok=False)
+    assert failing.returncode == 1 and json.loads(failing.stdout)["ok"] is False
 
     ids = {}
     for plugin in scenario.PLUGINS:

@@ -114,3 +114,6 @@ def plugin_test(state: State, folder: str, datasets: tuple[str, ...], params: st
 
     result = test_plugin(state.client, Path(folder), list(datasets), json.loads(params), image=image)
     emit(state, result)
+    if result.get("exit_code") != 0 or not result.get("ok"):
+        # a failing plugin is a failing command, so scripts and CI notice (the log above says why)
+        raise SystemExit(1)
