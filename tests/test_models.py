@@ -229,7 +229,7 @@ def test_every_default_family_passes_its_checks() -> None:
         if name in models.ROW_STORING:
             continue
         classify = name.endswith("classifier") or name == "logistic_regression"
-        params = {"n_estimators": 20} if "forest" in name or "boosting" in name else {}
+        params = {"n_estimators": 3, "max_depth": 2} if "forest" in name or "boosting" in name else {}
         spec = {"estimator": name, "params": params,
                 "target": "big" if classify else "spend", "features": ["age", "income"]}
         out = fit(spec)

@@ -119,7 +119,7 @@ def runner_context(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
             datasets.append({"name": ds["name"], "owner": owner["name"], "sha256": ds["sha256"],
                              "size": ds["size"], "policy_version": ds["policy_version"],
                              "policy": pol["policy"], "policy_sha256": pol["sha256"],
-                             "schema": ds["schema"]})
+                             "schema": ds["schema"], "mock": ds["mock"]})  # for the mock run
         plugins = {}
         for step in spec["steps"]:
             p = load_plugin(conn, step["plugin"])

@@ -16,7 +16,7 @@ from typing import Any
 
 from cleanroom.crypto import KeyPair, canonical_json, decrypt_bytes, encrypt_bytes, fingerprint, verify
 from cleanroom.errors import CleanroomError, IntegrityError, PolicyError, SandboxError
-from cleanroom.runner import recode
+from cleanroom.runner import mockrun, recode
 from cleanroom.runner.api import RunnerAPI
 from cleanroom.runner.pins import KeyPins
 from cleanroom.runner.sandbox import PhaseResult, Sandbox, StartedPhase, _memory_bytes
@@ -141,6 +141,17 @@ def covering_approvals(ctx: dict[str, Any]) -> list[str]:
     return sorted(out)
 
 
+def compute_steps(ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """The compute phase's steps, from the job spec and its plugins (the same for the mock run)."""
+    steps = []
+    for step in ctx["job"]["spec"]["steps"]:
+        p = ctx["plugins"][step["plugin"]]
+        steps.append({"plugin_id": p["id"], "name": p["name"], "kind": p["kind"],
+                      "entry": p["manifest"]["entry"], "params": step.get("params", {}),
+                      "dataset": step.get("dataset")})
+    return steps
+
+
 class JobRun:
     def __init__(self, api: RunnerAPI, sandbox: Sandbox, keys: KeyPair, job_id: str, settings: Any) -> None:
         self.api = api
@@ -152,6 +163,7 @@ class JobRun:
         self.timings: dict[str, float] = {}
         self.isolation: dict[str, Any] = {}
         self.pending_release: StartedPhase | None = None
+        self.dropped: dict[str, list[str]] = {}
 
     def note(self, text: str) -> None:
         if self.logs.tell() < self.settings.job_log_bytes:
@@ -233,6 +245,11 @@ class JobRun:
 
         starters = [threading.Thread(target=start_phase, args=(phase,), name=f"start-{phase}-{self.job_id}",
                                      daemon=True) for phase in ("release", "compute")]
+        # The mock run (the pipeline on the inputs' public mock data, in its own container) fixes the
+        # release's structure; it needs no plaintext, so it runs while the inputs are decrypted.
+        mock: dict[str, Any] = {}
+        starters.append(threading.Thread(target=self._mock_run, args=(ctx, bundles, effective, mock),
+                                         name=f"mock-{self.job_id}", daemon=True))
         for starter in starters:
             starter.start()
         try:
@@ -252,20 +269,17 @@ class JobRun:
             try:  # `_pid` becomes int64 codes, the same in every input and fresh for this job
                 inputs = recode.recode_inputs(inputs, {f"inputs/{i}.arrow": ds["name"]
                                                        for i, ds in enumerate(ctx["datasets"])},
-                                              max_bytes=_memory_bytes(self.settings.job_memory))
+                                              max_bytes=_memory_bytes(self.settings.job_memory),
+                                              drop=effective.get("never_output", []))
             except recode.TooLarge as exc:
                 raise JobFailed("out_of_memory", str(exc)) from exc
             except recode.RecodeError as exc:
                 raise JobFailed("integrity_error", str(exc)) from exc
             self.timings["recode"] = round(time.monotonic() - t, 3)
 
+            self.dropped = mockrun.dropped_columns(ctx["datasets"], effective.get("never_output", []))
             self.phase("compute")
-            steps = []
-            for step in spec["steps"]:
-                p = ctx["plugins"][step["plugin"]]
-                steps.append({"plugin_id": p["id"], "name": p["name"], "kind": p["kind"],
-                              "entry": p["manifest"]["entry"], "params": step.get("params", {}),
-                              "dataset": step.get("dataset")})
+            steps = compute_steps(ctx)
             request = io.BytesIO()
             files = dict(inputs)
             files.update({f"plugins/{pid}.tar": data for pid, data in bundles.items()})
@@ -294,6 +308,10 @@ class JobRun:
                 raise JobFailed(failure.code, failure.message) from failure
             raise failure or JobFailed("sandbox_error", "a sandbox container did not start")
         self.pending_release = release_box  # removed by `run` whatever happens next
+        self.note(str(mock.get("log", "")))
+        if "failure" in mock:
+            compute_box.close()
+            raise mock["failure"]
         compute = self._phase_run("compute", request.getbuffer(), started=compute_box)
         del request
         result, out_files = self._decode(compute, "compute")
@@ -318,8 +336,8 @@ class JobRun:
             "analysis_specs": [a["spec"] for a in result.get("analysis_specs", [])] if outputs.get("aggregates")
             else [],
             "dp": effective.get("dp") or {"epsilon": None, "delta": None},  # the job's charge (cleanroom.ledger)
-            "names": released_names(ctx), "table_names": table_names(ctx),
-        }, {"frames/joined.arrow": frame})
+            "names": released_names(ctx), "table_names": table_names(ctx), "mock": mock["specs"],
+        }, {"frames/joined.arrow": frame, mockrun.MOCK_FRAME: mock["frame"]})
         del frame
         release = self._phase_run("release", request.getbuffer(), started=self.pending_release)
         rel, artifacts = self._decode(release, "release")
@@ -331,6 +349,33 @@ class JobRun:
 
         self.phase("uploading")
         self._publish(ctx, effective, rel, artifacts, bundles, started)
+
+    def _mock_run(self, ctx: dict[str, Any], bundles: dict[str, bytes], effective: dict[str, Any],
+                  out: dict[str, Any]) -> None:
+        """Run the pipeline on the mock data; `out` gets specs and frame, or the failure (a thread)."""
+        t = time.monotonic()
+        try:
+            request = mockrun.request(self.job_id, ctx["datasets"], compute_steps(ctx), bundles,
+                                      self.settings.job_max_output_bytes, effective.get("never_output", []))
+            box = self.sandbox.start("compute", self.job_id, limits=effective.get("limits"))
+            res = box.run(request, cancelled=self.cancelled)
+            self.isolation["mock"] = res.isolation
+            out["log"] = f"--- mock run (exit {res.exit_code}, {res.seconds:.1f} s) ---\n" + res.stderr.decode(
+                "utf-8", "replace")[-4000:]
+            if res.timed_out or res.oom_killed or res.output_overflow or res.exit_code != 0:
+                raise mockrun.MockRunFailed("the mock run ran out of time or memory, or crashed")
+            result, files = wire.read_message(io.BytesIO(res.stdout), "result.json",
+                                              self.settings.job_max_output_bytes)
+            out["specs"], out["frame"] = mockrun.outcome(result, files, ctx["job"]["spec"].get("outputs", {}))
+        except mockrun.MockRunFailed as exc:
+            out["failure"] = JobFailed("mock_run_failed", str(exc))
+        except SandboxError as exc:
+            out["failure"] = JobFailed(exc.code, exc.message)
+        except wire.WireError as exc:
+            out["failure"] = JobFailed("protocol_error", f"the mock run answered an invalid message: {exc}")
+        except Exception as exc:  # noqa: BLE001 - raised again in the job's own thread
+            out["failure"] = JobFailed("internal", f"the mock run failed: {type(exc).__name__}")
+        self.timings["mock"] = round(time.monotonic() - t, 3)
 
     def _phase_run(self, phase: str, request: bytes | memoryview, started: StartedPhase | None = None) -> PhaseResult:
         try:
@@ -395,7 +440,8 @@ class JobRun:
                                      "policy_sha256": d["policy_sha256"]} for d in ctx["datasets"]},
             "approvals": covering_approvals(ctx),
             "image": self.isolation.get("compute", {}).get("image"),
-            "isolation": self.isolation, "epsilon_spent": rel.get("epsilon_spent", 0.0),
+            "isolation": self.isolation, "dropped_columns": self.dropped,  # never_output, left out of the inputs
+            "epsilon_spent": rel.get("epsilon_spent", 0.0),
             "outputs": outputs,  # no timings, no signing time: how long the job ran is for the owners (log)
             "manifest_sha256": hashlib.sha256(canonical_json(manifest)).hexdigest(),
         }

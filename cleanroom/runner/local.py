@@ -9,14 +9,28 @@ from typing import Any
 
 import pandas as pd
 
+from cleanroom.runner.mockrun import mock_table
+from cleanroom.runner.recode import write_table
 from cleanroom.runner.sandbox import Sandbox
 from cleanroom.sandbox import wire
 from cleanroom.settings import Settings
 
 
 def mock_frame(dataset: dict[str, Any]) -> pd.DataFrame:
-    columns = [c["name"] for c in dataset["schema"]["columns"]]
-    return pd.DataFrame(dataset["mock"], columns=columns)
+    """A dataset's mock rows as a job's compute phase would get them (`cleanroom.runner.mockrun`)."""
+    return mock_table(dataset, dataset.get("never_output", ())).to_pandas()
+
+
+def _with_rules(dataset: dict[str, Any]) -> dict[str, Any]:
+    """The dataset with the columns its policy marks never_output, which a job never sees either."""
+    return {**dataset, "never_output": never_output(dataset)}
+
+
+def never_output(dataset: dict[str, Any]) -> list[str]:
+    policy = dataset.get("policy") if isinstance(dataset.get("policy"), dict) else {}
+    columns = (policy or {}).get("columns") or {}
+    return sorted(name for name, rule in columns.items()
+                  if isinstance(rule, dict) and rule.get("rule") == "never_output")
 
 
 def test_plugin(client: Any, folder: Path, datasets: list[str], params: dict[str, Any], *,
@@ -30,7 +44,7 @@ def test_plugin(client: Any, folder: Path, datasets: list[str], params: dict[str
     files = {f"plugins/{plugin_id}.tar": archive}
     inputs = []
     for i, name in enumerate(datasets):
-        files[f"inputs/{i}.arrow"] = wire.frame_to_bytes(mock_frame(client.get_dataset(name)))
+        files[f"inputs/{i}.arrow"] = write_table(mock_table(_with_rules(client.get_dataset(name))))
         inputs.append({"dataset": name, "file": f"inputs/{i}.arrow"})
     step = {"plugin_id": plugin_id, "name": manifest["name"], "kind": manifest["kind"], "entry": manifest["entry"],
             "params": params, "dataset": datasets[0] if len(datasets) == 1 and

@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import secrets
 import struct
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Collection, Iterator, Mapping, MutableMapping
 
 import numpy as np
 import pandas as pd
@@ -188,13 +188,14 @@ def write_table(table: pa.Table, compression: str | None = "zstd") -> bytes:
 
 def recode_inputs(inputs: MutableMapping[str, bytes], labels: Mapping[str, str] | None = None, *,
                   max_bytes: int | None = None, rng: np.random.Generator | None = None,
-                  compression: str | None = "zstd") -> dict[str, bytes]:
+                  compression: str | None = "zstd", drop: Collection[str] = ()) -> dict[str, bytes]:
     """`{name: Arrow IPC stream}` with every `_pid` recoded (`recode_columns`), written again.
 
     Takes each stream out of `inputs` once it is no longer needed (`inputs` is empty afterwards,
     unless this raises). `labels` name the inputs in errors (the dataset names; default: the keys).
     Raises TooLarge, before decoding anything, when the inputs declare more than `max_bytes` of
-    decoded data in all (`decoded_size`).
+    decoded data in all (`decoded_size`). Columns named in `drop` (the policies' `never_output`) are
+    left out of every input, so they never reach the compute phase.
     """
     names = list(inputs)
     label = {name: (labels or {}).get(name, name) for name in names}
@@ -217,10 +218,10 @@ def recode_inputs(inputs: MutableMapping[str, bytes], labels: Mapping[str, str] 
     out: dict[str, bytes] = {}
     for name in names:
         schema, position = layout[name]
-        others = [i for i in range(len(schema)) if i != position]
+        others = [i for i in range(len(schema)) if i != position and schema.field(i).name not in drop]
         if others:
-            table = _with_codes(_read(inputs[name], label[name], others).replace_schema_metadata(None),
-                                position, codes.pop(0))
+            kept = _read(inputs[name], label[name], others).replace_schema_metadata(None)
+            table = _with_codes(kept, sum(1 for i in others if i < position), codes.pop(0))
         else:  # `_pid` alone (an empty field list would read every field)
             table = pa.table({PID: pa.array(codes.pop(0), type=CODE_TYPE)},
                              schema=pa.schema([pa.field(PID, CODE_TYPE, nullable=False)]))

@@ -12,8 +12,13 @@ Rules, all enforced here:
   smaller groups vanish without a trace: no row, no marker, no total that includes them;
 - `_pid`, reserved `_` columns, and columns the policy marks never_output or join_only can be
   neither group-by nor metric columns;
-- without DP, one job may not hold two specs where one's group-by is a strict subset of the
-  other's (the coarse table minus the fine one would give back the suppressed groups);
+- group-by values are text; with a mock run (`cleanroom.sandbox.structure`) every declared group
+  is reported (metrics empty where it holds fewer than k units) and a value outside its column's
+  declared domain is counted in `other`; metrics are rounded to the policy's significant digits;
+- without DP, one job may not hold two specs whose group-by lineages nest (the input columns their
+  group-by columns derive from, whatever their names) unless they group by the same columns, nor
+  two specs whose groups nest on the data (the coarse table minus the fine one would give back
+  the suppressed groups);
 - with DP (see `dp.py` for the semantics), each unit keeps one random row, groups are selected by
   a noisy count that must reach k, and sums and means need policy bounds for their column.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,13 +134,91 @@ def _check_column(name: str, column: Any, frame: pd.DataFrame, forbidden: set[st
         raise AggregateError(f"{name}: no column {column!r} in the frame")
 
 
-def check_nesting(specs: list[AggregateSpec]) -> None:
-    """Without DP, refuse a spec whose groups are a strict coarsening of another spec's groups."""
-    for a in specs:
-        for b in specs:
-            if set(a.group_by) < set(b.group_by):
-                raise AggregateError(f"{a.name} groups by a strict subset of {b.name}'s group-by; the "
-                                     "difference could reveal suppressed groups (use DP or one spec)")
+def check_nesting(specs: list[AggregateSpec], roots: Callable[[str], frozenset[str]] | None = None) -> None:
+    """Without DP, refuse two specs that group the same rows by nested lineages.
+
+    Lineage is what the rows are grouped by, not the columns' names: the input columns a group-by
+    column is derived from (`roots`, from `cleanroom.sandbox.names`). Two specs are refused when one's
+    roots are a subset of the other's (equal included) and they do not group by the very same
+    columns: `age_band` and `age_band2` (two binnings of `age`) or `region` and `region_x` give a
+    table and its complement-of-one, whatever their names. `check_refinement` is the same rule on
+    the data itself, for a column whose name lies about its lineage.
+    """
+    roots = roots or (lambda column: frozenset({column}))
+    lineage = [frozenset().union(*[roots(c) for c in s.group_by]) for s in specs]
+    for i, a in enumerate(specs):
+        for j, b in enumerate(specs):
+            if i == j or set(a.group_by) == set(b.group_by):
+                continue
+            if lineage[i] <= lineage[j]:
+                raise AggregateError(f"{a.name} groups by columns derived from a subset of the columns that "
+                                     f"{b.name}'s group-by is derived from; the difference could reveal "
+                                     "suppressed groups (use DP, or one spec)")
+
+
+def check_refinement(frame: pd.DataFrame, specs: list[AggregateSpec],
+                     domains: dict[str, list[str]] | None = None) -> None:
+    """Without DP, refuse two specs whose groups, on the rows they share, nest strictly (one spec's groups
+    are unions of the other's): differencing them gives back suppressed groups, whatever the columns
+    are called. Defence in depth: `check_nesting` decides on lineage before any value is read."""
+    for i, a in enumerate(specs):
+        for b in specs[i + 1:]:
+            if set(a.group_by) == set(b.group_by):
+                continue
+            columns = sorted(set(a.group_by) | set(b.group_by))
+            rows = frame[columns].dropna() if columns else frame[[PID]]
+            if domains is not None:
+                rows = declared(rows.assign(**{PID: 0}), AggregateSpec("x", tuple(columns), ()), domains)
+            ga = _group_ids(rows, a.group_by)
+            gb = _group_ids(rows, b.group_by)
+            pairs = len(pd.unique(ga * (int(gb.max(initial=0)) + 1) + gb))
+            na, nb = len(pd.unique(ga)), len(pd.unique(gb))
+            if na != nb and pairs in (na, nb):
+                coarse, fine = (a, b) if pairs == nb else (b, a)
+                raise AggregateError(f"{coarse.name}'s groups are unions of {fine.name}'s groups; the difference "
+                                     "could reveal suppressed groups (use DP, or one spec)")
+
+
+def _group_ids(rows: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    if not columns:
+        return np.zeros(len(rows), dtype=np.int64)
+    return rows.groupby(list(columns), sort=False).ngroup().to_numpy(dtype=np.int64)
+
+
+def declared(frame: pd.DataFrame, spec: AggregateSpec, domains: dict[str, list[str]]) -> pd.DataFrame:
+    """The spec's columns with every group-by value as text, a value outside its declared domain as
+    `other` (`cleanroom.sandbox.structure`); missing values stay missing (and are dropped)."""
+    from cleanroom.sandbox.structure import OTHER, key_text
+
+    df = frame[[PID, *spec.columns]].copy()
+    for column in spec.group_by:
+        keys = key_text(df[column])
+        known = keys.isna() | keys.isin(domains[column])
+        df[column] = keys.where(known, OTHER)
+    return df
+
+
+def complete(table: pd.DataFrame, spec: AggregateSpec, domains: dict[str, list[str]]) -> pd.DataFrame:
+    """Every declared group, in domain order; a group not released (too small) has empty metrics."""
+    labels = [m.label for m in spec.metrics]
+    if not spec.group_by:
+        return table if len(table) else pd.DataFrame({label: [np.nan] for label in labels})
+    index = pd.MultiIndex.from_product([domains[c] for c in spec.group_by], names=list(spec.group_by))
+    full = table.set_index(list(spec.group_by))[labels]
+    if len(spec.group_by) == 1:
+        full.index = pd.MultiIndex.from_arrays([full.index], names=list(spec.group_by))
+    return full.reindex(index).reset_index()
+
+
+def rounded(table: pd.DataFrame, spec: AggregateSpec, digits: int) -> pd.DataFrame:
+    """Metrics rounded to `digits` significant digits: low decimals of an exact statistic carry values."""
+    from cleanroom.sandbox.structure import round_sig
+
+    out = table.copy()
+    for label in (m.label for m in spec.metrics):
+        if label in out.columns:
+            out[label] = round_sig(out[label].to_numpy(dtype="float64"), digits)
+    return out
 
 
 def dp_query_count(spec: AggregateSpec) -> int:

@@ -10,7 +10,8 @@ response goes to a private duplicate of the original stdout: what plugins print 
 Order: steps with `dataset` run on that input before the join, in job order; the inputs are then
 inner-joined on `_pid` (a column held by several inputs becomes `<column>@<dataset>`; a dataset with
 several rows per `_pid` is kept as is, so the other side's rows repeat); then the steps without
-`dataset` run on the joined frame, model and analysis steps receiving its columns at that point.
+`dataset` run on the joined frame, model and analysis steps receiving its columns at that point
+(sorted by name).
 
 A failing plugin gives `ok: false` with the step, the exception type, where in the plugin it was
 raised and, only when the plugin's own code raised it, its message (which goes to the data owners'
@@ -288,7 +289,9 @@ def run(meta: dict[str, Any], files: dict[str, bytes], workdir: str) -> Response
         if step["kind"] in TRANSFORMS:
             joined = transform(n, step, joined)
         else:
-            label, result = call(n, step, columns=[str(c) for c in joined.columns])
+            # sorted: the frame's column order may follow the data (one-hot by frequency), and a spec
+            # built from it would then differ from the mock run's (cleanroom.sandbox.structure)
+            label, result = call(n, step, columns=sorted(str(c) for c in joined.columns))
             target = model_specs if step["kind"] == "model" else analysis_specs
             target.append({"plugin_id": step["plugin_id"], "spec": check_spec(result, label)})
     stage("steps")

@@ -249,56 +249,128 @@ def find_per_sample_arrays(model: Any, n_train: int) -> list[str]:
     return [path for path, array in iter_arrays(model) if n_train in array.shape]
 
 
-def _trees(model: Any, n: int) -> list[tuple[Any, np.ndarray]]:
-    """(tree, in-bag row indices) for every tree of a tree-family model."""
+def _trees(model: Any, n: int) -> list[tuple[Any, np.ndarray, bool]]:
+    """(tree, rows it may have seen, whether it saw only a subsample of them) for every tree."""
     if isinstance(model, tree.DecisionTreeRegressor | tree.DecisionTreeClassifier):
-        return [(model, np.arange(n))]
+        return [(model, np.arange(n), False)]
     if isinstance(model, ensemble.RandomForestRegressor | ensemble.RandomForestClassifier):
-        if getattr(model, "bootstrap", False):
+        if getattr(model, "bootstrap", False):  # bootstrap and max_samples: sklearn keeps the in-bag rows
             samples = model.estimators_samples_
-            return [(t, np.unique(s)) for t, s in zip(model.estimators_, samples, strict=True)]
-        return [(t, np.arange(n)) for t in model.estimators_]
+            return [(t, np.unique(s), False) for t, s in zip(model.estimators_, samples, strict=True)]
+        return [(t, np.arange(n), False) for t in model.estimators_]
     if isinstance(model, ensemble.GradientBoostingRegressor | ensemble.GradientBoostingClassifier):
-        # with subsample < 1 the in-bag rows are not kept: all rows are an upper bound
-        return [(t, np.arange(n)) for t in model.estimators_.ravel()]
+        # with subsample < 1 the in-bag rows are not kept, only how many reached each leaf
+        partial = float(model.subsample) < 1.0
+        return [(t, np.arange(n), partial) for t in model.estimators_.ravel()]
     return []
 
 
 def min_leaf_units(model: Any, X: np.ndarray, pids: np.ndarray) -> int | None:
-    """The smallest number of distinct units in any leaf of any tree, None for non-tree models."""
+    """The smallest number of distinct units any leaf was fitted on, None for non-tree models.
+
+    Units are counted among the rows the tree saw: its bootstrap or `max_samples` draw for a forest.
+    A gradient-boosting tree with `subsample` < 1 keeps only how many in-bag rows reached each leaf
+    (`n_node_samples`); the count is then the fewest units whose rows in that leaf add up to that
+    many (a lower bound: the subsample may have been drawn from the units with the most rows).
+    """
     trees = _trees(model, len(X))
     if not trees:
         return None
     codes = pd.factorize(pids)[0]
     X = np.asarray(X, dtype="float32")
     smallest = None
-    for estimator, rows in trees:
+    for estimator, rows, partial in trees:
         leaves = estimator.tree_.apply(X[rows])
-        pairs = pd.DataFrame({"leaf": leaves, "unit": codes[rows]}).drop_duplicates()
-        low = int(pairs["leaf"].value_counts().min())
+        if partial:
+            low = _fewest_units(leaves, codes[rows], estimator.tree_.n_node_samples)
+        else:
+            pairs = pd.DataFrame({"leaf": leaves, "unit": codes[rows]}).drop_duplicates()
+            low = int(pairs["leaf"].value_counts().min())
         smallest = low if smallest is None else min(smallest, low)
     return smallest
 
 
-def _sig(value: float | None) -> float | None:
+def _fewest_units(leaves: np.ndarray, units: np.ndarray, inbag: np.ndarray) -> int:
+    per_unit = pd.DataFrame({"leaf": leaves, "unit": units}).value_counts()  # rows of each unit per leaf
+    low = None
+    for leaf, counts in per_unit.groupby(level="leaf"):
+        needed = int(inbag[int(leaf)])  # type: ignore[call-overload]
+        ordered = np.cumsum(np.sort(counts.to_numpy())[::-1])
+        fewest = int(np.searchsorted(ordered, needed)) + 1 if needed else 0
+        low = fewest if low is None else min(low, fewest)
+    return 0 if low is None else low
+
+
+def free_parameters(model: Any) -> tuple[int, str] | None:
+    """How many values a fitted model was free to set (leaves, coefficients, support vectors), and
+    what they are; None for a model this cannot count."""
+    trees = _trees(model, 0)
+    if trees:
+        leaves = sum(int((t.tree_.children_left == -1).sum()) for t, _, _ in trees)
+        return leaves, f"{leaves} leaves in {len(trees)} tree(s)"
+    if hasattr(model, "support_vectors_"):
+        count = int(np.size(model.support_vectors_) + np.size(model.dual_coef_))
+        return count, "support vectors and their weights"
+    if hasattr(model, "coef_"):
+        count = int(np.size(model.coef_) + np.size(getattr(model, "intercept_", 0.0)))
+        return count, "coefficients and intercepts"
+    return None
+
+
+def round_model(model: Any, digits: int, depth: int = 0) -> None:
+    """Round, in place, the fitted values of a model to `digits` significant digits: coefficients,
+    intercepts, tree thresholds and leaf values, constants, per-stage scores. Their low decimals
+    would otherwise carry values of single rows (a threshold is the midpoint of two rows' values)."""
+    from cleanroom.sandbox.structure import round_sig
+
+    if depth > 4 or model is None:
+        return
+    if isinstance(model, np.ndarray) and model.dtype == object:
+        for item in model.ravel():
+            round_model(item, digits, depth + 1)
+        return
+    if isinstance(model, list | tuple):
+        for item in model:
+            round_model(item, digits, depth + 1)
+        return
+    if not type(model).__module__.startswith("sklearn."):
+        return
+    for name, value in list(vars(model).items()):
+        if not name.endswith("_") or name.startswith("_") or name == "classes_":
+            continue
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            value[...] = round_sig(value, digits)
+        elif isinstance(value, float | np.floating) and not isinstance(value, bool):
+            setattr(model, name, round_sig(float(value), digits))
+        elif name in ("estimators_", "init_"):
+            round_model(value, digits, depth + 1)
+    structure = getattr(model, "tree_", None)
+    if structure is not None and hasattr(structure, "threshold"):
+        inner = structure.children_left != -1
+        structure.threshold[inner] = round_sig(structure.threshold[inner], digits)
+        structure.value[...] = round_sig(structure.value, digits)
+
+
+def _sig(value: float | None, digits: int = 4) -> float | None:
     if value is None or not math.isfinite(value):
         return None
-    return float(f"{value:.4g}")
+    return float(f"{value:.{digits}g}")
 
 
-def evaluate(model: Any, task: str, X: pd.DataFrame, y: pd.Series) -> dict[str, float | None]:
-    """Holdout metrics, rounded to 4 significant digits."""
+def evaluate(model: Any, task: str, X: pd.DataFrame, y: pd.Series, digits: int = 4) -> dict[str, float | None]:
+    """Holdout metrics, rounded to `digits` significant digits."""
     if task == "regression":
         pred = model.predict(X)
-        return {"r2": _sig(metrics.r2_score(y, pred)), "mae": _sig(metrics.mean_absolute_error(y, pred)),
-                "rmse": _sig(metrics.root_mean_squared_error(y, pred))}
-    out: dict[str, float | None] = {"accuracy": _sig(metrics.accuracy_score(y, model.predict(X))),
+        return {"r2": _sig(metrics.r2_score(y, pred), digits),
+                "mae": _sig(metrics.mean_absolute_error(y, pred), digits),
+                "rmse": _sig(metrics.root_mean_squared_error(y, pred), digits)}
+    out: dict[str, float | None] = {"accuracy": _sig(metrics.accuracy_score(y, model.predict(X)), digits),
                                     "roc_auc": None, "log_loss": None}
     if hasattr(model, "predict_proba"):
         proba = model.predict_proba(X)
-        out["log_loss"] = _sig(metrics.log_loss(y, proba, labels=model.classes_))
+        out["log_loss"] = _sig(metrics.log_loss(y, proba, labels=model.classes_), digits)
         if len(model.classes_) == 2 and y.nunique() == 2:
-            out["roc_auc"] = _sig(metrics.roc_auc_score(y == model.classes_[1], proba[:, 1]))
+            out["roc_auc"] = _sig(metrics.roc_auc_score(y == model.classes_[1], proba[:, 1]), digits)
     return out
 
 
@@ -348,7 +420,7 @@ def split(frame: pd.DataFrame, holdout_fraction: float, seed: int,
 def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str], allow_row_storing: bool,
                   max_model_bytes: int, forbidden: set[str], holdout_fraction: float, seed: int,
                   job_id: str, checks: list[dict[str, Any]], names: NameRule,
-                  with_metrics: bool = True) -> dict[str, bytes]:
+                  with_metrics: bool = True, precision: int = 3) -> dict[str, bytes]:
     """Fit, evaluate and check the model; return model.skops, metrics.json and model_card.md.
 
     Without `with_metrics` the card leaves out the holdout metrics (metrics.json is still built;
@@ -407,15 +479,26 @@ def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str],
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         estimator.fit(X_train, y_train)
-        scores = evaluate(estimator, task, X.iloc[holdout], y.iloc[holdout])
+        round_model(estimator, precision)
+        scores = evaluate(estimator, task, X.iloc[holdout], y.iloc[holdout], digits=precision)
     warned = sorted({w.category.__name__ for w in caught})
-
+    _passed(checks, "model:precision", f"fitted values rounded to {precision} significant digits")
     leaf = min_leaf_units(estimator, X_train.to_numpy(), pids[train])
     if leaf is not None:
         if leaf < k:
             raise ModelError("model:leaf_units", f"a tree leaf holds fewer than k={k} distinct units; raise "
                              "min_samples_leaf or aggregate to one row per unit first")
         _passed(checks, "model:leaf_units", "every tree leaf holds at least k units")
+    counted = free_parameters(estimator)
+    if counted is not None and not (name in ROW_STORING and allow_row_storing):
+        count, what = counted
+        if count * k > train_units:
+            raise ModelError("model:parameters", f"the model has {count} free parameters ({what}); its "
+                             f"{train_units} training units allow at most {train_units} / k={k} = "
+                             f"{train_units // k}: use fewer trees, leaves or features, or more data")
+        _passed(checks, "model:parameters", f"{count} free parameters, at most {train_units // k} "
+                f"({train_units} training units / k={k})")
+
     if name in ROW_STORING:
         _passed(checks, "model:no_training_rows", "skipped: row-storing estimator allowed by the policy")
     else:

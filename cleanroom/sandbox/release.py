@@ -55,7 +55,7 @@ from typing import Any
 
 import pandas as pd
 
-from cleanroom.sandbox import aggregates, dp, dp_models, dp_plan, models, names, wire
+from cleanroom.sandbox import aggregates, dp, dp_models, dp_plan, models, names, structure, wire
 
 MAX_REQUEST_BYTES = 4 * 2**30
 MAX_ARTIFACT_BYTES = 128 * 2**20
@@ -178,7 +178,7 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
         raise RequestError("request", "outputs must be an object")
     want_model, want_metrics = _flag(outputs, "model"), _flag(outputs, "metrics")
     want_aggregates = _flag(outputs, "aggregates")
-    if set(files) - {FRAME}:
+    if set(files) - {FRAME, structure.MOCK_FRAME}:
         raise RequestError("request", "unexpected files in the request")
     denied = [kind for kind, wanted in (("model", want_model or want_metrics), ("aggregate", want_aggregates))
               if wanted and kind not in policy.outputs]
@@ -203,6 +203,8 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
         return artifacts, 0.0, 0.0
     frame = _read_frame(files)
     passed("frame", f"{len(frame.columns)} columns")
+    fixed = structure.fix(request, files, FRAME, frame, checks)  # the mock run: specs, columns, domains
+    frame = fixed.frame
     try:
         rule = names.NameRule.from_request(request.get("names"))
     except ValueError as exc:
@@ -225,16 +227,17 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
                        policy.forbidden)
         passed("names", "released column names are input columns or derived from them")
         if epsilon is None:
-            aggregates.check_nesting(specs)
+            aggregates.check_nesting(specs, rule.roots)
+            aggregates.check_refinement(frame, specs, fixed.domains(specs))
         queries = sum(aggregates.dp_query_count(s) for s in specs)
         for table, spec in zip(tables, specs, strict=True):
             if epsilon is None:
-                result = aggregates.compute(frame, spec, policy.k)
+                result = aggregates.compute(fixed.source(frame, spec), spec, policy.k)
             else:
-                result = aggregates.compute_dp(frame, spec, policy.k, policy.bounds,
+                result = aggregates.compute_dp(fixed.source(frame, spec), spec, policy.k, policy.bounds,
                                               parts["aggregates"][0] / queries,
                                               parts["aggregates"][1] / len(specs), budget)
-            artifacts[f"aggregates/{table}.csv"] = aggregates.to_csv(result)
+            artifacts[f"aggregates/{table}.csv"] = aggregates.to_csv(fixed.finish(result, spec))
             mode = "with DP" if epsilon is not None else "exact"
             passed(f"aggregate:{table}", f"{len(result)} groups, each with at least k units ({mode})")
 
@@ -255,7 +258,7 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
             frame, model_spec, k=policy.k, allowed=list(policy.estimators),
             allow_row_storing=policy.allow_row_storing, max_model_bytes=policy.max_model_bytes,
             forbidden=policy.forbidden, holdout_fraction=float(fraction), seed=seed, job_id=job_id,
-            checks=checks, with_metrics=want_metrics, names=rule)
+            checks=checks, with_metrics=want_metrics, names=rule, precision=fixed.digits)
         keep = ({"model.skops", "model_card.md"} if want_model else set()) | (
             {"metrics.json"} if want_metrics else set())
         artifacts.update({name: data for name, data in made.items() if name in keep})
@@ -280,6 +283,9 @@ def run(request: dict[str, Any], files: dict[str, bytes]) -> tuple[dict[str, Any
         return _failure(checks, str(exc)), {}
     except aggregates.AggregateError as exc:
         checks.append({"name": "aggregate:spec", "passed": False, "detail": str(exc)})
+        return _failure(checks, str(exc)), {}
+    except structure.StructureError as exc:
+        checks.append({"name": "structure", "passed": False, "detail": str(exc)})
         return _failure(checks, str(exc)), {}
     except (dp.BudgetError, wire.WireError) as exc:
         name = "dp" if isinstance(exc, dp.BudgetError) else "frame"

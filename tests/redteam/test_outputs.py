@@ -229,7 +229,10 @@ def test_known_limit_a_hostile_transform_can_copy_one_row_onto_k_units() -> None
 
     A hostile but approved preprocess step can overwrite k-1 other people's rows with one person's
     values; the release phase sees k distinct units and releases that person's values. Only code
-    review stops it. If this test starts failing, a defence landed: update docs/security.md.
+    review stops it. If this test starts failing, a defence landed: update docs/security.md. (Through the
+    runner, the release also gets the mock run, which fixes group keys: a cloned key then falls into
+    `other`, tests/redteam/test_structure_channels.py. A cloned value in a declared group still leaks, to
+    the policy's 3 significant digits.)
     """
     frame = _frame()
     cloned = frame.copy()
@@ -237,22 +240,25 @@ def test_known_limit_a_hostile_transform_can_copy_one_row_onto_k_units() -> None
     meta, files = _release(cloned, specs=[{**AGG, "name": "by_code", "group_by": ["code"]}])
     table = pd.read_csv(io.BytesIO(files["artifacts/aggregates/by_code.csv"]))
     assert meta["ok"] is True and list(table["code"]) == [frame.loc[0, "code"]]
-    assert table["mean_spend"].iloc[0] == pytest.approx(frame.loc[0, "spend"])
+    assert table["mean_spend"].iloc[0] == pytest.approx(frame.loc[0, "spend"], rel=5e-3)
 
 
 def test_known_limit_differencing_across_jobs_without_dp() -> None:
     """Documents a limit: without DP, two exact jobs that differ by one unit give that unit's value away.
 
     The nesting check stops it inside one job; across jobs only a DP budget (the policy's epsilon,
-    with require_dp) bounds it: tests/redteam/test_approvals.py shows that budget running out.
+    with require_dp) bounds it: tests/redteam/test_approvals.py shows that budget running out. Rounding
+    to 3 significant digits blurs a sum, not a count: the difference still says that the unit is there.
     """
     frame = _frame()
     overall = {"name": "overall", "group_by": [], "metrics": [{"agg": "count"}, {"agg": "sum", "column": "spend"}]}
     everyone = pd.read_csv(io.BytesIO(_release(frame, specs=[overall])[1]["artifacts/aggregates/overall.csv"]))
     all_but_one = pd.read_csv(io.BytesIO(_release(frame.iloc[1:], specs=[overall])[1][
         "artifacts/aggregates/overall.csv"]))
+    assert everyone["count"].iloc[0] - all_but_one["count"].iloc[0] == 1
     leaked = everyone["sum_spend"].iloc[0] - all_but_one["sum_spend"].iloc[0]
-    assert leaked == pytest.approx(frame.loc[0, "spend"], abs=1e-6)
+    step = 10 ** (np.floor(np.log10(frame["spend"].sum())) - 2)  # the rounding step of the sum
+    assert abs(leaked - frame.loc[0, "spend"]) <= step
     noisy = [pd.read_csv(io.BytesIO(_release(f, specs=[overall], epsilon=0.5)[1]["artifacts/aggregates/overall.csv"]))
              for f in (frame, frame.iloc[1:])]
     assert noisy[0]["sum_spend"].iloc[0] - noisy[1]["sum_spend"].iloc[0] != pytest.approx(leaked, abs=1e-6)
