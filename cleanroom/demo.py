@@ -113,6 +113,11 @@ def run_demo(*, admin_profile: str = "admin", customers: int = 50_000, workdir: 
     spec = f"time_budget = {DEMO_TIME_BUDGET}\n" + scenario.job_spec(ids, recipient=analyst_name,
                                                                      retail=names["retail"], bank=names["bank"])
     (work / "spend-model.toml").write_text(spec)
+    cost = analyst.job_cost(spec)  # the dry run: the privacy charge and the noise, from the spec alone
+    if cost["plan"]:
+        parts = ", ".join(f"{name} {part['epsilon']:.2g}" for name, part in cost["plan"]["parts"].items())
+        console.print(f"   differential privacy (the default): the job spends epsilon {cost['plan']['epsilon']:g}, "
+                      f"delta {cost['plan']['delta']:g} of each dataset's budget ({parts})")
     job = analyst.submit_job(spec)
     # the retailer, an input owner, follows the phases; the analyst learns the outcome only at the job's
     # outcome time (its start plus the spec's time_budget), whatever happened inside
@@ -128,6 +133,9 @@ def run_demo(*, admin_profile: str = "admin", customers: int = 50_000, workdir: 
     console.print(f"   {len(release['manifest']['checks'])} release checks, {len(failed)} failed; "
                   f"outputs: {', '.join(release['manifest']['outputs'])}")
     retailer.approve_release(job["id"])
+    left = retailer.dataset_budget(names["retail"])
+    console.print(f"   {names['retail']}: epsilon {left['remaining_epsilon']:g} of {left['epsilon']:g} left "
+                  "(charged at submission, never refunded)")
 
     step(9, "The analyst downloads and decrypts the release, and verifies the signed receipt")
     console.print(f"   waiting for the job's outcome time ({DEMO_TIME_BUDGET} s after its start)")
@@ -150,9 +158,12 @@ def run_demo(*, admin_profile: str = "admin", customers: int = 50_000, workdir: 
     step(11, f"The audit log verifies: {audit['count']} events, hash chain intact = {audit['ok']}")
     metrics = json.loads((out / "metrics.json").read_text())
     table = (out / "aggregates" / "spend_by_region.csv").read_text()
-    console.print("\n[bold]Holdout metrics[/] (model trained on the joined data, which neither side saw):")
+    noisy = "noisy, differential privacy; " if metrics.get("differential_privacy") else ""
+    console.print(f"\n[bold]Holdout metrics[/] ({noisy}model trained on the joined data, which neither side saw):")
     for key, value in metrics["metrics"].items():
         console.print(f"   {key:>6}: {value}")
-    console.print("\n[bold]Spend by region[/] (groups of at least k=10 customers):\n" + table)
+    console.print("\n[bold]Spend by region[/] (" + ("noisy counts and means of clipped spend, differential "
+                  "privacy" if metrics.get("differential_privacy") else "groups of at least k=10 customers")
+                  + "):\n" + table)
     console.print(f"done in {time.monotonic() - started:.0f} s")
     return {"job": job["id"], "metrics": metrics["metrics"], "workdir": str(work)}

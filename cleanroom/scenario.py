@@ -34,7 +34,7 @@ review = true
 estimators = ["linear_regression", "ridge", "lasso", "gradient_boosting_regressor"]
 
 [columns.spend]
-bounds = [0, 5000]
+bounds = [0, 2500]
 [columns.visits]
 bounds = [0, 40]
 [columns.region]
@@ -57,7 +57,7 @@ review = false
 [columns.age]
 bounds = [18, 100]
 [columns.income]
-bounds = [0, 200000]
+bounds = [0, 150000]
 [columns.tenure_years]
 bounds = [0, 40]
 [columns.segment]

@@ -56,8 +56,8 @@ def test_the_dry_run_shows_the_charge_and_the_noise_and_spends_nothing(world):
     assert plan["epsilon"] == 0.8 and plan["delta"] == 1e-7
     assert plan["parts"]["aggregates"]["epsilon"] == pytest.approx(0.4)
     metrics = plan["parts"]["metrics"]
-    # spend bounds [0, 5000]: residuals clipped to +-500; 3 Laplace queries at epsilon 0.4
-    assert metrics["noise_scale"]["sum_abs_residual"] == pytest.approx(500 * 3 / 0.4)
+    # spend bounds [0, 2500]: residuals clipped to +-250; 3 Laplace queries at epsilon 0.4
+    assert metrics["noise_scale"]["sum_abs_residual"] == pytest.approx(250 * 3 / 0.4)
     assert metrics["interval_95"]["count"] == pytest.approx(3 / 0.4 * 2.995732273553991)
     assert "number of features" in plan["parts"]["model"]["note"]
     assert retailer.dataset_budget("retail.purchases")["spent_epsilon"] == 0.0

@@ -23,7 +23,8 @@ def setup_scenario(room, tmp_path, n=2000):
 
 
 def test_spend_model_end_to_end(room, runner, tmp_path):
-    retailer, bank, analyst, files, ids = setup_scenario(room, tmp_path)
+    # DP is the default: 20 000 customers give the DP model and its noisy metrics room to be useful
+    retailer, bank, analyst, files, ids = setup_scenario(room, tmp_path, n=20_000)
     spec = scenario.job_spec(ids)
     with pytest.raises(PolicyError, match="not approved"):
         analyst.submit_job(spec)  # a job cannot start until every owner approved
@@ -46,7 +47,8 @@ def test_spend_model_end_to_end(room, runner, tmp_path):
     out = tmp_path / "out"
     analyst.get_result(job["id"], out)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["metrics"]["r2"] > 0.5, metrics
+    assert metrics["differential_privacy"] and metrics["metrics"]["r2"] > 0.3, metrics
+    assert metrics["bounds"]["spend"] == [0.0, 2500.0] and metrics["epsilon"] <= 0.5
     table = pd.read_csv(out / "aggregates" / "spend_by_region.csv")
     assert list(table["region"]) == [*sorted(scenario.REGIONS), "other"]  # every declared group, `other` last
     assert (table["count"].dropna() >= 10).all() and table["count"].notna().sum() >= 3
@@ -54,7 +56,7 @@ def test_spend_model_end_to_end(room, runner, tmp_path):
     receipt = json.loads((out / "receipt.json").read_text())
     assert verify_receipt(receipt)["job"] == job["id"]
     assert receipt["body"]["isolation"]["compute"]["network"] is True
-    assert set(receipt["body"]["plugins"]) == set(ids.values())
+    assert set(receipt["body"]["plugins"]) == set(ids.values()) - {ids["clip"]}  # the DP job needs no clip step
     tampered = json.loads(json.dumps(receipt))
     tampered["body"]["outputs"]["metrics.json"]["sha256"] = "0" * 64
     with pytest.raises(IntegrityError):
@@ -107,15 +109,19 @@ def test_policy_change_voids_approvals_and_bad_ciphertext_fails(room, runner, tm
 def test_dp_job_spends_budget_and_the_next_past_it_is_refused(room, runner, tmp_path):
     retailer, bank, analyst, files, ids = setup_scenario(room, tmp_path, n=3000)
     approve_all(retailer, bank, ids)
-    spec = scenario.job_spec(ids, epsilon=2.0)
+    with pytest.raises(PolicyError, match="at most epsilon 1, delta 1e-07 per job"):
+        analyst.submit_job(scenario.job_spec(ids, epsilon=2.0))  # over the per-job cap
+    spec = scenario.job_spec(ids)  # the per-job cap: epsilon 1, delta 1e-7
     job = analyst.submit_job(spec)
     final = room.end_time_budget(job["id"])
     assert final["status"] == "succeeded", final
     manifest = retailer.get_release(job["id"])["manifest"]
-    assert manifest["epsilon_spent"] == pytest.approx(2.0)
-    with pytest.raises(PolicyError, match="retail.purchases.*left"):
-        analyst.submit_job(spec)  # 3.0 - 2.0 = 1.0 left of the retailer's budget
-    assert analyst.submit_job(scenario.job_spec(ids, epsilon=1.0))["status"] == "queued"
+    assert 0.5 < manifest["epsilon_spent"] <= 1.0 + 1e-9
+    analyst.submit_job(spec)
+    analyst.submit_job(spec)
+    with pytest.raises(PolicyError, match="(bank.customers|retail.purchases).* left of its budget"):
+        analyst.submit_job(spec)  # 3 x 1.0 spent of both budgets (3.0 each)
+    assert retailer.dataset_budget("retail.purchases")["remaining_epsilon"] == pytest.approx(0.0)
 
 
 def test_cancel_a_queued_job(room, tmp_path):

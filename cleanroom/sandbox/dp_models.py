@@ -76,12 +76,19 @@ def laplace_mechanism(sensitivity: float, epsilon: float) -> tuple[Any, float]:
 
 
 def solve(noisy: np.ndarray, d: int, sigma: float) -> np.ndarray:
-    """Ridge on the noisy moments: theta on the scaled [1, x] basis, lambda = sigma * sqrt(d)."""
+    """Ridge on the noisy moments: theta on the scaled [1, x] basis.
+
+    Post-processing only: the noisy X'X is projected onto the positive semi-definite matrices (its
+    negative eigenvalues, which noise makes likely along collinear directions such as one-hot sets
+    against the intercept, set to 0), then lambda = sigma * sqrt(d) is added (Wang 2018's choice for
+    SSP), so the solve never blows up along a direction the data does not determine."""
     G = np.zeros((d, d))
     G[np.triu_indices(d)] = noisy
     G = G + G.T - np.diag(np.diag(G))
+    values, vectors = np.linalg.eigh(G[:-1, :-1])
+    xx = (vectors * np.clip(values, 0.0, None)) @ vectors.T
     lam = max(sigma * math.sqrt(d), 1e-6)
-    return np.linalg.solve(G[:-1, :-1] + lam * np.eye(d - 1), G[:-1, -1])
+    return np.linalg.solve(xx + lam * np.eye(d - 1), G[:-1, -1])
 
 
 def to_original(theta: np.ndarray, x_bounds: np.ndarray, y_bounds: tuple[float, float]) -> tuple[np.ndarray, float]:
@@ -136,7 +143,9 @@ def dp_metrics(y: np.ndarray, pred: np.ndarray, y_bounds: tuple[float, float], e
     n = max(noisy[0], 1.0)
     mse = max(noisy[2], 0.0) / n
     clip = dp_plan.residual_clip(y_bounds)
-    return {"metrics": {"r2": _sig(min(1 - mse / max(y_variance, 1e-12), 1.0)),
+    # R^2 is clamped to [-1, 1] (post-processing); None when the noisy variance of the target is not positive
+    r2 = max(min(1 - mse / y_variance, 1.0), -1.0) if y_variance > 0 else math.nan
+    return {"metrics": {"r2": _sig(r2),
                         "mae": _sig(min(max(noisy[1], 0.0) / n, clip)), "rmse": _sig(min(math.sqrt(mse), clip))},
             "noisy_units": int(round(max(noisy[0], 0.0))), "residual_clip": clip,
             "noise_scale": {k: float(scale * s) for k, s in zip(
