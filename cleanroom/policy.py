@@ -243,6 +243,7 @@ class Policy:
     columns: tuple[ColumnRule, ...] = ()
     identifiers_allow: tuple[str, ...] = ()
     limits: tuple[tuple[str, float], ...] = ()
+    precision: int | None = None  # significant digits of released exact numbers (None: the default, 3)
 
     @property
     def exact(self) -> bool:
@@ -269,7 +270,9 @@ class Policy:
             "privacy": {"k": self.k, "epsilon": self.epsilon, "delta": self.delta,
                         "require_dp": self.require_dp, "job_epsilon": self.job_epsilon,
                         "job_delta": self.job_delta},
-            "release": {"recipients": sorted(self.recipients), "review": self.review},
+            "release": {"recipients": sorted(self.recipients), "review": self.review,
+                        # only when set: policies without it keep their hash
+                        **({"precision": self.precision} if self.precision is not None else {})},
             "models": {"estimators": sorted(self.estimators), "allow_row_storing": self.allow_row_storing,
                        "max_model_bytes": self.max_model_bytes},
             "columns": {c.name: {"rule": c.rule, "bounds": list(c.bounds) if c.bounds else None,
@@ -299,7 +302,7 @@ def parse_policy(text: str) -> Policy:
 _SCHEMA = {
     "outputs": ("allowed",),
     "privacy": ("k", "epsilon", "delta", "require_dp", "job_epsilon", "job_delta"),
-    "release": ("recipients", "review"),
+    "release": ("recipients", "review", "precision"),
     "models": ("estimators", "allow_row_storing", "max_model_bytes"),
     "columns": None,
     "identifiers": ("allow",),
@@ -345,6 +348,11 @@ def _build(data: dict[str, Any], ck: Checker) -> Policy:
                     f"dataset's budget ({total} = {total_value:g})")
     if fields.get("require_dp") is False:
         fields["review"] = True  # exact mode: the owner sees every release before its recipient does
+    if rel.get("precision") is not None:
+        fields["precision"] = ck.typed(("release", "precision"), rel["precision"], "int")
+        if not 1 <= fields["precision"] <= 15:
+            ck.fail(("release", "precision"),
+                    f"precision must be 1 to 15 significant digits (got {fields['precision']})")
     if "recipients" in rel:
         fields["recipients"] = ck.names(("release", "recipients"), rel["recipients"], pattern=ORG_NAME,
                                         what="org name")
@@ -421,6 +429,7 @@ class EffectivePolicy:
     # what this job spends, set by `jobspec.check_job` from the spec and these caps (None: exact)
     job_epsilon: float | None = None
     job_delta: float | None = None
+    precision: int = 3  # the fewest significant digits any input allows for exact numbers
 
     def to_dict(self) -> dict[str, Any]:
         """The exact shape the release phase reads."""
@@ -432,6 +441,7 @@ class EffectivePolicy:
             "require_dp": self.require_dp, "recipients": sorted(self.recipients),
             "review_by": sorted(self.review_by), "limits": dict(sorted(self.limits)),
             "dp": None if self.job_epsilon is None else {"epsilon": self.job_epsilon, "delta": self.job_delta},
+            "precision": self.precision,
         }
 
 
@@ -480,6 +490,7 @@ def combine(policies: Mapping[str, Policy], *, owners: Mapping[str, str] | None 
                             for key in {k for _, p in items for k, _ in p.limits})),
         epsilon_cap=min(p.job_epsilon for p in private) if private else None,
         delta_cap=min(p.job_delta for p in private) if private else None,
+        precision=min(3 if p.precision is None else p.precision for _, p in items),
     )
 
 

@@ -247,7 +247,7 @@ def test_check_job_passes_and_returns_the_effective_policy():
         "k": 10, "outputs": ["aggregate", "model"], "estimators": sorted(Policy().estimators),
         "allow_row_storing": False, "max_model_bytes": 5_000_000, "never_output": ["email"],
         "join_only": [], "bounds": {"age": [18.0, 100.0]}, "require_dp": True, "recipients": ["acme"],
-        "review_by": ["bank.customers"], "limits": {}, "dp": {"epsilon": 1.0, "delta": 1e-7},
+        "review_by": ["bank.customers"], "limits": {}, "dp": {"epsilon": 1.0, "delta": 1e-7}, "precision": 3,
     }
 
 

@@ -260,7 +260,7 @@ bounds = [0, 65]
         "recipients": ["acme"],
         "review_by": ["retail.a"],
         "limits": {},
-        "dp": None,
+        "dp": None, "precision": 3,
     }
     json.dumps(effective.to_dict())  # JSON-ready
 
@@ -269,7 +269,7 @@ def test_combine_of_one_default_policy():
     assert combine({"x": Policy()}).to_dict() == {
         "k": 10, "outputs": ["aggregate", "model"], "estimators": sorted(DEFAULT_ESTIMATORS),
         "allow_row_storing": False, "max_model_bytes": 5_000_000, "never_output": [], "join_only": [],
-        "bounds": {}, "require_dp": True, "recipients": [], "review_by": [], "limits": {}, "dp": None,
+        "bounds": {}, "require_dp": True, "recipients": [], "review_by": [], "limits": {}, "dp": None, "precision": 3,
     }
 
 
@@ -415,3 +415,15 @@ def test_combine_takes_the_smallest_per_job_cap_of_the_dp_inputs():
     assert both.require_dp and (both.epsilon_cap, both.delta_cap) == (0.5, 1e-8)
     exact = combine({"b": b})
     assert not exact.require_dp and exact.epsilon_cap is None and exact.review_by == ("b",)
+
+
+def test_release_precision_is_declared_checked_and_combined() -> None:
+    plain = parse_policy("")
+    assert plain.precision is None and "precision" not in plain.to_dict()["release"]  # the hash is unchanged
+    two = parse_policy("[release]\nprecision = 2\n")
+    assert two.precision == 2 and Policy.from_dict(two.to_dict()) == two and two.sha256() != plain.sha256()
+    assert combine({"a": two, "b": plain}).to_dict()["precision"] == 2
+    assert combine({"a": plain}).to_dict()["precision"] == 3
+    for bad in ("0", "16", '"3"', "2.5"):
+        with pytest.raises(PolicyError, match="precision"):
+            parse_policy(f"[release]\nprecision = {bad}\n")

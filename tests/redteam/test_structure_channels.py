@@ -442,3 +442,12 @@ def test_a_hyper_parameter_computed_from_the_data_fails_the_job(world: SimpleNam
     assert hostile.get("release_id") is None
     control = w.stack.run(w.stack.job_spec(w.plain, [(w.pass_on, {"hostile": False}), (w.hyper, {})], model=True))
     assert control["status"] == "succeeded", control
+
+
+def test_the_policy_declares_the_precision() -> None:
+    meta, files = run(frame(), specs=[BY_REGION], policy={**POLICY, "precision": 2})
+    cells = files["artifacts/aggregates/by_region.csv"].decode().splitlines()[1:]
+    numbers = [c for line in cells for c in line.split(",")[1:] if c]
+    assert meta["ok"] and numbers and all(_significant(c) <= 2 for c in numbers), numbers
+    meta, _ = run(frame(), specs=[BY_REGION], policy={**POLICY, "precision": 0})
+    failed(meta, "structure")
