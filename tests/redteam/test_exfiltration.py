@@ -144,7 +144,8 @@ def test_model_parameters_do_not_carry_rows(world: SimpleNamespace, tmp_path: Pa
     assert final["status"] == "failed" and final["error_class"] == "release_check_failed", final
     nothing_released(w, final)
     owner_view = w.owner.get_job(final["id"])
-    assert "names" in owner_view["reason"] or "model:leverage" in owner_view["reason"], owner_view["reason"]
+    # the real run's columns differ from the mock run's (structure), or their names are not public (names)
+    assert any(check in owner_view["reason"] for check in ("structure", "names", "model:leverage")), owner_view
     assert w.canary not in owner_view["reason"]
     # control: the same model over the owner's real columns is released, and loads
     final = w.stack.run(w.stack.job_spec(w.ds, [(w.model, {"estimator": "ridge", "params": {"alpha": 1e-6}})],
@@ -210,7 +211,8 @@ def test_column_names_do_not_carry_rows(world: SimpleNamespace, tmp_path: Path) 
     final = w.stack.run(w.stack.job_spec(w.ds, [(pre, {}), (spec, {})], aggregates=True))
     assert final["status"] == "failed" and final["error_class"] == "release_check_failed", final
     reason = w.owner.get_job(final["id"])["reason"]
-    assert "names" in reason and w.canary not in reason
+    # the mock run fixed the columns (structure); the released-name rule would refuse them too (names)
+    assert ("structure" in reason or "names" in reason) and w.canary not in reason
     nothing_released(w, final)
     analyst_view_is_coarse(w, final)
     # control: the same analysis over a public column is released, named by the job spec
