@@ -357,7 +357,7 @@ class JobRun:
         try:
             request = mockrun.request(self.job_id, ctx["datasets"], compute_steps(ctx), bundles,
                                       self.settings.job_max_output_bytes, effective.get("never_output", []))
-            box = self.sandbox.start("compute", self.job_id, limits=effective.get("limits"))
+            box = self.sandbox.start("compute", self.job_id, limits=effective.get("limits"), pool=False)
             res = box.run(request, cancelled=self.cancelled)
             self.isolation["mock"] = res.isolation
             out["log"] = f"--- mock run (exit {res.exit_code}, {res.seconds:.1f} s) ---\n" + res.stderr.decode(

@@ -219,7 +219,7 @@ class Sandbox:
             raise SandboxError(f"sandbox image {image} is missing", hint="run: make images") from exc
 
     def start(self, phase: str, job_id: str, *, image: str | None = None,
-              limits: dict[str, Any] | None = None) -> StartedPhase:
+              limits: dict[str, Any] | None = None, pool: bool = True) -> StartedPhase:
         """Create, check and start a phase's container; it imports its code and waits for the request.
 
         Starting the release phase while the compute phase runs hides its start-up (mostly imports);
@@ -227,10 +227,11 @@ class Sandbox:
         job's policy limits (`memory_mb`, `cpus`, `timeout_seconds`, `pids`): they only tighten.
         With `warm_pool` on, a job whose limits are the room's takes the phase's warm container
         (`warm`) when one is ready: created the same way before the job was claimed, never fed.
+        `pool=False` always starts a fresh one (the mock run: the warm one is for the real run).
         """
         settings = tightened(self.settings, limits or {})
         image = image or settings.sandbox_image
-        if settings == self.settings and image == settings.sandbox_image:
+        if pool and settings == self.settings and image == settings.sandbox_image:
             warm = self._take_warm(phase, job_id)
             if warm is not None:
                 return warm
