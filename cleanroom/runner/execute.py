@@ -362,11 +362,18 @@ class JobRun:
             self.isolation["mock"] = res.isolation
             out["log"] = f"--- mock run (exit {res.exit_code}, {res.seconds:.1f} s) ---\n" + res.stderr.decode(
                 "utf-8", "replace")[-4000:]
-            if res.timed_out or res.oom_killed or res.output_overflow or res.exit_code != 0:
-                raise mockrun.MockRunFailed("the mock run ran out of time or memory, or crashed")
+            for failed, error_class, what in ((res.timed_out, "timeout", "ran past the time limit"),
+                                              (res.oom_killed, "out_of_memory", "ran out of memory"),
+                                              (res.output_overflow, "output_too_large", "wrote more than the limit"),
+                                              (res.exit_code != 0, "sandbox_crash", "exited with an error")):
+                if failed:  # the same classes as the real run's (`_phase_run`): the mock data is public
+                    raise JobFailed(error_class, f"the pipeline {what} on the inputs' mock data (the mock run)",
+                                    status="timed_out" if error_class == "timeout" else "failed")
             result, files = wire.read_message(io.BytesIO(res.stdout), "result.json",
                                               self.settings.job_max_output_bytes)
             out["specs"], out["frame"] = mockrun.outcome(result, files, ctx["job"]["spec"].get("outputs", {}))
+        except JobFailed as exc:
+            out["failure"] = exc
         except mockrun.MockRunFailed as exc:
             out["failure"] = JobFailed("mock_run_failed", str(exc))
         except SandboxError as exc:
