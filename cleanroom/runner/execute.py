@@ -344,8 +344,11 @@ class JobRun:
         checks = rel.get("checks", [])
         if not rel.get("ok"):
             failed = [c["name"] for c in checks if not c.get("passed")]
+            # check details name rules, columns of the mock run and counts, never a data value (owners only)
+            details = "; ".join(str(c.get("detail", "")) for c in checks if not c.get("passed"))[:1500]
             raise JobFailed("release_check_failed",
-                            f"release checks failed: {', '.join(failed) or rel.get('error')}")
+                            f"release checks failed: {', '.join(failed) or rel.get('error')}"
+                            + (f" ({details})" if details else ""))
 
         self.phase("uploading")
         self._publish(ctx, effective, rel, artifacts, bundles, started)
