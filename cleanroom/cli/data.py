@@ -52,6 +52,10 @@ def dataset_upload(state: State, path: str, name: str, policy_path: str, id_colu
             path, name=name, policy=Path(policy_path).read_text(), id_column=id_column, join_secret=secret,
             description=description, schema_override=override, drop_identifiers=not refuse_identifiers,
             progress=_two_stage(progress, upload_progress))
+    from cleanroom.policy import parse_policy
+
+    for note in parse_policy(Path(policy_path).read_text()).notes():  # e.g. exact mode forces review
+        console.print(f"policy: {note}")
     emit(state, result)
 
 

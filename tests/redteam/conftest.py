@@ -355,8 +355,11 @@ def owner_csv(path: Path, canary: str, n: int = 80, seed: int = 1) -> Path:
 
 
 def upload_dataset(owner: Any, tmp: Path, name: str, canary: str, recipient: str, *, n: int = 80, seed: int = 1,
-                   extra_privacy: str = "", extra: str = "") -> str:
-    """Upload an owner_csv file as `name`, with OWNER_POLICY naming `recipient` as the allowed recipient."""
+                   extra_privacy: str = "require_dp = false", extra: str = "") -> str:
+    """Upload an owner_csv file as `name`, with OWNER_POLICY naming `recipient` as the allowed recipient.
+
+    By default in exact mode (`require_dp = false`, so every release waits for the owner's review): these
+    attacks test the exact-mode checks (k, leverage, names). Pass `extra_privacy` for a DP dataset."""
     from cleanroom.ingest import new_join_secret
 
     path = owner_csv(tmp / f"{name}.csv", canary, n=n, seed=seed)

@@ -62,6 +62,9 @@ def harmless_job_succeeds(w: SimpleNamespace) -> None:
 
 
 def released_files(w: SimpleNamespace, job_id: str, tmp_path: Path) -> dict[str, bytes]:
+    """The release as its analyst downloads it, once the owner approved it (exact mode forces review)."""
+    if w.owner.get_release(job_id)["pending_review"]:
+        w.owner.approve_release(job_id)
     out = tmp_path / f"release-{job_id}"
     w.stack.analyst.get_result(job_id, out)
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
