@@ -28,7 +28,7 @@ from cleanroom.sandbox.bundles import Bundle
 __all__ = ["ALLOWED_MODULES", "Finding", "Report", "hidden_text", "review", "review_source"]
 
 REVIEW_VERSION = 2  # 2: hidden characters and confusable identifiers
-MAX_HIDDEN_FINDINGS = 50  # per file: the first ones make the point
+MAX_HIDDEN_FINDINGS = 20  # per file: the first ones make the point, then one count
 ALLOWED_MODULES = frozenset({
     "pandas", "numpy", "scipy", "sklearn", "math", "statistics", "collections", "itertools", "functools",
     "re", "datetime", "dataclasses", "typing", "json", "decimal", "fractions", "operator", "string", "enum",
@@ -360,11 +360,15 @@ def hidden_text(path: str, data: bytes) -> list[Finding]:
     like another name (Python folds a fullwidth `eval` to `eval`; a Cyrillic `a` is not a Latin one)."""
     text = data.decode("utf-8", "replace")
     findings = []
-    for offset, char, what in hidden_characters(text)[:MAX_HIDDEN_FINDINGS]:
+    hidden = hidden_characters(text)
+    for offset, char, what in hidden[:MAX_HIDDEN_FINDINGS]:
         line = text.count("\n", 0, offset) + 1
         col = offset - (text.rfind("\n", 0, offset) + 1) + 1
         findings.append(Finding(path, line, col, "hidden-character", "blocking",
                                 f"{marker(char)} is {what}: the text is not what the page seems to show"))
+    if len(hidden) > MAX_HIDDEN_FINDINGS:
+        findings.append(Finding(path, 1, 1, "hidden-character", "blocking",
+                                f"{len(hidden) - MAX_HIDDEN_FINDINGS} more hidden characters in this file"))
     if path.endswith(".py"):
         findings.extend(_confusable_names(path, text))
     return findings

@@ -221,3 +221,11 @@ def test_hidden_characters_in_a_dataset_description_are_shown_as_markers(room):
     assert "\u202e" not in page and "\u200b" not in page
     assert "&lt;U+202E&gt;" in page and "&lt;U+200B&gt;" in page and "&lt;U+202C&gt;" in page
     assert "weekly spend" in page  # control: the visible text is there
+
+
+def test_a_flood_of_hidden_characters_is_counted_not_listed():
+    flood = ("x = 1  # " + "\u200b" * 500 + "\n").encode()
+    findings = review.hidden_text("plugin.py", flood)
+    assert len(findings) == review.MAX_HIDDEN_FINDINGS + 1
+    assert "480 more hidden characters" in findings[-1].message
+    assert review.hidden_text("plugin.py", b"x = 1  # plain\n") == []  # control
