@@ -242,4 +242,6 @@ def fix(request: dict[str, Any], files: dict[str, bytes], frame_name: str, frame
     mock_frame = wire.frame_from_bytes(mock_bytes)
     checks.append({"name": "structure", "passed": True,
                    "detail": "specs, frame columns and types are the mock run's"})
-    return Fixed(frame[order], mock_frame, published_categories(request.get("names")), digits)
+    if list(frame.columns) != order:  # a copy of the whole frame: only when the order differs
+        frame = frame[order]
+    return Fixed(frame, mock_frame, published_categories(request.get("names")), digits)
