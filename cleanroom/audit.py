@@ -70,7 +70,7 @@ def verify_events(events: list[dict[str, Any]], *, pinned: dict[str, Any] | None
             if set(event) != {"seq", "prev_hash", "hash", "redacted"} or not _is_hash(event.get("hash")):
                 return _broken(events, index, f"event {index} is not a well-formed redacted entry")
             redacted += 1
-        elif event_hash(event) != event.get("hash"):
+        elif _hash_or_none(event) != event.get("hash"):
             return _broken(events, index, f"event {index} was changed after it was written")
         prev = event["hash"]
     if pinned:
@@ -79,6 +79,13 @@ def verify_events(events: list[dict[str, Any]], *, pinned: dict[str, Any] | None
             return _broken(events, seq, f"the log no longer holds event {seq} as last seen by this client")
     head = {"seq": len(events), "hash": prev}
     return {"ok": True, "count": len(events), "redacted": redacted, "head": head, "broken_at": None, "reason": None}
+
+
+def _hash_or_none(event: dict[str, Any]) -> str | None:
+    try:
+        return event_hash(event)
+    except (KeyError, TypeError, ValueError):  # a malformed entry: it fails the check, never crashes it
+        return None
 
 
 def _is_hash(value: Any) -> bool:
