@@ -17,6 +17,7 @@ from typing import Any
 
 from cleanroom import ledger
 from cleanroom.errors import PolicyError, ValidationError
+from cleanroom.identifiers import PATTERNS
 from cleanroom.policy import (
     ORG_NAME,
     Checker,
@@ -36,8 +37,8 @@ FORBIDDEN_KEYS = frozenset({
     "cap_add", "capabilities", "security_opt", "devices", "tmpfs", "entrypoint", "command", "working_dir",
 })
 PLUGIN_ID = re.compile(r"^[0-9a-f]{64}$")
-DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-JOB_NAME = DATASET_NAME
+DATASET_NAME = PATTERNS["dataset"][0]  # one vocabulary (cleanroom.identifiers), checked with fullmatch
+JOB_NAME = PATTERNS["job"][0]
 MAX_INPUTS = 8
 MAX_STEPS = 20
 MAX_PARAMS_BYTES = 64_000

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from cleanroom.errors import PolicyError, ValidationError
+from cleanroom.identifiers import PATTERNS
 
 __all__ = [
     "DEFAULT_ESTIMATORS", "IDENTIFIER_PATTERNS", "KNOWN_ESTIMATORS", "OUTPUT_KINDS",
@@ -38,7 +39,7 @@ ROW_STORING_ESTIMATORS = (
     "gaussian_process_regressor", "gaussian_process_classifier",
 )
 KNOWN_ESTIMATORS = DEFAULT_ESTIMATORS + ROW_STORING_ESTIMATORS
-ORG_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
+ORG_NAME = PATTERNS["org"][0]  # one vocabulary (cleanroom.identifiers), checked with fullmatch
 MAX_DELTA = 1e-3
 # DP is the default (PRIVACY-DESIGN.md section 0): a lifetime budget per dataset and a cap per job
 DEFAULT_EPSILON, DEFAULT_DELTA = 3.0, 1e-6

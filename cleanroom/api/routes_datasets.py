@@ -22,7 +22,6 @@ from cleanroom.mock import publish
 from cleanroom.store import dumps, new_id, now
 
 router = APIRouter()
-DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 AGE_MAGIC = b"age-encryption.org/v1\n"
 MAX_MOCK_ROWS = 1000

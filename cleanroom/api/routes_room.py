@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
 from typing import Any
 
@@ -23,7 +22,6 @@ from cleanroom.store import new_id, now
 CLOCK_SKEW = 600  # seconds a signed statement may be old (or ahead): the same as approvals
 
 router = APIRouter()
-ORG_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
 
 
 @router.get("/health", tags=["room"])
