@@ -201,10 +201,16 @@ class Client:
         try:
             decl = self.post("/datasets/uploads", json={
                 "name": name, "description": description, "policy": policy, **prepared.metadata()})
-            return self.request("PUT", decl["put"], content=_file_chunks(prepared.ciphertext_path, progress),
-                                headers={"content-type": "application/octet-stream"}, timeout=None).json()
+            result = self.request("PUT", decl["put"], content=_file_chunks(prepared.ciphertext_path, progress),
+                                  headers={"content-type": "application/octet-stream"}, timeout=None).json()
         finally:
             prepared.cleanup()
+        if prepared.suggested is not None and isinstance(result, dict):
+            from cleanroom.mock import suggest_policy
+
+            # computed here from the owner's rows, for the owner to check: never sent to the room
+            result["suggested_policy"] = suggest_policy(prepared.suggested)
+        return result
 
     def list_datasets(self) -> list[dict[str, Any]]:
         return self.get("/datasets")

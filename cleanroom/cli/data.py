@@ -56,6 +56,10 @@ def dataset_upload(state: State, path: str, name: str, policy_path: str, id_colu
 
     for note in parse_policy(Path(policy_path).read_text()).notes():  # e.g. exact mode forces review
         console.print(f"policy: {note}")
+    suggested = result.pop("suggested_policy", "") if isinstance(result, dict) else ""
+    if suggested:
+        console.print("published: only what the policy declares. Bounds and domains seen in your rows, to check "
+                      "and add to the policy if they may be public (cleanroom dataset policy):\n" + suggested)
     emit(state, result)
 
 

@@ -337,6 +337,9 @@ review = false
 
 [models]
 estimators = ["ridge", "linear_regression", "decision_tree_regressor"]
+
+[columns.region]
+domain = ["north", "south", "east", "west"]
 {extra}
 """
 
