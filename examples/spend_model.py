@@ -160,6 +160,7 @@ for plugin_id in ids.values():
 spec = f"""
 name = "spend-model"
 recipient = "{analyst_name}"
+time_budget = 120  # seconds from the start: the analyst learns the outcome then, whatever happened inside
 [[inputs]]
 dataset = "{retail_ds}"
 [[inputs]]
@@ -192,11 +193,12 @@ aggregates = true
 """
 (work / "spend-model.toml").write_text(spec)
 job = analyst.submit_job(spec)  # refused right here, with the reason, if a policy or approval is missing
-final = analyst.wait_job(job["id"], timeout=900,
-                         on_update=lambda j: print(f"job {j['id']}: {j['status']} {j.get('phase') or ''}".rstrip()))
-# An analyst sees only the error class of a failed job; the owners can read its log (`cleanroom job logs`).
+# The retailer, an input owner, sees the phases, the end and (on failure) the error class and log; the
+# analyst sees only `running` until the job's outcome time, then `released` or `nothing_released`.
+final = retailer.wait_job(job["id"], timeout=900,
+                          on_update=lambda j: print(f"job {j['id']}: {j['status']} {j.get('phase') or ''}".rstrip()))
 if final["status"] != "succeeded":
-    raise SystemExit(f"the job ended {final['status']} ({final.get('error_class')})")
+    raise SystemExit(f"the job ended {final['status']} ({final.get('error_class')}): cleanroom job logs {job['id']}")
 
 # %% 10. The retailer reviews the release and approves it ----------------------------------------------
 #   cleanroom release show <job>;  cleanroom release approve <job>
@@ -207,6 +209,9 @@ retailer.approve_release(job["id"])
 
 # %% 11. The analyst downloads and decrypts the result; the receipt is verified on the way ------------
 #   cleanroom result get <job> -o out/;  cleanroom receipt verify out/receipt.json
+print("the analyst waits for the job's outcome time (its start + time_budget) ...")
+if analyst.wait_job(job["id"], timeout=900)["status"] != "released":
+    raise SystemExit("nothing was released")
 out = work / "out"
 analyst.get_result(job["id"], out)
 metrics = json.loads((out / "metrics.json").read_text())["metrics"]
