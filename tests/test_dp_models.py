@@ -189,3 +189,19 @@ def test_budget_object_refuses_overspending():
     budget.charge(0.6, 5e-8)
     with pytest.raises(dp.BudgetError):
         budget.charge(0.5)
+
+
+def test_the_released_unit_count_carries_gaussian_noise_of_the_documented_sigma():
+    """End to end through `fit_ssp` (the code the release runs): the first moment is the unit count, so
+    its released value minus the true count is the noise itself."""
+    rng = np.random.default_rng(5)
+    X, y = rng.uniform(0, 10, (200, 2)), rng.uniform(-20, 40, 200)
+    bounds = np.array([[0.0, 10.0], [0.0, 10.0]])
+    sigma = dp_plan.gaussian_scale(dp_plan.ssp_dimension(2), 0.5, 1e-7)
+    noise = []
+    for _ in range(1000):
+        fit = dp_models.fit_ssp(X, y, bounds, (-20.0, 40.0), 0.5, 1e-7, dp.Budget(1.0, 1e-6))
+        assert fit["sigma"] == sigma
+        noise.append(fit["noisy_units"] - 200)
+    assert st.kstest(np.array(noise) / sigma, "norm").pvalue > REJECT
+    assert st.kstest(np.array(noise) / (2 * sigma), "norm").pvalue < REJECT  # control: another scale is rejected
