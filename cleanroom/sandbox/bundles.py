@@ -107,7 +107,7 @@ def check_path(path: str) -> str:
             raise BundleFormatError(f"file path {shown} goes up a folder ('..')")
         if part in ("", "."):
             raise BundleFormatError(f"file path {shown} has an empty or '.' component")
-        if not PART_RE.match(part):
+        if not PART_RE.fullmatch(part):
             raise BundleFormatError(f"file path {shown} has a character outside letters, digits and . _ + -")
         if part == "__pycache__":
             raise BundleFormatError(f"file path {shown} is inside __pycache__")
@@ -308,14 +308,14 @@ def check_manifest(raw: Any) -> dict[str, Any]:
     for key in ("name", "version", "kind", "entry"):
         if not isinstance(raw.get(key), str):
             raise BundleFormatError(f"{MANIFEST}: {key} is required and must be a string")
-    if not NAME_RE.match(raw["name"]):
+    if not NAME_RE.fullmatch(raw["name"]):
         raise BundleFormatError(f"{MANIFEST}: name {raw['name'][:80]!r} must be 2-64 of a-z, 0-9 and '-', "
                                 "starting with a letter or digit")
-    if not VERSION_RE.match(raw["version"]):
+    if not VERSION_RE.fullmatch(raw["version"]):
         raise BundleFormatError(f"{MANIFEST}: version {raw['version'][:80]!r} is not like 1.2.3")
     if raw["kind"] not in KINDS:
         raise BundleFormatError(f"{MANIFEST}: kind {raw['kind'][:80]!r} must be one of {', '.join(KINDS)}")
-    if len(raw["entry"]) > MAX_PATH or not ENTRY_RE.match(raw["entry"]):
+    if len(raw["entry"]) > MAX_PATH or not ENTRY_RE.fullmatch(raw["entry"]):
         raise BundleFormatError(f"{MANIFEST}: entry {raw['entry'][:80]!r} must be a relative path to a .py "
                                 "file whose parts are Python identifiers")
     description = raw.get("description", "")
@@ -326,7 +326,7 @@ def check_manifest(raw: Any) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise BundleFormatError(f"{MANIFEST}: [params] must be a table of param name = {{ type = ... }}")
     for name, schema in params.items():
-        if not PARAM_RE.match(name):
+        if not PARAM_RE.fullmatch(name):
             raise BundleFormatError(f"{MANIFEST}: param name {name[:80]!r} must be a lowercase identifier")
         _check_schema(f"params.{name}", schema, top=True)
     return raw

@@ -423,3 +423,26 @@ def test_json_answers_are_not_cached(room):
         assert r.headers.get("cache-control") == "no-store", path
         assert r.headers.get("x-content-type-options") == "nosniff", path
     assert httpx.get(room.url + "/datasets", headers=auth).status_code == 200  # control
+
+
+@pytest.mark.parametrize("name,version", [("tidy\n", "1.0.0"), ("tidy", "1.0.0\n"), ("tidy", "1.0.0\u200b"),
+                                          ("tidy\u200b", "1.0.0"), ("tidy", "01.0.0")])
+def test_a_hand_made_bundle_with_a_look_alike_manifest_is_refused_by_the_api(room, name, version):
+    """The client refuses these before sending; a hostile client sends the archive by hand."""
+    from cleanroom.sandbox.bundles import pack_files
+
+    analyst = room.org("acme", "analyst")
+    toml_name, toml_version = (v.replace("\n", "\\n") for v in (name, version))
+
+    def archive(n: str, v: str) -> bytes:
+        manifest = f'name = "{n}"\nversion = "{v}"\nkind = "preprocess"\nentry = "plugin.py"\n'
+        return pack_files({"cleanroom-plugin.toml": manifest.encode(),
+                           "plugin.py": b"def preprocess(df, params):\n    return df\n"})
+
+    r = httpx.post(room.url + "/plugins", content=archive(toml_name, toml_version),
+                   headers={"authorization": f"Bearer {analyst.token}", "content-type": "application/x-tar"})
+    assert r.status_code == 400 and r.json()["error"] in ("invalid_input", "invalid_bundle"), r.text
+    assert analyst.list_plugins() == []
+    r = httpx.post(room.url + "/plugins", content=archive("tidy", "1.0.0"),
+                   headers={"authorization": f"Bearer {analyst.token}", "content-type": "application/x-tar"})
+    assert r.status_code == 201  # control
