@@ -12,7 +12,8 @@ import pluggy
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["HOOK_BY_KIND", "analysis_spec", "features", "hookimpl", "hookspec", "model_spec", "preprocess"]
+__all__ = ["HOOK_BY_KIND", "analysis_spec", "block_statistic", "features", "hookimpl", "hookspec", "model_spec",
+           "preprocess"]
 
 hookspec = pluggy.HookspecMarker("cleanroom")
 hookimpl = pluggy.HookimplMarker("cleanroom")
@@ -24,6 +25,7 @@ HOOK_BY_KIND = {
     "features": "features",
     "model": "model_spec",
     "analysis": "analysis_spec",
+    "statistic": "block_statistic",
 }
 
 
@@ -45,3 +47,8 @@ def model_spec(columns: list[str], params: dict[str, Any]) -> dict[str, Any] | N
 @hookspec(firstresult=True)
 def analysis_spec(columns: list[str], params: dict[str, Any]) -> dict[str, Any] | None:
     """Return an aggregate spec (name, group_by, metrics) over these columns."""
+
+
+@hookspec(firstresult=True)
+def block_statistic(df: pd.DataFrame, params: dict[str, Any]) -> list[float] | None:
+    """Return the statistic of one block of units: a list of numbers, one per declared output."""

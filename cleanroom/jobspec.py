@@ -29,7 +29,8 @@ from cleanroom.policy import (
     type_name,
 )
 
-__all__ = ["FORBIDDEN_KEYS", "JobOutputs", "JobSpec", "Step", "check_job", "parse_jobspec"]
+__all__ = ["FORBIDDEN_KEYS", "BlockOutput", "JobOutputs", "JobSpec", "SampleAggregate", "Step", "check_job",
+           "parse_jobspec"]
 
 FORBIDDEN_KEYS = frozenset({
     "network", "network_mode", "image", "runtime", "mounts", "volumes", "privileged", "env",
@@ -42,8 +43,14 @@ JOB_NAME = PATTERNS["job"][0]
 MAX_INPUTS = 8
 MAX_STEPS = 20
 MAX_PARAMS_BYTES = 64_000
-STEP_KINDS = ("preprocess", "features", "model", "analysis")
+STEP_KINDS = ("preprocess", "features", "model", "analysis", "statistic")
 MIN_TIME_BUDGET, MAX_TIME_BUDGET = 10, 86400
+# sample-and-aggregate (cleanroom.runner.blocks): one fresh container per block, so m is bounded
+MIN_BLOCKS, MAX_BLOCKS, MAX_BLOCK_OUTPUTS = 2, 256, 32
+MIN_BLOCK_SECONDS, MAX_BLOCK_SECONDS, DEFAULT_BLOCK_SECONDS = 5, 3600, 30
+BLOCK_OVERHEAD_SECONDS = 15  # container start and teardown per block, counted against time_budget
+AGGREGATES = ("mean", "median")
+OUTPUT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,30 @@ class Step:
     plugin: str
     params: dict[str, Any] = field(default_factory=dict, hash=False)
     dataset: str | None = None  # set: runs on that input only, before the join
+
+
+@dataclass(frozen=True)
+class BlockOutput:
+    """One coordinate of a sample-and-aggregate release: its name, declared range and default."""
+
+    name: str
+    lo: float
+    hi: float
+    default: float
+
+
+@dataclass(frozen=True)
+class SampleAggregate:
+    """`[outputs.sample_and_aggregate]`: the job's one `statistic` step runs once per block of units."""
+
+    blocks: int
+    outputs: tuple[BlockOutput, ...]
+    aggregate: str = "mean"
+    block_seconds: int = DEFAULT_BLOCK_SECONDS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"blocks": self.blocks, "aggregate": self.aggregate, "block_seconds": self.block_seconds,
+                "outputs": [{"name": o.name, "lo": o.lo, "hi": o.hi, "default": o.default} for o in self.outputs]}
 
 
 @dataclass(frozen=True)
@@ -63,6 +94,7 @@ class JobOutputs:
     epsilon: float | None = None
     delta: float | None = None
     bounds: tuple[tuple[str, tuple[float, float]], ...] = ()  # declared clipping bounds for DP (not data)
+    sample_and_aggregate: SampleAggregate | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +127,9 @@ class JobSpec:
             "outputs": {"model": o.model, "metrics": o.metrics, "aggregates": o.aggregates,
                         "holdout_fraction": o.holdout_fraction, "seed": o.seed, "epsilon": o.epsilon,
                         **({"delta": o.delta} if o.delta is not None else {}),
-                        **({"bounds": {c: [lo, hi] for c, (lo, hi) in o.bounds}} if o.bounds else {})},
+                        **({"bounds": {c: [lo, hi] for c, (lo, hi) in o.bounds}} if o.bounds else {}),
+                        **({"sample_and_aggregate": o.sample_and_aggregate.to_dict()}
+                           if o.sample_and_aggregate else {})},
         }
 
     @classmethod
@@ -207,8 +241,13 @@ def _build(data: dict[str, Any], ck: Checker) -> JobSpec:
     out = ck.table(("outputs",), data["outputs"], JobOutputs.__dataclass_fields__, "[outputs]")
     flags = {key: ck.typed(("outputs", key), out.get(key, False), "bool")
              for key in ("model", "metrics", "aggregates")}
-    if not any(flags.values()):
-        ck.fail(("outputs",), "the job asks for nothing: set model, metrics or aggregates to true")
+    sa = _sample_aggregate(ck, out["sample_and_aggregate"], time_budget) if "sample_and_aggregate" in out else None
+    if sa is not None and any(flags.values()):
+        ck.fail(("outputs", "sample_and_aggregate"), "sample_and_aggregate is the job's only output: set model, "
+                "metrics and aggregates to false (or leave them out)")
+    if not any(flags.values()) and sa is None:
+        ck.fail(("outputs",), "the job asks for nothing: set model, metrics or aggregates to true, or add "
+                "[outputs.sample_and_aggregate]")
     if flags["metrics"] and not flags["model"]:
         ck.fail(("outputs", "metrics"), "metrics = true needs model = true")
     holdout = ck.typed(("outputs", "holdout_fraction"), out.get("holdout_fraction", 0.2), "number")
@@ -243,7 +282,52 @@ def _build(data: dict[str, Any], ck: Checker) -> JobSpec:
     return JobSpec(name=name, recipient=recipient, inputs=tuple(inputs), steps=tuple(steps), join=how,
                    time_budget=time_budget,
                    outputs=JobOutputs(**flags, holdout_fraction=holdout, seed=seed, epsilon=epsilon, delta=delta,
-                                      bounds=tuple(sorted(bounds))))
+                                      bounds=tuple(sorted(bounds)), sample_and_aggregate=sa))
+
+
+def _sample_aggregate(ck: Checker, raw: Any, time_budget: int | None) -> SampleAggregate:
+    """`[outputs.sample_and_aggregate]`: every number of the release's structure, fixed before any data."""
+    path = ("outputs", "sample_and_aggregate")
+    raw = ck.table(path, raw, ("blocks", "aggregate", "outputs", "block_seconds"), "[outputs.sample_and_aggregate]")
+    for key in ("blocks", "outputs"):
+        if key not in raw:
+            ck.fail(path, f"[outputs.sample_and_aggregate] needs {key!r}")
+    blocks = ck.typed(path + ("blocks",), raw["blocks"], "int")
+    if not MIN_BLOCKS <= blocks <= MAX_BLOCKS:
+        ck.fail(path + ("blocks",), f"blocks (m, the number of disjoint unit blocks) must be {MIN_BLOCKS} to "
+                f"{MAX_BLOCKS} (got {blocks})")
+    aggregate = ck.typed(path + ("aggregate",), raw.get("aggregate", "mean"), "string")
+    if aggregate not in AGGREGATES:
+        ck.fail(path + ("aggregate",), f"aggregate must be one of {', '.join(AGGREGATES)} (got {aggregate!r})")
+    seconds = ck.typed(path + ("block_seconds",), raw.get("block_seconds", DEFAULT_BLOCK_SECONDS), "int")
+    if not MIN_BLOCK_SECONDS <= seconds <= MAX_BLOCK_SECONDS:
+        ck.fail(path + ("block_seconds",), f"block_seconds must be {MIN_BLOCK_SECONDS} to {MAX_BLOCK_SECONDS} "
+                f"(got {seconds})")
+    if time_budget is not None and blocks * (seconds + BLOCK_OVERHEAD_SECONDS) > time_budget:
+        ck.fail(path + ("blocks",), f"{blocks} blocks of up to {seconds} s (+{BLOCK_OVERHEAD_SECONDS} s each to "
+                f"start a container) may not end within time_budget = {time_budget}: lower blocks or "
+                "block_seconds, or raise time_budget")
+    items = ck.typed(path + ("outputs",), raw["outputs"], "list")
+    if not 1 <= len(items) <= MAX_BLOCK_OUTPUTS:
+        ck.fail(path + ("outputs",), f"outputs lists 1 to {MAX_BLOCK_OUTPUTS} numbers (got {len(items)})")
+    outputs: list[BlockOutput] = []
+    for i, item in enumerate(items):
+        here = path + ("outputs", i)
+        item = ck.table(here, item, ("name", "lo", "hi", "default"), f"sample_and_aggregate.outputs[{i}]")
+        for key in ("name", "lo", "hi", "default"):
+            if key not in item:
+                ck.fail(here, f"sample_and_aggregate.outputs[{i}] needs {key!r} (name, lo, hi and default)")
+        name = ck.typed(here + ("name",), item["name"], "string")
+        if not OUTPUT_NAME.fullmatch(name) or name in {o.name for o in outputs}:
+            ck.fail(here + ("name",), f"output name {name!r} must be unique and 1-63 characters: a letter, then "
+                    "letters, digits, '_', '.', '-'")
+        lo, hi, default = (float(ck.typed(here + (k,), item[k], "number")) for k in ("lo", "hi", "default"))
+        if lo >= hi:
+            ck.fail(here, f"output {name!r} needs lo < hi (got [{lo:g}, {hi:g}])")
+        if not lo <= default <= hi:
+            ck.fail(here + ("default",), f"output {name!r}: default {default:g} must be within [{lo:g}, {hi:g}]")
+        outputs.append(BlockOutput(name, lo, hi, default))
+    return SampleAggregate(blocks=blocks, outputs=tuple(outputs), aggregate=aggregate, block_seconds=seconds)
 
 
 def check_job(
@@ -288,10 +372,15 @@ def check_job(
             allowed = ", ".join(policy.recipients) or "nobody but its owner"
             raise PolicyError(f"dataset {name!r} does not allow releases to {spec.recipient!r} "
                               f"(its policy allows: {allowed})", details={"dataset": name})
-        wanted = [("model", spec.outputs.model), ("aggregate", spec.outputs.aggregates)]
+        wanted = [("model", spec.outputs.model),
+                  ("aggregate", spec.outputs.aggregates or spec.outputs.sample_and_aggregate is not None)]
         for kind in (kind for kind, on in wanted if on and kind not in policy.outputs):
             raise PolicyError(f"dataset {name!r} does not allow {kind} outputs", details={"dataset": name})
     ledger.check_dp_job(spec, policies, plugins, budget_remaining)
+    if spec.outputs.sample_and_aggregate is not None and ledger.job_budget(spec, policies) is None:
+        raise PolicyError("sample_and_aggregate is a differentially private release: at least one input must "
+                          "use differential privacy (every input of this job is in exact mode, where owners "
+                          "review releases instead)")
 
     owners = {name: datasets[name]["owner"] for name in spec.inputs}
     absent = []
@@ -330,7 +419,7 @@ def _check_steps(spec: JobSpec, plugins: Mapping[str, Mapping[str, Any]]) -> Non
                               details={"step": i})
         if kind not in STEP_KINDS:
             raise PolicyError(f"{label} has unknown kind {kind!r}", details={"step": i})
-        if kind in ("model", "analysis") and step.dataset:
+        if kind in ("model", "analysis", "statistic") and step.dataset:
             raise PolicyError(f"{label} is {_a(kind)} step: it runs on the joined inputs, drop 'dataset'",
                               details={"step": i})
         if i and kind in ("preprocess", "features") and kinds[i - 1] in ("model", "analysis"):
@@ -352,3 +441,12 @@ def _check_steps(spec: JobSpec, plugins: Mapping[str, Mapping[str, Any]]) -> Non
         raise PolicyError("aggregates = true needs at least one analysis step")
     if not spec.outputs.aggregates and analyses:
         raise PolicyError("the job has analysis steps but does not ask for aggregates: set aggregates = true")
+    statistics = kinds.count("statistic")
+    if spec.outputs.sample_and_aggregate is not None and statistics != 1:
+        raise PolicyError(f"sample_and_aggregate needs exactly one statistic step (the job has {statistics}): "
+                          "it produces each block's output vector")
+    if spec.outputs.sample_and_aggregate is None and statistics:
+        raise PolicyError("the job has a statistic step but no [outputs.sample_and_aggregate]: a statistic's "
+                          "output leaves only as a noisy aggregate over blocks")
+    if statistics and kinds[-1] != "statistic":
+        raise PolicyError("the statistic step must be the job's last step")

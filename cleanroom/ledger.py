@@ -65,9 +65,10 @@ def check_dp_job(spec: JobSpec, policies: Mapping[str, Policy], plugins: Mapping
             if isinstance(estimator, str) and estimator not in dp_plan.DP_ESTIMATORS:
                 raise PolicyError(
                     f"with differential privacy (the default; every input of this job uses it) the room fits "
-                    f"only {' and '.join(dp_plan.DP_ESTIMATORS)} models, not {estimator!r}: other models will come "
-                    "through sample-and-aggregate, a later step. Use a linear or ridge model, or ask the owners "
-                    "for exact mode (require_dp = false, with review)", details={"estimator": estimator})
+                    f"only {' and '.join(dp_plan.DP_ESTIMATORS)} models, not {estimator!r}. Use a linear or ridge "
+                    "model, fit your own model per block with a statistic plugin and "
+                    "[outputs.sample_and_aggregate] (docs/analyst.md), or ask the owners for exact mode "
+                    "(require_dp = false, with review)", details={"estimator": estimator})
     for name, left in sorted((budget_remaining or {}).items()):
         if left is None or name not in policies or not policies[name].require_dp:
             continue

@@ -117,6 +117,17 @@ def table_names(ctx: dict[str, Any]) -> list[str]:
     return out
 
 
+def compute_steps(ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """The compute phase's steps, from the job spec and its plugins (the same for the mock run)."""
+    steps = []
+    for step in ctx["job"]["spec"]["steps"]:
+        p = ctx["plugins"][step["plugin"]]
+        steps.append({"plugin_id": p["id"], "name": p["name"], "kind": p["kind"],
+                      "entry": p["manifest"]["entry"], "params": step.get("params", {}),
+                      "dataset": step.get("dataset")})
+    return steps
+
+
 def covering_approvals(ctx: dict[str, Any]) -> list[str]:
     """The sha256 of every signed approval that covered this job: by the input's owner (its key verifies),
     for one of the job's plugins and inputs, for the exact policy text, version and data enforced here.
@@ -139,17 +150,6 @@ def covering_approvals(ctx: dict[str, Any]) -> list[str]:
             continue
         out.add(hashlib.sha256(canonical_json(p)).hexdigest())
     return sorted(out)
-
-
-def compute_steps(ctx: dict[str, Any]) -> list[dict[str, Any]]:
-    """The compute phase's steps, from the job spec and its plugins (the same for the mock run)."""
-    steps = []
-    for step in ctx["job"]["spec"]["steps"]:
-        p = ctx["plugins"][step["plugin"]]
-        steps.append({"plugin_id": p["id"], "name": p["name"], "kind": p["kind"],
-                      "entry": p["manifest"]["entry"], "params": step.get("params", {}),
-                      "dataset": step.get("dataset")})
-    return steps
 
 
 class JobRun:
@@ -231,6 +231,11 @@ class JobRun:
         bundles = {pid: self.api.bundle(pid) for pid in ctx["plugins"]}
         effective = verify_context(ctx, bundles, KeyPins(self.settings.runner_home))
         self.timings["verify"] = round(time.monotonic() - started, 3)
+        if spec.get("outputs", {}).get("sample_and_aggregate"):  # the analyst's own statistic, once per block
+            from cleanroom.runner import blocks
+
+            blocks.run_job(self, ctx, bundles, effective, started)
+            return
 
         self.phase("decrypting")
         # Both phase containers start (create, isolation read-back, imports; no data), each in a thread,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 MANIFEST = "cleanroom-plugin.toml"
-KINDS = ("preprocess", "features", "model", "analysis")
+KINDS = ("preprocess", "features", "model", "analysis", "statistic")
 MAX_ARCHIVE_BYTES = 5 * 2**20
 MAX_TOTAL_BYTES = 20 * 2**20
 MAX_FILES = 200

@@ -24,6 +24,8 @@ import argparse
 import importlib
 import importlib.machinery
 import json
+import math
+import numbers
 import os
 import shutil
 import sys
@@ -288,6 +290,10 @@ def run(meta: dict[str, Any], files: dict[str, bytes], workdir: str) -> Response
             continue
         if step["kind"] in TRANSFORMS:
             joined = transform(n, step, joined)
+        elif step["kind"] == "statistic":  # a block of sample-and-aggregate: the vector is the whole answer
+            label, result = call(n, step, df=joined)
+            stage("steps")
+            return {"ok": True, "error": None, "statistic": block_vector(result)}, {}
         else:
             # sorted: the frame's column order may follow the data (one-hot by frequency), and a spec
             # built from it would then differ from the mock run's (cleanroom.sandbox.structure)
@@ -306,6 +312,28 @@ def run(meta: dict[str, Any], files: dict[str, bytes], workdir: str) -> Response
     response = {"ok": True, "error": None, "rows": len(joined), "columns": [str(c) for c in joined.columns],
                 "model_specs": model_specs, "analysis_specs": analysis_specs}
     return response, {"frames/joined.arrow": data}
+
+
+def block_vector(result: Any) -> Any:
+    """A statistic's result as JSON: a list of numbers (None for what is not a finite real number); any other
+    shape becomes None. Best effort only: the runner checks the answer again (`cleanroom.runner.blocks`)."""
+    if hasattr(result, "tolist") and callable(result.tolist):
+        try:
+            result = result.tolist()
+        except Exception:  # noqa: BLE001 - a hostile object: treated as no answer
+            return None
+    if not isinstance(result, list | tuple) or len(result) > 10_000:
+        return None
+    out: list[float | None] = []
+    for value in result:
+        number = None
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except Exception:  # noqa: BLE001 - a hostile __float__
+                number = None
+        out.append(number if number is not None and math.isfinite(number) else None)
+    return out
 
 
 def failure(message: str) -> dict[str, Any]:

@@ -81,12 +81,41 @@ def metric_sensitivities(y_bounds: tuple[float, float]) -> list[float]:
     return [1.0, clip, clip ** 2]
 
 
+def sample_aggregate_scale(lo: float, hi: float, outputs: int, blocks: int, epsilon: float) -> float:
+    """Laplace scale of one coordinate of a sample-and-aggregate mean (cleanroom.runner.blocks): each of the
+    k outputs gets epsilon / k, and one unit moves one of the m clipped block values, so the mean by at most
+    (hi - lo) / m; scale k (hi - lo) / (m epsilon). Per-coordinate shares keep every output's error relative
+    to its own range (one Laplace vector over the raw l1 sensitivity sum(hi - lo) / m would give a narrow
+    output the noise of the widest)."""
+    return laplace_scale(outputs * (float(hi) - float(lo)) / blocks, epsilon)
+
+
+def describe_sample_aggregate(epsilon: float, sa: dict[str, Any]) -> dict[str, Any]:
+    """The sample-and-aggregate part: the job's whole epsilon, the noise of each declared output."""
+    k, m, how = len(sa["outputs"]), int(sa["blocks"]), sa.get("aggregate", "mean")
+    entry: dict[str, Any] = {
+        "epsilon": epsilon, "delta": 0.0, "blocks": m, "aggregate": how, "block_seconds": sa.get("block_seconds"),
+        "mechanism": ("Laplace on the mean of the clipped block outputs" if how == "mean" else
+                      "DP median (exponential mechanism) of the clipped block outputs"),
+        "per_output_epsilon": epsilon / k, "outputs": {}}
+    for o in sa["outputs"]:
+        if how == "mean":
+            scale = sample_aggregate_scale(o["lo"], o["hi"], k, m, epsilon)
+            entry["outputs"][o["name"]] = {"range": [o["lo"], o["hi"]], "noise_scale": scale,
+                                           "interval_95": laplace_interval(scale)}
+        else:
+            entry["outputs"][o["name"]] = {"range": [o["lo"], o["hi"]]}
+    return entry
+
+
 def describe(epsilon: float, delta: float, *, aggregates: bool, model: bool, metrics: bool,
              features: int | None = None, y_bounds: tuple[float, float] | None = None,
-             tables: int = 0) -> dict[str, Any]:
+             tables: int = 0, sample_aggregate: dict[str, Any] | None = None) -> dict[str, Any]:
     """The plan in words and numbers: per part its budget, mechanism, noise scale and 95 % interval."""
     parts = split(epsilon, delta, aggregates=aggregates, model=model, metrics=metrics)
     out: dict[str, Any] = {"epsilon": epsilon, "delta": delta, "parts": {}}
+    if sample_aggregate is not None:  # the job's only output (cleanroom.jobspec)
+        out["parts"]["sample_and_aggregate"] = describe_sample_aggregate(epsilon, sample_aggregate)
     if "aggregates" in parts:
         e, d = parts["aggregates"]
         per_table = e / max(tables, 1)

@@ -1,0 +1,284 @@
+"""Sample-and-aggregate: a DP release of whatever an analyst's own (untrusted) statistic computes.
+
+The units are cut into m disjoint blocks by `HMAC(job_salt, _pid) mod m`, with a fresh secret 32-byte
+salt per job that never leaves this process. Every input is filtered to each block's units and
+recoded per block (`cleanroom.runner.recode`: codes 0..n_b-1 of that block only, so no block sees
+how many units the others have). Each block runs the job's pipeline (its transforms, then its one
+`statistic` step) in a fresh compute container with the job's limits and a fixed time
+(`block_seconds`). A block's answer is a list of k numbers; anything else (an exception, a timeout,
+running out of memory, too much output, NaN, inf, strings, the wrong length) becomes the spec's
+default vector. Each coordinate is clipped to its declared [lo, hi] and the m vectors are
+aggregated here, by trusted code with OpenDP's measurements (never numpy noise):
+
+- mean: per coordinate, OpenDP's `make_mean` on the m clipped values (a sized, bounded domain) and
+  Laplace noise with scale k (hi - lo) / (m epsilon), i.e. epsilon / k per coordinate;
+- median: per coordinate, OpenDP's `make_private_quantile` (the exponential mechanism) over a grid of
+  candidates in [lo, hi], at epsilon / k each.
+
+Guarantee (add/remove one unit, every table): the unit's rows all fall into one block, and the
+other units' blocks do not depend on it (the block is a keyed hash of the unit's own pseudonym).
+So the m-vector of block outputs changes in one entry at most, whatever the plugin does, and one
+changed entry moves a clipped mean by at most (hi - lo) / m per coordinate (one changed record of
+a sized vector: symmetric distance 2, which is what the measurements are calibrated for). The
+release is epsilon-DP by basic composition over the k coordinates. Nothing else about the blocks
+leaves: no per-block value, no count of failed blocks, no timings (the analyst sees the outcome at
+the job's time budget, `cleanroom.api.routes_jobs`). What it does not cover: the spec's choices
+(they are fixed before any data is read) and a run longer than the time budget (refused at
+submission: m (block_seconds + overhead) must fit in it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import math
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from cleanroom.sandbox import dp_plan, wire
+
+if TYPE_CHECKING:
+    from cleanroom.runner.execute import JobRun
+
+__all__ = ["ARTIFACT", "Output", "aggregate", "assign_blocks", "block_of", "measurement", "parse_block",
+           "release_document", "run_job", "split_inputs"]
+
+PID = "_pid"
+SALT_BYTES = 32
+ARTIFACT = "sample_and_aggregate.json"
+MEDIAN_CANDIDATES = 201  # grid of the DP median over [lo, hi]: resolution (hi - lo) / 200
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    lo: float
+    hi: float
+    default: float
+
+
+def outputs_of(sa: Mapping[str, Any]) -> list[Output]:
+    return [Output(str(o["name"]), float(o["lo"]), float(o["hi"]), float(o["default"])) for o in sa["outputs"]]
+
+
+# -- blocks -----------------------------------------------------------------------------------------
+
+def block_of(salt: bytes, pseudonym: str, m: int) -> int:
+    """The block of one unit: a keyed hash of its own pseudonym only (never of the other units)."""
+    digest = hmac.new(salt, pseudonym.encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") % m
+
+
+def assign_blocks(pseudonyms: Sequence[str], m: int, salt: bytes) -> dict[str, int]:
+    return {p: block_of(salt, p, m) for p in dict.fromkeys(pseudonyms)}
+
+
+def split_inputs(inputs: Mapping[str, bytes], m: int, salt: bytes) -> list[dict[str, bytes]]:
+    """Each input (an Arrow IPC stream with the pseudonyms in `_pid`) cut into m streams, one per block.
+
+    Raises ValueError when an input is not a stream with a `_pid` column without nulls.
+    """
+    blocks: list[dict[str, bytes]] = [{} for _ in range(m)]
+    for name, data in inputs.items():
+        try:
+            with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
+                table = reader.read_all()
+        except (pa.ArrowException, OSError) as exc:
+            raise ValueError(f"input {name} is not an Arrow stream") from exc
+        if PID not in table.column_names or table.column(PID).null_count:
+            raise ValueError(f"input {name} has no complete {PID} column")
+        pids = [str(p) for p in table.column(PID).to_pylist()]
+        of = assign_blocks(pids, m, salt)
+        index = np.fromiter((of[p] for p in pids), dtype=np.int64, count=len(pids))
+        for j in range(m):
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table.filter(pa.array(index == j)))
+            blocks[j][name] = sink.getvalue().to_pybytes()
+        del table
+    return blocks
+
+
+# -- what a block answered --------------------------------------------------------------------------
+
+def parse_block(answer: Any, outputs: Sequence[Output]) -> list[float]:
+    """A block's answer as k clipped numbers; the default vector for anything that is not exactly k
+    finite numbers (None, NaN, inf, strings, booleans, nested lists, the wrong length)."""
+    ok = isinstance(answer, list) and len(answer) == len(outputs) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in answer)
+    values = [float(v) for v in answer] if ok else [o.default for o in outputs]
+    return [min(max(v, o.lo), o.hi) for v, o in zip(values, outputs, strict=True)]
+
+
+# -- the DP aggregate -------------------------------------------------------------------------------
+
+def _dp() -> Any:
+    import opendp.prelude as dp
+
+    dp.enable_features("contrib")
+    return dp
+
+
+def measurement(output: Output, m: int, epsilon: float, how: str) -> tuple[Any, float]:
+    """(OpenDP measurement over the m clipped block values of one coordinate, its noise scale)."""
+    dp = _dp()
+    if how == "mean":
+        domain = dp.vector_domain(dp.atom_domain(bounds=(output.lo, output.hi), nan=False), size=m)
+
+        def make(scale: float) -> Any:
+            return dp.t.make_mean(domain, dp.symmetric_distance()) >> dp.m.then_laplace(scale=scale)
+    elif how == "median":
+        candidates = [float(c) for c in np.linspace(output.lo, output.hi, MEDIAN_CANDIDATES)]
+        domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
+
+        def make(scale: float) -> Any:
+            return dp.m.make_private_quantile(domain, dp.symmetric_distance(), dp.max_divergence(),
+                                              candidates=candidates, alpha=0.5, scale=scale)
+    else:
+        raise ValueError(f"unknown aggregate {how!r}")
+    scale = float(dp.binary_search_param(make, d_in=2, d_out=epsilon))  # one block changed: distance 2
+    return make(scale), scale
+
+
+def aggregate(values: Sequence[Sequence[float]], outputs: Sequence[Output], epsilon: float,
+              how: str = "mean") -> list[dict[str, Any]]:
+    """The noisy aggregate of m clipped block vectors: per output its value, noise scale and interval."""
+    m, k = len(values), len(outputs)
+    out = []
+    for j, output in enumerate(outputs):
+        meas, scale = measurement(output, m, epsilon / k, how)
+        column = [min(max(float(v[j]), output.lo), output.hi) for v in values]
+        value = float(meas(column))
+        entry: dict[str, Any] = {"name": output.name, "value": value, "lo": output.lo, "hi": output.hi,
+                                 "noise_scale": scale}
+        if how == "mean":
+            half = dp_plan.laplace_interval(scale)
+            entry["interval_95"] = [value - half, value + half]
+        else:
+            entry["interval_95"] = None  # the exponential mechanism's error is in ranks, not in units
+            entry["resolution"] = (output.hi - output.lo) / (MEDIAN_CANDIDATES - 1)
+        out.append(entry)
+    return out
+
+
+def release_document(sa: Mapping[str, Any], epsilon: float, released: list[dict[str, Any]]) -> dict[str, Any]:
+    """`sample_and_aggregate.json`: the spec's names and structure, the noisy values, nothing per block."""
+    how = sa.get("aggregate", "mean")
+    return {"mechanism": "sample_and_aggregate", "aggregate": how, "blocks": int(sa["blocks"]),
+            "epsilon": epsilon,
+            "noise": ("Laplace on the clipped mean of the block outputs (OpenDP make_mean + laplace)" if how == "mean"
+                      else "DP median of the clipped block outputs (OpenDP make_private_quantile)"),
+            "outputs": released}
+
+
+# -- the runner's side ------------------------------------------------------------------------------
+
+def run_job(run: JobRun, ctx: dict[str, Any], bundles: dict[str, bytes], effective: dict[str, Any],
+            started: float, *, salt: bytes | None = None) -> None:
+    """A sample-and-aggregate job on the runner, from decryption to the published release."""
+    from cleanroom.crypto import decrypt_bytes
+    from cleanroom.errors import IntegrityError
+    from cleanroom.runner import mockrun, recode
+    from cleanroom.runner.execute import JobFailed, compute_steps
+    from cleanroom.runner.sandbox import _memory_bytes
+
+    spec = ctx["job"]["spec"]
+    sa = spec["outputs"]["sample_and_aggregate"]
+    outputs, m = outputs_of(sa), int(sa["blocks"])
+    epsilon = (effective.get("dp") or {}).get("epsilon")  # the job's charge (cleanroom.ledger)
+    if not epsilon:
+        raise JobFailed("approval_or_policy", "sample_and_aggregate needs the job's epsilon (a DP input)")
+    run.phase("decrypting")
+    inputs: dict[str, bytes] = {}
+    for ds in ctx["datasets"]:
+        ciphertext = run.api.ciphertext(ds["name"], ds["size"])
+        if hashlib.sha256(ciphertext).hexdigest() != ds["sha256"]:
+            raise JobFailed("integrity_error", f"the ciphertext of {ds['name']} does not match its hash")
+        try:
+            inputs[ds["name"]] = decrypt_bytes(ciphertext, run.keys)
+        except IntegrityError as exc:
+            raise JobFailed("integrity_error", f"{ds['name']}: {exc.message}") from exc
+    try:
+        parts = split_inputs(inputs, m, salt if salt is not None else secrets.token_bytes(SALT_BYTES))
+    except ValueError as exc:
+        raise JobFailed("integrity_error", str(exc)) from exc
+    del inputs
+    run.dropped = mockrun.dropped_columns(ctx["datasets"], effective.get("never_output", []))
+    run.phase("compute")
+    steps = compute_steps(ctx)
+    names = [ds["name"] for ds in ctx["datasets"]]
+    values: list[list[float]] = []
+    for j, part in enumerate(parts):
+        try:  # the block's own codes: nothing in a block depends on the units of another
+            coded = recode.recode_inputs({f"inputs/{i}.arrow": part[n] for i, n in enumerate(names)},
+                                         {f"inputs/{i}.arrow": n for i, n in enumerate(names)},
+                                         max_bytes=_memory_bytes(run.settings.job_memory),
+                                         drop=effective.get("never_output", []))
+        except recode.RecodeError as exc:  # the inputs were readable as a whole: not about one unit
+            raise JobFailed("integrity_error", str(exc)) from exc
+        parts[j] = {}
+        request = io.BytesIO()
+        files = dict(coded)
+        files.update({f"plugins/{pid}.tar": data for pid, data in bundles.items()})
+        wire.write_message(request, "job.json", {
+            "job_id": run.job_id, "steps": steps, "max_output_bytes": run.settings.job_max_output_bytes,
+            "inputs": [{"dataset": n, "file": f"inputs/{i}.arrow"} for i, n in enumerate(names)]}, files)
+        del files, coded
+        answer = _run_block(run, request.getbuffer(), effective.get("limits"), int(sa["block_seconds"]), j)
+        values.append(parse_block(answer, outputs))
+    released = aggregate(values, outputs, float(epsilon), sa.get("aggregate", "mean"))
+    del values
+    document = json.dumps(release_document(sa, float(epsilon), released), indent=2, sort_keys=True).encode()
+    run.phase("uploading")
+    rel = {"ok": True, "epsilon_spent": float(epsilon),
+           "checks": [{"name": "sample_and_aggregate", "passed": True,
+                       "detail": f"{m} blocks, declared ranges, {sa.get('aggregate', 'mean')} with DP noise"}],
+           "artifacts": {ARTIFACT: {"sha256": hashlib.sha256(document).hexdigest(), "bytes": len(document)}}}
+    run._publish(ctx, effective, rel, {f"artifacts/{ARTIFACT}": document}, bundles, started)
+
+
+def _run_block(run: JobRun, request: memoryview, limits: dict[str, Any] | None, seconds: int, index: int) -> Any:
+    """One block in a fresh compute container; its answer, or None on any failure (the default follows).
+
+    Starting a container happens before the block's data is sent: a failure there fails the job (it
+    says nothing about the data). Everything after the data is sent maps to None.
+    """
+    from cleanroom.errors import SandboxError
+    from cleanroom.runner.execute import Cancelled, JobFailed
+
+    try:
+        box = run.sandbox.start("compute", run.job_id, limits=limits, pool=False)
+    except SandboxError as exc:
+        raise JobFailed(exc.code, exc.message) from exc
+    t = time.monotonic()
+    try:
+        res = box.run(request, timeout=min(seconds, box.settings.job_timeout_seconds), cancelled=run.cancelled)
+    except Exception as exc:  # noqa: BLE001 - whatever the plugin made happen, the block gets its default
+        run.note(f"--- block {index}: no answer ({type(exc).__name__}) ---")
+        return None
+    finally:
+        box.close()
+    run.isolation.setdefault("compute", res.isolation)
+    run.note(f"--- block {index} (exit {res.exit_code}, {time.monotonic() - t:.1f} s, timed out {res.timed_out}, "
+             f"oom {res.oom_killed}) ---")
+    run.note(res.stderr.decode("utf-8", "replace")[-2000:])
+    if run.cancelled():
+        raise Cancelled()
+    if res.timed_out or res.oom_killed or res.output_overflow or res.exit_code != 0:
+        return None
+    try:
+        result, _ = wire.read_message(io.BytesIO(res.stdout), "result.json", run.settings.job_max_output_bytes)
+    except wire.WireError:
+        return None
+    if not isinstance(result, dict) or not result.get("ok"):
+        run.note(f"block {index}: {str(result.get('error') if isinstance(result, dict) else '')[:500]}")
+        return None
+    return result.get("statistic")
