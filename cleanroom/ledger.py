@@ -59,10 +59,18 @@ def check_dp_job(spec: JobSpec, policies: Mapping[str, Policy], plugins: Mapping
                               details={"dataset": name})
     if spec.outputs.model:
         for step in spec.steps:
-            if plugins.get(step.plugin, {}).get("kind") != "model":
+            plugin = plugins.get(step.plugin, {})
+            if plugin.get("kind") != "model":
                 continue
-            estimator = step.params.get("estimator")
-            if isinstance(estimator, str) and estimator not in dp_plan.DP_ESTIMATORS:
+            # the step's estimator, or the manifest's default for it: known before any data is read
+            declared = ((plugin.get("manifest") or {}).get("params") or {}).get("estimator") or {}
+            estimator = step.params.get("estimator", declared.get("default") if isinstance(declared, dict) else None)
+            if estimator is None:
+                raise PolicyError(
+                    f"with differential privacy the model step ({plugin.get('name')!r}) must name its estimator "
+                    f"({' or '.join(dp_plan.DP_ESTIMATORS)}) in its params, so that the room knows before running "
+                    "that it can fit it privately", details={"plugin": step.plugin})
+            if not isinstance(estimator, str) or estimator not in dp_plan.DP_ESTIMATORS:
                 raise PolicyError(
                     f"with differential privacy (the default; every input of this job uses it) the room fits "
                     f"only {' and '.join(dp_plan.DP_ESTIMATORS)} models, not {estimator!r}. Use a linear or ridge "

@@ -202,6 +202,7 @@ PLUGINS = {
     SCALE: {"name": "scale", "kind": "features", "manifest": _manifest("scale", "features", COLUMNS)},
     RIDGE: {"name": "ridge", "kind": "model", "manifest": _manifest("ridge", "model", {
         "target": {"type": "string", "required": True},
+        "estimator": {"type": "string", "default": "ridge"},
         "alpha": {"type": "number", "default": 1.0}})},
     GROUPBY: {"name": "group-by", "kind": "analysis", "manifest": _manifest("group-by", "analysis", {
         "group_by": {"type": "array", "items": "string", "required": True}})},
@@ -372,6 +373,11 @@ def test_dp_jobs_with_a_model_other_than_linear_or_ridge_are_refused_at_submissi
         _check(tree, plugins=plugins)
     ridge = JobSpec(**{**spec.__dict__, "steps": (Step(RIDGE, {"target": "spend", "estimator": "ridge"}),)})
     _check(ridge, plugins=plugins)  # control
+    _check(JobSpec(**{**spec.__dict__, "steps": (Step(RIDGE, {"target": "spend"}),)}))  # the manifest default
+    unknown = {**PLUGINS, RIDGE: {**PLUGINS[RIDGE], "manifest": _manifest("ridge", "model", {
+        "target": {"type": "string", "required": True}})}}
+    with pytest.raises(PolicyError, match="must name its estimator"):  # not known before running: refused
+        _check(JobSpec(**{**spec.__dict__, "steps": (Step(RIDGE, {"target": "spend"}),)}), plugins=unknown)
 
 
 def test_epsilon_beyond_the_remaining_budget_is_refused():
