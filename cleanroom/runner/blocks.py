@@ -29,6 +29,7 @@ submission: m (block_seconds + overhead) must fit in it).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
@@ -48,8 +49,8 @@ from cleanroom.sandbox import dp_plan, wire
 if TYPE_CHECKING:
     from cleanroom.runner.execute import JobRun
 
-__all__ = ["ARTIFACT", "Output", "aggregate", "assign_blocks", "block_of", "measurement", "parse_block",
-           "release_document", "run_job", "split_inputs"]
+__all__ = ["ARTIFACT", "Output", "aggregate", "assign_blocks", "block_of", "block_request", "measurement",
+           "parse_block", "release_document", "run_job", "split_inputs"]
 
 PID = "_pid"
 SALT_BYTES = 32
@@ -127,6 +128,7 @@ def _dp() -> Any:
     return dp
 
 
+@functools.lru_cache(maxsize=256)
 def measurement(output: Output, m: int, epsilon: float, how: str) -> tuple[Any, float]:
     """(OpenDP measurement over the m clipped block values of one coordinate, its noise scale)."""
     dp = _dp()
@@ -217,21 +219,17 @@ def run_job(run: JobRun, ctx: dict[str, Any], bundles: dict[str, bytes], effecti
     names = [ds["name"] for ds in ctx["datasets"]]
     values: list[list[float]] = []
     for j, part in enumerate(parts):
-        try:  # the block's own codes: nothing in a block depends on the units of another
-            coded = recode.recode_inputs({f"inputs/{i}.arrow": part[n] for i, n in enumerate(names)},
-                                         {f"inputs/{i}.arrow": n for i, n in enumerate(names)},
-                                         max_bytes=_memory_bytes(run.settings.job_memory),
-                                         drop=effective.get("never_output", []))
+        try:
+            meta, files = block_request(part, names, steps, bundles, job_id=run.job_id,
+                                        max_output_bytes=run.settings.job_max_output_bytes,
+                                        max_bytes=_memory_bytes(run.settings.job_memory),
+                                        drop=effective.get("never_output", []))
         except recode.RecodeError as exc:  # the inputs were readable as a whole: not about one unit
             raise JobFailed("integrity_error", str(exc)) from exc
         parts[j] = {}
         request = io.BytesIO()
-        files = dict(coded)
-        files.update({f"plugins/{pid}.tar": data for pid, data in bundles.items()})
-        wire.write_message(request, "job.json", {
-            "job_id": run.job_id, "steps": steps, "max_output_bytes": run.settings.job_max_output_bytes,
-            "inputs": [{"dataset": n, "file": f"inputs/{i}.arrow"} for i, n in enumerate(names)]}, files)
-        del files, coded
+        wire.write_message(request, "job.json", meta, files)
+        del files
         answer = _run_block(run, request.getbuffer(), effective.get("limits"), int(sa["block_seconds"]), j)
         values.append(parse_block(answer, outputs))
     released = aggregate(values, outputs, float(epsilon), sa.get("aggregate", "mean"))
@@ -243,6 +241,21 @@ def run_job(run: JobRun, ctx: dict[str, Any], bundles: dict[str, bytes], effecti
                        "detail": f"{m} blocks, declared ranges, {sa.get('aggregate', 'mean')} with DP noise"}],
            "artifacts": {ARTIFACT: {"sha256": hashlib.sha256(document).hexdigest(), "bytes": len(document)}}}
     run._publish(ctx, effective, rel, {f"artifacts/{ARTIFACT}": document}, bundles, started)
+
+
+def block_request(part: Mapping[str, bytes], names: Sequence[str], steps: list[dict[str, Any]],
+                  bundles: Mapping[str, bytes], *, job_id: str, max_output_bytes: int, max_bytes: int | None = None,
+                  drop: Sequence[str] = ()) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The compute phase's request for one block: its inputs recoded with the block's own codes (0..n_b-1 in
+    a fresh random order), so nothing a block sees depends on the units of another block."""
+    from cleanroom.runner import recode
+
+    files = recode.recode_inputs({f"inputs/{i}.arrow": part[n] for i, n in enumerate(names)},
+                                 {f"inputs/{i}.arrow": n for i, n in enumerate(names)}, max_bytes=max_bytes, drop=drop)
+    files.update({f"plugins/{pid}.tar": data for pid, data in bundles.items()})
+    meta = {"job_id": job_id, "steps": steps, "max_output_bytes": max_output_bytes,
+            "inputs": [{"dataset": n, "file": f"inputs/{i}.arrow"} for i, n in enumerate(names)]}
+    return meta, files
 
 
 def _run_block(run: JobRun, request: memoryview, limits: dict[str, Any] | None, seconds: int, index: int) -> Any:
