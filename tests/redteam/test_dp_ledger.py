@@ -241,3 +241,11 @@ def test_holdout_metrics_are_noised_not_exact():
     assert all(r["metrics_noise_scale"]["sum_sq_residual"] > 0 for r in reports)
     assert len({json.dumps(r["metrics"], sort_keys=True) for r in reports}) == 3  # fresh noise every time
     assert all(r["n_holdout_noisy"] != 800 or r["n_train_noisy"] != 3200 for r in reports)
+
+
+def test_control_exact_metrics_are_a_deterministic_function_of_one_persons_value():
+    """The channel the DP metrics close: in exact mode the holdout metrics move with one person's value
+    and repeat exactly, so two jobs tell the value apart."""
+    high, low = spread_frame(4321.0, 4000), spread_frame(150.0, 4000)
+    exact = [fit(f, dp=None, metrics=True)[2]["metrics"] for f in (high, high, low)]
+    assert exact[0] == exact[1] and exact[0] != exact[2]
