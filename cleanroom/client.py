@@ -67,7 +67,9 @@ class Client:
     def from_profile(cls, name: str | None = None, **kwargs: Any) -> Client:
         import os
 
-        profile = Profile.load(name)
+        # a profile named on purpose (--profile, CLEANROOM_PROFILE) must exist: a typo is "no profile X",
+        # not a request without a token
+        profile = Profile.load(name, must_exist=bool(name or os.environ.get("CLEANROOM_PROFILE")))
         insecure = os.environ.get("CLEANROOM_ALLOW_INSECURE_REMOTE", "").lower() in ("1", "true", "yes")
         return cls(profile.url, profile.token, ca_file=profile.ca_file, profile=profile,
                    allow_insecure=insecure, **kwargs)
@@ -188,8 +190,13 @@ class Client:
     # datasets -----------------------------------------------------------------------------------
     def upload_dataset(self, path: str | Path, *, name: str, policy: str, id_column: str, join_secret: bytes,
                        description: str = "", schema_override: Any = None, drop_identifiers: bool = True,
-                       progress: Progress | None = None) -> dict[str, Any]:
-        """Prepare on this machine (schema, pseudonyms, mock, encryption), then upload the ciphertext."""
+                       progress: Progress | None = None, text_columns: tuple[str, ...] | list[str] = (),
+                       allow_few_ids: bool = False) -> dict[str, Any]:
+        """Prepare on this machine (schema, pseudonyms, mock, encryption), then upload the ciphertext.
+
+        Refused before anything is sent: a CSV column that is text only because of a few cells (unless
+        named in `text_columns`), an id column with few distinct values (unless `allow_few_ids`), policy
+        rules for columns the dataset does not keep. The answer adds `dropped_columns` (name -> why)."""
         from cleanroom.ingest import prepare
         from cleanroom.policy import parse_policy
 
@@ -197,7 +204,8 @@ class Client:
         room = self.room_keys()
         prepared = prepare(Path(path), id_column=id_column, join_secret=join_secret, policy=parsed_policy,
                                   schema_override=schema_override, drop_identifiers=drop_identifiers,
-                                  recipient=room["enc_public"], progress=progress)
+                                  recipient=room["enc_public"], progress=progress, text_columns=text_columns,
+                                  allow_few_ids=allow_few_ids)
         try:
             decl = self.post("/datasets/uploads", json={
                 "name": name, "description": description, "policy": policy, **prepared.metadata()})
@@ -205,6 +213,9 @@ class Client:
                                   headers={"content-type": "application/octet-stream"}, timeout=None).json()
         finally:
             prepared.cleanup()
+        if isinstance(result, dict):  # what the preparation did, for the owner's eyes
+            result.update(id_column=id_column, dropped_columns=dict(prepared.dropped_reasons),
+                          column_types={c.name: c.type for c in prepared.schema.columns})
         if prepared.suggested is not None and isinstance(result, dict):
             from cleanroom.mock import suggest_policy
 
@@ -220,6 +231,11 @@ class Client:
 
     def update_policy(self, name: str, policy: str) -> dict[str, Any]:
         return self.request("PUT", f"/datasets/{name}/policy", json={"policy": policy}).json()
+
+    def withdraw_dataset(self, name: str) -> dict[str, Any]:
+        """Withdraw your dataset: no new jobs (queued ones are cancelled, running ones finish), gone from
+        other orgs' lists; `admin sweep` removes its ciphertext later. Receipts of past releases still verify."""
+        return self.post(f"/datasets/{name}/withdraw")
 
     # plugins ------------------------------------------------------------------------------------
     def submit_plugin(self, folder: str | Path) -> dict[str, Any]:

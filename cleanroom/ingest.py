@@ -58,6 +58,12 @@ __all__ = [
 
 PID = "_pid"
 MIN_SECRET_BYTES = 16
+# An id column names the privacy unit: a person may have many rows, but a column whose values repeat and
+# that has fewer than MIN_ID_VALUES of them, or more than MAX_ROWS_PER_ID rows per value, is some other
+# column (region, age).
+MIN_ID_VALUES = 10
+MAX_ROWS_PER_ID = 1000
+_ID_COUNT_CAP = 20_000  # distinct ids counted exactly up to this many (beyond it the column passes)
 Progress = Callable[[int, int], None]
 _EMAIL = r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$"
 
@@ -134,6 +140,7 @@ class PreparedDataset:
     dropped: list[str]
     mock: pd.DataFrame
     dropped_reasons: dict[str, str] = field(default_factory=dict)
+    id_values: int | None = None  # distinct raw ids, counted up to a cap (None: more than that); never sent
     # summaries of the rows, for the owner's eyes only (`cleanroom.mock.suggest_policy`); never sent
     suggested: Schema | None = None
 
@@ -218,15 +225,75 @@ def prepare(path: str | Path, *, recipient: str | Sequence[str], id_column: str,
             policy: Any = None, schema_override: Schema | dict[str, Any] | str | Path | None = None,
             fmt: str | None = None, drop_identifiers: bool = True, progress: Progress | None = None,
             workdir: str | Path | None = None, mock_rows: int = 100, compression: str | None = "zstd",
-            identifier_check: Callable[[str], str | None] | None = None) -> PreparedDataset:
+            identifier_check: Callable[[str], str | None] | None = None, text_columns: Sequence[str] = (),
+            allow_few_ids: bool = False) -> PreparedDataset:
     """Check, pseudonymise and encrypt `path` to the room's key `recipient` into a temporary file.
 
-    Raises ValidationError (rows that do not fit, naming their lines; identifier columns when
-    `drop_identifiers` is False) and leaves nothing behind when it fails.
+    Raises ValidationError and leaves nothing behind when it fails: rows that do not fit (naming their
+    lines); a CSV column that would be text only because of a few cells (naming lines and values; unless
+    it is in `text_columns`); an id column with few distinct values (unless `allow_few_ids`); policy
+    `[columns.X]` rules for columns the file does not keep; identifier columns when `drop_identifiers`
+    is False.
     """
     with _lean_memory_pool():
-        return _prepare(Path(path), recipient, id_column, join_secret, policy, schema_override, fmt,
-                        drop_identifiers, progress, workdir, mock_rows, compression, identifier_check)
+        prepared = _prepare(Path(path), recipient, id_column, join_secret, policy, schema_override, fmt,
+                            drop_identifiers, progress, workdir, mock_rows, compression, identifier_check,
+                            tuple(text_columns))
+    if not allow_few_ids:
+        try:
+            _check_id_values(id_column, prepared)
+        except BaseException:
+            prepared.cleanup()
+            raise
+    return prepared
+
+
+def _check_id_values(id_column: str, prepared: PreparedDataset) -> None:
+    ids, rows = prepared.id_values, prepared.row_count
+    if ids is None or ids >= rows or (ids >= MIN_ID_VALUES and ids * MAX_ROWS_PER_ID >= rows):
+        return  # (a file with one row per id is fine however small)
+    raise ValidationError(
+        f"the id column {id_column!r} has only {ids} distinct values in {rows} rows: an id column names "
+        "the person (or other privacy unit) each row is about, so it has many values (a person may have "
+        "several rows). Nothing was uploaded",
+        hint="give the column that identifies the person with --id-column; if this really is the id column "
+             "(few units with many rows each), pass --allow-few-ids (SDK: allow_few_ids=True)",
+        details={"id_column": id_column, "distinct": ids, "rows": rows})
+
+
+def _check_policy_columns(policy: Any, names: list[str], id_column: str, dropped: dict[str, str]) -> None:
+    """Every `[columns.X]` rule of the policy names a column the dataset keeps."""
+    import difflib
+
+    kept = [n for n in names if n != id_column and n not in dropped] + [PID]
+    problems = []
+    for name in _policy_columns(policy):
+        if name in kept:
+            continue
+        if name == id_column:
+            problems.append(f"{name!r} is the id column, which leaves this machine only as the pseudonym {PID}"
+                            f" (a rule for it would be [columns.{PID}])")
+        elif name in dropped:
+            problems.append(f"{name!r} is dropped as a direct identifier ({dropped[name]}); keep it with "
+                            f"[identifiers] allow = [{name!r}] or remove the rule")
+        else:
+            close = difflib.get_close_matches(name, kept, n=1)
+            problems.append(f"{name!r} is not a column of the file" + (f" (did you mean {close[0]!r}?)" if close
+                                                                       else ""))
+    if problems:
+        raise ValidationError("the policy has [columns.X] rules for columns the dataset does not have: "
+                              + "; ".join(problems) + ". Nothing was uploaded",
+                              hint=f"fix or remove those [columns.X] tables in the policy; the dataset's columns "
+                                   f"are {kept}", details={"columns": kept})
+
+
+def _policy_columns(policy: Any) -> list[str]:
+    if policy is None:
+        return []
+    if hasattr(policy, "columns") and not isinstance(policy, dict):
+        return [c.name for c in policy.columns]
+    data = policy if isinstance(policy, dict) else {}
+    return list((data.get("columns") or {}).keys())
 
 
 @contextmanager
@@ -303,7 +370,8 @@ def _switch_interval(seconds: float) -> Iterator[None]:
 def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_secret: bytes, policy: Any,
              schema_override: Any, fmt: str | None, drop_identifiers: bool, progress: Progress | None,
              workdir: str | Path | None, mock_rows: int, compression: str | None,
-             identifier_check: Callable[[str], str | None] | None) -> PreparedDataset:
+             identifier_check: Callable[[str], str | None] | None, text_columns: tuple[str, ...] = ()
+             ) -> PreparedDataset:
     fmt = detect_format(path, fmt)
     _check_secret(join_secret)
     recipients = [recipient] if isinstance(recipient, str) else list(recipient)
@@ -324,6 +392,7 @@ def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_se
             raise ValidationError(f"columns that look like direct identifiers: {listing}",
                                   hint="drop them, or list them under [identifiers] allow in the policy",
                                   details={"identifiers": flagged})
+        _check_policy_columns(policy, names, id_column, flagged)
         return flagged
 
     def encrypt(schema: Schema, flagged: dict[str, str], sampled: list[str] | None,
@@ -343,16 +412,19 @@ def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_se
 
     with _switch_interval(_SWITCH_INTERVAL):
         if schema_override is not None or fmt != "csv":
+            if text_columns:
+                raise ValidationError("--text-column is for CSV files whose column types are inferred",
+                                      hint="give the column type \"string\" in the schema override instead")
             schema = _override(schema_override) if schema_override is not None else infer_types(path, fmt)
             return encrypt(schema, flag(schema, None), None, meter.reporter())
-        sample = sample_types(path)
+        sample = sample_types(path, text_columns=text_columns)
         flagged = flag(sample.schema, sample.first)
         sample.first = None  # not kept while the file is read
         try:  # the sample is the whole file: its types are final; else check them on every later row
             return encrypt(sample.schema, flagged, None if sample.complete else sample.empty, meter.reporter())
         except TypesChanged:  # a later row needs a wider type: infer from every row, then start again
             meter.add_passes(2)
-            schema = infer_types(path, fmt, progress=meter.reporter(0))
+            schema = infer_types(path, fmt, progress=meter.reporter(0), text_columns=text_columns)
             return encrypt(schema, flag(schema, None), None, meter.reporter(1))
 
 
@@ -390,6 +462,7 @@ def _encrypt(batches: Generator[pa.RecordBatch, None, None], kept: list[Column],
     out_schema = pa.schema([pa.field(PID, pa.string(), nullable=False)] +
                            [pa.field(c.name, c.arrow_type()) for c in kept])
     stats = StatsCollector(kept)
+    ids: set[str] | None = set()  # distinct raw ids, while they are few (`prepare` checks the id column)
 
     def summarised() -> Iterator[pa.RecordBatch]:  # in the reading thread: off the hashing thread's way
         with closing(batches):
@@ -398,7 +471,11 @@ def _encrypt(batches: Generator[pa.RecordBatch, None, None], kept: list[Column],
                 yield batch
 
     def transformed(read: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        nonlocal ids
         for batch in read:
+            if ids is not None:
+                ids.update(pc.unique(batch.column(0)).to_pylist())
+                ids = ids if len(ids) <= _ID_COUNT_CAP else None
             for start in range(0, batch.num_rows, _WRITE_ROWS):  # small IPC messages, small buffers
                 part = batch.slice(start, _WRITE_ROWS)
                 yield pa.record_batch([pid_array(part.column(0), join_secret)] + part.columns[1:],
@@ -422,7 +499,8 @@ def _encrypt(batches: Generator[pa.RecordBatch, None, None], kept: list[Column],
         columns += [stats.column(c) for c in kept]
         final = Schema(columns)
         return PreparedDataset(Path(tmp), sink.hash.hexdigest(), sink.size, stats.rows, final,
-                               list(flagged), make_mock(final, n=mock_rows), dict(flagged))
+                               list(flagged), make_mock(final, n=mock_rows), dict(flagged),
+                               id_values=None if ids is None else len(ids))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -509,23 +509,82 @@ def _candidate_ok(kind: str, values: pa.Array) -> bool:
     return True
 
 
+# A column that reads as text only because of a few cells (MISTYPED_SHARE of its values at most, and at
+# least MISTYPED_MIN_TYPED values of the other kind) is a mistake until its owner says otherwise.
+MISTYPED_SHARE = 0.05
+MISTYPED_MIN_TYPED = 10
+MISTYPED_EXAMPLES = 10
+_CODE_LIKE = r"^-?0[0-9]+$"  # 007, 02139: text on purpose (codes with leading zeros), never "bad cells"
+_KIND_WORDS = {"integer": "whole numbers", "number": "numbers", "boolean": "true/false",
+               "date": "dates (YYYY-MM-DD)", "datetime": "date-times", "datetime_tz": "date-times with a time zone"}
+
+
 class _Inference:
     """Column types of CSV text batches, narrowed batch by batch: a column keeps the first kind of
-    _INFER_ORDER that every one of its values has read as so far."""
+    _INFER_ORDER that every one of its values has read as so far.
+
+    It also counts, per column and kind, the values that do not read as that kind (while they are few),
+    so that a column that is text only because of a few cells can be reported (`mistyped`)."""
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
         self.alive = {n: list(_INFER_ORDER) for n in names}
         self.seen = dict.fromkeys(names, False)
+        self.rows = 0
+        self.values = dict.fromkeys(names, 0)
+        self.misfits: dict[str, dict[str, int]] = {n: dict.fromkeys(_INFER_ORDER, 0) for n in names}
+        self.examples: dict[str, dict[str, list[tuple[int, str]]]] = {n: {k: [] for k in _INFER_ORDER}
+                                                                      for n in names}
 
     def update(self, batch: pa.RecordBatch) -> None:
-        for name, values in zip(self.names, batch.columns, strict=True):
-            if not self.alive[name]:
+        for name, column in zip(self.names, batch.columns, strict=True):
+            tracked = self.misfits[name]
+            if not self.alive[name] and not tracked:
                 continue
-            values = values.drop_null()
-            if len(values):
-                self.seen[name] = True
-                self.alive[name] = [k for k in self.alive[name] if _candidate_ok(k, values)]
+            values = column.drop_null()
+            self.values[name] += len(values)
+            if not len(values):
+                continue
+            self.seen[name] = True
+            before = self.alive[name]
+            self.alive[name] = [k for k in before if _candidate_ok(k, values)]
+            for kind in [k for k in list(tracked) if k not in self.alive[name]]:
+                self._count(name, kind, column)
+        self.rows += batch.num_rows
+
+    def _count(self, name: str, kind: str, column: pa.Array) -> None:
+        """Count the cells of `column` that do not read as `kind`; stop counting when they are many."""
+        tracked = self.misfits[name]
+        bad = pc.invert(pc.fill_null(pc.match_substring_regex(column, PATTERNS[kind]), True))
+        where = pc.indices_nonzero(bad)
+        found = len(where)
+        if found == 0 or (found and pc.any(pc.match_substring_regex(column.take(where), _CODE_LIKE)).as_py()):
+            del tracked[kind]  # dead by an impossible date, or codes with leading zeros: text on purpose
+            return
+        tracked[kind] += found
+        if tracked[kind] > max(MISTYPED_EXAMPLES, MISTYPED_SHARE * self.values[name]):
+            del tracked[kind]
+            return
+        room = MISTYPED_EXAMPLES - len(self.examples[name][kind])
+        if room > 0:
+            firsts = where.slice(0, room)
+            self.examples[name][kind] += list(zip((self.rows + i for i in firsts.to_pylist()),
+                                                  column.take(firsts).to_pylist(), strict=True))
+
+    def mistyped(self, schema: Schema | None = None) -> list[dict[str, Any]]:
+        """Columns typed text only because of a few cells: column, the kind its other values have, how many
+        values it has, how many do not fit, and the first of those as (row index from 0, value)."""
+        schema = schema or self.schema()
+        out = []
+        for name in self.names:
+            if schema.column(name).type != "string" or not self.misfits[name]:
+                continue
+            n = self.values[name]
+            kind, bad = min(self.misfits[name].items(), key=lambda kv: (kv[1], _INFER_ORDER.index(kv[0])))
+            if 0 < bad <= max(1, MISTYPED_SHARE * n) and n - bad >= MISTYPED_MIN_TYPED:
+                out.append({"column": name, "kind": kind, "values": n, "bad": bad,
+                            "examples": self.examples[name][kind]})
+        return out
 
     def schema(self) -> Schema:
         columns = []
@@ -539,8 +598,12 @@ class _Inference:
 
 
 def infer_types(path: str | Path, fmt: str | None = None, *,
-                progress: Callable[[int], None] | None = None) -> Schema:
-    """Column names and types, without summaries. CSV needs one streaming pass; Parquet none."""
+                progress: Callable[[int], None] | None = None, text_columns: Collection[str] | None = None
+                ) -> Schema:
+    """Column names and types, without summaries. CSV needs one streaming pass; Parquet none.
+
+    With `text_columns` (CSV; may be empty), those columns are text, and any other column that would be
+    text only because of a few cells raises ValidationError naming their lines and values."""
     fmt = detect_format(path, fmt)
     if fmt == "parquet":
         return Schema([Column(n, parquet_kind(n, t), timezone="UTC" if getattr(t, "tz", None) else None)
@@ -549,7 +612,70 @@ def infer_types(path: str | Path, fmt: str | None = None, *,
     inference = _Inference(names)
     for batch in read_batches(path, fmt, Schema([Column(n, "string") for n in names]), progress=progress):
         inference.update(batch)
-    return inference.schema()
+    if text_columns is None:
+        return inference.schema()
+    return _declared_text(path, inference, text_columns)
+
+
+def _declared_text(path: str | Path, inference: _Inference, text_columns: Collection[str]) -> Schema:
+    """`inference`'s types with `text_columns` as text; refuse other columns that are text by a few cells."""
+    unknown = sorted(set(text_columns) - set(inference.names))
+    if unknown:
+        raise ValidationError(f"--text-column names columns that {Path(path).name} does not have: {unknown}",
+                              hint=f"its columns are {inference.names}")
+    schema = inference.schema()
+    mistyped = [m for m in inference.mistyped(schema) if m["column"] not in text_columns]
+    if mistyped:
+        raise _mistyped_error(path, mistyped)
+    return Schema([Column(c.name, "string") if c.name in text_columns else c for c in schema.columns])
+
+
+def _mistyped_error(path: str | Path, mistyped: list[dict[str, Any]]) -> ValidationError:
+    lines = _csv_lines(path, sorted({i for m in mistyped for i, _ in m["examples"]}))
+    parts, details = [], []
+    for m in mistyped:
+        cells = [{"line": lines.get(i), "value": v} for i, v in m["examples"]]
+        shown = "; ".join(f"line {c['line']}: {_short(c['value'])}" for c in cells)
+        more = f" (the first {len(cells)} shown)" if m["bad"] > len(cells) else ""
+        parts.append(f"column {m['column']!r} would be text only because {m['bad']} of its {m['values']} values "
+                     f"are not {_KIND_WORDS[m['kind']]}{more}: {shown}")
+        details.append({"column": m["column"], "expected": m["kind"], "bad": m["bad"], "values": m["values"],
+                        "cells": cells})
+    columns = [m["column"] for m in mistyped]
+    flags = " ".join(f"--text-column {c}" for c in columns)
+    return ValidationError(
+        f"{Path(path).name}: " + "; ".join(parts) + ". Nothing was uploaded",
+        hint=f"clean those cells in the file (leave a cell empty when its value is unknown), or, if the column "
+             f"is text, declare it so: {flags} (SDK: text_columns={columns!r}; or a --schema file that gives "
+             f"it type \"string\")", details={"mistyped": details})
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def _csv_lines(path: str | Path, indices: list[int]) -> dict[int, int]:
+    """Physical line numbers (from 1, the header is line 1) of data rows `indices` (from 0) of a CSV file
+    whose rows all parse; values may hold newlines."""
+    names = file_columns(path, "csv")
+    wanted, out = set(indices), dict[int, int]()
+    row, line = 0, 2
+    if not wanted:
+        return out
+    with closing(read_batches(path, "csv", Schema([Column(n, "string") for n in names]))) as batches:
+        for batch in batches:
+            nl = np.zeros(batch.num_rows, dtype=np.int64)
+            for values in batch.columns:
+                nl += pc.fill_null(pc.count_substring(values, "\n"), 0).to_numpy()
+            starts = line + np.arange(batch.num_rows) + np.cumsum(nl) - nl
+            for i in [i for i in wanted if row <= i < row + batch.num_rows]:
+                out[i] = int(starts[i - row])
+                wanted.discard(i)
+            row, line = row + batch.num_rows, line + batch.num_rows + int(nl.sum())
+            if not wanted:
+                break
+    return out
 
 
 @dataclass
@@ -562,10 +688,12 @@ class Sample:
     complete: bool  # the sample is the whole file
 
 
-def sample_types(path: str | Path, *, limit: int | None = None) -> Sample:
+def sample_types(path: str | Path, *, limit: int | None = None,
+                 text_columns: Collection[str] | None = None) -> Sample:
     """Column types of a CSV file inferred from about its first `limit` bytes (SAMPLE_BYTES), in
     whole batches. Read the rest with `read_batches(..., sampled=sample.empty)`, which checks that
-    every later value fits the type (and raises TypesChanged where one does not)."""
+    every later value fits the type (and raises TypesChanged where one does not). `text_columns` as
+    for `infer_types` (checked on the sample)."""
     limit = SAMPLE_BYTES if limit is None else limit
     names = file_columns(path, "csv")
     inference = _Inference(names)
@@ -584,7 +712,9 @@ def sample_types(path: str | Path, *, limit: int | None = None) -> Sample:
                 break
             first = batch if first is None else first
             inference.update(batch)
-    return Sample(inference.schema(), [n for n in names if not inference.seen[n]], first, complete)
+    schema = inference.schema() if text_columns is None else _declared_text(path, inference, text_columns)
+    empty = [n for n in names if not inference.seen[n] and n not in (text_columns or ())]
+    return Sample(schema, empty, first, complete)
 
 
 def infer_schema(path: str | Path, fmt: str | None = None, *, id_column: str | None = None) -> Schema:

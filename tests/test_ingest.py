@@ -533,3 +533,102 @@ def test_memory_stays_flat_on_a_200_mb_file(tmp_path: Path) -> None:
     counted, peak_kib = out.stdout.split("\n")[0], int(out.stdout.split()[-1])
     assert int(counted.split()[0]) == rows
     assert peak_kib < 200 * 1024, f"peak RSS {peak_kib // 1024} MiB"
+
+
+# -- refusals that say how to fix them (issue: a new user's first hour) ------------------------------
+def charges_csv(path: Path, bad: dict[int, str] | None = None, n: int = 200) -> Path:
+    """person,charges,region: charges numeric, except the cells in `bad` (data row index -> text)."""
+    rows = ["person,charges,region"]
+    for i in range(n):
+        value = (bad or {}).get(i, f"{1000 + i * 3.5:.2f}")
+        rows.append(f"P{i:04d},{value},{['north', 'south'][i % 2]}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def work_files(tmp_path: Path) -> list[Path]:
+    work = tmp_path / "work"
+    return sorted(work.iterdir()) if work.exists() else []
+
+
+def test_a_few_bad_cells_in_a_numeric_column_are_refused_naming_lines_and_values(keys, tmp_path):
+    path = charges_csv(tmp_path / "ins.csv", {56: "abc", 120: "\"12,5\""})
+    with pytest.raises(ValidationError) as refused:
+        run(path, keys, tmp_path, id_column="person")
+    err = refused.value
+    assert "'charges'" in err.message and "2 of its 200 values are not numbers" in err.message
+    assert "line 58: 'abc'" in err.message and "line 122: '12,5'" in err.message  # header is line 1
+    assert "--text-column charges" in err.hint and "clean those cells" in err.hint
+    assert err.details["mistyped"][0]["cells"] == [{"line": 58, "value": "abc"}, {"line": 122, "value": "12,5"}]
+    assert work_files(tmp_path) == []  # nothing half-written
+    # the controls: declared as text it is text; cleaned, it is a number
+    with run(path, keys, tmp_path, id_column="person", text_columns=["charges"]) as prepared:
+        assert prepared.schema.column("charges").type == "string"
+    clean = charges_csv(tmp_path / "clean.csv")
+    with run(clean, keys, tmp_path, id_column="person") as prepared:
+        assert prepared.schema.column("charges").type == "number"
+    # a column that is text through and through (region), or codes with leading zeros, is no mistake
+    with pytest.raises(ValidationError, match="does not have"):
+        run(path, keys, tmp_path, id_column="person", text_columns=["chargse"])
+
+
+def test_bad_cells_past_the_sample_name_their_physical_lines(tmp_path):
+    from cleanroom.schema import infer_types
+
+    rows = ["id,amount,note"] + [f"{i},{i * 2},\"two\nlines\"" if i == 5 else f"{i},{i * 2},plain"
+                                 for i in range(100)]
+    rows[80] = "79,oops,plain"
+    path = tmp_path / "multi.csv"
+    path.write_text("\n".join(rows) + "\n")
+    assert infer_types(path).column("amount").type == "string"  # without the check: text, silently
+    with pytest.raises(ValidationError, match=r"line 82: 'oops'"):  # one newline inside row 5 moves it down
+        infer_types(path, text_columns=())
+    zips = tmp_path / "zips.csv"
+    zips.write_text("id,zip\n" + "".join(f"{i},{'02139' if i == 3 else 10000 + i}\n" for i in range(50)))
+    assert infer_types(zips, text_columns=()).column("zip").type == "string"  # codes: text on purpose
+
+
+def test_an_id_column_with_few_values_is_refused(keys, tmp_path):
+    path = charges_csv(tmp_path / "ins.csv")
+    with pytest.raises(ValidationError) as refused:
+        run(path, keys, tmp_path, id_column="region")
+    err = refused.value
+    assert "only 2 distinct values in 200 rows" in err.message and "--allow-few-ids" in err.hint
+    assert "--id-column" in err.hint and work_files(tmp_path) == []
+    with run(path, keys, tmp_path, id_column="region", allow_few_ids=True) as prepared:  # told: accepted
+        assert prepared.row_count == 200
+    with run(path, keys, tmp_path, id_column="person") as prepared:  # the real id column
+        assert prepared.row_count == 200
+    repeated = tmp_path / "visits.csv"  # a person may have many rows: 20 people, 10 rows each is fine
+    repeated.write_text("person,x\n" + "".join(f"P{i % 20},{i}\n" for i in range(200)))
+    with run(repeated, keys, tmp_path, id_column="person") as prepared:
+        assert prepared.row_count == 200
+
+
+def test_policy_rules_for_columns_the_dataset_lacks_are_refused(keys, tmp_path):
+    from cleanroom.policy import parse_policy
+
+    path = charges_csv(tmp_path / "ins.csv")
+    typo = parse_policy("[columns.chrages]\nbounds = [0, 100000]\n")
+    with pytest.raises(ValidationError) as refused:
+        run(path, keys, tmp_path, id_column="person", policy=typo)
+    assert "'chrages' is not a column" in refused.value.message and "did you mean 'charges'" in refused.value.message
+    assert "fix or remove" in refused.value.hint and work_files(tmp_path) == []
+    on_id = parse_policy("[columns.person]\nrule = 'join_only'\n")
+    with pytest.raises(ValidationError, match="is the id column"):
+        run(path, keys, tmp_path, id_column="person", policy=on_id)
+    frame = people(50)
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    dropped = parse_policy("[columns.email]\nrule = 'never_output'\n")
+    with pytest.raises(ValidationError, match="dropped as a direct identifier"):
+        run(tmp_path / "people.csv", keys, tmp_path, policy=dropped)
+    right = parse_policy("[columns.charges]\nbounds = [0, 100000]\n")  # the control
+    with run(path, keys, tmp_path, id_column="person", policy=right) as prepared:
+        assert prepared.schema.column("charges").type == "number"
+
+
+def test_dropped_identifier_columns_are_reported(keys, tmp_path):
+    people(50).to_csv(tmp_path / "people.csv", index=False)
+    with run(tmp_path / "people.csv", keys, tmp_path) as prepared:
+        assert set(prepared.dropped_reasons) == {"email", "full_name"}
+        assert all(prepared.dropped_reasons.values())

@@ -24,10 +24,21 @@ def dataset() -> None:
 @click.option("--schema", "schema_path", default=None, type=click.Path(exists=True, dir_okay=False))
 @click.option("--description", default="")
 @click.option("--refuse-identifiers", is_flag=True, help="Refuse (instead of drop) identifier columns.")
+@click.option("--text-column", "text_columns", multiple=True, metavar="COLUMN",
+              help="Declare COLUMN as text (repeat for several): upload refuses a column that would be text "
+                   "only because of a few cells unless it is declared so.")
+@click.option("--allow-few-ids", is_flag=True,
+              help="Accept an id column with few distinct values (refused by default: likely the wrong column).")
 @pass_state
 def dataset_upload(state: State, path: str, name: str, policy_path: str, id_column: str, secret_path: str,
-                   schema_path: str | None, description: str, refuse_identifiers: bool) -> None:
-    """Prepare PATH on this machine (schema, pseudonyms, mock sample), encrypt it and upload it."""
+                   schema_path: str | None, description: str, refuse_identifiers: bool,
+                   text_columns: tuple[str, ...], allow_few_ids: bool) -> None:
+    """Prepare PATH on this machine (schema, pseudonyms, mock sample), encrypt it and upload it.
+
+    Refused before anything is sent (each refusal says how to fix or override it): a column that would be
+    text only because of a few cells, an id column with few distinct values, policy rules for columns
+    the dataset does not have; the room refuses recipients that are not orgs in it. Columns that look
+    like direct identifiers are dropped, and listed."""
     from cleanroom.ingest import load_join_secret
 
     override = None
@@ -51,7 +62,14 @@ def dataset_upload(state: State, path: str, name: str, policy_path: str, id_colu
         result = state.client.upload_dataset(
             path, name=name, policy=Path(policy_path).read_text(), id_column=id_column, join_secret=secret,
             description=description, schema_override=override, drop_identifiers=not refuse_identifiers,
-            progress=_two_stage(progress, upload_progress))
+            progress=_two_stage(progress, upload_progress), text_columns=text_columns, allow_few_ids=allow_few_ids)
+    from rich.markup import escape
+
+    types = ", ".join(f"{c} ({t})" for c, t in result["column_types"].items() if c != "_pid")
+    console.print(escape(f"uploaded {name}: id column {id_column!r} pseudonymised as _pid; columns: {types}"))
+    for column, why in sorted(result["dropped_columns"].items()):
+        console.print(escape(f"dropped column {column!r}: {why} (keep it with [identifiers] allow = "
+                             f"[{column!r}] in the policy)"))
     from cleanroom.policy import parse_policy
 
     for note in parse_policy(Path(policy_path).read_text()).notes():  # e.g. exact mode forces review
@@ -97,6 +115,23 @@ def dataset_list(state: State) -> None:
 def dataset_show(state: State, name: str) -> None:
     """Schema, row count, policy, mock sample and ciphertext hash."""
     emit(state, state.client.get_dataset(name))
+
+
+@dataset.command("withdraw")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def dataset_withdraw(state: State, name: str, yes: bool) -> None:
+    """Withdraw your dataset NAME: no new jobs over it (queued ones are cancelled, running ones finish),
+    gone from other orgs' lists; `admin sweep` removes its ciphertext later. Cannot be undone."""
+    if not yes:
+        click.confirm(f"withdraw {name}? New jobs over it will be refused; this cannot be undone", abort=True)
+    result = state.client.withdraw_dataset(name)
+    if not state.as_json:
+        console.print(f"withdrew {name}: cancelled {len(result['cancelled_jobs'])} queued job(s); "
+                      f"{len(result['running_jobs'])} running job(s) finish; its ciphertext is removed by the "
+                      "next `cleanroom admin sweep` after that")
+    emit(state, result)
 
 
 @dataset.command("budget")
