@@ -119,6 +119,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN withdrawn_at REAL;
     CREATE INDEX jobs_held ON jobs(reveal_at) WHERE held_events IS NOT NULL;
     """,
+    # an owner withdraws a dataset: gone from other orgs' lists, no new jobs; its blob is left to the sweep
+    """
+    ALTER TABLE datasets ADD COLUMN withdrawn_at REAL;
+    """,
 ]
 
 

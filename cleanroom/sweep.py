@@ -7,6 +7,9 @@ failed upload, an abandoned job) are removed here, and only when
 - no record references them: neither the known reference columns (`REFERENCES`) nor any 64-hex value
   anywhere else in the database (every column of every table except the audit log), so a table added
   later that names a blob keeps it even before it is listed here, and
+- they are not the ciphertext of a withdrawn dataset that a queued or running job still reads (a
+  withdrawn dataset's own record and its digest in approvals, jobs and receipts are history, not
+  references: `released`), and
 - they were written longer ago than the grace period (a commit renames the file, so its modification
   time is the last time anyone stored those bytes; an upload between its commit and its record is young).
 
@@ -34,22 +37,44 @@ MIN_GRACE_SECONDS = 3600
 AUDIT_LIST = 1000  # digests listed in a sweep's audit events (the count and a hash cover the rest)
 # (table, blob column, label of the referencing record): the records a blob must exist for
 REFERENCES: tuple[tuple[str, str, str], ...] = (
-    ("datasets", "sha256", "'dataset ' || name"),
+    ("datasets", "sha256", "'dataset ' || name"),  # withdrawn ones only while a job reads them (`released`)
     ("plugins", "id", "'plugin ' || name || ' ' || version"),
     ("jobs", "log_blob", "'log of job ' || id"),
     ("release_artifacts", "blob", "'release ' || release_id || ' artifact ' || name"),
 )
 _HEX64 = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 NOT_SCANNED = {"audit"}  # history, not references: a swept blob's digest stays in the log
+# a withdrawn dataset whose ciphertext no unfinished job reads any more
+_RELEASED = """
+    SELECT d.sha256 FROM datasets AS d WHERE d.withdrawn_at IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM jobs AS j, json_each(j.spec, '$.inputs') AS i
+        WHERE j.status IN ('queued', 'running') AND json_extract(i.value, '$.dataset') = d.name)
+"""
+
+
+def released(conn: sqlite3.Connection) -> set[str]:
+    """Ciphertext digests of withdrawn datasets that no queued or running job reads: their blobs are
+    the sweep's to remove, though their digests stay in records (approvals, jobs, receipts)."""
+    return {r[0] for r in conn.execute(_RELEASED)}
 
 
 def referenced(conn: sqlite3.Connection) -> dict[str, list[str]]:
     """Blob digest -> the records that need it (they must exist with the right hash)."""
     refs: dict[str, list[str]] = {}
+    gone = released(conn)
     for table, column, label in REFERENCES:
         for digest, what in conn.execute(f"SELECT {column}, {label} FROM {table} WHERE {column} IS NOT NULL"):
+            if table == "datasets" and digest in gone:
+                continue
             refs.setdefault(digest, []).append(what)
     return refs
+
+
+def to_keep(conn: sqlite3.Connection, *, except_uploads: frozenset[str] = frozenset()) -> set[str]:
+    """The digests the sweep must keep: every reference, and every 64-hex value in the database except
+    the ciphertexts of withdrawn datasets (`released`) that nothing else references."""
+    refs = referenced(conn)
+    return set(refs) | (mentioned(conn, except_uploads=except_uploads) - released(conn))
 
 
 def mentioned(conn: sqlite3.Connection, *, except_uploads: frozenset[str] = frozenset()) -> set[str]:
@@ -83,7 +108,7 @@ def check_grace(grace: int) -> int:
 def _plan(conn: sqlite3.Connection, store: Store, cutoff: float, upload_cutoff: float) -> dict[str, Any]:
     expired = [r["id"] for r in conn.execute("SELECT id FROM uploads WHERE created_at < ? ORDER BY created_at",
                                              (upload_cutoff,))]
-    keep = set(referenced(conn)) | mentioned(conn, except_uploads=frozenset(expired))
+    keep = to_keep(conn, except_uploads=frozenset(expired))
     blobs = [e for e in store.blobs.entries() if e.digest not in keep and e.mtime < cutoff]
     staged = [p for p, mtime in store.blobs.staged() if mtime < cutoff]
     return {"blobs": blobs, "staged": staged, "expired_uploads": expired}
@@ -111,7 +136,7 @@ def sweep(store: Store, *, actor: str, grace_seconds: int, upload_ttl_seconds: i
     with store.tx() as conn, store.blobs.sweep_lease() as lease:
         expired = [u for u in plan["expired_uploads"] if conn.execute(
             "SELECT 1 FROM uploads WHERE id = ? AND created_at < ?", (u, upload_cutoff)).fetchone()]
-        keep = set(referenced(conn)) | mentioned(conn, except_uploads=frozenset(expired))
+        keep = to_keep(conn, except_uploads=frozenset(expired))
         if expired:
             conn.execute(f"DELETE FROM uploads WHERE id IN ({','.join('?' * len(expired))})", expired)
         deleted, kept, freed = [], [], 0
@@ -153,7 +178,7 @@ def check(store: Store, *, verify_hashes: bool = True) -> dict[str, Any]:
     `ok` is False when a referenced blob is missing or corrupt."""
     with store.read() as conn:
         refs = referenced(conn)
-        keep = mentioned(conn)
+        keep = to_keep(conn)
         planned = conn.execute("SELECT seq, details FROM audit WHERE action = 'storage.sweep_planned'"
                                " ORDER BY seq DESC LIMIT 1").fetchone()
         done = conn.execute("SELECT seq FROM audit WHERE action = 'storage.swept' ORDER BY seq DESC LIMIT 1"

@@ -68,6 +68,7 @@ cancel_upload          DELETE /datasets/uploads/{upload_id}                  401
 list_datasets          GET    /datasets                                      401  200  200  200  200  200  200  403
 get_dataset            GET    /datasets/{name}                               401  200  200  200  200  200  200  403
 update_policy          PUT    /datasets/{name}/policy                        401  403  200  403  403  403  403  403
+withdraw_dataset       POST   /datasets/{name}/withdraw                      401  403  200  403  403  403  403  403
 submit_plugin          POST   /plugins                                       401  201  201  201  201  201  403  403
 list_plugins           GET    /plugins                                       401  200  200  200  200  200  200  403
 get_plugin             GET    /plugins/{ref}                                 401  200  200  200  200  404  200  403
@@ -278,8 +279,12 @@ class Req:
     after: Callable[[], None] | None = None  # clean-up run whatever the answer was
 
 
+# the room refuses a policy whose [columns.X] rules name columns the schema lacks: one that names none
+MATRIX_POLICY = '[release]\nrecipients = ["acme-analytics"]\n'
+
+
 def _upload_meta(w: World, *, name: str, sha256: str, size: int) -> dict[str, Any]:
-    return {"name": name, "description": "authz matrix", "policy": scenario.BANK_POLICY,
+    return {"name": name, "description": "authz matrix", "policy": MATRIX_POLICY,
             "schema": {"columns": [{"name": "_pid", "type": "string"}, {"name": "x", "type": "integer"}]},
             "row_count": 1, "mock": [], "dropped": [], "sha256": sha256, "size": size}
 
@@ -295,6 +300,16 @@ def _cancel_upload(w: World, who: str) -> Req:
     decl = w.ok("owner", "POST", "/datasets/uploads", json=_upload_meta(
         w, name=w.unique("authz.cancel"), sha256=secrets.token_hex(32), size=100))
     return Req("DELETE", decl["put"])
+
+
+def _withdraw(w: World, who: str) -> Req:
+    """A throwaway dataset of the owner's (uploaded for the cell), withdrawn by the caller."""
+    data = encrypt_bytes(b"_pid,x\nabc,1\n", [w.room_keys.enc_public])
+    name = w.unique("authz.withdraw")
+    decl = w.ok("owner", "POST", "/datasets/uploads", json=_upload_meta(
+        w, name=name, sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
+    w.ok("owner", "PUT", decl["put"], content=data, headers={"content-type": "application/octet-stream"})
+    return Req("POST", f"/datasets/{name}/withdraw")
 
 
 def _update_policy(w: World, who: str) -> Req:
@@ -396,6 +411,7 @@ BUILDERS: dict[str, Callable[[World, str], Req]] = {
     "list_datasets": _get("/datasets"),
     "get_dataset": _get("/datasets/retail.purchases"),
     "update_policy": _update_policy,
+    "withdraw_dataset": _withdraw,
     "submit_plugin": lambda w, who: Req("POST", "/plugins", {
         "content": bundle.pack(REPO / "plugins" / "scale"), "headers": {"content-type": "application/x-tar"}}),
     "list_plugins": _get("/plugins"),

@@ -21,6 +21,7 @@ def owner(room):
                json={"enc_public": room_key.enc_public, "sign_public": room_key.sign_public}).raise_for_status()
     client = room.org("retailer", "owner")
     client.room_key = room_key
+    client.analyst = room.org("acme-analytics", "analyst")  # the policy's recipient: the room checks it exists
     return client
 
 
@@ -124,7 +125,7 @@ def test_upload_size_limit_is_413(tmp_path):
 
 
 def test_analyst_cannot_upload_or_read_ciphertext(room, owner, tmp_path):
-    analyst = room.org("acme-analytics", "analyst")
+    analyst = owner.analyst
     prep = prepared(tmp_path, owner.room_key)
     from cleanroom.errors import PermissionDenied
 

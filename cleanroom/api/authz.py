@@ -34,6 +34,7 @@ RULES: dict[str, str | tuple[str, ...]] = {
     "list_datasets": ANY,
     "get_dataset": ANY,
     "update_policy": ("owner",),
+    "withdraw_dataset": ("owner",),  # the handler allows the dataset's owner only (admins too are refused)
     # plugins and approvals
     "submit_plugin": ("analyst", "owner"),
     "list_plugins": ANY,

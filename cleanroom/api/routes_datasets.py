@@ -66,7 +66,8 @@ def dataset_view(conn: Any, ds: dict[str, Any], *, full: bool) -> dict[str, Any]
     view = {"name": ds["name"], "owner": owner, "description": ds["description"],
             "row_count": ds["row_count"], "sha256": ds["sha256"], "size": ds["size"],
             "policy_version": ds["policy_version"], "policy_sha256": pol["sha256"],
-            "created_at": ds["created_at"], "columns": [c.get("name") for c in ds["schema"].get("columns", [])]}
+            "created_at": ds["created_at"], "columns": [c.get("name") for c in ds["schema"].get("columns", [])],
+            "withdrawn_at": ds.get("withdrawn_at")}
     if full:
         view.update({"schema": ds["schema"], "mock": ds["mock"], "dropped": ds["dropped"],
                      "policy": pol["policy"], "policy_text": pol["text"]})
@@ -98,7 +99,33 @@ def _validate_meta(body: UploadIn) -> dict[str, Any]:
     if len(dumps(body.schema_)) + len(dumps(body.mock)) > MAX_META_BYTES:
         raise TooLarge("schema and mock sample are larger than 2 MiB")
     policy = parse_policy(body.policy)
-    return {"policy": policy}
+    return {"policy": policy, "columns": names}
+
+
+def check_policy_fits(conn: Any, policy: Any, columns: list[str]) -> None:
+    """The policy's recipients are orgs of this room and its [columns.X] rules name the dataset's columns
+    (a misspelt name would otherwise be accepted and silently do nothing)."""
+    import difflib
+
+    from cleanroom.errors import PolicyError
+
+    orgs = [r[0] for r in conn.execute("SELECT name FROM orgs ORDER BY name")]
+    unknown = [r for r in policy.recipients if r not in orgs]
+    if unknown:
+        close = {r: difflib.get_close_matches(r, orgs, n=1) for r in unknown}
+        guesses = "; ".join(f"did you mean {c[0]!r} for {r!r}?" for r, c in close.items() if c)
+        raise PolicyError(f"[release] recipients names orgs that are not in this room: {unknown}. Nothing was "
+                          "stored", hint=(guesses + " " if guesses else "") + "fix the names in the policy, or ask "
+                          "the room's admin to create the org first (cleanroom org create NAME --role analyst)",
+                          details={"unknown_recipients": unknown})
+    missing = [c.name for c in policy.columns if c.name not in columns]
+    if missing:
+        close = {m: difflib.get_close_matches(m, columns, n=1) for m in missing}
+        guesses = "; ".join(f"did you mean {c[0]!r} for {m!r}?" for m, c in close.items() if c)
+        raise PolicyError(f"the policy has [columns.X] rules for columns the dataset does not have: {missing}. "
+                          "Nothing was stored", hint=(guesses + " " if guesses else "") + "fix or remove those "
+                          f"[columns.X] tables; the dataset's columns are {columns}",
+                          details={"unknown_columns": missing, "columns": columns})
 
 
 @router.post("/datasets/uploads", status_code=201, tags=["datasets"])
@@ -116,6 +143,7 @@ def create_upload(body: UploadIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]
     meta["policy_dict"] = checked["policy"].to_dict()
     ttl = ctx.settings.upload_ttl_seconds
     with ctx.store.tx() as conn:
+        check_policy_fits(conn, checked["policy"], checked["columns"])
         ds = conn.execute("SELECT owner_id, sha256 FROM datasets WHERE name = ?", (body.name,)).fetchone()
         if ds and ds["owner_id"] == ctx.caller.org_id and ds["sha256"] == body.sha256:
             raise Conflict(f"dataset {body.name!r} is uploaded already with this ciphertext: nothing to do",
@@ -265,9 +293,11 @@ def _policy_hash(policy: dict[str, Any]) -> str:
 
 @router.get("/datasets", tags=["datasets"])
 def list_datasets(ctx: Ctx = Depends(get_ctx)) -> list[dict[str, Any]]:
-    """Every dataset in the room: owner, size, rows, columns, policy version."""
+    """Every dataset in the room: owner, size, rows, columns, policy version. Withdrawn datasets are
+    listed (with `withdrawn_at`) for their owner and admins only."""
     with ctx.store.read() as conn:
-        rows = conn.execute("SELECT * FROM datasets ORDER BY name").fetchall()
+        rows = conn.execute("SELECT * FROM datasets WHERE withdrawn_at IS NULL OR owner_id = ? OR ?"
+                            " ORDER BY name", (ctx.caller.org_id, ctx.caller.is_admin)).fetchall()
         return [private_counts(dataset_view(conn, row_dict(r, "schema", "mock", "dropped"), full=False),
                                ctx.caller, r["owner_id"]) for r in rows]
 
@@ -277,6 +307,9 @@ def get_dataset(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """One dataset: schema, policy, mock sample and ciphertext hash."""
     with ctx.store.read() as conn:
         ds = load_dataset(conn, name)
+        if ds["withdrawn_at"] is not None and ds["owner_id"] != ctx.caller.org_id and not ctx.caller.is_admin:
+            raise NotFound(f"dataset {name!r} was withdrawn by its owner",
+                           hint="receipts of its past releases still verify (cleanroom receipt verify)")
         return private_counts(dataset_view(conn, ds, full=True), ctx.caller, ds["owner_id"])
 
 
@@ -293,6 +326,8 @@ def update_policy(name: str, body: PolicyIn, ctx: Ctx = Depends(get_ctx)) -> dic
     with ctx.store.tx() as conn:
         ds = load_dataset(conn, name)
         require_dataset_owner(ctx.caller, ds)
+        check_not_withdrawn(ds)
+        check_policy_fits(conn, parse_policy(body.policy), [c.get("name") for c in ds["schema"].get("columns", [])])
         if _policy_hash(policy) == current_policy(conn, name, ds["policy_version"])["sha256"]:
             raise Conflict("the policy is unchanged")
         version = ds["policy_version"] + 1
@@ -303,3 +338,37 @@ def update_policy(name: str, body: PolicyIn, ctx: Ctx = Depends(get_ctx)) -> dic
         ctx.audit(conn, "dataset.policy_changed", "dataset", name,
                   {"policy_version": version, "policy_sha256": _policy_hash(policy)})
         return dataset_view(conn, load_dataset(conn, name), full=True)
+
+
+def check_not_withdrawn(ds: dict[str, Any]) -> None:
+    """Refuse new uses of a withdrawn dataset (jobs already running finish)."""
+    if ds.get("withdrawn_at") is not None:
+        raise Conflict(f"dataset {ds['name']!r} was withdrawn by its owner: it takes no new jobs, approvals "
+                       "or policies", hint=f"remove {ds['name']!r} from the job's inputs, or ask its owner "
+                                           "to upload the data again under a new name")
+
+
+@router.post("/datasets/{name}/withdraw", tags=["datasets"])
+def withdraw_dataset(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Withdraw your dataset: gone from other orgs' lists, no new jobs (queued ones are cancelled, running
+    ones finish); its ciphertext is left for `admin sweep`; receipts of past releases still verify."""
+    with ctx.store.tx() as conn:
+        ds = load_dataset(conn, name)
+        require_dataset_owner(ctx.caller, ds)
+        if ds["withdrawn_at"] is not None:
+            raise Conflict(f"dataset {name!r} is withdrawn already", details={"withdrawn_at": ds["withdrawn_at"]})
+        uses = conn.execute("SELECT DISTINCT j.id, j.status FROM jobs AS j, json_each(j.spec, '$.inputs') AS i"
+                            " WHERE json_extract(i.value, '$.dataset') = ? AND j.status IN ('queued', 'running')"
+                            " ORDER BY j.id", (name,)).fetchall()
+        queued = [r["id"] for r in uses if r["status"] == "queued"]
+        running = [r["id"] for r in uses if r["status"] == "running"]
+        t = now()
+        for job_id in queued:  # not started: no data touched, so nothing about the data is revealed
+            conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?",
+                         (t, f"input dataset {name} was withdrawn by its owner", job_id))
+            ctx.audit(conn, "job.cancelled", "job", job_id, {"reason": "input dataset withdrawn", "dataset": name})
+        conn.execute("UPDATE datasets SET withdrawn_at = ? WHERE name = ?", (t, name))
+        ctx.audit(conn, "dataset.withdrawn", "dataset", name,
+                  {"sha256": ds["sha256"], "cancelled_jobs": queued, "running_jobs": running})
+        view = dataset_view(conn, load_dataset(conn, name), full=False)
+    return {**view, "cancelled_jobs": queued, "running_jobs": running}

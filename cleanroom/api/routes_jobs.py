@@ -16,7 +16,7 @@ from cleanroom import audit
 from cleanroom.api.app import row_dict
 from cleanroom.api.authz import Caller, can_see_all, visible_job
 from cleanroom.api.deps import Ctx, get_ctx
-from cleanroom.api.routes_datasets import current_policy, load_dataset
+from cleanroom.api.routes_datasets import check_not_withdrawn, current_policy, load_dataset
 from cleanroom.api.routes_plugins import check_signed
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, PolicyError, RateLimited, ValidationError
 from cleanroom.store import dumps, new_id, now
@@ -48,6 +48,7 @@ def job_context(conn: Any, spec: Any, caller: Caller | None = None) -> dict[str,
         if not row:
             continue
         ds = dict(row)
+        check_not_withdrawn(ds)
         pol = current_policy(conn, name, ds["policy_version"])
         owner = conn.execute("SELECT name FROM orgs WHERE id = ?", (ds["owner_id"],)).fetchone()["name"]
         datasets[name] = {"owner": owner, "owner_id": ds["owner_id"],
