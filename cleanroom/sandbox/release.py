@@ -325,9 +325,12 @@ def warm_up() -> float:
     x = rng.normal(size=units)
     frame = pd.DataFrame({aggregates.PID: np.arange(units, dtype=np.int64), "x": x,
                           "g": np.where(x > 0, "a", "b"), "y": 2 * x + rng.normal(size=units)})
-    policy = {"k": 10, "outputs": list(OUTPUT_KINDS), "estimators": ["ridge"], "allow_row_storing": False,
-              "max_model_bytes": 1_000_000, "never_output": [], "join_only": [], "bounds": {}, "require_dp": False}
-    request = {"job_id": "warm-up", "policy": policy, "outputs": {"model": True, "metrics": True, "aggregates": True},
+    policy: dict[str, Any] = {"k": 10, "outputs": list(OUTPUT_KINDS), "estimators": ["ridge"],
+                              "allow_row_storing": False, "max_model_bytes": 1_000_000, "never_output": [],
+                              "join_only": [], "bounds": {}, "require_dp": False}
+    request: dict[str, Any] = {
+               "job_id": "warm-up", "policy": policy,
+               "outputs": {"model": True, "metrics": True, "aggregates": True},
                "model_spec": {"estimator": "ridge", "params": {}, "target": "y", "features": ["x"],
                               "task": "regression"},
                "analysis_specs": [{"name": "t", "group_by": ["g"],
