@@ -349,8 +349,8 @@ def test_control_a_model_within_its_parameter_budget_releases() -> None:
 
 NEVER_OUTPUT = '[columns.visits]\nrule = "never_output"\n'
 EXACT = "require_dp = false"
-# Runs on each input before the join and on the joined frame; tries every way to reach `visits`:
-# by name, by position, by a renamed copy, and writes into `spend` (released as mean_spend).
+# Looks for `visits` (by name or any name derived from it) and launders it into `spend`, which the
+# job releases as mean_spend; prints the columns it saw to the owners' log.
 LAUNDER = '''\
 import sys
 
