@@ -146,3 +146,64 @@ def test_room_key_is_pinned_and_a_changed_key_refused(room, owner, tmp_path):
         owner.upload_dataset(scenario.write_data(tmp_path / "d", 100)["retail"], name="retail.x",
                              policy=scenario.RETAIL_POLICY, id_column="customer_id", join_secret=new_join_secret())
     assert owner.list_datasets() == []
+
+
+def stored(room):
+    """Everything an upload could have left: datasets, upload declarations (name reservations), blobs."""
+    with room.store.read() as conn:
+        rows = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("datasets", "uploads", "policies")}
+    blobs = [p for p in (room.settings.data_dir / "blobs").rglob("*") if p.is_file()]
+    return rows, blobs
+
+
+def test_unknown_recipient_orgs_are_refused_with_the_fix_and_nothing_is_stored(room, owner, tmp_path):
+    prep = prepared(tmp_path, owner.room_key)
+    typo = scenario.RETAIL_POLICY.replace('"acme-analytics"', '"acme-analytcs"')
+    with pytest.raises(PolicyError) as refused:
+        declare(owner, prep, policy=typo)
+    assert "acme-analytcs" in refused.value.message and "not in this room" in refused.value.message
+    assert "did you mean 'acme-analytics'" in refused.value.hint and "org create" in refused.value.hint
+    assert stored(room) == ({"datasets": 0, "uploads": 0, "policies": 0}, [])
+    declare(owner, prep)  # the control: the org exists (the fixture made it), and the name was not reserved
+    assert stored(room)[0]["uploads"] == 1
+
+
+def test_policy_rules_for_missing_columns_are_refused_at_upload_and_at_publish(room, owner, tmp_path):
+    prep = prepared(tmp_path, owner.room_key)
+    misspelt = scenario.RETAIL_POLICY.replace("[columns.spend]", "[columns.spnd]")
+    with pytest.raises(PolicyError) as refused:
+        declare(owner, prep, policy=misspelt)  # sent by hand: the SDK refuses it before encrypting
+    assert "'spnd'" in refused.value.message and "did you mean 'spend'" in refused.value.hint
+    assert stored(room) == ({"datasets": 0, "uploads": 0, "policies": 0}, [])
+    decl = declare(owner, prep)
+    owner.request("PUT", decl["put"], content=prep.ciphertext_path.read_bytes())
+    with pytest.raises(PolicyError, match="spnd"):
+        owner.update_policy("retail.purchases", misspelt)
+    with pytest.raises(PolicyError, match="not in this room"):
+        owner.update_policy("retail.purchases", scenario.RETAIL_POLICY.replace('"acme-analytics"', '"nobody"'))
+    assert owner.get_dataset("retail.purchases")["policy_version"] == 1  # nothing published
+    fixed = scenario.RETAIL_POLICY.replace("k = 10", "k = 12")  # the control
+    assert owner.update_policy("retail.purchases", fixed)["policy_version"] == 2
+
+
+def test_the_sdk_refuses_a_mistyped_column_before_anything_is_sent(room, owner, tmp_path):
+    files = scenario.write_data(tmp_path / "data", 300)
+    text = files["retail"].read_text().splitlines()
+    header = text[0].split(",")
+    col = header.index("spend")
+    cells = text[10].split(",")
+    cells[col] = "unknown"
+    text[10] = ",".join(cells)
+    files["retail"].write_text("\n".join(text) + "\n")
+    with pytest.raises(ValidationError, match=r"line 11: 'unknown'") as refused:
+        owner.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
+                             id_column="customer_id", join_secret=new_join_secret())
+    assert "--text-column spend" in refused.value.hint
+    assert owner.list_datasets() == [] and stored(room) == ({"datasets": 0, "uploads": 0, "policies": 0}, [])
+    with pytest.raises(NotFound):
+        owner.get_dataset("retail.purchases")
+    # the control: told that spend is text (the policy's bounds for it go too), the upload goes through
+    done = owner.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY.replace(
+        "[columns.spend]\nbounds = [0, 2500]", ""), id_column="customer_id", join_secret=new_join_secret(),
+        text_columns=["spend"])
+    assert done["column_types"]["spend"] == "string" and "email" in done["dropped_columns"]

@@ -67,6 +67,9 @@ def test_owner_withdraws_queued_jobs_are_cancelled_new_jobs_refused_and_analysts
     mine = {d["name"]: d for d in retailer.list_datasets()}
     assert mine["retail.purchases"]["withdrawn_at"] is not None and mine["bank.customers"]["withdrawn_at"] is None
     assert retailer.get_dataset("retail.purchases")["withdrawn_at"] is not None
+    # no new approval or policy either, and no second withdraw
+    with pytest.raises(Conflict, match="withdrawn"):
+        retailer.decide_plugin(ids["impute"], "retail.purchases")
     # no new policy either, and no second withdraw
     with pytest.raises(Conflict, match="withdrawn"):
         retailer.update_policy("retail.purchases", scenario.RETAIL_POLICY.replace("k = 10", "k = 12"))

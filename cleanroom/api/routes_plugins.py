@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from cleanroom.api.app import row_dict
 from cleanroom.api.authz import Caller, require_dataset_owner, visible_plugin
 from cleanroom.api.deps import Ctx, get_ctx
-from cleanroom.api.routes_datasets import current_policy, load_dataset
+from cleanroom.api.routes_datasets import check_not_withdrawn, current_policy, load_dataset
 from cleanroom.api.routes_room import CLOCK_SKEW
 from cleanroom.crypto import verify
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, TooLarge, ValidationError
@@ -239,6 +239,7 @@ def approve_plugin(plugin_id: str, body: ApprovalIn, ctx: Ctx = Depends(get_ctx)
             raise ValidationError("the signed payload names another plugin")
         ds = load_dataset(conn, str(p["dataset"]))
         require_dataset_owner(ctx.caller, ds)
+        check_not_withdrawn(ds)
         check_signed(conn, ctx, p, body.signature, "plugin-approval")
         if p["policy_version"] != ds["policy_version"]:
             raise Conflict(f"the approval is for policy version {p['policy_version']} but "
