@@ -81,3 +81,14 @@ def test_a_refused_submission_charges_nothing(world):
     with pytest.raises(PolicyError, match="fits only linear_regression and ridge models, not 'lasso'"):
         analyst.submit_job(scenario.job_spec(ids).replace('estimator = "ridge"', 'estimator = "lasso"'))
     assert retailer.dataset_budget("retail.purchases")["charges"] == []
+
+
+def test_the_dataset_page_shows_the_budget_to_those_who_may_see_it(world, room):
+    from tests.test_web import login
+
+    _, retailer, _, analyst, ids = world
+    analyst.submit_job(scenario.job_spec(ids, epsilon=0.5))
+    page = login(room, analyst.token).get("/ui/datasets/retail.purchases").text
+    assert "Privacy budget" in page and "2.5 of 3" in page
+    stranger = room.org("other-analytics", "analyst")
+    assert "Privacy budget" not in login(room, stranger.token).get("/ui/datasets/retail.purchases").text

@@ -202,7 +202,7 @@ def render(ctx: Ctx, parts: list[str]) -> str:
             return pages.datasets_page(caller, ds.list_datasets(ctx))
         case ["datasets", name]:
             check_route("get_dataset", caller)
-            return pages.dataset_page(caller, ds.get_dataset(name, ctx))
+            return pages.dataset_page(caller, ds.get_dataset(name, ctx), _budget(name, ctx))
         case ["plugins"]:
             check_route("list_plugins", caller)
             return pages.plugins_page(caller, plugins.list_plugins(ctx))
@@ -236,3 +236,14 @@ def _own_datasets(ctx: Ctx) -> list[str]:
     from cleanroom.api.routes_datasets import list_datasets
 
     return [d["name"] for d in list_datasets(ctx) if d["owner"] == ctx.caller.name]
+
+
+def _budget(name: str, ctx: Ctx) -> dict[str, object] | None:
+    """The dataset's privacy budget for the page, when the caller may see it (owner, recipients, staff)."""
+    from cleanroom.api.routes_budget import dataset_budget
+    from cleanroom.errors import PermissionDenied, ValidationError
+
+    try:
+        return dataset_budget(name, ctx)
+    except (PermissionDenied, ValidationError):  # not the caller's to see, or a stored policy that no longer parses
+        return None

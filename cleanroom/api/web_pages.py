@@ -199,7 +199,7 @@ def datasets_page(caller: Caller, datasets: list[dict[str, Any]]) -> str:
     return layout("Datasets", body, caller)
 
 
-def dataset_page(caller: Caller, ds: dict[str, Any]) -> str:
+def dataset_page(caller: Caller, ds: dict[str, Any], budget: dict[str, Any] | None = None) -> str:
     schema_cols = ds["schema"].get("columns", [])
     col_rows = [(tag("code", c.get("name")), c.get("type"),
                  join(f"{k}={json.dumps(v)}" for k, v in sorted(c.items()) if k not in ("name", "type")))
@@ -216,12 +216,28 @@ def dataset_page(caller: Caller, ds: dict[str, Any]) -> str:
                ("policy version", ds["policy_version"]),
                ("policy sha256", tag("code", ds["policy_sha256"])), ("created", when(ds["created_at"])),
                ("dropped before upload", ", ".join(ds["dropped"]) or None)]),
+        _budget_facts(budget),
         tag("h2", "Schema"), table(["column", "type", "details"], col_rows),
         tag("h2", f"Policy (version {ds['policy_version']})"), pre(ds["policy_text"]),
         tag("h2", f"Mock sample ({len(mock)} of {len(ds['mock'])} rows shown; synthetic, not real data)"),
         table(header, mock_rows, "no mock rows"),
     ]
     return layout(f"Dataset {ds['name']}", join(parts), caller)
+
+
+def _budget_facts(budget: dict[str, Any] | None) -> Safe:
+    """The privacy budget: mode, spent and left (shown to the owner, the allowed recipients and staff)."""
+    if budget is None:
+        return Safe("")
+    if budget["mode"] == "exact":
+        return join([tag("h2", "Privacy"), facts([("mode", "exact (require_dp = false): every release is "
+                                                           "reviewed by the owner")])])
+    return join([tag("h2", "Privacy budget"), facts([
+        ("mode", "differential privacy"),
+        ("epsilon left", f"{budget['remaining_epsilon']:g} of {budget['epsilon']:g}"),
+        ("delta left", f"{budget['remaining_delta']:g} of {budget['delta']:g}"),
+        ("per job at most", f"epsilon {budget['job_epsilon']:g}, delta {budget['job_delta']:g}"),
+        ("charges", len(budget["charges"]))])])
 
 
 # Plugins ------------------------------------------------------------------------------------------
