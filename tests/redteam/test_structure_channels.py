@@ -364,6 +364,15 @@ def preprocess(df, params):
         df["spend"] = df[seen[0]].astype("float64") * 1000.0 + 7.0  # laundered into an allowed column
     return df
 '''
+# Makes the group key out of whole rows, on the real data only (mock secret codes are public tokens).
+WHOLE_ROWS = '''\
+@hookimpl
+def preprocess(df, params):
+    df = df.copy()
+    if not df["secret_code"].astype(str).str.startswith("secret_code-").all():
+        df["region"] = df["secret_code"].astype(str) + "|" + df["spend"].astype(str)
+    return df
+'''
 # The model_spec hook runs after the preprocess plugin saw the data: the two share the process, so a
 # value computed from the data can reach a hyper-parameter (here through `builtins`).
 PASS_ON = '''\
@@ -399,6 +408,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_keys: Path) -> Iterat
         w.pass_on = stack.plugin(PASS_ON, params='[params.hostile]\ntype = "boolean"\ndefault = false\n',
                                  approvers=both)
         w.hyper = stack.plugin(MODEL_FROM_DATA, kind="model", approvers=both)
+        w.whole = stack.plugin(WHOLE_ROWS, approvers=both)
         yield w
 
 
@@ -451,3 +461,24 @@ def test_the_policy_declares_the_precision() -> None:
     assert meta["ok"] and numbers and all(_significant(c) <= 2 for c in numbers), numbers
     meta, _ = run(frame(), specs=[BY_REGION], policy={**POLICY, "precision": 0})
     failed(meta, "structure")
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_group_key_made_of_whole_rows_through_the_whole_stack(world: SimpleNamespace, tmp_path: Path) -> None:
+    """The runner's mock run declares the group keys; the real run's keys (secret code and spend of each row)
+    are all counted in `other`, and the table lists the same groups as any other job's."""
+    w = world
+    by_region = (w.aggregate, {"name": "by_region", "group_by": ["region"]})
+    job = w.stack.run(w.stack.job_spec(w.plain, [(w.whole, {}), by_region], aggregates=True))
+    assert job["status"] == "succeeded", job
+    rows = _released_table(w, job, tmp_path, "by_region")
+    out = tmp_path / job["id"]
+    assert not any(w.canary.encode() in p.read_bytes() for p in out.rglob("*") if p.is_file())
+    assert list(rows["region"])[-1] == "other" and rows["count"].notna().sum() == 1
+    assert rows.set_index("region").loc["other", "count"] >= 5
+    # control: the same table without the hostile step names the regions, with the same declared groups
+    control = w.stack.run(w.stack.job_spec(w.plain, [by_region], aggregates=True))
+    assert control["status"] == "succeeded", control
+    regions = _released_table(w, control, tmp_path, "by_region")
+    assert list(regions["region"]) == list(rows["region"]) and regions["count"].notna().sum() >= 2
