@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cleanroom import bundle, scenario
+from cleanroom import bundle
 from cleanroom.errors import ValidationError
 from cleanroom.store import dumps, now
 from tests.conftest import Room
@@ -281,7 +281,7 @@ def test_org_names_are_full_matches_and_no_look_alikes(room, name, why):
 
 def _declare(owner: Any, name: str) -> httpx.Response:
     return httpx.post(owner.url + "/datasets/uploads", headers={"authorization": f"Bearer {owner.token}"}, json={
-        "name": name, "policy": scenario.RETAIL_POLICY, "row_count": 10, "mock": [], "dropped": [],
+        "name": name, "policy": "[privacy]\nk = 5\n", "row_count": 10, "mock": [], "dropped": [],
         "schema": {"columns": [{"name": "_pid", "type": "string"}]},
         "sha256": hashlib.sha256(name.encode()).hexdigest(), "size": 100})
 
