@@ -38,6 +38,7 @@ PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
 
 # Characters a reader does not see, or sees as something else.
 BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_INVISIBLE_MARKS = frozenset("\u034f\u17b4\u17b5\u180b\u180c\u180d\u180f")
 _UNUSUAL = re.compile(r"[^\x20-\x7e\t\n\r]")  # anything but printable ASCII and ordinary line ends
 
 
@@ -61,8 +62,8 @@ def _hidden(char: str) -> str | None:
         return "a control or unassigned character"
     if category in ("Zs", "Zl", "Zp") and char != " ":
         return "an unusual space or line separator"
-    if category == "Mn" and unicodedata.combining(char) == 0 and not unicodedata.name(char, ""):
-        return "an invisible mark"
+    if char in _INVISIBLE_MARKS or "\ufe00" <= char <= "\ufe0f" or "\U000e0100" <= char <= "\U000e01ef":
+        return "an invisible mark (a variation selector or joiner)"
     if char in "\u115f\u1160\u3164\uffa0\u2800":  # Hangul fillers and the blank braille pattern
         return "a blank letter"
     return None

@@ -169,6 +169,10 @@ ATTACKS = {
     "fullwidth-identifier": HONEST.replace("    return df\n", "    \uff45xtra = 1\n    return df\n"),
     "bom-mid-file": HONEST.replace("\n\n\n", "\n\ufeff\n\n"),
     "escape-sequence": HONEST.replace("    return df\n", "    # \x1b[2K hidden\n    return df\n"),
+    # "ASCII smuggling": Unicode tag characters spell text no one sees; variation selectors carry bytes
+    "tag-characters": HONEST.replace("    return df\n", "    # ok" + "".join(chr(0xE0000 + ord(c)) for c in "leak")
+                                     + "\n    return df\n"),
+    "variation-selectors": HONEST.replace("    return df\n", "    note = 'a\ufe01\U000e0105'\n    return df\n"),
 }
 
 
