@@ -79,3 +79,18 @@ def test_the_mock_runs_outcome_is_what_the_release_reads() -> None:
         assert "mock data" in str(exc)
     else:
         raise AssertionError("a failed mock run must fail the job")
+
+
+def test_declared_domains_are_published_categories_for_the_release() -> None:
+    """A policy's `domain` joins the schema's published categories: released names may use them and
+    group-by domains hold them (every declared category is reported, even one the data lacks)."""
+    from cleanroom.policy import parse_policy
+    from cleanroom.runner.execute import released_names
+
+    ds = dataset(owner_table())
+    ds["policy"] = parse_policy('[columns.region]\ndomain = ["north", "south", "east"]\n').to_dict()
+    names = released_names({"datasets": [ds], "job": {"spec": {"steps": []}}})
+    assert names["schemas"]["shop.sales"]["region"] == ["east", "north", "south"]
+    ds["policy"] = parse_policy("").to_dict()  # control: the summary's categories only
+    names = released_names({"datasets": [ds], "job": {"spec": {"steps": []}}})
+    assert names["schemas"]["shop.sales"]["region"] == ["north", "south"]

@@ -99,9 +99,15 @@ def released_names(ctx: dict[str, Any]) -> dict[str, Any]:
     schemas = {}
     for ds in ctx["datasets"]:
         columns = ds.get("schema", {}).get("columns", [])
-        schemas[ds["name"]] = {str(c["name"]): sorted(str(v) for v in ((c.get("stats") or {}).get("categories") or {}))
-                               for c in columns}
+        rules = (ds.get("policy") or {}).get("columns") or {}
+        schemas[ds["name"]] = {str(c["name"]): _published(c, rules.get(c["name"]) or {}) for c in columns}
     return {"schemas": schemas, "job_strings": job_strings(ctx["job"]["spec"]["steps"])}
+
+
+def _published(column: dict[str, Any], rule: dict[str, Any]) -> list[str]:
+    """A column's public categories: those its summary publishes and the policy's declared `domain`."""
+    summary = (column.get("stats") or {}).get("categories") or {}
+    return sorted({str(v) for v in summary} | {str(v) for v in rule.get("domain") or []})
 
 
 def table_names(ctx: dict[str, Any]) -> list[str]:
