@@ -207,7 +207,7 @@ def test_plaintext_upload_is_refused(room, tmp_path):
     owner = room.org("retailer", "owner")
     plain = b"_pid,spend\nabc,1\n" * 10
     decl = owner.post("/datasets/uploads", json={
-        "name": "plain.data", "policy": scenario.RETAIL_POLICY, "row_count": 10, "mock": [], "dropped": [],
+        "name": "plain.data", "policy": "[privacy]\nk = 10\n", "row_count": 10, "mock": [], "dropped": [],
         "schema": {"columns": [{"name": "_pid", "type": "string"}]},
         "sha256": hashlib.sha256(plain).hexdigest(), "size": len(plain)})
     with pytest.raises(ValidationError, match="age ciphertext"):
