@@ -84,13 +84,16 @@ def runner_claim(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
         row = conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at LIMIT 1").fetchone()
         if not row:
             return {"job": None}
-        started = now()
-        # the outcome time is fixed at the first start (a job re-queued after a runner restart keeps it)
-        conn.execute("UPDATE jobs SET status = 'running', phase = 'verifying', started_at = ?, runner_id = ?,"
-                     " attempts = attempts + 1, reveal_at = COALESCE(reveal_at, ?) WHERE id = ?",
-                     (started, ctx.caller.name, reveal_time(started, time_budget(load_job(conn, row["id"]),
-                                                                                 ctx.settings)), row["id"]))
-        ctx.audit(conn, "job.started", "job", row["id"], {})
+        started, job = now(), load_job(conn, row["id"])
+        # the start and the outcome time are the first start's: a job re-queued after a runner restart
+        # keeps them, and its second start is held with its other events (a restart shows nowhere)
+        conn.execute("UPDATE jobs SET status = 'running', phase = 'verifying', started_at = COALESCE(started_at, ?),"
+                     " runner_id = ?, attempts = attempts + 1, reveal_at = COALESCE(reveal_at, ?) WHERE id = ?",
+                     (started, ctx.caller.name, reveal_time(started, time_budget(job, ctx.settings)), row["id"]))
+        if job["reveal_at"] is None:
+            ctx.audit(conn, "job.started", "job", row["id"], {})
+        else:
+            job_event(conn, ctx, row["id"], "job.started", "job", row["id"], {})
     return {"job": row["id"]}
 
 
