@@ -102,3 +102,101 @@ def test_cli_scenario(room, runner, tmp_path):
     conn.commit()
     broken = run("audit", "verify", profile="bank", ok=False)
     assert broken.returncode == 1 and f"event {seq}" in broken.stderr
+
+
+# -- the first hour: mistakes get a message that names the fix, and change nothing -------------------
+def owner_profile(room, name="retailer"):
+    """An owner org with a saved profile (and the scenario's recipient org), as `org create --save-profile`."""
+    import httpx
+
+    from cleanroom.crypto import generate_keypair
+
+    keys = generate_keypair()
+    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
+               json={"enc_public": keys.enc_public, "sign_public": keys.sign_public}).raise_for_status()
+    token = room.admin.create_org(name, ["owner"])["token"]
+    room.admin.create_org("acme-analytics", ["analyst"])
+    Profile(name=name, url=room.url, token=token).save()
+    return name
+
+
+def test_a_mistyped_profile_names_it_instead_of_asking_for_a_token(room):
+    from cleanroom.profile import home
+
+    profile = owner_profile(room)
+    done = run("dataset", "list", profile="retialer", ok=False)
+    said = " ".join(done.stderr.split())  # (the console wraps long lines)
+    assert done.returncode == 1 and "no profile named 'retialer'" in said, said
+    assert "bearer token" not in said and "did you mean --profile retailer?" in said
+    assert "cleanroom profile save retialer" in said
+    assert not (home() / "profiles" / "retialer.json").exists()  # nothing stored
+    assert json.loads(run("--json", "dataset", "list", profile=profile).stdout) == []  # the control
+
+
+def test_policy_errors_keep_their_table_names_and_upload_nothing(room, tmp_path):
+    profile = owner_profile(room)
+    files = scenario.write_data(tmp_path / "data", 100)
+    secret = tmp_path / "join.key"
+    run("join-secret", "new", str(secret))
+    bad = tmp_path / "policy.toml"
+    bad.write_text("[release]\nrecipients = ['acme-analytics']\n[privacy]\nepsilom = 1\n")
+    args = ["dataset", "upload", str(files["retail"]), "--name", "retail.purchases", "--id-column", "customer_id",
+            "--join-secret", str(secret)]
+    done = run(*args, "--policy", str(bad), profile=profile, ok=False)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1
+    assert "unknown key 'epsilom' in [privacy] at line 4; did you mean 'epsilon'?" in said, said
+    assert json.loads(run("--json", "dataset", "list", profile=profile).stdout) == []
+    good = tmp_path / "good.toml"  # the control
+    good.write_text("[release]\nrecipients = ['acme-analytics']\n[privacy]\nepsilon = 1\n")
+    said = " ".join(run(*args, "--policy", str(good), profile=profile).stderr.split())
+    assert "dropped column 'email'" in said and "id column 'customer_id'" in said, said  # says what it did
+
+
+def test_upload_refuses_a_mistyped_column_with_the_lines_and_the_override(room, tmp_path):
+    profile = owner_profile(room)
+    data = tmp_path / "insurance.csv"
+    data.write_text("person,plan,charges\n" + "".join(
+        f"P{i:04d},{'ABCD'[i % 4]},{'see notes' if i == 7 else 1000 + i}\n" for i in range(100)))
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[release]\nrecipients = ['acme-analytics']\n")
+    secret = tmp_path / "join.key"
+    run("join-secret", "new", str(secret))
+    args = ["dataset", "upload", str(data), "--name", "ins.claims", "--policy", str(policy), "--join-secret",
+            str(secret)]
+    done = run(*args, "--id-column", "person", profile=profile, ok=False)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "line 9: 'see notes'" in said, said
+    assert "--text-column charges" in said
+    wrong_id = " ".join(run(*args, "--id-column", "plan", "--text-column", "charges", profile=profile,
+                            ok=False).stderr.split())
+    assert "only 4 distinct values in 100 rows" in wrong_id and "--allow-few-ids" in wrong_id, wrong_id
+    assert json.loads(run("--json", "dataset", "list", profile=profile).stdout) == []  # nothing stored
+    run(*args, "--id-column", "person", "--text-column", "charges", profile=profile)  # told: the control
+    assert [d["name"] for d in json.loads(run("--json", "dataset", "list", profile=profile).stdout)] == ["ins.claims"]
+
+
+def test_a_bootstrap_token_without_the_token_shape_stops_the_api_before_it_stores_anything(tmp_path):
+    import secrets
+
+    from cleanroom.api.app import create_app
+    from cleanroom.client import Client
+    from cleanroom.settings import Settings
+    from tests.conftest import Room, free_port
+
+    data = tmp_path / "api-data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANROOM_") or k == "CLEANROOM_HOME"}
+    env.update(CLEANROOM_DATA_DIR=str(data), CLEANROOM_PORT=str(free_port()), CLEANROOM_BOOTSTRAP_TOKEN="changeme")
+    done = subprocess.run(CLI + ["serve"], env=env, capture_output=True, text=True, timeout=60)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "CLEANROOM_BOOTSTRAP_TOKEN is not a cleanroom token" in said, said
+    assert "secrets.token_hex(8)" in said and "Traceback" not in said
+    assert not data.exists()  # no database, no admin org with an empty secret
+    with pytest.raises(Exception, match="not a cleanroom token"):
+        create_app(Settings(data_dir=data, bootstrap_token="crt_0123456789abcdef."))  # an empty secret
+    token = f"crt_{secrets.token_hex(8)}.{secrets.token_urlsafe(32)}"  # the control: a well-formed one works
+    room = Room(tmp_path / "ok-data", bootstrap_token=token)
+    try:
+        assert Client(room.url, token, profile=Profile(name="boot")).whoami()["name"] == "admin"
+    finally:
+        room.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ log = logging.getLogger("cleanroom.api")
 
 
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
+    check_bootstrap_token(settings.bootstrap_token)  # before anything is written
     store = store or Store(settings.data_dir)
     # No Swagger UI or ReDoc: they load scripts from a public CDN, and the room runs offline.
     app = FastAPI(title="cleanroom", version=__version__, dependencies=[Depends(authorize)],
@@ -150,6 +152,22 @@ def ensure_admin(store: Store, settings: Settings) -> str | None:
         audit.append(conn, actor="system", action="org.created", object_type="org", object_id="admin",
                      details={"roles": ["admin"]}, ts=now())
     return token
+
+
+BOOTSTRAP_TOKEN = re.compile(r"crt_[0-9a-f]{16}\.[A-Za-z0-9_-]{16,}")
+
+
+def check_bootstrap_token(token: str | None) -> None:
+    """A preset admin token has the shape of a made one (`crt_` + 16 hex + `.` + a long random secret):
+    `changeme` would otherwise become an admin token with an empty secret."""
+    if token is not None and not BOOTSTRAP_TOKEN.fullmatch(token):
+        from cleanroom.errors import ValidationError
+
+        raise ValidationError(
+            "CLEANROOM_BOOTSTRAP_TOKEN is not a cleanroom token (crt_ + 16 hex digits + '.' + at least 16 random "
+            "characters); the API did not start and nothing was stored",
+            hint="make one with: python -c \"import secrets; print('crt_' + secrets.token_hex(8) + '.' + "
+                 "secrets.token_urlsafe(32))\", or unset it to have a new admin token printed on first start")
 
 
 def rotate_admin_token(store: Store) -> str:

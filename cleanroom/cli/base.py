@@ -64,11 +64,13 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except CleanroomError as exc:
-            console.print(f"[bold red]error:[/] {exc.message}")
+            from rich.markup import escape  # messages name TOML tables ([privacy]): text, not markup
+
+            console.print(f"[bold red]error:[/] {escape(exc.message)}")
             if exc.details:
-                console.print(f"  details: {json.dumps(exc.details, default=str)}")
+                console.print(f"  details: {escape(json.dumps(exc.details, default=str))}")
             if exc.hint:
-                console.print(f"  hint: {exc.hint}")
+                console.print(f"  hint: {escape(exc.hint)}")
             sys.exit(1)
 
 
