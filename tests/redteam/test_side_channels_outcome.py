@@ -336,6 +336,26 @@ def test_a_job_that_ends_after_its_time_budget_releases_nothing(world: SimpleNam
     assert w.mallory.get_job(job)["status"] == "nothing_released"
 
 
+def test_a_runner_restart_during_the_job_shows_nowhere(world: SimpleNamespace) -> None:
+    w = world
+    since = audit_seq(w)
+    job = w.mallory.submit_job(spec(w))["id"]
+    w.hand.claim(job)
+    w.hand.progress(job, "decrypting", "compute")
+    first = w.mallory.get_job(job)
+    assert w.hand.call("POST", "/runner/recover")["requeued"] == [job]  # the runner restarted mid-job
+    assert w.mallory.get_job(job) == first  # still running, same start, same outcome time
+    w.hand.claim(job)
+    _held(w, job)
+    assert w.mallory.get_job(job) == first
+    shape = [e.get("action", "redacted") for e in w.mallory.audit_events() if e["seq"] > since]
+    assert shape == ["job.submitted", "job.started"]  # the second start is held with the rest
+    reveal_now(w, job)
+    ended = next(e for e in w.room.admin.audit_events() if e["action"] == "job.ended" and e["object_id"] == job)
+    held = [h["action"] for h in ended["details"]["events"]]
+    assert "job.requeued" in held and held.count("job.started") == 1  # control: the admin sees the restart
+
+
 def test_the_sdk_waits_until_the_outcome_time_the_spec_fixed(world: SimpleNamespace) -> None:
     w = world
     job = w.mallory.submit_job(spec(w, budget=10))["id"]
