@@ -92,3 +92,19 @@ def test_the_dataset_page_shows_the_budget_to_those_who_may_see_it(world, room):
     assert "Privacy budget" in page and "2.5 of 3" in page
     stranger = room.org("other-analytics", "analyst")
     assert "Privacy budget" not in login(room, stranger.token).get("/ui/datasets/retail.purchases").text
+
+
+def test_the_room_wide_cap_counts_each_job_once(tmp_path):
+    """CLEANROOM_DP_ROOM_EPSILON: one charge per job, whatever its number of inputs; control: no cap."""
+    from tests.conftest import Room
+
+    capped = Room(tmp_path / "capped", dp_room_epsilon=1.5)
+    try:
+        register_room_key(capped)
+        _, _, analyst, _, ids = setup_scenario(capped.org, tmp_path / "a", n=200, approve=True)
+        analyst.submit_job(scenario.job_spec(ids))  # two inputs, one room-wide charge of 1.0
+        with pytest.raises(PolicyError, match="the room's privacy budget \\(epsilon 1.5\\) is spent"):
+            analyst.submit_job(scenario.job_spec(ids))
+        assert analyst.submit_job(scenario.job_spec(ids, epsilon=0.5))["status"] == "queued"
+    finally:
+        capped.stop()
