@@ -95,7 +95,7 @@ def test_the_dataset_page_shows_the_budget_to_those_who_may_see_it(world, room):
 
 
 def test_the_room_wide_cap_counts_each_job_once(tmp_path):
-    """CLEANROOM_DP_ROOM_EPSILON: one charge per job, whatever its number of inputs; control: no cap."""
+    """CLEANROOM_DP_ROOM_EPSILON: one charge per job, whatever its number of inputs; control: a job that fits."""
     from tests.conftest import Room
 
     capped = Room(tmp_path / "capped", dp_room_epsilon=1.5)
