@@ -311,7 +311,13 @@ class Client:
                 return job
             if time.monotonic() > deadline:
                 raise CleanroomError(f"job {job_id} did not finish in {timeout:.0f} s", hint="cleanroom job wait again")
-            time.sleep(interval)
+            pause = interval
+            if job["status"] == "running" and "analyst_status" not in job and job.get("outcome_at"):
+                # the analyst's view cannot change before the outcome time: sleep towards it (in steps, as
+                # the room's clock may differ from this machine's), never past the deadline
+                pause = max(interval, min(job["outcome_at"] - time.time(), 30.0,
+                                          deadline - time.monotonic() + interval))
+            time.sleep(pause)
 
     def job_logs(self, job_id: str) -> str:
         data = self.request("GET", f"/jobs/{job_id}/logs").content
