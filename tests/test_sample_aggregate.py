@@ -400,3 +400,19 @@ def test_control_a_harmless_statistic_gives_an_accurate_answer(tmp_path):
     assert abs(released["value"] - 50) < 5 + released["noise_scale"] * 14  # 1e-6 Laplace tail
     assert released["noise_scale"] == pytest.approx(100 / 12)
 
+
+
+def test_job_cost_prints_the_noise_of_each_declared_output(capsys):
+    from types import SimpleNamespace
+
+    from cleanroom.cli.jobs import show_cost
+
+    sa = parse_jobspec(spec_text('blocks = 50\noutputs = [{ name = "median_spend", lo = 0, hi = 2500, default = 0 },'
+                                 ' { name = "r2", lo = 0, hi = 1, default = 0 }]\n')).outputs.sample_and_aggregate
+    assert sa is not None
+    plan = dp_plan.describe(1.0, 1e-7, aggregates=False, model=False, metrics=False, sample_aggregate=sa.to_dict())
+    show_cost(SimpleNamespace(as_json=False), {"admitted": True, "reason": None, "plan": plan, "budgets": {}})
+    out = capsys.readouterr().out
+    assert "sample_and_aggregate: epsilon 1" in out
+    assert "median_spend in [0, 2500] over 50 blocks: noise scale 100, 95% within +-299.6" in out
+    assert "r2 in [0, 1] over 50 blocks: noise scale 0.04," in out

@@ -61,6 +61,11 @@ def show_cost(state: State, cost: dict[str, Any]) -> None:
             elif scale is not None:
                 click.echo(f"    noise scale {scale:.4g} ({info.get('unit', '')}), 95% within "
                            f"+-{info['interval_95']:.4g}")
+            for name, out in (info.get("outputs") or {}).items():  # sample-and-aggregate: per declared output
+                lo, hi = out["range"]
+                noise = (f"noise scale {out['noise_scale']:.4g}, 95% within +-{out['interval_95']:.4g}"
+                         if "noise_scale" in out else "DP median over the blocks")
+                click.echo(f"    {name} in [{lo:g}, {hi:g}] over {info['blocks']} blocks: {noise}")
             if info.get("note"):
                 click.echo(f"    {info['note']}")
     for name, left in cost.get("budgets", {}).items():
