@@ -529,8 +529,11 @@ def test_lists_show_only_what_the_caller_may_see(world: World) -> None:
     assert world.plugin_ids["impute"] in names("other_owner", "/plugins", "id")
     assert names("other_owner", "/releases", "id") == set()
     assert names("other_analyst", "/releases", "id") == set()
-    assert world.pending_release["release"] in names("analyst", "/releases", "id")
-    # analysts get the error class only, never the reason text (a covert channel)
+    # the recipient lists a release once released; one pending review does not exist for it yet
+    assert world.reviewed_release["release"] in names("analyst", "/releases", "id")
+    assert world.pending_release["release"] not in names("analyst", "/releases", "id")
+    assert world.pending_release["release"] in names("owner", "/releases", "id")
+    # analysts get no reason text, error class or phase (how a job ended is for the owners)
     job = world.ok("analyst", "GET", f"/jobs/{world.queued_job}")
-    assert "reason" not in job
+    assert "reason" not in job and job["error_class"] is None and job["phase"] is None
     assert json.dumps(world.ok("runner", "GET", "/health"))  # public routes stay public for the runner
