@@ -30,7 +30,7 @@ from cleanroom.policy import (
 )
 
 __all__ = ["FORBIDDEN_KEYS", "BlockOutput", "JobOutputs", "JobSpec", "SampleAggregate", "Step", "check_job",
-           "parse_jobspec"]
+           "check_time_budget", "parse_jobspec"]
 
 FORBIDDEN_KEYS = frozenset({
     "network", "network_mode", "image", "runtime", "mounts", "volumes", "privileged", "env",
@@ -398,6 +398,17 @@ def check_job(
             hint=f"ask {owners[name]} to review and approve the plugin",
             details={"missing_approvals": [{"step": s, "plugin": p, "dataset": d} for s, p, d in absent]})
     return ledger.with_job_budget(combine(policies, owners=owners), spec)
+
+
+def check_time_budget(spec: JobSpec, default_seconds: float) -> None:
+    """Refuse a sample-and-aggregate job whose blocks may not all end within its time budget (the spec's,
+    else the room's default): its outcome would then come late, and when depends on the blocks."""
+    sa = spec.outputs.sample_and_aggregate
+    budget = spec.time_budget or default_seconds
+    if sa is not None and sa.blocks * (sa.block_seconds + BLOCK_OVERHEAD_SECONDS) > budget:
+        raise PolicyError(f"{sa.blocks} blocks of up to {sa.block_seconds} s (+{BLOCK_OVERHEAD_SECONDS} s each to "
+                          f"start a container) may not end within the job's time budget of {budget:g} s: lower "
+                          "blocks or block_seconds, or set a larger time_budget")
 
 
 def _a(kind: str) -> str:

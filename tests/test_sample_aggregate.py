@@ -416,3 +416,42 @@ def test_job_cost_prints_the_noise_of_each_declared_output(capsys):
     assert "sample_and_aggregate: epsilon 1" in out
     assert "median_spend in [0, 2500] over 50 blocks: noise scale 100, 95% within +-299.6" in out
     assert "r2 in [0, 1] over 50 blocks: noise scale 0.04," in out
+
+
+def test_blocks_must_fit_in_the_time_budget_the_specs_or_the_rooms():
+    from cleanroom.jobspec import check_time_budget
+
+    fits = parse_jobspec(spec_text('blocks = 10\nblock_seconds = 30\noutputs = [{ name = "x", lo = 0, hi = 1, '
+                                   'default = 0 }]\n'))
+    check_time_budget(fits, 600)  # 10 (30 + 15) = 450 s
+    with pytest.raises(PolicyError, match="may not end within the job's time budget of 400 s"):
+        check_time_budget(fits, 400)
+    longer = parse_jobspec(spec_text('blocks = 10\nblock_seconds = 30\noutputs = [{ name = "x", lo = 0, hi = 1, '
+                                     'default = 0 }]\n', top="time_budget = 500"))
+    check_time_budget(longer, 400)  # the spec's own budget wins
+
+
+def test_the_api_refuses_bad_sample_and_aggregate_specs_with_a_clear_error_and_charges_nothing(room, tmp_path):
+    from tests.scenario_setup import setup_scenario
+    from tests.test_dp_ledger import register_room_key
+
+    register_room_key(room)
+    retailer, _, analyst, _, ids = setup_scenario(room.org, tmp_path, n=100, approve=True)
+    stat = analyst.submit_plugin(Path(__file__).resolve().parent.parent / "plugins" / "block-quantile")["id"]
+    retailer.decide_plugin(stat, "retail.purchases")
+    text = spec_text('blocks = 8\noutputs = [{ name = "median_spend", lo = 0, hi = 2500, default = 0 }]\n',
+                     steps=f'[[steps]]\nplugin = "{stat}"\nparams = {{ columns = ["spend"] }}\n').replace(
+        'recipient = "acme"', 'recipient = "acme-analytics"').replace('dataset = "retail"', 'dataset = "retail.purchases"')
+    for bad, message in ((text.replace("hi = 2500", "hi = 0"), "needs lo < hi"),
+                         (text.replace("blocks = 8", "blocks = 1"), "must be 2 to 256"),
+                         (text.replace(", default = 0", ""), "needs 'default'"),
+                         (text.replace("blocks = 8", "blocks = 200"), "may not end within the job's time budget")):
+        with pytest.raises((ValidationError, PolicyError), match=message):
+            analyst.submit_job(bad)
+    assert retailer.dataset_budget("retail.purchases")["spent_epsilon"] == 0
+    cost = analyst.job_cost(text)
+    assert cost["admitted"], cost["reason"]
+    assert cost["plan"]["parts"]["sample_and_aggregate"]["outputs"]["median_spend"]["noise_scale"] == pytest.approx(
+        2500 / 8)
+    assert analyst.submit_job(text)["status"] == "queued"  # control: the good spec is admitted and charged
+    assert retailer.dataset_budget("retail.purchases")["spent_epsilon"] == pytest.approx(1.0)
