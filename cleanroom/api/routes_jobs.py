@@ -208,9 +208,10 @@ def check_daily_limits(conn: Any, caller: Caller, datasets: dict[str, Any]) -> N
 @router.post("/jobs", status_code=201, tags=["jobs"])
 def submit_job(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Submit a job spec (TOML). It is checked against every input's policy and the approvals."""
-    from cleanroom.jobspec import check_job, parse_jobspec
+    from cleanroom.jobspec import check_job, check_time_budget, parse_jobspec
 
     spec = parse_jobspec(body.spec)
+    check_time_budget(spec, ctx.settings.job_time_budget_seconds)
     with ctx.store.tx() as conn:
         queued = conn.execute("SELECT COUNT(*) FROM jobs WHERE org_id = ? AND status IN ('queued', 'running')",
                               (ctx.caller.org_id,)).fetchone()[0]
