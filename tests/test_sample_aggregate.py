@@ -441,7 +441,8 @@ def test_the_api_refuses_bad_sample_and_aggregate_specs_with_a_clear_error_and_c
     retailer.decide_plugin(stat, "retail.purchases")
     text = spec_text('blocks = 8\noutputs = [{ name = "median_spend", lo = 0, hi = 2500, default = 0 }]\n',
                      steps=f'[[steps]]\nplugin = "{stat}"\nparams = {{ columns = ["spend"] }}\n').replace(
-        'recipient = "acme"', 'recipient = "acme-analytics"').replace('dataset = "retail"', 'dataset = "retail.purchases"')
+        'recipient = "acme"', 'recipient = "acme-analytics"').replace('dataset = "retail"',
+                                                                      'dataset = "retail.purchases"')
     for bad, message in ((text.replace("hi = 2500", "hi = 0"), "needs lo < hi"),
                          (text.replace("blocks = 8", "blocks = 1"), "must be 2 to 256"),
                          (text.replace(", default = 0", ""), "needs 'default'"),
