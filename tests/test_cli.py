@@ -175,6 +175,14 @@ def test_upload_refuses_a_mistyped_column_with_the_lines_and_the_override(room, 
     run(*args, "--id-column", "person", "--text-column", "charges", profile=profile)  # told: the control
     assert [d["name"] for d in json.loads(run("--json", "dataset", "list", profile=profile).stdout)] == ["ins.claims"]
 
+    # withdraw asks first: "n" changes nothing; --yes withdraws, and the owner's list shows when
+    kept = run("dataset", "withdraw", "ins.claims", profile=profile, ok=False, stdin="n\n")
+    assert kept.returncode == 1 and "Aborted" in kept.stderr
+    assert json.loads(run("--json", "dataset", "list", profile=profile).stdout)[0]["withdrawn_at"] is None
+    said = " ".join(run("dataset", "withdraw", "ins.claims", "--yes", profile=profile).stderr.split())
+    assert "withdrew ins.claims" in said and "admin sweep" in said, said
+    assert json.loads(run("--json", "dataset", "list", profile=profile).stdout)[0]["withdrawn_at"] is not None
+
 
 def test_a_bootstrap_token_without_the_token_shape_stops_the_api_before_it_stores_anything(tmp_path):
     import secrets

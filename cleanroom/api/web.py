@@ -235,7 +235,7 @@ def _own_datasets(ctx: Ctx) -> list[str]:
         return []
     from cleanroom.api.routes_datasets import list_datasets
 
-    return [d["name"] for d in list_datasets(ctx) if d["owner"] == ctx.caller.name]
+    return [d["name"] for d in list_datasets(ctx) if d["owner"] == ctx.caller.name and not d.get("withdrawn_at")]
 
 
 def _budget(name: str, ctx: Ctx) -> dict[str, object] | None:

@@ -105,8 +105,9 @@ def _two_stage(first, second):  # type: ignore[no-untyped-def]
 @dataset.command("list")
 @pass_state
 def dataset_list(state: State) -> None:
-    """List datasets in the room."""
-    emit(state, state.client.list_datasets(), ["name", "owner", "row_count", "policy_version", "columns"])
+    """List datasets in the room (your withdrawn ones too, with the time they were withdrawn)."""
+    emit(state, state.client.list_datasets(), ["name", "owner", "row_count", "policy_version", "columns",
+                                               "withdrawn_at"])
 
 
 @dataset.command("show")
