@@ -207,4 +207,4 @@ def test_built_in_plugins_have_no_blocking_finding(folder: Path) -> None:
 
 def test_there_are_built_in_plugins_for_every_kind() -> None:
     kinds = {bundle.load_manifest(folder)["kind"] for folder in BUILT_INS}
-    assert kinds == {"preprocess", "features", "model", "analysis"} and len(BUILT_INS) >= 9
+    assert kinds == {"preprocess", "features", "model", "analysis", "statistic"} and len(BUILT_INS) >= 9
