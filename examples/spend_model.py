@@ -26,12 +26,12 @@ import pandas as pd
 
 from cleanroom import Client
 
-PLUGINS = ("drop-identifiers", "impute", "clip", "one-hot", "linear-model", "group-aggregate")
+PLUGINS = ("drop-identifiers", "impute", "one-hot", "linear-model", "group-aggregate")
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--url", required=True, help="the room's API, e.g. http://127.0.0.1:8000")
 parser.add_argument("--admin-token", required=True, help="the room's admin token (crt_...)")
-parser.add_argument("--customers", type=int, default=5000, help="customers in each owner's file")
+parser.add_argument("--customers", type=int, default=20000, help="customers in each owner's file")
 parser.add_argument("--plugins", type=Path, default=Path(__file__).resolve().parent.parent / "plugins",
                     help="the folder of built-in plugins (default: the repo's plugins/)")
 parser.add_argument("--workdir", type=Path, default=None, help="where to write the raw files and results")
@@ -99,8 +99,10 @@ bank_rows[["customer_id", "full_name", "phone", "age", "income", "tenure_years",
     work / "bank_customers.csv", index=False)
 
 # %% 4. Policies: each owner's word on what may leave the room (docs/policy.md) -------------------------
-# The retailer lets the analyst receive models and aggregates over groups of at least 10 customers,
-# and holds every release for its own review. The bank asks for no review.
+# Differential privacy is the default: each dataset has a lifetime budget (epsilon 3), each job spends
+# at most epsilon 1, and every released number is noisy. The owners declare what is public about their
+# columns: bounds of numbers (DP clips to them) and the categories of text columns (the schema and the
+# mock rows show these and nothing computed from the rows). The retailer also reviews every release.
 retail_policy = f"""
 [outputs]
 allowed = ["aggregate", "model"]
@@ -110,13 +112,27 @@ k = 10
 recipients = ["{analyst_name}"]
 review = true
 [columns.spend]
-bounds = [0, 5000]
+bounds = [0, 2500]
+[columns.visits]
+bounds = [0, 40]
+[columns.region]
+domain = ["north", "south", "east", "west"]
+[columns.category]
+domain = ["grocery", "electronics", "fashion", "home"]
 """
 bank_policy = f"""
 [privacy]
 k = 10
 [release]
 recipients = ["{analyst_name}"]
+[columns.age]
+bounds = [18, 100]
+[columns.income]
+bounds = [0, 150000]
+[columns.tenure_years]
+bounds = [0, 40]
+[columns.segment]
+domain = ["mass", "affluent"]
 """
 
 # %% 5. Upload: everything sensitive happens on the owner's machine --------------------------------------
@@ -171,10 +187,7 @@ plugin = "{ids['drop-identifiers']}"
 params = {{ missing_ok = true }}
 [[steps]]
 plugin = "{ids['impute']}"
-params = {{ columns = ["tenure_years"], strategy = "median" }}
-[[steps]]
-plugin = "{ids['clip']}"
-params = {{ exclude = ["spend"] }}   # winsorise outliers: the leverage check refuses models they dominate
+params = {{ columns = ["tenure_years"], strategy = "constant", fill_value = 0 }}   # per row: fine under DP
 [[steps]]
 plugin = "{ids['one-hot']}"
 params = {{ columns = ["category", "segment"] }}
@@ -190,8 +203,19 @@ params = {{ name = "spend_by_region", group_by = ["region"], metrics = [{{ agg =
 model = true
 metrics = true
 aggregates = true
+[outputs.bounds]   # the one-hot columns are not input columns: the job declares their bounds
+category_grocery = [0, 1]
+category_electronics = [0, 1]
+category_fashion = [0, 1]
+category_home = [0, 1]
+segment_mass = [0, 1]
+segment_affluent = [0, 1]
 """
 (work / "spend-model.toml").write_text(spec)
+#   cleanroom job cost spend-model.toml   (the dry run: the privacy charge and the noise, nothing runs)
+cost = analyst.job_cost(spec)
+print(f"the job will spend epsilon {cost['plan']['epsilon']:g}, delta {cost['plan']['delta']:g} of each dataset's "
+      "budget, at submission, for good")
 job = analyst.submit_job(spec)  # refused right here, with the reason, if a policy or approval is missing
 # The retailer, an input owner, sees the phases, the end and (on failure) the error class and log; the
 # analyst sees only `running` until the job's outcome time, then `released` or `nothing_released`.
@@ -215,10 +239,10 @@ if analyst.wait_job(job["id"], timeout=900)["status"] != "released":
 out = work / "out"
 analyst.get_result(job["id"], out)
 metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-print("holdout metrics of the model trained on data that neither side saw whole:")
+print("holdout metrics (noisy: differential privacy) of the model trained on data that neither side saw whole:")
 for key, value in metrics.items():
     print(f"  {key} = {value}")
-print("spend by region (groups of at least k customers):")
+print("spend by region (noisy counts and means):")
 print((out / "aggregates" / "spend_by_region.csv").read_text())
 
 # %% 12. Anyone in the room can check the audit log's hash chain ---------------------------------------

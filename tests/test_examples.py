@@ -19,14 +19,14 @@ def test_spend_model_example(room, runner, tmp_path):
     try:
         done = subprocess.run(
             [sys.executable, str(REPO / "examples" / "spend_model.py"), "--url", room.url,
-             "--admin-token", room.admin_token, "--customers", "1500", "--workdir", str(tmp_path / "work")],
+             "--admin-token", room.admin_token, "--customers", "20000", "--workdir", str(tmp_path / "work")],
             env=dict(os.environ), capture_output=True, text=True, timeout=450)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the example did not finish in {exc.timeout} s; its output so far:\n{exc.stdout}\n{exc.stderr}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     r2 = re.search(r"^\s*r2 = (-?[0-9.e-]+)$", out, re.MULTILINE)
-    assert r2 and float(r2.group(1)) > 0.5, out[-3000:]
+    assert r2 and float(r2.group(1)) > 0.3, out[-3000:]  # noisy (DP is the default)
     assert "release check" in out and "FAILED" not in out
     assert re.search(r"^region,count,", out, re.MULTILINE), out[-3000:]
     assert "chain intact = True" in out
