@@ -205,3 +205,27 @@ def test_the_released_unit_count_carries_gaussian_noise_of_the_documented_sigma(
         noise.append(fit["noisy_units"] - 200)
     assert st.kstest(np.array(noise) / sigma, "norm").pvalue > REJECT
     assert st.kstest(np.array(noise) / (2 * sigma), "norm").pvalue < REJECT  # control: another scale is rejected
+
+
+@pytest.mark.parametrize("extreme", [1e12, -1e12])
+def test_one_unit_with_extreme_rows_moves_a_dp_aggregate_by_at_most_its_sensitivity(extreme):
+    """D against D minus one `_pid` with 50 rows of extreme values, at an epsilon so large that the
+    noise is negligible: each group's count moves by at most 1 and its sum by at most max(|lo|, |hi|)."""
+    from cleanroom.sandbox import aggregates
+
+    rng = np.random.default_rng(4)
+    n = 3000
+    base = pd.DataFrame({"_pid": np.arange(n), "g": rng.choice(["a", "b"], n), "v": rng.uniform(0, 100, n)})
+    target = pd.DataFrame({"_pid": np.zeros(50, dtype=int) + n, "g": ["a"] * 50, "v": [extreme] * 50})
+    spec = aggregates.parse_spec({"name": "t", "group_by": ["g"], "metrics": [
+        {"agg": "count"}, {"agg": "sum", "column": "v"}]}, base, set())
+    bounds = {"v": (0.0, 100.0)}
+
+    def release(frame: pd.DataFrame) -> pd.DataFrame:
+        table = aggregates.compute_dp(frame, spec, 10, bounds, 1e6, 1e-7, dp.Budget(1e7, 1e-6))
+        return table.set_index("g")
+
+    with_unit, without = release(pd.concat([base, target], ignore_index=True)), release(base)
+    assert abs(with_unit.loc["a", "count"] - without.loc["a", "count"]) <= 1 + 0.01
+    assert abs(with_unit.loc["a", "sum_v"] - without.loc["a", "sum_v"]) <= 100 + 0.01
+    assert abs(with_unit.loc["b", "sum_v"] - without.loc["b", "sum_v"]) <= 0.01  # other groups do not move
