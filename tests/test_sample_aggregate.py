@@ -207,7 +207,7 @@ OUTS = [blocks.Output("a", 0.0, 10.0, 7.0), blocks.Output("b", -1.0, 1.0, -1.0)]
 
 @pytest.mark.parametrize("answer", [
     None, "1,2", 3.0, {"a": 1}, [1.0], [1.0, 2.0, 3.0], [float("nan"), 0.0], [float("inf"), 0.0],
-    [0.0, float("-inf")], ["1", 0.0], [True, 0.0], [[1.0], 0.0], [None, 0.0], [],
+    [0.0, float("-inf")], ["1", 0.0], [True, 0.0], [[1.0], 0.0], [None, 0.0], [], [10**400, 0.0], [0.0, -(10**999)],
 ])
 def test_every_bad_answer_becomes_the_default_vector(answer):
     assert blocks.parse_block(answer, OUTS) == [7.0, -1.0]

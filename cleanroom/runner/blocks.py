@@ -113,9 +113,15 @@ def split_inputs(inputs: Mapping[str, bytes], m: int, salt: bytes) -> list[dict[
 def parse_block(answer: Any, outputs: Sequence[Output]) -> list[float]:
     """A block's answer as k clipped numbers; the default vector for anything that is not exactly k
     finite numbers (None, NaN, inf, strings, booleans, nested lists, the wrong length)."""
-    ok = isinstance(answer, list) and len(answer) == len(outputs) and all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in answer)
-    values = [float(v) for v in answer] if ok else [o.default for o in outputs]
+    values = [o.default for o in outputs]
+    if isinstance(answer, list) and len(answer) == len(outputs) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in answer):
+        try:
+            numbers = [float(v) for v in answer]  # an int past the float range raises
+        except OverflowError:
+            numbers = []
+        if numbers and all(math.isfinite(v) for v in numbers):
+            values = numbers
     return [min(max(v, o.lo), o.hi) for v, o in zip(values, outputs, strict=True)]
 
 
@@ -224,7 +230,11 @@ def run_job(run: JobRun, ctx: dict[str, Any], bundles: dict[str, bytes], effecti
                                         max_output_bytes=run.settings.job_max_output_bytes,
                                         max_bytes=_memory_bytes(run.settings.job_memory),
                                         drop=effective.get("never_output", []))
-        except recode.RecodeError as exc:  # the inputs were readable as a whole: not about one unit
+        except recode.TooLarge:  # this block's data is over the phase's memory: like running out of it
+            run.note(f"--- block {j}: too large for a sandbox phase ---")
+            values.append(parse_block(None, outputs))
+            continue
+        except recode.RecodeError as exc:  # split_inputs read every input already: not about one unit
             raise JobFailed("integrity_error", str(exc)) from exc
         parts[j] = {}
         request = io.BytesIO()
@@ -267,10 +277,13 @@ def _run_block(run: JobRun, request: memoryview, limits: dict[str, Any] | None, 
     from cleanroom.errors import SandboxError
     from cleanroom.runner.execute import Cancelled, JobFailed
 
-    try:
-        box = run.sandbox.start("compute", run.job_id, limits=limits, pool=False)
-    except SandboxError as exc:
-        raise JobFailed(exc.code, exc.message) from exc
+    for attempt in (1, 2):  # once more: a busy engine after the previous block should not fail the job
+        try:
+            box = run.sandbox.start("compute", run.job_id, limits=limits, pool=False)
+            break
+        except SandboxError as exc:
+            if attempt == 2:
+                raise JobFailed(exc.code, exc.message) from exc
     t = time.monotonic()
     try:
         res = box.run(request, timeout=min(seconds, box.settings.job_timeout_seconds), cancelled=run.cancelled)
@@ -287,9 +300,9 @@ def _run_block(run: JobRun, request: memoryview, limits: dict[str, Any] | None, 
         raise Cancelled()
     if res.timed_out or res.oom_killed or res.output_overflow or res.exit_code != 0:
         return None
-    try:
+    try:  # what the container wrote is the plugin's to shape: any parsing failure is no answer
         result, _ = wire.read_message(io.BytesIO(res.stdout), "result.json", run.settings.job_max_output_bytes)
-    except wire.WireError:
+    except Exception:  # noqa: BLE001
         return None
     if not isinstance(result, dict) or not result.get("ok"):
         run.note(f"block {index}: {str(result.get('error') if isinstance(result, dict) else '')[:500]}")
