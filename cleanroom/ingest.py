@@ -252,13 +252,15 @@ def _check_id_values(id_column: str, prepared: PreparedDataset) -> None:
     ids, rows = prepared.id_values, prepared.row_count
     if ids is None or ids >= rows or (ids >= MIN_ID_VALUES and ids * MAX_ROWS_PER_ID >= rows):
         return  # (a file with one row per id is fine however small)
+    likely = [n for n, why in prepared.dropped_reasons.items() if "id" in why.split()]
+    guess = f" ({', '.join(repr(n) for n in likely)} looks like one and would have been dropped)" if likely else ""
     raise ValidationError(
         f"the id column {id_column!r} has only {ids} distinct values in {rows} rows: an id column names "
         "the person (or other privacy unit) each row is about, so it has many values (a person may have "
         "several rows). Nothing was uploaded",
-        hint="give the column that identifies the person with --id-column; if this really is the id column "
-             "(few units with many rows each), pass --allow-few-ids (SDK: allow_few_ids=True)",
-        details={"id_column": id_column, "distinct": ids, "rows": rows})
+        hint=f"give the column that identifies the person with --id-column{guess}; if this really is the id "
+             "column (few units with many rows each), pass --allow-few-ids (SDK: allow_few_ids=True)",
+        details={"id_column": id_column, "distinct": ids, "rows": rows, "dropped_id_like": likely})
 
 
 def _check_policy_columns(policy: Any, names: list[str], id_column: str, dropped: dict[str, str]) -> None:

@@ -599,6 +599,12 @@ def test_an_id_column_with_few_values_is_refused(keys, tmp_path):
         assert prepared.row_count == 200
     with run(path, keys, tmp_path, id_column="person") as prepared:  # the real id column
         assert prepared.row_count == 200
+    frame = people(200)  # the real id column looks like an identifier: the hint names it
+    frame["patient_id"] = frame.pop("customer")
+    frame.to_csv(tmp_path / "patients.csv", index=False)
+    with pytest.raises(ValidationError) as refused:
+        run(tmp_path / "patients.csv", keys, tmp_path, id_column="region", identifier_check=None)
+    assert "'patient_id' looks like one" in refused.value.hint, refused.value.hint
     repeated = tmp_path / "visits.csv"  # a person may have many rows: 20 people, 10 rows each is fine
     repeated.write_text("person,x\n" + "".join(f"P{i % 20},{i}\n" for i in range(200)))
     with run(repeated, keys, tmp_path, id_column="person") as prepared:
