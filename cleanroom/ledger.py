@@ -4,7 +4,8 @@ One append-only table (`privacy_charges`, one row per job and input dataset) hol
 with the job's recipient org; a dataset's remaining budget is its policy's (epsilon, delta) minus
 the SUM of its charges, never a mutable counter (PRIVACY-DESIGN.md section 6). Three views:
 per dataset (the owner's lifetime budget), per recipient org (the same rows, filtered; each
-recipient's share is, for now, the whole budget) and room-wide (one charge per job, capped by
+recipient may spend at most the policy's `recipient_epsilon`, by default the whole budget, so that
+one recipient cannot use up what the owner meant for several) and room-wide (one charge per job, capped by
 the operator's `dp_room_epsilon` when set).
 
 A job's (epsilon, delta) comes from its spec and the policies only: the spec's `epsilon` / `delta`
@@ -137,8 +138,10 @@ def remaining(conn: Any, dataset: str, policy: Policy, recipient: str | None = N
     }
     if recipient is not None:
         r_eps, r_delta = spent(conn, dataset, recipient)
-        out["recipient"] = {"org": recipient, "spent_epsilon": r_eps, "spent_delta": r_delta,
-                            "remaining_epsilon": out["remaining_epsilon"], "remaining_delta": out["remaining_delta"]}
+        share = policy.recipient_epsilon if policy.recipient_epsilon is not None else policy.epsilon
+        out["recipient"] = {"org": recipient, "share_epsilon": share, "spent_epsilon": r_eps, "spent_delta": r_delta,
+                            "remaining_epsilon": min(out["remaining_epsilon"], max(share - r_eps, 0.0)),
+                            "remaining_delta": out["remaining_delta"]}
     return out
 
 
@@ -162,6 +165,14 @@ def charge(conn: Any, *, job_id: str, recipient: str, datasets: Mapping[str, Map
                 f"{policy.delta:g}); this job needs epsilon {eps:g}, delta {delta:g}",
                 hint="budgets are for the dataset's lifetime; its owner decides whether to raise it",
                 details={"dataset": name, "remaining_epsilon": max(policy.epsilon - used_eps, 0.0)})
+        if policy.recipient_epsilon is not None:
+            mine, _ = spent(conn, name, recipient)
+            if eps > policy.recipient_epsilon - mine + SLACK:
+                raise PolicyError(
+                    f"{recipient!r} has epsilon {max(policy.recipient_epsilon - mine, 0):g} left of its share "
+                    f"({policy.recipient_epsilon:g}) of dataset {name!r}'s budget; this job needs epsilon {eps:g}",
+                    hint="each recipient org may spend at most the policy's recipient_epsilon",
+                    details={"dataset": name, "recipient": recipient})
     if room_epsilon and charged and room_spent(conn) + eps > room_epsilon + SLACK:
         raise PolicyError(f"the room's privacy budget (epsilon {room_epsilon:g}) is spent",
                           hint="the operator sets CLEANROOM_DP_ROOM_EPSILON")

@@ -236,6 +236,7 @@ class Policy:
     require_dp: bool = True
     job_epsilon: float = DEFAULT_JOB_EPSILON
     job_delta: float = DEFAULT_JOB_DELTA
+    recipient_epsilon: float | None = None  # each recipient org's share of `epsilon` (None: all of it)
     recipients: tuple[str, ...] = ()
     review: bool = False
     estimators: tuple[str, ...] = tuple(sorted(DEFAULT_ESTIMATORS))
@@ -270,7 +271,9 @@ class Policy:
             "outputs": {"allowed": sorted(self.outputs)},
             "privacy": {"k": self.k, "epsilon": self.epsilon, "delta": self.delta,
                         "require_dp": self.require_dp, "job_epsilon": self.job_epsilon,
-                        "job_delta": self.job_delta},
+                        "job_delta": self.job_delta,
+                        **({"recipient_epsilon": self.recipient_epsilon}
+                           if self.recipient_epsilon is not None else {})},
             "release": {"recipients": sorted(self.recipients), "review": self.review,
                         # only when set: policies without it keep their hash
                         **({"precision": self.precision} if self.precision is not None else {})},
@@ -302,7 +305,7 @@ def parse_policy(text: str) -> Policy:
 
 _SCHEMA = {
     "outputs": ("allowed",),
-    "privacy": ("k", "epsilon", "delta", "require_dp", "job_epsilon", "job_delta"),
+    "privacy": ("k", "epsilon", "delta", "require_dp", "job_epsilon", "job_delta", "recipient_epsilon"),
     "release": ("recipients", "review", "precision"),
     "models": ("estimators", "allow_row_storing", "max_model_bytes"),
     "columns": None,
@@ -330,7 +333,7 @@ def _build(data: dict[str, Any], ck: Checker) -> Policy:
         fields["k"] = ck.typed(("privacy", "k"), priv["k"], "int")
         if fields["k"] < 2:
             ck.fail(("privacy", "k"), f"k must be at least 2 (got {fields['k']})")
-    for key in ("epsilon", "delta", "job_epsilon", "job_delta"):
+    for key in ("epsilon", "delta", "job_epsilon", "job_delta", "recipient_epsilon"):
         if priv.get(key) is not None:
             fields[key] = value = ck.typed(("privacy", key), priv[key], "number")
             if value <= 0 or ("delta" in key and value > MAX_DELTA):
@@ -347,6 +350,10 @@ def _build(data: dict[str, Any], ck: Checker) -> Policy:
             where = cap if cap in fields else total
             ck.fail(("privacy", where), f"the per-job {total} ({cap} = {cap_value:g}) cannot exceed the "
                     f"dataset's budget ({total} = {total_value:g})")
+    share = fields.get("recipient_epsilon")
+    if share is not None and share > fields.get("epsilon", DEFAULT_EPSILON):
+        ck.fail(("privacy", "recipient_epsilon"), f"recipient_epsilon ({share:g}) cannot exceed the dataset's "
+                f"budget (epsilon = {fields.get('epsilon', DEFAULT_EPSILON):g})")
     if fields.get("require_dp") is False:
         fields["review"] = True  # exact mode: the owner sees every release before its recipient does
     if rel.get("precision") is not None:

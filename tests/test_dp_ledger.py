@@ -108,3 +108,34 @@ def test_the_room_wide_cap_counts_each_job_once(tmp_path):
         assert analyst.submit_job(scenario.job_spec(ids, epsilon=0.5))["status"] == "queued"
     finally:
         capped.stop()
+
+
+def test_each_recipient_spends_at_most_its_share(tmp_path):
+    """`[privacy] recipient_epsilon`: one recipient cannot use up what the owner meant for several (real
+    SQLite, the ledger's own functions); control: another recipient still has its share."""
+    from cleanroom import ledger
+    from cleanroom.policy import combine, parse_policy
+    from cleanroom.store import Store
+
+    policy = parse_policy("[privacy]\nrecipient_epsilon = 1.5\n[release]\nrecipients = ['acme', 'beta']\n")
+    assert policy.recipient_epsilon == 1.5 and "recipient_epsilon" in policy.to_dict()["privacy"]
+    with pytest.raises(PolicyError, match="recipient_epsilon \\(4\\) cannot exceed"):
+        parse_policy("[privacy]\nrecipient_epsilon = 4\n")
+    effective = combine({"d": policy})
+    effective = type(effective)(**{**effective.__dict__, "job_epsilon": 1.0, "job_delta": 1e-7})
+    store = Store(tmp_path / "db")
+    datasets = {"d": {"policy": policy}}
+
+    def charge(job: str, recipient: str) -> None:
+        with store.tx() as conn:
+            ledger.charge(conn, job_id=job, recipient=recipient, datasets=datasets, effective=effective,
+                          room_epsilon=None, now=0.0)
+
+    charge("j1", "acme")
+    with pytest.raises(PolicyError, match="'acme' has epsilon 0.5 left of its share \\(1.5\\)"):
+        charge("j2", "acme")
+    charge("j3", "beta")  # control: beta's share is untouched
+    with store.read() as conn:
+        view = ledger.remaining(conn, "d", policy, "acme")
+        assert view["spent_epsilon"] == 2.0 and view["recipient"]["remaining_epsilon"] == 0.5
+        assert [c["job_id"] for c in ledger.charges(conn, "d")] == ["j1", "j3"]  # the refused one left nothing
