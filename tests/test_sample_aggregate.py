@@ -456,3 +456,15 @@ def test_the_api_refuses_bad_sample_and_aggregate_specs_with_a_clear_error_and_c
         2500 / 8)
     assert analyst.submit_job(text)["status"] == "queued"  # control: the good spec is admitted and charged
     assert retailer.dataset_budget("retail.purchases")["spent_epsilon"] == pytest.approx(1.0)
+
+
+def test_a_blocks_stream_has_no_trace_of_the_owners_batches():
+    frame = _inputs(300)["bank"]
+    sink = pa.BufferOutputStream()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=37):  # boundaries at global offsets, moved by other units
+            writer.write_batch(batch)
+    for part in blocks.split_inputs({"bank": sink.getvalue().to_pybytes()}, 4, SALT):
+        with pa.ipc.open_stream(pa.py_buffer(part["bank"])) as reader:
+            assert len(list(reader)) <= 1

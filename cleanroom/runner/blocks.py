@@ -102,7 +102,8 @@ def split_inputs(inputs: Mapping[str, bytes], m: int, salt: bytes) -> list[dict[
         for j in range(m):
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table.filter(pa.array(index == j)))
+                # one batch: the owner's batch boundaries sit at global row offsets, which other units move
+                writer.write_table(table.filter(pa.array(index == j)).combine_chunks())
             blocks[j][name] = sink.getvalue().to_pybytes()
         del table
     return blocks
