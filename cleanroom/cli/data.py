@@ -157,7 +157,13 @@ def dataset_budget(state: State, name: str) -> None:
 @pass_state
 def dataset_policy(state: State, name: str, policy_path: str) -> None:
     """Publish a new policy version (voids approvals bound to the old one)."""
-    emit(state, state.client.update_policy(name, Path(policy_path).read_text()))
+    from cleanroom.policy import parse_policy
+
+    text = Path(policy_path).read_text()
+    result = state.client.update_policy(name, text)
+    for note in parse_policy(text).notes():  # e.g. exact mode forces review
+        console.print(f"policy: {note}")
+    emit(state, result)
 
 
 @cli.group()
