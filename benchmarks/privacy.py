@@ -130,6 +130,27 @@ def main() -> None:
           " (cells are rounded to 3 significant digits);"
           "\ncoef err: ||b_dp - b|| / ||b|| over the numeric features, each times its declared range;"
           "\nR2 dp / exact: both models on every joined row; R2 released: the noisy holdout R2 in metrics.json.")
+    sample_aggregate_rows(args.units, args.epsilon, args.repeat)
+
+
+def sample_aggregate_rows(units_list: list[int], epsilons: list[float], repeat: int, m: int = 200) -> None:
+    """The sample-and-aggregate row: the analyst's own statistic (median spend per block, any code would
+    do), m blocks, clipped mean + Laplace (`cleanroom.runner.blocks`; more in benchmarks/sample_aggregate.py)."""
+    from cleanroom.runner import blocks
+
+    output = blocks.Output("median_spend", 0.0, 2500.0, 0.0)
+    print(f"\nsample-and-aggregate: median spend per block, m = {m}, range [0, 2500], clipped mean + Laplace")
+    print(f"{'units':>9} {'eps':>5} | {'exact':>8} {'med |err|':>9} {'rel err':>7}")
+    for units in units_list:
+        frame = joined_frame(units)
+        salt = bytes(32)  # a benchmark: production draws a secret salt per job
+        index = np.array([blocks.block_of(salt, str(u), m) for u in frame["_pid"]])
+        answers = [blocks.parse_block([float(frame["spend"][index == j].median())], [output]) for j in range(m)]
+        exact = float(frame["spend"].median())
+        for epsilon in epsilons:
+            err = statistics.median(abs(blocks.aggregate(answers, [output], epsilon)[0]["value"] - exact)
+                                    for _ in range(repeat))
+            print(f"{units:>9} {epsilon:>5g} | {exact:>8.1f} {err:>9.1f} {err / exact:>7.2%}")
 
 
 if __name__ == "__main__":
