@@ -139,3 +139,49 @@ def test_each_recipient_spends_at_most_its_share(tmp_path):
         view = ledger.remaining(conn, "d", policy, "acme")
         assert view["spent_epsilon"] == 2.0 and view["recipient"]["remaining_epsilon"] == 0.5
         assert [c["job_id"] for c in ledger.charges(conn, "d")] == ["j1", "j3"]  # the refused one left nothing
+
+
+def test_the_cli_dry_run_and_budget_commands(world, room, tmp_path):
+    """`job cost`, `job submit --dry-run` and `dataset budget`, as users run them (a subprocess each)."""
+    from cleanroom.profile import Profile
+    from tests.test_cli import run
+
+    _, retailer, _, analyst, ids = world
+    Profile(name="acme", url=room.url, token=analyst.token).save()
+    spec = tmp_path / "spend-model.toml"
+    spec.write_text(scenario.job_spec(ids, epsilon=0.5))
+    cost = run("job", "cost", str(spec), profile="acme").stdout
+    assert "would be admitted" in cost and "charge: epsilon 0.5, delta 1e-07" in cost
+    assert "sum_abs_residual: noise scale" in cost and "95% within" in cost
+    dry = run("job", "submit", "--dry-run", str(spec), profile="acme").stdout
+    assert "would be admitted" in dry and "job_" not in dry  # nothing was submitted
+    budget = run("dataset", "budget", "retail.purchases", profile="acme").stdout
+    assert "epsilon 3 of 3 left" in budget and "at most epsilon 1, delta 1e-07 per job" in budget
+    assert retailer.dataset_budget("retail.purchases")["charges"] == []
+    # control: a real submission is charged, and the budget command shows it
+    run("job", "submit", str(spec), profile="acme")
+    assert "epsilon 2.5 of 3 left" in run("dataset", "budget", "retail.purchases", profile="acme").stdout
+
+
+def test_the_cli_upload_says_what_the_policy_means_and_suggests_bounds(world, room, tmp_path):
+    from cleanroom.ingest import new_join_secret, save_join_secret
+    from cleanroom.profile import Profile
+    from tests.test_cli import run
+
+    _, retailer, _, _, _ = world
+    Profile(name="shop", url=room.url, token=retailer.token).save()
+    files = scenario.write_data(tmp_path / "d", 200)
+    save_join_secret(tmp_path / "join.key", new_join_secret())
+    exact = tmp_path / "exact.toml"
+    exact.write_text(scenario.exact_policy(scenario.RETAIL_POLICY))
+    done = run("dataset", "upload", str(files["retail"]), "--name", "retail.exact", "--policy", str(exact),
+               "--id-column", "customer_id", "--join-secret", str(tmp_path / "join.key"), profile="shop")
+    assert "review = true is forced" in done.stderr
+    assert "seen in your rows" in done.stderr and "[columns.spend]\nbounds = [" in done.stderr  # suggestions
+    assert "[columns.last_purchase]" not in done.stderr  # dates are not suggested
+    assert retailer.get_dataset("retail.exact")["policy"]["release"]["review"] is True
+    # control: the DP default says so too
+    dp_done = run("dataset", "upload", str(files["retail"]), "--name", "retail.dp", "--policy",
+                  str(files["retail_policy"]), "--id-column", "customer_id", "--join-secret",
+                  str(tmp_path / "join.key"), profile="shop")
+    assert "differential privacy: lifetime budget epsilon 3" in dp_done.stderr

@@ -73,11 +73,11 @@ def dataset_upload(state: State, path: str, name: str, policy_path: str, id_colu
     from cleanroom.policy import parse_policy
 
     for note in parse_policy(Path(policy_path).read_text()).notes():  # e.g. exact mode forces review
-        console.print(f"policy: {note}")
+        click.echo(f"policy: {note}", err=True)
     suggested = result.pop("suggested_policy", "") if isinstance(result, dict) else ""
-    if suggested:
-        console.print("published: only what the policy declares. Bounds and domains seen in your rows, to check "
-                      "and add to the policy if they may be public (cleanroom dataset policy):\n" + suggested)
+    if suggested:  # plain text: TOML table names are not markup
+        click.echo("published: only what the policy declares. Bounds and domains seen in your rows, to check "
+                   "and add to the policy if they may be public (cleanroom dataset policy):\n" + suggested, err=True)
     emit(state, result)
 
 
@@ -162,7 +162,7 @@ def dataset_policy(state: State, name: str, policy_path: str) -> None:
     text = Path(policy_path).read_text()
     result = state.client.update_policy(name, text)
     for note in parse_policy(text).notes():  # e.g. exact mode forces review
-        console.print(f"policy: {note}")
+        click.echo(f"policy: {note}", err=True)
     emit(state, result)
 
 
