@@ -18,15 +18,11 @@ from cleanroom.settings import Settings
 
 def mock_frame(dataset: dict[str, Any]) -> pd.DataFrame:
     """A dataset's mock rows as a job's compute phase would get them (`cleanroom.runner.mockrun`)."""
-    return mock_table(dataset, dataset.get("never_output", ())).to_pandas()
-
-
-def _with_rules(dataset: dict[str, Any]) -> dict[str, Any]:
-    """The dataset with the columns its policy marks never_output, which a job never sees either."""
-    return {**dataset, "never_output": never_output(dataset)}
+    return mock_table(dataset, never_output(dataset)).to_pandas()
 
 
 def never_output(dataset: dict[str, Any]) -> list[str]:
+    """The columns the dataset's policy marks never_output: a job's plugins never see them."""
     policy = dataset.get("policy") if isinstance(dataset.get("policy"), dict) else {}
     columns = (policy or {}).get("columns") or {}
     return sorted(name for name, rule in columns.items()
@@ -43,8 +39,10 @@ def test_plugin(client: Any, folder: Path, datasets: list[str], params: dict[str
     plugin_id = hashlib.sha256(archive).hexdigest()
     files = {f"plugins/{plugin_id}.tar": archive}
     inputs = []
-    for i, name in enumerate(datasets):
-        files[f"inputs/{i}.arrow"] = write_table(mock_table(_with_rules(client.get_dataset(name))))
+    records = [client.get_dataset(name) for name in datasets]
+    hidden = sorted({c for ds in records for c in never_output(ds)})  # as a job: every input's, from each input
+    for i, (name, ds) in enumerate(zip(datasets, records, strict=True)):
+        files[f"inputs/{i}.arrow"] = write_table(mock_table(ds, hidden))
         inputs.append({"dataset": name, "file": f"inputs/{i}.arrow"})
     step = {"plugin_id": plugin_id, "name": manifest["name"], "kind": manifest["kind"], "entry": manifest["entry"],
             "params": params, "dataset": datasets[0] if len(datasets) == 1 and

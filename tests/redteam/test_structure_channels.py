@@ -26,7 +26,7 @@ import pytest
 import skops.io as sio
 
 from cleanroom.sandbox import release, structure, wire
-from tests.redteam.conftest import AGGREGATE_CODE, AGGREGATE_PARAMS, stack_for_module
+from tests.redteam.conftest import AGGREGATE_CODE, AGGREGATE_PARAMS, stack_for_module, write_plugin
 
 K = 5
 REGIONS = ["east", "north", "south", "west"]
@@ -482,3 +482,18 @@ def test_a_group_key_made_of_whole_rows_through_the_whole_stack(world: SimpleNam
     assert control["status"] == "succeeded", control
     regions = _released_table(w, control, tmp_path, "by_region")
     assert list(regions["region"]) == list(rows["region"]) and regions["count"].notna().sum() >= 2
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_plugin_test_shows_the_inputs_a_job_gives(world: SimpleNamespace, tmp_path: Path) -> None:
+    """`cleanroom plugin test` feeds the mock inputs of a job's mock run: never_output columns left out."""
+    from cleanroom.runner.local import test_plugin
+
+    w = world
+    folder = write_plugin(tmp_path, "launder-local", LAUNDER)
+    hidden = test_plugin(w.stack.analyst, folder, [w.hidden], {}, image=w.stack.image)
+    assert hidden["ok"] is True and "visits" not in hidden["columns"], hidden
+    assert hidden["head"] and all(row["spend"] < 5000 for row in hidden["head"])
+    control = test_plugin(w.stack.analyst, folder, [w.plain], {}, image=w.stack.image)
+    assert control["ok"] is True and "visits" in control["columns"], control
