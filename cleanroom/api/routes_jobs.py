@@ -24,7 +24,7 @@ from cleanroom.store import dumps, new_id, now
 router = APIRouter()
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
 # What an analyst who does not own every input sees of a job: nothing about why or when it ended.
-ANALYST_STATUSES = ("queued", "running", "released", "nothing_released")
+ANALYST_STATUSES = ("queued", "running", "released", "nothing_released", "cancelled")
 REVEAL_PAD = 10  # seconds: a reveal time is rounded up to a multiple of this
 
 
@@ -118,9 +118,9 @@ def released(conn: Any, job: dict[str, Any], t: float) -> dict[str, Any] | None:
 
 def analyst_status(conn: Any, job: dict[str, Any], t: float) -> str:
     """queued, running, released or nothing_released: one status for every way a job can fail, shown only
-    once the job's reveal time (started_at + time budget) has passed."""
+    once the job's reveal time (started_at + time budget) has passed; cancelled if it never started."""
     if job["started_at"] is None:
-        return "queued" if job["status"] == "queued" else "nothing_released"  # cancelled before it touched data
+        return "queued" if job["status"] == "queued" else "cancelled"  # before it touched any data
     if t < (job["reveal_at"] or 0):
         return "running"
     return "released" if released(conn, job, t) else "nothing_released"
