@@ -11,8 +11,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from cleanroom import ledger
-from cleanroom import audit
+from cleanroom import audit, ledger
 from cleanroom.api.app import row_dict
 from cleanroom.api.authz import Caller, can_see_all, visible_job
 from cleanroom.api.deps import Ctx, get_ctx
@@ -26,7 +25,6 @@ TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
 # What an analyst who does not own every input sees of a job: nothing about why or when it ended.
 ANALYST_STATUSES = ("queued", "running", "released", "nothing_released", "cancelled")
 REVEAL_PAD = 10  # seconds: a reveal time is rounded up to a multiple of this
-
 
 
 class JobIn(BaseModel):
