@@ -468,3 +468,23 @@ def test_a_blocks_stream_has_no_trace_of_the_owners_batches():
     for part in blocks.split_inputs({"bank": sink.getvalue().to_pybytes()}, 4, SALT):
         with pa.ipc.open_stream(pa.py_buffer(part["bank"])) as reader:
             assert len(list(reader)) <= 1
+
+
+@pytest.mark.docker
+def test_plugin_test_shows_a_statistics_answer_on_mock_data(room, tmp_path):
+    import os
+
+    from cleanroom.runner.local import test_plugin
+    from tests.dockerutil import require_docker, require_image
+    from tests.scenario_setup import setup_scenario
+    from tests.test_dp_ledger import register_room_key
+
+    require_image(require_docker(), "CLEANROOM_SANDBOX_IMAGE")
+    register_room_key(room)
+    _, _, analyst, _, _ = setup_scenario(room.org, tmp_path, n=100)
+    image = os.environ.get("CLEANROOM_SANDBOX_IMAGE", "cleanroom-sandbox:latest")
+    folder = Path(__file__).resolve().parent.parent / "plugins" / "block-quantile"
+    out = test_plugin(analyst, folder, ["retail.purchases"], {"columns": ["spend", "visits"]}, image=image)
+    assert out["ok"] is True and len(out["statistic"]) == 2 and 0 <= out["statistic"][0] <= 2500, out
+    failing = test_plugin(analyst, folder, ["retail.purchases"], {"columns": ["no_such_column"]}, image=image)
+    assert failing["ok"] is False and "no column" in failing["error"]  # control
