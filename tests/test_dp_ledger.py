@@ -185,3 +185,31 @@ def test_the_cli_upload_says_what_the_policy_means_and_suggests_bounds(world, ro
                   str(files["retail_policy"]), "--id-column", "customer_id", "--join-secret",
                   str(tmp_path / "join.key"), profile="shop")
     assert "differential privacy: lifetime budget epsilon 3" in dp_done.stderr
+
+
+def test_the_migration_keeps_the_old_budget_rows_as_charges(tmp_path):
+    """A room upgraded from the reserve-and-refund `budget` table: every old row (spent or reserved) becomes
+    a ledger charge, so an upgrade never hands budget back."""
+    import sqlite3
+
+    from cleanroom.store import MIGRATIONS, Store
+
+    mine = next(i for i, m in enumerate(MIGRATIONS) if "CREATE TABLE privacy_charges" in m)
+    (tmp_path / "db").mkdir()
+    conn = sqlite3.connect(tmp_path / "db" / "cleanroom.db")
+    for script in MIGRATIONS[:mine]:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute(f"PRAGMA user_version={mine}")
+    conn.execute("INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, created_at)"
+                 " VALUES ('job_old', 'org', 'j', '{\"recipient\": \"acme\"}', '{}', 'succeeded', 1)")
+    conn.execute("INSERT INTO budget VALUES ('retail', 'job_old', 0.7, 'spent', 1)")
+    conn.execute("INSERT INTO budget VALUES ('retail', 'job_queued', 0.2, 'reserved', 2)")
+    conn.commit()
+    conn.close()
+    store = Store(tmp_path / "db")
+    with store.read() as db:
+        rows = [tuple(r) for r in db.execute("SELECT job_id, dataset, recipient, epsilon FROM privacy_charges"
+                                             " ORDER BY seq")]
+    assert rows == [("job_old", "retail", "acme", 0.7), ("job_queued", "retail", "", 0.2)]
