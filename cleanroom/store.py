@@ -123,6 +123,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE datasets ADD COLUMN withdrawn_at REAL;
     """,
+    # plugins are content-addressed for everyone: another org that submits the same bytes may use them
+    # (its own view; the name stays with the first submitter's lineage)
+    """
+    CREATE TABLE plugin_users (
+        plugin_id TEXT NOT NULL REFERENCES plugins(id), org_id TEXT NOT NULL REFERENCES orgs(id),
+        created_at REAL NOT NULL, PRIMARY KEY (plugin_id, org_id));
+    """,
 ]
 
 

@@ -131,8 +131,9 @@ def require_dataset_owner(caller: Caller, dataset: dict[str, Any]) -> None:
 
 
 def visible_plugin(caller: Caller, plugin: dict[str, Any]) -> None:
-    """Owners, reviewers and admins see every plugin; analysts see their own."""
-    if can_see_all(caller) or plugin["submitted_by"] == caller.org_id:
+    """Owners, reviewers and admins see every plugin; analysts see their own: those they submitted,
+    first or again (`users`: the orgs that submitted the same bytes after the first)."""
+    if can_see_all(caller) or plugin["submitted_by"] == caller.org_id or caller.org_id in plugin.get("users", ()):
         return
     raise NotFound("plugin not found")
 

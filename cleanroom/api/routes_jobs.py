@@ -13,10 +13,10 @@ from pydantic import BaseModel, Field
 
 from cleanroom import audit, ledger
 from cleanroom.api.app import row_dict
-from cleanroom.api.authz import Caller, can_see_all, visible_job
+from cleanroom.api.authz import Caller, visible_job
 from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.api.routes_datasets import check_not_withdrawn, current_policy, load_dataset
-from cleanroom.api.routes_plugins import check_signed
+from cleanroom.api.routes_plugins import check_signed, may_use_plugin
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, PolicyError, RateLimited, ValidationError
 from cleanroom.store import dumps, new_id, now
 
@@ -36,7 +36,7 @@ def job_context(conn: Any, spec: Any, caller: Caller | None = None) -> dict[str,
 
     With `caller`, only plugins the caller may see count (an analyst's own; every plugin for owners,
     reviewers and admins): an analyst cannot run another analyst's plugin by its id, even an approved
-    one. The owners approved code, not who may use it, and a plugin is its author's work.
+    one, until it submits the same bytes itself (then the owners' approvals of those bytes cover it).
     """
     from cleanroom.policy import Policy
 
@@ -55,7 +55,7 @@ def job_context(conn: Any, spec: Any, caller: Caller | None = None) -> dict[str,
     plugins: dict[str, Any] = {}
     for pid in spec.plugin_ids():
         row = conn.execute("SELECT * FROM plugins WHERE id = ?", (pid,)).fetchone()
-        if row and (caller is None or can_see_all(caller) or row["submitted_by"] == caller.org_id):
+        if row and (caller is None or may_use_plugin(conn, caller, pid)):
             p = row_dict(row, "manifest")
             plugins[pid] = {"name": p["name"], "kind": p["kind"], "manifest": p["manifest"]}
     approvals = set()

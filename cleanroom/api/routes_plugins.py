@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from cleanroom.api.app import row_dict
-from cleanroom.api.authz import Caller, require_dataset_owner, visible_plugin
+from cleanroom.api.authz import Caller, can_see_all, require_dataset_owner, visible_plugin
 from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.api.routes_datasets import check_not_withdrawn, current_policy, load_dataset
 from cleanroom.api.routes_room import CLOCK_SKEW
@@ -29,7 +29,22 @@ def load_plugin(conn: Any, plugin_id: str) -> dict[str, Any]:
     row = conn.execute("SELECT * FROM plugins WHERE id = ?", (plugin_id,)).fetchone()
     if not row:
         raise NotFound(f"no plugin with id {plugin_id[:16]}")
-    return row_dict(row, "manifest", "review")
+    return plugin_row(conn, row)
+
+
+def plugin_row(conn: Any, row: Any) -> dict[str, Any]:
+    """A plugins row as a dict, with `users`: org id -> when it submitted the same bytes after the first
+    submitter (a plugin is its bytes: any analyst may submit existing bytes and use them in its jobs)."""
+    plugin = row_dict(row, "manifest", "review")
+    plugin["users"] = {r[0]: r[1] for r in conn.execute(
+        "SELECT org_id, created_at FROM plugin_users WHERE plugin_id = ?", (plugin["id"],))}
+    return plugin
+
+
+def may_use_plugin(conn: Any, caller: Caller, plugin_id: str) -> bool:
+    """Whether the caller's jobs may name this plugin: staff and owners any, analysts those they submitted."""
+    row = conn.execute("SELECT * FROM plugins WHERE id = ?", (plugin_id,)).fetchone()
+    return bool(row) and can_see_plugin(caller, plugin_row(conn, row))
 
 
 def approvals_of(conn: Any, plugin_id: str) -> list[dict[str, Any]]:
@@ -38,16 +53,26 @@ def approvals_of(conn: Any, plugin_id: str) -> list[dict[str, Any]]:
     return [row_dict(r, "payload") for r in rows]
 
 
-def plugin_view(conn: Any, plugin: dict[str, Any], *, full: bool) -> dict[str, Any]:
+def plugin_view(conn: Any, plugin: dict[str, Any], *, full: bool, caller: Caller | None = None) -> dict[str, Any]:
+    """A plugin as `caller` may see it. An analyst that submitted bytes another org submitted first gets
+    its own view: itself as submitter, its own submission time, the approvals in effect for the bytes
+    (which its jobs use anyway; without their reasons) and the decisions taken since it submitted them."""
+    since = None if caller is None or can_see_all(caller) or plugin["submitted_by"] == caller.org_id \
+        else plugin.get("users", {}).get(caller.org_id)
     by = conn.execute("SELECT name FROM orgs WHERE id = ?", (plugin["submitted_by"],)).fetchone()["name"]
+    if since is not None and caller is not None:
+        by = caller.name
     view = {"id": plugin["id"], "name": plugin["name"], "version": plugin["version"], "kind": plugin["kind"],
-            "submitted_by": by, "size": plugin["size"], "created_at": plugin["created_at"],
+            "submitted_by": by, "size": plugin["size"], "created_at": since or plugin["created_at"],
             "blocking_findings": sum(1 for f in plugin["review"].get("findings", [])
                                      if f.get("severity") == "blocking")}
     approvals = [{"id": a["id"], "dataset": a["dataset"], "org": a["org"], "decision": a["decision"],
                   "reason": a["reason"], "policy_version": a["policy_version"],
                   "dataset_sha256": a["dataset_sha256"], "created_at": a["created_at"],
                   "revoked_at": a["revoked_at"]} for a in approvals_of(conn, plugin["id"])]
+    if since is not None:
+        approvals = [a if a["created_at"] >= since else {**a, "reason": ""} for a in approvals
+                     if a["created_at"] >= since or a["decision"] == "approve" and not a["revoked_at"]]
     view["approvals"] = approvals
     if full:
         view["manifest"] = plugin["manifest"]
@@ -75,9 +100,16 @@ async def submit_plugin(request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[s
     report = review.review(parsed).to_dict()
     with ctx.store.tx() as conn:
         existing = conn.execute("SELECT * FROM plugins WHERE id = ?", (plugin_id,)).fetchone()
-        if existing:
-            view = plugin_view(conn, row_dict(existing, "manifest", "review"), full=True)
-            return {**view, "created": False}
+        if existing:  # the same bytes: the caller may use them too, and sees its own view of them
+            plugin = plugin_row(conn, existing)
+            if plugin["submitted_by"] != ctx.caller.org_id and ctx.caller.org_id not in plugin["users"]:
+                conn.execute("INSERT INTO plugin_users (plugin_id, org_id, created_at) VALUES (?,?,?)",
+                             (plugin_id, ctx.caller.org_id, now()))
+                # an event about the caller's own plugins (not the plugin's: the first submitter's scope)
+                ctx.audit(conn, "plugin.resubmitted", "org", ctx.caller.name,
+                          {"plugin": plugin_id, "name": manifest["name"], "version": manifest["version"]})
+                plugin = load_plugin(conn, plugin_id)
+            return {**plugin_view(conn, plugin, full=True, caller=ctx.caller), "created": False}
         _check_lineage(conn, ctx, manifest["name"], manifest["version"])
         digest = ctx.store.blobs.put_bytes(archive)
         assert digest == plugin_id
@@ -89,7 +121,7 @@ async def submit_plugin(request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[s
                   {"name": manifest["name"], "version": manifest["version"], "kind": manifest["kind"],
                    "blocking_findings": sum(1 for f in report.get("findings", [])
                                             if f.get("severity") == "blocking")})
-        view = plugin_view(conn, load_plugin(conn, plugin_id), full=True)
+        view = plugin_view(conn, load_plugin(conn, plugin_id), full=True, caller=ctx.caller)
     return {**view, "created": True}
 
 
@@ -115,12 +147,12 @@ def list_plugins(ctx: Ctx = Depends(get_ctx)) -> list[dict[str, Any]]:
         rows = conn.execute("SELECT * FROM plugins ORDER BY name, created_at").fetchall()
         out = []
         for r in rows:
-            plugin = row_dict(r, "manifest", "review")
+            plugin = plugin_row(conn, r)
             try:
                 visible_plugin(ctx.caller, plugin)
             except NotFound:
                 continue
-            out.append(plugin_view(conn, plugin, full=False))
+            out.append(plugin_view(conn, plugin, full=False, caller=ctx.caller))
     return out
 
 
@@ -140,7 +172,7 @@ def resolve_plugin(conn: Any, ref: str, caller: Caller) -> dict[str, Any]:
                             (len(prefix), prefix)).fetchall()
     else:
         rows = []
-    seen = [p for p in (row_dict(r, "manifest", "review") for r in rows) if can_see_plugin(caller, p)]
+    seen = [p for p in (plugin_row(conn, r) for r in rows) if can_see_plugin(caller, p)]
     if len(seen) > 1:
         raise ValidationError(f"plugin id prefix {ref} is ambiguous", hint="give more of the id")
     if not seen:
@@ -165,7 +197,7 @@ def replaced_version(conn: Any, plugin: dict[str, Any]) -> dict[str, Any] | None
         " AND a.decision = 'approve' AND a.revoked_at IS NULL"
         " ORDER BY p.created_at DESC LIMIT 1",
         (plugin["name"], plugin["submitted_by"], plugin["id"], plugin["created_at"])).fetchone()
-    return row_dict(row, "manifest", "review") if row else None
+    return plugin_row(conn, row) if row else None
 
 
 @router.get("/plugins/{ref}", tags=["plugins"])
@@ -175,14 +207,14 @@ def get_plugin(ref: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
 
     with ctx.store.read() as conn:
         plugin = resolve_plugin(conn, ref, ctx.caller)
-        view = plugin_view(conn, plugin, full=True)
+        view = plugin_view(conn, plugin, full=True, caller=ctx.caller)
         parsed = bundle.unpack(ctx.store.blobs.read(plugin["id"]))
         view["files"] = {path: data.decode("utf-8", "replace") for path, data in sorted(parsed.files.items())}
         prev = replaced_version(conn, plugin)
         view["diff_against"] = None
         if prev and can_see_plugin(ctx.caller, prev):  # a diff never shows code the caller may not read
             old = bundle.unpack(ctx.store.blobs.read(prev["id"]))
-            prev_view = plugin_view(conn, prev, full=False)
+            prev_view = plugin_view(conn, prev, full=False, caller=ctx.caller)
             view["diff_against"] = {"id": prev["id"], "version": prev["version"],
                                     "submitted_by": prev_view["submitted_by"],
                                     "approved_for": sorted({a["dataset"] for a in prev_view["approvals"]
