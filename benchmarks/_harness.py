@@ -366,7 +366,7 @@ def _runner_main() -> int:
     from cleanroom.settings import Settings
 
     class OwnContainersOnly(Sandbox):
-        def remove_orphans(self) -> int:  # other runners' and tests' containers are not ours to remove
+        def remove_orphans(self, live: object = None) -> int:  # other runners' and tests' are not ours
             return 0
 
     settings = Settings.from_env()

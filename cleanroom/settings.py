@@ -55,6 +55,7 @@ class Settings:
     token_file: str | None = None
     ca_file: str | None = None
     runner_home: Path = Path(".cleanroom-runner")
+    runner_name: str | None = None           # this runner among the room's runners; default: the host name
     sandbox_image: str = "cleanroom-sandbox:latest"
     poll_seconds: float = 1.0
     max_concurrent_jobs: int = 2

@@ -130,6 +130,15 @@ MIGRATIONS: list[str] = [
         plugin_id TEXT NOT NULL REFERENCES plugins(id), org_id TEXT NOT NULL REFERENCES orgs(id),
         created_at REAL NOT NULL, PRIMARY KEY (plugin_id, org_id));
     """,
+    # runner instances (one per runner process, several per room): each heartbeats with its random id and
+    # its name; a job's runner_id is the instance that claimed it; recover re-queues only jobs of instances
+    # that are gone (ended: the same name started again, or lapsed: silent for longer than their ttl)
+    """
+    CREATE TABLE runner_instances (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, started_at REAL NOT NULL, last_seen REAL NOT NULL,
+        ttl REAL NOT NULL, ended_at REAL, ended_reason TEXT);
+    CREATE INDEX runner_instances_name ON runner_instances(name, ended_at);
+    """,
 ]
 
 

@@ -92,6 +92,7 @@ storage_check          GET    /admin/storage/check                           401
 storage_sweep          POST   /admin/storage/sweep                           401  200  403  403  403  403  403  403
 runner_register        POST   /runner/register                               401  403  403  403  403  403  403  200
 runner_recover         POST   /runner/recover                                401  403  403  403  403  403  403  200
+runner_heartbeat       POST   /runner/heartbeat                              401  403  403  403  403  403  403  200
 runner_claim           POST   /runner/claim                                  401  403  403  403  403  403  403  200
 runner_job             GET    /runner/jobs/{job_id}                          401  403  403  403  403  403  403  200
 runner_context         GET    /runner/jobs/{job_id}/context                  401  403  403  403  403  403  403  200
@@ -438,6 +439,7 @@ BUILDERS: dict[str, Callable[[World, str], Req]] = {
     "runner_register": lambda w, who: Req("POST", "/runner/register", {"json": {
         "enc_public": w.room_keys.enc_public, "sign_public": w.room_keys.sign_public}}),
     "runner_recover": _post("/runner/recover"),
+    "runner_heartbeat": _post("/runner/heartbeat", json={"instance": "matrix-1", "name": "matrix", "ttl": 30}),
     "runner_claim": _post("/runner/claim"),
     "runner_job": _get("/runner/jobs/{w.queued_job}"),
     "runner_context": _get("/runner/jobs/{w.queued_job}/context"),

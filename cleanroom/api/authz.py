@@ -65,6 +65,7 @@ RULES: dict[str, str | tuple[str, ...]] = {
     # runner
     "runner_register": ("runner",),
     "runner_recover": ("runner",),
+    "runner_heartbeat": ("runner",),
     "runner_claim": ("runner",),
     "runner_job": ("runner",),
     "runner_context": ("runner",),

@@ -31,6 +31,7 @@ router = APIRouter(prefix="/runner", tags=["runner"])
 ARTIFACT_NAME = re.compile(r"^[a-z0-9_.-]{1,64}(/[a-z0-9_.-]{1,64})?$")
 PHASES = ("verifying", "decrypting", "compute", "release", "uploading")
 MAX_ATTEMPTS = 2
+RUNNER_WORD = r"^[A-Za-z0-9_.-]{1,64}$"  # a runner instance id or name
 
 
 class RoomKeysIn(BaseModel):
@@ -58,12 +59,69 @@ def runner_register(body: RoomKeysIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, 
     return keys
 
 
-@router.post("/recover")
-def runner_recover(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
-    """After a runner restart: re-queue (or fail, after retries) the jobs it was running."""
-    requeued, failed = [], []
+class InstanceIn(BaseModel):
+    instance: str = Field(pattern=RUNNER_WORD)   # random, per runner process
+    name: str = Field(pattern=RUNNER_WORD)       # CLEANROOM_RUNNER_NAME: stable across restarts
+    ttl: float = Field(ge=5, le=3600)            # silent for longer than this: the instance is gone
+
+
+class InstanceRef(BaseModel):
+    instance: str | None = Field(default=None, pattern=RUNNER_WORD)
+
+
+def live_instances(conn: Any, t: float) -> set[str]:
+    """Runner instances not ended (by a restart of their name) whose last heartbeat is within their ttl."""
+    return {r[0] for r in conn.execute("SELECT id FROM runner_instances WHERE ended_at IS NULL"
+                                       " AND last_seen + ttl >= ?", (t,))}
+
+
+def _seen(conn: Any, instance: str, t: float) -> None:
+    """A call of a runner instance counts as a heartbeat; an instance declared gone is refused."""
+    row = conn.execute("SELECT ended_at, ended_reason FROM runner_instances WHERE id = ?", (instance,)).fetchone()
+    if row is None:
+        raise ValidationError("unknown runner instance: announce it first (POST /runner/heartbeat)")
+    if row["ended_at"] is not None:
+        raise Conflict(f"this runner instance was declared gone ({row['ended_reason']}) and its jobs re-queued",
+                       hint="restart the runner; give each runner its own CLEANROOM_RUNNER_NAME")
+    conn.execute("UPDATE runner_instances SET last_seen = ? WHERE id = ?", (t, instance))
+
+
+@router.post("/heartbeat")
+def runner_heartbeat(body: InstanceIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """A runner instance is alive. Its first heartbeat announces it and ends the earlier instance of the same
+    name (that runner restarted: its jobs and containers are orphans). Answers the live instances."""
+    t = now()
     with ctx.store.tx() as conn:
-        for row in conn.execute("SELECT id, attempts FROM jobs WHERE status = 'running'").fetchall():
+        known = conn.execute("SELECT 1 FROM runner_instances WHERE id = ?", (body.instance,)).fetchone()
+        if known is None:
+            conn.execute("UPDATE runner_instances SET ended_at = ?, ended_reason = 'restarted' WHERE name = ?"
+                         " AND ended_at IS NULL", (t, body.name))
+            conn.execute("DELETE FROM runner_instances WHERE ended_at < ?", (t - 7 * 86400,))
+            conn.execute("INSERT INTO runner_instances (id, name, started_at, last_seen, ttl) VALUES (?,?,?,?,?)",
+                         (body.instance, body.name, t, t, body.ttl))
+        else:
+            _seen(conn, body.instance, t)
+            conn.execute("UPDATE runner_instances SET ttl = ? WHERE id = ?", (body.ttl, body.instance))
+        live = live_instances(conn, t)
+    return {"instance": body.instance, "live": sorted(live)}
+
+
+@router.post("/recover")
+def runner_recover(body: InstanceRef | None = None, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Re-queue (or fail, after retries) the running jobs of runner instances that are gone: ended by a
+    restart of their name, or silent for longer than their ttl (then ended here, so they cannot come
+    back and finish a job that another runner runs again). Jobs of live instances are left alone."""
+    requeued, failed = [], []
+    t = now()
+    with ctx.store.tx() as conn:
+        if body is not None and body.instance:
+            _seen(conn, body.instance, t)
+        live = live_instances(conn, t)
+        conn.execute("UPDATE runner_instances SET ended_at = ?, ended_reason = 'lapsed' WHERE ended_at IS NULL"
+                     " AND last_seen + ttl < ?", (t, t))
+        for row in conn.execute("SELECT id, attempts, runner_id FROM jobs WHERE status = 'running'").fetchall():
+            if row["runner_id"] in live:
+                continue
             if row["attempts"] < MAX_ATTEMPTS:
                 conn.execute("UPDATE jobs SET status = 'queued', phase = NULL, reason = ? WHERE id = ?",
                              ("re-queued after a runner restart", row["id"]))
@@ -77,19 +135,24 @@ def runner_recover(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
 
 
 @router.post("/claim")
-def runner_claim(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
-    """Claim the oldest queued job, if any (and append the held events of jobs whose outcome is due)."""
+def runner_claim(body: InstanceRef | None = None, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Claim the oldest queued job, if any (and append the held events of jobs whose outcome is due).
+    The job records the claiming runner instance (a runner without one: the caller's name)."""
+    instance = body.instance if body is not None else None
     with ctx.store.tx() as conn:
+        if instance:
+            _seen(conn, instance, now())
         release_held_events(conn)
         row = conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at LIMIT 1").fetchone()
         if not row:
             return {"job": None}
         started, job = now(), load_job(conn, row["id"])
+        claimer = instance or ctx.caller.name
         # the start and the outcome time are the first start's: a job re-queued after a runner restart
         # keeps them, and its second start is held with its other events (a restart shows nowhere)
         conn.execute("UPDATE jobs SET status = 'running', phase = 'verifying', started_at = COALESCE(started_at, ?),"
                      " runner_id = ?, attempts = attempts + 1, reveal_at = COALESCE(reveal_at, ?) WHERE id = ?",
-                     (started, ctx.caller.name, reveal_time(started, time_budget(job, ctx.settings)), row["id"]))
+                     (started, claimer, reveal_time(started, time_budget(job, ctx.settings)), row["id"]))
         if job["reveal_at"] is None:
             ctx.audit(conn, "job.started", "job", row["id"], {})
         else:

@@ -33,11 +33,16 @@ class RunnerAPI:
         return self._call("POST", "/runner/register", json={"enc_public": enc_public, "sign_public": sign_public,
                                                             "waived": waived or []}).json()
 
-    def recover(self) -> dict[str, Any]:
-        return self._call("POST", "/runner/recover").json()
+    def heartbeat(self, instance: str, name: str, ttl: float) -> dict[str, Any]:
+        """This runner instance is alive (the first call announces it); the answer lists the live instances."""
+        return self._call("POST", "/runner/heartbeat", json={"instance": instance, "name": name, "ttl": ttl}).json()
 
-    def claim(self) -> str | None:
-        return self._call("POST", "/runner/claim").json()["job"]
+    def recover(self, instance: str | None = None) -> dict[str, Any]:
+        """Re-queue (or fail) the running jobs of runner instances that are gone."""
+        return self._call("POST", "/runner/recover", json={"instance": instance} if instance else None).json()
+
+    def claim(self, instance: str | None = None) -> str | None:
+        return self._call("POST", "/runner/claim", json={"instance": instance} if instance else None).json()["job"]
 
     def status(self, job_id: str) -> str:
         return self._call("GET", f"/runner/jobs/{job_id}").json()["status"]

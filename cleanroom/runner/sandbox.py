@@ -27,6 +27,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -40,7 +41,9 @@ from cleanroom.settings import Settings
 log = logging.getLogger("cleanroom.runner")
 
 LABEL = "cleanroom.job"
-RUNNER_LABEL = "cleanroom.runner"
+RUNNER_LABEL = "cleanroom.runner"  # the room (its key's fingerprint): shared by every runner of the room
+INSTANCE_LABEL = "cleanroom.instance"  # the runner process that started the container (random per process)
+NAME_LABEL = "cleanroom.runner-name"  # that runner's name (CLEANROOM_RUNNER_NAME), for the operator
 WARM_JOB = "warm"  # the job label of a warm-pool container until a job takes it
 WARM_PHASES = ("compute", "release")
 CONTROLS = ("network", "read_only", "user", "cap_drop", "no_new_privileges", "seccomp", "pids", "memory",
@@ -99,7 +102,8 @@ def _memory_bytes(text: str) -> int:
     return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
 
 
-def container_config(settings: Settings, image: str, phase: str, job_id: str, runner_id: str = "") -> dict[str, Any]:
+def container_config(settings: Settings, image: str, phase: str, job_id: str, runner_id: str = "",
+                     instance: str = "", runner_name: str = "") -> dict[str, Any]:
     """The docker-py arguments of a sandbox container: the isolation baseline in one place."""
     memory = _memory_bytes(settings.job_memory)
     config: dict[str, Any] = dict(
@@ -123,7 +127,8 @@ def container_config(settings: Settings, image: str, phase: str, job_id: str, ru
         hostname="sandbox",
         init=True,
         log_config=LogConfig(type="none"),
-        labels={LABEL: job_id, "cleanroom.phase": phase, RUNNER_LABEL: runner_id},
+        labels={LABEL: job_id, "cleanroom.phase": phase, RUNNER_LABEL: runner_id, INSTANCE_LABEL: instance,
+                NAME_LABEL: runner_name},
     )
     if settings.sandbox_runtime:
         config["runtime"] = settings.sandbox_runtime
@@ -198,9 +203,12 @@ def tightened(settings: Settings, limits: dict[str, Any]) -> Settings:
 class Sandbox:
     """Runs sandbox phases on a Docker engine."""
 
-    def __init__(self, settings: Settings, client: docker.DockerClient | None = None, runner_id: str = "") -> None:
+    def __init__(self, settings: Settings, client: docker.DockerClient | None = None, runner_id: str = "",
+                 instance: str = "", runner_name: str = "") -> None:
         self.settings = settings
-        self.runner_id = runner_id  # containers carry it, so a runner cleans up only its own
+        self.runner_id = runner_id  # the room: containers carry it, so a runner never touches another room's
+        self.instance = instance  # this runner process: its containers carry it, other runners leave them be
+        self.runner_name = runner_name
         self._pool: dict[str, StartedPhase] = {}
         self._pool_lock = threading.Lock()
         self._pool_closed = False
@@ -238,7 +246,7 @@ class Sandbox:
         return self._create(phase, job_id, settings, image)
 
     def _create(self, phase: str, job_id: str, settings: Settings, image: str) -> StartedPhase:
-        config = container_config(settings, image, phase, job_id, self.runner_id)
+        config = container_config(settings, image, phase, job_id, self.runner_id, self.instance, self.runner_name)
         try:
             container = self.docker.containers.create(**config)
         except docker.errors.APIError as exc:
@@ -338,11 +346,23 @@ class Sandbox:
         result.seconds = round(time.monotonic() - started, 3)
         return result
 
-    def remove_orphans(self) -> int:
-        """Remove sandbox containers left by an earlier run of this runner (not other runners' jobs)."""
+    def remove_orphans(self, live: Callable[[], Collection[str]] | None = None) -> int:
+        """Remove this room's sandbox containers whose runner instance is gone (a job's or a warm one).
+
+        `live` answers the runner instances that are alive (the API's view: `POST /runner/heartbeat`).
+        It is asked *after* the containers are listed: a container listed was created by an instance
+        that had announced itself before it created anything, so a runner that starts meanwhile is in the
+        answer. This instance's own containers always stay. Without `live`, every container of the room
+        goes (a single runner, or a test's teardown). Containers without an instance label come from a
+        runner version before instances: gone too.
+        """
         count = 0
         mine = {"label": f"{RUNNER_LABEL}={self.runner_id}"}
-        for c in self.docker.containers.list(all=True, filters=mine, ignore_removed=True):
+        found = self.docker.containers.list(all=True, filters=mine, ignore_removed=True)
+        keep = set(live()) | {self.instance} if live is not None and found else set()
+        for c in found:
+            if (c.labels or {}).get(INSTANCE_LABEL) in keep - {""}:
+                continue
             _kill(c)
             try:
                 c.remove(force=True)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from cleanroom.crypto import KeyPair, fingerprint, generate_keypair
-from cleanroom.errors import CleanroomError, ConnectionFailed, ValidationError
+from cleanroom.errors import CleanroomError, Conflict, ConnectionFailed, ValidationError
 from cleanroom.runner.api import RunnerAPI
 from cleanroom.runner.execute import JobRun
+from cleanroom.runner.identity import NameLock, runner_name
 from cleanroom.runner.sandbox import Sandbox
 from cleanroom.settings import Settings
 
@@ -36,9 +38,12 @@ def load_room_key(home: Path) -> KeyPair:
     return pair
 
 
-def heartbeat(home: Path) -> None:
-    path = home / "heartbeat"
-    path.write_text(str(time.time()))
+def heartbeat(home: Path, name: str | None = None) -> None:
+    """The heartbeat files the health check reads: the home's (any runner of it is alive) and this runner's."""
+    beat = str(time.time())
+    (home / "heartbeat").write_text(beat)
+    if name:
+        (home / "runners" / f"{name}.heartbeat").write_text(beat)
 
 
 def wait_for_token(settings: Settings, seconds: float = 120) -> str:
@@ -62,11 +67,35 @@ class RunnerService:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll would flood the log
         self.api = api or RunnerAPI(settings.url, wait_for_token(settings), ca_file=settings.ca_file)
         self.runner_id = fingerprint(self.keys.enc_public + self.keys.sign_public).removeprefix("SHA256:")[:16]
-        self.sandbox = sandbox or Sandbox(settings, runner_id=self.runner_id)
+        self.name = runner_name(settings)
+        self.instance = f"{self.name[:40]}.{secrets.token_hex(6)}"  # this process; a restart is a new one
+        self.beat_seconds = max(float(settings.poll_seconds), 1.0)
+        self.ttl = max(30.0, 10 * self.beat_seconds)  # silent this long: the API counts this instance as gone
+        self.sandbox = sandbox or Sandbox(settings)
+        self.sandbox.runner_id, self.sandbox.instance, self.sandbox.runner_name = (self.runner_id, self.instance,
+                                                                                   self.name)
         self.stop = threading.Event()
+        self._name_lock: NameLock | None = None
+        self._beat_at = self._sweep_at = 0.0
+
+    def beat(self) -> set[str]:
+        """Heartbeat to the API (the first one announces this instance); the live instances."""
+        self._beat_at = time.monotonic()
+        return set(self.api.heartbeat(self.instance, self.name, self.ttl)["live"])
+
+    def sweep(self) -> None:
+        """Remove the containers of runner instances that are gone, then re-queue their jobs."""
+        self._sweep_at = time.monotonic()
+        removed = self.sandbox.remove_orphans(live=self.beat)
+        if removed:
+            log.info("removed %d sandbox containers of runners that are gone", removed)
+        recovered = self.api.recover(self.instance)
+        if recovered["requeued"] or recovered["failed"]:
+            log.info("recovered jobs: %s", recovered)
 
     def start(self) -> None:
-        """Register the room key, clean up after a crash, re-queue interrupted jobs."""
+        """Register the room key, announce this instance, clean up after a crash, re-queue interrupted jobs."""
+        self._name_lock = self._name_lock or NameLock(self.settings.runner_home, self.name)
         for attempt in range(60):
             try:
                 self.api.register(self.keys.enc_public, self.keys.sign_public, self.settings.allow_unenforced)
@@ -75,12 +104,9 @@ class RunnerService:
                 if attempt == 59:
                     raise
                 time.sleep(1)
-        removed = self.sandbox.remove_orphans()
-        if removed:
-            log.info("removed %d sandbox containers left by an earlier run", removed)
-        recovered = self.api.recover()
-        if recovered["requeued"] or recovered["failed"]:
-            log.info("recovered jobs: %s", recovered)
+        self.beat()  # before any container of ours exists: other runners' sweeps then keep them
+        log.info("runner %s, instance %s", self.name, self.instance)
+        self.sweep()
         self.sandbox.image_id(self.settings.sandbox_image)
         self.sandbox.warm_in_background()  # the first job finds its containers started and imported
 
@@ -98,20 +124,25 @@ class RunnerService:
             self._loop(once=once)
         finally:
             self.sandbox.drain()
+            if self._name_lock is not None:
+                self._name_lock.release()
+                self._name_lock = None
 
     def _loop(self, *, once: bool) -> None:
         self.start()
         running: dict[str, Future[None]] = {}
         with ThreadPoolExecutor(max_workers=max(1, self.settings.max_concurrent_jobs)) as pool:
             while not self.stop.is_set():
-                heartbeat(self.settings.runner_home)
+                heartbeat(self.settings.runner_home, self.name)
+                if not self._keep_up():
+                    return
                 for job_id, fut in list(running.items()):
                     if fut.done():
                         running.pop(job_id)
                 claimed = False
                 while len(running) < self.settings.max_concurrent_jobs:
                     try:
-                        claim = self.api.claim()
+                        claim = self.api.claim(self.instance)
                     except CleanroomError as exc:
                         log.warning("claim failed: %s", exc.message)
                         break
@@ -122,3 +153,19 @@ class RunnerService:
                 if once and not claimed and not running:
                     return
                 self.stop.wait(self.settings.poll_seconds)
+
+    def _keep_up(self) -> bool:
+        """Heartbeat every `beat_seconds`, sweep every `ttl`; False when the API declared this instance gone."""
+        t = time.monotonic()
+        try:
+            if t - self._beat_at >= self.beat_seconds:
+                self.beat()
+            if t - self._sweep_at >= self.ttl:
+                self.sweep()
+        except Conflict as exc:  # silent too long, or another runner took this name: its jobs were re-queued
+            log.error("stopping: %s", exc.message)
+            self.stop.set()
+            return False
+        except CleanroomError as exc:
+            log.warning("heartbeat failed: %s", exc.message)
+        return True
