@@ -49,7 +49,7 @@ k = 5
 require_dp = false
 
 [release]
-recipients = ["mallory", "eve"]
+recipients = {recipients}
 review = true
 {extra}
 """
@@ -137,7 +137,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_keys: Path) -> Iterat
                                             _org(room, "eve", "analyst"))
             for name, extra in ((DS, ""), (LIMITED, "[limits]\nmax_jobs_per_day = 2\n")):
                 csv = owner_csv(base / f"{name}.csv", "cnry", n=60)
-                w.retailer.upload_dataset(csv, name=name, policy=POLICY.format(extra=extra), id_column="customer_id",
+                policy = POLICY.format(extra=extra, recipients='["mallory", "eve"]')
+                w.retailer.upload_dataset(csv, name=name, policy=policy, id_column="customer_id",
                                           join_secret=b"s" * 32, drop_identifiers=False)
             w.plugins = {}
             for who in ("mallory", "eve"):
@@ -735,7 +736,8 @@ def test_a_real_plugin_that_fails_or_sleeps_on_a_target_looks_the_same_to_its_an
     with stack_for_module(tmp_path_factory, shared_keys, "outcome-real") as stack:
         owner = stack.owner("tara-shop")
         csv = owner_csv(stack.tmp / "shop.csv", "cnry", n=80)
-        owner.upload_dataset(csv, name="tara.shop", policy=POLICY.format(extra=""), id_column="customer_id",
+        policy = POLICY.format(extra="", recipients=f'["{stack.analyst_name}"]')
+        owner.upload_dataset(csv, name="tara.shop", policy=policy, id_column="customer_id",
                              join_secret=b"s" * 32, drop_identifiers=False)
         check = stack.plugin(REAL_VALIDATE, params=REAL_PARAMS, approvers=[(owner, "tara.shop")])
         agg = stack.plugin(AGGREGATE_CODE, kind="analysis", params=AGGREGATE_PARAMS, approvers=[(owner, "tara.shop")])
