@@ -66,9 +66,13 @@ def test_recover_requeues_only_jobs_of_instances_that_are_gone(room: Any, tmp_pa
         gone = call(path, instance="a.1", **body)  # the old process, if it were still around, is refused
         assert gone.status_code == 409 and "CLEANROOM_RUNNER_NAME" in gone.text, gone.text
 
-    # runner b falls silent for longer than its ttl: the next recover re-queues its job and ends it
+    # runner b falls silent for longer than its ttl: the next recover re-queues its job and ends it (the API
+    # counts silence from its own start at the earliest, so it is as if the API had been up for a minute)
     with room.store.tx() as conn:
         conn.execute("UPDATE runner_instances SET last_seen = last_seen - 31 WHERE id = 'b.1'")
+    since = room.app.state.runner_routes_since
+    assert call("/runner/recover").json() == {"requeued": [], "failed": []}  # control: the API just started
+    room.app.state.runner_routes_since = since - 60
     assert call("/runner/recover").json() == {"requeued": [jobs[1]], "failed": []}
     assert beat("b.1", "b").status_code == 409  # it cannot come back and finish a job another runner reruns
     # the re-queue limit stays: a job whose runner is gone on its second attempt too fails

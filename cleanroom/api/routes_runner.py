@@ -69,10 +69,19 @@ class InstanceRef(BaseModel):
     instance: str | None = Field(default=None, pattern=RUNNER_WORD)
 
 
-def live_instances(conn: Any, t: float) -> set[str]:
-    """Runner instances not ended (by a restart of their name) whose last heartbeat is within their ttl."""
+def _serving_since(request: Request) -> float:
+    """When this API process began to hear runners: silence while the API was down is not a runner's."""
+    state = request.app.state
+    if getattr(state, "runner_routes_since", None) is None:
+        state.runner_routes_since = now()
+    return float(state.runner_routes_since)
+
+
+def live_instances(conn: Any, t: float, since: float = 0.0) -> set[str]:
+    """Runner instances not ended (by a restart of their name) whose last heartbeat, or the API's start
+    (`since`), is within their ttl."""
     return {r[0] for r in conn.execute("SELECT id FROM runner_instances WHERE ended_at IS NULL"
-                                       " AND last_seen + ttl >= ?", (t,))}
+                                       " AND MAX(last_seen, ?) + ttl >= ?", (since, t))}
 
 
 def _seen(conn: Any, instance: str, t: float) -> None:
@@ -87,7 +96,7 @@ def _seen(conn: Any, instance: str, t: float) -> None:
 
 
 @router.post("/heartbeat")
-def runner_heartbeat(body: InstanceIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+def runner_heartbeat(body: InstanceIn, request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """A runner instance is alive. Its first heartbeat announces it and ends the earlier instance of the same
     name (that runner restarted: its jobs and containers are orphans). Answers the live instances."""
     t = now()
@@ -102,12 +111,13 @@ def runner_heartbeat(body: InstanceIn, ctx: Ctx = Depends(get_ctx)) -> dict[str,
         else:
             _seen(conn, body.instance, t)
             conn.execute("UPDATE runner_instances SET ttl = ? WHERE id = ?", (body.ttl, body.instance))
-        live = live_instances(conn, t)
+        live = live_instances(conn, t, _serving_since(request))
     return {"instance": body.instance, "live": sorted(live)}
 
 
 @router.post("/recover")
-def runner_recover(body: InstanceRef | None = None, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+def runner_recover(request: Request, body: InstanceRef | None = None,
+                   ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Re-queue (or fail, after retries) the running jobs of runner instances that are gone: ended by a
     restart of their name, or silent for longer than their ttl (then ended here, so they cannot come
     back and finish a job that another runner runs again). Jobs of live instances are left alone."""
@@ -116,9 +126,10 @@ def runner_recover(body: InstanceRef | None = None, ctx: Ctx = Depends(get_ctx))
     with ctx.store.tx() as conn:
         if body is not None and body.instance:
             _seen(conn, body.instance, t)
-        live = live_instances(conn, t)
+        since = _serving_since(request)
+        live = live_instances(conn, t, since)
         conn.execute("UPDATE runner_instances SET ended_at = ?, ended_reason = 'lapsed' WHERE ended_at IS NULL"
-                     " AND last_seen + ttl < ?", (t, t))
+                     " AND MAX(last_seen, ?) + ttl < ?", (t, since, t))
         for row in conn.execute("SELECT id, attempts, runner_id FROM jobs WHERE status = 'running'").fetchall():
             if row["runner_id"] in live:
                 continue
