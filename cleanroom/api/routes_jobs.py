@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from cleanroom import audit, ledger
+from cleanroom import audit, ledger, release_rules
 from cleanroom.api.app import row_dict
 from cleanroom.api.authz import Caller, visible_job
 from cleanroom.api.deps import Ctx, get_ctx
@@ -219,6 +219,7 @@ def submit_job(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
         recipient = conn.execute("SELECT id, enc_public FROM orgs WHERE name = ?", (spec.recipient,)).fetchone()
         jc = job_context(conn, spec, ctx.caller)
         effective = check_job(spec, recipient_exists=recipient is not None, **jc)
+        release_rules.check_submitted(conn, spec, jc, effective)  # the release checks the spec decides
         check_daily_limits(conn, ctx.caller, jc["datasets"])
         if not recipient["enc_public"]:
             raise PolicyError(f"the recipient {spec.recipient!r} has registered no keys yet, so nothing could be "
