@@ -76,12 +76,25 @@ class RunnerService:
                                                                                    self.name)
         self.stop = threading.Event()
         self._name_lock: NameLock | None = None
-        self._beat_at = self._sweep_at = 0.0
+        self._sweep_at = 0.0
+        self._beating = threading.Event()  # set: the heartbeat thread ends
 
     def beat(self) -> set[str]:
         """Heartbeat to the API (the first one announces this instance); the live instances."""
-        self._beat_at = time.monotonic()
         return set(self.api.heartbeat(self.instance, self.name, self.ttl)["live"])
+
+    def _beat_until_done(self) -> None:
+        """Heartbeats in their own thread: also while a slow claim waits, and while running jobs end after a
+        stop (the API must not count this instance as gone and re-queue jobs that still run here)."""
+        while not self._beating.wait(self.beat_seconds):
+            try:
+                self.beat()
+            except Conflict as exc:  # silent too long, or another runner took this name: its jobs were re-queued
+                log.error("stopping: %s", exc.message)
+                self.stop.set()
+                return
+            except CleanroomError as exc:
+                log.warning("heartbeat failed: %s", exc.message)
 
     def sweep(self) -> None:
         """Remove the containers of runner instances that are gone, then re-queue their jobs."""
@@ -106,6 +119,8 @@ class RunnerService:
                 time.sleep(1)
         self.beat()  # before any container of ours exists: other runners' sweeps then keep them
         log.info("runner %s, instance %s", self.name, self.instance)
+        self._beating.clear()
+        threading.Thread(target=self._beat_until_done, name="runner-heartbeat", daemon=True).start()
         self.sweep()
         self.sandbox.image_id(self.settings.sandbox_image)
         self.sandbox.warm_in_background()  # the first job finds its containers started and imported
@@ -123,6 +138,7 @@ class RunnerService:
         try:
             self._loop(once=once)
         finally:
+            self._beating.set()  # the job pool has ended: no job of this instance runs any more
             self.sandbox.drain()
             if self._name_lock is not None:
                 self._name_lock.release()
@@ -155,17 +171,15 @@ class RunnerService:
                 self.stop.wait(self.settings.poll_seconds)
 
     def _keep_up(self) -> bool:
-        """Heartbeat every `beat_seconds`, sweep every `ttl`; False when the API declared this instance gone."""
-        t = time.monotonic()
-        try:
-            if t - self._beat_at >= self.beat_seconds:
-                self.beat()
-            if t - self._sweep_at >= self.ttl:
+        """Sweep every `ttl`; False when this instance must stop (the API declared it gone)."""
+        if time.monotonic() - self._sweep_at >= self.ttl:
+            try:
                 self.sweep()
-        except Conflict as exc:  # silent too long, or another runner took this name: its jobs were re-queued
-            log.error("stopping: %s", exc.message)
-            self.stop.set()
-            return False
-        except CleanroomError as exc:
-            log.warning("heartbeat failed: %s", exc.message)
-        return True
+            except Conflict as exc:
+                log.error("stopping: %s", exc.message)
+                self.stop.set()
+            except CleanroomError as exc:
+                log.warning("sweep failed: %s", exc.message)
+            except Exception as exc:  # noqa: BLE001 - a busy engine: the next sweep tries again
+                log.warning("sweep failed: %s", exc)
+        return not self.stop.is_set()
