@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from cleanroom.cli.base import State, cli, console, emit, pass_state
+from cleanroom.cli.base import State, cli, console, emit, out, pass_state
 
 EXIT = {"succeeded": 0, "released": 0, "failed": 3, "nothing_released": 3, "cancelled": 4, "timed_out": 5}
 
@@ -40,6 +40,49 @@ def job_submit(state: State, spec_path: str, dry_run: bool) -> None:
 def job_cost(state: State, spec_path: str) -> None:
     """What a job would spend of each input's privacy budget, and the noise on what it releases."""
     show_cost(state, state.client.job_cost(Path(spec_path).read_text()))
+
+
+@job.command("test")
+@click.argument("spec_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--image", envvar="CLEANROOM_SANDBOX_IMAGE", default="cleanroom-sandbox:latest",
+              help="Sandbox image (CLEANROOM_SANDBOX_IMAGE; `make images` writes the tag to .env).")
+@pass_state
+def job_test(state: State, spec_path: str, image: str) -> None:
+    """Run the whole job on the inputs' mock data in the sandbox image, here: what would be released, or
+    why not. No budget is spent and nothing is stored in the room."""
+    from cleanroom.runner.jobtest import run_job_test
+
+    result = run_job_test(state.client, Path(spec_path).read_text(), image=image)
+    if state.as_json:
+        emit(state, result)
+    else:
+        show_job_test(result)
+    if not result["ok"]:
+        raise SystemExit(1)  # a failing job is a failing command, so scripts and CI notice
+
+
+def show_job_test(result: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    if not result["ok"]:
+        out.print(f"[bold red]would fail[/] at {result['failed_at']}: {escape(str(result['reason']))}")
+        if result.get("log"):
+            out.print("--- log ---\n" + escape(result["log"]))
+        return
+    out.print("[bold green]would release[/] (values from mock data, not the real data): "
+                  + ", ".join(result.get("artifacts", [])))
+    for name, csv in result["tables"].items():
+        out.print(f"\n[bold]table {escape(name)}[/]\n{escape(csv)}")
+    if result.get("model_card"):
+        out.print(f"\n[bold]model card[/]\n{escape(result['model_card'])}")
+    if result.get("coefficients"):
+        coefs = result["coefficients"]
+        out.print("\n[bold]coefficients[/]\n" + "\n".join(f"  {escape(name)}: {value:.4g}"
+                                                          for name, value in coefs["features"].items())
+                  + f"\n  intercept: {', '.join(f'{v:.4g}' for v in coefs['intercept'])}")
+    if result.get("metrics") is not None:
+        out.print(f"\n[bold]metrics[/] {escape(str(result['metrics']))}")
+    out.print("\nrelease checks: " + ", ".join(c["name"] for c in result["checks"] if c.get("passed")))
 
 
 def show_cost(state: State, cost: dict[str, Any]) -> None:
