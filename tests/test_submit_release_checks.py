@@ -69,6 +69,10 @@ def test_exact_mode_refusals_with_reasons(room, tmp_path):
     _refused(analyst, spec.replace(RIDGE, RIDGE.replace("alpha", 'features = ["visitz"], alpha')), "names",
              "'visitz'", "feature")
     _refused(analyst, spec.replace('group_by = ["region"]', 'group_by = ["regoin"]'), "names", "'regoin'")
+    # the dry run (`job cost`) says the same, and stores nothing either
+    cost = analyst.job_cost(_with_second_table(spec, ids, '["region", "segment"]'))
+    assert cost["admitted"] is False and "aggregate:nesting" in cost["reason"]
+    assert analyst.job_cost(spec)["admitted"] is True  # control
     # controls: the same shapes the rules allow are accepted
     assert analyst.submit_job(_with_second_table(spec, ids, '["segment"]'))["status"] == "queued"  # disjoint
     assert analyst.submit_job(spec_gb.replace("min_samples_leaf = 2", "min_samples_leaf = 10"))["status"] == "queued"

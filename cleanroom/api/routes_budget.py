@@ -40,6 +40,7 @@ def dataset_budget(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
 @router.post("/jobs/cost", tags=["jobs"])
 def job_cost(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """A dry run: what the job would be charged and the noise on what it releases; nothing is stored."""
+    from cleanroom import release_rules
     from cleanroom.jobspec import check_job, parse_jobspec
 
     spec = parse_jobspec(body.spec)
@@ -49,6 +50,7 @@ def job_cost(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
         admitted, reason, bounds = True, None, {}
         try:
             effective = check_job(spec, recipient_exists=recipient is not None, **jc)
+            release_rules.check_submitted(conn, spec, jc, effective)  # as `job submit` decides them
             bounds = dict(effective.bounds)
         except PolicyError as exc:
             admitted, reason = False, exc.message
