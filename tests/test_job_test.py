@@ -10,11 +10,15 @@ import pytest
 
 from cleanroom import scenario
 from cleanroom.profile import Profile
-from tests.scenario_setup import setup_scenario
+from tests.scenario_setup import approve_all, setup_scenario
 from tests.test_cli import run
 from tests.test_dp_ledger import register_room_key
 
 pytestmark = [pytest.mark.docker]
+
+
+def spec_names(spec: str, ids: dict[str, str]) -> set[str]:
+    return {name for name, pid in ids.items() if pid in spec}
 
 
 def _room_state(room, retailer, analyst):
@@ -27,7 +31,7 @@ def test_job_test_shows_the_release_and_failures_and_changes_nothing(room, tmp_p
 
     image = require_image(require_docker(), "CLEANROOM_SANDBOX_IMAGE")
     register_room_key(room)  # no runner: `job test` needs none
-    retailer, _, analyst, _, ids = setup_scenario(room.org, tmp_path, 300)
+    retailer, bank, analyst, _, ids = setup_scenario(room.org, tmp_path, 300)
     Profile(name="acme", url=room.url, token=analyst.token).save()
     spec = scenario.job_spec(ids)
     good = tmp_path / "spend-model.toml"
@@ -46,6 +50,11 @@ def test_job_test_shows_the_release_and_failures_and_changes_nothing(room, tmp_p
     assert "target: `spend`" in result["model_card"] and set(result["metrics"]["metrics"]) >= {"r2", "rmse"}
     assert set(result["coefficients"]["features"]) == set(result["metrics"]["features"])
     assert result["checks"] and all(c["passed"] for c in result["checks"])
+    # no owner has approved anything yet: the job runs here all the same, and says what submit will ask for
+    assert {(m["plugin"], m["dataset"]) for m in result["approvals_missing"]} == {
+        (name, ds) for name in scenario.PLUGINS if name in spec_names(spec, ids)
+        for ds in ("retail.purchases", "bank.customers")}
+    assert "still needs retailer's approval for retail.purchases" in shown
 
     # a typo in a feature name: refused as `job submit` would, with the check and its reason
     typo = tmp_path / "typo.toml"
@@ -63,3 +72,7 @@ def test_job_test_shows_the_release_and_failures_and_changes_nothing(room, tmp_p
 
     # nothing was stored or charged: no job, the same budget, no audit event
     assert _room_state(room, retailer, analyst) == before
+    # control: once both owners approved, nothing is missing
+    approve_all(retailer, bank, ids)
+    result = json.loads(run("--json", "job", "test", str(good), "--image", image, profile="acme").stdout)
+    assert result["ok"] is True and result["approvals_missing"] == []

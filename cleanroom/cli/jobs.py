@@ -83,6 +83,9 @@ def show_job_test(result: dict[str, Any]) -> None:
     if result.get("metrics") is not None:
         out.print(f"\n[bold]metrics[/] {escape(str(result['metrics']))}")
     out.print("\nrelease checks: " + ", ".join(c["name"] for c in result["checks"] if c.get("passed")))
+    for gap in result.get("approvals_missing") or []:
+        out.print(f"note: step {gap['step']} ({escape(gap['plugin'])}) still needs {escape(gap['owner'])}'s "
+                  f"approval for {escape(gap['dataset'])}: `job submit` refuses the job until then")
 
 
 def show_cost(state: State, cost: dict[str, Any]) -> None:

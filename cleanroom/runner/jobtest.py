@@ -33,13 +33,17 @@ def _failed(out: dict[str, Any], stage: str, reason: str) -> dict[str, Any]:
 
 def job_context(client: Any, spec: Any) -> tuple[dict[str, Any], dict[str, bytes], Any]:
     """The runner's job context for `spec`, read from the room (datasets with schema, mock and policy;
-    plugins with manifests; their bundles, each checked against its id), and the effective policy."""
+    plugins with manifests; their bundles, each checked against its id), and the effective policy.
+    `ctx["approvals_missing"]` lists the approvals `job submit` would still ask for."""
     from cleanroom import jobspec, release_rules
 
     datasets = [client.get_dataset(name) for name in spec.dataset_names()]
-    plugins, bundles = {}, {}
+    plugins, bundles, granted = {}, {}, set()
+    owners = {ds["name"]: ds["owner"] for ds in datasets}
     for pid in spec.plugin_ids():
         view = client.get_plugin(pid)
+        granted |= {(pid, a["dataset"], a["policy_version"], a["dataset_sha256"]) for a in view["approvals"]
+                    if a["decision"] == "approve" and not a["revoked_at"] and a["org"] == owners.get(a["dataset"])}
         data = client.request("GET", f"/plugins/{pid}/bundle").content
         if hashlib.sha256(data).hexdigest() != pid:
             raise CleanroomError(f"the room's bundle of plugin {pid[:12]} does not hash to its id")
@@ -53,7 +57,11 @@ def job_context(client: Any, spec: Any) -> tuple[dict[str, Any], dict[str, bytes
     effective = jobspec.check_job(spec, datasets=policies, plugins=plugins, approvals=approvals,
                                   recipient_exists=True)
     release_rules.check_spec(spec, plugins, {ds["name"]: ds for ds in datasets}, effective)
-    ctx = {"job": {"id": JOB_ID, "spec": spec.to_dict()}, "datasets": datasets, "plugins": plugins}
+    missing = [{"step": i, "plugin": plugins[s.plugin]["name"], "dataset": name, "owner": owners[name]}
+               for i, s in enumerate(spec.steps) for name in ([s.dataset] if s.dataset else spec.inputs)
+               if (s.plugin, name, policies[name]["policy_version"], policies[name]["sha256"]) not in granted]
+    ctx = {"job": {"id": JOB_ID, "spec": spec.to_dict()}, "datasets": datasets, "plugins": plugins,
+           "approvals_missing": missing}
     return ctx, bundles, effective.to_dict()
 
 
@@ -71,6 +79,7 @@ def run_job_test(client: Any, spec_text: str, *, image: str, settings: Settings 
         ctx, bundles, effective = job_context(client, spec)
     except CleanroomError as exc:  # what `job submit` would refuse, with its reason
         return _failed(out, "submit", exc.message + (f" ({exc.hint})" if exc.hint else ""))
+    out["approvals_missing"] = ctx["approvals_missing"]
     settings = settings or Settings.from_env(sandbox_image=image)
     sandbox = Sandbox(settings)
     cap = settings.job_max_output_bytes
