@@ -37,16 +37,15 @@ class Settings:
     max_bundle_bytes: int = 5 * 2**20
     max_release_bytes: int = 100 * 2**20
     max_queued_jobs_per_org: int = 20
+    dp_room_epsilon: float = 0.0             # room-wide privacy cap over every job (cleanroom.ledger); 0: none
     job_time_budget_seconds: int = 600      # a job's outcome is shown to its analyst this long after its start
+    upload_ttl_seconds: int = 24 * 3600      # a declared upload reserves its dataset name this long
+    blob_grace_seconds: int = 48 * 3600      # `admin sweep` keeps unreferenced blobs younger than this
     max_json_bytes: int = 2**20              # request bodies of every route without a cap of its own
     max_upload_meta_bytes: int = 8 * 2**20   # a dataset declaration (schema, mock sample, policy)
     max_runner_json_bytes: int = 16 * 2**20  # the runner's finish report (manifest and receipt)
     web_session_seconds: int = 8 * 3600      # a review-page login lasts this long at most
     api_docs: bool = False                   # serve /docs (rendered here, no scripts); off by default
-    dp_room_epsilon: float = 0.0             # room-wide privacy cap over every job (cleanroom.ledger); 0: none
-    job_time_budget_seconds: int = 600      # a job's outcome is shown to its analyst this long after its start
-    upload_ttl_seconds: int = 24 * 3600      # a declared upload reserves its dataset name this long
-    blob_grace_seconds: int = 48 * 3600      # `admin sweep` keeps unreferenced blobs younger than this
     runner_token_file: str | None = None     # the API writes/reads the runner's token here
     bootstrap_token: str | None = None       # preset admin token (else one is printed on first start)
     # runner

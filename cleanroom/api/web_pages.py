@@ -433,6 +433,7 @@ def audit_page(caller: Caller, events: list[dict[str, Any]], total: int, check: 
              table(["seq", "time", "actor", "action", "object", "details", "hash"], rows, "no events")]
     return layout("Audit log", join(parts), caller)
 
+
 # API reference (when the operator turns it on) -----------------------------------------------------
 
 def api_docs_page(schema: dict[str, Any]) -> str:
