@@ -281,6 +281,7 @@ def test_exit_codes_and_error_messages_do_not_reach_the_analyst(room, runner, tm
     retailer, bank, analyst, ids = _world(room, tmp_path, with_key=False)
     leak = _evil_plugin(tmp_path, "exit-leak", "preprocess",
                         "@hookimpl\ndef preprocess(df, params):\n    import os\n"
+                        "    if len(df) <= 100:\n        return df\n"  # the mock run's rows pass; the real ones fail
                         "    raise RuntimeError('SECRET ' + str(df['spend'].iloc[0]))\n")
     pid = analyst.submit_plugin(leak)["id"]
     retailer.decide_plugin(pid, "retail.purchases")

@@ -228,9 +228,13 @@ def test_column_names_do_not_carry_rows(world: SimpleNamespace, tmp_path: Path) 
     assert not any(w.canary.encode() in data for data in files.values())
 
 
+# The hostile plugins act on the real rows only (the canary prefix is in the real data, never in the mock
+# rows made from declared facts), so they pass the mock run that fixes the job's structure first.
 CRASH_WITH_DATA = '''\
 @hookimpl
 def preprocess(df, params):
+    if not df["secret_code"].astype(str).str.startswith("cnry").any():
+        return df
     for row in df.itertuples():
         print("RAW", row.secret_code, row.spend, file=sys.stderr)   # raw rows into the log
     sys.stderr.flush()
@@ -259,6 +263,8 @@ def test_raw_rows_in_logs_and_exit_codes_reach_only_the_owners(world: SimpleName
 RAISE_WITH_DATA = '''\
 @hookimpl
 def preprocess(df, params):
+    if not df["secret_code"].astype(str).str.startswith("cnry").any():
+        return df
     raise ValueError("rows: " + " ".join(df["secret_code"].astype(str).head(8)))
 '''
 
@@ -337,7 +343,8 @@ def test_two_concurrent_jobs_see_neither_each_other_nor_the_runner(world: Simple
     finals = {k: stack.room.end_time_budget(j["id"], timeout=240) for k, j in jobs.items()}
     assert [f["status"] for f in finals.values()] == ["succeeded", "succeeded"], finals
     logs = {"a": w.owner.job_logs(jobs["a"]["id"]), "b": other_owner.job_logs(jobs["b"]["id"])}
-    seen = {k: json.loads(re.search(r"SNOOP (\{.*\})", text).group(1)) for k, text in logs.items()}
+    # the last SNOOP line is the real run's (the mock run that fixes the structure printed one first)
+    seen = {k: json.loads(re.findall(r"SNOOP (\{.*\})", text)[-1]) for k, text in logs.items()}
     (a0, a1), (b0, b1) = seen["a"]["window"], seen["b"]["window"]
     assert a0 < b1 and b0 < a1, "the two jobs did not overlap in time"
     assert seen["a"]["mine"][0].startswith(w.canary) and seen["b"]["mine"][0].startswith(other_canary)  # control
