@@ -174,8 +174,8 @@ def fit_dp(frame: pd.DataFrame, spec: Any, *, allowed: list[str], forbidden: set
     name = spec.get("estimator") if isinstance(spec, dict) else None
     if name not in dp_plan.DP_ESTIMATORS:
         raise ModelError("model:estimator", f"with differential privacy the room fits only "
-                         f"{' and '.join(dp_plan.DP_ESTIMATORS)} (sufficient-statistics perturbation); other "
-                         "models will come through sample-and-aggregate, a later step")
+                         f"{' and '.join(dp_plan.DP_ESTIMATORS)} (sufficient-statistics perturbation); for any "
+                         "other model, ask for [outputs.sample_and_aggregate] with a statistic plugin")
     name, _, task = build_estimator(spec, k=2, allowed=allowed, allow_row_storing=False)
     checks.append({"name": "model:estimator", "passed": True, "detail": f"{name} fitted with DP (SSP)"})
     features, target = select_features(frame, spec, forbidden)
