@@ -76,6 +76,13 @@ def test_cli_scenario(room, runner, tmp_path):
     job = run("job", "submit", str(spec), profile="acme-analytics").stdout.strip()
     waited = run("job", "wait", job, profile="retailer")  # an input owner follows the phases and the end
     assert "succeeded" in waited.stderr
+    # the owner reviews the content itself, decrypted on its machine, before approving; the recipient
+    # cannot fetch the held release yet (control for the owner's download)
+    review = tmp_path / "review"
+    run("result", "get", job, "-o", str(review), profile="retailer")
+    assert (review / "model_card.md").exists() and (review / "metrics.json").exists()
+    held = run("result", "get", job, "-o", str(tmp_path / "early"), profile="acme-analytics", ok=False)
+    assert held.returncode == 1 and not (tmp_path / "early" / "model.skops").exists()
     run("release", "approve", job, profile="retailer")
     room.end_time_budget(job)  # the analyst learns the outcome at the job's outcome time: cut short here
     waited = run("job", "wait", job, profile="acme-analytics")
