@@ -621,7 +621,8 @@ def test_sigterm_stops_the_runner_and_removes_its_warm_pool(room: Any, tmp_path:
 
     def warm() -> list[Any]:
         return docker_client.containers.list(all=True, filters={"label": ["cleanroom.job=warm",
-                                                                          f"cleanroom.runner={runner_id}"]})
+                                                                          f"cleanroom.runner={runner_id}"]},
+                                          ignore_removed=True)  # one may go between list and inspect
 
     def wait_for_pool() -> None:
         deadline = time.monotonic() + 90

@@ -28,7 +28,7 @@ def pool() -> Iterator[sb.Sandbox]:
 
 
 def _warm(box: sb.Sandbox) -> list[Any]:
-    return box.docker.containers.list(all=True, filters={"label": [f"{sb.LABEL}={sb.WARM_JOB}",
+    return box.docker.containers.list(all=True, ignore_removed=True, filters={"label": [f"{sb.LABEL}={sb.WARM_JOB}",
                                                                    f"{sb.RUNNER_LABEL}={box.runner_id}"]})
 
 
@@ -116,7 +116,7 @@ def test_a_job_runs_in_warm_containers_and_its_receipt_says_so(room: Any, runner
     client = runner.service.sandbox.docker
     mine = [f"{sb.LABEL}={sb.WARM_JOB}", f"{sb.RUNNER_LABEL}={runner.service.runner_id}"]
     deadline = time.monotonic() + 90
-    while len(client.containers.list(filters={"label": mine, "status": "running"})) < 2:
+    while len(client.containers.list(ignore_removed=True, filters={"label": mine, "status": "running"})) < 2:
         assert time.monotonic() < deadline, "the runner did not warm its pool"
         time.sleep(0.2)
 
@@ -133,6 +133,6 @@ def test_a_job_runs_in_warm_containers_and_its_receipt_says_so(room: Any, runner
         assert {c: isolation[c] for c in sb.CONTROLS} == dict.fromkeys(sb.CONTROLS, True), phase
     assert job_containers(client, job["id"]) == []
     deadline = time.monotonic() + 90
-    while len(client.containers.list(filters={"label": mine, "status": "running"})) < 2:
+    while len(client.containers.list(ignore_removed=True, filters={"label": mine, "status": "running"})) < 2:
         assert time.monotonic() < deadline, "the runner did not refill its pool after the job"
         time.sleep(0.2)
