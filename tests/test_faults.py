@@ -409,6 +409,22 @@ def preprocess(df, params):
 '''
 
 
+def sleepy_job_spec(room_org: Any, tmp_path: Path, customers: int, seconds: float) -> tuple[Any, Any, str]:
+    """The scenario with a `sleepy` first step, approved by both owners: (retailer, analyst, job spec)."""
+    retailer, bank, analyst, _, ids = setup_scenario(room_org, tmp_path, customers, approve=True)
+    sleepy = tmp_path / "sleepy"
+    sleepy.mkdir()
+    (sleepy / "cleanroom-plugin.toml").write_text(SLEEPY_MANIFEST)
+    (sleepy / "plugin.py").write_text(SLEEPY_CODE)
+    sleepy_id = analyst.submit_plugin(sleepy)["id"]
+    retailer.decide_plugin(sleepy_id, "retail.purchases")
+    bank.decide_plugin(sleepy_id, "bank.customers")
+    spec = scenario.job_spec(ids).replace(
+        '[join]\nhow = "inner"\n',
+        f'[join]\nhow = "inner"\n\n[[steps]]\nplugin = "{sleepy_id}"\nparams = {{ seconds = {seconds} }}\n')
+    return retailer, analyst, spec
+
+
 def _containers(docker_client: Any, job_id: str) -> list[Any]:
     from tests.dockerutil import job_containers
 
@@ -470,18 +486,7 @@ def test_runner_killed_mid_phase_requeues_the_job(room: Any, tmp_path: Path, pro
     runner = RunnerProc(procs, room, tmp_path / "runner-home", tmp_path / "runner.log")
     runner.start()
 
-    retailer, bank, analyst, _, ids = setup_scenario(room.org, tmp_path, 1000, approve=True)
-    sleepy = tmp_path / "sleepy"
-    sleepy.mkdir()
-    (sleepy / "cleanroom-plugin.toml").write_text(SLEEPY_MANIFEST)
-    (sleepy / "plugin.py").write_text(SLEEPY_CODE)
-    sleepy_id = analyst.submit_plugin(sleepy)["id"]
-    retailer.decide_plugin(sleepy_id, "retail.purchases")
-    bank.decide_plugin(sleepy_id, "bank.customers")
-    seconds = 5 if phase.startswith("compute") else 0
-    spec = scenario.job_spec(ids).replace(
-        '[join]\nhow = "inner"\n',
-        f'[join]\nhow = "inner"\n\n[[steps]]\nplugin = "{sleepy_id}"\nparams = {{ seconds = {seconds} }}\n')
+    retailer, analyst, spec = sleepy_job_spec(room.org, tmp_path, 1000, 5 if phase.startswith("compute") else 0)
     job_id = analyst.submit_job(spec)["id"]
 
     kills = 2 if phase == "compute-twice" else 1

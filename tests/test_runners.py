@@ -19,7 +19,7 @@ from cleanroom import scenario
 from cleanroom.errors import ValidationError
 from cleanroom.runner.identity import NameLock
 from tests.scenario_setup import setup_scenario
-from tests.test_faults import SLEEPY_CODE, SLEEPY_MANIFEST, Proc, RunnerProc, procs, register_room_key
+from tests.test_faults import Proc, RunnerProc, procs, register_room_key, sleepy_job_spec
 
 __all__ = ["procs"]  # the fixture
 
@@ -132,17 +132,7 @@ def test_runners_sharing_the_room_key_leave_each_other_alone(room: Any, tmp_path
         return {c.id: c.labels.get(NAME_LABEL, "") for c in docker_client.containers.list(
             all=True, filters={"label": f"{RUNNER_LABEL}={room_label}"}, ignore_removed=True)}
 
-    retailer, bank, analyst, _, ids = setup_scenario(room.org, tmp_path, 300, approve=True)
-    sleepy = tmp_path / "sleepy"
-    sleepy.mkdir()
-    (sleepy / "cleanroom-plugin.toml").write_text(SLEEPY_MANIFEST)
-    (sleepy / "plugin.py").write_text(SLEEPY_CODE)
-    sleepy_id = analyst.submit_plugin(sleepy)["id"]
-    retailer.decide_plugin(sleepy_id, "retail.purchases")
-    bank.decide_plugin(sleepy_id, "bank.customers")
-    spec = scenario.job_spec(ids).replace(
-        '[join]\nhow = "inner"\n',
-        f'[join]\nhow = "inner"\n\n[[steps]]\nplugin = "{sleepy_id}"\nparams = {{ seconds = 15 }}\n')
+    _, analyst, spec = sleepy_job_spec(room.org, tmp_path, 300, 15)
     jobs = [analyst.submit_job(spec)["id"] for _ in range(2)]
 
     by_runner: dict[str, str] = {}  # runner name -> its job, once both jobs' compute containers run
