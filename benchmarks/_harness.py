@@ -361,7 +361,7 @@ class Services:
 # --- the runner child ----------------------------------------------------------------------------------
 
 def _runner_main() -> int:
-    from cleanroom.runner.sandbox import Sandbox
+    from cleanroom.runner.launcher import Sandbox
     from cleanroom.runner.service import RunnerService
     from cleanroom.settings import Settings
 

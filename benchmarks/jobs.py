@@ -97,7 +97,7 @@ def trivial_request(phase: str) -> bytes:
 
 
 def overhead(image: str, repeat: int) -> list[dict[str, Any]]:
-    from cleanroom.runner.sandbox import Sandbox
+    from cleanroom.runner.launcher import Sandbox
     from cleanroom.settings import Settings
 
     sandbox = Sandbox(Settings(sandbox_image=image))  # the default limits, every control
@@ -172,8 +172,8 @@ def direct(retail_csv: str, bank_csv: str) -> dict[str, Any]:
     from sklearn import linear_model
 
     from cleanroom import scenario
-    from cleanroom.sandbox import models
     from cleanroom.sandbox.bundles import validate_params
+    from cleanroom.sandbox.release import models
 
     spec = tomllib.loads(scenario.job_spec({name: name for name in scenario.PLUGINS}))
     marks: dict[str, float] = {"import": time.perf_counter() - t0}
@@ -242,12 +242,12 @@ def run_direct(paths: dict[str, Path], cpus: int | None = None) -> dict[str, Any
 def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argparse.Namespace,
                docker_client: Any, between: Any = None) -> dict[str, Any]:
     """Upload once, then run the job --runs times (calling `between()` before each: the direct run)."""
-    import cleanroom.ingest as ingest
+    import cleanroom.prepare.ingest as ingest
     from cleanroom import scenario
     from cleanroom.client import Client
-    from cleanroom.ingest import new_join_secret
+    from cleanroom.prepare.ingest import new_join_secret
     from cleanroom.profile import Profile
-    from cleanroom.runner.sandbox import container_name
+    from cleanroom.runner.launcher import container_name
 
     os.environ["CLEANROOM_HOME"] = str(workdir / "home")
     runner_env = {"CLEANROOM_JOB_MEMORY": opts.job_memory, "CLEANROOM_JOB_TIMEOUT_SECONDS": str(opts.job_timeout),

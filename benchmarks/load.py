@@ -113,7 +113,7 @@ def http(url: str, token: str) -> httpx.Client:
 def setup(url: str, admin_token: str, runner_token: str | None) -> Room:
     """Orgs, datasets, plugins and approvals, through the SDK like a person would."""
     from cleanroom.client import Client
-    from cleanroom.ingest import new_join_secret
+    from cleanroom.prepare.ingest import new_join_secret
     from cleanroom.profile import Profile
 
     os.environ["CLEANROOM_HOME"] = tempfile.mkdtemp(prefix="cleanroom-load-home-")  # keys of the load orgs

@@ -5,7 +5,7 @@
 
 The scenario's data (`cleanroom.scenario.make_data`) goes through the job's steps in pandas (join on
 the id, drop identifiers, impute tenure with 0, one-hot category and segment), then through the
-release phase's own code (`cleanroom.sandbox.release.run`, the trusted phase the runner starts in a
+release phase's own code (`cleanroom.sandbox.release.phase.run`, the trusted phase the runner starts in a
 container) with the job's (epsilon, delta) and the scenario policies' declared bounds. Reported per
 epsilon, as the median over --repeat runs (noise is fresh each run):
 
@@ -34,7 +34,8 @@ import skops.io as sio
 
 from cleanroom import scenario
 from cleanroom.policy import combine, parse_policy
-from cleanroom.sandbox import release, wire
+from cleanroom.sandbox import wire
+from cleanroom.sandbox.release import phase as release
 
 
 def joined_frame(units: int, seed: int = 7) -> pd.DataFrame:

@@ -10,7 +10,7 @@ Generates CSV files of each size in a temporary directory and prints, per size:
 - two plain file copies on the same disk (shutil.copyfile): one that ends when the bytes are in the
   page cache, one that also fsyncs the copy (the source was just written, so both read it from the
   page cache);
-- `cleanroom.ingest.prepare` (schema, HMAC pseudonyms, Arrow IPC + zstd, age encryption, fsync of the
+- `cleanroom.prepare.ingest.prepare` (schema, HMAC pseudonyms, Arrow IPC + zstd, age encryption, fsync of the
   ciphertext), and its throughput as a fraction of each copy's;
 - the peak RSS of the process that prepared.
 
@@ -46,7 +46,7 @@ CHILD = r"""
 import json, sys, time
 args = json.loads(sys.argv[1])
 from cleanroom.crypto import generate_keypair
-from cleanroom.ingest import new_join_secret, prepare
+from cleanroom.prepare.ingest import new_join_secret, prepare
 start = time.perf_counter()
 if args["mode"] == "prepare":
     prepared = prepare(args["path"], recipient=generate_keypair().enc_public, id_column="customer_id",

@@ -197,8 +197,8 @@ class Client:
         Refused before anything is sent: a CSV column that is text only because of a few cells (unless
         named in `text_columns`), an id column with few distinct values (unless `allow_few_ids`), policy
         rules for columns the dataset does not keep. The answer adds `dropped_columns` (name -> why)."""
-        from cleanroom.ingest import prepare
         from cleanroom.policy import parse_policy
+        from cleanroom.prepare.ingest import prepare
 
         parsed_policy = parse_policy(policy)
         room = self.room_keys()
@@ -217,7 +217,7 @@ class Client:
             result.update(id_column=id_column, dropped_columns=dict(prepared.dropped_reasons),
                           column_types={c.name: c.type for c in prepared.schema.columns})
         if prepared.suggested is not None and isinstance(result, dict):
-            from cleanroom.mock import suggest_policy
+            from cleanroom.prepare.mock import suggest_policy
 
             # computed here from the owner's rows, for the owner to check: never sent to the room
             result["suggested_policy"] = suggest_policy(prepared.suggested)

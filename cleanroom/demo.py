@@ -79,7 +79,7 @@ def run_demo(*, admin_profile: str = "admin", customers: int = 50_000, workdir: 
 
     step(3, f"Raw files with personal identifiers ({customers:,} customers each, overlapping ids) in {work}")
     files = scenario.write_data(work, customers)
-    from cleanroom.ingest import new_join_secret, save_join_secret
+    from cleanroom.prepare.ingest import new_join_secret, save_join_secret
 
     secret = new_join_secret()
     save_join_secret(work / "room-join.key", secret)

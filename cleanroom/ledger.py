@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from cleanroom.errors import PolicyError
 from cleanroom.policy import EffectivePolicy, Policy
-from cleanroom.sandbox import dp_plan
+from cleanroom.sandbox.release import dp_plan
 
 if TYPE_CHECKING:
     from cleanroom.jobspec import JobSpec

@@ -17,7 +17,7 @@ from cleanroom.errors import ValidationError
 
 __all__ = ["ModelFileError", "TRUSTED_TYPES", "load_model", "predict"]
 
-# The same lists as cleanroom.sandbox.models (TRUSTED_TYPES | ROW_STORING_TYPES); a test pins them.
+# The same lists as cleanroom.sandbox.release.models (TRUSTED_TYPES | ROW_STORING_TYPES); a test pins them.
 TRUSTED_TYPES = frozenset({
     "sklearn.tree._tree.Tree",
     "sklearn.neighbors._kd_tree.KDTree", "sklearn.neighbors._ball_tree.BallTree",

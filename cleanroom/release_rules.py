@@ -64,8 +64,8 @@ def check_spec(spec: Any, plugins: Mapping[str, Mapping[str, Any]], inputs: Mapp
                effective: Any) -> None:
     """Raise `PolicyError` (with `details.check`, the release check's name) for the first release check
     the spec fails before any data is read; `effective` is the job's combined policy."""
-    from cleanroom.sandbox import aggregates, dp_plan, models
     from cleanroom.sandbox.names import UnsafeName
+    from cleanroom.sandbox.release import aggregates, dp_plan, models
 
     rule = name_rule(spec, inputs)
     forbidden = set(effective.never_output) | set(effective.join_only)

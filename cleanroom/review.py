@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cleanroom.hookspecs import HOOK_BY_KIND
 from cleanroom.identifiers import hidden_characters, marker
 from cleanroom.sandbox.bundles import Bundle
+from cleanroom.sandbox.hookspecs import HOOK_BY_KIND
 
 __all__ = ["ALLOWED_MODULES", "Finding", "Report", "hidden_text", "review", "review_source"]
 
@@ -32,7 +32,7 @@ MAX_HIDDEN_FINDINGS = 20  # per file: the first ones make the point, then one co
 ALLOWED_MODULES = frozenset({
     "pandas", "numpy", "scipy", "sklearn", "math", "statistics", "collections", "itertools", "functools",
     "re", "datetime", "dataclasses", "typing", "json", "decimal", "fractions", "operator", "string", "enum",
-    "cleanroom.hookspecs", "cleanroom.plugin_helpers", "__future__",
+    "cleanroom.hookspecs", "cleanroom.plugin_helpers", "__future__",  # the public plugin API (shims)
 })
 TEST_MODULES = frozenset({"pytest", "pluggy"})  # extra modules that test files may import
 WHY = {

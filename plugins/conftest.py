@@ -1,7 +1,7 @@
 """Fixtures for the built-in plugins' tests: the `plugin` of the test's folder, loaded as the sandbox does.
 
 `plugin.hook` is a pluggy PluginManager's hook relay with the bundle registered (packed, unpacked,
-extracted and imported by `cleanroom.sandbox.compute.load_plugin`); `plugin.call(df_or_columns,
+extracted and imported by `cleanroom.sandbox.compute.phase.load_plugin`); `plugin.call(df_or_columns,
 **params)` fills in the manifest's defaults, calls the plugin kind's hook and applies the compute
 phase's checks to the result.
 """
@@ -16,7 +16,7 @@ import pytest
 
 from cleanroom import bundle
 from cleanroom.hookspecs import HOOK_BY_KIND
-from cleanroom.sandbox import compute
+from cleanroom.sandbox.compute import phase as compute
 
 
 class LoadedPlugin:

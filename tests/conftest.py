@@ -17,7 +17,7 @@ from cleanroom.api.app import create_app
 from cleanroom.client import Client
 from cleanroom.profile import Profile
 from cleanroom.settings import Settings
-from cleanroom.store import Store
+from cleanroom.store.db import Store
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -48,7 +48,7 @@ def require_image(client: Any, env_var: str) -> str:
 def job_containers(client: Any, job_id: str) -> list[Any]:
     """A job's sandbox containers: labelled with its id, or taken from the runner's warm pool (labelled
     `warm`, renamed `cleanroom-<job>-<phase>` when the job took them)."""
-    from cleanroom.runner.sandbox import LABEL, WARM_PHASES, container_name
+    from cleanroom.runner.launcher import LABEL, WARM_PHASES, container_name
 
     found = {c.id: c for c in client.containers.list(all=True, filters={"label": f"{LABEL}={job_id}"},
                                                      ignore_removed=True)}

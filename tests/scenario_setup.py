@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cleanroom import scenario
-from cleanroom.ingest import new_join_secret
+from cleanroom.prepare.ingest import new_join_secret
 
 REPO = Path(__file__).resolve().parent.parent
 

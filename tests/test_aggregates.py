@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cleanroom.sandbox import aggregates, dp
-from cleanroom.sandbox.aggregates import AggregateError
+from cleanroom.sandbox.release import aggregates, dp
+from cleanroom.sandbox.release.aggregates import AggregateError
 
 
 def frame() -> pd.DataFrame:

@@ -27,8 +27,8 @@ import pytest
 from cleanroom import bundle, crypto, scenario
 from cleanroom.api.authz import iter_routes
 from cleanroom.crypto import KeyPair, encrypt_bytes, generate_keypair
-from cleanroom.ingest import new_join_secret
-from cleanroom.store import dumps
+from cleanroom.prepare.ingest import new_join_secret
+from cleanroom.store.db import dumps
 
 REPO = Path(__file__).resolve().parent.parent
 

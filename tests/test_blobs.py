@@ -1,7 +1,7 @@
 """Blob storage and its one deletion path, on a real Store (SQLite file and blob directory).
 
-- A source scan: no module but `cleanroom/sweep.py` calls a blob store's `delete` (or
-  `remove_staged`), and in `cleanroom/blobs.py` only `delete`, `remove_staged`, the writer's
+- A source scan: no module but `cleanroom/store/sweep.py` calls a blob store's `delete` (or
+  `remove_staged`), and in `cleanroom/store/blobs.py` only `delete`, `remove_staged`, the writer's
   `abort` and the start-up clearing of staged files unlink anything. A control shows the scan
   flags a planted call.
 - `BlobStore.delete` refuses to run without the sweep's live lease.
@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from cleanroom import audit, sweep
-from cleanroom.blobs import BlobStore, SweepLease
+from cleanroom import audit
 from cleanroom.errors import ValidationError
-from cleanroom.store import Store, dumps, now
+from cleanroom.store import sweep
+from cleanroom.store.blobs import BlobStore, SweepLease
+from cleanroom.store.db import Store, dumps, now
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = 86400
@@ -74,15 +75,15 @@ def test_only_the_sweep_module_deletes_blobs() -> None:
     offenders = []
     for path in sorted((REPO / "cleanroom").rglob("*.py")):
         rel = path.relative_to(REPO).as_posix()
-        if rel in ("cleanroom/sweep.py", "cleanroom/blobs.py"):
+        if rel in ("cleanroom/store/sweep.py", "cleanroom/store/blobs.py"):
             continue
         for line, call in blob_deletions(ast.parse(path.read_text(), rel)):
             offenders.append(f"{rel}:{line}: {call}")
-    assert not offenders, "blobs are deleted only by cleanroom/sweep.py:\n" + "\n".join(offenders)
-    sweep_calls = [call for _, call in blob_deletions(ast.parse((REPO / "cleanroom/sweep.py").read_text()))]
+    assert not offenders, "blobs are deleted only by cleanroom/store/sweep.py:\n" + "\n".join(offenders)
+    sweep_calls = [call for _, call in blob_deletions(ast.parse((REPO / "cleanroom/store/sweep.py").read_text()))]
     assert any(".delete(" in c for c in sweep_calls)  # the scan does see the sweep's own call
     # inside blobs.py, only these functions unlink files (delete needs the lease; the rest touch tmp/)
-    unlinkers = _functions_with_unlink(ast.parse((REPO / "cleanroom/blobs.py").read_text()))
+    unlinkers = _functions_with_unlink(ast.parse((REPO / "cleanroom/store/blobs.py").read_text()))
     assert unlinkers == {"__init__", "delete", "remove_staged", "abort"}, unlinkers
 
 

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from cleanroom import bundle
-from cleanroom.sandbox import compute, wire
+from cleanroom.sandbox import wire
+from cleanroom.sandbox.compute import phase as compute
 
 REPO = Path(__file__).resolve().parent.parent
 RETAIL, BANK = "retail.purchases", "bank.customers"

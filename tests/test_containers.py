@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from cleanroom.runner.sandbox import SECCOMP_FILE, seccomp_profile
+from cleanroom.runner.launcher import SECCOMP_FILE, seccomp_profile
 from tests.dockerutil import require_docker, require_image, unavailable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -221,7 +221,7 @@ def test_sandbox_image_is_unprivileged_and_has_no_tools(docker_client: Any) -> N
         "'tools': [t for t in ('gcc', 'cc', 'c++', 'g++', 'pip', 'pip3', 'make', 'curl', 'wget')"
         " if shutil.which(t)],"
         "'modules': [m for m in ('pip', 'setuptools', 'fastapi', 'docker', 'httpx', 'uvicorn',"
-        " 'cryptography', 'cleanroom.api', 'cleanroom.runner', 'cleanroom.store')"
+        " 'cryptography', 'cleanroom.api', 'cleanroom.runner', 'cleanroom.store.db')"
         " if importlib.util.find_spec(m)]}))"
     )
     facts = json.loads(
@@ -262,7 +262,7 @@ def test_app_image_has_the_cleanroom_command(docker_client: Any) -> None:
 @pytest.mark.docker
 def test_app_image_ships_the_sandbox_seccomp_profile(docker_client: Any) -> None:
     image = require_image(docker_client, "CLEANROOM_APP_IMAGE")
-    probe = ("import hashlib; from cleanroom.runner.sandbox import seccomp_profile; "
+    probe = ("import hashlib; from cleanroom.runner.launcher import seccomp_profile; "
              "print(hashlib.sha256(seccomp_profile().encode()).hexdigest())")
     out = run(docker_client, image, ["python", "-c", probe], network_mode="none")
     assert out.strip().splitlines()[-1] == hashlib.sha256(seccomp_profile().encode()).hexdigest()

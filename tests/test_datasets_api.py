@@ -9,8 +9,8 @@ import pytest
 
 from cleanroom import crypto, scenario
 from cleanroom.errors import Conflict, NotFound, PolicyError, TooLarge, ValidationError
-from cleanroom.ingest import new_join_secret, prepare
 from cleanroom.policy import parse_policy
+from cleanroom.prepare.ingest import new_join_secret, prepare
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_upload_round_trip_and_runner_side_decrypt(room, owner, tmp_path):
     assert shown["row_count"] == prep.row_count and shown["mock"] and "customer_id" not in shown["columns"]
     r = httpx.get(room.url + "/runner/datasets/retail.purchases/ciphertext",
                   headers={"authorization": f"Bearer {room.runner_token}"})
-    from cleanroom.ingest import decrypt_dataset
+    from cleanroom.prepare.ingest import decrypt_dataset
 
     frame = decrypt_dataset(r.content, owner.room_key)
     assert len(frame) == prep.row_count and "_pid" in frame.columns and "email" not in frame.columns

@@ -248,7 +248,7 @@ def test_every_hook_is_documented_with_its_signature(hook):
 def _builtin_plugins() -> dict[str, set[str]]:
     """Each built-in plugin's implemented hooks, loaded exactly as the compute phase loads a bundle."""
     from cleanroom import bundle
-    from cleanroom.sandbox import compute
+    from cleanroom.sandbox.compute import phase as compute
 
     found = {}
     for folder in sorted(p.parent for p in (REPO / "plugins").glob("*/cleanroom-plugin.toml")):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cleanroom.sandbox import dp
+from cleanroom.sandbox.release import dp
 
 
 def test_count_mechanism_threshold_is_at_least_k_and_within_budget() -> None:

@@ -115,7 +115,7 @@ def test_each_recipient_spends_at_most_its_share(tmp_path):
     SQLite, the ledger's own functions); control: another recipient still has its share."""
     from cleanroom import ledger
     from cleanroom.policy import combine, parse_policy
-    from cleanroom.store import Store
+    from cleanroom.store.db import Store
 
     policy = parse_policy("[privacy]\nrecipient_epsilon = 1.5\n[release]\nrecipients = ['acme', 'beta']\n")
     assert policy.recipient_epsilon == 1.5 and "recipient_epsilon" in policy.to_dict()["privacy"]
@@ -164,7 +164,7 @@ def test_the_cli_dry_run_and_budget_commands(world, room, tmp_path):
 
 
 def test_the_cli_upload_says_what_the_policy_means_and_suggests_bounds(world, room, tmp_path):
-    from cleanroom.ingest import new_join_secret, save_join_secret
+    from cleanroom.prepare.ingest import new_join_secret, save_join_secret
     from cleanroom.profile import Profile
     from tests.test_cli import run
 
@@ -192,7 +192,7 @@ def test_the_migration_keeps_the_old_budget_rows_as_charges(tmp_path):
     a ledger charge, so an upgrade never hands budget back."""
     import sqlite3
 
-    from cleanroom.store import MIGRATIONS, Store
+    from cleanroom.store.db import MIGRATIONS, Store
 
     mine = next(i for i, m in enumerate(MIGRATIONS) if "CREATE TABLE privacy_charges" in m)
     (tmp_path / "db").mkdir()

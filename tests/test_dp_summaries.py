@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cleanroom.mock import StatsCollector, declared_stats, make_mock, publish, published_schema, suggest_policy
 from cleanroom.policy import parse_policy
-from cleanroom.schema import Column, Schema
+from cleanroom.prepare.mock import StatsCollector, suggest_policy
+from cleanroom.published import Column, Schema, declared_stats, make_mock, publish, published_schema
 
 POLICY = parse_policy("[columns.spend]\nbounds = [0, 500]\n[columns.region]\ndomain = ['n', 's']\n"
                       "[columns.age]\nbounds = [18.5, 90.5]\n")

@@ -148,7 +148,7 @@ def test_cancel_a_queued_job(room, tmp_path):
 
 
 def test_plugin_test_runs_on_mock_data_in_the_sandbox(room, runner, tmp_path):
-    from cleanroom.runner.local import test_plugin
+    from cleanroom.local.plugin_test import test_plugin
 
     retailer, bank, analyst, files, ids = setup_scenario(room, tmp_path, n=300)
     result = test_plugin(analyst, REPO / "plugins" / "one-hot", ["retail.purchases"],

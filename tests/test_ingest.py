@@ -22,7 +22,7 @@ import pytest
 
 from cleanroom.crypto import KeyPair, encrypt_bytes, generate_keypair
 from cleanroom.errors import Conflict, IntegrityError, NotFound, ValidationError
-from cleanroom.ingest import (
+from cleanroom.prepare.ingest import (
     PreparedDataset,
     decrypt_dataset,
     decrypt_table,
@@ -33,7 +33,7 @@ from cleanroom.ingest import (
     pseudonym,
     save_join_secret,
 )
-from cleanroom.schema import Column, Schema
+from cleanroom.published import Column, Schema
 
 SECRET = bytes(range(32))
 CANARY_ID = "CANARY-ID-90210"
@@ -357,7 +357,7 @@ def test_pseudonyms_are_byte_identical_to_the_published_construction() -> None:
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Types from the first batch only, and batches of a few dozen rows: files of a few thousand
     rows then take every path that a file of gigabytes takes."""
-    from cleanroom import ingest, schema
+    from cleanroom.prepare import ingest, schema
 
     monkeypatch.setattr(schema, "SAMPLE_BYTES", 0)
     monkeypatch.setattr(schema, "BATCH_ROWS", 40)
@@ -367,7 +367,7 @@ def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def whole_file_types(path: Path) -> dict[str, str]:
-    from cleanroom.schema import infer_types
+    from cleanroom.prepare.schema import infer_types
 
     return {c.name: c.type for c in infer_types(path).columns}
 
@@ -388,7 +388,7 @@ def test_types_from_a_sample_are_those_of_the_whole_file(tmp_path: Path, keys: K
 
 
 def infer_schema_of(path: Path) -> Schema:
-    from cleanroom.schema import infer_schema
+    from cleanroom.prepare.schema import infer_schema
 
     return infer_schema(path)
 
@@ -491,7 +491,7 @@ def test_join_secret_files(tmp_path: Path) -> None:
 MEMORY_SCRIPT = textwrap.dedent("""
     import sys
     from cleanroom.crypto import generate_keypair
-    from cleanroom.ingest import prepare
+    from cleanroom.prepare.ingest import prepare
     keys = generate_keypair()
     check = lambda name: "an e-mail address" if name == "email" else None
     prepared = prepare(sys.argv[1], recipient=keys.enc_public, id_column="customer", join_secret=bytes(32),
@@ -573,7 +573,7 @@ def test_a_few_bad_cells_in_a_numeric_column_are_refused_naming_lines_and_values
 
 
 def test_bad_cells_past_the_sample_name_their_physical_lines(tmp_path):
-    from cleanroom.schema import infer_types
+    from cleanroom.prepare.schema import infer_types
 
     rows = ["id,amount,note"] + [f"{i},{i * 2},\"two\nlines\"" if i == 5 else f"{i},{i * 2},plain"
                                  for i in range(100)]

@@ -11,8 +11,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from cleanroom.mock import StatsCollector, make_mock, to_records
-from cleanroom.schema import Column, Schema, infer_schema
+from cleanroom.prepare.mock import StatsCollector
+from cleanroom.prepare.schema import infer_schema
+from cleanroom.published import Column, Schema, make_mock, to_records
 
 RARE = "Quillon-Rare-4471"
 
@@ -159,7 +160,7 @@ class ReferenceCategories:
 
 
 def test_category_counts_match_the_one_value_at_a_time_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cleanroom import mock
+    from cleanroom.prepare import mock
 
     monkeypatch.setattr(mock, "_COUNTER_CAP", 300)  # prune often
     rng = np.random.default_rng(5)

@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from cleanroom.mock import StatsCollector, make_mock, to_records
+from cleanroom.prepare.mock import StatsCollector
+from cleanroom.published import Column, Schema, make_mock, to_records
 from cleanroom.runner import mockrun, recode
-from cleanroom.sandbox import compute, wire
-from cleanroom.schema import Column, Schema
+from cleanroom.sandbox import wire
+from cleanroom.sandbox.compute import phase as compute
 
 
 def owner_table(n: int = 400, seed: int = 0) -> pa.Table:

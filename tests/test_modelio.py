@@ -18,7 +18,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 from cleanroom import modelio
 from cleanroom.modelio import ModelFileError
-from cleanroom.sandbox import models
+from cleanroom.sandbox.release import models
 
 
 class Custom(BaseEstimator):

@@ -15,9 +15,9 @@ from sklearn.neighbors import KNeighborsRegressor, NearestNeighbors
 from sklearn.tree import DecisionTreeRegressor
 
 from cleanroom import modelio
-from cleanroom.sandbox import models
-from cleanroom.sandbox.models import ModelError
 from cleanroom.sandbox.names import NameRule
+from cleanroom.sandbox.release import models
+from cleanroom.sandbox.release.models import ModelError
 
 ALL = list(models.ESTIMATORS)
 

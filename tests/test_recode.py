@@ -13,7 +13,9 @@ import pyarrow as pa
 import pytest
 
 from cleanroom.runner import recode
-from cleanroom.sandbox import compute, release, wire
+from cleanroom.sandbox import wire
+from cleanroom.sandbox.compute import phase as compute
+from cleanroom.sandbox.release import phase as release
 
 
 def hexes(n: int, seed: int = 0) -> list[str]:

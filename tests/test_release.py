@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from cleanroom import modelio
-from cleanroom.sandbox import release, wire
+from cleanroom.sandbox import wire
+from cleanroom.sandbox.release import phase as release
 
 POLICY: dict[str, Any] = {
     "k": 10, "outputs": ["aggregate", "model"], "estimators": ["ridge", "linear_regression"],

@@ -117,7 +117,7 @@ def _starts(room: Any, job_id: str) -> list[str]:
 @pytest.mark.docker
 @pytest.mark.slow
 def test_runners_sharing_the_room_key_leave_each_other_alone(room: Any, tmp_path: Path, procs: list[Proc]) -> None:
-    from cleanroom.runner.sandbox import NAME_LABEL, RUNNER_LABEL
+    from cleanroom.runner.launcher import NAME_LABEL, RUNNER_LABEL
     from tests.dockerutil import job_containers, require_docker, require_image
 
     docker_client = require_docker()

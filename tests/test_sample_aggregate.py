@@ -1,7 +1,7 @@
 """Sample-and-aggregate (`cleanroom.runner.blocks`): the job spec, block assignment, answers mapped to
 defaults, calibration, the noise's distribution and an empirical epsilon audit with hostile statistics.
 
-Blocks here run the real compute-phase code (`cleanroom.sandbox.compute.run`, real plugin bundles) in
+Blocks here run the real compute-phase code (`cleanroom.sandbox.compute.phase.run`, real plugin bundles) in
 this process instead of one container each; the Docker runs are in tests/redteam/test_sample_aggregate.py.
 Statistical checks reject at about 1e-6 (OpenDP's noise cannot be seeded).
 """
@@ -25,7 +25,8 @@ from cleanroom.errors import PolicyError, ValidationError
 from cleanroom.jobspec import check_job, parse_jobspec
 from cleanroom.policy import parse_policy
 from cleanroom.runner import blocks, recode
-from cleanroom.sandbox import compute, dp_plan
+from cleanroom.sandbox.compute import phase as compute
+from cleanroom.sandbox.release import dp_plan
 
 SALT = bytes(range(32))  # tests only: production draws a fresh secrets.token_bytes(32) per job
 STAT = "c" * 64
@@ -474,7 +475,7 @@ def test_a_blocks_stream_has_no_trace_of_the_owners_batches():
 def test_plugin_test_shows_a_statistics_answer_on_mock_data(room, tmp_path):
     import os
 
-    from cleanroom.runner.local import test_plugin
+    from cleanroom.local.plugin_test import test_plugin
     from tests.dockerutil import require_docker, require_image
     from tests.scenario_setup import setup_scenario
     from tests.test_dp_ledger import register_room_key

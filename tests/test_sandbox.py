@@ -10,7 +10,7 @@ import os
 import pytest
 
 from cleanroom.errors import IsolationUnavailable
-from cleanroom.runner import sandbox as sb
+from cleanroom.runner import launcher as sb
 from cleanroom.sandbox import wire
 from cleanroom.settings import Settings
 from tests.dockerutil import require_docker, require_image

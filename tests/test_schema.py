@@ -12,19 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from cleanroom.errors import ValidationError
-from cleanroom.schema import (
-    Column,
-    Schema,
+from cleanroom.prepare.schema import (
     TypesChanged,
     detect_format,
     file_columns,
     infer_schema,
     infer_types,
-    load_schema_file,
     read_batches,
     sample_types,
     validate,
 )
+from cleanroom.published import Column, Schema, load_schema_file
 
 CANARY = "Zebulon-Canary-7731"
 
@@ -222,7 +220,7 @@ def test_bytes_that_are_not_utf8(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cleanroom import schema
+    from cleanroom.prepare import schema
 
     monkeypatch.setattr(schema, "BATCH_ROWS", 40)
     monkeypatch.setattr(schema, "CSV_BLOCK", 1 << 12)
@@ -272,7 +270,7 @@ def test_checking_a_sampled_type_agrees_with_inference_value_by_value() -> None:
     """`read_batches(sampled=...)` decides with cheaper checks than inference's patterns; never otherwise."""
     import random
 
-    from cleanroom.schema import _candidate_ok, _strict_cast
+    from cleanroom.prepare.schema import _candidate_ok, _strict_cast
 
     rng = random.Random(7)
     tricky = ["0", "-0", "00", "007", "-007", "+5", "0x10", "1e3", "12", "-12", "999999999999999999",

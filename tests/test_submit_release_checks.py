@@ -8,7 +8,7 @@ import pytest
 
 from cleanroom import crypto, scenario
 from cleanroom.errors import PolicyError
-from cleanroom.ingest import new_join_secret
+from cleanroom.prepare.ingest import new_join_secret
 from tests.scenario_setup import REPO, approve_all
 
 BY_REGION = 'params = { name = "spend_by_region", group_by = ["region"], metrics = [\n'

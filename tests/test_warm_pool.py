@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cleanroom.runner import sandbox as sb
+from cleanroom.runner import launcher as sb
 from cleanroom.sandbox import wire
 from cleanroom.settings import Settings
 from tests.dockerutil import job_containers, require_docker, require_image

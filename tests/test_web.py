@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from cleanroom import audit, bundle
-from cleanroom.store import dumps, new_id, now
+from cleanroom.store.db import dumps, new_id, now
 
 SCRIPT = '<script>alert("owned")</script>'
 POLICY_TEXT = """[privacy]\nmin_group_size = 10\n\n[outputs]\nallow = ["aggregate", "model"]\n"""

@@ -20,7 +20,7 @@ from cleanroom.api.deps import authorize, hash_secret, new_token
 from cleanroom.api.guard import Guard
 from cleanroom.errors import CleanroomError
 from cleanroom.settings import Settings
-from cleanroom.store import Store, new_id, now
+from cleanroom.store.db import Store, new_id, now
 
 log = logging.getLogger("cleanroom.api")
 

@@ -16,7 +16,7 @@ from cleanroom import audit
 from cleanroom.api.authz import Caller, check_route
 from cleanroom.errors import AuthenticationError, NotFound
 from cleanroom.settings import Settings
-from cleanroom.store import Store, now
+from cleanroom.store.db import Store, now
 
 TOKEN_PREFIX = "crt_"
 SESSION_PREFIX = "crs_"

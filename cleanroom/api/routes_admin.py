@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from cleanroom import sweep
 from cleanroom.api.deps import Ctx, get_ctx
+from cleanroom.store import sweep
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 

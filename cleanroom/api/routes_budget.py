@@ -16,7 +16,7 @@ from cleanroom.api.routes_datasets import current_policy, load_dataset
 from cleanroom.api.routes_jobs import JobIn, job_context
 from cleanroom.errors import PermissionDenied, PolicyError
 from cleanroom.policy import Policy
-from cleanroom.sandbox import dp_plan
+from cleanroom.sandbox.release import dp_plan
 
 router = APIRouter()
 

@@ -18,8 +18,8 @@ from cleanroom.api.authz import require_dataset_owner
 from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.errors import Conflict, NotFound, TooLarge, ValidationError
 from cleanroom.identifiers import check_name
-from cleanroom.mock import publish
-from cleanroom.store import dumps, new_id, now
+from cleanroom.published import publish
+from cleanroom.store.db import dumps, new_id, now
 
 router = APIRouter()
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -252,7 +252,7 @@ async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ct
             raise Conflict("the dataset was created meanwhile by another upload")
         if not ctx.store.blobs.exists(digest):
             raise ValidationError("the stored ciphertext vanished before it was recorded", hint="retry the upload")
-        # published: declared facts only, and mock rows made from them, whatever the client sent (cleanroom.mock)
+        # published: declared facts only, and mock rows made from them, whatever the client sent
         schema, mock = publish(meta["schema"], meta["policy_dict"], len(meta["mock"]))
         conn.execute(
             "INSERT INTO datasets (name, owner_id, sha256, size, row_count, schema, mock, dropped,"

@@ -18,7 +18,7 @@ from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.api.routes_datasets import check_not_withdrawn, current_policy, load_dataset
 from cleanroom.api.routes_plugins import check_signed, may_use_plugin
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, PolicyError, RateLimited, ValidationError
-from cleanroom.store import dumps, new_id, now
+from cleanroom.store.db import dumps, new_id, now
 
 router = APIRouter()
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")

@@ -20,7 +20,7 @@ from cleanroom.api.routes_room import CLOCK_SKEW
 from cleanroom.crypto import verify
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, TooLarge, ValidationError
 from cleanroom.identifiers import check_name
-from cleanroom.store import dumps, new_id, now
+from cleanroom.store.db import dumps, new_id, now
 
 router = APIRouter()
 

@@ -17,7 +17,7 @@ from cleanroom.api.deps import Ctx, get_ctx, new_token
 from cleanroom.crypto import fingerprint, verify
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from cleanroom.identifiers import check_name
-from cleanroom.store import new_id, now
+from cleanroom.store.db import new_id, now
 
 CLOCK_SKEW = 600  # seconds a signed statement may be old (or ahead): the same as approvals
 

@@ -25,7 +25,7 @@ from cleanroom.api.routes_plugins import load_plugin
 from cleanroom.api.routes_room import key_rotations
 from cleanroom.crypto import fingerprint
 from cleanroom.errors import Conflict, NotFound, ValidationError
-from cleanroom.store import dumps, new_id, now
+from cleanroom.store.db import dumps, new_id, now
 
 router = APIRouter(prefix="/runner", tags=["runner"])
 ARTIFACT_NAME = re.compile(r"^[a-z0-9_.-]{1,64}(/[a-z0-9_.-]{1,64})?$")

@@ -39,11 +39,11 @@ def dataset_upload(state: State, path: str, name: str, policy_path: str, id_colu
     text only because of a few cells, an id column with few distinct values, policy rules for columns
     the dataset does not have; the room refuses recipients that are not orgs in it. Columns that look
     like direct identifiers are dropped, and listed."""
-    from cleanroom.ingest import load_join_secret
+    from cleanroom.prepare.ingest import load_join_secret
 
     override = None
     if schema_path:
-        from cleanroom.schema import load_schema_file
+        from cleanroom.published import load_schema_file
 
         override = load_schema_file(schema_path)
     secret = load_join_secret(secret_path)

@@ -50,7 +50,7 @@ def job_cost(state: State, spec_path: str) -> None:
 def job_test(state: State, spec_path: str, image: str) -> None:
     """Run the whole job on the inputs' mock data in the sandbox image, here: what would be released, or
     why not. No budget is spent and nothing is stored in the room."""
-    from cleanroom.runner.jobtest import run_job_test
+    from cleanroom.local.job_test import run_job_test
 
     result = run_job_test(state.client, Path(spec_path).read_text(), image=image)
     if state.as_json:

@@ -110,7 +110,7 @@ def plugin_test(state: State, folder: str, datasets: tuple[str, ...], params: st
     """Run a plugin on the datasets' mock data in the sandbox image, with a real job's limits."""
     import json
 
-    from cleanroom.runner.local import test_plugin
+    from cleanroom.local.plugin_test import test_plugin
 
     result = test_plugin(state.client, Path(folder), list(datasets), json.loads(params), image=image)
     emit(state, result)

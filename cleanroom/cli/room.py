@@ -187,7 +187,7 @@ def join_secret() -> None:
 def join_secret_new(path: str) -> None:
     """Write a new random join secret to PATH (mode 0600). Share it only with the other owners."""
     from cleanroom.errors import Conflict
-    from cleanroom.ingest import new_join_secret, save_join_secret
+    from cleanroom.prepare.ingest import new_join_secret, save_join_secret
 
     if Path(path).exists():
         raise Conflict(f"{path} exists; refusing to overwrite a join secret")

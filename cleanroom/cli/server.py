@@ -79,7 +79,7 @@ def rotate_token() -> None:
     """Revoke the admin tokens and print a new one (stdout, nothing else)."""
     from cleanroom.api.app import ensure_admin, rotate_admin_token
     from cleanroom.settings import Settings
-    from cleanroom.store import Store
+    from cleanroom.store.db import Store
 
     settings = Settings.from_env()
     store = Store(settings.data_dir)

@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from cleanroom.sandbox import dp_plan, wire
+from cleanroom.sandbox import wire
+from cleanroom.sandbox.release import dp_plan
 
 if TYPE_CHECKING:
     from cleanroom.runner.execute import JobRun
@@ -197,7 +198,7 @@ def run_job(run: JobRun, ctx: dict[str, Any], bundles: dict[str, bytes], effecti
     from cleanroom.errors import IntegrityError
     from cleanroom.runner import mockrun, recode
     from cleanroom.runner.execute import JobFailed, compute_steps
-    from cleanroom.runner.sandbox import _memory_bytes
+    from cleanroom.runner.launcher import _memory_bytes
 
     spec = ctx["job"]["spec"]
     sa = spec["outputs"]["sample_and_aggregate"]

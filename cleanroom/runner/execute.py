@@ -17,9 +17,9 @@ from typing import Any
 from cleanroom.crypto import KeyPair, canonical_json, decrypt_bytes, encrypt_bytes, fingerprint, verify
 from cleanroom.errors import CleanroomError, IntegrityError, PolicyError, SandboxError
 from cleanroom.runner import mockrun, recode
-from cleanroom.runner.api import RunnerAPI
+from cleanroom.runner.api_client import RunnerAPI
+from cleanroom.runner.launcher import PhaseResult, Sandbox, StartedPhase, _memory_bytes
 from cleanroom.runner.pins import KeyPins
-from cleanroom.runner.sandbox import PhaseResult, Sandbox, StartedPhase, _memory_bytes
 from cleanroom.sandbox import wire
 
 log = logging.getLogger("cleanroom.runner")

@@ -3,7 +3,7 @@
 What the pipeline produces on mock data (the joined frame's columns and types, the model and
 analysis specs, the values of group-by columns) depends only on the signed job spec, the approved
 code and data every member of the room can read. The release phase compares the real run with it
-(`cleanroom.sandbox.structure`), so the structure of a release is fixed before the data is touched.
+(`cleanroom.sandbox.release.structure`), so the structure of a release is fixed before the data is touched.
 
 Mock inputs are built as the real inputs reach the compute phase: the schema's Arrow types, the
 columns the policies mark `never_output` left out, and `_pid` as int64 codes. The codes are the
@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from cleanroom.published import Column, Schema
 from cleanroom.runner.recode import CODE_TYPE, PID, write_table
 from cleanroom.sandbox import wire
-from cleanroom.schema import Column, Schema
 
 MOCK_FRAME = "frames/mock.arrow"
 

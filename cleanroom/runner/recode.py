@@ -1,6 +1,6 @@
 """Per-job codes for the pseudonyms, given on the runner before any data enters the sandbox.
 
-Every input carries `_pid`, a 64-character HMAC-SHA256 hex pseudonym (`cleanroom.pseudonym`) that
+Every input carries `_pid`, a 64-character HMAC-SHA256 hex pseudonym (`cleanroom.prepare.pseudonym`) that
 is the same for a person in every dataset and every job of a join secret. The runner holds all of a
 job's inputs in plaintext, so it replaces `_pid` in each of them with an int64 code:
 
@@ -11,7 +11,7 @@ job's inputs in plaintext, so it replaces `_pid` in each of them with an int64 c
   random for each job, so they reveal neither the pseudonyms' order nor anything a later job could
   compare them with (the hex pseudonyms are stable across jobs; the codes are not);
 - never released: the release phase counts distinct units with them but no artifact contains
-  `_pid` (models and aggregates exclude it; see `cleanroom.sandbox.models` and `aggregates`).
+  `_pid` (models and aggregates exclude it; see `cleanroom.sandbox.release.models` and `aggregates`).
 
 The other columns are passed on as they are (schema metadata, such as pandas', is dropped: it would
 describe the old `_pid`); each input is written again as one Arrow IPC stream (zstd), which is what

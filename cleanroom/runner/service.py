@@ -13,10 +13,10 @@ from pathlib import Path
 
 from cleanroom.crypto import KeyPair, fingerprint, generate_keypair
 from cleanroom.errors import CleanroomError, Conflict, ConnectionFailed, ValidationError
-from cleanroom.runner.api import RunnerAPI
+from cleanroom.runner.api_client import RunnerAPI
 from cleanroom.runner.execute import JobRun
 from cleanroom.runner.identity import NameLock, runner_name
-from cleanroom.runner.sandbox import Sandbox
+from cleanroom.runner.launcher import Sandbox
 from cleanroom.settings import Settings
 
 log = logging.getLogger("cleanroom.runner")

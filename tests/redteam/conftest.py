@@ -129,7 +129,7 @@ class Outcome:
     """What one compute phase gave back: the launcher's view, the response, and the plugin's report."""
 
     job_id: str
-    phase: Any  # cleanroom.runner.sandbox.PhaseResult
+    phase: Any  # cleanroom.runner.launcher.PhaseResult
     result: dict[str, Any] | None
     frame: pd.DataFrame | None
     obs: dict[str, Any] = field(default_factory=dict)
@@ -234,7 +234,7 @@ def sandbox_image(docker_client: Any) -> str:
 @pytest.fixture(scope="session")
 def sandbox(docker_client: Any, sandbox_image: str) -> Any:
     """The runner's sandbox launcher with the runner's default limits."""
-    from cleanroom.runner.sandbox import Sandbox
+    from cleanroom.runner.launcher import Sandbox
     from cleanroom.settings import Settings
 
     return Sandbox(Settings(sandbox_image=sandbox_image, job_timeout_seconds=60), runner_id=REDTEAM_RUNNER_ID)
@@ -363,7 +363,7 @@ def upload_dataset(owner: Any, tmp: Path, name: str, canary: str, recipient: str
 
     By default in exact mode (`require_dp = false`, so every release waits for the owner's review): these
     attacks test the exact-mode checks (k, leverage, names). Pass `extra_privacy` for a DP dataset."""
-    from cleanroom.ingest import new_join_secret
+    from cleanroom.prepare.ingest import new_join_secret
 
     path = owner_csv(tmp / f"{name}.csv", canary, n=n, seed=seed)
     policy = OWNER_POLICY.format(analyst=recipient, extra_privacy=extra_privacy, extra=extra)

@@ -24,7 +24,7 @@ import pytest
 
 from cleanroom import bundle
 from cleanroom.errors import ValidationError
-from cleanroom.store import dumps, now
+from cleanroom.store.db import dumps, now
 from tests.conftest import Room
 from tests.redteam.test_api_attacks import _register_room_key
 from tests.test_web import add_dataset, csrf_of

@@ -177,7 +177,7 @@ def test_replayed_approvals_are_refused(world: SimpleNamespace) -> None:
 
 
 def test_a_job_queued_before_revocation_fails_closed_on_the_runner(world: SimpleNamespace) -> None:
-    from cleanroom.runner.api import RunnerAPI
+    from cleanroom.runner.api_client import RunnerAPI
     from cleanroom.runner.execute import JobFailed, verify_context
 
     w = world
@@ -270,7 +270,7 @@ def _refused(call: Any, error: type[Exception]) -> bool:
 
 
 def _context(w: SimpleNamespace, job_id: str) -> tuple[dict[str, Any], dict[str, bytes]]:
-    from cleanroom.runner.api import RunnerAPI
+    from cleanroom.runner.api_client import RunnerAPI
 
     api = RunnerAPI(w.room.url, w.room.runner_token)
     ctx = api.context(job_id)

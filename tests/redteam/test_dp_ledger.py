@@ -20,7 +20,8 @@ import skops.io as sio
 
 from cleanroom import scenario
 from cleanroom.errors import PolicyError
-from cleanroom.sandbox import release, wire
+from cleanroom.sandbox import wire
+from cleanroom.sandbox.release import phase as release
 from tests.scenario_setup import setup_scenario
 from tests.test_dp_ledger import register_room_key
 
@@ -57,7 +58,7 @@ def test_repeated_jobs_are_admitted_floor_budget_over_epsilon_times(world, epsil
 def test_control_a_fresh_dataset_still_admits_jobs(world, room, tmp_path):
     _, retailer, bank, analyst, ids = world
     submit_until_refused(analyst, scenario.job_spec(ids))
-    from cleanroom.ingest import new_join_secret
+    from cleanroom.prepare.ingest import new_join_secret
 
     files = scenario.write_data(tmp_path / "fresh", 300)
     secret = new_join_secret()
@@ -145,7 +146,7 @@ def test_published_summaries_hold_declared_facts_only(world, room):
 
 def test_a_client_cannot_publish_exact_summaries_even_if_it_sends_them(world, room, tmp_path):
     """The room replaces whatever summaries and mock rows an upload declaration carries."""
-    from cleanroom.ingest import new_join_secret, prepare
+    from cleanroom.prepare.ingest import new_join_secret, prepare
 
     _, retailer, _, _, _ = world
     files = scenario.write_data(tmp_path / "evil", 300)

@@ -85,7 +85,7 @@ def test_symlinks_cannot_reach_host_files(sandbox: Any, tmp_path: Path) -> None:
 
 def test_hardlinks_cannot_cross_into_the_image(sandbox: Any, tmp_path: Path) -> None:
     plugin = preprocess(tmp_path, "fs-hardlink", '''
-        import cleanroom.sandbox.release as release
+        import cleanroom.sandbox.release.phase as release
         attempt("passwd", lambda: os.link("/etc/passwd", "/tmp/passwd"))
         attempt("release_py", lambda: os.link(release.__file__, "/tmp/release.py"))
         attempt("python", lambda: os.link(os.path.realpath(sys.executable), "/tmp/python"))

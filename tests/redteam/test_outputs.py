@@ -2,7 +2,7 @@
 
 The release phase is trusted code, but everything it reads comes from the compute phase: the frame
 (Arrow), the model spec and the aggregate specs. These attacks hand it hostile versions directly
-(`cleanroom.sandbox.release.run`, the function its container runs) or go through the real sandbox.
+(`cleanroom.sandbox.release.phase.run`, the function its container runs) or go through the real sandbox.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from cleanroom.sandbox import release, wire
+from cleanroom.sandbox import wire
+from cleanroom.sandbox.release import phase as release
 from tests.redteam.conftest import preprocess, run_compute
 
 MARKER_DIR = Path(os.environ.get("TMPDIR", "/tmp"))

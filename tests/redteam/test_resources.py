@@ -200,7 +200,7 @@ def test_flooding_the_response_stream_is_cut_off_promptly(docker_client: Any, sa
                                                          tmp_path: Path) -> None:
     import docker as docker_sdk
 
-    from cleanroom.runner.sandbox import Sandbox
+    from cleanroom.runner.launcher import Sandbox
     from cleanroom.settings import Settings
 
     # the engine client's timeout bounds the hang; the phase's own timeout is out of the way

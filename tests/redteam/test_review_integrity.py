@@ -22,7 +22,7 @@ import pytest
 
 from cleanroom import bundle, review
 from cleanroom.errors import BundleError, Conflict, NotFound, ValidationError
-from cleanroom.store import dumps, now
+from cleanroom.store.db import dumps, now
 from tests.redteam.test_api_attacks import _register_room_key
 from tests.scenario_setup import setup_scenario
 from tests.test_web import csrf_of

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cleanroom.ingest import new_join_secret
+from cleanroom.prepare.ingest import new_join_secret
 
 pytestmark = pytest.mark.docker
 

@@ -30,7 +30,7 @@ import pytest
 from cleanroom import crypto, scenario
 from cleanroom.crypto import encrypt_bytes
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, TooLarge, ValidationError
-from cleanroom.store import dumps
+from cleanroom.store.db import dumps
 from tests.conftest import Room
 from tests.scenario_setup import setup_scenario
 
@@ -131,7 +131,7 @@ def audit_actions(world: World, object_id: str | None = None) -> list[str]:
 
 
 def report_referenced(room: Room) -> set[str]:
-    from cleanroom.sweep import referenced
+    from cleanroom.store.sweep import referenced
 
     with room.store.read() as conn:
         return set(referenced(conn))

@@ -3,7 +3,7 @@ tries to make the *shape* of a release carry values: group keys, column names, h
 low decimals of a statistic, renamed bins that difference each other, models with more free
 parameters than units, and a never_output column copied under another name.
 
-Most attacks hand the trusted release phase (`cleanroom.sandbox.release.run`, the function its container
+Most attacks hand the trusted release phase (`cleanroom.sandbox.release.phase.run`, the function its container
 runs) exactly what the runner hands it: the real run's frame and specs, and the mock run's frame and
 specs (`cleanroom.runner.mockrun`). The never_output and mock-run attacks go through the whole stack
 (API over HTTP, runner, Docker sandboxes). Every attack has a harmless control that still releases.
@@ -25,7 +25,9 @@ import pandas as pd
 import pytest
 import skops.io as sio
 
-from cleanroom.sandbox import release, structure, wire
+from cleanroom.sandbox import wire
+from cleanroom.sandbox.release import phase as release
+from cleanroom.sandbox.release import structure
 from tests.redteam.conftest import AGGREGATE_CODE, AGGREGATE_PARAMS, stack_for_module, write_plugin
 
 K = 5
@@ -488,7 +490,7 @@ def test_a_group_key_made_of_whole_rows_through_the_whole_stack(world: SimpleNam
 @pytest.mark.slow
 def test_plugin_test_shows_the_inputs_a_job_gives(world: SimpleNamespace, tmp_path: Path) -> None:
     """`cleanroom plugin test` feeds the mock inputs of a job's mock run: never_output columns left out."""
-    from cleanroom.runner.local import test_plugin
+    from cleanroom.local.plugin_test import test_plugin
 
     w = world
     folder = write_plugin(tmp_path, "launder-local", LAUNDER)

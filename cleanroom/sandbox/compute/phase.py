@@ -40,8 +40,7 @@ from typing import Any
 import pandas as pd
 import pluggy
 
-from cleanroom import hookspecs
-from cleanroom.sandbox import wire
+from cleanroom.sandbox import hookspecs, wire
 from cleanroom.sandbox.bundles import (
     KINDS,
     Bundle,
@@ -296,7 +295,7 @@ def run(meta: dict[str, Any], files: dict[str, bytes], workdir: str) -> Response
             return {"ok": True, "error": None, "statistic": block_vector(result)}, {}
         else:
             # sorted: the frame's column order may follow the data (one-hot by frequency), and a spec
-            # built from it would then differ from the mock run's (cleanroom.sandbox.structure)
+            # built from it would then differ from the mock run's (cleanroom.sandbox.release.structure)
             label, result = call(n, step, columns=sorted(str(c) for c in joined.columns))
             target = model_specs if step["kind"] == "model" else analysis_specs
             target.append({"plugin_id": step["plugin_id"], "spec": check_spec(result, label)})
@@ -377,11 +376,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"compute: {stage.summary()}", file=sys.stderr, flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The response is written and flushed: skip the interpreter's teardown (freeing every frame and
-    # module takes tenths of a second at 1M rows), which the runner would otherwise wait for.
-    os._exit(code)

@@ -215,14 +215,14 @@ class Fixed:
 
     def source(self, frame: pd.DataFrame, spec: Any) -> pd.DataFrame:
         """The rows an aggregate is computed from: group keys mapped onto their declared domains."""
-        from cleanroom.sandbox import aggregates
+        from cleanroom.sandbox.release import aggregates
 
         found = self.domains([spec])
         return frame if found is None else aggregates.declared(frame, spec, found)
 
     def finish(self, table: pd.DataFrame, spec: Any) -> pd.DataFrame:
         """Every declared group reported, metrics rounded."""
-        from cleanroom.sandbox import aggregates
+        from cleanroom.sandbox.release import aggregates
 
         if self._domains is not None:
             table = aggregates.complete(table, spec, self._domains)

@@ -321,7 +321,7 @@ def round_model(model: Any, digits: int, depth: int = 0) -> None:
     """Round, in place, the fitted values of a model to `digits` significant digits: coefficients,
     intercepts, tree thresholds and leaf values, constants, per-stage scores. Their low decimals
     would otherwise carry values of single rows (a threshold is the midpoint of two rows' values)."""
-    from cleanroom.sandbox.structure import round_sig
+    from cleanroom.sandbox.release.structure import round_sig
 
     if depth > 4 or model is None:
         return

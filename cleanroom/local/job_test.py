@@ -19,7 +19,7 @@ from typing import Any
 from cleanroom.errors import CleanroomError
 from cleanroom.runner import mockrun
 from cleanroom.runner.execute import compute_steps, released_names, table_names
-from cleanroom.runner.sandbox import Sandbox
+from cleanroom.runner.launcher import Sandbox
 from cleanroom.sandbox import wire
 from cleanroom.settings import Settings
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 
+from cleanroom.runner.launcher import Sandbox
 from cleanroom.runner.mockrun import mock_table
 from cleanroom.runner.recode import write_table
-from cleanroom.runner.sandbox import Sandbox
 from cleanroom.sandbox import wire
 from cleanroom.settings import Settings
 

@@ -30,9 +30,9 @@ import pandas as pd
 import skops.io as sio
 from sklearn import linear_model
 
-from cleanroom.sandbox import dp, dp_plan
-from cleanroom.sandbox.models import PID, ModelError, build_estimator, select_features, unwrap
 from cleanroom.sandbox.names import NameRule
+from cleanroom.sandbox.release import dp, dp_plan
+from cleanroom.sandbox.release.models import PID, ModelError, build_estimator, select_features, unwrap
 
 
 def one_row_per_unit(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:

@@ -5,7 +5,7 @@ so a crash never leaves a half-written blob visible under its hash.
 
 Blobs are shared by content: one file may back a dataset, a release artifact and a log at once.
 So nothing here deletes a blob on behalf of one upload. The only way to delete a committed blob is
-`delete`, which needs the exclusive `SweepLease` that `cleanroom.sweep` takes (it re-checks, under
+`delete`, which needs the exclusive `SweepLease` that `cleanroom.store.sweep` takes (it re-checks, under
 the lease, that no record references the blob and that it is older than the grace period). A
 commit renames under the shared lock, so a sweep never removes a blob that was just written again.
 """

@@ -34,19 +34,17 @@ import pyarrow.compute as pc
 
 from cleanroom.crypto import KeyPair, decrypt_stream, encrypt_stream
 from cleanroom.errors import Conflict, IntegrityError, NotFound, ValidationError
-from cleanroom.pseudonym import pid_array, pseudonym
-from cleanroom.schema import (
-    Column,
-    Schema,
+from cleanroom.prepare.pseudonym import pid_array, pseudonym
+from cleanroom.prepare.schema import (
     TypesChanged,
     check_columns,
     detect_format,
     file_columns,
     infer_types,
-    load_schema_file,
     read_batches,
     sample_types,
 )
+from cleanroom.published import Column, Schema, load_schema_file
 
 if TYPE_CHECKING:  # pandas is heavy: the owner's side loads it only to make the mock sample
     import pandas as pd
@@ -141,11 +139,11 @@ class PreparedDataset:
     mock: pd.DataFrame
     dropped_reasons: dict[str, str] = field(default_factory=dict)
     id_values: int | None = None  # distinct raw ids, counted up to a cap (None: more than that); never sent
-    # summaries of the rows, for the owner's eyes only (`cleanroom.mock.suggest_policy`); never sent
+    # summaries of the rows, for the owner's eyes only (`cleanroom.prepare.mock.suggest_policy`); never sent
     suggested: Schema | None = None
 
     def metadata(self) -> dict[str, Any]:
-        from cleanroom.mock import to_records
+        from cleanroom.published import to_records
 
         """The fields of an upload declaration that describe the data (the API adds name and policy)."""
         return {"schema": self.schema.to_dict(), "row_count": self.row_count,
@@ -433,8 +431,8 @@ def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_se
 def _publish_declared(prepared: PreparedDataset, policy: Any, silent: list[str],
                       mock_rows: int) -> PreparedDataset:
     """Keep the rows' summaries as suggestions for the owner; publish declared facts only, and mock rows
-    made from them (`cleanroom.mock`)."""
-    from cleanroom.mock import make_mock, published_schema
+    made from them (`cleanroom.prepare.mock`)."""
+    from cleanroom.published import make_mock, published_schema
 
     prepared.suggested = prepared.schema
     prepared.schema = published_schema(prepared.schema, policy, silent)
@@ -459,7 +457,8 @@ def _encrypt(batches: Generator[pa.RecordBatch, None, None], kept: list[Column],
     and collects summaries, and this one writes the Arrow IPC stream (zstd, outside the lock) that
     age encrypts (inside it) into the hashed temporary file.
     """
-    from cleanroom.mock import StatsCollector, make_mock
+    from cleanroom.prepare.mock import StatsCollector
+    from cleanroom.published import make_mock
 
     out_schema = pa.schema([pa.field(PID, pa.string(), nullable=False)] +
                            [pa.field(c.name, c.arrow_type()) for c in kept])

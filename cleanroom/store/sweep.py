@@ -31,7 +31,7 @@ from typing import Any
 
 from cleanroom import audit
 from cleanroom.errors import ValidationError
-from cleanroom.store import Store, now
+from cleanroom.store.db import Store, now
 
 MIN_GRACE_SECONDS = 3600
 AUDIT_LIST = 1000  # digests listed in a sweep's audit events (the count and a hash cover the rest)

@@ -19,25 +19,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cleanroom.schema import Column, Schema
+from cleanroom.published import Column, Schema
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
-__all__ = ["MIN_CATEGORY_COUNT", "StatsCollector", "declared_stats", "make_mock", "publish", "published_schema",
-           "suggest_policy", "to_records"]
+__all__ = ["MIN_CATEGORY_COUNT", "StatsCollector", "suggest_policy"]
 
 MIN_CATEGORY_COUNT = 20
 MAX_CATEGORIES = 50
 _COUNTER_CAP = 50_000
-_DEFAULT_DATES = ("2000-01-01", "2024-12-31")
 
 
 class _Categories:
@@ -190,53 +187,12 @@ def _month_end(value: Any) -> Any:
 
 
 
-# -- what is published -----------------------------------------------------------------------------
-def declared_stats(col: Column, rule: Any) -> dict[str, Any]:
-    """A column's published summary: the bounds and domain its policy rule declares, nothing else."""
-    out: dict[str, Any] = {"declared": True}
-    bounds = getattr(rule, "bounds", None)
-    domain = getattr(rule, "domain", None)
-    if bounds is not None and col.type in ("integer", "number"):
-        low, high = bounds
-        out.update(min=int(math.ceil(low)) if col.type == "integer" else float(low),
-                   max=int(math.floor(high)) if col.type == "integer" else float(high))
-    if domain is not None and col.type == "string":
-        out["categories"] = dict.fromkeys(domain, 1)
-    return out
 
 
-def _rules(policy: Any) -> dict[str, Any]:
-    from cleanroom.policy import Policy
-
-    if isinstance(policy, dict):
-        try:
-            policy = Policy.from_dict(policy)
-        except Exception:  # noqa: BLE001 - a partial dict (tests, tools): no declarations
-            return {}
-    return {c.name: c for c in getattr(policy, "columns", ()) or ()}
 
 
-def published_schema(schema: Schema, policy: Any, silent: Iterable[str] = ()) -> Schema:
-    """`schema` with every summary replaced by declared facts: the policy's bounds and domains. Columns
-    in `silent` (a schema override's `stats = {}`) and `_pid` publish nothing at all."""
-    rules, silent = _rules(policy), set(silent)
-    columns = []
-    for col in schema.columns:
-        if col.name.startswith("_") or col.name in silent:
-            stats: dict[str, Any] = {}
-        else:
-            stats = declared_stats(col, rules.get(col.name))
-        columns.append(Column(col.name, col.type, col.nullable, col.timezone, stats))
-    return Schema(columns)
 
 
-def publish(schema: dict[str, Any], policy: Any, mock_rows: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """What the room stores and shows of an upload declaration: the published schema and mock rows made
-    from it, whatever the client sent (the API calls this; a client's summaries are dropped)."""
-    parsed = Schema.from_dict(schema)
-    silent = [c.name for c in parsed.columns if c.stats == {}]
-    published = published_schema(parsed, policy, silent)
-    return published.to_dict(), to_records(make_mock(published, n=mock_rows), published)
 
 
 def suggest_policy(schema: Schema) -> str:
@@ -256,90 +212,15 @@ def suggest_policy(schema: Schema) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-# -- synthetic rows --------------------------------------------------------------------------------
-def make_mock(schema: Schema | dict[str, Any], n: int = 100, seed: int = 0) -> pd.DataFrame:
-    """`n` synthetic rows with `schema`'s columns and types, drawn from its summaries only."""
-    if isinstance(schema, dict):
-        schema = Schema.from_dict(schema)
-    rng = np.random.default_rng(seed)
-    arrays = [_mock_column(col, n, rng) for col in schema.columns]
-    return pa.Table.from_arrays(arrays, schema=schema.arrow_schema()).to_pandas()
 
 
-def _mock_column(col: Column, n: int, rng: np.random.Generator) -> pa.Array:
-    stats = col.stats or {}
-    if col.name == "_pid":
-        return pa.array([rng.bytes(32).hex() for _ in range(n)], pa.string())
-    values: Any
-    if col.type in ("integer", "number"):
-        values = _numbers(stats, n, rng, integer=col.type == "integer")
-    elif col.type == "boolean":
-        values = rng.random(n) < float(stats.get("true_fraction", 0.5))
-    elif col.type in ("date", "datetime"):
-        values = _instants(col, stats, n, rng)
-    else:
-        values = _strings(col.name, stats, n, rng)
-    mask = None
-    if col.nullable and stats.get("null_fraction", 0.05 if stats.get("declared") else 0):
-        mask = rng.random(n) < float(stats.get("null_fraction", 0.05))
-    return pa.array(values, type=col.arrow_type(), mask=mask)
 
 
-def _numbers(stats: dict[str, Any], n: int, rng: np.random.Generator, *, integer: bool) -> np.ndarray:
-    low, high = float(stats.get("min", 0)), float(stats.get("max", 100))
-    if "mean" not in stats and "std" not in stats:  # declared bounds only: uniform between them
-        values = rng.uniform(low, high, n)
-        return np.clip(np.rint(values), math.ceil(low), math.floor(high)).astype(np.int64) if integer else values
-    mean = float(stats.get("mean", (low + high) / 2))
-    std = float(stats.get("std", (high - low) / 4))
-    values = rng.normal(mean, std, n) if std > 0 else np.full(n, mean)
-    outside = (values < low) | (values > high)  # redraw in range rather than pile up on min and max
-    values[outside] = rng.uniform(low, high, int(outside.sum()))
-    if integer:
-        return np.clip(np.rint(values), math.ceil(low), math.floor(high)).astype(np.int64)
-    return values
 
 
-def _instants(col: Column, stats: dict[str, Any], n: int, rng: np.random.Generator) -> pa.Array:
-    low = dt.datetime.fromisoformat(stats.get("min", _DEFAULT_DATES[0]))
-    high = dt.datetime.fromisoformat(stats.get("max", _DEFAULT_DATES[1]))
-    if (low.tzinfo is None) != (high.tzinfo is None):
-        low, high = low.replace(tzinfo=None), high.replace(tzinfo=None)
-    span = max((high - low) // dt.timedelta(microseconds=1), 0)
-    offsets = rng.integers(0, span + 1, n) if span else np.zeros(n, dtype=np.int64)
-    if low.tzinfo is not None:
-        low = low.astimezone(dt.UTC).replace(tzinfo=None)
-    start = np.datetime64(low, "us")
-    stamps = start + offsets.astype("timedelta64[us]")
-    if col.type == "date":
-        return pa.array(stamps.astype("datetime64[D]"), pa.date32())
-    return pa.array(stamps, pa.timestamp("us")).cast(col.arrow_type())
 
 
-def _strings(name: str, stats: dict[str, Any], n: int, rng: np.random.Generator) -> list[str]:
-    categories = stats.get("categories") or {}
-    tokens = [f"{name[:12]}-{rng.bytes(4).hex()}" for _ in range(n)]
-    if not categories:
-        return tokens
-    values, counts = list(categories), np.array(list(categories.values()), dtype=float)
-    picks = rng.choice(len(values), size=n, p=counts / counts.sum())
-    other = rng.random(n) < float(stats.get("other_fraction", 0.0))
-    return [tokens[i] if other[i] else values[picks[i]] for i in range(n)]
 
 
-def to_records(frame: pd.DataFrame, schema: Schema | None = None) -> list[dict[str, Any]]:
-    """JSON-ready rows: missing values as None, dates and times as ISO 8601 text, and integer
-    columns (which pandas turns into floats when they have gaps) as integers."""
-    import pandas as pd
-
-    integers = {c.name for c in schema.columns if c.type == "integer"} if schema else set()
-    rows = []
-    for record in frame.astype(object).where(frame.notna(), None).to_dict(orient="records"):
-        rows.append({k: v.isoformat() if isinstance(v, dt.date | pd.Timestamp)
-                     else int(v) if k in integers and v is not None else _plain(v)
-                     for k, v in record.items()})
-    return rows
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value

@@ -12,7 +12,7 @@ Rules, all enforced here:
   smaller groups vanish without a trace: no row, no marker, no total that includes them;
 - `_pid`, reserved `_` columns, and columns the policy marks never_output or join_only can be
   neither group-by nor metric columns;
-- group-by values are text; with a mock run (`cleanroom.sandbox.structure`) every declared group
+- group-by values are text; with a mock run (`cleanroom.sandbox.release.structure`) every declared group
   is reported (metrics empty where it holds fewer than k units) and a value outside its column's
   declared domain is counted in `other`; metrics are rounded to the policy's significant digits;
 - without DP, one job may not hold two specs whose group-by lineages nest (the input columns their
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cleanroom.sandbox import dp
+from cleanroom.sandbox.release import dp
 
 NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 AGGS = ("count", "sum", "mean", "std")
@@ -187,8 +187,8 @@ def _group_ids(rows: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
 
 def declared(frame: pd.DataFrame, spec: AggregateSpec, domains: dict[str, list[str]]) -> pd.DataFrame:
     """The spec's columns with every group-by value as text, a value outside its declared domain as
-    `other` (`cleanroom.sandbox.structure`); missing values stay missing (and are dropped)."""
-    from cleanroom.sandbox.structure import OTHER, key_text
+    `other` (`cleanroom.sandbox.release.structure`); missing values stay missing (and are dropped)."""
+    from cleanroom.sandbox.release.structure import OTHER, key_text
 
     df = frame[[PID, *spec.columns]].copy()
     for column in spec.group_by:
@@ -212,7 +212,7 @@ def complete(table: pd.DataFrame, spec: AggregateSpec, domains: dict[str, list[s
 
 def rounded(table: pd.DataFrame, spec: AggregateSpec, digits: int) -> pd.DataFrame:
     """Metrics rounded to `digits` significant digits: low decimals of an exact statistic carry values."""
-    from cleanroom.sandbox.structure import round_sig
+    from cleanroom.sandbox.release.structure import round_sig
 
     out = table.copy()
     for label in (m.label for m in spec.metrics):

@@ -2,14 +2,12 @@
 
 Files are never loaded whole. When rows do not fit a schema, the error names their lines (CSV) or
 rows (Parquet), the column and the kind of the bad value, never the value itself. The summaries that
-mock data is made from are computed by `cleanroom.mock.StatsCollector`.
+mock data is made from are computed by `cleanroom.prepare.mock.StatsCollector`.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import tomllib
 from collections.abc import Callable, Collection, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -23,104 +21,19 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from cleanroom.errors import ValidationError
+from cleanroom.published import TYPES, Column, Schema, load_schema_file
 
 __all__ = [
     "FORMATS", "TYPES", "Column", "Sample", "Schema", "TypesChanged", "check_columns", "detect_format",
     "file_columns", "infer_schema", "infer_types", "load_schema_file", "read_batches", "sample_types", "validate",
 ]
 
-TYPES = ("integer", "number", "boolean", "string", "date", "datetime")
-_ARROW = {"integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "string": pa.string(),
-          "date": pa.date32()}
 
 
-@dataclass
-class Column:
-    """One column. `stats` None means "not summarised"; {} means "publish nothing"."""
-
-    name: str
-    type: str
-    nullable: bool = True
-    timezone: str | None = None
-    stats: dict[str, Any] | None = None
-
-    def arrow_type(self) -> pa.DataType:
-        if self.type == "datetime":
-            return pa.timestamp("us", tz=self.timezone)
-        return _ARROW[self.type]
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "type": self.type, "nullable": self.nullable}
-        if self.timezone:
-            out["timezone"] = self.timezone
-        if self.stats is not None:
-            out["stats"] = self.stats
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Column:
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"]:
-            raise ValidationError("every schema column needs a non-empty string 'name'")
-        name = data["name"]
-        if data.get("type") not in TYPES:
-            raise ValidationError(f"column {name!r}: type must be one of {', '.join(TYPES)}")
-        nullable, tz, stats = data.get("nullable", True), data.get("timezone"), data.get("stats")
-        if not isinstance(nullable, bool):
-            raise ValidationError(f"column {name!r}: 'nullable' must be true or false")
-        if tz is not None and (data["type"] != "datetime" or tz != "UTC"):
-            raise ValidationError(f"column {name!r}: 'timezone' may only be \"UTC\", on datetimes")
-        if stats is not None and not isinstance(stats, dict):
-            raise ValidationError(f"column {name!r}: 'stats' must be a table")
-        return cls(name, data["type"], nullable, tz, stats)
 
 
-@dataclass
-class Schema:
-    columns: list[Column]
-
-    def __post_init__(self) -> None:
-        seen: set[str] = set()
-        for col in self.columns:
-            if col.name in seen:
-                raise ValidationError(f"column {col.name!r} appears twice in the schema")
-            seen.add(col.name)
-
-    @property
-    def names(self) -> list[str]:
-        return [c.name for c in self.columns]
-
-    def column(self, name: str) -> Column:
-        for col in self.columns:
-            if col.name == name:
-                return col
-        raise ValidationError(f"no column {name!r} in the schema")
-
-    def arrow_schema(self) -> pa.Schema:
-        return pa.schema([pa.field(c.name, c.arrow_type(), nullable=c.nullable) for c in self.columns])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"columns": [c.to_dict() for c in self.columns]}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Schema:
-        if not isinstance(data, dict) or not isinstance(data.get("columns"), list) or not data["columns"]:
-            raise ValidationError("a schema is a table with a non-empty 'columns' list")
-        return cls([Column.from_dict(c) for c in data["columns"]])
 
 
-def load_schema_file(path: str | Path) -> Schema:
-    """A schema override written by hand: JSON or TOML (`[[columns]]` tables), same shape as to_dict."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"cannot read the schema file {path.name}: {exc}") from exc
-    try:
-        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, ValueError) as exc:
-        raise ValidationError(f"{path.name} is not valid {path.suffix.lstrip('.').upper()}: {exc}",
-                              hint="schema files are .json or .toml") from exc
-    return Schema.from_dict(data)
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -719,7 +632,7 @@ def sample_types(path: str | Path, *, limit: int | None = None,
 
 def infer_schema(path: str | Path, fmt: str | None = None, *, id_column: str | None = None) -> Schema:
     """Types, nullability and summaries of every column (no summary for `id_column`)."""
-    from cleanroom.mock import StatsCollector
+    from cleanroom.prepare.mock import StatsCollector
 
     fmt = detect_format(path, fmt)
     types = infer_types(path, fmt)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cleanroom.blobs import BlobStore
+from cleanroom.store.blobs import BlobStore
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
