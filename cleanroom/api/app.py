@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cleanroom import __version__
+from cleanroom.api import openapi
 from cleanroom.api.deps import authorize, hash_secret, new_token
 from cleanroom.api.guard import Guard
 from cleanroom.errors import CleanroomError
@@ -56,7 +57,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
 
     @app.exception_handler(CleanroomError)
     async def _cleanroom_error(request: Request, exc: CleanroomError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code,
+                            headers={"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -86,7 +88,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                              "message": f"internal error (incident {incident}); the operator's log has "
                                         "the details"}, status_code=500)
 
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi.build(app)  # type: ignore[method-assign]
     if settings.api_docs:
         app.router.add_route("/docs", lambda request: _docs(app), include_in_schema=False, name="swagger_ui_html")
     return app
@@ -100,36 +102,6 @@ def _docs(app: FastAPI) -> Any:
     from cleanroom.api.web_pages import api_docs_page
 
     return HTMLResponse(api_docs_page(app.openapi()), headers=SECURITY_HEADERS)
-
-
-ERROR_SCHEMA = {
-    "title": "Error", "type": "object", "required": ["error", "message"],
-    "properties": {"error": {"type": "string", "description": "a stable error code, e.g. invalid_input"},
-                   "message": {"type": "string"}, "hint": {"type": "string", "description": "what to do next"},
-                   "details": {"description": "structured details, e.g. the invalid fields"}},
-}
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema, saying what the API really answers: invalid input is a 400 with our error body
-    (FastAPI would declare 422 and its own validation schema)."""
-    if app.openapi_schema:
-        return app.openapi_schema
-    from fastapi.openapi.utils import get_openapi
-
-    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components.pop("HTTPValidationError", None)
-    components.pop("ValidationError", None)
-    components["Error"] = ERROR_SCHEMA
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-    for path in schema.get("paths", {}).values():
-        for operation in path.values():
-            responses = operation.get("responses", {})
-            if responses.pop("422", None) is not None:
-                responses["400"] = {"description": "Invalid input", "content": error}
-    app.openapi_schema = schema
-    return schema
 
 
 def ensure_admin(store: Store, settings: Settings) -> str | None:

@@ -12,8 +12,10 @@ from fastapi import APIRouter, Depends
 
 from cleanroom import ledger
 from cleanroom.api.deps import Ctx, get_ctx
+from cleanroom.api.openapi import errors
 from cleanroom.api.routes_datasets import current_policy, load_dataset
 from cleanroom.api.routes_jobs import JobIn, job_context
+from cleanroom.api.schemas import Budget, JobCost
 from cleanroom.errors import PermissionDenied, PolicyError
 from cleanroom.policy import Policy
 from cleanroom.sandbox.release import dp_plan
@@ -21,7 +23,8 @@ from cleanroom.sandbox.release import dp_plan
 router = APIRouter()
 
 
-@router.get("/datasets/{name}/budget", tags=["datasets"])
+@router.get("/datasets/{name}/budget", tags=["datasets"], operation_id="get_dataset_budget", response_model=Budget,
+            responses=errors(404))
 def dataset_budget(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """The dataset's privacy budget, spent and left (its owner, its allowed recipients and staff)."""
     with ctx.store.read() as conn:
@@ -37,7 +40,8 @@ def dataset_budget(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
         return view
 
 
-@router.post("/jobs/cost", tags=["jobs"])
+@router.post("/jobs/cost", tags=["jobs"], operation_id="estimate_job_cost", response_model=JobCost,
+              responses=errors(409))
 def job_cost(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """A dry run: what the job would be charged and the noise on what it releases; nothing is stored."""
     from cleanroom import release_rules

@@ -16,6 +16,8 @@ from pydantic import BaseModel, Field
 from cleanroom.api.app import row_dict
 from cleanroom.api.authz import require_dataset_owner
 from cleanroom.api.deps import Ctx, get_ctx
+from cleanroom.api.openapi import errors, raw_body
+from cleanroom.api.schemas import Dataset, DatasetUploaded, DatasetWithdrawn, UploadCancelled, UploadDeclared
 from cleanroom.errors import Conflict, NotFound, TooLarge, ValidationError
 from cleanroom.identifiers import check_name
 from cleanroom.published import publish
@@ -128,7 +130,8 @@ def check_policy_fits(conn: Any, policy: Any, columns: list[str]) -> None:
                           details={"unknown_columns": missing, "columns": columns})
 
 
-@router.post("/datasets/uploads", status_code=201, tags=["datasets"])
+@router.post("/datasets/uploads", status_code=201, tags=["datasets"], operation_id="declare_upload",
+              response_model=UploadDeclared, responses=errors(409))
 def create_upload(body: UploadIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Declare a dataset (schema, mock, policy, ciphertext hash); then PUT the ciphertext.
 
@@ -203,7 +206,10 @@ async def _answer_retry(request: Request, ctx: Ctx, meta: dict[str, Any]) -> dic
         return {**dataset_view(conn, load_dataset(conn, meta["name"]), full=False), "already_done": True}
 
 
-@router.put("/datasets/uploads/{upload_id}", tags=["datasets"])
+@router.put("/datasets/uploads/{upload_id}", tags=["datasets"], operation_id="upload_dataset",
+             response_model=DatasetUploaded, responses=errors(404, 409, 507),
+             openapi_extra=raw_body("application/octet-stream", description="the age ciphertext, exactly the "
+                                    "`size` bytes with the `sha256` declared"))
 async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Stream the ciphertext. The dataset appears only when all of it arrived intact.
 
@@ -270,7 +276,8 @@ async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ct
         return dataset_view(conn, load_dataset(conn, meta["name"]), full=False)
 
 
-@router.delete("/datasets/uploads/{upload_id}", tags=["datasets"])
+@router.delete("/datasets/uploads/{upload_id}", tags=["datasets"], operation_id="cancel_upload",
+                response_model=UploadCancelled, responses=errors(404, 409))
 def cancel_upload(upload_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Withdraw your own pending upload, freeing its name (stored bytes stay for the sweep to judge)."""
     with ctx.store.tx() as conn:
@@ -302,7 +309,8 @@ def list_datasets(ctx: Ctx = Depends(get_ctx)) -> list[dict[str, Any]]:
                                ctx.caller, r["owner_id"]) for r in rows]
 
 
-@router.get("/datasets/{name}", tags=["datasets"])
+@router.get("/datasets/{name}", tags=["datasets"], operation_id="get_dataset", response_model=Dataset,
+            responses=errors(404))
 def get_dataset(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """One dataset: schema, policy, mock sample and ciphertext hash."""
     with ctx.store.read() as conn:
@@ -317,7 +325,8 @@ class PolicyIn(BaseModel):
     policy: str = Field(max_length=64_000)
 
 
-@router.put("/datasets/{name}/policy", tags=["datasets"])
+@router.put("/datasets/{name}/policy", tags=["datasets"], operation_id="update_policy", response_model=Dataset,
+            responses=errors(404, 409))
 def update_policy(name: str, body: PolicyIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Publish a new policy version; approvals bound to older versions stop counting."""
     from cleanroom.policy import parse_policy
@@ -348,7 +357,8 @@ def check_not_withdrawn(ds: dict[str, Any]) -> None:
                                            "to upload the data again under a new name")
 
 
-@router.post("/datasets/{name}/withdraw", tags=["datasets"])
+@router.post("/datasets/{name}/withdraw", tags=["datasets"], operation_id="withdraw_dataset",
+              response_model=DatasetWithdrawn, responses=errors(404, 409))
 def withdraw_dataset(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Withdraw your dataset: gone from other orgs' lists, no new jobs (queued ones are cancelled, running
     ones finish); its ciphertext is left for `admin sweep`; receipts of past releases still verify."""

@@ -15,8 +15,10 @@ from cleanroom import audit, ledger, release_rules
 from cleanroom.api.app import row_dict
 from cleanroom.api.authz import Caller, visible_job
 from cleanroom.api.deps import Ctx, get_ctx
+from cleanroom.api.openapi import binary, errors
 from cleanroom.api.routes_datasets import check_not_withdrawn, current_policy, load_dataset
 from cleanroom.api.routes_plugins import check_signed, may_use_plugin
+from cleanroom.api.schemas import Job, Release
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, PolicyError, RateLimited, ValidationError
 from cleanroom.store.db import dumps, new_id, now
 
@@ -203,7 +205,8 @@ def check_daily_limits(conn: Any, caller: Caller, datasets: dict[str, Any]) -> N
                               hint=f"try again in {wait // 3600} h {wait % 3600 // 60} min")
 
 
-@router.post("/jobs", status_code=201, tags=["jobs"])
+@router.post("/jobs", status_code=201, tags=["jobs"], operation_id="submit_job", response_model=Job,
+              responses=errors(409, 429))
 def submit_job(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Submit a job spec (TOML). It is checked against every input's policy and the approvals."""
     from cleanroom.jobspec import check_job, check_time_budget, parse_jobspec
@@ -279,7 +282,7 @@ def list_jobs(limit: int = Query(200, ge=1, le=1000), offset: int = Query(0, ge=
     return out if page else out[offset:offset + limit]
 
 
-@router.get("/jobs/{job_id}", tags=["jobs"])
+@router.get("/jobs/{job_id}", tags=["jobs"], operation_id="get_job", response_model=Job, responses=errors(404))
 def get_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """A job's status (for its analyst: queued, running, then at `outcome_at` released or
     nothing_released); input owners and staff also see its phase, timings, error class and reason."""
@@ -287,7 +290,8 @@ def get_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
         return caller_view(conn, ctx.caller, load_job(conn, job_id))[2]
 
 
-@router.post("/jobs/{job_id}/cancel", tags=["jobs"])
+@router.post("/jobs/{job_id}/cancel", tags=["jobs"], operation_id="cancel_job", response_model=Job,
+              responses=errors(404, 409))
 def cancel_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Cancel a queued or running job (its submitter, an owner of an input, or an admin). An analyst's
     cancel after the start means nothing is released, whether or not the job had ended already."""
@@ -309,7 +313,8 @@ def cancel_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
         return caller_view(conn, ctx.caller, load_job(conn, job_id))[2]
 
 
-@router.get("/jobs/{job_id}/logs", tags=["jobs"])
+@router.get("/jobs/{job_id}/logs", tags=["jobs"], operation_id="get_job_logs", response_class=Response,
+            responses=binary(description="the logs, an age ciphertext to the input owners") | errors(404))
 def job_logs(job_id: str, ctx: Ctx = Depends(get_ctx)) -> Response:
     """The job's capped logs, encrypted to the input owners (decrypt with your org key)."""
     with ctx.store.read() as conn:
@@ -388,7 +393,8 @@ def list_releases(limit: int = Query(200, ge=1, le=1000), offset: int = Query(0,
     return out
 
 
-@router.get("/releases/{release_id}", tags=["releases"])
+@router.get("/releases/{release_id}", tags=["releases"], operation_id="get_release", response_model=Release,
+            responses=errors(404))
 def get_release(release_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """A release's manifest, check results, receipt and review state (by release or job id)."""
     with ctx.store.read() as conn:
@@ -428,7 +434,8 @@ def _check_release_decision(conn: Any, ctx: Ctx, release: dict[str, Any], body: 
             raise Conflict(f"{p['dataset']} {done} this release already")
 
 
-@router.post("/releases/{release_id}/approve", tags=["releases"])
+@router.post("/releases/{release_id}/approve", tags=["releases"], operation_id="approve_release",
+              response_model=Release, responses=errors(404, 409, 422))
 def approve_release(release_id: str, body: ReleaseApprovalIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """An input owner's signed approval of a release that its policy holds for review."""
     p = body.payload
@@ -442,7 +449,8 @@ def approve_release(release_id: str, body: ReleaseApprovalIn, ctx: Ctx = Depends
         return release_view(conn, release)
 
 
-@router.post("/releases/{release_id}/reject", tags=["releases"])
+@router.post("/releases/{release_id}/reject", tags=["releases"], operation_id="reject_release",
+              response_model=Release, responses=errors(404, 409, 422))
 def reject_release(release_id: str, body: ReleaseApprovalIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """An input owner's signed rejection: the recipient can never download this release."""
     p = body.payload
@@ -458,7 +466,9 @@ def reject_release(release_id: str, body: ReleaseApprovalIn, ctx: Ctx = Depends(
         return release_view(conn, release)
 
 
-@router.get("/releases/{release_id}/artifacts/{name:path}", tags=["releases"])
+@router.get("/releases/{release_id}/artifacts/{name:path}", tags=["releases"], operation_id="get_artifact",
+            response_class=Response,
+            responses=binary(description="the artifact, an age ciphertext to the recipient") | errors(404))
 def get_artifact(release_id: str, name: str, ctx: Ctx = Depends(get_ctx)) -> Response:
     """An encrypted artifact: for the recipient once reviews are done, and for input owners."""
     with ctx.store.read() as conn:

@@ -15,8 +15,10 @@ from pydantic import BaseModel
 from cleanroom.api.app import row_dict
 from cleanroom.api.authz import Caller, can_see_all, require_dataset_owner, visible_plugin
 from cleanroom.api.deps import Ctx, get_ctx
+from cleanroom.api.openapi import binary, errors, raw_body
 from cleanroom.api.routes_datasets import check_not_withdrawn, current_policy, load_dataset
 from cleanroom.api.routes_room import CLOCK_SKEW
+from cleanroom.api.schemas import ApprovalRecorded, ApprovalRevoked, PluginDetail, PluginSubmitted
 from cleanroom.crypto import verify
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, TooLarge, ValidationError
 from cleanroom.identifiers import check_name
@@ -80,7 +82,10 @@ def plugin_view(conn: Any, plugin: dict[str, Any], *, full: bool, caller: Caller
     return view
 
 
-@router.post("/plugins", status_code=201, tags=["plugins"])
+@router.post("/plugins", status_code=201, tags=["plugins"], operation_id="submit_plugin",
+              response_model=PluginSubmitted, responses=errors(400, 409, 507),
+              openapi_extra=raw_body("application/x-tar", "application/octet-stream",
+                                     description="the plugin's canonical bundle (`cleanroom plugin pack`)"))
 async def submit_plugin(request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Submit a plugin bundle (its canonical tar as the body); answers its id and review report."""
     from cleanroom import bundle, review
@@ -200,7 +205,8 @@ def replaced_version(conn: Any, plugin: dict[str, Any]) -> dict[str, Any] | None
     return plugin_row(conn, row) if row else None
 
 
-@router.get("/plugins/{ref}", tags=["plugins"])
+@router.get("/plugins/{ref}", tags=["plugins"], operation_id="get_plugin", response_model=PluginDetail,
+            responses=errors(404))
 def get_plugin(ref: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """A plugin: manifest, files, review findings, approvals, diff against the last approved version."""
     from cleanroom import bundle
@@ -223,7 +229,8 @@ def get_plugin(ref: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     return view
 
 
-@router.get("/plugins/{ref}/bundle", tags=["plugins"])
+@router.get("/plugins/{ref}/bundle", tags=["plugins"], operation_id="get_plugin_bundle", response_class=Response,
+            responses=binary("application/x-tar", description="the bundle's bytes (a tar archive)") | errors(404))
 def get_plugin_bundle(ref: str, ctx: Ctx = Depends(get_ctx)) -> Response:
     """The exact bytes that were hashed: reviewers can re-hash them."""
     with ctx.store.read() as conn:
@@ -257,7 +264,8 @@ def check_signed(conn: Any, ctx: Ctx, payload: dict[str, Any], signature: str, k
     verify(keys["sign_public"], payload, signature)
 
 
-@router.post("/plugins/{plugin_id}/approvals", status_code=201, tags=["plugins"])
+@router.post("/plugins/{plugin_id}/approvals", status_code=201, tags=["plugins"], operation_id="decide_plugin",
+              response_model=ApprovalRecorded, responses=errors(404, 409, 422))
 def approve_plugin(plugin_id: str, body: ApprovalIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Record an owner's signed approval (or rejection) of this exact plugin for one dataset."""
     p = body.payload
@@ -301,7 +309,8 @@ def approve_plugin(plugin_id: str, body: ApprovalIn, ctx: Ctx = Depends(get_ctx)
     return {"id": approval_id, "decision": p["decision"], "dataset": ds["name"], "plugin_id": plugin_id}
 
 
-@router.delete("/plugins/{plugin_id}/approvals/{approval_id}", tags=["plugins"])
+@router.delete("/plugins/{plugin_id}/approvals/{approval_id}", tags=["plugins"], operation_id="revoke_approval",
+                response_model=ApprovalRevoked, responses=errors(404, 409))
 def revoke_approval(plugin_id: str, approval_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Revoke an approval; jobs not yet started that rely on it will not run."""
     with ctx.store.tx() as conn:

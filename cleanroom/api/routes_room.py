@@ -14,6 +14,8 @@ from cleanroom import __version__, audit
 from cleanroom.api.app import row_dict
 from cleanroom.api.authz import ROLES
 from cleanroom.api.deps import Ctx, get_ctx, new_token
+from cleanroom.api.openapi import errors
+from cleanroom.api.schemas import AuditVerification, Health, Org, OrgKeysRotated, OrgToken, RoomInfo
 from cleanroom.crypto import fingerprint, verify
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from cleanroom.identifiers import check_name
@@ -24,7 +26,7 @@ CLOCK_SKEW = 600  # seconds a signed statement may be old (or ahead): the same a
 router = APIRouter()
 
 
-@router.get("/health", tags=["room"])
+@router.get("/health", tags=["room"], operation_id="get_health", response_model=Health)
 def health(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Liveness and readiness: the database answers."""
     with ctx.store.read() as conn:
@@ -38,7 +40,7 @@ def room_keys(conn: Any) -> dict[str, Any] | None:
     return json.loads(row["value"]) if row else None
 
 
-@router.get("/room", tags=["room"])
+@router.get("/room", tags=["room"], operation_id="get_room", response_model=RoomInfo)
 def room_info(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """The room's public keys (data encryption and receipt signing) and their fingerprint."""
     with ctx.store.read() as conn:
@@ -64,7 +66,8 @@ def _org_view(row: Any) -> dict[str, Any]:
             "created_at": org["created_at"]}
 
 
-@router.post("/orgs", status_code=201, tags=["orgs"])
+@router.post("/orgs", status_code=201, tags=["orgs"], operation_id="create_org", response_model=OrgToken,
+              responses=errors(409))
 def create_org(body: OrgIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Create an org with roles; its token is in the answer and never shown again."""
     check_name("org", body.name)
@@ -86,7 +89,8 @@ def create_org(body: OrgIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     return {"org": _org_view(row), "token": token}
 
 
-@router.post("/orgs/{name}/token", tags=["orgs"])
+@router.post("/orgs/{name}/token", tags=["orgs"], operation_id="rotate_token", response_model=OrgToken,
+              responses=errors(404))
 def rotate_token(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Revoke every token of an org and issue a new one, shown once: the org itself (`me` or its name),
     or an admin for an org that lost its token. The runner's token is managed by its token file."""
@@ -112,7 +116,7 @@ def list_orgs(ctx: Ctx = Depends(get_ctx)) -> list[dict[str, Any]]:
     return [_org_view(r) for r in rows]
 
 
-@router.get("/orgs/me", tags=["orgs"])
+@router.get("/orgs/me", tags=["orgs"], operation_id="whoami", response_model=Org)
 def whoami(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """The org behind the token."""
     with ctx.store.read() as conn:
@@ -120,7 +124,7 @@ def whoami(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     return _org_view(row)
 
 
-@router.get("/orgs/{name}", tags=["orgs"])
+@router.get("/orgs/{name}", tags=["orgs"], operation_id="get_org", response_model=Org, responses=errors(404))
 def get_org(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """One org's roles and public keys."""
     with ctx.store.read() as conn:
@@ -135,7 +139,8 @@ class KeysIn(BaseModel):
     sign_public: str = Field(max_length=200)
 
 
-@router.put("/orgs/me/keys", tags=["orgs"])
+@router.put("/orgs/me/keys", tags=["orgs"], operation_id="register_keys", response_model=Org,
+             responses=errors(409))
 def register_keys(body: KeysIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Register the public halves of the org's key pair (generated on the org's machine)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -172,7 +177,8 @@ class KeyRotationIn(BaseModel):
 ROTATION_KEYS = {"type", "org", "old_sign_public", "new_enc_public", "new_sign_public", "issued_at"}
 
 
-@router.post("/orgs/me/keys/rotate", tags=["orgs"])
+@router.post("/orgs/me/keys/rotate", tags=["orgs"], operation_id="rotate_keys", response_model=OrgKeysRotated,
+              responses=errors(409, 422))
 def rotate_keys(body: KeyRotationIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Replace the org's keys with a statement signed by the old signing key (it is the org) and the new
     one (it holds it). Runners follow the chain of statements from the key they pinned. The org's
@@ -291,7 +297,7 @@ def list_audit(after: int = Query(0, ge=0, le=2**63 - 1), limit: int = Query(100
     return {"events": events, "total": total}
 
 
-@router.get("/audit/verify", tags=["audit"])
+@router.get("/audit/verify", tags=["audit"], operation_id="verify_audit", response_model=AuditVerification)
 def verify_audit(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """The server's own check of the chain (clients should also verify with `cleanroom audit verify`)."""
     with ctx.store.read() as conn:
