@@ -1,6 +1,6 @@
 """The tamper-evident audit log: every state change is an event hash-chained to the previous one.
 
-`hash = sha256(canonical_json({seq, ts, actor, action, object_type, object_id, details, prev_hash}))`.
+`hash = digest({seq, ts, actor, action, object_type, object_id, details, prev_hash})` (`cleanroom.crypto`).
 Anyone holding the rows can check the chain with `verify_events`; a client that remembers the head
 it last saw also notices a chain that was cut short.
 
@@ -11,12 +11,11 @@ still verify, a changed or dropped entry still breaks them, and the org learns n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from typing import Any
 
-from cleanroom.crypto import canonical_json
+from cleanroom.crypto import digest
 
 GENESIS = "0" * 64
 
@@ -24,7 +23,7 @@ GENESIS = "0" * 64
 def event_hash(event: dict[str, Any]) -> str:
     body = {k: event[k] for k in ("seq", "ts", "actor", "action", "object_type", "object_id",
                                   "details", "prev_hash")}
-    return hashlib.sha256(canonical_json(body)).hexdigest()
+    return digest(body)
 
 
 def append(conn: sqlite3.Connection, *, actor: str, action: str, object_type: str, object_id: str,

@@ -12,7 +12,6 @@ Stdlib only (plus `cleanroom.errors`): the pieces the sandbox needs live in `cle
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import stat
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from cleanroom.sandbox.bundles import (
     Bundle,
     bundle_id,
 )
+from cleanroom.sandbox.hashing import digest
 
 __all__ = [
     "KINDS", "MANIFEST", "MAX_ARCHIVE_BYTES", "MAX_FILES", "MAX_TOTAL_BYTES", "Bundle", "bundle_id",
@@ -170,7 +170,7 @@ def diff(old: Bundle, new: Bundle) -> str:
         lines_a = _text(before) if before is not None else []
         lines_b = _text(after) if after is not None else []
         if lines_a is None or lines_b is None:
-            digests = [hashlib.sha256(d).hexdigest()[:16] if d is not None else "none"
+            digests = [digest(d)[:16] if d is not None else "none"
                        for d in (before, after)]
             out.append(f"Binary files {a} and {b} differ (sha256 {digests[0]} -> {digests[1]})\n")
             continue

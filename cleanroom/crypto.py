@@ -1,16 +1,15 @@
 """Keys, streaming encryption (age, through pyrage), signatures (Ed25519) and hashes.
 
 No cipher is written here: data files and releases use the age format (X25519 + ChaCha20-Poly1305
-in 64 KiB chunks, the STREAM construction), signatures use Ed25519 from `cryptography`.
+in 64 KiB chunks, the STREAM construction), signatures use Ed25519 from `cryptography`. Hashes are
+`digest` and signatures are over `canonical_json`, both from `cleanroom.sandbox.hashing` (stdlib only,
+so the sandbox hashes the same way) and re-exported here.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
-import json
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyrage
@@ -19,45 +18,25 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pyrage import x25519
 
 from cleanroom.errors import IntegrityError, ValidationError
+from cleanroom.sandbox.hashing import canonical_json, digest
 
 __all__ = [
     "KeyPair",
     "canonical_json",
     "decrypt_bytes",
     "decrypt_stream",
+    "digest",
     "encrypt_bytes",
     "encrypt_stream",
     "fingerprint",
     "generate_keypair",
-    "sha256_bytes",
-    "sha256_file",
-    "sign",
     "verify",
 ]
-
-CHUNK = 1 << 20
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The one byte form of a JSON value that signatures and hashes are computed over."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fingerprint(public: str) -> str:
     """Short, comparable fingerprint of a public key string."""
-    return "SHA256:" + hashlib.sha256(public.strip().encode()).hexdigest()[:32]
+    return "SHA256:" + digest(public.strip().encode())[:32]
 
 
 class KeyPair:
@@ -109,18 +88,10 @@ class KeyPair:
     def from_dict(cls, data: dict[str, Any]) -> KeyPair:
         return cls(data["enc_secret"], data["sign_secret"], data.get("previous_enc_secrets"))
 
-    def public_dict(self) -> dict[str, str]:
-        return {"enc_public": self.enc_public, "sign_public": self.sign_public,
-                "fingerprint": fingerprint(self.enc_public + self.sign_public)}
-
 
 def generate_keypair() -> KeyPair:
     signing = Ed25519PrivateKey.generate()
     return KeyPair(str(x25519.Identity.generate()), base64.b64encode(signing.private_bytes_raw()).decode())
-
-
-def sign(secret: KeyPair, payload: Any) -> str:
-    return secret.sign(payload)
 
 
 def verify(sign_public: str, payload: Any, signature: str) -> None:

@@ -18,21 +18,22 @@ import unicodedata
 from collections.abc import Iterable
 
 from cleanroom.errors import ValidationError
+from cleanroom.sandbox.vocabulary import DATASET_NAME, JOB_NAME, ORG_NAME, PLUGIN_NAME
 
 __all__ = ["PATTERNS", "check_name", "hidden_characters", "lookalike", "marker", "skeleton"]
 
 PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
-    "org": (re.compile(r"[a-z0-9][a-z0-9-]{1,39}"),
+    "org": (ORG_NAME,
             "org names are 2-40 characters: lowercase letters, digits and '-'"),
-    "dataset": (re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}"),
+    "dataset": (DATASET_NAME,
                 "dataset names are 1-63 characters: lowercase letters, digits, '_', '.', '-'"),
-    "plugin": (re.compile(r"[a-z0-9][a-z0-9-]{1,63}"),
+    "plugin": (PLUGIN_NAME,
                "plugin names are 2-64 characters: lowercase letters, digits and '-'"),
     # semantic versions without leading zeros: 1.2.3, 1.2, 1.2.3-rc.1, 1.2.3+build.5
     "version": (re.compile(r"(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})(\.(0|[1-9]\d{0,8}))?"
                            r"(-[0-9A-Za-z.-]{1,32})?(\+[0-9A-Za-z.-]{1,32})?"),
                 "versions are like 1.2.3 (no leading zeros), optionally -pre and +build"),
-    "job": (re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}"),
+    "job": (JOB_NAME,
             "job names are 1-63 characters: lowercase letters, digits, '_', '.', '-'"),
 }
 

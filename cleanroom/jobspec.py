@@ -17,9 +17,7 @@ from typing import Any
 
 from cleanroom import ledger
 from cleanroom.errors import PolicyError, ValidationError
-from cleanroom.identifiers import PATTERNS
 from cleanroom.policy import (
-    ORG_NAME,
     Checker,
     EffectivePolicy,
     Policy,
@@ -28,6 +26,8 @@ from cleanroom.policy import (
     load_toml,
     type_name,
 )
+from cleanroom.sandbox.vocabulary import DATASET_NAME, JOB_NAME, ORG_NAME, STEP_KINDS
+from cleanroom.sandbox.vocabulary import SHA256_HEX as PLUGIN_ID
 
 __all__ = ["FORBIDDEN_KEYS", "BlockOutput", "JobOutputs", "JobSpec", "SampleAggregate", "Step", "check_job",
            "check_time_budget", "parse_jobspec"]
@@ -37,13 +37,9 @@ FORBIDDEN_KEYS = frozenset({
     "environment", "limits", "memory", "mem_limit", "cpu", "cpus", "pids_limit", "timeout", "user",
     "cap_add", "capabilities", "security_opt", "devices", "tmpfs", "entrypoint", "command", "working_dir",
 })
-PLUGIN_ID = re.compile(r"^[0-9a-f]{64}$")
-DATASET_NAME = PATTERNS["dataset"][0]  # one vocabulary (cleanroom.identifiers), checked with fullmatch
-JOB_NAME = PATTERNS["job"][0]
 MAX_INPUTS = 8
 MAX_STEPS = 20
 MAX_PARAMS_BYTES = 64_000
-STEP_KINDS = ("preprocess", "features", "model", "analysis", "statistic")
 MIN_TIME_BUDGET, MAX_TIME_BUDGET = 10, 86400
 # sample-and-aggregate (cleanroom.runner.blocks): one fresh container per block, so m is bounded
 MIN_BLOCKS, MAX_BLOCKS, MAX_BLOCK_OUTPUTS = 2, 256, 32

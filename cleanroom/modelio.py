@@ -14,19 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from cleanroom.errors import ValidationError
+from cleanroom.sandbox.vocabulary import PID, ROW_STORING_SKOPS_TYPES, TRUSTED_SKOPS_TYPES
 
 __all__ = ["ModelFileError", "TRUSTED_TYPES", "load_model", "predict"]
 
-# The same lists as cleanroom.sandbox.release.models (TRUSTED_TYPES | ROW_STORING_TYPES); a test pins them.
-TRUSTED_TYPES = frozenset({
-    "sklearn.tree._tree.Tree",
-    "sklearn.neighbors._kd_tree.KDTree", "sklearn.neighbors._ball_tree.BallTree",
-    "sklearn.metrics._dist_metrics.EuclideanDistance64", "sklearn.metrics._dist_metrics.ManhattanDistance64",
-    "sklearn.metrics._dist_metrics.MinkowskiDistance64", "sklearn.metrics._dist_metrics.ChebyshevDistance64",
-    "sklearn.gaussian_process.kernels.ConstantKernel", "sklearn.gaussian_process.kernels.Product",
-    "sklearn.gaussian_process.kernels.RBF",
-    "sklearn.gaussian_process._gpc._BinaryGaussianProcessClassifierLaplace",
-})
+# Every type the release phase may emit (cleanroom.sandbox.vocabulary), row-storing estimators included.
+TRUSTED_TYPES = TRUSTED_SKOPS_TYPES | ROW_STORING_SKOPS_TYPES
 MAX_FILE_BYTES = 256 * 2**20
 MAX_MEMBERS = 100_000
 MAX_UNCOMPRESSED_BYTES = 1 * 2**30
@@ -104,8 +97,8 @@ def predict(model_path: str | Path, csv_path: str | Path, out_path: str | Path) 
         raise ModelFileError("feature columns have missing values")
     X = X.astype("float64")
     out = pd.DataFrame(index=frame.index)
-    if "_pid" in frame.columns:
-        out["_pid"] = frame["_pid"]
+    if PID in frame.columns:
+        out[PID] = frame[PID]
     out["prediction"] = model.predict(X)
     if hasattr(model, "predict_proba") and hasattr(model, "classes_"):
         try:

@@ -7,7 +7,6 @@ Every error names the line of the offending key. tomllib gives values without po
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import math
 import re
@@ -17,7 +16,14 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from cleanroom.errors import PolicyError, ValidationError
-from cleanroom.identifiers import PATTERNS
+from cleanroom.sandbox.hashing import digest
+from cleanroom.sandbox.vocabulary import (
+    DEFAULT_ESTIMATORS,
+    KNOWN_ESTIMATORS,
+    ORG_NAME,
+    OUTPUT_KINDS,
+    ROW_STORING_ESTIMATORS,
+)
 
 __all__ = [
     "DEFAULT_ESTIMATORS", "IDENTIFIER_PATTERNS", "KNOWN_ESTIMATORS", "OUTPUT_KINDS",
@@ -25,21 +31,7 @@ __all__ = [
     "combine", "looks_like_identifier", "parse_policy",
 ]
 
-OUTPUT_KINDS = ("aggregate", "model")
 RULES = ("allowed", "join_only", "never_output")
-DEFAULT_ESTIMATORS = (
-    "linear_regression", "ridge", "lasso", "logistic_regression",
-    "gradient_boosting_regressor", "gradient_boosting_classifier",
-    "random_forest_regressor", "random_forest_classifier",
-    "decision_tree_regressor", "decision_tree_classifier",
-)
-# These keep training rows inside the fitted model, so an owner must opt in with allow_row_storing.
-ROW_STORING_ESTIMATORS = (
-    "k_neighbors_regressor", "k_neighbors_classifier", "svr", "svc",
-    "gaussian_process_regressor", "gaussian_process_classifier",
-)
-KNOWN_ESTIMATORS = DEFAULT_ESTIMATORS + ROW_STORING_ESTIMATORS
-ORG_NAME = PATTERNS["org"][0]  # one vocabulary (cleanroom.identifiers), checked with fullmatch
 MAX_DELTA = 1e-3
 # DP is the default (PRIVACY-DESIGN.md section 0): a lifetime budget per dataset and a cap per job
 DEFAULT_EPSILON, DEFAULT_DELTA = 3.0, 1e-6
@@ -293,8 +285,9 @@ class Policy:
         return _build(dict(data), Checker(None))
 
     def sha256(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """The policy's hash, stored and signed by owners: in its first form, non-ASCII escaped
+        (`cleanroom.sandbox.hashing` says why)."""
+        return digest(self.to_dict(), escape_non_ascii=True)
 
 
 def parse_policy(text: str) -> Policy:

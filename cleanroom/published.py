@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from cleanroom.errors import ValidationError
+from cleanroom.sandbox.vocabulary import PID
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -196,7 +197,7 @@ def make_mock(schema: Schema | dict[str, Any], n: int = 100, seed: int = 0) -> p
 
 def _mock_column(col: Column, n: int, rng: np.random.Generator) -> pa.Array:
     stats = col.stats or {}
-    if col.name == "_pid":
+    if col.name == PID:
         return pa.array([rng.bytes(32).hex() for _ in range(n)], pa.string())
     values: Any
     if col.type in ("integer", "number"):

@@ -319,9 +319,9 @@ def test_metadata_matches_the_upload_declaration(tmp_path: Path, keys: KeyPair) 
     meta = json.loads(json.dumps(prepared.metadata()))
     assert set(meta) == {"schema", "row_count", "mock", "dropped", "sha256", "size"}
     assert meta["row_count"] == 100 and len(meta["mock"]) == 25 and meta["size"] == prepared.size
-    from cleanroom.crypto import sha256_file
+    from cleanroom.crypto import digest
 
-    assert meta["sha256"] == sha256_file(prepared.ciphertext_path)
+    assert meta["sha256"] == digest(Path(prepared.ciphertext_path).read_bytes())
     assert meta["schema"]["columns"][0] == {"name": "_pid", "type": "string", "nullable": False, "stats": {}}
 
 

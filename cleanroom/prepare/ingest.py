@@ -45,6 +45,7 @@ from cleanroom.prepare.schema import (
     sample_types,
 )
 from cleanroom.published import Column, Schema, load_schema_file
+from cleanroom.sandbox.vocabulary import PID
 
 if TYPE_CHECKING:  # pandas is heavy: the owner's side loads it only to make the mock sample
     import pandas as pd
@@ -54,7 +55,6 @@ __all__ = [
     "pid_array", "prepare", "pseudonym", "save_join_secret",
 ]
 
-PID = "_pid"
 MIN_SECRET_BYTES = 16
 # An id column names the privacy unit: a person may have many rows, but a column whose values repeat and
 # that has fewer than MIN_ID_VALUES of them, or more than MAX_ROWS_PER_ID rows per value, is some other

@@ -15,7 +15,6 @@ owners approve.
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import math
 import os
@@ -26,15 +25,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
+from cleanroom.sandbox.hashing import digest
+from cleanroom.sandbox.vocabulary import PLUGIN_NAME, STEP_KINDS
+
 MANIFEST = "cleanroom-plugin.toml"
-KINDS = ("preprocess", "features", "model", "analysis", "statistic")
+KINDS = STEP_KINDS
 MAX_ARCHIVE_BYTES = 5 * 2**20
 MAX_TOTAL_BYTES = 20 * 2**20
 MAX_FILES = 200
 MAX_PATH = 200
 MAX_MANIFEST_BYTES = 64 * 1024
 MAX_DESCRIPTION = 2000
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,63}$")
 VERSION_RE = re.compile(r"^\d{1,9}\.\d{1,9}(\.\d{1,9})?(-[0-9A-Za-z.-]{1,32})?(\+[0-9A-Za-z.-]{1,32})?$")
 ENTRY_RE = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*/)*[A-Za-z_][A-Za-z0-9_]*\.py$")
 PART_RE = re.compile(r"^[A-Za-z0-9._+-]+$")
@@ -81,7 +82,7 @@ class Bundle:
 
 def bundle_id(archive: bytes) -> str:
     """The plugin id: sha256 hex of the canonical archive bytes."""
-    return hashlib.sha256(archive).hexdigest()
+    return digest(archive)
 
 
 # ---------------------------------------------------------------------------------------------- paths
@@ -308,7 +309,7 @@ def check_manifest(raw: Any) -> dict[str, Any]:
     for key in ("name", "version", "kind", "entry"):
         if not isinstance(raw.get(key), str):
             raise BundleFormatError(f"{MANIFEST}: {key} is required and must be a string")
-    if not NAME_RE.fullmatch(raw["name"]):
+    if not PLUGIN_NAME.fullmatch(raw["name"]):
         raise BundleFormatError(f"{MANIFEST}: name {raw['name'][:80]!r} must be 2-64 of a-z, 0-9 and '-', "
                                 "starting with a letter or digit")
     if not VERSION_RE.fullmatch(raw["version"]):

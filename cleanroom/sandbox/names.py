@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
+from cleanroom.sandbox.vocabulary import TABLE_NAME
+
 MAX_NAME = 128
 SEPARATORS = ("__", "_", ".", ":", "=", "-")
 VOCABULARY = frozenset({
@@ -38,7 +40,8 @@ VOCABULARY = frozenset({
 })
 MAX_JOB_STRINGS = 64
 MAX_JOB_STRING = 32
-TABLE_NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+# Kept for callers that still `.match` it; new code uses `vocabulary.TABLE_NAME.fullmatch`.
+TABLE_NAME_RE = re.compile(rf"^{TABLE_NAME.pattern}$")
 
 
 class UnsafeName(Exception):

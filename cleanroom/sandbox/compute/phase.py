@@ -42,7 +42,6 @@ import pluggy
 
 from cleanroom.sandbox import hookspecs, wire
 from cleanroom.sandbox.bundles import (
-    KINDS,
     Bundle,
     BundleFormatError,
     ParamsError,
@@ -51,8 +50,8 @@ from cleanroom.sandbox.bundles import (
     unpack,
 )
 from cleanroom.sandbox.bundles import validate_params as _validate_params
+from cleanroom.sandbox.vocabulary import PID, STEP_KINDS
 
-PID = "_pid"
 MAX_REQUEST_BYTES = 4 * 2**30
 MAX_SPEC_BYTES = 64 * 1024
 TRANSFORMS = ("preprocess", "features")
@@ -207,7 +206,7 @@ def _parse_request(meta: dict[str, Any], files: dict[str, bytes]) -> tuple[list[
         raise ComputeError("job.json: steps must be a list")
     for n, step in enumerate(steps, 1):
         if not isinstance(step, dict) or not isinstance(step.get("plugin_id"), str) \
-                or step.get("kind") not in KINDS or not isinstance(step.get("params") or {}, dict):
+                or step.get("kind") not in STEP_KINDS or not isinstance(step.get("params") or {}, dict):
             raise ComputeError(f"job.json: step {n} needs plugin_id, kind and params")
         if step.get("dataset") is not None and step["dataset"] not in names:
             raise ComputeError(f"job.json: step {n} names a dataset that is not an input")

@@ -26,7 +26,6 @@ Rules, all enforced here:
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,13 +34,12 @@ import numpy as np
 import pandas as pd
 
 from cleanroom.sandbox.release import dp
+from cleanroom.sandbox.vocabulary import PID, TABLE_NAME
 
-NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 AGGS = ("count", "sum", "mean", "std")
 DP_AGGS = ("count", "sum", "mean")
 MAX_GROUP_BY = 8
 MAX_METRICS = 32
-PID = "_pid"
 
 
 class AggregateError(Exception):
@@ -87,7 +85,7 @@ def parse_spec(spec: Any, frame: pd.DataFrame, forbidden: set[str]) -> Aggregate
     if unknown:
         raise AggregateError(f"unknown aggregate spec keys: {sorted(unknown)}")
     name = spec.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not TABLE_NAME.fullmatch(name):
         raise AggregateError("aggregate name must match ^[a-z0-9_-]{1,64}$")
     group_by = spec.get("group_by", [])
     if not isinstance(group_by, list) or len(group_by) > MAX_GROUP_BY or len(set(map(str, group_by))) != len(
@@ -182,7 +180,8 @@ def check_refinement(frame: pd.DataFrame, specs: list[AggregateSpec],
 def _group_ids(rows: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
     if not columns:
         return np.zeros(len(rows), dtype=np.int64)
-    return rows.groupby(list(columns), sort=False).ngroup().to_numpy(dtype=np.int64)
+    ids: np.ndarray = rows.groupby(list(columns), sort=False).ngroup().to_numpy(dtype=np.int64)
+    return ids
 
 
 def declared(frame: pd.DataFrame, spec: AggregateSpec, domains: dict[str, list[str]]) -> pd.DataFrame:

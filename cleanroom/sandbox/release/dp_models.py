@@ -32,7 +32,8 @@ from sklearn import linear_model
 
 from cleanroom.sandbox.names import NameRule
 from cleanroom.sandbox.release import dp, dp_plan
-from cleanroom.sandbox.release.models import PID, ModelError, build_estimator, select_features, unwrap
+from cleanroom.sandbox.release.models import ModelError, build_estimator, select_features, unwrap
+from cleanroom.sandbox.vocabulary import PID
 
 
 def one_row_per_unit(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -43,7 +44,8 @@ def one_row_per_unit(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFr
 
 def scale_to_unit(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Clip to [lo, hi] and map affinely onto [-1, 1]."""
-    return 2.0 * (np.clip(values, lo, hi) - lo) / (hi - lo) - 1.0
+    scaled: np.ndarray = 2.0 * (np.clip(values, lo, hi) - lo) / (hi - lo) - 1.0
+    return scaled
 
 
 def moments(X: np.ndarray, y: np.ndarray, x_bounds: np.ndarray, y_bounds: tuple[float, float]) -> np.ndarray:
@@ -51,7 +53,8 @@ def moments(X: np.ndarray, y: np.ndarray, x_bounds: np.ndarray, y_bounds: tuple[
     xs = scale_to_unit(np.asarray(X, dtype="float64"), x_bounds[:, 0], x_bounds[:, 1])
     ys = scale_to_unit(np.asarray(y, dtype="float64"), np.array(y_bounds[0]), np.array(y_bounds[1]))
     Z = np.column_stack([np.ones(len(ys)), xs, ys])
-    return (Z.T @ Z)[np.triu_indices(Z.shape[1])]
+    upper: np.ndarray = (Z.T @ Z)[np.triu_indices(Z.shape[1])]
+    return upper
 
 
 def gaussian_mechanism(sensitivity: float, epsilon: float, delta: float) -> tuple[Any, float]:

@@ -40,8 +40,14 @@ from sklearn import ensemble, gaussian_process, linear_model, metrics, neighbors
 from sklearn.model_selection import GroupShuffleSplit
 
 from cleanroom.sandbox.names import NameRule
+from cleanroom.sandbox.vocabulary import (
+    LINEAR_ESTIMATORS,
+    PID,
+    ROW_STORING_ESTIMATORS,
+    ROW_STORING_SKOPS_TYPES,
+    TRUSTED_SKOPS_TYPES,
+)
 
-PID = "_pid"
 ESTIMATORS: dict[str, type] = {
     "linear_regression": linear_model.LinearRegression,
     "ridge": linear_model.Ridge,
@@ -60,21 +66,10 @@ ESTIMATORS: dict[str, type] = {
     "gaussian_process_regressor": gaussian_process.GaussianProcessRegressor,
     "gaussian_process_classifier": gaussian_process.GaussianProcessClassifier,
 }
-ROW_STORING = frozenset({"k_neighbors_regressor", "k_neighbors_classifier", "svr", "svc",
-                         "gaussian_process_regressor", "gaussian_process_classifier"})
-LINEAR_FAMILY = frozenset({"linear_regression", "ridge", "lasso", "logistic_regression"})
+ROW_STORING = frozenset(ROW_STORING_ESTIMATORS)
+LINEAR_FAMILY = frozenset(LINEAR_ESTIMATORS)
 TREE_FAMILY = frozenset(name for name in ESTIMATORS if "tree" in name or "forest" in name
                         or "boosting" in name)
-# Types skops does not trust by default that our estimators need; modelio.py keeps the same list.
-TRUSTED_TYPES = frozenset({"sklearn.tree._tree.Tree"})
-ROW_STORING_TYPES = frozenset({
-    "sklearn.neighbors._kd_tree.KDTree", "sklearn.neighbors._ball_tree.BallTree",
-    "sklearn.metrics._dist_metrics.EuclideanDistance64", "sklearn.metrics._dist_metrics.ManhattanDistance64",
-    "sklearn.metrics._dist_metrics.MinkowskiDistance64", "sklearn.metrics._dist_metrics.ChebyshevDistance64",
-    "sklearn.gaussian_process.kernels.ConstantKernel", "sklearn.gaussian_process.kernels.Product",
-    "sklearn.gaussian_process.kernels.RBF",
-    "sklearn.gaussian_process._gpc._BinaryGaussianProcessClassifierLaplace",
-})
 FIXED_PARAMS = {"n_jobs": (None, 1), "warm_start": (False,), "verbose": (0, False), "oob_score": (False,)}
 CAPS = {"n_estimators": 1000, "max_iter": 100_000}
 MAX_FEATURES = 1000
@@ -179,7 +174,7 @@ def select_features(frame: pd.DataFrame, spec: dict[str, Any], forbidden: set[st
 
 
 def _numeric(series: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+    return bool(pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series))
 
 
 def iter_arrays(obj: Any, path: str = "model", seen: dict[int, Any] | None = None, depth: int = 0) -> Any:
@@ -294,7 +289,7 @@ def _fewest_units(leaves: np.ndarray, units: np.ndarray, inbag: np.ndarray) -> i
     per_unit = pd.DataFrame({"leaf": leaves, "unit": units}).value_counts()  # rows of each unit per leaf
     low = None
     for leaf, counts in per_unit.groupby(level="leaf"):
-        needed = int(inbag[int(leaf)])  # type: ignore[call-overload]
+        needed = int(inbag[int(leaf)])
         ordered = np.cumsum(np.sort(counts.to_numpy())[::-1])
         fewest = int(np.searchsorted(ordered, needed)) + 1 if needed else 0
         low = fewest if low is None else min(low, fewest)
@@ -513,7 +508,7 @@ def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str],
         _passed(checks, "model:no_training_rows", "no training row nor per-sample array in the model")
 
     blob = sio.dumps(estimator)
-    trusted = TRUSTED_TYPES | (ROW_STORING_TYPES if name in ROW_STORING else frozenset())
+    trusted = TRUSTED_SKOPS_TYPES | (ROW_STORING_SKOPS_TYPES if name in ROW_STORING else frozenset())
     untrusted = sio.get_untrusted_types(data=blob)
     if set(untrusted) - trusted:
         raise ModelError("model:skops_types", "the skops dump holds types outside the allow-list: "

@@ -42,7 +42,6 @@ them too when both are asked), `outputs.aggregates` yields `aggregates/<name>.cs
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -56,12 +55,13 @@ from typing import Any
 import pandas as pd
 
 from cleanroom.sandbox import names, wire
+from cleanroom.sandbox.hashing import digest
 from cleanroom.sandbox.release import aggregates, dp, dp_models, dp_plan, models, structure
+from cleanroom.sandbox.vocabulary import OUTPUT_KINDS, PID, TABLE_NAME
 
 MAX_REQUEST_BYTES = 4 * 2**30
 MAX_ARTIFACT_BYTES = 128 * 2**20
 FRAME = "frames/joined.arrow"
-OUTPUT_KINDS = ("aggregate", "model")
 POLICY_KEYS = ("k", "outputs", "estimators", "allow_row_storing", "max_model_bytes", "never_output",
                "join_only", "bounds", "require_dp")
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -153,14 +153,14 @@ def _read_frame(files: dict[str, bytes]) -> pd.DataFrame:
     names = list(frame.columns)
     if not all(isinstance(c, str) and c for c in names) or len(set(names)) != len(names):
         raise RequestError("frame", "frame column names must be distinct non-empty strings")
-    if aggregates.PID not in names:
+    if PID not in names:
         raise RequestError("frame", "the frame has no _pid column")
-    if frame[aggregates.PID].isna().any():
+    if frame[PID].isna().any():
         raise RequestError("frame", "_pid has missing values")
-    if not pd.api.types.is_integer_dtype(frame[aggregates.PID].dtype):
+    if not pd.api.types.is_integer_dtype(frame[PID].dtype):
         # integer codes from the runner (cleanroom.runner.recode) are counted as they are; anything
         # else (text pseudonyms in local plugin tests) as text, so that equal units compare equal
-        frame[aggregates.PID] = frame[aggregates.PID].astype(str)
+        frame[PID] = frame[PID].astype(str)
     return frame
 
 
@@ -217,7 +217,7 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
             raise RequestError("aggregate:spec", "aggregates were requested but there is no analysis spec")
         tables = request.get("table_names")
         if not (isinstance(tables, list) and len(tables) == len(raw_specs)
-                and all(isinstance(t, str) and names.TABLE_NAME_RE.match(t) for t in tables)
+                and all(isinstance(t, str) and TABLE_NAME.fullmatch(t) for t in tables)
                 and len(set(tables)) == len(tables)):
             raise RequestError("aggregate:spec", "table_names must name each analysis spec, uniquely, "
                                                  "matching ^[a-z0-9_-]{1,64}$")
@@ -298,7 +298,7 @@ def run(request: dict[str, Any], files: dict[str, bytes]) -> tuple[dict[str, Any
                   where.lineno)
         checks.append({"name": "internal", "passed": False, "detail": type(exc).__name__})
         return _failure(checks, f"internal error: {type(exc).__name__}"), {}
-    manifest = {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    manifest = {name: {"sha256": digest(data), "bytes": len(data)}
                 for name, data in sorted(artifacts.items())}
     meta = {"ok": True, "error": None, "checks": checks, "artifacts": manifest,
             "epsilon_spent": eps, "delta_spent": delta}
@@ -324,7 +324,7 @@ def warm_up() -> float:
     rng = np.random.default_rng(0)
     units = 400
     x = rng.normal(size=units)
-    frame = pd.DataFrame({aggregates.PID: np.arange(units, dtype=np.int64), "x": x,
+    frame = pd.DataFrame({PID: np.arange(units, dtype=np.int64), "x": x,
                           "g": np.where(x > 0, "a", "b"), "y": 2 * x + rng.normal(size=units)})
     policy: dict[str, Any] = {"k": 10, "outputs": list(OUTPUT_KINDS), "estimators": ["ridge"],
                               "allow_row_storing": False, "max_model_bytes": 1_000_000, "never_output": [],

@@ -36,7 +36,6 @@ MOCK_FRAME = "frames/mock.arrow"
 OTHER = "other"
 MAX_DECLARED_GROUPS = 1000
 DEFAULT_PRECISION = 3
-PID = "_pid"
 
 
 class StructureError(Exception):
