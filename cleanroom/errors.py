@@ -13,14 +13,27 @@
     ├── IntegrityError                  422  tampered or truncated ciphertext, bad signature, broken chain
     ├── SandboxError                    500  the sandbox could not run or broke a limit
     │   └── IsolationUnavailable        500  the engine cannot enforce a required control
-    └── ConnectionFailed                503  client side: the room could not be reached
+    ├── ConnectionFailed                503  client side: the room could not be reached
+    └── JobFailed                       500  runner side: a job stopped; never sent as an HTTP error
+        ├── IntegrityFailure                 a hash, signature or pinned key that does not match
+        ├── RecheckRefused                   the runner's own policy and approval re-check refused the job
+        ├── PluginFailed                     a plugin step raised in the compute phase (its message: the log)
+        ├── MockRunFailed                    the pipeline failed on the inputs' public mock data
+        ├── ReleaseRefused                   the release phase's checks refused the outputs
+        ├── RecipientHasNoKey                the recipient registered no encryption key
+        └── PhaseFailed                      a phase ended without a valid answer: `phase`, `reason`
+                                             (`PhaseFailure`: timeout, out of memory, output too large,
+                                             crash, protocol error)
 
 The API maps these to status codes in one place (`cleanroom.api.app`); nothing below the API
-raises an HTTP exception.
+raises an HTTP exception. A `JobFailed` becomes the job's outcome instead (`cleanroom.runner.execute`):
+its `status` (failed or timed_out), its `error_class` and its message (the reason, which only the
+input owners see) go to the API's finish call.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 
@@ -105,6 +118,71 @@ class IsolationUnavailable(SandboxError):
 class ConnectionFailed(CleanroomError):
     status_code = 503
     code = "connection_failed"
+
+
+class JobFailed(CleanroomError):
+    """A job stopped on the runner. `error_class` and `status` are what the API records; each subclass
+    fixes them, so the runner reports data, not strings it parses back."""
+
+    code = "job_failed"
+    error_class = "job_failed"
+    status = "failed"  # the job's status: failed or timed_out
+
+    def __init__(self, message: str, *, error_class: str | None = None, hint: str | None = None,
+                 details: Any = None) -> None:
+        super().__init__(message, hint=hint, details=details)
+        if error_class is not None:
+            self.error_class = error_class
+
+
+class IntegrityFailure(JobFailed):
+    error_class = "integrity_error"
+
+
+class RecheckRefused(JobFailed):
+    error_class = "approval_or_policy"
+
+
+class PluginFailed(JobFailed):
+    error_class = "plugin_error"
+
+
+class MockRunFailed(JobFailed):
+    """The pipeline failed on the mock data (nothing about the real data is in the message)."""
+
+    error_class = "mock_run_failed"
+
+
+class ReleaseRefused(JobFailed):
+    error_class = "release_check_failed"
+
+
+class RecipientHasNoKey(JobFailed):
+    error_class = "recipient_has_no_key"
+
+
+class PhaseFailure(StrEnum):
+    """Why a sandbox phase gave no valid answer; the value is the job's `error_class`."""
+
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out_of_memory"
+    OUTPUT_TOO_LARGE = "output_too_large"
+    CRASH = "sandbox_crash"
+    PROTOCOL = "protocol_error"
+
+
+class PhaseFailed(JobFailed):
+    """A phase (`compute`, `release`, `mock`, `block`) ended without a valid answer, for `reason`."""
+
+    def __init__(self, phase: str, reason: PhaseFailure, message: str | None = None) -> None:
+        what = {PhaseFailure.TIMEOUT: "ran past the time limit", PhaseFailure.OUT_OF_MEMORY: "ran out of memory",
+                PhaseFailure.OUTPUT_TOO_LARGE: "wrote more than the output limit",
+                PhaseFailure.CRASH: "exited with an error",
+                PhaseFailure.PROTOCOL: "answered an invalid message"}[reason]
+        super().__init__(message or f"the {phase} phase {what}", error_class=reason.value)
+        self.phase = phase
+        self.reason = reason
+        self.status = "timed_out" if reason is PhaseFailure.TIMEOUT else "failed"
 
 
 _BY_CODE = {

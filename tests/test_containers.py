@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from cleanroom.runner.launcher import SECCOMP_FILE, seccomp_profile
+from cleanroom.runner.isolation import SECCOMP_FILE, seccomp_profile
 from tests.dockerutil import require_docker, require_image, unavailable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -262,7 +262,7 @@ def test_app_image_has_the_cleanroom_command(docker_client: Any) -> None:
 @pytest.mark.docker
 def test_app_image_ships_the_sandbox_seccomp_profile(docker_client: Any) -> None:
     image = require_image(docker_client, "CLEANROOM_APP_IMAGE")
-    probe = ("import hashlib; from cleanroom.runner.launcher import seccomp_profile; "
+    probe = ("import hashlib; from cleanroom.runner.isolation import seccomp_profile; "
              "print(hashlib.sha256(seccomp_profile().encode()).hexdigest())")
     out = run(docker_client, image, ["python", "-c", probe], network_mode="none")
     assert out.strip().splitlines()[-1] == hashlib.sha256(seccomp_profile().encode()).hexdigest()

@@ -86,12 +86,12 @@ def test_declared_domains_are_published_categories_for_the_release() -> None:
     """A policy's `domain` joins the schema's published categories: released names may use them and
     group-by domains hold them (every declared category is reported, even one the data lacks)."""
     from cleanroom.policy import parse_policy
-    from cleanroom.runner.execute import released_names
+    from cleanroom.runner.context import JobContext
 
     ds = dataset(owner_table())
     ds["policy"] = parse_policy('[columns.region]\ndomain = ["north", "south", "east"]\n').to_dict()
-    names = released_names({"datasets": [ds], "job": {"spec": {"steps": []}}})
+    names = JobContext.from_dict({"datasets": [ds], "job": {"spec": {"steps": []}}}).released_names()
     assert names["schemas"]["shop.sales"]["region"] == ["east", "north", "south"]
     ds["policy"] = parse_policy("").to_dict()  # control: the summary's categories only
-    names = released_names({"datasets": [ds], "job": {"spec": {"steps": []}}})
+    names = JobContext.from_dict({"datasets": [ds], "job": {"spec": {"steps": []}}}).released_names()
     assert names["schemas"]["shop.sales"]["region"] == ["north", "south"]

@@ -10,7 +10,8 @@ import os
 import pytest
 
 from cleanroom.errors import IsolationUnavailable
-from cleanroom.runner import launcher as sb
+from cleanroom.runner import isolation as sb
+from cleanroom.runner.launcher import Sandbox
 from cleanroom.sandbox import wire
 from cleanroom.settings import Settings
 from tests.dockerutil import require_docker, require_image
@@ -138,7 +139,7 @@ def test_missing_control_fails_closed_unless_waived():
 def box():
     client = require_docker()
     image = require_image(client, "CLEANROOM_SANDBOX_IMAGE")
-    return sb.Sandbox(Settings(sandbox_image=image, job_timeout_seconds=60))
+    return Sandbox(Settings(sandbox_image=image, job_timeout_seconds=60))
 
 
 def _empty_compute_request() -> bytes:
@@ -161,7 +162,7 @@ def test_engine_applies_every_control(box):
 
 @pytest.mark.docker
 def test_unknown_runtime_is_refused(box):
-    strict = sb.Sandbox(Settings(sandbox_image=box.settings.sandbox_image, sandbox_runtime="runsc-missing"))
+    strict = Sandbox(Settings(sandbox_image=box.settings.sandbox_image, sandbox_runtime="runsc-missing"))
     with pytest.raises(IsolationUnavailable):
         strict.run_phase("compute", "job_runtime", _empty_compute_request())
 
@@ -178,7 +179,7 @@ def test_waived_control_is_reported(box, monkeypatch):
     monkeypatch.setattr(sb, "read_back", without_pids)
     with pytest.raises(IsolationUnavailable):
         box.run_phase("compute", "job_waive", _empty_compute_request())
-    waiving = sb.Sandbox(Settings(sandbox_image=box.settings.sandbox_image, allow_unenforced=["pids"]))
+    waiving = Sandbox(Settings(sandbox_image=box.settings.sandbox_image, allow_unenforced=["pids"]))
     result = waiving.run_phase("compute", "job_waive2", _empty_compute_request())
     assert result.isolation["waived"] == ["pids"]
     assert os.environ.get("CLEANROOM_ALLOW_UNENFORCED") is None

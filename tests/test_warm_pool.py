@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from cleanroom.runner import launcher as sb
+from cleanroom.runner.isolation import CONTROLS
 from cleanroom.sandbox import wire
 from cleanroom.settings import Settings
 from tests.dockerutil import job_containers, require_docker, require_image
@@ -46,7 +47,7 @@ def test_a_job_takes_the_warm_containers_whole_and_the_next_starts_its_own(pool:
 
     taken = pool.start("compute", "job-warm-1")
     assert taken.isolation["warm"] is True
-    assert {c: taken.isolation[c] for c in sb.CONTROLS} == dict.fromkeys(sb.CONTROLS, True)  # read back at creation
+    assert {c: taken.isolation[c] for c in CONTROLS} == dict.fromkeys(CONTROLS, True)  # read back at creation
     taken.container.reload()
     assert taken.container.name == sb.container_name("job-warm-1", "compute")
     assert [c.id for c in job_containers(pool.docker, "job-warm-1")] == [taken.container.id]
@@ -130,7 +131,7 @@ def test_a_job_runs_in_warm_containers_and_its_receipt_says_so(room: Any, runner
     for phase in ("compute", "release"):
         isolation = receipt["body"]["isolation"][phase]
         assert isolation["warm"] is True, phase
-        assert {c: isolation[c] for c in sb.CONTROLS} == dict.fromkeys(sb.CONTROLS, True), phase
+        assert {c: isolation[c] for c in CONTROLS} == dict.fromkeys(CONTROLS, True), phase
     assert job_containers(client, job["id"]) == []
     deadline = time.monotonic() + 90
     while len(client.containers.list(ignore_removed=True, filters={"label": mine, "status": "running"})) < 2:

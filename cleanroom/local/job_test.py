@@ -11,16 +11,16 @@ audit event. Every value comes from public mock data.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import io
 import json
 from typing import Any
 
 from cleanroom.errors import CleanroomError
 from cleanroom.runner import mockrun
-from cleanroom.runner.execute import compute_steps, released_names, table_names
-from cleanroom.runner.launcher import Sandbox
-from cleanroom.sandbox import wire
+from cleanroom.runner.context import DatasetRef, JobContext, PluginRef
+from cleanroom.runner.phases import Phase, PhaseRunner, run_phase
+from cleanroom.runner.requests import release_request
 from cleanroom.settings import Settings
 
 JOB_ID = "job-test"
@@ -31,10 +31,10 @@ def _failed(out: dict[str, Any], stage: str, reason: str) -> dict[str, Any]:
     return out
 
 
-def job_context(client: Any, spec: Any) -> tuple[dict[str, Any], dict[str, bytes], Any]:
+def job_context(client: Any, spec: Any) -> tuple[JobContext, dict[str, bytes], dict[str, Any], list[dict[str, Any]]]:
     """The runner's job context for `spec`, read from the room (datasets with schema, mock and policy;
-    plugins with manifests; their bundles, each checked against its id), and the effective policy.
-    `ctx["approvals_missing"]` lists the approvals `job submit` would still ask for."""
+    plugins with manifests; their bundles, each checked against its id), the effective policy, and the
+    approvals `job submit` would still ask for."""
     from cleanroom import jobspec, release_rules
 
     datasets = [client.get_dataset(name) for name in spec.dataset_names()]
@@ -47,26 +47,29 @@ def job_context(client: Any, spec: Any) -> tuple[dict[str, Any], dict[str, bytes
         data = client.request("GET", f"/plugins/{pid}/bundle").content
         if hashlib.sha256(data).hexdigest() != pid:
             raise CleanroomError(f"the room's bundle of plugin {pid[:12]} does not hash to its id")
-        plugins[pid] = {"id": pid, "name": view["name"], "kind": view["kind"], "manifest": view["manifest"]}
+        plugins[pid] = PluginRef(id=pid, name=view["name"], kind=view["kind"], manifest=view["manifest"])
         bundles[pid] = data
     policies = {ds["name"]: {"owner": ds["owner"], "policy": ds["policy"], "policy_version": ds["policy_version"],
                              "sha256": ds["sha256"]} for ds in datasets}
     # approvals are the owners' business, not the job's shape: every step counts as approved here
     approvals = {(s.plugin, name, ds["policy_version"], ds["sha256"])
                  for s in spec.steps for name, ds in policies.items()}
-    effective = jobspec.check_job(spec, datasets=policies, plugins=plugins, approvals=approvals,
+    checked = {pid: p.as_check_input() for pid, p in plugins.items()}
+    effective = jobspec.check_job(spec, datasets=policies, plugins=checked, approvals=approvals,
                                   recipient_exists=True)
-    release_rules.check_spec(spec, plugins, {ds["name"]: ds for ds in datasets}, effective)
-    missing = [{"step": i, "plugin": plugins[s.plugin]["name"], "dataset": name, "owner": owners[name]}
+    release_rules.check_spec(spec, checked, {ds["name"]: ds for ds in datasets}, effective)
+    missing = [{"step": i, "plugin": plugins[s.plugin].name, "dataset": name, "owner": owners[name]}
                for i, s in enumerate(spec.steps) for name in ([s.dataset] if s.dataset else spec.inputs)
                if (s.plugin, name, policies[name]["policy_version"], policies[name]["sha256"]) not in granted]
-    ctx = {"job": {"id": JOB_ID, "spec": spec.to_dict()}, "datasets": datasets, "plugins": plugins,
-           "approvals_missing": missing}
-    return ctx, bundles, effective.to_dict()
+    ctx = JobContext(job_id=JOB_ID, spec=spec.to_dict(), datasets=tuple(DatasetRef.from_dict(ds) for ds in datasets),
+                     plugins=plugins)
+    return ctx, bundles, effective.to_dict(), missing
 
 
-def run_job_test(client: Any, spec_text: str, *, image: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Run `spec_text` on mock data; returns {ok, failed_at, reason, checks, tables, model_card, metrics, ...}."""
+def run_job_test(client: Any, spec_text: str, *, image: str, settings: Settings | None = None,
+                 phases: PhaseRunner | None = None) -> dict[str, Any]:
+    """Run `spec_text` on mock data; returns {ok, failed_at, reason, checks, tables, model_card, metrics, ...}.
+    `phases` defaults to Docker with `image`."""
     from cleanroom.jobspec import parse_jobspec
 
     out: dict[str, Any] = {"ok": True, "failed_at": None, "reason": None, "checks": [], "tables": {},
@@ -76,47 +79,45 @@ def run_job_test(client: Any, spec_text: str, *, image: str, settings: Settings 
         return _failed(out, "spec", "job test does not run sample_and_aggregate jobs yet: test the statistic "
                                     "with `cleanroom plugin test`")
     try:
-        ctx, bundles, effective = job_context(client, spec)
+        ctx, bundles, effective, missing = job_context(client, spec)
     except CleanroomError as exc:  # what `job submit` would refuse, with its reason
         return _failed(out, "submit", exc.message + (f" ({exc.hint})" if exc.hint else ""))
-    out["approvals_missing"] = ctx["approvals_missing"]
-    settings = settings or Settings.from_env(sandbox_image=image)
-    sandbox = Sandbox(settings)
+    out["approvals_missing"] = missing
+    settings = dataclasses.replace(settings or Settings.from_env(), sandbox_image=image)
+    phases = phases or _docker(settings)
     cap = settings.job_max_output_bytes
 
     # the mock run, as the runner does it before every real run
-    request = mockrun.request(JOB_ID, ctx["datasets"], compute_steps(ctx), bundles, cap,
+    request = mockrun.request(JOB_ID, [ds.to_dict() for ds in ctx.datasets], ctx.compute_steps(), bundles, cap,
                               effective.get("never_output", []))
-    res = sandbox.run_phase("compute", JOB_ID, request, image=image)
-    out["log"] = res.stderr.decode("utf-8", "replace")[-4000:]
+    res = run_phase(phases, Phase.MOCK, JOB_ID, request)
+    out["log"] = res.logs[-4000:]
     for failed, what in ((res.timed_out, "ran past the time limit"), (res.oom_killed, "ran out of memory"),
                          (res.output_overflow, "wrote more than the output limit"),
                          (res.exit_code != 0, "exited with an error")):
         if failed:
             return _failed(out, "compute", f"the pipeline {what} on the mock data")
-    result, files = wire.read_message(io.BytesIO(res.stdout), "result.json", cap)
     try:
-        specs, frame = mockrun.outcome(result, files, spec.to_dict()["outputs"])
-    except mockrun.MockRunFailed as exc:
-        return _failed(out, "compute", str(exc))
+        result, files = res.message(Phase.MOCK, cap)
+        specs, frame = mockrun.outcome(result, files, ctx.outputs)
+    except CleanroomError as exc:
+        return _failed(out, "compute", exc.message)
     out["columns"] = result.get("columns")
     out["model_spec"], out["analysis_specs"] = specs["model_spec"], specs["analysis_specs"]
-    outputs = ctx["job"]["spec"]["outputs"]
-    if outputs.get("model") and specs["model_spec"] is None:
+    if ctx.outputs.get("model") and specs["model_spec"] is None:
         return _failed(out, "release", "a model output needs exactly one model spec")
 
     # the release phase on the mock run's frame, with the mock run as its structure
-    body = io.BytesIO()
-    wire.write_message(body, "job.json", {
-        "job_id": JOB_ID, "policy": effective, "outputs": outputs, "model_spec": specs["model_spec"],
-        "analysis_specs": specs["analysis_specs"], "dp": effective.get("dp") or {"epsilon": None, "delta": None},
-        "names": released_names(ctx), "table_names": table_names(ctx), "mock": specs,
-    }, {"frames/joined.arrow": frame, mockrun.MOCK_FRAME: frame})
-    rel_res = sandbox.run_phase("release", JOB_ID, body.getvalue(), image=image)
+    body = release_request(JOB_ID, policy=effective, outputs=ctx.outputs, result=result, names=ctx.released_names(),
+                           table_names=ctx.table_names(), mock=specs, frame=frame, mock_frame=frame)
+    rel_res = run_phase(phases, Phase.RELEASE, JOB_ID, body.getbuffer())
     if rel_res.exit_code != 0 or rel_res.timed_out or rel_res.oom_killed:
-        out["log"] += rel_res.stderr.decode("utf-8", "replace")[-4000:]
+        out["log"] += rel_res.logs[-4000:]
         return _failed(out, "release", "the release phase exited with an error")
-    rel, artifacts = wire.read_message(io.BytesIO(rel_res.stdout), "result.json", cap)
+    try:
+        rel, artifacts = rel_res.message(Phase.RELEASE, cap)
+    except CleanroomError as exc:
+        return _failed(out, "release", exc.message)
     out["checks"] = rel.get("checks", [])
     if not rel.get("ok"):
         refused = [c for c in out["checks"] if not c.get("passed")]
@@ -134,6 +135,12 @@ def run_job_test(client: Any, spec_text: str, *, image: str, settings: Settings 
     if "artifacts/model.skops" in artifacts:
         out["coefficients"] = _coefficients(artifacts["artifacts/model.skops"], out["metrics"] or {})
     return out
+
+
+def _docker(settings: Settings) -> PhaseRunner:
+    from cleanroom.runner.launcher import Sandbox
+
+    return Sandbox(settings)
 
 
 def _coefficients(model: bytes, metrics: dict[str, Any]) -> dict[str, Any] | None:

@@ -29,26 +29,31 @@ class RunnerAPI:
             raise from_response(resp.status_code, body)
         return resp
 
+    def _json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        body: dict[str, Any] = self._call(method, path, **kw).json()
+        return body
+
     def register(self, enc_public: str, sign_public: str, waived: list[str] | None = None) -> dict[str, Any]:
-        return self._call("POST", "/runner/register", json={"enc_public": enc_public, "sign_public": sign_public,
-                                                            "waived": waived or []}).json()
+        return self._json("POST", "/runner/register", json={"enc_public": enc_public, "sign_public": sign_public,
+                                                            "waived": waived or []})
 
     def heartbeat(self, instance: str, name: str, ttl: float) -> dict[str, Any]:
         """This runner instance is alive (the first call announces it); the answer lists the live instances."""
-        return self._call("POST", "/runner/heartbeat", json={"instance": instance, "name": name, "ttl": ttl}).json()
+        return self._json("POST", "/runner/heartbeat", json={"instance": instance, "name": name, "ttl": ttl})
 
     def recover(self, instance: str | None = None) -> dict[str, Any]:
         """Re-queue (or fail) the running jobs of runner instances that are gone."""
-        return self._call("POST", "/runner/recover", json={"instance": instance} if instance else None).json()
+        return self._json("POST", "/runner/recover", json={"instance": instance} if instance else None)
 
     def claim(self, instance: str | None = None) -> str | None:
-        return self._call("POST", "/runner/claim", json={"instance": instance} if instance else None).json()["job"]
+        job: str | None = self._json("POST", "/runner/claim", json={"instance": instance} if instance else None)["job"]
+        return job
 
     def status(self, job_id: str) -> str:
-        return self._call("GET", f"/runner/jobs/{job_id}").json()["status"]
+        return str(self._json("GET", f"/runner/jobs/{job_id}")["status"])
 
     def context(self, job_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/runner/jobs/{job_id}/context").json()
+        return self._json("GET", f"/runner/jobs/{job_id}/context")
 
     def ciphertext(self, name: str, max_bytes: int) -> bytes:
         out = bytearray()
@@ -68,10 +73,10 @@ class RunnerAPI:
         return self._call("GET", f"/runner/plugins/{plugin_id}/bundle").content
 
     def progress(self, job_id: str, phase: str) -> str:
-        return self._call("POST", f"/runner/jobs/{job_id}/progress", json={"phase": phase}).json()["status"]
+        return str(self._json("POST", f"/runner/jobs/{job_id}/progress", json={"phase": phase})["status"])
 
     def artifact(self, job_id: str, name: str, data: bytes) -> dict[str, Any]:
-        return self._call("PUT", f"/runner/jobs/{job_id}/artifacts/{name}", content=data).json()
+        return self._json("PUT", f"/runner/jobs/{job_id}/artifacts/{name}", content=data)
 
     def finish(self, job_id: str, **body: Any) -> dict[str, Any]:
-        return self._call("POST", f"/runner/jobs/{job_id}/finish", json=body).json()
+        return self._json("POST", f"/runner/jobs/{job_id}/finish", json=body)

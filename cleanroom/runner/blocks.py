@@ -44,6 +44,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from cleanroom.errors import IntegrityFailure, RecheckRefused, SandboxError
+from cleanroom.runner import recode
+from cleanroom.runner.context import JobContext
+from cleanroom.runner.phases import Phase
+from cleanroom.runner.requests import compute_message
 from cleanroom.sandbox import wire
 from cleanroom.sandbox.release import dp_plan
 
@@ -191,58 +196,48 @@ def release_document(sa: Mapping[str, Any], epsilon: float, released: list[dict[
 
 # -- the runner's side ------------------------------------------------------------------------------
 
-def run_job(run: JobRun, ctx: dict[str, Any], bundles: dict[str, bytes], effective: dict[str, Any],
+def run_job(run: JobRun, ctx: JobContext, bundles: dict[str, bytes], effective: dict[str, Any],
             started: float, *, salt: bytes | None = None) -> None:
     """A sample-and-aggregate job on the runner, from decryption to the published release."""
-    from cleanroom.crypto import decrypt_bytes
-    from cleanroom.errors import IntegrityError
-    from cleanroom.runner import mockrun, recode
-    from cleanroom.runner.execute import JobFailed, compute_steps
-    from cleanroom.runner.launcher import _memory_bytes
+    from cleanroom.runner import mockrun
+    from cleanroom.runner.inputs import plaintext
+    from cleanroom.runner.isolation import memory_bytes
 
-    spec = ctx["job"]["spec"]
-    sa = spec["outputs"]["sample_and_aggregate"]
+    sa = ctx.outputs["sample_and_aggregate"]
     outputs, m = outputs_of(sa), int(sa["blocks"])
     epsilon = (effective.get("dp") or {}).get("epsilon")  # the job's charge (cleanroom.ledger)
     if not epsilon:
-        raise JobFailed("approval_or_policy", "sample_and_aggregate needs the job's epsilon (a DP input)")
+        raise RecheckRefused("sample_and_aggregate needs the job's epsilon (a DP input)")
     run.phase("decrypting")
-    inputs: dict[str, bytes] = {}
-    for ds in ctx["datasets"]:
-        ciphertext = run.api.ciphertext(ds["name"], ds["size"])
-        if hashlib.sha256(ciphertext).hexdigest() != ds["sha256"]:
-            raise JobFailed("integrity_error", f"the ciphertext of {ds['name']} does not match its hash")
-        try:
-            inputs[ds["name"]] = decrypt_bytes(ciphertext, run.keys)
-        except IntegrityError as exc:
-            raise JobFailed("integrity_error", f"{ds['name']}: {exc.message}") from exc
+    inputs = {ds.name: plaintext(run.api, run.keys, ds) for ds in ctx.datasets}
     try:
         parts = split_inputs(inputs, m, salt if salt is not None else secrets.token_bytes(SALT_BYTES))
     except ValueError as exc:
-        raise JobFailed("integrity_error", str(exc)) from exc
+        raise IntegrityFailure(str(exc)) from exc
     del inputs
-    run.dropped = mockrun.dropped_columns(ctx["datasets"], effective.get("never_output", []))
+    never_output = effective.get("never_output", [])
+    run.dropped = mockrun.dropped_columns([ds.to_dict() for ds in ctx.datasets], never_output)
     run.phase("compute")
-    steps = compute_steps(ctx)
-    names = [ds["name"] for ds in ctx["datasets"]]
+    steps = ctx.compute_steps()
+    names = [ds.name for ds in ctx.datasets]
     values: list[list[float]] = []
     for j, part in enumerate(parts):
         try:
             meta, files = block_request(part, names, steps, bundles, job_id=run.job_id,
-                                        max_output_bytes=run.settings.job_max_output_bytes,
-                                        max_bytes=_memory_bytes(run.settings.job_memory),
-                                        drop=effective.get("never_output", []))
+                                    max_output_bytes=run.settings.job_max_output_bytes,
+                                    max_bytes=memory_bytes(run.settings.job_memory), drop=never_output)
         except recode.TooLarge:  # this block's data is over the phase's memory: like running out of it
             run.note(f"--- block {j}: too large for a sandbox phase ---")
             values.append(parse_block(None, outputs))
             continue
         except recode.RecodeError as exc:  # split_inputs read every input already: not about one unit
-            raise JobFailed("integrity_error", str(exc)) from exc
+            raise IntegrityFailure(str(exc)) from exc
         parts[j] = {}
         request = io.BytesIO()
         wire.write_message(request, "job.json", meta, files)
         del files
         answer = _run_block(run, request.getbuffer(), effective.get("limits"), int(sa["block_seconds"]), j)
+        del request
         values.append(parse_block(answer, outputs))
     released = aggregate(values, outputs, float(epsilon), sa.get("aggregate", "mean"))
     del values
@@ -252,7 +247,7 @@ def run_job(run: JobRun, ctx: dict[str, Any], bundles: dict[str, bytes], effecti
            "checks": [{"name": "sample_and_aggregate", "passed": True,
                        "detail": f"{m} blocks, declared ranges, {sa.get('aggregate', 'mean')} with DP noise"}],
            "artifacts": {ARTIFACT: {"sha256": hashlib.sha256(document).hexdigest(), "bytes": len(document)}}}
-    run._publish(ctx, effective, rel, {f"artifacts/{ARTIFACT}": document}, bundles, started)
+    run.publish(ctx, effective, rel, {f"artifacts/{ARTIFACT}": document}, started)
 
 
 def block_request(part: Mapping[str, bytes], names: Sequence[str], steps: list[dict[str, Any]],
@@ -260,35 +255,30 @@ def block_request(part: Mapping[str, bytes], names: Sequence[str], steps: list[d
                   drop: Sequence[str] = ()) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The compute phase's request for one block: its inputs recoded with the block's own codes (0..n_b-1 in
     a fresh random order), so nothing a block sees depends on the units of another block."""
-    from cleanroom.runner import recode
-
     files = recode.recode_inputs({f"inputs/{i}.arrow": part[n] for i, n in enumerate(names)},
                                  {f"inputs/{i}.arrow": n for i, n in enumerate(names)}, max_bytes=max_bytes, drop=drop)
-    files.update({f"plugins/{pid}.tar": data for pid, data in bundles.items()})
-    meta = {"job_id": job_id, "steps": steps, "max_output_bytes": max_output_bytes,
-            "inputs": [{"dataset": n, "file": f"inputs/{i}.arrow"} for i, n in enumerate(names)]}
-    return meta, files
+    inputs = [(n, files.pop(f"inputs/{i}.arrow")) for i, n in enumerate(names)]
+    return compute_message(job_id, steps, inputs, bundles, max_output_bytes)
 
 
 def _run_block(run: JobRun, request: memoryview, limits: dict[str, Any] | None, seconds: int, index: int) -> Any:
-    """One block in a fresh compute container; its answer, or None on any failure (the default follows).
+    """One block in a fresh compute phase; its answer, or None on any failure (the default follows).
 
-    Starting a container happens before the block's data is sent: a failure there fails the job (it
+    Starting a phase happens before the block's data is sent: a failure there fails the job (it
     says nothing about the data). Everything after the data is sent maps to None.
     """
-    from cleanroom.errors import SandboxError
-    from cleanroom.runner.execute import Cancelled, JobFailed
+    from cleanroom.runner.execute import Cancelled
 
     for attempt in (1, 2):  # once more: a busy engine after the previous block should not fail the job
         try:
-            box = run.sandbox.start("compute", run.job_id, limits=limits, pool=False)
+            box = run.phases.start(Phase.BLOCK, run.job_id, limits=limits)
             break
-        except SandboxError as exc:
+        except SandboxError:
             if attempt == 2:
-                raise JobFailed(exc.code, exc.message) from exc
+                raise
     t = time.monotonic()
     try:
-        res = box.run(request, timeout=min(seconds, box.settings.job_timeout_seconds), cancelled=run.cancelled)
+        res = box.run(request, timeout=min(seconds, box.timeout_seconds), cancelled=run.cancelled)
     except Exception as exc:  # noqa: BLE001 - whatever the plugin made happen, the block gets its default
         run.note(f"--- block {index}: no answer ({type(exc).__name__}) ---")
         return None
@@ -297,10 +287,10 @@ def _run_block(run: JobRun, request: memoryview, limits: dict[str, Any] | None, 
     run.isolation.setdefault("compute", res.isolation)
     run.note(f"--- block {index} (exit {res.exit_code}, {time.monotonic() - t:.1f} s, timed out {res.timed_out}, "
              f"oom {res.oom_killed}) ---")
-    run.note(res.stderr.decode("utf-8", "replace")[-2000:])
+    run.note(res.logs[-2000:])
     if run.cancelled():
         raise Cancelled()
-    if res.timed_out or res.oom_killed or res.output_overflow or res.exit_code != 0:
+    if res.failure is not None:
         return None
     try:  # what the container wrote is the plugin's to shape: any parsing failure is no answer
         result, _ = wire.read_message(io.BytesIO(res.stdout), "result.json", run.settings.job_max_output_bytes)

@@ -16,23 +16,19 @@ column has: pandas reads an integer column with gaps as float, and the types mus
 
 from __future__ import annotations
 
-import io
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from cleanroom.errors import MockRunFailed
 from cleanroom.published import Column, Schema
 from cleanroom.runner.recode import CODE_TYPE, PID, write_table
-from cleanroom.sandbox import wire
+from cleanroom.runner.requests import JOINED_FRAME, MOCK_FRAME, compute_request
 
-MOCK_FRAME = "frames/mock.arrow"
-
-
-class MockRunFailed(Exception):
-    """The pipeline failed on the mock data (nothing about the real data is in the message)."""
+__all__ = ["MOCK_FRAME", "MockRunFailed", "dropped_columns", "mock_table", "outcome", "request", "specs"]
 
 
 def _values(column: Column, raw: list[Any]) -> pa.Array:
@@ -49,7 +45,7 @@ def _values(column: Column, raw: list[Any]) -> pa.Array:
         return pa.array([None] * len(raw), type=kind)  # a mock that does not fit its schema: gaps only
 
 
-def mock_table(dataset: dict[str, Any], drop: Collection[str] = ()) -> pa.Table:
+def mock_table(dataset: Mapping[str, Any], drop: Collection[str] = ()) -> pa.Table:
     """A dataset's mock rows as the compute phase receives its real rows (see the module docstring)."""
     schema = Schema.from_dict(dataset["schema"])
     records = [r for r in dataset.get("mock") or [] if isinstance(r, dict)]
@@ -68,7 +64,7 @@ def mock_table(dataset: dict[str, Any], drop: Collection[str] = ()) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def dropped_columns(datasets: list[dict[str, Any]], never_output: Collection[str]) -> dict[str, list[str]]:
+def dropped_columns(datasets: Sequence[Mapping[str, Any]], never_output: Collection[str]) -> dict[str, list[str]]:
     """Per input, the schema columns the runner leaves out before the compute phase."""
     out = {}
     for ds in datasets:
@@ -77,24 +73,18 @@ def dropped_columns(datasets: list[dict[str, Any]], never_output: Collection[str
     return out
 
 
-def request(job_id: str, datasets: list[dict[str, Any]], steps: list[dict[str, Any]],
-            bundles: dict[str, bytes], max_output_bytes: int, drop: Collection[str] = ()) -> bytes:
+def request(job_id: str, datasets: Sequence[Mapping[str, Any]], steps: list[dict[str, Any]],
+            bundles: Mapping[str, bytes], max_output_bytes: int, drop: Collection[str] = ()) -> bytes:
     """The compute phase's request for the mock run (the real run's, with mock inputs)."""
-    files = {f"inputs/{i}.arrow": write_table(mock_table(ds, drop)) for i, ds in enumerate(datasets)}
-    files.update({f"plugins/{pid}.tar": data for pid, data in bundles.items()})
-    buffer = io.BytesIO()
-    wire.write_message(buffer, "job.json", {
-        "job_id": job_id, "steps": steps, "max_output_bytes": max_output_bytes,
-        "inputs": [{"dataset": ds["name"], "file": f"inputs/{i}.arrow"} for i, ds in enumerate(datasets)],
-    }, files)
-    return buffer.getvalue()
+    inputs = [(str(ds["name"]), write_table(mock_table(ds, drop))) for ds in datasets]
+    return compute_request(job_id, steps, inputs, bundles, max_output_bytes).getvalue()
 
 
 def outcome(result: dict[str, Any], files: dict[str, bytes], outputs: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     """What the release phase gets from the mock run: {model_spec, analysis_specs} and the mock frame."""
     if not result.get("ok"):
         raise MockRunFailed(f"the pipeline failed on the inputs' mock data: {str(result.get('error'))[:1000]}")
-    frame = files.get("frames/joined.arrow")
+    frame = files.get(JOINED_FRAME)
     if frame is None:
         raise MockRunFailed("the mock run returned no frame")
     return specs(result, outputs), frame

@@ -105,7 +105,7 @@ def _batch_bytes(meta: bytes, body: pa.Buffer | None) -> int:
         return pos + offset if offset else None
 
     def ref(position: int) -> int:  # an offset field: where it points
-        return position + struct.unpack_from("<I", meta, position)[0]
+        return position + int(struct.unpack_from("<I", meta, position)[0])
 
     message = table(ref(0))
     kind, header = field(message, 1), field(message, 2)

@@ -176,9 +176,16 @@ def test_replayed_approvals_are_refused(world: SimpleNamespace) -> None:
         w.eve.submit_job(spec(w, target, w.ds_a))
 
 
+def verify_context(ctx: dict[str, Any], bundles: dict[str, bytes], pins: Any) -> dict[str, Any]:
+    """The runner's re-check of a job's context as the API sent it (`JobContext.verify`)."""
+    from cleanroom.runner.context import JobContext
+
+    return JobContext.from_dict(ctx).verify(bundles, pins)
+
+
 def test_a_job_queued_before_revocation_fails_closed_on_the_runner(world: SimpleNamespace) -> None:
+    from cleanroom.errors import JobFailed
     from cleanroom.runner.api_client import RunnerAPI
-    from cleanroom.runner.execute import JobFailed, verify_context
 
     w = world
     job = w.eve.submit_job(spec(w, w.plugin, w.ds_a))
@@ -278,7 +285,7 @@ def _context(w: SimpleNamespace, job_id: str) -> tuple[dict[str, Any], dict[str,
 
 
 def test_an_operator_inserted_approval_without_a_valid_signature_fails_on_the_runner(world: SimpleNamespace) -> None:
-    from cleanroom.runner.execute import JobFailed, verify_context
+    from cleanroom.errors import JobFailed
 
     w = world
     target = submit(w, AGGREGATE_CODE)
@@ -298,7 +305,7 @@ def test_an_operator_inserted_approval_without_a_valid_signature_fails_on_the_ru
 
 
 def test_an_operator_swapping_plugin_code_fails_on_the_runner(world: SimpleNamespace) -> None:
-    from cleanroom.runner.execute import JobFailed, verify_context
+    from cleanroom.errors import JobFailed
 
     w = world
     job = w.eve.submit_job(spec(w, w.plugin, w.ds_a))
@@ -317,7 +324,7 @@ def test_an_operator_swapping_plugin_code_fails_on_the_runner(world: SimpleNames
 def test_an_operator_rewriting_a_policy_version_fails_on_the_runner(world: SimpleNamespace) -> None:
     """W3: approvals are signed for the policy's content hash, not only its version number."""
     from cleanroom.api.routes_datasets import _policy_hash
-    from cleanroom.runner.execute import JobFailed, verify_context
+    from cleanroom.errors import JobFailed
 
     w = world
     ds = w.alice.get_dataset(w.ds_a)
@@ -349,7 +356,7 @@ def test_an_approval_for_another_policy_text_is_refused_by_the_api(world: Simple
 
 def test_an_operator_swapping_an_owners_signing_key_fails_on_the_runner(world: SimpleNamespace) -> None:
     """W4: the runner pins each owner's signing key on first sight and refuses a changed one."""
-    from cleanroom.runner.execute import JobFailed, verify_context
+    from cleanroom.errors import JobFailed
 
     w = world
     first = w.eve.submit_job(spec(w, w.plugin, w.ds_a))
@@ -367,7 +374,7 @@ def test_an_operator_swapping_an_owners_signing_key_fails_on_the_runner(world: S
     job = w.eve.submit_job(spec(w, target, w.ds_a))
     with pytest.raises(JobFailed) as failed:
         verify_context(*_context(w, job["id"]), w.pins)
-    assert failed.value.error_class == "integrity_error" and "pinned" in failed.value.reason
+    assert failed.value.error_class == "integrity_error" and "pinned" in failed.value.message
     # control: the forged approval is otherwise perfect; a runner that never saw alice's key would accept it
     # (trust on first use is the limit), and so would this runner once its operator drops the pin
     verify_context(*_context(w, job["id"]), KeyPins(w.tmp / "fresh-runner"))
@@ -376,7 +383,7 @@ def test_an_operator_swapping_an_owners_signing_key_fails_on_the_runner(world: S
 
 
 def test_a_signed_key_rotation_moves_the_runners_pin_and_a_forged_one_does_not(world: SimpleNamespace) -> None:
-    from cleanroom.runner.execute import JobFailed, verify_context
+    from cleanroom.errors import JobFailed
 
     w = world
     first = w.eve.submit_job(spec(w, w.plugin, w.ds_a))
@@ -412,7 +419,7 @@ def test_a_signed_key_rotation_moves_the_runners_pin_and_a_forged_one_does_not(w
     job = w.eve.submit_job(spec(w, target, w.ds_a))
     with pytest.raises(JobFailed) as failed:
         verify_context(*_context(w, job["id"]), w.pins)
-    assert failed.value.error_class == "integrity_error" and "pinned" in failed.value.reason
+    assert failed.value.error_class == "integrity_error" and "pinned" in failed.value.message
 
 
 def test_key_rotation_statements_are_checked_by_the_api(world: SimpleNamespace) -> None:

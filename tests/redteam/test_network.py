@@ -212,7 +212,7 @@ def test_vsock_through_the_32_bit_socketcall_is_refused(sandbox: Any, tmp_path: 
     assert attack["signal"] == signal.SIGSYS and attack["result"] is None, attack
 
     # control: the same attack under Docker's archMap (32-bit ABI allowed) is not stopped by seccomp
-    from cleanroom.runner import launcher as sb
+    from cleanroom.runner import isolation as sb
 
     docker_arches = json.loads(sb.seccomp_profile())
     for entry in docker_arches["archMap"]:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from cleanroom.runner.launcher import tightened
+from cleanroom.runner.isolation import tightened
 from cleanroom.settings import Settings
 from tests.redteam.conftest import AGGREGATE_CODE, AGGREGATE_PARAMS, stack_for_module
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cleanroom.errors import IsolationUnavailable
-from cleanroom.runner.launcher import CONTROLS, check_isolation, container_config, read_back, seccomp_profile
+from cleanroom.runner.isolation import CONTROLS, check_isolation, container_config, read_back, seccomp_profile
 from cleanroom.settings import Settings
 from tests.redteam.conftest import RUNNER_CANARY, RUNNER_CANARY_VAR, preprocess, run_compute
 

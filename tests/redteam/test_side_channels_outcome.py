@@ -37,7 +37,7 @@ from cleanroom.client import Client, verify_result_dir
 from cleanroom.crypto import KeyPair, canonical_json, encrypt_bytes, fingerprint, generate_keypair
 from cleanroom.errors import CleanroomError, IntegrityError, NotFound, RateLimited
 from cleanroom.profile import Profile
-from cleanroom.runner.execute import covering_approvals
+from cleanroom.runner.context import JobContext
 from tests.redteam.conftest import AGGREGATE_CODE, AGGREGATE_PARAMS, new_home, owner_csv, write_plugin
 
 POLICY = """\
@@ -706,10 +706,11 @@ def test_a_receipt_names_exactly_the_approvals_that_covered_the_job() -> None:
         _approval(owner, "retailer", used, {**ds, "name": "bank.x"}),      # for another dataset
     ]
     digest = hashlib.sha256(canonical_json(covering["payload"])).hexdigest()
-    assert covering_approvals({**ctx, "approvals": [covering, *decoys]}) == [digest]
-    assert covering_approvals({**ctx, "approvals": decoys}) == []  # control: the decoys alone cover nothing
+    assert JobContext.from_dict({**ctx, "approvals": [covering, *decoys]}).covering_approvals() == [digest]
+    # control: the decoys alone cover nothing
+    assert JobContext.from_dict({**ctx, "approvals": decoys}).covering_approvals() == []
     second = _approval(owner, "retailer", used, ds, reason="again")
-    assert len(covering_approvals({**ctx, "approvals": [covering, second, *decoys]})) == 2
+    assert len(JobContext.from_dict({**ctx, "approvals": [covering, second, *decoys]}).covering_approvals()) == 2
 
 
 REAL_VALIDATE = '''\
