@@ -1,0 +1,1 @@
+"""Small real implementations of the project's seams, for tests only (nothing in `cleanroom` imports them)."""
