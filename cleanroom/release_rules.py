@@ -26,7 +26,7 @@ __all__ = ["check_spec", "name_rule"]
 
 def _published(column: Mapping[str, Any], rule: Mapping[str, Any]) -> list[str]:
     """A column's public categories, as the runner gives them to the release phase
-    (`cleanroom.runner.execute.released_names`)."""
+    (`cleanroom.runner.context.JobContext.released_names`)."""
     summary = (column.get("stats") or {}).get("categories") or {}
     return sorted({str(v) for v in summary} | {str(v) for v in rule.get("domain") or []})
 
