@@ -85,7 +85,7 @@ def plugin_view(conn: Any, plugin: dict[str, Any], *, full: bool, caller: Caller
 @router.post("/plugins", status_code=201, tags=["plugins"], operation_id="submit_plugin",
               response_model=PluginSubmitted, responses=errors(400, 409, 507),
               openapi_extra=raw_body("application/x-tar", "application/octet-stream",
-                                     description="the plugin's canonical bundle (`cleanroom plugin pack`)"))
+                                     description="the plugin's canonical bundle (docs/plugins.md)"))
 async def submit_plugin(request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Submit a plugin bundle (its canonical tar as the body); answers its id and review report."""
     from cleanroom import bundle, review

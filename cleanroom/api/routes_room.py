@@ -15,7 +15,7 @@ from cleanroom.api.app import row_dict
 from cleanroom.api.authz import ROLES
 from cleanroom.api.deps import Ctx, get_ctx, new_token
 from cleanroom.api.openapi import errors
-from cleanroom.api.schemas import AuditVerification, Health, Org, OrgKeysRotated, OrgToken, RoomInfo
+from cleanroom.api.schemas import AuditPage, AuditVerification, Health, Org, OrgKeysRotated, OrgToken, RoomInfo
 from cleanroom.crypto import fingerprint, verify
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from cleanroom.identifiers import check_name
@@ -275,7 +275,7 @@ class AuditScope:
         return event if self.readable(event) else audit.redact(event)
 
 
-@router.get("/audit", tags=["audit"])
+@router.get("/audit", tags=["audit"], operation_id="list_audit_events", response_model=AuditPage)
 def list_audit(after: int = Query(0, ge=0, le=2**63 - 1), limit: int = Query(1000, ge=1, le=10_000),
                ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Audit events after sequence number `after`, oldest first (at most `limit`, max 10000). Events you

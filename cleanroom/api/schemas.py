@@ -206,6 +206,10 @@ class OrgKeysRotated(Org):
     approvals_revoked: int = Field(description="the org's approvals revoked with its old key")
 
 
+class OrgPage(Page[Org]):
+    """A page of orgs, by name."""
+
+
 class AuditEvent(Out):
     seq: int
     ts: Timestamp
@@ -282,6 +286,10 @@ class Dataset(DatasetSummary):
     dropped: list[str]
     policy: Document = Field(description="the current policy, parsed")
     policy_text: str = Field(description="the current policy as the owner wrote it (TOML)")
+
+
+class DatasetPage(Page[DatasetSummary]):
+    """A page of datasets, by name."""
 
 
 class DatasetUploaded(DatasetSummary):
@@ -398,6 +406,10 @@ class PluginDetail(Plugin):
     diff_against: PluginDiff | None = Field(description="the last approved version of this plugin, if any")
 
 
+class PluginPage(Page[PluginSummary]):
+    """A page of plugins, by name and version."""
+
+
 class ApprovalRecorded(Out):
     id: str
     decision: Decision
@@ -437,6 +449,10 @@ class Job(Out):
     effective_policy: Document | None | Absent = absent("the policy the job runs under (input owners and staff)")
 
 
+class JobPage(Page[Job]):
+    """A page of jobs, newest first."""
+
+
 class Artifact(Out):
     name: str
     blob: Sha256
@@ -457,6 +473,10 @@ class Release(Out):
     rejection_reasons: dict[str, str]
     pending_review: list[str]
     downloadable: bool
+
+
+class ReleasePage(Page[Release]):
+    """A page of releases, newest first."""
 
 
 # Runner ----------------------------------------------------------------------------------------
