@@ -21,7 +21,7 @@ import docker
 from cleanroom.errors import IsolationUnavailable, SandboxError
 from cleanroom.runner import isolation, streams
 from cleanroom.runner.isolation import INSTANCE_LABEL, LABEL, NAME_LABEL, RUNNER_LABEL, WARM_JOB, container_name
-from cleanroom.runner.phases import Cancelled, Phase, PhaseResult
+from cleanroom.runner.phases import CancelCheck, Phase, PhaseResult
 from cleanroom.runner.pool import WARM_PHASES, WarmPool
 from cleanroom.settings import Settings
 
@@ -71,7 +71,7 @@ class DockerPhase:
             streams.remove(self.container)
 
     def run(self, request: bytes | memoryview, *, timeout: float | None = None, max_output: int | None = None,
-            cancelled: Cancelled | None = None) -> PhaseResult:
+            cancelled: CancelCheck | None = None) -> PhaseResult:
         settings = self.settings
         started = time.monotonic()
         try:
@@ -166,7 +166,7 @@ class Sandbox:
 
     def run_phase(self, phase: Phase | str, job_id: str, request: bytes | memoryview, *, image: str | None = None,
                   timeout: float | None = None, max_output: int | None = None,
-                  cancelled: Cancelled | None = None) -> PhaseResult:
+                  cancelled: CancelCheck | None = None) -> PhaseResult:
         """Start a phase and run it at once; `seconds` counts the start too."""
         started = time.monotonic()
         result = self.start(phase, job_id, image=image).run(request, timeout=timeout, max_output=max_output,

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from cleanroom.errors import PhaseFailed, PhaseFailure
 from cleanroom.sandbox import wire
 
-Cancelled = Callable[[], bool]  # asked while a phase runs: True stops it (the job was cancelled)
+CancelCheck = Callable[[], bool]  # asked while a phase runs: True stops it (the job was cancelled)
 
 
 class Phase(StrEnum):
@@ -84,7 +84,7 @@ class StartedPhase(Protocol):
         """Its time limit: the room's, tightened by the job's policy."""
 
     def run(self, request: bytes | memoryview, *, timeout: float | None = None, max_output: int | None = None,
-            cancelled: Cancelled | None = None) -> PhaseResult:
+            cancelled: CancelCheck | None = None) -> PhaseResult:
         """Feed the request, wait for the end (the limits: `timeout` seconds, `max_output` bytes of stdout,
         or the started phase's own), close, and say how it went. Raises `SandboxError` only when it could
         not run at all."""
@@ -100,7 +100,7 @@ class PhaseRunner(Protocol):
 
 
 def run_phase(runner: PhaseRunner, phase: Phase, job_id: str, request: bytes | memoryview, *,
-              limits: Mapping[str, Any] | None = None, cancelled: Cancelled | None = None) -> PhaseResult:
+              limits: Mapping[str, Any] | None = None, cancelled: CancelCheck | None = None) -> PhaseResult:
     """Start a phase and run it at once (no start-up to hide); `seconds` counts the start too."""
     started = time.monotonic()
     result = runner.start(phase, job_id, limits=limits).run(request, cancelled=cancelled)

@@ -17,11 +17,11 @@ from typing import Any
 
 import docker
 
-from cleanroom.runner.phases import Cancelled, PhaseResult
+from cleanroom.runner.phases import CancelCheck, PhaseResult
 
 
 def feed_and_collect(container: Any, raw: socket.socket, request: bytes | memoryview, timeout: float,
-                     max_output: int, log_cap: int, cancelled: Cancelled | None) -> PhaseResult:
+                     max_output: int, log_cap: int, cancelled: CancelCheck | None) -> PhaseResult:
     """Run one fed phase to its end; how it ended (`PhaseResult`, without isolation and timing)."""
     state = {"timed_out": False, "overflow": False, "done": False}
 

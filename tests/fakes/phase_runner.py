@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from cleanroom.errors import SandboxError
-from cleanroom.runner.phases import Cancelled, Phase, PhaseResult
+from cleanroom.runner.phases import CancelCheck, Phase, PhaseResult
 from cleanroom.settings import Settings
 
 
@@ -69,7 +69,7 @@ class SubprocessPhase:
         return self._timeout
 
     def run(self, request: bytes | memoryview, *, timeout: float | None = None, max_output: int | None = None,
-            cancelled: Cancelled | None = None) -> PhaseResult:
+            cancelled: CancelCheck | None = None) -> PhaseResult:
         if self.closed:
             raise SandboxError("the phase was closed before it ran")
         started = time.monotonic()
