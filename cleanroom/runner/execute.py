@@ -107,21 +107,18 @@ class StartedPhases:
         """Both phases and the mock run's outcome, once all three are done; raises the first failure."""
         for thread in self.threads:
             thread.join()
+        started: list[StartedPhase] = []
         for phase in (Phase.COMPUTE, Phase.RELEASE):
-            failure = self.boxes.get(phase)
-            if isinstance(failure, BaseException):
-                raise failure
-            if failure is None:
+            box = self.boxes.get(phase)
+            if isinstance(box, BaseException):
+                raise box
+            if box is None:
                 raise JobFailed("a sandbox container did not start", error_class="sandbox_error")
+            started.append(box)
         self.run.note(self.mock.log)
         if self.mock.failure is not None:
             raise self.mock.failure
-        return self._box(Phase.COMPUTE), self._box(Phase.RELEASE), self.mock
-
-    def _box(self, phase: Phase) -> StartedPhase:
-        box = self.boxes[phase]
-        assert not isinstance(box, BaseException)
-        return box
+        return started[0], started[1], self.mock
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         for thread in self.threads:
