@@ -149,8 +149,22 @@ class Client:
                 self.profile.save()
         return result
 
+    def items(self, path: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every item of a list route, page after page (each page's `next` is the following one's `after`)."""
+        after = None
+        while True:
+            page = self.get(path, params={**params, **({"after": after} if after else {})})
+            yield from page["items"]
+            after = page["next"]
+            if not after:
+                return
+
+    def page(self, path: str, *, limit: int, after: str | None = None, **params: Any) -> dict[str, Any]:
+        """One page of a list route: `{"items": [...], "next": cursor or None}`."""
+        return dict(self.get(path, params={**params, "limit": limit, **({"after": after} if after else {})}))
+
     def list_orgs(self) -> list[dict[str, Any]]:
-        return self.get("/orgs")
+        return list(self.items("/orgs"))
 
     def keys(self) -> KeyPair:
         """This org's key pair: made on this machine on first use; only public halves are sent."""
@@ -224,7 +238,7 @@ class Client:
         return result
 
     def list_datasets(self) -> list[dict[str, Any]]:
-        return self.get("/datasets")
+        return list(self.items("/datasets"))
 
     def get_dataset(self, name: str) -> dict[str, Any]:
         return self.get(f"/datasets/{name}")
@@ -245,7 +259,7 @@ class Client:
         return self.post("/plugins", content=archive, headers={"content-type": "application/x-tar"})
 
     def list_plugins(self) -> list[dict[str, Any]]:
-        return self.get("/plugins")
+        return list(self.items("/plugins"))
 
     def get_plugin(self, ref: str) -> dict[str, Any]:
         return self.get(f"/plugins/{ref}")
@@ -288,9 +302,12 @@ class Client:
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self.get(f"/jobs/{job_id}")
 
-    def list_jobs(self, *, status: str | None = None, limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"limit": limit, "offset": offset, **({"status": status} if status else {})}
-        return self.get("/jobs", params=params)
+    def list_jobs(self, *, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Jobs you may see, newest first: all of them, or the first `limit`."""
+        params: dict[str, Any] = {"status": status} if status else {}
+        if limit is not None:
+            return list(self.page("/jobs", limit=limit, **params)["items"])
+        return list(self.items("/jobs", **params))
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self.post(f"/jobs/{job_id}/cancel")
@@ -324,8 +341,11 @@ class Client:
         return decrypt_bytes(data, self.keys()).decode("utf-8", "replace")
 
     # releases -----------------------------------------------------------------------------------
-    def list_releases(self, *, limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
-        return self.get("/releases", params={"limit": limit, "offset": offset})
+    def list_releases(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Releases you may see, newest first: all of them, or the first `limit`."""
+        if limit is not None:
+            return list(self.page("/releases", limit=limit)["items"])
+        return list(self.items("/releases"))
 
     def get_release(self, ref: str) -> dict[str, Any]:
         return self.get(f"/releases/{ref}")
@@ -345,8 +365,7 @@ class Client:
         targets = [dataset] if dataset else [d for d in release["pending_review"] if d in mine]
         if not targets:
             raise ValidationError("none of your datasets holds this release for review")
-        manifest_sha = hashlib.sha256(json.dumps(release["manifest"], sort_keys=True,
-                                                 separators=(",", ":")).encode()).hexdigest()
+        manifest_sha = manifest_sha256(release["manifest"])
         result = release
         for ds in targets:
             payload = {"type": kind, "release_id": release["id"], "dataset": ds, "manifest_sha256": manifest_sha,
@@ -439,6 +458,11 @@ def _file_chunks(path: Path, progress: Progress | None, chunk: int = 1 << 20) ->
 
 
 RECEIPT_FILE = "receipt.json"
+
+
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """The hash an owner's release approval or rejection signs: of the manifest as the room shows it."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def receipt_outputs(body: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -125,7 +125,7 @@ def run_demo(*, admin_profile: str = "admin", customers: int = 50_000, workdir: 
         f"   {j['status']}" + (f" ({j['phase']})" if j.get("phase") else "")))
     if final["status"] != "succeeded":
         raise SystemExit(f"the job ended {final['status']} ({final.get('error_class')}); "
-                         f"owners can read its log: cleanroom job logs {job['id']}")
+                         f"owners can read its log: cleanroom --profile demo-retailer job logs {job['id']}")
 
     step(8, "The retailer's policy holds releases for review: it reads the checks and approves")
     release = retailer.get_release(job["id"])

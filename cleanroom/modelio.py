@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,34 +72,49 @@ def load_model(path: str | Path) -> Any:
     return sio.loads(data, trusted=sorted(untrusted))
 
 
-def predict(model_path: str | Path, csv_path: str | Path, out_path: str | Path) -> int:
+def predict(model_path: str | Path, csv_path: str | Path, out_path: str | Path, *,
+            keep: Sequence[str] | None = None, unseen: str = "error",
+            warn: Callable[[str], None] | None = None) -> int:
     """Predict every row of a CSV with a released model; write a CSV; return the row count.
 
-    The output holds `_pid` when the input has it, then `prediction`, and for classifiers one
-    `proba_<class>` column per class.
+    The output holds the `keep` columns of the input (by default its id column: `_pid`, else a first
+    column whose values are all distinct and that the model does not use), then `prediction`, and for
+    classifiers one `proba_<class>` column per class.
+
+    A raw category column is expanded to the model's one-hot columns (`<column>_<value>`). A value the
+    model never saw is an error naming the column and the value (`unseen="error"`), unless the model has
+    the catch-all `<column>_other`; with `unseen="ignore"` such rows get all-zero indicators and `warn`
+    is told how many. Nothing is written when the input does not fit the model.
     """
     import pandas as pd
 
+    if unseen not in ("error", "ignore"):
+        raise ValidationError(f"unseen must be 'error' or 'ignore', not {unseen!r}")
     model = load_model(model_path)
     features = [str(c) for c in getattr(model, "feature_names_in_", [])]
     if not features:
         raise ModelFileError("the model does not record its feature names")
     frame = pd.read_csv(csv_path)
-    _expand_one_hot(frame, features)
+    frame.columns = [str(c) for c in frame.columns]
+    kept = _kept_columns(frame, features, keep)
+    expanded = _expand_one_hot(frame, features)
     missing = [c for c in features if c not in frame.columns]
     if missing:
-        raise ModelFileError(f"the CSV lacks the model's feature columns: {', '.join(missing)}")
+        raise ModelFileError(f"the CSV lacks the model's feature columns: {_describe_missing(missing)}",
+                             hint=f"its columns: {', '.join(map(str, frame.columns))}")
+    _check_unseen(frame, expanded, unseen, warn)
     X = frame[features]
     types = pd.api.types
     bad = [c for c in features if not (types.is_numeric_dtype(X[c]) or types.is_bool_dtype(X[c]))]
     if bad:
         raise ModelFileError(f"feature columns must be numeric: {', '.join(bad)}")
-    if X.isna().to_numpy().any():
-        raise ModelFileError("feature columns have missing values")
+    gaps = [c for c in features if X[c].isna().any()]
+    if gaps:
+        raise ModelFileError(f"feature columns have missing values: {', '.join(gaps)}")
     X = X.astype("float64")
     out = pd.DataFrame(index=frame.index)
-    if PID in frame.columns:
-        out[PID] = frame[PID]
+    for column in kept:
+        out[column] = frame[column]
     out["prediction"] = model.predict(X)
     if hasattr(model, "predict_proba") and hasattr(model, "classes_"):
         try:
@@ -112,20 +128,95 @@ def predict(model_path: str | Path, csv_path: str | Path, out_path: str | Path) 
     return len(out)
 
 
-def _expand_one_hot(frame: Any, features: list[str]) -> None:
+def _kept_columns(frame: Any, features: list[str], keep: Sequence[str] | None) -> list[str]:
+    """The input columns carried to the output: `keep` as given, else the id column when there is one."""
+    if keep is not None:
+        absent = [c for c in keep if c not in frame.columns]
+        if absent:
+            raise ModelFileError(f"no column {absent[0]!r} in the CSV to keep",
+                                 hint=f"its columns: {', '.join(map(str, frame.columns))}")
+        clash = [c for c in keep if c == "prediction" or c.startswith("proba_")]
+        if clash:
+            raise ModelFileError(f"cannot keep {clash[0]!r}: the output's own column has that name")
+        return list(dict.fromkeys(keep))
+    if PID in frame.columns:
+        return [PID]
+    if len(frame.columns) and len(frame):
+        first = str(frame.columns[0])
+        used = first in features or any(f.startswith(f"{first}_") for f in features)
+        if not used and frame[first].notna().all() and frame[first].is_unique:
+            return [first]
+    return []
+
+
+def _expand_one_hot(frame: Any, features: list[str]) -> dict[str, list[str]]:
     """Rebuild one-hot features (`<column>_<value>`) the model wants from raw category columns.
 
     A released model trained after the `one-hot` plugin expects indicator columns; new data on the
-    recipient's machine has the raw column. Values the model never saw give all-zero indicators.
+    recipient's machine has the raw column. Returns the raw columns expanded, each with its categories
+    (the `other` catch-all last when the model has it). A missing value gives all-zero indicators, as
+    the plugin encodes it.
     """
+    expanded: dict[str, list[str]] = {}
     for feature in features:
         if feature in frame.columns:
             continue
         for column in frame.columns:
             prefix = f"{column}_"
             if feature.startswith(prefix) and not _numeric(frame[column]):
-                frame[feature] = (frame[column].astype(str) == feature[len(prefix):]).astype("float64")
+                expanded.setdefault(column, []).append(feature[len(prefix):])
                 break
+    for column, values in expanded.items():
+        text = frame[column].astype(str).where(frame[column].notna())
+        known = [v for v in values if v != OTHER]
+        for value in known:
+            frame[f"{column}_{value}"] = (text == value).astype("float64")
+        if OTHER in values:  # the plugin's catch-all for the categories it did not keep
+            frame[f"{column}_{OTHER}"] = (text.notna() & ~text.isin(known)).astype("float64")
+        expanded[column] = known + ([OTHER] if OTHER in values else [])
+    return expanded
+
+
+OTHER = "other"  # the one-hot plugin's default other_label
+
+
+def _check_unseen(frame: Any, expanded: dict[str, list[str]], unseen: str,
+                  warn: Callable[[str], None] | None) -> None:
+    """Values of an expanded column the model never saw: an error, or (ignore) a warning with the count."""
+    for column, values in expanded.items():
+        if OTHER in values:
+            continue  # the model has a category for them
+        text = frame[column].astype(str).where(frame[column].notna())
+        new = text.notna() & ~text.isin(values)
+        if not new.any():
+            continue
+        first = text[new].iloc[0]
+        line = int(new.to_numpy().nonzero()[0][0]) + 2  # 1-based, after the header line
+        distinct = sorted(set(text[new]))
+        if unseen == "error":
+            others = f" (and {len(distinct) - 1} other unseen value(s))" if len(distinct) > 1 else ""
+            raise ModelFileError(
+                f"column {column!r} has the value {first!r} at line {line}{others}, which the model never saw "
+                f"(it knows {', '.join(map(repr, values))})",
+                hint="fix the value, or score such rows with all-zero indicators: --unseen ignore")
+        if warn is not None:
+            warn(f"{int(new.sum())} row(s) have a value of {column!r} the model never saw "
+                 f"({', '.join(map(repr, distinct[:5]))}{', ...' if len(distinct) > 5 else ''}): "
+                 "scored with all-zero indicators")
+
+
+def _describe_missing(missing: list[str]) -> str:
+    """Missing features, with one-hot columns grouped under the raw column they come from."""
+    groups: dict[str, list[str]] = {}
+    for name in missing:
+        groups.setdefault(name.rsplit("_", 1)[0] if "_" in name else name, []).append(name)
+    parts = []
+    for base, names in groups.items():
+        if len(names) > 1:
+            parts.append(f"{base} (a category column: the model has its one-hot columns {', '.join(names)})")
+        else:
+            parts.extend(names)
+    return ", ".join(parts)
 
 
 def _numeric(series: Any) -> bool:

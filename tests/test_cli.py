@@ -95,7 +95,9 @@ def test_cli_scenario(room, runner, tmp_path):
     verified = run("receipt", "verify", str(out), profile="acme-analytics")  # the signature and the files
     assert "receipt valid" in verified.stderr and "match it" in verified.stderr
     run("model", "predict", str(out / "model.skops"), str(files["new_customers"]), "-o", str(tmp_path / "p.csv"))
-    assert (tmp_path / "p.csv").read_text().startswith("prediction")
+    assert (tmp_path / "p.csv").read_text().startswith("customer_id,prediction")  # the id carried through
+    shown = run("release", "show", job, profile="acme-analytics").stdout
+    assert "release checks" in shown and "model.skops" in shown and '"manifest"' not in shown
 
     logs = run("job", "logs", job, profile="retailer").stdout
     assert "compute phase" in logs

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cleanroom.cli.base import State, console, emit, pass_state
+from cleanroom.cli.base import State, command, console, emit, pass_state
 from cleanroom.cli.server import admin
 
 
@@ -28,7 +28,7 @@ def admin_check(state: State, no_hashes: bool) -> None:
                 console.print(f"[bold red]{kind}:[/] {item['blob']} (needed by {', '.join(item['referenced_by'])})")
         if result["interrupted_sweep"]:
             console.print(f"an interrupted sweep (audit event {result['interrupted_sweep']['plan_seq']}): "
-                          "run `cleanroom admin sweep` again to finish it")
+                          f"run `{command(state, 'admin sweep')}` again to finish it")
         console.print("storage ok" if result["ok"] else "[bold red]storage damaged[/]")
     if not result["ok"]:
         sys.exit(1)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from cleanroom.cli.base import State, cli, console, emit, pass_state
+from cleanroom.cli.base import State, cli, command, console, emit, facts, next_step, pass_state, show, table
 
 
 @cli.group()
@@ -77,8 +79,14 @@ def dataset_upload(state: State, path: str, name: str, policy_path: str, id_colu
     suggested = result.pop("suggested_policy", "") if isinstance(result, dict) else ""
     if suggested:  # plain text: TOML table names are not markup
         click.echo("published: only what the policy declares. Bounds and domains seen in your rows, to check "
-                   "and add to the policy if they may be public (cleanroom dataset policy):\n" + suggested, err=True)
-    emit(state, result)
+                   f"and add to the policy if they may be public ({command(state, 'dataset policy')}):\n"
+                   + suggested, err=True)
+    if state.as_json:
+        emit(state, result)
+        return
+    facts([("dataset", result.get("name")), ("rows", result.get("row_count")),
+           ("ciphertext sha256", result.get("sha256")), ("policy version", result.get("policy_version"))])
+    next_step(state, "see what other orgs see of it", f"dataset show {name}")
 
 
 @dataset.command("cancel-upload")
@@ -86,7 +94,9 @@ def dataset_upload(state: State, path: str, name: str, policy_path: str, id_colu
 @pass_state
 def dataset_cancel_upload(state: State, upload_id: str) -> None:
     """Withdraw your pending upload UPLOAD_ID (named in the 409 of a second upload), freeing its name."""
-    emit(state, state.client.request("DELETE", f"/datasets/uploads/{upload_id}").json())
+    result = state.client.request("DELETE", f"/datasets/uploads/{upload_id}").json()
+    show(state, result, lambda: click.echo(f"cancelled upload {result['upload_id']}: the name {result['name']} "
+                                           "is free again"))
 
 
 def _two_stage(first, second):  # type: ignore[no-untyped-def]
@@ -112,10 +122,84 @@ def dataset_list(state: State) -> None:
 
 @dataset.command("show")
 @click.argument("name")
+@click.option("--mock", "mock_rows", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Also show the first N mock rows (synthetic, drawn from the declared schema).")
 @pass_state
-def dataset_show(state: State, name: str) -> None:
-    """Schema, row count, policy, mock sample and ciphertext hash."""
-    emit(state, state.client.get_dataset(name))
+def dataset_show(state: State, name: str, mock_rows: int) -> None:
+    """Schema, policy summary and ciphertext hash (--mock N: mock rows too; --json: all of it, as the API)."""
+    ds = state.client.get_dataset(name)
+    if state.as_json:
+        emit(state, ds)
+        return
+    show_dataset(state, ds, mock_rows)
+
+
+def show_dataset(state: State, ds: dict[str, Any], mock_rows: int = 0) -> None:
+    policy = ds.get("policy") or {}
+    rules = policy.get("columns") or {}
+    facts([("dataset", ds["name"]), ("owner", ds.get("owner")), ("description", ds.get("description")),
+           ("rows", ds.get("row_count")), ("created", ds.get("created_at")),
+           ("withdrawn", ds.get("withdrawn_at")), ("ciphertext sha256", ds.get("sha256")),
+           ("ciphertext bytes", ds.get("size")),
+           ("policy", f"v{ds.get('policy_version')} (sha256 {ds.get('policy_sha256')})"),
+           ("dropped before upload", ds.get("dropped"))])
+    click.echo()
+    table([(c.get("name"), c.get("type"), "yes" if c.get("nullable", True) else "no",
+            (rules.get(c.get("name")) or {}).get("rule", "join key" if c.get("name") == "_pid" else "allowed"),
+            public_facts(c)) for c in (ds.get("schema") or {}).get("columns", [])],
+          ["column", "type", "nullable", "rule", "published (declared in the policy)"], title="schema")
+    click.echo()
+    for line in policy_summary(policy):
+        click.echo(line)
+    mock = ds.get("mock") or []
+    if mock_rows and mock:
+        columns = [c.get("name") for c in (ds.get("schema") or {}).get("columns", [])]
+        columns += sorted({k for row in mock for k in row} - set(columns))
+        click.echo()
+        table([[row.get(c) for c in columns] for row in mock[:mock_rows]], [str(c) for c in columns],
+              title=f"mock rows (synthetic; {min(mock_rows, len(mock))} of {len(mock)})")
+    elif mock:
+        next_step(state, f"{len(mock)} synthetic mock rows", f"dataset show {ds['name']} --mock 10")
+
+
+def public_facts(column: dict[str, Any]) -> str:
+    """What the schema publishes of a column: declared bounds or categories, nothing computed from rows."""
+    stats = column.get("stats") or {}
+    parts = []
+    if stats.get("min") is not None or stats.get("max") is not None:
+        parts.append(f"bounds [{stats.get('min')}, {stats.get('max')}]")
+    if stats.get("categories"):
+        parts.append("domain " + ", ".join(map(str, stats["categories"])))
+    if column.get("timezone"):
+        parts.append(f"timezone {column['timezone']}")
+    return "; ".join(parts)
+
+
+def policy_summary(policy: dict[str, Any]) -> list[str]:
+    """The policy in a few lines: the mode and budget, k, who receives, what may leave."""
+    privacy, release = policy.get("privacy") or {}, policy.get("release") or {}
+    lines = ["policy:"]
+    if privacy.get("require_dp", True):
+        p = {key: privacy.get(key, 0) for key in ("epsilon", "delta", "job_epsilon", "job_delta")}
+        lines.append(f"  differential privacy: epsilon {p['epsilon']:g}, delta {p['delta']:g} for the dataset's "
+                     f"lifetime; at most epsilon {p['job_epsilon']:g}, delta {p['job_delta']:g} per job")
+        if privacy.get("recipient_epsilon") is not None:
+            lines.append(f"  at most epsilon {privacy['recipient_epsilon']:g} per recipient org")
+    else:
+        lines.append("  exact results (require_dp = false): every release waits for the owner's review")
+    lines.append(f"  k = {privacy.get('k')} (minimum group size)")
+    lines.append(f"  recipients: {', '.join(release.get('recipients') or []) or 'none'}; "
+                 f"review: {'yes' if release.get('review') else 'no'}")
+    allowed = (policy.get("outputs") or {}).get("allowed")
+    if allowed:
+        lines.append(f"  outputs allowed: {', '.join(allowed)}")
+    estimators = (policy.get("models") or {}).get("estimators")
+    if estimators:
+        lines.append(f"  estimators: {', '.join(estimators)}")
+    limits = policy.get("limits") or {}
+    if limits.get("max_jobs_per_day"):
+        lines.append(f"  at most {limits['max_jobs_per_day']} jobs per day per org")
+    return lines
 
 
 @dataset.command("withdraw")
@@ -128,11 +212,12 @@ def dataset_withdraw(state: State, name: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"withdraw {name}? New jobs over it will be refused; this cannot be undone", abort=True)
     result = state.client.withdraw_dataset(name)
-    if not state.as_json:
-        console.print(f"withdrew {name}: cancelled {len(result['cancelled_jobs'])} queued job(s); "
-                      f"{len(result['running_jobs'])} running job(s) finish; its ciphertext is removed by the "
-                      "next `cleanroom admin sweep` after that")
-    emit(state, result)
+    if state.as_json:
+        emit(state, result)
+        return
+    console.print(f"withdrew {name}: cancelled {len(result['cancelled_jobs'])} queued job(s); "
+                  f"{len(result['running_jobs'])} running job(s) finish; its ciphertext is removed by the "
+                  "next `cleanroom admin sweep` after that")
 
 
 @dataset.command("budget")
@@ -163,7 +248,9 @@ def dataset_policy(state: State, name: str, policy_path: str) -> None:
     result = state.client.update_policy(name, text)
     for note in parse_policy(text).notes():  # e.g. exact mode forces review
         click.echo(f"policy: {note}", err=True)
-    emit(state, result)
+    show(state, result, lambda: click.echo(
+        f"published policy v{result['policy_version']} of {name} (sha256 {result['policy_sha256']}); approvals "
+        "given under earlier versions no longer count: plugins need approving again"))
 
 
 @cli.group()
@@ -175,9 +262,22 @@ def model() -> None:
 @click.argument("model_path", type=click.Path(exists=True, dir_okay=False))
 @click.argument("csv_path", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
-def model_predict(model_path: str, csv_path: str, output: str) -> None:
-    """Score CSV_PATH with a released .skops model (loaded safely: no untrusted types)."""
+@click.option("--keep", "keep", multiple=True, metavar="COLUMN",
+              help="Copy COLUMN of the input beside the prediction (repeat for several). Default: the id column "
+                   "(_pid, or a first column with distinct values the model does not use).")
+@click.option("--unseen", type=click.Choice(["error", "ignore"]), default="error", show_default=True,
+              help="A category value the model never saw: an error naming it, or (ignore) scored with all-zero "
+                   "indicators and counted in a warning.")
+def model_predict(model_path: str, csv_path: str, output: str, keep: tuple[str, ...], unseen: str) -> None:
+    """Score CSV_PATH with a released .skops model (loaded safely: no untrusted types). Nothing is written
+    when the CSV does not fit the model."""
+    import pandas as pd
+
     from cleanroom.modelio import predict
 
-    predict(model_path, csv_path, output)
-    console.print(f"wrote {output}")
+    n = predict(model_path, csv_path, output, keep=list(keep) or None, unseen=unseen,
+                warn=lambda text: console.print(f"[yellow]warning:[/] {escape(text)}"))
+    columns = list(pd.read_csv(output, nrows=0).columns)
+    carried = columns[:columns.index("prediction")]
+    console.print(escape(f"wrote {n} predictions to {output}" + (f" beside {', '.join(carried)}" if carried else
+                                                                  " (no id column carried: name one with --keep)")))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cleanroom.cli.base import State, cli, console, emit, out, pass_state
+from cleanroom.cli.base import State, cli, command, console, emit, facts, next_step, out, pass_state, show, table
 
 EXIT = {"succeeded": 0, "released": 0, "failed": 3, "nothing_released": 3, "cancelled": 4, "timed_out": 5}
 
@@ -25,13 +26,14 @@ def job() -> None:
 def job_submit(state: State, spec_path: str, dry_run: bool) -> None:
     """Submit a job spec (TOML); refused with a precise reason when it cannot run."""
     if dry_run:
-        show_cost(state, state.client.job_cost(Path(spec_path).read_text()))
+        show_cost(state, state.client.job_cost(Path(spec_path).read_text()), spec_path)
         return
     result = state.client.submit_job(Path(spec_path).read_text())
     if state.as_json:
         emit(state, result)
     else:
-        click.echo(result["id"])
+        click.echo(result["id"])  # alone on stdout: JOB=$(cleanroom job submit spec.toml)
+        next_step(state, "follow it", f"job wait {result['id']}")
 
 
 @job.command("cost")
@@ -39,7 +41,7 @@ def job_submit(state: State, spec_path: str, dry_run: bool) -> None:
 @pass_state
 def job_cost(state: State, spec_path: str) -> None:
     """What a job would spend of each input's privacy budget, and the noise on what it releases."""
-    show_cost(state, state.client.job_cost(Path(spec_path).read_text()))
+    show_cost(state, state.client.job_cost(Path(spec_path).read_text()), spec_path)
 
 
 @job.command("test")
@@ -88,7 +90,7 @@ def show_job_test(result: dict[str, Any]) -> None:
                   f"approval for {escape(gap['dataset'])}: `job submit` refuses the job until then")
 
 
-def show_cost(state: State, cost: dict[str, Any]) -> None:
+def show_cost(state: State, cost: dict[str, Any], spec_path: str | None = None) -> None:
     if state.as_json:
         emit(state, cost)
         return
@@ -116,6 +118,8 @@ def show_cost(state: State, cost: dict[str, Any]) -> None:
                 click.echo(f"    {info['note']}")
     for name, left in cost.get("budgets", {}).items():
         click.echo(f"{name}: {left['mode']}, epsilon {left['remaining_epsilon']:g} of {left['epsilon']:g} left")
+    if cost["admitted"]:
+        next_step(state, "submit it", f"job submit {shlex.quote(spec_path) if spec_path else 'SPEC'}")
 
 
 @job.command("list")
@@ -130,8 +134,33 @@ def job_list(state: State) -> None:
 @click.argument("job_id")
 @pass_state
 def job_status(state: State, job_id: str) -> None:
-    """A job's status."""
-    emit(state, state.client.get_job(job_id))
+    """A job's status (--json: with its spec, as the API gives it)."""
+    job = state.client.get_job(job_id)
+    show(state, job, lambda: show_job(state, job))
+
+
+def show_job(state: State, job: dict[str, Any]) -> None:
+    facts([("job", job["id"]), ("name", job.get("name")), ("submitted by", job.get("submitted_by")),
+           ("recipient", job.get("recipient")), ("inputs", job.get("inputs")),
+           ("status", job["status"] + (f" ({job['phase']})" if job.get("phase") else "")),
+           ("error class", job.get("error_class")), ("reason", job.get("reason")),
+           ("created", job.get("created_at")), ("started", job.get("started_at")),
+           ("finished", job.get("finished_at")), ("outcome at", job.get("outcome_at")),
+           ("release", job.get("release_id"))])
+    outcome_hint(state, job)
+
+
+def outcome_hint(state: State, job: dict[str, Any]) -> None:
+    """What to run next, given what the caller sees of the job."""
+    status, ref = job["status"], job["id"]
+    if status == "released":
+        next_step(state, "download and verify the result", f"result get {ref} -o out/")
+    elif status == "succeeded":
+        next_step(state, "see the release checks and review state", f"release show {ref}")
+    elif status in ("failed", "timed_out") and job.get("error_class"):
+        next_step(state, "read the job's log", f"job logs {ref}")
+    elif status in ("queued", "running"):
+        next_step(state, "wait for the outcome", f"job wait {ref}")
 
 
 @job.command("wait")
@@ -150,6 +179,10 @@ def job_wait(state: State, job_id: str, timeout: float) -> None:
         console.print(f"error class: {final['error_class']}")
     if final.get("reason") and final["status"] != "succeeded":
         console.print(f"reason: {final['reason']}")
+    if state.as_json:
+        emit(state, final)
+    else:
+        outcome_hint(state, final)
     sys.exit(EXIT.get(final["status"], 1))
 
 
@@ -166,7 +199,8 @@ def job_logs(state: State, job_id: str) -> None:
 @pass_state
 def job_cancel(state: State, job_id: str) -> None:
     """Cancel a queued or running job."""
-    emit(state, state.client.cancel_job(job_id))
+    job = state.client.cancel_job(job_id)
+    show(state, job, lambda: click.echo(f"{job['id']}: {job['status']}"))
 
 
 @cli.group()
@@ -178,16 +212,46 @@ def release() -> None:
 @pass_state
 def release_list(state: State) -> None:
     """Releases addressed to you or over your data."""
-    rows = [{**r, "pending_review": r["pending_review"]} for r in state.client.list_releases()]
-    emit(state, rows, ["id", "job_id", "recipient", "pending_review", "downloadable"])
+    emit(state, state.client.list_releases(), ["id", "job_id", "recipient", "pending_review", "downloadable"])
 
 
 @release.command("show")
 @click.argument("ref")
 @pass_state
 def release_show(state: State, ref: str) -> None:
-    """Manifest, check results and review state (by release or job id)."""
-    emit(state, state.client.get_release(ref))
+    """Check results, outputs and review state (by release or job id; --json: the manifest and receipt too)."""
+    rel = state.client.get_release(ref)
+    show(state, rel, lambda: show_release(state, rel))
+
+
+def show_release(state: State, rel: dict[str, Any]) -> None:
+    from cleanroom.client import manifest_sha256
+
+    manifest = rel.get("manifest") or {}
+    rejected = rel.get("rejected_by") or []
+    reasons = rel.get("rejection_reasons") or {}
+    facts([("release", rel["id"]), ("job", rel.get("job_id")), ("recipient", rel.get("recipient")),
+           ("created", rel.get("created_at")), ("manifest sha256", manifest_sha256(manifest)),
+           ("epsilon spent", manifest.get("epsilon_spent")), ("reviewed by", rel.get("review_by")),
+           ("approved by", rel.get("approved_by")),
+           ("rejected by", [f"{d} ({reasons[d]})" if reasons.get(d) else d for d in rejected]),
+           ("waits for", rel.get("pending_review")), ("downloadable", rel.get("downloadable"))])
+    checks = manifest.get("checks") or []
+    if checks:
+        click.echo()
+        table([(c.get("name"), "passed" if c.get("passed") else "FAILED", c.get("detail") or c.get("reason"))
+               for c in checks], ["check", "result", "detail"], title="release checks")
+    outputs = manifest.get("outputs") or {}
+    if outputs:
+        click.echo()
+        # sizes of the content itself (the manifest's), not of the ciphertext the room stores
+        table([(name, entry.get("bytes"), entry.get("sha256")) for name, entry in sorted(outputs.items())],
+              ["output", "bytes", "sha256"], title="what leaves")
+    job = rel.get("job_id") or rel["id"]
+    next_step(state, "see the content, decrypted on this machine", f"result get {job} -o review/")
+    if rel.get("pending_review"):
+        next_step(state, "decide", f"release approve {job}   or   {command(state, f'release reject {job}')} "
+                                   "--reason '...'")
 
 
 @release.command("approve")
@@ -196,7 +260,20 @@ def release_show(state: State, ref: str) -> None:
 @pass_state
 def release_approve(state: State, ref: str, dataset: str | None) -> None:
     """Approve a release held for your review, signed with your org key."""
-    emit(state, state.client.approve_release(ref, dataset))
+    rel = state.client.approve_release(ref, dataset)
+    show(state, rel, lambda: click.echo(decided("approved", rel)))
+
+
+def decided(verb: str, rel: dict[str, Any]) -> str:
+    """One line: the decision, what it was signed over, and what the release waits for now."""
+    from cleanroom.client import manifest_sha256
+
+    line = f"{verb} release {rel['id']} (sha256 {manifest_sha256(rel.get('manifest') or {})})"
+    if rel.get("pending_review"):
+        return line + f"; still waits for {', '.join(rel['pending_review'])}"
+    if rel.get("downloadable"):
+        return line + f"; {rel.get('recipient')} can download it"
+    return line
 
 
 @release.command("reject")
@@ -207,7 +284,8 @@ def release_approve(state: State, ref: str, dataset: str | None) -> None:
 @pass_state
 def release_reject(state: State, ref: str, reason: str, dataset: str | None) -> None:
     """Reject a release held for your review: its recipient can never download it."""
-    emit(state, state.client.reject_release(ref, dataset, reason))
+    rel = state.client.reject_release(ref, dataset, reason)
+    show(state, rel, lambda: click.echo(decided("rejected", rel)))
 
 
 @cli.group()
@@ -222,8 +300,12 @@ def result() -> None:
 def result_get(state: State, job_id: str, out_dir: str) -> None:
     """Download and decrypt a job's released artifacts and its signed receipt."""
     done = state.client.get_result(job_id, out_dir)
+    if state.as_json:
+        emit(state, done)
+        return
     for f in done["files"]:
         console.print(f"wrote {f}")
+    next_step(state, "check the files against the signed receipt, offline", f"receipt verify {out_dir}")
 
 
 @cli.command()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cleanroom.cli.base import State, cli, console, emit, pass_state
+from cleanroom.cli.base import State, cli, console, emit, facts, next_step, pass_state, show, table
 
 
 @cli.group()
@@ -33,17 +33,24 @@ def plugin_submit(state: State, folder: str) -> None:
     result = state.client.submit_plugin(folder)
     if state.as_json:
         emit(state, result)
-    else:
-        _print_review(result)
+        return
+    _print_review(result)
+    click.echo(f"next: the owner of each dataset it touches approves it, with their own profile: "
+               f"cleanroom --profile OWNER plugin approve {result['id']} --dataset NAME", err=True)
+    next_step(state, "see its approvals so far", f"plugin show {result['id'][:16]}")
 
 
 @plugin.command("list")
 @pass_state
 def plugin_list(state: State) -> None:
     """List plugins you may see."""
+    listed = state.client.list_plugins()
+    if state.as_json:  # the API's objects, full ids
+        emit(state, listed)
+        return
     rows = [{**p, "id": p["id"][:16], "approved_for": [a["dataset"] for a in p["approvals"]
                                                        if a["decision"] == "approve" and not a["revoked_at"]]}
-            for p in state.client.list_plugins()]
+            for p in listed]
     emit(state, rows, ["id", "name", "version", "kind", "submitted_by", "blocking_findings", "approved_for"])
 
 
@@ -77,7 +84,9 @@ def plugin_show(state: State, ref: str, diff: bool) -> None:
 def plugin_approve(state: State, ref: str, datasets: tuple[str, ...]) -> None:
     """Approve this exact plugin for your dataset(s), signed with your org key."""
     for ds in datasets:
-        emit(state, state.client.decide_plugin(ref, ds, "approve"))
+        decision = state.client.decide_plugin(ref, ds, "approve")
+        show(state, decision, lambda d=decision: click.echo(  # type: ignore[misc]
+            f"approved plugin {d['plugin_id']} for {d['dataset']} (approval {d['id']})"))
 
 
 @plugin.command("reject")
@@ -87,7 +96,8 @@ def plugin_approve(state: State, ref: str, datasets: tuple[str, ...]) -> None:
 @pass_state
 def plugin_reject(state: State, ref: str, dataset: str, reason: str) -> None:
     """Reject a plugin for your dataset, with a reason."""
-    emit(state, state.client.decide_plugin(ref, dataset, "reject", reason))
+    d = state.client.decide_plugin(ref, dataset, "reject", reason)
+    show(state, d, lambda: click.echo(f"rejected plugin {d['plugin_id']} for {d['dataset']} (decision {d['id']})"))
 
 
 @plugin.command("revoke")
@@ -96,7 +106,8 @@ def plugin_reject(state: State, ref: str, dataset: str, reason: str) -> None:
 @pass_state
 def plugin_revoke(state: State, plugin_id: str, approval_id: str) -> None:
     """Revoke an approval you gave."""
-    emit(state, state.client.revoke_approval(plugin_id, approval_id))
+    result = state.client.revoke_approval(plugin_id, approval_id)
+    show(state, result, lambda: click.echo(f"revoked approval {result['id']}: jobs that relied on it are refused"))
 
 
 @plugin.command("test")
@@ -113,7 +124,27 @@ def plugin_test(state: State, folder: str, datasets: tuple[str, ...], params: st
     from cleanroom.local.plugin_test import test_plugin
 
     result = test_plugin(state.client, Path(folder), list(datasets), json.loads(params), image=image)
-    emit(state, result)
+    show(state, result, lambda: show_plugin_test(result))
     if result.get("exit_code") != 0 or not result.get("ok"):
         # a failing plugin is a failing command, so scripts and CI notice (the log above says why)
         raise SystemExit(1)
+
+
+def show_plugin_test(result: dict) -> None:  # type: ignore[type-arg]
+    from rich.markup import escape
+
+    ok = result.get("exit_code") == 0 and result.get("ok")
+    how = f"{result.get('seconds', 0):.1f} s" + (", out of memory" if result.get("oom_killed") else "") + (
+        ", timed out" if result.get("timed_out") else "")
+    console.print(("[bold green]worked[/]" if ok else "[bold red]failed[/]") + f" on mock data ({escape(how)})")
+    facts([("plugin id", result.get("plugin_id")), ("error", result.get("error")),
+           ("exit code", result.get("exit_code") if result.get("exit_code") else None),
+           ("rows", result.get("rows")), ("columns", result.get("columns")),
+           ("model spec", result.get("model_specs")), ("analysis spec", result.get("analysis_specs")),
+           ("statistic", result.get("statistic"))])
+    head = result.get("head") or []
+    if head:
+        columns = list(head[0])
+        table([[row.get(c) for c in columns] for row in head], columns, title="first rows (mock data)")
+    if result.get("log") and not ok:
+        click.echo("--- log ---\n" + result["log"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cleanroom.cli.base import State, cli, console, emit, pass_state
+from cleanroom.cli.base import State, cli, console, emit, facts, next_step, pass_state, show
 
 
 @cli.group()
@@ -56,14 +56,24 @@ def room() -> None:
 @pass_state
 def room_info(state: State) -> None:
     """The room's public keys and fingerprint (pinned in your profile on first use)."""
-    emit(state, state.client.room())
+    info = state.client.room()
+    keys = info.get("keys") or {}
+    show(state, info, lambda: facts([
+        ("room", state.client.url), ("version", info.get("version")),
+        ("ready", info.get("ready") if keys else "no: no room key yet (is the runner up?)"),
+        ("fingerprint", keys.get("fingerprint")), ("encryption key", keys.get("enc_public")),
+        ("signing key", keys.get("sign_public")),
+        ("holds", ", ".join(f"{n} {what}" for what, n in (info.get("counts") or {}).items()))]))
 
 
 @cli.command()
 @pass_state
 def whoami(state: State) -> None:
     """The org behind your profile's token."""
-    emit(state, state.client.whoami())
+    me = state.client.whoami()
+    show(state, me, lambda: facts([("org", me.get("name")), ("roles", me.get("roles")),
+                                   ("key fingerprint", (me.get("keys") or {}).get("fingerprint") or "no keys yet"),
+                                   ("profile", state.profile_name or "default")]))
 
 
 @cli.group()
@@ -88,7 +98,17 @@ def org_create(state: State, name: str, roles: tuple[str, ...], save_profile: st
         p.ca_file = state.client.profile.ca_file if state.client.profile else None
         p.save()
         console.print(f"saved profile {save_profile}")
-    emit(state, result)
+    if state.as_json:
+        emit(state, result)
+        return
+    org = result.get("org") or result
+    click.echo(f"created org {org.get('name', name)} ({', '.join(org.get('roles') or roles)})")
+    click.echo(f"token (shown once): {result['token']}")
+    if save_profile:
+        next_step(None, "act as it", f"--profile {save_profile} whoami")
+    else:
+        click.echo(f"next: give the token to the org, which saves it with: cleanroom profile save {name} "
+                   f"--url {state.client.url} --token-stdin", err=True)
 
 
 @org.command("rotate-token")
@@ -97,7 +117,14 @@ def org_create(state: State, name: str, roles: tuple[str, ...], save_profile: st
 def org_rotate_token(state: State, name: str) -> None:
     """Revoke an org's tokens and print a new one, once (your own org by default; admins: any org).
     Rotating your own token also updates the profile in use."""
-    emit(state, state.client.rotate_token(name))
+    result = state.client.rotate_token(name)
+    if state.as_json:
+        emit(state, result)
+        return
+    org = result["org"]["name"]
+    click.echo(f"new token for {org} (shown once; its earlier tokens no longer work): {result['token']}")
+    if org == state.client.whoami()["name"] and state.client.profile is not None:
+        click.echo(f"profile {state.client.profile.name} now uses it", err=True)
 
 
 @org.command("rotate-keys")
@@ -105,14 +132,25 @@ def org_rotate_token(state: State, name: str) -> None:
 def org_rotate_keys(state: State) -> None:
     """Replace your org's key pair (signed by the old and the new key). Earlier releases stay readable;
     your plugin approvals are revoked and must be given again."""
-    emit(state, state.client.rotate_keys())
+    result = state.client.rotate_keys()
+    if state.as_json:
+        emit(state, result)
+        return
+    click.echo(f"new key pair for {result.get('name')}: fingerprint {(result.get('keys') or {}).get('fingerprint')}; "
+               f"{result.get('approvals_revoked', 0)} plugin approval(s) revoked")
+    if result.get("approvals_revoked"):
+        next_step(state, "approve again with the new key", "plugin approve <id> --dataset NAME")
 
 
 @org.command("list")
 @pass_state
 def org_list(state: State) -> None:
     """List orgs and their roles."""
-    rows = [{**o, "fingerprint": (o.get("keys") or {}).get("fingerprint")} for o in state.client.list_orgs()]
+    orgs = state.client.list_orgs()
+    if state.as_json:
+        emit(state, orgs)
+        return
+    rows = [{**o, "fingerprint": (o.get("keys") or {}).get("fingerprint")} for o in orgs]
     emit(state, rows, ["name", "roles", "fingerprint"])
 
 
@@ -137,6 +175,11 @@ def audit_list(state: State, limit: int) -> None:
 def audit_verify(state: State) -> None:
     """Verify the hash chain here; exit 1 naming the first broken event."""
     result = state.client.audit_verify()
+    if state.as_json:
+        emit(state, result)
+        if not result["ok"]:
+            sys.exit(1)
+        return
     if result["ok"]:
         console.print(f"audit log intact: {result['count']} events, head {result['head']['hash'][:16]}")
         return
@@ -163,6 +206,9 @@ def receipt_verify(state: State, path: str, fingerprint: str | None) -> None:
     expected = fingerprint or Profile.load(state.profile_name).room_fingerprint
     if Path(path).is_dir():
         result = verify_result_dir(path, expected_fingerprint=expected)
+        if state.as_json:
+            emit(state, result)
+            return
         console.print(f"receipt valid: job {result['job']}, signed by room key {result['fingerprint']}; "
                       f"{len(result['files'])} file(s) match it")
     else:
@@ -171,6 +217,9 @@ def receipt_verify(state: State, path: str, fingerprint: str | None) -> None:
         except ValueError as exc:
             raise ValidationError(f"{path} is not JSON") from exc
         result = verify_receipt(data, expected_fingerprint=expected)
+        if state.as_json:
+            emit(state, result)
+            return
         console.print(f"receipt valid: job {result['job']}, signed by room key {result['fingerprint']}")
         console.print("note: only the signature was checked; pass the folder to check the files too")
     if not expected:
