@@ -238,7 +238,7 @@ def test_withdrawing_a_pending_upload_frees_its_name_and_removes_no_bytes(world:
     with pytest.raises(Conflict, match="pending already") as err:
         declare(owner, "retail.withdrawn", fresh(world, "second try"))
     assert "cancel-upload" in (err.value.hint or "")
-    done = _cli(world, "dataset", "cancel-upload", decl["upload_id"], token=owner.token)
+    done = _cli(world, "--json", "dataset", "cancel-upload", decl["upload_id"], token=owner.token)
     assert done.returncode == 0 and '"cancelled": true' in done.stdout, done.stdout + done.stderr
     with pytest.raises(NotFound):
         put(owner, decl, data)
