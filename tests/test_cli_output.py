@@ -59,7 +59,8 @@ class World:
             self.room.org, tmp, n=200, approve=True)
         for name, client in (("retailer", self.retailer), ("bank", self.bank), ("analyst", self.analyst)):
             Profile(name=name, url=self.room.url, token=client.token).save()
-        self.releases = [self.finished_job(), self.finished_job()]
+        Profile(name="admin", url=self.room.url, token=self.room.admin_token).save()
+        self.releases = [self.finished_job(), self.finished_job(), self.finished_job()]
 
     def finished_job(self) -> dict[str, Any]:
         """A job that ran and produced `metrics.json`, held for the retailer's review."""
@@ -207,13 +208,47 @@ def test_release_show_is_a_summary_with_checks_and_the_content_sizes(world):
 def test_release_approve_prints_one_line_and_json_with_the_flag(world):
     from cleanroom.client import manifest_sha256
 
-    first, second = world.releases
+    first, second = world.releases[:2]
     done = cli("release", "approve", first["job"], profile="retailer")
     sha = manifest_sha256(world.retailer.get_release(first["job"])["manifest"])
     assert done.stdout == (f"approved release {first['release']} (sha256 {sha}); acme-analytics can download "
                            "it\n"), done.stdout
     as_json = json.loads(cli("--json", "release", "approve", second["job"], profile="retailer").stdout)
     assert as_json == world.retailer.get_release(second["job"]) and as_json["downloadable"] is True
+
+
+def test_release_reject_prints_one_line(world):
+    third = world.releases[2]
+    done = cli("release", "reject", third["job"], "--reason", "too detailed", profile="retailer")
+    assert re.fullmatch(rf"rejected release {third['release']} \(sha256 [0-9a-f]{{64}}\)\n", done.stdout), done.stdout
+    assert world.retailer.get_release(third["job"])["rejected_by"] == ["retail.purchases"]
+
+
+def test_org_create_and_rotate_token_print_the_token_once_with_the_next_command(world):
+    done = cli("org", "create", "insurer", "--role", "owner", "--save-profile", "insurer", profile="admin")
+    token = re.search(r"^token \(shown once\): (crt_\S+)$", done.stdout, re.M)
+    assert done.stdout.startswith("created org insurer (owner)") and token, done.stdout
+    assert "next: act as it: cleanroom --profile insurer whoami" in said(done.stderr)
+    assert Profile.load("insurer").token == token.group(1)
+    rotated = cli("org", "rotate-token", profile="insurer")
+    new = re.search(r"^new token for insurer \(shown once; its earlier tokens no longer work\): (crt_\S+)$",
+                    rotated.stdout, re.M)
+    assert new and new.group(1) != token.group(1) and Profile.load("insurer").token == new.group(1)
+    as_json = json.loads(cli("--json", "org", "create", "insurer-2", "--role", "analyst", profile="admin").stdout)
+    assert as_json["org"]["name"] == "insurer-2" and as_json["token"].startswith("crt_")
+    assert "give the token to the org" not in said(done.stderr)  # (only without --save-profile)
+
+
+def test_plugin_reject_and_revoke_are_one_line_each(world):
+    pid = world.ids["impute"]
+    rejected = cli("plugin", "reject", pid, "--dataset", "retail.purchases", "--reason", "not needed",
+                   profile="retailer")
+    assert re.fullmatch(rf"rejected plugin {pid} for retail.purchases \(decision apr_\w+\)\n", rejected.stdout)
+    approval = json.loads(cli("--json", "plugin", "approve", pid, "--dataset", "retail.purchases",
+                              profile="retailer").stdout)
+    revoked = cli("plugin", "revoke", pid, approval["id"], profile="retailer")
+    assert revoked.stdout.startswith(f"revoked approval {approval['id']}")
+    world.retailer.decide_plugin(pid, "retail.purchases")  # (the other tests need it approved)
 
 
 def test_plugin_approve_and_list(world):
