@@ -57,6 +57,10 @@ def test_cli_scenario(room, runner, tmp_path):
     tested = run("--json", "plugin", "test", str(REPO / "plugins" / "one-hot"), "--dataset", "retail.purchases",
                  "--params", '{"columns": ["category"]}', *image, profile="acme-analytics")
     assert json.loads(tested.stdout)["ok"] is True
+    human = run("plugin", "test", str(REPO / "plugins" / "one-hot"), "--dataset", "retail.purchases",
+                "--params", '{"columns": ["category"]}', *image, profile="acme-analytics")
+    assert "worked on mock data" in human.stderr and "first rows (mock data)" in human.stdout
+    assert "category_grocery" in human.stdout and not human.stdout.lstrip().startswith("{")
     failing = run("--json", "plugin", "test", str(REPO / "plugins" / "one-hot"), "--dataset", "retail.purchases",
                   "--params", '{"columns": ["no_such_column"]}', *image, profile="acme-analytics", ok=False)
     assert failing.returncode == 1 and json.loads(failing.stdout)["ok"] is False
