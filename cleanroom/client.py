@@ -98,11 +98,22 @@ class Client:
             raise from_response(resp.status_code, body if isinstance(body, dict) else {"message": str(body)})
         return resp
 
-    def get(self, path: str, **kw: Any) -> Any:
-        return self.request("GET", path, **kw).json()
+    def get(self, path: str, **kw: Any) -> dict[str, Any]:
+        return self.request_json("GET", path, **kw)
 
-    def post(self, path: str, **kw: Any) -> Any:
-        return self.request("POST", path, **kw).json()
+    def post(self, path: str, **kw: Any) -> dict[str, Any]:
+        return self.request_json("POST", path, **kw)
+
+    def request_json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        """The JSON object the room answers (every route answers an object; lists come as pages)."""
+        resp = self.request(method, path, **kw)
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise IntegrityError(f"the room answered {method} {path} with something other than a JSON object")
+        return body
 
     # room and orgs ------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -126,7 +137,7 @@ class Client:
         keys = self.room().get("keys")
         if not keys:
             raise CleanroomError("the room has no key yet", hint="is the runner up? (make up)")
-        return keys
+        return dict(keys)
 
     def whoami(self) -> dict[str, Any]:
         if self._me is None:
@@ -223,14 +234,14 @@ class Client:
         try:
             decl = self.post("/datasets/uploads", json={
                 "name": name, "description": description, "policy": policy, **prepared.metadata()})
-            result = self.request("PUT", decl["put"], content=_file_chunks(prepared.ciphertext_path, progress),
-                                  headers={"content-type": "application/octet-stream"}, timeout=None).json()
+            result = self.request_json("PUT", decl["put"], content=_file_chunks(prepared.ciphertext_path, progress),
+                                       headers={"content-type": "application/octet-stream"}, timeout=None)
         finally:
             prepared.cleanup()
-        if isinstance(result, dict):  # what the preparation did, for the owner's eyes
-            result.update(id_column=id_column, dropped_columns=dict(prepared.dropped_reasons),
-                          column_types={c.name: c.type for c in prepared.schema.columns})
-        if prepared.suggested is not None and isinstance(result, dict):
+        # what the preparation did, for the owner's eyes
+        result.update(id_column=id_column, dropped_columns=dict(prepared.dropped_reasons),
+                      column_types={c.name: c.type for c in prepared.schema.columns})
+        if prepared.suggested is not None:
             from cleanroom.prepare.mock import suggest_policy
 
             # computed here from the owner's rows, for the owner to check: never sent to the room
@@ -244,7 +255,7 @@ class Client:
         return self.get(f"/datasets/{name}")
 
     def update_policy(self, name: str, policy: str) -> dict[str, Any]:
-        return self.request("PUT", f"/datasets/{name}/policy", json={"policy": policy}).json()
+        return self.request_json("PUT", f"/datasets/{name}/policy", json={"policy": policy})
 
     def withdraw_dataset(self, name: str) -> dict[str, Any]:
         """Withdraw your dataset: no new jobs (queued ones are cancelled, running ones finish), gone from
@@ -285,7 +296,7 @@ class Client:
                          json={"payload": payload, "signature": pair.sign(payload)})
 
     def revoke_approval(self, plugin_id: str, approval_id: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/plugins/{plugin_id}/approvals/{approval_id}").json()
+        return self.request_json("DELETE", f"/plugins/{plugin_id}/approvals/{approval_id}")
 
     # jobs ---------------------------------------------------------------------------------------
     def submit_job(self, spec: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ def dataset_cancel_upload(state: State, upload_id: str) -> None:
                                            "is free again"))
 
 
-def _two_stage(first, second):  # type: ignore[no-untyped-def]
+def _two_stage(first: Callable[[int, int], None], second: Callable[[int, int], None]) -> Callable[[int, int], None]:
     """The SDK reports encryption progress, then upload progress; route them to two bars."""
     stage = {"n": 0, "last": -1}
 
