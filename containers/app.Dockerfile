@@ -2,68 +2,99 @@
 # Runs as the non-root user `cleanroom` (uid 10001) by default. docker-compose.yml runs the runner
 # service as root because it talks to the Docker socket (the reason is written there).
 #
+# It starts from the sandbox image's `deps` stage (the scientific stack, compiled) and adds only the
+# app's own requirements and the cleanroom distribution, so the two images share their big layer.
 # Build context: the repo root (see .dockerignore). containers/build.py builds it with a local
 # Debian base and a host-side wheelhouse; on a machine with a registry and the package index,
 # `docker compose build` works as is.
 ARG BASE_IMAGE=python:3.11-slim
 
-# deps: the virtualenv with the project's dependencies (pip still in it, for the next stage).
+# ---- deps stage: the same bytes in sandbox.Dockerfile and app.Dockerfile (build.py checks) ----
+# The virtualenv with the sandbox requirements, without pip or the libraries' own test suites,
+# compiled, in one layer.
+# Wheels: build.py passes HTTP_PROXY (a predefined build argument: not in the cache key nor the
+# image history) pointing at its wheelhouse server on the host (`--network host`), which answers
+# for the made-up host below; so no wheel is ever copied into a layer. Without that proxy the name
+# does not resolve and pip installs from the package index instead.
 FROM ${BASE_IMAGE} AS deps
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
-# requirements-*.txt and wheelhouse/ (when build.py made one).
-COPY containers/ /build/
-# Offline from the wheelhouse when it has everything; otherwise the package index.
-RUN python3 -m venv /opt/venv \
- && if /opt/venv/bin/pip install --no-compile --no-index --find-links /build/wheelhouse \
-        -r /build/requirements-app.txt; then :; \
-    else echo "wheelhouse incomplete: installing from the package index" >&2 \
-     && /opt/venv/bin/pip install --no-compile --find-links /build/wheelhouse \
-        -r /build/requirements-app.txt; fi
-
-# project: the cleanroom distribution built and installed over deps, compiled in place; its files
-# (package, dist-info, console script) are collected under /staging with their final paths.
-FROM deps AS project
-# README.m[d]: copied when present (pyproject.toml names it as the readme).
-COPY pyproject.toml README.m[d] /build/src/
-COPY cleanroom/ /build/src/cleanroom/
-RUN test -f /build/src/README.md || echo "# cleanroom" > /build/src/README.md \
- && if /opt/venv/bin/pip install --no-compile --no-deps --no-index --find-links /build/wheelhouse \
-        /build/src; then :; \
-    else echo "wheelhouse lacks the build backend: installing it from the package index" >&2 \
-     && /opt/venv/bin/pip install --no-compile --no-deps --find-links /build/wheelhouse /build/src; fi \
- && /opt/venv/bin/pip check \
+# Settings first: each build step after the big layer costs a walk over its files on some storage drivers.
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LANG=C.UTF-8
+WORKDIR /tmp
+LABEL cleanroom=1
+COPY containers/requirements-sandbox.txt /opt/venv-requirements.txt
+RUN export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 \
+        PIP_TRUSTED_HOST=wheelhouse.cleanroom.invalid \
+ && wheels="--no-index --find-links http://wheelhouse.cleanroom.invalid/" \
+ && python3 -m venv /opt/venv \
+ && if /opt/venv/bin/pip install --no-compile $wheels -r /opt/venv-requirements.txt; then :; \
+    else echo "no wheelhouse: installing from the package index" >&2 \
+     && /opt/venv/bin/pip install --no-compile -r /opt/venv-requirements.txt; fi \
  && site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
- && /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash "$site/cleanroom" \
- && mkdir /staging \
- && cp -a --parents "$site"/cleanroom "$site"/cleanroom-*.dist-info /opt/venv/bin/cleanroom /staging/
-
-# venv: deps without pip, compiled. Rebuilt only when the requirements or the base change, so
-# editing the sources never copies this big layer again.
-FROM deps AS venv
-RUN site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+ && test "$site" = /opt/venv/lib/python3.11/site-packages \
  && rm -rf /opt/venv/bin/pip* /opt/venv/bin/Activate.ps1 "$site"/pip "$site"/pip-* \
         "$site"/setuptools "$site"/setuptools-* "$site"/pkg_resources "$site"/_distutils_hack \
         "$site"/distutils-precedence.pth \
- && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv/lib
+ && find "$site" -type d -name tests -prune -exec rm -rf {} + \
+ && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv/lib \
+ && rm -rf /root/.cache
+# ---- end of the deps stage ----
 
-FROM ${BASE_IMAGE}
-LABEL cleanroom=1 org.opencontainers.image.title="cleanroom app"
-# Written directly: Debian minbase has no useradd. The state folders are owned by `cleanroom`,
-# so named volumes mounted there start out writable by it.
-RUN echo "cleanroom:x:10001:10001:cleanroom:/var/lib/cleanroom:/usr/sbin/nologin" >> /etc/passwd \
- && echo "cleanroom:x:10001:" >> /etc/group \
- && mkdir -p /var/lib/cleanroom /var/lib/cleanroom-runner /run/cleanroom-shared \
- && chown 10001:10001 /var/lib/cleanroom /var/lib/cleanroom-runner /run/cleanroom-shared \
- && chmod 0700 /var/lib/cleanroom /var/lib/cleanroom-runner \
- && chmod 0755 /run/cleanroom-shared
-COPY --from=venv /opt/venv /opt/venv
-COPY --from=project /staging/ /
-ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LANG=C.UTF-8
-USER 10001:10001
+# app-deps: the app's own requirements over deps (pip only while installing them), the user and
+# its state folders. Rebuilt only when the requirements or deps change.
+FROM deps AS app-deps
+# Settings here rather than in the last stage, so a source change rebuilds fewer steps.
 WORKDIR /var/lib/cleanroom
 EXPOSE 8000
 # For the default command (the API); compose sets its own checks per service.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
 CMD ["cleanroom", "serve"]
+LABEL org.opencontainers.image.title="cleanroom app"
+COPY containers/requirements-app.txt /opt/venv-requirements-app.txt
+# The user is written directly: Debian minbase has no useradd. The state folders are owned by
+# `cleanroom`, so named volumes mounted there start out writable by it.
+RUN export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_TRUSTED_HOST=wheelhouse.cleanroom.invalid \
+ && wheels="--no-index --find-links http://wheelhouse.cleanroom.invalid/" \
+ && site=/opt/venv/lib/python3.11/site-packages \
+ && ls "$site" > /tmp/before \
+ && /opt/venv/bin/python -m ensurepip >/dev/null \
+ && if /opt/venv/bin/python -m pip install -q --no-compile $wheels -r /opt/venv-requirements-app.txt; then :; \
+    else echo "no wheelhouse: installing from the package index" >&2 \
+     && /opt/venv/bin/python -m pip install -q --no-compile -r /opt/venv-requirements-app.txt; fi \
+ && /opt/venv/bin/python -m pip check \
+ && rm -rf /opt/venv/bin/pip* "$site"/pip "$site"/pip-* \
+        "$site"/setuptools "$site"/setuptools-* "$site"/pkg_resources "$site"/_distutils_hack \
+        "$site"/distutils-precedence.pth \
+ && ls "$site" | grep -vxFf /tmp/before | sed "s|^|$site/|" \
+        | xargs -r /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
+ && rm -rf /tmp/before /root/.cache \
+ && echo "cleanroom:x:10001:10001:cleanroom:/var/lib/cleanroom:/usr/sbin/nologin" >> /etc/passwd \
+ && echo "cleanroom:x:10001:" >> /etc/group \
+ && mkdir -p /var/lib/cleanroom /var/lib/cleanroom-runner /run/cleanroom-shared \
+ && chown 10001:10001 /var/lib/cleanroom /var/lib/cleanroom-runner /run/cleanroom-shared \
+ && chmod 0700 /var/lib/cleanroom /var/lib/cleanroom-runner \
+ && chmod 0755 /run/cleanroom-shared
+
+# project: the cleanroom distribution built and installed over app-deps, compiled in place; its
+# files (package, dist-info, console script) are collected under /staging with their final paths.
+FROM app-deps AS project
+# README.m[d]: copied when present (pyproject.toml names it as the readme).
+COPY pyproject.toml README.m[d] /build/src/
+COPY cleanroom/ /build/src/cleanroom/
+RUN export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_TRUSTED_HOST=wheelhouse.cleanroom.invalid \
+ && wheels="--no-index --find-links http://wheelhouse.cleanroom.invalid/" \
+ && (test -f /build/src/README.md || echo "# cleanroom" > /build/src/README.md) \
+ && /opt/venv/bin/python -m ensurepip >/dev/null \
+ && if /opt/venv/bin/python -m pip install -q --no-compile --no-deps $wheels /build/src; then :; \
+    else echo "no wheelhouse: installing the build backend from the package index" >&2 \
+     && /opt/venv/bin/python -m pip install -q --no-compile --no-deps /build/src; fi \
+ && /opt/venv/bin/python -m pip check \
+ && site=/opt/venv/lib/python3.11/site-packages \
+ && /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash "$site/cleanroom" \
+ && mkdir /staging && cd / \
+ && cp -a --parents "$site"/cleanroom "$site"/cleanroom-*.dist-info /opt/venv/bin/cleanroom /staging/
+
+FROM app-deps
+COPY --from=project /staging/ /
+USER 10001:10001

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the cleanroom images: base -> wheelhouse -> sandbox and app images -> env files.
+"""Build the cleanroom images: base + wheelhouse -> deps -> sandbox + app images -> env files.
 
     python3 containers/build.py [--only sandbox|app] [--base-image IMAGE] [--prune]
 
@@ -8,11 +8,18 @@ so a second run only hashes files and asks the engine whether the tags exist:
 
 1. Base image. `CLEANROOM_BASE_IMAGE` (or `--base-image`) when it is present or can be pulled;
    otherwise Debian built here with debootstrap and `docker import`, tagged by a hash of its recipe.
-2. Wheelhouse. `containers/wheelhouse/` filled by `pip download` on the host, because containers
-   may not reach the package index during `docker build` (TLS interception, no registry).
-3. `cleanroom-sandbox:<hash>` and `cleanroom-app:<hash>`, where <hash> covers everything that goes
-   into the image: Dockerfile, requirement files, base image id and the source files it copies.
-4. `containers/.build/images.env` and the compose `.env` at the repo root name the three images.
+2. Wheelhouse, at the same time as 1. `containers/wheelhouse/` filled by `pip download` on the host,
+   because containers may not reach the package index during `docker build` (TLS interception, no
+   registry). The builds get the wheels from a small HTTP server that this script runs on the host
+   for as long as it builds (see the deps stage in containers/sandbox.Dockerfile), so no wheel is
+   ever copied into an image layer.
+3. `cleanroom-deps:<hash>`: the `deps` stage that both Dockerfiles share (base + the scientific
+   stack, compiled): built once, its one big layer stored once.
+4. `cleanroom-sandbox:<hash>` and `cleanroom-app:<hash>`, at the same time, both from deps (their
+   deps stages come from the build cache). <hash> covers everything that goes into the image:
+   Dockerfile, requirement files, base image id and the source files it copies.
+5. `containers/.build/images.env` and the compose `.env` at the repo root name the images.
+Each stage's time is printed in a table at the end.
 """
 
 from __future__ import annotations
@@ -20,17 +27,24 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import hashlib
+import html
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+import urllib.parse
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-SCRIPT_VERSION = "1"
+SCRIPT_VERSION = "2"
 ROOT = Path(__file__).resolve().parent.parent
 
 # The debootstrap recipe; any change here gives the base image a new tag.
@@ -80,8 +94,23 @@ class ImageSpec:
     dockerfile: str
     requirements: str
     sources: tuple[str, ...]  # glob patterns relative to the repo root; "dir/**" means the whole tree
+    # Other files it is built from (the app is built over the sandbox's requirements).
+    inputs: tuple[str, ...] = ()
+    # Build only this stage of the Dockerfile; its hash then covers only that stage's text.
+    target: str | None = None
 
 
+# The stage both Dockerfiles share, between these two lines, the same bytes in each.
+DEPS_BEGIN = "# ---- deps stage:"
+DEPS_END = "# ---- end of the deps stage ----"
+DEPS = ImageSpec(
+    name="deps",
+    repo="cleanroom-deps",
+    dockerfile="containers/sandbox.Dockerfile",
+    requirements="containers/requirements-sandbox.txt",
+    sources=(),
+    target="deps",
+)
 IMAGES = {
     "sandbox": ImageSpec(
         name="sandbox",
@@ -97,9 +126,12 @@ IMAGES = {
         dockerfile="containers/app.Dockerfile",
         requirements="containers/requirements-app.txt",
         sources=("cleanroom/**", "pyproject.toml", "README.md"),
+        inputs=("containers/requirements-sandbox.txt",),
     ),
 }
 COMMON_INPUTS = (".dockerignore",)
+# The made-up host the Dockerfiles install wheels from (through HTTP_PROXY, see WheelhouseServer).
+WHEELHOUSE_HOST = "wheelhouse.cleanroom.invalid"
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -115,8 +147,55 @@ def detail(message: str) -> None:
     print(f"    {message}", flush=True)
 
 
-def run_streaming(cmd: list[str], *, cwd: Path | None = None, stdin: int | None = None) -> int:
-    """Run `cmd`, echoing its output indented as it comes; return the exit code."""
+@dataclass
+class Stage:
+    name: str
+    start: float
+    end: float = 0.0
+    result: str = "failed"
+
+
+@dataclass
+class Timings:
+    """Each stage's start, end and result, printed as a table at the end (stages may overlap)."""
+
+    stages: list[Stage] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[Stage]:
+        record = Stage(name, time.monotonic() - _START)
+        with self.lock:
+            self.stages.append(record)
+        try:
+            yield record
+        finally:
+            record.end = time.monotonic() - _START
+
+    def table(self) -> list[str]:
+        lines = [f"{'stage':<12} {'result':<12} {'start':>7} {'end':>7} {'took':>7}"]
+        for s in self.stages:
+            lines.append(f"{s.name:<12} {s.result:<12} {s.start:6.1f}s {s.end:6.1f}s {s.end - s.start:6.1f}s")
+        lines.append(f"{'total':<12} {'':<12} {'':>7} {time.monotonic() - _START:6.1f}s")
+        return lines
+
+
+TIMINGS = Timings()
+
+def in_parallel(*jobs: Callable[[], object]) -> None:
+    """Run `jobs` in threads; once all have ended, raise the first failure."""
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+def run_streaming(
+    cmd: list[str], *, cwd: Path | None = None, stdin: int | None = None, tag: str = ""
+) -> int:
+    """Run `cmd`, echoing its output indented (and tagged, when stages run at once); return the exit code."""
     proc = subprocess.Popen(
         cmd,
         cwd=cwd,
@@ -129,7 +208,7 @@ def run_streaming(cmd: list[str], *, cwd: Path | None = None, stdin: int | None 
     )
     assert proc.stdout is not None
     for line in proc.stdout:
-        detail("| " + line.rstrip())
+        detail(f"| {time.monotonic() - _START:6.1f}s {tag}: {line.rstrip()}" if tag else "| " + line.rstrip())
     return proc.wait()
 
 
@@ -165,14 +244,41 @@ def image_hash(root: Path, spec: ImageSpec, base_image_id: str) -> str:
     """12 hex digits over everything that goes into the image."""
     digest = hashlib.sha256()
     digest.update(f"cleanroom-build {SCRIPT_VERSION}\nimage {spec.name}\nbase {base_image_id}\n".encode())
-    inputs = [root / spec.dockerfile, root / spec.requirements]
-    inputs += [root / name for name in COMMON_INPUTS]
+    inputs = [root / spec.requirements]
+    inputs += [root / name for name in spec.inputs + COMMON_INPUTS]
     inputs += source_files(root, spec.sources)
+    if spec.target:
+        digest.update(f"stage {spec.target}\0{shared_stage(root / spec.dockerfile)}\n".encode())
+    else:
+        inputs.append(root / spec.dockerfile)
     for path in sorted(set(inputs)):
         rel = path.relative_to(root).as_posix()
         file_hash = sha256_file(path) if path.is_file() else "missing"
         digest.update(f"{rel}\0{file_hash}\n".encode())
     return digest.hexdigest()[:12]
+
+
+def shared_stage(dockerfile: Path) -> str:
+    """The deps stage of `dockerfile`: the lines from DEPS_BEGIN to DEPS_END."""
+    lines = dockerfile.read_text().splitlines(keepends=True)
+    begin = [i for i, line in enumerate(lines) if line.startswith(DEPS_BEGIN)]
+    end = [i for i, line in enumerate(lines) if line.rstrip() == DEPS_END]
+    if len(begin) != 1 or len(end) != 1 or end[0] < begin[0]:
+        raise BuildError(
+            f"{dockerfile.name}: the deps stage must sit between one '{DEPS_BEGIN} ...' line and one "
+            f"'{DEPS_END}' line"
+        )
+    return "".join(lines[begin[0] : end[0] + 1])
+
+
+def check_shared_stage(root: Path) -> None:
+    """Both images start from the same deps stage, so both Dockerfiles must hold it byte for byte."""
+    texts = {spec.dockerfile: shared_stage(root / spec.dockerfile) for spec in IMAGES.values()}
+    if len(set(texts.values())) != 1:
+        raise BuildError(
+            "the deps stage differs between " + " and ".join(sorted(texts)) + ": both images are built "
+            "over one shared stage, so edit it in both files alike (copy it from one to the other)"
+        )
 
 
 def base_recipe_tag() -> str:
@@ -230,7 +336,7 @@ def resolve_base_image(requested: str | None) -> tuple[str, str, bool]:
             step(f"base image: {requested} (present)")
             return requested, found, False
         step(f"base image: {requested} not present, pulling it")
-        if run_streaming(["docker", "pull", requested]) == 0 and (found := image_id(requested)):
+        if run_streaming(["docker", "pull", requested], tag="base") == 0 and (found := image_id(requested)):
             return requested, found, False
         step(f"base image: cannot pull {requested}; using a Debian base made with debootstrap instead")
     ref = f"{BASE_REPO}:{SUITE}-{base_recipe_tag()}"
@@ -306,7 +412,7 @@ def debootstrap_base(ref: str) -> None:
     try:
         started = time.monotonic()
         cmd = [tool, "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(rootfs), mirror]
-        if run_streaming(cmd) != 0:
+        if run_streaming(cmd, tag="base") != 0:
             log = rootfs / "debootstrap" / "debootstrap.log"
             tail = log.read_text(errors="replace").splitlines()[-15:] if log.is_file() else []
             for line in tail:
@@ -352,18 +458,28 @@ def build_requires(root: Path) -> list[str]:
         return list(tomllib.load(fh).get("build-system", {}).get("requires", BUILD_REQUIRES_FALLBACK))
 
 
-def pip_command() -> list[str]:
-    candidates = [sys.executable, str(ROOT / ".venv" / "bin" / "python")]
-    for python in candidates:
-        if (
-            Path(python).exists()
-            and subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode == 0
-        ):
-            return [python, "-m", "pip"]
-    raise BuildError(
-        "pip not found for this python: apt-get install python3-pip, or run `make install` and then "
-        ".venv/bin/python containers/build.py"
+def _has_pip(python: Path | str) -> bool:
+    return Path(python).exists() and (
+        subprocess.run([str(python), "-m", "pip", "--version"], capture_output=True).returncode == 0
     )
+
+
+def pip_command(root: Path) -> list[str]:
+    """This python's pip; otherwise pip in a venv of its own under containers/.build (not .venv, which
+    `make up` may be installing at the same time)."""
+    if _has_pip(sys.executable):
+        return [sys.executable, "-m", "pip"]
+    tools = root / "containers" / ".build" / "pip-venv"
+    python = tools / "bin" / "python"
+    if not _has_pip(python):
+        detail(f"no pip for {sys.executable}: making a venv for `pip download` in {tools.relative_to(root)}")
+        made = subprocess.run([sys.executable, "-m", "venv", "--clear", str(tools)], capture_output=True, text=True)
+        if made.returncode != 0 or not _has_pip(python):
+            raise BuildError(
+                "pip not found for this python and `python3 -m venv` cannot make one: "
+                f"apt-get install python3-venv (or python3-pip) ({made.stderr.strip()[-300:]})"
+            )
+    return [str(python), "-m", "pip"]
 
 
 def wheelhouse_stamp(root: Path, extra: list[str]) -> str:
@@ -397,7 +513,7 @@ def ensure_wheelhouse(root: Path) -> bool:
     staging = root / "containers" / ".build" / "wheelhouse.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    cmd = pip_command() + [
+    cmd = pip_command(root) + [
         "download",
         "--dest",
         str(staging),
@@ -416,7 +532,7 @@ def ensure_wheelhouse(root: Path) -> bool:
     for spec in IMAGES.values():
         cmd += ["-r", str(root / spec.requirements)]
     cmd += extra
-    if run_streaming(cmd, cwd=root) != 0:
+    if run_streaming(cmd, cwd=root, tag="wheelhouse") != 0:
         shutil.rmtree(staging, ignore_errors=True)
         raise BuildError(
             "pip download failed (see above): check that this host reaches the package index "
@@ -439,53 +555,136 @@ def ensure_wheelhouse(root: Path) -> bool:
 # ---------------------------------------------------------------------------------------------- images
 
 
-def ensure_image(root: Path, spec: ImageSpec, base_ref: str, base_id: str) -> tuple[str, bool]:
-    """Build `spec` unless its content-hash tag exists; return (tag, built)."""
-    tag = f"{spec.repo}:{image_hash(root, spec, base_id)}"
-    if image_id(tag):
-        step(f"{spec.name} image: {tag} (up to date)")
-        docker("tag", tag, f"{spec.repo}:latest")
-        return tag, False
-    step(f"{spec.name} image: building {tag} from {spec.dockerfile} (base {base_ref})")
+class WheelhouseServer:
+    """Serves the wheelhouse to `docker build` as http://WHEELHOUSE_HOST/, for as long as it runs.
+
+    The builds get `--build-arg HTTP_PROXY=http://127.0.0.1:<port>` and `--network host`: the proxy
+    settings are predefined build arguments, so they neither change the build cache key nor show in
+    the image history, and the Dockerfiles name only the made-up host. Only GET and HEAD of the
+    wheelhouse's own files (and of the index page listing them) are answered; anything else is refused.
+    """
+
+    def __init__(self, wheelhouse: Path) -> None:
+        files = {p.name: p for p in wheelhouse.iterdir() if p.is_file() and not p.name.startswith(".")}
+        links = "".join(f'<a href="{html.escape(name)}">{html.escape(name)}</a><br>\n' for name in sorted(files))
+        index = f"<!DOCTYPE html>\n<html><body>\n{links}</body></html>\n".encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self, body: bool) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                name = urllib.parse.unquote(url.path).lstrip("/")
+                if url.hostname not in (None, WHEELHOUSE_HOST):
+                    self.send_error(403, f"this is the cleanroom wheelhouse: it serves only {WHEELHOUSE_HOST}")
+                    return
+                if name == "":
+                    data, ctype = index, "text/html; charset=utf-8"
+                elif name in files:
+                    data, ctype = files[name].read_bytes(), "application/octet-stream"
+                else:
+                    self.send_error(404, f"{name} is not in the wheelhouse")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+                self._answer(True)
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._answer(False)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="wheelhouse", daemon=True)
+
+    @property
+    def build_args(self) -> list[str]:
+        proxy = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return ["--network", "host", "--build-arg", f"HTTP_PROXY={proxy}", "--build-arg", f"http_proxy={proxy}"]
+
+    def __enter__(self) -> WheelhouseServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def image_tag(root: Path, spec: ImageSpec, base_id: str) -> str:
+    return f"{spec.repo}:{image_hash(root, spec, base_id)}"
+
+
+def build_image(root: Path, spec: ImageSpec, tag: str, base_ref: str, wheels: WheelhouseServer) -> None:
+    """`docker build` `spec` as `tag` (and :latest, except for the deps stage)."""
     started = time.monotonic()
-    cmd = [
-        "docker",
-        "build",
-        "--build-arg",
-        f"BASE_IMAGE={base_ref}",
-        "-f",
-        spec.dockerfile,
-        "-t",
-        tag,
-        "-t",
-        f"{spec.repo}:latest",
-        "--label",
-        "cleanroom=1",
-        "--label",
-        f"cleanroom.image={spec.name}",
-        "--label",
-        f"cleanroom.hash={tag.split(':')[1]}",
-        ".",
-    ]
-    if run_streaming(cmd, cwd=root) != 0:
+    cmd = ["docker", "build", "--build-arg", f"BASE_IMAGE={base_ref}", *wheels.build_args, "-f", spec.dockerfile]
+    cmd += ["-t", tag] + (["--target", spec.target] if spec.target else ["-t", f"{spec.repo}:latest"])
+    if run_streaming([*cmd, "."], cwd=root, tag=spec.name) != 0:
         raise BuildError(
             f"building {tag} failed: the docker output above says why. A pip 'No matching distribution' "
             "means the wheelhouse lacks a package (delete containers/wheelhouse/.stamp.json and run this "
             "again); a compileall error means a source file does not compile"
         )
-    if f"{spec.repo}:{image_hash(root, spec, base_id)}" != tag:
-        detail(f"warning: {spec.name} sources changed during the build; run build.py again to pick them up")
     size = docker("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip()
     detail(f"built {tag} in {time.monotonic() - started:.0f}s ({int(size) / 1e6:.0f} MB)")
-    return tag, True
+
+
+def ensure_images(
+    root: Path, names: list[str], base_ref: str, base_id: str, wheels: WheelhouseServer
+) -> tuple[dict[str, str], list[str]]:
+    """Build the images in `names` whose content-hash tags are missing: first the deps stage they share,
+    once, then them at the same time (their deps stages then come from the build cache).
+    Return ({name: tag}, names built)."""
+    tags = {name: image_tag(root, IMAGES[name], base_id) for name in names}
+    missing = []
+    for name, tag in tags.items():
+        if image_id(tag):
+            step(f"{name} image: {tag} (up to date)")
+            docker("tag", tag, f"{IMAGES[name].repo}:latest")
+            with TIMINGS.stage(name) as record:
+                record.result = "up to date"
+        else:
+            missing.append(name)
+    if not missing:
+        return tags, []
+    check_shared_stage(root)
+    built = []
+    deps_tag = image_tag(root, DEPS, base_id)
+    with TIMINGS.stage("deps") as record:
+        if image_id(deps_tag):
+            step(f"deps image: {deps_tag} (up to date)")
+            record.result = "up to date"
+        else:
+            step(f"deps image: building {deps_tag} (the shared stage of {DEPS.dockerfile}, base {base_ref})")
+            build_image(root, DEPS, deps_tag, base_ref, wheels)
+            record.result = "built"
+            built.append("deps")
+
+    def build(name: str) -> None:
+        spec = IMAGES[name]
+        with TIMINGS.stage(name) as record:
+            step(f"{name} image: building {tags[name]} from {spec.dockerfile} over {deps_tag}")
+            build_image(root, spec, tags[name], base_ref, wheels)
+            if image_tag(root, spec, base_id) != tags[name]:
+                detail(f"warning: {name} sources changed during the build; run build.py again to pick them up")
+            record.result = "built"
+
+    in_parallel(*(lambda name=name: build(name) for name in missing))
+    return tags, built + missing
 
 
 def prune_old_tags(current: dict[str, str]) -> None:
-    """Untag this script's older sandbox/app images (a tag still used by a container stays)."""
-    for name, tag in current.items():
-        listed = docker(
-            "images", "--filter", f"label=cleanroom.image={name}", "--format", "{{.Repository}}:{{.Tag}}"
-        ).stdout.split()
+    """Untag this script's older deps/sandbox/app images (a tag still used by a container stays)."""
+    for tag in current.values():
+        repo = tag.split(":")[0]
+        listed = docker("images", repo, "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
         old = [ref for ref in listed if ref != tag and not ref.endswith((":latest", ":<none>"))]
         for ref in old:
             if docker("rmi", ref, check=False).returncode == 0:
@@ -535,30 +734,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prune",
         action="store_true",
-        help="afterwards, remove older cleanroom-sandbox/cleanroom-app tags and dangling layers",
+        help="afterwards, remove older cleanroom-deps/-sandbox/-app tags and dangling layers",
     )
     args = parser.parse_args(argv)
     root = ROOT
     try:
         check_docker()
-        base_ref, base_id, base_built = resolve_base_image(args.base_image)
-        wheels_built = ensure_wheelhouse(root)
-        built = ["base"] if base_built else []
-        if wheels_built:
-            built.append("wheelhouse")
-        tags = {}
-        for spec in IMAGES.values():
-            if args.only and spec.name != args.only:
-                tags[spec.name] = f"{spec.repo}:{image_hash(root, spec, base_id)}"
-                if not image_id(tags[spec.name]):
-                    step(f"{spec.name} image: {tags[spec.name]} not built (--only {args.only})")
-                continue
-            tags[spec.name], image_built = ensure_image(root, spec, base_ref, base_id)
-            if image_built:
-                built.append(spec.name)
+
+        found: list[tuple[str, str, bool]] = []
+        built = []
+
+        def base() -> None:
+            with TIMINGS.stage("base") as record:
+                found.append(resolve_base_image(args.base_image))
+                record.result = "built" if found[0][2] else "present"
+
+        def wheelhouse() -> None:
+            with TIMINGS.stage("wheelhouse") as record:
+                record.result = "up to date"
+                if ensure_wheelhouse(root):
+                    record.result = "downloaded"
+                    built.append("wheelhouse")
+
+        in_parallel(base, wheelhouse)
+        base_ref, base_id, base_built = found[0]
+        if base_built:
+            built.insert(0, "base")
+        names = [name for name in IMAGES if args.only in (None, name)]
+        with WheelhouseServer(root / "containers" / "wheelhouse") as wheels:
+            tags, images_built = ensure_images(root, names, base_ref, base_id, wheels)
+        built += images_built
+        for name, spec in IMAGES.items():
+            if name not in tags:
+                tags[name] = image_tag(root, spec, base_id)
+                if not image_id(tags[name]):
+                    step(f"{name} image: {tags[name]} not built (--only {args.only})")
         if args.prune:
             step("pruning older image tags")
-            prune_old_tags({name: tag for name, tag in tags.items() if args.only in (None, name)})
+            keep = {name: tag for name, tag in tags.items() if args.only in (None, name)}
+            prune_old_tags({**keep, "deps": image_tag(root, DEPS, base_id)})
         write_env_files(
             root,
             {
@@ -569,6 +783,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except BuildError as exc:
         print(f"build.py: error: {exc}", file=sys.stderr, flush=True)
+        print_timings()
         return 1
     except KeyboardInterrupt:
         print("build.py: interrupted", file=sys.stderr)
@@ -576,11 +791,18 @@ def main(argv: list[str] | None = None) -> int:
     step("wrote containers/.build/images.env and .env")
     for key, value in (("app", tags["app"]), ("sandbox", tags["sandbox"]), ("base", base_ref)):
         detail(f"{key:8} {value}")
+    print_timings()
     if built:
         step(f"done: built {', '.join(built)}")
     else:
         step("done: built nothing, everything was up to date")
     return 0
+
+
+def print_timings() -> None:
+    step("stage times (base and wheelhouse run at the same time, and so do sandbox and app)")
+    for line in TIMINGS.table():
+        detail(line)
 
 
 if __name__ == "__main__":

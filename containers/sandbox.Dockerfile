@@ -3,46 +3,48 @@
 # no pip, no compilers. The runner starts it as `python -I -m cleanroom.sandbox.<phase>` with a
 # read-only root filesystem, so all bytecode is compiled here.
 #
-# Build context: the repo root (see .dockerignore). containers/build.py builds it with a local
-# Debian base and a host-side wheelhouse; on a machine with a registry and the package index,
-# `docker build -f containers/sandbox.Dockerfile .` works as is.
+# Build context: the repo root (see .dockerignore). On a machine with a registry and the package
+# index, `docker build -f containers/sandbox.Dockerfile .` works as is. containers/build.py builds
+# the `deps` stage once as its own image (cleanroom-deps:<hash>), on a local Debian base, with the
+# wheels served from its host-side wheelhouse; this image and the app image then both start from
+# that one layer, so the big scientific stack is installed, compiled and stored once.
 ARG BASE_IMAGE=python:3.11-slim
 
-# deps: the virtualenv with the requirements, without pip, compiled. Rebuilt only when the
-# requirements or the base change, so editing the sources never copies the big layer again.
+# ---- deps stage: the same bytes in sandbox.Dockerfile and app.Dockerfile (build.py checks) ----
+# The virtualenv with the sandbox requirements, without pip or the libraries' own test suites,
+# compiled, in one layer.
+# Wheels: build.py passes HTTP_PROXY (a predefined build argument: not in the cache key nor the
+# image history) pointing at its wheelhouse server on the host (`--network host`), which answers
+# for the made-up host below; so no wheel is ever copied into a layer. Without that proxy the name
+# does not resolve and pip installs from the package index instead.
 FROM ${BASE_IMAGE} AS deps
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
-# requirements-*.txt and wheelhouse/ (when build.py made one).
-COPY containers/ /build/
-# Offline from the wheelhouse when it has everything; otherwise the package index.
-RUN python3 -m venv /opt/venv \
- && if /opt/venv/bin/pip install --no-compile --no-index --find-links /build/wheelhouse \
-        -r /build/requirements-sandbox.txt; then :; \
-    else echo "wheelhouse incomplete: installing from the package index" >&2 \
-     && /opt/venv/bin/pip install --no-compile --find-links /build/wheelhouse \
-        -r /build/requirements-sandbox.txt; fi \
+# Settings first: each build step after the big layer costs a walk over its files on some storage drivers.
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LANG=C.UTF-8
+WORKDIR /tmp
+LABEL cleanroom=1
+COPY containers/requirements-sandbox.txt /opt/venv-requirements.txt
+RUN export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 \
+        PIP_TRUSTED_HOST=wheelhouse.cleanroom.invalid \
+ && wheels="--no-index --find-links http://wheelhouse.cleanroom.invalid/" \
+ && python3 -m venv /opt/venv \
+ && if /opt/venv/bin/pip install --no-compile $wheels -r /opt/venv-requirements.txt; then :; \
+    else echo "no wheelhouse: installing from the package index" >&2 \
+     && /opt/venv/bin/pip install --no-compile -r /opt/venv-requirements.txt; fi \
  && site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+ && test "$site" = /opt/venv/lib/python3.11/site-packages \
  && rm -rf /opt/venv/bin/pip* /opt/venv/bin/Activate.ps1 "$site"/pip "$site"/pip-* \
         "$site"/setuptools "$site"/setuptools-* "$site"/pkg_resources "$site"/_distutils_hack \
         "$site"/distutils-precedence.pth \
+ && find "$site" -type d -name tests -prune -exec rm -rf {} + \
  && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv/lib \
- && rm -rf /build
+ && rm -rf /root/.cache
+# ---- end of the deps stage ----
 
-# src: only the sandbox runtime files, as the `cleanroom` package, compiled in place and collected
-# under /staging with their final paths.
-FROM deps AS src
-COPY cleanroom/__init__.py cleanroom/hookspecs.py cleanroom/plugin_helpers.py /build/cleanroom/
-COPY cleanroom/sandbox/ /build/cleanroom/sandbox/
-RUN site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
- && cp -r /build/cleanroom "$site/cleanroom" \
- && /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash "$site/cleanroom" \
- && mkdir /staging && cp -a --parents "$site/cleanroom" /staging/
-
-FROM ${BASE_IMAGE}
-LABEL cleanroom=1 org.opencontainers.image.title="cleanroom sandbox"
-COPY --from=deps /opt/venv /opt/venv
-COPY --from=src /staging/ /
-ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LANG=C.UTF-8
+# Only the sandbox runtime files, as the `cleanroom` package, compiled in place.
+FROM deps
+COPY cleanroom/__init__.py cleanroom/hookspecs.py cleanroom/plugin_helpers.py \
+     /opt/venv/lib/python3.11/site-packages/cleanroom/
+COPY cleanroom/sandbox/ /opt/venv/lib/python3.11/site-packages/cleanroom/sandbox/
+RUN python -m compileall -q --invalidation-mode unchecked-hash /opt/venv/lib/python3.11/site-packages/cleanroom
 USER 65534:65534
-WORKDIR /tmp

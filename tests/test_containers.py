@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -179,6 +181,48 @@ def test_wheelhouse_stamp_needs_every_recorded_file(tmp_path: Path) -> None:
     assert not build.wheelhouse_complete(wheelhouse, "s1")
 
 
+def test_both_images_start_from_one_deps_stage(tmp_path: Path) -> None:
+    build = load_build_script()
+    build.check_shared_stage(REPO)  # the real Dockerfiles: the same deps stage, byte for byte
+    for name in ("sandbox.Dockerfile", "app.Dockerfile"):
+        (tmp_path / "containers").mkdir(exist_ok=True)
+        shutil.copy(REPO / "containers" / name, tmp_path / "containers" / name)
+    deps = build.image_hash(tmp_path, build.DEPS, "sha256:base")
+    sandbox = tmp_path / "containers" / "sandbox.Dockerfile"
+    # What follows the deps stage is not part of it.
+    sandbox.write_text(sandbox.read_text() + "LABEL extra=1\n")
+    assert build.image_hash(tmp_path, build.DEPS, "sha256:base") == deps
+    # An edit inside it changes its hash, and one Dockerfile edited alone is refused.
+    sandbox.write_text(sandbox.read_text().replace("PYTHONUNBUFFERED=1", "PYTHONUNBUFFERED=0", 1))
+    assert build.image_hash(tmp_path, build.DEPS, "sha256:base") != deps
+    with pytest.raises(build.BuildError, match="the deps stage differs"):
+        build.check_shared_stage(tmp_path)
+
+
+def test_wheelhouse_server_serves_only_the_wheelhouse(tmp_path: Path) -> None:
+    build = load_build_script()
+    (tmp_path / "pkg-1.0-py3-none-any.whl").write_bytes(b"wheel bytes")
+    (tmp_path / ".stamp.json").write_text("{}")
+    with build.WheelhouseServer(tmp_path) as server:
+        proxy = server.build_args[server.build_args.index("--build-arg") + 1].split("=", 1)[1]
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
+
+        def get(url: str) -> tuple[int, bytes]:
+            try:
+                with opener.open(url, timeout=10) as answer:
+                    return answer.status, answer.read()
+            except urllib.error.HTTPError as error:
+                return error.code, b""
+
+        status, index = get(f"http://{build.WHEELHOUSE_HOST}/")
+        assert status == 200 and b'href="pkg-1.0-py3-none-any.whl"' in index and b".stamp" not in index
+        assert get(f"http://{build.WHEELHOUSE_HOST}/pkg-1.0-py3-none-any.whl") == (200, b"wheel bytes")
+        # Nothing else: not its other files, not a path out of it, not another host through the proxy.
+        assert get(f"http://{build.WHEELHOUSE_HOST}/.stamp.json")[0] == 404
+        assert get(f"http://{build.WHEELHOUSE_HOST}/..%2Fetc%2Fpasswd")[0] == 404
+        assert get("http://example.org/pkg-1.0-py3-none-any.whl")[0] == 403
+
+
 # ------------------------------------------------------------------------------------------ docker
 
 
@@ -216,13 +260,19 @@ def test_sandbox_image_has_the_stack_and_runs_hardened(docker_client: Any) -> No
 def test_sandbox_image_is_unprivileged_and_has_no_tools(docker_client: Any) -> None:
     image = require_image(docker_client, "CLEANROOM_SANDBOX_IMAGE")
     probe = (
-        "import importlib.util, json, os, shutil; print(json.dumps({"
+        "import importlib.util, json, os, shutil\n"
+        "def found(m):\n"
+        "    try:\n"
+        "        return importlib.util.find_spec(m) is not None\n"
+        "    except ModuleNotFoundError:  # its parent package is not there either\n"
+        "        return False\n"
+        "print(json.dumps({"
         "'uid': os.getuid(), 'gid': os.getgid(), 'cwd': os.getcwd(),"
         "'tools': [t for t in ('gcc', 'cc', 'c++', 'g++', 'pip', 'pip3', 'make', 'curl', 'wget')"
         " if shutil.which(t)],"
         "'modules': [m for m in ('pip', 'setuptools', 'fastapi', 'docker', 'httpx', 'uvicorn',"
-        " 'cryptography', 'cleanroom.api', 'cleanroom.runner', 'cleanroom.store.db')"
-        " if importlib.util.find_spec(m)]}))"
+        " 'cryptography', 'cleanroom.api', 'cleanroom.runner', 'cleanroom.store.db', 'cleanroom.store')"
+        " if found(m)]}))"
     )
     facts = json.loads(
         run(docker_client, image, ["python", "-I", "-c", probe], **HARDENED).strip().splitlines()[-1]
