@@ -154,6 +154,6 @@ def cli(ctx: click.Context, profile: str | None, as_json: bool) -> None:
 
 
 def main() -> None:
-    from cleanroom.cli import admin, data, jobs, plugins, room, server  # noqa: F401  (register commands)
+    from cleanroom.cli import admin, data, jobs, plugins, review, room, server  # noqa: F401  (register commands)
 
     cli(prog_name="cleanroom")
