@@ -5,8 +5,8 @@ serialises it through the model. Two rules keep that from changing what the API 
 
 - every model allows extra keys (`extra="allow"`): a key a handler adds before its model learns of
   it is passed through, never dropped (tests/test_openapi_contract.py fails on such a key);
-- a key that a view only sometimes has is declared `absent()`: not in the schema's `required`, and
-  left out of the answer when the handler did not set it (never sent as `null`).
+- a key that a view only sometimes has is declared `absent()`: not in the schema's `required`, left
+  out of the answer when the handler did not set it, and sent as set (even `null`) when it did.
 
 Times are seconds since the Unix epoch (UTC) as numbers; digests are 64 lowercase hex characters.
 Free-form documents (a policy, a job spec, a release manifest, a receipt, a review report) are
@@ -19,7 +19,6 @@ from enum import StrEnum
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.json_schema import SkipJsonSchema
 
 # Enums -----------------------------------------------------------------------------------------
 
@@ -103,29 +102,27 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="a sha256 d
 Document = Annotated[dict[str, Any], Field(description="a JSON document (see the docs for its fields)")]
 
 
-def _is_none(value: Any) -> bool:
-    return value is None
+class _Missing:
+    """The value of an `absent()` key the handler did not set (never serialised)."""
+
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+def _is_missing(value: Any) -> bool:
+    return isinstance(value, _Missing)
 
 
 def absent(description: str | None = None) -> Any:
-    """A key the view has only in some cases: optional in the schema, left out of the answer when unset."""
-    return Field(default=None, exclude_if=_is_none, description=description)
-
-
-Absent = SkipJsonSchema[None]  # `x: T | Absent = absent()`: the schema says T; the key may be missing
-
-
-def _tidy(schema: dict[str, Any]) -> None:
-    """The schema of an `absent()` key shows no `default: null` (the key is missing, never null)."""
-    for prop in schema.get("properties", {}).values():
-        if prop.get("default", 0) is None and "anyOf" not in prop and prop.get("type") != "null":
-            del prop["default"]
+    """A key the view has only in some cases: optional in the schema (no default shown), left out of the
+    answer when the handler did not set it, and sent as given (even null) when it did."""
+    return Field(default_factory=_Missing, exclude_if=_is_missing, description=description)
 
 
 class Out(BaseModel):
     """Base of every response model."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, json_schema_extra=_tidy)
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
 # Errors ----------------------------------------------------------------------------------------
@@ -140,8 +137,8 @@ class Error(Out):
 
     error: str = Field(description="a stable error code, e.g. invalid_input", examples=["not_found"])
     message: str = Field(description="what went wrong, for people")
-    hint: str | Absent = absent("what to do next")
-    details: Any = Field(default=None, description="structured details, e.g. the invalid fields")
+    hint: str = absent("what to do next")
+    details: Any = absent("structured details, e.g. the invalid fields")
 
 
 # Pages -----------------------------------------------------------------------------------------
@@ -255,7 +252,7 @@ class AuditVerification(Out):
 class UploadDeclared(Out):
     upload_id: str
     put: str = Field(description="the path to PUT the ciphertext to")
-    retried: bool | Absent = absent("true when the same declaration was pending already")
+    retried: bool = absent("true when the same declaration was pending already")
 
 
 class UploadCancelled(Out):
@@ -293,7 +290,7 @@ class DatasetPage(Page[DatasetSummary]):
 
 
 class DatasetUploaded(DatasetSummary):
-    already_done: bool | Absent = absent("true when this PUT repeated one that had completed")
+    already_done: bool = absent("true when this PUT repeated one that had completed")
 
 
 class DatasetWithdrawn(DatasetSummary):
@@ -329,8 +326,8 @@ class Budget(Out):
     spent_delta: float
     remaining_epsilon: float
     remaining_delta: float
-    recipient: RecipientBudget | Absent = absent("the caller's share, when it is a recipient (not owner or staff)")
-    charges: list[Charge] | Absent = absent("the charges (in GET /datasets/{name}/budget)")
+    recipient: RecipientBudget = absent("the caller's share, when it is a recipient (not owner or staff)")
+    charges: list[Charge] = absent("the charges (in GET /datasets/{name}/budget)")
 
 
 class JobCost(Out):
@@ -443,10 +440,10 @@ class Job(Out):
     inputs: list[str]
     release_id: str | None
     spec: Document
-    analyst_status: AnalystStatus | Absent = absent("what the analyst sees (input owners and staff)")
-    withdrawn: bool | Absent = absent("whether the analyst withdrew the release (input owners and staff)")
-    reason: str | None | Absent = absent("why the job ended as it did (input owners and staff)")
-    effective_policy: Document | None | Absent = absent("the policy the job runs under (input owners and staff)")
+    analyst_status: AnalystStatus = absent("what the analyst sees (input owners and staff)")
+    withdrawn: bool = absent("whether the analyst withdrew the release (input owners and staff)")
+    reason: str | None = absent("why the job ended as it did (input owners and staff)")
+    effective_policy: Document | None = absent("the policy the job runs under (input owners and staff)")
 
 
 class JobPage(Page[Job]):
@@ -628,8 +625,8 @@ class StorageSweep(Out):
     expired_uploads: list[str]
     deleted: list[str]
     kept: list[str]
-    plan_seq: int | Absent = absent("the audit event of the sweep's plan (not in a dry run)")
-    deleted_count: int | Absent = absent()
-    deleted_sha256: Sha256 | Absent = absent()
-    kept_count: int | Absent = absent()
-    kept_sha256: Sha256 | Absent = absent()
+    plan_seq: int = absent("the audit event of the sweep's plan (not in a dry run)")
+    deleted_count: int = absent()
+    deleted_sha256: Sha256 = absent()
+    kept_count: int = absent()
+    kept_sha256: Sha256 = absent()
