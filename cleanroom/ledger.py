@@ -2,7 +2,7 @@
 
 One append-only table (`privacy_charges`, one row per job and input dataset) holds every charge
 with the job's recipient org; a dataset's remaining budget is its policy's (epsilon, delta) minus
-the SUM of its charges, never a mutable counter (PRIVACY-DESIGN.md section 6). Three views:
+the SUM of its charges (`cleanroom.store.ledger`), never a mutable counter (PRIVACY-DESIGN.md section 6). Three views:
 per dataset (the owner's lifetime budget), per recipient org (the same rows, filtered; each
 recipient may spend at most the policy's `recipient_epsilon`, by default the whole budget, so that
 one recipient cannot use up what the owner meant for several) and room-wide (one charge per job, capped by
@@ -18,7 +18,7 @@ on the data, so a refund would be a release.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cleanroom.errors import PolicyError
@@ -28,7 +28,7 @@ from cleanroom.sandbox.release import dp_plan
 if TYPE_CHECKING:
     from cleanroom.jobspec import JobSpec
 
-__all__ = ["charge", "check_dp_job", "job_budget", "remaining", "with_job_budget"]
+__all__ = ["admit", "budget_view", "check_dp_job", "job_budget", "with_job_budget"]
 
 SLACK = 1e-9  # float slack when comparing a charge with what is left
 
@@ -107,28 +107,12 @@ def with_job_budget(effective: EffectivePolicy, spec: JobSpec) -> EffectivePolic
                                job_delta=float(delta))
 
 
-# -- the table --------------------------------------------------------------------------------------
+# -- decisions over the ledger's sums (the table itself is `cleanroom.store.ledger`) -------------------
 
-def spent(conn: Any, dataset: str, recipient: str | None = None) -> tuple[float, float]:
-    sql = "SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0) FROM privacy_charges WHERE dataset = ?"
-    args: list[Any] = [dataset]
-    if recipient is not None:
-        sql += " AND recipient = ?"
-        args.append(recipient)
-    row = conn.execute(sql, args).fetchone()
-    return float(row[0]), float(row[1])
-
-
-def room_spent(conn: Any) -> float:
-    """Room-wide: each job once, at its largest charge."""
-    row = conn.execute("SELECT COALESCE(SUM(e), 0) FROM (SELECT MAX(epsilon) AS e FROM privacy_charges"
-                       " GROUP BY job_id)").fetchone()
-    return float(row[0])
-
-
-def remaining(conn: Any, dataset: str, policy: Policy, recipient: str | None = None) -> dict[str, Any]:
+def budget_view(dataset: str, policy: Policy, spent: tuple[float, float], recipient: str | None = None,
+                recipient_spent: tuple[float, float] | None = None) -> dict[str, Any]:
     """Budget, spent and left of one dataset (and of one recipient org's share, when given)."""
-    eps, delta = spent(conn, dataset)
+    eps, delta = spent
     out: dict[str, Any] = {
         "dataset": dataset, "mode": "dp" if policy.require_dp else "exact",
         "epsilon": policy.epsilon, "delta": policy.delta,
@@ -137,7 +121,7 @@ def remaining(conn: Any, dataset: str, policy: Policy, recipient: str | None = N
         "remaining_epsilon": max(policy.epsilon - eps, 0.0), "remaining_delta": max(policy.delta - delta, 0.0),
     }
     if recipient is not None:
-        r_eps, r_delta = spent(conn, dataset, recipient)
+        r_eps, r_delta = recipient_spent or (0.0, 0.0)
         share = policy.recipient_epsilon if policy.recipient_epsilon is not None else policy.epsilon
         out["recipient"] = {"org": recipient, "share_epsilon": share, "spent_epsilon": r_eps, "spent_delta": r_delta,
                             "remaining_epsilon": min(out["remaining_epsilon"], max(share - r_eps, 0.0)),
@@ -145,19 +129,14 @@ def remaining(conn: Any, dataset: str, policy: Policy, recipient: str | None = N
     return out
 
 
-def charge(conn: Any, *, job_id: str, recipient: str, datasets: Mapping[str, Mapping[str, Any]],
-           effective: EffectivePolicy, room_epsilon: float | None, now: float) -> dict[str, float] | None:
-    """Admit and record the job's charge on every DP input, inside the caller's write transaction.
-
-    Raises PolicyError (and records nothing) when a dataset, or the room, has too little left.
-    """
-    if effective.job_epsilon is None or effective.job_delta is None:
-        return None
-    eps, delta = effective.job_epsilon, effective.job_delta
-    charged = {name: ds for name, ds in sorted(datasets.items()) if ds["policy"].require_dp}
-    for name, ds in charged.items():
-        policy: Policy = ds["policy"]
-        used_eps, used_delta = spent(conn, name)
+def admit(eps: float, delta: float, *, recipient: str, policies: Mapping[str, Policy],
+          spent: Mapping[str, tuple[float, float]], recipient_spent: Mapping[str, float],
+          room_epsilon: float | None, room_spent: Callable[[], float]) -> None:
+    """Refuse (PolicyError) a charge of (eps, delta) on each DP input in `policies` when a dataset, the
+    recipient's share of one (`recipient_spent`, for policies with a `recipient_epsilon`) or the room has
+    too little left."""
+    for name, policy in policies.items():
+        used_eps, used_delta = spent[name]
         if eps > policy.epsilon - used_eps + SLACK or delta > policy.delta - used_delta + 1e-15:
             raise PolicyError(
                 f"dataset {name!r} has epsilon {max(policy.epsilon - used_eps, 0):g}, delta "
@@ -166,28 +145,13 @@ def charge(conn: Any, *, job_id: str, recipient: str, datasets: Mapping[str, Map
                 hint="budgets are for the dataset's lifetime; its owner decides whether to raise it",
                 details={"dataset": name, "remaining_epsilon": max(policy.epsilon - used_eps, 0.0)})
         if policy.recipient_epsilon is not None:
-            mine, _ = spent(conn, name, recipient)
+            mine = recipient_spent[name]
             if eps > policy.recipient_epsilon - mine + SLACK:
                 raise PolicyError(
                     f"{recipient!r} has epsilon {max(policy.recipient_epsilon - mine, 0):g} left of its share "
                     f"({policy.recipient_epsilon:g}) of dataset {name!r}'s budget; this job needs epsilon {eps:g}",
                     hint="each recipient org may spend at most the policy's recipient_epsilon",
                     details={"dataset": name, "recipient": recipient})
-    if room_epsilon and charged and room_spent(conn) + eps > room_epsilon + SLACK:
+    if room_epsilon and policies and room_spent() + eps > room_epsilon + SLACK:
         raise PolicyError(f"the room's privacy budget (epsilon {room_epsilon:g}) is spent",
                           hint="the operator sets CLEANROOM_DP_ROOM_EPSILON")
-    for name, ds in charged.items():
-        conn.execute("INSERT INTO privacy_charges (job_id, dataset, recipient, epsilon, delta, policy_sha256,"
-                     " created_at) VALUES (?,?,?,?,?,?,?)",
-                     (job_id, name, recipient, eps, delta, ds["policy"].sha256(), now))
-    return {"epsilon": eps, "delta": delta} if charged else None
-
-
-def charges(conn: Any, dataset: str, recipient: str | None = None) -> list[dict[str, Any]]:
-    sql = "SELECT job_id, recipient, epsilon, delta, created_at FROM privacy_charges WHERE dataset = ?"
-    args: list[Any] = [dataset]
-    if recipient is not None:
-        sql += " AND recipient = ?"
-        args.append(recipient)
-    return [dict(r) for r in conn.execute(sql + " ORDER BY seq", args)]
-

@@ -152,9 +152,12 @@ def test_job_lists_page_over_only_the_jobs_a_caller_may_see(world, room):
     mine = [analyst.submit_job(scenario.job_spec(ids))["id"] for _ in range(3)]
     rival = room.org("rival-analytics", "analyst")
     assert rival.list_jobs() == []  # other analysts' jobs are not theirs to list
-    pages = [analyst.list_jobs(limit=2, offset=0), analyst.list_jobs(limit=2, offset=2)]
-    assert [len(p) for p in pages] == [2, 1]
-    assert [j["id"] for p in pages for j in p] == mine[::-1]  # newest first, no repeats across pages
+    first = analyst.page("/jobs", limit=2)
+    second = analyst.page("/jobs", limit=2, after=first["next"])
+    assert [len(p["items"]) for p in (first, second)] == [2, 1] and second["next"] is None
+    assert [j["id"] for p in (first, second) for j in p["items"]] == mine[::-1]  # newest first, no repeats
+    with pytest.raises(ValidationError, match="cursor"):
+        analyst.page("/jobs", limit=2, after="not-a-cursor")
     assert {j["id"] for j in retailer.list_jobs()} == set(mine)  # the owner of an input sees them
     assert [j["id"] for j in analyst.list_jobs(status="queued", limit=1)] == [mine[-1]]
     assert analyst.list_jobs(status="succeeded") == []

@@ -328,7 +328,7 @@ def _revoke(w: World, who: str) -> Req:
 def _submit_job(w: World, who: str) -> Req:
     def after() -> None:
         # cancel what the cell made, so queue limits and the runner's claim order stay as they were
-        for job in w.ok("admin", "GET", "/jobs"):
+        for job in w.ok("admin", "GET", "/jobs", params={"limit": 1000})["items"]:
             if job["status"] == "queued" and job["id"] != w.queued_job:
                 w.ok("admin", "POST", f"/jobs/{job['id']}/cancel")
 
@@ -517,7 +517,7 @@ def test_matrix(world: World, case: str) -> None:
 def test_lists_show_only_what_the_caller_may_see(world: World) -> None:
     """The list routes answer 200 to everyone; their content follows the same visibility as get_*."""
     def names(who: str, path: str, key: str) -> set[str]:
-        return {item[key] for item in world.ok(who, "GET", path)}
+        return {item[key] for item in world.ok(who, "GET", path)["items"]}
 
     everything = names("admin", "/jobs", "id")
     assert world.queued_job in everything
@@ -525,8 +525,8 @@ def test_lists_show_only_what_the_caller_may_see(world: World) -> None:
     assert world.queued_job in names("reviewer", "/jobs", "id")
     assert names("other_owner", "/jobs", "id") == set()
     # the other analyst sees only what it submitted itself (the submit_job cell may have made one)
-    assert all(j["submitted_by"] == "other-analytics" for j in world.ok("other_analyst", "GET", "/jobs"))
-    assert all(p["submitted_by"] == "other-analytics" for p in world.ok("other_analyst", "GET", "/plugins"))
+    assert all(j["submitted_by"] == "other-analytics" for j in world.ok("other_analyst", "GET", "/jobs")["items"])
+    assert all(p["submitted_by"] == "other-analytics" for p in world.ok("other_analyst", "GET", "/plugins")["items"])
     assert world.plugin_ids["impute"] not in names("other_analyst", "/plugins", "id")
     assert world.plugin_ids["impute"] in names("other_owner", "/plugins", "id")
     assert names("other_owner", "/releases", "id") == set()

@@ -22,5 +22,5 @@ def test_demo_runs_twice_the_second_time_for_a_second_user(room, runner, tmp_pat
     admin.save()
     second = run_demo(admin_profile="admin", customers=20_000, workdir=str(tmp_path / "two"))
     assert second["job"] != first["job"] and second["metrics"]["r2"] > 0.3
-    analysts = {org["name"] for org in room.admin.get("/orgs") if "analyst" in org["roles"]}
+    analysts = {org["name"] for org in room.admin.list_orgs() if "analyst" in org["roles"]}
     assert len(analysts) == 2  # two analyst orgs ran the same plugins

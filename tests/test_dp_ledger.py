@@ -113,8 +113,8 @@ def test_the_room_wide_cap_counts_each_job_once(tmp_path):
 def test_each_recipient_spends_at_most_its_share(tmp_path):
     """`[privacy] recipient_epsilon`: one recipient cannot use up what the owner meant for several (real
     SQLite, the ledger's own functions); control: another recipient still has its share."""
-    from cleanroom import ledger
     from cleanroom.policy import combine, parse_policy
+    from cleanroom.store import ledger
     from cleanroom.store.db import Store
 
     policy = parse_policy("[privacy]\nrecipient_epsilon = 1.5\n[release]\nrecipients = ['acme', 'beta']\n")
@@ -136,9 +136,9 @@ def test_each_recipient_spends_at_most_its_share(tmp_path):
         charge("j2", "acme")
     charge("j3", "beta")  # control: beta's share is untouched
     with store.read() as conn:
-        view = ledger.remaining(conn, "d", policy, "acme")
+        view = ledger.remaining(conn, dataset="d", policy=policy, recipient="acme")
         assert view["spent_epsilon"] == 2.0 and view["recipient"]["remaining_epsilon"] == 0.5
-        assert [c["job_id"] for c in ledger.charges(conn, "d")] == ["j1", "j3"]  # the refused one left nothing
+        assert [c["job_id"] for c in ledger.charges(conn, dataset="d")] == ["j1", "j3"]  # the refused one left nothing
 
 
 def test_the_cli_dry_run_and_budget_commands(world, room, tmp_path):

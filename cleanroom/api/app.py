@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import re
 import secrets
@@ -21,6 +20,7 @@ from cleanroom.api.deps import authorize, hash_secret, new_token
 from cleanroom.api.guard import Guard
 from cleanroom.errors import CleanroomError
 from cleanroom.settings import Settings
+from cleanroom.store import audit, orgs
 from cleanroom.store.db import Store, new_id, now
 
 log = logging.getLogger("cleanroom.api")
@@ -107,20 +107,16 @@ def _docs(app: FastAPI) -> Any:
 def ensure_admin(store: Store, settings: Settings) -> str | None:
     """Create the bootstrap admin org on first start. Returns its token once (else None)."""
     with store.tx() as conn:
-        if conn.execute("SELECT 1 FROM orgs WHERE name = 'admin'").fetchone():
+        if orgs.by_name(conn, name="admin"):
             return None
         org_id = new_id("org")
-        conn.execute("INSERT INTO orgs (id, name, roles, created_at) VALUES (?,?,?,?)",
-                     (org_id, "admin", json.dumps(["admin"]), now()))
+        orgs.create(conn, org_id=org_id, name="admin", roles=["admin"], created_at=now())
         if settings.bootstrap_token:
             token_id, _, secret = settings.bootstrap_token.removeprefix("crt_").partition(".")
-            conn.execute("INSERT INTO tokens (id, org_id, hash, created_at) VALUES (?,?,?,?)",
-                         (token_id, org_id, hash_secret(secret), now()))
+            orgs.add_token(conn, token_id=token_id, org_id=org_id, secret_hash=hash_secret(secret), created_at=now())
             token = None  # the operator chose it: never echo it into logs
         else:
             token = new_token(conn, org_id)
-        from cleanroom import audit
-
         audit.append(conn, actor="system", action="org.created", object_type="org", object_id="admin",
                      details={"roles": ["admin"]}, ts=now())
     return token
@@ -145,14 +141,11 @@ def check_bootstrap_token(token: str | None) -> None:
 def rotate_admin_token(store: Store) -> str:
     """Revoke the admin org's tokens and return a fresh one (run on the API host by the operator)."""
     with store.tx() as conn:
-        row = conn.execute("SELECT id FROM orgs WHERE name = 'admin'").fetchone()
-        if not row:
+        admin = orgs.by_name(conn, name="admin")
+        if not admin:
             raise CleanroomError("the room has no admin org yet: start the API once first")
-        conn.execute("UPDATE tokens SET revoked_at = ? WHERE org_id = ? AND revoked_at IS NULL",
-                     (now(), row["id"]))
-        token = new_token(conn, row["id"])
-        from cleanroom import audit
-
+        orgs.revoke_tokens(conn, org_id=admin["id"], at=now())
+        token = new_token(conn, admin["id"])
         audit.append(conn, actor="operator", action="token.rotated", object_type="org", object_id="admin",
                      details={}, ts=now())
     return token
@@ -165,22 +158,18 @@ def ensure_runner(store: Store, settings: Settings) -> None:
     path = Path(settings.runner_token_file)
     token = path.read_text().strip() if path.exists() else None
     with store.tx() as conn:
-        row = conn.execute("SELECT id FROM orgs WHERE name = 'runner'").fetchone()
-        if row is None:
+        runner = orgs.by_name(conn, name="runner")
+        if runner is None:
             org_id = new_id("org")
-            conn.execute("INSERT INTO orgs (id, name, roles, created_at) VALUES (?,?,?,?)",
-                         (org_id, "runner", json.dumps(["runner"]), now()))
-            from cleanroom import audit
-
+            orgs.create(conn, org_id=org_id, name="runner", roles=["runner"], created_at=now())
             audit.append(conn, actor="system", action="org.created", object_type="org",
                          object_id="runner", details={"roles": ["runner"]}, ts=now())
         else:
-            org_id = row["id"]
+            org_id = runner["id"]
         if token:
             token_id, _, secret = token.removeprefix("crt_").partition(".")
-            known = conn.execute("SELECT hash FROM tokens WHERE id = ? AND org_id = ? AND revoked_at IS NULL",
-                                 (token_id, org_id)).fetchone()
-            if known and known["hash"] == hash_secret(secret):
+            known = orgs.live_token_hash(conn, token_id=token_id, org_id=org_id)
+            if known and known == hash_secret(secret):
                 return
         token = new_token(conn, org_id)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,11 +177,3 @@ def ensure_runner(store: Store, settings: Settings) -> None:
     tmp.write_text(token + "\n")
     tmp.chmod(0o640)
     tmp.replace(path)
-
-
-def row_dict(row: Any, *json_fields: str) -> dict[str, Any]:
-    data = dict(row)
-    for f in json_fields:
-        if f in data and isinstance(data[f], str):
-            data[f] = json.loads(data[f])
-    return data

@@ -11,14 +11,16 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from cleanroom import ledger
+from cleanroom.api.common import JobIn
 from cleanroom.api.deps import Ctx, get_ctx
+from cleanroom.api.job_views import check_release_rules, job_context
 from cleanroom.api.openapi import errors
-from cleanroom.api.routes_datasets import current_policy, load_dataset
-from cleanroom.api.routes_jobs import JobIn, job_context
 from cleanroom.api.schemas import Budget, JobCost
-from cleanroom.errors import PermissionDenied, PolicyError
-from cleanroom.policy import Policy
+from cleanroom.api.views import budget_view
+from cleanroom.errors import PolicyError
 from cleanroom.sandbox.release import dp_plan
+from cleanroom.store import ledger as store_ledger
+from cleanroom.store import orgs
 
 router = APIRouter()
 
@@ -28,38 +30,29 @@ router = APIRouter()
 def dataset_budget(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """The dataset's privacy budget, spent and left (its owner, its allowed recipients and staff)."""
     with ctx.store.read() as conn:
-        ds = load_dataset(conn, name)
-        policy = Policy.from_dict(current_policy(conn, name, ds["policy_version"])["policy"])
-        owner = ds["owner_id"] == ctx.caller.org_id
-        staff = ctx.caller.has("admin", "reviewer")
-        if not (owner or staff or ctx.caller.name in policy.recipients):
-            raise PermissionDenied(f"the budget of {name} is shown to its owner and the orgs its policy "
-                                   "releases to")
-        view = ledger.remaining(conn, name, policy, None if owner or staff else ctx.caller.name)
-        view["charges"] = ledger.charges(conn, name, None if owner or staff else ctx.caller.name)
-        return view
+        return budget_view(conn, ctx.caller, name)
 
 
 @router.post("/jobs/cost", tags=["jobs"], operation_id="estimate_job_cost", response_model=JobCost,
               responses=errors(409))
 def job_cost(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """A dry run: what the job would be charged and the noise on what it releases; nothing is stored."""
-    from cleanroom import release_rules
     from cleanroom.jobspec import check_job, parse_jobspec
 
     spec = parse_jobspec(body.spec)
     with ctx.store.read() as conn:
-        recipient = conn.execute("SELECT id FROM orgs WHERE name = ?", (spec.recipient,)).fetchone()
+        recipient = orgs.by_name(conn, name=spec.recipient)
         jc = job_context(conn, spec, ctx.caller)
         admitted, reason, bounds = True, None, {}
         try:
             effective = check_job(spec, recipient_exists=recipient is not None, **jc)
-            release_rules.check_submitted(conn, spec, jc, effective)  # as `job submit` decides them
+            check_release_rules(conn, spec, jc, effective)  # as `job submit` decides them
             bounds = dict(effective.bounds)
         except PolicyError as exc:
             admitted, reason = False, exc.message
         policies = {n: d["policy"] for n, d in jc["datasets"].items()}
-        budgets = {n: ledger.remaining(conn, n, p, spec.recipient) for n, p in sorted(policies.items())}
+        budgets = {n: store_ledger.remaining(conn, dataset=n, policy=p, recipient=spec.recipient)
+                   for n, p in sorted(policies.items())}
     planned = ledger.job_budget(spec, policies) if len(policies) == len(spec.inputs) else None
     out: dict[str, Any] = {"admitted": admitted, "reason": reason, "mode": "dp" if planned else "exact",
                            "budgets": budgets}

@@ -6,21 +6,22 @@ the policy. Nothing is visible until the whole ciphertext arrived and its sha256
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from cleanroom.api.app import row_dict
 from cleanroom.api.authz import require_dataset_owner
+from cleanroom.api.common import DEFAULT_LIMIT, After, Limit, check_not_withdrawn
 from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.api.openapi import errors, raw_body
 from cleanroom.api.schemas import Dataset, DatasetUploaded, DatasetWithdrawn, UploadCancelled, UploadDeclared
+from cleanroom.api.views import dataset_detail, dataset_page, dataset_view
 from cleanroom.errors import Conflict, NotFound, TooLarge, ValidationError
 from cleanroom.identifiers import check_name
 from cleanroom.published import publish
+from cleanroom.store import datasets, jobs, orgs
 from cleanroom.store.db import dumps, new_id, now
 
 router = APIRouter()
@@ -40,40 +41,6 @@ class UploadIn(BaseModel):
     policy: str = Field(max_length=64_000)
     sha256: str
     size: int = Field(gt=0, le=2**63 - 1)
-
-
-def load_dataset(conn: Any, name: str) -> dict[str, Any]:
-    row = conn.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
-    if not row:
-        raise NotFound(f"no dataset named {name!r}")
-    return row_dict(row, "schema", "mock", "dropped")
-
-
-def current_policy(conn: Any, name: str, version: int) -> dict[str, Any]:
-    row = conn.execute("SELECT * FROM policies WHERE dataset = ? AND version = ?", (name, version)).fetchone()
-    return row_dict(row, "policy")
-
-
-def private_counts(view: dict[str, Any], caller: Any, owner_id: str) -> dict[str, Any]:
-    """The exact row count and ciphertext size are the owner's (and staff's): for everyone else they would
-    be an exact release of the dataset's size (PRIVACY-DESIGN.md section 1: n is private)."""
-    if owner_id != caller.org_id and not caller.has("admin", "reviewer"):
-        view.update(row_count=None, size=None)
-    return view
-
-
-def dataset_view(conn: Any, ds: dict[str, Any], *, full: bool) -> dict[str, Any]:
-    owner = conn.execute("SELECT name FROM orgs WHERE id = ?", (ds["owner_id"],)).fetchone()["name"]
-    pol = current_policy(conn, ds["name"], ds["policy_version"])
-    view = {"name": ds["name"], "owner": owner, "description": ds["description"],
-            "row_count": ds["row_count"], "sha256": ds["sha256"], "size": ds["size"],
-            "policy_version": ds["policy_version"], "policy_sha256": pol["sha256"],
-            "created_at": ds["created_at"], "columns": [c.get("name") for c in ds["schema"].get("columns", [])],
-            "withdrawn_at": ds.get("withdrawn_at")}
-    if full:
-        view.update({"schema": ds["schema"], "mock": ds["mock"], "dropped": ds["dropped"],
-                     "policy": pol["policy"], "policy_text": pol["text"]})
-    return view
 
 
 def _validate_meta(body: UploadIn) -> dict[str, Any]:
@@ -111,10 +78,10 @@ def check_policy_fits(conn: Any, policy: Any, columns: list[str]) -> None:
 
     from cleanroom.errors import PolicyError
 
-    orgs = [r[0] for r in conn.execute("SELECT name FROM orgs ORDER BY name")]
-    unknown = [r for r in policy.recipients if r not in orgs]
+    names = orgs.names(conn)
+    unknown = [r for r in policy.recipients if r not in names]
     if unknown:
-        close = {r: difflib.get_close_matches(r, orgs, n=1) for r in unknown}
+        close = {r: difflib.get_close_matches(r, names, n=1) for r in unknown}
         guesses = "; ".join(f"did you mean {c[0]!r} for {r!r}?" for r, c in close.items() if c)
         raise PolicyError(f"[release] recipients names orgs that are not in this room: {unknown}. Nothing was "
                           "stored", hint=(guesses + " " if guesses else "") + "fix the names in the policy, or ask "
@@ -147,23 +114,20 @@ def create_upload(body: UploadIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]
     ttl = ctx.settings.upload_ttl_seconds
     with ctx.store.tx() as conn:
         check_policy_fits(conn, checked["policy"], checked["columns"])
-        ds = conn.execute("SELECT owner_id, sha256 FROM datasets WHERE name = ?", (body.name,)).fetchone()
+        ds = datasets.get(conn, name=body.name)
         if ds and ds["owner_id"] == ctx.caller.org_id and ds["sha256"] == body.sha256:
             raise Conflict(f"dataset {body.name!r} is uploaded already with this ciphertext: nothing to do",
                            details={"dataset": body.name, "sha256": body.sha256, "done": True})
         if ds:
             raise Conflict(f"a dataset named {body.name!r} exists already",
                            hint="choose another name; data changes are new datasets")
-        check_name("dataset", body.name, [r[0] for r in conn.execute("SELECT name FROM datasets")])
-        dup = conn.execute("SELECT name FROM datasets WHERE sha256 = ?", (body.sha256,)).fetchone()
+        check_name("dataset", body.name, datasets.names(conn))
+        dup = datasets.named_by_sha256(conn, sha256=body.sha256)
         if dup:
-            raise Conflict(f"this ciphertext was uploaded already as {dup['name']!r} (replayed upload)")
-        pending = conn.execute("SELECT * FROM uploads WHERE done_at IS NULL AND created_at >= ?"
-                               " AND (name = ? OR sha256 = ?) ORDER BY created_at",
-                               (now() - ttl, body.name, body.sha256)).fetchall()
+            raise Conflict(f"this ciphertext was uploaded already as {dup!r} (replayed upload)")
+        pending = datasets.pending_uploads(conn, name=body.name, sha256=body.sha256, since=now() - ttl)
         for row in pending:
-            if (row["org_id"] == ctx.caller.org_id and row["name"] == body.name
-                    and dumps(json.loads(row["meta"])) == dumps(meta)):
+            if row["org_id"] == ctx.caller.org_id and row["name"] == body.name and dumps(row["meta"]) == dumps(meta):
                 return {"upload_id": row["id"], "put": f"/datasets/uploads/{row['id']}", "retried": True}
         for row in pending:
             if row["name"] != body.name:
@@ -179,13 +143,16 @@ def create_upload(body: UploadIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]
         if pending:
             raise Conflict("this ciphertext is declared already by a pending upload (replayed upload)")
         upload_id = new_id("upl")
-        conn.execute("INSERT INTO uploads (id, org_id, meta, created_at, name, sha256) VALUES (?,?,?,?,?,?)",
-                     (upload_id, ctx.caller.org_id, json.dumps(meta), now(), body.name, body.sha256))
+        datasets.add_upload(conn, upload_id=upload_id, org_id=ctx.caller.org_id, meta=meta, created_at=now())
     return {"upload_id": upload_id, "put": f"/datasets/uploads/{upload_id}"}
 
 
-def _expired(ctx: Ctx, row: Any) -> bool:
-    return bool(row["created_at"] < now() - ctx.settings.upload_ttl_seconds)
+def _expired(ctx: Ctx, upload: Any) -> bool:
+    return bool(upload["created_at"] < now() - ctx.settings.upload_ttl_seconds)
+
+
+def _summary(conn: Any, name: str) -> dict[str, Any]:
+    return dataset_view(datasets.listed(conn, name=name))
 
 
 async def _answer_retry(request: Request, ctx: Ctx, meta: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +170,7 @@ async def _answer_retry(request: Request, ctx: Ctx, meta: dict[str, Any]) -> dic
         raise Conflict(f"this upload is done already: dataset {meta['name']!r} holds other bytes; "
                        "nothing was stored or changed", details={"dataset": meta["name"], "done": True})
     with ctx.store.read() as conn:
-        return {**dataset_view(conn, load_dataset(conn, meta["name"]), full=False), "already_done": True}
+        return {**_summary(conn, meta["name"]), "already_done": True}
 
 
 @router.put("/datasets/uploads/{upload_id}", tags=["datasets"], operation_id="upload_dataset",
@@ -217,14 +184,13 @@ async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ct
     deletes, and only what no record references). Retrying the PUT of a done upload with the same
     bytes answers with the dataset (`already_done`)."""
     with ctx.store.read() as conn:
-        row = conn.execute("SELECT * FROM uploads WHERE id = ? AND org_id = ?",
-                           (upload_id, ctx.caller.org_id)).fetchone()
-    if not row:
+        upload = datasets.upload(conn, upload_id=upload_id, org_id=ctx.caller.org_id)
+    if not upload:
         raise NotFound("no such upload; declare it first with POST /datasets/uploads")
-    meta = json.loads(row["meta"])
-    if row["done_at"] is not None:
+    meta = upload["meta"]
+    if upload["done_at"] is not None:
         return await _answer_retry(request, ctx, meta)
-    if _expired(ctx, row):
+    if _expired(ctx, upload):
         raise Conflict("this upload expired before its ciphertext arrived", hint="declare it again")
     writer = ctx.store.blobs.writer(max_bytes=min(meta["size"], ctx.settings.max_upload_bytes))
     head = b""
@@ -246,34 +212,31 @@ async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ct
     # From here on the blob is committed and may be shared with other records: a failure below
     # leaves it in place (an orphan at worst, for the sweep to judge), never deletes it.
     with ctx.store.tx() as conn:
-        current = conn.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        current = datasets.upload(conn, upload_id=upload_id)
         if current is None:
             raise NotFound("the upload was removed meanwhile (it expired)", hint="declare it again")
         if current["done_at"] is not None:  # a concurrent PUT of the same bytes finished first
-            return {**dataset_view(conn, load_dataset(conn, meta["name"]), full=False), "already_done": True}
+            return {**_summary(conn, meta["name"]), "already_done": True}
         if _expired(ctx, current):
             raise Conflict("this upload expired before its ciphertext arrived", hint="declare it again")
-        if conn.execute("SELECT 1 FROM datasets WHERE name = ? OR sha256 = ?",
-                        (meta["name"], digest)).fetchone():
+        if datasets.exists(conn, name=meta["name"], sha256=digest):
             raise Conflict("the dataset was created meanwhile by another upload")
         if not ctx.store.blobs.exists(digest):
             raise ValidationError("the stored ciphertext vanished before it was recorded", hint="retry the upload")
         # published: declared facts only, and mock rows made from them, whatever the client sent
         schema, mock = publish(meta["schema"], meta["policy_dict"], len(meta["mock"]))
-        conn.execute(
-            "INSERT INTO datasets (name, owner_id, sha256, size, row_count, schema, mock, dropped,"
-            " description, policy_version, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (meta["name"], ctx.caller.org_id, digest, size, meta["row_count"], dumps(schema),
-             dumps(mock), dumps(meta["dropped"]), meta["description"], 1, now()))
+        t = now()
+        datasets.create(conn, name=meta["name"], owner_id=ctx.caller.org_id, sha256=digest, size=size,
+                        row_count=meta["row_count"], schema=schema, mock=mock, dropped=meta["dropped"],
+                        description=meta["description"], created_at=t)
         policy = meta["policy_dict"]
-        conn.execute("INSERT INTO policies (dataset, version, text, policy, sha256, created_at)"
-                     " VALUES (?,?,?,?,?,?)",
-                     (meta["name"], 1, meta["policy"], dumps(policy), _policy_hash(policy), now()))
-        conn.execute("UPDATE uploads SET done_at = ? WHERE id = ?", (now(), upload_id))
+        datasets.add_policy(conn, name=meta["name"], version=1, text=meta["policy"], policy=policy,
+                            sha256=_policy_hash(policy), created_at=t)
+        datasets.finish_upload(conn, upload_id=upload_id, at=t)
         ctx.audit(conn, "dataset.uploaded", "dataset", meta["name"],
                   {"sha256": digest, "size": size, "rows": meta["row_count"], "policy_version": 1,
                    "policy_sha256": _policy_hash(policy)})
-        return dataset_view(conn, load_dataset(conn, meta["name"]), full=False)
+        return _summary(conn, meta["name"])
 
 
 @router.delete("/datasets/uploads/{upload_id}", tags=["datasets"], operation_id="cancel_upload",
@@ -281,15 +244,14 @@ async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ct
 def cancel_upload(upload_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Withdraw your own pending upload, freeing its name (stored bytes stay for the sweep to judge)."""
     with ctx.store.tx() as conn:
-        row = conn.execute("SELECT id, name, done_at FROM uploads WHERE id = ? AND org_id = ?",
-                           (upload_id, ctx.caller.org_id)).fetchone()
-        if not row:
+        upload = datasets.upload(conn, upload_id=upload_id, org_id=ctx.caller.org_id)
+        if not upload:
             raise NotFound("no such upload")
-        if row["done_at"] is not None:
-            raise Conflict(f"this upload is done already: dataset {row['name']!r} exists",
+        if upload["done_at"] is not None:
+            raise Conflict(f"this upload is done already: dataset {upload['name']!r} exists",
                            hint="a dataset is immutable; new data is a new upload under a new name")
-        conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
-    return {"upload_id": upload_id, "name": row["name"], "cancelled": True}
+        datasets.delete_upload(conn, upload_id=upload_id)
+    return {"upload_id": upload_id, "name": upload["name"], "cancelled": True}
 
 
 def _policy_hash(policy: dict[str, Any]) -> str:
@@ -299,14 +261,11 @@ def _policy_hash(policy: dict[str, Any]) -> str:
 
 
 @router.get("/datasets", tags=["datasets"])
-def list_datasets(ctx: Ctx = Depends(get_ctx)) -> list[dict[str, Any]]:
-    """Every dataset in the room: owner, size, rows, columns, policy version. Withdrawn datasets are
-    listed (with `withdrawn_at`) for their owner and admins only."""
-    with ctx.store.read() as conn:
-        rows = conn.execute("SELECT * FROM datasets WHERE withdrawn_at IS NULL OR owner_id = ? OR ?"
-                            " ORDER BY name", (ctx.caller.org_id, ctx.caller.is_admin)).fetchall()
-        return [private_counts(dataset_view(conn, row_dict(r, "schema", "mock", "dropped"), full=False),
-                               ctx.caller, r["owner_id"]) for r in rows]
+def list_datasets(limit: Limit = DEFAULT_LIMIT, after: After = None, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+    """Every dataset in the room by name: owner, size, rows, columns, policy version. Withdrawn datasets
+    are listed (with `withdrawn_at`) for their owner and admins only. `limit` per page; pass `next` as
+    `after` for the following page."""
+    return dataset_page(ctx, limit=limit, after=after)
 
 
 @router.get("/datasets/{name}", tags=["datasets"], operation_id="get_dataset", response_model=Dataset,
@@ -314,11 +273,7 @@ def list_datasets(ctx: Ctx = Depends(get_ctx)) -> list[dict[str, Any]]:
 def get_dataset(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """One dataset: schema, policy, mock sample and ciphertext hash."""
     with ctx.store.read() as conn:
-        ds = load_dataset(conn, name)
-        if ds["withdrawn_at"] is not None and ds["owner_id"] != ctx.caller.org_id and not ctx.caller.is_admin:
-            raise NotFound(f"dataset {name!r} was withdrawn by its owner",
-                           hint="receipts of its past releases still verify (cleanroom receipt verify)")
-        return private_counts(dataset_view(conn, ds, full=True), ctx.caller, ds["owner_id"])
+        return dataset_detail(conn, ctx.caller, name)
 
 
 class PolicyIn(BaseModel):
@@ -333,28 +288,18 @@ def update_policy(name: str, body: PolicyIn, ctx: Ctx = Depends(get_ctx)) -> dic
 
     policy = parse_policy(body.policy).to_dict()
     with ctx.store.tx() as conn:
-        ds = load_dataset(conn, name)
-        require_dataset_owner(ctx.caller, ds)
+        ds = datasets.load(conn, name=name)
+        require_dataset_owner(ctx.caller, ds)  # type: ignore[arg-type]
         check_not_withdrawn(ds)
         check_policy_fits(conn, parse_policy(body.policy), [c.get("name") for c in ds["schema"].get("columns", [])])
-        if _policy_hash(policy) == current_policy(conn, name, ds["policy_version"])["sha256"]:
+        if _policy_hash(policy) == datasets.policy(conn, name=name, version=ds["policy_version"])["sha256"]:
             raise Conflict("the policy is unchanged")
         version = ds["policy_version"] + 1
-        conn.execute("INSERT INTO policies (dataset, version, text, policy, sha256, created_at)"
-                     " VALUES (?,?,?,?,?,?)", (name, version, body.policy, dumps(policy),
-                                                _policy_hash(policy), now()))
-        conn.execute("UPDATE datasets SET policy_version = ? WHERE name = ?", (version, name))
+        datasets.add_policy(conn, name=name, version=version, text=body.policy, policy=policy,
+                            sha256=_policy_hash(policy), created_at=now())
         ctx.audit(conn, "dataset.policy_changed", "dataset", name,
                   {"policy_version": version, "policy_sha256": _policy_hash(policy)})
-        return dataset_view(conn, load_dataset(conn, name), full=True)
-
-
-def check_not_withdrawn(ds: dict[str, Any]) -> None:
-    """Refuse new uses of a withdrawn dataset (jobs already running finish)."""
-    if ds.get("withdrawn_at") is not None:
-        raise Conflict(f"dataset {ds['name']!r} was withdrawn by its owner: it takes no new jobs, approvals "
-                       "or policies", hint=f"remove {ds['name']!r} from the job's inputs, or ask its owner "
-                                           "to upload the data again under a new name")
+        return dataset_detail(conn, ctx.caller, name)
 
 
 @router.post("/datasets/{name}/withdraw", tags=["datasets"], operation_id="withdraw_dataset",
@@ -363,22 +308,19 @@ def withdraw_dataset(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Withdraw your dataset: gone from other orgs' lists, no new jobs (queued ones are cancelled, running
     ones finish); its ciphertext is left for `admin sweep`; receipts of past releases still verify."""
     with ctx.store.tx() as conn:
-        ds = load_dataset(conn, name)
-        require_dataset_owner(ctx.caller, ds)
+        ds = datasets.load(conn, name=name)
+        require_dataset_owner(ctx.caller, ds)  # type: ignore[arg-type]
         if ds["withdrawn_at"] is not None:
             raise Conflict(f"dataset {name!r} is withdrawn already", details={"withdrawn_at": ds["withdrawn_at"]})
-        uses = conn.execute("SELECT DISTINCT j.id, j.status FROM jobs AS j, json_each(j.spec, '$.inputs') AS i"
-                            " WHERE json_extract(i.value, '$.dataset') = ? AND j.status IN ('queued', 'running')"
-                            " ORDER BY j.id", (name,)).fetchall()
-        queued = [r["id"] for r in uses if r["status"] == "queued"]
-        running = [r["id"] for r in uses if r["status"] == "running"]
+        uses = jobs.active_over(conn, dataset=name)
+        queued = [job_id for job_id, status in uses if status == "queued"]
+        running = [job_id for job_id, status in uses if status == "running"]
         t = now()
         for job_id in queued:  # not started: no data touched, so nothing about the data is revealed
-            conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?",
-                         (t, f"input dataset {name} was withdrawn by its owner", job_id))
+            jobs.cancel(conn, job_id=job_id, reason=f"input dataset {name} was withdrawn by its owner", at=t)
             ctx.audit(conn, "job.cancelled", "job", job_id, {"reason": "input dataset withdrawn", "dataset": name})
-        conn.execute("UPDATE datasets SET withdrawn_at = ? WHERE name = ?", (t, name))
+        datasets.withdraw(conn, name=name, at=t)
         ctx.audit(conn, "dataset.withdrawn", "dataset", name,
                   {"sha256": ds["sha256"], "cancelled_jobs": queued, "running_jobs": running})
-        view = dataset_view(conn, load_dataset(conn, name), full=False)
+        view = _summary(conn, name)
     return {**view, "cancelled_jobs": queued, "running_jobs": running}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -10,20 +9,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from cleanroom.api.app import row_dict
 from cleanroom.api.deps import Ctx, get_ctx
+from cleanroom.api.job_views import TERMINAL, job_event, release_held_events, reveal_time, time_budget
 from cleanroom.api.openapi import SHA256_HEADER, binary, errors, raw_body
-from cleanroom.api.routes_datasets import current_policy, load_dataset
-from cleanroom.api.routes_jobs import (
-    TERMINAL,
-    job_event,
-    load_job,
-    release_held_events,
-    reveal_time,
-    time_budget,
-)
-from cleanroom.api.routes_plugins import load_plugin
-from cleanroom.api.routes_room import key_rotations
 from cleanroom.api.schemas import (
     ArtifactStored,
     JobContext,
@@ -37,7 +25,8 @@ from cleanroom.api.schemas import (
 )
 from cleanroom.crypto import fingerprint
 from cleanroom.errors import Conflict, NotFound, ValidationError
-from cleanroom.store.db import dumps, new_id, now
+from cleanroom.store import approvals, datasets, jobs, orgs, plugins, releases, room, runners
+from cleanroom.store.db import new_id, now
 
 router = APIRouter(prefix="/runner", tags=["runner"])
 ARTIFACT_NAME = re.compile(r"^[a-z0-9_.-]{1,64}(/[a-z0-9_.-]{1,64})?$")
@@ -60,13 +49,13 @@ def runner_register(body: RoomKeysIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, 
     with ctx.store.tx() as conn:
         if body.waived:
             ctx.audit(conn, "room.isolation_waived", "room", "room", {"controls": sorted(body.waived)})
-        row = conn.execute("SELECT value FROM room WHERE key = 'keys'").fetchone()
-        if row:
-            if json.loads(row["value"]) == keys:
+        known = room.keys(conn)
+        if known:
+            if known == keys:
                 return keys
             raise Conflict("the room has other keys already: a runner with a new key cannot take over",
                            hint="restore the runner's key volume, or reset the room")
-        conn.execute("INSERT INTO room (key, value) VALUES ('keys', ?)", (dumps(keys),))
+        room.set_keys(conn, keys=keys)
         ctx.audit(conn, "room.keys_registered", "room", "room", {"fingerprint": keys["fingerprint"]})
     return keys
 
@@ -89,22 +78,15 @@ def _serving_since(request: Request) -> float:
     return float(state.runner_routes_since)
 
 
-def live_instances(conn: Any, t: float, since: float = 0.0) -> set[str]:
-    """Runner instances not ended (by a restart of their name) whose last heartbeat, or the API's start
-    (`since`), is within their ttl."""
-    return {r[0] for r in conn.execute("SELECT id FROM runner_instances WHERE ended_at IS NULL"
-                                       " AND MAX(last_seen, ?) + ttl >= ?", (since, t))}
-
-
 def _seen(conn: Any, instance: str, t: float) -> None:
     """A call of a runner instance counts as a heartbeat; an instance declared gone is refused."""
-    row = conn.execute("SELECT ended_at, ended_reason FROM runner_instances WHERE id = ?", (instance,)).fetchone()
+    row = runners.known(conn, instance=instance)
     if row is None:
         raise ValidationError("unknown runner instance: announce it first (POST /runner/heartbeat)")
     if row["ended_at"] is not None:
         raise Conflict(f"this runner instance was declared gone ({row['ended_reason']}) and its jobs re-queued",
                        hint="restart the runner; give each runner its own CLEANROOM_RUNNER_NAME")
-    conn.execute("UPDATE runner_instances SET last_seen = ? WHERE id = ?", (t, instance))
+    runners.seen(conn, instance=instance, at=t)
 
 
 @router.post("/heartbeat", operation_id="runner_heartbeat", response_model=RunnerLive, responses=errors(409))
@@ -113,17 +95,12 @@ def runner_heartbeat(body: InstanceIn, request: Request, ctx: Ctx = Depends(get_
     name (that runner restarted: its jobs and containers are orphans). Answers the live instances."""
     t = now()
     with ctx.store.tx() as conn:
-        known = conn.execute("SELECT 1 FROM runner_instances WHERE id = ?", (body.instance,)).fetchone()
-        if known is None:
-            conn.execute("UPDATE runner_instances SET ended_at = ?, ended_reason = 'restarted' WHERE name = ?"
-                         " AND ended_at IS NULL", (t, body.name))
-            conn.execute("DELETE FROM runner_instances WHERE ended_at < ?", (t - 7 * 86400,))
-            conn.execute("INSERT INTO runner_instances (id, name, started_at, last_seen, ttl) VALUES (?,?,?,?,?)",
-                         (body.instance, body.name, t, t, body.ttl))
+        if runners.known(conn, instance=body.instance) is None:
+            runners.announce(conn, instance=body.instance, name=body.name, ttl=body.ttl, at=t)
         else:
             _seen(conn, body.instance, t)
-            conn.execute("UPDATE runner_instances SET ttl = ? WHERE id = ?", (body.ttl, body.instance))
-        live = live_instances(conn, t, _serving_since(request))
+            runners.seen(conn, instance=body.instance, at=t, ttl=body.ttl)
+        live = runners.live(conn, at=t, since=_serving_since(request))
     return {"instance": body.instance, "live": sorted(live)}
 
 
@@ -139,17 +116,16 @@ def runner_recover(request: Request, body: InstanceRef | None = None,
         if body is not None and body.instance:
             _seen(conn, body.instance, t)
         since = _serving_since(request)
-        live = live_instances(conn, t, since)
-        conn.execute("UPDATE runner_instances SET ended_at = ?, ended_reason = 'lapsed' WHERE ended_at IS NULL"
-                     " AND MAX(last_seen, ?) + ttl < ?", (t, since, t))
-        for row in conn.execute("SELECT id, attempts, runner_id FROM jobs WHERE status = 'running'").fetchall():
+        live = runners.live(conn, at=t, since=since)
+        runners.end_lapsed(conn, at=t, since=since)
+        for row in jobs.running(conn):
             if row["runner_id"] in live:
                 continue
             if row["attempts"] < MAX_ATTEMPTS:
-                conn.execute("UPDATE jobs SET status = 'queued', phase = NULL, reason = ? WHERE id = ?",
-                             ("re-queued after a runner restart", row["id"]))
+                jobs.requeue(conn, job_id=row["id"], reason="re-queued after a runner restart")
                 requeued.append(row["id"])
-                job_event(conn, ctx, row["id"], "job.requeued", "job", row["id"], {"reason": "runner restarted"})
+                job_event(conn, ctx.caller.name, row["id"], "job.requeued", "job", row["id"],
+                          {"reason": "runner restarted"})
             else:
                 _finish(conn, ctx, row["id"], "failed", "the runner restarted during the job too often",
                         "runner_restart")
@@ -166,28 +142,26 @@ def runner_claim(body: InstanceRef | None = None, ctx: Ctx = Depends(get_ctx)) -
         if instance:
             _seen(conn, instance, now())
         release_held_events(conn)
-        row = conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at LIMIT 1").fetchone()
-        if not row:
+        job_id = jobs.oldest_queued(conn)
+        if not job_id:
             return {"job": None}
-        started, job = now(), load_job(conn, row["id"])
-        claimer = instance or ctx.caller.name
+        started, job = now(), jobs.load(conn, job_id=job_id)
         # the start and the outcome time are the first start's: a job re-queued after a runner restart
         # keeps them, and its second start is held with its other events (a restart shows nowhere)
-        conn.execute("UPDATE jobs SET status = 'running', phase = 'verifying', started_at = COALESCE(started_at, ?),"
-                     " runner_id = ?, attempts = attempts + 1, reveal_at = COALESCE(reveal_at, ?) WHERE id = ?",
-                     (started, claimer, reveal_time(started, time_budget(job, ctx.settings)), row["id"]))
+        jobs.start(conn, job_id=job_id, runner=instance or ctx.caller.name, at=started,
+                   reveal_at=reveal_time(started, time_budget(job, ctx.settings)))  # type: ignore[arg-type]
         if job["reveal_at"] is None:
-            ctx.audit(conn, "job.started", "job", row["id"], {})
+            ctx.audit(conn, "job.started", "job", job_id, {})
         else:
-            job_event(conn, ctx, row["id"], "job.started", "job", row["id"], {})
-    return {"job": row["id"]}
+            job_event(conn, ctx.caller.name, job_id, "job.started", "job", job_id, {})
+    return {"job": job_id}
 
 
 @router.get("/jobs/{job_id}", operation_id="runner_get_job", response_model=RunnerJob, responses=errors(404))
 def runner_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """A job's status (the runner polls it to notice cancellation)."""
     with ctx.store.read() as conn:
-        job = load_job(conn, job_id)
+        job = jobs.load(conn, job_id=job_id)
     return {"id": job["id"], "status": job["status"], "phase": job["phase"]}
 
 
@@ -196,34 +170,33 @@ def runner_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
 def runner_context(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """What the runner re-verifies before decrypting: datasets, policies, plugins, signed approvals, keys."""
     with ctx.store.read() as conn:
-        job = load_job(conn, job_id)
+        job = jobs.load(conn, job_id=job_id)
         spec = job["spec"]
-        datasets = []
+        inputs: list[dict[str, Any]] = []
         owners: dict[str, dict[str, Any]] = {}
         for item in spec["inputs"]:
-            ds = load_dataset(conn, item["dataset"])
-            pol = current_policy(conn, ds["name"], ds["policy_version"])
-            owner = dict(conn.execute("SELECT * FROM orgs WHERE id = ?", (ds["owner_id"],)).fetchone())
+            ds = datasets.load(conn, name=item["dataset"])
+            pol = datasets.policy(conn, name=ds["name"], version=ds["policy_version"])
+            owner = orgs.by_id(conn, org_id=ds["owner_id"])
+            assert owner is not None
             owners[owner["name"]] = {"enc_public": owner["enc_public"], "sign_public": owner["sign_public"],
-                                     "rotations": key_rotations(conn, owner["id"])}
-            datasets.append({"name": ds["name"], "owner": owner["name"], "sha256": ds["sha256"],
-                             "size": ds["size"], "policy_version": ds["policy_version"],
-                             "policy": pol["policy"], "policy_sha256": pol["sha256"],
-                             "schema": ds["schema"], "mock": ds["mock"]})  # for the mock run
-        plugins = {}
+                                     "rotations": orgs.key_rotations(conn, org_id=owner["id"])}
+            inputs.append({"name": ds["name"], "owner": owner["name"], "sha256": ds["sha256"],
+                           "size": ds["size"], "policy_version": ds["policy_version"],
+                           "policy": pol["policy"], "policy_sha256": pol["sha256"],
+                           "schema": ds["schema"], "mock": ds["mock"]})  # for the mock run
+        steps = {}
         for step in spec["steps"]:
-            p = load_plugin(conn, step["plugin"])
-            plugins[p["id"]] = {"id": p["id"], "name": p["name"], "kind": p["kind"], "manifest": p["manifest"]}
-        names = [d["name"] for d in datasets]
-        approvals = [row_dict(r, "payload") for r in conn.execute(
-            f"SELECT a.*, o.name AS org FROM approvals a JOIN orgs o ON o.id = a.org_id WHERE a.decision = 'approve'"
-            f" AND a.revoked_at IS NULL AND a.dataset IN ({','.join('?' * len(names))})", names)]
-        recipient = dict(conn.execute("SELECT * FROM orgs WHERE name = ?", (spec["recipient"],)).fetchone())
+            p = plugins.load(conn, plugin_id=step["plugin"])
+            steps[p["id"]] = {"id": p["id"], "name": p["name"], "kind": p["kind"], "manifest": p["manifest"]}
+        signed = approvals.in_force(conn, datasets=[d["name"] for d in inputs])
+        recipient = orgs.by_name(conn, name=spec["recipient"])
+        if recipient is None:
+            raise NotFound("the recipient org is gone")
     return {"job": {"id": job["id"], "status": job["status"], "spec": spec,
                     "effective_policy": job["effective_policy"]},
-            "datasets": datasets, "plugins": plugins,
-            "approvals": [{"payload": a["payload"], "signature": a["signature"], "org": a["org"]}
-                          for a in approvals],
+            "datasets": inputs, "plugins": steps,
+            "approvals": [{"payload": a["payload"], "signature": a["signature"], "org": a["org"]} for a in signed],
             "owners": owners,
             "recipient": {"name": recipient["name"], "enc_public": recipient["enc_public"]}}
 
@@ -233,7 +206,7 @@ def runner_context(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
 def runner_ciphertext(name: str, ctx: Ctx = Depends(get_ctx)) -> StreamingResponse:
     """The dataset's ciphertext, streamed."""
     with ctx.store.read() as conn:
-        ds = load_dataset(conn, name)
+        ds = datasets.load(conn, name=name)
     return StreamingResponse(ctx.store.blobs.iter_chunks(ds["sha256"]), media_type="application/octet-stream",
                              headers={"x-sha256": ds["sha256"]})
 
@@ -243,7 +216,7 @@ def runner_ciphertext(name: str, ctx: Ctx = Depends(get_ctx)) -> StreamingRespon
 def runner_bundle(plugin_id: str, ctx: Ctx = Depends(get_ctx)) -> StreamingResponse:
     """A plugin's canonical bundle."""
     with ctx.store.read() as conn:
-        load_plugin(conn, plugin_id)
+        plugins.load(conn, plugin_id=plugin_id)
     return StreamingResponse(ctx.store.blobs.iter_chunks(plugin_id), media_type="application/x-tar")
 
 
@@ -258,11 +231,11 @@ def runner_progress(job_id: str, body: ProgressIn, ctx: Ctx = Depends(get_ctx)) 
     if body.phase not in PHASES:
         raise ValidationError(f"unknown phase {body.phase!r}")
     with ctx.store.tx() as conn:
-        job = load_job(conn, job_id)
+        job = jobs.load(conn, job_id=job_id)
         if job["status"] != "running":
             return {"status": job["status"]}
-        conn.execute("UPDATE jobs SET phase = ? WHERE id = ?", (body.phase, job_id))
-        job_event(conn, ctx, job_id, "job.phase", "job", job_id, {"phase": body.phase})
+        jobs.set_phase(conn, job_id=job_id, phase=body.phase)
+        job_event(conn, ctx.caller.name, job_id, "job.phase", "job", job_id, {"phase": body.phase})
     return {"status": "running"}
 
 
@@ -274,7 +247,7 @@ async def runner_artifact(job_id: str, name: str, request: Request, ctx: Ctx = D
     if not ARTIFACT_NAME.fullmatch(name):
         raise ValidationError("bad artifact name")
     with ctx.store.read() as conn:
-        load_job(conn, job_id)
+        jobs.load(conn, job_id=job_id)
     writer = ctx.store.blobs.writer(max_bytes=ctx.settings.max_release_bytes)
     try:
         async for chunk in request.stream():
@@ -309,13 +282,12 @@ class FinishIn(BaseModel):
 
 def _finish(conn: Any, ctx: Ctx, job_id: str, status: str, reason: str, error_class: str | None,
             waived: list[str] | None = None) -> None:
-    conn.execute("UPDATE jobs SET status = ?, reason = ?, error_class = ?, finished_at = ?, phase = NULL"
-                 " WHERE id = ?", (status, reason, error_class, now(), job_id))
+    jobs.finish(conn, job_id=job_id, status=status, reason=reason, error_class=error_class, at=now())
     # the job's privacy charge stays whatever the outcome (cleanroom.ledger: no refunds)
     details: dict[str, Any] = {"error_class": error_class}
     if waived:
         details["isolation_waived"] = sorted(waived)
-    job_event(conn, ctx, job_id, f"job.{status}", "job", job_id, details)
+    job_event(conn, ctx.caller.name, job_id, f"job.{status}", "job", job_id, details)
 
 
 @router.post("/jobs/{job_id}/finish", operation_id="runner_finish_job", response_model=JobFinished,
@@ -325,13 +297,13 @@ def runner_finish(job_id: str, body: FinishIn, ctx: Ctx = Depends(get_ctx)) -> d
     if body.status not in ("succeeded", "failed", "timed_out"):
         raise ValidationError("status must be succeeded, failed or timed_out")
     with ctx.store.tx() as conn:
-        job = load_job(conn, job_id)
+        job = jobs.load(conn, job_id=job_id)
         if job["status"] in TERMINAL:
             raise Conflict(f"the job is {job['status']} already")
         if body.log_blob:
             if not ctx.store.blobs.exists(body.log_blob):
                 raise ValidationError("unknown log blob")
-            conn.execute("UPDATE jobs SET log_blob = ? WHERE id = ?", (body.log_blob, job_id))
+            jobs.set_log(conn, job_id=job_id, blob=body.log_blob)
         release_id = None
         status, reason, error_class = body.status, body.reason, body.error_class
         if status == "succeeded" and job["reveal_at"] is not None and now() >= job["reveal_at"]:
@@ -343,22 +315,19 @@ def runner_finish(job_id: str, body: FinishIn, ctx: Ctx = Depends(get_ctx)) -> d
             if not rel:
                 raise ValidationError("a succeeded job needs a release")
             release_id = new_id("rel")
-            recipient = conn.execute("SELECT id FROM orgs WHERE name = ?", (job["spec"]["recipient"],)).fetchone()
+            recipient = orgs.by_name(conn, name=job["spec"]["recipient"])
             if not recipient:
                 raise NotFound("the recipient org is gone")
-            conn.execute("INSERT INTO releases (id, job_id, recipient_id, manifest, receipt, review_by, created_at)"
-                         " VALUES (?,?,?,?,?,?,?)",
-                         (release_id, job_id, recipient[0], dumps(rel.manifest), dumps(rel.receipt),
-                          dumps(sorted(rel.review_by)), now()))
+            releases.create(conn, release_id=release_id, job_id=job_id, recipient_id=recipient["id"],
+                            manifest=rel.manifest, receipt=rel.receipt, review_by=rel.review_by, at=now())
             for name, art in rel.artifacts.items():
                 if not ARTIFACT_NAME.fullmatch(name) or not ctx.store.blobs.exists(art.blob):
                     raise ValidationError(f"artifact {name!r} was not uploaded")
-                conn.execute("INSERT INTO release_artifacts (release_id, name, blob, size) VALUES (?,?,?,?)",
-                             (release_id, name, art.blob, art.size))
+                releases.add_artifact(conn, release_id=release_id, name=name, blob=art.blob, size=art.size)
             outputs = rel.manifest.get("outputs")
             if not isinstance(outputs, dict):
                 raise ValidationError("the release manifest has no outputs")
-            job_event(conn, ctx, job_id, "release.created", "release", release_id,
+            job_event(conn, ctx.caller.name, job_id, "release.created", "release", release_id,
                       {"job": job_id, "outputs": {n: a.get("sha256") if isinstance(a, dict) else None
                                                   for n, a in outputs.items()},
                        "review_by": sorted(rel.review_by)})

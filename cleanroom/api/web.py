@@ -3,10 +3,10 @@
 The routes are public for the app-wide bearer check and do their own login: the org token is traded
 at login for a session secret of its own (short-lived, stored hashed, revoked at logout and when the
 org token is rotated), kept in an HttpOnly, SameSite=Strict cookie. The org token is never stored
-in the browser. Each page
-calls the JSON route it mirrors (same rule from `authz.RULES`, same visibility, same views), so the
-page can never show more than the API would. POST forms carry a double-submit CSRF token and are
-refused when the browser says they come from another site.
+in the browser. Each page checks the rule of the JSON route it mirrors (`authz.RULES`) and is built from
+the same store queries and views (`views`, `job_views`, `audit_views`), so the page can never show more
+than the API would. POST forms carry a double-submit CSRF token and are refused when the browser says
+they come from another site.
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from cleanroom.api import audit_views, job_views, views
 from cleanroom.api import web_pages as pages
 from cleanroom.api.authz import Caller, check_route
 from cleanroom.api.deps import Ctx, check_token, end_session, new_session, session_caller
-from cleanroom.errors import AuthenticationError, CleanroomError, NotFound, PermissionDenied
+from cleanroom.audit import verify_events
+from cleanroom.errors import AuthenticationError, CleanroomError, NotFound, PermissionDenied, ValidationError
+from cleanroom.store import audit, datasets
 
 router = APIRouter(include_in_schema=False)
 
@@ -31,6 +34,7 @@ CSRF_COOKIE = "cleanroom_csrf"
 CSRF_FIELD = "csrf"
 MAX_FORM_BYTES = 4096
 AUDIT_EVENTS_SHOWN = 200
+PAGE = 200  # items on a list page
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
@@ -189,43 +193,42 @@ def web_page(request: Request, path: str = "") -> Response:
 
 
 def render(ctx: Ctx, parts: list[str]) -> str:
-    """The page for a path, built from the JSON routes' own functions."""
-    from cleanroom.api import routes_datasets as ds
-    from cleanroom.api import routes_jobs as jobs
-    from cleanroom.api import routes_plugins as plugins
-    from cleanroom.api import routes_room as room
-
+    """The page for a path, built from the store and the views the JSON routes use (same rules)."""
     caller = ctx.caller
     match parts:
         case ["datasets"]:
             check_route("list_datasets", caller)
-            return pages.datasets_page(caller, ds.list_datasets(ctx))
+            return pages.datasets_page(caller, views.dataset_page(ctx, limit=PAGE, after=None)["items"])
         case ["datasets", name]:
             check_route("get_dataset", caller)
-            return pages.dataset_page(caller, ds.get_dataset(name, ctx), _budget(name, ctx))
+            with ctx.store.read() as conn:
+                return pages.dataset_page(caller, views.dataset_detail(conn, caller, name), _budget(conn, ctx, name))
         case ["plugins"]:
             check_route("list_plugins", caller)
-            return pages.plugins_page(caller, plugins.list_plugins(ctx))
+            return pages.plugins_page(caller, views.plugin_page(ctx, limit=PAGE, after=None)["items"])
         case ["plugins", ref]:
             check_route("get_plugin", caller)
-            view = plugins.get_plugin(ref, ctx)
+            with ctx.store.read() as conn:
+                view = views.plugin_detail(conn, ctx.store.blobs, caller, ref)
             return pages.plugin_page(caller, view, _own_datasets(ctx))
         case ["jobs"]:
             check_route("list_jobs", caller)
-            return pages.jobs_page(caller, jobs.list_jobs(limit=200, offset=0, status=None, ctx=ctx))
+            return pages.jobs_page(caller, job_views.job_page(ctx, limit=PAGE, after=None, status=None)["items"])
         case ["releases"]:
             check_route("list_releases", caller)
-            return pages.releases_page(caller, jobs.list_releases(limit=200, offset=0, ctx=ctx))
+            return pages.releases_page(caller, job_views.release_page(ctx, limit=PAGE, after=None)["items"])
         case ["releases", release_id]:
             check_route("get_release", caller)
-            return pages.release_page(caller, jobs.get_release(release_id, ctx))
+            with ctx.store.read() as conn:
+                return pages.release_page(caller, job_views.one_release(conn, caller, release_id)[2])
         case ["audit"]:
             check_route("list_audit", caller)
             check_route("verify_audit", caller)
-            total = room.list_audit(after=0, limit=1, ctx=ctx)["total"]
-            start = max(0, total - AUDIT_EVENTS_SHOWN)
-            latest = room.list_audit(after=start, limit=AUDIT_EVENTS_SHOWN, ctx=ctx)
-            return pages.audit_page(caller, latest["events"], latest["total"], room.verify_audit(ctx))
+            with ctx.store.read() as conn:
+                total = audit.count(conn)
+                check = verify_events(audit.all_events(conn))
+            latest = audit_views.audit_page(ctx, after=max(0, total - AUDIT_EVENTS_SHOWN), limit=AUDIT_EVENTS_SHOWN)
+            return pages.audit_page(caller, latest["events"], latest["total"], check)
     raise NotFound("there is no such page")
 
 
@@ -233,17 +236,15 @@ def _own_datasets(ctx: Ctx) -> list[str]:
     """Datasets the caller owns: the plugin page shows a ready approve command for each."""
     if not ctx.caller.has("owner"):
         return []
-    from cleanroom.api.routes_datasets import list_datasets
+    with ctx.store.read() as conn:
+        return sorted(d["name"] for d in datasets.page(conn, viewer_id=ctx.caller.org_id, all_withdrawn=False,
+                                                       after=None, limit=-1)
+                      if d["owner_id"] == ctx.caller.org_id and not d.get("withdrawn_at"))
 
-    return [d["name"] for d in list_datasets(ctx) if d["owner"] == ctx.caller.name and not d.get("withdrawn_at")]
 
-
-def _budget(name: str, ctx: Ctx) -> dict[str, object] | None:
+def _budget(conn: object, ctx: Ctx, name: str) -> dict[str, object] | None:
     """The dataset's privacy budget for the page, when the caller may see it (owner, recipients, staff)."""
-    from cleanroom.api.routes_budget import dataset_budget
-    from cleanroom.errors import PermissionDenied, ValidationError
-
     try:
-        return dataset_budget(name, ctx)
+        return views.budget_view(conn, ctx.caller, name)
     except (PermissionDenied, ValidationError):  # not the caller's to see, or a stored policy that no longer parses
         return None

@@ -139,6 +139,17 @@ MIGRATIONS: list[str] = [
         ttl REAL NOT NULL, ended_at REAL, ended_reason TEXT);
     CREATE INDEX runner_instances_name ON runner_instances(name, ended_at);
     """,
+    # indexes for the list pages (keyset order) and the lookups of every request (cleanroom.store.*)
+    """
+    CREATE INDEX jobs_created ON jobs(created_at DESC, id);
+    CREATE INDEX jobs_org ON jobs(org_id, status);
+    CREATE INDEX releases_created ON releases(created_at DESC, id);
+    CREATE INDEX approvals_plugin ON approvals(plugin_id, created_at);
+    CREATE INDEX approvals_dataset ON approvals(dataset, decision);
+    CREATE INDEX plugins_order ON plugins(name, created_at, id);
+    CREATE INDEX datasets_owner ON datasets(owner_id);
+    CREATE INDEX tokens_org ON tokens(org_id);
+    """,
 ]
 
 
@@ -152,6 +163,20 @@ def now() -> float:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def row_dict(row: Any, *json_fields: str) -> dict[str, Any]:
+    """A row as a dict, with the named JSON text columns decoded."""
+    data = dict(row)
+    for f in json_fields:
+        if f in data and isinstance(data[f], str):
+            data[f] = json.loads(data[f])
+    return data
+
+
+def placeholders(values: Any) -> str:
+    """`?,?,?` for an `IN (...)` over `values` (never empty: `IN ()` is not SQL)."""
+    return ",".join("?" * max(len(values), 1))
 
 
 class Store:

@@ -29,8 +29,8 @@ import sqlite3
 import time
 from typing import Any
 
-from cleanroom import audit
 from cleanroom.errors import ValidationError
+from cleanroom.store import audit
 from cleanroom.store.db import Store, now
 
 MIN_GRACE_SECONDS = 3600
