@@ -16,7 +16,14 @@ from cleanroom.api.authz import require_dataset_owner
 from cleanroom.api.common import DEFAULT_LIMIT, After, Limit, check_not_withdrawn
 from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.api.openapi import errors, raw_body
-from cleanroom.api.schemas import Dataset, DatasetUploaded, DatasetWithdrawn, UploadCancelled, UploadDeclared
+from cleanroom.api.schemas import (
+    Dataset,
+    DatasetPage,
+    DatasetUploaded,
+    DatasetWithdrawn,
+    UploadCancelled,
+    UploadDeclared,
+)
 from cleanroom.api.views import dataset_detail, dataset_page, dataset_view
 from cleanroom.errors import Conflict, NotFound, TooLarge, ValidationError
 from cleanroom.identifiers import check_name
@@ -260,7 +267,7 @@ def _policy_hash(policy: dict[str, Any]) -> str:
     return hashlib.sha256(dumps(policy).encode()).hexdigest()
 
 
-@router.get("/datasets", tags=["datasets"])
+@router.get("/datasets", tags=["datasets"], operation_id="list_datasets", response_model=DatasetPage)
 def list_datasets(limit: Limit = DEFAULT_LIMIT, after: After = None, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Every dataset in the room by name: owner, size, rows, columns, policy version. Withdrawn datasets
     are listed (with `withdrawn_at`) for their owner and admins only. `limit` per page; pass `next` as

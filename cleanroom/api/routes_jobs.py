@@ -24,7 +24,7 @@ from cleanroom.api.job_views import (
     release_page,
 )
 from cleanroom.api.openapi import binary, errors
-from cleanroom.api.schemas import Job, Release
+from cleanroom.api.schemas import Job, JobPage, Release, ReleasePage
 from cleanroom.api.statements import RELEASE_DECISION_KEYS, RELEASE_REJECTION_KEYS, check_keys, check_signed
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, PolicyError, RateLimited, ValidationError
 from cleanroom.store import datasets, jobs, ledger, orgs, releases
@@ -86,7 +86,7 @@ def submit_job(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
 STATUSES = "^(queued|running|succeeded|failed|cancelled|timed_out|released|nothing_released)$"
 
 
-@router.get("/jobs", tags=["jobs"])
+@router.get("/jobs", tags=["jobs"], operation_id="list_jobs", response_model=JobPage)
 def list_jobs(limit: Limit = DEFAULT_LIMIT, after: After = None, status: str | None = Query(None, pattern=STATUSES),
               ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Jobs you submitted, jobs over your datasets, jobs released to you; newest first, `limit` per page
@@ -143,7 +143,7 @@ def job_logs(job_id: str, ctx: Ctx = Depends(get_ctx)) -> Response:
 # Releases ---------------------------------------------------------------------------------------
 
 
-@router.get("/releases", tags=["releases"])
+@router.get("/releases", tags=["releases"], operation_id="list_releases", response_model=ReleasePage)
 def list_releases(limit: Limit = DEFAULT_LIMIT, after: After = None, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Releases addressed to you or over your data; newest first, `limit` per page (pass `next` as
     `after` for the following page)."""

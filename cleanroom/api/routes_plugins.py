@@ -13,7 +13,7 @@ from cleanroom.api.authz import require_dataset_owner
 from cleanroom.api.common import DEFAULT_LIMIT, After, Limit, check_not_withdrawn
 from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.api.openapi import binary, errors, raw_body
-from cleanroom.api.schemas import ApprovalRecorded, ApprovalRevoked, PluginDetail, PluginSubmitted
+from cleanroom.api.schemas import ApprovalRecorded, ApprovalRevoked, PluginDetail, PluginPage, PluginSubmitted
 from cleanroom.api.statements import APPROVAL_KEYS, check_keys, check_signed
 from cleanroom.api.views import blocking_findings, plugin_detail, plugin_full_view, plugin_page, resolve_plugin
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, TooLarge, ValidationError
@@ -81,7 +81,7 @@ def _check_lineage(conn: Any, ctx: Ctx, name: str, version: str) -> None:
     check_name("version", version, versions)
 
 
-@router.get("/plugins", tags=["plugins"])
+@router.get("/plugins", tags=["plugins"], operation_id="list_plugins", response_model=PluginPage)
 def list_plugins(limit: Limit = DEFAULT_LIMIT, after: After = None, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Plugins you may see (all for owners and reviewers, your own for analysts) by name and version;
     `limit` per page, pass `next` as `after` for the following page."""

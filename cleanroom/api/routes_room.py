@@ -13,7 +13,7 @@ from cleanroom.api.authz import ROLES
 from cleanroom.api.common import DEFAULT_LIMIT, After, Limit, decode_cursor, page
 from cleanroom.api.deps import Ctx, get_ctx, new_token
 from cleanroom.api.openapi import errors
-from cleanroom.api.schemas import AuditPage, AuditVerification, Health, Org, OrgKeysRotated, OrgToken, RoomInfo
+from cleanroom.api.schemas import AuditPage, AuditVerification, Health, Org, OrgKeysRotated, OrgPage, OrgToken, RoomInfo
 from cleanroom.api.statements import ROTATION_KEYS, check_fresh, check_public_keys
 from cleanroom.api.views import org_view
 from cleanroom.audit import verify_events
@@ -88,7 +88,7 @@ def rotate_token(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     return {"org": org_view(org), "token": token}
 
 
-@router.get("/orgs", tags=["orgs"])
+@router.get("/orgs", tags=["orgs"], operation_id="list_orgs", response_model=OrgPage)
 def list_orgs(limit: Limit = DEFAULT_LIMIT, after: After = None, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Every org in the room with its roles and public keys, by name (`limit` per page; pass `next` as
     `after` for the following page)."""
