@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cleanroom.client import Client
+from cleanroom.client import Client, manifest_sha256
 from cleanroom.crypto import verify
 from cleanroom.errors import IntegrityError
-from cleanroom.local.review_server import ReviewServer, manifest_sha256
+from cleanroom.local.review_server import ReviewServer
 from cleanroom.prepare.ingest import new_join_secret
 from cleanroom.profile import Profile
 from tests.conftest import Room, RunnerThread
@@ -64,12 +64,12 @@ domain = ["north", "south", "<script>alert(1)</script>", "we\\u202Est"]
 """
 
 
-def job_spec(ids: dict[str, str]) -> str:
+def job_spec(ids: dict[str, str], dataset: str = DATASET) -> str:
     return f"""name = "visit-costs"
 recipient = "acme-analytics"
 
 [[inputs]]
-dataset = "{DATASET}"
+dataset = "{dataset}"
 
 [[steps]]
 plugin = "{ids['linear-model']}"
@@ -87,7 +87,8 @@ aggregates = true
 """
 
 
-def make_held_releases(owner: Client, analyst: Client, folder: Path, jobs: int, n: int = 300) -> list[str]:
+def make_held_releases(owner: Client, analyst: Client, folder: Path, jobs: int, n: int = 300,
+                       dataset: str = DATASET) -> list[str]:
     """Upload the clinic's data, approve the built-in plugins, run `jobs` jobs; their job ids (each release
     held for the owner's review once the job ended). Shared with scripts/screenshots.py."""
     rng = np.random.default_rng(1)
@@ -97,12 +98,12 @@ def make_held_releases(owner: Client, analyst: Client, folder: Path, jobs: int, 
     frame["cost"] = (100 + 30 * frame["visits"] + 2 * frame[HOSTILE_COLUMN] + rng.normal(0, 20, n)).round(2)
     folder.mkdir(parents=True, exist_ok=True)
     frame.to_csv(folder / "visits.csv", index=False)
-    owner.upload_dataset(folder / "visits.csv", name=DATASET, policy=POLICY, id_column="patient_id",
+    owner.upload_dataset(folder / "visits.csv", name=dataset, policy=POLICY, id_column="patient_id",
                          join_secret=new_join_secret())
     ids = {p: analyst.submit_plugin(REPO / "plugins" / p)["id"] for p in ("linear-model", "group-aggregate")}
     for pid in ids.values():
-        owner.decide_plugin(pid, DATASET)
-    return [analyst.submit_job(job_spec(ids))["id"] for _ in range(jobs)]
+        owner.decide_plugin(pid, dataset)
+    return [analyst.submit_job(job_spec(ids, dataset))["id"] for _ in range(jobs)]
 
 
 @dataclass
@@ -358,6 +359,32 @@ def test_reject_through_the_page_needs_a_reason(world, served):
     assert view["rejected_by"] == [DATASET]
     assert view["rejection_reasons"] == {DATASET: "too fine <b>grained</b>"}
     assert "too fine &lt;b&gt;grained&lt;/b&gt;" in page(served, f"releases/{rid}").text
+
+
+@docker
+def test_decisions_and_plugin_approvals_are_shown_against_the_current_policy(world, tmp_path):
+    """A dataset of its own (the other tests keep policy v1): after a new policy version, the page says the
+    job ran under v1 and that the owner's plugin approvals no longer hold (`job submit` would refuse)."""
+    owner = world.room.org("clinic-two", "owner")
+    job = make_held_releases(owner, world.analyst, tmp_path / "data", jobs=1, dataset="clinic.two")[0]
+    assert world.room.admin.wait_job(job, timeout=300, interval=0.3)["status"] == "succeeded"
+    server = ReviewServer(owner)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        rid = owner.get_release(job)["id"]
+        before = page(server, f"releases/{rid}").text
+        approvals = before.split("Plugin approvals behind this job")[1]
+        assert approvals.count('<span class="badge ok">current</span>') == 2  # the control: both hold
+        assert 'v1 <span class="badge ok">current</span>' in before and "changed:" not in before
+        owner.update_policy("clinic.two", POLICY.replace("k = 5", "k = 6"))
+        after = page(server, f"releases/{rid}").text
+        assert "changed: the job ran under v1, the current policy is v2" in after
+        approvals = after.split("Plugin approvals behind this job")[1]
+        assert approvals.count("for v1: the current policy is v2") == 2
+        assert '<span class="badge ok">current</span>' not in approvals
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @docker

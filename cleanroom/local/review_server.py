@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from cleanroom.client import RECEIPT_FILE, Client
+from cleanroom.client import RECEIPT_FILE, Client, manifest_sha256
 from cleanroom.errors import CleanroomError, ValidationError
 from cleanroom.local import review_pages as pages
 
-__all__ = ["ReviewApp", "ReviewServer", "decrypt_release", "manifest_sha256", "open_browser"]
+__all__ = ["ReviewApp", "ReviewServer", "decrypt_release", "open_browser"]
 
 HOST = "127.0.0.1"
 TOKEN_BYTES = 24
@@ -51,11 +51,6 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-
-
-def manifest_sha256(manifest: Any) -> str:
-    """The manifest hash a release decision signs (as `Client.approve_release` computes it)."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 # Content ----------------------------------------------------------------------------------------
