@@ -4,7 +4,8 @@
 #   make images    base image, wheelhouse, sandbox and app images (containers/build.py)
 #   make up        build and start the clean room, wait until healthy (scripts/up.sh)
 #   make down      stop it, keeping its volumes; `make destroy` removes the volumes too
-#   make test      ruff, mypy, then pytest against the freshly built images
+#   make test      ruff, mypy, then pytest against the freshly built images, with a coverage figure
+#   make check     the fast local check without Docker (scripts/check: lint, types, contracts, fast tests)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -56,11 +57,14 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-# pytest's exit code 5 (no test collected) fails here like any other failure.
+# pytest's exit code 5 (no test collected) fails here like any other failure. The coverage figure is
+# printed whatever the outcome and never changes the exit code (no threshold yet).
 test: prereqs-test install lint typecheck images
 	set -a; . ./$(IMAGES_ENV); set +a; \
-	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	rc=0; $(PY) -m pytest --cov --cov-report= $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
+	total=$$($(PY) -m coverage report --format=total 2>/dev/null) && \
+		echo "make test: coverage $$total% of cleanroom/ lines (code run in this process)" || true; \
 	exit $$rc
 
 bench: install images
@@ -69,4 +73,5 @@ bench: install images
 	$(PY) benchmarks/jobs.py --rows 100000; \
 	$(PY) benchmarks/load.py --seconds 30
 
-check: lint typecheck test
+check: install
+	scripts/check

@@ -193,6 +193,7 @@ def test_budget_object_refuses_overspending():
         budget.charge(0.5)
 
 
+@pytest.mark.slow  # a distribution test: many noisy fits
 def test_the_released_unit_count_carries_gaussian_noise_of_the_documented_sigma():
     """End to end through `fit_ssp` (the code the release runs): the first moment is the unit count, so
     its released value minus the true count is the noise itself."""

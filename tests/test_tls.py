@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import ssl
 import subprocess
 import sys
 import time
@@ -58,19 +59,21 @@ def test_https_with_custom_ca(tmp_path):
         deadline = time.time() + 30
         while True:
             try:
-                httpx.get(url + "/health", verify=str(ca))
+                httpx.get(url + "/health", verify=ssl.create_default_context(cafile=str(ca)))
                 break
             except httpx.TransportError:
                 if time.time() > deadline or proc.poll() is not None:
                     raise AssertionError(proc.stderr.read().decode() if proc.stderr else "no output") from None
                 time.sleep(0.2)
-        client = Client(url, env["CLEANROOM_BOOTSTRAP_TOKEN"], ca_file=str(ca))
-        assert client.whoami()["name"] == "admin"
-        with pytest.raises(ConnectionFailed):
-            Client(url, env["CLEANROOM_BOOTSTRAP_TOKEN"]).whoami()  # not trusted without the CA
+        with Client(url, env["CLEANROOM_BOOTSTRAP_TOKEN"], ca_file=str(ca)) as client:
+            assert client.whoami()["name"] == "admin"
+        with pytest.raises(ConnectionFailed), Client(url, env["CLEANROOM_BOOTSTRAP_TOKEN"]) as untrusted:
+            untrusted.whoami()  # not trusted without the CA
     finally:
         proc.kill()
         proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()
 
 
 def test_plain_http_only_on_loopback():

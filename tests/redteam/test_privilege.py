@@ -58,7 +58,8 @@ def test_every_thread_runs_unprivileged_under_seccomp(sandbox: Any, tmp_path: Pa
 
 def test_the_status_parser_sees_privilege_where_there_is_some() -> None:
     """Control for the test above: the same fields, read on the host test process, are parsed."""
-    fields = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+    status = Path("/proc/self/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     assert {"Uid", "NoNewPrivs", "Seccomp", "CapEff", "CapBnd"} <= set(fields)
     assert fields["NoNewPrivs"].strip() in ("0", "1")
 
