@@ -188,6 +188,8 @@ class Store:
         self.db_path = self.data_dir / "cleanroom.db"
         self.blobs = BlobStore(self.data_dir / "blobs")
         self._write_lock = threading.Lock()
+        self._readers = threading.local()  # one read connection per thread, kept open (see `read`)
+        self._writer: sqlite3.Connection | None = None
         self.migrate()
 
     def _connect(self) -> sqlite3.Connection:
@@ -220,24 +222,29 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
+        """A connection for reading (autocommit: each statement sees the latest commit). Each thread keeps
+        its own open: opening one (and its pragmas) cost more than most of the API's queries."""
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = self._readers.conn = self._connect()
         try:
             yield conn
         finally:
-            conn.close()
+            if conn.in_transaction:  # a caller's BEGIN left open must not pin an old snapshot
+                conn.rollback()
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: all or nothing. Writers are serialised (SQLite allows one)."""
         with self._write_lock:
-            conn = self._connect()
+            if self._writer is None:  # one connection for every write: they are serialised anyway
+                self._writer = self._connect()
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                    conn.execute("COMMIT")
-                except BaseException:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                    raise
-            finally:
-                conn.close()
+                raise

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, TypedDict
 
 from cleanroom.errors import NotFound
-from cleanroom.store.db import dumps, row_dict
+from cleanroom.store.db import dumps
 
 
 class Job(TypedDict):
@@ -60,12 +61,25 @@ VISIBLE = """(j.org_id = :me OR json_extract(j.spec, '$.recipient') = :my_name O
     JOIN datasets AS d ON d.name = json_extract(i.value, '$.dataset') WHERE d.owner_id = :me))"""
 
 
+@functools.lru_cache(maxsize=8192)
+def _document(text: str) -> Any:
+    """A job's spec or effective policy, decoded once: both are written at submission and never change, and
+    decoding them was most of a job list's time. Callers treat the result as read-only."""
+    return json.loads(text)
+
+
+def _row(row: Any) -> dict[str, Any]:
+    job = dict(row)
+    job["spec"], job["effective_policy"] = _document(job["spec"]), _document(job["effective_policy"])
+    return job
+
+
 def _split(text: str | None) -> list[str]:
     return text.split(",") if text else []
 
 
 def _listed(row: Any) -> Listed:
-    job: Listed = row_dict(row, "spec", "effective_policy")  # type: ignore[assignment]
+    job: Listed = _row(row)  # type: ignore[assignment]
     job["owner_ids"] = set(_split(row["owner_ids"]))
     job["release"] = None if row["r_id"] is None else {
         "id": row["r_id"], "job_id": row["r_job_id"], "recipient_id": row["r_recipient_id"],
@@ -80,7 +94,7 @@ def get(conn: Any, *, job_id: str) -> Job | None:
     row = conn.execute("SELECT j.*, ro.id AS recipient_id FROM jobs AS j"
                        " LEFT JOIN orgs AS ro ON ro.name = json_extract(j.spec, '$.recipient') WHERE j.id = ?",
                        (job_id,)).fetchone()
-    return row_dict(row, "spec", "effective_policy") if row else None  # type: ignore[return-value]
+    return _row(row) if row else None  # type: ignore[return-value]
 
 
 def load(conn: Any, *, job_id: str) -> Job:
