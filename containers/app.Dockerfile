@@ -10,8 +10,8 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 # ---- deps stage: the same bytes in sandbox.Dockerfile and app.Dockerfile (build.py checks) ----
-# The virtualenv with the sandbox requirements, without pip or the libraries' own test suites,
-# compiled, in one layer.
+# The virtualenv with the sandbox requirements, without pip (pip runs from the base image's own
+# pip wheel) or the libraries' own test suites, compiled, in one layer.
 # Wheels: build.py passes HTTP_PROXY (a predefined build argument: not in the cache key nor the
 # image history) pointing at its wheelhouse server on the host (`--network host`), which answers
 # for the made-up host below; so no wheel is ever copied into a layer. Without that proxy the name
@@ -26,22 +26,23 @@ COPY containers/requirements-sandbox.txt /opt/venv-requirements.txt
 RUN export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 \
         PIP_TRUSTED_HOST=wheelhouse.cleanroom.invalid \
  && wheels="--no-index --find-links http://wheelhouse.cleanroom.invalid/" \
- && python3 -m venv /opt/venv \
- && if /opt/venv/bin/pip install --no-compile $wheels -r /opt/venv-requirements.txt; then :; \
+ && pip_whl="$(ls /usr/share/python-wheels/pip-*.whl /usr/local/lib/python3.11/ensurepip/_bundled/pip-*.whl \
+        2>/dev/null | head -n 1)" \
+ && pip="/opt/venv/bin/python ${pip_whl:?the base image has no pip wheel}/pip" \
+ && python3 -m venv --without-pip /opt/venv \
+ && if $pip install --no-compile $wheels -r /opt/venv-requirements.txt; then :; \
     else echo "no wheelhouse: installing from the package index" >&2 \
-     && /opt/venv/bin/pip install --no-compile -r /opt/venv-requirements.txt; fi \
+     && $pip install --no-compile -r /opt/venv-requirements.txt; fi \
  && site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
  && test "$site" = /opt/venv/lib/python3.11/site-packages \
- && rm -rf /opt/venv/bin/pip* /opt/venv/bin/Activate.ps1 "$site"/pip "$site"/pip-* \
-        "$site"/setuptools "$site"/setuptools-* "$site"/pkg_resources "$site"/_distutils_hack \
-        "$site"/distutils-precedence.pth \
+ && rm -f /opt/venv/bin/Activate.ps1 \
  && find "$site" -type d -name tests -prune -exec rm -rf {} + \
  && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv/lib \
  && rm -rf /root/.cache
 # ---- end of the deps stage ----
 
-# app-deps: the app's own requirements over deps (pip only while installing them), the user and
-# its state folders. Rebuilt only when the requirements or deps change.
+# app-deps: the app's own requirements over deps (pip, as in deps, from the base image's wheel), the
+# user and its state folders. Rebuilt only when the requirements or deps change.
 FROM deps AS app-deps
 # Settings here rather than in the last stage, so a source change rebuilds fewer steps.
 WORKDIR /var/lib/cleanroom
@@ -56,16 +57,15 @@ COPY containers/requirements-app.txt /opt/venv-requirements-app.txt
 # `cleanroom`, so named volumes mounted there start out writable by it.
 RUN export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_TRUSTED_HOST=wheelhouse.cleanroom.invalid \
  && wheels="--no-index --find-links http://wheelhouse.cleanroom.invalid/" \
+ && pip_whl="$(ls /usr/share/python-wheels/pip-*.whl /usr/local/lib/python3.11/ensurepip/_bundled/pip-*.whl \
+        2>/dev/null | head -n 1)" \
+ && pip="/opt/venv/bin/python ${pip_whl:?the base image has no pip wheel}/pip" \
  && site=/opt/venv/lib/python3.11/site-packages \
  && ls "$site" > /tmp/before \
- && /opt/venv/bin/python -m ensurepip >/dev/null \
- && if /opt/venv/bin/python -m pip install -q --no-compile $wheels -r /opt/venv-requirements-app.txt; then :; \
+ && if $pip install -q --no-compile $wheels -r /opt/venv-requirements-app.txt; then :; \
     else echo "no wheelhouse: installing from the package index" >&2 \
-     && /opt/venv/bin/python -m pip install -q --no-compile -r /opt/venv-requirements-app.txt; fi \
- && /opt/venv/bin/python -m pip check \
- && rm -rf /opt/venv/bin/pip* "$site"/pip "$site"/pip-* \
-        "$site"/setuptools "$site"/setuptools-* "$site"/pkg_resources "$site"/_distutils_hack \
-        "$site"/distutils-precedence.pth \
+     && $pip install -q --no-compile -r /opt/venv-requirements-app.txt; fi \
+ && $pip check \
  && ls "$site" | grep -vxFf /tmp/before | sed "s|^|$site/|" \
         | xargs -r /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
  && rm -rf /tmp/before /root/.cache \
@@ -84,12 +84,17 @@ COPY pyproject.toml README.m[d] /build/src/
 COPY cleanroom/ /build/src/cleanroom/
 RUN export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_TRUSTED_HOST=wheelhouse.cleanroom.invalid \
  && wheels="--no-index --find-links http://wheelhouse.cleanroom.invalid/" \
+ && pip_whl="$(ls /usr/share/python-wheels/pip-*.whl /usr/local/lib/python3.11/ensurepip/_bundled/pip-*.whl \
+        2>/dev/null | head -n 1)" \
+ && pip="/opt/venv/bin/python ${pip_whl:?the base image has no pip wheel}/pip" \
  && (test -f /build/src/README.md || echo "# cleanroom" > /build/src/README.md) \
- && /opt/venv/bin/python -m ensurepip >/dev/null \
- && if /opt/venv/bin/python -m pip install -q --no-compile --no-deps $wheels /build/src; then :; \
+ && backend="$(/opt/venv/bin/python -c 'import tomllib; print(" ".join(tomllib.load(open( \
+        "/build/src/pyproject.toml", "rb"))["build-system"]["requires"]))')" \
+ && if $pip install -q --no-compile --target /tmp/backend $wheels $backend; then :; \
     else echo "no wheelhouse: installing the build backend from the package index" >&2 \
-     && /opt/venv/bin/python -m pip install -q --no-compile --no-deps /build/src; fi \
- && /opt/venv/bin/python -m pip check \
+     && $pip install -q --no-compile --target /tmp/backend $backend; fi \
+ && PYTHONPATH=/tmp/backend $pip install -q --no-compile --no-deps --no-build-isolation /build/src \
+ && $pip check \
  && site=/opt/venv/lib/python3.11/site-packages \
  && /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash "$site/cleanroom" \
  && mkdir /staging && cd / \

@@ -11,8 +11,8 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 # ---- deps stage: the same bytes in sandbox.Dockerfile and app.Dockerfile (build.py checks) ----
-# The virtualenv with the sandbox requirements, without pip or the libraries' own test suites,
-# compiled, in one layer.
+# The virtualenv with the sandbox requirements, without pip (pip runs from the base image's own
+# pip wheel) or the libraries' own test suites, compiled, in one layer.
 # Wheels: build.py passes HTTP_PROXY (a predefined build argument: not in the cache key nor the
 # image history) pointing at its wheelhouse server on the host (`--network host`), which answers
 # for the made-up host below; so no wheel is ever copied into a layer. Without that proxy the name
@@ -27,15 +27,16 @@ COPY containers/requirements-sandbox.txt /opt/venv-requirements.txt
 RUN export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 \
         PIP_TRUSTED_HOST=wheelhouse.cleanroom.invalid \
  && wheels="--no-index --find-links http://wheelhouse.cleanroom.invalid/" \
- && python3 -m venv /opt/venv \
- && if /opt/venv/bin/pip install --no-compile $wheels -r /opt/venv-requirements.txt; then :; \
+ && pip_whl="$(ls /usr/share/python-wheels/pip-*.whl /usr/local/lib/python3.11/ensurepip/_bundled/pip-*.whl \
+        2>/dev/null | head -n 1)" \
+ && pip="/opt/venv/bin/python ${pip_whl:?the base image has no pip wheel}/pip" \
+ && python3 -m venv --without-pip /opt/venv \
+ && if $pip install --no-compile $wheels -r /opt/venv-requirements.txt; then :; \
     else echo "no wheelhouse: installing from the package index" >&2 \
-     && /opt/venv/bin/pip install --no-compile -r /opt/venv-requirements.txt; fi \
+     && $pip install --no-compile -r /opt/venv-requirements.txt; fi \
  && site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
  && test "$site" = /opt/venv/lib/python3.11/site-packages \
- && rm -rf /opt/venv/bin/pip* /opt/venv/bin/Activate.ps1 "$site"/pip "$site"/pip-* \
-        "$site"/setuptools "$site"/setuptools-* "$site"/pkg_resources "$site"/_distutils_hack \
-        "$site"/distutils-precedence.pth \
+ && rm -f /opt/venv/bin/Activate.ps1 \
  && find "$site" -type d -name tests -prune -exec rm -rf {} + \
  && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv/lib \
  && rm -rf /root/.cache

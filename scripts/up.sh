@@ -45,7 +45,8 @@ mkdir -p containers/.build
 install_log=containers/.build/install.log
 echo "==> [up $(since "$t0")] install: make install, in the background (log: $install_log)"
 install_start="$(now)"
-make --no-print-directory install >"$install_log" 2>&1 &
+# Its own end time, for the table: `wait` returns only once the images are built too.
+(make --no-print-directory install >"$install_log" 2>&1 && now >"$install_log.end") &
 install_pid=$!
 begin images "containers/build.py"
 python3 containers/build.py
@@ -56,7 +57,7 @@ if ! wait "$install_pid"; then
     tail -n 40 "$install_log" >&2
     exit 1
 fi
-stages+=("install $install_start $(now)")
+stages+=("install $install_start $(cat "$install_log.end")")
 echo "==> [up $(since "$t0")] install: done"
 
 begin "compose-up" "starting the clean room (compose project ${CLEANROOM_PROJECT:-cleanroom})"
