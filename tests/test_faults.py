@@ -206,7 +206,7 @@ def test_api_killed_mid_upload_leaves_nothing_and_the_retry_succeeds(tmp_path: P
     admin = server.headers()
     assert blob_files(server.data_dir) == {"tmp": [], "final": []}  # stale partial upload cleared on start
     assert httpx.get(server.url + "/datasets/retail.big", headers=admin).status_code == 404
-    assert httpx.get(server.url + "/datasets", headers=admin).json() == []
+    assert httpx.get(server.url + "/datasets", headers=admin).json()["items"] == []
     events = httpx.get(server.url + "/audit", headers=admin).json()["events"]
     assert not [e for e in events if e["action"] == "dataset.uploaded"]
 
@@ -551,7 +551,7 @@ def test_upload_over_the_size_limit_fails_cleanly(tmp_path: Path, procs: list[Pr
     assert resp.status_code == 413, resp.text
     _error_json(resp)
     assert blob_files(server.data_dir) == {"tmp": [], "final": []}
-    assert httpx.get(server.url + "/datasets", headers=server.headers()).json() == []
+    assert httpx.get(server.url + "/datasets", headers=server.headers()).json()["items"] == []
 
     # the API serves on, and an upload that fits goes through
     good = encrypt_bytes(b"_pid\nabc\n", [keys.enc_public])
