@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import json
 import time
@@ -23,6 +24,7 @@ from cleanroom import audit as audit_chain
 from cleanroom.crypto import KeyPair, canonical_json, decrypt_bytes, verify
 from cleanroom.errors import (
     CleanroomError,
+    Conflict,
     ConnectionFailed,
     IntegrityError,
     ValidationError,
@@ -361,17 +363,28 @@ class Client:
     def get_release(self, ref: str) -> dict[str, Any]:
         return self.get(f"/releases/{ref}")
 
-    def approve_release(self, ref: str, dataset: str | None = None) -> dict[str, Any]:
-        """Sign and send an approval of a release held for your review (every pending dataset of yours)."""
-        return self._decide_release(ref, dataset, "release-approval", "approve")
+    def approve_release(self, ref: str, dataset: str | None = None, *,
+                        expect_manifest_sha256: str | None = None) -> dict[str, Any]:
+        """Sign and send an approval of a release held for your review (every pending dataset of yours).
 
-    def reject_release(self, ref: str, dataset: str | None = None, reason: str = "") -> dict[str, Any]:
+        `expect_manifest_sha256`: the manifest you reviewed; when the room now serves another one,
+        nothing is signed (the signature covers the manifest fetched here, so a swap between your review
+        and this call would otherwise be signed)."""
+        return self._decide_release(ref, dataset, "release-approval", "approve", expect=expect_manifest_sha256)
+
+    def reject_release(self, ref: str, dataset: str | None = None, reason: str = "", *,
+                       expect_manifest_sha256: str | None = None) -> dict[str, Any]:
         """Sign and send a rejection: the recipient can never download the release."""
-        return self._decide_release(ref, dataset, "release-rejection", "reject", reason=reason)
+        return self._decide_release(ref, dataset, "release-rejection", "reject", expect=expect_manifest_sha256,
+                                    reason=reason)
 
-    def _decide_release(self, ref: str, dataset: str | None, kind: str, verb: str, **extra: Any) -> dict[str, Any]:
+    def _decide_release(self, ref: str, dataset: str | None, kind: str, verb: str, *, expect: str | None,
+                        **extra: Any) -> dict[str, Any]:
         pair = self.keys()
         release = self.get_release(ref)
+        if expect is not None and not hmac.compare_digest(manifest_sha256(release["manifest"]), expect):
+            raise Conflict("the release's manifest changed since you reviewed it; nothing was signed",
+                           hint="review the release again")
         mine = [d["name"] for d in self.list_datasets() if d["owner"] == self.whoami()["name"]]
         targets = [dataset] if dataset else [d for d in release["pending_review"] if d in mine]
         if not targets:

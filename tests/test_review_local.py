@@ -29,7 +29,7 @@ import pytest
 
 from cleanroom.client import Client, manifest_sha256
 from cleanroom.crypto import verify
-from cleanroom.errors import IntegrityError
+from cleanroom.errors import Conflict, IntegrityError
 from cleanroom.local.review_server import ReviewServer
 from cleanroom.prepare.ingest import new_join_secret
 from cleanroom.profile import Profile
@@ -320,6 +320,10 @@ def test_approve_through_the_page_signs_the_release_shown(world, served):
     # a form for another manifest signs nothing (the page must show what is signed)
     stale = post(served, f"releases/{rid}/approve", {"manifest": "0" * 64})
     assert stale.status_code == 409 and "Nothing was signed" in stale.text
+    assert world.owner.get_release(rid)["pending_review"] == [DATASET]
+    # the SDK the page signs with refuses, too, when the manifest it fetches is not the one reviewed
+    with pytest.raises(Conflict, match="changed since you reviewed it"):
+        world.owner.approve_release(rid, expect_manifest_sha256="0" * 64)
     assert world.owner.get_release(rid)["pending_review"] == [DATASET]
 
     done = post(served, f"releases/{rid}/approve", {"manifest": manifest})

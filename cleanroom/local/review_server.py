@@ -325,12 +325,12 @@ class ReviewApp:
             return self._html(self.release(release_id, error="Nothing was signed: the release is not the one this "
                                                             "page showed you. Review it again below."), 409)
         if verb == "approve":
-            self.client.approve_release(release["id"])
+            self.client.approve_release(release["id"], expect_manifest_sha256=shown)
         else:
             reason = form.get("reason", "").strip()
             if not reason or len(reason) > MAX_REASON:
                 raise ValidationError(f"a rejection needs a reason of 1 to {MAX_REASON} characters")
-            self.client.reject_release(release["id"], reason=reason)
+            self.client.reject_release(release["id"], reason=reason, expect_manifest_sha256=shown)
         return self._redirect(f"{self.base}releases/{quote(release['id'], safe='')}?done={verb}d")
 
 
