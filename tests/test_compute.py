@@ -206,6 +206,7 @@ def test_broken_results_are_refused(tmp_path: Path, body: str, message: str) -> 
         compute.run(meta, files, str(tmp_path))
 
 
+@pytest.mark.slow  # one subprocess per bad request
 def test_request_and_params_errors_are_answered(tmp_path: Path) -> None:
     frame = pd.DataFrame({"_pid": ["p1"], "v": [1]})
     result, _, _ = run_compute({}, [], [], raw=b"not a tar stream" * 64)

@@ -111,6 +111,7 @@ def test_bounds_must_be_declared_never_read_from_the_data():
 
 # -- the released noise has the documented scale (statistical, rejection level 1e-6) -------------------
 
+@pytest.mark.slow  # a distribution test: many noisy fits
 def test_released_moment_noise_is_gaussian_with_the_documented_sigma():
     measurement, sigma = dp_models.gaussian_mechanism(5.0, 0.4, 5e-8)
     draws = np.array([measurement([0.0] * 50) for _ in range(400)]).ravel()  # 20 000 draws

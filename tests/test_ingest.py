@@ -168,7 +168,8 @@ def test_canaries_appear_nowhere_outside_the_ciphertext(tmp_path: Path, keys: Ke
     frame.to_csv(path, index=False)
     prepared = run(path, keys, tmp_path)
     ciphertext = prepared.ciphertext_path.read_bytes()
-    public = json.dumps(prepared.metadata()) + json.dumps(prepared.dropped_reasons) + prepared.mock.to_json()
+    mock = prepared.mock.to_json(date_format="iso")
+    public = json.dumps(prepared.metadata()) + json.dumps(prepared.dropped_reasons) + mock
     for canary in (CANARY_ID, CANARY_EMAIL, CANARY_TEXT):
         assert canary.encode() not in ciphertext and canary not in public
     assert "customer" not in prepared.schema.names and "_pid" in prepared.schema.names

@@ -87,6 +87,7 @@ def test_subprocess_round_trip(tmp_path: Path) -> None:
     assert b"example.org" not in proc.stdout and b"example.org" not in proc.stderr
 
 
+@pytest.mark.slow  # one subprocess per malformed request
 def test_garbage_input_still_gets_a_response() -> None:
     proc = run_subprocess(b"this is not a tar stream" * 100)
     assert proc.returncode == 0, proc.stderr.decode()

@@ -266,6 +266,7 @@ def test_rows_that_do_not_fit_a_sampled_schema_name_lines_not_types(tmp_path: Pa
                                                  "got": "an empty value"}]
 
 
+@pytest.mark.slow  # value by value over many types
 def test_checking_a_sampled_type_agrees_with_inference_value_by_value() -> None:
     """`read_batches(sampled=...)` decides with cheaper checks than inference's patterns; never otherwise."""
     import random

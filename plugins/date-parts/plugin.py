@@ -12,7 +12,7 @@ PARTS = {
     "year": lambda dates: dates.dt.year,
     "month": lambda dates: dates.dt.month,
     "day": lambda dates: dates.dt.day,
-    "weekday": lambda dates: dates.dt.weekday,
+    "weekday": lambda dates: dates.dt.day_of_week,
     "quarter": lambda dates: dates.dt.quarter,
     "dayofyear": lambda dates: dates.dt.dayofyear,
 }
