@@ -45,8 +45,9 @@ mkdir -p containers/.build
 install_log=containers/.build/install.log
 echo "==> [up $(since "$t0")] install: make install, in the background (log: $install_log)"
 install_start="$(now)"
-# Its own end time, for the table: `wait` returns only once the images are built too.
-(make --no-print-directory install >"$install_log" 2>&1 && now >"$install_log.end") &
+# Its own end time, for the table: `wait` returns only once the images are built too. Niced: the
+# images are the longer path (base, then deps, then app), and the CLI is needed only at the end.
+(nice -n 10 make --no-print-directory install >"$install_log" 2>&1 && now >"$install_log.end") &
 install_pid=$!
 begin images "containers/build.py"
 python3 containers/build.py
