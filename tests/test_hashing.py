@@ -64,23 +64,35 @@ def test_a_non_ascii_check_detail_hashes_the_same_for_the_receipt_and_the_releas
     assert hashlib.sha256(stored.encode()).hexdigest() != receipt_side
     # ...and the same one for ASCII-only manifests, so no decision on those changes meaning.
     ascii_only = {**MANIFEST, "checks": [{"name": "k_anonymity", "ok": True, "detail": "grouped by age"}]}
-    assert hashlib.sha256(json.dumps(ascii_only, sort_keys=True, separators=(",", ":")).encode()).hexdigest() \
-        == digest(ascii_only)
+    assert hashlib.sha256(json.dumps(ascii_only, sort_keys=True, separators=(",", ":")).encode()).hexdigest() == digest(
+        ascii_only
+    )
 
 
 def test_policy_hashes_keep_their_stored_and_signed_form() -> None:
     """Policy hashes are stored and signed by owners, so they keep the ASCII-escaped form they had."""
     policy = parse_policy('[columns."ålder"]\nbounds = [18, 100]\n')
     escaped = json.dumps(policy.to_dict(), sort_keys=True, separators=(",", ":"))
-    assert policy.sha256() == hashlib.sha256(escaped.encode()).hexdigest() == digest(
-        policy.to_dict(), escape_non_ascii=True)
+    assert (
+        policy.sha256()
+        == hashlib.sha256(escaped.encode()).hexdigest()
+        == digest(policy.to_dict(), escape_non_ascii=True)
+    )
     assert policy.sha256() == "5360b80cd313ea341f14ee0c583772fddbbcdcf59dbd4e0732c3af9ed744cf02"
     assert policy.sha256() != digest(policy.to_dict())  # the UTF-8 form would orphan stored approvals
 
 
 def test_audit_event_hashes_keep_their_chained_form() -> None:
-    event = {"seq": 1, "ts": 1.5, "actor": "acme", "action": "dataset.created", "object_type": "dataset",
-             "object_id": "acme.kunder", "details": {"column": "ålder"}, "prev_hash": "0" * 64}
+    event = {
+        "seq": 1,
+        "ts": 1.5,
+        "actor": "acme",
+        "action": "dataset.created",
+        "object_type": "dataset",
+        "object_id": "acme.kunder",
+        "details": {"column": "ålder"},
+        "prev_hash": "0" * 64,
+    }
     assert event_hash(event) == "194717b647fadc785368f8fb29060b8e3d89e3b6ea1742a521592b408a74b5da"
 
 
@@ -100,13 +112,25 @@ def _inline_json_hashes() -> list[str]:
 
 
 def test_the_sandbox_prepare_and_shared_modules_hash_json_only_through_digest() -> None:
-    owned = ("cleanroom/sandbox/", "cleanroom/prepare/", "cleanroom/crypto.py", "cleanroom/policy.py",
-             "cleanroom/audit.py", "cleanroom/bundle.py", "cleanroom/jobspec.py", "cleanroom/review.py",
-             "cleanroom/release_rules.py", "cleanroom/published.py", "cleanroom/modelio.py")
+    owned = (
+        "cleanroom/sandbox/",
+        "cleanroom/prepare/",
+        "cleanroom/crypto.py",
+        "cleanroom/policy.py",
+        "cleanroom/audit.py",
+        "cleanroom/bundle.py",
+        "cleanroom/jobspec.py",
+        "cleanroom/review.py",
+        "cleanroom/release_rules.py",
+        "cleanroom/published.py",
+        "cleanroom/modelio.py",
+    )
     assert [site for site in _inline_json_hashes() if site.startswith(owned)] == []
 
 
-@pytest.mark.xfail(strict=True, reason="the API, the client and the runner still hash JSON inline; "
-                                       "remove this mark when they call digest()")
+@pytest.mark.xfail(
+    strict=True,
+    reason="the API, the client and the runner still hash JSON inline; remove this mark when they call digest()",
+)
 def test_no_module_hashes_json_outside_digest() -> None:
     assert _inline_json_hashes() == []

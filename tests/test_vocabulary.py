@@ -52,13 +52,16 @@ def test_the_release_phase_fits_exactly_the_known_estimators() -> None:
     assert set(vocabulary.SANDBOX_PHASES) < set(vocabulary.JOB_PHASES)
 
 
-@pytest.mark.parametrize(("pattern", "good", "bad"), [
-    (vocabulary.SHA256_HEX, "ab" * 32, ["AB" * 32, "ab" * 32 + "\n", "ab" * 31, "g" * 64]),
-    (vocabulary.ORG_NAME, "acme-co", ["a", "Acme", "acme\n", "-acme", "acme_co"]),
-    (vocabulary.DATASET_NAME, "acme.customers_v2", ["", "Acme.x", ".acme", "acme.customers\n"]),
-    (vocabulary.PLUGIN_NAME, "my-plugin", ["m", "my_plugin", "my-plugin\n"]),
-    (vocabulary.TABLE_NAME, "by_region", ["", "By", "by region", "by_region\n", "x" * 65]),
-])
+@pytest.mark.parametrize(
+    ("pattern", "good", "bad"),
+    [
+        (vocabulary.SHA256_HEX, "ab" * 32, ["AB" * 32, "ab" * 32 + "\n", "ab" * 31, "g" * 64]),
+        (vocabulary.ORG_NAME, "acme-co", ["a", "Acme", "acme\n", "-acme", "acme_co"]),
+        (vocabulary.DATASET_NAME, "acme.customers_v2", ["", "Acme.x", ".acme", "acme.customers\n"]),
+        (vocabulary.PLUGIN_NAME, "my-plugin", ["m", "my_plugin", "my-plugin\n"]),
+        (vocabulary.TABLE_NAME, "by_region", ["", "By", "by region", "by_region\n", "x" * 65]),
+    ],
+)
 def test_patterns_match_whole_names_only(pattern: object, good: str, bad: list[str]) -> None:
     assert pattern.fullmatch(good)  # type: ignore[attr-defined]
     for name in bad:

@@ -13,10 +13,25 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "DATASET_NAME", "DEFAULT_ESTIMATORS", "JOB_NAME", "JOB_PHASES", "JOB_STATUSES", "KNOWN_ESTIMATORS",
-    "LINEAR_ESTIMATORS", "ORG_NAME", "OUTPUT_KINDS", "PID", "PLUGIN_NAME", "ROW_STORING_ESTIMATORS",
-    "ROW_STORING_SKOPS_TYPES", "SANDBOX_PHASES", "SHA256_HEX", "STEP_KINDS", "TABLE_NAME",
-    "TERMINAL_STATUSES", "TRUSTED_SKOPS_TYPES",
+    "DATASET_NAME",
+    "DEFAULT_ESTIMATORS",
+    "JOB_NAME",
+    "JOB_PHASES",
+    "JOB_STATUSES",
+    "KNOWN_ESTIMATORS",
+    "LINEAR_ESTIMATORS",
+    "ORG_NAME",
+    "OUTPUT_KINDS",
+    "PID",
+    "PLUGIN_NAME",
+    "ROW_STORING_ESTIMATORS",
+    "ROW_STORING_SKOPS_TYPES",
+    "SANDBOX_PHASES",
+    "SHA256_HEX",
+    "STEP_KINDS",
+    "TABLE_NAME",
+    "TERMINAL_STATUSES",
+    "TRUSTED_SKOPS_TYPES",
 ]
 
 # The pseudonymised privacy unit and join key of every dataset (docs/design.md, "Data conventions").
@@ -41,14 +56,24 @@ TERMINAL_STATUSES = ("succeeded", "failed", "cancelled", "timed_out")
 # Estimators the release phase can fit. The default ones keep no training row in the fitted model;
 # the row-storing ones do, so a policy must opt in to them (allow_row_storing).
 DEFAULT_ESTIMATORS = (
-    "linear_regression", "ridge", "lasso", "logistic_regression",
-    "gradient_boosting_regressor", "gradient_boosting_classifier",
-    "random_forest_regressor", "random_forest_classifier",
-    "decision_tree_regressor", "decision_tree_classifier",
+    "linear_regression",
+    "ridge",
+    "lasso",
+    "logistic_regression",
+    "gradient_boosting_regressor",
+    "gradient_boosting_classifier",
+    "random_forest_regressor",
+    "random_forest_classifier",
+    "decision_tree_regressor",
+    "decision_tree_classifier",
 )
 ROW_STORING_ESTIMATORS = (
-    "k_neighbors_regressor", "k_neighbors_classifier", "svr", "svc",
-    "gaussian_process_regressor", "gaussian_process_classifier",
+    "k_neighbors_regressor",
+    "k_neighbors_classifier",
+    "svr",
+    "svc",
+    "gaussian_process_regressor",
+    "gaussian_process_classifier",
 )
 KNOWN_ESTIMATORS = DEFAULT_ESTIMATORS + ROW_STORING_ESTIMATORS
 LINEAR_ESTIMATORS = ("linear_regression", "ridge", "lasso", "logistic_regression")
@@ -56,11 +81,17 @@ LINEAR_ESTIMATORS = ("linear_regression", "ridge", "lasso", "logistic_regression
 # Types skops does not trust by default that the released estimators need: the release phase checks
 # what it writes against them, and the recipient's machine (`cleanroom.modelio`) loads nothing else.
 TRUSTED_SKOPS_TYPES = frozenset({"sklearn.tree._tree.Tree"})
-ROW_STORING_SKOPS_TYPES = frozenset({
-    "sklearn.neighbors._kd_tree.KDTree", "sklearn.neighbors._ball_tree.BallTree",
-    "sklearn.metrics._dist_metrics.EuclideanDistance64", "sklearn.metrics._dist_metrics.ManhattanDistance64",
-    "sklearn.metrics._dist_metrics.MinkowskiDistance64", "sklearn.metrics._dist_metrics.ChebyshevDistance64",
-    "sklearn.gaussian_process.kernels.ConstantKernel", "sklearn.gaussian_process.kernels.Product",
-    "sklearn.gaussian_process.kernels.RBF",
-    "sklearn.gaussian_process._gpc._BinaryGaussianProcessClassifierLaplace",
-})
+ROW_STORING_SKOPS_TYPES = frozenset(
+    {
+        "sklearn.neighbors._kd_tree.KDTree",
+        "sklearn.neighbors._ball_tree.BallTree",
+        "sklearn.metrics._dist_metrics.EuclideanDistance64",
+        "sklearn.metrics._dist_metrics.ManhattanDistance64",
+        "sklearn.metrics._dist_metrics.MinkowskiDistance64",
+        "sklearn.metrics._dist_metrics.ChebyshevDistance64",
+        "sklearn.gaussian_process.kernels.ConstantKernel",
+        "sklearn.gaussian_process.kernels.Product",
+        "sklearn.gaussian_process.kernels.RBF",
+        "sklearn.gaussian_process._gpc._BinaryGaussianProcessClassifierLaplace",
+    }
+)
