@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from cleanroom import audit, bundle
+from cleanroom.crypto import canonical_json
 from cleanroom.store.db import dumps, new_id, now
 
 SCRIPT = '<script>alert("owned")</script>'
@@ -36,9 +37,21 @@ class Seeded:
     release_id: str
 
 
+HOSTILE_COLUMN = "<img src=x onerror=alert(2)>\u202egnp.exe"
+SCHEMA = {"columns": [
+    {"name": "_pid", "type": "string", "nullable": False, "stats": {}},
+    {"name": "age", "type": "integer", "nullable": False, "stats": {"min": 18, "max": 99}},
+    {"name": "region", "type": "string", "nullable": True, "stats": {"categories": ["north", "south"]}},
+    {"name": "income", "type": "number", "nullable": True, "stats": {}},
+    {"name": HOSTILE_COLUMN, "type": "string", "nullable": True, "stats": {}},
+]}
+STORED_POLICY = {"privacy": {"min_group_size": 10},
+                 "columns": {"income": {"rule": "never_output", "bounds": None},
+                             "region": {"rule": "join_only", "bounds": None}}}
+
+
 def add_dataset(room: Any, owner_id: str, name: str, description: str) -> None:
-    schema = {"columns": [{"name": "_pid", "type": "string"}, {"name": "age", "type": "integer"},
-                          {"name": "region", "type": "category", "values": ["north", "south"]}]}
+    schema = SCHEMA
     mock = [{"_pid": f"p{i}", "age": 30 + i, "region": "north" if i % 2 else "south"} for i in range(5)]
     mock[0]["region"] = "<i>south</i>"
     with room.store.tx() as conn:
@@ -48,7 +61,7 @@ def add_dataset(room: Any, owner_id: str, name: str, description: str) -> None:
                       dumps(mock), dumps(["email"]), description, 1, now()))
         conn.execute("INSERT INTO policies (dataset, version, text, policy, sha256, created_at)"
                      " VALUES (?,?,?,?,?,?)",
-                     (name, 1, POLICY_TEXT, dumps({"privacy": {"min_group_size": 10}}), "ab" * 32, now()))
+                     (name, 1, POLICY_TEXT, dumps(STORED_POLICY), "ab" * 32, now()))
         audit.append(conn, actor="bank", action="dataset.created", object_type="dataset", object_id=name,
                      details={"note": SCRIPT}, ts=now())
 
@@ -80,27 +93,50 @@ def approve(room: Any, plugin_id: str, owner_id: str, dataset: str) -> None:
                       "sig", now()))
 
 
-def add_job_and_release(room: Any, analyst_id: str, recipient: str, dataset: str) -> tuple[str, str]:
+def isolation(image: str, *, warm: bool) -> dict[str, Any]:
+    """One phase's isolation report, as the runner's launcher writes it into the receipt."""
+    controls = dict.fromkeys(("network", "read_only", "user", "cap_drop", "no_new_privileges", "seccomp", "pids",
+                              "memory", "swap", "cpu", "tmpfs", "ipc", "mounts", "privileged", "runtime"), True)
+    return {**controls, "environment": ["PATH"], "seccomp_profile": "5e" * 32, "waived": [], "image": image,
+            "limits": {"memory": "2g", "cpus": 1.0, "pids": 256, "timeout_seconds": 600}, "warm": warm}
+
+
+def add_job_and_release(room: Any, analyst_id: str, recipient: str, dataset: str, *, plugin_id: str = "00" * 32,
+                        name: str = "churn-by-region", reason: str = "owner-only reason text") -> tuple[str, str]:
     job_id, release_id = new_id("job"), new_id("rel")
-    spec = {"name": "churn-by-region", "inputs": [{"dataset": dataset}], "recipient": recipient}
-    outputs = {"aggregates/by_region.csv": {"sha256": "cd" * 32, "bytes": 120}}
+    spec = {"name": name, "inputs": [{"dataset": dataset}], "recipient": recipient}
+    outputs = {"aggregates/by_region.csv": {"sha256": "cd" * 32, "bytes": 120},
+               "model_card.md": {"sha256": "c0" * 32, "bytes": 2300}}
     manifest = {"job_id": job_id, "outputs": outputs,
                 "checks": [{"name": "min_group_size", "passed": True, "detail": "smallest group 12 >= 10"},
                            {"name": "never_output", "passed": True, "detail": SCRIPT}],
-                "epsilon_spent": 0.0, "recipient": recipient}
+                "epsilon_spent": 0.0, "recipient": recipient, "encrypted_to": sorted({recipient, "bank"})}
+    image = "sha256:" + "1a" * 32
+    body = {"type": "cleanroom-receipt", "version": 1, "job_id": job_id, "spec_sha256": "5c" * 32,
+            "plugins": {plugin_id: "drop-gaps@0.1.0"},
+            "datasets": {dataset: {"sha256": hashlib.sha256(dataset.encode()).hexdigest(), "policy_version": 1,
+                                   "policy_sha256": "ab" * 32}},
+            "approvals": ["a9" * 32], "image": image,
+            "isolation": {"compute": isolation(image, warm=True), "mock": isolation(image, warm=False),
+                          "release": isolation(image, warm=True)},
+            "dropped_columns": {dataset: ["income"]}, "epsilon_spent": 0.0, "outputs": outputs,
+            "manifest_sha256": hashlib.sha256(canonical_json(manifest)).hexdigest()}
+    receipt = {"body": body, "signature": "c2lnbmF0dXJl" * 8,
+               "room_keys": {"enc_public": "age1room", "sign_public": "ed25519room",
+                             "fingerprint": "SHA256:62a56c893d8b244b726c29965d79f2b9"}}
     with room.store.tx() as conn:
         t = now()
         conn.execute("INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, phase, reason,"
                      " created_at, started_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                      (job_id, analyst_id, spec["name"], dumps(spec), "{}", "succeeded", "release",
-                      "owner-only reason text", t - 60, t - 50, t - 8))
+                      reason, t - 60, t - 50, t - 8))
         rec = conn.execute("SELECT id FROM orgs WHERE name = ?", (recipient,)).fetchone()[0]
         conn.execute("INSERT INTO releases (id, job_id, recipient_id, manifest, receipt, review_by,"
                      " created_at) VALUES (?,?,?,?,?,?,?)", (release_id, job_id, rec, dumps(manifest),
-                                                 dumps({"body": {"job_id": job_id}, "signature": "sig"}),
-                                                 dumps([dataset]), t))
-        conn.execute("INSERT INTO release_artifacts (release_id, name, blob, size) VALUES (?,?,?,?)",
-                     (release_id, "aggregates/by_region.csv", "ef" * 32, 180))
+                                                 dumps(receipt), dumps([dataset]), t))
+        conn.executemany("INSERT INTO release_artifacts (release_id, name, blob, size) VALUES (?,?,?,?)",
+                         [(release_id, "aggregates/by_region.csv", "ef" * 32, 180),
+                          (release_id, "model_card.md", "fe" * 32, 2531)])
     return job_id, release_id
 
 
@@ -119,7 +155,7 @@ def seed(room: Any, tmp_path: Path) -> Seeded:
     new = add_plugin(room, tmp_path / "new", ids["ana"], "drop-gaps", "0.2.0", PLUGIN_CODE, findings)
     bobs = add_plugin(room, tmp_path / "bob", ids["bob"], "bob-secret-model", "1.0.0",
                       "def spec():\n    return {}\n", [])
-    job_id, release_id = add_job_and_release(room, ids["ana"], "ana-co", "customers")
+    job_id, release_id = add_job_and_release(room, ids["ana"], "ana-co", "customers", plugin_id=old)
     return Seeded(tokens={"bank": bank.token or "", "ana": ana.token or "", "bob": bob.token or ""},
                   ana_plugin=new, ana_old_plugin=old, bob_plugin=bobs, job_id=job_id, release_id=release_id)
 
@@ -385,3 +421,116 @@ def test_the_cookies_are_secure_over_https(room, seeded):
     assert "secure" in next(c for c in r.headers.get_list("set-cookie") if "cleanroom_session=" in c).lower()
     mixed = httpx.post(room.url + "/ui/login", data=data, headers={**https, "origin": room.url})
     assert mixed.status_code == 403  # an http:// origin is another origin than the https:// page
+
+
+def outside_details(page: str) -> str:
+    """The page without its <details> blocks (the raw JSON for experts)."""
+    return re.sub(r"<details>.*?</details>", "", page, flags=re.S)
+
+
+def test_release_page_shows_the_manifest_and_receipt_as_tables_not_json(room, seeded):
+    page = login(room, seeded.tokens["bank"]).get(f"/ui/releases/{seeded.release_id}").text
+    visible = outside_details(page)
+    # the raw JSON is there for experts, in one closed <details>, and nowhere else
+    assert page.count("<details>") == 1 and "<details open" not in page
+    assert "Raw manifest and receipt (JSON)" in page and "&quot;manifest_sha256&quot;:" in page
+    assert "&quot;outputs&quot;:" not in visible and "&quot;isolation&quot;" not in visible
+    assert "{" not in visible.split("<main>")[1]
+    assert "<pre>" not in visible  # only the copy-paste commands are preformatted
+    # outputs: name, kind, the manifest's plaintext size, a short sha256 (whole in the tooltip), the ciphertext size
+    row = re.search(r"<tr><td><code>aggregates/by_region.csv</code></td>(.*?)</tr>", visible).group(1)
+    assert "aggregate table" in row and ">120 B<" in row and ">180 B<" in row
+    assert f'title="{"cd" * 32}">{"cd" * 8}…</code>' in row
+    card = re.search(r"<tr><td><code>model_card.md</code></td>(.*?)</tr>", visible).group(1)
+    assert "model card" in card and ">2,300 B<" in card and ">2,531 B<" in card
+    assert "plaintext size" in visible and "encrypted size" in visible
+    # checks, then the receipt's body: plugins with their ids, datasets with data hashes and policy versions
+    assert "Release checks (2 of 2 passed)" in visible and "smallest group 12 &gt;= 10" in visible
+    assert "drop-gaps@0.1.0" in visible and f'href="/ui/plugins/{seeded.ana_old_plugin}"' in visible
+    datasets_row = re.search(r"<tr><td>customers</td>(.*?)</tr>", visible).group(1)
+    assert "v1" in datasets_row and hashlib.sha256(b"customers").hexdigest() in datasets_row
+    assert "income" in datasets_row  # left out of the input (never_output)
+    assert "the manifest shown here" in visible and "NOT the manifest" not in visible
+    assert f'title="{"a9" * 32}"' in visible  # the covering approval's hash
+    # isolation: one compact row per phase
+    for phase in ("compute", "mock", "release"):
+        assert f"<tr><td>{phase}</td><td><span class=\"badge ok\">all 15 enforced</span>" in visible
+    assert "SHA256:62a56c893d8b244b726c29965d79f2b9" in visible and "cleanroom receipt verify" in visible
+
+
+def test_release_page_flags_a_receipt_for_another_manifest_and_unenforced_controls(room, seeded):
+    with room.store.tx() as conn:
+        receipt = json.loads(conn.execute("SELECT receipt FROM releases WHERE id = ?",
+                                          (seeded.release_id,)).fetchone()[0])
+        receipt["body"]["manifest_sha256"] = "00" * 32
+        receipt["body"]["isolation"]["compute"].update(network=False, waived=["network"])
+        conn.execute("UPDATE releases SET receipt = ? WHERE id = ?", (dumps(receipt), seeded.release_id))
+    visible = outside_details(login(room, seeded.tokens["bank"]).get(f"/ui/releases/{seeded.release_id}").text)
+    assert "NOT the manifest shown here" in visible
+    assert "14 of 15" in visible and "not enforced: network" in visible and "waived: network" in visible
+    assert "<tr><td>release</td><td><span class=\"badge ok\">all 15 enforced</span>" in visible  # control
+
+
+def test_dataset_page_renders_the_schema_facts(room, seeded):
+    page = login(room, seeded.tokens["bank"]).get("/ui/datasets/customers").text
+    assert "nullable=" not in page and "stats=" not in page and "{" not in outside_details(page).split("<main>")[1] \
+        .split("<h2>Policy")[0]
+
+    def row(column: str) -> str:
+        return re.search(rf"<tr><td><code>{re.escape(column)}</code></td>(.*?)</tr>", page).group(1)
+
+    assert re.fullmatch(r"<td>integer</td><td>no</td><td><span class=\"badge\">allowed</span></td>"
+                        r"<td>bounds <span class=\"nowrap\">\[18, 99\]</span></td>", row("age")), row("age")
+    assert "<td>yes</td>" in row("region") and "join_only" in row("region") and "2 categories: north, south" in \
+        row("region")
+    assert "never_output" in row("income") and "nothing published" in row("income")
+    assert "join key" in row("_pid") and "<td>no</td>" in row("_pid")
+    assert "encrypted size" in page and "4,096 B" in page
+
+
+def test_approvals_for_an_older_policy_version_are_stale_not_current(room, seeded):
+    bank = login(room, seeded.tokens["bank"])
+    plugin = f"/ui/plugins/{seeded.ana_old_plugin}"
+    before = bank.get(plugin).text
+    assert '<span class="badge ok">current</span>' in before and "stale" not in before  # control
+    assert "stale" not in bank.get("/ui/plugins").text
+    shown = bank.get("/ui/datasets/customers").text
+    assert "drop-gaps 0.1.0" in shown and '<span class="badge ok">current</span>' in shown
+    with room.store.tx() as conn:  # the owner publishes policy version 2
+        conn.execute("INSERT INTO policies (dataset, version, text, policy, sha256, created_at)"
+                     " VALUES (?,?,?,?,?,?)", ("customers", 2, POLICY_TEXT, dumps(STORED_POLICY), "cd" * 32, now()))
+        conn.execute("UPDATE datasets SET policy_version = 2 WHERE name = 'customers'")
+    after = bank.get(plugin).text
+    assert "stale: given for v1, the current policy is v2" in after
+    assert '<span class="badge ok">current</span>' not in after
+    assert "customers: stale" in bank.get("/ui/plugins").text
+    shown = bank.get("/ui/datasets/customers").text
+    assert "stale: given for v1, the current policy is v2" in shown and "badge ok\">current" not in shown
+    ana = login(room, seeded.tokens["ana"]).get(plugin).text  # the analyst's view says the same
+    assert "stale: given for v1, the current policy is v2" in ana
+
+
+def test_the_dataset_page_shows_only_approvals_of_plugins_the_caller_may_see(room, seeded):
+    with room.store.read() as conn:
+        bank_id = conn.execute("SELECT id FROM orgs WHERE name = 'bank'").fetchone()[0]
+    approve(room, seeded.bob_plugin, bank_id, "customers")
+    assert "bob-secret-model" in login(room, seeded.tokens["bank"]).get("/ui/datasets/customers").text
+    ana = login(room, seeded.tokens["ana"]).get("/ui/datasets/customers").text
+    assert "bob-secret-model" not in ana and seeded.bob_plugin not in ana
+    assert "drop-gaps 0.1.0" in ana  # control: its own plugin's approval
+
+
+def test_hostile_column_and_plugin_names_are_text(room, seeded):
+    hostile = '<b onmouseover="x()">drop\u202egaps</b>'
+    with room.store.tx() as conn:
+        conn.execute("UPDATE plugins SET name = ? WHERE id = ?", (hostile, seeded.ana_old_plugin))
+    bank = login(room, seeded.tokens["bank"])
+    for path in ("/ui/plugins", f"/ui/plugins/{seeded.ana_old_plugin}", "/ui/datasets/customers"):
+        page = bank.get(path).text
+        assert "<b " not in page and "\u202e" not in page, path
+        assert "&lt;b onmouseover=&quot;x()&quot;&gt;drop" in page, path
+        assert '<span class="hidden-char" title="hidden character">&lt;U+202E&gt;</span>gaps' in page, path
+    page = bank.get("/ui/datasets/customers").text
+    assert "<img" not in page and "\u202e" not in page
+    assert ("<code>&lt;img src=x onerror=alert(2)&gt;<span class=\"hidden-char\" title=\"hidden character\">"
+            "&lt;U+202E&gt;</span>gnp.exe</code>") in page

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
@@ -25,7 +26,7 @@ from cleanroom.api.authz import Caller, check_route
 from cleanroom.api.deps import Ctx, check_token, end_session, new_session, session_caller
 from cleanroom.audit import verify_events
 from cleanroom.errors import AuthenticationError, CleanroomError, NotFound, PermissionDenied, ValidationError
-from cleanroom.store import audit, datasets
+from cleanroom.store import approvals, audit, datasets, plugins
 
 router = APIRouter(include_in_schema=False)
 
@@ -202,15 +203,20 @@ def render(ctx: Ctx, parts: list[str]) -> str:
         case ["datasets", name]:
             check_route("get_dataset", caller)
             with ctx.store.read() as conn:
-                return pages.dataset_page(caller, views.dataset_detail(conn, caller, name), _budget(conn, ctx, name))
+                view = views.dataset_detail(conn, caller, name)
+                return pages.dataset_page(caller, view, _budget(conn, ctx, name), _dataset_approvals(conn, ctx, name))
         case ["plugins"]:
             check_route("list_plugins", caller)
-            return pages.plugins_page(caller, views.plugin_page(ctx, limit=PAGE, after=None)["items"])
+            listed = views.plugin_page(ctx, limit=PAGE, after=None)["items"]
+            with ctx.store.read() as conn:
+                current = _current(conn, listed)
+            return pages.plugins_page(caller, listed, current)
         case ["plugins", ref]:
             check_route("get_plugin", caller)
             with ctx.store.read() as conn:
                 view = views.plugin_detail(conn, ctx.store.blobs, caller, ref)
-            return pages.plugin_page(caller, view, _own_datasets(ctx))
+                current = _current(conn, [view])
+            return pages.plugin_page(caller, view, _own_datasets(ctx), current)
         case ["jobs"]:
             check_route("list_jobs", caller)
             return pages.jobs_page(caller, job_views.job_page(ctx, limit=PAGE, after=None, status=None)["items"])
@@ -240,6 +246,29 @@ def _own_datasets(ctx: Ctx) -> list[str]:
         return sorted(d["name"] for d in datasets.page(conn, viewer_id=ctx.caller.org_id, all_withdrawn=False,
                                                        after=None, limit=-1)
                       if d["owner_id"] == ctx.caller.org_id and not d.get("withdrawn_at"))
+
+
+def _current(conn: Any, plugins: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The current policy version and data hash of each dataset the plugins' approvals name (withdrawn
+    datasets left out): approvals are shown against them, never as `current` when given for older ones."""
+    out = {}
+    for name in sorted({a["dataset"] for p in plugins for a in p["approvals"]}):
+        ds = datasets.get(conn, name=name)
+        if ds is not None and ds.get("withdrawn_at") is None:
+            out[name] = {"policy_version": ds["policy_version"], "sha256": ds["sha256"]}
+    return out
+
+
+def _dataset_approvals(conn: Any, ctx: Ctx, name: str) -> list[dict[str, Any]]:
+    """The plugin approvals in force on a dataset, of the plugins the caller may see (an analyst: its own)."""
+    given = approvals.in_force(conn, datasets=[name])
+    found = plugins.many(conn, plugin_ids=sorted({a["plugin_id"] for a in given}))
+    seen = {pid: p for pid, p in found.items() if views.can_see_plugin(ctx.caller, p)}  # type: ignore[arg-type]
+    return [{"plugin": a["plugin_id"], "plugin_name": seen[a["plugin_id"]]["name"],
+             "plugin_version": seen[a["plugin_id"]]["version"], "org": a["org"],
+             "policy_version": a["policy_version"], "dataset_sha256": a["dataset_sha256"],
+             "created_at": a["created_at"], "revoked_at": a["revoked_at"]}
+            for a in sorted(given, key=lambda a: (a["created_at"], a["id"])) if a["plugin_id"] in seen]
 
 
 def _budget(conn: object, ctx: Ctx, name: str) -> dict[str, object] | None:

@@ -1,155 +1,47 @@
 """HTML for the review page: small functions from view dicts to escaped markup, no template engine.
 
-Every value that reaches the page goes through `h()`, which escapes anything that is not `Safe`
-(markup built here). Plugin code, names, findings and messages are attacker-controlled.
+Every value that reaches the page goes through `h()` (`web_render`), which escapes anything that is not
+`Safe` (markup built here). Plugin code, names, findings, reasons and check details are attacker-controlled.
+Approvals are shown against each dataset's current policy version and data: one given for an older one
+is `stale` (a job can no longer rely on it), never `current`.
 """
 
 from __future__ import annotations
 
-import html
+import hashlib
 import json
-import re
-import time
-from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import quote
 
 from cleanroom.api.authz import Caller
-from cleanroom.identifiers import hidden_characters, marker
+from cleanroom.api.web_render import (
+    CSS,
+    STATUS_KIND,
+    Safe,
+    badge,
+    command,
+    details,
+    duration,
+    facts,
+    h,
+    ident,
+    join,
+    link,
+    pre,
+    size,
+    table,
+    tag,
+    ui,
+    when,
+    yes_no,
+)
+from cleanroom.crypto import canonical_json
 
 MOCK_ROWS_SHOWN = 100
+CATEGORIES_SHOWN = 30
 # Replaced by the browser's CSRF token after rendering. Escaped values never contain "<".
 CSRF_PLACEHOLDER = "<!--csrf-->"
 CSRF_INPUT = f'<input type="hidden" name="csrf" value="{CSRF_PLACEHOLDER}">'
 
-
-class Safe(str):
-    """Markup built by this module: inserted as is."""
-
-
-def h(value: Any) -> Safe:
-    """Escaped text; a hidden character (bidi control, zero-width, ...) becomes a visible marker."""
-    if isinstance(value, Safe):
-        return value
-    if value is None:
-        return Safe('<span class="muted">-</span>')
-    text = html.escape(str(value), quote=True)
-    if not text.isascii() or not text.isprintable():
-        text = _HIDDEN.sub(_show_hidden, text)
-    return Safe(text)
-
-
-_HIDDEN = re.compile(r"[^\x20-\x7e\t\n\r]")
-
-
-def _show_hidden(match: re.Match[str]) -> str:
-    char = match.group()
-    if not hidden_characters(char):
-        return char
-    return f'<span class="hidden-char" title="hidden character">{html.escape(marker(char))}</span>'
-
-
-def join(parts: Iterable[Any], sep: str = "") -> Safe:
-    return Safe(sep.join(h(p) for p in parts))
-
-
-def tag(name: str, content: Any = "", **attrs: Any) -> Safe:
-    attr = "".join(f' {k.rstrip("_").replace("_", "-")}="{h(v)}"' for k, v in attrs.items() if v is not None)
-    return Safe(f"<{name}{attr}>{h(content)}</{name}>")
-
-
-def link(href: str, text: Any) -> Safe:
-    return tag("a", text, href=href)
-
-
-def ui(*parts: str) -> str:
-    return "/ui/" + "/".join(quote(p, safe="") for p in parts)
-
-
-def when(ts: float | None) -> Safe:
-    if ts is None:
-        return h(None)
-    return tag("span", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + " UTC", class_="nowrap")
-
-
-def duration(start: float | None, end: float | None) -> Safe:
-    if start is None or end is None:
-        return h(None)
-    return tag("span", f"{end - start:.1f} s", class_="nowrap")
-
-
-def pre(value: Any, cls: str | None = None) -> Safe:
-    text = value if isinstance(value, str) else json.dumps(value, indent=2, sort_keys=True)
-    return tag("pre", text, class_=cls)
-
-
-def badge(text: Any, kind: str = "") -> Safe:
-    return tag("span", text, class_=f"badge {kind}".strip())
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], empty: str = "nothing yet") -> Safe:
-    body = [Safe("<tr>" + "".join(tag("td", c) for c in row) + "</tr>") for row in rows]
-    if not body:
-        return tag("p", empty, class_="muted")
-    head = "".join(tag("th", x) for x in headers)
-    return Safe(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
-
-
-def facts(pairs: Iterable[tuple[str, Any]]) -> Safe:
-    items = "".join(f"<dt>{h(k)}</dt><dd>{h(v)}</dd>" for k, v in pairs)
-    return Safe(f"<dl>{items}</dl>")
-
-
-def command(text: str) -> Safe:
-    return tag("pre", text, class_="cmd")
-
-
-STATUS_KIND = {"succeeded": "ok", "failed": "bad", "timed_out": "bad", "cancelled": "warn",
-               "running": "info", "queued": "info", "approve": "ok", "reject": "bad", "released": "ok",
-               "nothing_released": "warn"}
-
-CSS = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2433;
- background:#f6f7f9}
-header{background:#1d2433;color:#fff;padding:.6em 1.5em;display:flex;gap:1.5em;align-items:center;
- flex-wrap:wrap}
-header a{color:#cfe0ff;text-decoration:none}header a:hover{text-decoration:underline}
-header .brand{font-weight:700;color:#fff}header .who{margin-left:auto;color:#c9ced8}
-header form{display:inline;margin:0}header button{font:inherit;cursor:pointer}
-main{padding:1em 1.5em 3em;max-width:1400px}.nowrap{white-space:nowrap}
-h1{font-size:1.5em;margin:.4em 0}h2{font-size:1.15em;margin:1.6em 0 .5em;border-bottom:1px solid #dde1e8}
-h3{font-size:1em;margin:1.2em 0 .3em;font-family:ui-monospace,Menlo,Consolas,monospace}
-a{color:#1a56c4}
-table{border-collapse:collapse;background:#fff;width:100%;margin:.4em 0}
-th,td{border:1px solid #dde1e8;padding:.3em .55em;text-align:left;vertical-align:top}
-th{background:#eef1f5;font-weight:600}
-pre{background:#fff;border:1px solid #dde1e8;padding:.6em;overflow:auto;margin:.4em 0}
-pre.cmd{background:#1d2433;color:#e8ecf3;border:0}
-code,pre,.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em;margin:.4em 0}
-dt{color:#5b6578}dd{margin:0;word-break:break-all}
-.muted{color:#7a8394}
-.badge{display:inline-block;padding:0 .5em;border-radius:.8em;background:#e4e7ec;font-size:.85em}
-.badge.ok{background:#d5f2dc;color:#14532d}.badge.bad{background:#fde0e0;color:#8a1414}
-.badge.warn{background:#fff1c2;color:#6b4e00}.badge.info{background:#dde9ff;color:#173d8a}
-.banner{padding:.6em 1em;border-radius:.3em;margin:.6em 0}
-.banner.ok{background:#d5f2dc}.banner.bad{background:#fde0e0}.banner.warn{background:#fff1c2}
-table.code{border:1px solid #dde1e8;width:100%}
-table.code td{border:0;padding:0 .6em;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px;
- white-space:pre-wrap;word-break:break-all}
-table.code td.n{color:#9aa3b2;text-align:right;user-select:none;width:3.5em;border-right:1px solid #dde1e8}
-table.code tr.flag-blocking td{background:#fde0e0}table.code tr.flag-warning td{background:#fff6d6}
-table.code tr.finding td{font-family:system-ui,sans-serif;font-size:13px;white-space:normal}
-table.code tr.finding.blocking td{background:#f9c4c4;color:#6d0f0f;font-weight:600}
-table.code tr.finding.warning td{background:#ffeaa8;color:#5a4200}
-.diff .add{color:#14632d;background:#e6f6ea}.diff .del{color:#8a1414;background:#fdeaea}
-form.login{background:#fff;border:1px solid #dde1e8;padding:1.2em;max-width:34em}
-form.login input{width:100%;font:inherit;padding:.4em;box-sizing:border-box;margin:.4em 0 .8em}
-form.login button{font:inherit;padding:.4em 1.2em;cursor:pointer}
-.error{background:#fde0e0;color:#8a1414;padding:.6em 1em;border-radius:.3em}
-.hidden-char{background:#8a1414;color:#fff;border-radius:.2em;padding:0 .15em;font-weight:700}
-.lineage{background:#eef1f5;border-left:4px solid #1a56c4}
-"""
 
 NAV = (("datasets", "Datasets"), ("plugins", "Plugins"), ("jobs", "Jobs"), ("releases", "Releases"),
        ("audit", "Audit log"))
@@ -184,43 +76,132 @@ def error_page(caller: Caller | None, status: int, message: str) -> str:
     return layout(f"Error {status}", tag("p", message, class_="error"), caller)
 
 
-def _bytes(size: int | None, unit: str) -> Any:
+def _bytes(n: int | None, label: str = "") -> Any:
     """A size, or the muted dash when the caller may not see it (exact sizes are the owner's)."""
-    return None if size is None else f"{size:,} {unit}"
+    return None if n is None else join([size(n), f" {label}" if label else ""])
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+# Approvals against the current policy -------------------------------------------------------------
+
+def approval_state(a: dict[str, Any], current: dict[str, dict[str, Any]]) -> Safe:
+    """Whether an approval (or rejection) still holds: revoked, stale (given for another policy version or
+    other data than the dataset's current ones: a job can no longer rely on it), or current.
+    `current`: dataset name -> {policy_version, sha256} of the datasets still in the room."""
+    if a.get("revoked_at"):
+        return badge("revoked", "warn")
+    now = current.get(a["dataset"])
+    if now is None:
+        return badge("stale: the dataset was withdrawn", "warn")
+    if a.get("policy_version") != now["policy_version"]:
+        return badge(f"stale: given for v{a.get('policy_version')}, the current policy is v{now['policy_version']}",
+                     "warn")
+    if a.get("dataset_sha256") and a["dataset_sha256"] != now["sha256"]:
+        return badge("stale: given for other data", "warn")
+    return badge("current", "ok")
+
+
+def holds(a: dict[str, Any], current: dict[str, dict[str, Any]]) -> bool:
+    now = current.get(a["dataset"])
+    return (now is not None and not a.get("revoked_at") and a.get("policy_version") == now["policy_version"]
+            and (not a.get("dataset_sha256") or a["dataset_sha256"] == now["sha256"]))
+
+
+def approved_for(plugin: dict[str, Any], current: dict[str, dict[str, Any]]) -> Safe | None:
+    """The datasets a plugin is approved for; approvals for an older policy or data marked stale."""
+    given = [a for a in plugin["approvals"] if a["decision"] == "approve" and not a["revoked_at"]]
+    valid = sorted({a["dataset"] for a in given if holds(a, current)})
+    stale = sorted({a["dataset"] for a in given if not holds(a, current)} - set(valid))
+    if not valid and not stale:
+        return None
+    return join([", ".join(valid), " " if valid and stale else "",
+                 *[join([badge(f"{d}: stale", "warn"), " "]) for d in stale]])
 
 
 # Datasets -----------------------------------------------------------------------------------------
 
 def datasets_page(caller: Caller, datasets: list[dict[str, Any]]) -> str:
     rows = [(link(ui("datasets", d["name"]), d["name"]), d["owner"], d["row_count"], len(d["columns"]),
-             f"v{d['policy_version']}", _bytes(d["size"], "B"), when(d["created_at"])) for d in datasets]
-    body = table(["name", "owner", "rows", "columns", "policy", "ciphertext", "created"], rows,
+             f"v{d['policy_version']}", _bytes(d["size"]), when(d["created_at"])) for d in datasets]
+    body = table(["name", "owner", "rows", "columns", "policy", "encrypted size", "created"], rows,
                  "no datasets in the room yet")
     return layout("Datasets", body, caller)
 
 
-def dataset_page(caller: Caller, ds: dict[str, Any], budget: dict[str, Any] | None = None) -> str:
-    schema_cols = ds["schema"].get("columns", [])
-    col_rows = [(tag("code", c.get("name")), c.get("type"),
-                 join(f"{k}={json.dumps(v)}" for k, v in sorted(c.items()) if k not in ("name", "type")))
-                for c in schema_cols]
+def published(column: dict[str, Any], rule: dict[str, Any]) -> Any:
+    """What the schema publishes of a column (declared in the policy, nothing computed from rows), as
+    `cleanroom dataset show` prints it: bounds, categories, time zone."""
+    stats = _dict(column.get("stats"))
+    parts: list[Any] = []
+    bounds = rule.get("bounds")
+    lo, hi = (stats.get("min"), stats.get("max")) if stats.get("min") is not None or stats.get("max") is not None \
+        else (bounds if isinstance(bounds, list) and len(bounds) == 2 else (None, None))
+    if lo is not None or hi is not None:
+        parts.append(join(["bounds ", tag("span", f"[{lo}, {hi}]", class_="nowrap")]))
+    categories = stats.get("categories") or rule.get("domain")
+    if isinstance(categories, list) and categories:
+        shown = ", ".join(map(str, categories[:CATEGORIES_SHOWN]))
+        more = f" … and {len(categories) - CATEGORIES_SHOWN} more" if len(categories) > CATEGORIES_SHOWN else ""
+        parts.append(join([f"{len(categories)} categories: ", shown, more]))
+    if column.get("timezone"):
+        parts.append(f"time zone {column['timezone']}")
+    if not parts:
+        return tag("span", "nothing published" if column.get("stats") == {} else "-", class_="muted")
+    return join(parts, "; ")
+
+
+def schema_rows(columns: list[dict[str, Any]], policy: dict[str, Any]) -> list[tuple[Any, ...]]:
+    rules = _dict(policy.get("columns"))
+    rows = []
+    for c in columns:
+        name = c.get("name")
+        rule = _dict(rules.get(str(name)))
+        kind = rule.get("rule") or ("join key" if name == "_pid" else "allowed")
+        rows.append((tag("code", name), c.get("type"), yes_no(c.get("nullable", True)),
+                     badge(kind, "warn" if kind == "never_output" else "info" if kind != "allowed" else ""),
+                     published(c, rule)))
+    return rows
+
+
+def dataset_page(caller: Caller, ds: dict[str, Any], budget: dict[str, Any] | None = None,
+                 approvals: list[dict[str, Any]] | None = None) -> str:
+    """One dataset; `approvals`: the plugin approvals in force on it that the caller may see (plugin,
+    plugin_name, plugin_version, org, policy_version, dataset_sha256, created_at, revoked_at)."""
+    schema_cols = [c for c in ds["schema"].get("columns", []) if isinstance(c, dict)]
     names = [str(c.get("name")) for c in schema_cols]
     mock = ds["mock"][:MOCK_ROWS_SHOWN]
     extra = sorted({k for row in mock for k in row} - set(names))
     header = names + extra
     mock_rows = [[row.get(k) if k in row else Safe("") for k in header] for row in mock]
+    current = {ds["name"]: {"policy_version": ds["policy_version"], "sha256": ds["sha256"]}}
+    approval_rows = [(link(ui("plugins", a["plugin"]), f"{a['plugin_name']} {a['plugin_version']}"),
+                      ident(a["plugin"], 16), a["org"], f"v{a['policy_version']}", when(a["created_at"]),
+                      approval_state({**a, "dataset": ds["name"]}, current))
+                     for a in approvals or []]
     parts = [
         tag("p", ds["description"]) if ds["description"] else Safe(""),
         facts([("owner", ds["owner"]), ("rows", ds["row_count"]),
-               ("ciphertext sha256", tag("code", ds["sha256"])), ("size", _bytes(ds["size"], "bytes")),
+               ("ciphertext sha256", ident(ds["sha256"])), ("encrypted size", _bytes(ds["size"])),
                ("policy version", ds["policy_version"]),
-               ("policy sha256", tag("code", ds["policy_sha256"])), ("created", when(ds["created_at"])),
+               ("policy sha256", ident(ds["policy_sha256"])), ("created", when(ds["created_at"])),
                ("dropped before upload", ", ".join(ds["dropped"]) or None)]),
         _budget_facts(budget),
-        tag("h2", "Schema"), table(["column", "type", "details"], col_rows),
+        tag("h2", "Schema"),
+        table(["column", "type", "nullable", "policy rule", "published (declared in the policy)"],
+              schema_rows(schema_cols, ds.get("policy") or {})),
+        tag("h2", f"Plugins approved for this dataset (against policy v{ds['policy_version']})"),
+        table(["plugin", "id", "approved by", "for policy", "when", "state"], approval_rows,
+              "no plugin approvals you may see"),
         tag("h2", f"Policy (version {ds['policy_version']})"), pre(ds["policy_text"]),
         tag("h2", f"Mock sample ({len(mock)} of {len(ds['mock'])} rows shown; synthetic, not real data)"),
-        table(header, mock_rows, "no mock rows"),
+        table(header, mock_rows, "no mock rows", scroll=True),
     ]
     return layout(f"Dataset {ds['name']}", join(parts), caller)
 
@@ -242,15 +223,11 @@ def _budget_facts(budget: dict[str, Any] | None) -> Safe:
 
 # Plugins ------------------------------------------------------------------------------------------
 
-def approved_for(plugin: dict[str, Any]) -> list[str]:
-    return sorted({a["dataset"] for a in plugin["approvals"]
-                   if a["decision"] == "approve" and not a["revoked_at"]})
-
-
-def plugins_page(caller: Caller, plugins: list[dict[str, Any]]) -> str:
+def plugins_page(caller: Caller, plugins: list[dict[str, Any]], current: dict[str, dict[str, Any]]) -> str:
+    """The plugins the caller may see; `current`: dataset name -> {policy_version, sha256} now."""
     rows = [(link(ui("plugins", p["id"]), p["name"]), p["version"], p["kind"], p["submitted_by"],
              badge(p["blocking_findings"], "bad") if p["blocking_findings"] else badge(0, "ok"),
-             ", ".join(approved_for(p)) or None, tag("code", p["id"][:16]), when(p["created_at"]))
+             approved_for(p, current), ident(p["id"], 16), when(p["created_at"]))
             for p in plugins]
     body = table(["name", "version", "kind", "submitted by", "blocking findings", "approved for", "id",
                   "submitted"], rows, "no plugins you may see")
@@ -295,7 +272,9 @@ def diff_view(text: str) -> Safe:
     return Safe(f'<pre class="diff">{chr(10).join(out)}</pre>')
 
 
-def plugin_page(caller: Caller, p: dict[str, Any], own_datasets: list[str]) -> str:
+def plugin_page(caller: Caller, p: dict[str, Any], own_datasets: list[str],
+                current: dict[str, dict[str, Any]]) -> str:
+    """A plugin in full; `current`: dataset name -> {policy_version, sha256} now (approvals against it)."""
     findings = p["review"].get("findings", [])
     files: dict[str, str] | None = p.get("files")
     file_index = {path: i for i, path in enumerate(files or {})}
@@ -313,7 +292,7 @@ def plugin_page(caller: Caller, p: dict[str, Any], own_datasets: list[str]) -> s
                      f.get("rule"), f.get("message")) for f in order]
     approval_rows = [(badge(a["decision"], STATUS_KIND.get(a["decision"], "")), a["dataset"], a["org"],
                       f"v{a['policy_version']}", a["reason"] or None, when(a["created_at"]),
-                      badge("revoked", "warn") if a["revoked_at"] else badge("current", "ok"))
+                      approval_state(a, current))
                      for a in p["approvals"]]
     targets = own_datasets or ["<dataset>"]
     cmds = "\n".join(f"cleanroom plugin approve {p['id']} --dataset {d}" for d in targets)
@@ -330,16 +309,16 @@ def plugin_page(caller: Caller, p: dict[str, Any], own_datasets: list[str]) -> s
     parts = [
         tag("p", f"Submitted by {p['submitted_by']}. {replaces}", class_="banner lineage"),
         facts([("id (sha256 of the bundle)", tag("code", p["id"])), ("kind", p["kind"]),
-               ("submitted by", p["submitted_by"]), ("size", f"{p['size']:,} bytes"),
-               ("submitted", when(p["created_at"])), ("approved for", ", ".join(approved_for(p)) or None)]),
+               ("submitted by", p["submitted_by"]), ("size", size(p["size"])),
+               ("submitted", when(p["created_at"])), ("approved for", approved_for(p, current))]),
         tag("p", f"{blocking} blocking finding(s): approving this code needs a careful look.",
             class_="banner bad") if blocking else Safe(""),
         tag("h2", "Approve or reject (with the CLI: it signs with your org's key)"), command(cmds),
         tag("h2", f"Review findings ({len(findings)})"),
         table(["severity", "where", "rule", "message"], finding_rows, "no findings"),
-        tag("h2", "Approvals"), table(["decision", "dataset", "by", "policy", "reason", "when", "state"],
-                                      approval_rows, "no approvals yet"),
-        tag("h2", "Manifest"), pre(p["manifest"]),
+        tag("h2", "Approvals (against each dataset's current policy and data)"),
+        table(["decision", "dataset", "by", "policy", "reason", "when", "state"], approval_rows, "no approvals yet"),
+        tag("h2", "Manifest"), plugin_manifest(p["manifest"]),
     ]
     if prev:
         parts += [tag("h2", f"Changes since the last approved version {prev['version']} ({prev['id'][:16]}) "
@@ -356,15 +335,15 @@ def plugin_page(caller: Caller, p: dict[str, Any], own_datasets: list[str]) -> s
 # Jobs and releases --------------------------------------------------------------------------------
 
 def jobs_page(caller: Caller, jobs: list[dict[str, Any]]) -> str:
-    rows = [(tag("code", j["id"]), j["name"], j["submitted_by"],
+    rows = [(ident(j["id"]), j["name"], j["submitted_by"],
              badge(j["status"], STATUS_KIND.get(j["status"], "")), j["phase"],
              j.get("error_class"), ", ".join(j["inputs"]), j["recipient"], when(j["created_at"]),
              duration(j["started_at"], j["finished_at"]),
-             link(ui("releases", j["release_id"]), "release") if j["release_id"] else None,
+             link(ui("releases", j["release_id"]), "release", title=j["release_id"]) if j["release_id"] else None,
              j.get("reason") or None)
             for j in jobs]
     body = table(["id", "name", "submitted by", "status", "phase", "error", "inputs", "recipient",
-                  "submitted", "ran for", "release", "reason (owners)"], rows, "no jobs you may see")
+                  "submitted", "ran for", "release", "reason (owners)"], rows, "no jobs you may see", cls="jobs")
     return layout("Jobs", body, caller)
 
 
@@ -377,7 +356,7 @@ def _review_state(r: dict[str, Any]) -> Safe:
 
 
 def releases_page(caller: Caller, releases: list[dict[str, Any]]) -> str:
-    rows = [(link(ui("releases", r["id"]), r["id"]), tag("code", r["job_id"]), r["recipient"],
+    rows = [(link(ui("releases", r["id"]), ident(r["id"])), ident(r["job_id"]), r["recipient"],
              ", ".join(r["review_by"]) or None, _review_state(r), len(r["artifacts"]), when(r["created_at"]))
             for r in releases]
     body = table(["release", "job", "recipient", "reviewed by owners of", "state", "artifacts", "created"],
@@ -385,31 +364,139 @@ def releases_page(caller: Caller, releases: list[dict[str, Any]]) -> str:
     return layout("Releases", body, caller)
 
 
+def artifact_kind(name: str) -> str:
+    if name.startswith("aggregates/"):
+        return "aggregate table"
+    return {"model.skops": "model", "model_card.md": "model card", "metrics.json": "model metrics",
+            "sample_and_aggregate.json": "statistics"}.get(name, name.rpartition(".")[2] if "." in name else "file")
+
+
+def output_rows(manifest: dict[str, Any], artifacts: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """One row per artifact: the manifest's plaintext size and sha256 beside the ciphertext size the
+    room holds (the server never sees the plaintext)."""
+    outputs, encrypted = _dict(manifest.get("outputs")), {a["name"]: a for a in artifacts}
+    rows = []
+    for name in sorted(set(outputs) | set(encrypted)):
+        out = _dict(outputs.get(name))
+        stored = encrypted.get(name)
+        rows.append((tag("code", name), artifact_kind(name), size(out.get("bytes")), ident(out.get("sha256"), 16),
+                     size(stored["size"]) if stored else badge("not stored", "bad")))
+    return rows
+
+
+def check_rows(checks: Any) -> list[tuple[Any, ...]]:
+    return [(badge("passed", "ok") if c.get("passed") else badge("failed", "bad"), tag("code", c.get("name")),
+             c.get("detail")) for c in checks if isinstance(c, dict)] if isinstance(checks, list) else []
+
+
+def _controls(controls: dict[str, Any]) -> tuple[Any, Any]:
+    """The isolation controls of one phase: those the engine reported enforced, those it did not."""
+    flags = {k: v for k, v in controls.items() if isinstance(v, bool) and k != "warm"}
+    off = sorted(k for k, v in flags.items() if not v)
+    on = badge(f"all {len(flags)} enforced", "ok") if flags and not off else f"{len(flags) - len(off)} of {len(flags)}"
+    return on, badge("not enforced: " + ", ".join(off), "bad") if off else None
+
+
+def isolation_rows(isolation: dict[str, Any]) -> list[tuple[Any, ...]]:
+    rows = []
+    for phase, controls in sorted(isolation.items()):
+        if not isinstance(controls, dict):
+            continue
+        on, off = _controls(controls)
+        limits = _dict(controls.get("limits"))
+        limit_text = ", ".join(f"{k} {v}" for k, v in sorted(limits.items()) if v is not None) or None
+        waived = controls.get("waived") or []
+        rows.append((phase, on, off, badge("waived: " + ", ".join(map(str, waived)), "bad") if waived else None,
+                     limit_text, ident(controls.get("image"), 19), ident(controls.get("seccomp_profile"), 16),
+                     yes_no(controls.get("warm"))))
+    return rows
+
+
+def receipt_section(receipt: dict[str, Any], manifest: Any) -> Safe:
+    """The signed receipt's body as tables: what it binds, and the signature to check on your machine."""
+    body = _dict(receipt.get("body"))
+    if not body:
+        return tag("p", "no receipt recorded", class_="muted")
+    plugins, inputs, dropped = (_dict(body.get(k)) for k in ("plugins", "datasets", "dropped_columns"))
+    bound = body.get("manifest_sha256")
+    shown = digest_of(manifest)
+    manifest_check = join([ident(bound), " ", badge("the manifest shown here", "ok") if bound == shown else
+                           badge("NOT the manifest shown here", "bad")]) if bound else None
+    approvals = [a for a in body.get("approvals") or [] if isinstance(a, str)]
+    keys = _dict(receipt.get("room_keys"))
+    return join([
+        facts([("job", ident(body.get("job_id"))), ("spec sha256", ident(body.get("spec_sha256"))),
+               ("sandbox image", ident(body.get("image"))), ("epsilon spent", body.get("epsilon_spent")),
+               ("manifest sha256", manifest_check),
+               ("approvals that covered the job", join([f"{len(approvals)} ",
+                                                        join((ident(a, 12) for a in approvals), " ")]))]),
+        tag("h3", "Plugins that ran"),
+        table(["plugin", "id (sha256 of the bundle)"],
+              [(name, link(ui("plugins", pid), ident(pid))) for pid, name in sorted(plugins.items())], "no plugins"),
+        tag("h3", "Datasets"),
+        table(["dataset", "policy version", "ciphertext sha256", "policy sha256", "left out (never_output)"],
+              [(name, f"v{d.get('policy_version')}", ident(d.get("sha256")), ident(d.get("policy_sha256")),
+                ", ".join(map(str, dropped.get(name) or [])) or None)
+               for name, d in sorted(inputs.items()) if isinstance(d, dict)], "no datasets"),
+        tag("h3", "Isolation, per phase, as the Docker engine reported it"),
+        table(["phase", "controls", "not enforced", "waived by the operator", "limits", "image", "seccomp profile",
+               "warm"], isolation_rows(_dict(body.get("isolation"))), "no isolation reported"),
+        tag("h3", "Signature"),
+        facts([("signature (Ed25519)", ident(receipt.get("signature"))),
+               ("room key fingerprint", tag("code", keys.get("fingerprint")) if keys.get("fingerprint") else None),
+               ("check it", "on your machine: cleanroom result get verifies it against the room key pinned in your "
+                            "profile; cleanroom receipt verify receipt.json checks a saved one")]),
+    ])
+
+
+def digest_of(value: Any) -> str | None:
+    try:
+        return hashlib.sha256(canonical_json(value)).hexdigest()
+    except (TypeError, ValueError):
+        return None
+
+
 def release_page(caller: Caller, r: dict[str, Any]) -> str:
-    manifest = r["manifest"]
-    checks = manifest.get("checks", []) if isinstance(manifest, dict) else []
-    check_rows = [(badge("passed", "ok") if c.get("passed") else badge("failed", "bad"), c.get("name"),
-                   c.get("detail")) for c in checks if isinstance(c, dict)]
-    art_rows = [(tag("code", a["name"]), f"{a['size']:,} B") for a in r["artifacts"]]
+    manifest = _dict(r["manifest"])
+    checks = _list(manifest.get("checks"))
+    passed = sum(1 for c in checks if isinstance(c, dict) and c.get("passed"))
     parts = [
-        facts([("job", tag("code", r["job_id"])), ("recipient", r["recipient"]),
+        facts([("job", ident(r["job_id"])), ("recipient", r["recipient"]),
                ("created", when(r["created_at"])),
                ("reviewed by owners of", ", ".join(r["review_by"]) or None),
                ("approved for", ", ".join(r["approved_by"]) or None), ("state", _review_state(r)),
                *[(f"rejected for {d}", reason or None)
-                 for d, reason in sorted(r.get("rejection_reasons", {}).items())]]),
+                 for d, reason in sorted(r.get("rejection_reasons", {}).items())],
+               ("epsilon spent", manifest.get("epsilon_spent")),
+               ("encrypted to", ", ".join(map(str, manifest.get("encrypted_to") or [])) or None)]),
     ]
     if r["pending_review"] and not r.get("rejected_by"):
         parts += [tag("h2", "Approve or reject (with the CLI, as the owner of a dataset it waits for)"),
-                  command(f"cleanroom release approve {r['id']}\n"
+                  tag("p", "This page shows the checks, never the content: the artifacts are encrypted and the "
+                           "room holds no key. To see exactly what leaves, decrypted on your machine, and "
+                           "approve from there, run cleanroom review.", class_="muted"),
+                  command(f"cleanroom review\ncleanroom release approve {r['id']}\n"
                           f"cleanroom release reject {r['id']} --reason \"...\"")]
-    parts += [tag("h2", "Release checks"),
-              table(["result", "check", "detail"], check_rows, "no checks recorded"),
-              tag("h2", "Artifacts (encrypted to the recipient and the input owners)"),
-              table(["name", "size"], art_rows, "no artifacts"),
-              tag("h2", "Manifest"), pre(manifest),
-              tag("h2", "Receipt (signed by the runner)"), pre(r["receipt"])]
+    parts += [tag("h2", f"Release checks ({passed} of {len(checks)} passed)"),
+              table(["result", "check", "detail"], check_rows(checks), "no checks recorded"),
+              tag("h2", "Outputs"),
+              tag("p", "Plaintext sizes and hashes are the manifest's (the room never sees the plaintext); the "
+                       "encrypted size is the ciphertext the room holds, encrypted to the recipient and the "
+                       "input owners.", class_="muted"),
+              table(["name", "kind", "plaintext size", "sha256", "encrypted size"],
+                    output_rows(manifest, r["artifacts"]), "no outputs"),
+              tag("h2", "Receipt (signed by the runner)"), receipt_section(_dict(r["receipt"]), r["manifest"]),
+              details("Raw manifest and receipt (JSON)",
+                      join([tag("h3", "manifest"), pre(r["manifest"]), tag("h3", "receipt"), pre(r["receipt"])]))]
     return layout(f"Release {r['id']}", join(parts), caller)
+
+
+def plugin_manifest(manifest: Any) -> Safe:
+    """A plugin's manifest (cleanroom-plugin.toml as parsed) as a definition list."""
+    if not isinstance(manifest, dict):
+        return pre(manifest)
+    return facts([(k, v if isinstance(v, str | int | float) and not isinstance(v, bool) else
+                   tag("code", canonical_json(v).decode())) for k, v in sorted(manifest.items())])
 
 
 # Audit --------------------------------------------------------------------------------------------
