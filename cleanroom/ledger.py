@@ -69,13 +69,13 @@ def check_dp_job(spec: JobSpec, policies: Mapping[str, Policy], plugins: Mapping
             if estimator is None:
                 raise PolicyError(
                     f"with differential privacy the model step ({plugin.get('name')!r}) must name its estimator "
-                    f"({' or '.join(dp_plan.DP_ESTIMATORS)}) in its params, so that the room knows before running "
+                    f"({', '.join(dp_plan.DP_ESTIMATORS)}) in its params, so that the room knows before running "
                     "that it can fit it privately", details={"plugin": step.plugin})
             if not isinstance(estimator, str) or estimator not in dp_plan.DP_ESTIMATORS:
                 raise PolicyError(
                     f"with differential privacy (the default; every input of this job uses it) the room fits "
-                    f"only {' and '.join(dp_plan.DP_ESTIMATORS)} models, not {estimator!r}. Use a linear or ridge "
-                    "model, fit your own model per block with a statistic plugin and "
+                    f"only {', '.join(dp_plan.DP_ESTIMATORS)} models, not {estimator!r}. Use one of them, fit "
+                    "your own model per block with a statistic plugin and "
                     "[outputs.sample_and_aggregate] (docs/analyst.md), or ask the owners for exact mode "
                     "(require_dp = false, with review)", details={"estimator": estimator})
     for name, left in sorted((budget_remaining or {}).items()):

@@ -118,6 +118,9 @@ def check_spec(spec: Any, plugins: Mapping[str, Mapping[str, Any]], inputs: Mapp
                     raise _refuse("model:estimator", f"{label}: estimator {estimator!r} is not allowed by the "
                                   f"inputs' policies (allowed: {', '.join(sorted(effective.estimators)) or 'none'})",
                                   i)
+                if estimator in models.DP_ONLY and not dp:
+                    raise _refuse("model:estimator", f"{label}: {estimator!r} is fitted only with differential "
+                                  "privacy, and this job's inputs are in exact mode", i)
                 if estimator in models.ROW_STORING and not effective.allow_row_storing and not dp:
                     raise _refuse("model:estimator", f"{label}: {estimator!r} stores training rows; the "
                                   "policies do not allow it", i)

@@ -79,6 +79,7 @@ def test_sandbox_requirements_use_the_pyproject_pins() -> None:
         "pyarrow",
         "pluggy",
         "opendp",
+        "diffprivlib",
     }
     for req in sandbox:
         assert req == pins[name_of(req)], f"{req} differs from pyproject.toml's {pins[name_of(req)]}"

@@ -31,7 +31,7 @@ import skops.io as sio
 from sklearn import linear_model
 
 from cleanroom.sandbox.names import NameRule
-from cleanroom.sandbox.release import dp, dp_plan
+from cleanroom.sandbox.release import dp, dp_classifiers, dp_plan
 from cleanroom.sandbox.release.models import ModelError, build_estimator, select_features, unwrap
 from cleanroom.sandbox.vocabulary import PID
 
@@ -177,10 +177,12 @@ def fit_dp(frame: pd.DataFrame, spec: Any, *, allowed: list[str], forbidden: set
     name = spec.get("estimator") if isinstance(spec, dict) else None
     if name not in dp_plan.DP_ESTIMATORS:
         raise ModelError("model:estimator", f"with differential privacy the room fits only "
-                         f"{' and '.join(dp_plan.DP_ESTIMATORS)} (sufficient-statistics perturbation); for any "
-                         "other model, ask for [outputs.sample_and_aggregate] with a statistic plugin")
+                         f"{', '.join(dp_plan.DP_ESTIMATORS)}; for any other model, ask for "
+                         "[outputs.sample_and_aggregate] with a statistic plugin")
     name, _, task = build_estimator(spec, k=2, allowed=allowed, allow_row_storing=False)
-    checks.append({"name": "model:estimator", "passed": True, "detail": f"{name} fitted with DP (SSP)"})
+    classifier = name in dp_plan.DP_CLASSIFIERS
+    how = "diffprivlib" if classifier else "SSP"
+    checks.append({"name": "model:estimator", "passed": True, "detail": f"{name} fitted with DP ({how})"})
     features, target = select_features(frame, spec, forbidden)
     names.check(features, "feature", forbidden)
     names.check([target], "target", forbidden)
@@ -199,6 +201,9 @@ def fit_dp(frame: pd.DataFrame, spec: Any, *, allowed: list[str], forbidden: set
     holdout = rng.random(len(data)) < holdout_fraction if with_metrics else np.zeros(len(data), dtype=bool)
     train, test = data[~holdout], data[holdout]
     e_model, d_model = parts["model"]
+    if classifier:
+        return _classifier_release(name, task, features, target, train, test, x_bounds, y_bounds, e_model, budget,
+                                   spec, holdout_fraction, job_id, checks, with_metrics)
     fit = fit_ssp(train[features].to_numpy(), train[target].to_numpy(), x_bounds, y_bounds, e_model, d_model,
                   budget)
     estimator = (linear_model.Ridge if name == "ridge" else linear_model.LinearRegression)()
@@ -217,7 +222,7 @@ def fit_dp(frame: pd.DataFrame, spec: Any, *, allowed: list[str], forbidden: set
         "clipping": "every feature and the target were clipped to these bounds; how many values were clipped "
                     "is not released (that count would be exact)",
         "n_train_noisy": int(round(max(fit["noisy_units"], 0.0))), "holdout_fraction": holdout_fraction,
-        "metrics": {},
+        "metrics": {}, "coefficients": _coefficients(estimator, features),
     }
     if with_metrics:
         e_metrics = e_model  # on holdout units only: parallel with the training units (dp_plan)
@@ -235,18 +240,91 @@ def fit_dp(frame: pd.DataFrame, spec: Any, *, allowed: list[str], forbidden: set
             "model_card.md": card.encode()}
 
 
+def _classifier_release(name: str, task: str, features: list[str], target: str, train: pd.DataFrame,
+                        test: pd.DataFrame, x_bounds: np.ndarray, y_bounds: tuple[float, float], epsilon: float,
+                        budget: dp.Budget, spec: dict[str, Any], holdout_fraction: float, job_id: str,
+                        checks: list[dict[str, Any]], with_metrics: bool) -> dict[str, bytes]:
+    """A DP classifier (dp_classifiers) and its noisy holdout accuracy, released like the linear models."""
+    given = spec.get("params") or {}
+    estimator, facts = dp_classifiers.fit_classifier(name, train[features].to_numpy(), train[target].to_numpy(),
+                                                     x_bounds, y_bounds, epsilon, budget, dict(given))
+    estimator.feature_names_in_ = np.array(features, dtype=object)
+    estimator.n_features_in_ = len(features)
+    checks.append({"name": "model:dp", "passed": True,
+                   "detail": f"{facts['mechanism']}, epsilon {epsilon:.4g}, classes fixed by the declared bounds"})
+    report: dict[str, Any] = {
+        "job_id": job_id, "estimator": name, "task": task, "target": target, "features": features,
+        "differential_privacy": True, "mechanism": facts["mechanism"], "epsilon": epsilon, "delta": 0.0,
+        "classes": facts["classes"], "params": facts["params"],
+        "bounds": {c: list(b) for c, b in zip(features, x_bounds.tolist(), strict=True)} | {target: list(y_bounds)},
+        "clipping": "every feature was clipped to these bounds and the target to the nearest declared class; how "
+                    "many values were clipped is not released (that count would be exact)",
+        "holdout_fraction": holdout_fraction, "metrics": {},
+    }
+    if name == "logistic_regression":
+        report["coefficients"] = _coefficients(estimator, features)
+    if with_metrics:
+        pred = estimator.predict(test[features]) if len(test) else np.zeros(0)
+        released = dp_classifiers.holdout_accuracy(test[target].to_numpy(), pred, np.array(facts["classes"]),
+                                                   epsilon)
+        report.update(metrics=released["metrics"], n_holdout_noisy=released["noisy_units"], metrics_epsilon=epsilon,
+                      metrics_noise_scale=released["noise_scale"])
+        checks.append({"name": "metrics:dp", "passed": True,
+                       "detail": f"holdout accuracy from two Laplace counts (epsilon {epsilon:.4g})"})
+    blob = sio.dumps(estimator)
+    sio.loads(blob, trusted=sio.get_untrusted_types(data=blob))
+    return {"model.skops": blob, "metrics.json": json.dumps(report, indent=2, sort_keys=True).encode(),
+            "model_card.md": model_card(report).encode()}
+
+
+def _coefficients(estimator: Any, features: list[str]) -> dict[str, Any]:
+    """Coefficients per feature (per class when there are more than two) and the intercept, rounded."""
+    coef = np.atleast_2d(estimator.coef_)
+    intercept = np.atleast_1d(estimator.intercept_)
+    if len(coef) == 1:
+        return {"intercept": _sig(float(intercept[0])),
+                "features": {f: _sig(float(v)) for f, v in zip(features, coef[0], strict=True)}}
+    return {str(cls): {"intercept": _sig(float(b)), "features": {f: _sig(float(v)) for f, v in zip(features, row,
+                                                                                                  strict=True)}}
+            for cls, row, b in zip(estimator.classes_, coef, intercept, strict=True)}
+
+
 def model_card(report: dict[str, Any]) -> str:
     lines = [f"# Model card: {report['estimator']} (differentially private)", "",
              f"- job: `{report['job_id']}`", f"- task: {report['task']}", f"- target: `{report['target']}`",
-             f"- mechanism: {report['mechanism']}, epsilon {report['epsilon']:.4g}, delta {report['delta']:.3g}",
-             f"- noise scale on the scaled moments: {report['noise_scale_moments']:.4g}",
-             f"- training units (noisy): {report['n_train_noisy']}",
-             "- format: skops (load with `cleanroom.modelio.load_model`)", "",
-             "## Bounds used (declared, never read from the data)", "", "| column | lo | hi |", "| --- | --- | --- |"]
+             f"- mechanism: {report['mechanism']}, epsilon {report['epsilon']:.4g}, delta {report['delta']:.3g}"]
+    if "noise_scale_moments" in report:
+        lines.append(f"- noise scale on the scaled moments: {report['noise_scale_moments']:.4g}")
+    if "n_train_noisy" in report:
+        lines.append(f"- training units (noisy): {report['n_train_noisy']}")
+    if "classes" in report:
+        lines.append(f"- classes (fixed by the target's declared bounds): {report['classes']}")
+    if report.get("params"):
+        lines.append("- parameters: " + ", ".join(f"{k} = {v}" for k, v in sorted(report["params"].items())))
+    lines += ["- format: skops (load with `cleanroom.modelio.load_model`)"]
+    if report.get("coefficients"):
+        lines += ["", "## Coefficients (original units)", "", *coefficient_table(report["coefficients"])]
+    lines += ["", "## Bounds used (declared, never read from the data)", "", "| column | lo | hi |",
+              "| --- | --- | --- |"]
     lines += [f"| `{c}` | {lo:g} | {hi:g} |" for c, (lo, hi) in report["bounds"].items()]
     lines += ["", report["clipping"] + "."]
     if report["metrics"]:
-        lines += ["", f"## Holdout metrics (noisy, epsilon {report['metrics_epsilon']:.4g} on holdout units; "
-                  f"residuals clipped to +-{report['residual_clip']:g})", ""]
+        clip = f"; residuals clipped to +-{report['residual_clip']:g}" if "residual_clip" in report else ""
+        lines += ["", f"## Holdout metrics (noisy, epsilon {report['metrics_epsilon']:.4g} on holdout units{clip})",
+                  ""]
         lines += [f"- {key}: {value}" for key, value in report["metrics"].items()]
     return "\n".join(lines) + "\n"
+
+
+def coefficient_table(coefficients: dict[str, Any]) -> list[str]:
+    """Markdown rows: one per feature (and the intercept), one column per class when there are several."""
+    per_class = {k: v for k, v in coefficients.items() if isinstance(v, dict) and "features" in v}
+    if not per_class:
+        per_class = {"": coefficients}
+    heads = list(per_class)
+    features = list(next(iter(per_class.values()))["features"])
+    title = " | ".join(f"class {h}" if h else "coefficient" for h in heads)
+    rows = [f"| term | {title} |", "| --- |" + " --- |" * len(heads),
+            "| intercept | " + " | ".join(f"{per_class[h]['intercept']}" for h in heads) + " |"]
+    rows += [f"| `{f}` | " + " | ".join(f"{per_class[h]['features'][f]}" for h in heads) + " |" for f in features]
+    return rows

@@ -25,7 +25,9 @@ import math
 from typing import Any
 
 SHARES = {"aggregates": 0.5, "model": 0.5}
-DP_ESTIMATORS = ("linear_regression", "ridge")
+DP_REGRESSORS = ("linear_regression", "ridge")  # sufficient-statistics perturbation (dp_models)
+DP_CLASSIFIERS = ("logistic_regression", "gaussian_nb", "random_forest_classifier")  # diffprivlib (dp_classifiers)
+DP_ESTIMATORS = DP_REGRESSORS + DP_CLASSIFIERS
 METRIC_QUERIES = 3  # holdout count, sum |r|, sum r^2 (r clipped to +-RESIDUAL_FRACTION of the target range)
 RESIDUAL_FRACTION = 0.1
 Z95 = 1.959963984540054

@@ -36,11 +36,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import skops.io as sio
-from sklearn import ensemble, gaussian_process, linear_model, metrics, neighbors, svm, tree
+from sklearn import ensemble, gaussian_process, linear_model, metrics, naive_bayes, neighbors, svm, tree
 from sklearn.model_selection import GroupShuffleSplit
 
 from cleanroom.sandbox.names import NameRule
 from cleanroom.sandbox.vocabulary import (
+    DP_ONLY_ESTIMATORS,
     LINEAR_ESTIMATORS,
     PID,
     ROW_STORING_ESTIMATORS,
@@ -59,6 +60,7 @@ ESTIMATORS: dict[str, type] = {
     "random_forest_classifier": ensemble.RandomForestClassifier,
     "decision_tree_regressor": tree.DecisionTreeRegressor,
     "decision_tree_classifier": tree.DecisionTreeClassifier,
+    "gaussian_nb": naive_bayes.GaussianNB,
     "k_neighbors_regressor": neighbors.KNeighborsRegressor,
     "k_neighbors_classifier": neighbors.KNeighborsClassifier,
     "svr": svm.SVR,
@@ -67,6 +69,9 @@ ESTIMATORS: dict[str, type] = {
     "gaussian_process_classifier": gaussian_process.GaussianProcessClassifier,
 }
 ROW_STORING = frozenset(ROW_STORING_ESTIMATORS)
+# fitted only with differential privacy (dp_classifiers): exact, its fitted class counts, means and
+# variances would be group statistics released with no minimum group size
+DP_ONLY = frozenset(DP_ONLY_ESTIMATORS)
 LINEAR_FAMILY = frozenset(LINEAR_ESTIMATORS)
 TREE_FAMILY = frozenset(name for name in ESTIMATORS if "tree" in name or "forest" in name
                         or "boosting" in name)
@@ -109,8 +114,8 @@ def build_estimator(spec: Any, *, k: int, allowed: list[str],
     if name in ROW_STORING and not allow_row_storing:
         raise ModelError("model:estimator", f"{name!r} stores training rows; the policy does not allow it")
     cls = ESTIMATORS[name]
-    task = "classification" if name.endswith("classifier") or name in ("logistic_regression", "svc") \
-        else "regression"
+    classifiers = ("logistic_regression", "svc", "gaussian_nb")
+    task = "classification" if name.endswith("classifier") or name in classifiers else "regression"
     if spec.get("task", task) != task:
         raise ModelError("model:spec", f"{name!r} is a {task} estimator")
     params = spec.get("params") or {}
@@ -423,6 +428,9 @@ def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str],
     """
     spec = unwrap(spec)
     name, estimator, task = build_estimator(spec, k=k, allowed=allowed, allow_row_storing=allow_row_storing)
+    if name in DP_ONLY:
+        raise ModelError("model:estimator", f"{name!r} is fitted only with differential privacy; the inputs of "
+                         "this job are in exact mode")
     _passed(checks, "model:estimator", f"{name} is allow-listed and allowed by the policy")
     _passed(checks, "model:params", "known scalar parameters within floors")
     features, target = select_features(frame, spec, forbidden)
