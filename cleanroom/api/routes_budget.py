@@ -73,7 +73,8 @@ def job_cost(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
                             features=len(features) if isinstance(features, list) and features else None,
                             y_bounds=y_bounds, tables=kinds.count("analysis"),
                             sample_aggregate=(spec.outputs.sample_and_aggregate.to_dict()
-                                              if spec.outputs.sample_and_aggregate else None))
+                                              if spec.outputs.sample_and_aggregate else None),
+                            estimator=model.params.get("estimator") if model else None)
     if model is not None and not (isinstance(features, list) and features):
         plan["parts"].get("model", {})["note"] = ("the noise scale depends on the number of features; list them "
                                                   "in the model step's params to see it here")

@@ -28,6 +28,11 @@ SHARES = {"aggregates": 0.5, "model": 0.5}
 DP_REGRESSORS = ("linear_regression", "ridge")  # sufficient-statistics perturbation (dp_models)
 DP_CLASSIFIERS = ("logistic_regression", "gaussian_nb", "random_forest_classifier")  # diffprivlib (dp_classifiers)
 DP_ESTIMATORS = DP_REGRESSORS + DP_CLASSIFIERS
+CLASSIFIER_MECHANISMS = {
+    "logistic_regression": "objective perturbation on the features scaled into their bounds",
+    "gaussian_nb": "noisy per-class means, variances and counts",
+    "random_forest_classifier": "random trees with noisy leaf labels",
+}
 METRIC_QUERIES = 3  # holdout count, sum |r|, sum r^2 (r clipped to +-RESIDUAL_FRACTION of the target range)
 RESIDUAL_FRACTION = 0.1
 Z95 = 1.959963984540054
@@ -112,7 +117,8 @@ def describe_sample_aggregate(epsilon: float, sa: dict[str, Any]) -> dict[str, A
 
 def describe(epsilon: float, delta: float, *, aggregates: bool, model: bool, metrics: bool,
              features: int | None = None, y_bounds: tuple[float, float] | None = None,
-             tables: int = 0, sample_aggregate: dict[str, Any] | None = None) -> dict[str, Any]:
+             tables: int = 0, sample_aggregate: dict[str, Any] | None = None,
+             estimator: str | None = None) -> dict[str, Any]:
     """The plan in words and numbers: per part its budget, mechanism, noise scale and 95 % interval."""
     parts = split(epsilon, delta, aggregates=aggregates, model=model, metrics=metrics)
     out: dict[str, Any] = {"epsilon": epsilon, "delta": delta, "parts": {}}
@@ -124,10 +130,20 @@ def describe(epsilon: float, delta: float, *, aggregates: bool, model: bool, met
         out["parts"]["aggregates"] = {
             "epsilon": e, "delta": d, "mechanism": "Laplace (counts with a noisy threshold, sums of clipped values)",
             "tables": tables, "per_table_epsilon": per_table,
-            "note": "each table splits its epsilon evenly over its count and each summed column: a count "
-                    "gets Laplace scale (queries in the table) / per_table_epsilon; a sum of a column with "
-                    "bounds [lo, hi] that times max(|lo|, |hi|)"}
-    if "model" in parts and (model or metrics):
+            "note": "the aggregates' epsilon is split evenly over every query of every table (one count per "
+                    "table and one sum per summed column): with q queries in all, a count gets Laplace scale "
+                    "q / epsilon and a sum of a column with bounds [lo, hi] that times max(|lo|, |hi|); "
+                    "per_table_epsilon is exact when the tables have the same number of queries"}
+    classifier = estimator in DP_CLASSIFIERS
+    if "model" in parts and (model or metrics) and classifier:
+        e, _ = parts["model"]
+        out["parts"]["model"] = {
+            "epsilon": e, "delta": 0.0, "estimator": estimator,
+            "mechanism": CLASSIFIER_MECHANISMS[str(estimator)] + " (diffprivlib), pure epsilon",
+            "note": "classes are the integers inside the target's declared bounds; features are clipped to "
+                    "their declared bounds; the noise is internal to the fit, so its effect shows in the "
+                    "noisy holdout accuracy"}
+    if "model" in parts and (model or metrics) and not classifier:
         e, d = parts["model"]
         entry: dict[str, Any] = {"epsilon": e, "delta": d, "mechanism": "sufficient-statistics perturbation "
                                  "(Gaussian noise on the moments of [1, x, y] scaled to [-1, 1])",
@@ -139,7 +155,15 @@ def describe(epsilon: float, delta: float, *, aggregates: bool, model: bool, met
                          noise_scale=sigma, interval_95=Z95 * sigma,
                          unit="per moment of the scaled data (each coordinate in [-1, 1])")
         out["parts"]["model"] = entry
-    if metrics and "model" in parts:
+    if metrics and "model" in parts and classifier:
+        e, _ = parts["model"]
+        scale = laplace_scale(2.0, e)
+        out["parts"]["metrics"] = {
+            "epsilon": e, "delta": 0.0, "composition": "parallel with the model (disjoint holdout units)",
+            "mechanism": "Laplace on 2 holdout counts (units, correctly classified); accuracy is their ratio",
+            "noise_scale": {"count": scale, "correct": scale},
+            "interval_95": {"count": laplace_interval(scale), "correct": laplace_interval(scale)}}
+    if metrics and "model" in parts and not classifier:
         e, d = parts["model"]
         entry = {"epsilon": e, "delta": 0.0, "composition": "parallel with the model (disjoint holdout units)",
                  "mechanism": f"Laplace on {METRIC_QUERIES} holdout sums (count, |residual|, residual^2)"}
