@@ -1,5 +1,6 @@
 """The review page in a real headless Chromium (Selenium): login, every list page, a plugin's code with
-its findings, the audit log, a wrong token, logout. Screenshots go to test-artifacts/screenshots/.
+its findings, the audit log, a wrong token, logout, and no page wider than a 1280 px window with long
+names, ids and reasons. Screenshots go to test-artifacts/screenshots/.
 
 Needs Debian's `chromium` and `chromium-driver` and the `selenium` package. Skips locally without them;
 fails when CI=true, so CI can never silently stop testing the page in a browser.
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_web import SCRIPT, Seeded, seed
+from tests.test_web import SCRIPT, Seeded, add_dataset, add_job_and_release, add_plugin, approve, seed
 
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "test-artifacts" / "screenshots"
@@ -160,3 +161,51 @@ def test_an_analyst_sees_only_its_own_plugins(driver, room, seeded):
     assert "drop-gaps" in text and "bob-secret-model" not in text
     driver.get(room.url + f"/ui/plugins/{seeded.bob_plugin}")
     assert "Error 404" in driver.find_element(By.TAG_NAME, "h1").text
+
+
+LONG_DATASET = "hospital.outpatient_visits_by_practice_2019_2023"
+LONG_ORG = "northern-regional-health-insurance-coop"  # names at their longest allowed
+LONG_JOB = "doctor-visits-poisson-model-by-age-band-region-and-plan-2019-23"
+LONG_REASON = ("release checks failed: aggregate:spec (the table visits_by_region_and_age_band groups by a "
+               "subset of visits_by_region_age_band_and_plan_type_detailed's keys: "
+               "a_differencing_attack_would_recover_suppressed_cells_without_any_noise_at_all)")
+LONG_PLUGIN = "poisson-regression-with-offset-and-robust-errors-of-visit-counts"
+
+
+def test_the_main_pages_fit_a_1280_px_window(driver, room, seeded, tmp_path):
+    """Long dataset, org, job and plugin names, 64-hex ids and an unbroken reason: every main page stays
+    within the window (cells wrap, ids are cut with an ellipsis), none scrolls sideways."""
+    from selenium.webdriver.common.by import By
+
+    insurer = room.org(LONG_ORG, "owner", "analyst")
+    insurer_id = insurer.whoami()["id"]
+    add_dataset(room, insurer_id, LONG_DATASET, "Outpatient visits per person and year " * 8)
+    plugin = add_plugin(room, tmp_path / "long", insurer_id, LONG_PLUGIN, "10.20.30", "def spec():\n    return {}\n",
+                        [{"severity": "warning", "file": "plugin.py", "line": 1, "rule": "very-long-rule-name-" * 4,
+                          "message": "x" * 300}])
+    approve(room, plugin, insurer_id, LONG_DATASET)
+    _, release_id = add_job_and_release(room, insurer_id, LONG_ORG, LONG_DATASET, plugin_id=plugin, name=LONG_JOB,
+                                        reason=LONG_REASON)
+    log_in(driver, room, insurer.token or "")
+    assert driver.execute_script("return window.innerWidth") == 1280
+    pages = {"datasets": "/ui/datasets", "dataset": f"/ui/datasets/{LONG_DATASET}", "plugins": "/ui/plugins",
+             "plugin": f"/ui/plugins/{plugin}", "jobs": "/ui/jobs", "releases": "/ui/releases",
+             "release": f"/ui/releases/{release_id}"}
+    for name, path in pages.items():
+        driver.get(room.url + path)
+        main = driver.find_element(By.TAG_NAME, "main").text
+        assert "Error" not in driver.find_element(By.TAG_NAME, "h1").text, (name, main[:300])
+        width, client = driver.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert width <= 1280 and width <= client, (name, width, client)
+        shot(driver, f"wide-{name}")
+    driver.get(room.url + "/ui/jobs")
+    cell = driver.find_element(By.CSS_SELECTOR, "table.jobs td code.id")  # cut, whole in the tooltip
+    assert cell.get_attribute("title").startswith("job_")
+    assert driver.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth", cell) is False or \
+        cell.value_of_css_property("text-overflow") == "ellipsis"
+    assert LONG_REASON in driver.find_element(By.TAG_NAME, "main").text  # wrapped, not cut
+    driver.get(room.url + f"/ui/releases/{release_id}")
+    raw = driver.find_element(By.TAG_NAME, "details")
+    assert raw.get_attribute("open") is None and not driver.find_element(By.CSS_SELECTOR, "details pre").is_displayed()
+    assert "aggregate table" in driver.find_element(By.TAG_NAME, "main").text

@@ -18,6 +18,7 @@ from cleanroom.api.web_render import (
     STATUS_KIND,
     Safe,
     badge,
+    breakable,
     command,
     details,
     duration,
@@ -99,12 +100,12 @@ def approval_state(a: dict[str, Any], current: dict[str, dict[str, Any]]) -> Saf
         return badge("revoked", "warn")
     now = current.get(a["dataset"])
     if now is None:
-        return badge("stale: the dataset was withdrawn", "warn")
+        return badge("stale: the dataset was withdrawn", "warn", long=True)
     if a.get("policy_version") != now["policy_version"]:
         return badge(f"stale: given for v{a.get('policy_version')}, the current policy is v{now['policy_version']}",
-                     "warn")
+                     "warn", long=True)
     if a.get("dataset_sha256") and a["dataset_sha256"] != now["sha256"]:
-        return badge("stale: given for other data", "warn")
+        return badge("stale: given for other data", "warn", long=True)
     return badge("current", "ok")
 
 
@@ -122,7 +123,7 @@ def approved_for(plugin: dict[str, Any], current: dict[str, dict[str, Any]]) -> 
     if not valid and not stale:
         return None
     return join([", ".join(valid), " " if valid and stale else "",
-                 *[join([badge(f"{d}: stale", "warn"), " "]) for d in stale]])
+                 *[join([badge(f"{d}: stale", "warn", long=True), " "]) for d in stale]])
 
 
 # Datasets -----------------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ def datasets_page(caller: Caller, datasets: list[dict[str, Any]]) -> str:
     rows = [(link(ui("datasets", d["name"]), d["name"]), d["owner"], d["row_count"], len(d["columns"]),
              f"v{d['policy_version']}", _bytes(d["size"]), when(d["created_at"])) for d in datasets]
     body = table(["name", "owner", "rows", "columns", "policy", "encrypted size", "created"], rows,
-                 "no datasets in the room yet")
+                 "no datasets in the room yet", nowrap=(2, 3, 4, 5))
     return layout("Datasets", body, caller)
 
 
@@ -195,10 +196,10 @@ def dataset_page(caller: Caller, ds: dict[str, Any], budget: dict[str, Any] | No
         _budget_facts(budget),
         tag("h2", "Schema"),
         table(["column", "type", "nullable", "policy rule", "published (declared in the policy)"],
-              schema_rows(schema_cols, ds.get("policy") or {})),
+              schema_rows(schema_cols, ds.get("policy") or {}), nowrap=(1, 2)),
         tag("h2", f"Plugins approved for this dataset (against policy v{ds['policy_version']})"),
         table(["plugin", "id", "approved by", "for policy", "when", "state"], approval_rows,
-              "no plugin approvals you may see"),
+              "no plugin approvals you may see", nowrap=(3,)),
         tag("h2", f"Policy (version {ds['policy_version']})"), pre(ds["policy_text"]),
         tag("h2", f"Mock sample ({len(mock)} of {len(ds['mock'])} rows shown; synthetic, not real data)"),
         table(header, mock_rows, "no mock rows", scroll=True),
@@ -230,7 +231,7 @@ def plugins_page(caller: Caller, plugins: list[dict[str, Any]], current: dict[st
              approved_for(p, current), ident(p["id"], 16), when(p["created_at"]))
             for p in plugins]
     body = table(["name", "version", "kind", "submitted by", "blocking findings", "approved for", "id",
-                  "submitted"], rows, "no plugins you may see")
+                  "submitted"], rows, "no plugins you may see", nowrap=(1, 2, 4))
     return layout("Plugins", body, caller)
 
 
@@ -315,9 +316,10 @@ def plugin_page(caller: Caller, p: dict[str, Any], own_datasets: list[str],
             class_="banner bad") if blocking else Safe(""),
         tag("h2", "Approve or reject (with the CLI: it signs with your org's key)"), command(cmds),
         tag("h2", f"Review findings ({len(findings)})"),
-        table(["severity", "where", "rule", "message"], finding_rows, "no findings"),
+        table(["severity", "where", "rule", "message"], finding_rows, "no findings", nowrap=(0,)),
         tag("h2", "Approvals (against each dataset's current policy and data)"),
-        table(["decision", "dataset", "by", "policy", "reason", "when", "state"], approval_rows, "no approvals yet"),
+        table(["decision", "dataset", "by", "policy", "reason", "when", "state"], approval_rows, "no approvals yet",
+              nowrap=(0, 3)),
         tag("h2", "Manifest"), plugin_manifest(p["manifest"]),
     ]
     if prev:
@@ -334,24 +336,32 @@ def plugin_page(caller: Caller, p: dict[str, Any], own_datasets: list[str],
 
 # Jobs and releases --------------------------------------------------------------------------------
 
+def _job_status(j: dict[str, Any]) -> Safe:
+    """Status, with the phase and error class under it when the caller sees them."""
+    more = [x for x in (j["phase"], j.get("error_class")) if x]
+    return join([badge(j["status"], STATUS_KIND.get(j["status"], "")),
+                 *[join([Safe("<br>"), tag("span", breakable(x), class_="muted")]) for x in more]])
+
+
 def jobs_page(caller: Caller, jobs: list[dict[str, Any]]) -> str:
-    rows = [(ident(j["id"]), j["name"], j["submitted_by"],
-             badge(j["status"], STATUS_KIND.get(j["status"], "")), j["phase"],
-             j.get("error_class"), ", ".join(j["inputs"]), j["recipient"], when(j["created_at"]),
-             duration(j["started_at"], j["finished_at"]),
+    """The jobs table, fixed to the window's width: long names break at their punctuation, ids are cut."""
+    rows = [(ident(j["id"]), j["name"], j["submitted_by"], _job_status(j),
+             join((breakable(i) for i in j["inputs"]), ", "), j["recipient"],
+             join([when(j["created_at"], wrap=True), Safe("<br>"), duration(j["started_at"], j["finished_at"])])
+             if j["started_at"] is not None and j["finished_at"] is not None else when(j["created_at"], wrap=True),
              link(ui("releases", j["release_id"]), "release", title=j["release_id"]) if j["release_id"] else None,
              j.get("reason") or None)
             for j in jobs]
-    body = table(["id", "name", "submitted by", "status", "phase", "error", "inputs", "recipient",
-                  "submitted", "ran for", "release", "reason (owners)"], rows, "no jobs you may see", cls="jobs")
+    body = table(["id", "name", "submitted by", "status, phase, error", "inputs", "recipient", "submitted, ran for",
+                  "release", "reason (owners)"], rows, "no jobs you may see", cls="jobs")
     return layout("Jobs", body, caller)
 
 
 def _review_state(r: dict[str, Any]) -> Safe:
     if r.get("rejected_by"):
-        return badge("rejected by " + ", ".join(r["rejected_by"]), "bad")
+        return badge("rejected by " + ", ".join(r["rejected_by"]), "bad", long=True)
     if r["pending_review"]:
-        return badge("waits for " + ", ".join(r["pending_review"]), "warn")
+        return badge("waits for " + ", ".join(r["pending_review"]), "warn", long=True)
     return badge("downloadable", "ok")
 
 
@@ -360,7 +370,7 @@ def releases_page(caller: Caller, releases: list[dict[str, Any]]) -> str:
              ", ".join(r["review_by"]) or None, _review_state(r), len(r["artifacts"]), when(r["created_at"]))
             for r in releases]
     body = table(["release", "job", "recipient", "reviewed by owners of", "state", "artifacts", "created"],
-                 rows, "no releases you may see")
+                 rows, "no releases you may see", nowrap=(5,))
     return layout("Releases", body, caller)
 
 
@@ -394,7 +404,7 @@ def _controls(controls: dict[str, Any]) -> tuple[Any, Any]:
     flags = {k: v for k, v in controls.items() if isinstance(v, bool) and k != "warm"}
     off = sorted(k for k, v in flags.items() if not v)
     on = badge(f"all {len(flags)} enforced", "ok") if flags and not off else f"{len(flags) - len(off)} of {len(flags)}"
-    return on, badge("not enforced: " + ", ".join(off), "bad") if off else None
+    return on, badge("not enforced: " + ", ".join(off), "bad", long=True) if off else None
 
 
 def isolation_rows(isolation: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -405,8 +415,8 @@ def isolation_rows(isolation: dict[str, Any]) -> list[tuple[Any, ...]]:
         on, off = _controls(controls)
         limits = _dict(controls.get("limits"))
         limit_text = ", ".join(f"{k} {v}" for k, v in sorted(limits.items()) if v is not None) or None
-        waived = controls.get("waived") or []
-        rows.append((phase, on, off, badge("waived: " + ", ".join(map(str, waived)), "bad") if waived else None,
+        waived = ", ".join(map(str, controls.get("waived") or []))
+        rows.append((phase, on, off, badge("waived: " + waived, "bad", long=True) if waived else None,
                      limit_text, ident(controls.get("image"), 19), ident(controls.get("seccomp_profile"), 16),
                      yes_no(controls.get("warm"))))
     return rows
@@ -440,7 +450,7 @@ def receipt_section(receipt: dict[str, Any], manifest: Any) -> Safe:
                for name, d in sorted(inputs.items()) if isinstance(d, dict)], "no datasets"),
         tag("h3", "Isolation, per phase, as the Docker engine reported it"),
         table(["phase", "controls", "not enforced", "waived by the operator", "limits", "image", "seccomp profile",
-               "warm"], isolation_rows(_dict(body.get("isolation"))), "no isolation reported"),
+               "warm"], isolation_rows(_dict(body.get("isolation"))), "no isolation reported", nowrap=(0, 1, 7)),
         tag("h3", "Signature"),
         facts([("signature (Ed25519)", ident(receipt.get("signature"))),
                ("room key fingerprint", tag("code", keys.get("fingerprint")) if keys.get("fingerprint") else None),
@@ -478,13 +488,13 @@ def release_page(caller: Caller, r: dict[str, Any]) -> str:
                   command(f"cleanroom review\ncleanroom release approve {r['id']}\n"
                           f"cleanroom release reject {r['id']} --reason \"...\"")]
     parts += [tag("h2", f"Release checks ({passed} of {len(checks)} passed)"),
-              table(["result", "check", "detail"], check_rows(checks), "no checks recorded"),
+              table(["result", "check", "detail"], check_rows(checks), "no checks recorded", nowrap=(0,)),
               tag("h2", "Outputs"),
               tag("p", "Plaintext sizes and hashes are the manifest's (the room never sees the plaintext); the "
                        "encrypted size is the ciphertext the room holds, encrypted to the recipient and the "
                        "input owners.", class_="muted"),
               table(["name", "kind", "plaintext size", "sha256", "encrypted size"],
-                    output_rows(manifest, r["artifacts"]), "no outputs"),
+                    output_rows(manifest, r["artifacts"]), "no outputs", nowrap=(1, 2, 4)),
               tag("h2", "Receipt (signed by the runner)"), receipt_section(_dict(r["receipt"]), r["manifest"]),
               details("Raw manifest and receipt (JSON)",
                       join([tag("h3", "manifest"), pre(r["manifest"]), tag("h3", "receipt"), pre(r["receipt"])]))]

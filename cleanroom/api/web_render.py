@@ -69,10 +69,17 @@ def ui(*parts: str) -> str:
     return "/ui/" + "/".join(quote(p, safe="") for p in parts)
 
 
-def when(ts: float | None) -> Safe:
+def when(ts: float | None, *, wrap: bool = False) -> Safe:
+    """A UTC time on one line (`wrap`: date and time may go on two)."""
     if not isinstance(ts, int | float):
         return h(None)
-    return tag("span", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + " UTC", class_="nowrap")
+    return tag("span", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + " UTC", class_=None if wrap else "nowrap")
+
+
+def breakable(value: Any) -> Safe:
+    """A name that may break after its dots and underscores (dataset names, error classes), not mid-word.
+    (Escaped text and hidden-character markers hold no '.' or '_' of their own.)"""
+    return Safe(re.sub(r"([._])", r"\1<wbr>", h(value))) if value is not None else h(None)
 
 
 def duration(start: float | None, end: float | None) -> Safe:
@@ -86,8 +93,9 @@ def pre(value: Any, cls: str | None = None) -> Safe:
     return tag("pre", text, class_=cls)
 
 
-def badge(text: Any, kind: str = "") -> Safe:
-    return tag("span", text, class_=f"badge {kind}".strip())
+def badge(text: Any, kind: str = "", *, long: bool = False) -> Safe:
+    """A status; `long`: text of varying length (names, reasons) that may wrap."""
+    return tag("span", text, class_=f"badge {kind}{' long' if long else ''}".strip())
 
 
 def ident(value: Any, shown: int | None = None) -> Safe:
@@ -113,10 +121,15 @@ def yes_no(value: Any) -> str:
 
 
 def table(headers: Sequence[Any], rows: Iterable[Sequence[Any]], empty: str = "nothing yet", *,
-          cls: str | None = None, scroll: bool = False) -> Safe:
-    """A table; `scroll`: its own horizontal scroll bar (for tables whose columns come from data, like
-    mock rows), so that it never widens the page."""
-    body = [Safe("<tr>" + "".join(tag("td", c) for c in row) + "</tr>") for row in rows]
+          cls: str | None = None, scroll: bool = False, nowrap: Iterable[int] = ()) -> Safe:
+    """A table; `nowrap`: the columns of short values (a status, a version, a time) kept on one line, so the
+    free text wraps instead; `scroll`: its own horizontal scroll bar (for tables whose columns come from
+    data, like mock rows), so that it never widens the page."""
+    whole = set(nowrap)
+    def td(i: int, cell: Any) -> Safe:
+        return tag("td", cell, class_="nw" if i in whole else None)
+
+    body = [Safe("<tr>" + "".join(td(i, c) for i, c in enumerate(row)) + "</tr>") for row in rows]
     if not body:
         return tag("p", empty, class_="muted")
     head = "".join(tag("th", x) for x in headers)
@@ -160,13 +173,17 @@ h3{font-size:1em;margin:1.2em 0 .3em;font-family:ui-monospace,Menlo,Consolas,mon
 a{color:#1a56c4}p{overflow-wrap:anywhere}
 table{border-collapse:collapse;background:#fff;width:100%;margin:.4em 0}
 th,td{border:1px solid #dde1e8;padding:.3em .55em;text-align:left;vertical-align:top;overflow-wrap:anywhere}
-th{background:#eef1f5;font-weight:600}
+th{background:#eef1f5;font-weight:600;overflow-wrap:normal}td.nw{white-space:nowrap;overflow-wrap:normal}
+table.jobs{table-layout:fixed}
+table.jobs th:nth-child(1){width:10%}table.jobs th:nth-child(2){width:11%}table.jobs th:nth-child(3){width:9%}
+table.jobs th:nth-child(4){width:12%}table.jobs th:nth-child(5){width:12%}table.jobs th:nth-child(6){width:9%}
+table.jobs th:nth-child(7){width:10%}table.jobs th:nth-child(8){width:6%}table.jobs th:nth-child(9){width:21%}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .scroll{max-width:100%;overflow-x:auto}
 .scroll td,.scroll th{overflow-wrap:normal;white-space:nowrap}
 code.id{display:inline-block;max-width:11em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;
  vertical-align:bottom}
-dd code.id{max-width:100%}
+dd code.id,table.jobs code.id{max-width:100%}
 pre{background:#fff;border:1px solid #dde1e8;padding:.6em;overflow:auto;margin:.4em 0}
 pre.cmd{background:#1d2433;color:#e8ecf3;border:0;white-space:pre-wrap;overflow-wrap:anywhere}
 code,pre,.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
@@ -174,7 +191,9 @@ dl{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.2em 1em;mar
 dt{color:#5b6578}dd{margin:0;overflow-wrap:anywhere;min-width:0}
 details{margin:1em 0}summary{cursor:pointer;color:#1a56c4}
 .muted{color:#7a8394}
-.badge{display:inline-block;padding:0 .5em;border-radius:.8em;background:#e4e7ec;font-size:.85em}
+.badge{display:inline-block;padding:0 .5em;border-radius:.8em;background:#e4e7ec;font-size:.85em;
+ white-space:nowrap}
+.badge.long{white-space:normal;overflow-wrap:anywhere}
 .badge.ok{background:#d5f2dc;color:#14532d}.badge.bad{background:#fde0e0;color:#8a1414}
 .badge.warn{background:#fff1c2;color:#6b4e00}.badge.info{background:#dde9ff;color:#173d8a}
 .banner{padding:.6em 1em;border-radius:.3em;margin:.6em 0}
