@@ -535,3 +535,17 @@ def test_hostile_column_and_plugin_names_are_text(room, seeded):
     assert "<img" not in page and "\u202e" not in page
     assert ("<code>&lt;img src=x onerror=alert(2)&gt;<span class=\"hidden-char\" title=\"hidden character\">"
             "&lt;U+202E&gt;</span>gnp.exe</code>") in page
+
+
+def test_a_hostile_value_in_a_tooltip_stays_in_its_attribute(room, seeded):
+    hostile = 'ab" onmouseover="alert(3)\u202e'
+    with room.store.tx() as conn:
+        receipt = json.loads(conn.execute("SELECT receipt FROM releases WHERE id = ?",
+                                          (seeded.release_id,)).fetchone()[0])
+        receipt["body"]["spec_sha256"] = hostile
+        conn.execute("UPDATE releases SET receipt = ? WHERE id = ?", (dumps(receipt), seeded.release_id))
+    page = outside_details(login(room, seeded.tokens["bank"]).get(f"/ui/releases/{seeded.release_id}").text)
+    assert 'onmouseover="' not in page and "\u202e" not in page
+    # in the tooltip the hidden character is spelled out (an attribute holds no markup), in the text it is a marker
+    assert 'title="ab&quot; onmouseover=&quot;alert(3)&lt;U+202E&gt;"' in page
+    assert 'ab&quot; onmouseover=&quot;alert(3)<span class="hidden-char"' in page
