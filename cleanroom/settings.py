@@ -28,6 +28,7 @@ class Settings:
 
     # API service
     data_dir: Path = Path(".cleanroom-data")
+    database_url: str | None = None          # sqlite:///path or postgresql://user:pass@host/db (default: data_dir)
     host: str = "127.0.0.1"
     port: int = 8000
     tls_cert: str | None = None

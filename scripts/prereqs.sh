@@ -2,7 +2,8 @@
 # Install the host tools the clean room needs, from Debian's packages, when they are missing.
 #   scripts/prereqs.sh         what `make up` / `make images` need: python3-venv, make, Docker and its
 #                              compose tool, debootstrap (the base image is built from Debian here)
-#   scripts/prereqs.sh test    the same, plus Chromium and its driver for the review-page browser tests
+#   scripts/prereqs.sh test    the same, plus Chromium and its driver for the review-page browser tests and
+#                              PostgreSQL for the store's tests on it
 # As root it runs apt-get; otherwise it prints the one command to run and exits 1. It never removes
 # anything and does nothing when every tool is already there.
 set -euo pipefail
@@ -24,6 +25,8 @@ fi
 if ((want_test)); then
     command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
     command -v chromedriver >/dev/null || need+=(chromium-driver)
+    # tests/test_store_postgres.py starts a throwaway server (scripts/postgres.sh)
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 fi
 
 if ((${#need[@]} == 0)); then

@@ -48,7 +48,7 @@ class Room:
         self.url = f"http://127.0.0.1:{self.port}"
         self.settings = Settings(data_dir=data_dir, port=self.port,
                                  runner_token_file=str(data_dir / "runner-token"), **overrides)
-        self.store = Store(data_dir)
+        self.store = Store(data_dir, self.settings.database_url)
         self.app = create_app(self.settings, self.store)
         self.admin_token: str = self.app.state.bootstrap_token
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
@@ -79,7 +79,8 @@ class Room:
         For tests that are not about that wait; returns the admin's (full) view of the job."""
         self.admin.wait_job(job_id, timeout=timeout, interval=0.3)
         with self.store.tx() as conn:
-            conn.execute("UPDATE jobs SET reveal_at = MIN(reveal_at, ?) WHERE id = ?", (time.time(), job_id))
+            t = time.time()
+            conn.execute("UPDATE jobs SET reveal_at = ? WHERE id = ? AND reveal_at > ?", (t, job_id, t))
         return self.admin.get_job(job_id)
 
     def stop(self) -> None:

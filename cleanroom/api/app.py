@@ -28,7 +28,7 @@ log = logging.getLogger("cleanroom.api")
 
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     check_bootstrap_token(settings.bootstrap_token)  # before anything is written
-    store = store or Store(settings.data_dir)
+    store = store or Store(settings.data_dir, settings.database_url)
     # No Swagger UI or ReDoc: they load scripts from a public CDN, and the room runs offline.
     app = FastAPI(title="cleanroom", version=__version__, dependencies=[Depends(authorize)],
                   docs_url=None, redoc_url=None,

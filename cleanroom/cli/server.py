@@ -82,6 +82,6 @@ def rotate_token() -> None:
     from cleanroom.store.db import Store
 
     settings = Settings.from_env()
-    store = Store(settings.data_dir)
+    store = Store(settings.data_dir, settings.database_url)
     ensure_admin(store, settings)
     click.echo(rotate_admin_token(store))

@@ -1,13 +1,13 @@
-"""SQLite store (WAL) with numbered migrations, plus the blob directory.
+"""The API's database (SQLite, WAL, by default; or PostgreSQL) with numbered migrations, plus the blob directory.
 
 Each state change runs in one transaction together with its audit event (`Store.tx`), so a crash
-never leaves a half-visible record. PostgreSQL can implement the same small surface later.
+never leaves a half-visible record. The migrations are SQLite's SQL; on PostgreSQL the same ones run
+translated (`cleanroom.store.dialect`), never a second schema.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 import uuid
@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cleanroom.store import dialect
 from cleanroom.store.blobs import BlobStore
 
 MIGRATIONS: list[str] = [
@@ -91,7 +92,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX uploads_name ON uploads(name);
     CREATE INDEX uploads_sha256 ON uploads(sha256);
     """,
-    # the append-only privacy ledger (cleanroom.ledger): one charge per job and DP input, never refunded;
+    # 5: the append-only privacy ledger (cleanroom.ledger): one charge per job and DP input, never refunded;
     # charges of the old budget table (reserved or spent) are kept as charges
     """
     CREATE TABLE privacy_charges (
@@ -180,52 +181,39 @@ def placeholders(values: Any) -> str:
 
 
 class Store:
-    """The API's state: one SQLite database and one blob directory under `data_dir`."""
+    """The API's state: one database (a SQLite file in `data_dir` by default, or PostgreSQL named by
+    `database_url`: `cleanroom.store.dialect`) and one blob directory under `data_dir`."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, database_url: str | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.data_dir / "cleanroom.db"
+        self.backend = dialect.backend(database_url, self.data_dir)
+        self.dialect = self.backend.dialect
+        self.db_path = self.backend.db_path  # the SQLite file (None on PostgreSQL)
         self.blobs = BlobStore(self.data_dir / "blobs")
         self._write_lock = threading.Lock()
         self._readers = threading.local()  # one read connection per thread, kept open (see `read`)
-        self._writer: sqlite3.Connection | None = None
+        self._writer: Any = None
         self.migrate()
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA synchronous=FULL")
-        return conn
+    def _connect(self) -> Any:
+        return self.backend.connect()
 
     def migrate(self) -> int:
-        with self._write_lock:
-            conn = self._connect()
-            try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        for statement in script.split(";"):
-                            if statement.strip():
-                                conn.execute(statement)
-                        conn.execute(f"PRAGMA user_version={number}")
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        conn.execute("ROLLBACK")
-                        raise
-                return int(conn.execute("PRAGMA user_version").fetchone()[0])
-            finally:
-                conn.close()
+        """Apply the migrations not applied yet, each in its own transaction; returns the schema version.
+        On PostgreSQL replicas that start together wait for each other (an advisory lock)."""
+        with self._write_lock, self.backend.migration() as conn:
+            version = self.backend.version(conn)
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                self.backend.apply(conn, script, number)
+            return self.backend.version(conn)
 
     @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
+    def read(self) -> Iterator[Any]:
         """A connection for reading (autocommit: each statement sees the latest commit). Each thread keeps
         its own open: opening one (and its pragmas) cost more than most of the API's queries."""
         conn = getattr(self._readers, "conn", None)
-        if conn is None:
+        if conn is None or not self.backend.usable(conn):
             conn = self._readers.conn = self._connect()
         try:
             yield conn
@@ -234,13 +222,14 @@ class Store:
                 conn.rollback()
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: all or nothing. Writers are serialised (SQLite allows one)."""
+    def tx(self) -> Iterator[Any]:
+        """A write transaction: all or nothing. Writers are serialised: SQLite allows one, and on PostgreSQL
+        each takes the room's write lock first, so replicas serialise them the same way (`dialect`)."""
         with self._write_lock:
-            if self._writer is None:  # one connection for every write: they are serialised anyway
-                self._writer = self._connect()
+            if self._writer is None or not self.backend.usable(self._writer):
+                self._writer = self._connect()  # one connection for every write: they are serialised anyway
             conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
+            self.backend.begin_write(conn)
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -248,3 +237,9 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+
+    def close(self) -> None:
+        """Close every connection this store opened (a server that ends, a test)."""
+        with self._write_lock:
+            self._writer = None
+            self.backend.close()

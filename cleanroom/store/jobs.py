@@ -117,7 +117,7 @@ def page(conn: Any, *, viewer_id: str, viewer_name: str, everything: bool, statu
     """Jobs newest first after the cursor `after` (created_at, id), at most `limit` (None: all), in one
     query. Without `everything` only the viewer's (submitted, over its datasets, released to it); `status`
     filters on the stored status."""
-    where = ["1" if everything else VISIBLE]
+    where = ["TRUE" if everything else VISIBLE]
     if status:
         where.append("j.status = :status")
     if after:

@@ -115,7 +115,7 @@ def page(conn: Any, *, viewer_id: str, viewer_name: str, everything: bool, after
     see (every job with `everything`), with their artifacts, decisions and jobs: one query."""
     from cleanroom.store.jobs import VISIBLE
 
-    where = ["1" if everything else VISIBLE]
+    where = ["TRUE" if everything else VISIBLE]
     if after:
         where.append("(r.created_at < :c OR r.created_at = :c AND r.id > :id)")
     rows = conn.execute(

@@ -31,9 +31,9 @@ def seen(conn: Any, *, instance: str, at: float, ttl: float | None = None) -> No
 def live(conn: Any, *, at: float, since: float = 0.0) -> set[str]:
     """Instances not ended whose last heartbeat, or `since` (the API's start), is within their ttl."""
     return {r[0] for r in conn.execute("SELECT id FROM runner_instances WHERE ended_at IS NULL"
-                                       " AND MAX(last_seen, ?) + ttl >= ?", (since, at))}
+                                       " AND (last_seen + ttl >= ? OR ? + ttl >= ?)", (at, since, at))}
 
 
 def end_lapsed(conn: Any, *, at: float, since: float = 0.0) -> None:
     conn.execute("UPDATE runner_instances SET ended_at = ?, ended_reason = 'lapsed' WHERE ended_at IS NULL"
-                 " AND MAX(last_seen, ?) + ttl < ?", (at, since, at))
+                 " AND last_seen + ttl < ? AND ? + ttl < ?", (at, at, since, at))

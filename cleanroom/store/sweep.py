@@ -25,13 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sqlite3
 import time
 from typing import Any
 
 from cleanroom.errors import ValidationError
 from cleanroom.store import audit
 from cleanroom.store.db import Store, now
+from cleanroom.store.dialect import table_names
 
 MIN_GRACE_SECONDS = 3600
 AUDIT_LIST = 1000  # digests listed in a sweep's audit events (the count and a hash cover the rest)
@@ -52,13 +52,13 @@ _RELEASED = """
 """
 
 
-def released(conn: sqlite3.Connection) -> set[str]:
+def released(conn: Any) -> set[str]:
     """Ciphertext digests of withdrawn datasets that no queued or running job reads: their blobs are
     the sweep's to remove, though their digests stay in records (approvals, jobs, receipts)."""
     return {r[0] for r in conn.execute(_RELEASED)}
 
 
-def referenced(conn: sqlite3.Connection) -> dict[str, list[str]]:
+def referenced(conn: Any) -> dict[str, list[str]]:
     """Blob digest -> the records that need it (they must exist with the right hash)."""
     refs: dict[str, list[str]] = {}
     gone = released(conn)
@@ -70,20 +70,18 @@ def referenced(conn: sqlite3.Connection) -> dict[str, list[str]]:
     return refs
 
 
-def to_keep(conn: sqlite3.Connection, *, except_uploads: frozenset[str] = frozenset()) -> set[str]:
+def to_keep(conn: Any, *, except_uploads: frozenset[str] = frozenset()) -> set[str]:
     """The digests the sweep must keep: every reference, and every 64-hex value in the database except
     the ciphertexts of withdrawn datasets (`released`) that nothing else references."""
     refs = referenced(conn)
     return set(refs) | (mentioned(conn, except_uploads=except_uploads) - released(conn))
 
 
-def mentioned(conn: sqlite3.Connection, *, except_uploads: frozenset[str] = frozenset()) -> set[str]:
+def mentioned(conn: Any, *, except_uploads: frozenset[str] = frozenset()) -> set[str]:
     """Every 64-hex value in any column of any table but the audit log (and but the upload
     declarations in `except_uploads`, which a sweep is removing): blobs the sweep must keep."""
     found: set[str] = set()
-    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"
-                                         " AND name NOT LIKE 'sqlite_%'")]
-    for table in tables:
+    for table in table_names(conn):
         if table in NOT_SCANNED:
             continue
         for row in conn.execute(f'SELECT * FROM "{table}"'):
@@ -105,7 +103,7 @@ def check_grace(grace: int) -> int:
     return grace
 
 
-def _plan(conn: sqlite3.Connection, store: Store, cutoff: float, upload_cutoff: float) -> dict[str, Any]:
+def _plan(conn: Any, store: Store, cutoff: float, upload_cutoff: float) -> dict[str, Any]:
     expired = [r["id"] for r in conn.execute("SELECT id FROM uploads WHERE created_at < ? ORDER BY created_at",
                                              (upload_cutoff,))]
     keep = to_keep(conn, except_uploads=frozenset(expired))
