@@ -1,6 +1,7 @@
 """Zone A, persistence: the API host's database and content-addressed blob store (ciphertext only).
 
-`db` opens the database and applies migrations, `blobs` stores ciphertext by hash, `sweep` is the
+`db` opens the database and applies migrations (`dialect`: SQLite by default, or PostgreSQL, and every
+difference between them), `blobs` stores ciphertext by hash, `sweep` is the
 only code that deletes a blob. One query module per resource (`orgs`, `room`, `web_sessions`,
 `datasets`, `plugins`, `approvals`, `jobs`, `releases`, `runners`, `ledger`, `audit`) holds every SQL
 statement the API runs: keyword-only functions over a connection from `Store.read()` or `Store.tx()`
