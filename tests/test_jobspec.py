@@ -368,7 +368,7 @@ def test_dp_jobs_with_a_model_other_than_linear_or_ridge_are_refused_at_submissi
     tree = JobSpec(**{**spec.__dict__, "steps": (Step(RIDGE, {"target": "spend", "estimator": "svr"}),)})
     plugins = {**PLUGINS, RIDGE: {**PLUGINS[RIDGE], "manifest": _manifest("ridge", "model", {
         "target": {"type": "string", "required": True}, "estimator": {"type": "string"}})}}
-    with pytest.raises(PolicyError, match="fits only linear_regression, ridge, logistic_regression.* models, not 'svr'.*"
+    with pytest.raises(PolicyError, match="fits only linear_regression, ridge, .* not 'svr'.*"
                                           "outputs.sample_and_aggregate"):
         _check(tree, plugins=plugins)
     ridge = JobSpec(**{**spec.__dict__, "steps": (Step(RIDGE, {"target": "spend", "estimator": "ridge"}),)})
