@@ -8,10 +8,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import json
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import httpx
 
 from cleanroom import audit as audit_chain
-from cleanroom.crypto import KeyPair, canonical_json, decrypt_bytes, verify
+from cleanroom.crypto import KeyPair, decrypt_bytes, digest, verify
 from cleanroom.errors import (
     CleanroomError,
     Conflict,
@@ -31,10 +31,22 @@ from cleanroom.errors import (
     from_response,
 )
 from cleanroom.profile import Profile, load_or_create_keys
+from cleanroom.sandbox.vocabulary import TERMINAL_STATUSES
 
 Progress = Callable[[int, int], None]
 # the statuses input owners see, and the two an analyst sees once the job's outcome time has passed
-TERMINAL = ("succeeded", "failed", "cancelled", "timed_out", "released", "nothing_released")
+TERMINAL = (*TERMINAL_STATUSES, "released", "nothing_released")
+
+
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """Trust exactly the CA certificates in `ca_file` (a PEM file, or a folder of them)."""
+    try:
+        if Path(ca_file).is_dir():
+            return ssl.create_default_context(capath=ca_file)
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValidationError(f"cannot use {ca_file} as the CA file: {exc}",
+                              hint="point --ca-file or CLEANROOM_CA_FILE at the room's CA certificate (PEM)") from exc
 
 
 def is_loopback(url: str) -> bool:
@@ -62,7 +74,7 @@ class Client:
         self.profile = profile
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout,
-                                 verify=ca_file if ca_file else True, transport=transport)
+                                 verify=tls_context(ca_file) if ca_file else True, transport=transport)
         self._me: dict[str, Any] | None = None
 
     @classmethod
@@ -283,7 +295,7 @@ class Client:
         plugin = self.get_plugin(ref)
         ds = self.get_dataset(dataset)
         bundle_bytes = self.request("GET", f"/plugins/{plugin['id']}/bundle").content
-        if hashlib.sha256(bundle_bytes).hexdigest() != plugin["id"]:
+        if digest(bundle_bytes) != plugin["id"]:
             raise IntegrityError("the bundle the room serves does not hash to the plugin id")
         from cleanroom.policy import Policy
 
@@ -412,7 +424,7 @@ class Client:
         body = receipt["body"]
         if job_id not in (body.get("job_id"), release["id"]) or body.get("job_id") != release["job_id"]:
             raise IntegrityError(f"the receipt is for job {body.get('job_id')}, not {release['job_id']}")
-        if hashlib.sha256(canonical_json(release["manifest"])).hexdigest() != body.get("manifest_sha256"):
+        if manifest_sha256(release["manifest"]) != body.get("manifest_sha256"):
             raise IntegrityError("the release manifest the room shows is not the one the receipt signed")
         outputs = receipt_outputs(body)
         listed = {a["name"] for a in release["artifacts"]}
@@ -485,8 +497,9 @@ RECEIPT_FILE = "receipt.json"
 
 
 def manifest_sha256(manifest: dict[str, Any]) -> str:
-    """The hash an owner's release approval or rejection signs: of the manifest as the room shows it."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """The hash an owner's release approval or rejection signs, and the receipt binds: the digest of the
+    manifest as a value (not of the text the room stores it as)."""
+    return digest(manifest)
 
 
 def receipt_outputs(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -503,7 +516,7 @@ def receipt_outputs(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _check_output(name: str, data: bytes, entry: dict[str, Any]) -> None:
-    if hashlib.sha256(data).hexdigest() != entry.get("sha256") or len(data) != entry.get("bytes"):
+    if digest(data) != entry.get("sha256") or len(data) != entry.get("bytes"):
         raise IntegrityError(f"artifact {name} does not match the signed receipt")
 
 
@@ -545,4 +558,4 @@ def verify_receipt(receipt: dict[str, Any], *, expected_fingerprint: str | None 
         raise IntegrityError(f"the receipt was signed by another room key ({fp})")
     verify(keys["sign_public"], body, signature)
     return {"ok": True, "fingerprint": fp, "job": body.get("job_id"),
-            "body_sha256": hashlib.sha256(canonical_json(body)).hexdigest()}
+            "body_sha256": digest(body)}

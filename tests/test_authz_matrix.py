@@ -26,9 +26,8 @@ import pytest
 
 from cleanroom import bundle, crypto, scenario
 from cleanroom.api.authz import iter_routes
-from cleanroom.crypto import KeyPair, encrypt_bytes, generate_keypair
+from cleanroom.crypto import KeyPair, digest, encrypt_bytes, generate_keypair
 from cleanroom.prepare.ingest import new_join_secret
-from cleanroom.store.db import dumps
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -197,7 +196,7 @@ def _release(w: World, *, reviewed: bool) -> dict[str, str]:
     release = {"job": job, "release": done["release_id"]}
     if reviewed:
         payload = {"type": "release-approval", "release_id": release["release"], "dataset": "retail.purchases",
-                   "manifest_sha256": hashlib.sha256(dumps(manifest).encode()).hexdigest(),
+                   "manifest_sha256": digest(manifest),
                    "org": "retailer", "issued_at": time.time()}
         w.ok("owner", "POST", f"/releases/{release['release']}/approve",
              json={"payload": payload, "signature": w.keys["retailer"].sign(payload)})
@@ -347,7 +346,7 @@ def _release_decision(w: World, who: str, verb: str, target: dict[str, Any], **e
     org = ORG_OF[who] if who not in ("anon", "runner") else "retailer"
     payload = {"type": {"approve": "release-approval", "reject": "release-rejection"}[verb],
                "release_id": rid, "dataset": "retail.purchases",
-               "manifest_sha256": hashlib.sha256(dumps(release["manifest"]).encode()).hexdigest(),
+               "manifest_sha256": digest(release["manifest"]),
                "org": org, "issued_at": time.time(), **extra}
     return Req("POST", f"/releases/{rid}/{verb}",
                {"json": {"payload": payload, "signature": w.keys[org].sign(payload)}})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
@@ -14,7 +13,6 @@ from cleanroom.api.authz import Caller
 from cleanroom.api.common import DEFAULT_LIMIT, After, JobIn, Limit
 from cleanroom.api.deps import Ctx, get_ctx
 from cleanroom.api.job_views import (
-    TERMINAL,
     caller_view,
     check_release_rules,
     job_context,
@@ -24,11 +22,13 @@ from cleanroom.api.job_views import (
     release_page,
 )
 from cleanroom.api.openapi import binary, errors
-from cleanroom.api.schemas import Job, JobPage, Release, ReleasePage
+from cleanroom.api.schemas import Job, JobPage, JobStatus, Release, ReleasePage
 from cleanroom.api.statements import RELEASE_DECISION_KEYS, RELEASE_REJECTION_KEYS, check_keys, check_signed
+from cleanroom.crypto import digest
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, PolicyError, RateLimited, ValidationError
+from cleanroom.sandbox.vocabulary import TERMINAL_STATUSES
 from cleanroom.store import datasets, jobs, ledger, orgs, releases
-from cleanroom.store.db import dumps, new_id, now
+from cleanroom.store.db import new_id, now
 
 router = APIRouter()
 
@@ -83,7 +83,7 @@ def submit_job(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
         return caller_view(conn, ctx.caller, job_id)[2]
 
 
-STATUSES = "^(queued|running|succeeded|failed|cancelled|timed_out|released|nothing_released)$"
+STATUSES = f"^({'|'.join(JobStatus)})$"
 
 
 @router.get("/jobs", tags=["jobs"], operation_id="list_jobs", response_model=JobPage)
@@ -113,11 +113,11 @@ def cancel_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
         rel, full, view = caller_view(conn, ctx.caller, job_id)
         if not rel & {"submitter", "owner", "staff"} or (rel == {"staff"} and not ctx.caller.is_admin):
             raise PermissionDenied("you cannot cancel this job")
-        if full and job["status"] in TERMINAL:
+        if full and job["status"] in TERMINAL_STATUSES:
             raise Conflict(f"the job is {job['status']} already")
         if not full and view["status"] not in ("queued", "running"):
             raise Conflict(f"the job's outcome is out already: {view['status']}")
-        if job["status"] in TERMINAL:  # ended, but its analyst cannot know that yet: withdraw the release
+        if job["status"] in TERMINAL_STATUSES:  # ended, but its analyst cannot know that yet: withdraw the release
             jobs.withdraw(conn, job_id=job_id, at=now())
         else:
             jobs.cancel(conn, job_id=job_id, reason=f"cancelled by {ctx.caller.name}", at=now())
@@ -176,8 +176,8 @@ def _check_release_decision(conn: Any, ctx: Ctx, release: dict[str, Any], body: 
     ds = datasets.load(conn, name=p["dataset"])
     if ds["owner_id"] != ctx.caller.org_id:
         raise PermissionDenied(f"only the owner of {p['dataset']} can decide for it")
-    manifest_sha = hashlib.sha256(dumps(release["manifest"]).encode()).hexdigest()
-    if p["manifest_sha256"] != manifest_sha:
+    # the digest of the manifest as a value, as the receipt binds it (not of the text it is stored as)
+    if p["manifest_sha256"] != digest(release["manifest"]):
         raise Conflict(f"the {kind} is for another manifest")
     done = releases.decided(conn, release_id=release["id"], dataset=p["dataset"])
     if done:
