@@ -26,7 +26,7 @@ from cleanroom.policy import (
     load_toml,
     type_name,
 )
-from cleanroom.sandbox.vocabulary import DATASET_NAME, JOB_NAME, ORG_NAME, STEP_KINDS
+from cleanroom.sandbox.vocabulary import DATASET_NAME, JOB_NAME, ORG_NAME, STEP_KINDS, TRANSFORM_KINDS
 from cleanroom.sandbox.vocabulary import SHA256_HEX as PLUGIN_ID
 
 __all__ = ["FORBIDDEN_KEYS", "BlockOutput", "JobOutputs", "JobSpec", "SampleAggregate", "Step", "check_job",
@@ -429,7 +429,7 @@ def _check_steps(spec: JobSpec, plugins: Mapping[str, Mapping[str, Any]]) -> Non
         if kind in ("model", "analysis", "statistic") and step.dataset:
             raise PolicyError(f"{label} is {_a(kind)} step: it runs on the joined inputs, drop 'dataset'",
                               details={"step": i})
-        if i and kind in ("preprocess", "features") and kinds[i - 1] in ("model", "analysis"):
+        if i and kind in TRANSFORM_KINDS and kinds[i - 1] in ("model", "analysis"):
             raise PolicyError(f"{label} is {_a(kind)} step after {_a(kinds[i - 1])} step: preprocess and "
                               "features steps come first", details={"step": i})
         if step.dataset and i and not spec.steps[i - 1].dataset:

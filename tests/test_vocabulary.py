@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from cleanroom import identifiers, jobspec, modelio, policy
-from cleanroom.sandbox import bundles, hashing, names, vocabulary
+from cleanroom.runner.context import JobContext, PluginRef
+from cleanroom.sandbox import bundles, hashing, vocabulary
 from cleanroom.sandbox.release import models
 from tests.test_architecture import _copy, _lint, _plant
 
@@ -68,9 +69,28 @@ def test_patterns_match_whole_names_only(pattern: object, good: str, bad: list[s
         assert not pattern.fullmatch(name), name  # type: ignore[attr-defined]
 
 
-def test_the_anchored_table_name_kept_for_old_callers_refuses_what_the_vocabulary_refuses() -> None:
-    for name in ("by_region", "x" * 64, "by region", "x" * 65, "By", ""):
-        assert bool(names.TABLE_NAME_RE.match(name)) == bool(vocabulary.TABLE_NAME.fullmatch(name)), name
+def test_the_api_enums_and_checks_are_the_vocabulary() -> None:
+    from cleanroom.api import job_views, routes_jobs, routes_runner, schemas
+
+    assert tuple(schemas.PluginKind) == vocabulary.STEP_KINDS
+    assert tuple(schemas.JobPhase) == vocabulary.JOB_PHASES
+    # input owners see the stored statuses; an analyst sees two more at the job's outcome time
+    assert tuple(schemas.JobStatus) == (*vocabulary.JOB_STATUSES, "released", "nothing_released")
+    assert set(schemas.AnalystStatus) <= set(schemas.JobStatus)
+    assert routes_jobs.TERMINAL_STATUSES is routes_runner.TERMINAL_STATUSES is vocabulary.TERMINAL_STATUSES
+    assert routes_runner.JOB_PHASES is vocabulary.JOB_PHASES
+    assert not hasattr(job_views, "TERMINAL") and not hasattr(routes_runner, "PHASES")
+    sha256 = schemas.Dataset.model_json_schema()["properties"]["sha256"]["pattern"]
+    assert sha256 == f"^{vocabulary.SHA256_HEX.pattern}$"
+
+
+def test_the_runner_names_a_table_only_by_a_whole_valid_name() -> None:
+    """A step's `name` parameter names its table only when all of it is a table name (else `step<N>`)."""
+    pid = "ab" * 32
+    steps = [{"plugin": pid, "params": {"name": n}} for n in ("by_region", "by_region\n", "x" * 65, "by_region")]
+    ctx = JobContext(job_id="j1", spec={"steps": steps}, datasets=(),
+                     plugins={pid: PluginRef(id=pid, name="counts", kind="analysis", manifest={})})
+    assert ctx.table_names() == ["by_region", "step2", "step3", "step4"]
 
 
 @pytest.mark.slow

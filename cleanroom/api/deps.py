@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from cleanroom.api.authz import Caller, check_route
+from cleanroom.crypto import digest
 from cleanroom.errors import AuthenticationError, NotFound
 from cleanroom.settings import Settings
 from cleanroom.store import audit, orgs, web_sessions
@@ -23,7 +23,7 @@ CALLER_KEY = "cleanroom.caller"  # where the guard middleware leaves the authent
 
 
 def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+    return digest(secret.encode())
 
 
 def new_token(conn: Any, org_id: str) -> str:

@@ -20,7 +20,6 @@ from cleanroom.store import datasets as store_datasets
 from cleanroom.store import plugins as store_plugins
 from cleanroom.store.db import now
 
-TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
 REVEAL_PAD = 10  # seconds: a reveal time is rounded up to a multiple of this
 
 

@@ -6,7 +6,6 @@ the policy. Nothing is visible until the whole ciphertext arrived and its sha256
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -25,14 +24,15 @@ from cleanroom.api.schemas import (
     UploadDeclared,
 )
 from cleanroom.api.views import dataset_detail, dataset_page, dataset_view
+from cleanroom.crypto import digest
 from cleanroom.errors import Conflict, NotFound, TooLarge, ValidationError
 from cleanroom.identifiers import check_name
 from cleanroom.published import publish
+from cleanroom.sandbox.vocabulary import PID, SHA256_HEX
 from cleanroom.store import datasets, jobs, orgs
 from cleanroom.store.db import dumps, new_id, now
 
 router = APIRouter()
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
 AGE_MAGIC = b"age-encryption.org/v1\n"
 MAX_MOCK_ROWS = 1000
 MAX_META_BYTES = 2 * 2**20
@@ -56,15 +56,15 @@ def _validate_meta(body: UploadIn) -> dict[str, Any]:
     check_name("dataset", body.name)
     if body.name == "uploads":
         raise ValidationError("'uploads' is a reserved name: choose another dataset name")
-    if not SHA256.match(body.sha256):
+    if not SHA256_HEX.fullmatch(body.sha256):
         raise ValidationError("sha256 must be 64 lowercase hex characters")
     columns = body.schema_.get("columns")
     if not isinstance(columns, list) or not columns or not all(isinstance(c, dict) and "name" in c
                                                               for c in columns):
         raise ValidationError("schema must have a non-empty 'columns' list of {name, type}")
     names = [c["name"] for c in columns]
-    if "_pid" not in names:
-        raise ValidationError("the schema has no _pid column: pseudonymise the id column on the "
+    if PID not in names:
+        raise ValidationError(f"the schema has no {PID} column: pseudonymise the id column on the "
                               "owner's machine (cleanroom dataset upload --id-column)")
     if len(body.mock) > MAX_MOCK_ROWS:
         raise ValidationError(f"the mock sample has more than {MAX_MOCK_ROWS} rows")
@@ -212,7 +212,7 @@ async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ct
         if writer.size != meta["size"]:
             raise ValidationError(f"upload is incomplete: got {writer.size} of {meta['size']} bytes",
                                   hint="retry the upload")
-        digest, size = writer.commit(meta["sha256"])
+        sha, size = writer.commit(meta["sha256"])
     except BaseException:
         writer.abort()  # only this request's own temporary file; never a committed blob
         raise
@@ -226,23 +226,24 @@ async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ct
             return {**_summary(conn, meta["name"]), "already_done": True}
         if _expired(ctx, current):
             raise Conflict("this upload expired before its ciphertext arrived", hint="declare it again")
-        if datasets.exists(conn, name=meta["name"], sha256=digest):
+        if datasets.exists(conn, name=meta["name"], sha256=sha):
             raise Conflict("the dataset was created meanwhile by another upload")
-        if not ctx.store.blobs.exists(digest):
+        if not ctx.store.blobs.exists(sha):
             raise ValidationError("the stored ciphertext vanished before it was recorded", hint="retry the upload")
         # published: declared facts only, and mock rows made from them, whatever the client sent
         schema, mock = publish(meta["schema"], meta["policy_dict"], len(meta["mock"]))
         t = now()
-        datasets.create(conn, name=meta["name"], owner_id=ctx.caller.org_id, sha256=digest, size=size,
+        datasets.create(conn, name=meta["name"], owner_id=ctx.caller.org_id, sha256=sha, size=size,
                         row_count=meta["row_count"], schema=schema, mock=mock, dropped=meta["dropped"],
                         description=meta["description"], created_at=t)
         policy = meta["policy_dict"]
+        policy_sha = digest(policy, escape_non_ascii=True)  # Policy.sha256(): stored and signed in this form
         datasets.add_policy(conn, name=meta["name"], version=1, text=meta["policy"], policy=policy,
-                            sha256=_policy_hash(policy), created_at=t)
+                            sha256=policy_sha, created_at=t)
         datasets.finish_upload(conn, upload_id=upload_id, at=t)
         ctx.audit(conn, "dataset.uploaded", "dataset", meta["name"],
-                  {"sha256": digest, "size": size, "rows": meta["row_count"], "policy_version": 1,
-                   "policy_sha256": _policy_hash(policy)})
+                  {"sha256": sha, "size": size, "rows": meta["row_count"], "policy_version": 1,
+                   "policy_sha256": policy_sha})
         return _summary(conn, meta["name"])
 
 
@@ -259,12 +260,6 @@ def cancel_upload(upload_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]
                            hint="a dataset is immutable; new data is a new upload under a new name")
         datasets.delete_upload(conn, upload_id=upload_id)
     return {"upload_id": upload_id, "name": upload["name"], "cancelled": True}
-
-
-def _policy_hash(policy: dict[str, Any]) -> str:
-    import hashlib
-
-    return hashlib.sha256(dumps(policy).encode()).hexdigest()
 
 
 @router.get("/datasets", tags=["datasets"], operation_id="list_datasets", response_model=DatasetPage)
@@ -293,19 +288,20 @@ def update_policy(name: str, body: PolicyIn, ctx: Ctx = Depends(get_ctx)) -> dic
     """Publish a new policy version; approvals bound to older versions stop counting."""
     from cleanroom.policy import parse_policy
 
-    policy = parse_policy(body.policy).to_dict()
+    parsed = parse_policy(body.policy)
+    policy, policy_sha = parsed.to_dict(), parsed.sha256()
     with ctx.store.tx() as conn:
         ds = datasets.load(conn, name=name)
         require_dataset_owner(ctx.caller, ds)  # type: ignore[arg-type]
         check_not_withdrawn(ds)
-        check_policy_fits(conn, parse_policy(body.policy), [c.get("name") for c in ds["schema"].get("columns", [])])
-        if _policy_hash(policy) == datasets.policy(conn, name=name, version=ds["policy_version"])["sha256"]:
+        check_policy_fits(conn, parsed, [c.get("name") for c in ds["schema"].get("columns", [])])
+        if policy_sha == datasets.policy(conn, name=name, version=ds["policy_version"])["sha256"]:
             raise Conflict("the policy is unchanged")
         version = ds["policy_version"] + 1
         datasets.add_policy(conn, name=name, version=version, text=body.policy, policy=policy,
-                            sha256=_policy_hash(policy), created_at=now())
+                            sha256=policy_sha, created_at=now())
         ctx.audit(conn, "dataset.policy_changed", "dataset", name,
-                  {"policy_version": version, "policy_sha256": _policy_hash(policy)})
+                  {"policy_version": version, "policy_sha256": policy_sha})
         return dataset_detail(conn, ctx.caller, name)
 
 

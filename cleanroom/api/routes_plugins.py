@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -16,6 +15,7 @@ from cleanroom.api.openapi import binary, errors, raw_body
 from cleanroom.api.schemas import ApprovalRecorded, ApprovalRevoked, PluginDetail, PluginPage, PluginSubmitted
 from cleanroom.api.statements import APPROVAL_KEYS, check_keys, check_signed
 from cleanroom.api.views import blocking_findings, plugin_detail, plugin_full_view, plugin_page, resolve_plugin
+from cleanroom.crypto import digest
 from cleanroom.errors import Conflict, NotFound, PermissionDenied, TooLarge, ValidationError
 from cleanroom.identifiers import check_name
 from cleanroom.store import approvals, datasets, plugins
@@ -40,7 +40,7 @@ async def submit_plugin(request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[s
             raise TooLarge(f"the bundle is larger than {cap} bytes")
     archive = bytes(body)
     parsed = bundle.unpack(archive)
-    plugin_id = hashlib.sha256(archive).hexdigest()
+    plugin_id = digest(archive)
     manifest = parsed.manifest
     check_name("plugin", manifest["name"])
     check_name("version", manifest["version"])
@@ -56,8 +56,8 @@ async def submit_plugin(request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[s
                 existing = plugins.load(conn, plugin_id=plugin_id)
             return {**plugin_full_view(conn, existing, ctx.caller), "created": False}
         _check_lineage(conn, ctx, manifest["name"], manifest["version"])
-        digest = ctx.store.blobs.put_bytes(archive)
-        assert digest == plugin_id
+        stored = ctx.store.blobs.put_bytes(archive)
+        assert stored == plugin_id
         plugins.create(conn, plugin_id=plugin_id, manifest=manifest, review=report, size=len(archive),
                        submitted_by=ctx.caller.org_id, created_at=now())
         ctx.audit(conn, "plugin.submitted", "plugin", plugin_id,

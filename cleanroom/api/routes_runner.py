@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from cleanroom.api.deps import Ctx, get_ctx
-from cleanroom.api.job_views import TERMINAL, job_event, release_held_events, reveal_time, time_budget
+from cleanroom.api.job_views import job_event, release_held_events, reveal_time, time_budget
 from cleanroom.api.openapi import SHA256_HEADER, binary, errors, raw_body
 from cleanroom.api.schemas import (
     ArtifactStored,
@@ -22,15 +22,16 @@ from cleanroom.api.schemas import (
     RunnerLive,
     RunnerProgress,
     RunnerRecovered,
+    Sha256,
 )
 from cleanroom.crypto import fingerprint
 from cleanroom.errors import Conflict, NotFound, ValidationError
+from cleanroom.sandbox.vocabulary import JOB_PHASES, TERMINAL_STATUSES
 from cleanroom.store import approvals, datasets, jobs, orgs, plugins, releases, room, runners
 from cleanroom.store.db import new_id, now
 
 router = APIRouter(prefix="/runner", tags=["runner"])
 ARTIFACT_NAME = re.compile(r"^[a-z0-9_.-]{1,64}(/[a-z0-9_.-]{1,64})?$")
-PHASES = ("verifying", "decrypting", "compute", "release", "uploading")
 MAX_ATTEMPTS = 2
 RUNNER_WORD = r"^[A-Za-z0-9_.-]{1,64}$"  # a runner instance id or name
 
@@ -228,7 +229,7 @@ class ProgressIn(BaseModel):
               responses=errors(404))
 def runner_progress(job_id: str, body: ProgressIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Record the phase a running job is in."""
-    if body.phase not in PHASES:
+    if body.phase not in JOB_PHASES:
         raise ValidationError(f"unknown phase {body.phase!r}")
     with ctx.store.tx() as conn:
         job = jobs.load(conn, job_id=job_id)
@@ -260,7 +261,7 @@ async def runner_artifact(job_id: str, name: str, request: Request, ctx: Ctx = D
 
 
 class ArtifactRef(BaseModel):
-    blob: str = Field(pattern=r"^[0-9a-f]{64}$")
+    blob: Sha256
     size: int = Field(ge=0, le=2**63 - 1)
 
 
@@ -298,7 +299,7 @@ def runner_finish(job_id: str, body: FinishIn, ctx: Ctx = Depends(get_ctx)) -> d
         raise ValidationError("status must be succeeded, failed or timed_out")
     with ctx.store.tx() as conn:
         job = jobs.load(conn, job_id=job_id)
-        if job["status"] in TERMINAL:
+        if job["status"] in TERMINAL_STATUSES:
             raise Conflict(f"the job is {job['status']} already")
         if body.log_blob:
             if not ctx.store.blobs.exists(body.log_blob):

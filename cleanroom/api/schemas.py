@@ -20,7 +20,11 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cleanroom.sandbox.vocabulary import SHA256_HEX
+
 # Enums -----------------------------------------------------------------------------------------
+# Spelled out for the OpenAPI document's readers; tests/test_vocabulary.py pins JobStatus, JobPhase and
+# PluginKind to `cleanroom.sandbox.vocabulary`.
 
 
 class Role(StrEnum):
@@ -98,7 +102,8 @@ class BudgetMode(StrEnum):
 # Field types -----------------------------------------------------------------------------------
 
 Timestamp = Annotated[float, Field(description="seconds since the Unix epoch (UTC)")]
-Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="a sha256 digest, 64 lowercase hex characters")]
+Sha256 = Annotated[str, Field(pattern=rf"^{SHA256_HEX.pattern}$",
+                              description="a sha256 digest, 64 lowercase hex characters")]
 Document = Annotated[dict[str, Any], Field(description="a JSON document (see the docs for its fields)")]
 
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from cleanroom.cli.base import State, cli, command, console, emit, facts, next_step, pass_state, show, table
+from cleanroom.sandbox.vocabulary import PID
 
 
 @cli.group()
@@ -68,7 +69,7 @@ def dataset_upload(state: State, path: str, name: str, policy_path: str, id_colu
             progress=_two_stage(progress, upload_progress), text_columns=text_columns, allow_few_ids=allow_few_ids)
     from rich.markup import escape
 
-    types = ", ".join(f"{c} ({t})" for c, t in result["column_types"].items() if c != "_pid")
+    types = ", ".join(f"{c} ({t})" for c, t in result["column_types"].items() if c != PID)
     console.print(escape(f"uploaded {name}: id column {id_column!r} pseudonymised as _pid; columns: {types}"))
     for column, why in sorted(result["dropped_columns"].items()):
         console.print(escape(f"dropped column {column!r}: {why} (keep it with [identifiers] allow = "
@@ -146,7 +147,7 @@ def show_dataset(state: State, ds: dict[str, Any], mock_rows: int = 0) -> None:
            ("dropped before upload", ds.get("dropped"))])
     click.echo()
     table([(c.get("name"), c.get("type"), "yes" if c.get("nullable", True) else "no",
-            (rules.get(c.get("name")) or {}).get("rule", "join key" if c.get("name") == "_pid" else "allowed"),
+            (rules.get(c.get("name")) or {}).get("rule", "join key" if c.get("name") == PID else "allowed"),
             public_facts(c)) for c in (ds.get("schema") or {}).get("columns", [])],
           ["column", "type", "nullable", "rule", "published (declared in the policy)"], title="schema")
     click.echo()

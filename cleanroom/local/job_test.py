@@ -12,10 +12,10 @@ audit event. Every value comes from public mock data.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import Any
 
+from cleanroom.crypto import digest
 from cleanroom.errors import CleanroomError
 from cleanroom.runner import mockrun
 from cleanroom.runner.context import DatasetRef, JobContext, PluginRef
@@ -45,7 +45,7 @@ def job_context(client: Any, spec: Any) -> tuple[JobContext, dict[str, bytes], d
         granted |= {(pid, a["dataset"], a["policy_version"], a["dataset_sha256"]) for a in view["approvals"]
                     if a["decision"] == "approve" and not a["revoked_at"] and a["org"] == owners.get(a["dataset"])}
         data = client.request("GET", f"/plugins/{pid}/bundle").content
-        if hashlib.sha256(data).hexdigest() != pid:
+        if digest(data) != pid:
             raise CleanroomError(f"the room's bundle of plugin {pid[:12]} does not hash to its id")
         plugins[pid] = PluginRef(id=pid, name=view["name"], kind=view["kind"], manifest=view["manifest"])
         bundles[pid] = data

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from cleanroom.crypto import digest
 from cleanroom.runner.mockrun import mock_table
 from cleanroom.runner.phases import Phase, PhaseRunner, run_phase
 from cleanroom.runner.recode import write_table
 from cleanroom.runner.requests import JOINED_FRAME, compute_request
 from cleanroom.sandbox import wire
+from cleanroom.sandbox.vocabulary import TRANSFORM_KINDS
 from cleanroom.settings import Settings
 
 
@@ -39,13 +40,13 @@ def test_plugin(client: Any, folder: Path, datasets: list[str], params: dict[str
     archive = bundle.pack(folder)
     manifest = bundle.unpack(archive).manifest
     params = bundle.validate_params(manifest, params)
-    plugin_id = hashlib.sha256(archive).hexdigest()
+    plugin_id = digest(archive)
     records = [client.get_dataset(name) for name in datasets]
     hidden = sorted({c for ds in records for c in never_output(ds)})  # as a job: every input's, from each input
     inputs = [(name, write_table(mock_table(ds, hidden))) for name, ds in zip(datasets, records, strict=True)]
     step = {"plugin_id": plugin_id, "name": manifest["name"], "kind": manifest["kind"], "entry": manifest["entry"],
             "params": params, "dataset": datasets[0] if len(datasets) == 1 and
-            manifest["kind"] in ("preprocess", "features") else None}
+            manifest["kind"] in TRANSFORM_KINDS else None}
     settings = dataclasses.replace(settings or Settings.from_env(), sandbox_image=image)
     request = compute_request("plugin-test", [step], inputs, {plugin_id: archive}, settings.job_max_output_bytes)
     res = run_phase(phases or _docker(settings), Phase.MOCK, "plugin-test", request.getbuffer())

@@ -15,7 +15,6 @@ and only the page's own style, and are never cached (the content is plaintext).
 from __future__ import annotations
 
 import csv
-import hashlib
 import hmac
 import io
 import json
@@ -30,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from cleanroom.client import RECEIPT_FILE, Client, manifest_sha256
+from cleanroom.crypto import digest
 from cleanroom.errors import CleanroomError, ValidationError
 from cleanroom.local import review_pages as pages
 
@@ -72,7 +72,7 @@ def read_content(files: dict[str, bytes], model: dict[str, Any] | None = None) -
     out: dict[str, Any] = {"tables": {}, "statistics": None, "metrics": None, "card": None, "model": model,
                            "other": {}, "artifacts": []}
     for name, data in sorted(files.items()):
-        out["artifacts"].append({"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        out["artifacts"].append({"name": name, "bytes": len(data), "sha256": digest(data)})
         text = _text(data)
         if name.startswith("aggregates/") and name.endswith(".csv") and text is not None:
             out["tables"][name.removeprefix("aggregates/").removesuffix(".csv")] = list(csv.reader(io.StringIO(text)))

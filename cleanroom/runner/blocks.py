@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from cleanroom.crypto import digest
 from cleanroom.errors import IntegrityFailure, RecheckRefused, SandboxError
 from cleanroom.runner import recode
 from cleanroom.runner.context import JobContext
@@ -51,6 +52,7 @@ from cleanroom.runner.phases import Phase
 from cleanroom.runner.requests import compute_message
 from cleanroom.sandbox import wire
 from cleanroom.sandbox.release import dp_plan
+from cleanroom.sandbox.vocabulary import PID
 
 if TYPE_CHECKING:
     from cleanroom.runner.execute import JobRun
@@ -58,7 +60,6 @@ if TYPE_CHECKING:
 __all__ = ["ARTIFACT", "Output", "aggregate", "assign_blocks", "block_of", "block_request", "measurement",
            "parse_block", "release_document", "run_job", "split_inputs"]
 
-PID = "_pid"
 SALT_BYTES = 32
 ARTIFACT = "sample_and_aggregate.json"
 MEDIAN_CANDIDATES = 201  # grid of the DP median over [lo, hi]: resolution (hi - lo) / 200
@@ -80,8 +81,8 @@ def outputs_of(sa: Mapping[str, Any]) -> list[Output]:
 
 def block_of(salt: bytes, pseudonym: str, m: int) -> int:
     """The block of one unit: a keyed hash of its own pseudonym only (never of the other units)."""
-    digest = hmac.new(salt, pseudonym.encode(), hashlib.sha256).digest()
-    return int.from_bytes(digest[:8], "big") % m
+    mac = hmac.new(salt, pseudonym.encode(), hashlib.sha256).digest()
+    return int.from_bytes(mac[:8], "big") % m
 
 
 def assign_blocks(pseudonyms: Sequence[str], m: int, salt: bytes) -> dict[str, int]:
@@ -246,7 +247,7 @@ def run_job(run: JobRun, ctx: JobContext, bundles: dict[str, bytes], effective: 
     rel = {"ok": True, "epsilon_spent": float(epsilon),
            "checks": [{"name": "sample_and_aggregate", "passed": True,
                        "detail": f"{m} blocks, declared ranges, {sa.get('aggregate', 'mean')} with DP noise"}],
-           "artifacts": {ARTIFACT: {"sha256": hashlib.sha256(document).hexdigest(), "bytes": len(document)}}}
+           "artifacts": {ARTIFACT: {"sha256": digest(document), "bytes": len(document)}}}
     run.publish(ctx, effective, rel, {f"artifacts/{ARTIFACT}": document}, started)
 
 

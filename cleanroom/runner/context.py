@@ -10,13 +10,12 @@ room's public views the same way.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from cleanroom.crypto import canonical_json, verify
+from cleanroom.crypto import digest, verify
 from cleanroom.errors import IntegrityError, IntegrityFailure, PolicyError, RecheckRefused
 from cleanroom.runner.pins import KeyPins
 
@@ -165,14 +164,14 @@ class JobContext:
 
     def table_names(self) -> list[str]:
         """One name per analysis step, in job order: its `name` parameter, else `step<N>` (never plugin output)."""
-        from cleanroom.sandbox.names import TABLE_NAME_RE
+        from cleanroom.sandbox.vocabulary import TABLE_NAME
 
         out: list[str] = []
         for n, step in enumerate(self.spec["steps"], 1):
             if self.plugins[step["plugin"]].kind != "analysis":
                 continue
             name = (step.get("params") or {}).get("name")
-            out.append(name if isinstance(name, str) and TABLE_NAME_RE.match(name) and name not in out
+            out.append(name if isinstance(name, str) and TABLE_NAME.fullmatch(name) and name not in out
                        else f"step{n}")
         return out
 
@@ -220,7 +219,7 @@ class JobContext:
                     or p.get("policy_version") != ds.policy_version or p.get("dataset_sha256") != ds.sha256):
                 continue
             if self._signed_by_owner(a) is not None:
-                out.add(hashlib.sha256(canonical_json(p)).hexdigest())
+                out.add(digest(p))
         return sorted(out)
 
     def verify(self, bundles: Mapping[str, bytes], pins: KeyPins) -> dict[str, Any]:
@@ -235,7 +234,7 @@ class JobContext:
 
         spec = JobSpec.from_dict(self.spec)
         for pid, data in bundles.items():
-            if hashlib.sha256(data).hexdigest() != pid:
+            if digest(data) != pid:
                 raise IntegrityFailure(f"plugin {pid[:12]} does not hash to its id")
         datasets = {}
         for ds in self.datasets:

@@ -17,7 +17,6 @@ message is the reason, which only the input owners see. Phases run through a `Ph
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -26,7 +25,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from cleanroom.crypto import KeyPair, canonical_json, encrypt_bytes, fingerprint
+from cleanroom.crypto import KeyPair, digest, encrypt_bytes, fingerprint
 from cleanroom.errors import (
     CleanroomError,
     JobFailed,
@@ -318,11 +317,11 @@ class JobRun:
             declared = rel.get("artifacts", {}).get(art)
             if not name.startswith("artifacts/") or declared is None:
                 raise PhaseFailed(Phase.RELEASE, PhaseFailure.PROTOCOL, f"undeclared artifact {name!r}")
-            digest = hashlib.sha256(data).hexdigest()
-            if declared.get("sha256") != digest:
+            sha = digest(data)
+            if declared.get("sha256") != sha:
                 raise PhaseFailed(Phase.RELEASE, PhaseFailure.PROTOCOL,
                                   f"artifact {art} does not match its declared hash")
-            outputs[art] = {"sha256": digest, "bytes": len(data)}
+            outputs[art] = {"sha256": sha, "bytes": len(data)}
             up = self.api.artifact(self.job_id, art, encrypt_bytes(data, recipients))
             uploaded[art] = {"blob": up["blob"], "size": up["size"]}
         manifest = {"job_id": self.job_id, "outputs": outputs, "checks": rel.get("checks", []),
@@ -341,7 +340,7 @@ class JobRun:
                  manifest: dict[str, Any]) -> dict[str, Any]:
         body = {
             "type": "cleanroom-receipt", "version": 1, "job_id": self.job_id,
-            "spec_sha256": hashlib.sha256(canonical_json(ctx.spec)).hexdigest(),
+            "spec_sha256": digest(ctx.spec),
             "plugins": {pid: f"{p.name}@{p.manifest.get('version')}" for pid, p in ctx.plugins.items()},
             "datasets": {d.name: {"sha256": d.sha256, "policy_version": d.policy_version,
                                   "policy_sha256": d.policy_sha256} for d in ctx.datasets},
@@ -350,7 +349,7 @@ class JobRun:
             "isolation": self.isolation, "dropped_columns": self.dropped,  # never_output, left out of the inputs
             "epsilon_spent": rel.get("epsilon_spent", 0.0),
             "outputs": outputs,  # no timings, no signing time: how long the job ran is for the owners (log)
-            "manifest_sha256": hashlib.sha256(canonical_json(manifest)).hexdigest(),
+            "manifest_sha256": digest(manifest),
         }
         return {"body": body, "signature": self.keys.sign(body),
                 "room_keys": {"enc_public": self.keys.enc_public, "sign_public": self.keys.sign_public,

@@ -3,11 +3,10 @@ and recoded (`_pid` as int64 codes fresh for the job, `never_output` columns lef
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection
 from typing import Protocol
 
-from cleanroom.crypto import KeyPair, decrypt_bytes
+from cleanroom.crypto import KeyPair, decrypt_bytes, digest
 from cleanroom.errors import IntegrityError, IntegrityFailure, PhaseFailed, PhaseFailure
 from cleanroom.runner import recode
 from cleanroom.runner.context import DatasetRef, JobContext
@@ -20,7 +19,7 @@ class CiphertextSource(Protocol):
 def plaintext(api: CiphertextSource, keys: KeyPair, ds: DatasetRef) -> bytes:
     """One input's plaintext (an Arrow stream), only after its ciphertext matched the hash the owner uploaded."""
     ciphertext = api.ciphertext(ds.name, ds.size)
-    if hashlib.sha256(ciphertext).hexdigest() != ds.sha256:
+    if digest(ciphertext) != ds.sha256:
         raise IntegrityFailure(f"the ciphertext of {ds.name} does not match its hash")
     try:
         return decrypt_bytes(ciphertext, keys)

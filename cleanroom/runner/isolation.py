@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from typing import Any
 
 from docker.types import LogConfig, Ulimit
 
+from cleanroom.crypto import digest
 from cleanroom.errors import IsolationUnavailable
 from cleanroom.settings import Settings
 
@@ -69,8 +69,7 @@ def _seccomp_read_back(sec: list[str]) -> tuple[bool, str | None]:
     """Whether the engine holds our profile (at least one seccomp option, each one ours), and its sha256."""
     profiles = [s[len("seccomp") + 1:] for s in sec if s.startswith(("seccomp=", "seccomp:"))]
     ours = bool(profiles) and all(_is_our_seccomp(p) for p in profiles)
-    digest = "sha256:" + hashlib.sha256(profiles[-1].encode()).hexdigest() if profiles else None
-    return ours, digest
+    return ours, ("sha256:" + digest(profiles[-1].encode())) if profiles else None
 
 
 def memory_bytes(text: str) -> int:

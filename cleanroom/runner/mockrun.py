@@ -25,8 +25,9 @@ import pyarrow as pa
 
 from cleanroom.errors import MockRunFailed
 from cleanroom.published import Column, Schema
-from cleanroom.runner.recode import CODE_TYPE, PID, write_table
+from cleanroom.runner.recode import CODE_TYPE, write_table
 from cleanroom.runner.requests import JOINED_FRAME, MOCK_FRAME, compute_request
+from cleanroom.sandbox.vocabulary import PID
 
 __all__ = ["MOCK_FRAME", "MockRunFailed", "dropped_columns", "mock_table", "outcome", "request", "specs"]
 

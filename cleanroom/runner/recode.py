@@ -32,7 +32,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-PID = "_pid"
+from cleanroom.sandbox.vocabulary import PID
+
 CODE_TYPE = pa.int64()
 _WIDTH = 64  # hex characters of an HMAC-SHA256 pseudonym
 _BLOCK = 1 << 16  # rows per step of the exactness check (bounds its temporary arrays)

@@ -23,12 +23,9 @@ allowed names it uses (and in what order), never a value copied from a row.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
-
-from cleanroom.sandbox.vocabulary import TABLE_NAME
 
 MAX_NAME = 128
 SEPARATORS = ("__", "_", ".", ":", "=", "-")
@@ -40,8 +37,6 @@ VOCABULARY = frozenset({
 })
 MAX_JOB_STRINGS = 64
 MAX_JOB_STRING = 32
-# Kept for callers that still `.match` it; new code uses `vocabulary.TABLE_NAME.fullmatch`.
-TABLE_NAME_RE = re.compile(rf"^{TABLE_NAME.pattern}$")
 
 
 class UnsafeName(Exception):

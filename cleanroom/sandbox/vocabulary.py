@@ -32,6 +32,7 @@ __all__ = [
     "STEP_KINDS",
     "TABLE_NAME",
     "TERMINAL_STATUSES",
+    "TRANSFORM_KINDS",
     "TRUSTED_SKOPS_TYPES",
 ]
 
@@ -47,7 +48,8 @@ JOB_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 TABLE_NAME = re.compile(r"[a-z0-9_-]{1,64}")  # an aggregate table, named by the job spec
 
 # What a plugin is, what a job may release, how a job runs
-STEP_KINDS = ("preprocess", "features", "model", "analysis", "statistic")
+TRANSFORM_KINDS = ("preprocess", "features")  # the steps that map a table to a table (may name one input)
+STEP_KINDS = (*TRANSFORM_KINDS, "model", "analysis", "statistic")
 OUTPUT_KINDS = ("aggregate", "model")
 SANDBOX_PHASES = ("compute", "release")  # each runs in its own fresh container
 JOB_PHASES = ("verifying", "decrypting", "compute", "release", "uploading")  # progress the runner reports

@@ -189,14 +189,14 @@ def test_a_job_queued_before_revocation_fails_closed_on_the_runner(world: Simple
 
     w = world
     job = w.eve.submit_job(spec(w, w.plugin, w.ds_a))
-    api = RunnerAPI(w.room.url, w.room.runner_token)
-    ctx = api.context(job["id"])
-    bundles = {pid: api.bundle(pid) for pid in ctx["plugins"]}
-    verify_context(ctx, bundles, w.pins)  # control: it would run now
-    approval = next(a for a in w.alice.get_plugin(w.plugin)["approvals"] if not a["revoked_at"])
-    w.alice.revoke_approval(w.plugin, approval["id"])
-    with pytest.raises(JobFailed) as failed:
-        verify_context(api.context(job["id"]), bundles, w.pins)
+    with RunnerAPI(w.room.url, w.room.runner_token) as api:
+        ctx = api.context(job["id"])
+        bundles = {pid: api.bundle(pid) for pid in ctx["plugins"]}
+        verify_context(ctx, bundles, w.pins)  # control: it would run now
+        approval = next(a for a in w.alice.get_plugin(w.plugin)["approvals"] if not a["revoked_at"])
+        w.alice.revoke_approval(w.plugin, approval["id"])
+        with pytest.raises(JobFailed) as failed:
+            verify_context(api.context(job["id"]), bundles, w.pins)
     assert failed.value.error_class == "approval_or_policy"
 
 
@@ -279,9 +279,9 @@ def _refused(call: Any, error: type[Exception]) -> bool:
 def _context(w: SimpleNamespace, job_id: str) -> tuple[dict[str, Any], dict[str, bytes]]:
     from cleanroom.runner.api_client import RunnerAPI
 
-    api = RunnerAPI(w.room.url, w.room.runner_token)
-    ctx = api.context(job_id)
-    return ctx, {pid: api.bundle(pid) for pid in ctx["plugins"]}
+    with RunnerAPI(w.room.url, w.room.runner_token) as api:
+        ctx = api.context(job_id)
+        return ctx, {pid: api.bundle(pid) for pid in ctx["plugins"]}
 
 
 def test_an_operator_inserted_approval_without_a_valid_signature_fails_on_the_runner(world: SimpleNamespace) -> None:
@@ -323,8 +323,8 @@ def test_an_operator_swapping_plugin_code_fails_on_the_runner(world: SimpleNames
 
 def test_an_operator_rewriting_a_policy_version_fails_on_the_runner(world: SimpleNamespace) -> None:
     """W3: approvals are signed for the policy's content hash, not only its version number."""
-    from cleanroom.api.routes_datasets import _policy_hash
     from cleanroom.errors import JobFailed
+    from cleanroom.policy import Policy
 
     w = world
     ds = w.alice.get_dataset(w.ds_a)
@@ -334,7 +334,7 @@ def test_an_operator_rewriting_a_policy_version_fails_on_the_runner(world: Simpl
     weaker["privacy"]["k"] = 2
     weaker["release"]["recipients"] = sorted({*weaker["release"]["recipients"], "operator-org"})
     _operator_sql(w.room, "UPDATE policies SET policy = ?, sha256 = ? WHERE dataset = ? AND version = ?",
-                  json.dumps(weaker, sort_keys=True, separators=(",", ":")), _policy_hash(weaker), w.ds_a,
+                  json.dumps(weaker, sort_keys=True, separators=(",", ":")), Policy.from_dict(weaker).sha256(), w.ds_a,
                   ds["policy_version"])
     job = w.eve.submit_job(spec(w, w.plugin, w.ds_a))
     ctx, bundles = _context(w, job["id"])

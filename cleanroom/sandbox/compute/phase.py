@@ -51,10 +51,10 @@ from cleanroom.sandbox.bundles import (
 )
 from cleanroom.sandbox.bundles import validate_params as _validate_params
 from cleanroom.sandbox.vocabulary import PID, STEP_KINDS
+from cleanroom.sandbox.vocabulary import TRANSFORM_KINDS as TRANSFORMS
 
 MAX_REQUEST_BYTES = 4 * 2**30
 MAX_SPEC_BYTES = 64 * 1024
-TRANSFORMS = ("preprocess", "features")
 # Errors whose messages describe code, never data: shown even when raised outside the plugin's files.
 SAFE_MESSAGES = (pluggy.PluginValidationError, BundleFormatError, SyntaxError, ImportError)
 
