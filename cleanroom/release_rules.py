@@ -149,14 +149,3 @@ def check_spec(spec: Any, plugins: Mapping[str, Mapping[str, Any]], inputs: Mapp
             raise _refuse("aggregate:nesting", f"{exc}", hint="without DP, two tables may not group by nested "
                           "columns (one table's group-by a subset of the other's); keep one of them, group "
                           "both by the same columns, or run the job with differential privacy") from None
-
-
-def check_submitted(conn: Any, spec: Any, job_context: Mapping[str, Any], effective: Any) -> None:
-    """`check_spec` for a job being submitted, with the inputs' schemas and policies from the store."""
-    import json
-
-    inputs = {}
-    for name, ds in job_context["datasets"].items():
-        row = conn.execute("SELECT schema FROM datasets WHERE name = ?", (name,)).fetchone()
-        inputs[name] = {"schema": json.loads(row[0]) if row else {}, "policy": ds["policy"].to_dict()}
-    check_spec(spec, job_context["plugins"], inputs, effective)
