@@ -61,6 +61,7 @@ class Room:
                 raise RuntimeError("API did not start")
             time.sleep(0.05)
         self.admin = Client(self.url, self.admin_token, profile=Profile(name="admin-test"))
+        self.clients = [self.admin]  # closed by stop()
         self._n = 0
 
     @property
@@ -70,6 +71,7 @@ class Room:
     def org(self, name: str, *roles: str) -> Client:
         created = self.admin.create_org(name, list(roles))
         client = Client(self.url, created["token"], profile=Profile(name=f"{name}-{self.port}"))
+        self.clients.append(client)
         client.keys()  # generate and register this org's key pair, as the CLI does on first use
         return client
 
@@ -84,6 +86,8 @@ class Room:
         return self.admin.get_job(job_id)
 
     def stop(self) -> None:
+        for client in self.clients:
+            client.close()
         self.server.should_exit = True
         self.thread.join(timeout=10)
 
@@ -127,6 +131,7 @@ class RunnerThread:
     def stop(self) -> None:
         self.service.stop.set()
         self.thread.join(timeout=60)
+        self.service.api.close()
 
 
 @pytest.fixture

@@ -122,7 +122,8 @@ def test_unauthenticated_client_error_type(room):
     from cleanroom.client import Client
 
     with pytest.raises(AuthenticationError):
-        Client(room.url, "crt_abc.def").list_datasets()
+        with Client(room.url, "crt_abc.def") as stranger:
+            stranger.list_datasets()
 
 
 def test_an_org_rotates_its_own_token_and_an_admin_rotates_a_lost_one(room):

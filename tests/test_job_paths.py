@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -43,7 +44,7 @@ def analysis_spec(columns, params):
 
 
 @pytest.fixture
-def world(room: Any, tmp_path: Path) -> SimpleNamespace:
+def world(room: Any, tmp_path: Path) -> Iterator[SimpleNamespace]:
     """A room whose runner key is registered (the runner's job runs in the test), an owner's dataset, an
     analyst with the group-aggregate plugin the owner approved."""
     home = tmp_path / "runner-home"
@@ -57,8 +58,9 @@ def world(room: Any, tmp_path: Path) -> SimpleNamespace:
     plugin = analyst.submit_plugin(REPO / "plugins" / "group-aggregate")["id"]
     owner.decide_plugin(plugin, DATASET)
     settings = Settings(url=room.url, runner_home=home, job_timeout_seconds=60)
-    return SimpleNamespace(room=room, api=api, keys=keys, owner=owner, analyst=analyst, plugin=plugin,
-                           settings=settings, tmp=tmp_path)
+    with api:
+        yield SimpleNamespace(room=room, api=api, keys=keys, owner=owner, analyst=analyst, plugin=plugin,
+                              settings=settings, tmp=tmp_path)
 
 
 def spec(plugin: str, params: dict[str, Any], name: str = "paths") -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,9 +14,21 @@ from cleanroom.errors import ConnectionFailed, from_response
 class RunnerAPI:
     def __init__(self, url: str, token: str, *, ca_file: str | None = None,
                  transport: httpx.BaseTransport | None = None) -> None:
+        verify: ssl.SSLContext | bool = True
+        if ca_file:  # the room's CA: a PEM file, or a folder of them
+            is_dir = Path(ca_file).is_dir()
+            verify = ssl.create_default_context(capath=ca_file if is_dir else None, cafile=None if is_dir else ca_file)
         self.http = httpx.Client(base_url=url.rstrip("/"), headers={"authorization": f"Bearer {token}"},
-                                 timeout=httpx.Timeout(60.0, read=600.0), verify=ca_file or True,
-                                 transport=transport)
+                                 timeout=httpx.Timeout(60.0, read=600.0), verify=verify, transport=transport)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> RunnerAPI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
