@@ -82,6 +82,15 @@ def test_plain_http_only_on_loopback():
     Client("http://127.0.0.1:8000", "crt_x.y").close()
 
 
+def test_an_unusable_ca_file_is_a_clear_error(tmp_path):
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate")
+    for ca in (tmp_path / "missing.pem", not_pem):
+        with pytest.raises(ValidationError, match="as the CA file"):
+            Client("https://room.example:8443", "crt_x.y", ca_file=str(ca))
+    Client("https://room.example:8443", "crt_x.y").close()  # control: the system's CAs
+
+
 def test_serve_refuses_plain_http_on_a_public_address(tmp_path):
     done = subprocess.run([sys.executable, "-c", "from cleanroom.cli import main; main()", "serve",
                            "--host", "0.0.0.0", "--port", str(free_port())],
