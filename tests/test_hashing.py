@@ -126,9 +126,5 @@ def test_the_sandbox_prepare_and_shared_modules_hash_json_only_through_digest() 
     assert [site for site in _inline_json_hashes() if site.startswith(owned)] == []
 
 
-# Left for the web pages' own rework (`digest_of` there hashes the same bytes as digest()); then this is empty.
-NOT_YET_SWITCHED = {"cleanroom/api/web_pages.py"}
-
-
 def test_no_module_hashes_json_outside_digest() -> None:
-    assert {site.split(":")[0] for site in _inline_json_hashes()} <= NOT_YET_SWITCHED
+    assert _inline_json_hashes() == []

@@ -8,7 +8,6 @@ is `stale` (a job can no longer rely on it), never `current`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -35,7 +34,8 @@ from cleanroom.api.web_render import (
     when,
     yes_no,
 )
-from cleanroom.crypto import canonical_json
+from cleanroom.crypto import canonical_json, digest
+from cleanroom.sandbox.vocabulary import PID
 
 MOCK_ROWS_SHOWN = 100
 CATEGORIES_SHOWN = 30
@@ -164,7 +164,7 @@ def schema_rows(columns: list[dict[str, Any]], policy: dict[str, Any]) -> list[t
     for c in columns:
         name = c.get("name")
         rule = _dict(rules.get(str(name)))
-        kind = rule.get("rule") or ("join key" if name == "_pid" else "allowed")
+        kind = rule.get("rule") or ("join key" if name == PID else "allowed")
         rows.append((tag("code", name), c.get("type"), yes_no(c.get("nullable", True)),
                      badge(kind, "warn" if kind == "never_output" else "info" if kind != "allowed" else ""),
                      published(c, rule)))
@@ -461,7 +461,7 @@ def receipt_section(receipt: dict[str, Any], manifest: Any) -> Safe:
 
 def digest_of(value: Any) -> str | None:
     try:
-        return hashlib.sha256(canonical_json(value)).hexdigest()
+        return digest(value)
     except (TypeError, ValueError):
         return None
 

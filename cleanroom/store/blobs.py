@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +23,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cleanroom.errors import NotFound, TooLarge, ValidationError
+from cleanroom.sandbox.vocabulary import SHA256_HEX
 
-_HEX = re.compile(r"^[0-9a-f]{64}$")
+_HEX = SHA256_HEX  # fullmatch: a name with a trailing newline is not a blob
 
 
 class BlobStore:
@@ -39,7 +39,7 @@ class BlobStore:
             stale.unlink(missing_ok=True)
 
     def path(self, digest: str) -> Path:
-        if not _HEX.match(digest):
+        if not _HEX.fullmatch(digest):
             raise ValidationError("not a sha256 hex digest")
         return self.root / digest[:2] / digest
 
@@ -107,7 +107,7 @@ class BlobStore:
             if not folder.is_dir():
                 continue
             for item in sorted(folder.iterdir()):
-                if _HEX.match(item.name) and item.name[:2] == folder.name:
+                if _HEX.fullmatch(item.name) and item.name[:2] == folder.name:
                     try:
                         st = item.stat()
                     except FileNotFoundError:
