@@ -52,6 +52,7 @@ destroy clean-room-state:
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: install

@@ -31,6 +31,7 @@ if str(REPO) not in sys.path:
 
 # --- the machine -------------------------------------------------------------------------------------
 
+
 def load_images_env() -> dict[str, str]:
     """containers/.build/images.env (written by `make images`), without overriding the environment."""
     out: dict[str, str] = {}
@@ -45,12 +46,12 @@ def load_images_env() -> dict[str, str]:
 
 def sandbox_image() -> str:
     return os.environ.get("CLEANROOM_SANDBOX_IMAGE") or load_images_env().get(
-        "CLEANROOM_SANDBOX_IMAGE", "cleanroom-sandbox:latest")
+        "CLEANROOM_SANDBOX_IMAGE", "cleanroom-sandbox:latest"
+    )
 
 
 def machine_info(docker_client: Any = None) -> dict[str, Any]:
-    info: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                            "kernel": platform.release()}
+    info: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()}
     try:
         meminfo = Path("/proc/meminfo").read_text()
         info["memory"] = int(re.search(r"MemTotal:\s+(\d+) kB", meminfo).group(1)) * 1024  # type: ignore[union-attr]
@@ -63,9 +64,14 @@ def machine_info(docker_client: Any = None) -> dict[str, Any]:
         info["cpu_model"] = None
     if docker_client is not None:
         d = docker_client.info()
-        info.update(docker_server=d.get("ServerVersion"), docker_cpus=d.get("NCPU"), docker_memory=d.get("MemTotal"),
-                    storage_driver=d.get("Driver"), cgroup=f"v{d.get('CgroupVersion', '1')} ({d.get('CgroupDriver')})",
-                    docker_runtime=d.get("DefaultRuntime"))
+        info.update(
+            docker_server=d.get("ServerVersion"),
+            docker_cpus=d.get("NCPU"),
+            docker_memory=d.get("MemTotal"),
+            storage_driver=d.get("Driver"),
+            cgroup=f"v{d.get('CgroupVersion', '1')} ({d.get('CgroupDriver')})",
+            docker_runtime=d.get("DefaultRuntime"),
+        )
     return info
 
 
@@ -74,8 +80,9 @@ def human(n: float | None) -> str:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit in ("B", "KiB") else f"{n:.1f} {unit}" if unit == "GiB" \
-                else f"{n:.0f} {unit}"
+            return (
+                f"{n:.0f} {unit}" if unit in ("B", "KiB") else f"{n:.1f} {unit}" if unit == "GiB" else f"{n:.0f} {unit}"
+            )
         n /= 1024
     return str(n)
 
@@ -94,6 +101,7 @@ def table(header: list[str], rows: list[list[str]], align: str | None = None) ->
 
 
 # --- memory samplers ---------------------------------------------------------------------------------
+
 
 def proc_status(pid: int, key: str) -> int | None:
     """A `kB` field of /proc/<pid>/status (VmRSS, VmHWM) in bytes."""
@@ -134,19 +142,23 @@ class RssSampler(threading.Thread):
 def cgroup_peak_files(container_id: str) -> list[Path]:
     """Where the engine keeps a container's peak memory, cgroup v1 or v2, cgroupfs or systemd."""
     root = Path("/sys/fs/cgroup")
-    return [root / "memory" / "docker" / container_id / "memory.max_usage_in_bytes",          # v1 cgroupfs
-            root / "memory" / "system.slice" / f"docker-{container_id}.scope" / "memory.max_usage_in_bytes",
-            root / "system.slice" / f"docker-{container_id}.scope" / "memory.peak",          # v2 systemd
-            root / "docker" / container_id / "memory.peak"]                                    # v2 cgroupfs
+    return [
+        root / "memory" / "docker" / container_id / "memory.max_usage_in_bytes",  # v1 cgroupfs
+        root / "memory" / "system.slice" / f"docker-{container_id}.scope" / "memory.max_usage_in_bytes",
+        root / "system.slice" / f"docker-{container_id}.scope" / "memory.peak",  # v2 systemd
+        root / "docker" / container_id / "memory.peak",
+    ]  # v2 cgroupfs
 
 
 def _cpu_seconds(container_id: str) -> float | None:
     """CPU time a container has used so far, from its cgroup (v1 or v2, cgroupfs or systemd)."""
     root = Path("/sys/fs/cgroup")
-    for path, scale in ((root / "cpuacct" / "docker" / container_id / "cpuacct.usage", 1e-9),
-                        (root / "cpuacct" / "system.slice" / f"docker-{container_id}.scope" / "cpuacct.usage", 1e-9),
-                        (root / "docker" / container_id / "cpu.stat", 1e-6),
-                        (root / "system.slice" / f"docker-{container_id}.scope" / "cpu.stat", 1e-6)):
+    for path, scale in (
+        (root / "cpuacct" / "docker" / container_id / "cpuacct.usage", 1e-9),
+        (root / "cpuacct" / "system.slice" / f"docker-{container_id}.scope" / "cpuacct.usage", 1e-9),
+        (root / "docker" / container_id / "cpu.stat", 1e-6),
+        (root / "system.slice" / f"docker-{container_id}.scope" / "cpu.stat", 1e-6),
+    ):
         try:
             text = path.read_text()
         except OSError:
@@ -167,8 +179,9 @@ def wait_for_warm_pool(docker_client: Any, runner_label: str, phases: int = 2, t
     """
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        warm = docker_client.containers.list(filters={"label": ["cleanroom.job=warm", runner_label],
-                                                      "status": "running"})
+        warm = docker_client.containers.list(
+            filters={"label": ["cleanroom.job=warm", runner_label], "status": "running"}
+        )
         if len(warm) >= phases:
             before = [_cpu_seconds(c.id) for c in warm]
             time.sleep(0.5)
@@ -180,10 +193,14 @@ def wait_for_warm_pool(docker_client: Any, runner_label: str, phases: int = 2, t
                 return time.monotonic() - start
         else:
             time.sleep(0.2)
-    seen = [(c.name, c.status, c.labels.get("cleanroom.runner")) for c in
-            docker_client.containers.list(all=True, filters={"label": "cleanroom.job=warm"})]
-    raise RuntimeError(f"the runner's warm pool ({runner_label}) did not fill within {timeout:.0f} s; warm "
-                       f"containers on the engine: {seen}")
+    seen = [
+        (c.name, c.status, c.labels.get("cleanroom.runner"))
+        for c in docker_client.containers.list(all=True, filters={"label": "cleanroom.job=warm"})
+    ]
+    raise RuntimeError(
+        f"the runner's warm pool ({runner_label}) did not fill within {timeout:.0f} s; warm "
+        f"containers on the engine: {seen}"
+    )
 
 
 def job_containers(docker_client: Any, label: str, name: str | None = None) -> list[Any]:
@@ -204,13 +221,14 @@ class ContainerMemorySampler(threading.Thread):
     cgroup disappears. Where the cgroup file is not visible it falls back to `docker stats`.
     """
 
-    def __init__(self, docker_client: Any, label: str, interval: float = 0.05, list_every: float = 0.2,
-                 name: str | None = None) -> None:
+    def __init__(
+        self, docker_client: Any, label: str, interval: float = 0.05, list_every: float = 0.2, name: str | None = None
+    ) -> None:
         super().__init__(daemon=True)
         self.docker, self.label, self.job_name = docker_client, label, name
         self.interval, self.list_every = interval, list_every
-        self.peaks: dict[str, int] = {}     # container id -> peak bytes
-        self.phases: dict[str, str] = {}    # container id -> phase label
+        self.peaks: dict[str, int] = {}  # container id -> peak bytes
+        self.phases: dict[str, str] = {}  # container id -> phase label
         self.seen_at: dict[str, float] = {}
         self.source: dict[str, str] = {}
         self._files: dict[str, Path | None] = {}
@@ -272,6 +290,7 @@ class ContainerMemorySampler(threading.Thread):
 
 # --- a room in child processes -------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -289,8 +308,14 @@ def clean_env(**extra: str) -> dict[str, str]:
 class Services:
     """`cleanroom serve` and the benchmark runner as child processes over a temporary directory."""
 
-    def __init__(self, workdir: Path, *, runner_env: dict[str, str], python: str = sys.executable,
-                 runner_prefix: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        runner_env: dict[str, str],
+        python: str = sys.executable,
+        runner_prefix: list[str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -301,17 +326,31 @@ class Services:
         self.runner_log = open(workdir / "runner.log", "wb")  # noqa: SIM115
         self.api = subprocess.Popen(
             [python, "-c", "from cleanroom.cli import main; main()", "serve"],
-            env=clean_env(CLEANROOM_DATA_DIR=str(data), CLEANROOM_PORT=str(self.port),
-                          CLEANROOM_RUNNER_TOKEN_FILE=str(self.token_file)),
-            stdout=self.api_log, stderr=subprocess.STDOUT, cwd=workdir)
+            env=clean_env(
+                CLEANROOM_DATA_DIR=str(data),
+                CLEANROOM_PORT=str(self.port),
+                CLEANROOM_RUNNER_TOKEN_FILE=str(self.token_file),
+            ),
+            stdout=self.api_log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
         self.admin_token = self._wait_for_token()
         self.runner: subprocess.Popen[bytes] | None = None
-        self.runner_env = clean_env(CLEANROOM_URL=self.url, CLEANROOM_TOKEN_FILE=str(self.token_file),
-                                    CLEANROOM_RUNNER_HOME=str(workdir / "runner-home"),
-                                    CLEANROOM_SANDBOX_IMAGE=sandbox_image(), **runner_env)
-        self.runner = subprocess.Popen([*(runner_prefix or [python]), str(Path(__file__).resolve()), "runner"],
-                                       env=self.runner_env, stdout=self.runner_log, stderr=subprocess.STDOUT,
-                                       cwd=workdir)
+        self.runner_env = clean_env(
+            CLEANROOM_URL=self.url,
+            CLEANROOM_TOKEN_FILE=str(self.token_file),
+            CLEANROOM_RUNNER_HOME=str(workdir / "runner-home"),
+            CLEANROOM_SANDBOX_IMAGE=sandbox_image(),
+            **runner_env,
+        )
+        self.runner = subprocess.Popen(
+            [*(runner_prefix or [python]), str(Path(__file__).resolve()), "runner"],
+            env=self.runner_env,
+            stdout=self.runner_log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
 
     def _wait_for_token(self) -> str:
         import httpx
@@ -359,6 +398,7 @@ class Services:
 
 
 # --- the runner child ----------------------------------------------------------------------------------
+
 
 def _runner_main() -> int:
     from cleanroom.runner.launcher import Sandbox

@@ -22,7 +22,6 @@ def fmt_s(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f} s" if x < 100 else f"{x:.0f} s"
 
 
-
 class PhaseProfiler(threading.Thread):
     """py-spy on every sandbox container of a job (the python process under docker-init)."""
 
@@ -48,9 +47,25 @@ class PhaseProfiler(threading.Thread):
                         phase = c.labels.get("cleanroom.phase", "phase")
                         out = self.outdir / f"{self.tag}-{phase}.txt"
                         self.outputs[phase] = out
-                        self.procs.append(subprocess.Popen(
-                            [self.pyspy, "record", "--pid", str(python), "--rate", "50", "--format", "raw",
-                             "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                        self.procs.append(
+                            subprocess.Popen(
+                                [
+                                    self.pyspy,
+                                    "record",
+                                    "--pid",
+                                    str(python),
+                                    "--rate",
+                                    "50",
+                                    "--format",
+                                    "raw",
+                                    "--nonblocking",
+                                    "-o",
+                                    str(out),
+                                ],
+                                stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL,
+                            )
+                        )
             except Exception:  # noqa: BLE001 - keep trying while the job runs
                 pass
             time.sleep(0.05)
@@ -110,8 +125,7 @@ def summarise_profile(path: Path, top: int = 12) -> list[str]:
     if not total:
         return [f"  (no samples in {path.name})"]
     skip = ("<module>", "_run_code", "_run_module_as_main", "main (", "run (threading", "_bootstrap")
-    lines = [f"  {path.name}: {total} samples at 50 Hz (~{total / 50:.0f} s of wall time)",
-             "    inclusive:"]
+    lines = [f"  {path.name}: {total} samples at 50 Hz (~{total / 50:.0f} s of wall time)", "    inclusive:"]
     shown = 0
     for frame, n in inclusive.most_common():
         if n == total or any(frame.startswith(s) for s in skip):
@@ -126,37 +140,56 @@ def summarise_profile(path: Path, top: int = 12) -> list[str]:
     return lines
 
 
-
 # --- the report --------------------------------------------------------------------------------------
 
-def report(machine: dict[str, Any], image: str, opts: argparse.Namespace, over: list[dict[str, Any]],
-           results: list[dict[str, Any]]) -> str:
-    lines = ["", "cleanroom job benchmark", "",
-             f"machine: {machine['cpus']} CPUs ({machine.get('cpu_model') or '?'}), {h.human(machine['memory'])} RAM, "
-             f"kernel {machine['kernel']}, Python {machine['python']}",
-             f"docker: server {machine.get('docker_server')}, {machine.get('storage_driver')}, cgroup "
-             f"{machine.get('cgroup')}, runtime {machine.get('docker_runtime')}",
-             f"load average (1/5/15 min) at the start: {machine.get('load_start')}, at the end: "
-             f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the machine makes the numbers noisy)",
-             f"sandbox image: {image}",
-             f"per-phase limits: memory {opts.job_memory}, {opts.job_cpus} CPU, timeout {opts.job_timeout} s; "
-             f"direct run on {opts.direct_cpus or 'all'} CPU(s)",
-             "runner warm pool: " + ("off (each job starts its containers when the runner claims it)"
-                                     if opts.no_warm_pool else "on (before each run the benchmark waits until the "
-                                     "pool's refill after the previous job has gone idle)"), ""]
+
+def report(
+    machine: dict[str, Any],
+    image: str,
+    opts: argparse.Namespace,
+    over: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+) -> str:
+    lines = [
+        "",
+        "cleanroom job benchmark",
+        "",
+        f"machine: {machine['cpus']} CPUs ({machine.get('cpu_model') or '?'}), {h.human(machine['memory'])} RAM, "
+        f"kernel {machine['kernel']}, Python {machine['python']}",
+        f"docker: server {machine.get('docker_server')}, {machine.get('storage_driver')}, cgroup "
+        f"{machine.get('cgroup')}, runtime {machine.get('docker_runtime')}",
+        f"load average (1/5/15 min) at the start: {machine.get('load_start')}, at the end: "
+        f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the machine makes the numbers noisy)",
+        f"sandbox image: {image}",
+        f"per-phase limits: memory {opts.job_memory}, {opts.job_cpus} CPU, timeout {opts.job_timeout} s; "
+        f"direct run on {opts.direct_cpus or 'all'} CPU(s)",
+        "runner warm pool: "
+        + (
+            "off (each job starts its containers when the runner claims it)"
+            if opts.no_warm_pool
+            else "on (before each run the benchmark waits until the pool's refill after the previous job has gone idle)"
+        ),
+        "",
+    ]
     if over:
         lines += ["1. Container start overhead (median of runs, min-max)", ""]
-        lines.append(h.table(["what", "median", "min-max", "runs"],
-                             [[r["what"], f"{r['median']:.3f} s", f"{r['min']:.3f}-{r['max']:.3f} s", str(r["n"])]
-                              for r in over], "lrrr"))
+        lines.append(
+            h.table(
+                ["what", "median", "min-max", "runs"],
+                [[r["what"], f"{r['median']:.3f} s", f"{r['min']:.3f}-{r['max']:.3f} s", str(r["n"])] for r in over],
+                "lrrr",
+            )
+        )
         base = over[0]["median"]
         iso = {r["phase"]: r["median"] for r in over if r["kind"] == "isolated"}
         plain = {r["phase"]: r["median"] for r in over if r["kind"] == "plain"}
         lines.append("")
         for ph in iso:
-            lines.append(f"   {ph}: run_phase costs {iso[ph] - base:+.2f} s over `python -c pass`, of which "
-                         f"{plain.get(ph, base) - base:.2f} s is the phase's imports and "
-                         f"{iso[ph] - plain.get(ph, base):.2f} s the SDK path and isolation settings")
+            lines.append(
+                f"   {ph}: run_phase costs {iso[ph] - base:+.2f} s over `python -c pass`, of which "
+                f"{plain.get(ph, base) - base:.2f} s is the phase's imports and "
+                f"{iso[ph] - plain.get(ph, base):.2f} s the SDK path and isolation settings"
+            )
         lines.append("")
     if results:
         lines += _pipeline_report(opts, [summarise(r) for r in results])
@@ -186,24 +219,27 @@ def summarise(entry: dict[str, Any]) -> dict[str, Any]:
     if ok:
         out["job"] = statistics.median(j["job_wall"] for j in ok)
         out["job_range"] = (min(j["job_wall"] for j in ok), max(j["job_wall"] for j in ok))
-        out["timings"] = {k: statistics.median(j["timings"].get(k, 0) for j in ok)
-                          for k in (*STAGES, "total")}
+        out["timings"] = {k: statistics.median(j["timings"].get(k, 0) for j in ok) for k in (*STAGES, "total")}
         for key in ("inside", "inside_release"):
             inside = [j.get(key) or {} for j in ok]
             names = list(dict.fromkeys(n for i in inside for n in i))
             out[key] = {n: statistics.median(i.get(n, 0.0) for i in inside) for n in names}
         out["job_median_run"] = _median_run(ok, "job_wall")
         out["runner_rss"] = max(j["runner_peak"] for j in ok)
-        out["containers"] = {ph: max((j.get("container_peaks") or {}).get(ph, 0) for j in ok)
-                             for ph in ("compute", "release")}
+        out["containers"] = {
+            ph: max((j.get("container_peaks") or {}).get(ph, 0) for j in ok) for ph in ("compute", "release")
+        }
         out["sources"] = sorted({s for j in ok for s in j.get("container_source", [])})
         out["retried"] = sum(j.get("attempts", 1) - 1 for j in jobs)
     return out
 
 
 def _pipeline_report(opts: argparse.Namespace, results: list[dict[str, Any]]) -> list[str]:
-    lines = ["2. The motivating pipeline: submit-to-succeeded in the clean room vs the same pandas/scikit-learn",
-             f"   in one fresh process (median of --runs {opts.runs}, interleaved; min-max in brackets)", ""]
+    lines = [
+        "2. The motivating pipeline: submit-to-succeeded in the clean room vs the same pandas/scikit-learn",
+        f"   in one fresh process (median of --runs {opts.runs}, interleaved; min-max in brackets)",
+        "",
+    ]
     head = ["joined rows", "direct", "clean-room job", "ratio", "upload prep", "upload xfer", "e2e ratio", "r2"]
     rows = []
     for r in results:
@@ -216,20 +252,34 @@ def _pipeline_report(opts: argparse.Namespace, results: list[dict[str, Any]]) ->
         r2_direct = (r.get("direct_median_run") or {}).get("metrics", {}).get("r2", "-")
         rng = r.get("job_range") or (0, 0)
         drng = r.get("direct_range") or (0, 0)
-        rows.append([f"{r['rows']:,}", f"{fmt_s(direct_s)} [{drng[0]:.1f}-{drng[1]:.1f}]",
-                     f"{fmt_s(job)} [{rng[0]:.1f}-{rng[1]:.1f}]" if job else (r.get("error") or "-"),
-                     f"{ratio:.2f}x" if ratio else "-", fmt_s(prep),
-                     fmt_s(total - prep) if total is not None and prep is not None else "-",
-                     f"{e2e:.2f}x" if e2e else "-", f"{r2_direct} / {r2_room}"])
+        rows.append(
+            [
+                f"{r['rows']:,}",
+                f"{fmt_s(direct_s)} [{drng[0]:.1f}-{drng[1]:.1f}]",
+                f"{fmt_s(job)} [{rng[0]:.1f}-{rng[1]:.1f}]" if job else (r.get("error") or "-"),
+                f"{ratio:.2f}x" if ratio else "-",
+                fmt_s(prep),
+                fmt_s(total - prep) if total is not None and prep is not None else "-",
+                f"{e2e:.2f}x" if e2e else "-",
+                f"{r2_direct} / {r2_room}",
+            ]
+        )
     lines.append(h.table(head, rows))
-    lines += ["", "   ratio = clean-room job / direct (goal: <= 1.3 at 1M rows). Upload (both datasets, once):",
-              "   prep = client-side schema pass + HMAC pseudonyms + Arrow + age encryption, xfer = HTTP PUT and",
-              "   the API storing the ciphertext; e2e ratio = (upload + job) / direct. r2: direct / clean room.", ""]
-    lines += ["   where the clean-room job's time goes (medians of receipt.body.timings; recode = the runner's",
-              "   int64 codes for _pid; compute = feeding the compute container (started while the runner",
-              "   decrypts and recodes) to its last byte; runner other = building and decoding the phase",
-              "   messages, encrypting and uploading artifacts; API/poll = claim latency, context fetch, finish",
-              "   and the client's 0.1 s polling)", ""]
+    lines += [
+        "",
+        "   ratio = clean-room job / direct (goal: <= 1.3 at 1M rows). Upload (both datasets, once):",
+        "   prep = client-side schema pass + HMAC pseudonyms + Arrow + age encryption, xfer = HTTP PUT and",
+        "   the API storing the ciphertext; e2e ratio = (upload + job) / direct. r2: direct / clean room.",
+        "",
+    ]
+    lines += [
+        "   where the clean-room job's time goes (medians of receipt.body.timings; recode = the runner's",
+        "   int64 codes for _pid; compute = feeding the compute container (started while the runner",
+        "   decrypts and recodes) to its last byte; runner other = building and decoding the phase",
+        "   messages, encrypting and uploading artifacts; API/poll = claim latency, context fetch, finish",
+        "   and the client's 0.1 s polling)",
+        "",
+    ]
     head = ["joined rows", *STAGES, "runner other", "runner total", "API/poll", "job wall"]
     rows = []
     for r in results:
@@ -237,52 +287,95 @@ def _pipeline_report(opts: argparse.Namespace, results: list[dict[str, Any]]) ->
         if not t:
             continue
         known = sum(t[k] for k in STAGES)
-        rows.append([f"{r['rows']:,}", *(fmt_s(t[k]) for k in STAGES),
-                     fmt_s(t["total"] - known), fmt_s(t["total"]), fmt_s(r["job"] - t["total"]), fmt_s(r["job"])])
+        rows.append(
+            [
+                f"{r['rows']:,}",
+                *(fmt_s(t[k]) for k in STAGES),
+                fmt_s(t["total"] - known),
+                fmt_s(t["total"]),
+                fmt_s(r["job"] - t["total"]),
+                fmt_s(r["job"]),
+            ]
+        )
     if rows:
         lines.append(h.table(head, rows))
-    for key, title in (("inside", ["inside the compute container (medians of its log line; wait = started, "
-                                   "imported, until the request's first byte;", "   read = the request off "
-                                   "stdin, inputs = Arrow to pandas, steps = plugins on the joined frame,",
-                                   "   encode = the joined frame to Arrow/zstd, write = the response to stdout)"]),
-                       ("inside_release", ["inside the release container (medians of its log line; warm-up = one "
-                                           "made-up job through every check", "   before the wait; checks = "
-                                           "frame decode, aggregates, model fit and checks, skops)"])):
+    for key, title in (
+        (
+            "inside",
+            [
+                "inside the compute container (medians of its log line; wait = started, "
+                "imported, until the request's first byte;",
+                "   read = the request off stdin, inputs = Arrow to pandas, steps = plugins on the joined frame,",
+                "   encode = the joined frame to Arrow/zstd, write = the response to stdout)",
+            ],
+        ),
+        (
+            "inside_release",
+            [
+                "inside the release container (medians of its log line; warm-up = one made-up job through every check",
+                "   before the wait; checks = frame decode, aggregates, model fit and checks, skops)",
+            ],
+        ),
+    ):
         stages: list[str] = []
         for r in results:
             stages += [s for s in r.get(key) or {} if s not in stages]
         if stages:
             lines += ["", *(f"   {t}" if i == 0 else t for i, t in enumerate(title)), ""]
-            lines.append(h.table(["joined rows", *stages],
-                                 [[f"{r['rows']:,}", *(fmt_s((r.get(key) or {}).get(s)) for s in stages)]
-                                  for r in results]))
+            lines.append(
+                h.table(
+                    ["joined rows", *stages],
+                    [[f"{r['rows']:,}", *(fmt_s((r.get(key) or {}).get(s)) for s in stages)] for r in results],
+                )
+            )
     steps: list[str] = []
     for r in results:
         steps += [s for s in (r.get("direct_median_run") or {}).get("steps", {}) if s not in steps]
     lines += ["", "   the direct run, step by step (its median run)", ""]
-    lines.append(h.table(["joined rows", *steps],
-                         [[f"{r['rows']:,}", *(fmt_s((r.get("direct_median_run") or {}).get("steps", {}).get(s))
-                                               for s in steps)] for r in results]))
+    lines.append(
+        h.table(
+            ["joined rows", *steps],
+            [
+                [f"{r['rows']:,}", *(fmt_s((r.get("direct_median_run") or {}).get("steps", {}).get(s)) for s in steps)]
+                for r in results
+            ],
+        )
+    )
     lines += ["", "3. Peak memory (largest over the runs)", ""]
-    head = ["joined rows", "direct RSS", "runner RSS", "runner RSS by job phase (median run)", "compute ctr",
-            "release ctr", "ciphertext"]
+    head = [
+        "joined rows",
+        "direct RSS",
+        "runner RSS",
+        "runner RSS by job phase (median run)",
+        "compute ctr",
+        "release ctr",
+        "ciphertext",
+    ]
     rows = []
     for r in results:
         by = (r.get("job_median_run") or {}).get("runner_peak_by_phase") or {}
         peaks = r.get("containers") or {}
-        rows.append([f"{r['rows']:,}", h.human(r.get("direct_rss")), h.human(r.get("runner_rss")),
-                     ", ".join(f"{k} {h.human(v)}" for k, v in by.items() if k not in ("queued", "verifying"))
-                     or "-", h.human(peaks.get("compute")), h.human(peaks.get("release")),
-                     h.human(r["room"].get("ciphertext"))])
+        rows.append(
+            [
+                f"{r['rows']:,}",
+                h.human(r.get("direct_rss")),
+                h.human(r.get("runner_rss")),
+                ", ".join(f"{k} {h.human(v)}" for k, v in by.items() if k not in ("queued", "verifying")) or "-",
+                h.human(peaks.get("compute")),
+                h.human(peaks.get("release")),
+                h.human(r["room"].get("ciphertext")),
+            ]
+        )
     lines.append(h.table(head, rows, "lrrlrrr"))
     src = sorted({s for r in results for s in r.get("sources", [])})
     idle = ", ".join(h.human((r.get("job_median_run") or {}).get("runner_rss_before")) for r in results)
-    lines += ["", f"   containers: peak of the container's memory cgroup ({', '.join(src) or 'not sampled'}; counts "
-              f"page cache too) against the limit {opts.job_memory}; runner: sampled VmRSS of the runner process "
-              f"(idle before the job: {idle}); direct: VmHWM of its process"]
+    lines += [
+        "",
+        f"   containers: peak of the container's memory cgroup ({', '.join(src) or 'not sampled'}; counts "
+        f"page cache too) against the limit {opts.job_memory}; runner: sampled VmRSS of the runner process "
+        f"(idle before the job: {idle}); direct: VmHWM of its process",
+    ]
     retried = sum(r.get("retried", 0) for r in results)
     if retried:
         lines.append(f"   {retried} job(s) were submitted again after a phase was killed from outside")
     return lines
-
-

@@ -84,6 +84,7 @@ class Interfered(Exception):
 
 # --- 1. container start overhead ---------------------------------------------------------------------
 
+
 def trivial_request(phase: str) -> bytes:
     """A request the phase refuses at once (after importing what it always imports)."""
     from cleanroom.sandbox import wire
@@ -113,8 +114,10 @@ def overhead(image: str, repeat: int) -> list[dict[str, Any]]:
             try:
                 fn()
             except Interfered as exc:
-                log(f"overhead: a {exc} container was killed from outside (another runner's start "
-                    "removing every cleanroom.job container?); run not counted")
+                log(
+                    f"overhead: a {exc} container was killed from outside (another runner's start "
+                    "removing every cleanroom.job container?); run not counted"
+                )
                 continue
             if not warm:
                 times.append(time.perf_counter() - start)
@@ -138,15 +141,20 @@ def overhead(image: str, repeat: int) -> list[dict[str, Any]]:
             if res.exit_code != 0:
                 raise RuntimeError(f"{phase}: exit {res.exit_code}: {res.stderr.decode()[-500:]}")
 
-        timed(f"docker run --rm -i IMAGE {phase} phase, trivial request (no limits)",
-              lambda phase=phase, request=request: docker_run(
-                  "-i", "--network", "none", image, "python", "-I", "-m", f"cleanroom.sandbox.{phase}",
-                  stdin=request), "plain", phase)
+        timed(
+            f"docker run --rm -i IMAGE {phase} phase, trivial request (no limits)",
+            lambda phase=phase, request=request: docker_run(
+                "-i", "--network", "none", image, "python", "-I", "-m", f"cleanroom.sandbox.{phase}", stdin=request
+            ),
+            "plain",
+            phase,
+        )
         timed(f"Sandbox.run_phase {phase}, trivial request (all controls)", isolated, "isolated", phase)
     return rows
 
 
 # --- 2. the direct baseline ------------------------------------------------------------------------------
+
 
 def _plugin(name: str) -> tuple[Any, dict[str, Any]]:
     import importlib.util
@@ -154,8 +162,7 @@ def _plugin(name: str) -> tuple[Any, dict[str, Any]]:
 
     folder = REPO / "plugins" / name
     manifest = tomllib.loads((folder / "cleanroom-plugin.toml").read_text())
-    spec = importlib.util.spec_from_file_location(f"bench_plugin_{name.replace('-', '_')}",
-                                                  folder / manifest["entry"])
+    spec = importlib.util.spec_from_file_location(f"bench_plugin_{name.replace('-', '_')}", folder / manifest["entry"])
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -207,8 +214,9 @@ def direct(retail_csv: str, bank_csv: str) -> dict[str, Any]:
     t = mark("drop ids, impute, one-hot", t)
     k = 10
     grouped = frame.dropna(subset=agg_params["group_by"] + ["spend"]).groupby(agg_params["group_by"])
-    table = pd.DataFrame({"_units": grouped["_pid"].nunique(), "count": grouped.size(),
-                          "mean_spend": grouped["spend"].mean()})
+    table = pd.DataFrame(
+        {"_units": grouped["_pid"].nunique(), "count": grouped.size(), "mean_spend": grouped["spend"].mean()}
+    )
     table = table[table["_units"] >= k].drop(columns="_units").reset_index()
     t = mark("aggregate", t)
     features, target = models.select_features(frame, {"target": model_params["target"], "features": None}, set())
@@ -220,8 +228,14 @@ def direct(retail_csv: str, bank_csv: str) -> dict[str, Any]:
     scores = models.evaluate(ridge, "regression", X.iloc[holdout], y.iloc[holdout])
     t = mark("split, fit ridge, evaluate", t)
     assert np.isfinite(ridge.coef_).all() and len(table) > 0
-    return {"seconds": time.perf_counter() - t0, "steps": marks, "rows": rows, "metrics": scores,
-            "features": len(features), "peak_rss": h.proc_status(os.getpid(), "VmHWM")}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "steps": marks,
+        "rows": rows,
+        "metrics": scores,
+        "features": len(features),
+        "peak_rss": h.proc_status(os.getpid(), "VmHWM"),
+    }
 
 
 def run_direct(paths: dict[str, Path], cpus: int | None = None) -> dict[str, Any]:
@@ -230,8 +244,12 @@ def run_direct(paths: dict[str, Path], cpus: int | None = None) -> dict[str, Any
     if cpus:
         env.update({k: str(cpus) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
         env["BENCH_DIRECT_CPUS"] = str(cpus)
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--direct-child",
-                           str(paths["retail"]), str(paths["bank"])], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--direct-child", str(paths["retail"]), str(paths["bank"])],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"direct run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -239,8 +257,15 @@ def run_direct(paths: dict[str, Path], cpus: int | None = None) -> dict[str, Any
 
 # --- 2. the clean room -----------------------------------------------------------------------------------
 
-def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argparse.Namespace,
-               docker_client: Any, between: Any = None) -> dict[str, Any]:
+
+def clean_room(
+    joined: int,
+    paths: dict[str, Path],
+    workdir: Path,
+    opts: argparse.Namespace,
+    docker_client: Any,
+    between: Any = None,
+) -> dict[str, Any]:
     """Upload once, then run the job --runs times (calling `between()` before each: the direct run)."""
     import cleanroom.prepare.ingest as ingest
     from cleanroom import scenario
@@ -250,9 +275,14 @@ def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argpars
     from cleanroom.runner.launcher import container_name
 
     os.environ["CLEANROOM_HOME"] = str(workdir / "home")
-    runner_env = {"CLEANROOM_JOB_MEMORY": opts.job_memory, "CLEANROOM_JOB_TIMEOUT_SECONDS": str(opts.job_timeout),
-                  "CLEANROOM_JOB_CPUS": str(opts.job_cpus), "CLEANROOM_POLL_SECONDS": "0.2",
-                  "CLEANROOM_MAX_CONCURRENT_JOBS": "1", "CLEANROOM_WARM_POOL": str(not opts.no_warm_pool).lower()}
+    runner_env = {
+        "CLEANROOM_JOB_MEMORY": opts.job_memory,
+        "CLEANROOM_JOB_TIMEOUT_SECONDS": str(opts.job_timeout),
+        "CLEANROOM_JOB_CPUS": str(opts.job_cpus),
+        "CLEANROOM_POLL_SECONDS": "0.2",
+        "CLEANROOM_MAX_CONCURRENT_JOBS": "1",
+        "CLEANROOM_WARM_POOL": str(not opts.no_warm_pool).lower(),
+    }
     services = h.Services(workdir, runner_env=runner_env)
     out: dict[str, Any] = {"rows": joined}
     try:
@@ -283,16 +313,28 @@ def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argpars
         ingest.prepare = timed_prepare  # type: ignore[assignment]
         try:
             start = time.perf_counter()
-            retailer.upload_dataset(paths["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
-                                    id_column="customer_id", join_secret=secret)
-            bank.upload_dataset(paths["bank"], name="bank.customers", policy=scenario.BANK_POLICY,
-                                id_column="customer_id", join_secret=secret)
+            retailer.upload_dataset(
+                paths["retail"],
+                name="retail.purchases",
+                policy=scenario.RETAIL_POLICY,
+                id_column="customer_id",
+                join_secret=secret,
+            )
+            bank.upload_dataset(
+                paths["bank"],
+                name="bank.customers",
+                policy=scenario.BANK_POLICY,
+                id_column="customer_id",
+                join_secret=secret,
+            )
             out["upload_total"] = time.perf_counter() - start
         finally:
             ingest.prepare = real_prepare  # type: ignore[assignment]
         out["upload_prepare"] = sum(prep_seconds)
-        out["ciphertext"] = sum(c.get_dataset(name).get("size") or 0
-                                for c, name in ((retailer, "retail.purchases"), (bank, "bank.customers")))
+        out["ciphertext"] = sum(
+            c.get_dataset(name).get("size") or 0
+            for c, name in ((retailer, "retail.purchases"), (bank, "bank.customers"))
+        )
         log(f"{joined:,} rows: uploaded in {out['upload_total']:.1f} s ({out['upload_prepare']:.1f} s preparing)")
 
         ids = {name: analyst.submit_plugin(REPO / "plugins" / name)["id"] for name in scenario.PLUGINS}
@@ -323,9 +365,22 @@ def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argpars
                 profiler = PhaseProfiler(docker_client, label, opts.py_spy, opts.profile, tag, name)
                 profiler.start()
                 runner_spy = subprocess.Popen(
-                    [opts.py_spy, "record", "--pid", str(services.runner.pid), "--rate", "50", "--format", "raw",
-                     "--nonblocking", "-o", str(opts.profile / f"{tag}-runner.txt")],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    [
+                        opts.py_spy,
+                        "record",
+                        "--pid",
+                        str(services.runner.pid),
+                        "--rate",
+                        "50",
+                        "--format",
+                        "raw",
+                        "--nonblocking",
+                        "-o",
+                        str(opts.profile / f"{tag}-runner.txt"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             timeline: list[tuple[float, str, str]] = []
             deadline = submitted + 2 * opts.job_timeout + 600
             while True:
@@ -370,8 +425,10 @@ def clean_room(joined: int, paths: dict[str, Path], workdir: Path, opts: argpars
                 job_out = one_job()
                 if job_out.get("error_class") != "sandbox_crash" or attempt == opts.attempts:
                     break
-                log(f"{joined:,} rows: a phase crashed (killed from outside? exit codes are in the logs); "
-                    "submitting the job again")
+                log(
+                    f"{joined:,} rows: a phase crashed (killed from outside? exit codes are in the logs); "
+                    "submitting the job again"
+                )
             job_out["attempts"] = attempt
             if job_out["status"] != "succeeded":
                 return job_out
@@ -424,18 +481,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="100000,1000000", help="joined rows, comma-separated (100k, 1M ok)")
     parser.add_argument("--repeat", type=int, default=7, help="runs per container overhead measure")
-    parser.add_argument("--job-memory", default=os.environ.get("CLEANROOM_JOB_MEMORY", "2g"),
-                        help="CLEANROOM_JOB_MEMORY of the runner (default: the setting's 2g)")
+    parser.add_argument(
+        "--job-memory",
+        default=os.environ.get("CLEANROOM_JOB_MEMORY", "2g"),
+        help="CLEANROOM_JOB_MEMORY of the runner (default: the setting's 2g)",
+    )
     parser.add_argument("--job-timeout", type=int, default=int(os.environ.get("CLEANROOM_JOB_TIMEOUT_SECONDS", 1800)))
     parser.add_argument("--job-cpus", type=float, default=float(os.environ.get("CLEANROOM_JOB_CPUS", 1.0)))
-    parser.add_argument("--attempts", type=int, default=2,
-                        help="submit a job again when a phase was killed from outside (sandbox_crash)")
+    parser.add_argument(
+        "--attempts",
+        type=int,
+        default=2,
+        help="submit a job again when a phase was killed from outside (sandbox_crash)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="job and direct runs per size (medians)")
-    parser.add_argument("--direct-cpus", type=int, default=None,
-                        help="pin the direct run to this many CPUs (and BLAS threads); default: all, as a "
-                             "data scientist would run it (each sandbox phase gets --job-cpus)")
-    parser.add_argument("--no-warm-pool", action="store_true",
-                        help="run the runner without its warm pool (each job starts its containers at the claim)")
+    parser.add_argument(
+        "--direct-cpus",
+        type=int,
+        default=None,
+        help="pin the direct run to this many CPUs (and BLAS threads); default: all, as a "
+        "data scientist would run it (each sandbox phase gets --job-cpus)",
+    )
+    parser.add_argument(
+        "--no-warm-pool",
+        action="store_true",
+        help="run the runner without its warm pool (each job starts its containers at the claim)",
+    )
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--profile", type=Path, help="folder for py-spy profiles of the runner and the phases")
@@ -448,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if opts.direct_child:
         if os.environ.get("BENCH_DIRECT_CPUS"):
-            os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(os.environ["BENCH_DIRECT_CPUS"])])
+            os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: int(os.environ["BENCH_DIRECT_CPUS"])])
         print(json.dumps(direct(*opts.direct_child)))
         return 0
     if opts.profile:
@@ -470,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(opts.tmp).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="cleanroom-jobs-", dir=opts.tmp))
     try:
-        for joined in ([] if opts.skip_pipeline else parse_rows(opts.rows)):
+        for joined in [] if opts.skip_pipeline else parse_rows(opts.rows):
             n = math.ceil(joined / OVERLAP)
             work = tmp / f"rows-{joined}"
             start = time.perf_counter()
@@ -487,8 +558,9 @@ def main(argv: list[str] | None = None) -> int:
             entry["room"] = clean_room(joined, paths, work, opts, client, between=direct_run)
             results.append(entry)
             if opts.json:
-                opts.json.write_text(json.dumps({"machine": machine, "overhead": over, "results": results},
-                                                indent=2, default=str))
+                opts.json.write_text(
+                    json.dumps({"machine": machine, "overhead": over, "results": results}, indent=2, default=str)
+                )
     finally:
         if not opts.keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -502,8 +574,9 @@ def main(argv: list[str] | None = None) -> int:
             if j.get("logs"):
                 print(f"\n{r['rows']:,} rows: job {j.get('job_id')} logs (tail)\n{j['logs']}", file=sys.stderr)
     if opts.json:
-        opts.json.write_text(json.dumps({"machine": machine, "overhead": over, "results": results},
-                                        indent=2, default=str))
+        opts.json.write_text(
+            json.dumps({"machine": machine, "overhead": over, "results": results}, indent=2, default=str)
+        )
     return 0
 
 

@@ -64,13 +64,23 @@ class OwnServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_token = f"crt_{secrets.token_hex(8)}.{secrets.token_urlsafe(32)}"
-        env = {**os.environ, "CLEANROOM_DATA_DIR": str(self.tmp / "data"), "CLEANROOM_HOST": "127.0.0.1",
-               "CLEANROOM_PORT": str(self.port), "CLEANROOM_BOOTSTRAP_TOKEN": self.admin_token,
-               "CLEANROOM_RUNNER_TOKEN_FILE": str(self.tmp / "runner-token"),
-               "CLEANROOM_MAX_QUEUED_JOBS_PER_ORG": "1000000"}
+        env = {
+            **os.environ,
+            "CLEANROOM_DATA_DIR": str(self.tmp / "data"),
+            "CLEANROOM_HOST": "127.0.0.1",
+            "CLEANROOM_PORT": str(self.port),
+            "CLEANROOM_BOOTSTRAP_TOKEN": self.admin_token,
+            "CLEANROOM_RUNNER_TOKEN_FILE": str(self.tmp / "runner-token"),
+            "CLEANROOM_MAX_QUEUED_JOBS_PER_ORG": "1000000",
+        }
         self.log = open(self.tmp / "api.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-c", "from cleanroom.cli import main; main()", "serve"],
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from cleanroom.cli import main; main()", "serve"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -133,11 +143,11 @@ def setup(url: str, admin_token: str, runner_token: str | None) -> Room:
             raise SystemExit("the room has no key yet: start its runner once, or pass --runner-token")
         keys = generate_keypair()
         with http(url, runner_token) as runner:
-            runner.post("/runner/register", json={"enc_public": keys.enc_public,
-                                                  "sign_public": keys.sign_public}).raise_for_status()
+            runner.post(
+                "/runner/register", json={"enc_public": keys.enc_public, "sign_public": keys.sign_public}
+            ).raise_for_status()
     suffix = secrets.token_hex(3)
-    names = {"retailer": f"load-retail-{suffix}", "bank": f"load-bank-{suffix}",
-             "analyst": f"load-analyst-{suffix}"}
+    names = {"retailer": f"load-retail-{suffix}", "bank": f"load-bank-{suffix}", "analyst": f"load-analyst-{suffix}"}
 
     def org(name: str, role: str) -> Client:
         token = admin.create_org(name, [role])["token"]
@@ -155,22 +165,27 @@ def setup(url: str, admin_token: str, runner_token: str | None) -> Room:
     # privacy budget does not refuse every job after the first few (the jobs only queue: no runner runs)
     retail_policy = scenario.exact_policy(scenario.RETAIL_POLICY.replace("acme-analytics", names["analyst"]))
     bank_policy = scenario.exact_policy(scenario.BANK_POLICY.replace("acme-analytics", names["analyst"]))
-    retailer.upload_dataset(files["retail"], name=retail_ds, policy=retail_policy, id_column="customer_id",
-                            join_secret=secret)
-    bank.upload_dataset(files["bank"], name=bank_ds, policy=bank_policy, id_column="customer_id",
-                        join_secret=secret)
+    retailer.upload_dataset(
+        files["retail"], name=retail_ds, policy=retail_policy, id_column="customer_id", join_secret=secret
+    )
+    bank.upload_dataset(files["bank"], name=bank_ds, policy=bank_policy, id_column="customer_id", join_secret=secret)
     ids = {}
     for name in scenario.PLUGINS:
-        ids[name] = analyst.post("/plugins", content=bundle.pack(REPO / "plugins" / name),
-                                 headers={"content-type": "application/x-tar"})["id"]
+        ids[name] = analyst.post(
+            "/plugins", content=bundle.pack(REPO / "plugins" / name), headers={"content-type": "application/x-tar"}
+        )["id"]
         retailer.decide_plugin(ids[name], retail_ds)
         bank.decide_plugin(ids[name], bank_ds)
     shutil.rmtree(data, ignore_errors=True)
-    return Room(url=url, admin_token=admin_token, room_key=admin.room_keys()["enc_public"],
-                owner_tokens=[retailer.token or "", bank.token or ""], analyst_token=analyst.token or "",
-                upload_policy=f'[privacy]\nrequire_dp = false\n[release]\nrecipients = ["{names["analyst"]}"]\n'
-                              'review = true\n',
-                spec=scenario.job_spec(ids, recipient=names["analyst"], retail=retail_ds, bank=bank_ds))
+    return Room(
+        url=url,
+        admin_token=admin_token,
+        room_key=admin.room_keys()["enc_public"],
+        owner_tokens=[retailer.token or "", bank.token or ""],
+        analyst_token=analyst.token or "",
+        upload_policy=f'[privacy]\nrequire_dp = false\n[release]\nrecipients = ["{names["analyst"]}"]\nreview = true\n',
+        spec=scenario.job_spec(ids, recipient=names["analyst"], retail=retail_ds, bank=bank_ds),
+    )
 
 
 @dataclass
@@ -222,10 +237,18 @@ def client_loop(room: Room, index: int, deadline: float, stats: Stats, seed: int
 def _upload(c: httpx.Client, room: Room, name: str) -> tuple[int, str]:
     """A small dataset: declare it, then PUT a fresh age ciphertext (the API only ever sees that)."""
     data = encrypt_bytes(b"_pid,x\n" + secrets.token_hex(16).encode() + b",1\n", [room.room_key])
-    decl = c.post("/datasets/uploads", json={
-        "name": name, "policy": room.upload_policy, "row_count": 1, "mock": [{"x": 1}],
-        "schema": {"columns": [{"name": "_pid", "type": "string"}, {"name": "x", "type": "integer"}]},
-        "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
+    decl = c.post(
+        "/datasets/uploads",
+        json={
+            "name": name,
+            "policy": room.upload_policy,
+            "row_count": 1,
+            "mock": [{"x": 1}],
+            "schema": {"columns": [{"name": "_pid", "type": "string"}, {"name": "x", "type": "integer"}]},
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        },
+    )
     if decl.status_code != 201:
         return decl.status_code, decl.text
     put = c.put(decl.json()["put"], content=data, headers={"content-type": "application/octet-stream"})
@@ -249,13 +272,17 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} CPUs{' (' + model + ')' if model else ''}, {platform.system()} " \
-           f"{platform.release()}, Python {platform.python_version()}"
+    return (
+        f"{os.cpu_count()} CPUs{' (' + model + ')' if model else ''}, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}"
+    )
 
 
 def report(stats: Stats, seconds: float, clients: int) -> str:
-    head = f"{'call':<14}{'requests':>9}{'errors':>8}{'429':>6}{'req/s':>8}" \
-           f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+    head = (
+        f"{'call':<14}{'requests':>9}{'errors':>8}{'429':>6}{'req/s':>8}"
+        f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+    )
     lines = [head, "-" * len(head)]
     everything: list[float] = []
     for call in CALLS:
@@ -272,8 +299,9 @@ def report(stats: Stats, seconds: float, clients: int) -> str:
 
 def _row(call: str, values: list[float], errors: int, limited: int, seconds: float) -> str:
     ms = [percentile(values, p) * 1000 for p in (50, 95, 99)] + [(values[-1] if values else float("nan")) * 1000]
-    return f"{call:<14}{len(values):>9}{errors:>8}{limited:>6}{len(values) / seconds:>8.1f}" + \
-        "".join(f"{v:>9.1f}" for v in ms)
+    return f"{call:<14}{len(values):>9}{errors:>8}{limited:>6}{len(values) / seconds:>8.1f}" + "".join(
+        f"{v:>9.1f}" for v in ms
+    )
 
 
 def main() -> None:
@@ -296,14 +324,18 @@ def main() -> None:
         print(f"room: {url}{' (started here, one uvicorn process)' if server else ''}", flush=True)
         t = time.monotonic()
         room = setup(url, admin_token, args.runner_token or (server.runner_token if server else None))
-        print(f"setup: {time.monotonic() - t:.1f} s; running {args.clients} clients for {args.seconds:.0f} s ...",
-              flush=True)
+        print(
+            f"setup: {time.monotonic() - t:.1f} s; running {args.clients} clients for {args.seconds:.0f} s ...",
+            flush=True,
+        )
         stats = Stats()
         cpu = server.cpu_seconds() if server else 0.0
         start = time.monotonic()
         deadline = start + args.seconds
-        threads = [threading.Thread(target=client_loop, args=(room, i, deadline, stats, args.seed), daemon=True)
-                   for i in range(args.clients)]
+        threads = [
+            threading.Thread(target=client_loop, args=(room, i, deadline, stats, args.seed), daemon=True)
+            for i in range(args.clients)
+        ]
         for th in threads:
             th.start()
         for th in threads:
@@ -312,12 +344,15 @@ def main() -> None:
         print(report(stats, elapsed, args.clients))
         if server:  # the API's own CPU time: on a shared machine, what the latencies cannot tell apart
             used, count = server.cpu_seconds() - cpu, sum(len(v) for v in stats.latencies.values())
-            print(f"API process CPU: {used:.1f} s in {elapsed:.0f} s ({used / elapsed * 100:.0f}% of one core, "
-                  f"{used / max(count, 1) * 1000:.1f} ms per call); load average {os.getloadavg()[0]:.1f}")
+            print(
+                f"API process CPU: {used:.1f} s in {elapsed:.0f} s ({used / elapsed * 100:.0f}% of one core, "
+                f"{used / max(count, 1) * 1000:.1f} ms per call); load average {os.getloadavg()[0]:.1f}"
+            )
         with http(url, admin_token) as admin:
             check = admin.get("/audit/verify", timeout=300).json()
-            sizes = {path: len(admin.get(path, timeout=300).json()["items"])
-                     for path in ("/datasets", "/plugins", "/jobs")}
+            sizes = {
+                path: len(admin.get(path, timeout=300).json()["items"]) for path in ("/datasets", "/plugins", "/jobs")
+            }
             alone = {}
             for path in sizes:  # one client alone, on the data the run left behind
                 times = []
@@ -326,9 +361,11 @@ def main() -> None:
                     admin.get(path, timeout=300).raise_for_status()
                     times.append(time.perf_counter() - t)
                 alone[path] = sorted(times)[2] * 1000
-        print(f"after the run: audit chain ok={check.get('ok')} ({check.get('count')} events); one client alone: "
-              + ", ".join(f"GET {p} ({sizes[p]} items) {alone[p]:.0f} ms" for p in sizes)
-              + " (median of 5; a page holds at most 200)")
+        print(
+            f"after the run: audit chain ok={check.get('ok')} ({check.get('count')} events); one client alone: "
+            + ", ".join(f"GET {p} ({sizes[p]} items) {alone[p]:.0f} ms" for p in sizes)
+            + " (median of 5; a page holds at most 200)"
+        )
     finally:
         if server:
             server.stop()

@@ -56,15 +56,31 @@ def request(frame: pd.DataFrame, epsilon: float | None, delta: float) -> dict:
     policy = effective.to_dict()
     policy["bounds"].update({name: [0, 1] for name in scenario.ONE_HOT})
     features = [c for c in frame.columns if c not in ("_pid", "spend", "region", "last_purchase")]
-    return {"job_id": "bench", "policy": policy,
-            "outputs": {"model": True, "metrics": True, "aggregates": True, "holdout_fraction": 0.2, "seed": 0},
-            "model_spec": {"estimator": "ridge", "params": {"alpha": 1.0}, "target": "spend", "features": features,
-                           "task": "regression"},
-            "analysis_specs": [{"name": "spend_by_region", "group_by": ["region"],
-                                "metrics": [{"agg": "count"}, {"agg": "mean", "column": "spend"}]}],
-            "table_names": ["spend_by_region"], "dp": {"epsilon": epsilon, "delta": delta if epsilon else None},
-            "names": {"schemas": {"joined": {c: list(scenario.REGIONS) for c in frame.columns}},
-                      "job_strings": ["spend_by_region"]}}
+    return {
+        "job_id": "bench",
+        "policy": policy,
+        "outputs": {"model": True, "metrics": True, "aggregates": True, "holdout_fraction": 0.2, "seed": 0},
+        "model_spec": {
+            "estimator": "ridge",
+            "params": {"alpha": 1.0},
+            "target": "spend",
+            "features": features,
+            "task": "regression",
+        },
+        "analysis_specs": [
+            {
+                "name": "spend_by_region",
+                "group_by": ["region"],
+                "metrics": [{"agg": "count"}, {"agg": "mean", "column": "spend"}],
+            }
+        ],
+        "table_names": ["spend_by_region"],
+        "dp": {"epsilon": epsilon, "delta": delta if epsilon else None},
+        "names": {
+            "schemas": {"joined": {c: list(scenario.REGIONS) for c in frame.columns}},
+            "job_strings": ["spend_by_region"],
+        },
+    }
 
 
 def exact_reference(frame: pd.DataFrame, features: list[str], bounds: dict) -> dict:
@@ -73,9 +89,13 @@ def exact_reference(frame: pd.DataFrame, features: list[str], bounds: dict) -> d
     y = frame["spend"].to_numpy(dtype="float64")
     A = np.column_stack([np.ones(len(X)), X])
     coef = np.linalg.lstsq(A, y, rcond=None)[0]
-    return {"table": table, "coef": coef[1:], "intercept": coef[0],
-            "r2": 1 - np.sum((y - A @ coef) ** 2) / np.sum((y - y.mean()) ** 2),
-            "width": np.array([bounds[f][1] - bounds[f][0] for f in features])}
+    return {
+        "table": table,
+        "coef": coef[1:],
+        "intercept": coef[0],
+        "r2": 1 - np.sum((y - A @ coef) ** 2) / np.sum((y - y.mean()) ** 2),
+        "width": np.array([bounds[f][1] - bounds[f][0] for f in features]),
+    }
 
 
 def one_run(frame: pd.DataFrame, req: dict, ref: dict, features: list[str]) -> dict:
@@ -98,9 +118,15 @@ def one_run(frame: pd.DataFrame, req: dict, ref: dict, features: list[str]) -> d
     pred = X @ model.coef_ + model.intercept_
     r2 = 1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2)
     report = json.loads(files["artifacts/metrics.json"])
-    return {"count_err": float(count_err.max()), "mean_err": float(mean_err.max()), "coef_err": coef_err,
-            "r2": float(r2), "released_r2": report["metrics"].get("r2"), "seconds": time.monotonic() - started,
-            "spent": meta["epsilon_spent"]}
+    return {
+        "count_err": float(count_err.max()),
+        "mean_err": float(mean_err.max()),
+        "coef_err": coef_err,
+        "r2": float(r2),
+        "released_r2": report["metrics"].get("r2"),
+        "seconds": time.monotonic() - started,
+        "spent": meta["epsilon_spent"],
+    }
 
 
 def main() -> None:
@@ -110,8 +136,10 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=1e-7)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    print(f"{'units':>9} {'eps':>5} | {'count err':>9} {'mean err':>9} | {'coef err':>8} {'R2 dp':>6} "
-          f"{'R2 exact':>8} {'R2 released':>11} | {'eps spent':>9} {'s/run':>6}")
+    print(
+        f"{'units':>9} {'eps':>5} | {'count err':>9} {'mean err':>9} | {'coef err':>8} {'R2 dp':>6} "
+        f"{'R2 exact':>8} {'R2 released':>11} | {'eps spent':>9} {'s/run':>6}"
+    )
     for units in args.units:
         frame = joined_frame(units)
         base = request(frame, None, args.delta)
@@ -124,13 +152,17 @@ def main() -> None:
                 values = [r[key] for r in runs if r[key] is not None]
                 return statistics.median(values) if values else float("nan")
 
-            print(f"{units:>9} {epsilon:>5g} | {med('count_err'):>9.2%} {med('mean_err'):>9.2%} | "
-                  f"{med('coef_err'):>8.2%} {med('r2'):>6.3f} {ref['r2']:>8.3f} {med('released_r2'):>11.3f} | "
-                  f"{med('spent'):>9.3f} {med('seconds'):>6.2f}")
-    print("\ncount err / mean err: the worst cell of spend-by-region (4 regions), relative to the exact cell"
-          " (cells are rounded to 3 significant digits);"
-          "\ncoef err: ||b_dp - b|| / ||b|| over the numeric features, each times its declared range;"
-          "\nR2 dp / exact: both models on every joined row; R2 released: the noisy holdout R2 in metrics.json.")
+            print(
+                f"{units:>9} {epsilon:>5g} | {med('count_err'):>9.2%} {med('mean_err'):>9.2%} | "
+                f"{med('coef_err'):>8.2%} {med('r2'):>6.3f} {ref['r2']:>8.3f} {med('released_r2'):>11.3f} | "
+                f"{med('spent'):>9.3f} {med('seconds'):>6.2f}"
+            )
+    print(
+        "\ncount err / mean err: the worst cell of spend-by-region (4 regions), relative to the exact cell"
+        " (cells are rounded to 3 significant digits);"
+        "\ncoef err: ||b_dp - b|| / ||b|| over the numeric features, each times its declared range;"
+        "\nR2 dp / exact: both models on every joined row; R2 released: the noisy holdout R2 in metrics.json."
+    )
     sample_aggregate_rows(args.units, args.epsilon, args.repeat)
 
 
@@ -149,8 +181,9 @@ def sample_aggregate_rows(units_list: list[int], epsilons: list[float], repeat: 
         answers = [blocks.parse_block([float(frame["spend"][index == j].median())], [output]) for j in range(m)]
         exact = float(frame["spend"].median())
         for epsilon in epsilons:
-            err = statistics.median(abs(blocks.aggregate(answers, [output], epsilon)[0]["value"] - exact)
-                                    for _ in range(repeat))
+            err = statistics.median(
+                abs(blocks.aggregate(answers, [output], epsilon)[0]["value"] - exact) for _ in range(repeat)
+            )
             print(f"{units:>9} {epsilon:>5g} | {exact:>8.1f} {err:>9.1f} {err / exact:>7.2%}")
 
 

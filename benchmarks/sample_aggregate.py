@@ -62,8 +62,9 @@ STATISTICS: dict[str, tuple[Callable[[pd.DataFrame], float], blocks.Output]] = {
 }
 
 
-def block_answers(frame: pd.DataFrame, fn: Callable[[pd.DataFrame], float], output: blocks.Output,
-                  m: int) -> list[list[float]]:
+def block_answers(
+    frame: pd.DataFrame, fn: Callable[[pd.DataFrame], float], output: blocks.Output, m: int
+) -> list[list[float]]:
     salt = secrets.token_bytes(blocks.SALT_BYTES)
     index = np.array([blocks.block_of(salt, str(u), m) for u in frame["customer_id"]])
     return [blocks.parse_block([fn(frame[index == j])], [output]) for j in range(m)]
@@ -78,8 +79,10 @@ def main() -> None:
     args = parser.parse_args()
     frame = joined(args.units)
     print(f"{args.units} units; median absolute error over {args.draws} releases\n")
-    print(f"{'statistic':>15} {'agg':>6} {'m':>4} {'eps':>4} | {'exact':>8} {'blocks':>8} {'scale':>8} "
-          f"{'med |err|':>9} {'rel err':>7} | {'s/m':>5}")
+    print(
+        f"{'statistic':>15} {'agg':>6} {'m':>4} {'eps':>4} | {'exact':>8} {'blocks':>8} {'scale':>8} "
+        f"{'med |err|':>9} {'rel err':>7} | {'s/m':>5}"
+    )
     for name, (fn, output) in STATISTICS.items():
         exact = fn(frame)
         for m in args.blocks:
@@ -91,10 +94,14 @@ def main() -> None:
                 for epsilon in args.epsilon:
                     released = [blocks.aggregate(answers, [output], epsilon, how)[0] for _ in range(args.draws)]
                     err = statistics.median(abs(r["value"] - exact) for r in released)
-                    print(f"{name:>15} {how:>6} {m:>4} {epsilon:>4g} | {exact:>8.3f} {pre_noise:>8.3f} "
-                          f"{released[0]['noise_scale']:>8.3f} {err:>9.3f} {err / abs(exact):>7.1%} | {seconds:>5.1f}")
-    print("\nblocks: the mean of the m clipped block answers before noise (what blocking alone costs);"
-          "\nscale: Laplace scale (hi - lo) / (m eps) for the mean; the exponential mechanism's scale for the median.")
+                    print(
+                        f"{name:>15} {how:>6} {m:>4} {epsilon:>4g} | {exact:>8.3f} {pre_noise:>8.3f} "
+                        f"{released[0]['noise_scale']:>8.3f} {err:>9.3f} {err / abs(exact):>7.1%} | {seconds:>5.1f}"
+                    )
+    print(
+        "\nblocks: the mean of the m clipped block answers before noise (what blocking alone costs);"
+        "\nscale: Laplace scale (hi - lo) / (m eps) for the mean; the exponential mechanism's scale for the median."
+    )
 
 
 if __name__ == "__main__":

@@ -101,15 +101,17 @@ def generate_csv(path: Path, target: int, seed: int = 0) -> int:
         while f.tell() < target:
             n = min(100_000, max(1000, (target - f.tell()) // 80))
             ids = np.arange(rows, rows + n).astype(str)
-            table = pa.table({
-                "customer_id": np.char.add("C", ids),
-                "email": np.char.add(np.char.add("user", ids), "@example.com"),
-                "age": rng.integers(18, 90, n),
-                "income": rng.normal(50_000, 15_000, n).round(2),
-                "region": regions[rng.integers(0, len(regions), n)],
-                "signup": pa.array(rng.integers(10_000, 19_000, n).astype("datetime64[D]")),
-                "score": rng.random(n).round(6),
-            })
+            table = pa.table(
+                {
+                    "customer_id": np.char.add("C", ids),
+                    "email": np.char.add(np.char.add("user", ids), "@example.com"),
+                    "age": rng.integers(18, 90, n),
+                    "income": rng.normal(50_000, 15_000, n).round(2),
+                    "region": regions[rng.integers(0, len(regions), n)],
+                    "signup": pa.array(rng.integers(10_000, 19_000, n).astype("datetime64[D]")),
+                    "score": rng.random(n).round(6),
+                }
+            )
             pacsv.write_csv(table, f, pacsv.WriteOptions(include_header=rows == 0))
             rows += n
     return rows
@@ -117,8 +119,9 @@ def generate_csv(path: Path, target: int, seed: int = 0) -> int:
 
 def measured_child(args: dict[str, Any]) -> tuple[dict[str, Any] | None, int]:
     """Run CHILD with `args` in a fresh parent; return (its JSON answer, its peak RSS in bytes)."""
-    done = subprocess.run([sys.executable, "-c", PEAK, CHILD, json.dumps(args)], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK, CHILD, json.dumps(args)], capture_output=True, text=True, check=True
+    )
     answer, peak = done.stdout.strip().splitlines()[-2:]
     if done.stderr.strip():
         print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
@@ -171,28 +174,42 @@ def bench(size: int, workdir: Path, opts: argparse.Namespace) -> dict[str, Any]:
     dst = workdir / "copy.csv"
     copy_s = min(copy_seconds(src, dst, fsync=False) for _ in range(3))
     synced_s = min(copy_seconds(src, dst, fsync=True) for _ in range(3))
-    row: dict[str, Any] = {"size": actual, "rows": rows, "copy_mbs": actual / copy_s / 2**20,
-                           "synced_mbs": actual / synced_s / 2**20}
+    row: dict[str, Any] = {
+        "size": actual,
+        "rows": rows,
+        "copy_mbs": actual / copy_s / 2**20,
+        "synced_mbs": actual / synced_s / 2**20,
+    }
     answer, peak = measured_child({"mode": "prepare", "path": str(src), "workdir": str(workdir)})
     if answer:
         prep_mbs = actual / answer["seconds"] / 2**20
-        row.update(prep_mbs=prep_mbs, vs_copy=prep_mbs / row["copy_mbs"], vs_synced=prep_mbs / row["synced_mbs"],
-                   client_rss=peak, ciphertext=answer["ciphertext"])
+        row.update(
+            prep_mbs=prep_mbs,
+            vs_copy=prep_mbs / row["copy_mbs"],
+            vs_synced=prep_mbs / row["synced_mbs"],
+            client_rss=peak,
+            ciphertext=answer["ciphertext"],
+        )
     if opts.url and opts.token:
         sampler = RssSampler(opts.api_pid) if opts.api_pid else None
         if sampler:
             sampler.start()
         name = f"bench.upload-{secrets.token_hex(4)}"
         try:
-            answer, peak = measured_child({"mode": "upload", "path": str(src), "url": opts.url,
-                                           "token": opts.token, "name": name})
+            answer, peak = measured_child(
+                {"mode": "upload", "path": str(src), "url": opts.url, "token": opts.token, "name": name}
+            )
         except subprocess.CalledProcessError:
             answer = None
         api_peak = sampler.stop() if sampler else None
         if answer:
             upload_mbs = actual / answer["seconds"] / 2**20
-            row.update(upload_mbs=upload_mbs, upload_vs_synced=upload_mbs / row["synced_mbs"], upload_rss=peak,
-                       api_rss=api_peak)
+            row.update(
+                upload_mbs=upload_mbs,
+                upload_vs_synced=upload_mbs / row["synced_mbs"],
+                upload_rss=peak,
+                api_rss=api_peak,
+            )
         else:
             row["upload_error"] = "upload failed (see stderr); is cleanroom.client.Client available?"
     src.unlink()
@@ -200,19 +217,27 @@ def bench(size: int, workdir: Path, opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    cols = [("size", "size", human), ("rows", "rows", lambda v: f"{v:,}"),
-            ("copy MiB/s (cached)", "copy_mbs", lambda v: f"{v:,.0f}"),
-            ("copy+fsync MiB/s", "synced_mbs", lambda v: f"{v:,.0f}"),
-            ("prepare MiB/s", "prep_mbs", lambda v: f"{v:,.1f}"),
-            ("vs copy", "vs_copy", lambda v: f"{v:.3f}"), ("vs copy+fsync", "vs_synced", lambda v: f"{v:.3f}"),
-            ("client peak RSS", "client_rss", human), ("ciphertext", "ciphertext", human)]
+    cols = [
+        ("size", "size", human),
+        ("rows", "rows", lambda v: f"{v:,}"),
+        ("copy MiB/s (cached)", "copy_mbs", lambda v: f"{v:,.0f}"),
+        ("copy+fsync MiB/s", "synced_mbs", lambda v: f"{v:,.0f}"),
+        ("prepare MiB/s", "prep_mbs", lambda v: f"{v:,.1f}"),
+        ("vs copy", "vs_copy", lambda v: f"{v:.3f}"),
+        ("vs copy+fsync", "vs_synced", lambda v: f"{v:.3f}"),
+        ("client peak RSS", "client_rss", human),
+        ("ciphertext", "ciphertext", human),
+    ]
     if any("upload_mbs" in r or "upload_error" in r for r in rows):
-        cols += [("prepare+upload MiB/s", "upload_mbs", lambda v: f"{v:,.1f}"),
-                 ("upload vs copy+fsync", "upload_vs_synced", lambda v: f"{v:.3f}"),
-                 ("upload client RSS", "upload_rss", human),
-                 ("API peak RSS", "api_rss", lambda v: human(v) if v else "-")]
-    cells = [[head for head, _, _ in cols]] + [[fmt(r[key]) if r.get(key) is not None else "-"
-                                                for _, key, fmt in cols] for r in rows]
+        cols += [
+            ("prepare+upload MiB/s", "upload_mbs", lambda v: f"{v:,.1f}"),
+            ("upload vs copy+fsync", "upload_vs_synced", lambda v: f"{v:.3f}"),
+            ("upload client RSS", "upload_rss", human),
+            ("API peak RSS", "api_rss", lambda v: human(v) if v else "-"),
+        ]
+    cells = [[head for head, _, _ in cols]] + [
+        [fmt(r[key]) if r.get(key) is not None else "-" for _, key, fmt in cols] for r in rows
+    ]
     widths = [max(len(line[i]) for line in cells) for i in range(len(cols))]
     lines = [" | ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -241,8 +266,11 @@ def start_room(workdir: Path) -> tuple[Any, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100M", help="comma-separated sizes, e.g. 100M,1G,2G")
-    parser.add_argument("--room", action="store_true",
-                        help="start an API and a runner here (needs Docker) and also measure uploads to it")
+    parser.add_argument(
+        "--room",
+        action="store_true",
+        help="start an API and a runner here (needs Docker) and also measure uploads to it",
+    )
     parser.add_argument("--url", help="the room's API, to also measure uploads")
     parser.add_argument("--token", help="an org token with the data-owner role")
     parser.add_argument("--api-pid", type=int, help="pid of the API process, to sample its memory")
@@ -263,13 +291,18 @@ def main(argv: list[str] | None = None) -> int:
             if services is not None:
                 services.stop()
     print(table(results))
-    print("copies read a page-cached source; 'copy' ends in the page cache, 'copy+fsync' on the disk. "
-          "prepare ends with an fsync of the ciphertext; 'vs' = prepare throughput / copy throughput.")
+    print(
+        "copies read a page-cached source; 'copy' ends in the page cache, 'copy+fsync' on the disk. "
+        "prepare ends with an fsync of the ciphertext; 'vs' = prepare throughput / copy throughput."
+    )
     for r in results:
         if r.get("upload_error"):
             print(f"{human(r['size'])}: {r['upload_error']}", file=sys.stderr)
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
-          "(other work on the machine slows every figure)", file=sys.stderr)
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+        "(other work on the machine slows every figure)",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -21,8 +21,7 @@ GENESIS = "0" * 64
 
 
 def event_hash(event: dict[str, Any]) -> str:
-    body = {k: event[k] for k in ("seq", "ts", "actor", "action", "object_type", "object_id",
-                                  "details", "prev_hash")}
+    body = {k: event[k] for k in ("seq", "ts", "actor", "action", "object_type", "object_id", "details", "prev_hash")}
     return digest(body)
 
 
@@ -45,8 +44,7 @@ def verify_events(events: list[dict[str, Any]], *, pinned: dict[str, Any] | None
     redacted = 0
     for index, event in enumerate(events, start=1):
         if event.get("seq") != index:
-            return _broken(events, index, f"event {index} is missing or out of order "
-                                          f"(found seq {event.get('seq')})")
+            return _broken(events, index, f"event {index} is missing or out of order (found seq {event.get('seq')})")
         if event.get("prev_hash") != prev:
             return _broken(events, index, f"event {index} does not link to event {index - 1}")
         if event.get("redacted") is True:

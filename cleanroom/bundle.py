@@ -32,8 +32,20 @@ from cleanroom.sandbox.bundles import (
 from cleanroom.sandbox.hashing import digest
 
 __all__ = [
-    "KINDS", "MANIFEST", "MAX_ARCHIVE_BYTES", "MAX_FILES", "MAX_TOTAL_BYTES", "Bundle", "bundle_id",
-    "diff", "extract_to", "load_manifest", "pack", "read_folder", "unpack", "validate_params",
+    "KINDS",
+    "MANIFEST",
+    "MAX_ARCHIVE_BYTES",
+    "MAX_FILES",
+    "MAX_TOTAL_BYTES",
+    "Bundle",
+    "bundle_id",
+    "diff",
+    "extract_to",
+    "load_manifest",
+    "pack",
+    "read_folder",
+    "unpack",
+    "validate_params",
 ]
 
 IGNORED_DIRS = frozenset({"__pycache__"})
@@ -79,8 +91,9 @@ def _read_regular(path: Path, root: Path, cap: int) -> bytes:
     return data
 
 
-def read_folder(folder: str | os.PathLike[str], *, max_files: int = MAX_FILES,
-                max_total_bytes: int = MAX_TOTAL_BYTES) -> dict[str, bytes]:
+def read_folder(
+    folder: str | os.PathLike[str], *, max_files: int = MAX_FILES, max_total_bytes: int = MAX_TOTAL_BYTES
+) -> dict[str, bytes]:
     """The files `pack` takes from a folder, as {relative posix path: bytes}."""
     root = Path(folder)
     if not root.is_dir():
@@ -120,23 +133,39 @@ def read_folder(folder: str | os.PathLike[str], *, max_files: int = MAX_FILES,
     return files
 
 
-def pack(folder: str | os.PathLike[str], *, max_archive_bytes: int = MAX_ARCHIVE_BYTES,
-         max_files: int = MAX_FILES, max_total_bytes: int = MAX_TOTAL_BYTES) -> bytes:
+def pack(
+    folder: str | os.PathLike[str],
+    *,
+    max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+    max_files: int = MAX_FILES,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+) -> bytes:
     """The canonical archive of a plugin folder; its sha256 is the plugin id."""
     load_manifest(folder)
     files = read_folder(folder, max_files=max_files, max_total_bytes=max_total_bytes)
-    archive = _translated(_fmt.pack_files, files, max_archive_bytes=max_archive_bytes, max_files=max_files,
-                          max_total_bytes=max_total_bytes)
+    archive = _translated(
+        _fmt.pack_files,
+        files,
+        max_archive_bytes=max_archive_bytes,
+        max_files=max_files,
+        max_total_bytes=max_total_bytes,
+    )
     # The folder may have changed under us, or hold something only unpack checks: verify the result.
     unpack(archive, max_archive_bytes=max_archive_bytes, max_files=max_files, max_total_bytes=max_total_bytes)
     return archive
 
 
-def unpack(archive: bytes, *, max_archive_bytes: int = MAX_ARCHIVE_BYTES, max_files: int = MAX_FILES,
-           max_total_bytes: int = MAX_TOTAL_BYTES) -> Bundle:
+def unpack(
+    archive: bytes,
+    *,
+    max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+    max_files: int = MAX_FILES,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+) -> Bundle:
     """Validate a canonical bundle archive and return it in memory (manifest + {path: bytes})."""
-    return _translated(_fmt.unpack, archive, max_archive_bytes=max_archive_bytes, max_files=max_files,
-                       max_total_bytes=max_total_bytes)
+    return _translated(
+        _fmt.unpack, archive, max_archive_bytes=max_archive_bytes, max_files=max_files, max_total_bytes=max_total_bytes
+    )
 
 
 def extract_to(bundle: Bundle, dest_dir: str | os.PathLike[str]) -> None:
@@ -170,8 +199,7 @@ def diff(old: Bundle, new: Bundle) -> str:
         lines_a = _text(before) if before is not None else []
         lines_b = _text(after) if after is not None else []
         if lines_a is None or lines_b is None:
-            digests = [digest(d)[:16] if d is not None else "none"
-                       for d in (before, after)]
+            digests = [digest(d)[:16] if d is not None else "none" for d in (before, after)]
             out.append(f"Binary files {a} and {b} differ (sha256 {digests[0]} -> {digests[1]})\n")
             continue
         for line in difflib.unified_diff(lines_a, lines_b, fromfile=a, tofile=b):

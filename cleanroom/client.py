@@ -1,9 +1,9 @@
 """The Python SDK: `Client` does everything the CLI does (the CLI is built on it).
 
-    from cleanroom import Client
-    c = Client.from_profile("retailer")
-    c.upload_dataset("purchases.csv", name="retail.purchases", policy=open("policy.toml").read(),
-                     id_column="customer_id", join_secret=secret)
+from cleanroom import Client
+c = Client.from_profile("retailer")
+c.upload_dataset("purchases.csv", name="retail.purchases", policy=open("policy.toml").read(),
+                 id_column="customer_id", join_secret=secret)
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ def tls_context(ca_file: str) -> ssl.SSLContext:
             return ssl.create_default_context(capath=ca_file)
         return ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
-        raise ValidationError(f"cannot use {ca_file} as the CA file: {exc}",
-                              hint="point --ca-file or CLEANROOM_CA_FILE at the room's CA certificate (PEM)") from exc
+        raise ValidationError(
+            f"cannot use {ca_file} as the CA file: {exc}",
+            hint="point --ca-file or CLEANROOM_CA_FILE at the room's CA certificate (PEM)",
+        ) from exc
 
 
 def is_loopback(url: str) -> bool:
@@ -62,19 +64,34 @@ def is_loopback(url: str) -> bool:
 class Client:
     """A connection to a clean room as one org."""
 
-    def __init__(self, url: str, token: str | None = None, *, ca_file: str | None = None,
-                 profile: Profile | None = None, allow_insecure: bool = False, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        ca_file: str | None = None,
+        profile: Profile | None = None,
+        allow_insecure: bool = False,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         url = url.rstrip("/")
         if url.startswith("http://") and not is_loopback(url) and not allow_insecure and transport is None:
-            raise ValidationError(f"refusing plain HTTP to {url}: use https:// (or a loopback address)",
-                                  hint="set CLEANROOM_ALLOW_INSECURE_REMOTE=true only on a private network")
+            raise ValidationError(
+                f"refusing plain HTTP to {url}: use https:// (or a loopback address)",
+                hint="set CLEANROOM_ALLOW_INSECURE_REMOTE=true only on a private network",
+            )
         self.url = url
         self.token = token
         self.profile = profile
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout,
-                                 verify=tls_context(ca_file) if ca_file else True, transport=transport)
+        self.http = httpx.Client(
+            base_url=url,
+            headers=headers,
+            timeout=timeout,
+            verify=tls_context(ca_file) if ca_file else True,
+            transport=transport,
+        )
         self._me: dict[str, Any] | None = None
 
     @classmethod
@@ -85,8 +102,9 @@ class Client:
         # not a request without a token
         profile = Profile.load(name, must_exist=bool(name or os.environ.get("CLEANROOM_PROFILE")))
         insecure = os.environ.get("CLEANROOM_ALLOW_INSECURE_REMOTE", "").lower() in ("1", "true", "yes")
-        return cls(profile.url, profile.token, ca_file=profile.ca_file, profile=profile,
-                   allow_insecure=insecure, **kwargs)
+        return cls(
+            profile.url, profile.token, ca_file=profile.ca_file, profile=profile, allow_insecure=insecure, **kwargs
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -102,8 +120,10 @@ class Client:
         try:
             resp = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ConnectionFailed(f"cannot reach the clean room at {self.url}: {exc}",
-                                   hint="is it up? (make up) Check CLEANROOM_URL or your profile") from exc
+            raise ConnectionFailed(
+                f"cannot reach the clean room at {self.url}: {exc}",
+                hint="is it up? (make up) Check CLEANROOM_URL or your profile",
+            ) from exc
         if resp.status_code >= 400:
             try:
                 body = resp.json()
@@ -141,7 +161,8 @@ class Client:
             if self.profile.room_fingerprint and self.profile.room_fingerprint != keys["fingerprint"]:
                 raise IntegrityError(
                     f"the room's key changed: pinned {self.profile.room_fingerprint}, now {keys['fingerprint']}",
-                    hint="if the operator announced a new room key, remove room_fingerprint from the profile")
+                    hint="if the operator announced a new room key, remove room_fingerprint from the profile",
+                )
             if not self.profile.room_fingerprint:
                 self.profile.room_fingerprint = keys["fingerprint"]
                 self.profile.save()
@@ -197,11 +218,14 @@ class Client:
         pair, _ = load_or_create_keys(me["name"])
         registered = me.get("keys")
         if registered is None:
-            self._me = self.request("PUT", "/orgs/me/keys", json={"enc_public": pair.enc_public,
-                                                                   "sign_public": pair.sign_public}).json()
+            self._me = self.request(
+                "PUT", "/orgs/me/keys", json={"enc_public": pair.enc_public, "sign_public": pair.sign_public}
+            ).json()
         elif registered["enc_public"] != pair.enc_public:
-            raise IntegrityError("the keys registered for this org are not the ones on this machine",
-                                 hint=f"copy the org's key file to {Path('~/.cleanroom/keys')}")
+            raise IntegrityError(
+                "the keys registered for this org are not the ones on this machine",
+                hint=f"copy the org's key file to {Path('~/.cleanroom/keys')}",
+            )
         return pair
 
     def rotate_keys(self) -> dict[str, Any]:
@@ -217,20 +241,38 @@ class Client:
         rotated = KeyPair(fresh.enc_secret, fresh.sign_secret, [old.enc_secret, *old.previous_enc_secrets])
         pending = key_path(name).with_suffix(".pending.json")
         write_private(pending, rotated.to_dict())  # kept if the answer is lost: the new key is not lost
-        payload = {"type": "key-rotation", "org": name, "old_sign_public": old.sign_public,
-                   "new_enc_public": fresh.enc_public, "new_sign_public": fresh.sign_public,
-                   "issued_at": time.time()}
-        result = self.post("/orgs/me/keys/rotate", json={"payload": payload, "old_signature": old.sign(payload),
-                                                          "new_signature": fresh.sign(payload)})
+        payload = {
+            "type": "key-rotation",
+            "org": name,
+            "old_sign_public": old.sign_public,
+            "new_enc_public": fresh.enc_public,
+            "new_sign_public": fresh.sign_public,
+            "issued_at": time.time(),
+        }
+        result = self.post(
+            "/orgs/me/keys/rotate",
+            json={"payload": payload, "old_signature": old.sign(payload), "new_signature": fresh.sign(payload)},
+        )
         pending.replace(key_path(name))
         self._me = None
         return dict(result)
 
     # datasets -----------------------------------------------------------------------------------
-    def upload_dataset(self, path: str | Path, *, name: str, policy: str, id_column: str, join_secret: bytes,
-                       description: str = "", schema_override: Any = None, drop_identifiers: bool = True,
-                       progress: Progress | None = None, text_columns: tuple[str, ...] | list[str] = (),
-                       allow_few_ids: bool = False) -> dict[str, Any]:
+    def upload_dataset(
+        self,
+        path: str | Path,
+        *,
+        name: str,
+        policy: str,
+        id_column: str,
+        join_secret: bytes,
+        description: str = "",
+        schema_override: Any = None,
+        drop_identifiers: bool = True,
+        progress: Progress | None = None,
+        text_columns: tuple[str, ...] | list[str] = (),
+        allow_few_ids: bool = False,
+    ) -> dict[str, Any]:
         """Prepare on this machine (schema, pseudonyms, mock, encryption), then upload the ciphertext.
 
         Refused before anything is sent: a CSV column that is text only because of a few cells (unless
@@ -241,20 +283,38 @@ class Client:
 
         parsed_policy = parse_policy(policy)
         room = self.room_keys()
-        prepared = prepare(Path(path), id_column=id_column, join_secret=join_secret, policy=parsed_policy,
-                                  schema_override=schema_override, drop_identifiers=drop_identifiers,
-                                  recipient=room["enc_public"], progress=progress, text_columns=text_columns,
-                                  allow_few_ids=allow_few_ids)
+        prepared = prepare(
+            Path(path),
+            id_column=id_column,
+            join_secret=join_secret,
+            policy=parsed_policy,
+            schema_override=schema_override,
+            drop_identifiers=drop_identifiers,
+            recipient=room["enc_public"],
+            progress=progress,
+            text_columns=text_columns,
+            allow_few_ids=allow_few_ids,
+        )
         try:
-            decl = self.post("/datasets/uploads", json={
-                "name": name, "description": description, "policy": policy, **prepared.metadata()})
-            result = self.request_json("PUT", decl["put"], content=_file_chunks(prepared.ciphertext_path, progress),
-                                       headers={"content-type": "application/octet-stream"}, timeout=None)
+            decl = self.post(
+                "/datasets/uploads",
+                json={"name": name, "description": description, "policy": policy, **prepared.metadata()},
+            )
+            result = self.request_json(
+                "PUT",
+                decl["put"],
+                content=_file_chunks(prepared.ciphertext_path, progress),
+                headers={"content-type": "application/octet-stream"},
+                timeout=None,
+            )
         finally:
             prepared.cleanup()
         # what the preparation did, for the owner's eyes
-        result.update(id_column=id_column, dropped_columns=dict(prepared.dropped_reasons),
-                      column_types={c.name: c.type for c in prepared.schema.columns})
+        result.update(
+            id_column=id_column,
+            dropped_columns=dict(prepared.dropped_reasons),
+            column_types={c.name: c.type for c in prepared.schema.columns},
+        )
         if prepared.suggested is not None:
             from cleanroom.prepare.mock import suggest_policy
 
@@ -302,12 +362,21 @@ class Client:
         policy_sha256 = Policy.from_dict(ds["policy"]).sha256()  # sign the policy text shown, not a label
         if policy_sha256 != ds["policy_sha256"]:
             raise IntegrityError(f"the policy the room shows for {dataset} does not match its hash")
-        payload = {"type": "plugin-approval", "plugin_id": plugin["id"], "dataset": dataset,
-                   "policy_version": ds["policy_version"], "policy_sha256": policy_sha256,
-                   "dataset_sha256": ds["sha256"], "decision": decision,
-                   "reason": reason, "org": self.whoami()["name"], "issued_at": time.time()}
-        return self.post(f"/plugins/{plugin['id']}/approvals",
-                         json={"payload": payload, "signature": pair.sign(payload)})
+        payload = {
+            "type": "plugin-approval",
+            "plugin_id": plugin["id"],
+            "dataset": dataset,
+            "policy_version": ds["policy_version"],
+            "policy_sha256": policy_sha256,
+            "dataset_sha256": ds["sha256"],
+            "decision": decision,
+            "reason": reason,
+            "org": self.whoami()["name"],
+            "issued_at": time.time(),
+        }
+        return self.post(
+            f"/plugins/{plugin['id']}/approvals", json={"payload": payload, "signature": pair.sign(payload)}
+        )
 
     def revoke_approval(self, plugin_id: str, approval_id: str) -> dict[str, Any]:
         return self.request_json("DELETE", f"/plugins/{plugin_id}/approvals/{approval_id}")
@@ -337,8 +406,14 @@ class Client:
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self.post(f"/jobs/{job_id}/cancel")
 
-    def wait_job(self, job_id: str, *, timeout: float = 1800, interval: float = 1.0,
-                 on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    def wait_job(
+        self,
+        job_id: str,
+        *,
+        timeout: float = 1800,
+        interval: float = 1.0,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Poll until the job's status is final. An analyst's job stays `running` until its `outcome_at`
         (its start plus the spec's time budget), then is `released` or `nothing_released`."""
         deadline = time.monotonic() + timeout
@@ -357,8 +432,9 @@ class Client:
             if job["status"] == "running" and "analyst_status" not in job and job.get("outcome_at"):
                 # the analyst's view cannot change before the outcome time: sleep towards it (in steps, as
                 # the room's clock may differ from this machine's), never past the deadline
-                pause = max(interval, min(job["outcome_at"] - time.time(), 30.0,
-                                          deadline - time.monotonic() + interval))
+                pause = max(
+                    interval, min(job["outcome_at"] - time.time(), 30.0, deadline - time.monotonic() + interval)
+                )
             time.sleep(pause)
 
     def job_logs(self, job_id: str) -> str:
@@ -375,8 +451,9 @@ class Client:
     def get_release(self, ref: str) -> dict[str, Any]:
         return self.get(f"/releases/{ref}")
 
-    def approve_release(self, ref: str, dataset: str | None = None, *,
-                        expect_manifest_sha256: str | None = None) -> dict[str, Any]:
+    def approve_release(
+        self, ref: str, dataset: str | None = None, *, expect_manifest_sha256: str | None = None
+    ) -> dict[str, Any]:
         """Sign and send an approval of a release held for your review (every pending dataset of yours).
 
         `expect_manifest_sha256`: the manifest you reviewed; when the room now serves another one,
@@ -384,19 +461,24 @@ class Client:
         and this call would otherwise be signed)."""
         return self._decide_release(ref, dataset, "release-approval", "approve", expect=expect_manifest_sha256)
 
-    def reject_release(self, ref: str, dataset: str | None = None, reason: str = "", *,
-                       expect_manifest_sha256: str | None = None) -> dict[str, Any]:
+    def reject_release(
+        self, ref: str, dataset: str | None = None, reason: str = "", *, expect_manifest_sha256: str | None = None
+    ) -> dict[str, Any]:
         """Sign and send a rejection: the recipient can never download the release."""
-        return self._decide_release(ref, dataset, "release-rejection", "reject", expect=expect_manifest_sha256,
-                                    reason=reason)
+        return self._decide_release(
+            ref, dataset, "release-rejection", "reject", expect=expect_manifest_sha256, reason=reason
+        )
 
-    def _decide_release(self, ref: str, dataset: str | None, kind: str, verb: str, *, expect: str | None,
-                        **extra: Any) -> dict[str, Any]:
+    def _decide_release(
+        self, ref: str, dataset: str | None, kind: str, verb: str, *, expect: str | None, **extra: Any
+    ) -> dict[str, Any]:
         pair = self.keys()
         release = self.get_release(ref)
         if expect is not None and not hmac.compare_digest(manifest_sha256(release["manifest"]), expect):
-            raise Conflict("the release's manifest changed since you reviewed it; nothing was signed",
-                           hint="review the release again")
+            raise Conflict(
+                "the release's manifest changed since you reviewed it; nothing was signed",
+                hint="review the release again",
+            )
         mine = [d["name"] for d in self.list_datasets() if d["owner"] == self.whoami()["name"]]
         targets = [dataset] if dataset else [d for d in release["pending_review"] if d in mine]
         if not targets:
@@ -404,10 +486,18 @@ class Client:
         manifest_sha = manifest_sha256(release["manifest"])
         result = release
         for ds in targets:
-            payload = {"type": kind, "release_id": release["id"], "dataset": ds, "manifest_sha256": manifest_sha,
-                       "org": self.whoami()["name"], "issued_at": time.time(), **extra}
-            result = self.post(f"/releases/{release['id']}/{verb}",
-                               json={"payload": payload, "signature": pair.sign(payload)})
+            payload = {
+                "type": kind,
+                "release_id": release["id"],
+                "dataset": ds,
+                "manifest_sha256": manifest_sha,
+                "org": self.whoami()["name"],
+                "issued_at": time.time(),
+                **extra,
+            }
+            result = self.post(
+                f"/releases/{release['id']}/{verb}", json={"payload": payload, "signature": pair.sign(payload)}
+            )
         return result
 
     def get_result(self, job_id: str, out_dir: str | Path) -> dict[str, Any]:
@@ -429,11 +519,13 @@ class Client:
         outputs = receipt_outputs(body)
         listed = {a["name"] for a in release["artifacts"]}
         if listed - set(outputs):
-            raise IntegrityError("the room lists artifacts the signed receipt does not: "
-                                 + ", ".join(sorted(listed - set(outputs))))
+            raise IntegrityError(
+                "the room lists artifacts the signed receipt does not: " + ", ".join(sorted(listed - set(outputs)))
+            )
         if set(outputs) - listed:
-            raise IntegrityError("artifacts of the signed receipt are missing: "
-                                 + ", ".join(sorted(set(outputs) - listed)))
+            raise IntegrityError(
+                "artifacts of the signed receipt are missing: " + ", ".join(sorted(set(outputs) - listed))
+            )
         plain: dict[str, bytes] = {}
         for name in sorted(outputs):
             data = self.request("GET", f"/releases/{release['id']}/artifacts/{name}").content
@@ -453,13 +545,15 @@ class Client:
     # storage (admin) ----------------------------------------------------------------------------
     def storage_check(self, verify_hashes: bool = True) -> dict[str, Any]:
         """Referenced blobs that are missing or corrupt, and orphans (admin)."""
-        return self.get("/admin/storage/check", params={"verify_hashes": str(verify_hashes).lower()},
-                        timeout=None)  # re-hashes every referenced blob: as long as reading the store takes
+        return self.get(
+            "/admin/storage/check", params={"verify_hashes": str(verify_hashes).lower()}, timeout=None
+        )  # re-hashes every referenced blob: as long as reading the store takes
 
     def storage_sweep(self, grace_seconds: int | None = None, dry_run: bool = False) -> dict[str, Any]:
         """Delete unreferenced blobs older than the grace period (admin; audited)."""
-        return self.post("/admin/storage/sweep", json={"grace_seconds": grace_seconds, "dry_run": dry_run},
-                         timeout=None)
+        return self.post(
+            "/admin/storage/sweep", json={"grace_seconds": grace_seconds, "dry_run": dry_run}, timeout=None
+        )
 
     # audit --------------------------------------------------------------------------------------
     def audit_events(self) -> Iterator[dict[str, Any]]:
@@ -509,8 +603,12 @@ def receipt_outputs(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
         raise IntegrityError("the receipt lists no outputs")
     for name, entry in outputs.items():
         parts = str(name).split("/")
-        if (not isinstance(entry, dict) or name == RECEIPT_FILE or any(p in ("", ".", "..") for p in parts)
-                or "\\" in name):
+        if (
+            not isinstance(entry, dict)
+            or name == RECEIPT_FILE
+            or any(p in ("", ".", "..") for p in parts)
+            or "\\" in name
+        ):
             raise IntegrityError(f"the receipt names an unsafe output {name!r}")
     return outputs
 
@@ -557,5 +655,4 @@ def verify_receipt(receipt: dict[str, Any], *, expected_fingerprint: str | None 
     if expected_fingerprint and fp != expected_fingerprint:
         raise IntegrityError(f"the receipt was signed by another room key ({fp})")
     verify(keys["sign_public"], body, signature)
-    return {"ok": True, "fingerprint": fp, "job": body.get("job_id"),
-            "body_sha256": digest(body)}
+    return {"ok": True, "fingerprint": fp, "job": body.get("job_id"), "body_sha256": digest(body)}

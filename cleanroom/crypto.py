@@ -78,8 +78,12 @@ class KeyPair:
         return base64.b64encode(self._signing.sign(canonical_json(payload))).decode()
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"enc_secret": self.enc_secret, "sign_secret": self.sign_secret,
-                               "enc_public": self.enc_public, "sign_public": self.sign_public}
+        out: dict[str, Any] = {
+            "enc_secret": self.enc_secret,
+            "sign_secret": self.sign_secret,
+            "enc_public": self.enc_public,
+            "sign_public": self.sign_public,
+        }
         if self.previous_enc_secrets:
             out["previous_enc_secrets"] = self.previous_enc_secrets
         return out
@@ -128,8 +132,10 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, identity: KeyPair) -> None:
     except (pyrage.DecryptError, OSError, ValueError) as exc:
         msg = str(exc)
         if "No matching keys" in msg:
-            raise IntegrityError("the ciphertext was not encrypted to this key",
-                                 hint="check that the data was encrypted to this room's key") from exc
+            raise IntegrityError(
+                "the ciphertext was not encrypted to this key",
+                hint="check that the data was encrypted to this room's key",
+            ) from exc
         raise IntegrityError(f"ciphertext is corrupt or truncated ({msg})") from exc
 
 

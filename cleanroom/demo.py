@@ -87,14 +87,19 @@ def run_demo(*, admin_profile: str = "admin", customers: int = 50_000, workdir: 
 
     step(4, "Each owner pseudonymises, drops identifiers, encrypts to the room key and uploads")
     names = {"retail": f"retail.purchases.{run}", "bank": f"bank.customers.{run}"}
-    policies = {"retail": scenario.RETAIL_POLICY.replace("acme-analytics", analyst_name),
-                "bank": scenario.BANK_POLICY.replace("acme-analytics", analyst_name)}
+    policies = {
+        "retail": scenario.RETAIL_POLICY.replace("acme-analytics", analyst_name),
+        "bank": scenario.BANK_POLICY.replace("acme-analytics", analyst_name),
+    }
     for key, client in (("retail", retailer), ("bank", bank)):
         t = time.monotonic()
-        ds = client.upload_dataset(files[key], name=names[key], policy=policies[key], id_column="customer_id",
-                                   join_secret=secret)
-        console.print(f"   {ds['name']}: {ds['row_count']:,} rows, {ds['size'] / 2**20:.1f} MiB ciphertext, "
-                      f"columns {', '.join(ds['columns'])} ({time.monotonic() - t:.1f} s)")
+        ds = client.upload_dataset(
+            files[key], name=names[key], policy=policies[key], id_column="customer_id", join_secret=secret
+        )
+        console.print(
+            f"   {ds['name']}: {ds['row_count']:,} rows, {ds['size'] / 2**20:.1f} MiB ciphertext, "
+            f"columns {', '.join(ds['columns'])} ({time.monotonic() - t:.1f} s)"
+        )
 
     step(5, "The analyst submits the built-in plugins; each gets an automatic review report")
     ids = {}
@@ -110,32 +115,44 @@ def run_demo(*, admin_profile: str = "admin", customers: int = 50_000, workdir: 
     console.print(f"   {2 * len(ids)} signed approvals recorded")
 
     step(7, "The analyst submits the job; it runs in network-less sandboxes")
-    spec = f"time_budget = {DEMO_TIME_BUDGET}\n" + scenario.job_spec(ids, recipient=analyst_name,
-                                                                     retail=names["retail"], bank=names["bank"])
+    spec = f"time_budget = {DEMO_TIME_BUDGET}\n" + scenario.job_spec(
+        ids, recipient=analyst_name, retail=names["retail"], bank=names["bank"]
+    )
     (work / "spend-model.toml").write_text(spec)
     cost = analyst.job_cost(spec)  # the dry run: the privacy charge and the noise, from the spec alone
     if cost["plan"]:
         parts = ", ".join(f"{name} {part['epsilon']:.2g}" for name, part in cost["plan"]["parts"].items())
-        console.print(f"   differential privacy (the default): the job spends epsilon {cost['plan']['epsilon']:g}, "
-                      f"delta {cost['plan']['delta']:g} of each dataset's budget ({parts})")
+        console.print(
+            f"   differential privacy (the default): the job spends epsilon {cost['plan']['epsilon']:g}, "
+            f"delta {cost['plan']['delta']:g} of each dataset's budget ({parts})"
+        )
     job = analyst.submit_job(spec)
     # the retailer, an input owner, follows the phases; the analyst learns the outcome only at the job's
     # outcome time (its start plus the spec's time_budget), whatever happened inside
-    final = retailer.wait_job(job["id"], timeout=900, on_update=lambda j: console.print(
-        f"   {j['status']}" + (f" ({j['phase']})" if j.get("phase") else "")))
+    final = retailer.wait_job(
+        job["id"],
+        timeout=900,
+        on_update=lambda j: console.print(f"   {j['status']}" + (f" ({j['phase']})" if j.get("phase") else "")),
+    )
     if final["status"] != "succeeded":
-        raise SystemExit(f"the job ended {final['status']} ({final.get('error_class')}); "
-                         f"owners can read its log: cleanroom --profile demo-retailer job logs {job['id']}")
+        raise SystemExit(
+            f"the job ended {final['status']} ({final.get('error_class')}); "
+            f"owners can read its log: cleanroom --profile demo-retailer job logs {job['id']}"
+        )
 
     step(8, "The retailer's policy holds releases for review: it reads the checks and approves")
     release = retailer.get_release(job["id"])
     failed = [c["name"] for c in release["manifest"]["checks"] if not c.get("passed")]
-    console.print(f"   {len(release['manifest']['checks'])} release checks, {len(failed)} failed; "
-                  f"outputs: {', '.join(release['manifest']['outputs'])}")
+    console.print(
+        f"   {len(release['manifest']['checks'])} release checks, {len(failed)} failed; "
+        f"outputs: {', '.join(release['manifest']['outputs'])}"
+    )
     retailer.approve_release(job["id"])
     left = retailer.dataset_budget(names["retail"])
-    console.print(f"   {names['retail']}: epsilon {left['remaining_epsilon']:g} of {left['epsilon']:g} left "
-                  "(charged at submission, never refunded)")
+    console.print(
+        f"   {names['retail']}: epsilon {left['remaining_epsilon']:g} of {left['epsilon']:g} left "
+        "(charged at submission, never refunded)"
+    )
 
     step(9, "The analyst downloads and decrypts the release, and verifies the signed receipt")
     console.print(f"   waiting for the job's outcome time ({DEMO_TIME_BUDGET} s after its start)")
@@ -162,8 +179,15 @@ def run_demo(*, admin_profile: str = "admin", customers: int = 50_000, workdir: 
     console.print(f"\n[bold]Holdout metrics[/] ({noisy}model trained on the joined data, which neither side saw):")
     for key, value in metrics["metrics"].items():
         console.print(f"   {key:>6}: {value}")
-    console.print("\n[bold]Spend by region[/] (" + ("noisy counts and means of clipped spend, differential "
-                  "privacy" if metrics.get("differential_privacy") else "groups of at least k=10 customers")
-                  + "):\n" + table)
+    console.print(
+        "\n[bold]Spend by region[/] ("
+        + (
+            "noisy counts and means of clipped spend, differential privacy"
+            if metrics.get("differential_privacy")
+            else "groups of at least k=10 customers"
+        )
+        + "):\n"
+        + table
+    )
     console.print(f"done in {time.monotonic() - started:.0f} s")
     return {"job": job["id"], "metrics": metrics["metrics"], "workdir": str(work)}

@@ -128,8 +128,9 @@ class JobFailed(CleanroomError):
     error_class = "job_failed"
     status = "failed"  # the job's status: failed or timed_out
 
-    def __init__(self, message: str, *, error_class: str | None = None, hint: str | None = None,
-                 details: Any = None) -> None:
+    def __init__(
+        self, message: str, *, error_class: str | None = None, hint: str | None = None, details: Any = None
+    ) -> None:
         super().__init__(message, hint=hint, details=details)
         if error_class is not None:
             self.error_class = error_class
@@ -175,10 +176,13 @@ class PhaseFailed(JobFailed):
     """A phase (`compute`, `release`, `mock`, `block`) ended without a valid answer, for `reason`."""
 
     def __init__(self, phase: str, reason: PhaseFailure, message: str | None = None) -> None:
-        what = {PhaseFailure.TIMEOUT: "ran past the time limit", PhaseFailure.OUT_OF_MEMORY: "ran out of memory",
-                PhaseFailure.OUTPUT_TOO_LARGE: "wrote more than the output limit",
-                PhaseFailure.CRASH: "exited with an error",
-                PhaseFailure.PROTOCOL: "answered an invalid message"}[reason]
+        what = {
+            PhaseFailure.TIMEOUT: "ran past the time limit",
+            PhaseFailure.OUT_OF_MEMORY: "ran out of memory",
+            PhaseFailure.OUTPUT_TOO_LARGE: "wrote more than the output limit",
+            PhaseFailure.CRASH: "exited with an error",
+            PhaseFailure.PROTOCOL: "answered an invalid message",
+        }[reason]
         super().__init__(message or f"the {phase} phase {what}", error_class=reason.value)
         self.phase = phase
         self.reason = reason
@@ -188,9 +192,20 @@ class PhaseFailed(JobFailed):
 _BY_CODE = {
     cls.code: cls
     for cls in (
-        CleanroomError, ValidationError, PolicyError, BundleError, AuthenticationError,
-        PermissionDenied, NotFound, Conflict, TooLarge, RateLimited, IntegrityError,
-        SandboxError, IsolationUnavailable, ConnectionFailed,
+        CleanroomError,
+        ValidationError,
+        PolicyError,
+        BundleError,
+        AuthenticationError,
+        PermissionDenied,
+        NotFound,
+        Conflict,
+        TooLarge,
+        RateLimited,
+        IntegrityError,
+        SandboxError,
+        IsolationUnavailable,
+        ConnectionFailed,
     )
 }
 

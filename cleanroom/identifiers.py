@@ -23,18 +23,18 @@ from cleanroom.sandbox.vocabulary import DATASET_NAME, JOB_NAME, ORG_NAME, PLUGI
 __all__ = ["PATTERNS", "check_name", "hidden_characters", "lookalike", "marker", "skeleton"]
 
 PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
-    "org": (ORG_NAME,
-            "org names are 2-40 characters: lowercase letters, digits and '-'"),
-    "dataset": (DATASET_NAME,
-                "dataset names are 1-63 characters: lowercase letters, digits, '_', '.', '-'"),
-    "plugin": (PLUGIN_NAME,
-               "plugin names are 2-64 characters: lowercase letters, digits and '-'"),
+    "org": (ORG_NAME, "org names are 2-40 characters: lowercase letters, digits and '-'"),
+    "dataset": (DATASET_NAME, "dataset names are 1-63 characters: lowercase letters, digits, '_', '.', '-'"),
+    "plugin": (PLUGIN_NAME, "plugin names are 2-64 characters: lowercase letters, digits and '-'"),
     # semantic versions without leading zeros: 1.2.3, 1.2, 1.2.3-rc.1, 1.2.3+build.5
-    "version": (re.compile(r"(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})(\.(0|[1-9]\d{0,8}))?"
-                           r"(-[0-9A-Za-z.-]{1,32})?(\+[0-9A-Za-z.-]{1,32})?"),
-                "versions are like 1.2.3 (no leading zeros), optionally -pre and +build"),
-    "job": (JOB_NAME,
-            "job names are 1-63 characters: lowercase letters, digits, '_', '.', '-'"),
+    "version": (
+        re.compile(
+            r"(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})(\.(0|[1-9]\d{0,8}))?"
+            r"(-[0-9A-Za-z.-]{1,32})?(\+[0-9A-Za-z.-]{1,32})?"
+        ),
+        "versions are like 1.2.3 (no leading zeros), optionally -pre and +build",
+    ),
+    "job": (JOB_NAME, "job names are 1-63 characters: lowercase letters, digits, '_', '.', '-'"),
 }
 
 # Characters a reader does not see, or sees as something else.
@@ -106,19 +106,21 @@ def check_name(kind: str, value: object, existing: Iterable[str] = ()) -> str:
     hidden = hidden_characters(value)
     if hidden:
         offset, char, what = hidden[0]
-        raise ValidationError(f"the {kind} name {_shown(value)} has {what} {marker(char)} at position "
-                              f"{offset + 1}; {rule}")
+        raise ValidationError(
+            f"the {kind} name {_shown(value)} has {what} {marker(char)} at position {offset + 1}; {rule}"
+        )
     if not pattern.fullmatch(value):
         raise ValidationError(f"the {kind} name {_shown(value)} is not valid: {rule}")
     other = lookalike(value, existing)
     if other is not None:
-        raise ValidationError(f"the {kind} name {value!r} looks like the existing {other!r}",
-                              hint=f"choose a {kind} name that cannot be mistaken for another")
+        raise ValidationError(
+            f"the {kind} name {value!r} looks like the existing {other!r}",
+            hint=f"choose a {kind} name that cannot be mistaken for another",
+        )
     return value
 
 
 def _shown(value: str) -> str:
     """A name for an error message, hidden characters drawn as markers, cut to a readable length."""
-    shown = "".join(marker(c) if _hidden(c) or (c.isascii() and not c.isprintable()) else c
-                    for c in value[:80])
+    shown = "".join(marker(c) if _hidden(c) or (c.isascii() and not c.isprintable()) else c for c in value[:80])
     return repr(shown + ("..." if len(value) > 80 else ""))

@@ -29,14 +29,47 @@ from cleanroom.policy import (
 from cleanroom.sandbox.vocabulary import DATASET_NAME, JOB_NAME, ORG_NAME, STEP_KINDS, TRANSFORM_KINDS
 from cleanroom.sandbox.vocabulary import SHA256_HEX as PLUGIN_ID
 
-__all__ = ["FORBIDDEN_KEYS", "BlockOutput", "JobOutputs", "JobSpec", "SampleAggregate", "Step", "check_job",
-           "check_time_budget", "parse_jobspec"]
+__all__ = [
+    "FORBIDDEN_KEYS",
+    "BlockOutput",
+    "JobOutputs",
+    "JobSpec",
+    "SampleAggregate",
+    "Step",
+    "check_job",
+    "check_time_budget",
+    "parse_jobspec",
+]
 
-FORBIDDEN_KEYS = frozenset({
-    "network", "network_mode", "image", "runtime", "mounts", "volumes", "privileged", "env",
-    "environment", "limits", "memory", "mem_limit", "cpu", "cpus", "pids_limit", "timeout", "user",
-    "cap_add", "capabilities", "security_opt", "devices", "tmpfs", "entrypoint", "command", "working_dir",
-})
+FORBIDDEN_KEYS = frozenset(
+    {
+        "network",
+        "network_mode",
+        "image",
+        "runtime",
+        "mounts",
+        "volumes",
+        "privileged",
+        "env",
+        "environment",
+        "limits",
+        "memory",
+        "mem_limit",
+        "cpu",
+        "cpus",
+        "pids_limit",
+        "timeout",
+        "user",
+        "cap_add",
+        "capabilities",
+        "security_opt",
+        "devices",
+        "tmpfs",
+        "entrypoint",
+        "command",
+        "working_dir",
+    }
+)
 MAX_INPUTS = 8
 MAX_STEPS = 20
 MAX_PARAMS_BYTES = 64_000
@@ -76,8 +109,12 @@ class SampleAggregate:
     block_seconds: int = DEFAULT_BLOCK_SECONDS
 
     def to_dict(self) -> dict[str, Any]:
-        return {"blocks": self.blocks, "aggregate": self.aggregate, "block_seconds": self.block_seconds,
-                "outputs": [{"name": o.name, "lo": o.lo, "hi": o.hi, "default": o.default} for o in self.outputs]}
+        return {
+            "blocks": self.blocks,
+            "aggregate": self.aggregate,
+            "block_seconds": self.block_seconds,
+            "outputs": [{"name": o.name, "lo": o.lo, "hi": o.hi, "default": o.default} for o in self.outputs],
+        }
 
 
 @dataclass(frozen=True)
@@ -114,18 +151,25 @@ class JobSpec:
         """The JSON form the API stores and sends to the runner."""
         o = self.outputs
         return {
-            "name": self.name, "recipient": self.recipient,
+            "name": self.name,
+            "recipient": self.recipient,
             **({"time_budget": self.time_budget} if self.time_budget is not None else {}),
             "inputs": [{"dataset": name} for name in self.inputs],
             "join": {"how": self.join},
-            "steps": [{"plugin": s.plugin, "params": copy.deepcopy(s.params), "dataset": s.dataset}
-                      for s in self.steps],
-            "outputs": {"model": o.model, "metrics": o.metrics, "aggregates": o.aggregates,
-                        "holdout_fraction": o.holdout_fraction, "seed": o.seed, "epsilon": o.epsilon,
-                        **({"delta": o.delta} if o.delta is not None else {}),
-                        **({"bounds": {c: [lo, hi] for c, (lo, hi) in o.bounds}} if o.bounds else {}),
-                        **({"sample_and_aggregate": o.sample_and_aggregate.to_dict()}
-                           if o.sample_and_aggregate else {})},
+            "steps": [
+                {"plugin": s.plugin, "params": copy.deepcopy(s.params), "dataset": s.dataset} for s in self.steps
+            ],
+            "outputs": {
+                "model": o.model,
+                "metrics": o.metrics,
+                "aggregates": o.aggregates,
+                "holdout_fraction": o.holdout_fraction,
+                "seed": o.seed,
+                "epsilon": o.epsilon,
+                **({"delta": o.delta} if o.delta is not None else {}),
+                **({"bounds": {c: [lo, hi] for c, (lo, hi) in o.bounds}} if o.bounds else {}),
+                **({"sample_and_aggregate": o.sample_and_aggregate.to_dict()} if o.sample_and_aggregate else {}),
+            },
         }
 
     @classmethod
@@ -160,8 +204,9 @@ def _jsonable(ck: Checker, path: tuple[Any, ...], value: Any) -> None:
         for i, item in enumerate(value):
             _jsonable(ck, path + (i,), item)
     elif isinstance(value, datetime.date | datetime.time):
-        ck.fail(path, f"{dotted(path)} is a date or time: params hold strings, numbers, booleans, arrays"
-                " and tables only")
+        ck.fail(
+            path, f"{dotted(path)} is a date or time: params hold strings, numbers, booleans, arrays and tables only"
+        )
     elif isinstance(value, float) and not math.isfinite(value):
         ck.fail(path, f"{dotted(path)} must be a finite number")
 
@@ -185,8 +230,11 @@ def _build(data: dict[str, Any], ck: Checker) -> JobSpec:
     if time_budget is not None:
         time_budget = ck.typed(("time_budget",), time_budget, "int")
         if not MIN_TIME_BUDGET <= time_budget <= MAX_TIME_BUDGET:
-            ck.fail(("time_budget",), f"time_budget is the seconds from the job's start to its outcome, "
-                    f"{MIN_TIME_BUDGET} to {MAX_TIME_BUDGET} (got {time_budget})")
+            ck.fail(
+                ("time_budget",),
+                f"time_budget is the seconds from the job's start to its outcome, "
+                f"{MIN_TIME_BUDGET} to {MAX_TIME_BUDGET} (got {time_budget})",
+            )
 
     inputs: list[str] = []
     raw_inputs = ck.typed(("inputs",), data["inputs"], "list")
@@ -235,15 +283,19 @@ def _build(data: dict[str, Any], ck: Checker) -> JobSpec:
         steps.append(Step(plugin, params, dataset))
 
     out = ck.table(("outputs",), data["outputs"], JobOutputs.__dataclass_fields__, "[outputs]")
-    flags = {key: ck.typed(("outputs", key), out.get(key, False), "bool")
-             for key in ("model", "metrics", "aggregates")}
+    flags = {key: ck.typed(("outputs", key), out.get(key, False), "bool") for key in ("model", "metrics", "aggregates")}
     sa = _sample_aggregate(ck, out["sample_and_aggregate"], time_budget) if "sample_and_aggregate" in out else None
     if sa is not None and any(flags.values()):
-        ck.fail(("outputs", "sample_and_aggregate"), "sample_and_aggregate is the job's only output: set model, "
-                "metrics and aggregates to false (or leave them out)")
+        ck.fail(
+            ("outputs", "sample_and_aggregate"),
+            "sample_and_aggregate is the job's only output: set model, "
+            "metrics and aggregates to false (or leave them out)",
+        )
     if not any(flags.values()) and sa is None:
-        ck.fail(("outputs",), "the job asks for nothing: set model, metrics or aggregates to true, or add "
-                "[outputs.sample_and_aggregate]")
+        ck.fail(
+            ("outputs",),
+            "the job asks for nothing: set model, metrics or aggregates to true, or add [outputs.sample_and_aggregate]",
+        )
     if flags["metrics"] and not flags["model"]:
         ck.fail(("outputs", "metrics"), "metrics = true needs model = true")
     holdout = ck.typed(("outputs", "holdout_fraction"), out.get("holdout_fraction", 0.2), "number")
@@ -265,8 +317,9 @@ def _build(data: dict[str, Any], ck: Checker) -> JobSpec:
     bounds: list[tuple[str, tuple[float, float]]] = []
     raw_bounds = out.get("bounds", {})
     if not isinstance(raw_bounds, dict):
-        ck.fail(("outputs", "bounds"), f"outputs.bounds must be a table of column = [lo, hi], got "
-                f"{type_name(raw_bounds)}")
+        ck.fail(
+            ("outputs", "bounds"), f"outputs.bounds must be a table of column = [lo, hi], got {type_name(raw_bounds)}"
+        )
     for column, pair in raw_bounds.items():
         path = ("outputs", "bounds", column)
         if not isinstance(pair, list) or len(pair) != 2:
@@ -275,10 +328,23 @@ def _build(data: dict[str, Any], ck: Checker) -> JobSpec:
         if lo >= hi:
             ck.fail(path, f"bounds of {column!r} need lo < hi (got [{lo:g}, {hi:g}])")
         bounds.append((column, (lo, hi)))
-    return JobSpec(name=name, recipient=recipient, inputs=tuple(inputs), steps=tuple(steps), join=how,
-                   time_budget=time_budget,
-                   outputs=JobOutputs(**flags, holdout_fraction=holdout, seed=seed, epsilon=epsilon, delta=delta,
-                                      bounds=tuple(sorted(bounds)), sample_and_aggregate=sa))
+    return JobSpec(
+        name=name,
+        recipient=recipient,
+        inputs=tuple(inputs),
+        steps=tuple(steps),
+        join=how,
+        time_budget=time_budget,
+        outputs=JobOutputs(
+            **flags,
+            holdout_fraction=holdout,
+            seed=seed,
+            epsilon=epsilon,
+            delta=delta,
+            bounds=tuple(sorted(bounds)),
+            sample_and_aggregate=sa,
+        ),
+    )
 
 
 def _sample_aggregate(ck: Checker, raw: Any, time_budget: int | None) -> SampleAggregate:
@@ -290,19 +356,26 @@ def _sample_aggregate(ck: Checker, raw: Any, time_budget: int | None) -> SampleA
             ck.fail(path, f"[outputs.sample_and_aggregate] needs {key!r}")
     blocks = ck.typed(path + ("blocks",), raw["blocks"], "int")
     if not MIN_BLOCKS <= blocks <= MAX_BLOCKS:
-        ck.fail(path + ("blocks",), f"blocks (m, the number of disjoint unit blocks) must be {MIN_BLOCKS} to "
-                f"{MAX_BLOCKS} (got {blocks})")
+        ck.fail(
+            path + ("blocks",),
+            f"blocks (m, the number of disjoint unit blocks) must be {MIN_BLOCKS} to {MAX_BLOCKS} (got {blocks})",
+        )
     aggregate = ck.typed(path + ("aggregate",), raw.get("aggregate", "mean"), "string")
     if aggregate not in AGGREGATES:
         ck.fail(path + ("aggregate",), f"aggregate must be one of {', '.join(AGGREGATES)} (got {aggregate!r})")
     seconds = ck.typed(path + ("block_seconds",), raw.get("block_seconds", DEFAULT_BLOCK_SECONDS), "int")
     if not MIN_BLOCK_SECONDS <= seconds <= MAX_BLOCK_SECONDS:
-        ck.fail(path + ("block_seconds",), f"block_seconds must be {MIN_BLOCK_SECONDS} to {MAX_BLOCK_SECONDS} "
-                f"(got {seconds})")
+        ck.fail(
+            path + ("block_seconds",),
+            f"block_seconds must be {MIN_BLOCK_SECONDS} to {MAX_BLOCK_SECONDS} (got {seconds})",
+        )
     if time_budget is not None and blocks * (seconds + BLOCK_OVERHEAD_SECONDS) > time_budget:
-        ck.fail(path + ("blocks",), f"{blocks} blocks of up to {seconds} s (+{BLOCK_OVERHEAD_SECONDS} s each to "
-                f"start a container) may not end within time_budget = {time_budget}: lower blocks or "
-                "block_seconds, or raise time_budget")
+        ck.fail(
+            path + ("blocks",),
+            f"{blocks} blocks of up to {seconds} s (+{BLOCK_OVERHEAD_SECONDS} s each to "
+            f"start a container) may not end within time_budget = {time_budget}: lower blocks or "
+            "block_seconds, or raise time_budget",
+        )
     items = ck.typed(path + ("outputs",), raw["outputs"], "list")
     if not 1 <= len(items) <= MAX_BLOCK_OUTPUTS:
         ck.fail(path + ("outputs",), f"outputs lists 1 to {MAX_BLOCK_OUTPUTS} numbers (got {len(items)})")
@@ -315,8 +388,11 @@ def _sample_aggregate(ck: Checker, raw: Any, time_budget: int | None) -> SampleA
                 ck.fail(here, f"sample_and_aggregate.outputs[{i}] needs {key!r} (name, lo, hi and default)")
         name = ck.typed(here + ("name",), item["name"], "string")
         if not OUTPUT_NAME.fullmatch(name) or name in {o.name for o in outputs}:
-            ck.fail(here + ("name",), f"output name {name!r} must be unique and 1-63 characters: a letter, then "
-                    "letters, digits, '_', '.', '-'")
+            ck.fail(
+                here + ("name",),
+                f"output name {name!r} must be unique and 1-63 characters: a letter, then "
+                "letters, digits, '_', '.', '-'",
+            )
         lo, hi, default = (float(ck.typed(here + (k,), item[k], "number")) for k in ("lo", "hi", "default"))
         if lo >= hi:
             ck.fail(here, f"output {name!r} needs lo < hi (got [{lo:g}, {hi:g}])")
@@ -354,8 +430,7 @@ def check_job(
     if missing:
         raise PolicyError(f"unknown dataset {missing[0]!r}", details={"dataset": missing[0]})
     if not recipient_exists:
-        raise PolicyError(f"no org named {spec.recipient!r} in the room",
-                          details={"recipient": spec.recipient})
+        raise PolicyError(f"no org named {spec.recipient!r} in the room", details={"recipient": spec.recipient})
     for pid in spec.plugin_ids():
         if pid not in plugins:
             raise PolicyError(f"unknown plugin {pid[:12]}", details={"plugin": pid})
@@ -366,17 +441,23 @@ def check_job(
         owner = datasets[name]["owner"]
         if spec.recipient not in policy.recipients and spec.recipient != owner:
             allowed = ", ".join(policy.recipients) or "nobody but its owner"
-            raise PolicyError(f"dataset {name!r} does not allow releases to {spec.recipient!r} "
-                              f"(its policy allows: {allowed})", details={"dataset": name})
-        wanted = [("model", spec.outputs.model),
-                  ("aggregate", spec.outputs.aggregates or spec.outputs.sample_and_aggregate is not None)]
+            raise PolicyError(
+                f"dataset {name!r} does not allow releases to {spec.recipient!r} (its policy allows: {allowed})",
+                details={"dataset": name},
+            )
+        wanted = [
+            ("model", spec.outputs.model),
+            ("aggregate", spec.outputs.aggregates or spec.outputs.sample_and_aggregate is not None),
+        ]
         for kind in (kind for kind, on in wanted if on and kind not in policy.outputs):
             raise PolicyError(f"dataset {name!r} does not allow {kind} outputs", details={"dataset": name})
     ledger.check_dp_job(spec, policies, plugins, budget_remaining)
     if spec.outputs.sample_and_aggregate is not None and ledger.job_budget(spec, policies) is None:
-        raise PolicyError("sample_and_aggregate is a differentially private release: at least one input must "
-                          "use differential privacy (every input of this job is in exact mode, where owners "
-                          "review releases instead)")
+        raise PolicyError(
+            "sample_and_aggregate is a differentially private release: at least one input must "
+            "use differential privacy (every input of this job is in exact mode, where owners "
+            "review releases instead)"
+        )
 
     owners = {name: datasets[name]["owner"] for name in spec.inputs}
     absent = []
@@ -392,7 +473,8 @@ def check_job(
             f"plugin {plugins[pid]['name']!r} ({pid[:12]}) is not approved by {owners[name]!r} for dataset "
             f"{name!r} at policy version {datasets[name]['policy_version']} and its current data{more}",
             hint=f"ask {owners[name]} to review and approve the plugin",
-            details={"missing_approvals": [{"step": s, "plugin": p, "dataset": d} for s, p, d in absent]})
+            details={"missing_approvals": [{"step": s, "plugin": p, "dataset": d} for s, p, d in absent]},
+        )
     return ledger.with_job_budget(combine(policies, owners=owners), spec)
 
 
@@ -402,9 +484,11 @@ def check_time_budget(spec: JobSpec, default_seconds: float) -> None:
     sa = spec.outputs.sample_and_aggregate
     budget = spec.time_budget or default_seconds
     if sa is not None and sa.blocks * (sa.block_seconds + BLOCK_OVERHEAD_SECONDS) > budget:
-        raise PolicyError(f"{sa.blocks} blocks of up to {sa.block_seconds} s (+{BLOCK_OVERHEAD_SECONDS} s each to "
-                          f"start a container) may not end within the job's time budget of {budget:g} s: lower "
-                          "blocks or block_seconds, or set a larger time_budget")
+        raise PolicyError(
+            f"{sa.blocks} blocks of up to {sa.block_seconds} s (+{BLOCK_OVERHEAD_SECONDS} s each to "
+            f"start a container) may not end within the job's time budget of {budget:g} s: lower "
+            "blocks or block_seconds, or set a larger time_budget"
+        )
 
 
 def _a(kind: str) -> str:
@@ -422,19 +506,25 @@ def _check_steps(spec: JobSpec, plugins: Mapping[str, Mapping[str, Any]]) -> Non
     for i, (step, kind) in enumerate(zip(spec.steps, kinds, strict=True)):
         label = f"step {i} ({plugins[step.plugin]['name']!r}, {step.plugin[:12]})"
         if step.dataset is not None and step.dataset not in spec.inputs:
-            raise PolicyError(f"{label} runs on {step.dataset!r}, which is not an input of the job",
-                              details={"step": i})
+            raise PolicyError(
+                f"{label} runs on {step.dataset!r}, which is not an input of the job", details={"step": i}
+            )
         if kind not in STEP_KINDS:
             raise PolicyError(f"{label} has unknown kind {kind!r}", details={"step": i})
         if kind in ("model", "analysis", "statistic") and step.dataset:
-            raise PolicyError(f"{label} is {_a(kind)} step: it runs on the joined inputs, drop 'dataset'",
-                              details={"step": i})
+            raise PolicyError(
+                f"{label} is {_a(kind)} step: it runs on the joined inputs, drop 'dataset'", details={"step": i}
+            )
         if i and kind in TRANSFORM_KINDS and kinds[i - 1] in ("model", "analysis"):
-            raise PolicyError(f"{label} is {_a(kind)} step after {_a(kinds[i - 1])} step: preprocess and "
-                              "features steps come first", details={"step": i})
+            raise PolicyError(
+                f"{label} is {_a(kind)} step after {_a(kinds[i - 1])} step: preprocess and features steps come first",
+                details={"step": i},
+            )
         if step.dataset and i and not spec.steps[i - 1].dataset:
-            raise PolicyError(f"{label} runs on {step.dataset!r} before the join: put it before the "
-                              "steps on the joined inputs", details={"step": i})
+            raise PolicyError(
+                f"{label} runs on {step.dataset!r} before the join: put it before the steps on the joined inputs",
+                details={"step": i},
+            )
         try:
             validate_params(plugins[step.plugin]["manifest"], step.params)
         except ValidationError as exc:
@@ -450,10 +540,14 @@ def _check_steps(spec: JobSpec, plugins: Mapping[str, Mapping[str, Any]]) -> Non
         raise PolicyError("the job has analysis steps but does not ask for aggregates: set aggregates = true")
     statistics = kinds.count("statistic")
     if spec.outputs.sample_and_aggregate is not None and statistics != 1:
-        raise PolicyError(f"sample_and_aggregate needs exactly one statistic step (the job has {statistics}): "
-                          "it produces each block's output vector")
+        raise PolicyError(
+            f"sample_and_aggregate needs exactly one statistic step (the job has {statistics}): "
+            "it produces each block's output vector"
+        )
     if spec.outputs.sample_and_aggregate is None and statistics:
-        raise PolicyError("the job has a statistic step but no [outputs.sample_and_aggregate]: a statistic's "
-                          "output leaves only as a noisy aggregate over blocks")
+        raise PolicyError(
+            "the job has a statistic step but no [outputs.sample_and_aggregate]: a statistic's "
+            "output leaves only as a noisy aggregate over blocks"
+        )
     if statistics and kinds[-1] != "statistic":
         raise PolicyError("the statistic step must be the job's last step")

@@ -72,9 +72,15 @@ def load_model(path: str | Path) -> Any:
     return sio.loads(data, trusted=sorted(untrusted))
 
 
-def predict(model_path: str | Path, csv_path: str | Path, out_path: str | Path, *,
-            keep: Sequence[str] | None = None, unseen: str = "error",
-            warn: Callable[[str], None] | None = None) -> int:
+def predict(
+    model_path: str | Path,
+    csv_path: str | Path,
+    out_path: str | Path,
+    *,
+    keep: Sequence[str] | None = None,
+    unseen: str = "error",
+    warn: Callable[[str], None] | None = None,
+) -> int:
     """Predict every row of a CSV with a released model; write a CSV; return the row count.
 
     The output holds the `keep` columns of the input (by default its id column: `_pid`, else a first
@@ -100,8 +106,10 @@ def predict(model_path: str | Path, csv_path: str | Path, out_path: str | Path, 
     expanded = _expand_one_hot(frame, features)
     missing = [c for c in features if c not in frame.columns]
     if missing:
-        raise ModelFileError(f"the CSV lacks the model's feature columns: {_describe_missing(missing)}",
-                             hint=f"its columns: {', '.join(map(str, frame.columns))}")
+        raise ModelFileError(
+            f"the CSV lacks the model's feature columns: {_describe_missing(missing)}",
+            hint=f"its columns: {', '.join(map(str, frame.columns))}",
+        )
     _check_unseen(frame, expanded, unseen, warn)
     X = frame[features]
     types = pd.api.types
@@ -133,8 +141,9 @@ def _kept_columns(frame: Any, features: list[str], keep: Sequence[str] | None) -
     if keep is not None:
         absent = [c for c in keep if c not in frame.columns]
         if absent:
-            raise ModelFileError(f"no column {absent[0]!r} in the CSV to keep",
-                                 hint=f"its columns: {', '.join(map(str, frame.columns))}")
+            raise ModelFileError(
+                f"no column {absent[0]!r} in the CSV to keep", hint=f"its columns: {', '.join(map(str, frame.columns))}"
+            )
         clash = [c for c in keep if c == "prediction" or c.startswith("proba_")]
         if clash:
             raise ModelFileError(f"cannot keep {clash[0]!r}: the output's own column has that name")
@@ -164,7 +173,7 @@ def _expand_one_hot(frame: Any, features: list[str]) -> dict[str, list[str]]:
         for column in frame.columns:
             prefix = f"{column}_"
             if feature.startswith(prefix) and not _numeric(frame[column]):
-                expanded.setdefault(column, []).append(feature[len(prefix):])
+                expanded.setdefault(column, []).append(feature[len(prefix) :])
                 break
     for column, values in expanded.items():
         text = frame[column].astype(str).where(frame[column].notna())
@@ -180,8 +189,7 @@ def _expand_one_hot(frame: Any, features: list[str]) -> dict[str, list[str]]:
 OTHER = "other"  # the one-hot plugin's default other_label
 
 
-def _check_unseen(frame: Any, expanded: dict[str, list[str]], unseen: str,
-                  warn: Callable[[str], None] | None) -> None:
+def _check_unseen(frame: Any, expanded: dict[str, list[str]], unseen: str, warn: Callable[[str], None] | None) -> None:
     """Values of an expanded column the model never saw: an error, or (ignore) a warning with the count."""
     for column, values in expanded.items():
         if OTHER in values:
@@ -198,11 +206,14 @@ def _check_unseen(frame: Any, expanded: dict[str, list[str]], unseen: str,
             raise ModelFileError(
                 f"column {column!r} has the value {first!r} at line {line}{others}, which the model never saw "
                 f"(it knows {', '.join(map(repr, values))})",
-                hint="fix the value, or score such rows with all-zero indicators: --unseen ignore")
+                hint="fix the value, or score such rows with all-zero indicators: --unseen ignore",
+            )
         if warn is not None:
-            warn(f"{int(new.sum())} row(s) have a value of {column!r} the model never saw "
-                 f"({', '.join(map(repr, distinct[:5]))}{', ...' if len(distinct) > 5 else ''}): "
-                 "scored with all-zero indicators")
+            warn(
+                f"{int(new.sum())} row(s) have a value of {column!r} the model never saw "
+                f"({', '.join(map(repr, distinct[:5]))}{', ...' if len(distinct) > 5 else ''}): "
+                "scored with all-zero indicators"
+            )
 
 
 def _describe_missing(missing: list[str]) -> str:

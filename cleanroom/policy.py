@@ -26,9 +26,19 @@ from cleanroom.sandbox.vocabulary import (
 )
 
 __all__ = [
-    "DEFAULT_ESTIMATORS", "IDENTIFIER_PATTERNS", "KNOWN_ESTIMATORS", "OUTPUT_KINDS",
-    "ROW_STORING_ESTIMATORS", "RULES", "ColumnRule", "EffectivePolicy", "Policy", "TomlLines",
-    "combine", "looks_like_identifier", "parse_policy",
+    "DEFAULT_ESTIMATORS",
+    "IDENTIFIER_PATTERNS",
+    "KNOWN_ESTIMATORS",
+    "OUTPUT_KINDS",
+    "ROW_STORING_ESTIMATORS",
+    "RULES",
+    "ColumnRule",
+    "EffectivePolicy",
+    "Policy",
+    "TomlLines",
+    "combine",
+    "looks_like_identifier",
+    "parse_policy",
 ]
 
 RULES = ("allowed", "join_only", "never_output")
@@ -37,8 +47,10 @@ MAX_DELTA = 1e-3
 DEFAULT_EPSILON, DEFAULT_DELTA = 3.0, 1e-6
 DEFAULT_JOB_EPSILON, DEFAULT_JOB_DELTA = 1.0, 1e-7
 MAX_DOMAIN = 1000
-EXACT_MODE_NOTE = ("require_dp = false: exact (non-DP) releases, so every release of this dataset is held "
-                   "for the owner's review (review = true is forced)")
+EXACT_MODE_NOTE = (
+    "require_dp = false: exact (non-DP) releases, so every release of this dataset is held "
+    "for the owner's review (review = true is forced)"
+)
 
 # ---------------------------------------------------------------------------------------------
 # Where keys are in a TOML text
@@ -84,7 +96,7 @@ class TomlLines:
                 table = path
                 self._remember(table, n, n)
             elif m := _ASSIGN.match(line):
-                key, start, rest = table + _split(m.group(1)), n, line[m.end():]
+                key, start, rest = table + _split(m.group(1)), n, line[m.end() :]
                 self._remember(key, n, n)
                 for quote in ('"""', "'''"):
                     if rest.count(quote) % 2 == 1:
@@ -153,8 +165,7 @@ class Checker:
         ok = {
             "bool": isinstance(value, bool),
             "int": isinstance(value, int) and not isinstance(value, bool),
-            "number": isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value),
+            "number": isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
             "string": isinstance(value, str),
             "list": isinstance(value, list),
         }[kind]
@@ -169,8 +180,14 @@ class Checker:
             self.fail(path, message, item, hint)
         return item
 
-    def names(self, path: tuple[Any, ...], value: Any, allowed: Iterable[str] | None = None,
-              pattern: re.Pattern[str] | None = None, what: str = "name") -> tuple[str, ...]:
+    def names(
+        self,
+        path: tuple[Any, ...],
+        value: Any,
+        allowed: Iterable[str] | None = None,
+        pattern: re.Pattern[str] | None = None,
+        what: str = "name",
+    ) -> tuple[str, ...]:
         for item in self.typed(path, value, "list"):
             if not isinstance(item, str):
                 self.fail(path, f"{dotted(path)} must be a list of strings, got {type_name(item)} in it")
@@ -181,13 +198,24 @@ class Checker:
         return tuple(sorted(set(value)))
 
 
-_KIND_LABEL = {"bool": "true or false", "int": "an integer", "number": "a finite number",
-               "string": "a string", "list": "an array"}
+_KIND_LABEL = {
+    "bool": "true or false",
+    "int": "an integer",
+    "number": "a finite number",
+    "string": "a string",
+    "list": "an array",
+}
 
 
 def type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def load_toml(text: str, what: str, error: type[ValidationError]) -> tuple[dict[str, Any], TomlLines]:
@@ -203,13 +231,15 @@ def load_toml(text: str, what: str, error: type[ValidationError]) -> tuple[dict[
         reason = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", raw)
         reason = reason[:1].lower() + reason[1:]
         where = f"line {line}, column {column}" if column else f"the end of the text (line {line})"
-        raise error(f"the {what} is not valid TOML: {reason} at {where}",
-                    details={"line": line, "column": column, "key": None}) from None
+        raise error(
+            f"the {what} is not valid TOML: {reason} at {where}", details={"line": line, "column": column, "key": None}
+        ) from None
     return data, TomlLines(text)
 
 
 # ---------------------------------------------------------------------------------------------
 # The policy of one dataset
+
 
 @dataclass(frozen=True)
 class ColumnRule:
@@ -246,9 +276,14 @@ class Policy:
 
     def notes(self) -> list[str]:
         """What the parse decided that the text does not say outright (shown on upload and policy change)."""
-        return [EXACT_MODE_NOTE] if self.exact else [
-            f"differential privacy: lifetime budget epsilon {self.epsilon:g}, delta {self.delta:g}; "
-            f"at most epsilon {self.job_epsilon:g}, delta {self.job_delta:g} per job"]
+        return (
+            [EXACT_MODE_NOTE]
+            if self.exact
+            else [
+                f"differential privacy: lifetime budget epsilon {self.epsilon:g}, delta {self.delta:g}; "
+                f"at most epsilon {self.job_epsilon:g}, delta {self.job_delta:g} per job"
+            ]
+        )
 
     def column_rule(self, name: str) -> ColumnRule:
         """The rule of a column; columns the policy does not name are `allowed` without bounds."""
@@ -261,19 +296,34 @@ class Policy:
         """The canonical JSON form, every default filled in (its sha256 is the policy hash)."""
         return {
             "outputs": {"allowed": sorted(self.outputs)},
-            "privacy": {"k": self.k, "epsilon": self.epsilon, "delta": self.delta,
-                        "require_dp": self.require_dp, "job_epsilon": self.job_epsilon,
-                        "job_delta": self.job_delta,
-                        **({"recipient_epsilon": self.recipient_epsilon}
-                           if self.recipient_epsilon is not None else {})},
-            "release": {"recipients": sorted(self.recipients), "review": self.review,
-                        # only when set: policies without it keep their hash
-                        **({"precision": self.precision} if self.precision is not None else {})},
-            "models": {"estimators": sorted(self.estimators), "allow_row_storing": self.allow_row_storing,
-                       "max_model_bytes": self.max_model_bytes},
-            "columns": {c.name: {"rule": c.rule, "bounds": list(c.bounds) if c.bounds else None,
-                                 **({"domain": list(c.domain)} if c.domain is not None else {})}
-                        for c in sorted(self.columns, key=lambda c: c.name)},
+            "privacy": {
+                "k": self.k,
+                "epsilon": self.epsilon,
+                "delta": self.delta,
+                "require_dp": self.require_dp,
+                "job_epsilon": self.job_epsilon,
+                "job_delta": self.job_delta,
+                **({"recipient_epsilon": self.recipient_epsilon} if self.recipient_epsilon is not None else {}),
+            },
+            "release": {
+                "recipients": sorted(self.recipients),
+                "review": self.review,
+                # only when set: policies without it keep their hash
+                **({"precision": self.precision} if self.precision is not None else {}),
+            },
+            "models": {
+                "estimators": sorted(self.estimators),
+                "allow_row_storing": self.allow_row_storing,
+                "max_model_bytes": self.max_model_bytes,
+            },
+            "columns": {
+                c.name: {
+                    "rule": c.rule,
+                    "bounds": list(c.bounds) if c.bounds else None,
+                    **({"domain": list(c.domain)} if c.domain is not None else {}),
+                }
+                for c in sorted(self.columns, key=lambda c: c.name)
+            },
             "identifiers": {"allow": sorted(self.identifiers_allow)},
             # only when set, so that policies without limits keep the hash they had before limits existed
             **({"limits": dict(sorted(self.limits))} if self.limits else {}),
@@ -316,8 +366,11 @@ def _build(data: dict[str, Any], ck: Checker) -> Policy:
     for name, value in data.items():
         if not isinstance(value, dict):
             ck.fail((name,), f"{name} must be a table ([{name}]), got {type_name(value)}")
-    sect = {name: ck.table((name,), data.get(name, {}), keys, f"[{name}]")
-            for name, keys in _SCHEMA.items() if keys is not None}
+    sect = {
+        name: ck.table((name,), data.get(name, {}), keys, f"[{name}]")
+        for name, keys in _SCHEMA.items()
+        if keys is not None
+    }
     out, priv, rel, mod = sect["outputs"], sect["privacy"], sect["release"], sect["models"]
     fields: dict[str, Any] = {}
     if "allowed" in out:
@@ -341,29 +394,38 @@ def _build(data: dict[str, Any], ck: Checker) -> Policy:
         total_value = fields.get(total, Policy.__dataclass_fields__[total].default)
         if cap_value > total_value:
             where = cap if cap in fields else total
-            ck.fail(("privacy", where), f"the per-job {total} ({cap} = {cap_value:g}) cannot exceed the "
-                    f"dataset's budget ({total} = {total_value:g})")
+            ck.fail(
+                ("privacy", where),
+                f"the per-job {total} ({cap} = {cap_value:g}) cannot exceed the "
+                f"dataset's budget ({total} = {total_value:g})",
+            )
     share = fields.get("recipient_epsilon")
     if share is not None and share > fields.get("epsilon", DEFAULT_EPSILON):
-        ck.fail(("privacy", "recipient_epsilon"), f"recipient_epsilon ({share:g}) cannot exceed the dataset's "
-                f"budget (epsilon = {fields.get('epsilon', DEFAULT_EPSILON):g})")
+        ck.fail(
+            ("privacy", "recipient_epsilon"),
+            f"recipient_epsilon ({share:g}) cannot exceed the dataset's "
+            f"budget (epsilon = {fields.get('epsilon', DEFAULT_EPSILON):g})",
+        )
     if fields.get("require_dp") is False:
         fields["review"] = True  # exact mode: the owner sees every release before its recipient does
     if rel.get("precision") is not None:
         fields["precision"] = ck.typed(("release", "precision"), rel["precision"], "int")
         if not 1 <= fields["precision"] <= 15:
-            ck.fail(("release", "precision"),
-                    f"precision must be 1 to 15 significant digits (got {fields['precision']})")
+            ck.fail(
+                ("release", "precision"), f"precision must be 1 to 15 significant digits (got {fields['precision']})"
+            )
     if "recipients" in rel:
-        fields["recipients"] = ck.names(("release", "recipients"), rel["recipients"], pattern=ORG_NAME,
-                                        what="org name")
+        fields["recipients"] = ck.names(("release", "recipients"), rel["recipients"], pattern=ORG_NAME, what="org name")
     if "estimators" in mod:
-        fields["estimators"] = ck.names(("models", "estimators"), mod["estimators"], KNOWN_ESTIMATORS,
-                                        what="estimator")
+        fields["estimators"] = ck.names(("models", "estimators"), mod["estimators"], KNOWN_ESTIMATORS, what="estimator")
         for name in fields["estimators"]:
             if name in ROW_STORING_ESTIMATORS and not fields.get("allow_row_storing"):
-                ck.fail(("models", "estimators"), f"estimator {name!r} stores training rows in the model",
-                        name, ": set allow_row_storing = true in [models] to allow it")
+                ck.fail(
+                    ("models", "estimators"),
+                    f"estimator {name!r} stores training rows in the model",
+                    name,
+                    ": set allow_row_storing = true in [models] to allow it",
+                )
     if "max_model_bytes" in mod:
         fields["max_model_bytes"] = ck.typed(("models", "max_model_bytes"), mod["max_model_bytes"], "int")
         if fields["max_model_bytes"] < 1:
@@ -386,18 +448,21 @@ def _build(data: dict[str, Any], ck: Checker) -> Policy:
         domain = spec.get("domain")
         if domain is not None:
             items = ck.typed(path + ("domain",), domain, "list")
-            if not items or len(items) > MAX_DOMAIN or not all(isinstance(v, str) and 0 < len(v) <= 200
-                                                               for v in items):
-                ck.fail(path + ("domain",), f"domain of column {name!r} must be a list of 1 to {MAX_DOMAIN} "
-                        "non-empty strings (the public categories)")
+            if not items or len(items) > MAX_DOMAIN or not all(isinstance(v, str) and 0 < len(v) <= 200 for v in items):
+                ck.fail(
+                    path + ("domain",),
+                    f"domain of column {name!r} must be a list of 1 to {MAX_DOMAIN} "
+                    "non-empty strings (the public categories)",
+                )
             if len(set(items)) != len(items):
                 ck.fail(path + ("domain",), f"domain of column {name!r} repeats a value")
             domain = tuple(items)
         if rule != "allowed" or bounds or domain is not None:  # a no-op entry would change the hash, not the meaning
             columns.append(ColumnRule(name, rule, bounds, domain))
     if "allow" in sect["identifiers"]:
-        fields["identifiers_allow"] = ck.names(("identifiers", "allow"), sect["identifiers"]["allow"],
-                                               what="column name")
+        fields["identifiers_allow"] = ck.names(
+            ("identifiers", "allow"), sect["identifiers"]["allow"], what="column name"
+        )
     limits = []
     for key, value in sect["limits"].items():
         number = ck.typed(("limits", key), value, LIMIT_KINDS[key])
@@ -409,6 +474,7 @@ def _build(data: dict[str, Any], ck: Checker) -> Policy:
 
 # ---------------------------------------------------------------------------------------------
 # The policy of a job: the most restrictive rule of its inputs
+
 
 @dataclass(frozen=True)
 class EffectivePolicy:
@@ -435,12 +501,18 @@ class EffectivePolicy:
     def to_dict(self) -> dict[str, Any]:
         """The exact shape the release phase reads."""
         return {
-            "k": self.k, "outputs": sorted(self.outputs), "estimators": sorted(self.estimators),
-            "allow_row_storing": self.allow_row_storing, "max_model_bytes": self.max_model_bytes,
-            "never_output": sorted(self.never_output), "join_only": sorted(self.join_only),
+            "k": self.k,
+            "outputs": sorted(self.outputs),
+            "estimators": sorted(self.estimators),
+            "allow_row_storing": self.allow_row_storing,
+            "max_model_bytes": self.max_model_bytes,
+            "never_output": sorted(self.never_output),
+            "join_only": sorted(self.join_only),
             "bounds": {col: [lo, hi] for col, (lo, hi) in sorted(self.bounds)},
-            "require_dp": self.require_dp, "recipients": sorted(self.recipients),
-            "review_by": sorted(self.review_by), "limits": dict(sorted(self.limits)),
+            "require_dp": self.require_dp,
+            "recipients": sorted(self.recipients),
+            "review_by": sorted(self.review_by),
+            "limits": dict(sorted(self.limits)),
             "dp": None if self.job_epsilon is None else {"epsilon": self.job_epsilon, "delta": self.job_delta},
             "precision": self.precision,
         }
@@ -470,8 +542,10 @@ def combine(policies: Mapping[str, Policy], *, owners: Mapping[str, str] | None 
             lo, hi = max(lo, col.bounds[0]), min(hi, col.bounds[1])
             seen.setdefault(col.name, []).append(f"{dataset!r} allows [{col.bounds[0]:g}, {col.bounds[1]:g}]")
             if lo >= hi:
-                raise PolicyError(f"the bounds of column {col.name!r} do not overlap: "
-                                  + ", ".join(seen[col.name]), details={"column": col.name})
+                raise PolicyError(
+                    f"the bounds of column {col.name!r} do not overlap: " + ", ".join(seen[col.name]),
+                    details={"column": col.name},
+                )
             bounds[col.name] = (lo, hi)
     owners = owners or {}
     private = [p for _, p in items if p.require_dp]
@@ -487,8 +561,12 @@ def combine(policies: Mapping[str, Policy], *, owners: Mapping[str, str] | None 
         require_dp=any(p.require_dp for _, p in items),
         recipients=meet(set(p.recipients) | ({owners[d]} if d in owners else set()) for d, p in items),
         review_by=tuple(d for d, p in items if p.review),
-        limits=tuple(sorted((key, min(v for _, p in items for k, v in p.limits if k == key))
-                            for key in {k for _, p in items for k, _ in p.limits})),
+        limits=tuple(
+            sorted(
+                (key, min(v for _, p in items for k, v in p.limits if k == key))
+                for key in {k for _, p in items for k, _ in p.limits}
+            )
+        ),
         epsilon_cap=min(p.job_epsilon for p in private) if private else None,
         delta_cap=min(p.job_delta for p in private) if private else None,
         precision=min(3 if p.precision is None else p.precision for _, p in items),
@@ -504,31 +582,84 @@ def combine(policies: Mapping[str, Policy], *, owners: Mapping[str, str] | None 
 IDENTIFIER_PATTERNS: tuple[tuple[str, str], ...] = tuple(
     (pattern, reason)
     for reason, patterns in {
-        "a person's name": ("=name", "first name", "last name", "full name", "given name", "family name",
-                            "middle name", "maiden name", "surname", "nickname", "user name", "login",
-                            "customer name", "client name", "patient name", "person name", "contact name"),
+        "a person's name": (
+            "=name",
+            "first name",
+            "last name",
+            "full name",
+            "given name",
+            "family name",
+            "middle name",
+            "maiden name",
+            "surname",
+            "nickname",
+            "user name",
+            "login",
+            "customer name",
+            "client name",
+            "patient name",
+            "person name",
+            "contact name",
+        ),
         "an email address": ("email", "email address"),
         "a phone number": ("phone", "telephone", "=tel", "mobile", "cellphone", "=cell", "fax"),
         "a street address": ("address", "street", "=addr", "home addr", "street addr"),
         "a postal code": ("zip", "zip code", "postcode", "postal code"),
-        "a national id number": ("ssn", "social security", "national id", "tax id", "nino",
-                                 "national insurance"),
-        "a passport or licence number": ("passport", "driver license", "drivers license", "driving licence",
-                                         "license number", "licence number", "license plate", "=vin"),
-        "a network or device address": ("ip", "ip address", "ipv4", "ipv6", "mac address", "imei",
-                                        "device id"),
+        "a national id number": ("ssn", "social security", "national id", "tax id", "nino", "national insurance"),
+        "a passport or licence number": (
+            "passport",
+            "driver license",
+            "drivers license",
+            "driving licence",
+            "license number",
+            "licence number",
+            "license plate",
+            "=vin",
+        ),
+        "a network or device address": ("ip", "ip address", "ipv4", "ipv6", "mac address", "imei", "device id"),
         "a date of birth": ("dob", "date of birth", "birth date", "birthday", "birthdate"),
-        "a bank or card number": ("iban", "card number", "credit card", "cc number", "account number",
-                                  "bank account", "cvv"),
+        "a bank or card number": (
+            "iban",
+            "card number",
+            "credit card",
+            "cc number",
+            "account number",
+            "bank account",
+            "cvv",
+        ),
         "a precise location": ("latitude", "longitude", "=lat", "=lon", "=lng", "gps"),
-        "a direct id of a person": ("=id", "customer id", "client id", "user id", "patient id", "person id",
-                                    "member id", "employee id", "medical record number", "mrn"),
+        "a direct id of a person": (
+            "=id",
+            "customer id",
+            "client id",
+            "user id",
+            "patient id",
+            "person id",
+            "member id",
+            "employee id",
+            "medical record number",
+            "mrn",
+        ),
     }.items()
     for pattern in patterns
 )
 # A token like these makes the column a derived fact, not the identifier itself (address_count).
-_DERIVED = {"count", "counts", "cnt", "has", "is", "verified", "valid", "missing", "present", "length",
-            "len", "changed", "type", "flag"}
+_DERIVED = {
+    "count",
+    "counts",
+    "cnt",
+    "has",
+    "is",
+    "verified",
+    "valid",
+    "missing",
+    "present",
+    "length",
+    "len",
+    "changed",
+    "type",
+    "flag",
+}
 
 
 def _tokens(name: str) -> list[str]:
@@ -543,6 +674,9 @@ def looks_like_identifier(column_name: str) -> str | None:
         return None
     runs = {"".join(tokens[i:j]) for i in range(len(tokens)) for j in range(i + 1, len(tokens) + 1)}
     whole = "".join(tokens)
-    hits = [(len(pattern), reason) for pattern, reason in IDENTIFIER_PATTERNS
-            if (whole == pattern[1:] if pattern.startswith("=") else pattern.replace(" ", "") in runs)]
+    hits = [
+        (len(pattern), reason)
+        for pattern, reason in IDENTIFIER_PATTERNS
+        if (whole == pattern[1:] if pattern.startswith("=") else pattern.replace(" ", "") in runs)
+    ]
     return max(hits)[1] if hits else None  # the longest pattern: ip_address is not a street address

@@ -67,11 +67,12 @@ class Profile:
 
             saved = sorted(p.stem for p in (home() / "profiles").glob("*.json"))
             close = difflib.get_close_matches(name, saved, n=1)
-            raise ValidationError(f"no profile named {name!r} (in {home() / 'profiles'})",
-                                  hint=(f"did you mean --profile {close[0]}? " if close else "")
-                                  + (f"The saved profiles are: {', '.join(saved)}. " if saved else
-                                     "No profile is saved yet. ")
-                                  + f"Create it with: cleanroom profile save {name} --url URL --token-stdin")
+            raise ValidationError(
+                f"no profile named {name!r} (in {home() / 'profiles'})",
+                hint=(f"did you mean --profile {close[0]}? " if close else "")
+                + (f"The saved profiles are: {', '.join(saved)}. " if saved else "No profile is saved yet. ")
+                + f"Create it with: cleanroom profile save {name} --url URL --token-stdin",
+            )
         else:
             profile = cls(name=name)
         profile.url = os.environ.get("CLEANROOM_URL") or profile.url

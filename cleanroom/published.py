@@ -34,14 +34,28 @@ from cleanroom.sandbox.vocabulary import PID
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["TYPES", "Column", "Schema", "declared_stats", "load_schema_file", "make_mock", "publish",
-           "published_schema", "to_records"]
+__all__ = [
+    "TYPES",
+    "Column",
+    "Schema",
+    "declared_stats",
+    "load_schema_file",
+    "make_mock",
+    "publish",
+    "published_schema",
+    "to_records",
+]
 
 TYPES = ("integer", "number", "boolean", "string", "date", "datetime")
 
 
-_ARROW = {"integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_(), "string": pa.string(),
-          "date": pa.date32()}
+_ARROW = {
+    "integer": pa.int64(),
+    "number": pa.float64(),
+    "boolean": pa.bool_(),
+    "string": pa.string(),
+    "date": pa.date32(),
+}
 
 
 @dataclass
@@ -128,8 +142,9 @@ def load_schema_file(path: str | Path) -> Schema:
     try:
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, ValueError) as exc:
-        raise ValidationError(f"{path.name} is not valid {path.suffix.lstrip('.').upper()}: {exc}",
-                              hint="schema files are .json or .toml") from exc
+        raise ValidationError(
+            f"{path.name} is not valid {path.suffix.lstrip('.').upper()}: {exc}", hint="schema files are .json or .toml"
+        ) from exc
     return Schema.from_dict(data)
 
 
@@ -144,8 +159,10 @@ def declared_stats(col: Column, rule: Any) -> dict[str, Any]:
     domain = getattr(rule, "domain", None)
     if bounds is not None and col.type in ("integer", "number"):
         low, high = bounds
-        out.update(min=int(math.ceil(low)) if col.type == "integer" else float(low),
-                   max=int(math.floor(high)) if col.type == "integer" else float(high))
+        out.update(
+            min=int(math.ceil(low)) if col.type == "integer" else float(low),
+            max=int(math.floor(high)) if col.type == "integer" else float(high),
+        )
     if domain is not None and col.type == "string":
         out["categories"] = dict.fromkeys(domain, 1)
     return out
@@ -264,9 +281,16 @@ def to_records(frame: pd.DataFrame, schema: Schema | None = None) -> list[dict[s
     integers = {c.name for c in schema.columns if c.type == "integer"} if schema else set()
     rows = []
     for record in frame.astype(object).where(frame.notna(), None).to_dict(orient="records"):
-        rows.append({k: v.isoformat() if isinstance(v, dt.date | pd.Timestamp)
-                     else int(v) if k in integers and v is not None else _plain(v)
-                     for k, v in record.items()})
+        rows.append(
+            {
+                k: v.isoformat()
+                if isinstance(v, dt.date | pd.Timestamp)
+                else int(v)
+                if k in integers and v is not None
+                else _plain(v)
+                for k, v in record.items()
+            }
+        )
     return rows
 
 

@@ -39,8 +39,10 @@ def name_rule(spec: Any, inputs: Mapping[str, Mapping[str, Any]]) -> Any:
     schemas = {}
     for name, ds in inputs.items():
         rules = (ds.get("policy") or {}).get("columns") or {}
-        schemas[name] = {str(c["name"]): _published(c, rules.get(c["name"]) or {})
-                         for c in (ds.get("schema") or {}).get("columns", [])}
+        schemas[name] = {
+            str(c["name"]): _published(c, rules.get(c["name"]) or {})
+            for c in (ds.get("schema") or {}).get("columns", [])
+        }
     steps = [{"params": s.params} for s in spec.steps]
     return NameRule.from_request({"schemas": schemas, "job_strings": job_strings(steps)})
 
@@ -60,8 +62,9 @@ def _declared(manifest: Mapping[str, Any], params: Mapping[str, Any], key: str) 
     return params.get(key, declared.get("default"))
 
 
-def check_spec(spec: Any, plugins: Mapping[str, Mapping[str, Any]], inputs: Mapping[str, Mapping[str, Any]],
-               effective: Any) -> None:
+def check_spec(
+    spec: Any, plugins: Mapping[str, Mapping[str, Any]], inputs: Mapping[str, Mapping[str, Any]], effective: Any
+) -> None:
     """Raise `PolicyError` (with `details.check`, the release check's name) for the first release check
     the spec fails before any data is read; `effective` is the job's combined policy."""
     from cleanroom.sandbox.names import UnsafeName
@@ -79,12 +82,20 @@ def check_spec(spec: Any, plugins: Mapping[str, Mapping[str, Any]], inputs: Mapp
                 rule.check([column], role, forbidden)
             except UnsafeName as exc:
                 typo = "derived from a column the policy" not in str(exc)
-                raise _refuse("names", f"{label}: {role} {column!r} is "
-                              + ("neither an input column nor derived from one by a known suffix, a published "
-                                 "category or a string of the job spec" if typo else
-                                 "derived from a column a policy marks never_output or join_only"), i,
-                              hint="check the spelling against `cleanroom dataset show`" if typo else
-                              "leave that column out: it never leaves the room") from None
+                raise _refuse(
+                    "names",
+                    f"{label}: {role} {column!r} is "
+                    + (
+                        "neither an input column nor derived from one by a known suffix, a published "
+                        "category or a string of the job spec"
+                        if typo
+                        else "derived from a column a policy marks never_output or join_only"
+                    ),
+                    i,
+                    hint="check the spelling against `cleanroom dataset show`"
+                    if typo
+                    else "leave that column out: it never leaves the room",
+                ) from None
 
     group_specs = []
     for i, step in enumerate(spec.steps):
@@ -105,30 +116,57 @@ def check_spec(spec: Any, plugins: Mapping[str, Mapping[str, Any]], inputs: Mapp
                 if isinstance(column, str):
                     names([column], "metric column", i, label)
                 if dp and isinstance(agg, str) and agg not in aggregates.DP_AGGS:
-                    raise _refuse("aggregate:spec", f"{label}: {agg} is not available with differential "
-                                  f"privacy (only {', '.join(aggregates.DP_AGGS)})", i)
+                    raise _refuse(
+                        "aggregate:spec",
+                        f"{label}: {agg} is not available with differential "
+                        f"privacy (only {', '.join(aggregates.DP_AGGS)})",
+                        i,
+                    )
                 if dp and isinstance(column, str) and column not in bounds:
-                    raise _refuse("aggregate:spec", f"{label}: a DP {agg} of {column!r} needs declared bounds "
-                                  "for that column", i, hint="the owners declare them in the policy "
-                                  "([columns.<name>] bounds) or the job spec ([outputs.bounds])")
+                    raise _refuse(
+                        "aggregate:spec",
+                        f"{label}: a DP {agg} of {column!r} needs declared bounds for that column",
+                        i,
+                        hint="the owners declare them in the policy "
+                        "([columns.<name>] bounds) or the job spec ([outputs.bounds])",
+                    )
         elif kind == "model":
             estimator = _declared(manifest, step.params, "estimator")
             if isinstance(estimator, str):
                 if estimator in models.ESTIMATORS and estimator not in effective.estimators:
-                    raise _refuse("model:estimator", f"{label}: estimator {estimator!r} is not allowed by the "
-                                  f"inputs' policies (allowed: {', '.join(sorted(effective.estimators)) or 'none'})",
-                                  i)
+                    raise _refuse(
+                        "model:estimator",
+                        f"{label}: estimator {estimator!r} is not allowed by the "
+                        f"inputs' policies (allowed: {', '.join(sorted(effective.estimators)) or 'none'})",
+                        i,
+                    )
                 if estimator in models.DP_ONLY and not dp:
-                    raise _refuse("model:estimator", f"{label}: {estimator!r} is fitted only with differential "
-                                  "privacy, and this job's inputs are in exact mode", i)
+                    raise _refuse(
+                        "model:estimator",
+                        f"{label}: {estimator!r} is fitted only with differential "
+                        "privacy, and this job's inputs are in exact mode",
+                        i,
+                    )
                 if estimator in models.ROW_STORING and not effective.allow_row_storing and not dp:
-                    raise _refuse("model:estimator", f"{label}: {estimator!r} stores training rows; the "
-                                  "policies do not allow it", i)
+                    raise _refuse(
+                        "model:estimator",
+                        f"{label}: {estimator!r} stores training rows; the policies do not allow it",
+                        i,
+                    )
                 leaf = _declared(manifest, step.params, "min_samples_leaf")
-                if (not dp and estimator in models.TREE_FAMILY and isinstance(leaf, int)
-                        and not isinstance(leaf, bool) and leaf < effective.k):
-                    raise _refuse("model:min_samples_leaf", f"{label}: min_samples_leaf = {leaf} is below the "
-                                  f"policies' k = {effective.k}", i, hint=f"set min_samples_leaf >= {effective.k}")
+                if (
+                    not dp
+                    and estimator in models.TREE_FAMILY
+                    and isinstance(leaf, int)
+                    and not isinstance(leaf, bool)
+                    and leaf < effective.k
+                ):
+                    raise _refuse(
+                        "model:min_samples_leaf",
+                        f"{label}: min_samples_leaf = {leaf} is below the policies' k = {effective.k}",
+                        i,
+                        hint=f"set min_samples_leaf >= {effective.k}",
+                    )
             target = _declared(manifest, step.params, "target")
             features = _declared(manifest, step.params, "features")
             columns = [c for c in features if isinstance(c, str)] if isinstance(features, list) else []
@@ -138,14 +176,22 @@ def check_spec(spec: Any, plugins: Mapping[str, Mapping[str, Any]], inputs: Mapp
             if dp and estimator in dp_plan.DP_ESTIMATORS:
                 unbounded = [c for c in columns + ([target] if isinstance(target, str) else []) if c not in bounds]
                 if unbounded:
-                    raise _refuse("model:bounds", f"{label}: a model {mode} needs declared bounds for every "
-                                  f"feature and the target: none for {', '.join(map(repr, unbounded[:10]))}", i,
-                                  hint="the owners declare them in the policy ([columns.<name>] bounds) or the "
-                                  "job spec ([outputs.bounds])")
+                    raise _refuse(
+                        "model:bounds",
+                        f"{label}: a model {mode} needs declared bounds for every "
+                        f"feature and the target: none for {', '.join(map(repr, unbounded[:10]))}",
+                        i,
+                        hint="the owners declare them in the policy ([columns.<name>] bounds) or the "
+                        "job spec ([outputs.bounds])",
+                    )
     if not dp and len(group_specs) > 1:
         try:
             aggregates.check_nesting(group_specs, rule.roots)
         except aggregates.AggregateError as exc:
-            raise _refuse("aggregate:nesting", f"{exc}", hint="without DP, two tables may not group by nested "
-                          "columns (one table's group-by a subset of the other's); keep one of them, group "
-                          "both by the same columns, or run the job with differential privacy") from None
+            raise _refuse(
+                "aggregate:nesting",
+                f"{exc}",
+                hint="without DP, two tables may not group by nested "
+                "columns (one table's group-by a subset of the other's); keep one of them, group "
+                "both by the same columns, or run the job with differential privacy",
+            ) from None

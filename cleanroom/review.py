@@ -29,45 +29,205 @@ __all__ = ["ALLOWED_MODULES", "Finding", "Report", "hidden_text", "review", "rev
 
 REVIEW_VERSION = 2  # 2: hidden characters and confusable identifiers
 MAX_HIDDEN_FINDINGS = 20  # per file: the first ones make the point, then one count
-ALLOWED_MODULES = frozenset({
-    "pandas", "numpy", "scipy", "sklearn", "math", "statistics", "collections", "itertools", "functools",
-    "re", "datetime", "dataclasses", "typing", "json", "decimal", "fractions", "operator", "string", "enum",
-    "cleanroom.hookspecs", "cleanroom.plugin_helpers", "__future__",  # the public plugin API (shims)
-})
+ALLOWED_MODULES = frozenset(
+    {
+        "pandas",
+        "numpy",
+        "scipy",
+        "sklearn",
+        "math",
+        "statistics",
+        "collections",
+        "itertools",
+        "functools",
+        "re",
+        "datetime",
+        "dataclasses",
+        "typing",
+        "json",
+        "decimal",
+        "fractions",
+        "operator",
+        "string",
+        "enum",
+        "cleanroom.hookspecs",
+        "cleanroom.plugin_helpers",
+        "__future__",  # the public plugin API (shims)
+    }
+)
 TEST_MODULES = frozenset({"pytest", "pluggy"})  # extra modules that test files may import
 WHY = {
-    "runs commands or touches the system": ("os", "subprocess", "sys", "pty", "shutil", "signal", "resource",
-                                            "posix", "fcntl", "mmap", "gc", "site", "atexit"),
-    "opens network connections": ("socket", "ssl", "urllib", "http", "requests", "httpx", "urllib3",
-                                  "aiohttp", "ftplib", "smtplib", "telnetlib", "xmlrpc", "asyncio"),
+    "runs commands or touches the system": (
+        "os",
+        "subprocess",
+        "sys",
+        "pty",
+        "shutil",
+        "signal",
+        "resource",
+        "posix",
+        "fcntl",
+        "mmap",
+        "gc",
+        "site",
+        "atexit",
+    ),
+    "opens network connections": (
+        "socket",
+        "ssl",
+        "urllib",
+        "http",
+        "requests",
+        "httpx",
+        "urllib3",
+        "aiohttp",
+        "ftplib",
+        "smtplib",
+        "telnetlib",
+        "xmlrpc",
+        "asyncio",
+    ),
     "loads native code": ("ctypes", "cffi", "numpy.ctypeslib", "numpy.f2py", "numpy.distutils"),
-    "deserialises code (pickle)": ("pickle", "marshal", "shelve", "joblib", "dill", "cloudpickle",
-                                   "pandas.io.pickle", "copyreg"),
-    "loads or inspects code": ("importlib", "builtins", "inspect", "types", "code", "codeop", "runpy",
-                               "pkgutil", "zipimport"),
+    "deserialises code (pickle)": (
+        "pickle",
+        "marshal",
+        "shelve",
+        "joblib",
+        "dill",
+        "cloudpickle",
+        "pandas.io.pickle",
+        "copyreg",
+    ),
+    "loads or inspects code": (
+        "importlib",
+        "builtins",
+        "inspect",
+        "types",
+        "code",
+        "codeop",
+        "runpy",
+        "pkgutil",
+        "zipimport",
+    ),
     "runs threads or processes": ("threading", "_thread", "multiprocessing", "concurrent"),
-    "reads or writes files": ("io", "pathlib", "tempfile", "glob", "fileinput", "scipy.io", "pandas.io.sql",
-                              "pandas.io.clipboard", "pandas.io.clipboards"),
+    "reads or writes files": (
+        "io",
+        "pathlib",
+        "tempfile",
+        "glob",
+        "fileinput",
+        "scipy.io",
+        "pandas.io.sql",
+        "pandas.io.clipboard",
+        "pandas.io.clipboards",
+    ),
 }
 DANGEROUS = {module: why for why, modules in WHY.items() for module in modules}
-ALWAYS_BLOCKED = {"eval", "exec", "compile", "__import__", "globals", "locals", "vars", "breakpoint",
-                  "__builtins__", "__loader__", "__spec__"}
+ALWAYS_BLOCKED = {
+    "eval",
+    "exec",
+    "compile",
+    "__import__",
+    "globals",
+    "locals",
+    "vars",
+    "breakpoint",
+    "__builtins__",
+    "__loader__",
+    "__spec__",
+}
 WATCHED_BUILTINS = ALWAYS_BLOCKED | {"open", "getattr", "setattr", "delattr", "hasattr"}
-DANGEROUS_DUNDERS = ("__subclasses__", "__globals__", "__builtins__", "__code__", "__class__", "__bases__",
-                     "__base__", "__mro__", "__dict__", "__closure__", "__func__", "__self__",
-                     "__getattribute__", "__reduce__", "__reduce_ex__", "__import__", "__loader__",
-                     "__spec__", "__init_subclass__")
-FRAME_ATTRS = {"f_globals", "f_locals", "f_builtins", "f_back", "gi_frame", "cr_frame", "ag_frame",
-               "tb_frame", "co_code", "func_globals"}
-SAFE_DUNDERS = {"__init__", "__name__", "__doc__", "__qualname__", "__post_init__", "__len__", "__iter__",
-                "__next__", "__eq__", "__hash__", "__repr__", "__str__", "__version__", "__all__"}
+DANGEROUS_DUNDERS = (
+    "__subclasses__",
+    "__globals__",
+    "__builtins__",
+    "__code__",
+    "__class__",
+    "__bases__",
+    "__base__",
+    "__mro__",
+    "__dict__",
+    "__closure__",
+    "__func__",
+    "__self__",
+    "__getattribute__",
+    "__reduce__",
+    "__reduce_ex__",
+    "__import__",
+    "__loader__",
+    "__spec__",
+    "__init_subclass__",
+)
+FRAME_ATTRS = {
+    "f_globals",
+    "f_locals",
+    "f_builtins",
+    "f_back",
+    "gi_frame",
+    "cr_frame",
+    "ag_frame",
+    "tb_frame",
+    "co_code",
+    "func_globals",
+}
+SAFE_DUNDERS = {
+    "__init__",
+    "__name__",
+    "__doc__",
+    "__qualname__",
+    "__post_init__",
+    "__len__",
+    "__iter__",
+    "__next__",
+    "__eq__",
+    "__hash__",
+    "__repr__",
+    "__str__",
+    "__version__",
+    "__all__",
+}
 DUNDER_IN_STRING = re.compile("|".join(re.escape(d) for d in DANGEROUS_DUNDERS))
-READERS = {"read_csv", "read_table", "read_fwf", "read_json", "read_parquet", "read_feather", "read_excel",
-           "read_hdf", "read_sql", "read_sql_query", "read_sql_table", "read_html", "read_xml", "read_orc",
-           "read_sas", "read_spss", "read_stata", "read_clipboard", "read_gbq"}
-WRITERS = {"to_csv", "to_json", "to_parquet", "to_feather", "to_hdf", "to_excel", "to_stata", "to_html",
-           "to_latex", "to_markdown", "to_xml", "to_orc", "to_string", "to_pickle", "to_clipboard", "to_sql",
-           "tofile", "dump"}
+READERS = {
+    "read_csv",
+    "read_table",
+    "read_fwf",
+    "read_json",
+    "read_parquet",
+    "read_feather",
+    "read_excel",
+    "read_hdf",
+    "read_sql",
+    "read_sql_query",
+    "read_sql_table",
+    "read_html",
+    "read_xml",
+    "read_orc",
+    "read_sas",
+    "read_spss",
+    "read_stata",
+    "read_clipboard",
+    "read_gbq",
+}
+WRITERS = {
+    "to_csv",
+    "to_json",
+    "to_parquet",
+    "to_feather",
+    "to_hdf",
+    "to_excel",
+    "to_stata",
+    "to_html",
+    "to_latex",
+    "to_markdown",
+    "to_xml",
+    "to_orc",
+    "to_string",
+    "to_pickle",
+    "to_clipboard",
+    "to_sql",
+    "tofile",
+    "dump",
+}
 ALWAYS_WRITES = {"to_pickle", "to_clipboard", "to_sql", "tofile"}
 PATH_KWARGS = {"path", "path_or_buf", "path_or_buffer", "buf", "excel_writer", "fname", "file", "con"}
 NUMPY_WRITES = {"save", "savez", "savez_compressed", "savetxt", "memmap", "lib.format.open_memmap"}
@@ -105,9 +265,13 @@ class Report:
         return not self.blocking
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": REVIEW_VERSION, "files": list(self.files),
-                "findings": [asdict(f) for f in self.findings],
-                "blocking": len(self.blocking), "warnings": len(self.warnings)}
+        return {
+            "version": REVIEW_VERSION,
+            "files": list(self.files),
+            "findings": [asdict(f) for f in self.findings],
+            "blocking": len(self.blocking),
+            "warnings": len(self.warnings),
+        }
 
 
 def _within(name: str, prefixes: Any) -> str | None:
@@ -132,8 +296,10 @@ class _Checker(ast.NodeVisitor):
         self.aliases: dict[str, str] = {}
         self.findings: list[Finding] = []
         self.calls: dict[str, Callable[[ast.AST, ast.Call | None, str], None]] = {
-            "builtins.open": self._open, "numpy.load": self._numpy_load,
-            "operator.attrgetter": self._getter, "operator.methodcaller": self._getter,
+            "builtins.open": self._open,
+            "numpy.load": self._numpy_load,
+            "operator.attrgetter": self._getter,
+            "operator.methodcaller": self._getter,
             **{f"builtins.{n}": self._attr_func for n in ("getattr", "setattr", "delattr", "hasattr")},
         }
 
@@ -163,11 +329,21 @@ class _Checker(ast.NodeVisitor):
             if module.split(".")[0] in self.local:
                 if self.is_test:  # test runners put the folder on sys.path; the sandbox never runs tests
                     return
-                self.add(node, "local-absolute-import", "warning", f"import {module} of the bundle's own "
-                         "module: bundles are imported as packages, use a relative import (from . import x)")
+                self.add(
+                    node,
+                    "local-absolute-import",
+                    "warning",
+                    f"import {module} of the bundle's own "
+                    "module: bundles are imported as packages, use a relative import (from . import x)",
+                )
             else:
-                self.add(node, "import-not-allowed", "blocking", f"import of {module} is outside the "
-                         f"allow-list ({', '.join(sorted(ALLOWED_MODULES - {'__future__'}))})")
+                self.add(
+                    node,
+                    "import-not-allowed",
+                    "blocking",
+                    f"import of {module} is outside the "
+                    f"allow-list ({', '.join(sorted(ALLOWED_MODULES - {'__future__'}))})",
+                )
 
     def visit_Import(self, node: ast.Import) -> None:
         for a in node.names:
@@ -212,8 +388,7 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Constant(self, node: ast.Constant) -> None:
         if isinstance(node.value, str) and (m := DUNDER_IN_STRING.search(node.value)):
-            self.add(node, "dunder-string", "blocking",
-                     f"string mentions {m.group(0)} (attribute access by name)")
+            self.add(node, "dunder-string", "blocking", f"string mentions {m.group(0)} (attribute access by name)")
 
     def _ref(self, node: ast.AST, call: ast.Call | None) -> None:
         """Check a name or attribute chain, once for the whole chain; `call` when it is being called."""
@@ -271,12 +446,17 @@ class _Checker(ast.NodeVisitor):
         if attr == "read_pickle" or attr == "to_pickle":
             self.add(node, "unsafe-deserialisation", "blocking", f"{attr} uses pickle files")
         elif attr in READERS:
-            self.add(node, "file-read", "blocking", f"{attr} reads a file or URL; plugins get their data as "
-                     "DataFrames")
+            self.add(node, "file-read", "blocking", f"{attr} reads a file or URL; plugins get their data as DataFrames")
         elif attr in WRITERS and not dotted.startswith("json."):
-            writes = attr in ALWAYS_WRITES or call is None or bool(call.args) or any(
-                k.arg in PATH_KWARGS and not (isinstance(k.value, ast.Constant) and k.value.value is None)
-                for k in call.keywords)
+            writes = (
+                attr in ALWAYS_WRITES
+                or call is None
+                or bool(call.args)
+                or any(
+                    k.arg in PATH_KWARGS and not (isinstance(k.value, ast.Constant) and k.value.value is None)
+                    for k in call.keywords
+                )
+            )
             if writes:
                 self.add(node, "file-write", "blocking", f"{attr} with a path writes a file")
         elif attr in ("eval", "query"):
@@ -288,10 +468,14 @@ class _Checker(ast.NodeVisitor):
         if call is None:
             self.add(node, "file-write", "blocking", "open referenced without a call (its mode is hidden)")
             return
-        mode = call.args[1] if len(call.args) > 1 else next(
-            (k.value for k in call.keywords if k.arg == "mode"), ast.Constant("r"))
+        mode = (
+            call.args[1]
+            if len(call.args) > 1
+            else next((k.value for k in call.keywords if k.arg == "mode"), ast.Constant("r"))
+        )
         if any(k.arg is None or k.arg == "opener" for k in call.keywords) or any(
-                isinstance(a, ast.Starred) for a in call.args):
+            isinstance(a, ast.Starred) for a in call.args
+        ):
             self.add(node, "file-write", "blocking", "open with computed arguments")
         elif not (isinstance(mode, ast.Constant) and isinstance(mode.value, str)):
             self.add(node, "file-write", "blocking", "open with a computed mode")
@@ -318,8 +502,7 @@ class _Checker(ast.NodeVisitor):
 
     def _getter(self, node: ast.AST, call: ast.Call | None, name: str) -> None:
         names = call.args[:1] if call is not None and name == "methodcaller" else (call.args if call else [])
-        literal = all(isinstance(a, ast.Constant) and isinstance(a.value, str) and "__" not in a.value
-                      for a in names)
+        literal = all(isinstance(a, ast.Constant) and isinstance(a.value, str) and "__" not in a.value for a in names)
         if call is None or not names or not literal:
             self.add(node, "dynamic-attribute", "blocking", f"operator.{name} with computed or special names")
 
@@ -333,13 +516,15 @@ def review_source(path: str, source: bytes, local_modules: set[str] | None = Non
     try:
         text = source.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return [Finding(path, source[:exc.start].count(b"\n") + 1, 1, "encoding", "blocking",
-                        "the file is not valid UTF-8")]
+        return [
+            Finding(
+                path, source[: exc.start].count(b"\n") + 1, 1, "encoding", "blocking", "the file is not valid UTF-8"
+            )
+        ]
     try:
         tree = ast.parse(text, filename=path)
     except SyntaxError as exc:
-        return [Finding(path, exc.lineno or 1, exc.offset or 1, "syntax-error", "blocking",
-                        f"syntax error: {exc.msg}")]
+        return [Finding(path, exc.lineno or 1, exc.offset or 1, "syntax-error", "blocking", f"syntax error: {exc.msg}")]
     except ValueError as exc:  # e.g. NUL bytes
         return [Finding(path, 1, 1, "syntax-error", "blocking", f"cannot parse: {exc}")]
     return _Checker(path, local_modules or set()).check(tree)
@@ -364,11 +549,27 @@ def hidden_text(path: str, data: bytes) -> list[Finding]:
     for offset, char, what in hidden[:MAX_HIDDEN_FINDINGS]:
         line = text.count("\n", 0, offset) + 1
         col = offset - (text.rfind("\n", 0, offset) + 1) + 1
-        findings.append(Finding(path, line, col, "hidden-character", "blocking",
-                                f"{marker(char)} is {what}: the text is not what the page seems to show"))
+        findings.append(
+            Finding(
+                path,
+                line,
+                col,
+                "hidden-character",
+                "blocking",
+                f"{marker(char)} is {what}: the text is not what the page seems to show",
+            )
+        )
     if len(hidden) > MAX_HIDDEN_FINDINGS:
-        findings.append(Finding(path, 1, 1, "hidden-character", "blocking",
-                                f"{len(hidden) - MAX_HIDDEN_FINDINGS} more hidden characters in this file"))
+        findings.append(
+            Finding(
+                path,
+                1,
+                1,
+                "hidden-character",
+                "blocking",
+                f"{len(hidden) - MAX_HIDDEN_FINDINGS} more hidden characters in this file",
+            )
+        )
     if path.endswith(".py"):
         findings.extend(_confusable_names(path, text))
     return findings
@@ -385,9 +586,16 @@ def _confusable_names(path: str, text: str) -> list[Finding]:
             folded = unicodedata.normalize("NFKC", tok.string)
             shown = "".join(c if c.isascii() else marker(c) for c in tok.string)
             reads = f" (Python reads it as {folded})" if folded.isascii() else ""
-            findings.append(Finding(path, tok.start[0], tok.start[1] + 1, "confusable-identifier", "blocking",
-                                    f"the name {shown} has non-ASCII letters{reads}: it can look like "
-                                    "another name"))
+            findings.append(
+                Finding(
+                    path,
+                    tok.start[0],
+                    tok.start[1] + 1,
+                    "confusable-identifier",
+                    "blocking",
+                    f"the name {shown} has non-ASCII letters{reads}: it can look like another name",
+                )
+            )
             if len(findings) >= MAX_HIDDEN_FINDINGS:
                 break
     return findings
@@ -403,8 +611,11 @@ def review(bundle: Bundle) -> Report:
         if path.endswith(".py"):
             report.findings.extend(review_source(path, bundle.files[path], local))
     entry, hook = bundle.manifest.get("entry"), HOOK_BY_KIND.get(str(bundle.manifest.get("kind")))
-    if entry in bundle.files and hook and not any(f.file == entry and f.rule in ("syntax-error", "encoding")
-                                                  for f in report.findings):
+    if (
+        entry in bundle.files
+        and hook
+        and not any(f.file == entry and f.rule in ("syntax-error", "encoding") for f in report.findings)
+    ):
         tree = ast.parse(bundle.files[entry].decode("utf-8"))
         if not any(isinstance(n, ast.FunctionDef) and n.name == hook for n in tree.body):
             message = f"the entry defines no top-level {hook}() for a {bundle.kind} plugin"

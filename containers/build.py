@@ -117,8 +117,12 @@ IMAGES = {
         repo="cleanroom-sandbox",
         dockerfile="containers/sandbox.Dockerfile",
         requirements="containers/requirements-sandbox.txt",
-        sources=("cleanroom/__init__.py", "cleanroom/hookspecs.py", "cleanroom/plugin_helpers.py",
-                 "cleanroom/sandbox/**"),
+        sources=(
+            "cleanroom/__init__.py",
+            "cleanroom/hookspecs.py",
+            "cleanroom/plugin_helpers.py",
+            "cleanroom/sandbox/**",
+        ),
     ),
     "app": ImageSpec(
         name="app",
@@ -182,6 +186,7 @@ class Timings:
 
 TIMINGS = Timings()
 
+
 def in_parallel(*jobs: Callable[[], object]) -> None:
     """Run `jobs` in threads; once all have ended, raise the first failure."""
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
@@ -192,9 +197,7 @@ def in_parallel(*jobs: Callable[[], object]) -> None:
             raise error
 
 
-def run_streaming(
-    cmd: list[str], *, cwd: Path | None = None, stdin: int | None = None, tag: str = ""
-) -> int:
+def run_streaming(cmd: list[str], *, cwd: Path | None = None, stdin: int | None = None, tag: str = "") -> int:
     """Run `cmd`, echoing its output indented (and tagged, when stages run at once); return the exit code."""
     proc = subprocess.Popen(
         cmd,
@@ -265,8 +268,7 @@ def shared_stage(dockerfile: Path) -> str:
     end = [i for i, line in enumerate(lines) if line.rstrip() == DEPS_END]
     if len(begin) != 1 or len(end) != 1 or end[0] < begin[0]:
         raise BuildError(
-            f"{dockerfile.name}: the deps stage must sit between one '{DEPS_BEGIN} ...' line and one "
-            f"'{DEPS_END}' line"
+            f"{dockerfile.name}: the deps stage must sit between one '{DEPS_BEGIN} ...' line and one '{DEPS_END}' line"
         )
     return "".join(lines[begin[0] : end[0] + 1])
 
@@ -313,9 +315,7 @@ def image_id(ref: str) -> str | None:
 
 def check_docker() -> None:
     if shutil.which("docker") is None:
-        raise BuildError(
-            "docker CLI not found: install Docker (apt-get install docker.io) and start the engine"
-        )
+        raise BuildError("docker CLI not found: install Docker (apt-get install docker.io) and start the engine")
     proc = docker("version", "--format", "{{.Server.Version}}", check=False)
     if proc.returncode != 0:
         said = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no answer"
@@ -426,9 +426,7 @@ def debootstrap_base(ref: str) -> None:
             subprocess.run(["umount", "-l", leftover], capture_output=True)
         trim_rootfs(rootfs)
         step(f"base image: importing the tree as {ref}")
-        tar = subprocess.Popen(
-            ["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE
-        )
+        tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         changes = [arg for change in IMPORT_CHANGES for arg in ("--change", change)]
         message = f"cleanroom base: debootstrap {SUITE} minbase + {','.join(BASE_PACKAGES)}"
         imported = subprocess.run(
@@ -714,9 +712,7 @@ def write_env_files(root: Path, values: dict[str, str]) -> None:
     dotenv = root / ".env"
     kept = []
     if dotenv.is_file():
-        kept = [
-            line for line in dotenv.read_text().splitlines() if line.split("=", 1)[0].strip() not in ENV_KEYS
-        ]
+        kept = [line for line in dotenv.read_text().splitlines() if line.split("=", 1)[0].strip() not in ENV_KEYS]
     _write_atomic(dotenv, "\n".join(kept + lines) + "\n")
 
 

@@ -32,8 +32,12 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--url", required=True, help="the room's API, e.g. http://127.0.0.1:8000")
 parser.add_argument("--admin-token", required=True, help="the room's admin token (crt_...)")
 parser.add_argument("--customers", type=int, default=20000, help="customers in each owner's file")
-parser.add_argument("--plugins", type=Path, default=Path(__file__).resolve().parent.parent / "plugins",
-                    help="the folder of built-in plugins (default: the repo's plugins/)")
+parser.add_argument(
+    "--plugins",
+    type=Path,
+    default=Path(__file__).resolve().parent.parent / "plugins",
+    help="the folder of built-in plugins (default: the repo's plugins/)",
+)
 parser.add_argument("--workdir", type=Path, default=None, help="where to write the raw files and results")
 parser.add_argument("--tag", default=None, help="suffix for org and dataset names (default: random)")
 parser.add_argument("--ca-file", default=None, help="CA bundle when the room serves HTTPS")
@@ -85,18 +89,30 @@ people["region"] = rng.choice(["north", "south", "east", "west"], len(people))
 people["visits"] = rng.poisson(12, len(people))
 people["category"] = rng.choice(["grocery", "electronics", "fashion", "home"], len(people))
 lift = people["category"].map({"grocery": 0, "electronics": 180, "fashion": 90, "home": 60})
-people["spend"] = (120 + 0.012 * people["income"] + 14 * people["visits"] + 2.5 * people["age"] + lift
-                   + rng.normal(0, 60, len(people))).clip(0, 5000).round(2)
+people["spend"] = (
+    (
+        120
+        + 0.012 * people["income"]
+        + 14 * people["visits"]
+        + 2.5 * people["age"]
+        + lift
+        + rng.normal(0, 60, len(people))
+    )
+    .clip(0, 5000)
+    .round(2)
+)
 people.loc[rng.random(len(people)) < 0.02, "tenure_years"] = np.nan  # real files have gaps
 
 retail_rows = people.sample(n, random_state=1)
 retail_rows = retail_rows.assign(email=retail_rows["customer_id"].str.lower() + "@example.com")
 retail_rows[["customer_id", "email", "spend", "visits", "category", "region"]].to_csv(
-    work / "retail_purchases.csv", index=False)
+    work / "retail_purchases.csv", index=False
+)
 bank_rows = people.sample(n, random_state=2)
 bank_rows = bank_rows.assign(full_name="Customer " + bank_rows["customer_id"].str[1:], phone="+44 20 7946 0000")
 bank_rows[["customer_id", "full_name", "phone", "age", "income", "tenure_years", "segment"]].to_csv(
-    work / "bank_customers.csv", index=False)
+    work / "bank_customers.csv", index=False
+)
 
 # %% 4. Policies: each owner's word on what may leave the room (docs/policy.md) -------------------------
 # Differential privacy is the default: each dataset has a lifetime budget (epsilon 3), each job spends
@@ -144,8 +160,10 @@ domain = ["mass", "affluent"]
 #   cleanroom dataset upload purchases.csv --name ... --policy ... --id-column customer_id --join-secret ...
 join_secret = secrets.token_bytes(32)
 retail_ds, bank_ds = f"retail.purchases-{tag}", f"bank.customers-{tag}"
-for owner, path, name, policy in ((retailer, work / "retail_purchases.csv", retail_ds, retail_policy),
-                                  (bank, work / "bank_customers.csv", bank_ds, bank_policy)):
+for owner, path, name, policy in (
+    (retailer, work / "retail_purchases.csv", retail_ds, retail_policy),
+    (bank, work / "bank_customers.csv", bank_ds, bank_policy),
+):
     ds = owner.upload_dataset(path, name=name, policy=policy, id_column="customer_id", join_secret=join_secret)
     print(f"uploaded {ds['name']}: {ds['row_count']} rows, columns {ds['columns']}")
 
@@ -183,19 +201,19 @@ dataset = "{retail_ds}"
 dataset = "{bank_ds}"
 
 [[steps]]
-plugin = "{ids['drop-identifiers']}"
+plugin = "{ids["drop-identifiers"]}"
 params = {{ missing_ok = true }}
 [[steps]]
-plugin = "{ids['impute']}"
+plugin = "{ids["impute"]}"
 params = {{ columns = ["tenure_years"], strategy = "constant", fill_value = 0 }}   # per row: fine under DP
 [[steps]]
-plugin = "{ids['one-hot']}"
+plugin = "{ids["one-hot"]}"
 params = {{ columns = ["category", "segment"] }}
 [[steps]]
-plugin = "{ids['linear-model']}"
+plugin = "{ids["linear-model"]}"
 params = {{ estimator = "ridge", target = "spend", alpha = 1.0 }}
 [[steps]]
-plugin = "{ids['group-aggregate']}"
+plugin = "{ids["group-aggregate"]}"
 params = {{ name = "spend_by_region", group_by = ["region"], metrics = [{{ agg = "count" }},
                                                                         {{ agg = "mean", column = "spend" }}] }}
 
@@ -214,13 +232,16 @@ segment_affluent = [0, 1]
 (work / "spend-model.toml").write_text(spec)
 #   cleanroom job cost spend-model.toml   (the dry run: the privacy charge and the noise, nothing runs)
 cost = analyst.job_cost(spec)
-print(f"the job will spend epsilon {cost['plan']['epsilon']:g}, delta {cost['plan']['delta']:g} of each dataset's "
-      "budget, at submission, for good")
+print(
+    f"the job will spend epsilon {cost['plan']['epsilon']:g}, delta {cost['plan']['delta']:g} of each dataset's "
+    "budget, at submission, for good"
+)
 job = analyst.submit_job(spec)  # refused right here, with the reason, if a policy or approval is missing
 # The retailer, an input owner, sees the phases, the end and (on failure) the error class and log; the
 # analyst sees only `running` until the job's outcome time, then `released` or `nothing_released`.
-final = retailer.wait_job(job["id"], timeout=900,
-                          on_update=lambda j: print(f"job {j['id']}: {j['status']} {j.get('phase') or ''}".rstrip()))
+final = retailer.wait_job(
+    job["id"], timeout=900, on_update=lambda j: print(f"job {j['id']}: {j['status']} {j.get('phase') or ''}".rstrip())
+)
 if final["status"] != "succeeded":
     raise SystemExit(f"the job ended {final['status']} ({final.get('error_class')}): cleanroom job logs {job['id']}")
 

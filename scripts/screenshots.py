@@ -36,12 +36,20 @@ def chromium() -> Any:
     binary = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or shutil.which("chromium-browser")
     driver_bin = os.environ.get("CHROMEDRIVER_BIN") or shutil.which("chromedriver")
     if not binary or not driver_bin:
-        raise SystemExit("needs chromium and chromedriver: scripts/prereqs.sh test (or apt-get install chromium "
-                         "chromium-driver)")
+        raise SystemExit(
+            "needs chromium and chromedriver: scripts/prereqs.sh test (or apt-get install chromium chromium-driver)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,900", "--disable-extensions", "--no-first-run"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=driver_bin), options=options)
     driver.set_page_load_timeout(60)

@@ -46,8 +46,9 @@ class Room:
     def __init__(self, data_dir: Path, **overrides: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.settings = Settings(data_dir=data_dir, port=self.port,
-                                 runner_token_file=str(data_dir / "runner-token"), **overrides)
+        self.settings = Settings(
+            data_dir=data_dir, port=self.port, runner_token_file=str(data_dir / "runner-token"), **overrides
+        )
         self.store = Store(data_dir, self.settings.database_url)
         self.app = create_app(self.settings, self.store)
         self.admin_token: str = self.app.state.bootstrap_token
@@ -116,9 +117,15 @@ class RunnerThread:
         from cleanroom.runner.service import RunnerService
 
         image = os.environ.get("CLEANROOM_SANDBOX_IMAGE", "cleanroom-sandbox:latest")
-        self.settings = Settings(url=room.url, token=room.runner_token, runner_home=home, sandbox_image=image,
-                                 poll_seconds=0.2, job_timeout_seconds=overrides.pop("job_timeout_seconds", 120),
-                                 **overrides)
+        self.settings = Settings(
+            url=room.url,
+            token=room.runner_token,
+            runner_home=home,
+            sandbox_image=image,
+            poll_seconds=0.2,
+            job_timeout_seconds=overrides.pop("job_timeout_seconds", 120),
+            **overrides,
+        )
         self.service = RunnerService(self.settings)
         self.thread = threading.Thread(target=self.service.run, daemon=True)
         self.thread.start()

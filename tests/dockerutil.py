@@ -50,8 +50,9 @@ def job_containers(client: Any, job_id: str) -> list[Any]:
     `warm`, renamed `cleanroom-<job>-<phase>` when the job took them)."""
     from cleanroom.runner.launcher import LABEL, WARM_PHASES, container_name
 
-    found = {c.id: c for c in client.containers.list(all=True, filters={"label": f"{LABEL}={job_id}"},
-                                                     ignore_removed=True)}
+    found = {
+        c.id: c for c in client.containers.list(all=True, filters={"label": f"{LABEL}={job_id}"}, ignore_removed=True)
+    }
     names = {container_name(job_id, phase) for phase in WARM_PHASES}
     for c in client.containers.list(all=True, filters={"name": container_name(job_id, "")}, ignore_removed=True):
         if c.name in names:

@@ -24,8 +24,11 @@ def frame() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-SPEC = {"name": "spend_by_region", "group_by": ["region"],
-        "metrics": [{"agg": "count"}, {"agg": "sum", "column": "spend"}, {"agg": "mean", "column": "spend"}]}
+SPEC = {
+    "name": "spend_by_region",
+    "group_by": ["region"],
+    "metrics": [{"agg": "count"}, {"agg": "sum", "column": "spend"}, {"agg": "mean", "column": "spend"}],
+}
 
 
 def parse(spec: dict, forbidden: set[str] | None = None) -> aggregates.AggregateSpec:
@@ -93,14 +96,22 @@ def test_single_row_aggs_are_refused(agg: str) -> None:
         parse({**SPEC, "metrics": [{"agg": agg, "column": "spend"}]})
 
 
-@pytest.mark.parametrize("spec", [
-    {**SPEC, "name": "../etc"}, {**SPEC, "name": "A"}, {**SPEC, "name": "x" * 65},
-    {**SPEC, "extra": 1}, {**SPEC, "group_by": "region"}, {**SPEC, "group_by": ["nope"]},
-    {**SPEC, "metrics": []}, {**SPEC, "metrics": [{"agg": "sum", "column": "email"}]},
-    {**SPEC, "metrics": [{"agg": "count", "column": "spend"}]},
-    {**SPEC, "metrics": [{"agg": "count"}, {"agg": "count"}]},
-    {**SPEC, "metrics": [{"agg": "sum", "column": "region"}]},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {**SPEC, "name": "../etc"},
+        {**SPEC, "name": "A"},
+        {**SPEC, "name": "x" * 65},
+        {**SPEC, "extra": 1},
+        {**SPEC, "group_by": "region"},
+        {**SPEC, "group_by": ["nope"]},
+        {**SPEC, "metrics": []},
+        {**SPEC, "metrics": [{"agg": "sum", "column": "email"}]},
+        {**SPEC, "metrics": [{"agg": "count", "column": "spend"}]},
+        {**SPEC, "metrics": [{"agg": "count"}, {"agg": "count"}]},
+        {**SPEC, "metrics": [{"agg": "sum", "column": "region"}]},
+    ],
+)
 def test_malformed_specs_are_refused(spec: dict) -> None:
     with pytest.raises(AggregateError):
         parse(spec)
@@ -117,9 +128,13 @@ def test_nested_group_bys_are_refused_without_dp() -> None:
 
 
 def test_dp_adds_noise_suppresses_and_spends_exactly() -> None:
-    big = pd.DataFrame({"_pid": [f"u{i}" for i in range(3000)],
-                        "region": ["north"] * 2000 + ["south"] * 995 + ["tiny"] * 5,
-                        "spend": np.linspace(0, 100, 3000)})
+    big = pd.DataFrame(
+        {
+            "_pid": [f"u{i}" for i in range(3000)],
+            "region": ["north"] * 2000 + ["south"] * 995 + ["tiny"] * 5,
+            "spend": np.linspace(0, 100, 3000),
+        }
+    )
     spec = aggregates.parse_spec(SPEC, big, set())
     budget = dp.Budget(epsilon=1.0, delta=1e-6)
     queries = aggregates.dp_query_count(spec)

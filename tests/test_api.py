@@ -19,8 +19,9 @@ def test_health_and_openapi(room):
     operations = [op for path in spec["paths"].values() for op in path.values()]
     assert "HTTPValidationError" not in str(spec)  # the API answers invalid input with 400, not FastAPI's 422
     declared = [op["responses"][s] for op in operations for s in ("400", "422") if s in op["responses"]]
-    assert declared and all(r["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/Error"
-                            for r in declared)  # a 422 is an integrity error (a signature that does not verify)
+    assert declared and all(
+        r["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/Error" for r in declared
+    )  # a 422 is an integrity error (a signature that does not verify)
     bad = httpx.post(room.url + "/orgs", json={"name": 5}, headers={"authorization": f"Bearer {room.admin_token}"})
     assert bad.status_code == 400 and {"error", "message"} <= set(bad.json())  # what the schema says
 
@@ -51,8 +52,11 @@ def test_bad_input_changes_nothing(room):
         room.admin.create_org("Bad Name!", ["owner"])
     with pytest.raises(ValidationError):
         room.admin.create_org("okname", ["admin"])
-    r = httpx.post(room.url + "/orgs", content=b"{not json", headers={
-        "authorization": f"Bearer {room.admin_token}", "content-type": "application/json"})
+    r = httpx.post(
+        room.url + "/orgs",
+        content=b"{not json",
+        headers={"authorization": f"Bearer {room.admin_token}", "content-type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["error"] == "invalid_input"
     room.admin.create_org("bank", ["owner"])
     with pytest.raises(Conflict):
@@ -88,7 +92,7 @@ def test_audit_chain_verifies_and_catches_tampering(room):
     room.admin.create_org("b-org", ["analyst"])
     assert room.admin.audit_verify()["ok"]
     conn = sqlite3.connect(room.store.db_path)
-    conn.execute("UPDATE audit SET details = '{\"roles\":[\"admin\"]}' WHERE seq = 2")
+    conn.execute('UPDATE audit SET details = \'{"roles":["admin"]}\' WHERE seq = 2')
     conn.commit()
     result = room.admin.audit_verify()
     assert not result["ok"] and result["broken_at"] == 2
@@ -114,8 +118,7 @@ def test_keys_registered_once(room):
     assert me["keys"]["fingerprint"].startswith("SHA256:")
     with pytest.raises(Conflict):
         other = generate_keypair()
-        client.request("PUT", "/orgs/me/keys", json={"enc_public": other.enc_public,
-                                                      "sign_public": other.sign_public})
+        client.request("PUT", "/orgs/me/keys", json={"enc_public": other.enc_public, "sign_public": other.sign_public})
 
 
 def test_unauthenticated_client_error_type(room):

@@ -21,18 +21,29 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def world(room, tmp_path):
     key = crypto.generate_keypair()
-    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-               json={"enc_public": key.enc_public, "sign_public": key.sign_public}).raise_for_status()
+    httpx.post(
+        room.url + "/runner/register",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+        json={"enc_public": key.enc_public, "sign_public": key.sign_public},
+    ).raise_for_status()
     retailer, bank, analyst, _, ids = setup_scenario(room.org, tmp_path, 300)
     return retailer, bank, analyst, ids
 
 
 def payload(client, plugin_id, dataset, **changes):
     ds = client.get_dataset(dataset)
-    p = {"type": "plugin-approval", "plugin_id": plugin_id, "dataset": dataset,
-         "policy_version": ds["policy_version"], "policy_sha256": ds["policy_sha256"],
-         "dataset_sha256": ds["sha256"], "decision": "approve",
-         "reason": "", "org": client.whoami()["name"], "issued_at": time.time()}
+    p = {
+        "type": "plugin-approval",
+        "plugin_id": plugin_id,
+        "dataset": dataset,
+        "policy_version": ds["policy_version"],
+        "policy_sha256": ds["policy_sha256"],
+        "dataset_sha256": ds["sha256"],
+        "decision": "approve",
+        "reason": "",
+        "org": client.whoami()["name"],
+        "issued_at": time.time(),
+    }
     p.update(changes)
     return p
 
@@ -174,21 +185,49 @@ def _finish_with_release(room, room_key, analyst, owners, job_id, detail):
     assert httpx.post(room.url + "/runner/claim", headers=runner).json()["job"] == job_id
     plain = b'{"metrics": {"r2": 0.5}}'
     readers = [c.keys().enc_public for c in (analyst, *owners)]
-    art = httpx.put(f"{room.url}/runner/jobs/{job_id}/artifacts/metrics.json", headers=runner,
-                    content=crypto.encrypt_bytes(plain, readers)).json()
+    art = httpx.put(
+        f"{room.url}/runner/jobs/{job_id}/artifacts/metrics.json",
+        headers=runner,
+        content=crypto.encrypt_bytes(plain, readers),
+    ).json()
     outputs = {"metrics.json": {"sha256": crypto.digest(plain), "bytes": len(plain)}}
-    manifest = {"job_id": job_id, "outputs": outputs, "epsilon_spent": 0.0, "recipient": "acme-analytics",
-                "checks": [{"name": "min_group_size", "passed": True, "detail": detail}],
-                "encrypted_to": ["acme-analytics", "bank", "retailer"]}
-    body = {"type": "cleanroom-receipt", "version": 1, "job_id": job_id, "outputs": outputs,
-            "manifest_sha256": crypto.digest(manifest)}
-    receipt = {"body": body, "signature": room_key.sign(body),
-               "room_keys": {"enc_public": room_key.enc_public, "sign_public": room_key.sign_public,
-                             "fingerprint": crypto.fingerprint(room_key.enc_public + room_key.sign_public)}}
-    done = httpx.post(f"{room.url}/runner/jobs/{job_id}/finish", headers=runner, json={
-        "status": "succeeded", "release": {"manifest": manifest, "receipt": receipt,
-                                           "artifacts": {"metrics.json": {"blob": art["blob"], "size": art["size"]}},
-                                           "review_by": ["bank.customers", "retail.purchases"]}}).json()
+    manifest = {
+        "job_id": job_id,
+        "outputs": outputs,
+        "epsilon_spent": 0.0,
+        "recipient": "acme-analytics",
+        "checks": [{"name": "min_group_size", "passed": True, "detail": detail}],
+        "encrypted_to": ["acme-analytics", "bank", "retailer"],
+    }
+    body = {
+        "type": "cleanroom-receipt",
+        "version": 1,
+        "job_id": job_id,
+        "outputs": outputs,
+        "manifest_sha256": crypto.digest(manifest),
+    }
+    receipt = {
+        "body": body,
+        "signature": room_key.sign(body),
+        "room_keys": {
+            "enc_public": room_key.enc_public,
+            "sign_public": room_key.sign_public,
+            "fingerprint": crypto.fingerprint(room_key.enc_public + room_key.sign_public),
+        },
+    }
+    done = httpx.post(
+        f"{room.url}/runner/jobs/{job_id}/finish",
+        headers=runner,
+        json={
+            "status": "succeeded",
+            "release": {
+                "manifest": manifest,
+                "receipt": receipt,
+                "artifacts": {"metrics.json": {"blob": art["blob"], "size": art["size"]}},
+                "review_by": ["bank.customers", "retail.purchases"],
+            },
+        },
+    ).json()
     return done["release_id"]
 
 
@@ -200,8 +239,11 @@ def test_a_release_decision_signs_the_manifest_digest_the_receipt_binds(room, tm
     from cleanroom.client import manifest_sha256
 
     room_key = crypto.generate_keypair()
-    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-               json={"enc_public": room_key.enc_public, "sign_public": room_key.sign_public}).raise_for_status()
+    httpx.post(
+        room.url + "/runner/register",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+        json={"enc_public": room_key.enc_public, "sign_public": room_key.sign_public},
+    ).raise_for_status()
     retailer, bank, analyst, _, ids = setup_scenario(room.org, tmp_path, 300, approve=True)
     job_id = analyst.submit_job(scenario.job_spec(ids))["id"]
     release_id = _finish_with_release(room, room_key, analyst, (retailer, bank), job_id, detail)
@@ -211,23 +253,32 @@ def test_a_release_decision_signs_the_manifest_digest_the_receipt_binds(room, tm
     assert manifest_sha256(shown["manifest"]) == crypto.digest(shown["manifest"]) == signed
     # a decision over the stored text's hash (the old form) names another manifest whenever the text is escaped
     escaped = hashlib.sha256(json.dumps(shown["manifest"], sort_keys=True, separators=(",", ":")).encode())
-    old = {"type": "release-approval", "release_id": release_id, "dataset": "retail.purchases",
-           "manifest_sha256": escaped.hexdigest(), "org": "retailer", "issued_at": time.time()}
+    old = {
+        "type": "release-approval",
+        "release_id": release_id,
+        "dataset": "retail.purchases",
+        "manifest_sha256": escaped.hexdigest(),
+        "org": "retailer",
+        "issued_at": time.time(),
+    }
     if detail.isascii():
         assert old["manifest_sha256"] == signed
     else:
         assert old["manifest_sha256"] != signed
         with pytest.raises(Conflict, match="another manifest"):
-            retailer.post(f"/releases/{release_id}/approve",
-                          json={"payload": old, "signature": retailer.keys().sign(old)})
+            retailer.post(
+                f"/releases/{release_id}/approve", json={"payload": old, "signature": retailer.keys().sign(old)}
+            )
         assert retailer.get_release(release_id)["approved_by"] == []  # nothing was recorded
 
     retailer.approve_release(release_id, expect_manifest_sha256=signed)
     bank.approve_release(release_id, expect_manifest_sha256=signed)
     assert sorted(bank.get_release(release_id)["approved_by"]) == ["bank.customers", "retail.purchases"]
     with room.store.read() as conn:
-        payloads = [json.loads(r[0]) for r in conn.execute(
-            "SELECT payload FROM release_approvals WHERE release_id = ?", (release_id,))]
+        payloads = [
+            json.loads(r[0])
+            for r in conn.execute("SELECT payload FROM release_approvals WHERE release_id = ?", (release_id,))
+        ]
     assert [p["manifest_sha256"] for p in payloads] == [signed, signed]
     room.end_time_budget(job_id)
     got = analyst.get_result(job_id, tmp_path / "out")  # checks the shown manifest against the receipt too

@@ -27,8 +27,9 @@ def _copy(tmp_path: Path) -> Path:
 
 def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=tree, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"], cwd=tree, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _plant(tree: Path, module: str, line: str) -> None:
@@ -42,19 +43,22 @@ def test_the_real_tree_keeps_every_contract(tmp_path: Path) -> None:
     assert "0 broken" in result.stdout
 
 
-@pytest.mark.parametrize(("module", "line", "contract"), [
-    ("cleanroom.api.routes_jobs", "import cleanroom.runner.launcher", "The API host"),
-    ("cleanroom.store.db", "from cleanroom.prepare import ingest", "The API host"),
-    ("cleanroom.api.web", "import docker", "The API host"),
-    ("cleanroom.prepare.schema", "from cleanroom.store import blobs", "Owner-side plaintext code"),
-    ("cleanroom.sandbox.release.aggregates", "from cleanroom.sandbox.compute import phase", "The release phase"),
-    ("cleanroom.sandbox.release.models", "import pluggy", "The release phase"),
-    ("cleanroom.sandbox.compute.helpers", "from cleanroom import crypto", "The sandbox imports nothing"),
-    ("cleanroom.sandbox.wire", "import httpx", "The sandbox imports nothing"),
-    ("cleanroom.runner.execute", "from cleanroom.api import deps", "The runner never imports"),
-    # A chain counts: a shared module that reaches a zone breaks the zones that import it.
-    ("cleanroom.policy", "from cleanroom.runner import recode", "Shared contract modules"),
-])
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        ("cleanroom.api.routes_jobs", "import cleanroom.runner.launcher", "The API host"),
+        ("cleanroom.store.db", "from cleanroom.prepare import ingest", "The API host"),
+        ("cleanroom.api.web", "import docker", "The API host"),
+        ("cleanroom.prepare.schema", "from cleanroom.store import blobs", "Owner-side plaintext code"),
+        ("cleanroom.sandbox.release.aggregates", "from cleanroom.sandbox.compute import phase", "The release phase"),
+        ("cleanroom.sandbox.release.models", "import pluggy", "The release phase"),
+        ("cleanroom.sandbox.compute.helpers", "from cleanroom import crypto", "The sandbox imports nothing"),
+        ("cleanroom.sandbox.wire", "import httpx", "The sandbox imports nothing"),
+        ("cleanroom.runner.execute", "from cleanroom.api import deps", "The runner never imports"),
+        # A chain counts: a shared module that reaches a zone breaks the zones that import it.
+        ("cleanroom.policy", "from cleanroom.runner import recode", "Shared contract modules"),
+    ],
+)
 def test_a_planted_import_breaks_its_contract(tmp_path: Path, module: str, line: str, contract: str) -> None:
     tree = _copy(tmp_path)
     _plant(tree, module, line)

@@ -33,8 +33,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 CALLERS = ("anon", "admin", "owner", "other_owner", "analyst", "other_analyst", "reviewer", "runner")
 # which org each caller is (anon has no token; the runner's org is made by the API)
-ORG_OF = {"admin": "admin", "owner": "retailer", "other_owner": "telco", "analyst": "acme-analytics",
-          "other_analyst": "other-analytics", "reviewer": "auditor", "runner": "runner"}
+ORG_OF = {
+    "admin": "admin",
+    "owner": "retailer",
+    "other_owner": "telco",
+    "analyst": "acme-analytics",
+    "other_analyst": "other-analytics",
+    "reviewer": "auditor",
+    "runner": "runner",
+}
 
 # Routes with their own tests: FastAPI's OpenAPI/docs routes and the review web pages under /ui.
 SKIPPED_ROUTES = {"openapi", "swagger_ui_html", "swagger_ui_redirect", "redoc_html"}
@@ -118,8 +125,7 @@ def parse_matrix(text: str) -> dict[str, Row]:
         case, method, path, *codes = line.split()
         assert len(codes) == len(CALLERS), f"row {case}: {len(codes)} codes for {len(CALLERS)} callers"
         assert case not in rows, f"duplicate row {case}"
-        rows[case] = Row(case, case.partition("@")[0], method, path, dict(zip(CALLERS, map(int, codes),
-                                                                               strict=True)))
+        rows[case] = Row(case, case.partition("@")[0], method, path, dict(zip(CALLERS, map(int, codes), strict=True)))
     return rows
 
 
@@ -128,22 +134,23 @@ ROWS = parse_matrix(MATRIX)
 
 # The world ----------------------------------------------------------------------------------------
 
+
 @dataclass
 class World:
     url: str
     http: httpx.Client
     tokens: dict[str, str | None]
-    keys: dict[str, KeyPair]                 # org name -> key pair (held in memory, never re-read)
+    keys: dict[str, KeyPair]  # org name -> key pair (held in memory, never re-read)
     room_keys: KeyPair
     spec: str
     plugin_ids: dict[str, str]
-    scratch_plugin: str                      # submitted by the analyst, approved/revoked by cells
+    scratch_plugin: str  # submitted by the analyst, approved/revoked by cells
     datasets: dict[str, dict[str, Any]]
     queued_job: str
-    pending_release: dict[str, str]          # job id, release id: waits for retail's review
-    approve_target: dict[str, str]           # a pending release for the approve_release cells
-    reject_target: dict[str, str]            # another one for the reject_release cells
-    reviewed_release: dict[str, str]         # reviewed by retail: downloadable by the recipient
+    pending_release: dict[str, str]  # job id, release id: waits for retail's review
+    approve_target: dict[str, str]  # a pending release for the approve_release cells
+    reject_target: dict[str, str]  # another one for the reject_release cells
+    reviewed_release: dict[str, str]  # reviewed by retail: downloadable by the recipient
     ids: Iterator[int] = field(default_factory=lambda: iter(range(10**6)))
 
     def call(self, who: str, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -164,10 +171,18 @@ class World:
     def signed_approval(self, who: str, plugin_id: str, dataset: str, decision: str = "approve") -> dict[str, Any]:
         org = ORG_OF.get(who, "retailer") if who not in ("anon", "runner") else "retailer"
         ds = self.datasets[dataset]
-        payload = {"type": "plugin-approval", "plugin_id": plugin_id, "dataset": dataset,
-                   "policy_version": ds["policy_version"], "policy_sha256": ds["policy_sha256"],
-                   "dataset_sha256": ds["sha256"],
-                   "decision": decision, "reason": "", "org": org, "issued_at": time.time()}
+        payload = {
+            "type": "plugin-approval",
+            "plugin_id": plugin_id,
+            "dataset": dataset,
+            "policy_version": ds["policy_version"],
+            "policy_sha256": ds["policy_sha256"],
+            "dataset_sha256": ds["sha256"],
+            "decision": decision,
+            "reason": "",
+            "org": org,
+            "issued_at": time.time(),
+        }
         return {"payload": payload, "signature": self.keys[org].sign(payload)}
 
     def cancel_if_queued(self, job_id: str) -> None:
@@ -185,21 +200,45 @@ def _release(w: World, *, reviewed: bool) -> dict[str, str]:
     plain = b'{"metrics": {"r2": 0.5}}'
     art = w.ok("runner", "PUT", f"/runner/jobs/{job}/artifacts/metrics.json", content=encrypt_bytes(plain, readers))
     log = w.ok("runner", "PUT", f"/runner/jobs/{job}/artifacts/_logs", content=encrypt_bytes(b"log", readers[1:]))
-    manifest = {"job_id": job, "outputs": {"metrics.json": {"sha256": hashlib.sha256(plain).hexdigest(),
-                                                            "bytes": len(plain)}},
-                "checks": [], "epsilon_spent": 0.0, "recipient": "acme-analytics"}
-    done = w.ok("runner", "POST", f"/runner/jobs/{job}/finish", json={
-        "status": "succeeded", "reason": "", "log_blob": log["blob"],
-        "release": {"manifest": manifest, "receipt": {"body": {}, "signature": "", "room_keys": {}},
-                    "artifacts": {"metrics.json": {"blob": art["blob"], "size": art["size"]}},
-                    "review_by": ["retail.purchases"]}})
+    manifest = {
+        "job_id": job,
+        "outputs": {"metrics.json": {"sha256": hashlib.sha256(plain).hexdigest(), "bytes": len(plain)}},
+        "checks": [],
+        "epsilon_spent": 0.0,
+        "recipient": "acme-analytics",
+    }
+    done = w.ok(
+        "runner",
+        "POST",
+        f"/runner/jobs/{job}/finish",
+        json={
+            "status": "succeeded",
+            "reason": "",
+            "log_blob": log["blob"],
+            "release": {
+                "manifest": manifest,
+                "receipt": {"body": {}, "signature": "", "room_keys": {}},
+                "artifacts": {"metrics.json": {"blob": art["blob"], "size": art["size"]}},
+                "review_by": ["retail.purchases"],
+            },
+        },
+    )
     release = {"job": job, "release": done["release_id"]}
     if reviewed:
-        payload = {"type": "release-approval", "release_id": release["release"], "dataset": "retail.purchases",
-                   "manifest_sha256": digest(manifest),
-                   "org": "retailer", "issued_at": time.time()}
-        w.ok("owner", "POST", f"/releases/{release['release']}/approve",
-             json={"payload": payload, "signature": w.keys["retailer"].sign(payload)})
+        payload = {
+            "type": "release-approval",
+            "release_id": release["release"],
+            "dataset": "retail.purchases",
+            "manifest_sha256": digest(manifest),
+            "org": "retailer",
+            "issued_at": time.time(),
+        }
+        w.ok(
+            "owner",
+            "POST",
+            f"/releases/{release['release']}/approve",
+            json={"payload": payload, "signature": w.keys["retailer"].sign(payload)},
+        )
     return release
 
 
@@ -221,8 +260,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 def _build_world(room: Any, base: Path) -> World:
     room_keys = generate_keypair()  # what the runner does on its first start
-    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-               json={"enc_public": room_keys.enc_public, "sign_public": room_keys.sign_public}).raise_for_status()
+    httpx.post(
+        room.url + "/runner/register",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+        json={"enc_public": room_keys.enc_public, "sign_public": room_keys.sign_public},
+    ).raise_for_status()
     admin_keys = room.admin.keys()
     retailer = room.org("retailer", "owner")
     bank = room.org("bank", "owner")
@@ -232,14 +274,26 @@ def _build_world(room: Any, base: Path) -> World:
     reviewer = room.org("auditor", "reviewer")
     files = scenario.write_data(base / "data", 120)
     secret = new_join_secret()
-    retailer.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
-                            id_column="customer_id", join_secret=secret)
-    retailer.upload_dataset(files["retail"], name="retail.scratch", policy=scenario.RETAIL_POLICY,
-                            id_column="customer_id", join_secret=secret)
-    bank.upload_dataset(files["bank"], name="bank.customers", policy=scenario.BANK_POLICY,
-                        id_column="customer_id", join_secret=secret)
-    telco.upload_dataset(files["bank"], name="telco.usage", policy=scenario.BANK_POLICY,
-                         id_column="customer_id", join_secret=secret)
+    retailer.upload_dataset(
+        files["retail"],
+        name="retail.purchases",
+        policy=scenario.RETAIL_POLICY,
+        id_column="customer_id",
+        join_secret=secret,
+    )
+    retailer.upload_dataset(
+        files["retail"],
+        name="retail.scratch",
+        policy=scenario.RETAIL_POLICY,
+        id_column="customer_id",
+        join_secret=secret,
+    )
+    bank.upload_dataset(
+        files["bank"], name="bank.customers", policy=scenario.BANK_POLICY, id_column="customer_id", join_secret=secret
+    )
+    telco.upload_dataset(
+        files["bank"], name="telco.usage", policy=scenario.BANK_POLICY, id_column="customer_id", join_secret=secret
+    )
     ids = {name: analyst.submit_plugin(REPO / "plugins" / name)["id"] for name in scenario.PLUGINS}
     for pid in ids.values():
         retailer.decide_plugin(pid, "retail.purchases")
@@ -248,14 +302,31 @@ def _build_world(room: Any, base: Path) -> World:
     keys = {c.whoami()["name"]: c.keys() for c in (retailer, bank, telco, analyst, other, reviewer)}
     keys["admin"] = admin_keys
     tokens: dict[str, str | None] = {
-        "anon": None, "admin": room.admin_token, "owner": retailer.token, "other_owner": telco.token,
-        "analyst": analyst.token, "other_analyst": other.token, "reviewer": reviewer.token,
-        "runner": room.runner_token}
-    w = World(url=room.url, http=httpx.Client(base_url=room.url, timeout=60), tokens=tokens, keys=keys,
-              room_keys=room_keys, spec=scenario.job_spec(ids, epsilon=0.01) + "delta = 1e-10\n",
-              plugin_ids=ids, scratch_plugin=scratch,
-              datasets={}, queued_job="", pending_release={}, approve_target={}, reviewed_release={},
-              reject_target={})
+        "anon": None,
+        "admin": room.admin_token,
+        "owner": retailer.token,
+        "other_owner": telco.token,
+        "analyst": analyst.token,
+        "other_analyst": other.token,
+        "reviewer": reviewer.token,
+        "runner": room.runner_token,
+    }
+    w = World(
+        url=room.url,
+        http=httpx.Client(base_url=room.url, timeout=60),
+        tokens=tokens,
+        keys=keys,
+        room_keys=room_keys,
+        spec=scenario.job_spec(ids, epsilon=0.01) + "delta = 1e-10\n",
+        plugin_ids=ids,
+        scratch_plugin=scratch,
+        datasets={},
+        queued_job="",
+        pending_release={},
+        approve_target={},
+        reviewed_release={},
+        reject_target={},
+    )
     for name in ("retail.purchases", "retail.scratch", "bank.customers", "telco.usage"):
         w.datasets[name] = w.ok("admin", "GET", f"/datasets/{name}")
     # released jobs first (the runner claims the oldest queued job), then the job that stays queued
@@ -271,6 +342,7 @@ def _build_world(room: Any, base: Path) -> World:
 
 # One request per case and caller -----------------------------------------------------------------
 
+
 @dataclass
 class Req:
     method: str
@@ -284,21 +356,37 @@ MATRIX_POLICY = '[release]\nrecipients = ["acme-analytics"]\n'
 
 
 def _upload_meta(w: World, *, name: str, sha256: str, size: int) -> dict[str, Any]:
-    return {"name": name, "description": "authz matrix", "policy": MATRIX_POLICY,
-            "schema": {"columns": [{"name": "_pid", "type": "string"}, {"name": "x", "type": "integer"}]},
-            "row_count": 1, "mock": [], "dropped": [], "sha256": sha256, "size": size}
+    return {
+        "name": name,
+        "description": "authz matrix",
+        "policy": MATRIX_POLICY,
+        "schema": {"columns": [{"name": "_pid", "type": "string"}, {"name": "x", "type": "integer"}]},
+        "row_count": 1,
+        "mock": [],
+        "dropped": [],
+        "sha256": sha256,
+        "size": size,
+    }
 
 
 def _put_upload(w: World, who: str) -> Req:
     data = encrypt_bytes(b"_pid,x\nabc,1\n", [w.room_keys.enc_public])
-    decl = w.ok("owner", "POST", "/datasets/uploads", json=_upload_meta(
-        w, name=w.unique("authz.upload"), sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
+    decl = w.ok(
+        "owner",
+        "POST",
+        "/datasets/uploads",
+        json=_upload_meta(w, name=w.unique("authz.upload"), sha256=hashlib.sha256(data).hexdigest(), size=len(data)),
+    )
     return Req("PUT", decl["put"], {"content": data, "headers": {"content-type": "application/octet-stream"}})
 
 
 def _cancel_upload(w: World, who: str) -> Req:
-    decl = w.ok("owner", "POST", "/datasets/uploads", json=_upload_meta(
-        w, name=w.unique("authz.cancel"), sha256=secrets.token_hex(32), size=100))
+    decl = w.ok(
+        "owner",
+        "POST",
+        "/datasets/uploads",
+        json=_upload_meta(w, name=w.unique("authz.cancel"), sha256=secrets.token_hex(32), size=100),
+    )
     return Req("DELETE", decl["put"])
 
 
@@ -306,21 +394,32 @@ def _withdraw(w: World, who: str) -> Req:
     """A throwaway dataset of the owner's (uploaded for the cell), withdrawn by the caller."""
     data = encrypt_bytes(b"_pid,x\nabc,1\n", [w.room_keys.enc_public])
     name = w.unique("authz.withdraw")
-    decl = w.ok("owner", "POST", "/datasets/uploads", json=_upload_meta(
-        w, name=name, sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
+    decl = w.ok(
+        "owner",
+        "POST",
+        "/datasets/uploads",
+        json=_upload_meta(w, name=name, sha256=hashlib.sha256(data).hexdigest(), size=len(data)),
+    )
     w.ok("owner", "PUT", decl["put"], content=data, headers={"content-type": "application/octet-stream"})
     return Req("POST", f"/datasets/{name}/withdraw")
 
 
 def _update_policy(w: World, who: str) -> Req:
     k = 10 + next(w.ids)  # a new policy every time (an unchanged one is a 409)
-    return Req("PUT", "/datasets/retail.scratch/policy",
-               {"json": {"policy": scenario.RETAIL_POLICY.replace("k = 10", f"k = {k}")}})
+    return Req(
+        "PUT",
+        "/datasets/retail.scratch/policy",
+        {"json": {"policy": scenario.RETAIL_POLICY.replace("k = 10", f"k = {k}")}},
+    )
 
 
 def _revoke(w: World, who: str) -> Req:
-    approval = w.ok("owner", "POST", f"/plugins/{w.scratch_plugin}/approvals",
-                    json=w.signed_approval("owner", w.scratch_plugin, "retail.purchases"))
+    approval = w.ok(
+        "owner",
+        "POST",
+        f"/plugins/{w.scratch_plugin}/approvals",
+        json=w.signed_approval("owner", w.scratch_plugin, "retail.purchases"),
+    )
     return Req("DELETE", f"/plugins/{w.scratch_plugin}/approvals/{approval['id']}")
 
 
@@ -344,12 +443,18 @@ def _release_decision(w: World, who: str, verb: str, target: dict[str, Any], **e
     rid = target["release"]
     release = w.ok("admin", "GET", f"/releases/{rid}")
     org = ORG_OF[who] if who not in ("anon", "runner") else "retailer"
-    payload = {"type": {"approve": "release-approval", "reject": "release-rejection"}[verb],
-               "release_id": rid, "dataset": "retail.purchases",
-               "manifest_sha256": digest(release["manifest"]),
-               "org": org, "issued_at": time.time(), **extra}
-    return Req("POST", f"/releases/{rid}/{verb}",
-               {"json": {"payload": payload, "signature": w.keys[org].sign(payload)}})
+    payload = {
+        "type": {"approve": "release-approval", "reject": "release-rejection"}[verb],
+        "release_id": rid,
+        "dataset": "retail.purchases",
+        "manifest_sha256": digest(release["manifest"]),
+        "org": org,
+        "issued_at": time.time(),
+        **extra,
+    }
+    return Req(
+        "POST", f"/releases/{rid}/{verb}", {"json": {"payload": payload, "signature": w.keys[org].sign(payload)}}
+    )
 
 
 def _approve_release(w: World, who: str) -> Req:
@@ -363,17 +468,29 @@ def _reject_release(w: World, who: str) -> Req:
 def _rotate_keys(w: World, who: str) -> Req:
     org = ORG_OF[who] if who not in ("anon", "runner") else "retailer"
     stranger, new = crypto.generate_keypair(), crypto.generate_keypair()
-    payload = {"type": "key-rotation", "org": org, "old_sign_public": stranger.sign_public,
-               "new_enc_public": new.enc_public, "new_sign_public": new.sign_public, "issued_at": time.time()}
-    return Req("POST", "/orgs/me/keys/rotate", {"json": {"payload": payload, "old_signature": stranger.sign(payload),
-                                                         "new_signature": new.sign(payload)}})
+    payload = {
+        "type": "key-rotation",
+        "org": org,
+        "old_sign_public": stranger.sign_public,
+        "new_enc_public": new.enc_public,
+        "new_sign_public": new.sign_public,
+        "issued_at": time.time(),
+    }
+    return Req(
+        "POST",
+        "/orgs/me/keys/rotate",
+        {"json": {"payload": payload, "old_signature": stranger.sign(payload), "new_signature": new.sign(payload)}},
+    )
 
 
 def _runner_finish(w: World, who: str) -> Req:
     job = w.ok("analyst", "POST", "/jobs", json={"spec": w.spec})["id"]
-    return Req("POST", f"/runner/jobs/{job}/finish",
-               {"json": {"status": "failed", "reason": "authz matrix", "error_class": "test"}},
-               after=lambda: w.cancel_if_queued(job))
+    return Req(
+        "POST",
+        f"/runner/jobs/{job}/finish",
+        {"json": {"status": "failed", "reason": "authz matrix", "error_class": "test"}},
+        after=lambda: w.cancel_if_queued(job),
+    )
 
 
 def _own_keys(w: World, who: str) -> Req:
@@ -396,29 +513,42 @@ BUILDERS: dict[str, Callable[[World, str], Req]] = {
     # a statement naming a key that is not the caller's: authorised callers get 409, and nobody's keys change
     "rotate_keys": _rotate_keys,
     # a fresh org per cell: rotating a caller's own token would break the cells after it
-    "rotate_token": lambda w, who: Req("POST", "/orgs/{}/token".format(
-        w.ok("admin", "POST", "/orgs", json={"name": w.unique("org"), "roles": ["analyst"]})["org"]["name"])),
+    "rotate_token": lambda w, who: Req(
+        "POST",
+        "/orgs/{}/token".format(
+            w.ok("admin", "POST", "/orgs", json={"name": w.unique("org"), "roles": ["analyst"]})["org"]["name"]
+        ),
+    ),
     "list_orgs": _get("/orgs"),
     "whoami": _get("/orgs/me"),
     "get_org": _get("/orgs/retailer"),
     "register_keys": _own_keys,
     "list_audit": _get("/audit"),
     "verify_audit": _get("/audit/verify"),
-    "create_upload": lambda w, who: Req("POST", "/datasets/uploads", {"json": _upload_meta(
-        w, name=w.unique("authz.decl"), sha256=secrets.token_hex(32), size=100)}),
+    "create_upload": lambda w, who: Req(
+        "POST",
+        "/datasets/uploads",
+        {"json": _upload_meta(w, name=w.unique("authz.decl"), sha256=secrets.token_hex(32), size=100)},
+    ),
     "put_upload": _put_upload,
     "cancel_upload": _cancel_upload,
     "list_datasets": _get("/datasets"),
     "get_dataset": _get("/datasets/retail.purchases"),
     "update_policy": _update_policy,
     "withdraw_dataset": _withdraw,
-    "submit_plugin": lambda w, who: Req("POST", "/plugins", {
-        "content": bundle.pack(REPO / "plugins" / "scale"), "headers": {"content-type": "application/x-tar"}}),
+    "submit_plugin": lambda w, who: Req(
+        "POST",
+        "/plugins",
+        {"content": bundle.pack(REPO / "plugins" / "scale"), "headers": {"content-type": "application/x-tar"}},
+    ),
     "list_plugins": _get("/plugins"),
     "get_plugin": _get("/plugins/{w.plugin_ids[impute]}"),
     "get_plugin_bundle": _get("/plugins/{w.plugin_ids[impute]}/bundle"),
-    "approve_plugin": lambda w, who: Req("POST", f"/plugins/{w.scratch_plugin}/approvals",
-                                         {"json": w.signed_approval(who, w.scratch_plugin, "retail.purchases")}),
+    "approve_plugin": lambda w, who: Req(
+        "POST",
+        f"/plugins/{w.scratch_plugin}/approvals",
+        {"json": w.signed_approval(who, w.scratch_plugin, "retail.purchases")},
+    ),
     "revoke_approval": _revoke,
     "submit_job": _submit_job,
     "list_jobs": _get("/jobs"),
@@ -435,8 +565,11 @@ BUILDERS: dict[str, Callable[[World, str], Req]] = {
     "job_cost": lambda w, who: Req("POST", "/jobs/cost", {"json": {"spec": w.spec}}),
     "storage_check": _get("/admin/storage/check"),
     "storage_sweep": _post("/admin/storage/sweep", json={"dry_run": True}),
-    "runner_register": lambda w, who: Req("POST", "/runner/register", {"json": {
-        "enc_public": w.room_keys.enc_public, "sign_public": w.room_keys.sign_public}}),
+    "runner_register": lambda w, who: Req(
+        "POST",
+        "/runner/register",
+        {"json": {"enc_public": w.room_keys.enc_public, "sign_public": w.room_keys.sign_public}},
+    ),
     "runner_recover": _post("/runner/recover"),
     "runner_heartbeat": _post("/runner/heartbeat", json={"instance": "matrix-1", "name": "matrix", "ttl": 30}),
     "runner_claim": _post("/runner/claim"),
@@ -445,13 +578,15 @@ BUILDERS: dict[str, Callable[[World, str], Req]] = {
     "runner_ciphertext": _get("/runner/datasets/retail.purchases/ciphertext"),
     "runner_bundle": _get("/runner/plugins/{w.plugin_ids[impute]}/bundle"),
     "runner_progress": _post("/runner/jobs/{w.pending_release[job]}/progress", json={"phase": "compute"}),
-    "runner_artifact": lambda w, who: Req("PUT", f"/runner/jobs/{w.pending_release['job']}/artifacts/extra.bin",
-                                          {"content": b"opaque"}),
+    "runner_artifact": lambda w, who: Req(
+        "PUT", f"/runner/jobs/{w.pending_release['job']}/artifacts/extra.bin", {"content": b"opaque"}
+    ),
     "runner_finish": _runner_finish,
 }
 
 
 # Tests --------------------------------------------------------------------------------------------
+
 
 def app_routes(tmp_path: Path) -> dict[str, set[tuple[str, str]]]:
     """Route name -> {(method, path)} of the real app, without the skipped routes."""
@@ -474,12 +609,17 @@ def test_every_route_has_a_row_and_every_row_a_route(tmp_path: Path) -> None:
     routes = app_routes(tmp_path)
     covered = {row.route for row in ROWS.values()}
     missing = sorted(set(routes) - covered)
-    assert not missing, (f"routes with no row in the authorisation matrix: {missing}; add a rule to "
-                         "cleanroom/api/authz.py RULES and an expectation row to tests/test_authz_matrix.py")
+    assert not missing, (
+        f"routes with no row in the authorisation matrix: {missing}; add a rule to "
+        "cleanroom/api/authz.py RULES and an expectation row to tests/test_authz_matrix.py"
+    )
     stale = sorted(covered - set(routes))
     assert not stale, f"matrix rows for routes that no longer exist: {stale}"
-    moved = [f"{row.case}: table says {row.method} {row.path}, app has {sorted(routes[row.route])}"
-             for row in ROWS.values() if (row.method, row.path) not in routes[row.route]]
+    moved = [
+        f"{row.case}: table says {row.method} {row.path}, app has {sorted(routes[row.route])}"
+        for row in ROWS.values()
+        if (row.method, row.path) not in routes[row.route]
+    ]
     assert not moved, "\n".join(moved)
     assert set(BUILDERS) == set(ROWS), sorted(set(BUILDERS) ^ set(ROWS))
 
@@ -515,6 +655,7 @@ def test_matrix(world: World, case: str) -> None:
 
 def test_lists_show_only_what_the_caller_may_see(world: World) -> None:
     """The list routes answer 200 to everyone; their content follows the same visibility as get_*."""
+
     def names(who: str, path: str, key: str) -> set[str]:
         return {item[key] for item in world.ok(who, "GET", path)["items"]}
 

@@ -36,6 +36,7 @@ DAY = 86400
 
 # Source scan ------------------------------------------------------------------------------------
 
+
 def _dotted(node: ast.AST) -> str:
     try:
         return ast.unparse(node)
@@ -65,8 +66,11 @@ def _functions_with_unlink(tree: ast.AST) -> set[str]:
     for fn in ast.walk(tree):
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for node in ast.walk(fn):
-                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                        and node.func.attr in ("unlink", "remove", "rmtree", "rmdir")):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("unlink", "remove", "rmtree", "rmdir")
+                ):
                     names.add(fn.name)
     return names
 
@@ -105,6 +109,7 @@ def test_the_scan_flags_planted_deletions() -> None:
 
 
 # The lease ----------------------------------------------------------------------------------------
+
 
 def test_delete_needs_the_sweeps_live_lease(tmp_path: Path) -> None:
     blobs, other = BlobStore(tmp_path / "a"), BlobStore(tmp_path / "b")
@@ -150,6 +155,7 @@ def test_a_commit_waits_for_the_sweep_and_refreshes_the_blobs_age(tmp_path: Path
 
 # The sweep on a real store ------------------------------------------------------------------------
 
+
 def _age(store: Store, digest: str, seconds: float = 3 * DAY) -> None:
     t = time.time() - seconds
     os.utime(store.blobs.path(digest), (t, t))
@@ -172,23 +178,39 @@ def _refs(store: Store) -> dict[str, str]:
     d = {k: _blob(store, k) for k in ("dataset", "plugin", "log", "artifact", "pending", "unknown_table")}
     t = now()
     with store.tx() as conn:
-        conn.execute("INSERT INTO orgs (id, name, roles, created_at) VALUES ('org_1', 'retailer', '[\"owner\"]', ?)",
-                     (t,))
-        conn.execute("INSERT INTO datasets (name, owner_id, sha256, size, row_count, schema, mock, dropped,"
-                     " description, policy_version, created_at) VALUES ('ds', 'org_1', ?, 1, 1, '{}', '[]', '[]',"
-                     " '', 1, ?)", (d["dataset"], t))
-        conn.execute("INSERT INTO plugins (id, name, version, kind, manifest, review, size, submitted_by,"
-                     " created_at) VALUES (?, 'p', '1', 'preprocess', '{}', '{}', 1, 'org_1', ?)", (d["plugin"], t))
-        conn.execute("INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, created_at, log_blob)"
-                     " VALUES ('job_1', 'org_1', 'j', '{}', '{}', 'failed', ?, ?)", (t, d["log"]))
-        conn.execute("INSERT INTO release_artifacts (release_id, name, blob, size) VALUES ('rel_1', 'm.json', ?, 1)",
-                     (d["artifact"],))
-        conn.execute("INSERT INTO uploads (id, org_id, meta, created_at, name, sha256) VALUES ('upl_1', 'org_1',"
-                     " ?, ?, 'pending.ds', ?)", (dumps({"sha256": d["pending"]}), t, d["pending"]))
+        conn.execute(
+            "INSERT INTO orgs (id, name, roles, created_at) VALUES ('org_1', 'retailer', '[\"owner\"]', ?)", (t,)
+        )
+        conn.execute(
+            "INSERT INTO datasets (name, owner_id, sha256, size, row_count, schema, mock, dropped,"
+            " description, policy_version, created_at) VALUES ('ds', 'org_1', ?, 1, 1, '{}', '[]', '[]',"
+            " '', 1, ?)",
+            (d["dataset"], t),
+        )
+        conn.execute(
+            "INSERT INTO plugins (id, name, version, kind, manifest, review, size, submitted_by,"
+            " created_at) VALUES (?, 'p', '1', 'preprocess', '{}', '{}', 1, 'org_1', ?)",
+            (d["plugin"], t),
+        )
+        conn.execute(
+            "INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, created_at, log_blob)"
+            " VALUES ('job_1', 'org_1', 'j', '{}', '{}', 'failed', ?, ?)",
+            (t, d["log"]),
+        )
+        conn.execute(
+            "INSERT INTO release_artifacts (release_id, name, blob, size) VALUES ('rel_1', 'm.json', ?, 1)",
+            (d["artifact"],),
+        )
+        conn.execute(
+            "INSERT INTO uploads (id, org_id, meta, created_at, name, sha256) VALUES ('upl_1', 'org_1',"
+            " ?, ?, 'pending.ds', ?)",
+            (dumps({"sha256": d["pending"]}), t, d["pending"]),
+        )
         # a table this code does not know (added by a later feature) that names a blob in a JSON value
         conn.execute("CREATE TABLE later_feature (id TEXT PRIMARY KEY, doc TEXT)")
-        conn.execute("INSERT INTO later_feature VALUES ('x', ?)",
-                     (json.dumps({"bundle": {"blob": d["unknown_table"]}}),))
+        conn.execute(
+            "INSERT INTO later_feature VALUES ('x', ?)", (json.dumps({"bundle": {"blob": d["unknown_table"]}}),)
+        )
     return d
 
 
@@ -277,12 +299,14 @@ def test_a_big_sweeps_audit_events_list_a_bounded_sample_with_a_count_and_a_hash
     orphans = sorted(_blob(store, f"orphan {i}") for i in range(sweep.AUDIT_LIST + 200))
     kept = _refs(store)
     result = sweep.sweep(store, actor="admin", grace_seconds=DAY, upload_ttl_seconds=DAY)
-    assert result["deleted_count"] == len(orphans) and result["deleted"] == orphans[:sweep.AUDIT_LIST]
+    assert result["deleted_count"] == len(orphans) and result["deleted"] == orphans[: sweep.AUDIT_LIST]
     with store.read() as conn:
-        planned, swept = (json.loads(r[0]) for r in conn.execute(
-            "SELECT details FROM audit WHERE action LIKE 'storage.%' ORDER BY seq"))
+        planned, swept = (
+            json.loads(r[0])
+            for r in conn.execute("SELECT details FROM audit WHERE action LIKE 'storage.%' ORDER BY seq")
+        )
     whole = hashlib.sha256("\n".join(orphans).encode()).hexdigest()
-    assert planned["blobs"] == orphans[:sweep.AUDIT_LIST] and planned["blobs_count"] == len(orphans)
+    assert planned["blobs"] == orphans[: sweep.AUDIT_LIST] and planned["blobs_count"] == len(orphans)
     assert planned["blobs_sha256"] == whole and swept["deleted_sha256"] == whole
     assert swept["deleted_count"] == len(orphans) and swept["kept_count"] == 0
     assert all(store.blobs.exists(d) for d in kept.values())

@@ -26,13 +26,17 @@ description = "a demo"
 [params]
 columns = { type = "array", items = "string", required = true }
 """
-PLUGIN = (b"from cleanroom.hookspecs import hookimpl\n\n\n"
-          b"@hookimpl\ndef preprocess(df, params):\n    return df\n")
+PLUGIN = b"from cleanroom.hookspecs import hookimpl\n\n\n@hookimpl\ndef preprocess(df, params):\n    return df\n"
 
 
 def write_plugin(folder: Path, extra: dict[str, bytes] | None = None, order: int = 1) -> Path:
-    files = {"cleanroom-plugin.toml": MANIFEST, "plugin.py": PLUGIN, "lib/helpers.py": b"X = 1\n",
-             "README.md": b"# demo\n", **(extra or {})}
+    files = {
+        "cleanroom-plugin.toml": MANIFEST,
+        "plugin.py": PLUGIN,
+        "lib/helpers.py": b"X = 1\n",
+        "README.md": b"# demo\n",
+        **(extra or {}),
+    }
     for rel in list(files)[::order]:
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,8 +59,9 @@ def craft(members: list[tuple[tarfile.TarInfo, bytes | None]], fmt_: int = tarfi
     return buf.getvalue()
 
 
-def member(name: str, data: bytes | None = b"x", type_: bytes = tarfile.REGTYPE, mode: int = 0o644,
-           linkname: str = "") -> tuple[tarfile.TarInfo, bytes | None]:
+def member(
+    name: str, data: bytes | None = b"x", type_: bytes = tarfile.REGTYPE, mode: int = 0o644, linkname: str = ""
+) -> tuple[tarfile.TarInfo, bytes | None]:
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.linkname, info.mtime = type_, mode, linkname, 0
     info.uname = info.gname = ""
@@ -91,8 +96,10 @@ def test_archive_is_canonical_ustar(tmp_path: Path) -> None:
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
         members = tar.getmembers()
     assert [m.name for m in members] == sorted(m.name for m in members)
-    assert all(m.isreg() and m.mode == 0o644 and m.uid == m.gid == 0 and m.uname == m.gname == ""
-               and m.mtime == 0 for m in members)
+    assert all(
+        m.isreg() and m.mode == 0o644 and m.uid == m.gid == 0 and m.uname == m.gname == "" and m.mtime == 0
+        for m in members
+    )
     assert archive[257:263] == b"ustar\x00"
 
 
@@ -169,24 +176,27 @@ def test_pack_needs_a_manifest_and_its_entry(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- unpacking
 
 
-@pytest.mark.parametrize("extra, message", [
-    (member("link.py", None, tarfile.SYMTYPE, linkname="/etc/passwd"), "symbolic link"),
-    (member("hard.py", None, tarfile.LNKTYPE, linkname="plugin.py"), "hard link"),
-    (member("tty", None, tarfile.CHRTYPE), "device"),
-    (member("disk", None, tarfile.BLKTYPE), "device"),
-    (member("pipe", None, tarfile.FIFOTYPE), "fifo"),
-    (member("/etc/cron.d/x", b"x"), "absolute"),
-    (member("../escape.py", b"x"), r"goes up a folder"),
-    (member("lib/../../escape.py", b"x"), r"goes up a folder"),
-    (member("back\\slash.py", b"x"), "backslash"),
-    (member("bell\x07.py", b"x"), "control character"),
-    (member("a/" * 99 + "long.py", b"x"), "longer than 200"),
-    (member("suid.py", b"x", mode=0o4755), "setuid"),
-    (member("sgid.py", b"x", mode=0o2644), "setuid, setgid"),
-    (member("evil.cpython-311-x86_64-linux-gnu.so", b"\x7fELF"), "native"),
-    (member("__pycache__/plugin.cpython-311.pyc", b"x"), "__pycache__"),
-    (member("plugin.py", b"again"), "appears twice"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (member("link.py", None, tarfile.SYMTYPE, linkname="/etc/passwd"), "symbolic link"),
+        (member("hard.py", None, tarfile.LNKTYPE, linkname="plugin.py"), "hard link"),
+        (member("tty", None, tarfile.CHRTYPE), "device"),
+        (member("disk", None, tarfile.BLKTYPE), "device"),
+        (member("pipe", None, tarfile.FIFOTYPE), "fifo"),
+        (member("/etc/cron.d/x", b"x"), "absolute"),
+        (member("../escape.py", b"x"), r"goes up a folder"),
+        (member("lib/../../escape.py", b"x"), r"goes up a folder"),
+        (member("back\\slash.py", b"x"), "backslash"),
+        (member("bell\x07.py", b"x"), "control character"),
+        (member("a/" * 99 + "long.py", b"x"), "longer than 200"),
+        (member("suid.py", b"x", mode=0o4755), "setuid"),
+        (member("sgid.py", b"x", mode=0o2644), "setuid, setgid"),
+        (member("evil.cpython-311-x86_64-linux-gnu.so", b"\x7fELF"), "native"),
+        (member("__pycache__/plugin.cpython-311.pyc", b"x"), "__pycache__"),
+        (member("plugin.py", b"again"), "appears twice"),
+    ],
+)
 def test_unpack_refuses_unsafe_members(extra: tuple[tarfile.TarInfo, bytes | None], message: str) -> None:
     archive = craft([*base_members(), extra], fmt_=tarfile.GNU_FORMAT)
     with pytest.raises(BundleError, match=message):
@@ -273,8 +283,14 @@ def test_unpack_refuses_non_canonical_archives() -> None:
         "mtime": craft([manifest, with_attrs(member("plugin.py", PLUGIN), mtime=5)]),
         "mode": craft([manifest, member("plugin.py", PLUGIN, mode=0o600)]),
         "owner": craft([manifest, with_attrs(member("plugin.py", PLUGIN), uname="alice", uid=1000)]),
-        "directory entry": craft([manifest, member("lib", None, tarfile.DIRTYPE, mode=0o755),
-                                  member("lib/x.py", b""), member("plugin.py", PLUGIN)]),
+        "directory entry": craft(
+            [
+                manifest,
+                member("lib", None, tarfile.DIRTYPE, mode=0o755),
+                member("lib/x.py", b""),
+                member("plugin.py", PLUGIN),
+            ]
+        ),
         "pax header": pax_with_comment(),
         "gnu format": craft(base_members(), fmt_=tarfile.GNU_FORMAT),
         "trailing data": canonical + b"\x00" * 512 + b"junk" * 128,
@@ -287,8 +303,7 @@ def test_unpack_refuses_non_canonical_archives() -> None:
 
 def test_unpack_checks_the_layout() -> None:
     with pytest.raises(BundleError, match="put the manifest at the top"):
-        bundle.unpack(craft([member("demo/cleanroom-plugin.toml", MANIFEST),
-                             member("demo/plugin.py", PLUGIN)]))
+        bundle.unpack(craft([member("demo/cleanroom-plugin.toml", MANIFEST), member("demo/plugin.py", PLUGIN)]))
     with pytest.raises(BundleError, match="entry 'plugin.py' is not in the bundle"):
         bundle.unpack(fmt.pack_files({"cleanroom-plugin.toml": MANIFEST, "other.py": PLUGIN}))
     with pytest.raises(fmt.BundleFormatError, match="both a file and a folder"):
@@ -306,31 +321,40 @@ def manifest_with(**fields: str) -> bytes:
     return "\n".join(f"{k} = {v}" for k, v in base.items() if v is not None).encode() + b"\n"
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"name": '"Demo"'}, "name"), ({"name": '"d"'}, "name"), ({"name": '"-demo"'}, "name"),
-    ({"version": '"one"'}, "version"), ({"version": '"1"'}, "version"),
-    ({"kind": '"exporter"'}, "kind"), ({"entry": '"../plugin.py"'}, "entry"),
-    ({"entry": '"plugin.txt"'}, "entry"), ({"entry": '"my-plugin.py"'}, "entry"),
-    ({"author": '"me"'}, "unknown key 'author'"), ({"description": "3"}, "description"),
-    ({"params": '"columns"'}, r"\[params\] must be a table"),
-    ({"params": '{ Columns = { type = "string" } }'}, "param name"),
-    ({"params": '{ x = { type = "text" } }'}, "type must be one of"),
-    ({"params": '{ x = "string" }'}, "must be a table"),
-    ({"params": '{ x = { type = "string", items = "string" } }'}, "items is only for arrays"),
-    ({"params": '{ x = { type = "array", items = "thing" } }'}, "items.type"),
-    ({"params": '{ x = { type = "boolean", enum = [true] } }'}, "enum is only"),
-    ({"params": '{ x = { type = "string", enum = [] } }'}, "non-empty"),
-    ({"params": '{ x = { type = "string", enum = ["a", 1] } }'}, "must be a string"),
-    ({"params": '{ x = { type = "string", minimum = 1 } }'}, "minimum is only"),
-    ({"params": '{ x = { type = "integer", minimum = 5, maximum = 1 } }'}, "above its maximum"),
-    ({"params": '{ x = { type = "integer", default = "3" } }'}, "default must be an integer"),
-    ({"params": '{ x = { type = "integer", default = 0, minimum = 1 } }'}, "at least 1"),
-    ({"params": '{ x = { type = "string", required = true, default = "a" } }'}, "cannot have a default"),
-    ({"params": '{ x = { type = "string", required = "yes" } }'}, "required must be"),
-    ({"params": '{ x = { type = "string", help = "no" } }'}, "unknown key 'help'"),
-    ({"name": None}, "name is required"),
-    ({"entry": '"plugin.py'}, "cleanroom-plugin.toml"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"name": '"Demo"'}, "name"),
+        ({"name": '"d"'}, "name"),
+        ({"name": '"-demo"'}, "name"),
+        ({"version": '"one"'}, "version"),
+        ({"version": '"1"'}, "version"),
+        ({"kind": '"exporter"'}, "kind"),
+        ({"entry": '"../plugin.py"'}, "entry"),
+        ({"entry": '"plugin.txt"'}, "entry"),
+        ({"entry": '"my-plugin.py"'}, "entry"),
+        ({"author": '"me"'}, "unknown key 'author'"),
+        ({"description": "3"}, "description"),
+        ({"params": '"columns"'}, r"\[params\] must be a table"),
+        ({"params": '{ Columns = { type = "string" } }'}, "param name"),
+        ({"params": '{ x = { type = "text" } }'}, "type must be one of"),
+        ({"params": '{ x = "string" }'}, "must be a table"),
+        ({"params": '{ x = { type = "string", items = "string" } }'}, "items is only for arrays"),
+        ({"params": '{ x = { type = "array", items = "thing" } }'}, "items.type"),
+        ({"params": '{ x = { type = "boolean", enum = [true] } }'}, "enum is only"),
+        ({"params": '{ x = { type = "string", enum = [] } }'}, "non-empty"),
+        ({"params": '{ x = { type = "string", enum = ["a", 1] } }'}, "must be a string"),
+        ({"params": '{ x = { type = "string", minimum = 1 } }'}, "minimum is only"),
+        ({"params": '{ x = { type = "integer", minimum = 5, maximum = 1 } }'}, "above its maximum"),
+        ({"params": '{ x = { type = "integer", default = "3" } }'}, "default must be an integer"),
+        ({"params": '{ x = { type = "integer", default = 0, minimum = 1 } }'}, "at least 1"),
+        ({"params": '{ x = { type = "string", required = true, default = "a" } }'}, "cannot have a default"),
+        ({"params": '{ x = { type = "string", required = "yes" } }'}, "required must be"),
+        ({"params": '{ x = { type = "string", help = "no" } }'}, "unknown key 'help'"),
+        ({"name": None}, "name is required"),
+        ({"entry": '"plugin.py'}, "cleanroom-plugin.toml"),
+    ],
+)
 def test_bad_manifests_are_refused(fields: dict[str, str], message: str) -> None:
     archive = fmt.pack_files({"cleanroom-plugin.toml": manifest_with(**fields), "plugin.py": PLUGIN})
     with pytest.raises(BundleError, match=message):
@@ -346,43 +370,53 @@ def test_manifest_errors_are_validation_errors(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- params
 
-SCHEMA = {"name": "demo", "params": {
-    "columns": {"type": "array", "items": "string", "required": True},
-    "strategy": {"type": "string", "enum": ["mean", "median"], "default": "median"},
-    "k": {"type": "integer", "minimum": 1, "maximum": 10, "default": 3},
-    "alpha": {"type": "number", "minimum": 0},
-    "flag": {"type": "boolean", "default": False},
-    "extra": {"type": "object", "default": {}},
-    "levels": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-}}
+SCHEMA = {
+    "name": "demo",
+    "params": {
+        "columns": {"type": "array", "items": "string", "required": True},
+        "strategy": {"type": "string", "enum": ["mean", "median"], "default": "median"},
+        "k": {"type": "integer", "minimum": 1, "maximum": 10, "default": 3},
+        "alpha": {"type": "number", "minimum": 0},
+        "flag": {"type": "boolean", "default": False},
+        "extra": {"type": "object", "default": {}},
+        "levels": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+    },
+}
 
 
 def test_validate_params_fills_defaults_and_keeps_values() -> None:
     assert bundle.validate_params(SCHEMA, {"columns": ["a"]}) == {
-        "columns": ["a"], "strategy": "median", "k": 3, "flag": False, "extra": {}}
-    out = bundle.validate_params(SCHEMA, {"columns": [], "alpha": 2, "levels": [0, 4],
-                                          "extra": {"a": [1, None]}})
+        "columns": ["a"],
+        "strategy": "median",
+        "k": 3,
+        "flag": False,
+        "extra": {},
+    }
+    out = bundle.validate_params(SCHEMA, {"columns": [], "alpha": 2, "levels": [0, 4], "extra": {"a": [1, None]}})
     assert out["alpha"] == 2 and out["levels"] == [0, 4] and out["extra"] == {"a": [1, None]}
     assert bundle.validate_params({"name": "x"}, None) == {}
 
 
-@pytest.mark.parametrize("params, message", [
-    ({}, "needs the param 'columns'"),
-    ({"columns": ["a"], "colour": 1}, "no param 'colour'"),
-    ({"columns": "a"}, "must be an array"),
-    ({"columns": [1]}, r"columns'\[0\] must be a string"),
-    ({"columns": [], "strategy": "mode"}, "must be one of 'mean', 'median'"),
-    ({"columns": [], "k": 0}, "at least 1"),
-    ({"columns": [], "k": 11}, "at most 10"),
-    ({"columns": [], "k": 2.5}, "must be an integer"),
-    ({"columns": [], "k": True}, "must be an integer"),
-    ({"columns": [], "alpha": "1"}, "must be a number"),
-    ({"columns": [], "alpha": float("nan")}, "at least 0|finite"),
-    ({"columns": [], "flag": 1}, "must be a boolean"),
-    ({"columns": [], "extra": []}, "table/object"),
-    ({"columns": [], "extra": {"a": float("inf")}}, "finite"),
-    ({"columns": [], "levels": [1, -1]}, "at least 0"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({}, "needs the param 'columns'"),
+        ({"columns": ["a"], "colour": 1}, "no param 'colour'"),
+        ({"columns": "a"}, "must be an array"),
+        ({"columns": [1]}, r"columns'\[0\] must be a string"),
+        ({"columns": [], "strategy": "mode"}, "must be one of 'mean', 'median'"),
+        ({"columns": [], "k": 0}, "at least 1"),
+        ({"columns": [], "k": 11}, "at most 10"),
+        ({"columns": [], "k": 2.5}, "must be an integer"),
+        ({"columns": [], "k": True}, "must be an integer"),
+        ({"columns": [], "alpha": "1"}, "must be a number"),
+        ({"columns": [], "alpha": float("nan")}, "at least 0|finite"),
+        ({"columns": [], "flag": 1}, "must be a boolean"),
+        ({"columns": [], "extra": []}, "table/object"),
+        ({"columns": [], "extra": {"a": float("inf")}}, "finite"),
+        ({"columns": [], "levels": [1, -1]}, "at least 0"),
+    ],
+)
 def test_validate_params_refuses(params: dict, message: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ValidationError, match=message) as info:
         bundle.validate_params(SCHEMA, params)
@@ -411,8 +445,10 @@ def test_extract_to_writes_files_and_never_replaces(tmp_path: Path) -> None:
 
 def test_diff_shows_every_changed_file(tmp_path: Path) -> None:
     old = bundle.unpack(bundle.pack(write_plugin(tmp_path / "a")))
-    folder = write_plugin(tmp_path / "b", {"plugin.py": PLUGIN.replace(b"return df", b"return df.dropna()"),
-                                           "new.py": b"Y = 2", "data.bin": b"\x00\x01"})
+    folder = write_plugin(
+        tmp_path / "b",
+        {"plugin.py": PLUGIN.replace(b"return df", b"return df.dropna()"), "new.py": b"Y = 2", "data.bin": b"\x00\x01"},
+    )
     (folder / "README.md").unlink()
     new = bundle.unpack(bundle.pack(folder))
     text = bundle.diff(old, new)

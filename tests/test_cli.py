@@ -18,10 +18,14 @@ REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-c", "from cleanroom.cli import main; main()"]
 
 
-def run(*args: str, profile: str | None = None, ok: bool = True,
-        stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANROOM_") or k in (
-        "CLEANROOM_HOME", "CLEANROOM_SANDBOX_IMAGE")}
+def run(
+    *args: str, profile: str | None = None, ok: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CLEANROOM_") or k in ("CLEANROOM_HOME", "CLEANROOM_SANDBOX_IMAGE")
+    }
     cmd = CLI + (["--profile", profile] if profile else []) + list(args)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, input=stdin, timeout=600)
     if ok:
@@ -48,27 +52,70 @@ def test_cli_scenario(room, runner, tmp_path):
     run("join-secret", "new", str(secret))
     assert oct(secret.stat().st_mode & 0o777) == "0o600"
     for org, key, name in (("retailer", "retail", "retail.purchases"), ("bank", "bank", "bank.customers")):
-        run("dataset", "upload", str(files[key]), "--name", name, "--policy", str(files[f"{key}_policy"]),
-            "--id-column", "customer_id", "--join-secret", str(secret), profile=org)
+        run(
+            "dataset",
+            "upload",
+            str(files[key]),
+            "--name",
+            name,
+            "--policy",
+            str(files[f"{key}_policy"]),
+            "--id-column",
+            "customer_id",
+            "--join-secret",
+            str(secret),
+            profile=org,
+        )
     listed = json.loads(run("--json", "dataset", "list", profile="acme-analytics").stdout)
     assert {d["name"] for d in listed} == {"retail.purchases", "bank.customers"}
     # `plugin test` on the mock data: a plugin that works exits 0, one that fails exits 1 (control first)
     image = ["--image", os.environ.get("CLEANROOM_SANDBOX_IMAGE", "cleanroom-sandbox:latest")]
-    tested = run("--json", "plugin", "test", str(REPO / "plugins" / "one-hot"), "--dataset", "retail.purchases",
-                 "--params", '{"columns": ["category"]}', *image, profile="acme-analytics")
+    tested = run(
+        "--json",
+        "plugin",
+        "test",
+        str(REPO / "plugins" / "one-hot"),
+        "--dataset",
+        "retail.purchases",
+        "--params",
+        '{"columns": ["category"]}',
+        *image,
+        profile="acme-analytics",
+    )
     assert json.loads(tested.stdout)["ok"] is True
-    human = run("plugin", "test", str(REPO / "plugins" / "one-hot"), "--dataset", "retail.purchases",
-                "--params", '{"columns": ["category"]}', *image, profile="acme-analytics")
+    human = run(
+        "plugin",
+        "test",
+        str(REPO / "plugins" / "one-hot"),
+        "--dataset",
+        "retail.purchases",
+        "--params",
+        '{"columns": ["category"]}',
+        *image,
+        profile="acme-analytics",
+    )
     assert "worked on mock data" in human.stderr and "first rows (mock data)" in human.stdout
     assert "category_grocery" in human.stdout and not human.stdout.lstrip().startswith("{")
-    failing = run("--json", "plugin", "test", str(REPO / "plugins" / "one-hot"), "--dataset", "retail.purchases",
-                  "--params", '{"columns": ["no_such_column"]}', *image, profile="acme-analytics", ok=False)
+    failing = run(
+        "--json",
+        "plugin",
+        "test",
+        str(REPO / "plugins" / "one-hot"),
+        "--dataset",
+        "retail.purchases",
+        "--params",
+        '{"columns": ["no_such_column"]}',
+        *image,
+        profile="acme-analytics",
+        ok=False,
+    )
     assert failing.returncode == 1 and json.loads(failing.stdout)["ok"] is False
 
     ids = {}
     for plugin in scenario.PLUGINS:
-        out = json.loads(run("--json", "plugin", "submit", str(REPO / "plugins" / plugin),
-                             profile="acme-analytics").stdout)
+        out = json.loads(
+            run("--json", "plugin", "submit", str(REPO / "plugins" / plugin), profile="acme-analytics").stdout
+        )
         ids[plugin] = out["id"]
     shown = run("plugin", "show", ids["impute"], profile="retailer").stdout
     assert "plugin.py" in shown and "   1  " in shown  # code with line numbers
@@ -125,8 +172,11 @@ def owner_profile(room, name="retailer"):
     from cleanroom.crypto import generate_keypair
 
     keys = generate_keypair()
-    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-               json={"enc_public": keys.enc_public, "sign_public": keys.sign_public}).raise_for_status()
+    httpx.post(
+        room.url + "/runner/register",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+        json={"enc_public": keys.enc_public, "sign_public": keys.sign_public},
+    ).raise_for_status()
     token = room.admin.create_org(name, ["owner"])["token"]
     room.admin.create_org("acme-analytics", ["analyst"])
     Profile(name=name, url=room.url, token=token).save()
@@ -153,8 +203,17 @@ def test_policy_errors_keep_their_table_names_and_upload_nothing(room, tmp_path)
     run("join-secret", "new", str(secret))
     bad = tmp_path / "policy.toml"
     bad.write_text("[release]\nrecipients = ['acme-analytics']\n[privacy]\nepsilom = 1\n")
-    args = ["dataset", "upload", str(files["retail"]), "--name", "retail.purchases", "--id-column", "customer_id",
-            "--join-secret", str(secret)]
+    args = [
+        "dataset",
+        "upload",
+        str(files["retail"]),
+        "--name",
+        "retail.purchases",
+        "--id-column",
+        "customer_id",
+        "--join-secret",
+        str(secret),
+    ]
     done = run(*args, "--policy", str(bad), profile=profile, ok=False)
     said = " ".join(done.stderr.split())
     assert done.returncode == 1
@@ -169,20 +228,32 @@ def test_policy_errors_keep_their_table_names_and_upload_nothing(room, tmp_path)
 def test_upload_refuses_a_mistyped_column_with_the_lines_and_the_override(room, tmp_path):
     profile = owner_profile(room)
     data = tmp_path / "insurance.csv"
-    data.write_text("person,plan,charges\n" + "".join(
-        f"P{i:04d},{'ABCD'[i % 4]},{'see notes' if i == 7 else 1000 + i}\n" for i in range(100)))
+    data.write_text(
+        "person,plan,charges\n"
+        + "".join(f"P{i:04d},{'ABCD'[i % 4]},{'see notes' if i == 7 else 1000 + i}\n" for i in range(100))
+    )
     policy = tmp_path / "policy.toml"
     policy.write_text("[release]\nrecipients = ['acme-analytics']\n")
     secret = tmp_path / "join.key"
     run("join-secret", "new", str(secret))
-    args = ["dataset", "upload", str(data), "--name", "ins.claims", "--policy", str(policy), "--join-secret",
-            str(secret)]
+    args = [
+        "dataset",
+        "upload",
+        str(data),
+        "--name",
+        "ins.claims",
+        "--policy",
+        str(policy),
+        "--join-secret",
+        str(secret),
+    ]
     done = run(*args, "--id-column", "person", profile=profile, ok=False)
     said = " ".join(done.stderr.split())
     assert done.returncode == 1 and "line 9: 'see notes'" in said, said
     assert "--text-column charges" in said
-    wrong_id = " ".join(run(*args, "--id-column", "plan", "--text-column", "charges", profile=profile,
-                            ok=False).stderr.split())
+    wrong_id = " ".join(
+        run(*args, "--id-column", "plan", "--text-column", "charges", profile=profile, ok=False).stderr.split()
+    )
     assert "only 4 distinct values in 100 rows" in wrong_id and "--allow-few-ids" in wrong_id, wrong_id
     assert json.loads(run("--json", "dataset", "list", profile=profile).stdout) == []  # nothing stored
     run(*args, "--id-column", "person", "--text-column", "charges", profile=profile)  # told: the control

@@ -34,8 +34,9 @@ def spec(ids: dict[str, str]) -> str:
 
 
 def cli(*args: str, profile: str | None = None, ok: bool = True, stdin: str | None = None) -> Result:
-    done = CliRunner().invoke(base.cli, [*(["--profile", profile] if profile else []), *args], input=stdin,
-                              prog_name="cleanroom")
+    done = CliRunner().invoke(
+        base.cli, [*(["--profile", profile] if profile else []), *args], input=stdin, prog_name="cleanroom"
+    )
     if ok:
         assert done.exit_code == 0, f"{args}: {done.stdout[-2000:]} {done.stderr[-2000:]} {done.exception!r}"
     return done
@@ -53,10 +54,14 @@ class World:
         self.room = Room(tmp / "api-data")
         keys = generate_keypair()  # the runner's first start: the room key
         self.runner = {"authorization": f"Bearer {self.room.runner_token}"}
-        httpx.post(self.room.url + "/runner/register", headers=self.runner,
-                   json={"enc_public": keys.enc_public, "sign_public": keys.sign_public}).raise_for_status()
+        httpx.post(
+            self.room.url + "/runner/register",
+            headers=self.runner,
+            json={"enc_public": keys.enc_public, "sign_public": keys.sign_public},
+        ).raise_for_status()
         self.retailer, self.bank, self.analyst, self.files, self.ids = setup_scenario(
-            self.room.org, tmp, n=200, approve=True)
+            self.room.org, tmp, n=200, approve=True
+        )
         for name, client in (("retailer", self.retailer), ("bank", self.bank), ("analyst", self.analyst)):
             Profile(name=name, url=self.room.url, token=client.token).save()
         Profile(name="admin", url=self.room.url, token=self.room.admin_token).save()
@@ -69,17 +74,32 @@ class World:
         assert claimed == job, "setup: another job was queued"
         readers = [c.keys().enc_public for c in (self.analyst, self.retailer, self.bank)]
         plain = b'{"metrics": {"r2": 0.5}}'
-        art = httpx.put(self.room.url + f"/runner/jobs/{job}/artifacts/metrics.json", headers=self.runner,
-                        content=encrypt_bytes(plain, readers)).json()
-        manifest = {"job_id": job, "outputs": {"metrics.json": {"sha256": hashlib.sha256(plain).hexdigest(),
-                                                                "bytes": len(plain)}},
-                    "checks": [{"name": "k", "passed": True, "detail": "every group holds 10 units"}],
-                    "epsilon_spent": 0.5, "recipient": "acme-analytics"}
-        done = httpx.post(self.room.url + f"/runner/jobs/{job}/finish", headers=self.runner, json={
-            "status": "succeeded", "reason": "",
-            "release": {"manifest": manifest, "receipt": {"body": {}, "signature": "", "room_keys": {}},
-                        "artifacts": {"metrics.json": {"blob": art["blob"], "size": art["size"]}},
-                        "review_by": ["retail.purchases"]}})
+        art = httpx.put(
+            self.room.url + f"/runner/jobs/{job}/artifacts/metrics.json",
+            headers=self.runner,
+            content=encrypt_bytes(plain, readers),
+        ).json()
+        manifest = {
+            "job_id": job,
+            "outputs": {"metrics.json": {"sha256": hashlib.sha256(plain).hexdigest(), "bytes": len(plain)}},
+            "checks": [{"name": "k", "passed": True, "detail": "every group holds 10 units"}],
+            "epsilon_spent": 0.5,
+            "recipient": "acme-analytics",
+        }
+        done = httpx.post(
+            self.room.url + f"/runner/jobs/{job}/finish",
+            headers=self.runner,
+            json={
+                "status": "succeeded",
+                "reason": "",
+                "release": {
+                    "manifest": manifest,
+                    "receipt": {"body": {}, "signature": "", "room_keys": {}},
+                    "artifacts": {"metrics.json": {"blob": art["blob"], "size": art["size"]}},
+                    "review_by": ["retail.purchases"],
+                },
+            },
+        )
         done.raise_for_status()
         return {"job": job, "release": done.json()["release_id"], "ciphertext_size": art["size"]}
 
@@ -105,6 +125,7 @@ def world(module_world: World, monkeypatch: pytest.MonkeyPatch) -> World:
 
 
 # datasets ------------------------------------------------------------------------------------------
+
 
 def test_dataset_show_prints_the_schema_as_a_table_and_the_policy_not_the_mock_rows(world):
     ds = world.analyst.get_dataset("retail.purchases")
@@ -149,6 +170,7 @@ def test_whoami_and_room_info_are_summaries(world):
 
 # jobs and releases ---------------------------------------------------------------------------------
 
+
 def test_job_status_is_a_summary_with_the_next_command(world):
     job = world.releases[0]["job"]
     done = cli("job", "status", job, profile="retailer")
@@ -182,9 +204,10 @@ def test_error_hints_from_the_room_carry_the_profile(world, tmp_path):
     assert done.exit_code == 1 and "regoin" in said(done.stderr)
     assert "cleanroom --profile analyst dataset show" in said(done.stderr), done.stderr
     # an admin's command in a hint is left alone: the owner cannot run it with their profile
-    assert base.with_profile(base.State("retailer", False), "ask the admin (cleanroom org create X --role "
-                             "analyst), then cleanroom dataset policy") == (
-        "ask the admin (cleanroom org create X --role analyst), then cleanroom --profile retailer dataset policy")
+    assert base.with_profile(
+        base.State("retailer", False),
+        "ask the admin (cleanroom org create X --role analyst), then cleanroom dataset policy",
+    ) == ("ask the admin (cleanroom org create X --role analyst), then cleanroom --profile retailer dataset policy")
     assert base.with_profile(base.State(None, False), "run cleanroom job wait j") == "run cleanroom job wait j"
 
 
@@ -193,8 +216,9 @@ def test_release_show_is_a_summary_with_checks_and_the_content_sizes(world):
     rel = world.retailer.get_release(ref["job"])
     done = cli("release", "show", ref["job"], profile="retailer")
     text = done.stdout
-    assert re.search(rf"^release +{ref['release']}$", text, re.M) and re.search(r"^waits for +retail.purchases$",
-                                                                               text, re.M)
+    assert re.search(rf"^release +{ref['release']}$", text, re.M) and re.search(
+        r"^waits for +retail.purchases$", text, re.M
+    )
     assert "release checks" in text and "every group holds 10 units" in text and "passed" in text
     row = next(line for line in text.splitlines() if "metrics.json" in line)
     assert " 24 " in row and f" {ref['ciphertext_size']} " not in row  # the content's size, not the ciphertext's
@@ -211,8 +235,9 @@ def test_release_approve_prints_one_line_and_json_with_the_flag(world):
     first, second = world.releases[:2]
     done = cli("release", "approve", first["job"], profile="retailer")
     sha = manifest_sha256(world.retailer.get_release(first["job"])["manifest"])
-    assert done.stdout == (f"approved release {first['release']} (sha256 {sha}); acme-analytics can download "
-                           "it\n"), done.stdout
+    assert done.stdout == (f"approved release {first['release']} (sha256 {sha}); acme-analytics can download it\n"), (
+        done.stdout
+    )
     as_json = json.loads(cli("--json", "release", "approve", second["job"], profile="retailer").stdout)
     assert as_json == world.retailer.get_release(second["job"]) and as_json["downloadable"] is True
 
@@ -231,8 +256,9 @@ def test_org_create_and_rotate_token_print_the_token_once_with_the_next_command(
     assert "next: act as it: cleanroom --profile insurer whoami" in said(done.stderr)
     assert Profile.load("insurer").token == token.group(1)
     rotated = cli("org", "rotate-token", profile="insurer")
-    new = re.search(r"^new token for insurer \(shown once; its earlier tokens no longer work\): (crt_\S+)$",
-                    rotated.stdout, re.M)
+    new = re.search(
+        r"^new token for insurer \(shown once; its earlier tokens no longer work\): (crt_\S+)$", rotated.stdout, re.M
+    )
     assert new and new.group(1) != token.group(1) and Profile.load("insurer").token == new.group(1)
     as_json = json.loads(cli("--json", "org", "create", "insurer-2", "--role", "analyst", profile="admin").stdout)
     assert as_json["org"]["name"] == "insurer-2" and as_json["token"].startswith("crt_")
@@ -241,11 +267,13 @@ def test_org_create_and_rotate_token_print_the_token_once_with_the_next_command(
 
 def test_plugin_reject_and_revoke_are_one_line_each(world):
     pid = world.ids["impute"]
-    rejected = cli("plugin", "reject", pid, "--dataset", "retail.purchases", "--reason", "not needed",
-                   profile="retailer")
+    rejected = cli(
+        "plugin", "reject", pid, "--dataset", "retail.purchases", "--reason", "not needed", profile="retailer"
+    )
     assert re.fullmatch(rf"rejected plugin {pid} for retail.purchases \(decision apr_\w+\)\n", rejected.stdout)
-    approval = json.loads(cli("--json", "plugin", "approve", pid, "--dataset", "retail.purchases",
-                              profile="retailer").stdout)
+    approval = json.loads(
+        cli("--json", "plugin", "approve", pid, "--dataset", "retail.purchases", profile="retailer").stdout
+    )
     revoked = cli("plugin", "revoke", pid, approval["id"], profile="retailer")
     assert revoked.stdout.startswith(f"revoked approval {approval['id']}")
     world.retailer.decide_plugin(pid, "retail.purchases")  # (the other tests need it approved)
@@ -255,8 +283,9 @@ def test_plugin_approve_and_list(world):
     pid = world.ids["clip"]
     done = cli("plugin", "approve", pid, "--dataset", "retail.purchases", profile="retailer")
     assert re.fullmatch(rf"approved plugin {pid} for retail.purchases \(approval apr_\w+\)\n", done.stdout)
-    decision = json.loads(cli("--json", "plugin", "approve", pid, "--dataset", "retail.purchases",
-                              profile="retailer").stdout)
+    decision = json.loads(
+        cli("--json", "plugin", "approve", pid, "--dataset", "retail.purchases", profile="retailer").stdout
+    )
     assert decision["plugin_id"] == pid and decision["decision"] == "approve"
     listed = cli("plugin", "list", profile="retailer").stdout
     assert "clip" in listed and "┃" in listed
@@ -268,8 +297,9 @@ def test_dataset_policy_prints_the_new_version_in_one_line(world, tmp_path):
     policy.write_text(scenario.BANK_POLICY.replace("k = 10", "k = 11"))
     done = cli("dataset", "policy", "bank.customers", str(policy), profile="bank")
     ds = world.bank.get_dataset("bank.customers")
-    assert done.stdout.startswith(f"published policy v{ds['policy_version']} of bank.customers (sha256 "
-                                  f"{ds['policy_sha256']})"), done.stdout
+    assert done.stdout.startswith(
+        f"published policy v{ds['policy_version']} of bank.customers (sha256 {ds['policy_sha256']})"
+    ), done.stdout
     assert len(done.stdout.strip().splitlines()) == 1
     for pid in world.ids.values():  # approvals under the old version no longer count: the other tests need them
         world.bank.decide_plugin(pid, "bank.customers")
@@ -287,13 +317,19 @@ def test_job_cost_hint_names_the_profile(world, tmp_path):
 
 # model predict ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def released_model(tmp_path: Path) -> Path:
     """A linear model trained on one-hot columns of `plan` (as the one-hot plugin makes them) and `age`."""
     rng = np.random.default_rng(0)
     plans = rng.choice(["basic", "gold"], 200)
-    train = pd.DataFrame({"age": rng.integers(18, 90, 200).astype(float), "plan_basic": (plans == "basic").astype(
-        "int8"), "plan_gold": (plans == "gold").astype("int8")})
+    train = pd.DataFrame(
+        {
+            "age": rng.integers(18, 90, 200).astype(float),
+            "plan_basic": (plans == "basic").astype("int8"),
+            "plan_gold": (plans == "gold").astype("int8"),
+        }
+    )
     y = 2 * train["age"] + 100 * train["plan_gold"]
     path = tmp_path / "model.skops"
     path.write_bytes(sio.dumps(LinearRegression().fit(train, y)))
@@ -302,26 +338,52 @@ def released_model(tmp_path: Path) -> Path:
 
 def new_people(tmp_path: Path, plans: list[str], name: str = "people.csv") -> Path:
     path = tmp_path / name
-    pd.DataFrame({"person": [f"P{i:03d}" for i in range(len(plans))], "age": [30.0 + i for i in range(len(plans))],
-                  "plan": plans, "notes": ["x"] * len(plans)}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "person": [f"P{i:03d}" for i in range(len(plans))],
+            "age": [30.0 + i for i in range(len(plans))],
+            "plan": plans,
+            "notes": ["x"] * len(plans),
+        }
+    ).to_csv(path, index=False)
     return path
 
 
 def test_model_predict_carries_the_id_column_through(released_model, tmp_path):
     out = tmp_path / "pred.csv"
-    done = cli("model", "predict", str(released_model), str(new_people(tmp_path, ["basic", "gold", "gold"])),
-               "-o", str(out))
+    done = cli(
+        "model", "predict", str(released_model), str(new_people(tmp_path, ["basic", "gold", "gold"])), "-o", str(out)
+    )
     pred = pd.read_csv(out)
     assert list(pred.columns) == ["person", "prediction"]
     assert list(pred["person"]) == ["P000", "P001", "P002"]
     assert np.allclose(pred["prediction"], [60, 162, 164])
     assert "wrote 3 predictions" in said(done.stderr) and "beside person" in said(done.stderr)
     # --keep names the columns to carry instead
-    cli("model", "predict", str(released_model), str(new_people(tmp_path, ["gold"])), "-o", str(out),
-        "--keep", "notes", "--keep", "age")
+    cli(
+        "model",
+        "predict",
+        str(released_model),
+        str(new_people(tmp_path, ["gold"])),
+        "-o",
+        str(out),
+        "--keep",
+        "notes",
+        "--keep",
+        "age",
+    )
     assert list(pd.read_csv(out).columns) == ["notes", "age", "prediction"]
-    missing = cli("model", "predict", str(released_model), str(new_people(tmp_path, ["gold"])), "-o",
-                  str(tmp_path / "none.csv"), "--keep", "nope", ok=False)
+    missing = cli(
+        "model",
+        "predict",
+        str(released_model),
+        str(new_people(tmp_path, ["gold"])),
+        "-o",
+        str(tmp_path / "none.csv"),
+        "--keep",
+        "nope",
+        ok=False,
+    )
     assert missing.exit_code == 1 and "no column 'nope' in the CSV to keep" in said(missing.stderr)
     assert not (tmp_path / "none.csv").exists()
 
@@ -357,8 +419,9 @@ def test_model_predict_names_a_missing_feature_column(released_model, tmp_path):
 def test_model_predict_counts_unseen_values_in_the_catch_all_column(tmp_path):
     rng = np.random.default_rng(1)
     plans = rng.choice(["basic", "other"], 100)
-    train = pd.DataFrame({"plan_basic": (plans == "basic").astype("int8"),
-                          "plan_other": (plans == "other").astype("int8")})
+    train = pd.DataFrame(
+        {"plan_basic": (plans == "basic").astype("int8"), "plan_other": (plans == "other").astype("int8")}
+    )
     model = tmp_path / "m.skops"
     model.write_bytes(sio.dumps(LinearRegression().fit(train, 10 * train["plan_other"])))
     out = tmp_path / "p.csv"

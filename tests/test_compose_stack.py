@@ -27,8 +27,14 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def compose(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(REPO / "scripts" / "compose.sh"), *args], cwd=REPO, env=env, text=True,
-                          capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [str(REPO / "scripts" / "compose.sh"), *args],
+        cwd=REPO,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -36,11 +42,16 @@ def stack(tmp_path: Path):
     require_docker()
     if not (REPO / ".env").exists():
         unavailable("no .env with the image tags: run `make images`")
-    env = {**os.environ, "CLEANROOM_PROJECT": f"crtest{uuid.uuid4().hex[:8]}", "CLEANROOM_PORT": str(free_port()),
-           "CLEANROOM_HOME": str(tmp_path / "home")}
+    env = {
+        **os.environ,
+        "CLEANROOM_PROJECT": f"crtest{uuid.uuid4().hex[:8]}",
+        "CLEANROOM_PORT": str(free_port()),
+        "CLEANROOM_HOME": str(tmp_path / "home"),
+    }
     try:
-        up = subprocess.run([str(REPO / "scripts" / "up.sh")], cwd=REPO, env=env, text=True, capture_output=True,
-                            timeout=600)
+        up = subprocess.run(
+            [str(REPO / "scripts" / "up.sh")], cwd=REPO, env=env, text=True, capture_output=True, timeout=600
+        )
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         yield env
     finally:
@@ -63,7 +74,7 @@ def test_compose_stack_runs_a_job_and_keeps_state(stack, tmp_path, monkeypatch):
 
     retailer, bank, analyst, files, ids = setup_scenario(org, tmp_path, 1000, approve=True)
     job = analyst.submit_job("time_budget = 90\n" + scenario.job_spec(ids))  # its analyst learns the outcome
-    final = admin.wait_job(job["id"], timeout=300)                          # 90 s after the start
+    final = admin.wait_job(job["id"], timeout=300)  # 90 s after the start
     assert final["status"] == "succeeded", final
     retailer.approve_release(job["id"])
     assert analyst.wait_job(job["id"], timeout=300)["status"] == "released"
@@ -73,8 +84,9 @@ def test_compose_stack_runs_a_job_and_keeps_state(stack, tmp_path, monkeypatch):
     # down and up again: volumes persist, the same room key, the same datasets and audit chain
     before = admin.room()["keys"]["fingerprint"]
     assert compose(stack, "down").returncode == 0
-    up = subprocess.run([str(REPO / "scripts" / "up.sh")], cwd=REPO, env=stack, text=True, capture_output=True,
-                        timeout=600)
+    up = subprocess.run(
+        [str(REPO / "scripts" / "up.sh")], cwd=REPO, env=stack, text=True, capture_output=True, timeout=600
+    )
     assert up.returncode == 0, up.stderr[-2000:]
     deadline = time.time() + 60
     while time.time() < deadline:

@@ -150,9 +150,7 @@ def test_image_hash_covers_exactly_what_goes_into_each_image(tmp_path: Path) -> 
     assert new_sandbox == sandbox and new_app != app
 
     # A new base image changes both.
-    assert all(
-        a != b for a, b in zip(hashes(build, tmp_path, "sha256:other"), (sandbox, new_app), strict=True)
-    )
+    assert all(a != b for a, b in zip(hashes(build, tmp_path, "sha256:other"), (sandbox, new_app), strict=True))
 
 
 def test_env_files_name_the_images_and_keep_other_settings(tmp_path: Path) -> None:
@@ -275,9 +273,7 @@ def test_sandbox_image_is_unprivileged_and_has_no_tools(docker_client: Any) -> N
         " 'cryptography', 'cleanroom.api', 'cleanroom.runner', 'cleanroom.store.db', 'cleanroom.store')"
         " if found(m)]}))"
     )
-    facts = json.loads(
-        run(docker_client, image, ["python", "-I", "-c", probe], **HARDENED).strip().splitlines()[-1]
-    )
+    facts = json.loads(run(docker_client, image, ["python", "-I", "-c", probe], **HARDENED).strip().splitlines()[-1])
     assert (facts["uid"], facts["gid"]) == (65534, 65534)
     assert facts["cwd"] == "/tmp"
     assert facts["tools"] == []
@@ -313,8 +309,10 @@ def test_app_image_has_the_cleanroom_command(docker_client: Any) -> None:
 @pytest.mark.docker
 def test_app_image_ships_the_sandbox_seccomp_profile(docker_client: Any) -> None:
     image = require_image(docker_client, "CLEANROOM_APP_IMAGE")
-    probe = ("import hashlib; from cleanroom.runner.isolation import seccomp_profile; "
-             "print(hashlib.sha256(seccomp_profile().encode()).hexdigest())")
+    probe = (
+        "import hashlib; from cleanroom.runner.isolation import seccomp_profile; "
+        "print(hashlib.sha256(seccomp_profile().encode()).hexdigest())"
+    )
     out = run(docker_client, image, ["python", "-c", probe], network_mode="none")
     assert out.strip().splitlines()[-1] == hashlib.sha256(seccomp_profile().encode()).hexdigest()
 

@@ -17,8 +17,11 @@ from cleanroom.prepare.ingest import new_join_secret, prepare
 def owner(room):
     room_key = crypto.generate_keypair()
     # register a room key as the runner would (with the runner's token)
-    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-               json={"enc_public": room_key.enc_public, "sign_public": room_key.sign_public}).raise_for_status()
+    httpx.post(
+        room.url + "/runner/register",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+        json={"enc_public": room_key.enc_public, "sign_public": room_key.sign_public},
+    ).raise_for_status()
     client = room.org("retailer", "owner")
     client.room_key = room_key
     client.analyst = room.org("acme-analytics", "analyst")  # the policy's recipient: the room checks it exists
@@ -27,8 +30,13 @@ def owner(room):
 
 def prepared(tmp_path, room_key, n=300):
     files = scenario.write_data(tmp_path / "data", n)
-    return prepare(files["retail"], recipient=room_key.enc_public, id_column="customer_id",
-                   join_secret=new_join_secret(), policy=parse_policy(scenario.RETAIL_POLICY))
+    return prepare(
+        files["retail"],
+        recipient=room_key.enc_public,
+        id_column="customer_id",
+        join_secret=new_join_secret(),
+        policy=parse_policy(scenario.RETAIL_POLICY),
+    )
 
 
 def declare(client, prep, name="retail.purchases", **overrides):
@@ -50,8 +58,10 @@ def test_upload_round_trip_and_runner_side_decrypt(room, owner, tmp_path):
     assert ds["sha256"] == hashlib.sha256(data).hexdigest() == prep.sha256
     shown = owner.get_dataset("retail.purchases")
     assert shown["row_count"] == prep.row_count and shown["mock"] and "customer_id" not in shown["columns"]
-    r = httpx.get(room.url + "/runner/datasets/retail.purchases/ciphertext",
-                  headers={"authorization": f"Bearer {room.runner_token}"})
+    r = httpx.get(
+        room.url + "/runner/datasets/retail.purchases/ciphertext",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+    )
     from cleanroom.prepare.ingest import decrypt_dataset
 
     frame = decrypt_dataset(r.content, owner.room_key)
@@ -111,14 +121,20 @@ def test_upload_size_limit_is_413(tmp_path):
     small = Room(tmp_path / "api", max_upload_bytes=1000)
     try:
         key = crypto.generate_keypair()
-        httpx.post(small.url + "/runner/register", headers={"authorization": f"Bearer {small.runner_token}"},
-                   json={"enc_public": key.enc_public, "sign_public": key.sign_public}).raise_for_status()
+        httpx.post(
+            small.url + "/runner/register",
+            headers={"authorization": f"Bearer {small.runner_token}"},
+            json={"enc_public": key.enc_public, "sign_public": key.sign_public},
+        ).raise_for_status()
         client = small.org("retailer", "owner")
         prep = prepared(tmp_path, key)
         with pytest.raises(TooLarge):
             declare(client, prep)
-        r = httpx.post(small.url + "/datasets/uploads", headers={"authorization": f"Bearer {client.token}"},
-                       json={"name": "x", "policy": "", **prep.metadata()})
+        r = httpx.post(
+            small.url + "/datasets/uploads",
+            headers={"authorization": f"Bearer {client.token}"},
+            json={"name": "x", "policy": "", **prep.metadata()},
+        )
         assert r.status_code == 413 and r.json()["error"] == "too_large"
     finally:
         small.stop()
@@ -131,8 +147,9 @@ def test_analyst_cannot_upload_or_read_ciphertext(room, owner, tmp_path):
 
     with pytest.raises(PermissionDenied):
         declare(analyst, prep)
-    r = httpx.get(room.url + "/runner/datasets/retail.purchases/ciphertext",
-                  headers={"authorization": f"Bearer {analyst.token}"})
+    r = httpx.get(
+        room.url + "/runner/datasets/retail.purchases/ciphertext", headers={"authorization": f"Bearer {analyst.token}"}
+    )
     assert r.status_code == 403
 
 
@@ -143,8 +160,13 @@ def test_room_key_is_pinned_and_a_changed_key_refused(room, owner, tmp_path):
     assert owner.profile.room_fingerprint == first
     owner.profile.room_fingerprint = "SHA256:" + "0" * 32  # as if the room had presented another key before
     with pytest.raises(IntegrityError, match="key changed"):
-        owner.upload_dataset(scenario.write_data(tmp_path / "d", 100)["retail"], name="retail.x",
-                             policy=scenario.RETAIL_POLICY, id_column="customer_id", join_secret=new_join_secret())
+        owner.upload_dataset(
+            scenario.write_data(tmp_path / "d", 100)["retail"],
+            name="retail.x",
+            policy=scenario.RETAIL_POLICY,
+            id_column="customer_id",
+            join_secret=new_join_secret(),
+        )
     assert owner.list_datasets() == []
 
 
@@ -196,14 +218,24 @@ def test_the_sdk_refuses_a_mistyped_column_before_anything_is_sent(room, owner, 
     text[10] = ",".join(cells)
     files["retail"].write_text("\n".join(text) + "\n")
     with pytest.raises(ValidationError, match=r"line 11: 'unknown'") as refused:
-        owner.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY,
-                             id_column="customer_id", join_secret=new_join_secret())
+        owner.upload_dataset(
+            files["retail"],
+            name="retail.purchases",
+            policy=scenario.RETAIL_POLICY,
+            id_column="customer_id",
+            join_secret=new_join_secret(),
+        )
     assert "--text-column spend" in refused.value.hint
     assert owner.list_datasets() == [] and stored(room) == ({"datasets": 0, "uploads": 0, "policies": 0}, [])
     with pytest.raises(NotFound):
         owner.get_dataset("retail.purchases")
     # the control: told that spend is text (the policy's bounds for it go too), the upload goes through
-    done = owner.upload_dataset(files["retail"], name="retail.purchases", policy=scenario.RETAIL_POLICY.replace(
-        "[columns.spend]\nbounds = [0, 2500]", ""), id_column="customer_id", join_secret=new_join_secret(),
-        text_columns=["spend"])
+    done = owner.upload_dataset(
+        files["retail"],
+        name="retail.purchases",
+        policy=scenario.RETAIL_POLICY.replace("[columns.spend]\nbounds = [0, 2500]", ""),
+        id_column="customer_id",
+        join_secret=new_join_secret(),
+        text_columns=["spend"],
+    )
     assert done["column_types"]["spend"] == "string" and "email" in done["dropped_columns"]

@@ -44,11 +44,16 @@ def _rel(path: Path) -> str:
 
 # The CLI ----------------------------------------------------------------------------------------
 
+
 def _load_cli() -> click.Group:
     """The root group with every command registered, importing exactly what `cleanroom.cli.main` imports."""
     tree = ast.parse(inspect.getsource(base.main))
-    modules = [f"{node.module}.{alias.name}" for node in ast.walk(tree)
-               if isinstance(node, ast.ImportFrom) and node.module == "cleanroom.cli" for alias in node.names]
+    modules = [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "cleanroom.cli"
+        for alias in node.names
+    ]
     assert modules, "cleanroom.cli.base.main imports no command modules any more: update this test"
     for module in modules:
         importlib.import_module(module)
@@ -83,10 +88,12 @@ def test_every_command_is_documented(path):
     pattern = re.compile(rf"cleanroom(?:\s+--profile\s+\S+|\s+--json)*\s+{words}(?![\w-])")
     assert pattern.search(_docs_text()), (
         f"`cleanroom {path}` is not mentioned in docs/*.md or README.md: document it in the page of the role "
-        "that uses it (docs/operator.md, data-owner.md, analyst.md or reviewer.md)")
+        "that uses it (docs/operator.md, data-owner.md, analyst.md or reviewer.md)"
+    )
 
 
 # Every command line the docs show parses ----------------------------------------------------------
+
 
 def _code_lines(text: str) -> Iterator[tuple[int, str, bool]]:
     """(line number, text, strict) of the shell lines in fenced blocks (strict) and of inline
@@ -134,7 +141,7 @@ def _invocations(line: str) -> Iterator[list[str]]:
         if token in ("|", "||", "&&", ";"):
             for i, word in enumerate(segment):
                 if word == "cleanroom" or word.endswith("/bin/cleanroom"):
-                    yield segment[i + 1:]
+                    yield segment[i + 1 :]
                     break
             segment, redirected = [], False
 
@@ -180,8 +187,11 @@ def _check_args(command: click.Command, ctx: click.Context, args: list[str], str
     if rest:
         raise click.UsageError(f"unexpected extra arguments {rest}")
     if strict:
-        missing = [p.opts[0] if isinstance(p, click.Option) else p.human_readable_name for p in command.params
-                   if p.required and not _given(opts.get(p.name))]
+        missing = [
+            p.opts[0] if isinstance(p, click.Option) else p.human_readable_name
+            for p in command.params
+            if p.required and not _given(opts.get(p.name))
+        ]
         if missing:
             raise click.UsageError(f"missing {', '.join(missing)}")
 
@@ -190,8 +200,9 @@ def test_the_docs_show_command_lines():
     assert len(DOCUMENTED) > 40, "the command-line extraction found too few commands: is it broken?"
 
 
-@pytest.mark.parametrize(("page", "line", "args", "strict"), DOCUMENTED,
-                         ids=[f"{page}:{line}" for page, line, _, _ in DOCUMENTED])
+@pytest.mark.parametrize(
+    ("page", "line", "args", "strict"), DOCUMENTED, ids=[f"{page}:{line}" for page, line, _, _ in DOCUMENTED]
+)
 def test_documented_command_lines_parse(page, line, args, strict):
     ctx = click.Context(CLI, info_name="cleanroom")
     try:
@@ -230,8 +241,7 @@ def test_toml_examples_parse(page, line, text):
 
 # Hooks --------------------------------------------------------------------------------------------
 
-HOOKS = {name: fn for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
-         if hasattr(fn, "cleanroom_spec")}
+HOOKS = {name: fn for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "cleanroom_spec")}
 
 
 def test_hookspecs_are_found():
@@ -242,7 +252,8 @@ def test_hookspecs_are_found():
 def test_every_hook_is_documented_with_its_signature(hook):
     params = ", ".join(inspect.signature(HOOKS[hook]).parameters)
     assert f"`{hook}({params})`" in (DOCS / "plugins.md").read_text(), (
-        f"docs/plugins.md does not document the hook `{hook}({params})`")
+        f"docs/plugins.md does not document the hook `{hook}({params})`"
+    )
 
 
 def _builtin_plugins() -> dict[str, set[str]]:
@@ -279,7 +290,8 @@ SETTINGS = {"CLEANROOM_" + f.name.upper() for f in dataclasses.fields(Settings)}
 @pytest.mark.parametrize("variable", sorted(SETTINGS))
 def test_every_setting_is_in_the_readme(variable):
     assert re.search(rf"`{variable}`", (REPO / "README.md").read_text()), (
-        f"{variable} (cleanroom.settings.Settings) is missing from README.md's settings table")
+        f"{variable} (cleanroom.settings.Settings) is missing from README.md's settings table"
+    )
 
 
 def test_the_readme_settings_table_names_only_real_settings():
@@ -293,6 +305,7 @@ def test_the_readme_settings_table_names_only_real_settings():
 
 # The public API -----------------------------------------------------------------------------------
 
+
 def test_public_names_are_pinned():
     # Changing this list changes the SDK's public API: update docs/analyst.md with it.
     assert sorted(cleanroom.__all__) == ["Client", "__version__", "errors"]
@@ -305,6 +318,7 @@ def test_public_names_are_pinned():
 
 # Links --------------------------------------------------------------------------------------------
 
+
 def _links(page: Path) -> list[str]:
     text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
     return [target for target in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:", target)]
@@ -313,8 +327,10 @@ def _links(page: Path) -> list[str]:
 def _anchors(page: Path) -> set[str]:
     """GitHub's heading anchors: lowercase, punctuation dropped, spaces to hyphens."""
     text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
-    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-            for heading in re.findall(r"^#+ (.+)$", text, re.MULTILINE)}
+    return {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        for heading in re.findall(r"^#+ (.+)$", text, re.MULTILINE)
+    }
 
 
 @pytest.mark.parametrize("page", PAGES, ids=_rel)

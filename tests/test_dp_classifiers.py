@@ -30,26 +30,39 @@ def joined(n: int, seed: int = 0) -> pd.DataFrame:
     score = X @ [2.0, -1.0, 0.5]
     flag = (score + rng.normal(0, 0.3, n) > 0).astype(int)
     grade = np.digitize(score, [-0.8, 0.8])
-    return pd.DataFrame({"_pid": np.arange(n), "a": X[:, 0], "b": X[:, 1], "c": X[:, 2], "flag": flag,
-                         "grade": grade})
+    return pd.DataFrame({"_pid": np.arange(n), "a": X[:, 0], "b": X[:, 1], "c": X[:, 2], "flag": flag, "grade": grade})
 
 
-def run_release(spec: dict, *, frame: pd.DataFrame | None = None, require_dp: bool = True,
-                epsilon: float = 1.0) -> tuple[dict, dict]:
+def run_release(
+    spec: dict, *, frame: pd.DataFrame | None = None, require_dp: bool = True, epsilon: float = 1.0
+) -> tuple[dict, dict]:
     frame = joined(20_000) if frame is None else frame
-    policy = {"k": 10, "outputs": ["aggregate", "model"], "estimators": list(models.ESTIMATORS),
-              "allow_row_storing": False, "max_model_bytes": 1_000_000, "never_output": [], "join_only": [],
-              "bounds": BOUNDS, "require_dp": require_dp}
-    request = {"job_id": "job-dpc", "policy": policy, "outputs": {"model": True, "metrics": True, "aggregates": False},
-               "model_spec": spec, "analysis_specs": [], "table_names": [],
-               "dp": {"epsilon": epsilon, "delta": 1e-7} if require_dp else None,
-               "names": {"schemas": {"w": {c: [] for c in frame.columns}}, "job_strings": []}}
+    policy = {
+        "k": 10,
+        "outputs": ["aggregate", "model"],
+        "estimators": list(models.ESTIMATORS),
+        "allow_row_storing": False,
+        "max_model_bytes": 1_000_000,
+        "never_output": [],
+        "join_only": [],
+        "bounds": BOUNDS,
+        "require_dp": require_dp,
+    }
+    request = {
+        "job_id": "job-dpc",
+        "policy": policy,
+        "outputs": {"model": True, "metrics": True, "aggregates": False},
+        "model_spec": spec,
+        "analysis_specs": [],
+        "table_names": [],
+        "dp": {"epsilon": epsilon, "delta": 1e-7} if require_dp else None,
+        "names": {"schemas": {"w": {c: [] for c in frame.columns}}, "job_strings": []},
+    }
     return release.run(request, {release.FRAME: wire.frame_to_bytes(frame)})
 
 
 def spec_of(name: str, target: str = "flag", params: dict | None = None) -> dict:
-    return {"estimator": name, "params": params or {}, "target": target, "features": FEATURES,
-            "task": "classification"}
+    return {"estimator": name, "params": params or {}, "target": target, "features": FEATURES, "task": "classification"}
 
 
 @pytest.mark.parametrize("name", dp_classifiers.DP_CLASSIFIERS)
@@ -124,9 +137,14 @@ def test_values_outside_the_declared_bounds_are_clipped_never_used_as_bounds():
     assert json.loads(files["artifacts/metrics.json"])["bounds"]["a"] == [-1, 1]
 
 
-@pytest.mark.parametrize(("params", "message"), [({"criterion": "entropy"}, "takes only"),
-                                                 ({"n_estimators": 1000}, "must be a number"),
-                                                 ({"max_depth": True}, "must be a number")])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"criterion": "entropy"}, "takes only"),
+        ({"n_estimators": 1000}, "must be a number"),
+        ({"max_depth": True}, "must be a number"),
+    ],
+)
 def test_only_capped_parameters_are_accepted(params, message):
     meta, _ = run_release(spec_of("random_forest_classifier", params=params))
     assert not meta["ok"] and message in meta["error"]
@@ -145,20 +163,24 @@ def test_the_budget_is_charged_once_and_refused_when_spent():
     budget = dp.Budget(0.5, 0.0)
     frame = joined(2000)
     x_bounds = np.array([BOUNDS[c] for c in FEATURES], dtype="float64")
-    dp_classifiers.fit_classifier("gaussian_nb", frame[FEATURES].to_numpy(), frame["flag"].to_numpy(), x_bounds,
-                                  (0, 1), 0.5, budget, {})
+    dp_classifiers.fit_classifier(
+        "gaussian_nb", frame[FEATURES].to_numpy(), frame["flag"].to_numpy(), x_bounds, (0, 1), 0.5, budget, {}
+    )
     assert budget.epsilon_spent == pytest.approx(0.5)
     with pytest.raises(dp.BudgetError):
-        dp_classifiers.fit_classifier("gaussian_nb", frame[FEATURES].to_numpy(), frame["flag"].to_numpy(),
-                                      x_bounds, (0, 1), 0.5, budget, {})
+        dp_classifiers.fit_classifier(
+            "gaussian_nb", frame[FEATURES].to_numpy(), frame["flag"].to_numpy(), x_bounds, (0, 1), 0.5, budget, {}
+        )
 
 
 @pytest.mark.slow  # a distribution test: many noisy releases
 def test_the_holdout_counts_carry_laplace_noise_of_the_documented_scale():
     epsilon = 0.5
     y = np.array([0, 1] * 500)
-    draws = np.array([dp_classifiers.holdout_accuracy(y, y, np.array([0, 1]), epsilon)["noisy_units"]
-                      for _ in range(1500)], dtype="float64") - len(y)
+    draws = np.array(
+        [dp_classifiers.holdout_accuracy(y, y, np.array([0, 1]), epsilon)["noisy_units"] for _ in range(1500)],
+        dtype="float64",
+    ) - len(y)
     scale = dp_classifiers.ACCURACY_QUERIES / epsilon
     # released rounded to whole units (a discrete law, so no KS test): Laplace(b) has E|X| = b and
     # sd = b sqrt(2); rounding moves each by far less than the 10 % allowed (1500 draws: sampling error ~3 %)
@@ -170,10 +192,19 @@ def test_the_holdout_counts_carry_laplace_noise_of_the_documented_scale():
 def test_the_dry_run_plan_names_the_classifier_mechanism_and_the_accuracy_noise():
     from cleanroom.sandbox.release import dp_plan
 
-    plan = dp_plan.describe(1.0, 1e-7, aggregates=False, model=True, metrics=True, features=3, y_bounds=(0, 1),
-                            estimator="logistic_regression")
+    plan = dp_plan.describe(
+        1.0,
+        1e-7,
+        aggregates=False,
+        model=True,
+        metrics=True,
+        features=3,
+        y_bounds=(0, 1),
+        estimator="logistic_regression",
+    )
     assert "objective perturbation" in plan["parts"]["model"]["mechanism"]
     assert plan["parts"]["metrics"]["noise_scale"]["count"] == pytest.approx(2.0)  # 2 counts at epsilon 1
-    control = dp_plan.describe(1.0, 1e-7, aggregates=False, model=True, metrics=True, features=3, y_bounds=(0, 1),
-                               estimator="ridge")
+    control = dp_plan.describe(
+        1.0, 1e-7, aggregates=False, model=True, metrics=True, features=3, y_bounds=(0, 1), estimator="ridge"
+    )
     assert "sufficient-statistics" in control["parts"]["model"]["mechanism"]

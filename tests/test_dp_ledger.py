@@ -13,8 +13,11 @@ from tests.scenario_setup import setup_scenario
 def register_room_key(room) -> None:
     """The room's key, registered as the runner would (no runner runs here: jobs stay queued)."""
     key = crypto.generate_keypair()
-    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-               json={"enc_public": key.enc_public, "sign_public": key.sign_public}).raise_for_status()
+    httpx.post(
+        room.url + "/runner/register",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+        json={"enc_public": key.enc_public, "sign_public": key.sign_public},
+    ).raise_for_status()
 
 
 @pytest.fixture
@@ -67,8 +70,9 @@ def test_the_dry_run_shows_the_charge_and_the_noise_and_spends_nothing(world):
 
 def test_the_dry_run_with_listed_features_gives_the_model_noise(world):
     _, _, _, analyst, ids = world
-    spec = scenario.job_spec(ids).replace('target = "spend", alpha = 1.0', 'target = "spend", alpha = 1.0, '
-                                          'features = ["age", "income", "visits"]')
+    spec = scenario.job_spec(ids).replace(
+        'target = "spend", alpha = 1.0', 'target = "spend", alpha = 1.0, features = ["age", "income", "visits"]'
+    )
     model = analyst.job_cost(spec)["plan"]["parts"]["model"]
     assert model["sensitivity_l2"] == 5 and model["released_moments"] == 15
     assert model["interval_95"] == pytest.approx(1.959963984540054 * model["noise_scale"])
@@ -128,8 +132,15 @@ def test_each_recipient_spends_at_most_its_share(tmp_path):
 
     def charge(job: str, recipient: str) -> None:
         with store.tx() as conn:
-            ledger.charge(conn, job_id=job, recipient=recipient, datasets=datasets, effective=effective,
-                          room_epsilon=None, now=0.0)
+            ledger.charge(
+                conn,
+                job_id=job,
+                recipient=recipient,
+                datasets=datasets,
+                effective=effective,
+                room_epsilon=None,
+                now=0.0,
+            )
 
     charge("j1", "acme")
     with pytest.raises(PolicyError, match="'acme' has epsilon 0.5 left of its share \\(1.5\\)"):
@@ -174,16 +185,39 @@ def test_the_cli_upload_says_what_the_policy_means_and_suggests_bounds(world, ro
     save_join_secret(tmp_path / "join.key", new_join_secret())
     exact = tmp_path / "exact.toml"
     exact.write_text(scenario.exact_policy(scenario.RETAIL_POLICY))
-    done = run("dataset", "upload", str(files["retail"]), "--name", "retail.exact", "--policy", str(exact),
-               "--id-column", "customer_id", "--join-secret", str(tmp_path / "join.key"), profile="shop")
+    done = run(
+        "dataset",
+        "upload",
+        str(files["retail"]),
+        "--name",
+        "retail.exact",
+        "--policy",
+        str(exact),
+        "--id-column",
+        "customer_id",
+        "--join-secret",
+        str(tmp_path / "join.key"),
+        profile="shop",
+    )
     assert "review = true is forced" in done.stderr
     assert "seen in your rows" in done.stderr and "[columns.spend]\nbounds = [" in done.stderr  # suggestions
     assert "[columns.last_purchase]" not in done.stderr  # dates are not suggested
     assert retailer.get_dataset("retail.exact")["policy"]["release"]["review"] is True
     # control: the DP default says so too
-    dp_done = run("dataset", "upload", str(files["retail"]), "--name", "retail.dp", "--policy",
-                  str(files["retail_policy"]), "--id-column", "customer_id", "--join-secret",
-                  str(tmp_path / "join.key"), profile="shop")
+    dp_done = run(
+        "dataset",
+        "upload",
+        str(files["retail"]),
+        "--name",
+        "retail.dp",
+        "--policy",
+        str(files["retail_policy"]),
+        "--id-column",
+        "customer_id",
+        "--join-secret",
+        str(tmp_path / "join.key"),
+        profile="shop",
+    )
     assert "differential privacy: lifetime budget epsilon 3" in dp_done.stderr
 
 
@@ -202,14 +236,17 @@ def test_the_migration_keeps_the_old_budget_rows_as_charges(tmp_path):
             if statement.strip():
                 conn.execute(statement)
     conn.execute(f"PRAGMA user_version={mine}")
-    conn.execute("INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, created_at)"
-                 " VALUES ('job_old', 'org', 'j', '{\"recipient\": \"acme\"}', '{}', 'succeeded', 1)")
+    conn.execute(
+        "INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, created_at)"
+        " VALUES ('job_old', 'org', 'j', '{\"recipient\": \"acme\"}', '{}', 'succeeded', 1)"
+    )
     conn.execute("INSERT INTO budget VALUES ('retail', 'job_old', 0.7, 'spent', 1)")
     conn.execute("INSERT INTO budget VALUES ('retail', 'job_queued', 0.2, 'reserved', 2)")
     conn.commit()
     conn.close()
     store = Store(tmp_path / "db")
     with store.read() as db:
-        rows = [tuple(r) for r in db.execute("SELECT job_id, dataset, recipient, epsilon FROM privacy_charges"
-                                             " ORDER BY seq")]
+        rows = [
+            tuple(r) for r in db.execute("SELECT job_id, dataset, recipient, epsilon FROM privacy_charges ORDER BY seq")
+        ]
     assert rows == [("job_old", "retail", "acme", 0.7), ("job_queued", "retail", "", 0.2)]

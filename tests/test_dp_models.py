@@ -26,6 +26,7 @@ REJECT = 1e-6
 
 # -- calibration (deterministic) ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("epsilon", "delta", "features"), [(0.5, 1e-7, 1), (0.4, 5e-8, 3), (2.0, 1e-6, 12)])
 def test_gaussian_scale_is_the_closed_form_and_the_map_stays_within_budget(epsilon, delta, features):
     d = dp_plan.ssp_dimension(features)
@@ -46,8 +47,11 @@ def test_laplace_scale_is_sensitivity_over_epsilon(sensitivity, epsilon):
 
 
 def test_the_plan_splits_the_job_budget_and_never_exceeds_it():
-    for flags in ({"aggregates": True, "model": True, "metrics": True}, {"aggregates": True, "model": False,
-                  "metrics": False}, {"aggregates": False, "model": True, "metrics": True}):
+    for flags in (
+        {"aggregates": True, "model": True, "metrics": True},
+        {"aggregates": True, "model": False, "metrics": False},
+        {"aggregates": False, "model": True, "metrics": True},
+    ):
         parts = dp_plan.split(1.0, 1e-7, **flags)
         assert sum(e for e, _ in parts.values()) == pytest.approx(1.0)
         assert sum(d for _, d in parts.values()) == pytest.approx(1e-7)
@@ -61,6 +65,7 @@ def test_a_release_spends_at_most_the_job_budget():
 
 
 # -- sensitivity with adversarial neighbours ------------------------------------------------------------
+
 
 def neighbours(seed: int, n: int = 300, p: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -85,8 +90,9 @@ def test_one_unit_moves_the_moments_by_at_most_d_in_l2(extreme):
 
 def test_one_unit_with_many_rows_still_counts_once():
     rng = np.random.default_rng(2)
-    frame = pd.DataFrame({"_pid": np.r_[np.zeros(50, dtype=int), np.arange(1, 201)],
-                          "x": np.r_[np.full(50, 1e6), rng.normal(size=200)]})
+    frame = pd.DataFrame(
+        {"_pid": np.r_[np.zeros(50, dtype=int), np.arange(1, 201)], "x": np.r_[np.full(50, 1e6), rng.normal(size=200)]}
+    )
     kept = dp_models.one_row_per_unit(frame, np.random.default_rng(0))
     assert kept["_pid"].is_unique and (kept["_pid"] == 0).sum() == 1 and len(kept) == 201
 
@@ -110,6 +116,7 @@ def test_bounds_must_be_declared_never_read_from_the_data():
 
 
 # -- the released noise has the documented scale (statistical, rejection level 1e-6) -------------------
+
 
 @pytest.mark.slow  # a distribution test: many noisy fits
 def test_released_moment_noise_is_gaussian_with_the_documented_sigma():
@@ -135,6 +142,7 @@ def test_coefficients_vary_between_runs_as_the_noise_says():
 
 # -- utility ------------------------------------------------------------------------------------------------
 
+
 def test_the_dp_model_is_close_to_the_truth_on_enough_units():
     meta, files = run_release(frame=joined(20_000), dp={"epsilon": 1.0, "delta": 1e-7})
     assert meta["ok"], meta
@@ -150,12 +158,20 @@ def test_the_dp_model_is_close_to_the_truth_on_enough_units():
 
 
 def test_dp_refuses_models_it_cannot_fit_privately():
-    meta, _ = run_release(spec={"estimator": "decision_tree_regressor", "params": {}, "target": "y",
-                                "features": ["a", "b", "c"], "task": "regression"})
+    meta, _ = run_release(
+        spec={
+            "estimator": "decision_tree_regressor",
+            "params": {},
+            "target": "y",
+            "features": ["a", "b", "c"],
+            "task": "regression",
+        }
+    )
     assert not meta["ok"] and "sample_and_aggregate" in meta["error"]
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
+
 
 def joined(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
@@ -168,17 +184,31 @@ BOUNDS = {"a": [0, 10], "b": [0, 10], "c": [0, 10], "y": [-20, 40]}
 SPEC = {"estimator": "ridge", "params": {}, "target": "y", "features": ["a", "b", "c"], "task": "regression"}
 
 
-def run_release(*, frame: pd.DataFrame | None = None, bounds: dict | None = None, spec: dict | None = None,
-                dp: dict | None = None) -> tuple[dict, dict]:
+def run_release(
+    *, frame: pd.DataFrame | None = None, bounds: dict | None = None, spec: dict | None = None, dp: dict | None = None
+) -> tuple[dict, dict]:
     frame = joined(3000) if frame is None else frame
-    policy = {"k": 10, "outputs": ["aggregate", "model"], "estimators": ["ridge", "linear_regression",
-              "decision_tree_regressor"], "allow_row_storing": False, "max_model_bytes": 1_000_000,
-              "never_output": [], "join_only": [], "bounds": BOUNDS if bounds is None else bounds,
-              "require_dp": True}
-    request = {"job_id": "job-dp", "policy": policy, "outputs": {"model": True, "metrics": True, "aggregates": False},
-               "model_spec": spec or SPEC, "analysis_specs": [], "table_names": [],
-               "dp": dp or {"epsilon": 1.0, "delta": 1e-7},
-               "names": {"schemas": {"w": {c: [] for c in frame.columns}}, "job_strings": []}}
+    policy = {
+        "k": 10,
+        "outputs": ["aggregate", "model"],
+        "estimators": ["ridge", "linear_regression", "decision_tree_regressor"],
+        "allow_row_storing": False,
+        "max_model_bytes": 1_000_000,
+        "never_output": [],
+        "join_only": [],
+        "bounds": BOUNDS if bounds is None else bounds,
+        "require_dp": True,
+    }
+    request = {
+        "job_id": "job-dp",
+        "policy": policy,
+        "outputs": {"model": True, "metrics": True, "aggregates": False},
+        "model_spec": spec or SPEC,
+        "analysis_specs": [],
+        "table_names": [],
+        "dp": dp or {"epsilon": 1.0, "delta": 1e-7},
+        "names": {"schemas": {"w": {c: [] for c in frame.columns}}, "job_strings": []},
+    }
     return release.run(request, {release.FRAME: wire.frame_to_bytes(frame)})
 
 
@@ -221,8 +251,9 @@ def test_one_unit_with_extreme_rows_moves_a_dp_aggregate_by_at_most_its_sensitiv
     n = 3000
     base = pd.DataFrame({"_pid": np.arange(n), "g": rng.choice(["a", "b"], n), "v": rng.uniform(0, 100, n)})
     target = pd.DataFrame({"_pid": np.zeros(50, dtype=int) + n, "g": ["a"] * 50, "v": [extreme] * 50})
-    spec = aggregates.parse_spec({"name": "t", "group_by": ["g"], "metrics": [
-        {"agg": "count"}, {"agg": "sum", "column": "v"}]}, base, set())
+    spec = aggregates.parse_spec(
+        {"name": "t", "group_by": ["g"], "metrics": [{"agg": "count"}, {"agg": "sum", "column": "v"}]}, base, set()
+    )
     bounds = {"v": (0.0, 100.0)}
 
     def release(frame: pd.DataFrame) -> pd.DataFrame:

@@ -10,19 +10,33 @@ from cleanroom.policy import parse_policy
 from cleanroom.prepare.mock import StatsCollector, suggest_policy
 from cleanroom.published import Column, Schema, declared_stats, make_mock, publish, published_schema
 
-POLICY = parse_policy("[columns.spend]\nbounds = [0, 500]\n[columns.region]\ndomain = ['n', 's']\n"
-                      "[columns.age]\nbounds = [18.5, 90.5]\n")
-SCHEMA = Schema([Column("_pid", "string", False, stats={}), Column("spend", "number"), Column("age", "integer"),
-                 Column("region", "string"), Column("note", "string"), Column("ok", "boolean"),
-                 Column("day", "date")])
+POLICY = parse_policy(
+    "[columns.spend]\nbounds = [0, 500]\n[columns.region]\ndomain = ['n', 's']\n[columns.age]\nbounds = [18.5, 90.5]\n"
+)
+SCHEMA = Schema(
+    [
+        Column("_pid", "string", False, stats={}),
+        Column("spend", "number"),
+        Column("age", "integer"),
+        Column("region", "string"),
+        Column("note", "string"),
+        Column("ok", "boolean"),
+        Column("day", "date"),
+    ]
+)
 
 
 def test_published_stats_are_the_policy_declarations_and_nothing_else():
     published = {c.name: c.stats for c in published_schema(SCHEMA, POLICY).columns}
-    assert published == {"_pid": {}, "spend": {"declared": True, "min": 0.0, "max": 500.0},
-                         "age": {"declared": True, "min": 19, "max": 90},  # integers inside the bounds
-                         "region": {"declared": True, "categories": {"n": 1, "s": 1}},
-                         "note": {"declared": True}, "ok": {"declared": True}, "day": {"declared": True}}
+    assert published == {
+        "_pid": {},
+        "spend": {"declared": True, "min": 0.0, "max": 500.0},
+        "age": {"declared": True, "min": 19, "max": 90},  # integers inside the bounds
+        "region": {"declared": True, "categories": {"n": 1, "s": 1}},
+        "note": {"declared": True},
+        "ok": {"declared": True},
+        "day": {"declared": True},
+    }
 
 
 def test_summaries_computed_from_rows_never_reach_the_published_schema():
@@ -30,8 +44,11 @@ def test_summaries_computed_from_rows_never_reach_the_published_schema():
     import pyarrow as pa
 
     collector = StatsCollector(rows.columns)
-    collector.update(pa.record_batch([pa.array(np.linspace(0, 4321.5, 100)), pa.array(["n"] * 60 + ["x"] * 40)],
-                                     names=["spend", "region"]))
+    collector.update(
+        pa.record_batch(
+            [pa.array(np.linspace(0, 4321.5, 100)), pa.array(["n"] * 60 + ["x"] * 40)], names=["spend", "region"]
+        )
+    )
     computed = Schema([collector.column(c) for c in rows.columns])
     assert "mean" in computed.column("spend").stats  # the owner's view (control)
     published = published_schema(computed, POLICY)
@@ -51,9 +68,13 @@ def test_mock_rows_come_from_the_declarations():
 
 
 def test_the_api_side_publish_replaces_whatever_a_client_sent():
-    sent = {"columns": [{"name": "_pid", "type": "string", "nullable": False, "stats": {}},
-                        {"name": "spend", "type": "number", "stats": {"mean": 1234.5, "min": 3.2, "max": 4321.0}},
-                        {"name": "secret", "type": "string", "stats": {}}]}
+    sent = {
+        "columns": [
+            {"name": "_pid", "type": "string", "nullable": False, "stats": {}},
+            {"name": "spend", "type": "number", "stats": {"mean": 1234.5, "min": 3.2, "max": 4321.0}},
+            {"name": "secret", "type": "string", "stats": {}},
+        ]
+    }
     schema, mock = publish(sent, POLICY.to_dict(), 20)
     stats = {c["name"]: c.get("stats") for c in schema["columns"]}
     assert stats["spend"] == {"declared": True, "min": 0.0, "max": 500.0}

@@ -130,8 +130,11 @@ def test_cancel_a_queued_job(room, tmp_path):
     key = crypto.generate_keypair()
     import httpx
 
-    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-               json={"enc_public": key.enc_public, "sign_public": key.sign_public}).raise_for_status()
+    httpx.post(
+        room.url + "/runner/register",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+        json={"enc_public": key.enc_public, "sign_public": key.sign_public},
+    ).raise_for_status()
     retailer, bank, analyst, files, ids = setup_scenario(room, tmp_path, n=300)
     approve_all(retailer, bank, ids)
     job = analyst.submit_job(scenario.job_spec(ids))
@@ -151,13 +154,24 @@ def test_plugin_test_runs_on_mock_data_in_the_sandbox(room, runner, tmp_path):
     from cleanroom.local.plugin_test import test_plugin
 
     retailer, bank, analyst, files, ids = setup_scenario(room, tmp_path, n=300)
-    result = test_plugin(analyst, REPO / "plugins" / "one-hot", ["retail.purchases"],
-                         {"columns": ["category"]}, image=runner.settings.sandbox_image,
-                         settings=runner.settings)
+    result = test_plugin(
+        analyst,
+        REPO / "plugins" / "one-hot",
+        ["retail.purchases"],
+        {"columns": ["category"]},
+        image=runner.settings.sandbox_image,
+        settings=runner.settings,
+    )
     assert result["ok"] is True, result
     assert any(c.startswith("category_") for c in result["columns"])
-    model = test_plugin(analyst, REPO / "plugins" / "linear-model", ["retail.purchases", "bank.customers"],
-                        {"target": "spend"}, image=runner.settings.sandbox_image, settings=runner.settings)
+    model = test_plugin(
+        analyst,
+        REPO / "plugins" / "linear-model",
+        ["retail.purchases", "bank.customers"],
+        {"target": "spend"},
+        image=runner.settings.sandbox_image,
+        settings=runner.settings,
+    )
     assert model["ok"] and model["model_specs"][0]["spec"]["estimator"] == "ridge"
 
 
@@ -171,8 +185,11 @@ def test_queue_flooding_gets_429(tmp_path):
     small = Room(tmp_path / "api", max_queued_jobs_per_org=2)
     try:
         key = crypto.generate_keypair()
-        httpx.post(small.url + "/runner/register", headers={"authorization": f"Bearer {small.runner_token}"},
-                   json={"enc_public": key.enc_public, "sign_public": key.sign_public}).raise_for_status()
+        httpx.post(
+            small.url + "/runner/register",
+            headers={"authorization": f"Bearer {small.runner_token}"},
+            json={"enc_public": key.enc_public, "sign_public": key.sign_public},
+        ).raise_for_status()
         retailer, bank, analyst, files, ids = setup_scenario(small, tmp_path, n=300)
         approve_all(retailer, bank, ids)
         spec = scenario.job_spec(ids)

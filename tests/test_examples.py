@@ -18,9 +18,23 @@ REPO = Path(__file__).resolve().parent.parent
 def test_spend_model_example(room, runner, tmp_path):
     try:
         done = subprocess.run(
-            [sys.executable, str(REPO / "examples" / "spend_model.py"), "--url", room.url,
-             "--admin-token", room.admin_token, "--customers", "20000", "--workdir", str(tmp_path / "work")],
-            env=dict(os.environ), capture_output=True, text=True, timeout=450)
+            [
+                sys.executable,
+                str(REPO / "examples" / "spend_model.py"),
+                "--url",
+                room.url,
+                "--admin-token",
+                room.admin_token,
+                "--customers",
+                "20000",
+                "--workdir",
+                str(tmp_path / "work"),
+            ],
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=450,
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the example did not finish in {exc.timeout} s; its output so far:\n{exc.stdout}\n{exc.stderr}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

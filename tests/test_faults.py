@@ -45,6 +45,7 @@ pytestmark = pytest.mark.slow
 
 # Processes --------------------------------------------------------------------------------------
 
+
 class Proc:
     """A `cleanroom` subprocess with its output in a file (for the failure message)."""
 
@@ -52,8 +53,9 @@ class Proc:
         self.log = log
         self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-        self.proc = subprocess.Popen([*CLI, *args], env=full_env, stdout=self._out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [*CLI, *args], env=full_env, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
 
     def kill9(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
@@ -101,9 +103,14 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_token = f"crt_{secrets.token_hex(8)}.{secrets.token_urlsafe(32)}"
-        self.env = {"CLEANROOM_DATA_DIR": str(data_dir), "CLEANROOM_HOST": "127.0.0.1",
-                    "CLEANROOM_PORT": str(self.port), "CLEANROOM_BOOTSTRAP_TOKEN": self.admin_token,
-                    "CLEANROOM_RUNNER_TOKEN_FILE": str(data_dir.parent / "runner-token"), **env}
+        self.env = {
+            "CLEANROOM_DATA_DIR": str(data_dir),
+            "CLEANROOM_HOST": "127.0.0.1",
+            "CLEANROOM_PORT": str(self.port),
+            "CLEANROOM_BOOTSTRAP_TOKEN": self.admin_token,
+            "CLEANROOM_RUNNER_TOKEN_FILE": str(data_dir.parent / "runner-token"),
+            **env,
+        }
         self.proc: Proc | None = None
 
     def start(self) -> None:
@@ -131,8 +138,11 @@ class Server:
 def register_room_key(url: str, runner_token: str) -> Any:
     """What a runner does on its first start: publish the room's public keys."""
     keys = generate_keypair()
-    httpx.post(url + "/runner/register", headers={"authorization": f"Bearer {runner_token}"},
-               json={"enc_public": keys.enc_public, "sign_public": keys.sign_public}).raise_for_status()
+    httpx.post(
+        url + "/runner/register",
+        headers={"authorization": f"Bearer {runner_token}"},
+        json={"enc_public": keys.enc_public, "sign_public": keys.sign_public},
+    ).raise_for_status()
     return keys
 
 
@@ -143,21 +153,34 @@ def owner_token(url: str, admin_headers: dict[str, str], name: str = "retailer")
 
 
 def declare(url: str, token: str, name: str, data_sha: str, size: int) -> str:
-    resp = httpx.post(url + "/datasets/uploads", headers={"authorization": f"Bearer {token}"}, json={
-        # no [columns.X] rules or recipients: the room refuses rules for missing columns and unknown orgs
-        "name": name, "policy": "[privacy]\nk = 10\n", "row_count": 1, "mock": [],
-        "schema": {"columns": [{"name": "_pid", "type": "string"}]}, "sha256": data_sha, "size": size})
+    resp = httpx.post(
+        url + "/datasets/uploads",
+        headers={"authorization": f"Bearer {token}"},
+        json={
+            # no [columns.X] rules or recipients: the room refuses rules for missing columns and unknown orgs
+            "name": name,
+            "policy": "[privacy]\nk = 10\n",
+            "row_count": 1,
+            "mock": [],
+            "schema": {"columns": [{"name": "_pid", "type": "string"}]},
+            "sha256": data_sha,
+            "size": size,
+        },
+    )
     assert resp.status_code == 201, resp.text
     return str(resp.json()["put"])
 
 
 def blob_files(data_dir: Path) -> dict[str, list[Path]]:
     blobs = data_dir / "blobs"
-    return {"tmp": sorted((blobs / "tmp").iterdir()) if (blobs / "tmp").exists() else [],
-            "final": sorted(p for p in blobs.glob("??/*") if p.is_file())}
+    return {
+        "tmp": sorted((blobs / "tmp").iterdir()) if (blobs / "tmp").exists() else [],
+        "final": sorted(p for p in blobs.glob("??/*") if p.is_file()),
+    }
 
 
 # (a) the API killed during an upload -------------------------------------------------------------
+
 
 def test_api_killed_mid_upload_leaves_nothing_and_the_retry_succeeds(tmp_path: Path, procs: list[Proc]) -> None:
     server = Server(procs, tmp_path / "api" / "data", tmp_path / "api.log")
@@ -178,12 +201,16 @@ def test_api_killed_mid_upload_leaves_nothing_and_the_retry_succeeds(tmp_path: P
             if offset == len(ciphertext) // 2 // step * step:
                 halfway.set()
                 release.wait(30)  # hold the stream open, half sent, until the server is dead
-            yield ciphertext[offset:offset + step]
+            yield ciphertext[offset : offset + step]
 
     def upload() -> None:
         try:
-            outcome["response"] = httpx.put(server.url + put, content=chunks(), headers={
-                "authorization": f"Bearer {owner}", "content-type": "application/octet-stream"}, timeout=60)
+            outcome["response"] = httpx.put(
+                server.url + put,
+                content=chunks(),
+                headers={"authorization": f"Bearer {owner}", "content-type": "application/octet-stream"},
+                timeout=60,
+            )
         except httpx.HTTPError as exc:
             outcome["error"] = exc
 
@@ -211,8 +238,12 @@ def test_api_killed_mid_upload_leaves_nothing_and_the_retry_succeeds(tmp_path: P
     assert not [e for e in events if e["action"] == "dataset.uploaded"]
 
     # the declaration survived: the same PUT is simply retried
-    resp = httpx.put(server.url + put, content=ciphertext, timeout=60, headers={
-        "authorization": f"Bearer {owner}", "content-type": "application/octet-stream"})
+    resp = httpx.put(
+        server.url + put,
+        content=ciphertext,
+        timeout=60,
+        headers={"authorization": f"Bearer {owner}", "content-type": "application/octet-stream"},
+    )
     assert resp.status_code == 200, resp.text
     assert resp.json()["sha256"] == sha
     assert httpx.get(server.url + "/datasets/retail.big", headers=admin).json()["sha256"] == sha
@@ -222,6 +253,7 @@ def test_api_killed_mid_upload_leaves_nothing_and_the_retry_succeeds(tmp_path: P
 
 
 # (a2) shared blobs: a killed upload of bytes a record references, and a killed sweep ----------------
+
 
 def server_client(server: Server, token: str, name: str) -> Client:
     return Client(server.url, token, profile=Profile(name=f"{name}-{server.port}"))
@@ -248,8 +280,9 @@ def admin_check(server: Server) -> subprocess.CompletedProcess[str]:
     return cli(["--json", "admin", "check"], {"CLEANROOM_URL": server.url, "CLEANROOM_TOKEN": server.admin_token})
 
 
-def test_api_killed_mid_upload_of_a_release_artifacts_bytes_keeps_the_artifact(tmp_path: Path,
-                                                                             procs: list[Proc]) -> None:
+def test_api_killed_mid_upload_of_a_release_artifacts_bytes_keeps_the_artifact(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
     """An input owner streams the bytes of a release artifact as a dataset; the API is killed halfway;
     after the restart the artifact is intact, `admin check` passes, the retry completes (two records,
     one blob), and a sweep over aged blobs keeps it."""
@@ -272,12 +305,16 @@ def test_api_killed_mid_upload_of_a_release_artifacts_bytes_keeps_the_artifact(t
         yield artifact[: len(artifact) // 2]
         halfway.set()
         release_stream.wait(30)
-        yield artifact[len(artifact) // 2:]
+        yield artifact[len(artifact) // 2 :]
 
     def upload() -> None:
         try:
-            outcome["response"] = httpx.put(server.url + put, content=chunks(), timeout=60, headers={
-                "authorization": f"Bearer {retailer.token}", "content-type": "application/octet-stream"})
+            outcome["response"] = httpx.put(
+                server.url + put,
+                content=chunks(),
+                timeout=60,
+                headers={"authorization": f"Bearer {retailer.token}", "content-type": "application/octet-stream"},
+            )
         except httpx.HTTPError as exc:
             outcome["error"] = exc
 
@@ -300,8 +337,12 @@ def test_api_killed_mid_upload_of_a_release_artifacts_bytes_keeps_the_artifact(t
     checked = admin_check(server)
     assert checked.returncode == 0 and json.loads(checked.stdout)["ok"], checked.stdout + checked.stderr
     # the retry of the same PUT completes: the dataset and the artifact now share one blob
-    resp = httpx.put(server.url + put, content=artifact, timeout=60, headers={
-        "authorization": f"Bearer {retailer.token}", "content-type": "application/octet-stream"})
+    resp = httpx.put(
+        server.url + put,
+        content=artifact,
+        timeout=60,
+        headers={"authorization": f"Bearer {retailer.token}", "content-type": "application/octet-stream"},
+    )
     assert resp.status_code == 200 and resp.json()["sha256"] == sha, resp.text
     age_blobs(server.data_dir)
     swept = httpx.post(server.url + "/admin/storage/sweep", json={}, headers=server.headers()).json()
@@ -312,7 +353,8 @@ def test_api_killed_mid_upload_of_a_release_artifacts_bytes_keeps_the_artifact(t
 
 
 def test_api_killed_mid_sweep_loses_nothing_referenced_and_the_next_sweep_finishes(
-        tmp_path: Path, procs: list[Proc]) -> None:
+    tmp_path: Path, procs: list[Proc]
+) -> None:
     """Thousands of old orphans make the sweep's delete step take a while; the API is killed during
     it. After the restart the referenced ciphertext is intact, `admin check` passes and names the
     interrupted sweep, and the next sweep removes the rest of the orphans."""
@@ -326,8 +368,12 @@ def test_api_killed_mid_sweep_loses_nothing_referenced_and_the_next_sweep_finish
     ciphertext = encrypt_bytes(os.urandom(2**20), [keys.enc_public])
     sha = hashlib.sha256(ciphertext).hexdigest()
     put = declare(server.url, owner, "retail.kept", sha, len(ciphertext))
-    resp = httpx.put(server.url + put, content=ciphertext, timeout=60,
-                     headers={"authorization": f"Bearer {owner}", "content-type": "application/octet-stream"})
+    resp = httpx.put(
+        server.url + put,
+        content=ciphertext,
+        timeout=60,
+        headers={"authorization": f"Bearer {owner}", "content-type": "application/octet-stream"},
+    )
     assert resp.status_code == 200, resp.text
     blobs = server.data_dir / "blobs"
     orphans = 30000
@@ -338,13 +384,13 @@ def test_api_killed_mid_sweep_loses_nothing_referenced_and_the_next_sweep_finish
         (blobs / digest[:2] / digest).write_bytes(data)
     age_blobs(server.data_dir)
 
-    sweeper = threading.Thread(target=lambda: _quiet_post(server.url + "/admin/storage/sweep", server.headers()),
-                               daemon=True)
+    sweeper = threading.Thread(
+        target=lambda: _quiet_post(server.url + "/admin/storage/sweep", server.headers()), daemon=True
+    )
     sweeper.start()
     db = sqlite3.connect(f"file:{server.data_dir / 'cleanroom.db'}?mode=ro", uri=True, timeout=30)
     deadline = time.monotonic() + 120
-    while not (planned := db.execute("SELECT details FROM audit WHERE action = 'storage.sweep_planned'"
-                                     ).fetchone()):
+    while not (planned := db.execute("SELECT details FROM audit WHERE action = 'storage.sweep_planned'").fetchone()):
         assert time.monotonic() < deadline, "the sweep did not plan"
         time.sleep(0.002)
     first = json.loads(planned[0])["blobs"][0]  # the delete step goes in this order
@@ -360,8 +406,13 @@ def test_api_killed_mid_sweep_loses_nothing_referenced_and_the_next_sweep_finish
     assert not swept_before_kill and 1 < left < orphans + 1, (left, swept_before_kill)  # killed mid-way
 
     server.start()
-    assert httpx.get(server.url + "/runner/datasets/retail.kept/ciphertext",
-                     headers={"authorization": f"Bearer {server.runner_token}"}).content == ciphertext
+    assert (
+        httpx.get(
+            server.url + "/runner/datasets/retail.kept/ciphertext",
+            headers={"authorization": f"Bearer {server.runner_token}"},
+        ).content
+        == ciphertext
+    )
     checked = admin_check(server)
     report = json.loads(checked.stdout)
     assert checked.returncode == 0 and report["ok"] and report["interrupted_sweep"], checked.stdout
@@ -421,7 +472,8 @@ def sleepy_job_spec(room_org: Any, tmp_path: Path, customers: int, seconds: floa
     bank.decide_plugin(sleepy_id, "bank.customers")
     spec = scenario.job_spec(ids).replace(
         '[join]\nhow = "inner"\n',
-        f'[join]\nhow = "inner"\n\n[[steps]]\nplugin = "{sleepy_id}"\nparams = {{ seconds = {seconds} }}\n')
+        f'[join]\nhow = "inner"\n\n[[steps]]\nplugin = "{sleepy_id}"\nparams = {{ seconds = {seconds} }}\n',
+    )
     return retailer, analyst, spec
 
 
@@ -436,10 +488,14 @@ class RunnerProc:
 
     def __init__(self, procs: list[Proc], room: Any, home: Path, log: Path) -> None:
         self.procs, self.room, self.home, self.log = procs, room, home, log
-        self.env = {"CLEANROOM_URL": room.url, "CLEANROOM_TOKEN": room.runner_token,
-                    "CLEANROOM_RUNNER_HOME": str(home), "CLEANROOM_POLL_SECONDS": "0.2",
-                    "CLEANROOM_JOB_TIMEOUT_SECONDS": "180",
-                    "CLEANROOM_SANDBOX_IMAGE": os.environ["CLEANROOM_SANDBOX_IMAGE"]}
+        self.env = {
+            "CLEANROOM_URL": room.url,
+            "CLEANROOM_TOKEN": room.runner_token,
+            "CLEANROOM_RUNNER_HOME": str(home),
+            "CLEANROOM_POLL_SECONDS": "0.2",
+            "CLEANROOM_JOB_TIMEOUT_SECONDS": "180",
+            "CLEANROOM_SANDBOX_IMAGE": os.environ["CLEANROOM_SANDBOX_IMAGE"],
+        }
         self.proc: Proc | None = None
 
     def start(self) -> Proc:
@@ -462,8 +518,11 @@ def kill_runner_during(runner: RunnerProc, room: Any, docker_client: Any, job_id
     while True:
         job = room.admin.get_job(job_id)
         assert job["status"] in ("queued", "running"), f"the job ended before its {phase} phase: {job}"
-        running = [c for c in _containers(docker_client, job_id)
-                   if c.labels.get("cleanroom.phase") == phase and c.status == "running"]
+        running = [
+            c
+            for c in _containers(docker_client, job_id)
+            if c.labels.get("cleanroom.phase") == phase and c.status == "running"
+        ]
         if job["phase"] == phase and running:
             break
         assert runner.proc is not None
@@ -477,8 +536,7 @@ def kill_runner_during(runner: RunnerProc, room: Any, docker_client: Any, job_id
 
 @pytest.mark.docker
 @pytest.mark.parametrize("phase", ["compute", "release", "compute-twice"])
-def test_runner_killed_mid_phase_requeues_the_job(room: Any, tmp_path: Path, procs: list[Proc],
-                                                   phase: str) -> None:
+def test_runner_killed_mid_phase_requeues_the_job(room: Any, tmp_path: Path, procs: list[Proc], phase: str) -> None:
     from tests.dockerutil import require_docker, require_image
 
     docker_client = require_docker()
@@ -516,9 +574,14 @@ def test_runner_killed_mid_phase_requeues_the_job(room: Any, tmp_path: Path, pro
 
 # (c) disk full and upload limits --------------------------------------------------------------------
 
+
 def _put(url: str, token: str, put: str, data: bytes) -> httpx.Response:
-    return httpx.put(url + put, content=data, timeout=60, headers={
-        "authorization": f"Bearer {token}", "content-type": "application/octet-stream"})
+    return httpx.put(
+        url + put,
+        content=data,
+        timeout=60,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/octet-stream"},
+    )
 
 
 def _error_json(resp: httpx.Response) -> dict[str, Any]:
@@ -531,17 +594,26 @@ def _error_json(resp: httpx.Response) -> dict[str, Any]:
 
 def test_upload_over_the_size_limit_fails_cleanly(tmp_path: Path, procs: list[Proc]) -> None:
     limit = 2**20
-    server = Server(procs, tmp_path / "api" / "data", tmp_path / "api.log",
-                    CLEANROOM_MAX_UPLOAD_BYTES=str(limit))
+    server = Server(procs, tmp_path / "api" / "data", tmp_path / "api.log", CLEANROOM_MAX_UPLOAD_BYTES=str(limit))
     server.data_dir.parent.mkdir(parents=True)
     server.start()
     keys = register_room_key(server.url, server.runner_token)
     owner = owner_token(server.url, server.headers())
 
     # declared larger than the limit: refused before any byte is sent
-    too_big = httpx.post(server.url + "/datasets/uploads", headers=server.headers(owner), json={
-        "name": "big.one", "policy": scenario.BANK_POLICY, "row_count": 1, "mock": [],
-        "schema": {"columns": [{"name": "_pid", "type": "string"}]}, "sha256": "ab" * 32, "size": limit + 1})
+    too_big = httpx.post(
+        server.url + "/datasets/uploads",
+        headers=server.headers(owner),
+        json={
+            "name": "big.one",
+            "policy": scenario.BANK_POLICY,
+            "row_count": 1,
+            "mock": [],
+            "schema": {"columns": [{"name": "_pid", "type": "string"}]},
+            "sha256": "ab" * 32,
+            "size": limit + 1,
+        },
+    )
     assert too_big.status_code == 413 and _error_json(too_big)["error"]
 
     # declared small, but the stream is larger than declared: cut off at the limit
@@ -565,8 +637,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 20 MiB tmpfs (needs root, or CAP_SYS_ADMIN in a container)."""
     mnt = tmp_path / "small-disk"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -625,9 +696,9 @@ def test_sigterm_stops_the_runner_and_removes_its_warm_pool(room: Any, tmp_path:
     runner_id = room.admin.room()["keys"]["fingerprint"].removeprefix("SHA256:")[:16]
 
     def warm() -> list[Any]:
-        return docker_client.containers.list(all=True, filters={"label": ["cleanroom.job=warm",
-                                                                          f"cleanroom.runner={runner_id}"]},
-                                          ignore_removed=True)  # one may go between list and inspect
+        return docker_client.containers.list(
+            all=True, filters={"label": ["cleanroom.job=warm", f"cleanroom.runner={runner_id}"]}, ignore_removed=True
+        )  # one may go between list and inspect
 
     def wait_for_pool() -> None:
         deadline = time.monotonic() + 90

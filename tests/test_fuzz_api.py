@@ -34,8 +34,14 @@ from tests.scenario_setup import setup_scenario
 
 CHECKS = [not_a_server_error, response_schema_conformance]
 MAX_EXAMPLES = 40  # per operation and generation mode: ~40 operations x 2 modes x 3 callers
-FUZZ = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-                phases=[Phase.explicit, Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    suppress_health_check=list(HealthCheck),
+)
 
 # Integer query parameters that are known to answer 5xx at the int64 edges (xfail reproducers below).
 KNOWN_BOUNDARY: dict[tuple[str, str, str], str] = {}
@@ -73,13 +79,25 @@ class Objects:
 @pytest.fixture
 def objects(room: Any, tmp_path: Path) -> Objects:
     keys = generate_keypair()
-    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-               json={"enc_public": keys.enc_public, "sign_public": keys.sign_public}).raise_for_status()
+    httpx.post(
+        room.url + "/runner/register",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+        json={"enc_public": keys.enc_public, "sign_public": keys.sign_public},
+    ).raise_for_status()
     retailer, _, analyst, _, ids = setup_scenario(room.org, tmp_path, 100, approve=True)
     job = analyst.submit_job(scenario.job_spec(ids))["id"]
-    upload = retailer.post("/datasets/uploads", json={
-        "name": "retail.pending", "policy": MINIMAL_POLICY, "row_count": 1, "mock": [],
-        "schema": {"columns": [{"name": "_pid", "type": "string"}]}, "sha256": "ab" * 32, "size": 10})
+    upload = retailer.post(
+        "/datasets/uploads",
+        json={
+            "name": "retail.pending",
+            "policy": MINIMAL_POLICY,
+            "row_count": 1,
+            "mock": [],
+            "schema": {"columns": [{"name": "_pid", "type": "string"}]},
+            "sha256": "ab" * 32,
+            "size": 10,
+        },
+    )
     approvals = [a["id"] for a in retailer.get_plugin(ids["impute"])["approvals"]]
     tokens = {"admin": room.admin_token, "owner": retailer.token or "", "runner": room.runner_token}
     values = {
@@ -195,6 +213,7 @@ def test_integer_query_parameters_at_int64_edges(objects: Objects) -> None:
 
 # Regression tests of the 5xx bugs the fuzzer found (fixed).
 
+
 @pytest.fixture
 def quiet_server_errors(room: Any) -> Iterator[None]:
     """Keep the in-process API from logging the 500's traceback while pytest formats the xfail.
@@ -231,28 +250,47 @@ def test_upload_row_count_beyond_int64_is_refused_up_front(room: Any) -> None:
 
     keys = generate_keypair()
     runner = {"authorization": f"Bearer {room.runner_token}"}
-    httpx.post(room.url + "/runner/register", headers=runner,
-               json={"enc_public": keys.enc_public, "sign_public": keys.sign_public}).raise_for_status()
+    httpx.post(
+        room.url + "/runner/register",
+        headers=runner,
+        json={"enc_public": keys.enc_public, "sign_public": keys.sign_public},
+    ).raise_for_status()
     owner = {"authorization": f"Bearer {room.admin.create_org('retailer', ['owner'])['token']}"}
     data = encrypt_bytes(b"_pid\nabc\n", [keys.enc_public])
-    decl = httpx.post(room.url + "/datasets/uploads", headers=owner, json={
-        "name": "big.rows", "policy": MINIMAL_POLICY, "row_count": 2**63, "mock": [],
-        "schema": {"columns": [{"name": "_pid", "type": "string"}]},
-        "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
+    decl = httpx.post(
+        room.url + "/datasets/uploads",
+        headers=owner,
+        json={
+            "name": "big.rows",
+            "policy": MINIMAL_POLICY,
+            "row_count": 2**63,
+            "mock": [],
+            "schema": {"columns": [{"name": "_pid", "type": "string"}]},
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        },
+    )
     if decl.status_code == 400:
         return  # refused when declared: the fix
     put = httpx.put(room.url + decl.json()["put"], headers=owner, content=data)
     assert put.status_code < 500, put.text
 
 
-@pytest.mark.parametrize("release", [{"receipt": {}}, {"manifest": 1, "receipt": {}},
-                                     {"manifest": {}, "receipt": {}, "artifacts": []},
-                                     {"manifest": {}, "receipt": {}, "artifacts": {"a.csv": 1}}])
+@pytest.mark.parametrize(
+    "release",
+    [
+        {"receipt": {}},
+        {"manifest": 1, "receipt": {}},
+        {"manifest": {}, "receipt": {}, "artifacts": []},
+        {"manifest": {}, "receipt": {}, "artifacts": {"a.csv": 1}},
+    ],
+)
 @pytest.mark.usefixtures("quiet_server_errors")
 def test_runner_finish_with_a_malformed_release_is_a_400(objects: Objects, release: dict[str, Any]) -> None:
     runner = {"authorization": f"Bearer {objects.tokens['runner']}"}
     job = httpx.post(objects.url + "/runner/claim", headers=runner).json()["job"]
     assert job
-    resp = httpx.post(objects.url + f"/runner/jobs/{job}/finish", headers=runner,
-                      json={"status": "succeeded", "release": release})
+    resp = httpx.post(
+        objects.url + f"/runner/jobs/{job}/finish", headers=runner, json={"status": "succeeded", "release": release}
+    )
     assert resp.status_code == 400, resp.text

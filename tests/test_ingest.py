@@ -65,18 +65,21 @@ def keys() -> KeyPair:
 
 def people(n: int = 300, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({
-        "customer": [f"C{i:05d}" for i in range(n)],
-        "email": [f"person{i}@example.com" for i in range(n)],
-        "full_name": [f"Person {i}" for i in range(n)],
-        "age": rng.integers(18, 90, n).astype("int64"),
-        "spend": rng.normal(100, 30, n).round(2),
-        "member": rng.random(n) < 0.5,
-        "region": rng.choice(["north", "south"], n),
-        "day": [dt.date(2021, 1, 1) + dt.timedelta(days=int(d)) for d in rng.integers(0, 365, n)],
-        "at": (pd.Timestamp("2021-01-01") + pd.to_timedelta(rng.integers(0, 10**7, n), "s"))
-        .astype("datetime64[us]"),
-    })
+    frame = pd.DataFrame(
+        {
+            "customer": [f"C{i:05d}" for i in range(n)],
+            "email": [f"person{i}@example.com" for i in range(n)],
+            "full_name": [f"Person {i}" for i in range(n)],
+            "age": rng.integers(18, 90, n).astype("int64"),
+            "spend": rng.normal(100, 30, n).round(2),
+            "member": rng.random(n) < 0.5,
+            "region": rng.choice(["north", "south"], n),
+            "day": [dt.date(2021, 1, 1) + dt.timedelta(days=int(d)) for d in rng.integers(0, 365, n)],
+            "at": (pd.Timestamp("2021-01-01") + pd.to_timedelta(rng.integers(0, 10**7, n), "s")).astype(
+                "datetime64[us]"
+            ),
+        }
+    )
     frame.loc[3, "spend"] = np.nan
     return frame
 
@@ -231,8 +234,7 @@ def test_identifier_columns_refused_or_allowed_by_policy(tmp_path: Path, keys: K
     with pytest.raises(ValidationError) as info:
         run(path, keys, tmp_path, drop_identifiers=False)
     assert "'email' (an e-mail address)" in info.value.message and "'full_name'" in info.value.message
-    assert info.value.details == {"identifiers": {"email": "an e-mail address",
-                                                  "full_name": "a person's name"}}
+    assert info.value.details == {"identifiers": {"email": "an e-mail address", "full_name": "a person's name"}}
     assert os.listdir(tmp_path / "work") == []
     kept = run(path, keys, tmp_path, policy=StandInPolicy(["full_name"]))
     assert kept.dropped == ["email"] and "full_name" in kept.schema.names
@@ -252,8 +254,9 @@ def test_with_the_real_identifier_rules_and_policy(tmp_path: Path, keys: KeyPair
 
 def test_email_values_under_an_innocent_name_are_dropped(tmp_path: Path, keys: KeyPair) -> None:
     path = tmp_path / "e.csv"
-    pd.DataFrame({"customer": ["a", "b", "c"], "contact": ["x@y.com", "p@q.org", None],
-                  "v": [1, 2, 3]}).to_csv(path, index=False)
+    pd.DataFrame({"customer": ["a", "b", "c"], "contact": ["x@y.com", "p@q.org", None], "v": [1, 2, 3]}).to_csv(
+        path, index=False
+    )
     prepared = run(path, keys, tmp_path)
     assert prepared.dropped_reasons == {"contact": "its values look like e-mail addresses"}
 
@@ -270,9 +273,13 @@ def test_reserved_and_missing_columns(tmp_path: Path, keys: KeyPair) -> None:
 def test_schema_override_types_and_published_summaries(tmp_path: Path, keys: KeyPair) -> None:
     path = tmp_path / "o.csv"
     path.write_text("customer,zip,score\nA,02139,1\nB,10001,2\n")
-    override = {"columns": [{"name": "customer", "type": "string"},
-                            {"name": "zip", "type": "string", "stats": {}},
-                            {"name": "score", "type": "number"}]}
+    override = {
+        "columns": [
+            {"name": "customer", "type": "string"},
+            {"name": "zip", "type": "string", "stats": {}},
+            {"name": "score", "type": "number"},
+        ]
+    }
     prepared = run(path, keys, tmp_path, schema_override=override)
     assert prepared.schema.column("zip").stats == {}  # written by hand: published as written
     # computed from the rows: a suggestion for the owner only; the room gets what the policy declares
@@ -334,10 +341,12 @@ def test_pid_array_matches_the_reference_hmac() -> None:
 
 
 # HMAC-SHA256(key, raw id as UTF-8), hex; from `openssl dgst -sha256 -mac HMAC -macopt hexkey:...`
-GOLDEN = {(SECRET, ""): "d38b42096d80f45f826b44a9d5607de72496a415d3f4a1a8c88e3bb9da8dc1cb",
-          (SECRET, "17"): "47cdebcdb73f89f2b9deff1a4852aab11ac006bfcc7307cfe76e4b7c47b5571a",
-          (SECRET, "ünïcödé"): "583061c5dd972f280d125a9396cc98552da62a644d442b7c4e9e6e6d6c6e0732",
-          (b"k" * 100, "C00042"): "17a0b008accd6ccd918676ef58d7df62d597476701ce35ca7d2319f7179d5957"}
+GOLDEN = {
+    (SECRET, ""): "d38b42096d80f45f826b44a9d5607de72496a415d3f4a1a8c88e3bb9da8dc1cb",
+    (SECRET, "17"): "47cdebcdb73f89f2b9deff1a4852aab11ac006bfcc7307cfe76e4b7c47b5571a",
+    (SECRET, "ünïcödé"): "583061c5dd972f280d125a9396cc98552da62a644d442b7c4e9e6e6d6c6e0732",
+    (b"k" * 100, "C00042"): "17a0b008accd6ccd918676ef58d7df62d597476701ce35ca7d2319f7179d5957",
+}
 
 
 def test_pseudonyms_are_byte_identical_to_the_published_construction() -> None:
@@ -394,17 +403,21 @@ def infer_schema_of(path: Path) -> Schema:
     return infer_schema(path)
 
 
-@pytest.mark.parametrize(("column", "late", "kind"), [
-    ("age", "41.5", "number"),          # a fraction in a column of integers
-    ("age", "041", "string"),           # a leading zero: text, as whole-file inference says
-    ("age", "+41", "string"),
-    ("age", "1234567890123456789", "number"),  # too long for the strict integer pattern
-    ("day", "2021-02-30", "string"),    # an impossible date
-    ("member", "yes", "string"),
-    ("note", "17", "integer"),          # empty in the sample, a value later
-])
-def test_a_later_row_that_needs_another_type_is_read_again(tmp_path: Path, keys: KeyPair, small_batches: None,
-                                                           column: str, late: str, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("column", "late", "kind"),
+    [
+        ("age", "41.5", "number"),  # a fraction in a column of integers
+        ("age", "041", "string"),  # a leading zero: text, as whole-file inference says
+        ("age", "+41", "string"),
+        ("age", "1234567890123456789", "number"),  # too long for the strict integer pattern
+        ("day", "2021-02-30", "string"),  # an impossible date
+        ("member", "yes", "string"),
+        ("note", "17", "integer"),  # empty in the sample, a value later
+    ],
+)
+def test_a_later_row_that_needs_another_type_is_read_again(
+    tmp_path: Path, keys: KeyPair, small_batches: None, column: str, late: str, kind: str
+) -> None:
     frame = people(3000).assign(note=None)
     frame[column] = frame[column].astype(object)
     frame.loc[2900, column] = late
@@ -420,8 +433,9 @@ def test_a_later_row_that_needs_another_type_is_read_again(tmp_path: Path, keys:
     assert os.listdir(work) == [prepared.ciphertext_path.name]  # the first attempt left nothing behind
 
 
-def test_bad_rows_far_past_the_sample_name_their_lines_and_leave_nothing(tmp_path: Path, keys: KeyPair,
-                                                                         small_batches: None) -> None:
+def test_bad_rows_far_past_the_sample_name_their_lines_and_leave_nothing(
+    tmp_path: Path, keys: KeyPair, small_batches: None
+) -> None:
     frame = people(3000)
     frame["email"] = [f"p{i}@x.org" if i % 9 else f'"first\nsecond{i}"@x.org' for i in range(3000)]
     frame.loc[2500, "customer"] = None  # past the sample and many batches in
@@ -515,10 +529,16 @@ def write_big_csv(path: Path, target_bytes: int) -> int:
         while f.tell() < target_bytes:
             n = 100_000
             ids = np.arange(rows, rows + n).astype(str)
-            table = pa.table({"customer": np.char.add("C", ids), "email": np.char.add(ids, "@example.com"),
-                              "age": rng.integers(18, 90, n), "income": rng.normal(5e4, 1.5e4, n).round(2),
-                              "region": np.array(["north", "south", "east", "west"])[rng.integers(0, 4, n)],
-                              "score": rng.random(n)})
+            table = pa.table(
+                {
+                    "customer": np.char.add("C", ids),
+                    "email": np.char.add(ids, "@example.com"),
+                    "age": rng.integers(18, 90, n),
+                    "income": rng.normal(5e4, 1.5e4, n).round(2),
+                    "region": np.array(["north", "south", "east", "west"])[rng.integers(0, 4, n)],
+                    "score": rng.random(n),
+                }
+            )
             pacsv.write_csv(table, f, pacsv.WriteOptions(include_header=rows == 0))
             rows += n
     return rows
@@ -529,8 +549,13 @@ def test_memory_stays_flat_on_a_200_mb_file(tmp_path: Path) -> None:
     path = tmp_path / "big.csv"
     rows = write_big_csv(path, 200 * 2**20)
     # a fresh parent, so RUSAGE_CHILDREN sees only the one child that prepares
-    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, MEMORY_SCRIPT, str(path), str(tmp_path)],
-                         capture_output=True, text=True, check=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, MEMORY_SCRIPT, str(path), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     counted, peak_kib = out.stdout.split("\n")[0], int(out.stdout.split()[-1])
     assert int(counted.split()[0]) == rows
     assert peak_kib < 200 * 1024, f"peak RSS {peak_kib // 1024} MiB"
@@ -553,7 +578,7 @@ def work_files(tmp_path: Path) -> list[Path]:
 
 
 def test_a_few_bad_cells_in_a_numeric_column_are_refused_naming_lines_and_values(keys, tmp_path):
-    path = charges_csv(tmp_path / "ins.csv", {56: "abc", 120: "\"12,5\""})
+    path = charges_csv(tmp_path / "ins.csv", {56: "abc", 120: '"12,5"'})
     with pytest.raises(ValidationError) as refused:
         run(path, keys, tmp_path, id_column="person")
     err = refused.value
@@ -576,8 +601,7 @@ def test_a_few_bad_cells_in_a_numeric_column_are_refused_naming_lines_and_values
 def test_bad_cells_past_the_sample_name_their_physical_lines(tmp_path):
     from cleanroom.prepare.schema import infer_types
 
-    rows = ["id,amount,note"] + [f"{i},{i * 2},\"two\nlines\"" if i == 5 else f"{i},{i * 2},plain"
-                                 for i in range(100)]
+    rows = ["id,amount,note"] + [f'{i},{i * 2},"two\nlines"' if i == 5 else f"{i},{i * 2},plain" for i in range(100)]
     rows[80] = "79,oops,plain"
     path = tmp_path / "multi.csv"
     path.write_text("\n".join(rows) + "\n")

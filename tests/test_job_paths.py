@@ -32,15 +32,18 @@ from tests.fakes.phase_runner import Fault, SubprocessPhases
 REPO = Path(__file__).resolve().parent.parent
 ANALYST = "acme-analytics"
 DATASET = "retail.purchases"
-AGGREGATE = {"name": "spend_by_region", "group_by": ["region"],
-             "metrics": [{"agg": "count"}, {"agg": "mean", "column": "spend"}]}
-PER_ROW = '''from cleanroom.hookspecs import hookimpl
+AGGREGATE = {
+    "name": "spend_by_region",
+    "group_by": ["region"],
+    "metrics": [{"agg": "count"}, {"agg": "mean", "column": "spend"}],
+}
+PER_ROW = """from cleanroom.hookspecs import hookimpl
 
 
 @hookimpl
 def analysis_spec(columns, params):
     return {"name": "rows", "group_by": ["_pid", "spend"], "metrics": [{"agg": "count"}]}
-'''
+"""
 
 
 @pytest.fixture
@@ -53,24 +56,33 @@ def world(room: Any, tmp_path: Path) -> Iterator[SimpleNamespace]:
     api.register(keys.enc_public, keys.sign_public)
     owner, analyst = room.org("retailer", "owner"), room.org(ANALYST, "analyst")
     files = scenario.write_data(tmp_path / "data", 200)
-    owner.upload_dataset(files["retail"], name=DATASET, policy=scenario.RETAIL_POLICY, id_column="customer_id",
-                         join_secret=new_join_secret())
+    owner.upload_dataset(
+        files["retail"],
+        name=DATASET,
+        policy=scenario.RETAIL_POLICY,
+        id_column="customer_id",
+        join_secret=new_join_secret(),
+    )
     plugin = analyst.submit_plugin(REPO / "plugins" / "group-aggregate")["id"]
     owner.decide_plugin(plugin, DATASET)
     settings = Settings(url=room.url, runner_home=home, job_timeout_seconds=60)
     with api:
-        yield SimpleNamespace(room=room, api=api, keys=keys, owner=owner, analyst=analyst, plugin=plugin,
-                              settings=settings, tmp=tmp_path)
+        yield SimpleNamespace(
+            room=room, api=api, keys=keys, owner=owner, analyst=analyst, plugin=plugin, settings=settings, tmp=tmp_path
+        )
 
 
 def spec(plugin: str, params: dict[str, Any], name: str = "paths") -> str:
     steps = json.dumps(params).replace('": ', '" = ').replace("{", "{ ").replace("}", " }")
-    return (f'name = "{name}"\nrecipient = "{ANALYST}"\n\n[[inputs]]\ndataset = "{DATASET}"\n\n'
-            f'[[steps]]\nplugin = "{plugin}"\nparams = {steps}\n\n[outputs]\naggregates = true\n')
+    return (
+        f'name = "{name}"\nrecipient = "{ANALYST}"\n\n[[inputs]]\ndataset = "{DATASET}"\n\n'
+        f'[[steps]]\nplugin = "{plugin}"\nparams = {steps}\n\n[outputs]\naggregates = true\n'
+    )
 
 
-def run_job(w: SimpleNamespace, phases: SubprocessPhases, plugin: str | None = None,
-            params: dict[str, Any] | None = None) -> str:
+def run_job(
+    w: SimpleNamespace, phases: SubprocessPhases, plugin: str | None = None, params: dict[str, Any] | None = None
+) -> str:
     """Submit a job as the analyst, claim it as the runner and run it through `phases`; its id."""
     job = w.analyst.submit_job(spec(plugin or w.plugin, AGGREGATE if params is None else params))
     assert w.api.claim() == job["id"]
@@ -84,8 +96,9 @@ def outcome(w: SimpleNamespace, job_id: str) -> tuple[dict[str, Any], dict[str, 
     return w.owner.get_job(job_id), w.analyst.get_job(job_id) | {"_admin": full}
 
 
-def assert_failed_closed(w: SimpleNamespace, phases: SubprocessPhases, job_id: str, status: str,
-                         error_class: str, reason: str) -> str:
+def assert_failed_closed(
+    w: SimpleNamespace, phases: SubprocessPhases, job_id: str, status: str, error_class: str, reason: str
+) -> str:
     """The owner sees the status, class and reason; the analyst only `nothing_released`; no release; every
     phase closed. Returns the job log (which only the owner can read)."""
     owned, seen = outcome(w, job_id)
@@ -118,16 +131,20 @@ def test_control_a_job_succeeds_through_the_fake(world: SimpleNamespace, tmp_pat
     assert (tmp_path / "out" / "aggregates" / "spend_by_region.csv").exists()
 
 
-@pytest.mark.parametrize(("fault", "status", "error_class", "reason"), [
-    (Fault.HANG, "timed_out", "timeout", "the compute phase ran past the time limit"),
-    (Fault.OOM, "failed", "out_of_memory", "the compute phase ran out of memory"),
-    (Fault.GARBAGE, "failed", "protocol_error", "the compute phase answered an invalid message"),
-    (Fault.CRASH, "failed", "sandbox_crash", "the compute phase exited with an error"),
-    (Fault.FLOOD, "failed", "output_too_large", "the compute phase wrote more than the output limit"),
-    (Fault.NO_START, "failed", "sandbox_error", "the fake refused to start the compute phase"),
-])
-def test_a_compute_phase_that_misbehaves_fails_the_job_closed(world: SimpleNamespace, fault: Fault, status: str,
-                                                              error_class: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("fault", "status", "error_class", "reason"),
+    [
+        (Fault.HANG, "timed_out", "timeout", "the compute phase ran past the time limit"),
+        (Fault.OOM, "failed", "out_of_memory", "the compute phase ran out of memory"),
+        (Fault.GARBAGE, "failed", "protocol_error", "the compute phase answered an invalid message"),
+        (Fault.CRASH, "failed", "sandbox_crash", "the compute phase exited with an error"),
+        (Fault.FLOOD, "failed", "output_too_large", "the compute phase wrote more than the output limit"),
+        (Fault.NO_START, "failed", "sandbox_error", "the fake refused to start the compute phase"),
+    ],
+)
+def test_a_compute_phase_that_misbehaves_fails_the_job_closed(
+    world: SimpleNamespace, fault: Fault, status: str, error_class: str, reason: str
+) -> None:
     phases = SubprocessPhases(world.settings, {Phase.COMPUTE: fault}, timeout_seconds=3)
     if fault is Fault.FLOOD:
         world.settings.job_max_output_bytes = 2**20
@@ -145,8 +162,14 @@ def test_a_compute_phase_that_misbehaves_fails_the_job_closed(world: SimpleNames
 def test_a_mock_run_that_crashes_fails_the_job_before_the_real_run(world: SimpleNamespace) -> None:
     phases = SubprocessPhases(world.settings, {Phase.MOCK: Fault.CRASH})
     job_id = run_job(world, phases)
-    assert_failed_closed(world, phases, job_id, "failed", "sandbox_crash",
-                         "the pipeline exited with an error on the inputs' mock data (the mock run)")
+    assert_failed_closed(
+        world,
+        phases,
+        job_id,
+        "failed",
+        "sandbox_crash",
+        "the pipeline exited with an error on the inputs' mock data (the mock run)",
+    )
     assert not phases.fed[Phase.COMPUTE].is_set()  # the real data never reached a phase
 
 
@@ -187,6 +210,7 @@ def test_nothing_selects_the_fake_in_production() -> None:
     """The fake lives under tests/ only: no module of the package names it, and the runner service builds
     the Docker phase runner unless a caller hands it another one."""
     package = REPO / "cleanroom"
-    assert not [p for p in package.rglob("*.py") if "SubprocessPhases" in p.read_text() or "tests.fakes" in
-                p.read_text()]
+    assert not [
+        p for p in package.rglob("*.py") if "SubprocessPhases" in p.read_text() or "tests.fakes" in p.read_text()
+    ]
     assert "fake" not in (package / "settings.py").read_text().lower()

@@ -22,8 +22,12 @@ def spec_names(spec: str, ids: dict[str, str]) -> set[str]:
 
 
 def _room_state(room, retailer, analyst):
-    return (analyst.list_jobs(), retailer.list_jobs(), retailer.dataset_budget("retail.purchases"),
-            len(list(room.admin.audit_events())))
+    return (
+        analyst.list_jobs(),
+        retailer.list_jobs(),
+        retailer.dataset_budget("retail.purchases"),
+        len(list(room.admin.audit_events())),
+    )
 
 
 def test_job_test_shows_the_release_and_failures_and_changes_nothing(room, tmp_path):
@@ -52,8 +56,11 @@ def test_job_test_shows_the_release_and_failures_and_changes_nothing(room, tmp_p
     assert result["checks"] and all(c["passed"] for c in result["checks"])
     # no owner has approved anything yet: the job runs here all the same, and says what submit will ask for
     assert {(m["plugin"], m["dataset"]) for m in result["approvals_missing"]} == {
-        (name, ds) for name in scenario.PLUGINS if name in spec_names(spec, ids)
-        for ds in ("retail.purchases", "bank.customers")}
+        (name, ds)
+        for name in scenario.PLUGINS
+        if name in spec_names(spec, ids)
+        for ds in ("retail.purchases", "bank.customers")
+    }
     assert "still needs retailer's approval for retail.purchases" in shown
 
     # a typo in a feature name: refused as `job submit` would, with the check and its reason

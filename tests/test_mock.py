@@ -22,17 +22,19 @@ RARE = "Quillon-Rare-4471"
 def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Schema]:
     rng = np.random.default_rng(7)
     n = 3000
-    frame = pd.DataFrame({
-        "age": rng.integers(18, 91, n),
-        "spend": rng.lognormal(4, 0.5, n).round(4),
-        "region": rng.choice(["north", "south", "east"], n),
-        "member": rng.random(n) < 0.25,
-        "day": (pd.Timestamp("2021-01-01") + pd.to_timedelta(rng.integers(0, 365, n), "D"))
-        .strftime("%Y-%m-%d"),
-        "at": (pd.Timestamp("2021-01-01") + pd.to_timedelta(rng.integers(0, 10**6, n), "s"))
-        .strftime("%Y-%m-%dT%H:%M:%S"),
-        "note": [f"free text {i}" for i in range(n)],
-    })
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 91, n),
+            "spend": rng.lognormal(4, 0.5, n).round(4),
+            "region": rng.choice(["north", "south", "east"], n),
+            "member": rng.random(n) < 0.25,
+            "day": (pd.Timestamp("2021-01-01") + pd.to_timedelta(rng.integers(0, 365, n), "D")).strftime("%Y-%m-%d"),
+            "at": (pd.Timestamp("2021-01-01") + pd.to_timedelta(rng.integers(0, 10**6, n), "s")).strftime(
+                "%Y-%m-%dT%H:%M:%S"
+            ),
+            "note": [f"free text {i}" for i in range(n)],
+        }
+    )
     frame.loc[5, "note"] = RARE
     frame.loc[rng.random(n) < 0.2, "spend"] = np.nan
     path = tmp_path_factory.mktemp("mock") / "real.csv"
@@ -81,10 +83,17 @@ def test_deterministic_by_seed(real: tuple[pd.DataFrame, Schema]) -> None:
 
 
 def test_pid_and_schemas_without_summaries() -> None:
-    schema = {"columns": [{"name": "_pid", "type": "string", "nullable": False},
-                          {"name": "n", "type": "integer"}, {"name": "x", "type": "number"},
-                          {"name": "t", "type": "datetime", "timezone": "UTC"}, {"name": "d", "type": "date"},
-                          {"name": "s", "type": "string"}, {"name": "b", "type": "boolean"}]}
+    schema = {
+        "columns": [
+            {"name": "_pid", "type": "string", "nullable": False},
+            {"name": "n", "type": "integer"},
+            {"name": "x", "type": "number"},
+            {"name": "t", "type": "datetime", "timezone": "UTC"},
+            {"name": "d", "type": "date"},
+            {"name": "s", "type": "string"},
+            {"name": "b", "type": "boolean"},
+        ]
+    }
     mock = make_mock(schema, n=20)
     assert mock["_pid"].str.fullmatch("[0-9a-f]{64}").all() and mock["_pid"].is_unique
     assert str(mock["t"].dt.tz) == "UTC" and mock.notna().all().all()
@@ -121,8 +130,9 @@ def test_stats_merge_across_batches_like_one_pass() -> None:
 
 def test_summaries_of_a_column_with_no_values() -> None:
     stats = StatsCollector([Column("x", "number"), Column("s", "string")])
-    stats.update(pa.record_batch({"x": pa.array([None, float("nan")], pa.float64()),
-                                  "s": pa.array([None, None], pa.string())}))
+    stats.update(
+        pa.record_batch({"x": pa.array([None, float("nan")], pa.float64()), "s": pa.array([None, None], pa.string())})
+    )
     assert stats.stats("x") == {"null_fraction": 0.5}
     assert stats.stats("s") == {"null_fraction": 1.0}
     assert len(make_mock(Schema([stats.column(Column("x", "number"))]), n=5)) == 5
@@ -178,8 +188,11 @@ def test_published_ranges_never_hold_a_real_extreme() -> None:
     values = np.append(rng.normal(50_000, 8_000, 5_000).round(2), 9_876_543.21)  # one person's income
     stats = StatsCollector([Column("income", "number"), Column("n", "integer"), Column("d", "date")])
     days = pd.to_datetime("2021-03-07") + pd.to_timedelta(rng.integers(0, 200, len(values)), "D")
-    stats.update(pa.record_batch({"income": values, "n": (values // 1000).astype("int64"),
-                                  "d": pa.array(days.date, pa.date32())}))
+    stats.update(
+        pa.record_batch(
+            {"income": values, "n": (values // 1000).astype("int64"), "d": pa.array(days.date, pa.date32())}
+        )
+    )
     income = stats.stats("income")
     # the outlier is cut off at mean + 3 std (both published anyway), far below its value
     assert income["max"] < values.max() / 10

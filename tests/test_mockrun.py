@@ -18,12 +18,18 @@ def owner_table(n: int = 400, seed: int = 0) -> pa.Table:
     """A real input as the runner decrypts it: `_pid` text, the schema's Arrow types, gaps in `visits`."""
     rng = np.random.default_rng(seed)
     visits = pa.array(rng.poisson(10, n), pa.int64(), mask=rng.random(n) < 0.05)
-    return pa.table({
-        "_pid": pa.array([f"{i:064x}" for i in range(n)], pa.string()),
-        "region": pa.array(rng.choice(["north", "south"], n)), "visits": visits,
-        "spend": pa.array(rng.gamma(3, 100, n)), "joined": pa.array(
-            pd.to_datetime("2024-01-01") + pd.to_timedelta(rng.integers(0, 300, n), unit="D")).cast(pa.date32()),
-        "email": pa.array([f"p{i}@example.org" for i in range(n)])})
+    return pa.table(
+        {
+            "_pid": pa.array([f"{i:064x}" for i in range(n)], pa.string()),
+            "region": pa.array(rng.choice(["north", "south"], n)),
+            "visits": visits,
+            "spend": pa.array(rng.gamma(3, 100, n)),
+            "joined": pa.array(pd.to_datetime("2024-01-01") + pd.to_timedelta(rng.integers(0, 300, n), unit="D")).cast(
+                pa.date32()
+            ),
+            "email": pa.array([f"p{i}@example.org" for i in range(n)]),
+        }
+    )
 
 
 def dataset(table: pa.Table, name: str = "shop.sales") -> dict:
@@ -70,8 +76,11 @@ def test_never_output_columns_are_left_out_of_every_input() -> None:
 
 
 def test_the_mock_runs_outcome_is_what_the_release_reads() -> None:
-    result = {"ok": True, "model_specs": [{"plugin_id": "p", "spec": {"estimator": "ridge"}}],
-              "analysis_specs": [{"plugin_id": "q", "spec": {"name": "t"}}]}
+    result = {
+        "ok": True,
+        "model_specs": [{"plugin_id": "p", "spec": {"estimator": "ridge"}}],
+        "analysis_specs": [{"plugin_id": "q", "spec": {"name": "t"}}],
+    }
     specs, frame = mockrun.outcome(result, {"frames/joined.arrow": b"x"}, {"model": True, "aggregates": True})
     assert specs == {"model_spec": {"estimator": "ridge"}, "analysis_specs": [{"name": "t"}]} and frame == b"x"
     try:

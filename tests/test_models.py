@@ -29,24 +29,47 @@ def frame(units: int = 400, rows_per_unit: int = 1, seed: int = 0) -> pd.DataFra
     age = rng.integers(18, 90, n)
     income = rng.normal(50, 10, n)
     spend = 2 * age + 0.5 * income + rng.normal(0, 5, n)
-    return pd.DataFrame({"_pid": [f"{p:08x}" for p in pid], "age": age, "income": income,
-                         "region": rng.choice(["north", "south"], n), "email": "x@example.org",
-                         "spend": spend, "big": spend > np.median(spend)})
+    return pd.DataFrame(
+        {
+            "_pid": [f"{p:08x}" for p in pid],
+            "age": age,
+            "income": income,
+            "region": rng.choice(["north", "south"], n),
+            "email": "x@example.org",
+            "spend": spend,
+            "big": spend > np.median(spend),
+        }
+    )
 
 
-def fit(spec: dict[str, Any], df: pd.DataFrame | None = None, k: int = 10, allowed: list[str] | None = None,
-        allow_row_storing: bool = False, max_model_bytes: int = 5_000_000,
-        checks: list | None = None, names: list[str] | None = None) -> dict[str, bytes]:
+def fit(
+    spec: dict[str, Any],
+    df: pd.DataFrame | None = None,
+    k: int = 10,
+    allowed: list[str] | None = None,
+    allow_row_storing: bool = False,
+    max_model_bytes: int = 5_000_000,
+    checks: list | None = None,
+    names: list[str] | None = None,
+) -> dict[str, bytes]:
     df = frame() if df is None else df
     return models.fit_and_check(
-        frame() if df is None else df, spec, k=k, allowed=ALL if allowed is None else allowed,
-        allow_row_storing=allow_row_storing, max_model_bytes=max_model_bytes, forbidden={"email"},
-        holdout_fraction=0.2, seed=0, job_id="job-1", checks=[] if checks is None else checks,
-        names=NameRule({str(c): [] for c in (df.columns if names is None else names)}))
+        frame() if df is None else df,
+        spec,
+        k=k,
+        allowed=ALL if allowed is None else allowed,
+        allow_row_storing=allow_row_storing,
+        max_model_bytes=max_model_bytes,
+        forbidden={"email"},
+        holdout_fraction=0.2,
+        seed=0,
+        job_id="job-1",
+        checks=[] if checks is None else checks,
+        names=NameRule({str(c): [] for c in (df.columns if names is None else names)}),
+    )
 
 
-RIDGE = {"estimator": "ridge", "params": {"alpha": 1.0}, "target": "spend", "features": None,
-         "task": "regression"}
+RIDGE = {"estimator": "ridge", "params": {"alpha": 1.0}, "target": "spend", "features": None, "task": "regression"}
 
 
 def test_regression_fits_with_sane_metrics_and_safe_artifacts(tmp_path: Path) -> None:
@@ -67,8 +90,13 @@ def test_regression_fits_with_sane_metrics_and_safe_artifacts(tmp_path: Path) ->
 
 
 def test_classification_metrics() -> None:
-    spec = {"estimator": "logistic_regression", "params": {"max_iter": 500}, "target": "big",
-            "features": ["age", "income"], "task": "classification"}
+    spec = {
+        "estimator": "logistic_regression",
+        "params": {"max_iter": 500},
+        "target": "big",
+        "features": ["age", "income"],
+        "task": "classification",
+    }
     report = json.loads(fit(spec)["metrics.json"])
     assert report["metrics"]["accuracy"] > 0.8 and report["metrics"]["roc_auc"] > 0.9
     assert report["metrics"]["log_loss"] is not None
@@ -116,21 +144,33 @@ def test_unknown_estimator_and_policy_allow_list() -> None:
         fit(RIDGE, allowed=["lasso"])
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"alfa": 1.0}, "no parameter"),
-    ({"alpha": [1.0]}, "JSON scalar"),
-    ({"alpha": {"x": 1}}, "JSON scalar"),
-    ({"alpha": float("nan")}, "finite"),
-    ({"alpha": -1.0}, "invalid parameters"),
-    ({"solver": "no-such-solver"}, "invalid parameters"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"alfa": 1.0}, "no parameter"),
+        ({"alpha": [1.0]}, "JSON scalar"),
+        ({"alpha": {"x": 1}}, "JSON scalar"),
+        ({"alpha": float("nan")}, "finite"),
+        ({"alpha": -1.0}, "invalid parameters"),
+        ({"solver": "no-such-solver"}, "invalid parameters"),
+    ],
+)
 def test_bad_params_are_refused(params: dict, message: str) -> None:
     with pytest.raises(ModelError, match=message):
         fit({**RIDGE, "params": params})
 
 
-@pytest.mark.parametrize("params", [{"n_jobs": 4}, {"n_jobs": True}, {"warm_start": True}, {"verbose": 2},
-                                    {"oob_score": True}, {"n_estimators": 100_000}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"n_jobs": 4},
+        {"n_jobs": True},
+        {"warm_start": True},
+        {"verbose": 2},
+        {"oob_score": True},
+        {"n_estimators": 100_000},
+    ],
+)
 def test_forest_params_with_side_effects_are_refused(params: dict) -> None:
     with pytest.raises(ModelError, match="must be one of|capped"):
         fit({"estimator": "random_forest_regressor", "params": params, "target": "spend"})
@@ -141,11 +181,17 @@ def test_task_must_match_the_estimator() -> None:
         fit({**RIDGE, "task": "classification"})
 
 
-@pytest.mark.parametrize("features, message", [
-    (["age", "region"], "one-hot"), (["age", "email"], "cannot be a feature"),
-    (["_pid"], "cannot be a feature"), (["age", "spend"], "cannot be a feature"),
-    (["age", "nope"], "not in the frame"), (["age", "age"], "repeat"),
-])
+@pytest.mark.parametrize(
+    "features, message",
+    [
+        (["age", "region"], "one-hot"),
+        (["age", "email"], "cannot be a feature"),
+        (["_pid"], "cannot be a feature"),
+        (["age", "spend"], "cannot be a feature"),
+        (["age", "nope"], "not in the frame"),
+        (["age", "age"], "repeat"),
+    ],
+)
 def test_bad_features_are_refused(features: list[str], message: str) -> None:
     with pytest.raises(ModelError, match=message):
         fit({**RIDGE, "features": features})
@@ -230,8 +276,12 @@ def test_every_default_family_passes_its_checks() -> None:
             continue
         classify = name.endswith("classifier") or name == "logistic_regression"
         params = {"n_estimators": 3, "max_depth": 2} if "forest" in name or "boosting" in name else {}
-        spec = {"estimator": name, "params": params,
-                "target": "big" if classify else "spend", "features": ["age", "income"]}
+        spec = {
+            "estimator": name,
+            "params": params,
+            "target": "big" if classify else "spend",
+            "features": ["age", "income"],
+        }
         out = fit(spec)
         assert json.loads(out["metrics.json"])["estimator"] == name
 
@@ -272,7 +322,8 @@ def test_linear_models_need_k_units_per_feature() -> None:
     df = frame(units=60)
     for i in range(8):
         df[f"income_{['log', 'sqrt', 'sq', 'z', 'std', 'norm', 'rank', 'code'][i]}"] = np.random.default_rng(i).random(
-            len(df))
+            len(df)
+        )
     with pytest.raises(ModelError, match="units per feature"):
         fit({**RIDGE, "features": None}, df)
 

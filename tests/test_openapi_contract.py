@@ -50,6 +50,7 @@ METHODS = {"get", "put", "post", "delete", "patch"}
 
 # The document ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return create_app(Settings(data_dir=tmp_path_factory.mktemp("api")))
@@ -93,8 +94,11 @@ def typed(spec: dict[str, Any], schema: dict[str, Any]) -> bool:
 
 
 def is_binary(content: dict[str, Any]) -> bool:
-    return bool(content) and "application/json" not in content and all(
-        c.get("schema") == {"type": "string", "format": "binary"} for c in content.values())
+    return (
+        bool(content)
+        and "application/json" not in content
+        and all(c.get("schema") == {"type": "string", "format": "binary"} for c in content.values())
+    )
 
 
 def returns_bytes(route: APIRoute) -> bool:
@@ -149,7 +153,8 @@ def test_errors_are_documented_with_the_one_error_body(spec: dict[str, Any]) -> 
         responses = op["responses"]
         for status, response in responses.items():
             if status[0] in "45" and response["content"] != {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}:
+                "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+            }:
                 problems.append(f"{method} {path}: {status} is not the Error body")
         params = op.get("parameters", [])
         needed = {"400"} if params or "requestBody" in op else set()
@@ -183,16 +188,29 @@ def test_raw_bodies_and_binary_downloads_declare_their_media_types(spec: dict[st
         assert "application/octet-stream" in content, (method, path)
     assert "application/x-tar" in spec["paths"]["/plugins"]["post"]["requestBody"]["content"]
     downloads = {op["operationId"] for path, method, op in operations(spec) if returns_bytes(table[(path, method)])}
-    assert downloads == {"get_plugin_bundle", "get_job_logs", "get_artifact", "runner_get_ciphertext",
-                         "runner_get_bundle"}
+    assert downloads == {
+        "get_plugin_bundle",
+        "get_job_logs",
+        "get_artifact",
+        "runner_get_ciphertext",
+        "runner_get_bundle",
+    }
 
 
 def test_enums_name_the_vocabulary(spec: dict[str, Any]) -> None:
     schemas = spec["components"]["schemas"]
     assert schemas["Role"]["enum"] == list(ROLES)
     assert schemas["PluginKind"]["enum"] == list(bundle.KINDS)
-    assert {"queued", "running", "succeeded", "failed", "cancelled", "timed_out", "released",
-            "nothing_released"} == set(schemas["JobStatus"]["enum"])
+    assert {
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "timed_out",
+        "released",
+        "nothing_released",
+    } == set(schemas["JobStatus"]["enum"])
     assert schemas["Org"]["properties"]["roles"]["items"] == {"$ref": "#/components/schemas/Role"}
     assert schemas["Job"]["properties"]["status"] == {"$ref": "#/components/schemas/JobStatus"}
     assert schemas["PluginDetail"]["properties"]["id"]["pattern"] == "^[0-9a-f]{64}$"
@@ -205,18 +223,38 @@ def test_response_models_keep_what_handlers_answer() -> None:
 
     from cleanroom.api.schemas import Job
 
-    analyst_view = {"id": "job_1", "name": "spend", "submitted_by": "analyst-co", "status": "running",
-                    "phase": None, "error_class": None, "created_at": 1.5, "started_at": 2.0, "finished_at": None,
-                    "outcome_at": 60.0, "recipient": "analyst-co", "inputs": ["retail.purchases"],
-                    "release_id": None, "spec": {"name": "spend"}}
-    owner_view = {**analyst_view, "status": "failed", "analyst_status": "running", "withdrawn": False,
-                  "reason": None, "effective_policy": None, "new_key": [1]}
+    analyst_view = {
+        "id": "job_1",
+        "name": "spend",
+        "submitted_by": "analyst-co",
+        "status": "running",
+        "phase": None,
+        "error_class": None,
+        "created_at": 1.5,
+        "started_at": 2.0,
+        "finished_at": None,
+        "outcome_at": 60.0,
+        "recipient": "analyst-co",
+        "inputs": ["retail.purchases"],
+        "release_id": None,
+        "spec": {"name": "spend"},
+    }
+    owner_view = {
+        **analyst_view,
+        "status": "failed",
+        "analyst_status": "running",
+        "withdrawn": False,
+        "reason": None,
+        "effective_policy": None,
+        "new_key": [1],
+    }
     job = TypeAdapter(Job)
     for view in (analyst_view, owner_view):
         assert job.dump_python(job.validate_python(view), mode="json", by_alias=True) == view
 
 
 # A generated client ------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Room]:
@@ -232,9 +270,25 @@ def generated(served: Room, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     folder = tmp_path_factory.mktemp("generated")
     (folder / "openapi.json").write_text(httpx.get(served.url + "/openapi.json").text)
     (folder / "config.yaml").write_text(f"package_name_override: {PACKAGE}\npost_hooks: []\n")
-    done = subprocess.run([sys.executable, "-m", "openapi_python_client", "generate", "--path",
-                           str(folder / "openapi.json"), "--output-path", str(folder / PACKAGE), "--meta", "none",
-                           "--config", str(folder / "config.yaml")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openapi_python_client",
+            "generate",
+            "--path",
+            str(folder / "openapi.json"),
+            "--output-path",
+            str(folder / PACKAGE),
+            "--meta",
+            "none",
+            "--config",
+            str(folder / "config.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     # the one warning: application/x-tar (what the CLI sends) is not a type the generator knows; it uses
     # the application/octet-stream the same operation declares
@@ -301,36 +355,66 @@ def test_a_generated_client_drives_the_main_flow(served: Room, generated: Module
     assert health.status == "ok"
     room_keys = generate_keypair()  # what the runner publishes on its first start
     runner = api.client(url, served.runner_token)
-    typed_answer(api.runner_register.sync(client=runner, body=m.RoomKeysIn(
-        enc_public=room_keys.enc_public, sign_public=room_keys.sign_public)), m.PublicKeys)
+    typed_answer(
+        api.runner_register.sync(
+            client=runner, body=m.RoomKeysIn(enc_public=room_keys.enc_public, sign_public=room_keys.sign_public)
+        ),
+        m.PublicKeys,
+    )
     room = typed_answer(api.get_room.sync(client=anonymous), m.RoomInfo)
     assert room.ready and room.keys.enc_public == room_keys.enc_public
 
     # the admin creates the orgs; each token is shown once
     made = {}
     for name, role in (("retailer", m.Role.OWNER), ("analyst-co", m.Role.ANALYST)):
-        created = typed_answer(api.create_org.sync(client=admin, body=m.OrgIn(name=name, roles=[role.value])),
-                               m.OrgToken)
+        created = typed_answer(
+            api.create_org.sync(client=admin, body=m.OrgIn(name=name, roles=[role.value])), m.OrgToken
+        )
         assert created.org.roles == [role] and created.token.startswith("crt_")
         made[name] = created.token
     owner, analyst = api.client(url, made["retailer"]), api.client(url, made["analyst-co"])
     owner_keys = generate_keypair()
-    me = typed_answer(api.register_keys.sync(client=owner, body=m.KeysIn(
-        enc_public=owner_keys.enc_public, sign_public=owner_keys.sign_public)), m.Org)
+    me = typed_answer(
+        api.register_keys.sync(
+            client=owner, body=m.KeysIn(enc_public=owner_keys.enc_public, sign_public=owner_keys.sign_public)
+        ),
+        m.Org,
+    )
     assert me.name == "retailer" and me.keys.sign_public == owner_keys.sign_public
 
     # the owner uploads a dataset: declare it, then PUT the ciphertext as the raw body
     ciphertext = encrypt_bytes(b"_pid\nabc\ndef\n", [room.keys.enc_public])
     digest = hashlib.sha256(ciphertext).hexdigest()
-    declared = typed_answer(api.declare_upload.sync(client=owner, body=m.UploadIn.from_dict({
-        "name": "retail.purchases", "policy": MINIMAL_POLICY, "row_count": 2, "mock": [],
-        "schema": {"columns": [{"name": "_pid", "type": "string"}]}, "sha256": digest,
-        "size": len(ciphertext)})), m.UploadDeclared)
+    declared = typed_answer(
+        api.declare_upload.sync(
+            client=owner,
+            body=m.UploadIn.from_dict(
+                {
+                    "name": "retail.purchases",
+                    "policy": MINIMAL_POLICY,
+                    "row_count": 2,
+                    "mock": [],
+                    "schema": {"columns": [{"name": "_pid", "type": "string"}]},
+                    "sha256": digest,
+                    "size": len(ciphertext),
+                }
+            ),
+        ),
+        m.UploadDeclared,
+    )
     assert declared.put == f"/datasets/uploads/{declared.upload_id}"
-    uploaded = typed_answer(api.upload_dataset.sync(declared.upload_id, client=owner, body=generated.types.File(
-        payload=io.BytesIO(ciphertext))), m.DatasetUploaded)
+    uploaded = typed_answer(
+        api.upload_dataset.sync(
+            declared.upload_id, client=owner, body=generated.types.File(payload=io.BytesIO(ciphertext))
+        ),
+        m.DatasetUploaded,
+    )
     assert (uploaded.name, uploaded.sha256, uploaded.size, uploaded.policy_version) == (
-        "retail.purchases", digest, len(ciphertext), 1)
+        "retail.purchases",
+        digest,
+        len(ciphertext),
+        1,
+    )
     listed = api.list_datasets.sync(client=analyst)
     items = getattr(listed, "items", listed)  # a page of datasets (or, before pagination, a list)
     assert [d.name for d in items] == ["retail.purchases"] and items[0].row_count is None  # n is the owner's
@@ -339,8 +423,10 @@ def test_a_generated_client_drives_the_main_flow(served: Room, generated: Module
 
     # the analyst submits a plugin bundle as the raw body; the owner reads its review and its bytes
     archive = bundle.pack(REPO / "plugins" / "scale")
-    submitted = typed_answer(api.submit_plugin.sync(client=analyst, body=generated.types.File(
-        payload=io.BytesIO(archive))), m.PluginSubmitted)
+    submitted = typed_answer(
+        api.submit_plugin.sync(client=analyst, body=generated.types.File(payload=io.BytesIO(archive))),
+        m.PluginSubmitted,
+    )
     assert submitted.created and submitted.id == hashlib.sha256(archive).hexdigest()
     assert isinstance(submitted.kind, m.PluginKind) and submitted.submitted_by == "analyst-co"
     plugin = typed_answer(api.get_plugin.sync(submitted.id[:12], client=owner), m.PluginDetail)
@@ -351,16 +437,31 @@ def test_a_generated_client_drives_the_main_flow(served: Room, generated: Module
     assert isinstance(downloaded, generated.types.File) and downloaded.payload.read() == archive
 
     # the owner signs an approval of these bytes for the dataset (the signature is made on its machine)
-    payload = {"type": "plugin-approval", "plugin_id": plugin.id, "dataset": dataset.name,
-               "policy_version": dataset.policy_version, "policy_sha256": dataset.policy_sha256,
-               "dataset_sha256": dataset.sha256, "decision": "approve", "reason": "", "org": "retailer",
-               "issued_at": time.time()}
-    approval = typed_answer(api.decide_plugin.sync(plugin.id, client=owner, body=m.ApprovalIn.from_dict({
-        "payload": payload, "signature": owner_keys.sign(payload)})), m.ApprovalRecorded)
+    payload = {
+        "type": "plugin-approval",
+        "plugin_id": plugin.id,
+        "dataset": dataset.name,
+        "policy_version": dataset.policy_version,
+        "policy_sha256": dataset.policy_sha256,
+        "dataset_sha256": dataset.sha256,
+        "decision": "approve",
+        "reason": "",
+        "org": "retailer",
+        "issued_at": time.time(),
+    }
+    approval = typed_answer(
+        api.decide_plugin.sync(
+            plugin.id,
+            client=owner,
+            body=m.ApprovalIn.from_dict({"payload": payload, "signature": owner_keys.sign(payload)}),
+        ),
+        m.ApprovalRecorded,
+    )
     assert approval.decision == m.Decision.APPROVE
     seen = typed_answer(api.get_plugin.sync(plugin.id, client=analyst), m.PluginDetail)
     assert [(a.dataset, a.decision, a.revoked_at) for a in seen.approvals] == [
-        ("retail.purchases", m.Decision.APPROVE, None)]
+        ("retail.purchases", m.Decision.APPROVE, None)
+    ]
 
     jobs = api.list_jobs.sync(client=analyst)
     assert list(getattr(jobs, "items", jobs)) == []
@@ -372,8 +473,9 @@ def test_a_generated_client_drives_the_main_flow(served: Room, generated: Module
     assert chain.ok and chain.count == log.total == len(log.events) and chain.head.seq == log.total
 
 
-def test_generated_client_reads_errors_as_the_error_model(served: Room, generated: ModuleType,
-                                                          spec: dict[str, Any]) -> None:
+def test_generated_client_reads_errors_as_the_error_model(
+    served: Room, generated: ModuleType, spec: dict[str, Any]
+) -> None:
     api = Api(generated, spec)
     admin = api.client(served.url, served.admin_token)
     missing = api.get_dataset.sync_detailed("no.such.dataset", client=admin)
@@ -385,6 +487,7 @@ def test_generated_client_reads_errors_as_the_error_model(served: Room, generate
     bad = api.create_org.sync_detailed(client=admin, body=api.m.OrgIn(name="Bad Name!", roles=["owner"]))
     assert bad.status_code == 400 and bad.parsed.error == "invalid_input"
     analyst = api.create_org.sync(client=admin, body=api.m.OrgIn(name="lone-analyst", roles=["analyst"]))
-    refused = api.create_org.sync_detailed(client=api.client(served.url, analyst.token),
-                                           body=api.m.OrgIn(name="other-org", roles=["owner"]))
+    refused = api.create_org.sync_detailed(
+        client=api.client(served.url, analyst.token), body=api.m.OrgIn(name="other-org", roles=["owner"])
+    )
     assert refused.status_code == 403 and refused.parsed.error == "forbidden"

@@ -16,8 +16,11 @@ PRIVATE = "for acme's Q3 churn project only"
 @pytest.fixture
 def world(room, tmp_path):
     key = crypto.generate_keypair()
-    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-               json={"enc_public": key.enc_public, "sign_public": key.sign_public}).raise_for_status()
+    httpx.post(
+        room.url + "/runner/register",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+        json={"enc_public": key.enc_public, "sign_public": key.sign_public},
+    ).raise_for_status()
     retailer, bank, acme, _, ids = setup_scenario(room.org, tmp_path, 300)
     for pid in ids.values():
         retailer.decide_plugin(pid, "retail.purchases", reason=PRIVATE)
@@ -78,7 +81,8 @@ def test_decisions_after_the_resubmit_show_in_full(world, room):
     retailer.decide_plugin(ids["impute"], "retail.purchases", decision="reject", reason="not this quarter")
     view = rival.get_plugin(ids["impute"])
     assert [(a["decision"], a["reason"]) for a in view["approvals"] if a["dataset"] == "retail.purchases"] == [
-        ("reject", "not this quarter")]  # the earlier approval is revoked by the rejection: not shown
+        ("reject", "not this quarter")
+    ]  # the earlier approval is revoked by the rejection: not shown
 
 
 def _bumped(folder, tmp):

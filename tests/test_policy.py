@@ -63,11 +63,9 @@ def test_defaults():
     assert policy == Policy()
     assert policy.to_dict() == {
         "outputs": {"allowed": ["aggregate", "model"]},
-        "privacy": {"k": 10, "epsilon": 3.0, "delta": 1e-6, "require_dp": True, "job_epsilon": 1.0,
-                    "job_delta": 1e-7},
+        "privacy": {"k": 10, "epsilon": 3.0, "delta": 1e-6, "require_dp": True, "job_epsilon": 1.0, "job_delta": 1e-7},
         "release": {"recipients": [], "review": False},
-        "models": {"estimators": sorted(DEFAULT_ESTIMATORS), "allow_row_storing": False,
-                   "max_model_bytes": 5_000_000},
+        "models": {"estimators": sorted(DEFAULT_ESTIMATORS), "allow_row_storing": False, "max_model_bytes": 5_000_000},
         "columns": {},
         "identifiers": {"allow": []},
     }
@@ -113,8 +111,12 @@ def test_from_dict_is_strict():
 
 BAD = [
     # (snippet, line, key, message fragment)
-    ("[outputs]\nallowed = ['aggregate']\n\n[privacy]\nk = 10\n\nepsilom = 3.0\n", 7, "privacy.epsilom",
-     "unknown key 'epsilom' in [privacy] at line 7; did you mean 'epsilon'?"),
+    (
+        "[outputs]\nallowed = ['aggregate']\n\n[privacy]\nk = 10\n\nepsilom = 3.0\n",
+        7,
+        "privacy.epsilom",
+        "unknown key 'epsilom' in [privacy] at line 7; did you mean 'epsilon'?",
+    ),
     ("[privasy]\nk = 3\n", 1, "privasy", "did you mean 'privacy'?"),
     ("title = 'x'\n", 1, "title", "unknown key 'title' in the policy"),
     ("privacy = 3\n", 1, "privacy", "privacy must be a table"),
@@ -134,18 +136,24 @@ BAD = [
     ("[columns.region]\ndomain = ['a', 'a']\n", 2, "columns.region.domain", "repeats a value"),
     ("[columns.region]\ndomain = 'a'\n", 2, "columns.region.domain", "must be an array"),
     ("[privacy]\nrequire_dp = 'yes'\n", 2, "privacy.require_dp", "must be true or false"),
-    ("[outputs]\nallowed = ['aggregates']\n", 2, "outputs.allowed",
-     "unknown output kind 'aggregates'"),
+    ("[outputs]\nallowed = ['aggregates']\n", 2, "outputs.allowed", "unknown output kind 'aggregates'"),
     ("[outputs]\nallowed = 'model'\n", 2, "outputs.allowed", "must be an array"),
     ("[outputs]\nallowed = [1]\n", 2, "outputs.allowed", "list of strings"),
-    ("[release]\nrecipients = ['acme', 'Bad_Org']\n", 2, "release.recipients",
-     "'Bad_Org' in release.recipients is not a valid org name"),
+    (
+        "[release]\nrecipients = ['acme', 'Bad_Org']\n",
+        2,
+        "release.recipients",
+        "'Bad_Org' in release.recipients is not a valid org name",
+    ),
     ("[release]\nrecipients = ['a']\n", 2, "release.recipients", "not a valid org name"),
     ("[release]\nreview = 1\n", 2, "release.review", "true or false"),
-    ("[models]\nestimators = [\n  'ridge',\n  'lasso',\n  'ridge_regresion',\n]\n", 5, "models.estimators",
-     "unknown estimator 'ridge_regresion'"),
-    ("[models]\nestimators = ['ridge', 'k_neighbors_regressor']\n", 2, "models.estimators",
-     "stores training rows"),
+    (
+        "[models]\nestimators = [\n  'ridge',\n  'lasso',\n  'ridge_regresion',\n]\n",
+        5,
+        "models.estimators",
+        "unknown estimator 'ridge_regresion'",
+    ),
+    ("[models]\nestimators = ['ridge', 'k_neighbors_regressor']\n", 2, "models.estimators", "stores training rows"),
     ("[models]\nmax_model_bytes = 0\n", 2, "models.max_model_bytes", "at least 1"),
     ("[models]\nmax_bytes = 5\n", 2, "models.max_bytes", "did you mean 'max_model_bytes'?"),
     ("[columns.email]\nrule = 'never'\n", 2, "columns.email.rule", "unknown rule 'never' for column 'email'"),
@@ -171,11 +179,14 @@ def test_invalid_policies_name_the_line(text, line, key, fragment):
     assert f"at line {line}" in info.value.message
 
 
-@pytest.mark.parametrize(("text", "line", "column"), [
-    ("[privacy\nk = 1\n", 1, 9),
-    ("[privacy]\nk = 1\nk = 2\n", 3, None),
-    ("[privacy]\nk = \n", 2, None),
-])
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        ("[privacy\nk = 1\n", 1, 9),
+        ("[privacy]\nk = 1\nk = 2\n", 3, None),
+        ("[privacy]\nk = \n", 2, None),
+    ],
+)
 def test_toml_syntax_errors_are_rephrased(text, line, column):
     with pytest.raises(PolicyError) as info:
         parse_policy(text)
@@ -193,8 +204,9 @@ def test_policy_text_must_be_text():
 
 
 def test_toml_lines_finds_keys_in_tables_arrays_and_strings():
-    lines = TomlLines('a = """\n[fake]\nk = 1\n"""\n[[steps]]\nx = [\n  "p",\n  "q",\n]\n[[steps]]\n'
-                      '[steps.params]\nz = { w = 1 }\n')
+    lines = TomlLines(
+        'a = """\n[fake]\nk = 1\n"""\n[[steps]]\nx = [\n  "p",\n  "q",\n]\n[[steps]]\n[steps.params]\nz = { w = 1 }\n'
+    )
     assert lines.line_of(("fake",)) == 1  # inside a string: falls back to the first line
     assert lines.line_of(("steps", 0, "x")) == 6
     assert lines.line_of(("steps", 0, "x"), "q") == 8
@@ -203,6 +215,7 @@ def test_toml_lines_finds_keys_in_tables_arrays_and_strings():
 
 
 # -- combine -----------------------------------------------------------------------------------
+
 
 def _policy(text: str) -> Policy:
     return parse_policy(text)
@@ -260,16 +273,28 @@ bounds = [0, 65]
         "recipients": ["acme"],
         "review_by": ["retail.a"],
         "limits": {},
-        "dp": None, "precision": 3,
+        "dp": None,
+        "precision": 3,
     }
     json.dumps(effective.to_dict())  # JSON-ready
 
 
 def test_combine_of_one_default_policy():
     assert combine({"x": Policy()}).to_dict() == {
-        "k": 10, "outputs": ["aggregate", "model"], "estimators": sorted(DEFAULT_ESTIMATORS),
-        "allow_row_storing": False, "max_model_bytes": 5_000_000, "never_output": [], "join_only": [],
-        "bounds": {}, "require_dp": True, "recipients": [], "review_by": [], "limits": {}, "dp": None, "precision": 3,
+        "k": 10,
+        "outputs": ["aggregate", "model"],
+        "estimators": sorted(DEFAULT_ESTIMATORS),
+        "allow_row_storing": False,
+        "max_model_bytes": 5_000_000,
+        "never_output": [],
+        "join_only": [],
+        "bounds": {},
+        "require_dp": True,
+        "recipients": [],
+        "review_by": [],
+        "limits": {},
+        "dp": None,
+        "precision": 3,
     }
 
 
@@ -295,34 +320,80 @@ def test_combine_needs_a_policy():
 
 # -- identifiers -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("column", "reason"), [
-    ("name", "a person's name"), ("first_name", "a person's name"), ("LastName", "a person's name"),
-    ("full-name", "a person's name"), ("firstname", "a person's name"), ("Surname", "a person's name"),
-    ("username", "a person's name"),
-    ("email", "an email address"), ("e_mail", "an email address"), ("E-Mail", "an email address"),
-    ("emailAddress", "an email address"), ("contact email", "an email address"),
-    ("phone", "a phone number"), ("phone_number", "a phone number"), ("mobile", "a phone number"),
-    ("address", "a street address"), ("street", "a street address"), ("billing_address", "a street address"),
-    ("zip", "a postal code"), ("zipCode", "a postal code"), ("postcode", "a postal code"),
-    ("ssn", "a national id number"), ("national_id", "a national id number"),
-    ("passport", "a passport or licence number"), ("passport_no", "a passport or licence number"),
-    ("ip", "a network or device address"), ("ip_address", "a network or device address"),
-    ("IPAddress", "a network or device address"), ("IPv4", "a network or device address"),
-    ("dob", "a date of birth"), ("date_of_birth", "a date of birth"), ("DateOfBirth", "a date of birth"),
-    ("iban", "a bank or card number"), ("card_number", "a bank or card number"),
-    ("creditCard", "a bank or card number"),
-    ("latitude", "a precise location"), ("id", "a direct id of a person"),
-    ("customer_id", "a direct id of a person"),
-])
+
+@pytest.mark.parametrize(
+    ("column", "reason"),
+    [
+        ("name", "a person's name"),
+        ("first_name", "a person's name"),
+        ("LastName", "a person's name"),
+        ("full-name", "a person's name"),
+        ("firstname", "a person's name"),
+        ("Surname", "a person's name"),
+        ("username", "a person's name"),
+        ("email", "an email address"),
+        ("e_mail", "an email address"),
+        ("E-Mail", "an email address"),
+        ("emailAddress", "an email address"),
+        ("contact email", "an email address"),
+        ("phone", "a phone number"),
+        ("phone_number", "a phone number"),
+        ("mobile", "a phone number"),
+        ("address", "a street address"),
+        ("street", "a street address"),
+        ("billing_address", "a street address"),
+        ("zip", "a postal code"),
+        ("zipCode", "a postal code"),
+        ("postcode", "a postal code"),
+        ("ssn", "a national id number"),
+        ("national_id", "a national id number"),
+        ("passport", "a passport or licence number"),
+        ("passport_no", "a passport or licence number"),
+        ("ip", "a network or device address"),
+        ("ip_address", "a network or device address"),
+        ("IPAddress", "a network or device address"),
+        ("IPv4", "a network or device address"),
+        ("dob", "a date of birth"),
+        ("date_of_birth", "a date of birth"),
+        ("DateOfBirth", "a date of birth"),
+        ("iban", "a bank or card number"),
+        ("card_number", "a bank or card number"),
+        ("creditCard", "a bank or card number"),
+        ("latitude", "a precise location"),
+        ("id", "a direct id of a person"),
+        ("customer_id", "a direct id of a person"),
+    ],
+)
 def test_identifier_columns_are_detected(column, reason):
     assert looks_like_identifier(column) == reason
 
 
-@pytest.mark.parametrize("column", [
-    "_pid", "income", "region", "age", "spend", "product_name", "store_name", "order_id", "zip_count",
-    "address_count", "has_email", "is_email_verified", "phone_type", "name_length", "ship_date",
-    "description", "tip", "lattice", "membership", "birth_year", "",
-])
+@pytest.mark.parametrize(
+    "column",
+    [
+        "_pid",
+        "income",
+        "region",
+        "age",
+        "spend",
+        "product_name",
+        "store_name",
+        "order_id",
+        "zip_count",
+        "address_count",
+        "has_email",
+        "is_email_verified",
+        "phone_type",
+        "name_length",
+        "ship_date",
+        "description",
+        "tip",
+        "lattice",
+        "membership",
+        "birth_year",
+        "",
+    ],
+)
 def test_ordinary_columns_are_not_identifiers(column):
     assert looks_like_identifier(column) is None
 
@@ -343,11 +414,9 @@ def test_a_column_entry_that_changes_nothing_does_not_change_the_hash():
 def test_seed_scenario_policies_parse_and_combine():
     from cleanroom.scenario import BANK_POLICY, RETAIL_POLICY
 
-    effective = combine({"retail.purchases": parse_policy(RETAIL_POLICY),
-                         "bank.customers": parse_policy(BANK_POLICY)})
+    effective = combine({"retail.purchases": parse_policy(RETAIL_POLICY), "bank.customers": parse_policy(BANK_POLICY)})
     assert effective.never_output == () and effective.recipients == ("acme-analytics",)
-    kept = ["spend", "visits", "category", "region", "last_purchase", "age", "income", "tenure_years",
-            "segment"]
+    kept = ["spend", "visits", "category", "region", "last_purchase", "age", "income", "tenure_years", "segment"]
     assert [c for c in kept if looks_like_identifier(c)] == []
     assert all(looks_like_identifier(c) for c in ["customer_id", "email", "full_name", "phone"])
 
@@ -360,22 +429,30 @@ def test_limits_parse_combine_to_the_tightest_and_only_change_the_hash_when_set(
     assert a.to_dict()["limits"] == {"cpus": 0.5, "memory_mb": 1024, "timeout_seconds": 60}
     assert Policy.from_dict(a.to_dict()) == a
     assert combine({"a": a, "b": b, "c": plain}).to_dict()["limits"] == {
-        "cpus": 0.5, "memory_mb": 512, "pids": 64, "timeout_seconds": 60}
+        "cpus": 0.5,
+        "memory_mb": 512,
+        "pids": 64,
+        "timeout_seconds": 60,
+    }
     assert combine({"c": plain}).to_dict()["limits"] == {}
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ("[limits]\nmemory_mb = 10\n", "memory_mb must be at least 256 (got 10) at line 2"),
-    ("[limits]\ntimeout_seconds = 1.5\n", "timeout_seconds"),
-    ("[limits]\nnetwork = true\n", "unknown key 'network' in [limits] at line 2"),
-    ("[limits]\ncpus = 0\n", "cpus must be at least 0.1"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[limits]\nmemory_mb = 10\n", "memory_mb must be at least 256 (got 10) at line 2"),
+        ("[limits]\ntimeout_seconds = 1.5\n", "timeout_seconds"),
+        ("[limits]\nnetwork = true\n", "unknown key 'network' in [limits] at line 2"),
+        ("[limits]\ncpus = 0\n", "cpus must be at least 0.1"),
+    ],
+)
 def test_bad_limits_name_the_line(text, fragment):
     with pytest.raises(ValidationError, match=re.escape(fragment)):
         parse_policy(text)
 
 
 # -- differential privacy is the default -------------------------------------------------------------
+
 
 def test_a_policy_that_says_nothing_gets_dp_with_the_default_budget():
     policy = parse_policy("[privacy]\nk = 10\n")

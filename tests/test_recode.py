@@ -25,8 +25,11 @@ def hexes(n: int, seed: int = 0) -> list[str]:
 def arrow(df: pd.DataFrame, pid_type: pa.DataType = pa.string(), batch: int | None = None) -> bytes:
     """An input as the API holds it: an Arrow IPC stream (zstd), in batches of `batch` rows."""
     table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.set_column(table.schema.get_field_index("_pid"), pa.field("_pid", pid_type, nullable=False),
-                             table.column("_pid").cast(pid_type))
+    table = table.set_column(
+        table.schema.get_field_index("_pid"),
+        pa.field("_pid", pid_type, nullable=False),
+        table.column("_pid").cast(pid_type),
+    )
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
         for part in table.to_batches(max_chunksize=batch):
@@ -43,18 +46,20 @@ def inputs(n: int = 500, seed: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Two inputs that share most units; the first has some units on several rows."""
     rng = np.random.default_rng(seed)
     pool = hexes(int(n * 1.3), seed)
-    left_ids = list(rng.choice(pool[: n], size=n, replace=True))  # repeats: a unit's many purchases
-    right_ids = pool[int(n * 0.3):]
-    left = pd.DataFrame({"_pid": left_ids, "spend": rng.gamma(3, 100, n).round(2),
-                         "region": rng.choice(["north", "south"], n)})
+    left_ids = list(rng.choice(pool[:n], size=n, replace=True))  # repeats: a unit's many purchases
+    right_ids = pool[int(n * 0.3) :]
+    left = pd.DataFrame(
+        {"_pid": left_ids, "spend": rng.gamma(3, 100, n).round(2), "region": rng.choice(["north", "south"], n)}
+    )
     right = pd.DataFrame({"_pid": right_ids, "age": rng.integers(18, 90, len(right_ids))})
     return left, right
 
 
 def assert_consistent(before: list[pd.Series], after: list[np.ndarray]) -> None:
     """Equal pseudonyms have equal codes and different ones different codes, across all inputs."""
-    pairs = pd.DataFrame({"pid": pd.concat(before, ignore_index=True).astype(str),
-                          "code": np.concatenate(after)}).drop_duplicates()
+    pairs = pd.DataFrame(
+        {"pid": pd.concat(before, ignore_index=True).astype(str), "code": np.concatenate(after)}
+    ).drop_duplicates()
     assert not pairs["pid"].duplicated().any() and not pairs["code"].duplicated().any()
     assert sorted(pairs["code"]) == list(range(len(pairs)))  # 0..m-1, m distinct pseudonyms
 
@@ -72,8 +77,9 @@ def test_codes_are_int64_consistent_across_inputs_and_the_rest_is_unchanged(batc
     assert_consistent([left["_pid"], right["_pid"]], [t.column("_pid").to_numpy() for t in tables])
     # the sandbox joins on the codes exactly as it joined on the pseudonyms
     by_hex = compute.join({"a": left, "b": right})
-    by_code = compute.join({"a": wire.frame_from_bytes(out["inputs/0.arrow"]),
-                            "b": wire.frame_from_bytes(out["inputs/1.arrow"])})
+    by_code = compute.join(
+        {"a": wire.frame_from_bytes(out["inputs/0.arrow"]), "b": wire.frame_from_bytes(out["inputs/1.arrow"])}
+    )
     assert by_code["_pid"].dtype == np.int64 and len(by_code) == len(by_hex)
     assert by_code.drop(columns="_pid").equals(by_hex.drop(columns="_pid"))
 
@@ -92,13 +98,16 @@ def test_codes_are_fresh_per_job_and_do_not_follow_the_pseudonyms_order() -> Non
     assert abs(np.corrcoef(rank, units["code"].to_numpy())[0, 1]) < 0.2
     assert abs(np.corrcoef(np.arange(len(units)), units["code"].to_numpy())[0, 1]) < 0.2
     # with a given generator the codes are reproducible (tests only; jobs draw a fresh seed)
-    fixed = [read(recode.recode_inputs(dict(data), rng=np.random.default_rng(7))["a"]).column("_pid").to_numpy()
-             for _ in range(2)]
+    fixed = [
+        read(recode.recode_inputs(dict(data), rng=np.random.default_rng(7))["a"]).column("_pid").to_numpy()
+        for _ in range(2)
+    ]
     assert (fixed[0] == fixed[1]).all()
 
 
-@pytest.mark.parametrize("case", ["short ids", "upper case", "shared prefix", "large_string", "mixed types",
-                                  "one long id"])
+@pytest.mark.parametrize(
+    "case", ["short ids", "upper case", "shared prefix", "large_string", "mixed types", "one long id"]
+)
 def test_other_pseudonyms_take_the_exact_path(case: str) -> None:
     left, right = inputs(300)
     types = [pa.string(), pa.string()]
@@ -168,11 +177,13 @@ def bad_streams() -> dict[str, Any]:
     twice_sink = io.BytesIO()
     with pa.ipc.new_stream(twice_sink, twice.schema) as writer:
         writer.write_table(twice)
-    return {"not arrow": (b"garbage" * 10, "is not a valid Arrow stream"),
-            "truncated": (arrow(frame)[:-40], "is not a valid Arrow stream"),
-            "no pid": (arrow(frame).replace(b"_pid", b"_pix"), "has no _pid column"),
-            "missing pids": (sink.getvalue(), "has missing _pid values"),
-            "two pid columns": (twice_sink.getvalue(), "more than one _pid column")}
+    return {
+        "not arrow": (b"garbage" * 10, "is not a valid Arrow stream"),
+        "truncated": (arrow(frame)[:-40], "is not a valid Arrow stream"),
+        "no pid": (arrow(frame).replace(b"_pid", b"_pix"), "has no _pid column"),
+        "missing pids": (sink.getvalue(), "has missing _pid values"),
+        "two pid columns": (twice_sink.getvalue(), "more than one _pid column"),
+    }
 
 
 @pytest.mark.parametrize("case", list(bad_streams()))
@@ -192,19 +203,36 @@ def test_release_counts_units_by_code() -> None:
     region = np.repeat(rng.choice(["north", "south"], units), 3)
     region[:27] = "small"  # 9 units on 27 rows: under k=10 units though over k rows
     age = rng.integers(18, 90, len(pid))
-    frame = pd.DataFrame({"_pid": pid.astype(np.int64), "age": age, "region": region,
-                          "spend": 2 * age + rng.normal(0, 5, len(pid))})
-    policy = {"k": 10, "outputs": ["aggregate", "model"], "estimators": ["ridge"], "allow_row_storing": False,
-              "max_model_bytes": 5_000_000, "never_output": [], "join_only": [], "bounds": {},
-              "require_dp": False}
-    request = {"job_id": "job-1", "policy": policy,
-               "outputs": {"model": True, "metrics": True, "aggregates": True, "seed": 0},
-               "model_spec": {"estimator": "ridge", "params": {}, "target": "spend", "features": ["age"],
-                              "task": "regression"},
-               "analysis_specs": [{"name": "t", "group_by": ["region"], "metrics": [{"agg": "count"}]}],
-               "dp": {}, "names": {"schemas": {"x": {c: ["north", "south", "small"] for c in frame.columns}},
-                                   "job_strings": []},
-               "table_names": ["by_region"]}
+    frame = pd.DataFrame(
+        {"_pid": pid.astype(np.int64), "age": age, "region": region, "spend": 2 * age + rng.normal(0, 5, len(pid))}
+    )
+    policy = {
+        "k": 10,
+        "outputs": ["aggregate", "model"],
+        "estimators": ["ridge"],
+        "allow_row_storing": False,
+        "max_model_bytes": 5_000_000,
+        "never_output": [],
+        "join_only": [],
+        "bounds": {},
+        "require_dp": False,
+    }
+    request = {
+        "job_id": "job-1",
+        "policy": policy,
+        "outputs": {"model": True, "metrics": True, "aggregates": True, "seed": 0},
+        "model_spec": {
+            "estimator": "ridge",
+            "params": {},
+            "target": "spend",
+            "features": ["age"],
+            "task": "regression",
+        },
+        "analysis_specs": [{"name": "t", "group_by": ["region"], "metrics": [{"agg": "count"}]}],
+        "dp": {},
+        "names": {"schemas": {"x": {c: ["north", "south", "small"] for c in frame.columns}}, "job_strings": []},
+        "table_names": ["by_region"],
+    }
     meta, artifacts = release.run(request, {release.FRAME: wire.frame_to_bytes(frame)})
     assert meta["ok"], meta["error"]
     table = pd.read_csv(io.BytesIO(artifacts["artifacts/aggregates/by_region.csv"]))
@@ -229,8 +257,7 @@ def test_decoded_size_is_read_from_the_metadata_before_decoding() -> None:
     for compression in ("zstd", "lz4", None):
         table = pa.Table.from_pandas(left, preserve_index=False)
         sink = io.BytesIO()
-        with pa.ipc.new_stream(sink, table.schema,
-                               options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
+        with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
             for part in table.to_batches(max_chunksize=700):
                 writer.write_batch(part)
         declared = recode.decoded_size(sink.getvalue(), "x")
@@ -269,6 +296,6 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(claim: int | None)
 def test_malformed_metadata_is_refused() -> None:
     data = bytearray(arrow(pd.DataFrame({"_pid": hexes(3), "v": [1, 2, 3]})))
     schema_end = data.index(b"\xff\xff\xff\xff", 8)  # the record batch message after the schema
-    data[schema_end + 8:schema_end + 12] = b"\x7f\x7f\x7f\x7f"  # its flatbuffer's root offset
+    data[schema_end + 8 : schema_end + 12] = b"\x7f\x7f\x7f\x7f"  # its flatbuffer's root offset
     with pytest.raises(recode.RecodeError, match="not a valid Arrow stream"):
         recode.decoded_size(bytes(data), "x")

@@ -73,8 +73,7 @@ CASES = [
     ("def f(df):\n    df.to_pickle('x.pkl')", "unsafe-deserialisation", "blocking", 5),
     ("def f(a):\n    a.tofile('x.bin')", "file-write", "blocking", 5),
     ("a = np.load('x.npy', allow_pickle=True)", "unsafe-deserialisation", "blocking", 4),
-    ("from numpy import load as ld\na = ld('x.npy', allow_pickle=True)", "unsafe-deserialisation", "blocking",
-     5),
+    ("from numpy import load as ld\na = ld('x.npy', allow_pickle=True)", "unsafe-deserialisation", "blocking", 5),
     ("a = np.load('x.npy')", "file-read", "warning", 4),
     ("np.save('x.npy', [1])", "file-write", "blocking", 4),
     ("x = pd.eval('1 + 2')", "string-eval", "warning", 4),
@@ -93,8 +92,7 @@ CASES = [
     ("import tqdm", "import-not-allowed", "blocking", 4),
     ("import cleanroom.bundle", "import-not-allowed", "blocking", 4),
     ("from sklearn.datasets import fetch_openml\nX = fetch_openml('x')", "network", "blocking", 5),
-    ("import operator\n\n\ndef f(name):\n    return operator.attrgetter(name)", "dynamic-attribute",
-     "blocking", 8),
+    ("import operator\n\n\ndef f(name):\n    return operator.attrgetter(name)", "dynamic-attribute", "blocking", 8),
     ("from . import helpers as h\nimport helpers", "local-absolute-import", "warning", 5),
     ("from math import *", "star-import", "warning", 4),
 ]
@@ -102,8 +100,12 @@ CASES = [
 
 @pytest.mark.parametrize("code, rule, severity, line", CASES, ids=[c[0].splitlines()[-1][:40] for c in CASES])
 def test_each_pattern_is_caught_at_its_line(code: str, rule: str, severity: str, line: int) -> None:
-    report = review_files({"plugin.py": (HEADER + code + "\n\n\ndef preprocess(df, params):\n    return df\n")
-                           .encode(), "helpers.py": b"X = 1\n"})
+    report = review_files(
+        {
+            "plugin.py": (HEADER + code + "\n\n\ndef preprocess(df, params):\n    return df\n").encode(),
+            "helpers.py": b"X = 1\n",
+        }
+    )
     hits = [(f.rule, f.severity, f.line) for f in report.findings]
     assert (rule, severity, line) in hits, hits
 
@@ -112,8 +114,7 @@ def test_syntax_errors_are_blocking_with_their_line() -> None:
     source = b"import pandas as pd\n\ndef preprocess(df, params:\n    return df\n"
     report = review_files({"plugin.py": source})
     [finding] = report.findings
-    assert (finding.rule, finding.severity, finding.line, finding.file) == ("syntax-error", "blocking", 3,
-                                                                            "plugin.py")
+    assert (finding.rule, finding.severity, finding.line, finding.file) == ("syntax-error", "blocking", 3, "plugin.py")
 
 
 def test_other_encodings_and_invalid_utf8_are_blocking() -> None:
@@ -170,8 +171,13 @@ def preprocess(df: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
     report = review_files({"plugin.py": code, "helpers.py": b"X = 1\nLIMIT = 10\n", "data/readme.txt": b"hi"})
     assert report.findings == [] and report.ok
     files = ["cleanroom-plugin.toml", "data/readme.txt", "helpers.py", "plugin.py"]
-    assert report.to_dict() == {"version": review.REVIEW_VERSION, "files": files, "findings": [],
-                                "blocking": 0, "warnings": 0}
+    assert report.to_dict() == {
+        "version": review.REVIEW_VERSION,
+        "files": files,
+        "findings": [],
+        "blocking": 0,
+        "warnings": 0,
+    }
 
 
 def test_test_files_may_import_pytest_and_pluggy_but_plugin_code_may_not() -> None:

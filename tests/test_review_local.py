@@ -72,11 +72,11 @@ recipient = "acme-analytics"
 dataset = "{dataset}"
 
 [[steps]]
-plugin = "{ids['linear-model']}"
+plugin = "{ids["linear-model"]}"
 params = {{ estimator = "ridge", target = "cost", alpha = 1.0 }}
 
 [[steps]]
-plugin = "{ids['group-aggregate']}"
+plugin = "{ids["group-aggregate"]}"
 params = {{ name = "cost_by_region", group_by = ["region"], metrics = [{{ agg = "count" }}, \
 {{ agg = "mean", column = "cost" }}] }}
 
@@ -87,19 +87,26 @@ aggregates = true
 """
 
 
-def make_held_releases(owner: Client, analyst: Client, folder: Path, jobs: int, n: int = 300,
-                       dataset: str = DATASET) -> list[str]:
+def make_held_releases(
+    owner: Client, analyst: Client, folder: Path, jobs: int, n: int = 300, dataset: str = DATASET
+) -> list[str]:
     """Upload the clinic's data, approve the built-in plugins, run `jobs` jobs; their job ids (each release
     held for the owner's review once the job ended). Shared with scripts/screenshots.py."""
     rng = np.random.default_rng(1)
-    frame = pd.DataFrame({"patient_id": [f"P{i:05d}" for i in range(n)],
-                          "region": rng.choice(["north", "south", HOSTILE_KEY, BIDI_KEY], n),
-                          "visits": rng.poisson(6, n), HOSTILE_COLUMN: rng.normal(50, 10, n).round(2)})
+    frame = pd.DataFrame(
+        {
+            "patient_id": [f"P{i:05d}" for i in range(n)],
+            "region": rng.choice(["north", "south", HOSTILE_KEY, BIDI_KEY], n),
+            "visits": rng.poisson(6, n),
+            HOSTILE_COLUMN: rng.normal(50, 10, n).round(2),
+        }
+    )
     frame["cost"] = (100 + 30 * frame["visits"] + 2 * frame[HOSTILE_COLUMN] + rng.normal(0, 20, n)).round(2)
     folder.mkdir(parents=True, exist_ok=True)
     frame.to_csv(folder / "visits.csv", index=False)
-    owner.upload_dataset(folder / "visits.csv", name=dataset, policy=POLICY, id_column="patient_id",
-                         join_secret=new_join_secret())
+    owner.upload_dataset(
+        folder / "visits.csv", name=dataset, policy=POLICY, id_column="patient_id", join_secret=new_join_secret()
+    )
     ids = {p: analyst.submit_plugin(REPO / "plugins" / p)["id"] for p in ("linear-model", "group-aggregate")}
     for pid in ids.values():
         owner.decide_plugin(pid, dataset)
@@ -164,12 +171,14 @@ def page(server: ReviewServer, path: str = "", **kw: Any) -> httpx.Response:
     return httpx.get(server.url + path, timeout=60, **kw)
 
 
-def post(server: ReviewServer, path: str, data: dict[str, str], origin: str | None = "own",
-         **headers: str) -> httpx.Response:
+def post(
+    server: ReviewServer, path: str, data: dict[str, str], origin: str | None = "own", **headers: str
+) -> httpx.Response:
     own = server.url.split("/", 3)
     sent = {"origin": f"{own[0]}//{own[2]}" if origin == "own" else origin, **headers}
-    return httpx.post(server.url + path, data=data, timeout=60,
-                      headers={k: v for k, v in sent.items() if v is not None})
+    return httpx.post(
+        server.url + path, data=data, timeout=60, headers={k: v for k, v in sent.items() if v is not None}
+    )
 
 
 def shown_manifest(text: str) -> str:
@@ -184,6 +193,7 @@ def release_id(world: World, job: str) -> str:
 
 # -- who can drive it ---------------------------------------------------------------------------------
 
+
 @docker
 def test_the_token_is_required(world, served):
     rid = release_id(world, world.jobs[0])
@@ -191,15 +201,25 @@ def test_the_token_is_required(world, served):
     assert page(served, f"releases/{rid}").status_code == 200
     origin = served.url.rsplit("/", 2)[0]
     token = served.app.token
-    for path in ("/", "/releases/" + rid, f"/{token[:-1]}x/", f"/{token[:-1]}/releases/{rid}", f"/x{token}/",
-                 f"/releases/{token}/"):
+    for path in (
+        "/",
+        "/releases/" + rid,
+        f"/{token[:-1]}x/",
+        f"/{token[:-1]}/releases/{rid}",
+        f"/x{token}/",
+        f"/releases/{token}/",
+    ):
         r = httpx.get(origin + path, timeout=30)
         assert r.status_code == 403, path
         assert "printed" in r.text
         for secret in (rid, "clinic", "north", "alert", "cost_by_region"):
             assert secret not in r.text, (path, secret)
-    refused = httpx.post(f"{origin}/{token[:-1]}x/releases/{rid}/approve", timeout=30,
-                         data={"manifest": "0" * 64}, headers={"origin": origin})
+    refused = httpx.post(
+        f"{origin}/{token[:-1]}x/releases/{rid}/approve",
+        timeout=30,
+        data={"manifest": "0" * 64},
+        headers={"origin": origin},
+    )
     assert refused.status_code == 403
     assert world.owner.get_release(rid)["pending_review"] == [DATASET]
 
@@ -248,8 +268,13 @@ def test_security_headers_and_no_script(world, served):
 def test_a_cross_origin_post_is_refused(world, served):
     rid = release_id(world, world.jobs[0])
     manifest = shown_manifest(page(served, f"releases/{rid}").text)
-    for origin, extra in (("http://evil.example", {}), ("null", {}), (None, {}),
-                          ("own", {"sec-fetch-site": "cross-site"}), ("own", {"sec-fetch-site": "same-site"})):
+    for origin, extra in (
+        ("http://evil.example", {}),
+        ("null", {}),
+        (None, {}),
+        ("own", {"sec-fetch-site": "cross-site"}),
+        ("own", {"sec-fetch-site": "same-site"}),
+    ):
         r = post(served, f"releases/{rid}/approve", {"manifest": manifest}, origin=origin, **extra)
         assert r.status_code == 403 and "cross-origin" in r.text, (origin, extra)
         r = post(served, f"releases/{rid}/reject", {"manifest": manifest, "reason": "x"}, origin=origin, **extra)
@@ -259,6 +284,7 @@ def test_a_cross_origin_post_is_refused(world, served):
 
 
 # -- what the owner sees ------------------------------------------------------------------------------
+
 
 @docker
 def test_the_content_is_decrypted_here_and_shown_escaped(world, served, tmp_path):
@@ -270,8 +296,12 @@ def test_the_content_is_decrypted_here_and_shown_escaped(world, served, tmp_path
     table = pd.read_csv(tmp_path / "out" / "aggregates" / "cost_by_region.csv", keep_default_na=False, dtype=str)
     assert set(table["region"]) == {"north", "south", HOSTILE_KEY, BIDI_KEY, "other"}
     for _, row in table.iterrows():  # every group key and value is a cell of the page's table
-        key = row["region"].replace("<", "&lt;").replace(">", "&gt;").replace(
-            "\u202e", '<span class="hidden-char" title="hidden character">&lt;U+202E&gt;</span>')
+        key = (
+            row["region"]
+            .replace("<", "&lt;")
+            .replace(">", "&gt;")
+            .replace("\u202e", '<span class="hidden-char" title="hidden character">&lt;U+202E&gt;</span>')
+        )
         assert f'<td class="key">{key}</td>' in text, row["region"]
         for value in (row["count"], row["mean_cost"]):
             assert (f'<td class="num">{value}</td>' if value else "suppressed") in text
@@ -293,8 +323,11 @@ def test_the_content_is_decrypted_here_and_shown_escaped(world, served, tmp_path
     receipt_outputs = release["receipt"]["body"]["outputs"]
     ciphertext = {a["name"]: a["size"] for a in release["artifacts"]}
     for name, entry in receipt_outputs.items():
-        assert re.search(rf"<code>{re.escape(name)}</code></td><td><span class=\"nowrap\" title=\"{entry['bytes']} "
-                         "bytes\">", text), name
+        assert re.search(
+            rf"<code>{re.escape(name)}</code></td><td><span class=\"nowrap\" title=\"{entry['bytes']} "
+            'bytes">',
+            text,
+        ), name
         assert ciphertext[name] != entry["bytes"]
     # checks as a table, the decision state against the current policy version
     assert '<table class="checks">' in text and "4 groups, each with at least k units (exact)" in text
@@ -336,8 +369,9 @@ def test_approve_through_the_page_signs_the_release_shown(world, served):
 
     # the signature in the room is the owner's, over this exact release
     with sqlite3.connect(world.room.store.db_path) as conn:
-        payload, signature = conn.execute("SELECT payload, signature FROM release_approvals WHERE release_id = ?",
-                                          (rid,)).fetchone()
+        payload, signature = conn.execute(
+            "SELECT payload, signature FROM release_approvals WHERE release_id = ?", (rid,)
+        ).fetchone()
     payload = json.loads(payload)
     assert payload["release_id"] == rid and payload["manifest_sha256"] == manifest and payload["org"] == "clinic"
     verify(world.owner.whoami()["keys"]["sign_public"], payload, signature)
@@ -395,8 +429,15 @@ def test_decisions_and_plugin_approvals_are_shown_against_the_current_policy(wor
 def test_the_cli_command_serves_the_pages(world):
     Profile(name="clinic", url=world.room.url, token=world.owner.token).save()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANROOM_") or k == "CLEANROOM_HOME"}
-    cmd = [sys.executable, "-c", "from cleanroom.cli import main; main()", "--profile", "clinic", "review",
-           "--no-browser"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from cleanroom.cli import main; main()",
+        "--profile",
+        "clinic",
+        "review",
+        "--no-browser",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = (proc.stdout.readline() if proc.stdout else "").strip()
@@ -407,12 +448,14 @@ def test_the_cli_command_serves_the_pages(world):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    missing = subprocess.run(cmd[:3] + ["--profile", "clinc", "review", "--no-browser"], env=env,
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        cmd[:3] + ["--profile", "clinc", "review", "--no-browser"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert missing.returncode == 1 and "no profile named 'clinc'" in " ".join(missing.stderr.split())
 
 
 # -- in a browser -------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def browser(request: pytest.FixtureRequest) -> Any:
@@ -459,14 +502,17 @@ def _shot(driver: Any, path: Path) -> None:
     driver.set_window_size(1280, 900)
 
 
-
 # -- the zone -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("module", "line"), [
-    ("cleanroom.local.review_server", "from cleanroom.api import deps"),
-    ("cleanroom.local.review_pages", "from cleanroom.store import blobs"),
-    ("cleanroom.local.review_server", "from cleanroom.runner import recode"),
-])
+
+@pytest.mark.parametrize(
+    ("module", "line"),
+    [
+        ("cleanroom.local.review_server", "from cleanroom.api import deps"),
+        ("cleanroom.local.review_pages", "from cleanroom.store import blobs"),
+        ("cleanroom.local.review_server", "from cleanroom.runner import recode"),
+    ],
+)
 def test_the_review_server_never_imports_the_servers_code(tmp_path, module, line):
     """A planted import breaks the review server's import contract (the real tree keeping every contract,
     the control, is tests/test_architecture.py's)."""

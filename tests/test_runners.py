@@ -84,6 +84,7 @@ def test_recover_requeues_only_jobs_of_instances_that_are_gone(room: Any, tmp_pa
 
 # Docker: real runner processes ----------------------------------------------------------------------
 
+
 class NamedRunner(RunnerProc):
     """`cleanroom runner` under its own CLEANROOM_RUNNER_NAME, in a runner home other runners share."""
 
@@ -129,8 +130,12 @@ def test_runners_sharing_the_room_key_leave_each_other_alone(room: Any, tmp_path
     room_label = room.admin.room()["keys"]["fingerprint"].removeprefix("SHA256:")[:16]
 
     def ours() -> dict[str, str]:  # container id -> runner name, of every sandbox container of this room
-        return {c.id: c.labels.get(NAME_LABEL, "") for c in docker_client.containers.list(
-            all=True, filters={"label": f"{RUNNER_LABEL}={room_label}"}, ignore_removed=True)}
+        return {
+            c.id: c.labels.get(NAME_LABEL, "")
+            for c in docker_client.containers.list(
+                all=True, filters={"label": f"{RUNNER_LABEL}={room_label}"}, ignore_removed=True
+            )
+        }
 
     _, analyst, spec = sleepy_job_spec(room.org, tmp_path, 300, 15)
     jobs = [analyst.submit_job(spec)["id"] for _ in range(2)]
@@ -140,8 +145,11 @@ def test_runners_sharing_the_room_key_leave_each_other_alone(room: Any, tmp_path
     while len(by_runner) < 2:
         assert time.monotonic() < deadline, f"the jobs did not both reach compute:\n{a.proc.tail()}\n{b.proc.tail()}"
         for job_id in jobs:
-            running = [c for c in job_containers(docker_client, job_id)
-                       if c.labels.get("cleanroom.phase") == "compute" and c.status == "running"]
+            running = [
+                c
+                for c in job_containers(docker_client, job_id)
+                if c.labels.get("cleanroom.phase") == "compute" and c.status == "running"
+            ]
             if running and room.admin.get_job(job_id)["phase"] == "compute":
                 by_runner[running[0].labels[NAME_LABEL]] = job_id
         time.sleep(0.1)
@@ -166,7 +174,8 @@ def test_runners_sharing_the_room_key_leave_each_other_alone(room: Any, tmp_path
 
     for job_id in jobs:
         assert room.end_time_budget(job_id, timeout=240)["status"] == "succeeded", (
-            f"{room.admin.get_job(job_id)}\n{a.proc.tail()}\n{b.proc.tail()}")
+            f"{room.admin.get_job(job_id)}\n{a.proc.tail()}\n{b.proc.tail()}"
+        )
     # b's job ran once, untouched by c's start and a's restart; a's job ran again after a's restart
     assert _starts(room, by_runner["b"]).count("job.started") == 1
     assert "job.requeued" not in _starts(room, by_runner["b"])

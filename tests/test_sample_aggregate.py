@@ -53,91 +53,160 @@ def read(data: bytes) -> pd.DataFrame:
 
 # -- the job spec -----------------------------------------------------------------------------------------
 
-def spec_text(sa: str = "", *, steps: str = f'[[steps]]\nplugin = "{STAT}"\nparams = {{ columns = ["spend"] }}\n',
-              outputs: str = "", top: str = "") -> str:
+
+def spec_text(
+    sa: str = "",
+    *,
+    steps: str = f'[[steps]]\nplugin = "{STAT}"\nparams = {{ columns = ["spend"] }}\n',
+    outputs: str = "",
+    top: str = "",
+) -> str:
     sa = sa or 'blocks = 8\noutputs = [{ name = "median_spend", lo = 0, hi = 500, default = 0 }]\n'
-    return (f'name = "sa-job"\nrecipient = "acme"\n{top}\n[[inputs]]\ndataset = "retail"\n\n{steps}\n'
-            f"[outputs]\n{outputs}\n[outputs.sample_and_aggregate]\n{sa}")
+    return (
+        f'name = "sa-job"\nrecipient = "acme"\n{top}\n[[inputs]]\ndataset = "retail"\n\n{steps}\n'
+        f"[outputs]\n{outputs}\n[outputs.sample_and_aggregate]\n{sa}"
+    )
 
 
 def test_spec_round_trips_and_keeps_the_declared_structure():
-    spec = parse_jobspec(spec_text('blocks = 16\naggregate = "median"\nblock_seconds = 20\noutputs = [\n'
-                                   '  { name = "a", lo = -1, hi = 1, default = 0 },\n'
-                                   '  { name = "b", lo = 0, hi = 10, default = 10 }]\n'))
+    spec = parse_jobspec(
+        spec_text(
+            'blocks = 16\naggregate = "median"\nblock_seconds = 20\noutputs = [\n'
+            '  { name = "a", lo = -1, hi = 1, default = 0 },\n'
+            '  { name = "b", lo = 0, hi = 10, default = 10 }]\n'
+        )
+    )
     sa = spec.outputs.sample_and_aggregate
     assert sa is not None and (sa.blocks, sa.aggregate, sa.block_seconds) == (16, "median", 20)
     assert [(o.name, o.lo, o.hi, o.default) for o in sa.outputs] == [("a", -1.0, 1.0, 0.0), ("b", 0.0, 10.0, 10.0)]
     assert type(spec).from_dict(spec.to_dict()) == spec
     plain = parse_jobspec(spec_text()).to_dict()["outputs"]["sample_and_aggregate"]
-    assert plain == {"blocks": 8, "aggregate": "mean", "block_seconds": 30,
-                     "outputs": [{"name": "median_spend", "lo": 0.0, "hi": 500.0, "default": 0.0}]}
+    assert plain == {
+        "blocks": 8,
+        "aggregate": "mean",
+        "block_seconds": 30,
+        "outputs": [{"name": "median_spend", "lo": 0.0, "hi": 500.0, "default": 0.0}],
+    }
 
 
-@pytest.mark.parametrize(("sa", "top", "outputs", "message"), [
-    ('blocks = 1\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]', "", "", "blocks .* must be 2 to 256"),
-    ('blocks = 1000\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]', "", "", "must be 2 to 256"),
-    ('outputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]', "", "", "needs 'blocks'"),
-    ("blocks = 4", "", "", "needs 'outputs'"),
-    ('blocks = 4\noutputs = [{ name = "x", lo = 2, hi = 2, default = 2 }]', "", "", "needs lo < hi"),
-    ('blocks = 4\noutputs = [{ name = "x", lo = 5, hi = 1, default = 2 }]', "", "", "needs lo < hi"),
-    ('blocks = 4\noutputs = [{ name = "x", lo = 0, hi = 1 }]', "", "", "needs 'default'"),
-    ('blocks = 4\noutputs = [{ name = "x", lo = 0, hi = 1, default = 3 }]', "", "", "default 3 must be within"),
-    ('blocks = 4\noutputs = [{ name = "x", lo = 0, hi = "1", default = 0 }]', "", "", "number"),
-    ('blocks = 4\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0, extra = 1 }]', "", "", "extra"),
-    ('blocks = 4\noutputs = [{ name = "x y", lo = 0, hi = 1, default = 0 }]', "", "", "output name"),
-    ('blocks = 4\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }, { name = "x", lo = 0, hi = 1, '
-     'default = 0 }]', "", "", "must be unique"),
-    ("blocks = 4\noutputs = []", "", "", "1 to 32"),
-    ('blocks = 4\naggregate = "max"\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]', "", "",
-     "aggregate must be one of mean, median"),
-    ('blocks = 4\nblock_seconds = 1\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]', "", "",
-     "block_seconds must be"),
-    ('blocks = 40\nblock_seconds = 30\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]',
-     "time_budget = 600", "", "may not end within time_budget"),
-    ('blocks = 4\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]', "", "model = true",
-     "sample_and_aggregate is the job's only output"),
-])
+@pytest.mark.parametrize(
+    ("sa", "top", "outputs", "message"),
+    [
+        ('blocks = 1\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]', "", "", "blocks .* must be 2 to 256"),
+        ('blocks = 1000\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]', "", "", "must be 2 to 256"),
+        ('outputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]', "", "", "needs 'blocks'"),
+        ("blocks = 4", "", "", "needs 'outputs'"),
+        ('blocks = 4\noutputs = [{ name = "x", lo = 2, hi = 2, default = 2 }]', "", "", "needs lo < hi"),
+        ('blocks = 4\noutputs = [{ name = "x", lo = 5, hi = 1, default = 2 }]', "", "", "needs lo < hi"),
+        ('blocks = 4\noutputs = [{ name = "x", lo = 0, hi = 1 }]', "", "", "needs 'default'"),
+        ('blocks = 4\noutputs = [{ name = "x", lo = 0, hi = 1, default = 3 }]', "", "", "default 3 must be within"),
+        ('blocks = 4\noutputs = [{ name = "x", lo = 0, hi = "1", default = 0 }]', "", "", "number"),
+        ('blocks = 4\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0, extra = 1 }]', "", "", "extra"),
+        ('blocks = 4\noutputs = [{ name = "x y", lo = 0, hi = 1, default = 0 }]', "", "", "output name"),
+        (
+            'blocks = 4\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }, { name = "x", lo = 0, hi = 1, '
+            "default = 0 }]",
+            "",
+            "",
+            "must be unique",
+        ),
+        ("blocks = 4\noutputs = []", "", "", "1 to 32"),
+        (
+            'blocks = 4\naggregate = "max"\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]',
+            "",
+            "",
+            "aggregate must be one of mean, median",
+        ),
+        (
+            'blocks = 4\nblock_seconds = 1\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]',
+            "",
+            "",
+            "block_seconds must be",
+        ),
+        (
+            'blocks = 40\nblock_seconds = 30\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]',
+            "time_budget = 600",
+            "",
+            "may not end within time_budget",
+        ),
+        (
+            'blocks = 4\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]',
+            "",
+            "model = true",
+            "sample_and_aggregate is the job's only output",
+        ),
+    ],
+)
 def test_bad_sample_and_aggregate_specs_get_a_clear_error(sa, top, outputs, message):
     with pytest.raises(ValidationError, match=message):
         parse_jobspec(spec_text(sa, top=top, outputs=outputs))
 
 
 def _manifest(name: str, kind: str) -> dict:
-    return {"name": name, "version": "1.0.0", "kind": kind, "entry": "plugin.py", "description": name,
-            "params": {"columns": {"type": "array", "items": "string", "default": []}}}
+    return {
+        "name": name,
+        "version": "1.0.0",
+        "kind": kind,
+        "entry": "plugin.py",
+        "description": name,
+        "params": {"columns": {"type": "array", "items": "string", "default": []}},
+    }
 
 
-PLUGINS = {STAT: {"name": "stat", "kind": "statistic", "manifest": _manifest("stat", "statistic")},
-           PREP: {"name": "prep", "kind": "preprocess", "manifest": _manifest("prep", "preprocess")},
-           GROUP: {"name": "group", "kind": "analysis", "manifest": _manifest("group", "analysis")}}
+PLUGINS = {
+    STAT: {"name": "stat", "kind": "statistic", "manifest": _manifest("stat", "statistic")},
+    PREP: {"name": "prep", "kind": "preprocess", "manifest": _manifest("prep", "preprocess")},
+    GROUP: {"name": "group", "kind": "analysis", "manifest": _manifest("group", "analysis")},
+}
 DP_POLICY = "[release]\nrecipients = ['acme']\n"
 
 
 def _check(text: str, policy: str = DP_POLICY):
-    datasets = {"retail": {"owner": "retail-org", "policy": parse_policy(policy), "policy_version": 1,
-                           "sha256": "1" * 64}}
+    datasets = {
+        "retail": {"owner": "retail-org", "policy": parse_policy(policy), "policy_version": 1, "sha256": "1" * 64}
+    }
     approvals = {(pid, "retail", 1, "1" * 64) for pid in PLUGINS}
-    return check_job(parse_jobspec(text), datasets=datasets, plugins=PLUGINS, approvals=approvals,
-                     recipient_exists=True, budget_remaining={"retail": 3.0})
+    return check_job(
+        parse_jobspec(text),
+        datasets=datasets,
+        plugins=PLUGINS,
+        approvals=approvals,
+        recipient_exists=True,
+        budget_remaining={"retail": 3.0},
+    )
 
 
 def test_check_job_admits_one_statistic_step_last_and_charges_the_job_epsilon():
-    effective = _check(spec_text(steps=f'[[steps]]\nplugin = "{PREP}"\n[[steps]]\nplugin = "{STAT}"\n',
-                                 outputs="epsilon = 0.5"))
+    effective = _check(
+        spec_text(steps=f'[[steps]]\nplugin = "{PREP}"\n[[steps]]\nplugin = "{STAT}"\n', outputs="epsilon = 0.5")
+    )
     assert effective.job_epsilon == 0.5
     assert _check(spec_text()).job_epsilon == 1.0  # the policy's per-job cap by default
 
 
-@pytest.mark.parametrize(("text", "policy", "message"), [
-    (spec_text(steps=f'[[steps]]\nplugin = "{PREP}"\n'), DP_POLICY, "needs exactly one statistic step"),
-    (spec_text(steps=f'[[steps]]\nplugin = "{STAT}"\n[[steps]]\nplugin = "{STAT}"\n'), DP_POLICY,
-     "needs exactly one statistic step"),
-    (spec_text(steps=f'[[steps]]\nplugin = "{STAT}"\n[[steps]]\nplugin = "{PREP}"\n'), DP_POLICY,
-     "statistic step must be the job's last"),
-    (spec_text(), "[release]\nrecipients = ['acme']\n[privacy]\nrequire_dp = false\n", "at least one input must use"),
-    (spec_text(), "[release]\nrecipients = ['acme']\n[outputs]\nallowed = ['model']\n", "does not allow aggregate"),
-    (spec_text(outputs="epsilon = 2.0"), DP_POLICY, "allows at most epsilon 1"),
-])
+@pytest.mark.parametrize(
+    ("text", "policy", "message"),
+    [
+        (spec_text(steps=f'[[steps]]\nplugin = "{PREP}"\n'), DP_POLICY, "needs exactly one statistic step"),
+        (
+            spec_text(steps=f'[[steps]]\nplugin = "{STAT}"\n[[steps]]\nplugin = "{STAT}"\n'),
+            DP_POLICY,
+            "needs exactly one statistic step",
+        ),
+        (
+            spec_text(steps=f'[[steps]]\nplugin = "{STAT}"\n[[steps]]\nplugin = "{PREP}"\n'),
+            DP_POLICY,
+            "statistic step must be the job's last",
+        ),
+        (
+            spec_text(),
+            "[release]\nrecipients = ['acme']\n[privacy]\nrequire_dp = false\n",
+            "at least one input must use",
+        ),
+        (spec_text(), "[release]\nrecipients = ['acme']\n[outputs]\nallowed = ['model']\n", "does not allow aggregate"),
+        (spec_text(outputs="epsilon = 2.0"), DP_POLICY, "allows at most epsilon 1"),
+    ],
+)
 def test_check_job_refuses_what_sample_and_aggregate_cannot_run(text, policy, message):
     with pytest.raises(PolicyError, match=message):
         _check(text, policy)
@@ -152,11 +221,12 @@ def test_a_statistic_step_without_sample_and_aggregate_is_refused():
 
 # -- blocks -----------------------------------------------------------------------------------------------
 
+
 def test_removing_a_unit_leaves_every_other_units_block_unchanged():
     units = [pseudonym(i) for i in range(2000)]
     full = blocks.assign_blocks(units, 16, SALT)
     for gone in (0, 777, 1999):
-        without = blocks.assign_blocks(units[:gone] + units[gone + 1:], 16, SALT)
+        without = blocks.assign_blocks(units[:gone] + units[gone + 1 :], 16, SALT)
         assert without == {u: b for u, b in full.items() if u != units[gone]}
     assert blocks.assign_blocks(list(reversed(units)), 16, SALT) == full  # order does not matter either
     counts = np.bincount(list(full.values()), minlength=16)
@@ -197,8 +267,16 @@ def test_each_block_gets_its_own_codes_so_no_block_sees_the_total_count():
     codes = set(read(files["inputs/1.arrow"])["_pid"]) | set(read(files["inputs/0.arrow"])["_pid"])
     assert codes == set(range(n_b)) and n_b < 400  # 0..n_b-1: nothing about the other blocks' units
     assert [i["dataset"] for i in meta["inputs"]] == ["retail", "bank"]
-    assert pytest.raises(recode.RecodeError, blocks.block_request, {"retail": b"junk", "bank": part["bank"]},
-                         ["retail", "bank"], [], {}, job_id="j", max_output_bytes=1)
+    assert pytest.raises(
+        recode.RecodeError,
+        blocks.block_request,
+        {"retail": b"junk", "bank": part["bank"]},
+        ["retail", "bank"],
+        [],
+        {},
+        job_id="j",
+        max_output_bytes=1,
+    )
 
 
 # -- a block's answer -------------------------------------------------------------------------------------
@@ -206,10 +284,27 @@ def test_each_block_gets_its_own_codes_so_no_block_sees_the_total_count():
 OUTS = [blocks.Output("a", 0.0, 10.0, 7.0), blocks.Output("b", -1.0, 1.0, -1.0)]
 
 
-@pytest.mark.parametrize("answer", [
-    None, "1,2", 3.0, {"a": 1}, [1.0], [1.0, 2.0, 3.0], [float("nan"), 0.0], [float("inf"), 0.0],
-    [0.0, float("-inf")], ["1", 0.0], [True, 0.0], [[1.0], 0.0], [None, 0.0], [], [10**400, 0.0], [0.0, -(10**999)],
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        None,
+        "1,2",
+        3.0,
+        {"a": 1},
+        [1.0],
+        [1.0, 2.0, 3.0],
+        [float("nan"), 0.0],
+        [float("inf"), 0.0],
+        [0.0, float("-inf")],
+        ["1", 0.0],
+        [True, 0.0],
+        [[1.0], 0.0],
+        [None, 0.0],
+        [],
+        [10**400, 0.0],
+        [0.0, -(10**999)],
+    ],
+)
 def test_every_bad_answer_becomes_the_default_vector(answer):
     assert blocks.parse_block(answer, OUTS) == [7.0, -1.0]
 
@@ -225,19 +320,32 @@ class Hostile:
         raise RuntimeError("no")
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ([1, 2.5], [1.0, 2.5]), (np.array([1.5, np.nan]), [1.5, None]), ((np.int64(3), np.float32(0.5)), [3.0, 0.5]),
-    (pd.Series([1.0, 2.0]), [1.0, 2.0]), (["1", True, None, [1]], [None, None, None, None]), (Hostile(), None),
-    ({"a": 1}, None), ("text", None), (5, None), (iter([1.0]), None), ([float("inf"), 10**400], [None, None]),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ([1, 2.5], [1.0, 2.5]),
+        (np.array([1.5, np.nan]), [1.5, None]),
+        ((np.int64(3), np.float32(0.5)), [3.0, 0.5]),
+        (pd.Series([1.0, 2.0]), [1.0, 2.0]),
+        (["1", True, None, [1]], [None, None, None, None]),
+        (Hostile(), None),
+        ({"a": 1}, None),
+        ("text", None),
+        (5, None),
+        (iter([1.0]), None),
+        ([float("inf"), 10**400], [None, None]),
+    ],
+)
 def test_the_compute_phase_sends_a_statistic_as_plain_numbers_or_nothing(value, expected):
     assert compute.block_vector(value) == expected
 
 
 # -- calibration and noise --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("m", "k", "epsilon", "lo", "hi"), [(8, 1, 1.0, 0.0, 500.0), (50, 3, 0.5, -2.0, 2.0),
-                                                             (200, 2, 4.0, 0.0, 1.0)])
+
+@pytest.mark.parametrize(
+    ("m", "k", "epsilon", "lo", "hi"), [(8, 1, 1.0, 0.0, 500.0), (50, 3, 0.5, -2.0, 2.0), (200, 2, 4.0, 0.0, 1.0)]
+)
 def test_mean_calibration_matches_the_closed_form_and_spends_at_most_epsilon(m, k, epsilon, lo, hi):
     output = blocks.Output("x", lo, hi, lo)
     meas, scale = blocks.measurement(output, m, epsilon / k, "mean")
@@ -245,8 +353,12 @@ def test_mean_calibration_matches_the_closed_form_and_spends_at_most_epsilon(m, 
     closed = dp_plan.sample_aggregate_scale(lo, hi, k, m, epsilon)
     assert closed == pytest.approx(k * (hi - lo) / (m * epsilon))
     assert scale == pytest.approx(closed, rel=1e-9)
-    sa = {"blocks": m, "aggregate": "mean", "block_seconds": 30,
-          "outputs": [{"name": f"o{i}", "lo": lo, "hi": hi, "default": lo} for i in range(k)]}
+    sa = {
+        "blocks": m,
+        "aggregate": "mean",
+        "block_seconds": 30,
+        "outputs": [{"name": f"o{i}", "lo": lo, "hi": hi, "default": lo} for i in range(k)],
+    }
     plan = dp_plan.describe(epsilon, 1e-7, aggregates=False, model=False, metrics=False, sample_aggregate=sa)
     part = plan["parts"]["sample_and_aggregate"]
     assert part["epsilon"] == epsilon and part["outputs"]["o0"]["noise_scale"] == pytest.approx(scale, rel=1e-9)
@@ -281,8 +393,11 @@ def test_released_noise_has_the_documented_laplace_distribution():
 
 
 def test_release_document_has_the_specs_names_and_nothing_per_block():
-    sa = {"blocks": 10, "aggregate": "mean", "outputs": [{"name": "a", "lo": 0, "hi": 10, "default": 7},
-                                                         {"name": "b", "lo": -1, "hi": 1, "default": -1}]}
+    sa = {
+        "blocks": 10,
+        "aggregate": "mean",
+        "outputs": [{"name": "a", "lo": 0, "hi": 10, "default": 7}, {"name": "b", "lo": -1, "hi": 1, "default": -1}],
+    }
     doc = blocks.release_document(sa, 1.0, blocks.aggregate([[1.0, 0.0]] * 10, OUTS, 1.0))
     assert set(doc) == {"mechanism", "aggregate", "blocks", "epsilon", "noise", "outputs"}
     assert [o["name"] for o in doc["outputs"]] == ["a", "b"]
@@ -301,7 +416,7 @@ def test_median_aggregate_is_accurate_with_many_agreeing_blocks():
 
 # -- hostile statistics through the real compute code, and the empirical epsilon audit (PRIVACY-DESIGN 9) --
 
-HOSTILE = textwrap.dedent('''
+HOSTILE = textwrap.dedent("""
     import math
     from cleanroom.hookspecs import hookimpl
 
@@ -320,7 +435,7 @@ HOSTILE = textwrap.dedent('''
         if mode == "harmless":
             return [float(df["secret"].median())]
         return [0.0]
-''')
+""")
 
 
 def hostile_bundle(tmp_path: Path) -> tuple[str, bytes]:
@@ -330,29 +445,39 @@ def hostile_bundle(tmp_path: Path) -> tuple[str, bytes]:
     (folder / "cleanroom-plugin.toml").write_text(
         'name = "hostile"\nversion = "1.0.0"\nkind = "statistic"\nentry = "plugin.py"\n'
         'description = "returns a target\'s secret, or fails only for it"\n'
-        '[params.mode]\ntype = "string"\nrequired = true\ndescription = "what to do"\n')
+        '[params.mode]\ntype = "string"\nrequired = true\ndescription = "what to do"\n'
+    )
     archive = bundle.pack(folder)
     return bundle.bundle_id(archive), archive
 
 
 def people(n: int, target: bool) -> dict[str, pd.DataFrame]:
     rng = np.random.default_rng(11)
-    frame = pd.DataFrame({"_pid": [pseudonym(i) for i in range(n)], "secret": rng.uniform(0, 100, n),
-                          "target": [1] + [0] * (n - 1)})
+    frame = pd.DataFrame(
+        {"_pid": [pseudonym(i) for i in range(n)], "secret": rng.uniform(0, 100, n), "target": [1] + [0] * (n - 1)}
+    )
     frame.loc[0, "secret"] = 100.0
     return {"people": frame if target else frame.iloc[1:]}
 
 
-def block_values(tmp_path: Path, inputs: dict[str, pd.DataFrame], mode: str, outputs: list[blocks.Output],
-                 m: int, salt: bytes = SALT) -> list[list[float]]:
+def block_values(
+    tmp_path: Path, inputs: dict[str, pd.DataFrame], mode: str, outputs: list[blocks.Output], m: int, salt: bytes = SALT
+) -> list[list[float]]:
     """Each block through the real compute-phase code (in this process), then `parse_block`."""
     pid, archive = hostile_bundle(tmp_path)
-    step = {"plugin_id": pid, "name": "hostile", "kind": "statistic", "entry": "plugin.py",
-            "params": {"mode": mode}, "dataset": None}
+    step = {
+        "plugin_id": pid,
+        "name": "hostile",
+        "kind": "statistic",
+        "entry": "plugin.py",
+        "params": {"mode": mode},
+        "dataset": None,
+    }
     values = []
     for j, part in enumerate(blocks.split_inputs({k: arrow(v) for k, v in inputs.items()}, m, salt)):
-        meta, files = blocks.block_request(part, list(inputs), [step], {pid: archive}, job_id="t",
-                                           max_output_bytes=1 << 26)
+        meta, files = blocks.block_request(
+            part, list(inputs), [step], {pid: archive}, job_id="t", max_output_bytes=1 << 26
+        )
         workdir = tmp_path / f"w-{mode}-{len(list(tmp_path.iterdir()))}-{j}"
         workdir.mkdir()
         try:
@@ -402,14 +527,17 @@ def test_control_a_harmless_statistic_gives_an_accurate_answer(tmp_path):
     assert released["noise_scale"] == pytest.approx(100 / 12)
 
 
-
 def test_job_cost_prints_the_noise_of_each_declared_output(capsys):
     from types import SimpleNamespace
 
     from cleanroom.cli.jobs import show_cost
 
-    sa = parse_jobspec(spec_text('blocks = 50\noutputs = [{ name = "median_spend", lo = 0, hi = 2500, default = 0 },'
-                                 ' { name = "r2", lo = 0, hi = 1, default = 0 }]\n')).outputs.sample_and_aggregate
+    sa = parse_jobspec(
+        spec_text(
+            'blocks = 50\noutputs = [{ name = "median_spend", lo = 0, hi = 2500, default = 0 },'
+            ' { name = "r2", lo = 0, hi = 1, default = 0 }]\n'
+        )
+    ).outputs.sample_and_aggregate
     assert sa is not None
     plan = dp_plan.describe(1.0, 1e-7, aggregates=False, model=False, metrics=False, sample_aggregate=sa.to_dict())
     show_cost(SimpleNamespace(as_json=False), {"admitted": True, "reason": None, "plan": plan, "budgets": {}})
@@ -422,13 +550,18 @@ def test_job_cost_prints_the_noise_of_each_declared_output(capsys):
 def test_blocks_must_fit_in_the_time_budget_the_specs_or_the_rooms():
     from cleanroom.jobspec import check_time_budget
 
-    fits = parse_jobspec(spec_text('blocks = 10\nblock_seconds = 30\noutputs = [{ name = "x", lo = 0, hi = 1, '
-                                   'default = 0 }]\n'))
+    fits = parse_jobspec(
+        spec_text('blocks = 10\nblock_seconds = 30\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]\n')
+    )
     check_time_budget(fits, 600)  # 10 (30 + 15) = 450 s
     with pytest.raises(PolicyError, match="may not end within the job's time budget of 400 s"):
         check_time_budget(fits, 400)
-    longer = parse_jobspec(spec_text('blocks = 10\nblock_seconds = 30\noutputs = [{ name = "x", lo = 0, hi = 1, '
-                                     'default = 0 }]\n', top="time_budget = 500"))
+    longer = parse_jobspec(
+        spec_text(
+            'blocks = 10\nblock_seconds = 30\noutputs = [{ name = "x", lo = 0, hi = 1, default = 0 }]\n',
+            top="time_budget = 500",
+        )
+    )
     check_time_budget(longer, 400)  # the spec's own budget wins
 
 
@@ -440,21 +573,28 @@ def test_the_api_refuses_bad_sample_and_aggregate_specs_with_a_clear_error_and_c
     retailer, _, analyst, _, ids = setup_scenario(room.org, tmp_path, n=100, approve=True)
     stat = analyst.submit_plugin(Path(__file__).resolve().parent.parent / "plugins" / "block-quantile")["id"]
     retailer.decide_plugin(stat, "retail.purchases")
-    text = spec_text('blocks = 8\noutputs = [{ name = "median_spend", lo = 0, hi = 2500, default = 0 }]\n',
-                     steps=f'[[steps]]\nplugin = "{stat}"\nparams = {{ columns = ["spend"] }}\n').replace(
-        'recipient = "acme"', 'recipient = "acme-analytics"').replace('dataset = "retail"',
-                                                                      'dataset = "retail.purchases"')
-    for bad, message in ((text.replace("hi = 2500", "hi = 0"), "needs lo < hi"),
-                         (text.replace("blocks = 8", "blocks = 1"), "must be 2 to 256"),
-                         (text.replace(", default = 0", ""), "needs 'default'"),
-                         (text.replace("blocks = 8", "blocks = 200"), "may not end within the job's time budget")):
+    text = (
+        spec_text(
+            'blocks = 8\noutputs = [{ name = "median_spend", lo = 0, hi = 2500, default = 0 }]\n',
+            steps=f'[[steps]]\nplugin = "{stat}"\nparams = {{ columns = ["spend"] }}\n',
+        )
+        .replace('recipient = "acme"', 'recipient = "acme-analytics"')
+        .replace('dataset = "retail"', 'dataset = "retail.purchases"')
+    )
+    for bad, message in (
+        (text.replace("hi = 2500", "hi = 0"), "needs lo < hi"),
+        (text.replace("blocks = 8", "blocks = 1"), "must be 2 to 256"),
+        (text.replace(", default = 0", ""), "needs 'default'"),
+        (text.replace("blocks = 8", "blocks = 200"), "may not end within the job's time budget"),
+    ):
         with pytest.raises((ValidationError, PolicyError), match=message):
             analyst.submit_job(bad)
     assert retailer.dataset_budget("retail.purchases")["spent_epsilon"] == 0
     cost = analyst.job_cost(text)
     assert cost["admitted"], cost["reason"]
     assert cost["plan"]["parts"]["sample_and_aggregate"]["outputs"]["median_spend"]["noise_scale"] == pytest.approx(
-        2500 / 8)
+        2500 / 8
+    )
     assert analyst.submit_job(text)["status"] == "queued"  # control: the good spec is admitted and charged
     assert retailer.dataset_budget("retail.purchases")["spent_epsilon"] == pytest.approx(1.0)
 

@@ -20,8 +20,10 @@ from tests.dockerutil import require_docker, require_image
 def test_config_is_the_baseline():
     cfg = sb.container_config(Settings(job_memory="1g", job_pids=64, job_cpus=0.5), "img", "compute", "job_1")
     assert cfg["network_mode"] == "none" and cfg["read_only"] is True and cfg["cap_drop"] == ["ALL"]
-    assert cfg["user"] == "65534:65534" and cfg["security_opt"] == ["no-new-privileges:true",
-                                                                    "seccomp=" + sb.seccomp_profile()]
+    assert cfg["user"] == "65534:65534" and cfg["security_opt"] == [
+        "no-new-privileges:true",
+        "seccomp=" + sb.seccomp_profile(),
+    ]
     assert cfg["mem_limit"] == cfg["memswap_limit"] == 2**30 and cfg["pids_limit"] == 64
     assert cfg["nano_cpus"] == 500_000_000 and cfg["ipc_mode"] == "none" and cfg["init"] is True
     assert "noexec" in cfg["tmpfs"]["/tmp"] and cfg["environment"] == {"HOME": "/tmp"}
@@ -38,10 +40,15 @@ CONTAINER_CAPS: set[str] = set()  # cap_drop=ALL
 def _arg_matches(rule_arg: dict, args: tuple[int, ...]) -> bool:
     value, op = args[rule_arg["index"]], rule_arg["op"]
     mask_or_value = rule_arg["value"]
-    return {"SCMP_CMP_EQ": value == mask_or_value, "SCMP_CMP_NE": value != mask_or_value,
-            "SCMP_CMP_LT": value < mask_or_value, "SCMP_CMP_LE": value <= mask_or_value,
-            "SCMP_CMP_GT": value > mask_or_value, "SCMP_CMP_GE": value >= mask_or_value,
-            "SCMP_CMP_MASKED_EQ": value & mask_or_value == rule_arg.get("valueTwo", 0)}[op]
+    return {
+        "SCMP_CMP_EQ": value == mask_or_value,
+        "SCMP_CMP_NE": value != mask_or_value,
+        "SCMP_CMP_LT": value < mask_or_value,
+        "SCMP_CMP_LE": value <= mask_or_value,
+        "SCMP_CMP_GT": value > mask_or_value,
+        "SCMP_CMP_GE": value >= mask_or_value,
+        "SCMP_CMP_MASKED_EQ": value & mask_or_value == rule_arg.get("valueTwo", 0),
+    }[op]
 
 
 def seccomp_verdict(name: str, *args: int, arch: str = "amd64") -> tuple[str, int | None]:
@@ -86,13 +93,62 @@ def test_the_seccomp_profile_refuses_io_uring_and_vsock():
 def test_the_seccomp_profile_allows_what_a_python_job_needs():
     for family in (1, 2, 10, 16):  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK (getaddrinfo, if_nameindex)
         assert seccomp_verdict("socket", family, 1, 0) == ALLOWED, family
-    for name in ("read", "write", "openat", "close", "newfstatat", "statx", "lseek", "mmap", "munmap", "mprotect",
-                 "madvise", "mremap", "brk", "futex", "rt_sigaction", "rt_sigprocmask", "sigaltstack", "getrandom",
-                 "clock_gettime", "clock_nanosleep", "sched_getaffinity", "sched_yield", "set_robust_list", "rseq",
-                 "prlimit64", "ioctl", "fcntl", "dup2", "pipe2", "eventfd2", "epoll_create1", "epoll_ctl",
-                 "epoll_wait", "poll", "getdents64", "readlink", "getcwd", "getpid", "gettid", "uname", "wait4",
-                 "execve", "exit_group", "memfd_create", "socketpair", "bind", "listen", "connect", "sendto",
-                 "recvfrom", "arch_prctl", "set_tid_address", "tgkill", "kill"):
+    for name in (
+        "read",
+        "write",
+        "openat",
+        "close",
+        "newfstatat",
+        "statx",
+        "lseek",
+        "mmap",
+        "munmap",
+        "mprotect",
+        "madvise",
+        "mremap",
+        "brk",
+        "futex",
+        "rt_sigaction",
+        "rt_sigprocmask",
+        "sigaltstack",
+        "getrandom",
+        "clock_gettime",
+        "clock_nanosleep",
+        "sched_getaffinity",
+        "sched_yield",
+        "set_robust_list",
+        "rseq",
+        "prlimit64",
+        "ioctl",
+        "fcntl",
+        "dup2",
+        "pipe2",
+        "eventfd2",
+        "epoll_create1",
+        "epoll_ctl",
+        "epoll_wait",
+        "poll",
+        "getdents64",
+        "readlink",
+        "getcwd",
+        "getpid",
+        "gettid",
+        "uname",
+        "wait4",
+        "execve",
+        "exit_group",
+        "memfd_create",
+        "socketpair",
+        "bind",
+        "listen",
+        "connect",
+        "sendto",
+        "recvfrom",
+        "arch_prctl",
+        "set_tid_address",
+        "tgkill",
+        "kill",
+    ):
         assert seccomp_verdict(name) == ALLOWED, name
     assert seccomp_verdict("personality", 0xFFFFFFFF) == ALLOWED  # glibc queries the persona
     # threads and fork: clone3 answers ENOSYS so glibc falls back to clone, allowed without namespace flags
@@ -100,8 +156,19 @@ def test_the_seccomp_profile_allows_what_a_python_job_needs():
     thread_flags = 0x3D0F00  # CLONE_VM|FS|FILES|SIGHAND|THREAD|SYSVSEM|SETTLS|PARENT_SETTID|CHILD_CLEARTID
     assert seccomp_verdict("clone", thread_flags) == ALLOWED and seccomp_verdict("clone", 0x11) == ALLOWED
     assert seccomp_verdict("clone", thread_flags | 0x10000000) == EPERM  # CLONE_NEWUSER
-    for name in ("mount", "unshare", "setns", "bpf", "perf_event_open", "keyctl", "add_key",
-                 "kexec_load", "init_module", "userfaultfd", "open_by_handle_at"):
+    for name in (
+        "mount",
+        "unshare",
+        "setns",
+        "bpf",
+        "perf_event_open",
+        "keyctl",
+        "add_key",
+        "kexec_load",
+        "init_module",
+        "userfaultfd",
+        "open_by_handle_at",
+    ):
         assert seccomp_verdict(name) == EPERM, name
 
 
@@ -119,10 +186,16 @@ def test_the_read_back_wants_our_seccomp_profile():
     assert applied["seccomp"] is True and applied["seccomp_profile"].startswith("sha256:")
     reencoded = "seccomp=" + json.dumps(json.loads(sb.seccomp_profile()), indent=1)
     assert sb.read_back({"HostConfig": {"SecurityOpt": [reencoded]}}, cfg)["seccomp"] is True
-    loosened = dict(SECCOMP, syscalls=[{"names": ["io_uring_setup"], "action": "SCMP_ACT_ALLOW"},
-                                       *SECCOMP["syscalls"]])
-    for sec in ([], ["no-new-privileges:true"], ["seccomp=unconfined"], ["seccomp=builtin"], ["seccomp={"],
-                ["seccomp=" + json.dumps(loosened)], [cfg["security_opt"][1], "seccomp=unconfined"]):
+    loosened = dict(SECCOMP, syscalls=[{"names": ["io_uring_setup"], "action": "SCMP_ACT_ALLOW"}, *SECCOMP["syscalls"]])
+    for sec in (
+        [],
+        ["no-new-privileges:true"],
+        ["seccomp=unconfined"],
+        ["seccomp=builtin"],
+        ["seccomp={"],
+        ["seccomp=" + json.dumps(loosened)],
+        [cfg["security_opt"][1], "seccomp=unconfined"],
+    ):
         assert sb.read_back({"HostConfig": {"SecurityOpt": sec}}, cfg)["seccomp"] is False, sec
 
 
@@ -155,8 +228,9 @@ def test_engine_applies_every_control(box):
     assert {c: result.isolation[c] for c in sb.CONTROLS} == dict.fromkeys(sb.CONTROLS, True)
     assert result.isolation["environment"] == sorted(result.isolation["environment"])
     assert not [k for k in result.isolation["environment"] if "TOKEN" in k or "KEY" in k or "SECRET" in k]
-    leftover = box.docker.containers.list(all=True, filters={"label": "cleanroom.job=job_conformance"},
-                                          ignore_removed=True)
+    leftover = box.docker.containers.list(
+        all=True, filters={"label": "cleanroom.job=job_conformance"}, ignore_removed=True
+    )
     assert leftover == []
 
 

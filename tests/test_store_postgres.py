@@ -92,16 +92,22 @@ def _unavailable(reason: str) -> None:
 def postgres_server() -> Iterator[str]:
     """A throwaway PostgreSQL cluster for the whole session (scripts/postgres.sh start/stop): its URL."""
     folder = tempfile.mkdtemp(prefix="cleanroom-pg-")
-    started = subprocess.run(["bash", str(POSTGRES_SH), "start", folder], capture_output=True, text=True,
-                             timeout=180, stdin=subprocess.DEVNULL)
+    started = subprocess.run(
+        ["bash", str(POSTGRES_SH), "start", folder],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
     if started.returncode != 0:
         shutil.rmtree(folder, ignore_errors=True)
         _unavailable(started.stderr.strip()[-600:] or f"scripts/postgres.sh exited {started.returncode}")
     try:
         yield started.stdout.strip().splitlines()[-1]
     finally:
-        subprocess.run(["bash", str(POSTGRES_SH), "stop", folder], capture_output=True, timeout=120,
-                       stdin=subprocess.DEVNULL)
+        subprocess.run(
+            ["bash", str(POSTGRES_SH), "stop", folder], capture_output=True, timeout=120, stdin=subprocess.DEVNULL
+        )
 
 
 @pytest.fixture
@@ -142,14 +148,19 @@ def world(request: pytest.FixtureRequest, room: Room, tmp_path: Path) -> Any:
 
 # the schema -------------------------------------------------------------------------------------
 
+
 def test_the_same_migrations_make_the_schema_once(store: Store) -> None:
     assert store.dialect == dialect.POSTGRES and store.db_path is None
     assert store.migrate() == len(MIGRATIONS)  # a second run changes nothing
     with store.read() as conn:
         assert {"jobs_created", "approvals_plugin", "plugins_order", "jobs_held"} <= dialect.index_names(conn)
-        types = {(r[0], r[1]): r[2] for r in conn.raw.execute(
-            "SELECT table_name, column_name, data_type FROM information_schema.columns"
-            " WHERE table_schema = current_schema()")}
+        types = {
+            (r[0], r[1]): r[2]
+            for r in conn.raw.execute(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = current_schema()"
+            )
+        }
     assert types["jobs", "created_at"] == "double precision"  # not PostgreSQL's 4-byte REAL
     assert types["datasets", "size"] == "bigint"  # ciphertexts above 2 GiB
     assert types["uploads", "name"] == "text"  # a column a later migration added
@@ -196,6 +207,7 @@ def test_an_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
 
 # the write lock ---------------------------------------------------------------------------------
 
+
 def _charge_in_open_tx(store: Store, job_id: str, hold: threading.Event, holding: threading.Event) -> None:
     from cleanroom.policy import combine, parse_policy
 
@@ -203,8 +215,15 @@ def _charge_in_open_tx(store: Store, job_id: str, hold: threading.Event, holding
     effective = combine({"d": policy})
     effective = type(effective)(**{**effective.__dict__, "job_epsilon": 1.5, "job_delta": 1e-7})
     with store.tx() as conn:
-        ledger.charge(conn, job_id=job_id, recipient="acme", datasets={"d": {"policy": policy}},
-                      effective=effective, room_epsilon=None, now=0.0)
+        ledger.charge(
+            conn,
+            job_id=job_id,
+            recipient="acme",
+            datasets={"d": {"policy": policy}},
+            effective=effective,
+            room_epsilon=None,
+            now=0.0,
+        )
         holding.set()
         hold.wait(30)
 
@@ -251,8 +270,9 @@ def test_a_second_replicas_charge_waits_for_the_first_and_is_refused(tmp_path: P
         b.close()
 
 
-def test_control_without_the_write_lock_both_replicas_charge(tmp_path: Path, pg_url: str,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_control_without_the_write_lock_both_replicas_charge(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What the lock prevents: at READ COMMITTED the second check does not see the first, uncommitted
     charge, and the dataset is charged 3 of its 2."""
     monkeypatch.setattr(dialect.PostgresBackend, "begin_write", lambda self, conn: conn.raw.execute("BEGIN"))
@@ -268,6 +288,7 @@ def test_control_without_the_write_lock_both_replicas_charge(tmp_path: Path, pg_
 
 
 # replicas through the API -----------------------------------------------------------------------
+
 
 class Replicas:
     """Two API instances (uvicorn each) on one PostgreSQL database and one shared data directory, with
@@ -368,10 +389,13 @@ def test_runners_claiming_on_both_replicas_claim_each_job_once(replicas: Replica
     def runner(room: Room, instance: str) -> Callable[[], list[str]]:
         def claim_all() -> list[str]:
             claimed = []
-            with httpx.Client(base_url=room.url, headers={"authorization": f"Bearer {runner_token}"},
-                              timeout=60) as http:
-                assert http.post("/runner/heartbeat", json={"instance": instance, "name": instance,
-                                                            "ttl": 60}).status_code == 200
+            with httpx.Client(
+                base_url=room.url, headers={"authorization": f"Bearer {runner_token}"}, timeout=60
+            ) as http:
+                assert (
+                    http.post("/runner/heartbeat", json={"instance": instance, "name": instance, "ttl": 60}).status_code
+                    == 200
+                )
                 while True:
                     resp = http.post("/runner/claim", json={"instance": instance})
                     assert resp.status_code == 200, resp.text
@@ -379,10 +403,17 @@ def test_runners_claiming_on_both_replicas_claim_each_job_once(replicas: Replica
                     if job is None:
                         return claimed
                     claimed.append(job)
+
         return claim_all
 
-    results = _race([runner(replicas.a, "runner-a"), runner(replicas.b, "runner-b"),
-                     runner(replicas.a, "runner-c"), runner(replicas.b, "runner-d")])
+    results = _race(
+        [
+            runner(replicas.a, "runner-a"),
+            runner(replicas.b, "runner-b"),
+            runner(replicas.a, "runner-c"),
+            runner(replicas.b, "runner-d"),
+        ]
+    )
     assert not [r for r in results if isinstance(r, BaseException)], results
     claimed = [job for r in results for job in r]
     assert sorted(claimed) == sorted(submitted)  # every job, each once
@@ -395,40 +426,53 @@ def test_runners_claiming_on_both_replicas_claim_each_job_once(replicas: Replica
 
 # translation (no server) ------------------------------------------------------------------------
 
+
 def test_the_translation_rewrites_placeholders_and_sqlite_functions_but_not_literals() -> None:
-    sql = ("SELECT group_concat(d.owner_id), json_extract(j.spec, '$.recipient') FROM jobs AS j,"
-           " json_each(j.spec, '$.inputs') AS i WHERE x = ? AND y = :me AND z = 'a?b :c 100%' AND w::text = :me")
+    sql = (
+        "SELECT group_concat(d.owner_id), json_extract(j.spec, '$.recipient') FROM jobs AS j,"
+        " json_each(j.spec, '$.inputs') AS i WHERE x = ? AND y = :me AND z = 'a?b :c 100%' AND w::text = :me"
+    )
     assert dialect.translate(sql) == (
         "SELECT string_agg(d.owner_id, ','), (j.spec::json ->> 'recipient') FROM jobs AS j,"
         " json_array_elements(j.spec::json -> 'inputs') AS i(value) WHERE x = %s AND y = %(me)s"
-        " AND z = 'a?b :c 100%' AND w::text = %(me)s")
+        " AND z = 'a?b :c 100%' AND w::text = %(me)s"
+    )
     assert dialect.translate("SELECT a % b FROM t WHERE c = ?") == "SELECT a %% b FROM t WHERE c = %s"
 
 
 def test_sqlite_only_sql_without_a_translation_is_refused() -> None:
-    for sql in ("INSERT OR IGNORE INTO t VALUES (?)", "PRAGMA user_version", "SELECT json_extract(a, '$.b.c')",
-                "SELECT name FROM sqlite_master"):
+    for sql in (
+        "INSERT OR IGNORE INTO t VALUES (?)",
+        "PRAGMA user_version",
+        "SELECT json_extract(a, '$.b.c')",
+        "SELECT name FROM sqlite_master",
+    ):
         with pytest.raises(dialect.Untranslatable):
             dialect.translate(sql)
 
 
 def test_the_migrations_types_become_postgresqls() -> None:
     ddl = dialect.translate_ddl("CREATE TABLE t (seq INTEGER PRIMARY KEY, n INTEGER NOT NULL, at REAL, s TEXT)")
-    assert ddl == ("CREATE TABLE t (seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, n BIGINT NOT NULL,"
-                   " at DOUBLE PRECISION, s TEXT)")
+    assert ddl == (
+        "CREATE TABLE t (seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, n BIGINT NOT NULL,"
+        " at DOUBLE PRECISION, s TEXT)"
+    )
     for number, script in enumerate(MIGRATIONS, start=1):  # every migration translates
         for statement in script.split(";"):
             assert statement.strip() == "" or dialect.translate_ddl(statement), number
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    (None, ("sqlite", "DATA/cleanroom.db")),
-    ("", ("sqlite", "DATA/cleanroom.db")),
-    ("sqlite:///rel/x.db", ("sqlite", "rel/x.db")),
-    ("sqlite:////abs/x.db", ("sqlite", "/abs/x.db")),
-    ("postgresql://u:p@h/db", ("postgresql", "postgresql://u:p@h/db")),
-    ("postgres://h:5432/db", ("postgresql", "postgres://h:5432/db")),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (None, ("sqlite", "DATA/cleanroom.db")),
+        ("", ("sqlite", "DATA/cleanroom.db")),
+        ("sqlite:///rel/x.db", ("sqlite", "rel/x.db")),
+        ("sqlite:////abs/x.db", ("sqlite", "/abs/x.db")),
+        ("postgresql://u:p@h/db", ("postgresql", "postgresql://u:p@h/db")),
+        ("postgres://h:5432/db", ("postgresql", "postgres://h:5432/db")),
+    ],
+)
 def test_the_database_url_names_the_backend(url: str | None, expected: tuple[str, str]) -> None:
     assert dialect.parse_url(url, Path("DATA")) == expected
 
@@ -442,8 +486,9 @@ def test_a_database_url_the_store_cannot_use_is_refused(url: str) -> None:
 def test_the_setting_reaches_the_store(tmp_path: Path) -> None:
     from cleanroom.settings import Settings
 
-    settings = Settings.from_env({"CLEANROOM_DATABASE_URL": f"sqlite:///{tmp_path}/elsewhere.db",
-                                  "CLEANROOM_DATA_DIR": str(tmp_path / "data")})
+    settings = Settings.from_env(
+        {"CLEANROOM_DATABASE_URL": f"sqlite:///{tmp_path}/elsewhere.db", "CLEANROOM_DATA_DIR": str(tmp_path / "data")}
+    )
     store = Store(settings.data_dir, settings.database_url)
     assert store.db_path == tmp_path / "elsewhere.db" and store.db_path.exists()
     assert not (tmp_path / "data" / "cleanroom.db").exists()  # control: not the default file

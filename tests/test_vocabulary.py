@@ -88,8 +88,12 @@ def test_the_runner_names_a_table_only_by_a_whole_valid_name() -> None:
     """A step's `name` parameter names its table only when all of it is a table name (else `step<N>`)."""
     pid = "ab" * 32
     steps = [{"plugin": pid, "params": {"name": n}} for n in ("by_region", "by_region\n", "x" * 65, "by_region")]
-    ctx = JobContext(job_id="j1", spec={"steps": steps}, datasets=(),
-                     plugins={pid: PluginRef(id=pid, name="counts", kind="analysis", manifest={})})
+    ctx = JobContext(
+        job_id="j1",
+        spec={"steps": steps},
+        datasets=(),
+        plugins={pid: PluginRef(id=pid, name="counts", kind="analysis", manifest={})},
+    )
     assert ctx.table_names() == ["by_region", "step2", "step3", "step4"]
 
 

@@ -29,8 +29,11 @@ def pool() -> Iterator[sb.Sandbox]:
 
 
 def _warm(box: sb.Sandbox) -> list[Any]:
-    return box.docker.containers.list(all=True, ignore_removed=True, filters={"label": [f"{sb.LABEL}={sb.WARM_JOB}",
-                                                                   f"{sb.RUNNER_LABEL}={box.runner_id}"]})
+    return box.docker.containers.list(
+        all=True,
+        ignore_removed=True,
+        filters={"label": [f"{sb.LABEL}={sb.WARM_JOB}", f"{sb.RUNNER_LABEL}={box.runner_id}"]},
+    )
 
 
 def _request() -> bytes:

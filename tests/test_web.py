@@ -39,16 +39,19 @@ class Seeded:
 
 
 HOSTILE_COLUMN = "<img src=x onerror=alert(2)>\u202egnp.exe"
-SCHEMA = {"columns": [
-    {"name": "_pid", "type": "string", "nullable": False, "stats": {}},
-    {"name": "age", "type": "integer", "nullable": False, "stats": {"min": 18, "max": 99}},
-    {"name": "region", "type": "string", "nullable": True, "stats": {"categories": ["north", "south"]}},
-    {"name": "income", "type": "number", "nullable": True, "stats": {}},
-    {"name": HOSTILE_COLUMN, "type": "string", "nullable": True, "stats": {}},
-]}
-STORED_POLICY = {"privacy": {"min_group_size": 10},
-                 "columns": {"income": {"rule": "never_output", "bounds": None},
-                             "region": {"rule": "join_only", "bounds": None}}}
+SCHEMA = {
+    "columns": [
+        {"name": "_pid", "type": "string", "nullable": False, "stats": {}},
+        {"name": "age", "type": "integer", "nullable": False, "stats": {"min": 18, "max": 99}},
+        {"name": "region", "type": "string", "nullable": True, "stats": {"categories": ["north", "south"]}},
+        {"name": "income", "type": "number", "nullable": True, "stats": {}},
+        {"name": HOSTILE_COLUMN, "type": "string", "nullable": True, "stats": {}},
+    ]
+}
+STORED_POLICY = {
+    "privacy": {"min_group_size": 10},
+    "columns": {"income": {"rule": "never_output", "bounds": None}, "region": {"rule": "join_only", "bounds": None}},
+}
 
 
 def add_dataset(room: Any, owner_id: str, name: str, description: str) -> None:
@@ -56,88 +59,203 @@ def add_dataset(room: Any, owner_id: str, name: str, description: str) -> None:
     mock = [{"_pid": f"p{i}", "age": 30 + i, "region": "north" if i % 2 else "south"} for i in range(5)]
     mock[0]["region"] = "<i>south</i>"
     with room.store.tx() as conn:
-        conn.execute("INSERT INTO datasets (name, owner_id, sha256, size, row_count, schema, mock, dropped,"
-                     " description, policy_version, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                     (name, owner_id, hashlib.sha256(name.encode()).hexdigest(), 4096, 1000, dumps(schema),
-                      dumps(mock), dumps(["email"]), description, 1, now()))
-        conn.execute("INSERT INTO policies (dataset, version, text, policy, sha256, created_at)"
-                     " VALUES (?,?,?,?,?,?)",
-                     (name, 1, POLICY_TEXT, dumps(STORED_POLICY), "ab" * 32, now()))
-        audit.append(conn, actor="bank", action="dataset.created", object_type="dataset", object_id=name,
-                     details={"note": SCRIPT}, ts=now())
+        conn.execute(
+            "INSERT INTO datasets (name, owner_id, sha256, size, row_count, schema, mock, dropped,"
+            " description, policy_version, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                name,
+                owner_id,
+                hashlib.sha256(name.encode()).hexdigest(),
+                4096,
+                1000,
+                dumps(schema),
+                dumps(mock),
+                dumps(["email"]),
+                description,
+                1,
+                now(),
+            ),
+        )
+        conn.execute(
+            "INSERT INTO policies (dataset, version, text, policy, sha256, created_at) VALUES (?,?,?,?,?,?)",
+            (name, 1, POLICY_TEXT, dumps(STORED_POLICY), "ab" * 32, now()),
+        )
+        audit.append(
+            conn,
+            actor="bank",
+            action="dataset.created",
+            object_type="dataset",
+            object_id=name,
+            details={"note": SCRIPT},
+            ts=now(),
+        )
 
 
-def add_plugin(room: Any, folder: Path, org_id: str, name: str, version: str, code: str,
-               findings: list[dict[str, Any]]) -> str:
+def add_plugin(
+    room: Any, folder: Path, org_id: str, name: str, version: str, code: str, findings: list[dict[str, Any]]
+) -> str:
     folder.mkdir(parents=True)
     (folder / "cleanroom-plugin.toml").write_text(
         f'name = "{name}"\nversion = "{version}"\nkind = "preprocess"\nentry = "plugin.py"\n'
-        'description = "drops rows with gaps"\n')
+        'description = "drops rows with gaps"\n'
+    )
     (folder / "plugin.py").write_text(code)
     archive = bundle.pack(folder)
     manifest = bundle.unpack(archive).manifest
     plugin_id = room.store.blobs.put_bytes(archive)
     with room.store.tx() as conn:
-        conn.execute("INSERT INTO plugins (id, name, version, kind, manifest, review, size, submitted_by,"
-                     " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                     (plugin_id, name, version, "preprocess", dumps(manifest), dumps({"findings": findings}),
-                      len(archive), org_id, now()))
+        conn.execute(
+            "INSERT INTO plugins (id, name, version, kind, manifest, review, size, submitted_by,"
+            " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                plugin_id,
+                name,
+                version,
+                "preprocess",
+                dumps(manifest),
+                dumps({"findings": findings}),
+                len(archive),
+                org_id,
+                now(),
+            ),
+        )
     return plugin_id
 
 
 def approve(room: Any, plugin_id: str, owner_id: str, dataset: str) -> None:
     with room.store.tx() as conn:
         sha = conn.execute("SELECT sha256 FROM datasets WHERE name = ?", (dataset,)).fetchone()[0]
-        conn.execute("INSERT INTO approvals (id, plugin_id, dataset, policy_version, dataset_sha256, org_id,"
-                     " decision, reason, payload, signature, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                     (new_id("apr"), plugin_id, dataset, 1, sha, owner_id, "approve", "looks fine", "{}",
-                      "sig", now()))
+        conn.execute(
+            "INSERT INTO approvals (id, plugin_id, dataset, policy_version, dataset_sha256, org_id,"
+            " decision, reason, payload, signature, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (new_id("apr"), plugin_id, dataset, 1, sha, owner_id, "approve", "looks fine", "{}", "sig", now()),
+        )
 
 
 def isolation(image: str, *, warm: bool) -> dict[str, Any]:
     """One phase's isolation report, as the runner's launcher writes it into the receipt."""
-    controls = dict.fromkeys(("network", "read_only", "user", "cap_drop", "no_new_privileges", "seccomp", "pids",
-                              "memory", "swap", "cpu", "tmpfs", "ipc", "mounts", "privileged", "runtime"), True)
-    return {**controls, "environment": ["PATH"], "seccomp_profile": "5e" * 32, "waived": [], "image": image,
-            "limits": {"memory": "2g", "cpus": 1.0, "pids": 256, "timeout_seconds": 600}, "warm": warm}
+    controls = dict.fromkeys(
+        (
+            "network",
+            "read_only",
+            "user",
+            "cap_drop",
+            "no_new_privileges",
+            "seccomp",
+            "pids",
+            "memory",
+            "swap",
+            "cpu",
+            "tmpfs",
+            "ipc",
+            "mounts",
+            "privileged",
+            "runtime",
+        ),
+        True,
+    )
+    return {
+        **controls,
+        "environment": ["PATH"],
+        "seccomp_profile": "5e" * 32,
+        "waived": [],
+        "image": image,
+        "limits": {"memory": "2g", "cpus": 1.0, "pids": 256, "timeout_seconds": 600},
+        "warm": warm,
+    }
 
 
-def add_job_and_release(room: Any, analyst_id: str, recipient: str, dataset: str, *, plugin_id: str = "00" * 32,
-                        name: str = "churn-by-region", reason: str = "owner-only reason text") -> tuple[str, str]:
+def add_job_and_release(
+    room: Any,
+    analyst_id: str,
+    recipient: str,
+    dataset: str,
+    *,
+    plugin_id: str = "00" * 32,
+    name: str = "churn-by-region",
+    reason: str = "owner-only reason text",
+) -> tuple[str, str]:
     job_id, release_id = new_id("job"), new_id("rel")
     spec = {"name": name, "inputs": [{"dataset": dataset}], "recipient": recipient}
-    outputs = {"aggregates/by_region.csv": {"sha256": "cd" * 32, "bytes": 120},
-               "model_card.md": {"sha256": "c0" * 32, "bytes": 2300}}
-    manifest = {"job_id": job_id, "outputs": outputs,
-                "checks": [{"name": "min_group_size", "passed": True, "detail": "smallest group 12 >= 10"},
-                           {"name": "never_output", "passed": True, "detail": SCRIPT}],
-                "epsilon_spent": 0.0, "recipient": recipient, "encrypted_to": sorted({recipient, "bank"})}
+    outputs = {
+        "aggregates/by_region.csv": {"sha256": "cd" * 32, "bytes": 120},
+        "model_card.md": {"sha256": "c0" * 32, "bytes": 2300},
+    }
+    manifest = {
+        "job_id": job_id,
+        "outputs": outputs,
+        "checks": [
+            {"name": "min_group_size", "passed": True, "detail": "smallest group 12 >= 10"},
+            {"name": "never_output", "passed": True, "detail": SCRIPT},
+        ],
+        "epsilon_spent": 0.0,
+        "recipient": recipient,
+        "encrypted_to": sorted({recipient, "bank"}),
+    }
     image = "sha256:" + "1a" * 32
-    body = {"type": "cleanroom-receipt", "version": 1, "job_id": job_id, "spec_sha256": "5c" * 32,
-            "plugins": {plugin_id: "drop-gaps@0.1.0"},
-            "datasets": {dataset: {"sha256": hashlib.sha256(dataset.encode()).hexdigest(), "policy_version": 1,
-                                   "policy_sha256": "ab" * 32}},
-            "approvals": ["a9" * 32], "image": image,
-            "isolation": {"compute": isolation(image, warm=True), "mock": isolation(image, warm=False),
-                          "release": isolation(image, warm=True)},
-            "dropped_columns": {dataset: ["income"]}, "epsilon_spent": 0.0, "outputs": outputs,
-            "manifest_sha256": hashlib.sha256(canonical_json(manifest)).hexdigest()}
-    receipt = {"body": body, "signature": "c2lnbmF0dXJl" * 8,
-               "room_keys": {"enc_public": "age1room", "sign_public": "ed25519room",
-                             "fingerprint": "SHA256:62a56c893d8b244b726c29965d79f2b9"}}
+    body = {
+        "type": "cleanroom-receipt",
+        "version": 1,
+        "job_id": job_id,
+        "spec_sha256": "5c" * 32,
+        "plugins": {plugin_id: "drop-gaps@0.1.0"},
+        "datasets": {
+            dataset: {
+                "sha256": hashlib.sha256(dataset.encode()).hexdigest(),
+                "policy_version": 1,
+                "policy_sha256": "ab" * 32,
+            }
+        },
+        "approvals": ["a9" * 32],
+        "image": image,
+        "isolation": {
+            "compute": isolation(image, warm=True),
+            "mock": isolation(image, warm=False),
+            "release": isolation(image, warm=True),
+        },
+        "dropped_columns": {dataset: ["income"]},
+        "epsilon_spent": 0.0,
+        "outputs": outputs,
+        "manifest_sha256": hashlib.sha256(canonical_json(manifest)).hexdigest(),
+    }
+    receipt = {
+        "body": body,
+        "signature": "c2lnbmF0dXJl" * 8,
+        "room_keys": {
+            "enc_public": "age1room",
+            "sign_public": "ed25519room",
+            "fingerprint": "SHA256:62a56c893d8b244b726c29965d79f2b9",
+        },
+    }
     with room.store.tx() as conn:
         t = now()
-        conn.execute("INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, phase, reason,"
-                     " created_at, started_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                     (job_id, analyst_id, spec["name"], dumps(spec), "{}", "succeeded", "release",
-                      reason, t - 60, t - 50, t - 8))
+        conn.execute(
+            "INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, phase, reason,"
+            " created_at, started_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                job_id,
+                analyst_id,
+                spec["name"],
+                dumps(spec),
+                "{}",
+                "succeeded",
+                "release",
+                reason,
+                t - 60,
+                t - 50,
+                t - 8,
+            ),
+        )
         rec = conn.execute("SELECT id FROM orgs WHERE name = ?", (recipient,)).fetchone()[0]
-        conn.execute("INSERT INTO releases (id, job_id, recipient_id, manifest, receipt, review_by,"
-                     " created_at) VALUES (?,?,?,?,?,?,?)", (release_id, job_id, rec, dumps(manifest),
-                                                 dumps(receipt), dumps([dataset]), t))
-        conn.executemany("INSERT INTO release_artifacts (release_id, name, blob, size) VALUES (?,?,?,?)",
-                         [(release_id, "aggregates/by_region.csv", "ef" * 32, 180),
-                          (release_id, "model_card.md", "fe" * 32, 2531)])
+        conn.execute(
+            "INSERT INTO releases (id, job_id, recipient_id, manifest, receipt, review_by,"
+            " created_at) VALUES (?,?,?,?,?,?,?)",
+            (release_id, job_id, rec, dumps(manifest), dumps(receipt), dumps([dataset]), t),
+        )
+        conn.executemany(
+            "INSERT INTO release_artifacts (release_id, name, blob, size) VALUES (?,?,?,?)",
+            [(release_id, "aggregates/by_region.csv", "ef" * 32, 180), (release_id, "model_card.md", "fe" * 32, 2531)],
+        )
     return job_id, release_id
 
 
@@ -146,19 +264,33 @@ def seed(room: Any, tmp_path: Path) -> Seeded:
     bank, ana, bob = room.org("bank", "owner"), room.org("ana-co", "analyst"), room.org("bob-co", "analyst")
     ids = {name: c.whoami()["id"] for name, c in (("bank", bank), ("ana", ana), ("bob", bob))}
     add_dataset(room, ids["bank"], "customers", f"Retail customers {SCRIPT}")
-    findings = [{"severity": "blocking", "file": "plugin.py", "line": 5, "rule": "forbidden-call",
-                 "message": "os.system runs a shell <img src=x onerror=alert(1)>"},
-                {"severity": "warning", "file": "plugin.py", "line": 2, "rule": "import",
-                 "message": "imports os"}]
-    old = add_plugin(room, tmp_path / "old", ids["ana"], "drop-gaps", "0.1.0",
-                     "def preprocess(frame):\n    return frame\n", [])
+    findings = [
+        {
+            "severity": "blocking",
+            "file": "plugin.py",
+            "line": 5,
+            "rule": "forbidden-call",
+            "message": "os.system runs a shell <img src=x onerror=alert(1)>",
+        },
+        {"severity": "warning", "file": "plugin.py", "line": 2, "rule": "import", "message": "imports os"},
+    ]
+    old = add_plugin(
+        room, tmp_path / "old", ids["ana"], "drop-gaps", "0.1.0", "def preprocess(frame):\n    return frame\n", []
+    )
     approve(room, old, ids["bank"], "customers")
     new = add_plugin(room, tmp_path / "new", ids["ana"], "drop-gaps", "0.2.0", PLUGIN_CODE, findings)
-    bobs = add_plugin(room, tmp_path / "bob", ids["bob"], "bob-secret-model", "1.0.0",
-                      "def spec():\n    return {}\n", [])
+    bobs = add_plugin(
+        room, tmp_path / "bob", ids["bob"], "bob-secret-model", "1.0.0", "def spec():\n    return {}\n", []
+    )
     job_id, release_id = add_job_and_release(room, ids["ana"], "ana-co", "customers", plugin_id=old)
-    return Seeded(tokens={"bank": bank.token or "", "ana": ana.token or "", "bob": bob.token or ""},
-                  ana_plugin=new, ana_old_plugin=old, bob_plugin=bobs, job_id=job_id, release_id=release_id)
+    return Seeded(
+        tokens={"bank": bank.token or "", "ana": ana.token or "", "bob": bob.token or ""},
+        ana_plugin=new,
+        ana_old_plugin=old,
+        bob_plugin=bobs,
+        job_id=job_id,
+        release_id=release_id,
+    )
 
 
 @pytest.fixture
@@ -179,8 +311,7 @@ def browser(room: Any) -> httpx.Client:
 def login(room: Any, token: str) -> httpx.Client:
     client = browser(room)
     form = client.get("/ui/login")
-    r = client.post("/ui/login", data={"token": token, "csrf": csrf_of(form.text)},
-                    headers={"origin": room.url})
+    r = client.post("/ui/login", data={"token": token, "csrf": csrf_of(form.text)}, headers={"origin": room.url})
     assert r.status_code == 303, r.text
     return client
 
@@ -192,8 +323,9 @@ def test_login_sets_a_strict_httponly_cookie_and_shows_the_pages(room, seeded):
     client = browser(room)
     form = client.get("/ui/login")
     assert form.status_code == 200 and 'name="token"' in form.text
-    r = client.post("/ui/login", data={"token": seeded.tokens["bank"], "csrf": csrf_of(form.text)},
-                    headers={"origin": room.url})
+    r = client.post(
+        "/ui/login", data={"token": seeded.tokens["bank"], "csrf": csrf_of(form.text)}, headers={"origin": room.url}
+    )
     assert r.status_code == 303 and r.headers["location"] == "/ui/datasets"
     cookie = next(c for c in r.headers.get_list("set-cookie") if c.startswith("cleanroom_session="))
     attrs = cookie.lower()
@@ -240,8 +372,11 @@ def test_no_or_wrong_token_gets_the_login_page_and_no_data(room, seeded, cookie)
 def test_wrong_token_at_login_is_401_with_an_error(room, seeded):
     client = browser(room)
     form = client.get("/ui/login")
-    r = client.post("/ui/login", data={"token": seeded.tokens["bank"] + "x", "csrf": csrf_of(form.text)},
-                    headers={"origin": room.url})
+    r = client.post(
+        "/ui/login",
+        data={"token": seeded.tokens["bank"] + "x", "csrf": csrf_of(form.text)},
+        headers={"origin": room.url},
+    )
     assert r.status_code == 401 and "not valid" in r.text and 'name="token"' in r.text
     assert "cleanroom_session" not in r.headers.get("set-cookie", "")
     assert client.get("/ui/datasets").status_code == 401
@@ -250,8 +385,9 @@ def test_wrong_token_at_login_is_401_with_an_error(room, seeded):
 def test_the_runner_token_cannot_log_in(room, seeded):
     client = browser(room)
     form = client.get("/ui/login")
-    r = client.post("/ui/login", data={"token": room.runner_token, "csrf": csrf_of(form.text)},
-                    headers={"origin": room.url})
+    r = client.post(
+        "/ui/login", data={"token": room.runner_token, "csrf": csrf_of(form.text)}, headers={"origin": room.url}
+    )
     assert r.status_code == 403 and "cleanroom_session" not in r.headers.get("set-cookie", "")
     page = httpx.get(room.url + "/ui/datasets", cookies={"cleanroom_session": room.runner_token})
     assert page.status_code == 401 and "customers" not in page.text  # a token is never a session
@@ -307,8 +443,12 @@ def test_plugin_page_shows_code_with_line_numbers_findings_diff_and_commands(roo
 
 def test_attacker_controlled_values_are_escaped(room, seeded):
     client = login(room, seeded.tokens["bank"])
-    for path in [f"/ui/plugins/{seeded.ana_plugin}", "/ui/datasets/customers", "/ui/audit",
-                 f"/ui/releases/{seeded.release_id}"]:
+    for path in [
+        f"/ui/plugins/{seeded.ana_plugin}",
+        "/ui/datasets/customers",
+        "/ui/audit",
+        f"/ui/releases/{seeded.release_id}",
+    ]:
         text = client.get(path).text
         assert SCRIPT not in text and "<img" not in text and "<i>south" not in text
     code = client.get(f"/ui/plugins/{seeded.ana_plugin}").text
@@ -327,9 +467,11 @@ def test_release_page_shows_checks_state_and_the_approve_command(room, seeded):
     assert "aggregates/by_region.csv" in page
     assert f"cleanroom release reject {seeded.release_id}" in page
     with room.store.tx() as conn:  # an owner rejected it (the signed route is tested in test_e2e)
-        conn.execute("INSERT INTO release_rejections (release_id, dataset, org_id, reason, payload, signature,"
-                     " created_at) VALUES (?,?,?,?,?,?,?)", (seeded.release_id, "customers", "x",
-                                                             "<b>too fine</b>", "{}", "", 0.0))
+        conn.execute(
+            "INSERT INTO release_rejections (release_id, dataset, org_id, reason, payload, signature,"
+            " created_at) VALUES (?,?,?,?,?,?,?)",
+            (seeded.release_id, "customers", "x", "<b>too fine</b>", "{}", "", 0.0),
+        )
     page = login(room, seeded.tokens["bank"]).get(f"/ui/releases/{seeded.release_id}").text
     assert "rejected by customers" in page and "&lt;b&gt;too fine&lt;/b&gt;" in page
     assert "cleanroom release approve" not in page
@@ -381,8 +523,7 @@ def test_cross_origin_posts_are_refused(room, seeded):
     r = session.post("/ui/logout", data={"csrf": token}, headers={"origin": "https://evil.example"})
     assert r.status_code == 403 and session.get("/ui/datasets").status_code == 200
     # the same-site form posts of a browser that hides its origin (Referrer-Policy no-referrer) pass
-    r = session.post("/ui/logout", data={"csrf": token},
-                     headers={"origin": "null", "sec-fetch-site": "same-origin"})
+    r = session.post("/ui/logout", data={"csrf": token}, headers={"origin": "null", "sec-fetch-site": "same-origin"})
     assert r.status_code == 303
 
 
@@ -396,8 +537,10 @@ def test_logout_clears_the_cookie(room, seeded):
     assert 'cleanroom_session=""' in cleared and "max-age=0" in cleared.lower()
     after = client.get("/ui/datasets")
     assert after.status_code == 401 and "customers" not in after.text
-    stolen = httpx.get(room.url + "/ui/datasets", cookies={"cleanroom_session": page.request.headers["cookie"]
-                                                            .split("cleanroom_session=")[1].split(";")[0]})
+    stolen = httpx.get(
+        room.url + "/ui/datasets",
+        cookies={"cleanroom_session": page.request.headers["cookie"].split("cleanroom_session=")[1].split(";")[0]},
+    )
     assert stolen.status_code == 401  # the session is revoked on the server, not only forgotten
 
 
@@ -416,8 +559,9 @@ def test_the_cookies_are_secure_over_https(room, seeded):
     csrf = form.cookies["cleanroom_csrf"]
     data = {"token": seeded.tokens["bank"], "csrf": csrf}
     https = {"x-forwarded-proto": "https", "cookie": f"cleanroom_csrf={csrf}"}
-    r = httpx.post(room.url + "/ui/login", data=data,
-                   headers={**https, "origin": room.url.replace("http://", "https://")})
+    r = httpx.post(
+        room.url + "/ui/login", data=data, headers={**https, "origin": room.url.replace("http://", "https://")}
+    )
     assert r.status_code == 303
     assert "secure" in next(c for c in r.headers.get_list("set-cookie") if "cleanroom_session=" in c).lower()
     mixed = httpx.post(room.url + "/ui/login", data=data, headers={**https, "origin": room.url})
@@ -455,35 +599,45 @@ def test_release_page_shows_the_manifest_and_receipt_as_tables_not_json(room, se
     assert f'title="{"a9" * 32}"' in visible  # the covering approval's hash
     # isolation: one compact row per phase
     for phase in ("compute", "mock", "release"):
-        assert f"<tr><td>{phase}</td><td><span class=\"badge ok\">all 15 enforced</span>" in visible
+        assert f'<tr><td>{phase}</td><td><span class="badge ok">all 15 enforced</span>' in visible
     assert "SHA256:62a56c893d8b244b726c29965d79f2b9" in visible and "cleanroom receipt verify" in visible
 
 
 def test_release_page_flags_a_receipt_for_another_manifest_and_unenforced_controls(room, seeded):
     with room.store.tx() as conn:
-        receipt = json.loads(conn.execute("SELECT receipt FROM releases WHERE id = ?",
-                                          (seeded.release_id,)).fetchone()[0])
+        receipt = json.loads(
+            conn.execute("SELECT receipt FROM releases WHERE id = ?", (seeded.release_id,)).fetchone()[0]
+        )
         receipt["body"]["manifest_sha256"] = "00" * 32
         receipt["body"]["isolation"]["compute"].update(network=False, waived=["network"])
         conn.execute("UPDATE releases SET receipt = ? WHERE id = ?", (dumps(receipt), seeded.release_id))
     visible = outside_details(login(room, seeded.tokens["bank"]).get(f"/ui/releases/{seeded.release_id}").text)
     assert "NOT the manifest shown here" in visible
     assert "14 of 15" in visible and "not enforced: network" in visible and "waived: network" in visible
-    assert "<tr><td>release</td><td><span class=\"badge ok\">all 15 enforced</span>" in visible  # control
+    assert '<tr><td>release</td><td><span class="badge ok">all 15 enforced</span>' in visible  # control
 
 
 def test_dataset_page_renders_the_schema_facts(room, seeded):
     page = outside_details(login(room, seeded.tokens["bank"]).get("/ui/datasets/customers").text)
-    assert "nullable=" not in page and "stats=" not in page and "{" not in outside_details(page).split("<main>")[1] \
-        .split("<h2>Policy")[0]
+    assert (
+        "nullable=" not in page
+        and "stats=" not in page
+        and "{" not in outside_details(page).split("<main>")[1].split("<h2>Policy")[0]
+    )
 
     def row(column: str) -> str:
         return re.search(rf"<tr><td><code>{re.escape(column)}</code></td>(.*?)</tr>", page).group(1)
 
-    assert re.fullmatch(r"<td>integer</td><td>no</td><td><span class=\"badge\">allowed</span></td>"
-                        r"<td>bounds <span class=\"nowrap\">\[18, 99\]</span></td>", row("age")), row("age")
-    assert "<td>yes</td>" in row("region") and "join_only" in row("region") and "2 categories: north, south" in \
-        row("region")
+    assert re.fullmatch(
+        r"<td>integer</td><td>no</td><td><span class=\"badge\">allowed</span></td>"
+        r"<td>bounds <span class=\"nowrap\">\[18, 99\]</span></td>",
+        row("age"),
+    ), row("age")
+    assert (
+        "<td>yes</td>" in row("region")
+        and "join_only" in row("region")
+        and "2 categories: north, south" in row("region")
+    )
     assert "never_output" in row("income") and "nothing published" in row("income")
     assert "join key" in row("_pid") and "<td>no</td>" in row("_pid")
     assert "encrypted size" in page and "4,096 B" in page
@@ -498,15 +652,17 @@ def test_approvals_for_an_older_policy_version_are_stale_not_current(room, seede
     shown = bank.get("/ui/datasets/customers").text
     assert "drop-gaps 0.1.0" in shown and '<span class="badge ok">current</span>' in shown
     with room.store.tx() as conn:  # the owner publishes policy version 2
-        conn.execute("INSERT INTO policies (dataset, version, text, policy, sha256, created_at)"
-                     " VALUES (?,?,?,?,?,?)", ("customers", 2, POLICY_TEXT, dumps(STORED_POLICY), "cd" * 32, now()))
+        conn.execute(
+            "INSERT INTO policies (dataset, version, text, policy, sha256, created_at) VALUES (?,?,?,?,?,?)",
+            ("customers", 2, POLICY_TEXT, dumps(STORED_POLICY), "cd" * 32, now()),
+        )
         conn.execute("UPDATE datasets SET policy_version = 2 WHERE name = 'customers'")
     after = bank.get(plugin).text
     assert "stale: given for v1, the current policy is v2" in after
     assert '<span class="badge ok">current</span>' not in after
     assert "customers: stale" in bank.get("/ui/plugins").text
     shown = bank.get("/ui/datasets/customers").text
-    assert "stale: given for v1, the current policy is v2" in shown and "badge ok\">current" not in shown
+    assert "stale: given for v1, the current policy is v2" in shown and 'badge ok">current' not in shown
     ana = login(room, seeded.tokens["ana"]).get(plugin).text  # the analyst's view says the same
     assert "stale: given for v1, the current policy is v2" in ana
 
@@ -533,15 +689,18 @@ def test_hostile_column_and_plugin_names_are_text(room, seeded):
         assert '<span class="hidden-char" title="hidden character">&lt;U+202E&gt;</span>gaps' in page, path
     page = bank.get("/ui/datasets/customers").text
     assert "<img" not in page and "\u202e" not in page
-    assert ("<code>&lt;img src=x onerror=alert(2)&gt;<span class=\"hidden-char\" title=\"hidden character\">"
-            "&lt;U+202E&gt;</span>gnp.exe</code>") in page
+    assert (
+        '<code>&lt;img src=x onerror=alert(2)&gt;<span class="hidden-char" title="hidden character">'
+        "&lt;U+202E&gt;</span>gnp.exe</code>"
+    ) in page
 
 
 def test_a_hostile_value_in_a_tooltip_stays_in_its_attribute(room, seeded):
     hostile = 'ab" onmouseover="alert(3)\u202e'
     with room.store.tx() as conn:
-        receipt = json.loads(conn.execute("SELECT receipt FROM releases WHERE id = ?",
-                                          (seeded.release_id,)).fetchone()[0])
+        receipt = json.loads(
+            conn.execute("SELECT receipt FROM releases WHERE id = ?", (seeded.release_id,)).fetchone()[0]
+        )
         receipt["body"]["spec_sha256"] = hostile
         conn.execute("UPDATE releases SET receipt = ? WHERE id = ?", (dumps(receipt), seeded.release_id))
     page = outside_details(login(room, seeded.tokens["bank"]).get(f"/ui/releases/{seeded.release_id}").text)

@@ -42,8 +42,15 @@ def driver() -> Iterator[Any]:
         _missing("chromium and chromedriver (apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,900", "--disable-extensions", "--no-first-run"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
         options.add_argument(arg)
     browser = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
     browser.set_page_load_timeout(30)
@@ -118,8 +125,11 @@ def test_review_pages_in_a_browser(driver, room, seeded):
     assert "min_group_size = 10" in driver.find_element(By.TAG_NAME, "pre").text
     shot(driver, "dataset")
 
-    for nav, name, expect in (("Plugins", "plugins", "drop-gaps"), ("Jobs", "jobs", "churn-by-region"),
-                              ("Releases", "releases", seeded.release_id)):
+    for nav, name, expect in (
+        ("Plugins", "plugins", "drop-gaps"),
+        ("Jobs", "jobs", "churn-by-region"),
+        ("Releases", "releases", seeded.release_id),
+    ):
         click_and_wait(driver, driver.find_element(By.LINK_TEXT, nav))
         assert driver.current_url.endswith("/ui/" + name)
         assert expect in driver.find_element(By.TAG_NAME, "main").text
@@ -166,9 +176,11 @@ def test_an_analyst_sees_only_its_own_plugins(driver, room, seeded):
 LONG_DATASET = "hospital.outpatient_visits_by_practice_2019_2023"
 LONG_ORG = "northern-regional-health-insurance-coop"  # names at their longest allowed
 LONG_JOB = "doctor-visits-poisson-model-by-age-band-region-and-plan-2019-23"
-LONG_REASON = ("release checks failed: aggregate:spec (the table visits_by_region_and_age_band groups by a "
-               "subset of visits_by_region_age_band_and_plan_type_detailed's keys: "
-               "a_differencing_attack_would_recover_suppressed_cells_without_any_noise_at_all)")
+LONG_REASON = (
+    "release checks failed: aggregate:spec (the table visits_by_region_and_age_band groups by a "
+    "subset of visits_by_region_age_band_and_plan_type_detailed's keys: "
+    "a_differencing_attack_would_recover_suppressed_cells_without_any_noise_at_all)"
+)
 LONG_PLUGIN = "poisson-regression-with-offset-and-robust-errors-of-visit-counts"
 
 
@@ -180,30 +192,54 @@ def test_the_main_pages_fit_a_1280_px_window(driver, room, seeded, tmp_path):
     insurer = room.org(LONG_ORG, "owner", "analyst")
     insurer_id = insurer.whoami()["id"]
     add_dataset(room, insurer_id, LONG_DATASET, "Outpatient visits per person and year " * 8)
-    plugin = add_plugin(room, tmp_path / "long", insurer_id, LONG_PLUGIN, "10.20.30", "def spec():\n    return {}\n",
-                        [{"severity": "warning", "file": "plugin.py", "line": 1, "rule": "very-long-rule-name-" * 4,
-                          "message": "x" * 300}])
+    plugin = add_plugin(
+        room,
+        tmp_path / "long",
+        insurer_id,
+        LONG_PLUGIN,
+        "10.20.30",
+        "def spec():\n    return {}\n",
+        [
+            {
+                "severity": "warning",
+                "file": "plugin.py",
+                "line": 1,
+                "rule": "very-long-rule-name-" * 4,
+                "message": "x" * 300,
+            }
+        ],
+    )
     approve(room, plugin, insurer_id, LONG_DATASET)
-    _, release_id = add_job_and_release(room, insurer_id, LONG_ORG, LONG_DATASET, plugin_id=plugin, name=LONG_JOB,
-                                        reason=LONG_REASON)
+    _, release_id = add_job_and_release(
+        room, insurer_id, LONG_ORG, LONG_DATASET, plugin_id=plugin, name=LONG_JOB, reason=LONG_REASON
+    )
     log_in(driver, room, insurer.token or "")
     assert driver.execute_script("return window.innerWidth") == 1280
-    pages = {"datasets": "/ui/datasets", "dataset": f"/ui/datasets/{LONG_DATASET}", "plugins": "/ui/plugins",
-             "plugin": f"/ui/plugins/{plugin}", "jobs": "/ui/jobs", "releases": "/ui/releases",
-             "release": f"/ui/releases/{release_id}"}
+    pages = {
+        "datasets": "/ui/datasets",
+        "dataset": f"/ui/datasets/{LONG_DATASET}",
+        "plugins": "/ui/plugins",
+        "plugin": f"/ui/plugins/{plugin}",
+        "jobs": "/ui/jobs",
+        "releases": "/ui/releases",
+        "release": f"/ui/releases/{release_id}",
+    }
     for name, path in pages.items():
         driver.get(room.url + path)
         main = driver.find_element(By.TAG_NAME, "main").text
         assert "Error" not in driver.find_element(By.TAG_NAME, "h1").text, (name, main[:300])
         width, client = driver.execute_script(
-            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
         assert width <= 1280 and width <= client, (name, width, client)
         shot(driver, f"wide-{name}")
     driver.get(room.url + "/ui/jobs")
     cell = driver.find_element(By.CSS_SELECTOR, "table.jobs td code.id")  # cut, whole in the tooltip
     assert cell.get_attribute("title").startswith("job_")
-    assert driver.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth", cell) is False or \
-        cell.value_of_css_property("text-overflow") == "ellipsis"
+    assert (
+        driver.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth", cell) is False
+        or cell.value_of_css_property("text-overflow") == "ellipsis"
+    )
     assert LONG_REASON in driver.find_element(By.TAG_NAME, "main").text  # wrapped, not cut
     driver.get(room.url + f"/ui/releases/{release_id}")
     raw = driver.find_element(By.TAG_NAME, "details")

@@ -21,8 +21,11 @@ DAY = 86400
 @pytest.fixture
 def world(room, tmp_path):
     room_key = crypto.generate_keypair()  # registered as the runner would, so owners can encrypt to it
-    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-               json={"enc_public": room_key.enc_public, "sign_public": room_key.sign_public}).raise_for_status()
+    httpx.post(
+        room.url + "/runner/register",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+        json={"enc_public": room_key.enc_public, "sign_public": room_key.sign_public},
+    ).raise_for_status()
     retailer, bank, analyst, files, ids = setup_scenario(room.org, tmp_path, n=300, approve=True)
     return room, retailer, bank, analyst, ids
 
@@ -111,8 +114,11 @@ def test_ciphertext_survives_until_a_sweep_and_a_running_job_keeps_it(world):
     assert retail not in swept["deleted"] and blob_path(room, retail).exists()
 
     # once the job ended, the next sweep removes the withdrawn ciphertext, and nothing else of the data
-    httpx.post(room.url + f"/runner/jobs/{job['id']}/finish", headers=runner,
-               json={"status": "failed", "reason": "test", "error_class": "test"}).raise_for_status()
+    httpx.post(
+        room.url + f"/runner/jobs/{job['id']}/finish",
+        headers=runner,
+        json={"status": "failed", "reason": "test", "error_class": "test"},
+    ).raise_for_status()
     assert any(o["blob"] == retail for o in room.admin.storage_check()["orphans"])
     swept = room.admin.storage_sweep(grace_seconds=3600)
     assert retail in swept["deleted"] and not blob_path(room, retail).exists()

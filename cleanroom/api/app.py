@@ -30,10 +30,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     check_bootstrap_token(settings.bootstrap_token)  # before anything is written
     store = store or Store(settings.data_dir, settings.database_url)
     # No Swagger UI or ReDoc: they load scripts from a public CDN, and the room runs offline.
-    app = FastAPI(title="cleanroom", version=__version__, dependencies=[Depends(authorize)],
-                  docs_url=None, redoc_url=None,
-                  description="A plugin-based data clean room. Every route needs a bearer token "
-                              "except /health, /room and the review page's login.")
+    app = FastAPI(
+        title="cleanroom",
+        version=__version__,
+        dependencies=[Depends(authorize)],
+        docs_url=None,
+        redoc_url=None,
+        description="A plugin-based data clean room. Every route needs a bearer token "
+        "except /health, /room and the review page's login.",
+    )
     app.add_middleware(Guard)
     app.state.store = store
     app.state.settings = settings
@@ -51,21 +56,34 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         web,
     )
 
-    for module in (routes_room, routes_budget, routes_datasets, routes_plugins, routes_jobs, routes_runner,
-                   routes_admin, web):
+    for module in (
+        routes_room,
+        routes_budget,
+        routes_datasets,
+        routes_plugins,
+        routes_jobs,
+        routes_runner,
+        routes_admin,
+        web,
+    ):
         app.include_router(module.router)
 
     @app.exception_handler(CleanroomError)
     async def _cleanroom_error(request: Request, exc: CleanroomError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code,
-                            headers={"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None)
+        return JSONResponse(
+            exc.to_dict(),
+            status_code=exc.status_code,
+            headers={"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [{"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg")}
-                    for e in exc.errors()]
-        return JSONResponse({"error": "invalid_input", "message": "the request is not valid",
-                             "details": problems}, status_code=400)
+        problems = [
+            {"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg")} for e in exc.errors()
+        ]
+        return JSONResponse(
+            {"error": "invalid_input", "message": "the request is not valid", "details": problems}, status_code=400
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -76,17 +94,27 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     async def _os_error(request: Request, exc: OSError) -> JSONResponse:
         if exc.errno == errno.ENOSPC:
             log.error("disk full on %s %s", request.method, request.url.path)
-            return JSONResponse({"error": "insufficient_storage", "message": "the room's disk is full; nothing "
-                                 "was stored", "hint": "ask the operator to free space, then retry"}, status_code=507)
+            return JSONResponse(
+                {
+                    "error": "insufficient_storage",
+                    "message": "the room's disk is full; nothing was stored",
+                    "hint": "ask the operator to free space, then retry",
+                },
+                status_code=507,
+            )
         return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         incident = secrets.token_hex(6)
         log.exception("unexpected error %s on %s %s", incident, request.method, request.url.path)
-        return JSONResponse({"error": "internal_error",
-                             "message": f"internal error (incident {incident}); the operator's log has "
-                                        "the details"}, status_code=500)
+        return JSONResponse(
+            {
+                "error": "internal_error",
+                "message": f"internal error (incident {incident}); the operator's log has the details",
+            },
+            status_code=500,
+        )
 
     app.openapi = lambda: openapi.build(app)  # type: ignore[method-assign]
     if settings.api_docs:
@@ -117,8 +145,15 @@ def ensure_admin(store: Store, settings: Settings) -> str | None:
             token = None  # the operator chose it: never echo it into logs
         else:
             token = new_token(conn, org_id)
-        audit.append(conn, actor="system", action="org.created", object_type="org", object_id="admin",
-                     details={"roles": ["admin"]}, ts=now())
+        audit.append(
+            conn,
+            actor="system",
+            action="org.created",
+            object_type="org",
+            object_id="admin",
+            details={"roles": ["admin"]},
+            ts=now(),
+        )
     return token
 
 
@@ -135,7 +170,8 @@ def check_bootstrap_token(token: str | None) -> None:
             "CLEANROOM_BOOTSTRAP_TOKEN is not a cleanroom token (crt_ + 16 hex digits + '.' + at least 16 random "
             "characters); the API did not start and nothing was stored",
             hint="make one with: python -c \"import secrets; print('crt_' + secrets.token_hex(8) + '.' + "
-                 "secrets.token_urlsafe(32))\", or unset it to have a new admin token printed on first start")
+            'secrets.token_urlsafe(32))", or unset it to have a new admin token printed on first start',
+        )
 
 
 def rotate_admin_token(store: Store) -> str:
@@ -146,8 +182,9 @@ def rotate_admin_token(store: Store) -> str:
             raise CleanroomError("the room has no admin org yet: start the API once first")
         orgs.revoke_tokens(conn, org_id=admin["id"], at=now())
         token = new_token(conn, admin["id"])
-        audit.append(conn, actor="operator", action="token.rotated", object_type="org", object_id="admin",
-                     details={}, ts=now())
+        audit.append(
+            conn, actor="operator", action="token.rotated", object_type="org", object_id="admin", details={}, ts=now()
+        )
     return token
 
 
@@ -162,8 +199,15 @@ def ensure_runner(store: Store, settings: Settings) -> None:
         if runner is None:
             org_id = new_id("org")
             orgs.create(conn, org_id=org_id, name="runner", roles=["runner"], created_at=now())
-            audit.append(conn, actor="system", action="org.created", object_type="org",
-                         object_id="runner", details={"roles": ["runner"]}, ts=now())
+            audit.append(
+                conn,
+                actor="system",
+                action="org.created",
+                object_type="org",
+                object_id="runner",
+                details={"roles": ["runner"]},
+                ts=now(),
+            )
         else:
             org_id = runner["id"]
         if token:

@@ -41,17 +41,30 @@ class AuditScope:
     def readable(self, event: dict[str, Any]) -> bool:
         if self.everything:
             return True
-        kind, oid, action, mine = event["object_type"], event["object_id"], event["action"], \
-            event["actor"] == self.caller.name
+        kind, oid, action, mine = (
+            event["object_type"],
+            event["object_id"],
+            event["action"],
+            event["actor"] == self.caller.name,
+        )
         if kind == "job":  # a job's later events (phases, outcome, release) tell how it went
             related, full = self.job(oid)
-            return full or related and (action in ("job.submitted", "job.started")
-                                        or action == "job.cancelled" and mine)
+            return (
+                full or related and (action in ("job.submitted", "job.started") or action == "job.cancelled" and mine)
+            )
         if kind == "release":
             job_id = releases.job_of(self.conn, release_id=oid)
             return job_id is not None and self.job(job_id)[1]
-        return (mine or kind == "room" or kind == "org" and oid == self.caller.name
-                or kind == "dataset" and oid in self.datasets or kind == "plugin" and oid in self.plugins)
+        return (
+            mine
+            or kind == "room"
+            or kind == "org"
+            and oid == self.caller.name
+            or kind == "dataset"
+            and oid in self.datasets
+            or kind == "plugin"
+            and oid in self.plugins
+        )
 
     def view(self, event: dict[str, Any]) -> dict[str, Any]:
         return event if self.readable(event) else redact(event)

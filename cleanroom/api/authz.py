@@ -13,8 +13,8 @@ from cleanroom.errors import NotFound, PermissionDenied
 
 ROLES = ("admin", "owner", "analyst", "reviewer", "runner")
 
-PUBLIC = "public"          # no token needed
-ANY = "any"                # any authenticated org (runner excluded)
+PUBLIC = "public"  # no token needed
+ANY = "any"  # any authenticated org (runner excluded)
 
 RULES: dict[str, str | tuple[str, ...]] = {
     # room and orgs
@@ -107,8 +107,7 @@ def check_route(route_name: str, caller: Caller | None) -> None:
     if caller is None:
         from cleanroom.errors import AuthenticationError
 
-        raise AuthenticationError("this request needs a bearer token",
-                                  hint="set CLEANROOM_TOKEN or use --profile")
+        raise AuthenticationError("this request needs a bearer token", hint="set CLEANROOM_TOKEN or use --profile")
     if rule == ANY:
         if caller.roles == ("runner",):
             raise PermissionDenied("the runner's token can only call runner routes")
@@ -116,11 +115,13 @@ def check_route(route_name: str, caller: Caller | None) -> None:
     if caller.is_admin and route_name != "submit_job" and not route_name.startswith("runner_"):
         return
     if not caller.has(*rule):
-        raise PermissionDenied(f"this needs the role {' or '.join(rule)}; "
-                               f"{caller.name} has {', '.join(caller.roles) or 'no role'}")
+        raise PermissionDenied(
+            f"this needs the role {' or '.join(rule)}; {caller.name} has {', '.join(caller.roles) or 'no role'}"
+        )
 
 
 # Ownership rules -----------------------------------------------------------------------------
+
 
 def can_see_all(caller: Caller) -> bool:
     return caller.has("admin", "reviewer", "owner")

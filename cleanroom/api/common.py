@@ -38,14 +38,18 @@ def decode_cursor(cursor: str | None, *types: type) -> tuple[Any, ...] | None:
         key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError, UnicodeDecodeError):
         key = None
-    if not isinstance(key, list) or len(key) != len(types) or not all(
-            isinstance(v, t) and not isinstance(v, bool) for v, t in zip(key, types, strict=True)):
+    if (
+        not isinstance(key, list)
+        or len(key) != len(types)
+        or not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(key, types, strict=True))
+    ):
         raise ValidationError("the page cursor `after` is not valid", hint="pass the `next` of a previous page")
     return tuple(key)
 
 
-def page(rows: Sequence[T], limit: int, key: Callable[[T], Sequence[Any]],
-         view: Callable[[T], Any] = lambda r: r) -> dict[str, Any]:
+def page(
+    rows: Sequence[T], limit: int, key: Callable[[T], Sequence[Any]], view: Callable[[T], Any] = lambda r: r
+) -> dict[str, Any]:
     """The page envelope from up to `limit + 1` rows (one more than shown tells that a next page exists)."""
     shown = list(rows[:limit])
     more = len(rows) > limit and shown
@@ -55,9 +59,11 @@ def page(rows: Sequence[T], limit: int, key: Callable[[T], Sequence[Any]],
 def check_not_withdrawn(ds: Any) -> None:
     """Refuse new uses of a withdrawn dataset (jobs already running finish)."""
     if ds.get("withdrawn_at") is not None:
-        raise Conflict(f"dataset {ds['name']!r} was withdrawn by its owner: it takes no new jobs, approvals "
-                       "or policies", hint=f"remove {ds['name']!r} from the job's inputs, or ask its owner "
-                                           "to upload the data again under a new name")
+        raise Conflict(
+            f"dataset {ds['name']!r} was withdrawn by its owner: it takes no new jobs, approvals or policies",
+            hint=f"remove {ds['name']!r} from the job's inputs, or ask its owner "
+            "to upload the data again under a new name",
+        )
 
 
 class JobIn(BaseModel):

@@ -60,12 +60,20 @@ def check_token(store: Store, token: str) -> tuple[Caller, str]:
 # hashed, valid for `web_session_seconds`, revoked at logout, and void as soon as the org token that
 # made it is revoked (token rotation). A new login always makes a new session.
 
+
 def new_session(store: Store, caller: Caller, token_id: str, lifetime: float) -> str:
     session_id, secret = secrets.token_hex(12), secrets.token_urlsafe(32)
     with store.tx() as conn:
         t = now()
-        web_sessions.create(conn, session_id=session_id, org_id=caller.org_id, token_id=token_id,
-                            secret_hash=hash_secret(secret), created_at=t, expires_at=t + lifetime)
+        web_sessions.create(
+            conn,
+            session_id=session_id,
+            org_id=caller.org_id,
+            token_id=token_id,
+            secret_hash=hash_secret(secret),
+            created_at=t,
+            expires_at=t + lifetime,
+        )
     return f"{SESSION_PREFIX}{session_id}.{secret}"
 
 
@@ -76,8 +84,14 @@ def session_caller(store: Store, cookie: str) -> Caller:
         row = web_sessions.get(conn, session_id=session_id)
     expected = row["hash"] if row else hash_secret("no such session")
     valid = hmac.compare_digest(expected, hash_secret(secret))
-    if (not cookie.startswith(SESSION_PREFIX) or not row or not valid or row["revoked_at"] is not None
-            or row["token_revoked"] is not None or row["expires_at"] < now()):
+    if (
+        not cookie.startswith(SESSION_PREFIX)
+        or not row
+        or not valid
+        or row["revoked_at"] is not None
+        or row["token_revoked"] is not None
+        or row["expires_at"] < now()
+    ):
         raise AuthenticationError("the session is not valid (any more)", hint="log in again")
     return Caller(org_id=row["org_id"], name=row["name"], roles=tuple(row["roles"]))
 
@@ -97,10 +111,18 @@ class Ctx:
     settings: Settings
     caller: Caller
 
-    def audit(self, conn: Any, action: str, object_type: str, object_id: str,
-              details: dict[str, Any] | None = None) -> dict[str, Any]:
-        return audit.append(conn, actor=self.caller.name, action=action, object_type=object_type,
-                            object_id=object_id, details=details, ts=now())
+    def audit(
+        self, conn: Any, action: str, object_type: str, object_id: str, details: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return audit.append(
+            conn,
+            actor=self.caller.name,
+            action=action,
+            object_type=object_type,
+            object_id=object_id,
+            details=details,
+            ts=now(),
+        )
 
     def org_by_name(self, conn: Any, name: str) -> orgs.Org:
         org = orgs.by_name(conn, name=name)
@@ -124,5 +146,4 @@ async def authorize(request: Request) -> None:
 
 
 def get_ctx(request: Request) -> Ctx:
-    return Ctx(store=request.app.state.store, settings=request.app.state.settings,
-               caller=request.state.caller)
+    return Ctx(store=request.app.state.store, settings=request.app.state.settings, caller=request.state.caller)

@@ -44,8 +44,11 @@ def _route_name(app: Any, scope: Scope) -> str | None:
     """The name of the route that will answer this request (method and path), if any."""
     table = getattr(app.state, "guard_routes", None)
     if table is None:
-        table = [(route.path_regex, route.methods, route.name) for route in iter_routes(app.routes)
-                 if getattr(route, "path_regex", None) is not None]
+        table = [
+            (route.path_regex, route.methods, route.name)
+            for route in iter_routes(app.routes)
+            if getattr(route, "path_regex", None) is not None
+        ]
         app.state.guard_routes = table
     path, method = scope.get("path", ""), scope.get("method", "GET")
     for regex, methods, name in table:
@@ -58,8 +61,7 @@ async def _answer(send: Send, exc: CleanroomError, close: bool) -> None:
     import json
 
     body = json.dumps(exc.to_dict()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               *EXTRA_HEADERS]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *EXTRA_HEADERS]
     if exc.status_code == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     if close:  # the body was not read: the connection cannot carry another request
@@ -88,8 +90,9 @@ class Guard:
         if name in RULES and RULES[name] != PUBLIC:
             try:
                 auth = headers.get(b"authorization")
-                caller = await run_in_threadpool(authenticate, app.state.store,
-                                                 auth.decode("latin-1") if auth is not None else None)
+                caller = await run_in_threadpool(
+                    authenticate, app.state.store, auth.decode("latin-1") if auth is not None else None
+                )
                 check_route(name, caller)
             except CleanroomError as exc:
                 await _answer(send, exc, has_body)

@@ -44,8 +44,13 @@ def sees_outcome(caller: Caller, rel: set[str], owner_ids: set[str]) -> bool:
 def release_state(review_by: list[str], decisions: releases.Decisions) -> dict[str, Any]:
     approved, rejected = decisions["approved"], decisions["rejected"]
     pending = [d for d in review_by if d not in approved | set(rejected)]
-    return {"approved_by": sorted(approved), "rejected_by": sorted(rejected), "rejection_reasons": rejected,
-            "pending_review": pending, "downloadable": not pending and not rejected}
+    return {
+        "approved_by": sorted(approved),
+        "rejected_by": sorted(rejected),
+        "rejection_reasons": rejected,
+        "pending_review": pending,
+        "downloadable": not pending and not rejected,
+    }
 
 
 def released(job: Any, release: dict[str, Any] | None, t: float) -> bool:
@@ -55,9 +60,11 @@ def released(job: Any, release: dict[str, Any] | None, t: float) -> bool:
         return False  # (a job started before reveal times existed has none: its outcome was out already)
     if release is None:
         return False
-    return bool(release_state(release["review_by"], {"approved": release["approved"],
-                                                     "rejected": dict.fromkeys(release["rejected"], "")}
-                              )["downloadable"])
+    return bool(
+        release_state(
+            release["review_by"], {"approved": release["approved"], "rejected": dict.fromkeys(release["rejected"], "")}
+        )["downloadable"]
+    )
 
 
 def analyst_status(job: jobs.Listed, t: float) -> str:
@@ -80,19 +87,39 @@ def job_view(job: jobs.Listed, full: bool) -> dict[str, Any]:
     """A job as the caller may see it; `full` (see `sees_outcome`) adds the real status, phase, end time,
     error class and reason. The analyst's view has the same keys, with the data-dependent ones empty."""
     t = now()
-    view = {"id": job["id"], "name": job["name"], "submitted_by": job["submitter"], "status": job["status"],
-            "phase": job["phase"], "error_class": job["error_class"], "created_at": job["created_at"],
-            "started_at": job["started_at"], "finished_at": job["finished_at"], "outcome_at": job["reveal_at"],
-            "recipient": job["spec"].get("recipient"), "inputs": [i["dataset"] for i in job["spec"]["inputs"]],
-            "release_id": None, "spec": job["spec"]}
+    view = {
+        "id": job["id"],
+        "name": job["name"],
+        "submitted_by": job["submitter"],
+        "status": job["status"],
+        "phase": job["phase"],
+        "error_class": job["error_class"],
+        "created_at": job["created_at"],
+        "started_at": job["started_at"],
+        "finished_at": job["finished_at"],
+        "outcome_at": job["reveal_at"],
+        "recipient": job["spec"].get("recipient"),
+        "inputs": [i["dataset"] for i in job["spec"]["inputs"]],
+        "release_id": None,
+        "spec": job["spec"],
+    }
     status = analyst_status(job, t)
     if full:
-        view.update(release_id=job["release"]["id"] if job["release"] else None, analyst_status=status,
-                    withdrawn=job.get("withdrawn_at") is not None, reason=job["reason"],
-                    effective_policy=job["effective_policy"])
+        view.update(
+            release_id=job["release"]["id"] if job["release"] else None,
+            analyst_status=status,
+            withdrawn=job.get("withdrawn_at") is not None,
+            reason=job["reason"],
+            effective_policy=job["effective_policy"],
+        )
         return view
-    view.update(status=status, phase=None, error_class=None, finished_at=None,
-                release_id=job["release"]["id"] if status == "released" and job["release"] else None)
+    view.update(
+        status=status,
+        phase=None,
+        error_class=None,
+        finished_at=None,
+        release_id=job["release"]["id"] if status == "released" and job["release"] else None,
+    )
     return view
 
 
@@ -104,6 +131,7 @@ def caller_view(conn: Any, caller: Caller, job_id: str) -> tuple[set[str], bool,
 
 
 # Releases ---------------------------------------------------------------------------------------
+
 
 def release_relation(caller: Caller, job: Any, release: dict[str, Any]) -> set[str]:
     """The caller's relation to a release's job. A caller who does not see the job's outcome
@@ -118,15 +146,29 @@ def release_relation(caller: Caller, job: Any, release: dict[str, Any]) -> set[s
     return rel
 
 
-def release_view(release: releases.Release, *, recipient: str, artifacts: list[dict[str, Any]],
-                 decisions: releases.Decisions, reveal_at: float | None, rel: set[str] | None = None
-                 ) -> dict[str, Any]:
+def release_view(
+    release: releases.Release,
+    *,
+    recipient: str,
+    artifacts: list[dict[str, Any]],
+    decisions: releases.Decisions,
+    reveal_at: float | None,
+    rel: set[str] | None = None,
+) -> dict[str, Any]:
     created = release["created_at"]
     if rel and "released" in rel:  # when the job ended is for the owners: its analyst sees the outcome time
         created = reveal_at  # type: ignore[assignment]
-    return {"id": release["id"], "job_id": release["job_id"], "recipient": recipient,
-            "manifest": release["manifest"], "receipt": release["receipt"], "review_by": release["review_by"],
-            "created_at": created, "artifacts": artifacts, **release_state(release["review_by"], decisions)}
+    return {
+        "id": release["id"],
+        "job_id": release["job_id"],
+        "recipient": recipient,
+        "manifest": release["manifest"],
+        "receipt": release["receipt"],
+        "review_by": release["review_by"],
+        "created_at": created,
+        "artifacts": artifacts,
+        **release_state(release["review_by"], decisions),
+    }
 
 
 def one_release(conn: Any, caller: Caller, ref: str) -> tuple[releases.Release, set[str], dict[str, Any]]:
@@ -136,28 +178,50 @@ def one_release(conn: Any, caller: Caller, ref: str) -> tuple[releases.Release, 
     decisions = releases.decisions(conn, release_id=release["id"])
     rel = release_relation(caller, job, {"review_by": release["review_by"], **decisions})
     recipient = orgs.by_id(conn, org_id=release["recipient_id"])
-    view = release_view(release, recipient=recipient["name"] if recipient else "",
-                        artifacts=releases.artifacts(conn, release_id=release["id"]), decisions=decisions,
-                        reveal_at=job["reveal_at"], rel=rel)
+    view = release_view(
+        release,
+        recipient=recipient["name"] if recipient else "",
+        artifacts=releases.artifacts(conn, release_id=release["id"]),
+        decisions=decisions,
+        reveal_at=job["reveal_at"],
+        rel=rel,
+    )
     return release, rel, view
 
 
 # Held audit events ------------------------------------------------------------------------------
 
-def job_event(conn: Any, actor: str, job_id: str, action: str, object_type: str, object_id: str,
-              details: dict[str, Any] | None = None) -> None:
+
+def job_event(
+    conn: Any,
+    actor: str,
+    job_id: str,
+    action: str,
+    object_type: str,
+    object_id: str,
+    details: dict[str, Any] | None = None,
+) -> None:
     """Audit an event of a job, or, while the job has started and its outcome is not out yet, hold it in
     the job row: the held events join the chain as one `job.ended` event at the reveal time, so neither
     their number nor their place in the chain tells anyone how the job went or how long it ran."""
     state = jobs.hold_state(conn, job_id=job_id)
     t = now()
     if state is None or state[0] is None or t >= state[0]:
-        audit.append(conn, actor=actor, action=action, object_type=object_type, object_id=object_id,
-                     details=details, ts=t)
+        audit.append(
+            conn, actor=actor, action=action, object_type=object_type, object_id=object_id, details=details, ts=t
+        )
         return
     held = state[1]
-    held.append({"ts": t, "actor": actor, "action": action, "object_type": object_type,
-                 "object_id": object_id, "details": details or {}})
+    held.append(
+        {
+            "ts": t,
+            "actor": actor,
+            "action": action,
+            "object_type": object_type,
+            "object_id": object_id,
+            "details": details or {},
+        }
+    )
     jobs.set_held(conn, job_id=job_id, events=held)
 
 
@@ -166,13 +230,21 @@ def release_held_events(conn: Any) -> int:
     t = now()
     due = jobs.held_due(conn, at=t)
     for job_id, events in due:
-        audit.append(conn, actor="cleanroom", action="job.ended", object_type="job", object_id=job_id,
-                     details={"events": events}, ts=t)
+        audit.append(
+            conn,
+            actor="cleanroom",
+            action="job.ended",
+            object_type="job",
+            object_id=job_id,
+            details={"events": events},
+            ts=t,
+        )
         jobs.set_held(conn, job_id=job_id, events=None)
     return len(due)
 
 
 # What a job spec is checked against -------------------------------------------------------------
+
 
 def job_context(conn: Any, spec: Any, caller: Caller | None = None) -> dict[str, Any]:
     """Everything `jobspec.check_job` needs, read from the store.
@@ -191,10 +263,18 @@ def job_context(conn: Any, spec: Any, caller: Caller | None = None) -> dict[str,
             continue
         check_not_withdrawn(ds)
         pol = store_datasets.policy(conn, name=name, version=ds["policy_version"])
-        found[name] = {"owner": owners[name][1], "owner_id": ds["owner_id"], "policy": Policy.from_dict(pol["policy"]),
-                       "policy_version": ds["policy_version"], "sha256": ds["sha256"]}
-    usable = {pid: p for pid, p in store_plugins.many(conn, plugin_ids=spec.plugin_ids()).items()
-              if caller is None or can_see_plugin(caller, p)}  # type: ignore[arg-type]
+        found[name] = {
+            "owner": owners[name][1],
+            "owner_id": ds["owner_id"],
+            "policy": Policy.from_dict(pol["policy"]),
+            "policy_version": ds["policy_version"],
+            "sha256": ds["sha256"],
+        }
+    usable = {
+        pid: p
+        for pid, p in store_plugins.many(conn, plugin_ids=spec.plugin_ids()).items()
+        if caller is None or can_see_plugin(caller, p)  # type: ignore[arg-type]
+    }
     plugins = {pid: {"name": p["name"], "kind": p["kind"], "manifest": p["manifest"]} for pid, p in usable.items()}
     approvals = store_approvals.owners_in_force(conn, datasets=spec.dataset_names())
     # the privacy budget is checked and charged by `store.ledger.charge`, atomically with creating the job
@@ -206,12 +286,15 @@ def check_release_rules(conn: Any, spec: Any, context: dict[str, Any], effective
     from cleanroom import release_rules
 
     schemas = store_datasets.schemas(conn, names=list(context["datasets"]))
-    inputs = {name: {"schema": schemas.get(name, {}), "policy": ds["policy"].to_dict()}
-              for name, ds in context["datasets"].items()}
+    inputs = {
+        name: {"schema": schemas.get(name, {}), "policy": ds["policy"].to_dict()}
+        for name, ds in context["datasets"].items()
+    }
     release_rules.check_spec(spec, context["plugins"], inputs, effective)
 
 
 # Pages ------------------------------------------------------------------------------------------
+
 
 def job_page(ctx: Any, *, limit: int, after: str | None, status: str | None) -> dict[str, Any]:
     """Jobs the caller may see, newest first. `status` filters on the status as the caller sees it."""
@@ -221,9 +304,15 @@ def job_page(ctx: Any, *, limit: int, after: str | None, status: str | None) -> 
     # one), so the page is cut after filtering: a filter on the stored status would answer for hidden ones.
     in_sql = staff or not status
     with ctx.store.read() as conn:
-        rows = jobs.page(conn, viewer_id=ctx.caller.org_id, viewer_name=ctx.caller.name, everything=staff,
-                         status=status if staff else None, after=start,
-                         limit=limit + 1 if in_sql else None)
+        rows = jobs.page(
+            conn,
+            viewer_id=ctx.caller.org_id,
+            viewer_name=ctx.caller.name,
+            everything=staff,
+            status=status if staff else None,
+            after=start,
+            limit=limit + 1 if in_sql else None,
+        )
     items: list[dict[str, Any]] = []
     last: jobs.Listed | None = None
     for job in rows[:limit] if in_sql else rows:
@@ -238,17 +327,24 @@ def job_page(ctx: Any, *, limit: int, after: str | None, status: str | None) -> 
             items.append(view)
             last = job
     more = in_sql and len(rows) > limit
-    return {"items": items, "next": encode_cursor([rows[limit - 1]["created_at"], rows[limit - 1]["id"]])
-            if more else None}
+    return {
+        "items": items,
+        "next": encode_cursor([rows[limit - 1]["created_at"], rows[limit - 1]["id"]]) if more else None,
+    }
 
 
 def release_page(ctx: Any, *, limit: int, after: str | None) -> dict[str, Any]:
     """Releases addressed to the caller or over its data, newest first."""
     start = decode_cursor(after, float, str)
     with ctx.store.read() as conn:
-        rows = releases.page(conn, viewer_id=ctx.caller.org_id, viewer_name=ctx.caller.name,
-                             everything=ctx.caller.has("admin", "reviewer"), after=start,
-                             limit=limit + 1)
+        rows = releases.page(
+            conn,
+            viewer_id=ctx.caller.org_id,
+            viewer_name=ctx.caller.name,
+            everything=ctx.caller.has("admin", "reviewer"),
+            after=start,
+            limit=limit + 1,
+        )
     items = []
     for item in rows[:limit]:
         release, job, decisions = item["release"], item["job"], item["decisions"]
@@ -256,7 +352,15 @@ def release_page(ctx: Any, *, limit: int, after: str | None) -> dict[str, Any]:
             rel = release_relation(ctx.caller, job, {"review_by": release["review_by"], **decisions})
         except NotFound:
             continue
-        items.append(release_view(release, recipient=item["recipient"], artifacts=item["artifacts"],
-                                  decisions=decisions, reveal_at=job["reveal_at"], rel=rel))
+        items.append(
+            release_view(
+                release,
+                recipient=item["recipient"],
+                artifacts=item["artifacts"],
+                decisions=decisions,
+                reveal_at=job["reveal_at"],
+                rel=rel,
+            )
+        )
     last = rows[limit - 1]["release"] if len(rows) > limit else None  # read, shown or not
     return {"items": items, "next": encode_cursor([last["created_at"], last["id"]]) if last else None}

@@ -30,7 +30,7 @@ BINARY = {"type": "string", "format": "binary"}
 SHA256_HEADER = {"x-sha256": {"description": "the sha256 of the body", "schema": {"type": "string"}}}
 ERROR_TEXT = {
     400: "Invalid input: the request is malformed or a value is refused (error: invalid_input, "
-         "policy_violation or invalid_bundle); nothing was changed",
+    "policy_violation or invalid_bundle); nothing was changed",
     401: "No bearer token, or one that is not valid (error: unauthenticated)",
     403: "The token is valid but its org may not do this (error: forbidden)",
     404: "No such object, or one the caller may not see (error: not_found)",
@@ -47,8 +47,9 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": Error, "description": ERROR_TEXT[status]} for status in statuses}
 
 
-def binary(*media_types: str, description: str = "The bytes, unchanged",
-           headers: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
+def binary(
+    *media_types: str, description: str = "The bytes, unchanged", headers: dict[str, Any] | None = None
+) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route that answers raw bytes (use with `response_class=Response`). A media type
     other than application/octet-stream is declared with it as well, so generic clients read bytes."""
     types = media_types or ("application/octet-stream",)
@@ -64,8 +65,9 @@ def raw_body(*media_types: str, description: str) -> dict[str, Any]:
     """`openapi_extra=` for a route that reads its body as raw bytes (a `Request` stream, which FastAPI
     does not declare). The route takes any of `media_types`; the Content-Type header is not checked."""
     types = media_types or ("application/octet-stream",)
-    return {"requestBody": {"required": True, "description": description,
-                            "content": {t: {"schema": BINARY} for t in types}}}
+    return {
+        "requestBody": {"required": True, "description": description, "content": {t: {"schema": BINARY} for t in types}}
+    }
 
 
 def _public_operations(app: FastAPI) -> set[tuple[str, str]]:
@@ -90,12 +92,20 @@ def build(app: FastAPI) -> dict[str, Any]:
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas["Error"] = Error.model_json_schema(ref_template="#/components/schemas/{model}")
-    components["securitySchemes"] = {SCHEME: {
-        "type": "http", "scheme": "bearer", "bearerFormat": "crt_<token id>.<secret>",
-        "description": "An org's token, as `Authorization: Bearer crt_...` (admins create orgs and their tokens)"}}
+    components["securitySchemes"] = {
+        SCHEME: {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "crt_<token id>.<secret>",
+            "description": "An org's token, as `Authorization: Bearer crt_...` (admins create orgs and their tokens)",
+        }
+    }
     error = {"application/json": {"schema": ERROR_REF}}
-    unauthorized = {"description": ERROR_TEXT[401], "content": error, "headers": {"WWW-Authenticate": {
-        "description": "Bearer", "schema": {"type": "string"}}}}
+    unauthorized = {
+        "description": ERROR_TEXT[401],
+        "content": error,
+        "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    }
     public = _public_operations(app)
     for path, methods in schema.get("paths", {}).items():
         for method, operation in methods.items():

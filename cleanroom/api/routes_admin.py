@@ -29,5 +29,10 @@ class SweepIn(BaseModel):
 def storage_sweep(body: SweepIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Delete blobs no record references that are older than the grace period (audited)."""
     grace = body.grace_seconds if body.grace_seconds is not None else ctx.settings.blob_grace_seconds
-    return sweep.sweep(ctx.store, actor=ctx.caller.name, grace_seconds=grace,
-                       upload_ttl_seconds=ctx.settings.upload_ttl_seconds, dry_run=body.dry_run)
+    return sweep.sweep(
+        ctx.store,
+        actor=ctx.caller.name,
+        grace_seconds=grace,
+        upload_ttl_seconds=ctx.settings.upload_ttl_seconds,
+        dry_run=body.dry_run,
+    )

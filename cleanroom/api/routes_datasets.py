@@ -59,13 +59,14 @@ def _validate_meta(body: UploadIn) -> dict[str, Any]:
     if not SHA256_HEX.fullmatch(body.sha256):
         raise ValidationError("sha256 must be 64 lowercase hex characters")
     columns = body.schema_.get("columns")
-    if not isinstance(columns, list) or not columns or not all(isinstance(c, dict) and "name" in c
-                                                              for c in columns):
+    if not isinstance(columns, list) or not columns or not all(isinstance(c, dict) and "name" in c for c in columns):
         raise ValidationError("schema must have a non-empty 'columns' list of {name, type}")
     names = [c["name"] for c in columns]
     if PID not in names:
-        raise ValidationError(f"the schema has no {PID} column: pseudonymise the id column on the "
-                              "owner's machine (cleanroom dataset upload --id-column)")
+        raise ValidationError(
+            f"the schema has no {PID} column: pseudonymise the id column on the "
+            "owner's machine (cleanroom dataset upload --id-column)"
+        )
     if len(body.mock) > MAX_MOCK_ROWS:
         raise ValidationError(f"the mock sample has more than {MAX_MOCK_ROWS} rows")
     for index, row in enumerate(body.mock):
@@ -90,22 +91,32 @@ def check_policy_fits(conn: Any, policy: Any, columns: list[str]) -> None:
     if unknown:
         close = {r: difflib.get_close_matches(r, names, n=1) for r in unknown}
         guesses = "; ".join(f"did you mean {c[0]!r} for {r!r}?" for r, c in close.items() if c)
-        raise PolicyError(f"[release] recipients names orgs that are not in this room: {unknown}. Nothing was "
-                          "stored", hint=(guesses + " " if guesses else "") + "fix the names in the policy, or ask "
-                          "the room's admin to create the org first (cleanroom org create NAME --role analyst)",
-                          details={"unknown_recipients": unknown})
+        raise PolicyError(
+            f"[release] recipients names orgs that are not in this room: {unknown}. Nothing was stored",
+            hint=(guesses + " " if guesses else "") + "fix the names in the policy, or ask "
+            "the room's admin to create the org first (cleanroom org create NAME --role analyst)",
+            details={"unknown_recipients": unknown},
+        )
     missing = [c.name for c in policy.columns if c.name not in columns]
     if missing:
         close = {m: difflib.get_close_matches(m, columns, n=1) for m in missing}
         guesses = "; ".join(f"did you mean {c[0]!r} for {m!r}?" for m, c in close.items() if c)
-        raise PolicyError(f"the policy has [columns.X] rules for columns the dataset does not have: {missing}. "
-                          "Nothing was stored", hint=(guesses + " " if guesses else "") + "fix or remove those "
-                          f"[columns.X] tables; the dataset's columns are {columns}",
-                          details={"unknown_columns": missing, "columns": columns})
+        raise PolicyError(
+            f"the policy has [columns.X] rules for columns the dataset does not have: {missing}. Nothing was stored",
+            hint=(guesses + " " if guesses else "") + "fix or remove those "
+            f"[columns.X] tables; the dataset's columns are {columns}",
+            details={"unknown_columns": missing, "columns": columns},
+        )
 
 
-@router.post("/datasets/uploads", status_code=201, tags=["datasets"], operation_id="declare_upload",
-              response_model=UploadDeclared, responses=errors(409))
+@router.post(
+    "/datasets/uploads",
+    status_code=201,
+    tags=["datasets"],
+    operation_id="declare_upload",
+    response_model=UploadDeclared,
+    responses=errors(409),
+)
 def create_upload(body: UploadIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Declare a dataset (schema, mock, policy, ciphertext hash); then PUT the ciphertext.
 
@@ -114,8 +125,10 @@ def create_upload(body: UploadIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]
     """
     checked = _validate_meta(body)
     if body.size > ctx.settings.max_upload_bytes:
-        raise TooLarge(f"the ciphertext is larger than the room's limit of {ctx.settings.max_upload_bytes} "
-                       "bytes", hint="ask the operator to raise CLEANROOM_MAX_UPLOAD_BYTES")
+        raise TooLarge(
+            f"the ciphertext is larger than the room's limit of {ctx.settings.max_upload_bytes} bytes",
+            hint="ask the operator to raise CLEANROOM_MAX_UPLOAD_BYTES",
+        )
     meta = body.model_dump(by_alias=True)
     meta["policy_dict"] = checked["policy"].to_dict()
     ttl = ctx.settings.upload_ttl_seconds
@@ -123,11 +136,15 @@ def create_upload(body: UploadIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]
         check_policy_fits(conn, checked["policy"], checked["columns"])
         ds = datasets.get(conn, name=body.name)
         if ds and ds["owner_id"] == ctx.caller.org_id and ds["sha256"] == body.sha256:
-            raise Conflict(f"dataset {body.name!r} is uploaded already with this ciphertext: nothing to do",
-                           details={"dataset": body.name, "sha256": body.sha256, "done": True})
+            raise Conflict(
+                f"dataset {body.name!r} is uploaded already with this ciphertext: nothing to do",
+                details={"dataset": body.name, "sha256": body.sha256, "done": True},
+            )
         if ds:
-            raise Conflict(f"a dataset named {body.name!r} exists already",
-                           hint="choose another name; data changes are new datasets")
+            raise Conflict(
+                f"a dataset named {body.name!r} exists already",
+                hint="choose another name; data changes are new datasets",
+            )
         check_name("dataset", body.name, datasets.names(conn))
         dup = datasets.named_by_sha256(conn, sha256=body.sha256)
         if dup:
@@ -140,13 +157,16 @@ def create_upload(body: UploadIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]
             if row["name"] != body.name:
                 continue
             if row["org_id"] == ctx.caller.org_id:
-                raise Conflict(f"an upload of {body.name!r} with other metadata or bytes is pending already",
-                               hint=f"finish it (PUT /datasets/uploads/{row['id']}), withdraw it (cleanroom "
-                                    f"dataset cancel-upload {row['id']}), or wait until it expires ({ttl} s "
-                                    "after it was declared)",
-                               details={"pending_upload": row["id"]})
-            raise Conflict(f"the name {body.name!r} is reserved by another org's pending upload",
-                           hint="choose another name")
+                raise Conflict(
+                    f"an upload of {body.name!r} with other metadata or bytes is pending already",
+                    hint=f"finish it (PUT /datasets/uploads/{row['id']}), withdraw it (cleanroom "
+                    f"dataset cancel-upload {row['id']}), or wait until it expires ({ttl} s "
+                    "after it was declared)",
+                    details={"pending_upload": row["id"]},
+                )
+            raise Conflict(
+                f"the name {body.name!r} is reserved by another org's pending upload", hint="choose another name"
+            )
         if pending:
             raise Conflict("this ciphertext is declared already by a pending upload (replayed upload)")
         upload_id = new_id("upl")
@@ -174,16 +194,25 @@ async def _answer_retry(request: Request, ctx: Ctx, meta: dict[str, Any]) -> dic
             break
         digest.update(chunk)
     if size != meta["size"] or digest.hexdigest() != meta["sha256"]:
-        raise Conflict(f"this upload is done already: dataset {meta['name']!r} holds other bytes; "
-                       "nothing was stored or changed", details={"dataset": meta["name"], "done": True})
+        raise Conflict(
+            f"this upload is done already: dataset {meta['name']!r} holds other bytes; nothing was stored or changed",
+            details={"dataset": meta["name"], "done": True},
+        )
     with ctx.store.read() as conn:
         return {**_summary(conn, meta["name"]), "already_done": True}
 
 
-@router.put("/datasets/uploads/{upload_id}", tags=["datasets"], operation_id="upload_dataset",
-             response_model=DatasetUploaded, responses=errors(404, 409, 507),
-             openapi_extra=raw_body("application/octet-stream", description="the age ciphertext, exactly the "
-                                    "`size` bytes with the `sha256` declared"))
+@router.put(
+    "/datasets/uploads/{upload_id}",
+    tags=["datasets"],
+    operation_id="upload_dataset",
+    response_model=DatasetUploaded,
+    responses=errors(404, 409, 507),
+    openapi_extra=raw_body(
+        "application/octet-stream",
+        description="the age ciphertext, exactly the `size` bytes with the `sha256` declared",
+    ),
+)
 async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Stream the ciphertext. The dataset appears only when all of it arrived intact.
 
@@ -206,12 +235,15 @@ async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ct
             if len(head) < len(AGE_MAGIC):
                 head += chunk[: len(AGE_MAGIC)]
                 if not AGE_MAGIC.startswith(head[: len(AGE_MAGIC)]):
-                    raise ValidationError("the upload is not an age ciphertext: the room only accepts "
-                                          "data encrypted to its key", hint="use cleanroom dataset upload")
+                    raise ValidationError(
+                        "the upload is not an age ciphertext: the room only accepts data encrypted to its key",
+                        hint="use cleanroom dataset upload",
+                    )
             writer.write(chunk)
         if writer.size != meta["size"]:
-            raise ValidationError(f"upload is incomplete: got {writer.size} of {meta['size']} bytes",
-                                  hint="retry the upload")
+            raise ValidationError(
+                f"upload is incomplete: got {writer.size} of {meta['size']} bytes", hint="retry the upload"
+            )
         sha, size = writer.commit(meta["sha256"])
     except BaseException:
         writer.abort()  # only this request's own temporary file; never a committed blob
@@ -233,22 +265,42 @@ async def put_upload(upload_id: str, request: Request, ctx: Ctx = Depends(get_ct
         # published: declared facts only, and mock rows made from them, whatever the client sent
         schema, mock = publish(meta["schema"], meta["policy_dict"], len(meta["mock"]))
         t = now()
-        datasets.create(conn, name=meta["name"], owner_id=ctx.caller.org_id, sha256=sha, size=size,
-                        row_count=meta["row_count"], schema=schema, mock=mock, dropped=meta["dropped"],
-                        description=meta["description"], created_at=t)
+        datasets.create(
+            conn,
+            name=meta["name"],
+            owner_id=ctx.caller.org_id,
+            sha256=sha,
+            size=size,
+            row_count=meta["row_count"],
+            schema=schema,
+            mock=mock,
+            dropped=meta["dropped"],
+            description=meta["description"],
+            created_at=t,
+        )
         policy = meta["policy_dict"]
         policy_sha = digest(policy, escape_non_ascii=True)  # Policy.sha256(): stored and signed in this form
-        datasets.add_policy(conn, name=meta["name"], version=1, text=meta["policy"], policy=policy,
-                            sha256=policy_sha, created_at=t)
+        datasets.add_policy(
+            conn, name=meta["name"], version=1, text=meta["policy"], policy=policy, sha256=policy_sha, created_at=t
+        )
         datasets.finish_upload(conn, upload_id=upload_id, at=t)
-        ctx.audit(conn, "dataset.uploaded", "dataset", meta["name"],
-                  {"sha256": sha, "size": size, "rows": meta["row_count"], "policy_version": 1,
-                   "policy_sha256": policy_sha})
+        ctx.audit(
+            conn,
+            "dataset.uploaded",
+            "dataset",
+            meta["name"],
+            {"sha256": sha, "size": size, "rows": meta["row_count"], "policy_version": 1, "policy_sha256": policy_sha},
+        )
         return _summary(conn, meta["name"])
 
 
-@router.delete("/datasets/uploads/{upload_id}", tags=["datasets"], operation_id="cancel_upload",
-                response_model=UploadCancelled, responses=errors(404, 409))
+@router.delete(
+    "/datasets/uploads/{upload_id}",
+    tags=["datasets"],
+    operation_id="cancel_upload",
+    response_model=UploadCancelled,
+    responses=errors(404, 409),
+)
 def cancel_upload(upload_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Withdraw your own pending upload, freeing its name (stored bytes stay for the sweep to judge)."""
     with ctx.store.tx() as conn:
@@ -256,8 +308,10 @@ def cancel_upload(upload_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]
         if not upload:
             raise NotFound("no such upload")
         if upload["done_at"] is not None:
-            raise Conflict(f"this upload is done already: dataset {upload['name']!r} exists",
-                           hint="a dataset is immutable; new data is a new upload under a new name")
+            raise Conflict(
+                f"this upload is done already: dataset {upload['name']!r} exists",
+                hint="a dataset is immutable; new data is a new upload under a new name",
+            )
         datasets.delete_upload(conn, upload_id=upload_id)
     return {"upload_id": upload_id, "name": upload["name"], "cancelled": True}
 
@@ -270,8 +324,9 @@ def list_datasets(limit: Limit = DEFAULT_LIMIT, after: After = None, ctx: Ctx = 
     return dataset_page(ctx, limit=limit, after=after)
 
 
-@router.get("/datasets/{name}", tags=["datasets"], operation_id="get_dataset", response_model=Dataset,
-            responses=errors(404))
+@router.get(
+    "/datasets/{name}", tags=["datasets"], operation_id="get_dataset", response_model=Dataset, responses=errors(404)
+)
 def get_dataset(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """One dataset: schema, policy, mock sample and ciphertext hash."""
     with ctx.store.read() as conn:
@@ -282,8 +337,13 @@ class PolicyIn(BaseModel):
     policy: str = Field(max_length=64_000)
 
 
-@router.put("/datasets/{name}/policy", tags=["datasets"], operation_id="update_policy", response_model=Dataset,
-            responses=errors(404, 409))
+@router.put(
+    "/datasets/{name}/policy",
+    tags=["datasets"],
+    operation_id="update_policy",
+    response_model=Dataset,
+    responses=errors(404, 409),
+)
 def update_policy(name: str, body: PolicyIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Publish a new policy version; approvals bound to older versions stop counting."""
     from cleanroom.policy import parse_policy
@@ -298,15 +358,22 @@ def update_policy(name: str, body: PolicyIn, ctx: Ctx = Depends(get_ctx)) -> dic
         if policy_sha == datasets.policy(conn, name=name, version=ds["policy_version"])["sha256"]:
             raise Conflict("the policy is unchanged")
         version = ds["policy_version"] + 1
-        datasets.add_policy(conn, name=name, version=version, text=body.policy, policy=policy,
-                            sha256=policy_sha, created_at=now())
-        ctx.audit(conn, "dataset.policy_changed", "dataset", name,
-                  {"policy_version": version, "policy_sha256": policy_sha})
+        datasets.add_policy(
+            conn, name=name, version=version, text=body.policy, policy=policy, sha256=policy_sha, created_at=now()
+        )
+        ctx.audit(
+            conn, "dataset.policy_changed", "dataset", name, {"policy_version": version, "policy_sha256": policy_sha}
+        )
         return dataset_detail(conn, ctx.caller, name)
 
 
-@router.post("/datasets/{name}/withdraw", tags=["datasets"], operation_id="withdraw_dataset",
-              response_model=DatasetWithdrawn, responses=errors(404, 409))
+@router.post(
+    "/datasets/{name}/withdraw",
+    tags=["datasets"],
+    operation_id="withdraw_dataset",
+    response_model=DatasetWithdrawn,
+    responses=errors(404, 409),
+)
 def withdraw_dataset(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Withdraw your dataset: gone from other orgs' lists, no new jobs (queued ones are cancelled, running
     ones finish); its ciphertext is left for `admin sweep`; receipts of past releases still verify."""
@@ -323,7 +390,12 @@ def withdraw_dataset(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
             jobs.cancel(conn, job_id=job_id, reason=f"input dataset {name} was withdrawn by its owner", at=t)
             ctx.audit(conn, "job.cancelled", "job", job_id, {"reason": "input dataset withdrawn", "dataset": name})
         datasets.withdraw(conn, name=name, at=t)
-        ctx.audit(conn, "dataset.withdrawn", "dataset", name,
-                  {"sha256": ds["sha256"], "cancelled_jobs": queued, "running_jobs": running})
+        ctx.audit(
+            conn,
+            "dataset.withdrawn",
+            "dataset",
+            name,
+            {"sha256": ds["sha256"], "cancelled_jobs": queued, "running_jobs": running},
+        )
         view = _summary(conn, name)
     return {**view, "cancelled_jobs": queued, "running_jobs": running}

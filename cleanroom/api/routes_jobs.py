@@ -44,13 +44,16 @@ def check_daily_limits(conn: Any, caller: Caller, inputs: dict[str, Any]) -> Non
         times = jobs.submitted_since(conn, org_id=caller.org_id, dataset=name, since=since)
         if len(times) >= int(cap):
             wait = max(1, math.ceil(times[len(times) - int(cap)] + 86400 - now()))
-            raise RateLimited(f"the policy of {name} allows {int(cap)} jobs a day per analyst org; {caller.name} "
-                              f"submitted {len(times)} in the last 24 hours",
-                              hint=f"try again in {wait // 3600} h {wait % 3600 // 60} min")
+            raise RateLimited(
+                f"the policy of {name} allows {int(cap)} jobs a day per analyst org; {caller.name} "
+                f"submitted {len(times)} in the last 24 hours",
+                hint=f"try again in {wait // 3600} h {wait % 3600 // 60} min",
+            )
 
 
-@router.post("/jobs", status_code=201, tags=["jobs"], operation_id="submit_job", response_model=Job,
-              responses=errors(409, 429))
+@router.post(
+    "/jobs", status_code=201, tags=["jobs"], operation_id="submit_job", response_model=Job, responses=errors(409, 429)
+)
 def submit_job(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Submit a job spec (TOML). It is checked against every input's policy and the approvals."""
     from cleanroom.jobspec import check_job, check_time_budget, parse_jobspec
@@ -60,26 +63,55 @@ def submit_job(body: JobIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     with ctx.store.tx() as conn:
         queued = jobs.active_count(conn, org_id=ctx.caller.org_id)
         if queued >= ctx.settings.max_queued_jobs_per_org:
-            raise RateLimited(f"{queued} jobs of yours are queued or running; the limit is "
-                              f"{ctx.settings.max_queued_jobs_per_org}", hint="wait for some to finish")
+            raise RateLimited(
+                f"{queued} jobs of yours are queued or running; the limit is {ctx.settings.max_queued_jobs_per_org}",
+                hint="wait for some to finish",
+            )
         recipient = orgs.by_name(conn, name=spec.recipient)
         jc = job_context(conn, spec, ctx.caller)
         effective = check_job(spec, recipient_exists=recipient is not None, **jc)
         check_release_rules(conn, spec, jc, effective)  # the release checks the spec decides
         check_daily_limits(conn, ctx.caller, jc["datasets"])
         if not recipient or not recipient["enc_public"]:
-            raise PolicyError(f"the recipient {spec.recipient!r} has registered no keys yet, so nothing could be "
-                              "encrypted to it", hint="the recipient runs any cleanroom command once")
+            raise PolicyError(
+                f"the recipient {spec.recipient!r} has registered no keys yet, so nothing could be encrypted to it",
+                hint="the recipient runs any cleanroom command once",
+            )
         job_id = new_id("job")
-        jobs.create(conn, job_id=job_id, org_id=ctx.caller.org_id, name=spec.name, spec=spec.to_dict(),
-                    effective_policy=effective.to_dict(), created_at=now())
-        charged = ledger.charge(conn, job_id=job_id, recipient=spec.recipient, datasets=jc["datasets"],
-                                effective=effective, room_epsilon=ctx.settings.dp_room_epsilon or None, now=now())
+        jobs.create(
+            conn,
+            job_id=job_id,
+            org_id=ctx.caller.org_id,
+            name=spec.name,
+            spec=spec.to_dict(),
+            effective_policy=effective.to_dict(),
+            created_at=now(),
+        )
+        charged = ledger.charge(
+            conn,
+            job_id=job_id,
+            recipient=spec.recipient,
+            datasets=jc["datasets"],
+            effective=effective,
+            room_epsilon=ctx.settings.dp_room_epsilon or None,
+            now=now(),
+        )
         epsilon = charged["epsilon"] if charged else None
-        ctx.audit(conn, "job.submitted", "job", job_id,
-                  {"name": spec.name, "inputs": spec.dataset_names(), "plugins": spec.plugin_ids(),
-                   "recipient": spec.recipient, "epsilon": epsilon, "delta": charged["delta"] if charged else None,
-                   "policy_versions": {n: d["policy_version"] for n, d in jc["datasets"].items()}})
+        ctx.audit(
+            conn,
+            "job.submitted",
+            "job",
+            job_id,
+            {
+                "name": spec.name,
+                "inputs": spec.dataset_names(),
+                "plugins": spec.plugin_ids(),
+                "recipient": spec.recipient,
+                "epsilon": epsilon,
+                "delta": charged["delta"] if charged else None,
+                "policy_versions": {n: d["policy_version"] for n, d in jc["datasets"].items()},
+            },
+        )
         return caller_view(conn, ctx.caller, job_id)[2]
 
 
@@ -87,8 +119,12 @@ STATUSES = f"^({'|'.join(JobStatus)})$"
 
 
 @router.get("/jobs", tags=["jobs"], operation_id="list_jobs", response_model=JobPage)
-def list_jobs(limit: Limit = DEFAULT_LIMIT, after: After = None, status: str | None = Query(None, pattern=STATUSES),
-              ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+def list_jobs(
+    limit: Limit = DEFAULT_LIMIT,
+    after: After = None,
+    status: str | None = Query(None, pattern=STATUSES),
+    ctx: Ctx = Depends(get_ctx),
+) -> dict[str, Any]:
     """Jobs you submitted, jobs over your datasets, jobs released to you; newest first, `limit` per page
     (pass `next` as `after` for the following page). `status` filters on the status as you see it (an
     analyst's jobs: queued, running, released, nothing_released)."""
@@ -103,8 +139,9 @@ def get_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
         return caller_view(conn, ctx.caller, job_id)[2]
 
 
-@router.post("/jobs/{job_id}/cancel", tags=["jobs"], operation_id="cancel_job", response_model=Job,
-              responses=errors(404, 409))
+@router.post(
+    "/jobs/{job_id}/cancel", tags=["jobs"], operation_id="cancel_job", response_model=Job, responses=errors(404, 409)
+)
 def cancel_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Cancel a queued or running job (its submitter, an owner of an input, or an admin). An analyst's
     cancel after the start means nothing is released, whether or not the job had ended already."""
@@ -125,16 +162,23 @@ def cancel_job(job_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
         return caller_view(conn, ctx.caller, job_id)[2]
 
 
-@router.get("/jobs/{job_id}/logs", tags=["jobs"], operation_id="get_job_logs", response_class=Response,
-            responses=binary(description="the logs, an age ciphertext to the input owners") | errors(404))
+@router.get(
+    "/jobs/{job_id}/logs",
+    tags=["jobs"],
+    operation_id="get_job_logs",
+    response_class=Response,
+    responses=binary(description="the logs, an age ciphertext to the input owners") | errors(404),
+)
 def job_logs(job_id: str, ctx: Ctx = Depends(get_ctx)) -> Response:
     """The job's capped logs, encrypted to the input owners (decrypt with your org key)."""
     with ctx.store.read() as conn:
         job = jobs.load(conn, job_id=job_id)
         rel, full, _ = caller_view(conn, ctx.caller, job_id)
         if "owner" not in rel or not full:
-            raise PermissionDenied("logs are for the owners of the job's input datasets (an owner that "
-                                   "submitted the job or receives its result must own every input)")
+            raise PermissionDenied(
+                "logs are for the owners of the job's input datasets (an owner that "
+                "submitted the job or receives its result must own every input)"
+            )
         if not job["log_blob"]:
             raise NotFound("this job has no logs (yet)")
     return Response(ctx.store.blobs.read(job["log_blob"]), media_type="application/octet-stream")
@@ -150,8 +194,13 @@ def list_releases(limit: Limit = DEFAULT_LIMIT, after: After = None, ctx: Ctx = 
     return release_page(ctx, limit=limit, after=after)
 
 
-@router.get("/releases/{release_id}", tags=["releases"], operation_id="get_release", response_model=Release,
-            responses=errors(404))
+@router.get(
+    "/releases/{release_id}",
+    tags=["releases"],
+    operation_id="get_release",
+    response_model=Release,
+    responses=errors(404),
+)
 def get_release(release_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """A release's manifest, check results, receipt and review state (by release or job id)."""
     with ctx.store.read() as conn:
@@ -163,8 +212,9 @@ class ReleaseApprovalIn(BaseModel):
     signature: str
 
 
-def _check_release_decision(conn: Any, ctx: Ctx, release: dict[str, Any], body: ReleaseApprovalIn,
-                            kind: str, keys: frozenset[str]) -> None:
+def _check_release_decision(
+    conn: Any, ctx: Ctx, release: dict[str, Any], body: ReleaseApprovalIn, kind: str, keys: frozenset[str]
+) -> None:
     """The checks an approval and a rejection share: signature, release, dataset owner, manifest, once."""
     p = body.payload
     check_keys(p, keys, kind)
@@ -184,23 +234,47 @@ def _check_release_decision(conn: Any, ctx: Ctx, release: dict[str, Any], body: 
         raise Conflict(f"{p['dataset']} {done} this release already")
 
 
-@router.post("/releases/{release_id}/approve", tags=["releases"], operation_id="approve_release",
-              response_model=Release, responses=errors(404, 409, 422))
+@router.post(
+    "/releases/{release_id}/approve",
+    tags=["releases"],
+    operation_id="approve_release",
+    response_model=Release,
+    responses=errors(404, 409, 422),
+)
 def approve_release(release_id: str, body: ReleaseApprovalIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """An input owner's signed approval of a release that its policy holds for review."""
     p = body.payload
     with ctx.store.tx() as conn:
         release = releases.load(conn, ref=release_id)
         _check_release_decision(conn, ctx, release, body, "release-approval", RELEASE_DECISION_KEYS)  # type: ignore[arg-type]
-        releases.approve(conn, release_id=release["id"], dataset=p["dataset"], org_id=ctx.caller.org_id, payload=p,
-                         signature=body.signature, at=now())
-        job_event(conn, ctx.caller.name, release["job_id"], "release.approved", "release", release["id"],
-                  {"dataset": p["dataset"]})
+        releases.approve(
+            conn,
+            release_id=release["id"],
+            dataset=p["dataset"],
+            org_id=ctx.caller.org_id,
+            payload=p,
+            signature=body.signature,
+            at=now(),
+        )
+        job_event(
+            conn,
+            ctx.caller.name,
+            release["job_id"],
+            "release.approved",
+            "release",
+            release["id"],
+            {"dataset": p["dataset"]},
+        )
         return one_release(conn, ctx.caller, release["id"])[2]
 
 
-@router.post("/releases/{release_id}/reject", tags=["releases"], operation_id="reject_release",
-              response_model=Release, responses=errors(404, 409, 422))
+@router.post(
+    "/releases/{release_id}/reject",
+    tags=["releases"],
+    operation_id="reject_release",
+    response_model=Release,
+    responses=errors(404, 409, 422),
+)
 def reject_release(release_id: str, body: ReleaseApprovalIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """An input owner's signed rejection: the recipient can never download this release."""
     p = body.payload
@@ -209,16 +283,35 @@ def reject_release(release_id: str, body: ReleaseApprovalIn, ctx: Ctx = Depends(
         _check_release_decision(conn, ctx, release, body, "release-rejection", RELEASE_REJECTION_KEYS)  # type: ignore[arg-type]
         if not isinstance(p["reason"], str) or len(p["reason"]) > 2000:
             raise ValidationError("reason must be text of at most 2000 characters")
-        releases.reject(conn, release_id=release["id"], dataset=p["dataset"], org_id=ctx.caller.org_id,
-                        reason=p["reason"], payload=p, signature=body.signature, at=now())
-        job_event(conn, ctx.caller.name, release["job_id"], "release.rejected", "release", release["id"],
-                  {"dataset": p["dataset"]})
+        releases.reject(
+            conn,
+            release_id=release["id"],
+            dataset=p["dataset"],
+            org_id=ctx.caller.org_id,
+            reason=p["reason"],
+            payload=p,
+            signature=body.signature,
+            at=now(),
+        )
+        job_event(
+            conn,
+            ctx.caller.name,
+            release["job_id"],
+            "release.rejected",
+            "release",
+            release["id"],
+            {"dataset": p["dataset"]},
+        )
         return one_release(conn, ctx.caller, release["id"])[2]
 
 
-@router.get("/releases/{release_id}/artifacts/{name:path}", tags=["releases"], operation_id="get_artifact",
-            response_class=Response,
-            responses=binary(description="the artifact, an age ciphertext to the recipient") | errors(404))
+@router.get(
+    "/releases/{release_id}/artifacts/{name:path}",
+    tags=["releases"],
+    operation_id="get_artifact",
+    response_class=Response,
+    responses=binary(description="the artifact, an age ciphertext to the recipient") | errors(404),
+)
 def get_artifact(release_id: str, name: str, ctx: Ctx = Depends(get_ctx)) -> Response:
     """An encrypted artifact: for the recipient once reviews are done, and for input owners."""
     with ctx.store.read() as conn:

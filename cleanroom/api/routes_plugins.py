@@ -24,10 +24,17 @@ from cleanroom.store.db import new_id, now
 router = APIRouter()
 
 
-@router.post("/plugins", status_code=201, tags=["plugins"], operation_id="submit_plugin",
-              response_model=PluginSubmitted, responses=errors(400, 409, 507),
-              openapi_extra=raw_body("application/x-tar", "application/octet-stream",
-                                     description="the plugin's canonical bundle (docs/plugins.md)"))
+@router.post(
+    "/plugins",
+    status_code=201,
+    tags=["plugins"],
+    operation_id="submit_plugin",
+    response_model=PluginSubmitted,
+    responses=errors(400, 409, 507),
+    openapi_extra=raw_body(
+        "application/x-tar", "application/octet-stream", description="the plugin's canonical bundle (docs/plugins.md)"
+    ),
+)
 async def submit_plugin(request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Submit a plugin bundle (its canonical tar as the body); answers its id and review report."""
     from cleanroom import bundle, review
@@ -51,18 +58,39 @@ async def submit_plugin(request: Request, ctx: Ctx = Depends(get_ctx)) -> dict[s
             if existing["submitted_by"] != ctx.caller.org_id and ctx.caller.org_id not in existing["users"]:
                 plugins.add_user(conn, plugin_id=plugin_id, org_id=ctx.caller.org_id, created_at=now())
                 # an event about the caller's own plugins (not the plugin's: the first submitter's scope)
-                ctx.audit(conn, "plugin.resubmitted", "org", ctx.caller.name,
-                          {"plugin": plugin_id, "name": manifest["name"], "version": manifest["version"]})
+                ctx.audit(
+                    conn,
+                    "plugin.resubmitted",
+                    "org",
+                    ctx.caller.name,
+                    {"plugin": plugin_id, "name": manifest["name"], "version": manifest["version"]},
+                )
                 existing = plugins.load(conn, plugin_id=plugin_id)
             return {**plugin_full_view(conn, existing, ctx.caller), "created": False}
         _check_lineage(conn, ctx, manifest["name"], manifest["version"])
         stored = ctx.store.blobs.put_bytes(archive)
         assert stored == plugin_id
-        plugins.create(conn, plugin_id=plugin_id, manifest=manifest, review=report, size=len(archive),
-                       submitted_by=ctx.caller.org_id, created_at=now())
-        ctx.audit(conn, "plugin.submitted", "plugin", plugin_id,
-                  {"name": manifest["name"], "version": manifest["version"], "kind": manifest["kind"],
-                   "blocking_findings": blocking_findings(report)})
+        plugins.create(
+            conn,
+            plugin_id=plugin_id,
+            manifest=manifest,
+            review=report,
+            size=len(archive),
+            submitted_by=ctx.caller.org_id,
+            created_at=now(),
+        )
+        ctx.audit(
+            conn,
+            "plugin.submitted",
+            "plugin",
+            plugin_id,
+            {
+                "name": manifest["name"],
+                "version": manifest["version"],
+                "kind": manifest["kind"],
+                "blocking_findings": blocking_findings(report),
+            },
+        )
         view = plugin_full_view(conn, plugins.load(conn, plugin_id=plugin_id), ctx.caller)
     return {**view, "created": True}
 
@@ -71,13 +99,16 @@ def _check_lineage(conn: Any, ctx: Ctx, name: str, version: str) -> None:
     """A plugin name belongs to the org that first submitted it (its lineage: what "changes since the
     last approved version" compares against); a name or version that looks like another is refused."""
     if plugins.name_taken_by_other(conn, name=name, org_id=ctx.caller.org_id):
-        raise Conflict(f"the plugin name {name!r} belongs to another org", hint="choose another name in "
-                       "cleanroom-plugin.toml: plugin names are the room's, first come, first served")
+        raise Conflict(
+            f"the plugin name {name!r} belongs to another org",
+            hint="choose another name in cleanroom-plugin.toml: plugin names are the room's, first come, first served",
+        )
     check_name("plugin", name, plugins.names(conn))
     versions = plugins.versions(conn, name=name)
     if version in versions:
-        raise Conflict(f"{name} {version} exists already with other code",
-                       hint="bump the version in cleanroom-plugin.toml")
+        raise Conflict(
+            f"{name} {version} exists already with other code", hint="bump the version in cleanroom-plugin.toml"
+        )
     check_name("version", version, versions)
 
 
@@ -88,16 +119,22 @@ def list_plugins(limit: Limit = DEFAULT_LIMIT, after: After = None, ctx: Ctx = D
     return plugin_page(ctx, limit=limit, after=after)
 
 
-@router.get("/plugins/{ref}", tags=["plugins"], operation_id="get_plugin", response_model=PluginDetail,
-            responses=errors(404))
+@router.get(
+    "/plugins/{ref}", tags=["plugins"], operation_id="get_plugin", response_model=PluginDetail, responses=errors(404)
+)
 def get_plugin(ref: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """A plugin: manifest, files, review findings, approvals, diff against the last approved version."""
     with ctx.store.read() as conn:
         return plugin_detail(conn, ctx.store.blobs, ctx.caller, ref)
 
 
-@router.get("/plugins/{ref}/bundle", tags=["plugins"], operation_id="get_plugin_bundle", response_class=Response,
-            responses=binary("application/x-tar", description="the bundle's bytes (a tar archive)") | errors(404))
+@router.get(
+    "/plugins/{ref}/bundle",
+    tags=["plugins"],
+    operation_id="get_plugin_bundle",
+    response_class=Response,
+    responses=binary("application/x-tar", description="the bundle's bytes (a tar archive)") | errors(404),
+)
 def get_plugin_bundle(ref: str, ctx: Ctx = Depends(get_ctx)) -> Response:
     """The exact bytes that were hashed: reviewers can re-hash them."""
     with ctx.store.read() as conn:
@@ -110,8 +147,14 @@ class ApprovalIn(BaseModel):
     signature: str
 
 
-@router.post("/plugins/{plugin_id}/approvals", status_code=201, tags=["plugins"], operation_id="decide_plugin",
-              response_model=ApprovalRecorded, responses=errors(404, 409, 422))
+@router.post(
+    "/plugins/{plugin_id}/approvals",
+    status_code=201,
+    tags=["plugins"],
+    operation_id="decide_plugin",
+    response_model=ApprovalRecorded,
+    responses=errors(404, 409, 422),
+)
 def approve_plugin(plugin_id: str, body: ApprovalIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Record an owner's signed approval (or rejection) of this exact plugin for one dataset."""
     p = body.payload
@@ -127,8 +170,10 @@ def approve_plugin(plugin_id: str, body: ApprovalIn, ctx: Ctx = Depends(get_ctx)
         check_not_withdrawn(ds)
         check_signed(conn, ctx.caller, p, body.signature, "plugin-approval")
         if p["policy_version"] != ds["policy_version"]:
-            raise Conflict(f"the approval is for policy version {p['policy_version']} but "
-                           f"{ds['name']} is at version {ds['policy_version']}")
+            raise Conflict(
+                f"the approval is for policy version {p['policy_version']} but "
+                f"{ds['name']} is at version {ds['policy_version']}"
+            )
         if p["policy_sha256"] != datasets.policy(conn, name=ds["name"], version=ds["policy_version"])["sha256"]:
             raise Conflict("the approval names another policy text than the dataset's current policy")
         if p["dataset_sha256"] != ds["sha256"]:
@@ -139,16 +184,33 @@ def approve_plugin(plugin_id: str, body: ApprovalIn, ctx: Ctx = Depends(get_ctx)
         if approvals.signature_known(conn, signature=body.signature):
             raise Conflict("this signed approval was recorded already (replay)")
         approval_id = new_id("apr")
-        approvals.record(conn, approval_id=approval_id, plugin_id=plugin_id, dataset=ds["name"],
-                         org_id=ctx.caller.org_id, payload=p, signature=body.signature, at=now())
-        ctx.audit(conn, f"plugin.{'approved' if p['decision'] == 'approve' else 'rejected'}", "plugin",
-                  plugin_id, {"dataset": ds["name"], "policy_version": p["policy_version"],
-                              "approval": approval_id})
+        approvals.record(
+            conn,
+            approval_id=approval_id,
+            plugin_id=plugin_id,
+            dataset=ds["name"],
+            org_id=ctx.caller.org_id,
+            payload=p,
+            signature=body.signature,
+            at=now(),
+        )
+        ctx.audit(
+            conn,
+            f"plugin.{'approved' if p['decision'] == 'approve' else 'rejected'}",
+            "plugin",
+            plugin_id,
+            {"dataset": ds["name"], "policy_version": p["policy_version"], "approval": approval_id},
+        )
     return {"id": approval_id, "decision": p["decision"], "dataset": ds["name"], "plugin_id": plugin_id}
 
 
-@router.delete("/plugins/{plugin_id}/approvals/{approval_id}", tags=["plugins"], operation_id="revoke_approval",
-                response_model=ApprovalRevoked, responses=errors(404, 409))
+@router.delete(
+    "/plugins/{plugin_id}/approvals/{approval_id}",
+    tags=["plugins"],
+    operation_id="revoke_approval",
+    response_model=ApprovalRevoked,
+    responses=errors(404, 409),
+)
 def revoke_approval(plugin_id: str, approval_id: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Revoke an approval; jobs not yet started that rely on it will not run."""
     with ctx.store.tx() as conn:
@@ -160,6 +222,7 @@ def revoke_approval(plugin_id: str, approval_id: str, ctx: Ctx = Depends(get_ctx
         if row["revoked_at"] is not None:
             raise Conflict("the approval is revoked already")
         approvals.revoke(conn, approval_id=approval_id, at=now())
-        ctx.audit(conn, "plugin.approval_revoked", "plugin", plugin_id,
-                  {"dataset": row["dataset"], "approval": approval_id})
+        ctx.audit(
+            conn, "plugin.approval_revoked", "plugin", plugin_id, {"dataset": row["dataset"], "approval": approval_id}
+        )
     return {"id": approval_id, "revoked": True}

@@ -49,15 +49,15 @@ class OrgIn(BaseModel):
     roles: list[str] = Field(min_length=1)
 
 
-@router.post("/orgs", status_code=201, tags=["orgs"], operation_id="create_org", response_model=OrgToken,
-              responses=errors(409))
+@router.post(
+    "/orgs", status_code=201, tags=["orgs"], operation_id="create_org", response_model=OrgToken, responses=errors(409)
+)
 def create_org(body: OrgIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Create an org with roles; its token is in the answer and never shown again."""
     check_name("org", body.name)
     bad = [r for r in body.roles if r not in ROLES or r in ("admin", "runner")]
     if bad:
-        raise ValidationError(f"unknown or reserved role {bad[0]!r}",
-                              hint="roles: owner, analyst, reviewer")
+        raise ValidationError(f"unknown or reserved role {bad[0]!r}", hint="roles: owner, analyst, reviewer")
     with ctx.store.tx() as conn:
         if orgs.by_name(conn, name=body.name):
             raise Conflict(f"an org named {body.name!r} exists already")
@@ -71,8 +71,9 @@ def create_org(body: OrgIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     return {"org": org_view(org), "token": token}
 
 
-@router.post("/orgs/{name}/token", tags=["orgs"], operation_id="rotate_token", response_model=OrgToken,
-              responses=errors(404))
+@router.post(
+    "/orgs/{name}/token", tags=["orgs"], operation_id="rotate_token", response_model=OrgToken, responses=errors(404)
+)
 def rotate_token(name: str, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Revoke every token of an org and issue a new one, shown once: the org itself (`me` or its name),
     or an admin for an org that lost its token. The runner's token is managed by its token file."""
@@ -121,8 +122,7 @@ class KeysIn(BaseModel):
     sign_public: str = Field(max_length=200)
 
 
-@router.put("/orgs/me/keys", tags=["orgs"], operation_id="register_keys", response_model=Org,
-             responses=errors(409))
+@router.put("/orgs/me/keys", tags=["orgs"], operation_id="register_keys", response_model=Org, responses=errors(409))
 def register_keys(body: KeysIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Register the public halves of the org's key pair (generated on the org's machine)."""
     check_public_keys(body.enc_public, body.sign_public)
@@ -132,12 +132,18 @@ def register_keys(body: KeysIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
         if org["enc_public"]:
             if (org["enc_public"], org["sign_public"]) == (body.enc_public, body.sign_public):
                 return org_view(org)
-            raise Conflict("this org registered other keys already",
-                           hint="rotate them with a statement signed by the old and the new key (cleanroom org "
-                                "rotate-keys)")
+            raise Conflict(
+                "this org registered other keys already",
+                hint="rotate them with a statement signed by the old and the new key (cleanroom org rotate-keys)",
+            )
         orgs.set_keys(conn, org_id=ctx.caller.org_id, enc_public=body.enc_public, sign_public=body.sign_public)
-        ctx.audit(conn, "org.keys_registered", "org", ctx.caller.name,
-                  {"fingerprint": fingerprint(body.enc_public + body.sign_public)})
+        ctx.audit(
+            conn,
+            "org.keys_registered",
+            "org",
+            ctx.caller.name,
+            {"fingerprint": fingerprint(body.enc_public + body.sign_public)},
+        )
         org = orgs.by_id(conn, org_id=ctx.caller.org_id)
     return org_view(org)
 
@@ -148,16 +154,22 @@ class KeyRotationIn(BaseModel):
     new_signature: str = Field(max_length=200)
 
 
-@router.post("/orgs/me/keys/rotate", tags=["orgs"], operation_id="rotate_keys", response_model=OrgKeysRotated,
-              responses=errors(409, 422))
+@router.post(
+    "/orgs/me/keys/rotate",
+    tags=["orgs"],
+    operation_id="rotate_keys",
+    response_model=OrgKeysRotated,
+    responses=errors(409, 422),
+)
 def rotate_keys(body: KeyRotationIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     """Replace the org's keys with a statement signed by the old signing key (it is the org) and the new
     one (it holds it). Runners follow the chain of statements from the key it pinned. The org's
     approvals, signed with the old key, are revoked: approve again with the new one."""
     p = body.payload
     if set(p) != ROTATION_KEYS or p.get("type") != "key-rotation":
-        raise ValidationError(f"a key rotation payload has exactly the keys {sorted(ROTATION_KEYS)}, "
-                              "type 'key-rotation'")
+        raise ValidationError(
+            f"a key rotation payload has exactly the keys {sorted(ROTATION_KEYS)}, type 'key-rotation'"
+        )
     if p["org"] != ctx.caller.name:
         raise PermissionDenied("the statement names another org than the caller")
     check_fresh(p["issued_at"], "statement")
@@ -172,22 +184,35 @@ def rotate_keys(body: KeyRotationIn, ctx: Ctx = Depends(get_ctx)) -> dict[str, A
         verify(org["sign_public"], p, body.old_signature)
         verify(p["new_sign_public"], p, body.new_signature)
         t = now()
-        orgs.add_key_rotation(conn, org_id=org["id"], payload=p, old_signature=body.old_signature,
-                              new_signature=body.new_signature, created_at=t)
+        orgs.add_key_rotation(
+            conn,
+            org_id=org["id"],
+            payload=p,
+            old_signature=body.old_signature,
+            new_signature=body.new_signature,
+            created_at=t,
+        )
         orgs.set_keys(conn, org_id=org["id"], enc_public=p["new_enc_public"], sign_public=p["new_sign_public"])
         revoked = approvals.revoke_all_of(conn, org_id=org["id"], at=t)
-        ctx.audit(conn, "org.keys_rotated", "org", org["name"],
-                  {"old": fingerprint((org["enc_public"] or "") + org["sign_public"]),
-                   "new": fingerprint(p["new_enc_public"] + p["new_sign_public"]), "approvals_revoked": revoked})
+        ctx.audit(
+            conn,
+            "org.keys_rotated",
+            "org",
+            org["name"],
+            {
+                "old": fingerprint((org["enc_public"] or "") + org["sign_public"]),
+                "new": fingerprint(p["new_enc_public"] + p["new_sign_public"]),
+                "approvals_revoked": revoked,
+            },
+        )
         org = orgs.by_id(conn, org_id=org["id"])
     return {**org_view(org), "approvals_revoked": revoked}
 
 
-
-
 @router.get("/audit", tags=["audit"], operation_id="list_audit_events", response_model=AuditPage)
-def list_audit(after: int = Query(0, ge=0, le=2**63 - 1), limit: int = Query(1000, ge=1, le=10_000),
-               ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
+def list_audit(
+    after: int = Query(0, ge=0, le=2**63 - 1), limit: int = Query(1000, ge=1, le=10_000), ctx: Ctx = Depends(get_ctx)
+) -> dict[str, Any]:
     """Audit events after sequence number `after`, oldest first (at most `limit`, max 10000). Events you
     may not read come as `{seq, prev_hash, hash, redacted: true}`: the chain still verifies."""
     return audit_views.audit_page(ctx, after=after, limit=limit)
@@ -199,5 +224,3 @@ def verify_audit(ctx: Ctx = Depends(get_ctx)) -> dict[str, Any]:
     with ctx.store.read() as conn:
         events = audit.all_events(conn)
     return verify_events(events)
-
-

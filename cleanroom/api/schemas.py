@@ -102,8 +102,9 @@ class BudgetMode(StrEnum):
 # Field types -----------------------------------------------------------------------------------
 
 Timestamp = Annotated[float, Field(description="seconds since the Unix epoch (UTC)")]
-Sha256 = Annotated[str, Field(pattern=rf"^{SHA256_HEX.pattern}$",
-                              description="a sha256 digest, 64 lowercase hex characters")]
+Sha256 = Annotated[
+    str, Field(pattern=rf"^{SHA256_HEX.pattern}$", description="a sha256 digest, 64 lowercase hex characters")
+]
 Document = Annotated[dict[str, Any], Field(description="a JSON document (see the docs for its fields)")]
 
 
@@ -131,6 +132,7 @@ class Out(BaseModel):
 
 
 # Errors ----------------------------------------------------------------------------------------
+
 
 class Error(Out):
     """The one error body of every 4xx and 5xx answer (`cleanroom.errors.CleanroomError.to_dict`).
@@ -160,6 +162,7 @@ class Page(Out, Generic[T]):
 
 
 # Room and orgs ---------------------------------------------------------------------------------
+
 
 class Health(Out):
     status: str = Field(examples=["ok"])
@@ -254,6 +257,7 @@ class AuditVerification(Out):
 
 # Datasets --------------------------------------------------------------------------------------
 
+
 class UploadDeclared(Out):
     upload_id: str
     put: str = Field(description="the path to PUT the ciphertext to")
@@ -345,6 +349,7 @@ class JobCost(Out):
 
 # Plugins ---------------------------------------------------------------------------------------
 
+
 class Approval(Out):
     id: str
     dataset: str
@@ -426,6 +431,7 @@ class ApprovalRevoked(Out):
 
 # Jobs and releases -----------------------------------------------------------------------------
 
+
 class Job(Out):
     """A job as the caller may see it. The analyst side gets the same keys with the data-dependent
     ones (phase, error_class, finished_at) empty; input owners and staff also get analyst_status,
@@ -482,6 +488,7 @@ class ReleasePage(Page[Release]):
 
 
 # Runner ----------------------------------------------------------------------------------------
+
 
 class RunnerLive(Out):
     instance: str
@@ -580,6 +587,7 @@ class JobFinished(Out):
 
 
 # Admin -----------------------------------------------------------------------------------------
+
 
 class MissingBlob(Out):
     blob: str

@@ -18,8 +18,20 @@ from cleanroom.store import orgs
 
 CLOCK_SKEW = 600  # seconds a signed statement may be old (or ahead)
 
-APPROVAL_KEYS = frozenset({"type", "plugin_id", "dataset", "policy_version", "policy_sha256", "dataset_sha256",
-                           "decision", "reason", "org", "issued_at"})
+APPROVAL_KEYS = frozenset(
+    {
+        "type",
+        "plugin_id",
+        "dataset",
+        "policy_version",
+        "policy_sha256",
+        "dataset_sha256",
+        "decision",
+        "reason",
+        "org",
+        "issued_at",
+    }
+)
 RELEASE_DECISION_KEYS = frozenset({"type", "release_id", "dataset", "manifest_sha256", "org", "issued_at"})
 RELEASE_REJECTION_KEYS = RELEASE_DECISION_KEYS | {"reason"}
 ROTATION_KEYS = frozenset({"type", "org", "old_sign_public", "new_enc_public", "new_sign_public", "issued_at"})
@@ -32,8 +44,10 @@ def check_keys(payload: dict[str, Any], keys: frozenset[str], kind: str) -> None
 
 def check_fresh(issued: Any, what: str = "signed payload") -> None:
     if isinstance(issued, bool) or not isinstance(issued, int | float) or abs(time.time() - issued) > CLOCK_SKEW:
-        raise ValidationError(f"the {what} is stale or from the future (replay?)",
-                              hint="sign a fresh decision; check this machine's clock")
+        raise ValidationError(
+            f"the {what} is stale or from the future (replay?)",
+            hint="sign a fresh decision; check this machine's clock",
+        )
 
 
 def check_public_keys(enc_public: str, sign_public: str, what: str = "public keys") -> None:
@@ -57,6 +71,8 @@ def check_signed(conn: Any, caller: Caller, payload: dict[str, Any], signature: 
     check_fresh(payload.get("issued_at"))
     org = orgs.by_id(conn, org_id=caller.org_id)
     if not org or not org["sign_public"]:
-        raise ValidationError("this org has registered no signing key", hint="run any cleanroom command "
-                              "with your profile once: it registers the keys")
+        raise ValidationError(
+            "this org has registered no signing key",
+            hint="run any cleanroom command with your profile once: it registers the keys",
+        )
     verify(org["sign_public"], payload, signature)

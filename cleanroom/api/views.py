@@ -15,10 +15,12 @@ from cleanroom.store import approvals, datasets, orgs, plugins
 def org_view(org: Any) -> dict[str, Any]:
     keys = None
     if org.get("enc_public") and org.get("sign_public"):
-        keys = {"enc_public": org["enc_public"], "sign_public": org["sign_public"],
-                "fingerprint": fingerprint(org["enc_public"] + org["sign_public"])}
-    return {"id": org["id"], "name": org["name"], "roles": org["roles"], "keys": keys,
-            "created_at": org["created_at"]}
+        keys = {
+            "enc_public": org["enc_public"],
+            "sign_public": org["sign_public"],
+            "fingerprint": fingerprint(org["enc_public"] + org["sign_public"]),
+        }
+    return {"id": org["id"], "name": org["name"], "roles": org["roles"], "keys": keys, "created_at": org["created_at"]}
 
 
 def private_counts(view: dict[str, Any], caller: Caller, owner_id: str) -> dict[str, Any]:
@@ -32,16 +34,30 @@ def private_counts(view: dict[str, Any], caller: Caller, owner_id: str) -> dict[
 def dataset_view(listed: Any, *, full: Any = None) -> dict[str, Any]:
     """A dataset from `store.datasets.Listed`; with `full` (its `Dataset` row and `PolicyVersion`, as a
     pair) also its schema, mock sample, dropped columns and policy."""
-    view = {"name": listed["name"], "owner": listed["owner"], "description": listed["description"],
-            "row_count": listed["row_count"], "sha256": listed["sha256"], "size": listed["size"],
-            "policy_version": listed["policy_version"], "policy_sha256": listed["policy_sha256"],
-            "created_at": listed["created_at"],
-            "columns": [c.get("name") for c in listed["schema"].get("columns", [])],
-            "withdrawn_at": listed.get("withdrawn_at")}
+    view = {
+        "name": listed["name"],
+        "owner": listed["owner"],
+        "description": listed["description"],
+        "row_count": listed["row_count"],
+        "sha256": listed["sha256"],
+        "size": listed["size"],
+        "policy_version": listed["policy_version"],
+        "policy_sha256": listed["policy_sha256"],
+        "created_at": listed["created_at"],
+        "columns": [c.get("name") for c in listed["schema"].get("columns", [])],
+        "withdrawn_at": listed.get("withdrawn_at"),
+    }
     if full is not None:
         ds, pol = full
-        view.update({"schema": ds["schema"], "mock": ds["mock"], "dropped": ds["dropped"],
-                     "policy": pol["policy"], "policy_text": pol["text"]})
+        view.update(
+            {
+                "schema": ds["schema"],
+                "mock": ds["mock"],
+                "dropped": ds["dropped"],
+                "policy": pol["policy"],
+                "policy_text": pol["text"],
+            }
+        )
     return view
 
 
@@ -57,23 +73,51 @@ def blocking_findings(review: dict[str, Any]) -> int:
     return sum(1 for f in review.get("findings", []) if f.get("severity") == "blocking")
 
 
-def plugin_view(plugin: Any, *, submitter: str, approvals: list[dict[str, Any]], caller: Caller | None,
-                since: float | None = None, full: bool = False) -> dict[str, Any]:
+def plugin_view(
+    plugin: Any,
+    *,
+    submitter: str,
+    approvals: list[dict[str, Any]],
+    caller: Caller | None,
+    since: float | None = None,
+    full: bool = False,
+) -> dict[str, Any]:
     """A plugin as `caller` may see it. An analyst that submitted bytes another org submitted first (`since`:
     when) gets its own view: itself as submitter, its own submission time, the approvals in effect for the
     bytes (which its jobs use anyway; without their reasons) and the decisions taken since it submitted."""
     if caller is None or can_see_all(caller) or plugin["submitted_by"] == caller.org_id:
         since = None
     by = caller.name if since is not None and caller is not None else submitter
-    view = {"id": plugin["id"], "name": plugin["name"], "version": plugin["version"], "kind": plugin["kind"],
-            "submitted_by": by, "size": plugin["size"], "created_at": since or plugin["created_at"],
-            "blocking_findings": blocking_findings(plugin["review"])}
-    shown = [{"id": a["id"], "dataset": a["dataset"], "org": a["org"], "decision": a["decision"],
-              "reason": a["reason"], "policy_version": a["policy_version"], "dataset_sha256": a["dataset_sha256"],
-              "created_at": a["created_at"], "revoked_at": a["revoked_at"]} for a in approvals]
+    view = {
+        "id": plugin["id"],
+        "name": plugin["name"],
+        "version": plugin["version"],
+        "kind": plugin["kind"],
+        "submitted_by": by,
+        "size": plugin["size"],
+        "created_at": since or plugin["created_at"],
+        "blocking_findings": blocking_findings(plugin["review"]),
+    }
+    shown = [
+        {
+            "id": a["id"],
+            "dataset": a["dataset"],
+            "org": a["org"],
+            "decision": a["decision"],
+            "reason": a["reason"],
+            "policy_version": a["policy_version"],
+            "dataset_sha256": a["dataset_sha256"],
+            "created_at": a["created_at"],
+            "revoked_at": a["revoked_at"],
+        }
+        for a in approvals
+    ]
     if since is not None:
-        shown = [a if a["created_at"] >= since else {**a, "reason": ""} for a in shown
-                 if a["created_at"] >= since or a["decision"] == "approve" and not a["revoked_at"]]
+        shown = [
+            a if a["created_at"] >= since else {**a, "reason": ""}
+            for a in shown
+            if a["created_at"] >= since or a["decision"] == "approve" and not a["revoked_at"]
+        ]
     view["approvals"] = shown
     if full:
         view["manifest"] = plugin["manifest"]
@@ -85,8 +129,10 @@ def dataset_detail(conn: Any, caller: Caller, name: str) -> dict[str, Any]:
     """One dataset in full as the caller may see it (NotFound when withdrawn and not the caller's)."""
     ds = datasets.load(conn, name=name)
     if ds["withdrawn_at"] is not None and ds["owner_id"] != caller.org_id and not caller.is_admin:
-        raise NotFound(f"dataset {name!r} was withdrawn by its owner",
-                       hint="receipts of its past releases still verify (cleanroom receipt verify)")
+        raise NotFound(
+            f"dataset {name!r} was withdrawn by its owner",
+            hint="receipts of its past releases still verify (cleanroom receipt verify)",
+        )
     full = (ds, datasets.policy(conn, name=name, version=ds["policy_version"]))
     return private_counts(dataset_view(datasets.listed(conn, name=name), full=full), caller, ds["owner_id"])
 
@@ -95,30 +141,47 @@ def dataset_page(ctx: Any, *, limit: int, after: str | None) -> dict[str, Any]:
     """A page of the datasets the caller may list."""
     start = decode_cursor(after, str)
     with ctx.store.read() as conn:
-        rows = datasets.page(conn, viewer_id=ctx.caller.org_id, all_withdrawn=ctx.caller.is_admin,
-                             after=start[0] if start else None, limit=limit + 1)
-    return page(rows, limit, lambda d: [d["name"]],
-                lambda d: private_counts(dataset_view(d), ctx.caller, d["owner_id"]))
+        rows = datasets.page(
+            conn,
+            viewer_id=ctx.caller.org_id,
+            all_withdrawn=ctx.caller.is_admin,
+            after=start[0] if start else None,
+            limit=limit + 1,
+        )
+    return page(
+        rows, limit, lambda d: [d["name"]], lambda d: private_counts(dataset_view(d), ctx.caller, d["owner_id"])
+    )
 
 
 def plugin_page(ctx: Any, *, limit: int, after: str | None) -> dict[str, Any]:
     """A page of the plugins the caller may see: all for owners and reviewers, their own for analysts."""
     start = decode_cursor(after, str, float, str)
     with ctx.store.read() as conn:
-        rows = plugins.page(conn, viewer_id=ctx.caller.org_id, all_plugins=can_see_all(ctx.caller),
-                            after=start, limit=limit + 1)
-    return page(rows, limit, lambda p: [p["name"], p["created_at"], p["id"]],
-                lambda p: plugin_view(p, submitter=p["submitter"], approvals=p["approvals"], caller=ctx.caller,
-                                      since=p["since"]))
+        rows = plugins.page(
+            conn, viewer_id=ctx.caller.org_id, all_plugins=can_see_all(ctx.caller), after=start, limit=limit + 1
+        )
+    return page(
+        rows,
+        limit,
+        lambda p: [p["name"], p["created_at"], p["id"]],
+        lambda p: plugin_view(
+            p, submitter=p["submitter"], approvals=p["approvals"], caller=ctx.caller, since=p["since"]
+        ),
+    )
 
 
-def plugin_full_view(conn: Any, plugin: plugins.Plugin, caller: Caller | None, *, full: bool = True
-                     ) -> dict[str, Any]:
+def plugin_full_view(conn: Any, plugin: plugins.Plugin, caller: Caller | None, *, full: bool = True) -> dict[str, Any]:
     """`plugin_view` of a stored plugin, with its submitter and approvals read from the store."""
     submitter = orgs.by_id(conn, org_id=plugin["submitted_by"])
     since = plugin["users"].get(caller.org_id) if caller is not None else None
-    return plugin_view(plugin, submitter=submitter["name"] if submitter else "", full=full, caller=caller,
-                       approvals=approvals.of_plugin(conn, plugin_id=plugin["id"]), since=since)  # type: ignore[arg-type]
+    return plugin_view(
+        plugin,
+        submitter=submitter["name"] if submitter else "",
+        full=full,
+        caller=caller,
+        approvals=approvals.of_plugin(conn, plugin_id=plugin["id"]),  # type: ignore[arg-type]
+        since=since,
+    )
 
 
 ID_PREFIX = re.compile(r"[0-9a-f]{8,64}")
@@ -156,11 +219,15 @@ def plugin_detail(conn: Any, blobs: Any, caller: Caller, ref: str) -> dict[str, 
     if prev and can_see_plugin(caller, prev):  # type: ignore[arg-type]  # never code the caller may not read
         old = bundle.unpack(blobs.read(prev["id"]))
         prev_view = plugin_full_view(conn, prev, caller, full=False)
-        view["diff_against"] = {"id": prev["id"], "version": prev["version"],
-                                "submitted_by": prev_view["submitted_by"],
-                                "approved_for": sorted({a["dataset"] for a in prev_view["approvals"]
-                                                        if a["decision"] == "approve" and not a["revoked_at"]}),
-                                "diff": bundle.diff(old, parsed)}
+        view["diff_against"] = {
+            "id": prev["id"],
+            "version": prev["version"],
+            "submitted_by": prev_view["submitted_by"],
+            "approved_for": sorted(
+                {a["dataset"] for a in prev_view["approvals"] if a["decision"] == "approve" and not a["revoked_at"]}
+            ),
+            "diff": bundle.diff(old, parsed),
+        }
     return view
 
 

@@ -38,7 +38,7 @@ AUDIT_EVENTS_SHOWN = 200
 PAGE = 200  # items on a list page
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'",
+    "frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
@@ -48,13 +48,15 @@ SECURITY_HEADERS = {
 
 # Responses, cookies and CSRF -------------------------------------------------------------------
 
+
 def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
 def _set_cookie(response: Response, request: Request, name: str, value: str, max_age: int | None = None) -> None:
-    response.set_cookie(name, value, path="/ui", httponly=True, samesite="strict", secure=_secure(request),
-                        max_age=max_age)
+    response.set_cookie(
+        name, value, path="/ui", httponly=True, samesite="strict", secure=_secure(request), max_age=max_age
+    )
 
 
 def _csrf_token(request: Request) -> tuple[str, bool]:
@@ -67,8 +69,7 @@ def _csrf_token(request: Request) -> tuple[str, bool]:
 
 def _html(request: Request, body: str, status: int = 200) -> HTMLResponse:
     token, new = _csrf_token(request)
-    response = HTMLResponse(body.replace(pages.CSRF_PLACEHOLDER, token), status_code=status,
-                            headers=SECURITY_HEADERS)
+    response = HTMLResponse(body.replace(pages.CSRF_PLACEHOLDER, token), status_code=status, headers=SECURITY_HEADERS)
     if new:
         _set_cookie(response, request, CSRF_COOKIE, token)
     return response
@@ -81,8 +82,7 @@ def _redirect(url: str) -> RedirectResponse:
 def _login_page(request: Request, error: str | None, status: int) -> HTMLResponse:
     response = _html(request, pages.login_page(error), status)
     if request.cookies.get(SESSION_COOKIE) and status == 401:
-        response.delete_cookie(SESSION_COOKIE, path="/ui", httponly=True, samesite="strict",
-                               secure=_secure(request))
+        response.delete_cookie(SESSION_COOKIE, path="/ui", httponly=True, samesite="strict", secure=_secure(request))
     return response
 
 
@@ -118,6 +118,7 @@ async def _read_form(request: Request) -> dict[str, str]:
 
 # Login and logout --------------------------------------------------------------------------------
 
+
 @router.get("/ui/login")
 def web_login(request: Request) -> Response:
     """The login form."""
@@ -139,8 +140,9 @@ async def web_login_post(request: Request) -> Response:
         caller, token_id = await run_in_threadpool(check_token, store, token)
         check_route("list_datasets", caller)
     except AuthenticationError:
-        return _login_page(request, "That token is not valid. Paste the org token you were given "
-                                    "(it starts with crt_).", 401)
+        return _login_page(
+            request, "That token is not valid. Paste the org token you were given (it starts with crt_).", 401
+        )
     except PermissionDenied:
         return _login_page(request, "This token cannot be used on the review page.", 403)
     old = request.cookies.get(SESSION_COOKIE)
@@ -163,12 +165,12 @@ async def web_logout(request: Request) -> Response:
     if session:
         await run_in_threadpool(end_session, request.app.state.store, session)
     response = _redirect("/ui/login")
-    response.delete_cookie(SESSION_COOKIE, path="/ui", httponly=True, samesite="strict",
-                           secure=_secure(request))
+    response.delete_cookie(SESSION_COOKIE, path="/ui", httponly=True, samesite="strict", secure=_secure(request))
     return response
 
 
 # Pages ------------------------------------------------------------------------------------------
+
 
 @router.get("/ui")
 @router.get("/ui/{path:path}")
@@ -186,8 +188,11 @@ def web_page(request: Request, path: str = "") -> Response:
         ctx = Ctx(store=request.app.state.store, settings=request.app.state.settings, caller=caller)
         return _html(request, render(ctx, parts))
     except AuthenticationError:
-        message = "Log in with your org token to see this page." if not token else \
-            "Your session has ended (logged out, expired, or the org token was rotated). Log in again."
+        message = (
+            "Log in with your org token to see this page."
+            if not token
+            else "Your session has ended (logged out, expired, or the org token was rotated). Log in again."
+        )
         return _login_page(request, message, 401)
     except CleanroomError as exc:
         return _html(request, pages.error_page(caller, exc.status_code, exc.message), exc.status_code)
@@ -243,9 +248,11 @@ def _own_datasets(ctx: Ctx) -> list[str]:
     if not ctx.caller.has("owner"):
         return []
     with ctx.store.read() as conn:
-        return sorted(d["name"] for d in datasets.page(conn, viewer_id=ctx.caller.org_id, all_withdrawn=False,
-                                                       after=None, limit=-1)
-                      if d["owner_id"] == ctx.caller.org_id and not d.get("withdrawn_at"))
+        return sorted(
+            d["name"]
+            for d in datasets.page(conn, viewer_id=ctx.caller.org_id, all_withdrawn=False, after=None, limit=-1)
+            if d["owner_id"] == ctx.caller.org_id and not d.get("withdrawn_at")
+        )
 
 
 def _current(conn: Any, plugins: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -264,11 +271,20 @@ def _dataset_approvals(conn: Any, ctx: Ctx, name: str) -> list[dict[str, Any]]:
     given = approvals.in_force(conn, datasets=[name])
     found = plugins.many(conn, plugin_ids=sorted({a["plugin_id"] for a in given}))
     seen = {pid: p for pid, p in found.items() if views.can_see_plugin(ctx.caller, p)}  # type: ignore[arg-type]
-    return [{"plugin": a["plugin_id"], "plugin_name": seen[a["plugin_id"]]["name"],
-             "plugin_version": seen[a["plugin_id"]]["version"], "org": a["org"],
-             "policy_version": a["policy_version"], "dataset_sha256": a["dataset_sha256"],
-             "created_at": a["created_at"], "revoked_at": a["revoked_at"]}
-            for a in sorted(given, key=lambda a: (a["created_at"], a["id"])) if a["plugin_id"] in seen]
+    return [
+        {
+            "plugin": a["plugin_id"],
+            "plugin_name": seen[a["plugin_id"]]["name"],
+            "plugin_version": seen[a["plugin_id"]]["version"],
+            "org": a["org"],
+            "policy_version": a["policy_version"],
+            "dataset_sha256": a["dataset_sha256"],
+            "created_at": a["created_at"],
+            "revoked_at": a["revoked_at"],
+        }
+        for a in sorted(given, key=lambda a: (a["created_at"], a["id"]))
+        if a["plugin_id"] in seen
+    ]
 
 
 def _budget(conn: object, ctx: Ctx, name: str) -> dict[str, object] | None:

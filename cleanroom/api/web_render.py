@@ -120,12 +120,20 @@ def yes_no(value: Any) -> str:
     return "yes" if value else "no"
 
 
-def table(headers: Sequence[Any], rows: Iterable[Sequence[Any]], empty: str = "nothing yet", *,
-          cls: str | None = None, scroll: bool = False, nowrap: Iterable[int] = ()) -> Safe:
+def table(
+    headers: Sequence[Any],
+    rows: Iterable[Sequence[Any]],
+    empty: str = "nothing yet",
+    *,
+    cls: str | None = None,
+    scroll: bool = False,
+    nowrap: Iterable[int] = (),
+) -> Safe:
     """A table; `nowrap`: the columns of short values (a status, a version, a time) kept on one line, so the
     free text wraps instead; `scroll`: its own horizontal scroll bar (for tables whose columns come from
     data, like mock rows), so that it never widens the page."""
     whole = set(nowrap)
+
     def td(i: int, cell: Any) -> Safe:
         return tag("td", cell, class_="nw" if i in whole else None)
 
@@ -152,9 +160,18 @@ def details(summary: str, content: Any) -> Safe:
     return Safe(f"<details>{tag('summary', summary)}{h(content)}</details>")
 
 
-STATUS_KIND = {"succeeded": "ok", "failed": "bad", "timed_out": "bad", "cancelled": "warn",
-               "running": "info", "queued": "info", "approve": "ok", "reject": "bad", "released": "ok",
-               "nothing_released": "warn"}
+STATUS_KIND = {
+    "succeeded": "ok",
+    "failed": "bad",
+    "timed_out": "bad",
+    "cancelled": "warn",
+    "running": "info",
+    "queued": "info",
+    "approve": "ok",
+    "reject": "bad",
+    "released": "ok",
+    "nothing_released": "warn",
+}
 
 # Readable at 1280 px: cells wrap anywhere rather than widen the page, ids and hashes are one line cut
 # with an ellipsis (whole in the tooltip), tables whose columns come from data scroll on their own.

@@ -20,23 +20,31 @@ def admin_check(state: State, no_hashes: bool) -> None:
     if state.as_json:
         emit(state, result)
     else:
-        console.print(f"{result['referenced']} referenced blobs, {result['blobs']} stored, "
-                      f"{len(result['orphans'])} orphans ({result['orphan_bytes']} bytes), "
-                      f"{result['staged_files']} staged files, {result['pending_uploads']} pending uploads")
+        console.print(
+            f"{result['referenced']} referenced blobs, {result['blobs']} stored, "
+            f"{len(result['orphans'])} orphans ({result['orphan_bytes']} bytes), "
+            f"{result['staged_files']} staged files, {result['pending_uploads']} pending uploads"
+        )
         for kind in ("missing", "corrupt"):
             for item in result[kind]:
                 console.print(f"[bold red]{kind}:[/] {item['blob']} (needed by {', '.join(item['referenced_by'])})")
         if result["interrupted_sweep"]:
-            console.print(f"an interrupted sweep (audit event {result['interrupted_sweep']['plan_seq']}): "
-                          f"run `{command(state, 'admin sweep')}` again to finish it")
+            console.print(
+                f"an interrupted sweep (audit event {result['interrupted_sweep']['plan_seq']}): "
+                f"run `{command(state, 'admin sweep')}` again to finish it"
+            )
         console.print("storage ok" if result["ok"] else "[bold red]storage damaged[/]")
     if not result["ok"]:
         sys.exit(1)
 
 
 @admin.command("sweep")
-@click.option("--grace-seconds", type=int, default=None,
-              help="Keep blobs written more recently than this (default CLEANROOM_BLOB_GRACE_SECONDS; min 3600).")
+@click.option(
+    "--grace-seconds",
+    type=int,
+    default=None,
+    help="Keep blobs written more recently than this (default CLEANROOM_BLOB_GRACE_SECONDS; min 3600).",
+)
 @click.option("--dry-run", is_flag=True, help="Only show what would be removed.")
 @pass_state
 def admin_sweep(state: State, grace_seconds: int | None, dry_run: bool) -> None:
@@ -48,6 +56,8 @@ def admin_sweep(state: State, grace_seconds: int | None, dry_run: bool) -> None:
         return
     verb = "would delete" if dry_run else "deleted"
     count = result["blobs_count"] if dry_run else result["deleted_count"]
-    console.print(f"{verb} {count} unreferenced blobs ({result['bytes']} bytes), "
-                  f"{result['staged_files']} staged files, {len(result['expired_uploads'])} expired uploads "
-                  f"(grace {result['grace_seconds']} s)")
+    console.print(
+        f"{verb} {count} unreferenced blobs ({result['bytes']} bytes), "
+        f"{result['staged_files']} staged files, {len(result['expired_uploads'])} expired uploads "
+        f"(grace {result['grace_seconds']} s)"
+    )

@@ -101,8 +101,10 @@ def next_step(state: State | None, what: str, args: str) -> None:
 
 
 # commands a hint may name that the same user runs with the same profile (not `org create`, an admin's)
-_PROFILED = re.compile(r"(?<![\w/.-])cleanroom (?!--)(?=(?:dataset|plugin|job|release|result|receipt|audit|room|"
-                       r"whoami|org (?:list|rotate-token|rotate-keys))\b)")
+_PROFILED = re.compile(
+    r"(?<![\w/.-])cleanroom (?!--)(?=(?:dataset|plugin|job|release|result|receipt|audit|room|"
+    r"whoami|org (?:list|rotate-token|rotate-keys))\b)"
+)
 
 
 def with_profile(state: State | None, text: str) -> str:

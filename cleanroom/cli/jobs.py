@@ -46,8 +46,12 @@ def job_cost(state: State, spec_path: str) -> None:
 
 @job.command("test")
 @click.argument("spec_path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--image", envvar="CLEANROOM_SANDBOX_IMAGE", default="cleanroom-sandbox:latest",
-              help="Sandbox image (CLEANROOM_SANDBOX_IMAGE; `make images` writes the tag to .env).")
+@click.option(
+    "--image",
+    envvar="CLEANROOM_SANDBOX_IMAGE",
+    default="cleanroom-sandbox:latest",
+    help="Sandbox image (CLEANROOM_SANDBOX_IMAGE; `make images` writes the tag to .env).",
+)
 @pass_state
 def job_test(state: State, spec_path: str, image: str) -> None:
     """Run the whole job on the inputs' mock data in the sandbox image, here: what would be released, or
@@ -71,23 +75,29 @@ def show_job_test(result: dict[str, Any]) -> None:
         if result.get("log"):
             out.print("--- log ---\n" + escape(result["log"]))
         return
-    out.print("[bold green]would release[/] (values from mock data, not the real data): "
-                  + ", ".join(result.get("artifacts", [])))
+    out.print(
+        "[bold green]would release[/] (values from mock data, not the real data): "
+        + ", ".join(result.get("artifacts", []))
+    )
     for name, csv in result["tables"].items():
         out.print(f"\n[bold]table {escape(name)}[/]\n{escape(csv)}")
     if result.get("model_card"):
         out.print(f"\n[bold]model card[/]\n{escape(result['model_card'])}")
     if result.get("coefficients"):
         coefs = result["coefficients"]
-        out.print("\n[bold]coefficients[/]\n" + "\n".join(f"  {escape(name)}: {value:.4g}"
-                                                          for name, value in coefs["features"].items())
-                  + f"\n  intercept: {', '.join(f'{v:.4g}' for v in coefs['intercept'])}")
+        out.print(
+            "\n[bold]coefficients[/]\n"
+            + "\n".join(f"  {escape(name)}: {value:.4g}" for name, value in coefs["features"].items())
+            + f"\n  intercept: {', '.join(f'{v:.4g}' for v in coefs['intercept'])}"
+        )
     if result.get("metrics") is not None:
         out.print(f"\n[bold]metrics[/] {escape(str(result['metrics']))}")
     out.print("\nrelease checks: " + ", ".join(c["name"] for c in result["checks"] if c.get("passed")))
     for gap in result.get("approvals_missing") or []:
-        out.print(f"note: step {gap['step']} ({escape(gap['plugin'])}) still needs {escape(gap['owner'])}'s "
-                  f"approval for {escape(gap['dataset'])}: `job submit` refuses the job until then")
+        out.print(
+            f"note: step {gap['step']} ({escape(gap['plugin'])}) still needs {escape(gap['owner'])}'s "
+            f"approval for {escape(gap['dataset'])}: `job submit` refuses the job until then"
+        )
 
 
 def show_cost(state: State, cost: dict[str, Any], spec_path: str | None = None) -> None:
@@ -107,12 +117,16 @@ def show_cost(state: State, cost: dict[str, Any], spec_path: str | None = None) 
                 for key, value in scale.items():
                     click.echo(f"    {key}: noise scale {value:.4g}, 95% within +-{info['interval_95'][key]:.4g}")
             elif scale is not None:
-                click.echo(f"    noise scale {scale:.4g} ({info.get('unit', '')}), 95% within "
-                           f"+-{info['interval_95']:.4g}")
+                click.echo(
+                    f"    noise scale {scale:.4g} ({info.get('unit', '')}), 95% within +-{info['interval_95']:.4g}"
+                )
             for name, out in (info.get("outputs") or {}).items():  # sample-and-aggregate: per declared output
                 lo, hi = out["range"]
-                noise = (f"noise scale {out['noise_scale']:.4g}, 95% within +-{out['interval_95']:.4g}"
-                         if "noise_scale" in out else "DP median over the blocks")
+                noise = (
+                    f"noise scale {out['noise_scale']:.4g}, 95% within +-{out['interval_95']:.4g}"
+                    if "noise_scale" in out
+                    else "DP median over the blocks"
+                )
                 click.echo(f"    {name} in [{lo:g}, {hi:g}] over {info['blocks']} blocks: {noise}")
             if info.get("note"):
                 click.echo(f"    {info['note']}")
@@ -126,8 +140,9 @@ def show_cost(state: State, cost: dict[str, Any], spec_path: str | None = None) 
 @pass_state
 def job_list(state: State) -> None:
     """Jobs you submitted or that touch your data."""
-    emit(state, state.client.list_jobs(), ["id", "name", "submitted_by", "status", "phase", "error_class",
-                                           "outcome_at"])
+    emit(
+        state, state.client.list_jobs(), ["id", "name", "submitted_by", "status", "phase", "error_class", "outcome_at"]
+    )
 
 
 @job.command("status")
@@ -140,13 +155,23 @@ def job_status(state: State, job_id: str) -> None:
 
 
 def show_job(state: State, job: dict[str, Any]) -> None:
-    facts([("job", job["id"]), ("name", job.get("name")), ("submitted by", job.get("submitted_by")),
-           ("recipient", job.get("recipient")), ("inputs", job.get("inputs")),
-           ("status", job["status"] + (f" ({job['phase']})" if job.get("phase") else "")),
-           ("error class", job.get("error_class")), ("reason", job.get("reason")),
-           ("created", job.get("created_at")), ("started", job.get("started_at")),
-           ("finished", job.get("finished_at")), ("outcome at", job.get("outcome_at")),
-           ("release", job.get("release_id"))])
+    facts(
+        [
+            ("job", job["id"]),
+            ("name", job.get("name")),
+            ("submitted by", job.get("submitted_by")),
+            ("recipient", job.get("recipient")),
+            ("inputs", job.get("inputs")),
+            ("status", job["status"] + (f" ({job['phase']})" if job.get("phase") else "")),
+            ("error class", job.get("error_class")),
+            ("reason", job.get("reason")),
+            ("created", job.get("created_at")),
+            ("started", job.get("started_at")),
+            ("finished", job.get("finished_at")),
+            ("outcome at", job.get("outcome_at")),
+            ("release", job.get("release_id")),
+        ]
+    )
     outcome_hint(state, job)
 
 
@@ -171,6 +196,7 @@ def job_wait(state: State, job_id: str, timeout: float) -> None:
     """Follow a job until its outcome; the exit code tells it (0 released or succeeded, 3 nothing released or
     failed, 4 cancelled, 5 timed out). An analyst learns the outcome at the job's outcome time (its start
     plus the spec's time budget); input owners see the phases and the end as they happen."""
+
     def show(j: dict[str, Any]) -> None:
         console.print(f"{j['id']}: {j['status']}" + (f" ({j['phase']})" if j.get("phase") else ""))
 
@@ -230,28 +256,47 @@ def show_release(state: State, rel: dict[str, Any]) -> None:
     manifest = rel.get("manifest") or {}
     rejected = rel.get("rejected_by") or []
     reasons = rel.get("rejection_reasons") or {}
-    facts([("release", rel["id"]), ("job", rel.get("job_id")), ("recipient", rel.get("recipient")),
-           ("created", rel.get("created_at")), ("manifest sha256", manifest_sha256(manifest)),
-           ("epsilon spent", manifest.get("epsilon_spent")), ("reviewed by", rel.get("review_by")),
-           ("approved by", rel.get("approved_by")),
-           ("rejected by", [f"{d} ({reasons[d]})" if reasons.get(d) else d for d in rejected]),
-           ("waits for", rel.get("pending_review")), ("downloadable", rel.get("downloadable"))])
+    facts(
+        [
+            ("release", rel["id"]),
+            ("job", rel.get("job_id")),
+            ("recipient", rel.get("recipient")),
+            ("created", rel.get("created_at")),
+            ("manifest sha256", manifest_sha256(manifest)),
+            ("epsilon spent", manifest.get("epsilon_spent")),
+            ("reviewed by", rel.get("review_by")),
+            ("approved by", rel.get("approved_by")),
+            ("rejected by", [f"{d} ({reasons[d]})" if reasons.get(d) else d for d in rejected]),
+            ("waits for", rel.get("pending_review")),
+            ("downloadable", rel.get("downloadable")),
+        ]
+    )
     checks = manifest.get("checks") or []
     if checks:
         click.echo()
-        table([(c.get("name"), "passed" if c.get("passed") else "FAILED", c.get("detail") or c.get("reason"))
-               for c in checks], ["check", "result", "detail"], title="release checks")
+        table(
+            [
+                (c.get("name"), "passed" if c.get("passed") else "FAILED", c.get("detail") or c.get("reason"))
+                for c in checks
+            ],
+            ["check", "result", "detail"],
+            title="release checks",
+        )
     outputs = manifest.get("outputs") or {}
     if outputs:
         click.echo()
         # sizes of the content itself (the manifest's), not of the ciphertext the room stores
-        table([(name, entry.get("bytes"), entry.get("sha256")) for name, entry in sorted(outputs.items())],
-              ["output", "bytes", "sha256"], title="what leaves")
+        table(
+            [(name, entry.get("bytes"), entry.get("sha256")) for name, entry in sorted(outputs.items())],
+            ["output", "bytes", "sha256"],
+            title="what leaves",
+        )
     job = rel.get("job_id") or rel["id"]
     next_step(state, "see the content, decrypted on this machine", f"result get {job} -o review/")
     if rel.get("pending_review"):
-        next_step(state, "decide", f"release approve {job}   or   {command(state, f'release reject {job}')} "
-                                   "--reason '...'")
+        next_step(
+            state, "decide", f"release approve {job}   or   {command(state, f'release reject {job}')} --reason '...'"
+        )
 
 
 @release.command("approve")
@@ -278,8 +323,11 @@ def decided(verb: str, rel: dict[str, Any]) -> str:
 
 @release.command("reject")
 @click.argument("ref")
-@click.option("--reason", default="", help="Why (kept with the rejection, for the owners; the analyst sees only "
-                                           "that nothing was released).")
+@click.option(
+    "--reason",
+    default="",
+    help="Why (kept with the rejection, for the owners; the analyst sees only that nothing was released).",
+)
 @click.option("--dataset", default=None, help="Which of your datasets rejects (default: all pending).")
 @pass_state
 def release_reject(state: State, ref: str, reason: str, dataset: str | None) -> None:

@@ -21,8 +21,9 @@ def _print_review(result: dict) -> None:  # type: ignore[type-arg]
         console.print("review: no findings")
     for f in findings:
         colour = "red" if f.get("severity") == "blocking" else "yellow"
-        console.print(f"  [{colour}]{f.get('severity')}[/] {f.get('file')}:{f.get('line')} "
-                      f"{f.get('rule')}: {f.get('message')}")
+        console.print(
+            f"  [{colour}]{f.get('severity')}[/] {f.get('file')}:{f.get('line')} {f.get('rule')}: {f.get('message')}"
+        )
 
 
 @plugin.command("submit")
@@ -35,8 +36,11 @@ def plugin_submit(state: State, folder: str) -> None:
         emit(state, result)
         return
     _print_review(result)
-    click.echo(f"next: the owner of each dataset it touches approves it, with their own profile: "
-               f"cleanroom --profile OWNER plugin approve {result['id']} --dataset NAME", err=True)
+    click.echo(
+        f"next: the owner of each dataset it touches approves it, with their own profile: "
+        f"cleanroom --profile OWNER plugin approve {result['id']} --dataset NAME",
+        err=True,
+    )
     next_step(state, "see its approvals so far", f"plugin show {result['id'][:16]}")
 
 
@@ -48,9 +52,16 @@ def plugin_list(state: State) -> None:
     if state.as_json:  # the API's objects, full ids
         emit(state, listed)
         return
-    rows = [{**p, "id": p["id"][:16], "approved_for": [a["dataset"] for a in p["approvals"]
-                                                       if a["decision"] == "approve" and not a["revoked_at"]]}
-            for p in listed]
+    rows = [
+        {
+            **p,
+            "id": p["id"][:16],
+            "approved_for": [
+                a["dataset"] for a in p["approvals"] if a["decision"] == "approve" and not a["revoked_at"]
+            ],
+        }
+        for p in listed
+    ]
     emit(state, rows, ["id", "name", "version", "kind", "submitted_by", "blocking_findings", "approved_for"])
 
 
@@ -66,8 +77,10 @@ def plugin_show(state: State, ref: str, diff: bool) -> None:
         return
     _print_review(p)
     for a in p["approvals"]:
-        console.print(f"  {a['decision']} by {a['org']} for {a['dataset']} (policy v{a['policy_version']})"
-                      + (" [revoked]" if a["revoked_at"] else ""))
+        console.print(
+            f"  {a['decision']} by {a['org']} for {a['dataset']} (policy v{a['policy_version']})"
+            + (" [revoked]" if a["revoked_at"] else "")
+        )
     if diff and p.get("diff_against"):
         click.echo(p["diff_against"]["diff"])
     else:
@@ -85,8 +98,13 @@ def plugin_approve(state: State, ref: str, datasets: tuple[str, ...]) -> None:
     """Approve this exact plugin for your dataset(s), signed with your org key."""
     for ds in datasets:
         decision = state.client.decide_plugin(ref, ds, "approve")
-        show(state, decision, lambda d=decision: click.echo(  # type: ignore[misc]
-            f"approved plugin {d['plugin_id']} for {d['dataset']} (approval {d['id']})"))
+        show(
+            state,
+            decision,
+            lambda d=decision: click.echo(  # type: ignore[misc]
+                f"approved plugin {d['plugin_id']} for {d['dataset']} (approval {d['id']})"
+            ),
+        )
 
 
 @plugin.command("reject")
@@ -114,8 +132,12 @@ def plugin_revoke(state: State, plugin_id: str, approval_id: str) -> None:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--dataset", "datasets", multiple=True, required=True, help="Datasets whose mock data to use.")
 @click.option("--params", default="{}", help="JSON object of parameters.")
-@click.option("--image", envvar="CLEANROOM_SANDBOX_IMAGE", default="cleanroom-sandbox:latest",
-              help="Sandbox image (CLEANROOM_SANDBOX_IMAGE; `make images` writes the tag to .env).")
+@click.option(
+    "--image",
+    envvar="CLEANROOM_SANDBOX_IMAGE",
+    default="cleanroom-sandbox:latest",
+    help="Sandbox image (CLEANROOM_SANDBOX_IMAGE; `make images` writes the tag to .env).",
+)
 @pass_state
 def plugin_test(state: State, folder: str, datasets: tuple[str, ...], params: str, image: str) -> None:
     """Run a plugin on the datasets' mock data in the sandbox image, with a real job's limits."""
@@ -134,14 +156,24 @@ def show_plugin_test(result: dict) -> None:  # type: ignore[type-arg]
     from rich.markup import escape
 
     ok = result.get("exit_code") == 0 and result.get("ok")
-    how = f"{result.get('seconds', 0):.1f} s" + (", out of memory" if result.get("oom_killed") else "") + (
-        ", timed out" if result.get("timed_out") else "")
+    how = (
+        f"{result.get('seconds', 0):.1f} s"
+        + (", out of memory" if result.get("oom_killed") else "")
+        + (", timed out" if result.get("timed_out") else "")
+    )
     console.print(("[bold green]worked[/]" if ok else "[bold red]failed[/]") + f" on mock data ({escape(how)})")
-    facts([("plugin id", result.get("plugin_id")), ("error", result.get("error")),
-           ("exit code", result.get("exit_code") if result.get("exit_code") else None),
-           ("rows", result.get("rows")), ("columns", result.get("columns")),
-           ("model spec", result.get("model_specs")), ("analysis spec", result.get("analysis_specs")),
-           ("statistic", result.get("statistic"))])
+    facts(
+        [
+            ("plugin id", result.get("plugin_id")),
+            ("error", result.get("error")),
+            ("exit code", result.get("exit_code") if result.get("exit_code") else None),
+            ("rows", result.get("rows")),
+            ("columns", result.get("columns")),
+            ("model spec", result.get("model_specs")),
+            ("analysis spec", result.get("analysis_specs")),
+            ("statistic", result.get("statistic")),
+        ]
+    )
     head = result.get("head") or []
     if head:
         columns = list(head[0])

@@ -58,12 +58,21 @@ def room_info(state: State) -> None:
     """The room's public keys and fingerprint (pinned in your profile on first use)."""
     info = state.client.room()
     keys = info.get("keys") or {}
-    show(state, info, lambda: facts([
-        ("room", state.client.url), ("version", info.get("version")),
-        ("ready", info.get("ready") if keys else "no: no room key yet (is the runner up?)"),
-        ("fingerprint", keys.get("fingerprint")), ("encryption key", keys.get("enc_public")),
-        ("signing key", keys.get("sign_public")),
-        ("holds", ", ".join(f"{n} {what}" for what, n in (info.get("counts") or {}).items()))]))
+    show(
+        state,
+        info,
+        lambda: facts(
+            [
+                ("room", state.client.url),
+                ("version", info.get("version")),
+                ("ready", info.get("ready") if keys else "no: no room key yet (is the runner up?)"),
+                ("fingerprint", keys.get("fingerprint")),
+                ("encryption key", keys.get("enc_public")),
+                ("signing key", keys.get("sign_public")),
+                ("holds", ", ".join(f"{n} {what}" for what, n in (info.get("counts") or {}).items())),
+            ]
+        ),
+    )
 
 
 @cli.command()
@@ -71,9 +80,18 @@ def room_info(state: State) -> None:
 def whoami(state: State) -> None:
     """The org behind your profile's token."""
     me = state.client.whoami()
-    show(state, me, lambda: facts([("org", me.get("name")), ("roles", me.get("roles")),
-                                   ("key fingerprint", (me.get("keys") or {}).get("fingerprint") or "no keys yet"),
-                                   ("profile", state.profile_name or "default")]))
+    show(
+        state,
+        me,
+        lambda: facts(
+            [
+                ("org", me.get("name")),
+                ("roles", me.get("roles")),
+                ("key fingerprint", (me.get("keys") or {}).get("fingerprint") or "no keys yet"),
+                ("profile", state.profile_name or "default"),
+            ]
+        ),
+    )
 
 
 @cli.group()
@@ -83,8 +101,14 @@ def org() -> None:
 
 @org.command("create")
 @click.argument("name")
-@click.option("--role", "roles", multiple=True, required=True,
-              type=click.Choice(["owner", "analyst", "reviewer"]), help="Repeat for several roles.")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    required=True,
+    type=click.Choice(["owner", "analyst", "reviewer"]),
+    help="Repeat for several roles.",
+)
 @click.option("--save-profile", default=None, help="Also save a profile with the new token.")
 @pass_state
 def org_create(state: State, name: str, roles: tuple[str, ...], save_profile: str | None) -> None:
@@ -107,8 +131,11 @@ def org_create(state: State, name: str, roles: tuple[str, ...], save_profile: st
     if save_profile:
         next_step(None, "act as it", f"--profile {save_profile} whoami")
     else:
-        click.echo(f"next: give the token to the org, which saves it with: cleanroom profile save {name} "
-                   f"--url {state.client.url} --token-stdin", err=True)
+        click.echo(
+            f"next: give the token to the org, which saves it with: cleanroom profile save {name} "
+            f"--url {state.client.url} --token-stdin",
+            err=True,
+        )
 
 
 @org.command("rotate-token")
@@ -136,8 +163,10 @@ def org_rotate_keys(state: State) -> None:
     if state.as_json:
         emit(state, result)
         return
-    click.echo(f"new key pair for {result.get('name')}: fingerprint {(result.get('keys') or {}).get('fingerprint')}; "
-               f"{result.get('approvals_revoked', 0)} plugin approval(s) revoked")
+    click.echo(
+        f"new key pair for {result.get('name')}: fingerprint {(result.get('keys') or {}).get('fingerprint')}; "
+        f"{result.get('approvals_revoked', 0)} plugin approval(s) revoked"
+    )
     if result.get("approvals_revoked"):
         next_step(state, "approve again with the new key", "plugin approve <id> --dataset NAME")
 
@@ -209,8 +238,10 @@ def receipt_verify(state: State, path: str, fingerprint: str | None) -> None:
         if state.as_json:
             emit(state, result)
             return
-        console.print(f"receipt valid: job {result['job']}, signed by room key {result['fingerprint']}; "
-                      f"{len(result['files'])} file(s) match it")
+        console.print(
+            f"receipt valid: job {result['job']}, signed by room key {result['fingerprint']}; "
+            f"{len(result['files'])} file(s) match it"
+        )
     else:
         try:
             data = json.loads(Path(path).read_text())

@@ -30,22 +30,31 @@ def serve(host: str | None, port: int | None) -> None:
     except ValueError:
         loopback = settings.host == "localhost"
     if not tls and not loopback and not settings.allow_insecure_remote:
-        raise ValidationError(f"refusing plain HTTP on {settings.host}: give CLEANROOM_TLS_CERT and "
-                              "CLEANROOM_TLS_KEY, or set CLEANROOM_ALLOW_INSECURE_REMOTE=true behind a "
-                              "private network (as docker-compose.yml does for the published loopback port)")
+        raise ValidationError(
+            f"refusing plain HTTP on {settings.host}: give CLEANROOM_TLS_CERT and "
+            "CLEANROOM_TLS_KEY, or set CLEANROOM_ALLOW_INSECURE_REMOTE=true behind a "
+            "private network (as docker-compose.yml does for the published loopback port)"
+        )
     app = create_app(settings)
     token = app.state.bootstrap_token
     if token:
         print(f"cleanroom: bootstrap admin token (shown once): {token}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
-                ssl_certfile=settings.tls_cert if tls else None, ssl_keyfile=settings.tls_key if tls else None)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        ssl_certfile=settings.tls_cert if tls else None,
+        ssl_keyfile=settings.tls_key if tls else None,
+    )
 
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Run queued jobs, then exit.")
 @click.option("--pinned-keys", is_flag=True, help="List the owners' signing keys this runner pinned, then exit.")
-@click.option("--forget-key", metavar="ORG", help="Drop the pinned signing key of ORG (after a genuine key "
-              "change), then exit.")
+@click.option(
+    "--forget-key", metavar="ORG", help="Drop the pinned signing key of ORG (after a genuine key change), then exit."
+)
 def runner(once: bool, pinned_keys: bool, forget_key: str | None) -> None:
     """Run the job runner (needs the Docker engine and the room key volume)."""
     from cleanroom.runner.pins import KeyPins

@@ -82,18 +82,27 @@ def number(value: Any) -> Safe:
     return h(f"{value:.6g}" if isinstance(value, float) else str(value))
 
 
-def table(headers: Sequence[Any], rows: Iterable[Sequence[Any]], empty: str = "nothing", *,
-          cls: str | None = None, header_cls: Sequence[str | None] | None = None,
-          cell_cls: Sequence[str | None] | None = None) -> Safe:
+def table(
+    headers: Sequence[Any],
+    rows: Iterable[Sequence[Any]],
+    empty: str = "nothing",
+    *,
+    cls: str | None = None,
+    header_cls: Sequence[str | None] | None = None,
+    cell_cls: Sequence[str | None] | None = None,
+) -> Safe:
     body = []
     for row in rows:
-        cells = "".join(tag("td", c, class_=cell_cls[i] if cell_cls and i < len(cell_cls) else None)
-                        for i, c in enumerate(row))
+        cells = "".join(
+            tag("td", c, class_=cell_cls[i] if cell_cls and i < len(cell_cls) else None) for i, c in enumerate(row)
+        )
         body.append(f"<tr>{cells}</tr>")
     if not body:
         return tag("p", empty, class_="muted")
-    head = "".join(tag("th", x, class_=header_cls[i] if header_cls and i < len(header_cls) else None)
-                   for i, x in enumerate(headers))
+    head = "".join(
+        tag("th", x, class_=header_cls[i] if header_cls and i < len(header_cls) else None)
+        for i, x in enumerate(headers)
+    )
     attr = f' class="{h(cls)}"' if cls else ""
     inner = f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     return Safe(f'<div class="scroll">{inner}</div>')
@@ -148,19 +157,23 @@ CSS_HASH = "sha256-" + base64.b64encode(hashlib.sha256(CSS.encode()).digest()).d
 
 def layout(title: str, body: Any, *, base: str, who: str) -> str:
     nav = tag("a", "Releases to review", href=base)
-    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{h(title)} · cleanroom review</title><style>{CSS}</style></head><body>"
-            f'<header><span class="brand">cleanroom review</span>{nav}'
-            f'<span class="who">{h(who)} · on this machine</span></header>'
-            f"<main><h1>{h(title)}</h1>{h(body)}</main></body></html>")
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{h(title)} · cleanroom review</title><style>{CSS}</style></head><body>"
+        f'<header><span class="brand">cleanroom review</span>{nav}'
+        f'<span class="who">{h(who)} · on this machine</span></header>'
+        f"<main><h1>{h(title)}</h1>{h(body)}</main></body></html>"
+    )
 
 
 def error_page(status: int, message: str, *, base: str | None = None, who: str = "") -> str:
     body = tag("p", message, class_="error")
     if base is None:  # no token: say nothing about the room
-        return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>cleanroom review</title>"
-                f"<style>{CSS}</style></head><body><main><h1>Error {status}</h1>{body}</main></body></html>")
+        return (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>cleanroom review</title>'
+            f"<style>{CSS}</style></head><body><main><h1>Error {status}</h1>{body}</main></body></html>"
+        )
     return layout(f"Error {status}", body, base=base, who=who)
 
 
@@ -169,6 +182,7 @@ def release_link(base: str, release_id: str, text: Any) -> Safe:
 
 
 # The list ---------------------------------------------------------------------------------------
+
 
 def _state(r: dict[str, Any]) -> Safe:
     if r.get("rejected_by"):
@@ -180,28 +194,52 @@ def _state(r: dict[str, Any]) -> Safe:
 
 def index_page(pending: list[dict[str, Any]], decided: list[dict[str, Any]], *, base: str, who: str) -> str:
     def rows(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        return [(release_link(base, r["id"], r["id"]), tag("code", r["job_id"]), r.get("job_name"),
-                 r.get("submitted_by"), r["recipient"], ", ".join(r.get("inputs", [])) or None, _state(r),
-                 when(r.get("created_at"))) for r in items]
+        return [
+            (
+                release_link(base, r["id"], r["id"]),
+                tag("code", r["job_id"]),
+                r.get("job_name"),
+                r.get("submitted_by"),
+                r["recipient"],
+                ", ".join(r.get("inputs", [])) or None,
+                _state(r),
+                when(r.get("created_at")),
+            )
+            for r in items
+        ]
 
     headers = ["release", "job", "name", "analyst", "recipient", "inputs", "state", "created"]
-    body = join([
-        tag("p", "These pages run on your machine: each release's content is downloaded encrypted and "
-                 "decrypted here with your org's key, and an approval is signed here, as `cleanroom release "
-                 "approve` does. The room's server never sees the content.", class_="banner info"),
-        tag("h2", f"Waiting for your review ({len(pending)})"),
-        table(headers, rows(pending), "no release waits for your review"),
-        tag("h2", f"Decided or not yours to decide ({len(decided)})"),
-        table(headers, rows(decided), "none"),
-    ])
+    body = join(
+        [
+            tag(
+                "p",
+                "These pages run on your machine: each release's content is downloaded encrypted and "
+                "decrypted here with your org's key, and an approval is signed here, as `cleanroom release "
+                "approve` does. The room's server never sees the content.",
+                class_="banner info",
+            ),
+            tag("h2", f"Waiting for your review ({len(pending)})"),
+            table(headers, rows(pending), "no release waits for your review"),
+            tag("h2", f"Decided or not yours to decide ({len(decided)})"),
+            table(headers, rows(decided), "none"),
+        ]
+    )
     return layout("Releases over your data", body, base=base, who=who)
 
 
 # One release ------------------------------------------------------------------------------------
 
+
 def _check_rows(checks: list[Any]) -> list[tuple[Any, ...]]:
-    return [(badge("passed", "ok") if c.get("passed") else badge("failed", "bad"), tag("code", c.get("name")),
-             c.get("detail")) for c in checks if isinstance(c, dict)]
+    return [
+        (
+            badge("passed", "ok") if c.get("passed") else badge("failed", "bad"),
+            tag("code", c.get("name")),
+            c.get("detail"),
+        )
+        for c in checks
+        if isinstance(c, dict)
+    ]
 
 
 def aggregate_table(name: str, rows: list[list[str]], keys: Sequence[str]) -> Safe:
@@ -221,11 +259,17 @@ def aggregate_table(name: str, rows: list[list[str]], keys: Sequence[str]) -> Sa
         cells.append(out)
     head_cls = ["key" if i in key_cols else None for i in range(len(header))]
     cell_cls = ["key" if i in key_cols else "num" for i in range(len(header))]
-    heads = [join([col, Safe(" "), badge("group key", "info")]) if i in key_cols else col
-             for i, col in enumerate(header)]
+    heads = [
+        join([col, Safe(" "), badge("group key", "info")]) if i in key_cols else col for i, col in enumerate(header)
+    ]
     caption = f"{len(data)} group(s)" + (f", grouped by {', '.join(keys)}" if keys else "")
-    return join([tag("h3", f"aggregates/{name}.csv"), tag("p", caption, class_="muted"),
-                 table(heads, cells, "no rows", cls="content", header_cls=head_cls, cell_cls=cell_cls)])
+    return join(
+        [
+            tag("h3", f"aggregates/{name}.csv"),
+            tag("p", caption, class_="muted"),
+            table(heads, cells, "no rows", cls="content", header_cls=head_cls, cell_cls=cell_cls),
+        ]
+    )
 
 
 def _model_section(content: dict[str, Any]) -> Safe:
@@ -235,29 +279,60 @@ def _model_section(content: dict[str, Any]) -> Safe:
         return Safe("")
     parts: list[Any] = [tag("h3", "Model")]
     if isinstance(metrics, dict):
-        parts.append(facts([(k, metrics.get(k)) for k in ("estimator", "task", "target", "n_train", "n_holdout",
-                                                          "holdout_fraction", "seed", "epsilon")
-                            if metrics.get(k) is not None]))
+        parts.append(
+            facts(
+                [
+                    (k, metrics.get(k))
+                    for k in (
+                        "estimator",
+                        "task",
+                        "target",
+                        "n_train",
+                        "n_holdout",
+                        "holdout_fraction",
+                        "seed",
+                        "epsilon",
+                    )
+                    if metrics.get(k) is not None
+                ]
+            )
+        )
     coef = model.get("coefficients")
     if coef:
         heads = ["feature", *coef["columns"]]
         rows = [(tag("code", name), *[number(v) for v in values]) for name, values in coef["rows"]]
         rows.append((tag("i", "intercept"), *[number(v) for v in coef["intercept"]]))
-        parts += [tag("h3", "Coefficients (read from model.skops here)"),
-                  table(heads, rows, cls="content", cell_cls=[None] + ["num"] * len(coef["columns"]))]
+        parts += [
+            tag("h3", "Coefficients (read from model.skops here)"),
+            table(heads, rows, cls="content", cell_cls=[None] + ["num"] * len(coef["columns"])),
+        ]
     elif model.get("importances"):
-        parts += [tag("h3", "Feature importances (read from model.skops here)"),
-                  table(["feature", "importance"], [(tag("code", n), number(v)) for n, v in model["importances"]],
-                        cls="content", cell_cls=[None, "num"])]
+        parts += [
+            tag("h3", "Feature importances (read from model.skops here)"),
+            table(
+                ["feature", "importance"],
+                [(tag("code", n), number(v)) for n, v in model["importances"]],
+                cls="content",
+                cell_cls=[None, "num"],
+            ),
+        ]
     if model.get("error"):
         parts.append(tag("p", f"model.skops: {model['error']}", class_="error"))
     if isinstance(metrics, dict) and isinstance(metrics.get("metrics"), dict):
-        parts += [tag("h3", "Holdout metrics"),
-                  table(["metric", "value"], [(k, number(v)) for k, v in metrics["metrics"].items()],
-                        cls="content", cell_cls=[None, "num"])]
+        parts += [
+            tag("h3", "Holdout metrics"),
+            table(
+                ["metric", "value"],
+                [(k, number(v)) for k, v in metrics["metrics"].items()],
+                cls="content",
+                cell_cls=[None, "num"],
+            ),
+        ]
     if model.get("params"):
-        parts += [tag("h3", "Parameters"),
-                  table(["parameter", "value"], [(tag("code", k), json.dumps(v)) for k, v in model["params"]])]
+        parts += [
+            tag("h3", "Parameters"),
+            table(["parameter", "value"], [(tag("code", k), json.dumps(v)) for k, v in model["params"]]),
+        ]
     if content.get("card") is not None:
         parts += [tag("h3", "model_card.md (as released)"), tag("pre", content["card"])]
     return join(parts)
@@ -272,15 +347,36 @@ def _statistics_section(doc: Any) -> Safe:
         if not isinstance(o, dict):
             continue
         interval = o.get("interval_95")
-        rows.append((tag("code", o.get("name")), number(o.get("value")),
-                     join([number(interval[0]), " to ", number(interval[1])]) if isinstance(interval, list)
-                     and len(interval) == 2 else None,
-                     join([number(o.get("lo")), " to ", number(o.get("hi"))]), number(o.get("noise_scale"))))
-    return join([tag("h3", "Statistics (sample_and_aggregate.json)"),
-                 facts([(k, doc.get(k)) for k in ("mechanism", "aggregate", "blocks", "epsilon", "noise")
-                        if doc.get(k) is not None]),
-                 table(["output", "value", "95% interval", "declared range", "noise scale"], rows, "no outputs",
-                       cls="content", cell_cls=[None, "num", "num", "num", "num"])])
+        rows.append(
+            (
+                tag("code", o.get("name")),
+                number(o.get("value")),
+                join([number(interval[0]), " to ", number(interval[1])])
+                if isinstance(interval, list) and len(interval) == 2
+                else None,
+                join([number(o.get("lo")), " to ", number(o.get("hi"))]),
+                number(o.get("noise_scale")),
+            )
+        )
+    return join(
+        [
+            tag("h3", "Statistics (sample_and_aggregate.json)"),
+            facts(
+                [
+                    (k, doc.get(k))
+                    for k in ("mechanism", "aggregate", "blocks", "epsilon", "noise")
+                    if doc.get(k) is not None
+                ]
+            ),
+            table(
+                ["output", "value", "95% interval", "declared range", "noise scale"],
+                rows,
+                "no outputs",
+                cls="content",
+                cell_cls=[None, "num", "num", "num", "num"],
+            ),
+        ]
+    )
 
 
 def content_section(content: dict[str, Any], keys: dict[str, list[str]]) -> Safe:
@@ -291,17 +387,35 @@ def content_section(content: dict[str, Any], keys: dict[str, list[str]]) -> Safe
     parts.append(_statistics_section(content.get("statistics")))
     parts.append(_model_section(content))
     for name, text in content.get("other", {}).items():
-        parts += [tag("h3", name), tag("pre", text) if text is not None else
-                  tag("p", "binary file: see its size below", class_="muted")]
-    art_rows = [(tag("code", a["name"]), size(a["bytes"]), tag("code", a["sha256"][:16]),
-                 badge("matches the signed receipt", "ok")) for a in content["artifacts"]]
-    parts += [tag("h3", "Artifacts (plaintext sizes)"),
-              table(["name", "size", "sha256", "check"], art_rows, "no artifacts")]
+        parts += [
+            tag("h3", name),
+            tag("pre", text) if text is not None else tag("p", "binary file: see its size below", class_="muted"),
+        ]
+    art_rows = [
+        (
+            tag("code", a["name"]),
+            size(a["bytes"]),
+            tag("code", a["sha256"][:16]),
+            badge("matches the signed receipt", "ok"),
+        )
+        for a in content["artifacts"]
+    ]
+    parts += [
+        tag("h3", "Artifacts (plaintext sizes)"),
+        table(["name", "size", "sha256", "check"], art_rows, "no artifacts"),
+    ]
     return join(parts)
 
 
-def decision_section(r: dict[str, Any], decisions: list[dict[str, Any]], mine: list[str], *, action: str,
-                     manifest_sha256: str, can_decide: bool) -> Safe:
+def decision_section(
+    r: dict[str, Any],
+    decisions: list[dict[str, Any]],
+    mine: list[str],
+    *,
+    action: str,
+    manifest_sha256: str,
+    can_decide: bool,
+) -> Safe:
     rows = []
     for d in decisions:
         if d["state"] == "approved":
@@ -316,22 +430,38 @@ def decision_section(r: dict[str, Any], decisions: list[dict[str, Any]], mine: l
             policy = join([badge(f"changed: the job ran under v{ran}, the current policy is v{now}", "warn")])
         elif ran is not None:
             policy = join([f"v{ran} ", badge("current", "ok")])
-        rows.append((tag("code", d["dataset"]), d.get("owner"), policy, state,
-                     badge("yours", "info") if d["dataset"] in mine else None))
+        rows.append(
+            (
+                tag("code", d["dataset"]),
+                d.get("owner"),
+                policy,
+                state,
+                badge("yours", "info") if d["dataset"] in mine else None,
+            )
+        )
     parts: list[Any] = [table(["dataset", "owner", "policy version", "decision", ""], rows, "no review needed")]
     if can_decide:
         csrf = f'<input type="hidden" name="manifest" value="{h(manifest_sha256)}">'
-        parts.append(Safe(
-            f'<form class="decide" method="post" action="{h(action)}/approve">{csrf}'
-            '<button type="submit" class="approve" id="approve">Approve and sign</button></form>'
-            f'<form class="decide" method="post" action="{h(action)}/reject">{csrf}'
-            '<label>Reason (kept with the rejection, for the owners)'
-            '<input type="text" name="reason" id="reason" maxlength="2000" required></label>'
-            '<button type="submit" class="reject" id="reject">Reject (final)</button></form>'))
-        parts.append(tag("p", "Approving signs, with your org's key on this machine, the exact release shown "
-                              f"here (manifest sha256 {manifest_sha256[:16]}…), for "
-                              + ", ".join(d for d in r["pending_review"] if d in mine)
-                              + ". A rejection is final.", class_="muted"))
+        parts.append(
+            Safe(
+                f'<form class="decide" method="post" action="{h(action)}/approve">{csrf}'
+                '<button type="submit" class="approve" id="approve">Approve and sign</button></form>'
+                f'<form class="decide" method="post" action="{h(action)}/reject">{csrf}'
+                "<label>Reason (kept with the rejection, for the owners)"
+                '<input type="text" name="reason" id="reason" maxlength="2000" required></label>'
+                '<button type="submit" class="reject" id="reject">Reject (final)</button></form>'
+            )
+        )
+        parts.append(
+            tag(
+                "p",
+                "Approving signs, with your org's key on this machine, the exact release shown "
+                f"here (manifest sha256 {manifest_sha256[:16]}…), for "
+                + ", ".join(d for d in r["pending_review"] if d in mine)
+                + ". A rejection is final.",
+                class_="muted",
+            )
+        )
     return join(parts)
 
 
@@ -357,42 +487,89 @@ def release_page(v: dict[str, Any], *, base: str, who: str) -> str:
         parts.append(tag("p", v["notice"], class_="banner ok"))
     if v.get("error"):
         parts.append(tag("p", v["error"], class_="error"))
-    parts.append(facts([
-        ("job", join([tag("code", r["job_id"]), " ", job.get("name") or ""])),
-        ("analyst", job.get("submitted_by")), ("recipient", r.get("recipient")),
-        ("inputs", ", ".join(job.get("inputs") or body.get("datasets", {}) or []) or None),
-        ("mode", "differential privacy" if (manifest.get("epsilon_spent") or 0) > 0 else "exact (reviewed)"),
-        ("epsilon spent", manifest.get("epsilon_spent")),
-        ("encrypted to", ", ".join(manifest.get("encrypted_to", [])) or None),
-        ("created", when(r.get("created_at"))),
-        ("receipt", join([badge("signature verified", "ok"), " room key ", tag("code", v.get("fingerprint"))])),
-    ]))
+    parts.append(
+        facts(
+            [
+                ("job", join([tag("code", r["job_id"]), " ", job.get("name") or ""])),
+                ("analyst", job.get("submitted_by")),
+                ("recipient", r.get("recipient")),
+                ("inputs", ", ".join(job.get("inputs") or body.get("datasets", {}) or []) or None),
+                ("mode", "differential privacy" if (manifest.get("epsilon_spent") or 0) > 0 else "exact (reviewed)"),
+                ("epsilon spent", manifest.get("epsilon_spent")),
+                ("encrypted to", ", ".join(manifest.get("encrypted_to", [])) or None),
+                ("created", when(r.get("created_at"))),
+                ("receipt", join([badge("signature verified", "ok"), " room key ", tag("code", v.get("fingerprint"))])),
+            ]
+        )
+    )
     content = v.get("content")
-    content_html = content_section(content, v.get("keys", {})) if content else \
-        tag("p", v.get("content_error") or "no content", class_="error")
+    content_html = (
+        content_section(content, v.get("keys", {}))
+        if content
+        else tag("p", v.get("content_error") or "no content", class_="error")
+    )
     checks = manifest.get("checks", [])
     parts.append(Safe('<div class="columns">'))
-    parts.append(tag("div", join([tag("h2", "What leaves (decrypted on this machine)"), content_html]),
-                     class_="panel", id="content"))
-    parts.append(tag("div", join([
-        tag("h2", "Your decision"),
-        decision_section(r, v["decisions"], v["mine"], action=v["action"], manifest_sha256=v["manifest_sha256"],
-                         can_decide=v["can_decide"] and content is not None),
-        tag("h2", f"Release checks ({sum(1 for c in checks if isinstance(c, dict) and c.get('passed'))} of "
-                  f"{len(checks)} passed)"),
-        table(["result", "check", "detail"], _check_rows(checks), "no checks recorded", cls="checks"),
-        tag("h2", "Plugin approvals behind this job (against the current policy)"),
-        table(["plugin", "dataset", "your approval"], plugin_approval_rows(v.get("plugin_approvals", [])),
-              "none of your datasets is an input"),
-    ]), class_="panel", id="checks"))
+    parts.append(
+        tag(
+            "div",
+            join([tag("h2", "What leaves (decrypted on this machine)"), content_html]),
+            class_="panel",
+            id="content",
+        )
+    )
+    parts.append(
+        tag(
+            "div",
+            join(
+                [
+                    tag("h2", "Your decision"),
+                    decision_section(
+                        r,
+                        v["decisions"],
+                        v["mine"],
+                        action=v["action"],
+                        manifest_sha256=v["manifest_sha256"],
+                        can_decide=v["can_decide"] and content is not None,
+                    ),
+                    tag(
+                        "h2",
+                        f"Release checks ({sum(1 for c in checks if isinstance(c, dict) and c.get('passed'))} of "
+                        f"{len(checks)} passed)",
+                    ),
+                    table(["result", "check", "detail"], _check_rows(checks), "no checks recorded", cls="checks"),
+                    tag("h2", "Plugin approvals behind this job (against the current policy)"),
+                    table(
+                        ["plugin", "dataset", "your approval"],
+                        plugin_approval_rows(v.get("plugin_approvals", [])),
+                        "none of your datasets is an input",
+                    ),
+                ]
+            ),
+            class_="panel",
+            id="checks",
+        )
+    )
     parts.append(Safe("</div>"))
     parts += [tag("h2", "Receipt (signed by the room key; checked here)"), _receipt(body)]
     earlier = v.get("earlier", [])
-    parts += [tag("h2", f"Earlier releases over the same datasets ({len(earlier)})"),
-              table(["release", "job", "inputs", "state", "created"],
-                    [(release_link(base, e["id"], e["id"]), tag("code", e["job_id"]),
-                      ", ".join(e.get("inputs", [])), _state(e), when(e.get("created_at"))) for e in earlier],
-                    "none: this is the first")]
+    parts += [
+        tag("h2", f"Earlier releases over the same datasets ({len(earlier)})"),
+        table(
+            ["release", "job", "inputs", "state", "created"],
+            [
+                (
+                    release_link(base, e["id"], e["id"]),
+                    tag("code", e["job_id"]),
+                    ", ".join(e.get("inputs", [])),
+                    _state(e),
+                    when(e.get("created_at")),
+                )
+                for e in earlier
+            ],
+            "none: this is the first",
+        ),
+    ]
     return layout(f"Release {r['id']}", join(parts), base=base, who=who)
 
 
@@ -408,17 +585,36 @@ def _receipt(body: dict[str, Any]) -> Safe:
             continue
         missing = sorted(k for k, val in controls.items() if val is False and k != "warm")  # warm: a pool, fine
         waived = controls.get("waived") or []
-        iso_rows.append((phase, badge("every control reported", "ok") if not missing else
-                         badge("missing: " + ", ".join(missing), "bad"),
-                         ", ".join(map(str, waived)) or None))
-    return join([
-        facts([("job", tag("code", body.get("job_id"))), ("spec sha256", tag("code", body.get("spec_sha256"))),
-               ("sandbox image", tag("code", body.get("image"))),
-               ("approvals that covered the job", len(body.get("approvals") or [])),
-               ("manifest sha256", tag("code", body.get("manifest_sha256")))]),
-        table(["plugin", "id"], [(name, tag("code", pid)) for pid, name in plugins.items()], "no plugins"),
-        table(["dataset", "policy version", "ciphertext sha256"],
-              [(name, f"v{d.get('policy_version')}", tag("code", d.get("sha256")))
-               for name, d in datasets.items() if isinstance(d, dict)], "no datasets"),
-        table(["phase", "isolation", "waived by the operator"], iso_rows, "no isolation reported"),
-    ])
+        iso_rows.append(
+            (
+                phase,
+                badge("every control reported", "ok")
+                if not missing
+                else badge("missing: " + ", ".join(missing), "bad"),
+                ", ".join(map(str, waived)) or None,
+            )
+        )
+    return join(
+        [
+            facts(
+                [
+                    ("job", tag("code", body.get("job_id"))),
+                    ("spec sha256", tag("code", body.get("spec_sha256"))),
+                    ("sandbox image", tag("code", body.get("image"))),
+                    ("approvals that covered the job", len(body.get("approvals") or [])),
+                    ("manifest sha256", tag("code", body.get("manifest_sha256"))),
+                ]
+            ),
+            table(["plugin", "id"], [(name, tag("code", pid)) for pid, name in plugins.items()], "no plugins"),
+            table(
+                ["dataset", "policy version", "ciphertext sha256"],
+                [
+                    (name, f"v{d.get('policy_version')}", tag("code", d.get("sha256")))
+                    for name, d in datasets.items()
+                    if isinstance(d, dict)
+                ],
+                "no datasets",
+            ),
+            table(["phase", "isolation", "waived by the operator"], iso_rows, "no isolation reported"),
+        ]
+    )

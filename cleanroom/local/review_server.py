@@ -42,7 +42,7 @@ TEXT_SHOWN_BYTES = 64 * 1024
 MAX_REASON = 2000
 SECURITY_HEADERS = {
     "Content-Security-Policy": f"default-src 'none'; style-src '{pages.CSS_HASH}'; form-action 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'",
+    "frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     # same-origin: the page's own form posts carry its Origin (checked below); nothing leaves for elsewhere
     "Referrer-Policy": "same-origin",
@@ -54,6 +54,7 @@ SECURITY_HEADERS = {
 
 
 # Content ----------------------------------------------------------------------------------------
+
 
 def decrypt_release(client: Client, ref: str) -> dict[str, Any]:
     """A release's content, decrypted on this machine by the SDK's `get_result` (which checks the receipt
@@ -69,8 +70,15 @@ def decrypt_release(client: Client, ref: str) -> dict[str, Any]:
 
 def read_content(files: dict[str, bytes], model: dict[str, Any] | None = None) -> dict[str, Any]:
     """Released files as the page shows them: tables as rows, statistics, metrics, the card, other text."""
-    out: dict[str, Any] = {"tables": {}, "statistics": None, "metrics": None, "card": None, "model": model,
-                           "other": {}, "artifacts": []}
+    out: dict[str, Any] = {
+        "tables": {},
+        "statistics": None,
+        "metrics": None,
+        "card": None,
+        "model": model,
+        "other": {},
+        "artifacts": [],
+    }
     for name, data in sorted(files.items()):
         out["artifacts"].append({"name": name, "bytes": len(data), "sha256": digest(data)})
         text = _text(data)
@@ -84,8 +92,11 @@ def read_content(files: dict[str, bytes], model: dict[str, Any] | None = None) -
             out["card"] = text
         elif name != "model.skops":
             parsed = _json(text) if name.endswith(".json") else None
-            out["other"][name] = (json.dumps(parsed, indent=2, sort_keys=True) if parsed is not None else text) \
-                if text is not None and len(data) <= TEXT_SHOWN_BYTES else None
+            out["other"][name] = (
+                (json.dumps(parsed, indent=2, sort_keys=True) if parsed is not None else text)
+                if text is not None and len(data) <= TEXT_SHOWN_BYTES
+                else None
+            )
     return out
 
 
@@ -117,21 +128,33 @@ def model_facts(path: Path) -> dict[str, Any]:
     except CleanroomError as exc:
         return {"error": exc.message}
     features = [str(f) for f in getattr(fitted, "feature_names_in_", [])]
-    out: dict[str, Any] = {"params": sorted((k, v) for k, v in fitted.get_params(deep=False).items()
-                                            if v is None or isinstance(v, str | int | float | bool))}
+    out: dict[str, Any] = {
+        "params": sorted(
+            (k, v)
+            for k, v in fitted.get_params(deep=False).items()
+            if v is None or isinstance(v, str | int | float | bool)
+        )
+    }
     coef = getattr(fitted, "coef_", None)
     if coef is not None:
         matrix = np.atleast_2d(np.asarray(coef, dtype=float))
         if matrix.shape[1] == len(features):
             classes = [str(c) for c in getattr(fitted, "classes_", [])]
-            columns = ["coefficient"] if matrix.shape[0] == 1 else (
-                [f"class {c}" for c in classes] if len(classes) == matrix.shape[0]
-                else [f"output {i}" for i in range(matrix.shape[0])])
+            columns = (
+                ["coefficient"]
+                if matrix.shape[0] == 1
+                else (
+                    [f"class {c}" for c in classes]
+                    if len(classes) == matrix.shape[0]
+                    else [f"output {i}" for i in range(matrix.shape[0])]
+                )
+            )
             intercept = np.atleast_1d(np.asarray(getattr(fitted, "intercept_", 0.0), dtype=float)).tolist()
-            out["coefficients"] = {"columns": columns,
-                                   "rows": [(f, matrix[:, i].tolist()) for i, f in enumerate(features)],
-                                   "intercept": (intercept * len(columns))[:len(columns)] if len(intercept) == 1
-                                   else intercept}
+            out["coefficients"] = {
+                "columns": columns,
+                "rows": [(f, matrix[:, i].tolist()) for i, f in enumerate(features)],
+                "intercept": (intercept * len(columns))[: len(columns)] if len(intercept) == 1 else intercept,
+            }
     importances = getattr(fitted, "feature_importances_", None)
     if coef is None and importances is not None and len(importances) == len(features):
         out["importances"] = [(f, float(v)) for f, v in zip(features, importances, strict=True)]
@@ -139,6 +162,7 @@ def model_facts(path: Path) -> dict[str, Any]:
 
 
 # The app ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Response:
@@ -166,8 +190,9 @@ class ReviewApp:
         url = urlsplit(target)
         first, _, rest = url.path.removeprefix("/").partition("/")
         if not hmac.compare_digest(first.encode(), self.token.encode()):
-            return self._error(403, "open the address that `cleanroom review` printed (it holds this run's "
-                                    "token)", token_ok=False)
+            return self._error(
+                403, "open the address that `cleanroom review` printed (it holds this run's token)", token_ok=False
+            )
         parts = [unquote(p) for p in rest.split("/") if p]
         with self._lock:
             try:
@@ -202,8 +227,10 @@ class ReviewApp:
                 return self._html(self.index())
             case ["releases", release_id]:
                 done = (query.get("done") or [""])[0]
-                notice = {"approved": "Approved: your signed approval was sent to the room.",
-                          "rejected": "Rejected: your signed rejection was sent to the room."}.get(done)
+                notice = {
+                    "approved": "Approved: your signed approval was sent to the room.",
+                    "rejected": "Rejected: your signed rejection was sent to the room.",
+                }.get(done)
                 return self._html(self.release(release_id, notice=notice))
         return self._error(404, "there is no such page")
 
@@ -248,25 +275,48 @@ class ReviewApp:
             content_error = f"The content could not be checked and decrypted here: {exc.message}"
         decisions = []
         for name in sorted(set(release["review_by"]) | (set(ran) & set(mine))):
-            state = ("approved" if name in release["approved_by"] else "rejected" if name in release["rejected_by"]
-                     else "waits" if name in release["pending_review"] else "not held (review = false)")
-            decisions.append({"dataset": name, "owner": datasets.get(name, {}).get("owner"), "state": state,
-                              "reason": release.get("rejection_reasons", {}).get(name),
-                              "ran_under": ran.get(name), "current": datasets.get(name, {}).get("policy_version")})
+            state = (
+                "approved"
+                if name in release["approved_by"]
+                else "rejected"
+                if name in release["rejected_by"]
+                else "waits"
+                if name in release["pending_review"]
+                else "not held (review = false)"
+            )
+            decisions.append(
+                {
+                    "dataset": name,
+                    "owner": datasets.get(name, {}).get("owner"),
+                    "state": state,
+                    "reason": release.get("rejection_reasons", {}).get(name),
+                    "ran_under": ran.get(name),
+                    "current": datasets.get(name, {}).get("policy_version"),
+                }
+            )
         view = {
-            "release": release, "job": job, "receipt": release.get("receipt") or {}, "content": content,
-            "content_error": content_error, "notice": notice, "error": error, "mine": mine, "decisions": decisions,
+            "release": release,
+            "job": job,
+            "receipt": release.get("receipt") or {},
+            "content": content,
+            "content_error": content_error,
+            "notice": notice,
+            "error": error,
+            "mine": mine,
+            "decisions": decisions,
             "fingerprint": self.client.room_keys()["fingerprint"],
             "manifest_sha256": manifest_sha256(release["manifest"]),
             "action": f"{self.base}releases/{quote(release['id'], safe='')}",
             "can_decide": any(d in mine for d in release["pending_review"]) and not release.get("rejected_by"),
-            "keys": _group_keys(job), "plugin_approvals": self._plugin_approvals(body, mine, datasets, me),
+            "keys": _group_keys(job),
+            "plugin_approvals": self._plugin_approvals(body, mine, datasets, me),
             "earlier": self._earlier(release),
         }
         return pages.release_page(view, base=self.base, who=self._who())
 
-    def _plugin_approvals(self, body: dict[str, Any], mine: list[str], datasets: dict[str, dict[str, Any]],
-                          me: str) -> list[dict[str, Any]]:
+    def _plugin_approvals(
+        self, body: dict[str, Any], mine: list[str], datasets: dict[str, dict[str, Any]], me: str
+    ) -> list[dict[str, Any]]:
         """Your latest approval of each plugin that ran, per input of yours, against the current policy:
         an approval under an older policy version or other data no longer lets a job run."""
         rows = []
@@ -277,8 +327,10 @@ class ReviewApp:
             approvals = self.client.get_plugin(pid).get("approvals", [])
             for name in inputs:
                 ds = datasets[name]
-                given = sorted((a for a in approvals if a["dataset"] == name and a["org"] == me),
-                               key=lambda a: a.get("created_at") or 0)
+                given = sorted(
+                    (a for a in approvals if a["dataset"] == name and a["org"] == me),
+                    key=lambda a: a.get("created_at") or 0,
+                )
                 a = given[-1] if given else None
                 if a is None:
                     state = "not approved"
@@ -290,8 +342,15 @@ class ReviewApp:
                     state = "stale"
                 else:
                     state = "current"
-                rows.append({"plugin": label, "dataset": name, "state": state,
-                             "policy_version": a["policy_version"] if a else None, "current": ds["policy_version"]})
+                rows.append(
+                    {
+                        "plugin": label,
+                        "dataset": name,
+                        "state": state,
+                        "policy_version": a["policy_version"] if a else None,
+                        "current": ds["policy_version"],
+                    }
+                )
         return rows
 
     def _earlier(self, release: dict[str, Any]) -> list[dict[str, Any]]:
@@ -308,8 +367,9 @@ class ReviewApp:
         own = f"http://{headers.get('host', '')}"
         site = headers.get("sec-fetch-site")
         if headers.get("origin") != own or (site is not None and site != "same-origin"):
-            return self._error(403, "refused: this form was not sent from this page (cross-origin?). "
-                                    "Reload the page and try again.")
+            return self._error(
+                403, "refused: this form was not sent from this page (cross-origin?). Reload the page and try again."
+            )
         match parts:
             case ["releases", release_id, ("approve" | "reject") as verb]:
                 pass
@@ -322,8 +382,13 @@ class ReviewApp:
         shown = manifest_sha256(release["manifest"])
         if not hmac.compare_digest(form.get("manifest", ""), shown) or (release["id"], shown) not in self._verified:
             # the release changed since the page showed it, or its content was never checked here
-            return self._html(self.release(release_id, error="Nothing was signed: the release is not the one this "
-                                                            "page showed you. Review it again below."), 409)
+            return self._html(
+                self.release(
+                    release_id,
+                    error="Nothing was signed: the release is not the one this page showed you. Review it again below.",
+                ),
+                409,
+            )
         if verb == "approve":
             self.client.approve_release(release["id"], expect_manifest_sha256=shown)
         else:
@@ -367,6 +432,7 @@ def _read_form(headers: dict[str, str], read_body: Callable[[int], bytes]) -> di
 
 # The server -------------------------------------------------------------------------------------
 
+
 class _Handler(BaseHTTPRequestHandler):
     server: ReviewServer
     server_version = "cleanroom-review"
@@ -407,8 +473,10 @@ class ReviewServer(ThreadingHTTPServer):
         try:
             super().__init__((HOST, port), _Handler)
         except OSError as exc:
-            raise ValidationError(f"cannot listen on {HOST}:{port}: {exc.strerror}",
-                                  hint="choose another --port, or leave it out to take a free one") from exc
+            raise ValidationError(
+                f"cannot listen on {HOST}:{port}: {exc.strerror}",
+                hint="choose another --port, or leave it out to take a free one",
+            ) from exc
         self.app.port = int(self.server_address[1])
 
     @property
@@ -423,6 +491,8 @@ def open_browser(url: str, folder: Path) -> bool:
 
     page = folder / "open-review.html"
     page.touch(mode=0o600)
-    page.write_text(f'<!doctype html><meta http-equiv="refresh" content="0;url={pages.h(url)}">'
-                    f'<a href="{pages.h(url)}">cleanroom review</a>')
+    page.write_text(
+        f'<!doctype html><meta http-equiv="refresh" content="0;url={pages.h(url)}">'
+        f'<a href="{pages.h(url)}">cleanroom review</a>'
+    )
     return webbrowser.open(page.as_uri())

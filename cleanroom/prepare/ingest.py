@@ -51,8 +51,15 @@ if TYPE_CHECKING:  # pandas is heavy: the owner's side loads it only to make the
     import pandas as pd
 
 __all__ = [
-    "PreparedDataset", "decrypt_dataset", "decrypt_table", "load_join_secret", "new_join_secret",
-    "pid_array", "prepare", "pseudonym", "save_join_secret",
+    "PreparedDataset",
+    "decrypt_dataset",
+    "decrypt_table",
+    "load_join_secret",
+    "new_join_secret",
+    "pid_array",
+    "prepare",
+    "pseudonym",
+    "save_join_secret",
 ]
 
 MIN_SECRET_BYTES = 16
@@ -91,14 +98,14 @@ def load_join_secret(path: str | Path) -> bytes:
         mode = path.stat().st_mode
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        raise NotFound(f"no join secret file at {path}",
-                       hint="create one with `cleanroom join-secret new` and share it with the other owners"
-                       ) from None
+        raise NotFound(
+            f"no join secret file at {path}",
+            hint="create one with `cleanroom join-secret new` and share it with the other owners",
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ValidationError(f"cannot read the join secret file {path}") from exc
     if os.name == "posix" and mode & 0o077:
-        raise ValidationError(f"the join secret file {path} is readable by other users",
-                              hint=f"chmod 600 {path}")
+        raise ValidationError(f"the join secret file {path} is readable by other users", hint=f"chmod 600 {path}")
     try:
         secret = bytes.fromhex(text)
     except ValueError:
@@ -109,8 +116,9 @@ def load_join_secret(path: str | Path) -> bytes:
 
 def _check_secret(secret: bytes) -> None:
     if not isinstance(secret, bytes) or len(secret) < MIN_SECRET_BYTES:
-        raise ValidationError(f"a join secret is at least {MIN_SECRET_BYTES} random bytes",
-                              hint="make one with new_join_secret()")
+        raise ValidationError(
+            f"a join secret is at least {MIN_SECRET_BYTES} random bytes", hint="make one with new_join_secret()"
+        )
 
 
 # rows per batch read (a few MiB: three threads each hold one or two), per IPC message, and batches
@@ -146,9 +154,14 @@ class PreparedDataset:
         from cleanroom.published import to_records
 
         """The fields of an upload declaration that describe the data (the API adds name and policy)."""
-        return {"schema": self.schema.to_dict(), "row_count": self.row_count,
-                "mock": to_records(self.mock, self.schema), "dropped": list(self.dropped),
-                "sha256": self.sha256, "size": self.size}
+        return {
+            "schema": self.schema.to_dict(),
+            "row_count": self.row_count,
+            "mock": to_records(self.mock, self.schema),
+            "dropped": list(self.dropped),
+            "sha256": self.sha256,
+            "size": self.size,
+        }
 
     def cleanup(self) -> None:
         self.ciphertext_path.unlink(missing_ok=True)
@@ -166,8 +179,13 @@ class _ArrowSource(io.RawIOBase):
     The encryptor pulls from it, so at most one batch of plaintext is in memory at a time.
     """
 
-    def __init__(self, batches: Iterator[pa.RecordBatch], schema: pa.Schema, compression: str | None,
-                 written: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        batches: Iterator[pa.RecordBatch],
+        schema: pa.Schema,
+        compression: str | None,
+        written: Callable[[], None] | None = None,
+    ) -> None:
         self._batches = batches
         self._written = written
         self._sink = io.BytesIO()
@@ -219,12 +237,24 @@ class _HashingFile(io.RawIOBase):
         return self._f.write(data)
 
 
-def prepare(path: str | Path, *, recipient: str | Sequence[str], id_column: str, join_secret: bytes,
-            policy: Any = None, schema_override: Schema | dict[str, Any] | str | Path | None = None,
-            fmt: str | None = None, drop_identifiers: bool = True, progress: Progress | None = None,
-            workdir: str | Path | None = None, mock_rows: int = 100, compression: str | None = "zstd",
-            identifier_check: Callable[[str], str | None] | None = None, text_columns: Sequence[str] = (),
-            allow_few_ids: bool = False) -> PreparedDataset:
+def prepare(
+    path: str | Path,
+    *,
+    recipient: str | Sequence[str],
+    id_column: str,
+    join_secret: bytes,
+    policy: Any = None,
+    schema_override: Schema | dict[str, Any] | str | Path | None = None,
+    fmt: str | None = None,
+    drop_identifiers: bool = True,
+    progress: Progress | None = None,
+    workdir: str | Path | None = None,
+    mock_rows: int = 100,
+    compression: str | None = "zstd",
+    identifier_check: Callable[[str], str | None] | None = None,
+    text_columns: Sequence[str] = (),
+    allow_few_ids: bool = False,
+) -> PreparedDataset:
     """Check, pseudonymise and encrypt `path` to the room's key `recipient` into a temporary file.
 
     Raises ValidationError and leaves nothing behind when it fails: rows that do not fit (naming their
@@ -234,9 +264,22 @@ def prepare(path: str | Path, *, recipient: str | Sequence[str], id_column: str,
     is False.
     """
     with _lean_memory_pool():
-        prepared = _prepare(Path(path), recipient, id_column, join_secret, policy, schema_override, fmt,
-                            drop_identifiers, progress, workdir, mock_rows, compression, identifier_check,
-                            tuple(text_columns))
+        prepared = _prepare(
+            Path(path),
+            recipient,
+            id_column,
+            join_secret,
+            policy,
+            schema_override,
+            fmt,
+            drop_identifiers,
+            progress,
+            workdir,
+            mock_rows,
+            compression,
+            identifier_check,
+            tuple(text_columns),
+        )
     if not allow_few_ids:
         try:
             _check_id_values(id_column, prepared)
@@ -257,8 +300,9 @@ def _check_id_values(id_column: str, prepared: PreparedDataset) -> None:
         "the person (or other privacy unit) each row is about, so it has many values (a person may have "
         "several rows). Nothing was uploaded",
         hint=f"give the column that identifies the person with --id-column{guess}; if this really is the id "
-             "column (few units with many rows each), pass --allow-few-ids (SDK: allow_few_ids=True)",
-        details={"id_column": id_column, "distinct": ids, "rows": rows, "dropped_id_like": likely})
+        "column (few units with many rows each), pass --allow-few-ids (SDK: allow_few_ids=True)",
+        details={"id_column": id_column, "distinct": ids, "rows": rows, "dropped_id_like": likely},
+    )
 
 
 def _check_policy_columns(policy: Any, names: list[str], id_column: str, dropped: dict[str, str]) -> None:
@@ -271,20 +315,28 @@ def _check_policy_columns(policy: Any, names: list[str], id_column: str, dropped
         if name in kept:
             continue
         if name == id_column:
-            problems.append(f"{name!r} is the id column, which leaves this machine only as the pseudonym {PID}"
-                            f" (a rule for it would be [columns.{PID}])")
+            problems.append(
+                f"{name!r} is the id column, which leaves this machine only as the pseudonym {PID}"
+                f" (a rule for it would be [columns.{PID}])"
+            )
         elif name in dropped:
-            problems.append(f"{name!r} is dropped as a direct identifier ({dropped[name]}); keep it with "
-                            f"[identifiers] allow = [{name!r}] or remove the rule")
+            problems.append(
+                f"{name!r} is dropped as a direct identifier ({dropped[name]}); keep it with "
+                f"[identifiers] allow = [{name!r}] or remove the rule"
+            )
         else:
             close = difflib.get_close_matches(name, kept, n=1)
-            problems.append(f"{name!r} is not a column of the file" + (f" (did you mean {close[0]!r}?)" if close
-                                                                       else ""))
+            problems.append(
+                f"{name!r} is not a column of the file" + (f" (did you mean {close[0]!r}?)" if close else "")
+            )
     if problems:
-        raise ValidationError("the policy has [columns.X] rules for columns the dataset does not have: "
-                              + "; ".join(problems) + ". Nothing was uploaded",
-                              hint=f"fix or remove those [columns.X] tables in the policy; the dataset's columns "
-                                   f"are {kept}", details={"columns": kept})
+        raise ValidationError(
+            "the policy has [columns.X] rules for columns the dataset does not have: "
+            + "; ".join(problems)
+            + ". Nothing was uploaded",
+            hint=f"fix or remove those [columns.X] tables in the policy; the dataset's columns are {kept}",
+            details={"columns": kept},
+        )
 
 
 def _policy_columns(policy: Any) -> list[str]:
@@ -367,11 +419,22 @@ def _switch_interval(seconds: float) -> Iterator[None]:
                 sys.setswitchinterval(_tuning["previous"])
 
 
-def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_secret: bytes, policy: Any,
-             schema_override: Any, fmt: str | None, drop_identifiers: bool, progress: Progress | None,
-             workdir: str | Path | None, mock_rows: int, compression: str | None,
-             identifier_check: Callable[[str], str | None] | None, text_columns: tuple[str, ...] = ()
-             ) -> PreparedDataset:
+def _prepare(
+    path: Path,
+    recipient: str | Sequence[str],
+    id_column: str,
+    join_secret: bytes,
+    policy: Any,
+    schema_override: Any,
+    fmt: str | None,
+    drop_identifiers: bool,
+    progress: Progress | None,
+    workdir: str | Path | None,
+    mock_rows: int,
+    compression: str | None,
+    identifier_check: Callable[[str], str | None] | None,
+    text_columns: tuple[str, ...] = (),
+) -> PreparedDataset:
     fmt = detect_format(path, fmt)
     _check_secret(join_secret)
     recipients = [recipient] if isinstance(recipient, str) else list(recipient)
@@ -380,8 +443,7 @@ def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_se
         raise ValidationError(f"no id column {id_column!r} in {path.name}; its columns are {names}")
     reserved = [n for n in names if n.startswith("_")]
     if reserved:
-        raise ValidationError(f"column names starting with '_' are reserved: {reserved}",
-                              hint="rename these columns")
+        raise ValidationError(f"column names starting with '_' are reserved: {reserved}", hint="rename these columns")
     meter = _Meter(progress, path.stat().st_size)
 
     def flag(schema: Schema, first: pa.RecordBatch | None) -> dict[str, str]:
@@ -389,14 +451,17 @@ def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_se
         flagged = _identifiers(path, fmt, schema, id_column, policy, identifier_check, first)
         if flagged and not drop_identifiers:
             listing = "; ".join(f"{name!r} ({why})" for name, why in flagged.items())
-            raise ValidationError(f"columns that look like direct identifiers: {listing}",
-                                  hint="drop them, or list them under [identifiers] allow in the policy",
-                                  details={"identifiers": flagged})
+            raise ValidationError(
+                f"columns that look like direct identifiers: {listing}",
+                hint="drop them, or list them under [identifiers] allow in the policy",
+                details={"identifiers": flagged},
+            )
         _check_policy_columns(policy, names, id_column, flagged)
         return flagged
 
-    def encrypt(schema: Schema, flagged: dict[str, str], sampled: list[str] | None,
-                report: Callable[[int], None]) -> PreparedDataset:
+    def encrypt(
+        schema: Schema, flagged: dict[str, str], sampled: list[str] | None, report: Callable[[int], None]
+    ) -> PreparedDataset:
         kept = [c for c in schema.columns if c.name != id_column and c.name not in flagged]
         read_schema = Schema([Column(id_column, "string", nullable=False)] + kept)
         position = [0]  # bytes read: set in the reading thread, reported from this one
@@ -404,8 +469,14 @@ def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_se
         def tick() -> None:
             report(position[0])
 
-        batches = read_batches(path, fmt, read_schema, progress=lambda done: position.__setitem__(0, done),
-                               sampled=sampled, rows=_PIPELINE_ROWS)
+        batches = read_batches(
+            path,
+            fmt,
+            read_schema,
+            progress=lambda done: position.__setitem__(0, done),
+            sampled=sampled,
+            rows=_PIPELINE_ROWS,
+        )
         silent = [c.name for c in kept if c.stats == {}]  # an override's `stats = {}`: publish nothing
         prepared = _encrypt(batches, kept, flagged, recipients, join_secret, workdir, mock_rows, compression, tick)
         return _publish_declared(prepared, policy, silent, mock_rows)
@@ -413,8 +484,10 @@ def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_se
     with _switch_interval(_SWITCH_INTERVAL):
         if schema_override is not None or fmt != "csv":
             if text_columns:
-                raise ValidationError("--text-column is for CSV files whose column types are inferred",
-                                      hint="give the column type \"string\" in the schema override instead")
+                raise ValidationError(
+                    "--text-column is for CSV files whose column types are inferred",
+                    hint='give the column type "string" in the schema override instead',
+                )
             schema = _override(schema_override) if schema_override is not None else infer_types(path, fmt)
             return encrypt(schema, flag(schema, None), None, meter.reporter())
         sample = sample_types(path, text_columns=text_columns)
@@ -428,8 +501,7 @@ def _prepare(path: Path, recipient: str | Sequence[str], id_column: str, join_se
             return encrypt(schema, flag(schema, None), None, meter.reporter(1))
 
 
-def _publish_declared(prepared: PreparedDataset, policy: Any, silent: list[str],
-                      mock_rows: int) -> PreparedDataset:
+def _publish_declared(prepared: PreparedDataset, policy: Any, silent: list[str], mock_rows: int) -> PreparedDataset:
     """Keep the rows' summaries as suggestions for the owner; publish declared facts only, and mock rows
     made from them (`cleanroom.prepare.mock`)."""
     from cleanroom.published import make_mock, published_schema
@@ -448,9 +520,17 @@ def _override(schema_override: Any) -> Schema:
     return load_schema_file(schema_override)
 
 
-def _encrypt(batches: Generator[pa.RecordBatch, None, None], kept: list[Column], flagged: dict[str, str],
-             recipients: list[str], join_secret: bytes, workdir: str | Path | None, mock_rows: int,
-             compression: str | None, tick: Callable[[], None]) -> PreparedDataset:
+def _encrypt(
+    batches: Generator[pa.RecordBatch, None, None],
+    kept: list[Column],
+    flagged: dict[str, str],
+    recipients: list[str],
+    join_secret: bytes,
+    workdir: str | Path | None,
+    mock_rows: int,
+    compression: str | None,
+    tick: Callable[[], None],
+) -> PreparedDataset:
     """Pseudonymise, summarise and encrypt `batches` (the id column first, then `kept`).
 
     Three threads: one reads and converts (Arrow, mostly outside the interpreter lock), one hashes ids
@@ -460,8 +540,9 @@ def _encrypt(batches: Generator[pa.RecordBatch, None, None], kept: list[Column],
     from cleanroom.prepare.mock import StatsCollector
     from cleanroom.published import make_mock
 
-    out_schema = pa.schema([pa.field(PID, pa.string(), nullable=False)] +
-                           [pa.field(c.name, c.arrow_type()) for c in kept])
+    out_schema = pa.schema(
+        [pa.field(PID, pa.string(), nullable=False)] + [pa.field(c.name, c.arrow_type()) for c in kept]
+    )
     stats = StatsCollector(kept)
     ids: set[str] | None = set()  # distinct raw ids, while they are few (`prepare` checks the id column)
 
@@ -479,13 +560,15 @@ def _encrypt(batches: Generator[pa.RecordBatch, None, None], kept: list[Column],
                 ids = ids if len(ids) <= _ID_COUNT_CAP else None
             for start in range(0, batch.num_rows, _WRITE_ROWS):  # small IPC messages, small buffers
                 part = batch.slice(start, _WRITE_ROWS)
-                yield pa.record_batch([pid_array(part.column(0), join_secret)] + part.columns[1:],
-                                      schema=out_schema)
+                yield pa.record_batch([pid_array(part.column(0), join_secret)] + part.columns[1:], schema=out_schema)
 
     fd, tmp = tempfile.mkstemp(prefix="cleanroom-", suffix=".age", dir=workdir)
     try:
-        with os.fdopen(fd, "wb") as raw, _in_thread(summarised(), "cleanroom-read") as read, \
-                _in_thread(transformed(read), "cleanroom-pseudonymise") as ready:
+        with (
+            os.fdopen(fd, "wb") as raw,
+            _in_thread(summarised(), "cleanroom-read") as read,
+            _in_thread(transformed(read), "cleanroom-pseudonymise") as ready,
+        ):
             sink, source = _HashingFile(raw), _ArrowSource(ready, out_schema, compression, tick)
             try:
                 encrypt_stream(source, sink, recipients)  # type: ignore[arg-type]
@@ -499,9 +582,17 @@ def _encrypt(batches: Generator[pa.RecordBatch, None, None], kept: list[Column],
         columns = [Column(PID, "string", nullable=False, stats={})]
         columns += [stats.column(c) for c in kept]
         final = Schema(columns)
-        return PreparedDataset(Path(tmp), sink.hash.hexdigest(), sink.size, stats.rows, final,
-                               list(flagged), make_mock(final, n=mock_rows), dict(flagged),
-                               id_values=None if ids is None else len(ids))
+        return PreparedDataset(
+            Path(tmp),
+            sink.hash.hexdigest(),
+            sink.size,
+            stats.rows,
+            final,
+            list(flagged),
+            make_mock(final, n=mock_rows),
+            dict(flagged),
+            id_values=None if ids is None else len(ids),
+        )
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -558,8 +649,15 @@ def _in_thread(items: Iterator[T], name: str, depth: int = _QUEUE_DEPTH) -> Iter
         thread.join()
 
 
-def _identifiers(path: Path, fmt: str, schema: Schema, id_column: str, policy: Any,
-                 check: Callable[[str], str | None] | None, first: pa.RecordBatch | None = None) -> dict[str, str]:
+def _identifiers(
+    path: Path,
+    fmt: str,
+    schema: Schema,
+    id_column: str,
+    policy: Any,
+    check: Callable[[str], str | None] | None,
+    first: pa.RecordBatch | None = None,
+) -> dict[str, str]:
     """Columns to drop (name -> reason): identifier-like names, or values that are mostly e-mail
     addresses, unless the policy's [identifiers] allow list keeps them."""
     if check is None:
@@ -574,8 +672,11 @@ def _identifiers(path: Path, fmt: str, schema: Schema, id_column: str, policy: A
         reason = check(col.name)
         if reason:
             flagged[col.name] = reason
-    candidates = [c for c in schema.columns if c.type == "string" and c.name not in flagged
-                  and c.name != id_column and c.name not in allowed]
+    candidates = [
+        c
+        for c in schema.columns
+        if c.type == "string" and c.name not in flagged and c.name != id_column and c.name not in allowed
+    ]
     if candidates:
         if first is not None:  # the first batch of the file as text (from sample_types)
             batch: pa.RecordBatch | None = first.select([c.name for c in candidates])
@@ -622,4 +723,3 @@ def decrypt_table(ciphertext: bytes | BinaryIO, keypair: KeyPair) -> pa.Table:
 
 def decrypt_dataset(ciphertext: bytes | BinaryIO, keypair: KeyPair) -> pd.DataFrame:
     return decrypt_table(ciphertext, keypair).to_pandas()
-

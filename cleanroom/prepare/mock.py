@@ -132,8 +132,9 @@ class StatsCollector:
             return out
         if col.type in ("integer", "number"):
             mean, std = acc["mean"], math.sqrt(max(acc["m2"], 0.0) / acc["n"])
-            low, high = _published_range(acc["min"].as_py(), acc["max"].as_py(), mean, std,
-                                         integer=col.type == "integer")
+            low, high = _published_range(
+                acc["min"].as_py(), acc["max"].as_py(), mean, std, integer=col.type == "integer"
+            )
             out.update(min=low, max=high, mean=_num(mean), std=_num(std))
         elif col.type in ("date", "datetime"):
             low, high = acc["min"].as_py(), acc["max"].as_py()
@@ -174,8 +175,9 @@ def _round_out(x: float, direction: Any) -> float:
 
 
 def _month_start(value: Any) -> Any:
-    return value.replace(day=1, **({"hour": 0, "minute": 0, "second": 0, "microsecond": 0}
-                                   if isinstance(value, dt.datetime) else {}))
+    return value.replace(
+        day=1, **({"hour": 0, "minute": 0, "second": 0, "microsecond": 0} if isinstance(value, dt.datetime) else {})
+    )
 
 
 def _month_end(value: Any) -> Any:
@@ -184,15 +186,6 @@ def _month_end(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return last.replace(hour=23, minute=59, second=59, microsecond=0)
     return last
-
-
-
-
-
-
-
-
-
 
 
 def suggest_policy(schema: Schema) -> str:
@@ -210,17 +203,3 @@ def suggest_policy(schema: Schema) -> str:
             values = ", ".join(json.dumps(v) for v in sorted(stats["categories"]))
             lines += [f"[columns.{col.name}]", f"domain = [{values}]"]
     return "\n".join(lines) + ("\n" if lines else "")
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -24,16 +24,22 @@ from cleanroom.errors import ValidationError
 from cleanroom.published import TYPES, Column, Schema, load_schema_file
 
 __all__ = [
-    "FORMATS", "TYPES", "Column", "Sample", "Schema", "TypesChanged", "check_columns", "detect_format",
-    "file_columns", "infer_schema", "infer_types", "load_schema_file", "read_batches", "sample_types", "validate",
+    "FORMATS",
+    "TYPES",
+    "Column",
+    "Sample",
+    "Schema",
+    "TypesChanged",
+    "check_columns",
+    "detect_format",
+    "file_columns",
+    "infer_schema",
+    "infer_types",
+    "load_schema_file",
+    "read_batches",
+    "sample_types",
+    "validate",
 ]
-
-
-
-
-
-
-
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -68,23 +74,33 @@ def detect_format(path: str | Path, fmt: str | None = None) -> str:
         return fmt.lower()
     found = FORMATS.get(Path(path).suffix.lower())
     if found is None:
-        raise ValidationError(f"cannot tell the format of {Path(path).name} from its extension",
-                              hint="name it .csv or .parquet, or pass the format explicitly")
+        raise ValidationError(
+            f"cannot tell the format of {Path(path).name} from its extension",
+            hint="name it .csv or .parquet, or pass the format explicitly",
+        )
     return found
 
 
-def _open_csv(path: str | Path, types: dict[str, pa.DataType], *, threads: bool = True,
-              handler: Callable[[Any], str] | None = None) -> tuple[pa.OSFile, pacsv.CSVStreamingReader]:
+def _open_csv(
+    path: str | Path,
+    types: dict[str, pa.DataType],
+    *,
+    threads: bool = True,
+    handler: Callable[[Any], str] | None = None,
+) -> tuple[pa.OSFile, pacsv.CSVStreamingReader]:
     try:
         f = pa.OSFile(str(path))
     except OSError as exc:
         raise ValidationError(f"cannot read {Path(path).name}") from exc
     try:
         reader = pacsv.open_csv(
-            f, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK, use_threads=threads),
+            f,
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK, use_threads=threads),
             parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=handler),
-            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types),
-                                                 strings_can_be_null=True))
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, include_columns=list(types), strings_can_be_null=True
+            ),
+        )
     except (pa.ArrowInvalid, OSError):
         f.close()
         raise
@@ -126,8 +142,10 @@ def file_columns(path: str | Path, fmt: str | None = None) -> list[str]:
 def check_columns(found: list[str], expected: list[str]) -> None:
     missing, extra = [n for n in expected if n not in found], [n for n in found if n not in expected]
     if missing or extra:
-        raise ValidationError(f"the file's columns do not match the schema: missing {missing}, "
-                              f"not in the schema {extra}", hint="a schema must describe every column")
+        raise ValidationError(
+            f"the file's columns do not match the schema: missing {missing}, not in the schema {extra}",
+            hint="a schema must describe every column",
+        )
 
 
 def _parquet(path: str | Path) -> pq.ParquetFile:
@@ -145,15 +163,23 @@ def parquet_kind(name: str, t: pa.DataType) -> str:
     """Our column type for a Parquet column's Arrow type."""
     if pa.types.is_dictionary(t):
         t = t.value_type
-    for test, kind in ((pa.types.is_integer, "integer"), (pa.types.is_floating, "number"),
-                       (pa.types.is_decimal, "number"), (pa.types.is_boolean, "boolean"),
-                       (pa.types.is_string, "string"), (pa.types.is_large_string, "string"),
-                       (pa.types.is_null, "string"), (pa.types.is_date, "date"),
-                       (pa.types.is_timestamp, "datetime")):
+    for test, kind in (
+        (pa.types.is_integer, "integer"),
+        (pa.types.is_floating, "number"),
+        (pa.types.is_decimal, "number"),
+        (pa.types.is_boolean, "boolean"),
+        (pa.types.is_string, "string"),
+        (pa.types.is_large_string, "string"),
+        (pa.types.is_null, "string"),
+        (pa.types.is_date, "date"),
+        (pa.types.is_timestamp, "datetime"),
+    ):
         if test(t):
             return kind
-    raise ValidationError(f"column {name!r} has Arrow type {t}, which a dataset cannot hold",
-                          hint="store it as text, numbers, booleans, dates or timestamps")
+    raise ValidationError(
+        f"column {name!r} has Arrow type {t}, which a dataset cannot hold",
+        hint="store it as text, numbers, booleans, dates or timestamps",
+    )
 
 
 def _to_type(values: pa.Array, target: pa.DataType) -> pa.Array:
@@ -179,9 +205,15 @@ class TypesChanged(Exception):
         self.column = column
 
 
-def read_batches(path: str | Path, fmt: str, schema: Schema, *, progress: Callable[[int], None] | None = None,
-                 sampled: Collection[str] | None = None, rows: int | None = None
-                 ) -> Generator[pa.RecordBatch, None, None]:
+def read_batches(
+    path: str | Path,
+    fmt: str,
+    schema: Schema,
+    *,
+    progress: Callable[[int], None] | None = None,
+    sampled: Collection[str] | None = None,
+    rows: int | None = None,
+) -> Generator[pa.RecordBatch, None, None]:
     """Typed record batches of `schema`'s columns (in its order), of about `rows` rows (BATCH_ROWS).
     Rows that do not fit raise ValidationError naming their lines (CSV) or rows (Parquet).
     `progress(bytes_read)`.
@@ -214,8 +246,10 @@ def read_batches(path: str | Path, fmt: str, schema: Schema, *, progress: Callab
                 try:
                     arrays = [_to_type(raw.column(n), t) for n, t in types.items()]
                 except pa.ArrowNotImplementedError as exc:
-                    raise ValidationError("a Parquet column's type does not convert to the schema's type",
-                                          hint="check the schema override's types") from exc
+                    raise ValidationError(
+                        "a Parquet column's type does not convert to the schema's type",
+                        hint="check the schema override's types",
+                    ) from exc
                 batch = pa.record_batch(arrays, schema=schema.arrow_schema().remove_metadata())
                 _check_nulls(batch, schema)
                 yield batch
@@ -225,8 +259,11 @@ def read_batches(path: str | Path, fmt: str, schema: Schema, *, progress: Callab
     except (pa.ArrowInvalid, _Mismatch):
         failed = True
     if failed:  # when the types came from a sample, only nullability and field counts are known to be wrong
-        _raise_violations(path, fmt, schema if sampled is None else
-                          Schema([Column(c.name, "string", c.nullable) for c in schema.columns]))
+        _raise_violations(
+            path,
+            fmt,
+            schema if sampled is None else Schema([Column(c.name, "string", c.nullable) for c in schema.columns]),
+        )
 
 
 def _conform(batch: pa.RecordBatch, schema: Schema, empty: frozenset[str], target: pa.Schema) -> pa.RecordBatch:
@@ -350,8 +387,10 @@ def _scan_csv(path: str | Path, schema: Schema, limit: int) -> list[dict[str, An
             lines = np.empty_like(all_idx)
             lines[order] = 2 + all_idx[order] + extra + np.cumsum(all_nl[order]) - all_nl[order]
             for col in schema.columns:
-                out += [{"line": int(lines[i]), "column": col.name, "expected": col.type, "got": kind}
-                        for i, kind in _bad_rows(batch.column(col.name), col, limit)]
+                out += [
+                    {"line": int(lines[i]), "column": col.name, "expected": col.type, "got": kind}
+                    for i, kind in _bad_rows(batch.column(col.name), col, limit)
+                ]
             out += [misfit(int(lines[n + j]), *skipped.pop(s)[:2]) for j, s in enumerate(here)]
             extra, next_index = extra + int(all_nl.sum()), end
             if len(out) > limit:
@@ -379,8 +418,10 @@ def _scan_parquet(path: str | Path, schema: Schema, limit: int) -> list[dict[str
     for raw in _parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=schema.names):
         for col in schema.columns:
             values = _to_type(raw.column(col.name), pa.string())
-            out += [{"row": offset + i + 1, "column": col.name, "expected": col.type, "got": kind}
-                    for i, kind in _bad_rows(values, col, limit)]
+            out += [
+                {"row": offset + i + 1, "column": col.name, "expected": col.type, "got": kind}
+                for i, kind in _bad_rows(values, col, limit)
+            ]
         offset += raw.num_rows
         if len(out) > limit:
             break
@@ -390,24 +431,32 @@ def _scan_parquet(path: str | Path, schema: Schema, limit: int) -> list[dict[str
 def _raise_violations(path: str | Path, fmt: str, schema: Schema) -> None:
     found = (_scan_csv if fmt == "csv" else _scan_parquet)(path, schema, MAX_VIOLATIONS)
     if not found:
-        raise ValidationError(f"{Path(path).name} does not fit the schema",
-                              hint="check the schema override's types and nullability")
+        raise ValidationError(
+            f"{Path(path).name} does not fit the schema", hint="check the schema override's types and nullability"
+        )
     unit = "line" if fmt == "csv" else "row"
     more = len(found) > MAX_VIOLATIONS
     found = found[:MAX_VIOLATIONS]
-    parts = [f"{unit} {v[unit]}: " + (f"column {v['column']!r} expected {v['expected']}, got {v['got']}"
-                                      if v["column"] else f"expected {v['expected']}, got {v['got']}")
-             for v in found]
+    parts = [
+        f"{unit} {v[unit]}: "
+        + (
+            f"column {v['column']!r} expected {v['expected']}, got {v['got']}"
+            if v["column"]
+            else f"expected {v['expected']}, got {v['got']}"
+        )
+        for v in found
+    ]
     head = f"the first {len(found)} of more" if more else f"{len(found)}"
-    raise ValidationError(f"{head} rows of {Path(path).name} do not fit the schema: " + "; ".join(parts),
-                          details={"violations": found, "more": more},
-                          hint="fix those rows, or give a schema override with other types")
+    raise ValidationError(
+        f"{head} rows of {Path(path).name} do not fit the schema: " + "; ".join(parts),
+        details={"violations": found, "more": more},
+        hint="fix those rows, or give a schema override with other types",
+    )
 
 
 # -- type inference --------------------------------------------------------------------------------
 _INFER_ORDER = ("integer", "number", "boolean", "date", "datetime", "datetime_tz")
-_KIND_TYPES = {"date": pa.date32(), "datetime": pa.timestamp("us"),
-               "datetime_tz": pa.timestamp("us", tz="UTC")}
+_KIND_TYPES = {"date": pa.date32(), "datetime": pa.timestamp("us"), "datetime_tz": pa.timestamp("us", tz="UTC")}
 
 
 def _candidate_ok(kind: str, values: pa.Array) -> bool:
@@ -428,8 +477,14 @@ MISTYPED_SHARE = 0.05
 MISTYPED_MIN_TYPED = 10
 MISTYPED_EXAMPLES = 10
 _CODE_LIKE = r"^-?0[0-9]+$"  # 007, 02139: text on purpose (codes with leading zeros), never "bad cells"
-_KIND_WORDS = {"integer": "whole numbers", "number": "numbers", "boolean": "true/false",
-               "date": "dates (YYYY-MM-DD)", "datetime": "date-times", "datetime_tz": "date-times with a time zone"}
+_KIND_WORDS = {
+    "integer": "whole numbers",
+    "number": "numbers",
+    "boolean": "true/false",
+    "date": "dates (YYYY-MM-DD)",
+    "datetime": "date-times",
+    "datetime_tz": "date-times with a time zone",
+}
 
 
 class _Inference:
@@ -446,8 +501,7 @@ class _Inference:
         self.rows = 0
         self.values = dict.fromkeys(names, 0)
         self.misfits: dict[str, dict[str, int]] = {n: dict.fromkeys(_INFER_ORDER, 0) for n in names}
-        self.examples: dict[str, dict[str, list[tuple[int, str]]]] = {n: {k: [] for k in _INFER_ORDER}
-                                                                      for n in names}
+        self.examples: dict[str, dict[str, list[tuple[int, str]]]] = {n: {k: [] for k in _INFER_ORDER} for n in names}
 
     def update(self, batch: pa.RecordBatch) -> None:
         for name, column in zip(self.names, batch.columns, strict=True):
@@ -481,8 +535,9 @@ class _Inference:
         room = MISTYPED_EXAMPLES - len(self.examples[name][kind])
         if room > 0:
             firsts = where.slice(0, room)
-            self.examples[name][kind] += list(zip((self.rows + i for i in firsts.to_pylist()),
-                                                  column.take(firsts).to_pylist(), strict=True))
+            self.examples[name][kind] += list(
+                zip((self.rows + i for i in firsts.to_pylist()), column.take(firsts).to_pylist(), strict=True)
+            )
 
     def mistyped(self, schema: Schema | None = None) -> list[dict[str, Any]]:
         """Columns typed text only because of a few cells: column, the kind its other values have, how many
@@ -495,8 +550,9 @@ class _Inference:
             n = self.values[name]
             kind, bad = min(self.misfits[name].items(), key=lambda kv: (kv[1], _INFER_ORDER.index(kv[0])))
             if 0 < bad <= max(1, MISTYPED_SHARE * n) and n - bad >= MISTYPED_MIN_TYPED:
-                out.append({"column": name, "kind": kind, "values": n, "bad": bad,
-                            "examples": self.examples[name][kind]})
+                out.append(
+                    {"column": name, "kind": kind, "values": n, "bad": bad, "examples": self.examples[name][kind]}
+                )
         return out
 
     def schema(self) -> Schema:
@@ -510,17 +566,25 @@ class _Inference:
         return Schema(columns)
 
 
-def infer_types(path: str | Path, fmt: str | None = None, *,
-                progress: Callable[[int], None] | None = None, text_columns: Collection[str] | None = None
-                ) -> Schema:
+def infer_types(
+    path: str | Path,
+    fmt: str | None = None,
+    *,
+    progress: Callable[[int], None] | None = None,
+    text_columns: Collection[str] | None = None,
+) -> Schema:
     """Column names and types, without summaries. CSV needs one streaming pass; Parquet none.
 
     With `text_columns` (CSV; may be empty), those columns are text, and any other column that would be
     text only because of a few cells raises ValidationError naming their lines and values."""
     fmt = detect_format(path, fmt)
     if fmt == "parquet":
-        return Schema([Column(n, parquet_kind(n, t), timezone="UTC" if getattr(t, "tz", None) else None)
-                       for n, t in parquet_types(path)])
+        return Schema(
+            [
+                Column(n, parquet_kind(n, t), timezone="UTC" if getattr(t, "tz", None) else None)
+                for n, t in parquet_types(path)
+            ]
+        )
     names = file_columns(path, fmt)
     inference = _Inference(names)
     for batch in read_batches(path, fmt, Schema([Column(n, "string") for n in names]), progress=progress):
@@ -534,8 +598,10 @@ def _declared_text(path: str | Path, inference: _Inference, text_columns: Collec
     """`inference`'s types with `text_columns` as text; refuse other columns that are text by a few cells."""
     unknown = sorted(set(text_columns) - set(inference.names))
     if unknown:
-        raise ValidationError(f"--text-column names columns that {Path(path).name} does not have: {unknown}",
-                              hint=f"its columns are {inference.names}")
+        raise ValidationError(
+            f"--text-column names columns that {Path(path).name} does not have: {unknown}",
+            hint=f"its columns are {inference.names}",
+        )
     schema = inference.schema()
     mistyped = [m for m in inference.mistyped(schema) if m["column"] not in text_columns]
     if mistyped:
@@ -550,17 +616,22 @@ def _mistyped_error(path: str | Path, mistyped: list[dict[str, Any]]) -> Validat
         cells = [{"line": lines.get(i), "value": v} for i, v in m["examples"]]
         shown = "; ".join(f"line {c['line']}: {_short(c['value'])}" for c in cells)
         more = f" (the first {len(cells)} shown)" if m["bad"] > len(cells) else ""
-        parts.append(f"column {m['column']!r} would be text only because {m['bad']} of its {m['values']} values "
-                     f"are not {_KIND_WORDS[m['kind']]}{more}: {shown}")
-        details.append({"column": m["column"], "expected": m["kind"], "bad": m["bad"], "values": m["values"],
-                        "cells": cells})
+        parts.append(
+            f"column {m['column']!r} would be text only because {m['bad']} of its {m['values']} values "
+            f"are not {_KIND_WORDS[m['kind']]}{more}: {shown}"
+        )
+        details.append(
+            {"column": m["column"], "expected": m["kind"], "bad": m["bad"], "values": m["values"], "cells": cells}
+        )
     columns = [m["column"] for m in mistyped]
     flags = " ".join(f"--text-column {c}" for c in columns)
     return ValidationError(
         f"{Path(path).name}: " + "; ".join(parts) + ". Nothing was uploaded",
         hint=f"clean those cells in the file (leave a cell empty when its value is unknown), or, if the column "
-             f"is text, declare it so: {flags} (SDK: text_columns={columns!r}; or a --schema file that gives "
-             f"it type \"string\")", details={"mistyped": details})
+        f"is text, declare it so: {flags} (SDK: text_columns={columns!r}; or a --schema file that gives "
+        f'it type "string")',
+        details={"mistyped": details},
+    )
 
 
 def _short(value: Any) -> str:
@@ -601,8 +672,7 @@ class Sample:
     complete: bool  # the sample is the whole file
 
 
-def sample_types(path: str | Path, *, limit: int | None = None,
-                 text_columns: Collection[str] | None = None) -> Sample:
+def sample_types(path: str | Path, *, limit: int | None = None, text_columns: Collection[str] | None = None) -> Sample:
     """Column types of a CSV file inferred from about its first `limit` bytes (SAMPLE_BYTES), in
     whole batches. Read the rest with `read_batches(..., sampled=sample.empty)`, which checks that
     every later value fits the type (and raises TypesChanged where one does not). `text_columns` as

@@ -12,14 +12,20 @@ from cleanroom.errors import ConnectionFailed, from_response
 
 
 class RunnerAPI:
-    def __init__(self, url: str, token: str, *, ca_file: str | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self, url: str, token: str, *, ca_file: str | None = None, transport: httpx.BaseTransport | None = None
+    ) -> None:
         verify: ssl.SSLContext | bool = True
         if ca_file:  # the room's CA: a PEM file, or a folder of them
             is_dir = Path(ca_file).is_dir()
             verify = ssl.create_default_context(capath=ca_file if is_dir else None, cafile=None if is_dir else ca_file)
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers={"authorization": f"Bearer {token}"},
-                                 timeout=httpx.Timeout(60.0, read=600.0), verify=verify, transport=transport)
+        self.http = httpx.Client(
+            base_url=url.rstrip("/"),
+            headers={"authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(60.0, read=600.0),
+            verify=verify,
+            transport=transport,
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -48,8 +54,11 @@ class RunnerAPI:
         return body
 
     def register(self, enc_public: str, sign_public: str, waived: list[str] | None = None) -> dict[str, Any]:
-        return self._json("POST", "/runner/register", json={"enc_public": enc_public, "sign_public": sign_public,
-                                                            "waived": waived or []})
+        return self._json(
+            "POST",
+            "/runner/register",
+            json={"enc_public": enc_public, "sign_public": sign_public, "waived": waived or []},
+        )
 
     def heartbeat(self, instance: str, name: str, ttl: float) -> dict[str, Any]:
         """This runner instance is alive (the first call announces it); the answer lists the live instances."""

@@ -57,8 +57,19 @@ from cleanroom.sandbox.vocabulary import PID
 if TYPE_CHECKING:
     from cleanroom.runner.execute import JobRun
 
-__all__ = ["ARTIFACT", "Output", "aggregate", "assign_blocks", "block_of", "block_request", "measurement",
-           "parse_block", "release_document", "run_job", "split_inputs"]
+__all__ = [
+    "ARTIFACT",
+    "Output",
+    "aggregate",
+    "assign_blocks",
+    "block_of",
+    "block_request",
+    "measurement",
+    "parse_block",
+    "release_document",
+    "run_job",
+    "split_inputs",
+]
 
 SALT_BYTES = 32
 ARTIFACT = "sample_and_aggregate.json"
@@ -78,6 +89,7 @@ def outputs_of(sa: Mapping[str, Any]) -> list[Output]:
 
 
 # -- blocks -----------------------------------------------------------------------------------------
+
 
 def block_of(salt: bytes, pseudonym: str, m: int) -> int:
     """The block of one unit: a keyed hash of its own pseudonym only (never of the other units)."""
@@ -118,12 +130,16 @@ def split_inputs(inputs: Mapping[str, bytes], m: int, salt: bytes) -> list[dict[
 
 # -- what a block answered --------------------------------------------------------------------------
 
+
 def parse_block(answer: Any, outputs: Sequence[Output]) -> list[float]:
     """A block's answer as k clipped numbers; the default vector for anything that is not exactly k
     finite numbers (None, NaN, inf, strings, booleans, nested lists, the wrong length)."""
     values = [o.default for o in outputs]
-    if isinstance(answer, list) and len(answer) == len(outputs) and all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in answer):
+    if (
+        isinstance(answer, list)
+        and len(answer) == len(outputs)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in answer)
+    ):
         try:
             numbers = [float(v) for v in answer]  # an int past the float range raises
         except OverflowError:
@@ -134,6 +150,7 @@ def parse_block(answer: Any, outputs: Sequence[Output]) -> list[float]:
 
 
 # -- the DP aggregate -------------------------------------------------------------------------------
+
 
 def _dp() -> Any:
     import opendp.prelude as dp
@@ -156,16 +173,18 @@ def measurement(output: Output, m: int, epsilon: float, how: str) -> tuple[Any, 
         domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
 
         def make(scale: float) -> Any:
-            return dp.m.make_private_quantile(domain, dp.symmetric_distance(), dp.max_divergence(),
-                                              candidates=candidates, alpha=0.5, scale=scale)
+            return dp.m.make_private_quantile(
+                domain, dp.symmetric_distance(), dp.max_divergence(), candidates=candidates, alpha=0.5, scale=scale
+            )
     else:
         raise ValueError(f"unknown aggregate {how!r}")
     scale = float(dp.binary_search_param(make, d_in=2, d_out=epsilon))  # one block changed: distance 2
     return make(scale), scale
 
 
-def aggregate(values: Sequence[Sequence[float]], outputs: Sequence[Output], epsilon: float,
-              how: str = "mean") -> list[dict[str, Any]]:
+def aggregate(
+    values: Sequence[Sequence[float]], outputs: Sequence[Output], epsilon: float, how: str = "mean"
+) -> list[dict[str, Any]]:
     """The noisy aggregate of m clipped block vectors: per output its value, noise scale and interval."""
     m, k = len(values), len(outputs)
     out = []
@@ -173,8 +192,13 @@ def aggregate(values: Sequence[Sequence[float]], outputs: Sequence[Output], epsi
         meas, scale = measurement(output, m, epsilon / k, how)
         column = [min(max(float(v[j]), output.lo), output.hi) for v in values]
         value = float(meas(column))
-        entry: dict[str, Any] = {"name": output.name, "value": value, "lo": output.lo, "hi": output.hi,
-                                 "noise_scale": scale}
+        entry: dict[str, Any] = {
+            "name": output.name,
+            "value": value,
+            "lo": output.lo,
+            "hi": output.hi,
+            "noise_scale": scale,
+        }
         if how == "mean":
             half = dp_plan.laplace_interval(scale)
             entry["interval_95"] = [value - half, value + half]
@@ -188,17 +212,32 @@ def aggregate(values: Sequence[Sequence[float]], outputs: Sequence[Output], epsi
 def release_document(sa: Mapping[str, Any], epsilon: float, released: list[dict[str, Any]]) -> dict[str, Any]:
     """`sample_and_aggregate.json`: the spec's names and structure, the noisy values, nothing per block."""
     how = sa.get("aggregate", "mean")
-    return {"mechanism": "sample_and_aggregate", "aggregate": how, "blocks": int(sa["blocks"]),
-            "epsilon": epsilon,
-            "noise": ("Laplace on the clipped mean of the block outputs (OpenDP make_mean + laplace)" if how == "mean"
-                      else "DP median of the clipped block outputs (OpenDP make_private_quantile)"),
-            "outputs": released}
+    return {
+        "mechanism": "sample_and_aggregate",
+        "aggregate": how,
+        "blocks": int(sa["blocks"]),
+        "epsilon": epsilon,
+        "noise": (
+            "Laplace on the clipped mean of the block outputs (OpenDP make_mean + laplace)"
+            if how == "mean"
+            else "DP median of the clipped block outputs (OpenDP make_private_quantile)"
+        ),
+        "outputs": released,
+    }
 
 
 # -- the runner's side ------------------------------------------------------------------------------
 
-def run_job(run: JobRun, ctx: JobContext, bundles: dict[str, bytes], effective: dict[str, Any],
-            started: float, *, salt: bytes | None = None) -> None:
+
+def run_job(
+    run: JobRun,
+    ctx: JobContext,
+    bundles: dict[str, bytes],
+    effective: dict[str, Any],
+    started: float,
+    *,
+    salt: bytes | None = None,
+) -> None:
     """A sample-and-aggregate job on the runner, from decryption to the published release."""
     from cleanroom.runner import mockrun
     from cleanroom.runner.inputs import plaintext
@@ -224,9 +263,16 @@ def run_job(run: JobRun, ctx: JobContext, bundles: dict[str, bytes], effective: 
     values: list[list[float]] = []
     for j, part in enumerate(parts):
         try:
-            meta, files = block_request(part, names, steps, bundles, job_id=run.job_id,
-                                    max_output_bytes=run.settings.job_max_output_bytes,
-                                    max_bytes=memory_bytes(run.settings.job_memory), drop=never_output)
+            meta, files = block_request(
+                part,
+                names,
+                steps,
+                bundles,
+                job_id=run.job_id,
+                max_output_bytes=run.settings.job_max_output_bytes,
+                max_bytes=memory_bytes(run.settings.job_memory),
+                drop=never_output,
+            )
         except recode.TooLarge:  # this block's data is over the phase's memory: like running out of it
             run.note(f"--- block {j}: too large for a sandbox phase ---")
             values.append(parse_block(None, outputs))
@@ -244,20 +290,40 @@ def run_job(run: JobRun, ctx: JobContext, bundles: dict[str, bytes], effective: 
     del values
     document = json.dumps(release_document(sa, float(epsilon), released), indent=2, sort_keys=True).encode()
     run.phase("uploading")
-    rel = {"ok": True, "epsilon_spent": float(epsilon),
-           "checks": [{"name": "sample_and_aggregate", "passed": True,
-                       "detail": f"{m} blocks, declared ranges, {sa.get('aggregate', 'mean')} with DP noise"}],
-           "artifacts": {ARTIFACT: {"sha256": digest(document), "bytes": len(document)}}}
+    rel = {
+        "ok": True,
+        "epsilon_spent": float(epsilon),
+        "checks": [
+            {
+                "name": "sample_and_aggregate",
+                "passed": True,
+                "detail": f"{m} blocks, declared ranges, {sa.get('aggregate', 'mean')} with DP noise",
+            }
+        ],
+        "artifacts": {ARTIFACT: {"sha256": digest(document), "bytes": len(document)}},
+    }
     run.publish(ctx, effective, rel, {f"artifacts/{ARTIFACT}": document}, started)
 
 
-def block_request(part: Mapping[str, bytes], names: Sequence[str], steps: list[dict[str, Any]],
-                  bundles: Mapping[str, bytes], *, job_id: str, max_output_bytes: int, max_bytes: int | None = None,
-                  drop: Sequence[str] = ()) -> tuple[dict[str, Any], dict[str, bytes]]:
+def block_request(
+    part: Mapping[str, bytes],
+    names: Sequence[str],
+    steps: list[dict[str, Any]],
+    bundles: Mapping[str, bytes],
+    *,
+    job_id: str,
+    max_output_bytes: int,
+    max_bytes: int | None = None,
+    drop: Sequence[str] = (),
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The compute phase's request for one block: its inputs recoded with the block's own codes (0..n_b-1 in
     a fresh random order), so nothing a block sees depends on the units of another block."""
-    files = recode.recode_inputs({f"inputs/{i}.arrow": part[n] for i, n in enumerate(names)},
-                                 {f"inputs/{i}.arrow": n for i, n in enumerate(names)}, max_bytes=max_bytes, drop=drop)
+    files = recode.recode_inputs(
+        {f"inputs/{i}.arrow": part[n] for i, n in enumerate(names)},
+        {f"inputs/{i}.arrow": n for i, n in enumerate(names)},
+        max_bytes=max_bytes,
+        drop=drop,
+    )
     inputs = [(n, files.pop(f"inputs/{i}.arrow")) for i, n in enumerate(names)]
     return compute_message(job_id, steps, inputs, bundles, max_output_bytes)
 
@@ -286,8 +352,10 @@ def _run_block(run: JobRun, request: memoryview, limits: dict[str, Any] | None, 
     finally:
         box.close()
     run.isolation.setdefault("compute", res.isolation)
-    run.note(f"--- block {index} (exit {res.exit_code}, {time.monotonic() - t:.1f} s, timed out {res.timed_out}, "
-             f"oom {res.oom_killed}) ---")
+    run.note(
+        f"--- block {index} (exit {res.exit_code}, {time.monotonic() - t:.1f} s, timed out {res.timed_out}, "
+        f"oom {res.oom_killed}) ---"
+    )
     run.note(res.logs[-2000:])
     if run.cancelled():
         raise Cancelled()

@@ -45,10 +45,17 @@ class DatasetRef:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DatasetRef:
-        return cls(name=str(d["name"]), owner=str(d.get("owner", "")), sha256=str(d.get("sha256", "")),
-                   size=int(d.get("size") or 0), policy_version=int(d.get("policy_version") or 0),
-                   policy=dict(d.get("policy") or {}), policy_sha256=str(d.get("policy_sha256", "")),
-                   schema=dict(d.get("schema") or {}), mock=list(d.get("mock") or []))
+        return cls(
+            name=str(d["name"]),
+            owner=str(d.get("owner", "")),
+            sha256=str(d.get("sha256", "")),
+            size=int(d.get("size") or 0),
+            policy_version=int(d.get("policy_version") or 0),
+            policy=dict(d.get("policy") or {}),
+            policy_sha256=str(d.get("policy_sha256", "")),
+            schema=dict(d.get("schema") or {}),
+            mock=list(d.get("mock") or []),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The shape `cleanroom.runner.mockrun` reads (a dataset view)."""
@@ -117,16 +124,27 @@ class JobContext:
         job = d["job"]
         recipient = d.get("recipient") or {}
         return cls(
-            job_id=str(job.get("id", "")), spec=dict(job["spec"]),
+            job_id=str(job.get("id", "")),
+            spec=dict(job["spec"]),
             datasets=tuple(DatasetRef.from_dict(ds) for ds in d.get("datasets", [])),
-            plugins={pid: PluginRef(id=str(p.get("id", pid)), name=p["name"], kind=p["kind"], manifest=p["manifest"])
-                     for pid, p in (d.get("plugins") or {}).items()},
-            approvals=tuple(SignedApproval(payload=dict(a["payload"]), signature=str(a["signature"]), org=str(a["org"]))
-                            for a in d.get("approvals") or []),
-            owners={name: OwnerKeys(enc_public=o.get("enc_public"), sign_public=o.get("sign_public"),
-                                    rotations=list(o.get("rotations") or []))
-                    for name, o in (d.get("owners") or {}).items()},
-            recipient=Recipient(name=str(recipient.get("name", "")), enc_public=recipient.get("enc_public")))
+            plugins={
+                pid: PluginRef(id=str(p.get("id", pid)), name=p["name"], kind=p["kind"], manifest=p["manifest"])
+                for pid, p in (d.get("plugins") or {}).items()
+            },
+            approvals=tuple(
+                SignedApproval(payload=dict(a["payload"]), signature=str(a["signature"]), org=str(a["org"]))
+                for a in d.get("approvals") or []
+            ),
+            owners={
+                name: OwnerKeys(
+                    enc_public=o.get("enc_public"),
+                    sign_public=o.get("sign_public"),
+                    rotations=list(o.get("rotations") or []),
+                )
+                for name, o in (d.get("owners") or {}).items()
+            },
+            recipient=Recipient(name=str(recipient.get("name", "")), enc_public=recipient.get("enc_public")),
+        )
 
     @property
     def outputs(self) -> dict[str, Any]:
@@ -150,8 +168,16 @@ class JobContext:
         steps = []
         for step in self.spec["steps"]:
             p = self.plugins[step["plugin"]]
-            steps.append({"plugin_id": p.id, "name": p.name, "kind": p.kind, "entry": p.manifest["entry"],
-                          "params": step.get("params", {}), "dataset": step.get("dataset")})
+            steps.append(
+                {
+                    "plugin_id": p.id,
+                    "name": p.name,
+                    "kind": p.kind,
+                    "entry": p.manifest["entry"],
+                    "params": step.get("params", {}),
+                    "dataset": step.get("dataset"),
+                }
+            )
         return steps
 
     def released_names(self) -> dict[str, Any]:
@@ -159,8 +185,10 @@ class JobContext:
         categories, and the strings of the job spec's step parameters (`cleanroom.sandbox.names`)."""
         from cleanroom.sandbox.names import job_strings
 
-        return {"schemas": {ds.name: ds.published() for ds in self.datasets},
-                "job_strings": job_strings(self.spec["steps"])}
+        return {
+            "schemas": {ds.name: ds.published() for ds in self.datasets},
+            "job_strings": job_strings(self.spec["steps"]),
+        }
 
     def table_names(self) -> list[str]:
         """One name per analysis step, in job order: its `name` parameter, else `step<N>` (never plugin output)."""
@@ -171,8 +199,7 @@ class JobContext:
             if self.plugins[step["plugin"]].kind != "analysis":
                 continue
             name = (step.get("params") or {}).get("name")
-            out.append(name if isinstance(name, str) and TABLE_NAME.fullmatch(name) and name not in out
-                       else f"step{n}")
+            out.append(name if isinstance(name, str) and TABLE_NAME.fullmatch(name) and name not in out else f"step{n}")
         return out
 
     def _signed_by_owner(self, a: SignedApproval) -> DatasetRef | None:
@@ -187,8 +214,11 @@ class JobContext:
         try:
             verify(key, p, a.signature)
         except (IntegrityError, ValueError):
-            log.warning("approval with a bad signature ignored (plugin %s, dataset %s)",
-                        str(p.get("plugin_id"))[:12], p.get("dataset"))
+            log.warning(
+                "approval with a bad signature ignored (plugin %s, dataset %s)",
+                str(p.get("plugin_id"))[:12],
+                p.get("dataset"),
+            )
             return None
         return ds
 
@@ -214,9 +244,15 @@ class JobContext:
         for a in self.approvals:
             p = a.payload
             ds = self.dataset(p.get("dataset"))
-            if (ds is None or p.get("type") != "plugin-approval" or p.get("decision") != "approve"
-                    or p.get("plugin_id") not in plugin_ids or p.get("policy_sha256") != ds.policy_sha256
-                    or p.get("policy_version") != ds.policy_version or p.get("dataset_sha256") != ds.sha256):
+            if (
+                ds is None
+                or p.get("type") != "plugin-approval"
+                or p.get("decision") != "approve"
+                or p.get("plugin_id") not in plugin_ids
+                or p.get("policy_sha256") != ds.policy_sha256
+                or p.get("policy_version") != ds.policy_version
+                or p.get("dataset_sha256") != ds.sha256
+            ):
                 continue
             if self._signed_by_owner(a) is not None:
                 out.add(digest(p))
@@ -241,17 +277,26 @@ class JobContext:
             policy = Policy.from_dict(ds.policy)
             if policy.sha256() != ds.policy_sha256:
                 raise IntegrityFailure(f"the policy of {ds.name} does not match its hash")
-            datasets[ds.name] = {"owner": ds.owner, "policy": policy, "policy_version": ds.policy_version,
-                                 "policy_sha256": ds.policy_sha256, "sha256": ds.sha256}
+            datasets[ds.name] = {
+                "owner": ds.owner,
+                "policy": policy,
+                "policy_version": ds.policy_version,
+                "policy_sha256": ds.policy_sha256,
+                "sha256": ds.sha256,
+            }
         try:
             pins.check({ds.owner: asdict(self.owners.get(ds.owner, OwnerKeys())) for ds in self.datasets})
         except IntegrityError as exc:
             raise IntegrityFailure(exc.message) from exc
         try:
-            effective = check_job(spec, datasets=datasets, plugins={pid: p.as_check_input()
-                                                                    for pid, p in self.plugins.items()},
-                                  approvals=self.granted(), recipient_exists=True,
-                                  budget_remaining={})  # charged by the API's ledger at submission
+            effective = check_job(
+                spec,
+                datasets=datasets,
+                plugins={pid: p.as_check_input() for pid, p in self.plugins.items()},
+                approvals=self.granted(),
+                recipient_exists=True,
+                budget_remaining={},
+            )  # charged by the API's ledger at submission
         except PolicyError as exc:
             raise RecheckRefused(f"re-check on the runner failed: {exc.message}") from exc
         return effective.to_dict()

@@ -60,8 +60,12 @@ def phase_outcome(res: PhaseResult, phase: Phase, what: str | None = None) -> No
         raise PhaseFailed(phase, failure, what.format(failure=_WORDS[failure]) if what else None)
 
 
-_WORDS = {PhaseFailure.TIMEOUT: "ran past the time limit", PhaseFailure.OUT_OF_MEMORY: "ran out of memory",
-          PhaseFailure.OUTPUT_TOO_LARGE: "wrote more than the limit", PhaseFailure.CRASH: "exited with an error"}
+_WORDS = {
+    PhaseFailure.TIMEOUT: "ran past the time limit",
+    PhaseFailure.OUT_OF_MEMORY: "ran out of memory",
+    PhaseFailure.OUTPUT_TOO_LARGE: "wrote more than the limit",
+    PhaseFailure.CRASH: "exited with an error",
+}
 
 
 class MockOutcome:
@@ -84,12 +88,16 @@ class StartedPhases:
         self.boxes: dict[Phase, StartedPhase | BaseException] = {}
         self.mock = MockOutcome()
         limits = effective.get("limits")
-        self.threads = [threading.Thread(target=self._start, args=(phase, limits), daemon=True,
-                                         name=f"start-{phase}-{run.job_id}")
-                        for phase in (Phase.RELEASE, Phase.COMPUTE)]
+        self.threads = [
+            threading.Thread(target=self._start, args=(phase, limits), daemon=True, name=f"start-{phase}-{run.job_id}")
+            for phase in (Phase.RELEASE, Phase.COMPUTE)
+        ]
         # the mock run (the pipeline on the inputs' public mock data) needs no plaintext: it runs meanwhile
-        self.threads.append(threading.Thread(target=run.mock_run, args=(ctx, bundles, effective, self.mock),
-                                             name=f"mock-{run.job_id}", daemon=True))
+        self.threads.append(
+            threading.Thread(
+                target=run.mock_run, args=(ctx, bundles, effective, self.mock), name=f"mock-{run.job_id}", daemon=True
+            )
+        )
 
     def _start(self, phase: Phase, limits: dict[str, Any] | None) -> None:
         try:
@@ -141,7 +149,7 @@ class JobRun:
 
     def note(self, text: str) -> None:
         if self.logs.tell() < self.settings.job_log_bytes:
-            self.logs.write(text.encode()[: 4096] + b"\n")
+            self.logs.write(text.encode()[:4096] + b"\n")
 
     def phase(self, name: str) -> None:
         """Tell the API which phase the job is in; `Cancelled` when the job is no longer running."""
@@ -202,8 +210,9 @@ class JobRun:
         """The compute phase's request: the inputs decrypted and recoded, the plugins' bundles."""
         t = time.monotonic()
         never_output = effective.get("never_output", [])
-        inputs = decrypt_inputs(self.api, self.keys, ctx, max_bytes=memory_bytes(self.settings.job_memory),
-                                drop=never_output)
+        inputs = decrypt_inputs(
+            self.api, self.keys, ctx, max_bytes=memory_bytes(self.settings.job_memory), drop=never_output
+        )
         self.timings["decrypt"] = round(time.monotonic() - t, 3)
         self.dropped = mockrun.dropped_columns([ds.to_dict() for ds in ctx.datasets], never_output)
         self.phase("compute")
@@ -216,22 +225,38 @@ class JobRun:
         if not result.get("ok"):
             # the plugin's message may quote data: it goes only into the log (encrypted to the owners)
             self.note(f"plugin error: {str(result.get('error'))[:2000]}")
-            raise PluginFailed("a plugin step failed in the compute phase; its message is in the job log "
-                               "(owners: cleanroom job logs)")
+            raise PluginFailed(
+                "a plugin step failed in the compute phase; its message is in the job log (owners: cleanroom job logs)"
+            )
         frame = files.get(JOINED_FRAME)
         if frame is None:
             raise PhaseFailed(Phase.COMPUTE, PhaseFailure.PROTOCOL, "the compute phase returned no frame")
         return result, frame
 
-    def release(self, box: StartedPhase, ctx: JobContext, effective: dict[str, Any], result: dict[str, Any],
-                frame: bytes, mock: MockOutcome) -> tuple[dict[str, Any], dict[str, bytes]]:
+    def release(
+        self,
+        box: StartedPhase,
+        ctx: JobContext,
+        effective: dict[str, Any],
+        result: dict[str, Any],
+        frame: bytes,
+        mock: MockOutcome,
+    ) -> tuple[dict[str, Any], dict[str, bytes]]:
         """The release phase's answer and artifacts; `ReleaseRefused` when its checks refused the outputs."""
         self.phase("release")
         if ctx.outputs.get("model") and len(result.get("model_specs", [])) != 1:
             raise ReleaseRefused("a model output needs exactly one model spec")
-        request = release_request(self.job_id, policy=effective, outputs=ctx.outputs, result=result,
-                                  names=ctx.released_names(), table_names=ctx.table_names(), mock=mock.specs,
-                                  frame=frame, mock_frame=mock.frame)
+        request = release_request(
+            self.job_id,
+            policy=effective,
+            outputs=ctx.outputs,
+            result=result,
+            names=ctx.released_names(),
+            table_names=ctx.table_names(),
+            mock=mock.specs,
+            frame=frame,
+            mock_frame=mock.frame,
+        )
         del frame
         res = self._phase_run(Phase.RELEASE, box, request.getbuffer())
         rel, artifacts = res.message(Phase.RELEASE, self.settings.job_max_output_bytes)
@@ -240,19 +265,26 @@ class JobRun:
             failed = [c["name"] for c in checks if not c.get("passed")]
             # check details name rules, columns of the mock run and counts, never a data value (owners only)
             details = "; ".join(str(c.get("detail", "")) for c in checks if not c.get("passed"))[:1500]
-            raise ReleaseRefused(f"release checks failed: {', '.join(failed) or rel.get('error')}"
-                                 + (f" ({details})" if details else ""))
+            raise ReleaseRefused(
+                f"release checks failed: {', '.join(failed) or rel.get('error')}" + (f" ({details})" if details else "")
+            )
         return rel, artifacts
 
-    def mock_run(self, ctx: JobContext, bundles: dict[str, bytes], effective: dict[str, Any],
-                 out: MockOutcome) -> None:
+    def mock_run(self, ctx: JobContext, bundles: dict[str, bytes], effective: dict[str, Any], out: MockOutcome) -> None:
         """Run the pipeline on the mock data; `out` gets specs and frame, or the failure (a thread)."""
         t = time.monotonic()
         try:
-            request = mockrun.request(self.job_id, [ds.to_dict() for ds in ctx.datasets], ctx.compute_steps(),
-                                      bundles, self.settings.job_max_output_bytes, effective.get("never_output", []))
+            request = mockrun.request(
+                self.job_id,
+                [ds.to_dict() for ds in ctx.datasets],
+                ctx.compute_steps(),
+                bundles,
+                self.settings.job_max_output_bytes,
+                effective.get("never_output", []),
+            )
             res = self.phases.start(Phase.MOCK, self.job_id, limits=effective.get("limits")).run(
-                request, cancelled=self.cancelled)
+                request, cancelled=self.cancelled
+            )
             self.isolation["mock"] = res.isolation
             out.log = f"--- mock run (exit {res.exit_code}, {res.seconds:.1f} s) ---\n" + res.logs[-4000:]
             # the same classes as the real run's: the mock data is public
@@ -284,8 +316,14 @@ class JobRun:
         self.note(f"job failed: {error_class}: {reason}")
         log_blob = self._upload_logs(ctx)
         try:
-            self.api.finish(self.job_id, status=status, reason=reason[:4000], error_class=error_class,
-                            log_blob=log_blob, waived=self._waived())
+            self.api.finish(
+                self.job_id,
+                status=status,
+                reason=reason[:4000],
+                error_class=error_class,
+                log_blob=log_blob,
+                waived=self._waived(),
+            )
         except CleanroomError as exc:
             log.warning("could not record the failure of job %s: %s", self.job_id, exc.message)
 
@@ -303,8 +341,9 @@ class JobRun:
         except CleanroomError:
             return None
 
-    def publish(self, ctx: JobContext, effective: dict[str, Any], rel: dict[str, Any], files: dict[str, bytes],
-                started: float) -> None:
+    def publish(
+        self, ctx: JobContext, effective: dict[str, Any], rel: dict[str, Any], files: dict[str, bytes], started: float
+    ) -> None:
         """Encrypt and upload the artifacts, sign the receipt, upload the log, finish the job as succeeded."""
         owners = ctx.owner_enc_keys()
         recipient_key = ctx.recipient.enc_public
@@ -319,38 +358,66 @@ class JobRun:
                 raise PhaseFailed(Phase.RELEASE, PhaseFailure.PROTOCOL, f"undeclared artifact {name!r}")
             sha = digest(data)
             if declared.get("sha256") != sha:
-                raise PhaseFailed(Phase.RELEASE, PhaseFailure.PROTOCOL,
-                                  f"artifact {art} does not match its declared hash")
+                raise PhaseFailed(
+                    Phase.RELEASE, PhaseFailure.PROTOCOL, f"artifact {art} does not match its declared hash"
+                )
             outputs[art] = {"sha256": sha, "bytes": len(data)}
             up = self.api.artifact(self.job_id, art, encrypt_bytes(data, recipients))
             uploaded[art] = {"blob": up["blob"], "size": up["size"]}
-        manifest = {"job_id": self.job_id, "outputs": outputs, "checks": rel.get("checks", []),
-                    "epsilon_spent": rel.get("epsilon_spent", 0.0), "recipient": ctx.spec["recipient"],
-                    "encrypted_to": sorted([ctx.recipient.name, *owners])}
+        manifest = {
+            "job_id": self.job_id,
+            "outputs": outputs,
+            "checks": rel.get("checks", []),
+            "epsilon_spent": rel.get("epsilon_spent", 0.0),
+            "recipient": ctx.spec["recipient"],
+            "encrypted_to": sorted([ctx.recipient.name, *owners]),
+        }
         self.timings["total"] = round(time.monotonic() - started, 3)
         receipt = self._receipt(ctx, rel, outputs, manifest)
         self.note("timings: " + json.dumps(self.timings, sort_keys=True))
         log_blob = self._upload_logs(ctx)
-        self.api.finish(self.job_id, status="succeeded", reason="", error_class=None, log_blob=log_blob,
-                        waived=self._waived(),
-                        release={"manifest": manifest, "receipt": receipt, "artifacts": uploaded,
-                                 "review_by": sorted(effective.get("review_by", []))})
+        self.api.finish(
+            self.job_id,
+            status="succeeded",
+            reason="",
+            error_class=None,
+            log_blob=log_blob,
+            waived=self._waived(),
+            release={
+                "manifest": manifest,
+                "receipt": receipt,
+                "artifacts": uploaded,
+                "review_by": sorted(effective.get("review_by", [])),
+            },
+        )
 
-    def _receipt(self, ctx: JobContext, rel: dict[str, Any], outputs: dict[str, Any],
-                 manifest: dict[str, Any]) -> dict[str, Any]:
+    def _receipt(
+        self, ctx: JobContext, rel: dict[str, Any], outputs: dict[str, Any], manifest: dict[str, Any]
+    ) -> dict[str, Any]:
         body = {
-            "type": "cleanroom-receipt", "version": 1, "job_id": self.job_id,
+            "type": "cleanroom-receipt",
+            "version": 1,
+            "job_id": self.job_id,
             "spec_sha256": digest(ctx.spec),
             "plugins": {pid: f"{p.name}@{p.manifest.get('version')}" for pid, p in ctx.plugins.items()},
-            "datasets": {d.name: {"sha256": d.sha256, "policy_version": d.policy_version,
-                                  "policy_sha256": d.policy_sha256} for d in ctx.datasets},
+            "datasets": {
+                d.name: {"sha256": d.sha256, "policy_version": d.policy_version, "policy_sha256": d.policy_sha256}
+                for d in ctx.datasets
+            },
             "approvals": ctx.covering_approvals(),
             "image": self.isolation.get("compute", {}).get("image"),
-            "isolation": self.isolation, "dropped_columns": self.dropped,  # never_output, left out of the inputs
+            "isolation": self.isolation,
+            "dropped_columns": self.dropped,  # never_output, left out of the inputs
             "epsilon_spent": rel.get("epsilon_spent", 0.0),
             "outputs": outputs,  # no timings, no signing time: how long the job ran is for the owners (log)
             "manifest_sha256": digest(manifest),
         }
-        return {"body": body, "signature": self.keys.sign(body),
-                "room_keys": {"enc_public": self.keys.enc_public, "sign_public": self.keys.sign_public,
-                              "fingerprint": fingerprint(self.keys.enc_public + self.keys.sign_public)}}
+        return {
+            "body": body,
+            "signature": self.keys.sign(body),
+            "room_keys": {
+                "enc_public": self.keys.enc_public,
+                "sign_public": self.keys.sign_public,
+                "fingerprint": fingerprint(self.keys.enc_public + self.keys.sign_public),
+            },
+        }

@@ -32,8 +32,10 @@ class NameLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(self.fd)
-            raise ValidationError(f"another runner named {name!r} is running with this runner home",
-                                  hint="give each runner its own CLEANROOM_RUNNER_NAME") from exc
+            raise ValidationError(
+                f"another runner named {name!r} is running with this runner home",
+                hint="give each runner its own CLEANROOM_RUNNER_NAME",
+            ) from exc
 
     def release(self) -> None:
         if self.fd >= 0:

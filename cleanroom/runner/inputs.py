@@ -27,8 +27,9 @@ def plaintext(api: CiphertextSource, keys: KeyPair, ds: DatasetRef) -> bytes:
         raise IntegrityFailure(f"{ds.name}: {exc.message}") from exc
 
 
-def decrypt_inputs(api: CiphertextSource, keys: KeyPair, ctx: JobContext, *, max_bytes: int,
-                   drop: Collection[str]) -> list[tuple[str, bytes]]:
+def decrypt_inputs(
+    api: CiphertextSource, keys: KeyPair, ctx: JobContext, *, max_bytes: int, drop: Collection[str]
+) -> list[tuple[str, bytes]]:
     """Every input as the compute phase gets it, in job order, as (dataset name, Arrow stream): `_pid` as
     int64 codes, the same in every input and fresh for this job; `drop` (never_output) columns left out.
     Inputs that decode past `max_bytes` are refused as the phase would be: out of memory."""
@@ -36,8 +37,9 @@ def decrypt_inputs(api: CiphertextSource, keys: KeyPair, ctx: JobContext, *, max
     for i, ds in enumerate(ctx.datasets):
         files[f"inputs/{i}.arrow"] = plaintext(api, keys, ds)
     try:  # recode takes each plaintext out of `files` once it is done with it
-        out = recode.recode_inputs(files, {f"inputs/{i}.arrow": ds.name for i, ds in enumerate(ctx.datasets)},
-                                   max_bytes=max_bytes, drop=drop)
+        out = recode.recode_inputs(
+            files, {f"inputs/{i}.arrow": ds.name for i, ds in enumerate(ctx.datasets)}, max_bytes=max_bytes, drop=drop
+        )
     except recode.TooLarge as exc:
         raise PhaseFailed("compute", PhaseFailure.OUT_OF_MEMORY, str(exc)) from exc
     except recode.RecodeError as exc:

@@ -35,8 +35,23 @@ RUNNER_LABEL = "cleanroom.runner"  # the room (its key's fingerprint): shared by
 INSTANCE_LABEL = "cleanroom.instance"  # the runner process that started the container (random per process)
 NAME_LABEL = "cleanroom.runner-name"  # that runner's name (CLEANROOM_RUNNER_NAME), for the operator
 WARM_JOB = "warm"  # the job label of a warm-pool container until a job takes it
-CONTROLS = ("network", "read_only", "user", "cap_drop", "no_new_privileges", "seccomp", "pids", "memory",
-            "swap", "cpu", "tmpfs", "ipc", "mounts", "privileged", "runtime")
+CONTROLS = (
+    "network",
+    "read_only",
+    "user",
+    "cap_drop",
+    "no_new_privileges",
+    "seccomp",
+    "pids",
+    "memory",
+    "swap",
+    "cpu",
+    "tmpfs",
+    "ipc",
+    "mounts",
+    "privileged",
+    "runtime",
+)
 SECCOMP_FILE = "seccomp.json"  # package data of cleanroom.runner (pyproject.toml)
 
 
@@ -46,8 +61,10 @@ def _seccomp() -> tuple[str, Any]:
     try:
         profile = json.loads(resources.files(__name__.rpartition(".")[0]).joinpath(SECCOMP_FILE).read_text("utf-8"))
     except (OSError, ValueError) as exc:
-        raise IsolationUnavailable(f"cannot load the sandbox seccomp profile: {exc}",
-                                   hint="reinstall cleanroom: cleanroom/runner/seccomp.json ships with it") from exc
+        raise IsolationUnavailable(
+            f"cannot load the sandbox seccomp profile: {exc}",
+            hint="reinstall cleanroom: cleanroom/runner/seccomp.json ships with it",
+        ) from exc
     return json.dumps(profile, separators=(",", ":")), profile
 
 
@@ -67,7 +84,7 @@ def _is_our_seccomp(text: str) -> bool:
 
 def _seccomp_read_back(sec: list[str]) -> tuple[bool, str | None]:
     """Whether the engine holds our profile (at least one seccomp option, each one ours), and its sha256."""
-    profiles = [s[len("seccomp") + 1:] for s in sec if s.startswith(("seccomp=", "seccomp:"))]
+    profiles = [s[len("seccomp") + 1 :] for s in sec if s.startswith(("seccomp=", "seccomp:"))]
     ours = bool(profiles) and all(_is_our_seccomp(p) for p in profiles)
     return ours, ("sha256:" + digest(profiles[-1].encode())) if profiles else None
 
@@ -79,33 +96,51 @@ def memory_bytes(text: str) -> int:
     return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
 
 
-def container_config(settings: Settings, image: str, phase: str, job_id: str, runner_id: str = "",
-                     instance: str = "", runner_name: str = "") -> dict[str, Any]:
+def container_config(
+    settings: Settings,
+    image: str,
+    phase: str,
+    job_id: str,
+    runner_id: str = "",
+    instance: str = "",
+    runner_name: str = "",
+) -> dict[str, Any]:
     """The docker-py arguments of a sandbox container: the isolation baseline in one place."""
     memory = memory_bytes(settings.job_memory)
     config: dict[str, Any] = dict(
         image=image,
         command=["python", "-I", "-m", f"cleanroom.sandbox.{phase}"],
-        stdin_open=True, tty=False, detach=False,  # detach=False makes docker-py set StdinOnce
+        stdin_open=True,
+        tty=False,
+        detach=False,  # detach=False makes docker-py set StdinOnce
         user="65534:65534",
         network_mode="none",
         read_only=True,
         cap_drop=["ALL"],
         security_opt=["no-new-privileges:true", "seccomp=" + seccomp_profile()],
         pids_limit=max(16, int(settings.job_pids)),
-        mem_limit=memory, memswap_limit=memory,
+        mem_limit=memory,
+        memswap_limit=memory,
         nano_cpus=max(int(settings.job_cpus * 1e9), 100_000_000),
         ipc_mode="none",
         tmpfs={"/tmp": f"rw,noexec,nosuid,nodev,size={int(settings.job_tmpfs_bytes)}"},
-        ulimits=[Ulimit(name="nofile", soft=256, hard=256), Ulimit(name="core", soft=0, hard=0),
-                 Ulimit(name="fsize", soft=int(settings.job_tmpfs_bytes), hard=int(settings.job_tmpfs_bytes))],
+        ulimits=[
+            Ulimit(name="nofile", soft=256, hard=256),
+            Ulimit(name="core", soft=0, hard=0),
+            Ulimit(name="fsize", soft=int(settings.job_tmpfs_bytes), hard=int(settings.job_tmpfs_bytes)),
+        ],
         environment={"HOME": "/tmp"},
         working_dir="/tmp",
         hostname="sandbox",
         init=True,
         log_config=LogConfig(type="none"),
-        labels={LABEL: job_id, "cleanroom.phase": phase, RUNNER_LABEL: runner_id, INSTANCE_LABEL: instance,
-                NAME_LABEL: runner_name},
+        labels={
+            LABEL: job_id,
+            "cleanroom.phase": phase,
+            RUNNER_LABEL: runner_id,
+            INSTANCE_LABEL: instance,
+            NAME_LABEL: runner_name,
+        },
     )
     if settings.sandbox_runtime:
         config["runtime"] = settings.sandbox_runtime
@@ -130,9 +165,10 @@ def read_back(attrs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         "read_only": hc.get("ReadonlyRootfs") is True,
         "user": cfg.get("User") == "65534:65534",
         "cap_drop": [c.upper() for c in (hc.get("CapDrop") or [])] in (["ALL"], ["CAP_ALL"]) and not hc.get("CapAdd"),
-        "no_new_privileges": any(s in ("no-new-privileges", "no-new-privileges:true", "no-new-privileges=true")
-                                 for s in sec) and not any(s.endswith(("false", "False")) and "new-privileges" in s
-                                                           for s in sec),
+        "no_new_privileges": any(
+            s in ("no-new-privileges", "no-new-privileges:true", "no-new-privileges=true") for s in sec
+        )
+        and not any(s.endswith(("false", "False")) and "new-privileges" in s for s in sec),
         "seccomp": seccomp_ours,  # our profile, not the engine's default (nor unconfined)
         "pids": (hc.get("PidsLimit") or 0) == config["pids_limit"],
         "memory": hc.get("Memory") == config["mem_limit"],
@@ -141,7 +177,8 @@ def read_back(attrs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         "tmpfs": "noexec" in tmpfs.get("/tmp", "") and "size=" in tmpfs.get("/tmp", ""),
         "ipc": hc.get("IpcMode") in ("none", "private"),
         "mounts": not (hc.get("Binds") or hc.get("Mounts")) and not attrs.get("Mounts"),
-        "privileged": hc.get("Privileged") is False and hc.get("PidMode", "") in ("", "private")
+        "privileged": hc.get("Privileged") is False
+        and hc.get("PidMode", "") in ("", "private")
         and not hc.get("Devices"),
         "runtime": (hc.get("Runtime") == config["runtime"]) if "runtime" in config else True,
         "environment": sorted(k.split("=")[0] for k in cfg.get("Env") or []),
@@ -156,9 +193,10 @@ def check_isolation(applied: dict[str, Any], waived: list[str]) -> list[str]:
     used = [c for c in missing if c in waived]
     refused = [c for c in missing if c not in waived]
     if refused:
-        raise IsolationUnavailable(f"the Docker engine did not apply: {', '.join(refused)}",
-                                   hint="fix the engine, or waive a control with CLEANROOM_ALLOW_UNENFORCED "
-                                        "(audited)")
+        raise IsolationUnavailable(
+            f"the Docker engine did not apply: {', '.join(refused)}",
+            hint="fix the engine, or waive a control with CLEANROOM_ALLOW_UNENFORCED (audited)",
+        )
     return used
 
 

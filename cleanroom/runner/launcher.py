@@ -25,15 +25,25 @@ from cleanroom.runner.phases import CancelCheck, Phase, PhaseResult
 from cleanroom.runner.pool import WARM_PHASES, WarmPool
 from cleanroom.settings import Settings
 
-__all__ = ["INSTANCE_LABEL", "LABEL", "NAME_LABEL", "RUNNER_LABEL", "WARM_JOB", "WARM_PHASES", "DockerPhase",
-           "Sandbox", "container_name"]
+__all__ = [
+    "INSTANCE_LABEL",
+    "LABEL",
+    "NAME_LABEL",
+    "RUNNER_LABEL",
+    "WARM_JOB",
+    "WARM_PHASES",
+    "DockerPhase",
+    "Sandbox",
+    "container_name",
+]
 
 
 class DockerPhase:
     """A running phase container waiting for its request on stdin (a `StartedPhase`)."""
 
-    def __init__(self, module: str, container: Any, raw: socket.socket, isolation: dict[str, Any],
-                 settings: Settings) -> None:
+    def __init__(
+        self, module: str, container: Any, raw: socket.socket, isolation: dict[str, Any], settings: Settings
+    ) -> None:
         self.module = module
         self.settings = settings
         self.container = container
@@ -70,15 +80,26 @@ class DockerPhase:
                 pass
             streams.remove(self.container)
 
-    def run(self, request: bytes | memoryview, *, timeout: float | None = None, max_output: int | None = None,
-            cancelled: CancelCheck | None = None) -> PhaseResult:
+    def run(
+        self,
+        request: bytes | memoryview,
+        *,
+        timeout: float | None = None,
+        max_output: int | None = None,
+        cancelled: CancelCheck | None = None,
+    ) -> PhaseResult:
         settings = self.settings
         started = time.monotonic()
         try:
-            result = streams.feed_and_collect(self.container, self.raw, request,
-                                              timeout or settings.job_timeout_seconds,
-                                              max_output or settings.job_max_output_bytes, settings.job_log_bytes,
-                                              cancelled)
+            result = streams.feed_and_collect(
+                self.container,
+                self.raw,
+                request,
+                timeout or settings.job_timeout_seconds,
+                max_output or settings.job_max_output_bytes,
+                settings.job_log_bytes,
+                cancelled,
+            )
             result.isolation = self.isolation
             result.seconds = round(time.monotonic() - started, 3)
             return result
@@ -89,20 +110,30 @@ class DockerPhase:
 class Sandbox:
     """Runs sandbox phases on a Docker engine (the production `PhaseRunner`)."""
 
-    def __init__(self, settings: Settings, client: docker.DockerClient | None = None, runner_id: str = "",
-                 instance: str = "", runner_name: str = "") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: docker.DockerClient | None = None,
+        runner_id: str = "",
+        instance: str = "",
+        runner_name: str = "",
+    ) -> None:
         self.settings = settings
         self.runner_id = runner_id  # the room: containers carry it, so a runner never touches another room's
         self.instance = instance  # this runner process: its containers carry it, other runners leave them be
         self.runner_name = runner_name
-        self.pool = WarmPool(lambda module: self._create(module, WARM_JOB, self.settings, self.settings.sandbox_image),
-                             enabled=settings.warm_pool)
+        self.pool = WarmPool(
+            lambda module: self._create(module, WARM_JOB, self.settings, self.settings.sandbox_image),
+            enabled=settings.warm_pool,
+        )
         try:
             self.docker = client or docker.from_env(timeout=120)
             self.docker.ping()
         except docker.errors.DockerException as exc:
-            raise SandboxError(f"cannot reach the Docker engine: {exc}",
-                               hint="start Docker, or mount /var/run/docker.sock into the runner") from exc
+            raise SandboxError(
+                f"cannot reach the Docker engine: {exc}",
+                hint="start Docker, or mount /var/run/docker.sock into the runner",
+            ) from exc
 
     def image_id(self, image: str) -> str:
         try:
@@ -110,8 +141,9 @@ class Sandbox:
         except docker.errors.ImageNotFound as exc:
             raise SandboxError(f"sandbox image {image} is missing", hint="run: make images") from exc
 
-    def start(self, phase: Phase | str, job_id: str, *, limits: Mapping[str, Any] | None = None,
-              image: str | None = None) -> DockerPhase:
+    def start(
+        self, phase: Phase | str, job_id: str, *, limits: Mapping[str, Any] | None = None, image: str | None = None
+    ) -> DockerPhase:
         """Create, check and start a phase's container; it imports its code and waits for the request.
 
         Starting the release phase while the compute phase runs hides its start-up (mostly imports);
@@ -131,8 +163,9 @@ class Sandbox:
         return self._create(phase.module, job_id, settings, image)
 
     def _create(self, module: str, job_id: str, settings: Settings, image: str) -> DockerPhase:
-        config = isolation.container_config(settings, image, module, job_id, self.runner_id, self.instance,
-                                            self.runner_name)
+        config = isolation.container_config(
+            settings, image, module, job_id, self.runner_id, self.instance, self.runner_name
+        )
         try:
             container = self.docker.containers.create(**config)
         except docker.errors.APIError as exc:
@@ -141,16 +174,25 @@ class Sandbox:
             container.reload()
             applied = isolation.read_back(container.attrs, config)
             waivers = isolation.check_isolation(applied, self.settings.allow_unenforced)
-            sock = self.docker.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stderr": 1,
-                                                                       "stream": 1})
+            sock = self.docker.api.attach_socket(
+                container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
             container.start()
         except BaseException:
             streams.remove(container)
             raise
-        controls = {**applied, "waived": waivers, "image": container.attrs.get("Image"),
-                    "limits": {"memory": settings.job_memory, "cpus": settings.job_cpus,
-                               "pids": settings.job_pids, "timeout_seconds": settings.job_timeout_seconds},
-                    "warm": False}
+        controls = {
+            **applied,
+            "waived": waivers,
+            "image": container.attrs.get("Image"),
+            "limits": {
+                "memory": settings.job_memory,
+                "cpus": settings.job_cpus,
+                "pids": settings.job_pids,
+                "timeout_seconds": settings.job_timeout_seconds,
+            },
+            "warm": False,
+        }
         return DockerPhase(module, container, sock._sock, controls, settings)
 
     def warm(self) -> int:
@@ -164,13 +206,22 @@ class Sandbox:
         """Remove the warm containers and stop refilling (the runner is stopping)."""
         self.pool.drain()
 
-    def run_phase(self, phase: Phase | str, job_id: str, request: bytes | memoryview, *, image: str | None = None,
-                  timeout: float | None = None, max_output: int | None = None,
-                  cancelled: CancelCheck | None = None) -> PhaseResult:
+    def run_phase(
+        self,
+        phase: Phase | str,
+        job_id: str,
+        request: bytes | memoryview,
+        *,
+        image: str | None = None,
+        timeout: float | None = None,
+        max_output: int | None = None,
+        cancelled: CancelCheck | None = None,
+    ) -> PhaseResult:
         """Start a phase and run it at once; `seconds` counts the start too."""
         started = time.monotonic()
-        result = self.start(phase, job_id, image=image).run(request, timeout=timeout, max_output=max_output,
-                                                            cancelled=cancelled)
+        result = self.start(phase, job_id, image=image).run(
+            request, timeout=timeout, max_output=max_output, cancelled=cancelled
+        )
         result.seconds = round(time.monotonic() - started, 3)
         return result
 

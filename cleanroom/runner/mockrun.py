@@ -35,8 +35,9 @@ __all__ = ["MOCK_FRAME", "MockRunFailed", "dropped_columns", "mock_table", "outc
 def _values(column: Column, raw: list[Any]) -> pa.Array:
     kind = column.arrow_type()
     if column.type in ("date", "datetime"):
-        stamps = pd.to_datetime(pd.Series(raw, dtype=object), utc=column.timezone is not None, errors="coerce",
-                                format="ISO8601")
+        stamps = pd.to_datetime(
+            pd.Series(raw, dtype=object), utc=column.timezone is not None, errors="coerce", format="ISO8601"
+        )
         if column.type == "date":
             return pa.array([None if pd.isna(v) else v.date() for v in stamps], type=kind)
         return pa.array(stamps, type=kind, from_pandas=True)
@@ -74,8 +75,14 @@ def dropped_columns(datasets: Sequence[Mapping[str, Any]], never_output: Collect
     return out
 
 
-def request(job_id: str, datasets: Sequence[Mapping[str, Any]], steps: list[dict[str, Any]],
-            bundles: Mapping[str, bytes], max_output_bytes: int, drop: Collection[str] = ()) -> bytes:
+def request(
+    job_id: str,
+    datasets: Sequence[Mapping[str, Any]],
+    steps: list[dict[str, Any]],
+    bundles: Mapping[str, bytes],
+    max_output_bytes: int,
+    drop: Collection[str] = (),
+) -> bytes:
     """The compute phase's request for the mock run (the real run's, with mock inputs)."""
     inputs = [(str(ds["name"]), write_table(mock_table(ds, drop))) for ds in datasets]
     return compute_request(job_id, steps, inputs, bundles, max_output_bytes).getvalue()
@@ -94,6 +101,7 @@ def outcome(result: dict[str, Any], files: dict[str, bytes], outputs: dict[str, 
 def specs(result: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
     """The model and analysis specs the release phase reads, from a compute phase's result."""
     model_specs = [m["spec"] for m in result.get("model_specs", [])]
-    return {"model_spec": model_specs[0] if outputs.get("model") and len(model_specs) == 1 else None,
-            "analysis_specs": [a["spec"] for a in result.get("analysis_specs", [])]
-            if outputs.get("aggregates") else []}
+    return {
+        "model_spec": model_specs[0] if outputs.get("model") and len(model_specs) == 1 else None,
+        "analysis_specs": [a["spec"] for a in result.get("analysis_specs", [])] if outputs.get("aggregates") else [],
+    }

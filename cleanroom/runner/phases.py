@@ -54,9 +54,12 @@ class PhaseResult:
     @property
     def failure(self) -> PhaseFailure | None:
         """The first limit the phase hit, or a crash; None when it exited 0 (its message may still be bad)."""
-        for hit, reason in ((self.timed_out, PhaseFailure.TIMEOUT), (self.oom_killed, PhaseFailure.OUT_OF_MEMORY),
-                            (self.output_overflow, PhaseFailure.OUTPUT_TOO_LARGE),
-                            (self.exit_code != 0, PhaseFailure.CRASH)):
+        for hit, reason in (
+            (self.timed_out, PhaseFailure.TIMEOUT),
+            (self.oom_killed, PhaseFailure.OUT_OF_MEMORY),
+            (self.output_overflow, PhaseFailure.OUTPUT_TOO_LARGE),
+            (self.exit_code != 0, PhaseFailure.CRASH),
+        ):
             if hit:
                 return reason
         return None
@@ -70,8 +73,9 @@ class PhaseResult:
         try:
             return wire.read_message(io.BytesIO(self.stdout), "result.json", max_bytes)
         except wire.WireError as exc:
-            raise PhaseFailed(phase, PhaseFailure.PROTOCOL,
-                              f"the {phase} phase answered an invalid message: {exc}") from exc
+            raise PhaseFailed(
+                phase, PhaseFailure.PROTOCOL, f"the {phase} phase answered an invalid message: {exc}"
+            ) from exc
 
 
 class StartedPhase(Protocol):
@@ -83,8 +87,14 @@ class StartedPhase(Protocol):
     def timeout_seconds(self) -> float:
         """Its time limit: the room's, tightened by the job's policy."""
 
-    def run(self, request: bytes | memoryview, *, timeout: float | None = None, max_output: int | None = None,
-            cancelled: CancelCheck | None = None) -> PhaseResult:
+    def run(
+        self,
+        request: bytes | memoryview,
+        *,
+        timeout: float | None = None,
+        max_output: int | None = None,
+        cancelled: CancelCheck | None = None,
+    ) -> PhaseResult:
         """Feed the request, wait for the end (the limits: `timeout` seconds, `max_output` bytes of stdout,
         or the started phase's own), close, and say how it went. Raises `SandboxError` only when it could
         not run at all."""
@@ -99,8 +109,15 @@ class PhaseRunner(Protocol):
     def start(self, phase: Phase, job_id: str, *, limits: Mapping[str, Any] | None = None) -> StartedPhase: ...
 
 
-def run_phase(runner: PhaseRunner, phase: Phase, job_id: str, request: bytes | memoryview, *,
-              limits: Mapping[str, Any] | None = None, cancelled: CancelCheck | None = None) -> PhaseResult:
+def run_phase(
+    runner: PhaseRunner,
+    phase: Phase,
+    job_id: str,
+    request: bytes | memoryview,
+    *,
+    limits: Mapping[str, Any] | None = None,
+    cancelled: CancelCheck | None = None,
+) -> PhaseResult:
     """Start a phase and run it at once (no start-up to hide); `seconds` counts the start too."""
     started = time.monotonic()
     result = runner.start(phase, job_id, limits=limits).run(request, cancelled=cancelled)

@@ -59,8 +59,9 @@ class KeyPins:
             return {}
         except (OSError, ValueError) as exc:
             raise IntegrityError(f"the runner's key pins ({self.path.name}) cannot be read: {exc}") from exc
-        if not isinstance(data, dict) or not all(isinstance(v, dict) and isinstance(v.get("sign_public"), str)
-                                                 for v in data.values()):
+        if not isinstance(data, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("sign_public"), str) for v in data.values()
+        ):
             raise IntegrityError(f"the runner's key pins ({self.path.name}) are malformed")
         return data
 
@@ -85,15 +86,19 @@ class KeyPins:
                 pinned = pins.get(org)
                 if pinned is None:
                     new[org] = {"sign_public": key, "pinned_at": time.time()}
-                elif pinned["sign_public"] != key and follow(pinned["sign_public"], keys.get("rotations") or [],
-                                                             org) == key:
+                elif (
+                    pinned["sign_public"] != key
+                    and follow(pinned["sign_public"], keys.get("rotations") or [], org) == key
+                ):
                     new[org] = {"sign_public": key, "pinned_at": time.time(), "rotated_from": pinned["sign_public"]}
                 elif pinned["sign_public"] != key:
                     raise IntegrityError(
                         f"the room reports another signing key for {org} ({fingerprint(key)}) than the one this "
                         f"runner pinned ({fingerprint(pinned['sign_public'])}); approvals under it are not "
-                        f"trusted", hint=f"if {org} really changed its key, the runner's operator drops the "
-                        f"pin with `cleanroom runner --forget-key {org}`")
+                        f"trusted",
+                        hint=f"if {org} really changed its key, the runner's operator drops the "
+                        f"pin with `cleanroom runner --forget-key {org}`",
+                    )
             if new:
                 self._save({**pins, **new})
                 for org in new:
@@ -103,8 +108,9 @@ class KeyPins:
         with _lock:
             pins = self._load()
             if org not in pins:
-                raise ValidationError(f"this runner has no pinned key for {org!r}",
-                                      hint=f"pinned: {', '.join(sorted(pins)) or 'none'}")
+                raise ValidationError(
+                    f"this runner has no pinned key for {org!r}", hint=f"pinned: {', '.join(sorted(pins)) or 'none'}"
+                )
             del pins[org]
             self._save(pins)
         log.warning("dropped the pinned signing key of %s; the next job pins the key the room reports", org)

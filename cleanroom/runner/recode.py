@@ -160,7 +160,7 @@ def recode_columns(columns: list[pa.ChunkedArray], rng: np.random.Generator | No
     order = rng.permutation(distinct).astype(np.int64)
     out, start = [], 0
     for column in columns:
-        out.append(order[groups[start:start + len(column)]])
+        out.append(order[groups[start : start + len(column)]])
         start += len(column)
     return out
 
@@ -168,8 +168,10 @@ def recode_columns(columns: list[pa.ChunkedArray], rng: np.random.Generator | No
 def recode_tables(tables: list[pa.Table], rng: np.random.Generator | None = None) -> list[pa.Table]:
     """New tables with int64 codes (`recode_columns`) where `_pid` was, without schema metadata."""
     codes = recode_columns([t.column(PID) for t in tables], rng)
-    return [_with_codes(t.replace_schema_metadata(None), t.schema.get_field_index(PID), c)
-            for t, c in zip(tables, codes, strict=True)]
+    return [
+        _with_codes(t.replace_schema_metadata(None), t.schema.get_field_index(PID), c)
+        for t, c in zip(tables, codes, strict=True)
+    ]
 
 
 def _with_codes(rest: pa.Table, position: int, codes: np.ndarray) -> pa.Table:
@@ -187,9 +189,15 @@ def write_table(table: pa.Table, compression: str | None = "zstd") -> bytes:
     return sink.getvalue()
 
 
-def recode_inputs(inputs: MutableMapping[str, bytes], labels: Mapping[str, str] | None = None, *,
-                  max_bytes: int | None = None, rng: np.random.Generator | None = None,
-                  compression: str | None = "zstd", drop: Collection[str] = ()) -> dict[str, bytes]:
+def recode_inputs(
+    inputs: MutableMapping[str, bytes],
+    labels: Mapping[str, str] | None = None,
+    *,
+    max_bytes: int | None = None,
+    rng: np.random.Generator | None = None,
+    compression: str | None = "zstd",
+    drop: Collection[str] = (),
+) -> dict[str, bytes]:
     """`{name: Arrow IPC stream}` with every `_pid` recoded (`recode_columns`), written again.
 
     Takes each stream out of `inputs` once it is no longer needed (`inputs` is empty afterwards,
@@ -206,8 +214,10 @@ def recode_inputs(inputs: MutableMapping[str, bytes], labels: Mapping[str, str] 
         for name in names:
             total += decoded_size(inputs[name], label[name])
             if total > max_bytes:
-                raise TooLarge(f"the inputs decode to more than {max_bytes} bytes ({label[name]} and those "
-                               "before it), over what a sandbox phase may hold")
+                raise TooLarge(
+                    f"the inputs decode to more than {max_bytes} bytes ({label[name]} and those "
+                    "before it), over what a sandbox phase may hold"
+                )
     pids = []
     for name in names:
         column = _read(inputs[name], label[name], [layout[name][1]]).column(0)
@@ -224,8 +234,10 @@ def recode_inputs(inputs: MutableMapping[str, bytes], labels: Mapping[str, str] 
             kept = _read(inputs[name], label[name], others).replace_schema_metadata(None)
             table = _with_codes(kept, sum(1 for i in others if i < position), codes.pop(0))
         else:  # `_pid` alone (an empty field list would read every field)
-            table = pa.table({PID: pa.array(codes.pop(0), type=CODE_TYPE)},
-                             schema=pa.schema([pa.field(PID, CODE_TYPE, nullable=False)]))
+            table = pa.table(
+                {PID: pa.array(codes.pop(0), type=CODE_TYPE)},
+                schema=pa.schema([pa.field(PID, CODE_TYPE, nullable=False)]),
+            )
         del inputs[name]
         out[name] = write_table(table, compression)
         del table
@@ -261,12 +273,13 @@ def _factorize_hex(chunks: list[pa.Array]) -> tuple[np.ndarray, int] | None:
         if n == 0:
             continue
         offset_type = np.dtype(np.int32 if chunk.type == pa.string() else np.int64)
-        offsets = np.frombuffer(chunk.buffers()[1], dtype=offset_type, count=n + 1,
-                                offset=chunk.offset * offset_type.itemsize)
+        offsets = np.frombuffer(
+            chunk.buffers()[1], dtype=offset_type, count=n + 1, offset=chunk.offset * offset_type.itemsize
+        )
         if offsets[-1] - offsets[0] != n * _WIDTH or (np.diff(offsets) != _WIDTH).any():
             return None
         data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)
-        rows.append(data[offsets[0]:offsets[-1]].reshape(n, _WIDTH).view(np.uint64))
+        rows.append(data[offsets[0] : offsets[-1]].reshape(n, _WIDTH).view(np.uint64))
     if not rows:
         return np.zeros(0, dtype=np.int64), 0
     # per byte, '0'-'9' -> 0-9 and 'a'-'f' -> 10-15 (bit 6 is set for letters): one nibble per byte,
@@ -296,6 +309,6 @@ def _blocks(rows: list[np.ndarray]) -> Iterator[tuple[int, int, np.ndarray]]:
     start = 0
     for chunk in rows:
         for first in range(0, len(chunk), _BLOCK):
-            block = chunk[first:first + _BLOCK]
+            block = chunk[first : first + _BLOCK]
             yield start, start + len(block), block
             start += len(block)

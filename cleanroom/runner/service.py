@@ -72,8 +72,11 @@ class RunnerService:
         self.beat_seconds = max(float(settings.poll_seconds), 1.0)
         self.ttl = max(30.0, 10 * self.beat_seconds)  # silent this long: the API counts this instance as gone
         self.sandbox = sandbox or Sandbox(settings)
-        self.sandbox.runner_id, self.sandbox.instance, self.sandbox.runner_name = (self.runner_id, self.instance,
-                                                                                   self.name)
+        self.sandbox.runner_id, self.sandbox.instance, self.sandbox.runner_name = (
+            self.runner_id,
+            self.instance,
+            self.name,
+        )
         self.stop = threading.Event()
         self._name_lock: NameLock | None = None
         self._sweep_at = 0.0

@@ -20,8 +20,15 @@ import docker
 from cleanroom.runner.phases import CancelCheck, PhaseResult
 
 
-def feed_and_collect(container: Any, raw: socket.socket, request: bytes | memoryview, timeout: float,
-                     max_output: int, log_cap: int, cancelled: CancelCheck | None) -> PhaseResult:
+def feed_and_collect(
+    container: Any,
+    raw: socket.socket,
+    request: bytes | memoryview,
+    timeout: float,
+    max_output: int,
+    log_cap: int,
+    cancelled: CancelCheck | None,
+) -> PhaseResult:
     """Run one fed phase to its end; how it ended (`PhaseResult`, without isolation and timing)."""
     state = {"timed_out": False, "overflow": False, "done": False}
 
@@ -29,7 +36,7 @@ def feed_and_collect(container: Any, raw: socket.socket, request: bytes | memory
         try:
             view = memoryview(request)
             for offset in range(0, len(view), 1 << 16):
-                raw.sendall(view[offset:offset + (1 << 16)])
+                raw.sendall(view[offset : offset + (1 << 16)])
             raw.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # the container exited early; its exit code tells why
@@ -74,8 +81,14 @@ def feed_and_collect(container: Any, raw: socket.socket, request: bytes | memory
         code = None
     container.reload()
     oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
-    return PhaseResult(stdout=bytes(stdout), stderr=bytes(stderr), exit_code=code, oom_killed=oom,
-                       timed_out=state["timed_out"], output_overflow=state["overflow"])
+    return PhaseResult(
+        stdout=bytes(stdout),
+        stderr=bytes(stderr),
+        exit_code=code,
+        oom_killed=oom,
+        timed_out=state["timed_out"],
+        output_overflow=state["overflow"],
+    )
 
 
 def remove(container: Any) -> None:

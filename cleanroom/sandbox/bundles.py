@@ -47,8 +47,14 @@ MANIFEST_KEYS = ("name", "version", "kind", "entry", "description", "params")
 TYPES = ("string", "integer", "number", "boolean", "array", "object")
 SCHEMA_KEYS = ("type", "description", "required", "default", "items", "enum", "minimum", "maximum")
 ITEM_KEYS = ("type", "description", "items", "enum", "minimum", "maximum")
-PYTHON_TYPES = {"string": "a string", "integer": "an integer", "number": "a number",
-                "boolean": "a boolean", "array": "an array", "object": "a table/object"}
+PYTHON_TYPES = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "a boolean",
+    "array": "an array",
+    "object": "a table/object",
+}
 
 
 class BundleFormatError(ValueError):
@@ -117,8 +123,9 @@ def check_path(path: str) -> str:
     return path
 
 
-def check_layout(files: Mapping[str, bytes], *, max_files: int = MAX_FILES,
-                 max_total_bytes: int = MAX_TOTAL_BYTES) -> None:
+def check_layout(
+    files: Mapping[str, bytes], *, max_files: int = MAX_FILES, max_total_bytes: int = MAX_TOTAL_BYTES
+) -> None:
     """Paths, counts, sizes and file/folder clashes of a set of bundle files."""
     if len(files) > max_files:
         raise BundleFormatError(f"a bundle holds at most {max_files} files (this one has {len(files)})")
@@ -150,17 +157,35 @@ def _ustar_header(path: str, size: int) -> bytes:
         cuts = [i for i, byte in enumerate(name) if byte == 0x2F and i <= 155 and len(name) - i - 1 <= 100]
         if not cuts:
             raise BundleFormatError(f"file path {path!r} does not fit a ustar header (a part is too long)")
-        name, prefix = name[cuts[0] + 1:], name[:cuts[0]]
-    header = b"".join([
-        name.ljust(100, b"\0"), b"0000644\0", b"0000000\0", b"0000000\0", b"%011o\0" % size,
-        b"00000000000\0", b" " * 8, tarfile.REGTYPE, b"\0" * 100, b"ustar\x0000", b"\0" * 64,
-        b"\0" * 16, prefix.ljust(155, b"\0"), b"\0" * 12,  # no device numbers: not a device
-    ])
+        name, prefix = name[cuts[0] + 1 :], name[: cuts[0]]
+    header = b"".join(
+        [
+            name.ljust(100, b"\0"),
+            b"0000644\0",
+            b"0000000\0",
+            b"0000000\0",
+            b"%011o\0" % size,
+            b"00000000000\0",
+            b" " * 8,
+            tarfile.REGTYPE,
+            b"\0" * 100,
+            b"ustar\x0000",
+            b"\0" * 64,
+            b"\0" * 16,
+            prefix.ljust(155, b"\0"),
+            b"\0" * 12,  # no device numbers: not a device
+        ]
+    )
     return header[:148] + b"%06o\0 " % sum(header) + header[156:]
 
 
-def pack_files(files: Mapping[str, bytes], *, max_archive_bytes: int = MAX_ARCHIVE_BYTES,
-               max_files: int = MAX_FILES, max_total_bytes: int = MAX_TOTAL_BYTES) -> bytes:
+def pack_files(
+    files: Mapping[str, bytes],
+    *,
+    max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+    max_files: int = MAX_FILES,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+) -> bytes:
     """The canonical archive of `files` ({path: bytes})."""
     check_layout(files, max_files=max_files, max_total_bytes=max_total_bytes)
     parts = []
@@ -200,8 +225,13 @@ def _read_capped(fh: IO[bytes], remaining: int, max_total_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def unpack(archive: bytes, *, max_archive_bytes: int = MAX_ARCHIVE_BYTES,
-           max_total_bytes: int = MAX_TOTAL_BYTES, max_files: int = MAX_FILES) -> Bundle:
+def unpack(
+    archive: bytes,
+    *,
+    max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+    max_files: int = MAX_FILES,
+) -> Bundle:
     """Validate a canonical bundle archive and return it in memory."""
     if not isinstance(archive, bytes | bytearray):
         raise BundleFormatError("a bundle archive is bytes")
@@ -221,8 +251,9 @@ def unpack(archive: bytes, *, max_archive_bytes: int = MAX_ARCHIVE_BYTES,
                     continue  # not canonical: refused by the re-pack comparison below
                 problem = _member_kind(member)
                 if problem:
-                    raise BundleFormatError(f"member {member.name[:80]!r} is {problem}; bundles hold regular "
-                                            "files only")
+                    raise BundleFormatError(
+                        f"member {member.name[:80]!r} is {problem}; bundles hold regular files only"
+                    )
                 check_path(member.name)
                 if member.mode & 0o7000:
                     raise BundleFormatError(f"member {member.name!r} has a setuid, setgid or sticky bit")
@@ -240,11 +271,17 @@ def unpack(archive: bytes, *, max_archive_bytes: int = MAX_ARCHIVE_BYTES,
     if not files:
         raise BundleFormatError("the bundle archive holds no files")
     check_layout(files, max_files=max_files, max_total_bytes=max_total_bytes)
-    canonical = pack_files(files, max_archive_bytes=max(max_archive_bytes, len(archive)), max_files=max_files,
-                           max_total_bytes=max_total_bytes)
+    canonical = pack_files(
+        files,
+        max_archive_bytes=max(max_archive_bytes, len(archive)),
+        max_files=max_files,
+        max_total_bytes=max_total_bytes,
+    )
     if canonical != archive:
-        raise BundleFormatError("the archive is not canonical (order, modes, owners, times, extra headers or "
-                                "trailing data differ): make bundles with `cleanroom.bundle.pack`")
+        raise BundleFormatError(
+            "the archive is not canonical (order, modes, owners, times, extra headers or "
+            "trailing data differ): make bundles with `cleanroom.bundle.pack`"
+        )
     manifest = parse_manifest(files[MANIFEST])
     if manifest["entry"] not in files:
         raise BundleFormatError(f"the manifest's entry {manifest['entry']!r} is not in the bundle")
@@ -269,8 +306,9 @@ def extract_to(bundle: Bundle, dest_dir: str | os.PathLike[str]) -> None:
                         pass
                     dirfd = os.open(part, flags, dir_fd=dirfd)
                     opened.append(dirfd)
-                fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o644, dir_fd=dirfd)
+                fd = os.open(
+                    parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dirfd
+                )
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
             except OSError as exc:
@@ -304,25 +342,26 @@ def check_manifest(raw: Any) -> dict[str, Any]:
         raise BundleFormatError(f"{MANIFEST} must be a table")
     unknown = sorted(set(raw) - set(MANIFEST_KEYS))
     if unknown:
-        raise BundleFormatError(f"{MANIFEST}: unknown key {unknown[0]!r} "
-                                f"(allowed: {', '.join(MANIFEST_KEYS)})")
+        raise BundleFormatError(f"{MANIFEST}: unknown key {unknown[0]!r} (allowed: {', '.join(MANIFEST_KEYS)})")
     for key in ("name", "version", "kind", "entry"):
         if not isinstance(raw.get(key), str):
             raise BundleFormatError(f"{MANIFEST}: {key} is required and must be a string")
     if not PLUGIN_NAME.fullmatch(raw["name"]):
-        raise BundleFormatError(f"{MANIFEST}: name {raw['name'][:80]!r} must be 2-64 of a-z, 0-9 and '-', "
-                                "starting with a letter or digit")
+        raise BundleFormatError(
+            f"{MANIFEST}: name {raw['name'][:80]!r} must be 2-64 of a-z, 0-9 and '-', starting with a letter or digit"
+        )
     if not VERSION_RE.fullmatch(raw["version"]):
         raise BundleFormatError(f"{MANIFEST}: version {raw['version'][:80]!r} is not like 1.2.3")
     if raw["kind"] not in KINDS:
         raise BundleFormatError(f"{MANIFEST}: kind {raw['kind'][:80]!r} must be one of {', '.join(KINDS)}")
     if len(raw["entry"]) > MAX_PATH or not ENTRY_RE.fullmatch(raw["entry"]):
-        raise BundleFormatError(f"{MANIFEST}: entry {raw['entry'][:80]!r} must be a relative path to a .py "
-                                "file whose parts are Python identifiers")
+        raise BundleFormatError(
+            f"{MANIFEST}: entry {raw['entry'][:80]!r} must be a relative path to a .py "
+            "file whose parts are Python identifiers"
+        )
     description = raw.get("description", "")
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
-        raise BundleFormatError(f"{MANIFEST}: description must be a string of at most {MAX_DESCRIPTION} "
-                                "characters")
+        raise BundleFormatError(f"{MANIFEST}: description must be a string of at most {MAX_DESCRIPTION} characters")
     params = raw.get("params", {})
     if not isinstance(params, dict):
         raise BundleFormatError(f"{MANIFEST}: [params] must be a table of param name = {{ type = ... }}")
@@ -340,12 +379,11 @@ def _item_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
 
 def _check_schema(where: str, schema: Any, *, top: bool) -> None:
     if not isinstance(schema, dict):
-        raise BundleFormatError(f"{MANIFEST}: {where} must be a table like {{ type = \"string\" }}")
+        raise BundleFormatError(f'{MANIFEST}: {where} must be a table like {{ type = "string" }}')
     allowed = SCHEMA_KEYS if top else ITEM_KEYS
     unknown = sorted(set(schema) - set(allowed))
     if unknown:
-        raise BundleFormatError(f"{MANIFEST}: {where} has unknown key {unknown[0]!r} "
-                                f"(allowed: {', '.join(allowed)})")
+        raise BundleFormatError(f"{MANIFEST}: {where} has unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})")
     kind = schema.get("type")
     if kind not in TYPES:
         raise BundleFormatError(f"{MANIFEST}: {where}.type must be one of {', '.join(TYPES)}")

@@ -12,8 +12,16 @@ import pluggy
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["HOOK_BY_KIND", "analysis_spec", "block_statistic", "features", "hookimpl", "hookspec", "model_spec",
-           "preprocess"]
+__all__ = [
+    "HOOK_BY_KIND",
+    "analysis_spec",
+    "block_statistic",
+    "features",
+    "hookimpl",
+    "hookspec",
+    "model_spec",
+    "preprocess",
+]
 
 hookspec = pluggy.HookspecMarker("cleanroom")
 hookimpl = pluggy.HookimplMarker("cleanroom")

@@ -29,12 +29,50 @@ from typing import Any
 
 MAX_NAME = 128
 SEPARATORS = ("__", "_", ".", ":", "=", "-")
-VOCABULARY = frozenset({
-    "missing", "imputed", "bin", "binned", "bucket", "other", "true", "false", "True", "False", "yes", "no",
-    "year", "month", "day", "weekday", "quarter", "dayofyear", "week", "hour", "minute",
-    "scaled", "std", "z", "norm", "log", "log1p", "sqrt", "squared", "sq", "clipped", "rank", "code",
-    "encoded", "count", "sum", "mean", "min", "max", "x",
-})
+VOCABULARY = frozenset(
+    {
+        "missing",
+        "imputed",
+        "bin",
+        "binned",
+        "bucket",
+        "other",
+        "true",
+        "false",
+        "True",
+        "False",
+        "yes",
+        "no",
+        "year",
+        "month",
+        "day",
+        "weekday",
+        "quarter",
+        "dayofyear",
+        "week",
+        "hour",
+        "minute",
+        "scaled",
+        "std",
+        "z",
+        "norm",
+        "log",
+        "log1p",
+        "sqrt",
+        "squared",
+        "sq",
+        "clipped",
+        "rank",
+        "code",
+        "encoded",
+        "count",
+        "sum",
+        "mean",
+        "min",
+        "max",
+        "x",
+    }
+)
 MAX_JOB_STRINGS = 64
 MAX_JOB_STRING = 32
 
@@ -94,7 +132,7 @@ class NameRule:
         cats = self.categories.get(prefix, frozenset())
         for sep in SEPARATORS:
             if rest.startswith(sep):
-                word = rest[len(sep):]
+                word = rest[len(sep) :]
                 if word and (word in VOCABULARY or word in cats or word in self.job_strings):
                     return True
         return False
@@ -106,12 +144,15 @@ class NameRule:
         for position, name in enumerate(names, 1):
             roots = self.roots(name) if isinstance(name, str) else frozenset()
             if not roots:
-                raise UnsafeName(f"{role} #{position} has a name that is neither an input column nor derived "
-                                 "from one by a known suffix, a published category or a string of the job spec; "
-                                 "rename it in the plugin (docs/policy.md, 'Released names')")
+                raise UnsafeName(
+                    f"{role} #{position} has a name that is neither an input column nor derived "
+                    "from one by a known suffix, a published category or a string of the job spec; "
+                    "rename it in the plugin (docs/policy.md, 'Released names')"
+                )
             if roots & banned:
-                raise UnsafeName(f"{role} #{position} is derived from a column the policy marks never_output or "
-                                 "join_only")
+                raise UnsafeName(
+                    f"{role} #{position} is derived from a column the policy marks never_output or join_only"
+                )
 
 
 def job_strings(steps: Iterable[Mapping[str, Any]]) -> list[str]:

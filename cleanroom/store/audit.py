@@ -13,19 +13,45 @@ from cleanroom.audit import GENESIS, event_hash, row_to_event
 Event = dict[str, Any]
 
 
-def append(conn: Any, *, actor: str, action: str, object_type: str, object_id: str,
-           details: dict[str, Any] | None = None, ts: float) -> Event:
+def append(
+    conn: Any,
+    *,
+    actor: str,
+    action: str,
+    object_type: str,
+    object_id: str,
+    details: dict[str, Any] | None = None,
+    ts: float,
+) -> Event:
     """Append one event inside the caller's write transaction and return it."""
     row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (row["seq"] + 1, row["hash"]) if row else (1, GENESIS)
-    event = {"seq": seq, "ts": ts, "actor": actor, "action": action, "object_type": object_type,
-             "object_id": object_id, "details": details or {}, "prev_hash": prev}
+    event = {
+        "seq": seq,
+        "ts": ts,
+        "actor": actor,
+        "action": action,
+        "object_type": object_type,
+        "object_id": object_id,
+        "details": details or {},
+        "prev_hash": prev,
+    }
     event["hash"] = event_hash(event)
     conn.execute(
         "INSERT INTO audit (seq, ts, actor, action, object_type, object_id, details, prev_hash, hash)"
         " VALUES (?,?,?,?,?,?,?,?,?)",
-        (seq, ts, actor, action, object_type, object_id, json.dumps(event["details"], sort_keys=True),
-         prev, event["hash"]))
+        (
+            seq,
+            ts,
+            actor,
+            action,
+            object_type,
+            object_id,
+            json.dumps(event["details"], sort_keys=True),
+            prev,
+            event["hash"],
+        ),
+    )
     return event
 
 

@@ -50,8 +50,9 @@ class BlobStore:
         """A staged writer: `write` chunks, then `commit` (atomic rename) or `abort`."""
         return BlobWriter(self, max_bytes)
 
-    def put_stream(self, chunks: Iterator[bytes], *, max_bytes: int,
-                   expect_sha256: str | None = None) -> tuple[str, int]:
+    def put_stream(
+        self, chunks: Iterator[bytes], *, max_bytes: int, expect_sha256: str | None = None
+    ) -> tuple[str, int]:
         """Store the stream; return (sha256, size). Nothing is kept when it fails."""
         w = self.writer(max_bytes=max_bytes)
         try:
@@ -141,8 +142,11 @@ class BlobStore:
         return h.hexdigest()
 
     def _holds(self, lease: object) -> bool:
-        return (isinstance(lease, SweepLease) and getattr(lease, "store", None) is self
-                and getattr(lease, "active", False) is True)
+        return (
+            isinstance(lease, SweepLease)
+            and getattr(lease, "store", None) is self
+            and getattr(lease, "active", False) is True
+        )
 
     def delete(self, digest: str, lease: SweepLease) -> None:
         """Remove a blob. Only the sweep calls this, holding its lease (tests/test_blobs.py checks)."""
@@ -186,8 +190,9 @@ class BlobWriter:
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.max_bytes:
-            raise TooLarge(f"upload is larger than the limit of {self.max_bytes} bytes",
-                           hint="ask the operator to raise the limit")
+            raise TooLarge(
+                f"upload is larger than the limit of {self.max_bytes} bytes", hint="ask the operator to raise the limit"
+            )
         self._hash.update(chunk)
         self._file.write(chunk)
 
@@ -198,8 +203,9 @@ class BlobWriter:
         digest = self._hash.hexdigest()
         if expect_sha256 is not None and digest != expect_sha256:
             self.abort()
-            raise ValidationError("upload is incomplete or corrupt: its sha256 does not match the "
-                                  "declared one", hint="retry the upload")
+            raise ValidationError(
+                "upload is incomplete or corrupt: its sha256 does not match the declared one", hint="retry the upload"
+            )
         final = self.store.path(digest)
         final.parent.mkdir(exist_ok=True)
         # Under the shared lock: a sweep (exclusive) is never between its age check and its unlink.
@@ -209,8 +215,9 @@ class BlobWriter:
             try:
                 os.replace(self._tmp, final)
             except FileNotFoundError as exc:  # the sweep removed a staged file idle for its grace period
-                raise ValidationError("the upload was idle too long and its staged bytes were removed",
-                                      hint="retry the upload") from exc
+                raise ValidationError(
+                    "the upload was idle too long and its staged bytes were removed", hint="retry the upload"
+                ) from exc
         return digest, self.size
 
     def abort(self) -> None:

@@ -86,8 +86,13 @@ def owned_by(conn: Any, *, org_id: str) -> set[str]:
 
 
 def schemas(conn: Any, *, names: list[str]) -> dict[str, dict[str, Any]]:
-    rows = conn.execute(f"SELECT name, schema FROM datasets WHERE name IN ({','.join('?' * len(names))})",
-                        names).fetchall() if names else []
+    rows = (
+        conn.execute(
+            f"SELECT name, schema FROM datasets WHERE name IN ({','.join('?' * len(names))})", names
+        ).fetchall()
+        if names
+        else []
+    )
     return {r[0]: json.loads(r[1]) for r in rows}
 
 
@@ -100,8 +105,10 @@ _LISTED = """SELECT d.name, d.owner_id, o.name AS owner, d.sha256, d.size, d.row
 def page(conn: Any, *, viewer_id: str, all_withdrawn: bool, after: str | None, limit: int) -> list[Listed]:
     """Datasets by name after `after`, at most `limit`, in one query: withdrawn ones only for their owner
     (or every withdrawn one with `all_withdrawn`)."""
-    rows = conn.execute(_LISTED + " WHERE (d.withdrawn_at IS NULL OR d.owner_id = ? OR ?) AND d.name > ?"
-                        " ORDER BY d.name LIMIT ?", (viewer_id, all_withdrawn, after or "", limit)).fetchall()
+    rows = conn.execute(
+        _LISTED + " WHERE (d.withdrawn_at IS NULL OR d.owner_id = ? OR ?) AND d.name > ? ORDER BY d.name LIMIT ?",
+        (viewer_id, all_withdrawn, after or "", limit),
+    ).fetchall()
     return [row_dict(r, "schema") for r in rows]  # type: ignore[misc]
 
 
@@ -114,25 +121,59 @@ def listed(conn: Any, *, name: str) -> Listed:
 
 def owner_names(conn: Any, *, names: list[str]) -> dict[str, tuple[str, str]]:
     """dataset -> (owner id, owner name) for the named datasets that exist."""
-    rows = conn.execute(f"SELECT d.name, d.owner_id, o.name FROM datasets AS d JOIN orgs AS o ON o.id = d.owner_id"
-                        f" WHERE d.name IN ({','.join('?' * len(names))})", names).fetchall() if names else []
+    rows = (
+        conn.execute(
+            f"SELECT d.name, d.owner_id, o.name FROM datasets AS d JOIN orgs AS o ON o.id = d.owner_id"
+            f" WHERE d.name IN ({','.join('?' * len(names))})",
+            names,
+        ).fetchall()
+        if names
+        else []
+    )
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-def create(conn: Any, *, name: str, owner_id: str, sha256: str, size: int, row_count: int, schema: Any, mock: Any,
-           dropped: list[str], description: str, created_at: float) -> None:
+def create(
+    conn: Any,
+    *,
+    name: str,
+    owner_id: str,
+    sha256: str,
+    size: int,
+    row_count: int,
+    schema: Any,
+    mock: Any,
+    dropped: list[str],
+    description: str,
+    created_at: float,
+) -> None:
     conn.execute(
         "INSERT INTO datasets (name, owner_id, sha256, size, row_count, schema, mock, dropped,"
         " description, policy_version, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (name, owner_id, sha256, size, row_count, dumps(schema), dumps(mock), dumps(dropped), description, 1,
-         created_at))
+        (
+            name,
+            owner_id,
+            sha256,
+            size,
+            row_count,
+            dumps(schema),
+            dumps(mock),
+            dumps(dropped),
+            description,
+            1,
+            created_at,
+        ),
+    )
 
 
-def add_policy(conn: Any, *, name: str, version: int, text: str, policy: dict[str, Any], sha256: str,
-               created_at: float) -> None:
+def add_policy(
+    conn: Any, *, name: str, version: int, text: str, policy: dict[str, Any], sha256: str, created_at: float
+) -> None:
     """Store a policy version and make it the dataset's current one."""
-    conn.execute("INSERT INTO policies (dataset, version, text, policy, sha256, created_at) VALUES (?,?,?,?,?,?)",
-                 (name, version, text, dumps(policy), sha256, created_at))
+    conn.execute(
+        "INSERT INTO policies (dataset, version, text, policy, sha256, created_at) VALUES (?,?,?,?,?,?)",
+        (name, version, text, dumps(policy), sha256, created_at),
+    )
     conn.execute("UPDATE datasets SET policy_version = ? WHERE name = ?", (version, name))
 
 
@@ -141,6 +182,7 @@ def withdraw(conn: Any, *, name: str, at: float) -> None:
 
 
 # uploads ----------------------------------------------------------------------------------------
+
 
 class Upload(TypedDict):
     id: str
@@ -163,14 +205,19 @@ def upload(conn: Any, *, upload_id: str, org_id: str | None = None) -> Upload | 
 
 def pending_uploads(conn: Any, *, name: str, sha256: str, since: float) -> list[Upload]:
     """Uploads not done, declared since `since`, of this name or these bytes, oldest first."""
-    rows = conn.execute("SELECT * FROM uploads WHERE done_at IS NULL AND created_at >= ? AND (name = ? OR sha256 = ?)"
-                        " ORDER BY created_at", (since, name, sha256)).fetchall()
+    rows = conn.execute(
+        "SELECT * FROM uploads WHERE done_at IS NULL AND created_at >= ? AND (name = ? OR sha256 = ?)"
+        " ORDER BY created_at",
+        (since, name, sha256),
+    ).fetchall()
     return [row_dict(r, "meta") for r in rows]  # type: ignore[misc]
 
 
 def add_upload(conn: Any, *, upload_id: str, org_id: str, meta: dict[str, Any], created_at: float) -> None:
-    conn.execute("INSERT INTO uploads (id, org_id, meta, created_at, name, sha256) VALUES (?,?,?,?,?,?)",
-                 (upload_id, org_id, json.dumps(meta), created_at, meta["name"], meta["sha256"]))
+    conn.execute(
+        "INSERT INTO uploads (id, org_id, meta, created_at, name, sha256) VALUES (?,?,?,?,?,?)",
+        (upload_id, org_id, json.dumps(meta), created_at, meta["name"], meta["sha256"]),
+    )
 
 
 def finish_upload(conn: Any, *, upload_id: str, at: float) -> None:

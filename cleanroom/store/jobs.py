@@ -81,19 +81,30 @@ def _split(text: str | None) -> list[str]:
 def _listed(row: Any) -> Listed:
     job: Listed = _row(row)  # type: ignore[assignment]
     job["owner_ids"] = set(_split(row["owner_ids"]))
-    job["release"] = None if row["r_id"] is None else {
-        "id": row["r_id"], "job_id": row["r_job_id"], "recipient_id": row["r_recipient_id"],
-        "review_by": json.loads(row["r_review_by"]), "created_at": row["r_created_at"],
-        "approved": set(_split(row["r_approved"])), "rejected": set(_split(row["r_rejected"]))}
+    job["release"] = (
+        None
+        if row["r_id"] is None
+        else {
+            "id": row["r_id"],
+            "job_id": row["r_job_id"],
+            "recipient_id": row["r_recipient_id"],
+            "review_by": json.loads(row["r_review_by"]),
+            "created_at": row["r_created_at"],
+            "approved": set(_split(row["r_approved"])),
+            "rejected": set(_split(row["r_rejected"])),
+        }
+    )
     for key in [k for k in job if k.startswith("r_")]:
         job.pop(key, None)  # type: ignore[misc]
     return job
 
 
 def get(conn: Any, *, job_id: str) -> Job | None:
-    row = conn.execute("SELECT j.*, ro.id AS recipient_id FROM jobs AS j"
-                       " LEFT JOIN orgs AS ro ON ro.name = json_extract(j.spec, '$.recipient') WHERE j.id = ?",
-                       (job_id,)).fetchone()
+    row = conn.execute(
+        "SELECT j.*, ro.id AS recipient_id FROM jobs AS j"
+        " LEFT JOIN orgs AS ro ON ro.name = json_extract(j.spec, '$.recipient') WHERE j.id = ?",
+        (job_id,),
+    ).fetchone()
     return _row(row) if row else None  # type: ignore[return-value]
 
 
@@ -112,8 +123,16 @@ def load_listed(conn: Any, *, job_id: str) -> Listed:
     return _listed(row)
 
 
-def page(conn: Any, *, viewer_id: str, viewer_name: str, everything: bool, status: str | None,
-         after: tuple[float, str] | None, limit: int | None) -> list[Listed]:
+def page(
+    conn: Any,
+    *,
+    viewer_id: str,
+    viewer_name: str,
+    everything: bool,
+    status: str | None,
+    after: tuple[float, str] | None,
+    limit: int | None,
+) -> list[Listed]:
     """Jobs newest first after the cursor `after` (created_at, id), at most `limit` (None: all), in one
     query. Without `everything` only the viewer's (submitted, over its datasets, released to it); `status`
     filters on the stored status."""
@@ -122,52 +141,83 @@ def page(conn: Any, *, viewer_id: str, viewer_name: str, everything: bool, statu
         where.append("j.status = :status")
     if after:
         where.append("(j.created_at < :c OR j.created_at = :c AND j.id > :id)")
-    rows = conn.execute(_FULL + f" WHERE {' AND '.join(where)} ORDER BY j.created_at DESC, j.id"
-                        + (" LIMIT :limit" if limit is not None else ""),
-                        {"me": viewer_id, "my_name": viewer_name, "status": status, "limit": limit,
-                         "c": after[0] if after else None, "id": after[1] if after else None}).fetchall()
+    rows = conn.execute(
+        _FULL
+        + f" WHERE {' AND '.join(where)} ORDER BY j.created_at DESC, j.id"
+        + (" LIMIT :limit" if limit is not None else ""),
+        {
+            "me": viewer_id,
+            "my_name": viewer_name,
+            "status": status,
+            "limit": limit,
+            "c": after[0] if after else None,
+            "id": after[1] if after else None,
+        },
+    ).fetchall()
     return [_listed(r) for r in rows]
 
 
 def input_owner_ids(conn: Any, *, job: Job) -> set[str]:
     names = [i["dataset"] for i in job["spec"].get("inputs", [])]
-    rows = conn.execute(f"SELECT owner_id FROM datasets WHERE name IN ({','.join('?' * len(names))})",
-                        names).fetchall() if names else []
+    rows = (
+        conn.execute(f"SELECT owner_id FROM datasets WHERE name IN ({','.join('?' * len(names))})", names).fetchall()
+        if names
+        else []
+    )
     return {r[0] for r in rows}
 
 
 def active_count(conn: Any, *, org_id: str) -> int:
     """Jobs of an org that are queued or running."""
-    return int(conn.execute("SELECT COUNT(*) FROM jobs WHERE org_id = ? AND status IN ('queued', 'running')",
-                            (org_id,)).fetchone()[0])
+    return int(
+        conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE org_id = ? AND status IN ('queued', 'running')", (org_id,)
+        ).fetchone()[0]
+    )
 
 
 def submitted_since(conn: Any, *, org_id: str, dataset: str, since: float) -> list[float]:
     """When an org submitted jobs over a dataset after `since`, oldest first."""
-    rows = conn.execute("SELECT j.created_at FROM jobs AS j, json_each(j.spec, '$.inputs') AS i"
-                        " WHERE j.org_id = ? AND json_extract(i.value, '$.dataset') = ? AND j.created_at > ?"
-                        " ORDER BY j.created_at", (org_id, dataset, since)).fetchall()
+    rows = conn.execute(
+        "SELECT j.created_at FROM jobs AS j, json_each(j.spec, '$.inputs') AS i"
+        " WHERE j.org_id = ? AND json_extract(i.value, '$.dataset') = ? AND j.created_at > ?"
+        " ORDER BY j.created_at",
+        (org_id, dataset, since),
+    ).fetchall()
     return [r[0] for r in rows]
 
 
 def active_over(conn: Any, *, dataset: str) -> list[tuple[str, str]]:
     """(id, status) of the queued and running jobs that read a dataset."""
-    return [(r[0], r[1]) for r in conn.execute(
-        "SELECT DISTINCT j.id, j.status FROM jobs AS j, json_each(j.spec, '$.inputs') AS i"
-        " WHERE json_extract(i.value, '$.dataset') = ? AND j.status IN ('queued', 'running') ORDER BY j.id",
-        (dataset,))]
+    return [
+        (r[0], r[1])
+        for r in conn.execute(
+            "SELECT DISTINCT j.id, j.status FROM jobs AS j, json_each(j.spec, '$.inputs') AS i"
+            " WHERE json_extract(i.value, '$.dataset') = ? AND j.status IN ('queued', 'running') ORDER BY j.id",
+            (dataset,),
+        )
+    ]
 
 
-def create(conn: Any, *, job_id: str, org_id: str, name: str, spec: dict[str, Any],
-           effective_policy: dict[str, Any], created_at: float) -> None:
-    conn.execute("INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, phase, created_at)"
-                 " VALUES (?,?,?,?,?,?,?,?)",
-                 (job_id, org_id, name, dumps(spec), dumps(effective_policy), "queued", None, created_at))
+def create(
+    conn: Any,
+    *,
+    job_id: str,
+    org_id: str,
+    name: str,
+    spec: dict[str, Any],
+    effective_policy: dict[str, Any],
+    created_at: float,
+) -> None:
+    conn.execute(
+        "INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, phase, created_at)"
+        " VALUES (?,?,?,?,?,?,?,?)",
+        (job_id, org_id, name, dumps(spec), dumps(effective_policy), "queued", None, created_at),
+    )
 
 
 def cancel(conn: Any, *, job_id: str, reason: str, at: float) -> None:
-    conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?",
-                 (at, reason, job_id))
+    conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = ?, reason = ? WHERE id = ?", (at, reason, job_id))
 
 
 def withdraw(conn: Any, *, job_id: str, at: float) -> None:
@@ -176,8 +226,10 @@ def withdraw(conn: Any, *, job_id: str, at: float) -> None:
 
 
 def finish(conn: Any, *, job_id: str, status: str, reason: str, error_class: str | None, at: float) -> None:
-    conn.execute("UPDATE jobs SET status = ?, reason = ?, error_class = ?, finished_at = ?, phase = NULL"
-                 " WHERE id = ?", (status, reason, error_class, at, job_id))
+    conn.execute(
+        "UPDATE jobs SET status = ?, reason = ?, error_class = ?, finished_at = ?, phase = NULL WHERE id = ?",
+        (status, reason, error_class, at, job_id),
+    )
 
 
 def set_phase(conn: Any, *, job_id: str, phase: str) -> None:
@@ -205,12 +257,15 @@ def oldest_queued(conn: Any) -> str | None:
 def start(conn: Any, *, job_id: str, runner: str, at: float, reveal_at: float) -> None:
     """A runner claimed the job. The start and the outcome time are the first start's: a job re-queued after a
     runner restart keeps them."""
-    conn.execute("UPDATE jobs SET status = 'running', phase = 'verifying', started_at = COALESCE(started_at, ?),"
-                 " runner_id = ?, attempts = attempts + 1, reveal_at = COALESCE(reveal_at, ?) WHERE id = ?",
-                 (at, runner, reveal_at, job_id))
+    conn.execute(
+        "UPDATE jobs SET status = 'running', phase = 'verifying', started_at = COALESCE(started_at, ?),"
+        " runner_id = ?, attempts = attempts + 1, reveal_at = COALESCE(reveal_at, ?) WHERE id = ?",
+        (at, runner, reveal_at, job_id),
+    )
 
 
 # held audit events ------------------------------------------------------------------------------
+
 
 def hold_state(conn: Any, *, job_id: str) -> tuple[float | None, list[dict[str, Any]]] | None:
     """A job's reveal time and the events held until then (None when there is no such job)."""
@@ -224,11 +279,15 @@ def set_held(conn: Any, *, job_id: str, events: list[dict[str, Any]] | None) -> 
 
 def held_due(conn: Any, *, at: float) -> list[tuple[str, list[dict[str, Any]]]]:
     """(job id, held events) of every job whose reveal time has passed, in reveal-time order."""
-    rows = conn.execute("SELECT id, held_events FROM jobs WHERE held_events IS NOT NULL AND reveal_at <= ?"
-                        " ORDER BY reveal_at, id", (at,)).fetchall()
+    rows = conn.execute(
+        "SELECT id, held_events FROM jobs WHERE held_events IS NOT NULL AND reveal_at <= ? ORDER BY reveal_at, id",
+        (at,),
+    ).fetchall()
     return [(r["id"], json.loads(r["held_events"])) for r in rows]
 
 
 def any_held_due(conn: Any, *, at: float) -> bool:
-    return conn.execute("SELECT 1 FROM jobs WHERE held_events IS NOT NULL AND reveal_at <= ? LIMIT 1",
-                        (at,)).fetchone() is not None
+    return (
+        conn.execute("SELECT 1 FROM jobs WHERE held_events IS NOT NULL AND reveal_at <= ? LIMIT 1", (at,)).fetchone()
+        is not None
+    )

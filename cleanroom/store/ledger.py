@@ -22,19 +22,33 @@ def spent(conn: Any, *, dataset: str, recipient: str | None = None) -> tuple[flo
 
 def room_spent(conn: Any) -> float:
     """Room-wide: each job once, at its largest charge."""
-    row = conn.execute("SELECT COALESCE(SUM(e), 0) FROM (SELECT MAX(epsilon) AS e FROM privacy_charges"
-                       " GROUP BY job_id)").fetchone()
+    row = conn.execute(
+        "SELECT COALESCE(SUM(e), 0) FROM (SELECT MAX(epsilon) AS e FROM privacy_charges GROUP BY job_id)"
+    ).fetchone()
     return float(row[0])
 
 
 def remaining(conn: Any, *, dataset: str, policy: Policy, recipient: str | None = None) -> dict[str, Any]:
     """Budget, spent and left of one dataset (and of one recipient org's share, when given)."""
-    return ledger.budget_view(dataset, policy, spent(conn, dataset=dataset),
-                              recipient, spent(conn, dataset=dataset, recipient=recipient) if recipient else None)
+    return ledger.budget_view(
+        dataset,
+        policy,
+        spent(conn, dataset=dataset),
+        recipient,
+        spent(conn, dataset=dataset, recipient=recipient) if recipient else None,
+    )
 
 
-def charge(conn: Any, *, job_id: str, recipient: str, datasets: Mapping[str, Mapping[str, Any]],
-           effective: EffectivePolicy, room_epsilon: float | None, now: float) -> dict[str, float] | None:
+def charge(
+    conn: Any,
+    *,
+    job_id: str,
+    recipient: str,
+    datasets: Mapping[str, Mapping[str, Any]],
+    effective: EffectivePolicy,
+    room_epsilon: float | None,
+    now: float,
+) -> dict[str, float] | None:
     """Admit and record the job's charge on every DP input, inside the caller's write transaction.
 
     Raises PolicyError (and records nothing) when a dataset, or the room, has too little left.
@@ -42,15 +56,26 @@ def charge(conn: Any, *, job_id: str, recipient: str, datasets: Mapping[str, Map
     if effective.job_epsilon is None or effective.job_delta is None:
         return None
     policies = {name: ds["policy"] for name, ds in sorted(datasets.items()) if ds["policy"].require_dp}
-    ledger.admit(effective.job_epsilon, effective.job_delta, recipient=recipient, policies=policies,
-                 spent={name: spent(conn, dataset=name) for name in policies},
-                 recipient_spent={name: spent(conn, dataset=name, recipient=recipient)[0] for name, p in
-                                  policies.items() if p.recipient_epsilon is not None},
-                 room_epsilon=room_epsilon, room_spent=(lambda: room_spent(conn)))
+    ledger.admit(
+        effective.job_epsilon,
+        effective.job_delta,
+        recipient=recipient,
+        policies=policies,
+        spent={name: spent(conn, dataset=name) for name in policies},
+        recipient_spent={
+            name: spent(conn, dataset=name, recipient=recipient)[0]
+            for name, p in policies.items()
+            if p.recipient_epsilon is not None
+        },
+        room_epsilon=room_epsilon,
+        room_spent=(lambda: room_spent(conn)),
+    )
     for name, policy in policies.items():
-        conn.execute("INSERT INTO privacy_charges (job_id, dataset, recipient, epsilon, delta, policy_sha256,"
-                     " created_at) VALUES (?,?,?,?,?,?,?)",
-                     (job_id, name, recipient, effective.job_epsilon, effective.job_delta, policy.sha256(), now))
+        conn.execute(
+            "INSERT INTO privacy_charges (job_id, dataset, recipient, epsilon, delta, policy_sha256,"
+            " created_at) VALUES (?,?,?,?,?,?,?)",
+            (job_id, name, recipient, effective.job_epsilon, effective.job_delta, policy.sha256(), now),
+        )
     return {"epsilon": effective.job_epsilon, "delta": effective.job_delta} if policies else None
 
 

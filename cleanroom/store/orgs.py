@@ -45,14 +45,16 @@ def names(conn: Any) -> list[str]:
 
 def page(conn: Any, *, after: str | None, limit: int) -> list[Org]:
     """Orgs by name after `after` (the runner's org is not listed), at most `limit`."""
-    rows = conn.execute("SELECT * FROM orgs WHERE name != 'runner' AND name > ? ORDER BY name LIMIT ?",
-                        (after or "", limit)).fetchall()
+    rows = conn.execute(
+        "SELECT * FROM orgs WHERE name != 'runner' AND name > ? ORDER BY name LIMIT ?", (after or "", limit)
+    ).fetchall()
     return [_org(r) for r in rows]
 
 
 def create(conn: Any, *, org_id: str, name: str, roles: list[str], created_at: float) -> None:
-    conn.execute("INSERT INTO orgs (id, name, roles, created_at) VALUES (?,?,?,?)",
-                 (org_id, name, json.dumps(roles), created_at))
+    conn.execute(
+        "INSERT INTO orgs (id, name, roles, created_at) VALUES (?,?,?,?)", (org_id, name, json.dumps(roles), created_at)
+    )
 
 
 def set_keys(conn: Any, *, org_id: str, enc_public: str, sign_public: str) -> None:
@@ -61,9 +63,12 @@ def set_keys(conn: Any, *, org_id: str, enc_public: str, sign_public: str) -> No
 
 # tokens -------------------------------------------------------------------------------------------
 
+
 def add_token(conn: Any, *, token_id: str, org_id: str, secret_hash: str, created_at: float) -> None:
-    conn.execute("INSERT INTO tokens (id, org_id, hash, created_at) VALUES (?,?,?,?)",
-                 (token_id, org_id, secret_hash, created_at))
+    conn.execute(
+        "INSERT INTO tokens (id, org_id, hash, created_at) VALUES (?,?,?,?)",
+        (token_id, org_id, secret_hash, created_at),
+    )
 
 
 def revoke_tokens(conn: Any, *, org_id: str, at: float) -> None:
@@ -72,27 +77,36 @@ def revoke_tokens(conn: Any, *, org_id: str, at: float) -> None:
 
 def token_owner(conn: Any, *, token_id: str) -> TokenOwner | None:
     """A token's hash and state with the org it belongs to."""
-    row = conn.execute("SELECT t.hash, t.revoked_at, o.id AS org_id, o.name, o.roles FROM tokens t"
-                       " JOIN orgs o ON o.id = t.org_id WHERE t.id = ?", (token_id,)).fetchone()
+    row = conn.execute(
+        "SELECT t.hash, t.revoked_at, o.id AS org_id, o.name, o.roles FROM tokens t"
+        " JOIN orgs o ON o.id = t.org_id WHERE t.id = ?",
+        (token_id,),
+    ).fetchone()
     return row_dict(row, "roles") if row else None  # type: ignore[return-value]
 
 
 def live_token_hash(conn: Any, *, token_id: str, org_id: str) -> str | None:
-    row = conn.execute("SELECT hash FROM tokens WHERE id = ? AND org_id = ? AND revoked_at IS NULL",
-                       (token_id, org_id)).fetchone()
+    row = conn.execute(
+        "SELECT hash FROM tokens WHERE id = ? AND org_id = ? AND revoked_at IS NULL", (token_id, org_id)
+    ).fetchone()
     return str(row[0]) if row else None
 
 
 # key rotations ------------------------------------------------------------------------------------
 
-def add_key_rotation(conn: Any, *, org_id: str, payload: dict[str, Any], old_signature: str, new_signature: str,
-                     created_at: float) -> None:
-    conn.execute("INSERT INTO key_rotations (org_id, payload, old_signature, new_signature, created_at)"
-                 " VALUES (?,?,?,?,?)", (org_id, json.dumps(payload), old_signature, new_signature, created_at))
+
+def add_key_rotation(
+    conn: Any, *, org_id: str, payload: dict[str, Any], old_signature: str, new_signature: str, created_at: float
+) -> None:
+    conn.execute(
+        "INSERT INTO key_rotations (org_id, payload, old_signature, new_signature, created_at) VALUES (?,?,?,?,?)",
+        (org_id, json.dumps(payload), old_signature, new_signature, created_at),
+    )
 
 
 def key_rotations(conn: Any, *, org_id: str) -> list[dict[str, Any]]:
     """An org's signed key rotations, oldest first (the runner walks them from the key it pinned)."""
-    return [{"payload": json.loads(r["payload"]), "old_signature": r["old_signature"],
-             "new_signature": r["new_signature"]}
-            for r in conn.execute("SELECT * FROM key_rotations WHERE org_id = ? ORDER BY seq", (org_id,))]
+    return [
+        {"payload": json.loads(r["payload"]), "old_signature": r["old_signature"], "new_signature": r["new_signature"]}
+        for r in conn.execute("SELECT * FROM key_rotations WHERE org_id = ? ORDER BY seq", (org_id,))
+    ]

@@ -27,8 +27,10 @@ def _with_users(conn: Any, rows: list[Any]) -> list[Plugin]:
     ids = [p["id"] for p in plugins]
     users: dict[str, dict[str, float]] = {i: {} for i in ids}
     if ids:
-        for r in conn.execute(f"SELECT plugin_id, org_id, created_at FROM plugin_users WHERE plugin_id IN"
-                              f" ({','.join('?' * len(ids))})", ids):
+        for r in conn.execute(
+            f"SELECT plugin_id, org_id, created_at FROM plugin_users WHERE plugin_id IN ({','.join('?' * len(ids))})",
+            ids,
+        ):
             users[r[0]][r[1]] = r[2]
     for p in plugins:
         p["users"] = users[p["id"]]
@@ -48,20 +50,26 @@ def load(conn: Any, *, plugin_id: str) -> Plugin:
 
 
 def many(conn: Any, *, plugin_ids: list[str]) -> dict[str, Plugin]:
-    rows = conn.execute(f"SELECT * FROM plugins WHERE id IN ({','.join('?' * len(plugin_ids))})",
-                        plugin_ids).fetchall() if plugin_ids else []
+    rows = (
+        conn.execute(f"SELECT * FROM plugins WHERE id IN ({','.join('?' * len(plugin_ids))})", plugin_ids).fetchall()
+        if plugin_ids
+        else []
+    )
     return {p["id"]: p for p in _with_users(conn, rows)}
 
 
 def by_name_version(conn: Any, *, name: str, version: str) -> list[Plugin]:
-    return _with_users(conn, conn.execute("SELECT * FROM plugins WHERE name = ? AND version = ?",
-                                          (name, version)).fetchall())
+    return _with_users(
+        conn, conn.execute("SELECT * FROM plugins WHERE name = ? AND version = ?", (name, version)).fetchall()
+    )
 
 
 def by_id_prefix(conn: Any, *, prefix: str) -> list[Plugin]:
     """Plugins whose id starts with `prefix` (an exact comparison of the first characters: no LIKE)."""
-    return _with_users(conn, conn.execute("SELECT * FROM plugins WHERE substr(id, 1, ?) = ? ORDER BY id",
-                                          (len(prefix), prefix)).fetchall())
+    return _with_users(
+        conn,
+        conn.execute("SELECT * FROM plugins WHERE substr(id, 1, ?) = ? ORDER BY id", (len(prefix), prefix)).fetchall(),
+    )
 
 
 def submitted_by(conn: Any, *, org_id: str) -> set[str]:
@@ -69,8 +77,10 @@ def submitted_by(conn: Any, *, org_id: str) -> set[str]:
 
 
 def name_taken_by_other(conn: Any, *, name: str, org_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM plugins WHERE name = ? AND submitted_by != ?", (name, org_id)).fetchone() \
+    return (
+        conn.execute("SELECT 1 FROM plugins WHERE name = ? AND submitted_by != ?", (name, org_id)).fetchone()
         is not None
+    )
 
 
 def names(conn: Any) -> list[str]:
@@ -89,21 +99,42 @@ def replaced_version(conn: Any, *, plugin: Plugin) -> Plugin | None:
         " WHERE p.name = ? AND p.submitted_by = ? AND p.id != ? AND p.created_at <= ?"
         " AND a.decision = 'approve' AND a.revoked_at IS NULL"
         " ORDER BY p.created_at DESC LIMIT 1",
-        (plugin["name"], plugin["submitted_by"], plugin["id"], plugin["created_at"])).fetchall()
+        (plugin["name"], plugin["submitted_by"], plugin["id"], plugin["created_at"]),
+    ).fetchall()
     return _with_users(conn, rows)[0] if rows else None
 
 
-def create(conn: Any, *, plugin_id: str, manifest: dict[str, Any], review: dict[str, Any], size: int,
-           submitted_by: str, created_at: float) -> None:
-    conn.execute("INSERT INTO plugins (id, name, version, kind, manifest, review, size, submitted_by,"
-                 " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                 (plugin_id, manifest["name"], manifest["version"], manifest["kind"], dumps(manifest), dumps(review),
-                  size, submitted_by, created_at))
+def create(
+    conn: Any,
+    *,
+    plugin_id: str,
+    manifest: dict[str, Any],
+    review: dict[str, Any],
+    size: int,
+    submitted_by: str,
+    created_at: float,
+) -> None:
+    conn.execute(
+        "INSERT INTO plugins (id, name, version, kind, manifest, review, size, submitted_by,"
+        " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+        (
+            plugin_id,
+            manifest["name"],
+            manifest["version"],
+            manifest["kind"],
+            dumps(manifest),
+            dumps(review),
+            size,
+            submitted_by,
+            created_at,
+        ),
+    )
 
 
 def add_user(conn: Any, *, plugin_id: str, org_id: str, created_at: float) -> None:
-    conn.execute("INSERT INTO plugin_users (plugin_id, org_id, created_at) VALUES (?,?,?)",
-                 (plugin_id, org_id, created_at))
+    conn.execute(
+        "INSERT INTO plugin_users (plugin_id, org_id, created_at) VALUES (?,?,?)", (plugin_id, org_id, created_at)
+    )
 
 
 class Listed(TypedDict):
@@ -124,8 +155,9 @@ class Listed(TypedDict):
     approvals: list[dict[str, Any]]
 
 
-def page(conn: Any, *, viewer_id: str, all_plugins: bool, after: tuple[str, float, str] | None,
-         limit: int) -> list[Listed]:
+def page(
+    conn: Any, *, viewer_id: str, all_plugins: bool, after: tuple[str, float, str] | None, limit: int
+) -> list[Listed]:
     """The plugins the viewer may see (every one with `all_plugins`, else those it submitted, first or
     again), by name and submission time after `after`, at most `limit`, with their approvals: one query."""
     name, created, pid = after or ("", -1.0, "")
@@ -142,15 +174,26 @@ def page(conn: Any, *, viewer_id: str, all_plugins: bool, after: tuple[str, floa
            JOIN orgs AS s ON s.id = p.submitted_by
            LEFT JOIN approvals AS a ON a.plugin_id = p.id LEFT JOIN orgs AS ao ON ao.id = a.org_id
            ORDER BY p.name, p.created_at, p.id, a.created_at, a.rowid""",
-        {"me": viewer_id, "all": all_plugins, "name": name, "created": created, "id": pid,
-         "limit": limit}).fetchall()
+        {"me": viewer_id, "all": all_plugins, "name": name, "created": created, "id": pid, "limit": limit},
+    ).fetchall()
     out: list[Listed] = []
     for r in rows:
         if not out or out[-1]["id"] != r["id"]:
-            out.append({"id": r["id"], "name": r["name"], "version": r["version"], "kind": r["kind"],
-                        "review": json.loads(r["review"]), "size": r["size"], "submitted_by": r["submitted_by"],
-                        "submitter": r["submitter"], "created_at": r["created_at"], "since": r["since"],
-                        "approvals": []})
+            out.append(
+                {
+                    "id": r["id"],
+                    "name": r["name"],
+                    "version": r["version"],
+                    "kind": r["kind"],
+                    "review": json.loads(r["review"]),
+                    "size": r["size"],
+                    "submitted_by": r["submitted_by"],
+                    "submitter": r["submitter"],
+                    "created_at": r["created_at"],
+                    "since": r["since"],
+                    "approvals": [],
+                }
+            )
         if r["a_id"] is not None:
             out[-1]["approvals"].append({k[2:]: r[k] for k in r.keys() if k.startswith("a_")})
     return out

@@ -14,11 +14,15 @@ def known(conn: Any, *, instance: str) -> dict[str, Any] | None:
 
 def announce(conn: Any, *, instance: str, name: str, ttl: float, at: float) -> None:
     """A new instance: the earlier live instance of the same name is ended (that runner restarted)."""
-    conn.execute("UPDATE runner_instances SET ended_at = ?, ended_reason = 'restarted' WHERE name = ?"
-                 " AND ended_at IS NULL", (at, name))
+    conn.execute(
+        "UPDATE runner_instances SET ended_at = ?, ended_reason = 'restarted' WHERE name = ? AND ended_at IS NULL",
+        (at, name),
+    )
     conn.execute("DELETE FROM runner_instances WHERE ended_at < ?", (at - KEEP_ENDED,))
-    conn.execute("INSERT INTO runner_instances (id, name, started_at, last_seen, ttl) VALUES (?,?,?,?,?)",
-                 (instance, name, at, at, ttl))
+    conn.execute(
+        "INSERT INTO runner_instances (id, name, started_at, last_seen, ttl) VALUES (?,?,?,?,?)",
+        (instance, name, at, at, ttl),
+    )
 
 
 def seen(conn: Any, *, instance: str, at: float, ttl: float | None = None) -> None:
@@ -30,10 +34,18 @@ def seen(conn: Any, *, instance: str, at: float, ttl: float | None = None) -> No
 
 def live(conn: Any, *, at: float, since: float = 0.0) -> set[str]:
     """Instances not ended whose last heartbeat, or `since` (the API's start), is within their ttl."""
-    return {r[0] for r in conn.execute("SELECT id FROM runner_instances WHERE ended_at IS NULL"
-                                       " AND (last_seen + ttl >= ? OR ? + ttl >= ?)", (at, since, at))}
+    return {
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM runner_instances WHERE ended_at IS NULL AND (last_seen + ttl >= ? OR ? + ttl >= ?)",
+            (at, since, at),
+        )
+    }
 
 
 def end_lapsed(conn: Any, *, at: float, since: float = 0.0) -> None:
-    conn.execute("UPDATE runner_instances SET ended_at = ?, ended_reason = 'lapsed' WHERE ended_at IS NULL"
-                 " AND last_seen + ttl < ? AND ? + ttl < ?", (at, at, since, at))
+    conn.execute(
+        "UPDATE runner_instances SET ended_at = ?, ended_reason = 'lapsed' WHERE ended_at IS NULL"
+        " AND last_seen + ttl < ? AND ? + ttl < ?",
+        (at, at, since, at),
+    )

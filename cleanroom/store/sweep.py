@@ -97,23 +97,28 @@ def mentioned(conn: Any, *, except_uploads: frozenset[str] = frozenset()) -> set
 
 def check_grace(grace: int) -> int:
     if grace < MIN_GRACE_SECONDS:
-        raise ValidationError(f"the grace period must be at least {MIN_GRACE_SECONDS} seconds (got {grace}): "
-                              "a younger blob may belong to an upload whose record is not written yet",
-                              hint="give --grace-seconds 3600 or more (CLEANROOM_BLOB_GRACE_SECONDS)")
+        raise ValidationError(
+            f"the grace period must be at least {MIN_GRACE_SECONDS} seconds (got {grace}): "
+            "a younger blob may belong to an upload whose record is not written yet",
+            hint="give --grace-seconds 3600 or more (CLEANROOM_BLOB_GRACE_SECONDS)",
+        )
     return grace
 
 
 def _plan(conn: Any, store: Store, cutoff: float, upload_cutoff: float) -> dict[str, Any]:
-    expired = [r["id"] for r in conn.execute("SELECT id FROM uploads WHERE created_at < ? ORDER BY created_at",
-                                             (upload_cutoff,))]
+    expired = [
+        r["id"]
+        for r in conn.execute("SELECT id FROM uploads WHERE created_at < ? ORDER BY created_at", (upload_cutoff,))
+    ]
     keep = to_keep(conn, except_uploads=frozenset(expired))
     blobs = [e for e in store.blobs.entries() if e.digest not in keep and e.mtime < cutoff]
     staged = [p for p, mtime in store.blobs.staged() if mtime < cutoff]
     return {"blobs": blobs, "staged": staged, "expired_uploads": expired}
 
 
-def sweep(store: Store, *, actor: str, grace_seconds: int, upload_ttl_seconds: int,
-          dry_run: bool = False) -> dict[str, Any]:
+def sweep(
+    store: Store, *, actor: str, grace_seconds: int, upload_ttl_seconds: int, dry_run: bool = False
+) -> dict[str, Any]:
     """Delete unreferenced blobs older than the grace period, stale staged files and expired upload
     declarations. Returns what was (or, with `dry_run`, would be) removed."""
     grace = check_grace(grace_seconds)
@@ -122,18 +127,32 @@ def sweep(store: Store, *, actor: str, grace_seconds: int, upload_ttl_seconds: i
     # 1. the plan, committed to the audit log before anything is removed
     with store.tx() as conn, store.blobs.sweep_lease():
         plan = _plan(conn, store, cutoff, upload_cutoff)
-        summary = {"grace_seconds": grace, "blobs": [e.digest for e in plan["blobs"]],
-                   "bytes": sum(e.size for e in plan["blobs"]), "staged_files": len(plan["staged"]),
-                   "expired_uploads": plan["expired_uploads"]}
+        summary = {
+            "grace_seconds": grace,
+            "blobs": [e.digest for e in plan["blobs"]],
+            "bytes": sum(e.size for e in plan["blobs"]),
+            "staged_files": len(plan["staged"]),
+            "expired_uploads": plan["expired_uploads"],
+        }
         if dry_run or not (plan["blobs"] or plan["staged"] or plan["expired_uploads"]):
             return _listed({**summary, "dry_run": dry_run, "deleted": [], "kept": []}, "blobs")
-        planned = audit.append(conn, actor=actor, action="storage.sweep_planned", object_type="storage",
-                               object_id="blobs", details=_listed(summary, "blobs"), ts=now())
+        planned = audit.append(
+            conn,
+            actor=actor,
+            action="storage.sweep_planned",
+            object_type="storage",
+            object_id="blobs",
+            details=_listed(summary, "blobs"),
+            ts=now(),
+        )
     # 2. re-check under the lease, delete, record the result (a crash here leaves the plan, which
     #    `check` reports and the next sweep completes)
     with store.tx() as conn, store.blobs.sweep_lease() as lease:
-        expired = [u for u in plan["expired_uploads"] if conn.execute(
-            "SELECT 1 FROM uploads WHERE id = ? AND created_at < ?", (u, upload_cutoff)).fetchone()]
+        expired = [
+            u
+            for u in plan["expired_uploads"]
+            if conn.execute("SELECT 1 FROM uploads WHERE id = ? AND created_at < ?", (u, upload_cutoff)).fetchone()
+        ]
         keep = to_keep(conn, except_uploads=frozenset(expired))
         if expired:
             conn.execute(f"DELETE FROM uploads WHERE id IN ({','.join('?' * len(expired))})", expired)
@@ -156,10 +175,23 @@ def sweep(store: Store, *, actor: str, grace_seconds: int, upload_ttl_seconds: i
                     staged += 1
             except FileNotFoundError:
                 continue
-        result = {"plan_seq": planned["seq"], "deleted": deleted, "kept": kept, "bytes": freed,
-                  "staged_files": staged, "expired_uploads": expired}
-        audit.append(conn, actor=actor, action="storage.swept", object_type="storage", object_id="blobs",
-                     details=_listed(_listed(result, "deleted"), "kept"), ts=now())
+        result = {
+            "plan_seq": planned["seq"],
+            "deleted": deleted,
+            "kept": kept,
+            "bytes": freed,
+            "staged_files": staged,
+            "expired_uploads": expired,
+        }
+        audit.append(
+            conn,
+            actor=actor,
+            action="storage.swept",
+            object_type="storage",
+            object_id="blobs",
+            details=_listed(_listed(result, "deleted"), "kept"),
+            ts=now(),
+        )
     return _listed(_listed(_listed({**summary, **result, "dry_run": False}, "blobs"), "deleted"), "kept")
 
 
@@ -167,8 +199,12 @@ def _listed(details: dict[str, Any], key: str) -> dict[str, Any]:
     """An audit event's list of digests: the count, the sha256 of the whole sorted list (one per line),
     and the first AUDIT_LIST digests, so a sweep of a million orphans stays a small event."""
     digests = sorted(details[key])
-    return {**details, key: digests[:AUDIT_LIST], f"{key}_count": len(digests),
-            f"{key}_sha256": hashlib.sha256("\n".join(digests).encode()).hexdigest()}
+    return {
+        **details,
+        key: digests[:AUDIT_LIST],
+        f"{key}_count": len(digests),
+        f"{key}_sha256": hashlib.sha256("\n".join(digests).encode()).hexdigest(),
+    }
 
 
 def check(store: Store, *, verify_hashes: bool = True) -> dict[str, Any]:
@@ -177,10 +213,10 @@ def check(store: Store, *, verify_hashes: bool = True) -> dict[str, Any]:
     with store.read() as conn:
         refs = referenced(conn)
         keep = to_keep(conn)
-        planned = conn.execute("SELECT seq, details FROM audit WHERE action = 'storage.sweep_planned'"
-                               " ORDER BY seq DESC LIMIT 1").fetchone()
-        done = conn.execute("SELECT seq FROM audit WHERE action = 'storage.swept' ORDER BY seq DESC LIMIT 1"
-                            ).fetchone()
+        planned = conn.execute(
+            "SELECT seq, details FROM audit WHERE action = 'storage.sweep_planned' ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        done = conn.execute("SELECT seq FROM audit WHERE action = 'storage.swept' ORDER BY seq DESC LIMIT 1").fetchone()
         pending_uploads = conn.execute("SELECT COUNT(*) FROM uploads WHERE done_at IS NULL").fetchone()[0]
     on_disk = {e.digest: e for e in store.blobs.entries()}
     missing, corrupt = [], []
@@ -194,12 +230,24 @@ def check(store: Store, *, verify_hashes: bool = True) -> dict[str, Any]:
             elif actual != digest:
                 corrupt.append({"blob": digest, "sha256": actual, "referenced_by": needed_by})
     t = time.time()
-    orphans = [{"blob": d, "size": e.size, "age_seconds": round(t - e.mtime)}
-               for d, e in sorted(on_disk.items()) if d not in refs and d not in keep]
+    orphans = [
+        {"blob": d, "size": e.size, "age_seconds": round(t - e.mtime)}
+        for d, e in sorted(on_disk.items())
+        if d not in refs and d not in keep
+    ]
     interrupted = None
     if planned and (not done or done["seq"] < planned["seq"]):
         interrupted = {"plan_seq": planned["seq"], "blobs": json.loads(planned["details"]).get("blobs_count")}
-    return {"ok": not missing and not corrupt, "referenced": len(refs), "blobs": len(on_disk),
-            "verified_hashes": verify_hashes, "missing": missing, "corrupt": corrupt, "orphans": orphans,
-            "orphan_bytes": sum(o["size"] for o in orphans), "staged_files": sum(1 for _ in store.blobs.staged()),
-            "pending_uploads": pending_uploads, "interrupted_sweep": interrupted}
+    return {
+        "ok": not missing and not corrupt,
+        "referenced": len(refs),
+        "blobs": len(on_disk),
+        "verified_hashes": verify_hashes,
+        "missing": missing,
+        "corrupt": corrupt,
+        "orphans": orphans,
+        "orphan_bytes": sum(o["size"] for o in orphans),
+        "staged_files": sum(1 for _ in store.blobs.staged()),
+        "pending_uploads": pending_uploads,
+        "interrupted_sweep": interrupted,
+    }

@@ -19,13 +19,16 @@ class Session(TypedDict):
     roles: list[str]
 
 
-def create(conn: Any, *, session_id: str, org_id: str, token_id: str, secret_hash: str, created_at: float,
-           expires_at: float) -> None:
+def create(
+    conn: Any, *, session_id: str, org_id: str, token_id: str, secret_hash: str, created_at: float, expires_at: float
+) -> None:
     """Record a new session (and drop the rows of sessions that ended more than a day ago)."""
     old = created_at - PURGE_AFTER
     conn.execute("DELETE FROM web_sessions WHERE expires_at < ? OR revoked_at < ?", (old, old))
-    conn.execute("INSERT INTO web_sessions (id, org_id, token_id, hash, created_at, expires_at)"
-                 " VALUES (?,?,?,?,?,?)", (session_id, org_id, token_id, secret_hash, created_at, expires_at))
+    conn.execute(
+        "INSERT INTO web_sessions (id, org_id, token_id, hash, created_at, expires_at) VALUES (?,?,?,?,?,?)",
+        (session_id, org_id, token_id, secret_hash, created_at, expires_at),
+    )
 
 
 def get(conn: Any, *, session_id: str) -> Session | None:
@@ -33,7 +36,9 @@ def get(conn: Any, *, session_id: str) -> Session | None:
     row = conn.execute(
         "SELECT s.hash, s.expires_at, s.revoked_at, t.revoked_at AS token_revoked, o.id AS org_id, o.name, o.roles"
         " FROM web_sessions s JOIN tokens t ON t.id = s.token_id AND t.org_id = s.org_id"
-        " JOIN orgs o ON o.id = s.org_id WHERE s.id = ?", (session_id,)).fetchone()
+        " JOIN orgs o ON o.id = s.org_id WHERE s.id = ?",
+        (session_id,),
+    ).fetchone()
     return row_dict(row, "roles") if row else None  # type: ignore[return-value]
 
 

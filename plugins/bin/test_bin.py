@@ -7,8 +7,13 @@ import pytest
 
 
 def frame() -> pd.DataFrame:
-    return pd.DataFrame({"_pid": ["a", "b", "c", "d", "e", "e"], "age": [17, 18, 30, 64, 65, None],
-                         "city": ["x", "x", "y", "y", "z", "z"]})
+    return pd.DataFrame(
+        {
+            "_pid": ["a", "b", "c", "d", "e", "e"],
+            "age": [17, 18, 30, 64, 65, None],
+            "city": ["x", "x", "y", "y", "z", "z"],
+        }
+    )
 
 
 def test_numeric_ranges_from_edges(plugin):

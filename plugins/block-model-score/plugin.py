@@ -15,10 +15,10 @@ MIN_ROWS = 20  # fewer rows in a block: no answer (the room uses the declared de
 
 def _model(params: dict[str, Any]) -> Any:
     if params["estimator"] == "random_forest":
-        return RandomForestRegressor(n_estimators=params["n_estimators"], max_depth=params["max_depth"],
-                                     random_state=0, n_jobs=1)
-    return HistGradientBoostingRegressor(max_iter=params["n_estimators"], max_depth=params["max_depth"],
-                                         random_state=0)
+        return RandomForestRegressor(
+            n_estimators=params["n_estimators"], max_depth=params["max_depth"], random_state=0, n_jobs=1
+        )
+    return HistGradientBoostingRegressor(max_iter=params["n_estimators"], max_depth=params["max_depth"], random_state=0)
 
 
 @hookimpl

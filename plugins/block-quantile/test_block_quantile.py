@@ -10,8 +10,14 @@ import pytest
 
 
 def frame(n: int = 101) -> pd.DataFrame:
-    return pd.DataFrame({"_pid": np.arange(n), "spend": np.arange(n, dtype=float),
-                         "income": np.arange(n, dtype=float) * 10, "region": ["n"] * n})
+    return pd.DataFrame(
+        {
+            "_pid": np.arange(n),
+            "spend": np.arange(n, dtype=float),
+            "income": np.arange(n, dtype=float) * 10,
+            "region": ["n"] * n,
+        }
+    )
 
 
 def test_returns_one_quantile_per_column_in_order(plugin):

@@ -10,8 +10,15 @@ import pytest
 def frame() -> pd.DataFrame:
     values = np.arange(101, dtype=float)
     values[-1] = 1e9  # one extreme outlier
-    return pd.DataFrame({"_pid": [f"p{i}" for i in range(101)], "income": values, "spend": values.copy(),
-                         "flag": [0, 1] * 50 + [0], "region": ["n"] * 101})
+    return pd.DataFrame(
+        {
+            "_pid": [f"p{i}" for i in range(101)],
+            "income": values,
+            "spend": values.copy(),
+            "flag": [0, 1] * 50 + [0],
+            "region": ["n"] * 101,
+        }
+    )
 
 
 def test_clips_numeric_columns_to_quantiles_but_not_excluded_or_binary(plugin):

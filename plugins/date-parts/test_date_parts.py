@@ -21,8 +21,9 @@ def test_default_parts(plugin):
 
 def test_days_since_and_keep(plugin):
     df = frame().iloc[:2]
-    out = plugin.call(df, column="last_purchase", parts=["days_since", "quarter"],
-                      reference_date="2026-04-01", drop=False)
+    out = plugin.call(
+        df, column="last_purchase", parts=["days_since", "quarter"], reference_date="2026-04-01", drop=False
+    )
     assert out["last_purchase_days_since"].tolist() == [86, 1]
     assert out["last_purchase_quarter"].tolist() == [1, 1]
     assert out["last_purchase_days_since"].dtype == "int64"

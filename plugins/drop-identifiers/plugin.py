@@ -34,6 +34,9 @@ def preprocess(df: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
         names = {normalise(n) for n in params["identifiers"]}
         words = {normalise(w) for w in params["identifier_words"]}
         keep = set(params["keep"])
-        drop |= {c for c in df.columns if isinstance(c, str) and not c.startswith("_") and c not in keep
-                 and looks_like_identifier(c, names, words)}
+        drop |= {
+            c
+            for c in df.columns
+            if isinstance(c, str) and not c.startswith("_") and c not in keep and looks_like_identifier(c, names, words)
+        }
     return df.drop(columns=[c for c in df.columns if c in drop])

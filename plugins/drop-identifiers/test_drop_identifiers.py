@@ -7,8 +7,17 @@ import pytest
 
 
 def frame() -> pd.DataFrame:
-    return pd.DataFrame({"_pid": ["a", "b"], "Email": ["x@y", "z@w"], "full_name": ["A", "B"],
-                         "home_phone": ["1", "2"], "age": [30, 40], "region": ["n", "s"], "zip": ["1", "2"]})
+    return pd.DataFrame(
+        {
+            "_pid": ["a", "b"],
+            "Email": ["x@y", "z@w"],
+            "full_name": ["A", "B"],
+            "home_phone": ["1", "2"],
+            "age": [30, 40],
+            "region": ["n", "s"],
+            "zip": ["1", "2"],
+        }
+    )
 
 
 def test_drops_identifier_looking_columns(plugin):

@@ -20,6 +20,10 @@ def model_spec(columns: list[str], params: dict[str, Any]) -> dict[str, Any]:
     if target in features:
         raise ValueError(f"the target {target!r} cannot be a feature")
     estimator = params["estimator"]
-    return {"estimator": estimator, "params": {key: params[key] for key in HYPER}, "target": target,
-            "features": features or None,
-            "task": "classification" if estimator.endswith("classifier") else "regression"}
+    return {
+        "estimator": estimator,
+        "params": {key: params[key] for key in HYPER},
+        "target": target,
+        "features": features or None,
+        "task": "classification" if estimator.endswith("classifier") else "regression",
+    }

@@ -9,15 +9,31 @@ COLUMNS = ["_pid", "spend", "age", "visits", "churned"]
 
 def test_regressor_spec_with_defaults(plugin):
     spec = plugin.call(COLUMNS, target="spend")
-    assert spec == {"estimator": "gradient_boosting_regressor", "target": "spend", "features": None,
-                    "task": "regression",
-                    "params": {"n_estimators": 100, "max_depth": 3, "learning_rate": 0.1,
-                               "min_samples_leaf": 20, "subsample": 1.0, "random_state": 0}}
+    assert spec == {
+        "estimator": "gradient_boosting_regressor",
+        "target": "spend",
+        "features": None,
+        "task": "regression",
+        "params": {
+            "n_estimators": 100,
+            "max_depth": 3,
+            "learning_rate": 0.1,
+            "min_samples_leaf": 20,
+            "subsample": 1.0,
+            "random_state": 0,
+        },
+    }
 
 
 def test_classifier_spec(plugin):
-    spec = plugin.call(COLUMNS, estimator="gradient_boosting_classifier", target="churned",
-                       features=["age", "visits"], n_estimators=50, min_samples_leaf=25)
+    spec = plugin.call(
+        COLUMNS,
+        estimator="gradient_boosting_classifier",
+        target="churned",
+        features=["age", "visits"],
+        n_estimators=50,
+        min_samples_leaf=25,
+    )
     assert spec["task"] == "classification" and spec["features"] == ["age", "visits"]
     assert spec["params"]["n_estimators"] == 50 and spec["params"]["min_samples_leaf"] == 25
 

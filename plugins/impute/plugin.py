@@ -39,8 +39,7 @@ def preprocess(df: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
     for column, strategy in per_column.items():
         if strategy not in STRATEGIES:
             raise ValueError(f"per_column: {column!r} has strategy {strategy!r}; use one of {STRATEGIES}")
-    columns = params["columns"] or [c for c in df.columns
-                                    if not str(c).startswith("_") and df[c].isna().any()]
+    columns = params["columns"] or [c for c in df.columns if not str(c).startswith("_") and df[c].isna().any()]
     unknown = [c for c in [*columns, *per_column] if c not in df.columns]
     if unknown:
         raise ValueError(f"no column {unknown[0]!r} to impute")

@@ -8,9 +8,14 @@ import pytest
 
 
 def frame() -> pd.DataFrame:
-    return pd.DataFrame({"_pid": list("abcde"), "tenure": [1.0, np.nan, 3.0, 10.0, np.nan],
-                         "segment": ["mass", None, "mass", "private", "affluent"],
-                         "age": [20, 30, 40, 50, 60]})
+    return pd.DataFrame(
+        {
+            "_pid": list("abcde"),
+            "tenure": [1.0, np.nan, 3.0, 10.0, np.nan],
+            "segment": ["mass", None, "mass", "private", "affluent"],
+            "age": [20, 30, 40, 50, 60],
+        }
+    )
 
 
 def test_median_for_numbers_and_most_frequent_for_text(plugin):

@@ -30,6 +30,10 @@ def model_spec(columns: list[str], params: dict[str, Any]) -> dict[str, Any]:
         hyper["max_iter"] = params["max_iter"]
     if estimator == "logistic_regression":
         hyper["C"] = 1.0 / alpha
-    return {"estimator": estimator, "params": hyper, "target": params["target"],
-            "features": list(params["features"]) or None,
-            "task": "classification" if estimator == "logistic_regression" else "regression"}
+    return {
+        "estimator": estimator,
+        "params": hyper,
+        "target": params["target"],
+        "features": list(params["features"]) or None,
+        "task": "classification" if estimator == "logistic_regression" else "regression",
+    }

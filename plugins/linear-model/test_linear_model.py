@@ -9,13 +9,17 @@ COLUMNS = ["_pid", "spend", "age", "visits", "churned"]
 
 def test_ridge_spec_with_default_features(plugin):
     spec = plugin.call(COLUMNS, target="spend", alpha=2.5)
-    assert spec == {"estimator": "ridge", "params": {"fit_intercept": True, "alpha": 2.5}, "target": "spend",
-                    "features": None, "task": "regression"}
+    assert spec == {
+        "estimator": "ridge",
+        "params": {"fit_intercept": True, "alpha": 2.5},
+        "target": "spend",
+        "features": None,
+        "task": "regression",
+    }
 
 
 def test_logistic_and_lasso_specs(plugin):
-    spec = plugin.call(COLUMNS, estimator="logistic_regression", target="churned", features=["age"],
-                       alpha=0.5)
+    spec = plugin.call(COLUMNS, estimator="logistic_regression", target="churned", features=["age"], alpha=0.5)
     assert spec["params"] == {"fit_intercept": True, "max_iter": 1000, "C": 2.0}
     assert spec["task"] == "classification" and spec["features"] == ["age"]
     spec = plugin.call(COLUMNS, estimator="lasso", target="spend", alpha=0.1)

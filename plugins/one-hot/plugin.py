@@ -19,8 +19,7 @@ def categories(series: pd.Series, limit: int) -> tuple[list[str], bool]:
 @hookimpl
 def features(df: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
     numeric = pd.api.types.is_numeric_dtype
-    columns = params["columns"] or [c for c in df.columns
-                                    if not str(c).startswith("_") and not numeric(df[c])]
+    columns = params["columns"] or [c for c in df.columns if not str(c).startswith("_") and not numeric(df[c])]
     sep, other = params["sep"], params["other_label"]
     out = df.copy()
     for column in columns:

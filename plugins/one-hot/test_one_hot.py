@@ -7,8 +7,14 @@ import pytest
 
 
 def frame() -> pd.DataFrame:
-    return pd.DataFrame({"_pid": list("abcdef"), "region": ["n", "n", "s", "s", "e", None],
-                         "category": ["x", "x", "x", "y", "z", "w"], "age": [1, 2, 3, 4, 5, 6]})
+    return pd.DataFrame(
+        {
+            "_pid": list("abcdef"),
+            "region": ["n", "n", "s", "s", "e", None],
+            "category": ["x", "x", "x", "y", "z", "w"],
+            "age": [1, 2, 3, 4, 5, 6],
+        }
+    )
 
 
 def test_encodes_every_text_column(plugin):

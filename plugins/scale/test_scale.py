@@ -7,8 +7,16 @@ import pytest
 
 
 def frame() -> pd.DataFrame:
-    return pd.DataFrame({"_pid": list("abcd"), "age": [20, 30, 40, 50], "spend": [1.0, 2.0, 3.0, 4.0],
-                         "region_north": [0, 1, 0, 1], "flat": [5, 5, 5, 5], "region": list("nsns")})
+    return pd.DataFrame(
+        {
+            "_pid": list("abcd"),
+            "age": [20, 30, 40, 50],
+            "spend": [1.0, 2.0, 3.0, 4.0],
+            "region_north": [0, 1, 0, 1],
+            "flat": [5, 5, 5, 5],
+            "region": list("nsns"),
+        }
+    )
 
 
 def test_standardises_numeric_columns_but_not_binary_or_excluded(plugin):

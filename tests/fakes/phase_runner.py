@@ -42,7 +42,7 @@ class Fault(enum.Enum):
 
 _MISBEHAVE = {
     Fault.HANG: "import sys, time; sys.stdin.buffer.read(); print('waiting', file=sys.stderr, flush=True); "
-                "time.sleep(600)",
+    "time.sleep(600)",
     Fault.OOM: "import os, signal, sys; sys.stdin.buffer.read(); os.kill(os.getpid(), signal.SIGKILL)",
     Fault.GARBAGE: "import sys; sys.stdin.buffer.read(); sys.stdout.buffer.write(b'not a wire message')",
     Fault.CRASH: "import sys; sys.stdin.buffer.read(); raise SystemExit('Traceback: boom in the phase') ",
@@ -53,23 +53,36 @@ _MISBEHAVE = {
 class SubprocessPhase:
     """One started phase: a process that has imported its module and waits for its request."""
 
-    def __init__(self, owner: SubprocessPhases, phase: Phase, job_id: str, argv: list[str],
-                 timeout_seconds: float) -> None:
+    def __init__(
+        self, owner: SubprocessPhases, phase: Phase, job_id: str, argv: list[str], timeout_seconds: float
+    ) -> None:
         self.owner, self.phase, self.job_id = owner, phase, job_id
         self._timeout = timeout_seconds
         self.isolation: dict[str, Any] = {"fake": "subprocess", "warm": False, "waived": []}
         self.closed = False
         self._home = tempfile.TemporaryDirectory(prefix="fake-phase-")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     cwd=self._home.name, env={"HOME": self._home.name, "TMPDIR": self._home.name},
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=self._home.name,
+            env={"HOME": self._home.name, "TMPDIR": self._home.name},
+            start_new_session=True,
+        )
 
     @property
     def timeout_seconds(self) -> float:
         return self._timeout
 
-    def run(self, request: bytes | memoryview, *, timeout: float | None = None, max_output: int | None = None,
-            cancelled: CancelCheck | None = None) -> PhaseResult:
+    def run(
+        self,
+        request: bytes | memoryview,
+        *,
+        timeout: float | None = None,
+        max_output: int | None = None,
+        cancelled: CancelCheck | None = None,
+    ) -> PhaseResult:
         if self.closed:
             raise SandboxError("the phase was closed before it ran")
         started = time.monotonic()
@@ -97,8 +110,10 @@ class SubprocessPhase:
             while chunk := pipe.read1(1 << 16):  # type: ignore[attr-defined]
                 stderr.extend(chunk[: max(0, self.owner.settings.job_log_bytes - len(stderr))])
 
-        threads = [threading.Thread(target=f, args=(p,), daemon=True)
-                   for f, p in ((feed, self.proc.stdin), (read_out, self.proc.stdout), (read_err, self.proc.stderr))]
+        threads = [
+            threading.Thread(target=f, args=(p,), daemon=True)
+            for f, p in ((feed, self.proc.stdin), (read_out, self.proc.stdout), (read_err, self.proc.stderr))
+        ]
         for t in threads:
             t.start()
         self.owner.fed[self.phase].set()
@@ -120,9 +135,16 @@ class SubprocessPhase:
             self.close()
         code = self.proc.returncode
         oom = self.owner.faults.get(self.phase) is Fault.OOM and code == -signal.SIGKILL
-        return PhaseResult(stdout=bytes(stdout), stderr=bytes(stderr), exit_code=code, oom_killed=oom,
-                           timed_out=state["timed_out"], output_overflow=state["overflow"],
-                           seconds=round(time.monotonic() - started, 3), isolation=self.isolation)
+        return PhaseResult(
+            stdout=bytes(stdout),
+            stderr=bytes(stderr),
+            exit_code=code,
+            oom_killed=oom,
+            timed_out=state["timed_out"],
+            output_overflow=state["overflow"],
+            seconds=round(time.monotonic() - started, 3),
+            isolation=self.isolation,
+        )
 
     def _kill(self) -> None:
         try:
@@ -149,8 +171,14 @@ class SubprocessPhase:
 class SubprocessPhases:
     """Starts each phase as a subprocess of this interpreter; `faults` make a phase misbehave."""
 
-    def __init__(self, settings: Settings, faults: Mapping[Phase, Fault] | None = None, *,
-                 timeout_seconds: float | None = None, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        faults: Mapping[Phase, Fault] | None = None,
+        *,
+        timeout_seconds: float | None = None,
+        python: str = sys.executable,
+    ) -> None:
         self.settings = settings
         self.faults = dict(faults or {})
         self.timeout_seconds = timeout_seconds
@@ -163,8 +191,11 @@ class SubprocessPhases:
         fault = self.faults.get(phase)
         if fault is Fault.NO_START:
             raise SandboxError(f"the fake refused to start the {phase} phase")
-        argv = [self.python, "-I", "-c", _MISBEHAVE[fault]] if fault else [self.python, "-I", "-m",
-                                                                             f"cleanroom.sandbox.{phase.module}"]
+        argv = (
+            [self.python, "-I", "-c", _MISBEHAVE[fault]]
+            if fault
+            else [self.python, "-I", "-m", f"cleanroom.sandbox.{phase.module}"]
+        )
         timeout = self.timeout_seconds or float(self.settings.job_timeout_seconds)
         if limits and limits.get("timeout_seconds"):
             timeout = min(timeout, float(limits["timeout_seconds"]))

@@ -43,7 +43,7 @@ RUNNER_CANARY = os.environ[RUNNER_CANARY_VAR]
 
 # Every malicious plugin starts with this: `attempt(name, fn)` records a result or the errno it got;
 # `report(df)` returns the frame with the observations in an `obs` column.
-PRELUDE = '''\
+PRELUDE = """\
 from cleanroom.hookspecs import hookimpl
 import errno, json, os, socket, sys, time
 
@@ -67,7 +67,7 @@ def report(df):
     out["obs"] = json.dumps(OBS, default=repr)
     return out
 
-'''
+"""
 
 
 # ------------------------------------------------------------------------------------------ plugins
@@ -82,13 +82,22 @@ class Plugin:
     folder: Path
 
 
-def write_plugin(root: Path, name: str, code: str, *, kind: str = "preprocess", params: str = "",
-                 prelude: bool = True, extra_files: dict[str, str] | None = None) -> Path:
+def write_plugin(
+    root: Path,
+    name: str,
+    code: str,
+    *,
+    kind: str = "preprocess",
+    params: str = "",
+    prelude: bool = True,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
     """A plugin folder (manifest + plugin.py) ready for `bundle.pack` or `Client.submit_plugin`."""
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "cleanroom-plugin.toml").write_text(
-        f'name = "{name}"\nversion = "1.0.0"\nkind = "{kind}"\nentry = "plugin.py"\n{params}')
+        f'name = "{name}"\nversion = "1.0.0"\nkind = "{kind}"\nentry = "plugin.py"\n{params}'
+    )
     (folder / "plugin.py").write_text((PRELUDE if prelude else "") + textwrap.dedent(code))
     for rel, text in (extra_files or {}).items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -105,20 +114,25 @@ def make_plugin(root: Path, name: str, code: str, **kw: Any) -> Plugin:
 
 def preprocess(root: Path, name: str, body: str) -> Plugin:
     """A preprocess plugin whose hook runs `body` (with `df` and `params` in scope) and reports."""
-    code = "@hookimpl\ndef preprocess(df, params):\n" + textwrap.indent(textwrap.dedent(body).strip("\n"),
-                                                                      "    ") + "\n    return report(df)\n"
+    code = (
+        "@hookimpl\ndef preprocess(df, params):\n"
+        + textwrap.indent(textwrap.dedent(body).strip("\n"), "    ")
+        + "\n    return report(df)\n"
+    )
     return make_plugin(root, name, code)
 
 
 def canary_frame(canary: str, n: int = 30, seed: int = 0) -> pd.DataFrame:
     """A small input whose `secret` column holds the canary on every row (so any leak shows it)."""
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "_pid": [secrets.token_hex(32) for _ in range(n)],
-        "region": rng.choice(["north", "south", "east", "west"], n),
-        "spend": rng.gamma(3, 100, n).round(2),
-        "secret": [f"{canary}-{i}" for i in range(n)],
-    })
+    return pd.DataFrame(
+        {
+            "_pid": [secrets.token_hex(32) for _ in range(n)],
+            "region": rng.choice(["north", "south", "east", "west"], n),
+            "spend": rng.gamma(3, 100, n).round(2),
+            "secret": [f"{canary}-{i}" for i in range(n)],
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------ sandbox
@@ -145,8 +159,10 @@ class Outcome:
 
     def entry(self, name: str) -> dict[str, Any]:
         if name not in self.obs:
-            raise AssertionError(f"the plugin reported no {name!r}: exit {self.phase.exit_code}, timed out "
-                                 f"{self.phase.timed_out}, result {self.result}, log {self.stderr[-2000:]}")
+            raise AssertionError(
+                f"the plugin reported no {name!r}: exit {self.phase.exit_code}, timed out "
+                f"{self.phase.timed_out}, result {self.result}, log {self.stderr[-2000:]}"
+            )
         return dict(self.obs[name])
 
     def errno(self, name: str) -> int | None:
@@ -160,17 +176,28 @@ class Outcome:
         return entry["value"]
 
 
-def compute_request(job_id: str, plugins: list[Plugin], frames: dict[str, pd.DataFrame] | None = None,
-                    steps: list[dict[str, Any]] | None = None, max_output_bytes: int = 64 * 2**20) -> bytes:
+def compute_request(
+    job_id: str,
+    plugins: list[Plugin],
+    frames: dict[str, pd.DataFrame] | None = None,
+    steps: list[dict[str, Any]] | None = None,
+    max_output_bytes: int = 64 * 2**20,
+) -> bytes:
     """The wire request the runner sends the compute phase (docs/design.md, "Sandbox phases")."""
     frames = frames if frames is not None else {"redteam.data": canary_frame("input")}
     if steps is None:
-        steps = [{"plugin_id": p.id, "name": p.name, "kind": p.kind, "entry": "plugin.py", "params": {},
-                  "dataset": None} for p in plugins]
+        steps = [
+            {"plugin_id": p.id, "name": p.name, "kind": p.kind, "entry": "plugin.py", "params": {}, "dataset": None}
+            for p in plugins
+        ]
     files = {f"inputs/{i}.arrow": wire.frame_to_bytes(df) for i, df in enumerate(frames.values())}
     files.update({f"plugins/{p.id}.tar": p.archive for p in plugins})
-    meta = {"job_id": job_id, "steps": steps, "max_output_bytes": max_output_bytes,
-            "inputs": [{"dataset": name, "file": f"inputs/{i}.arrow"} for i, name in enumerate(frames)]}
+    meta = {
+        "job_id": job_id,
+        "steps": steps,
+        "max_output_bytes": max_output_bytes,
+        "inputs": [{"dataset": name, "file": f"inputs/{i}.arrow"} for i, name in enumerate(frames)],
+    }
     buf = io.BytesIO()
     wire.write_message(buf, "job.json", meta, files)
     return buf.getvalue()
@@ -180,10 +207,17 @@ def new_job_id() -> str:
     return "job_redteam_" + secrets.token_hex(6)
 
 
-def run_compute(sandbox: Any, plugins: Plugin | list[Plugin], *, frames: dict[str, pd.DataFrame] | None = None,
-                steps: list[dict[str, Any]] | None = None, timeout: float | None = 60,
-                max_output: int | None = None, job_id: str | None = None,
-                max_output_bytes: int = 64 * 2**20) -> Outcome:
+def run_compute(
+    sandbox: Any,
+    plugins: Plugin | list[Plugin],
+    *,
+    frames: dict[str, pd.DataFrame] | None = None,
+    steps: list[dict[str, Any]] | None = None,
+    timeout: float | None = 60,
+    max_output: int | None = None,
+    job_id: str | None = None,
+    max_output_bytes: int = 64 * 2**20,
+) -> Outcome:
     """Run the compute phase in the real sandbox container, as the runner does."""
     plugins = [plugins] if isinstance(plugins, Plugin) else plugins
     for _ in range(3):
@@ -210,8 +244,13 @@ def killed_from_outside(phase: Any) -> bool:
     Other test runs sharing the engine may remove containers they believe are theirs (runners used to
     remove every sandbox container on the engine when they started); such a run is repeated.
     """
-    return (phase.exit_code == 137 and not phase.oom_killed and not phase.timed_out and not phase.stdout
-            and not phase.stderr)
+    return (
+        phase.exit_code == 137
+        and not phase.oom_killed
+        and not phase.timed_out
+        and not phase.stdout
+        and not phase.stderr
+    )
 
 
 def containers_of(client: Any, job_id: str) -> list[Any]:
@@ -347,18 +386,30 @@ domain = ["north", "south", "east", "west"]
 def owner_csv(path: Path, canary: str, n: int = 80, seed: int = 1) -> Path:
     """An owner's raw file: an id column, a region, a spend and a `secret_code` canary on every row."""
     rng = np.random.default_rng(seed)
-    pd.DataFrame({
-        "customer_id": [f"C{seed}{i:05d}" for i in range(n)],
-        "region": rng.choice(["north", "south", "east", "west"], n),
-        "visits": rng.poisson(12, n),
-        "spend": rng.gamma(3, 100, n).round(2),
-        "secret_code": [f"{canary}x{i:04d}" for i in range(n)],
-    }).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "customer_id": [f"C{seed}{i:05d}" for i in range(n)],
+            "region": rng.choice(["north", "south", "east", "west"], n),
+            "visits": rng.poisson(12, n),
+            "spend": rng.gamma(3, 100, n).round(2),
+            "secret_code": [f"{canary}x{i:04d}" for i in range(n)],
+        }
+    ).to_csv(path, index=False)
     return path
 
 
-def upload_dataset(owner: Any, tmp: Path, name: str, canary: str, recipient: str, *, n: int = 80, seed: int = 1,
-                   extra_privacy: str = "require_dp = false", extra: str = "") -> str:
+def upload_dataset(
+    owner: Any,
+    tmp: Path,
+    name: str,
+    canary: str,
+    recipient: str,
+    *,
+    n: int = 80,
+    seed: int = 1,
+    extra_privacy: str = "require_dp = false",
+    extra: str = "",
+) -> str:
     """Upload an owner_csv file as `name`, with OWNER_POLICY naming `recipient` as the allowed recipient.
 
     By default in exact mode (`require_dp = false`, so every release waits for the owner's review): these
@@ -367,15 +418,24 @@ def upload_dataset(owner: Any, tmp: Path, name: str, canary: str, recipient: str
 
     path = owner_csv(tmp / f"{name}.csv", canary, n=n, seed=seed)
     policy = OWNER_POLICY.format(analyst=recipient, extra_privacy=extra_privacy, extra=extra)
-    owner.upload_dataset(path, name=name, policy=policy, id_column="customer_id", join_secret=new_join_secret(),
-                         drop_identifiers=False)
+    owner.upload_dataset(
+        path, name=name, policy=policy, id_column="customer_id", join_secret=new_join_secret(), drop_identifiers=False
+    )
     path.unlink()
     return name
 
 
-def job_spec(name: str, recipient: str, dataset: str, steps: list[tuple[str, dict[str, Any]]], *,
-             model: bool = False, aggregates: bool = False, epsilon: float | None = None,
-             extra_inputs: tuple[str, ...] = ()) -> str:
+def job_spec(
+    name: str,
+    recipient: str,
+    dataset: str,
+    steps: list[tuple[str, dict[str, Any]]],
+    *,
+    model: bool = False,
+    aggregates: bool = False,
+    epsilon: float | None = None,
+    extra_inputs: tuple[str, ...] = (),
+) -> str:
     lines = [f'name = "{name}"', f'recipient = "{recipient}"']
     for ds in (dataset, *extra_inputs):
         lines += ["[[inputs]]", f'dataset = "{ds}"']
@@ -411,8 +471,16 @@ class Stack:
     def dataset(self, owner: Any, name: str, canary: str, **kw: Any) -> str:
         return upload_dataset(owner, self.tmp, name, canary, self.analyst_name, **kw)
 
-    def plugin(self, code: str, *, kind: str = "preprocess", params: str = "", prelude: bool = True,
-               approvers: list[tuple[Any, str]] = (), submitter: Any = None) -> str:
+    def plugin(
+        self,
+        code: str,
+        *,
+        kind: str = "preprocess",
+        params: str = "",
+        prelude: bool = True,
+        approvers: list[tuple[Any, str]] = (),
+        submitter: Any = None,
+    ) -> str:
         """Submit a plugin as the analyst (or `submitter`) and have each (owner, dataset) approve it."""
         name = self.unique(f"rt-{kind}")
         folder = write_plugin(self.tmp / "plugins", name, code, kind=kind, params=params, prelude=prelude)
@@ -456,14 +524,16 @@ def _toml_inline(value: Any) -> str:
     return repr(value)
 
 
-AGGREGATE_CODE = '''\
+AGGREGATE_CODE = """\
 @hookimpl
 def analysis_spec(columns, params):
     return {"name": params["name"], "group_by": list(params["group_by"]),
             "metrics": [{"agg": "count"}, {"agg": "mean", "column": "spend"}]}
-'''
-AGGREGATE_PARAMS = ('[params.name]\ntype = "string"\nrequired = true\n'
-                    '[params.group_by]\ntype = "array"\nitems = "string"\nrequired = true\n')
+"""
+AGGREGATE_PARAMS = (
+    '[params.name]\ntype = "string"\nrequired = true\n'
+    '[params.group_by]\ntype = "array"\nitems = "string"\nrequired = true\n'
+)
 
 
 @pytest.fixture(scope="session")
@@ -479,8 +549,9 @@ def new_home(tmp_path_factory: pytest.TempPathFactory, shared_keys: Path) -> Pat
 
 
 @pytest.fixture(autouse=True)
-def cleanroom_home(tmp_path_factory: pytest.TempPathFactory, shared_keys: Path,
-                   monkeypatch: pytest.MonkeyPatch) -> Path:
+def cleanroom_home(
+    tmp_path_factory: pytest.TempPathFactory, shared_keys: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """Like the suite-wide fixture (own profiles per test), with the org keys shared across the suite."""
     home = new_home(tmp_path_factory, shared_keys)
     monkeypatch.setenv("CLEANROOM_HOME", str(home))

@@ -33,8 +33,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _register_room_key(room):
     key = crypto.generate_keypair()
-    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-               json={"enc_public": key.enc_public, "sign_public": key.sign_public}).raise_for_status()
+    httpx.post(
+        room.url + "/runner/register",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+        json={"enc_public": key.enc_public, "sign_public": key.sign_public},
+    ).raise_for_status()
 
 
 def _world(room, tmp_path, with_key=True):
@@ -51,10 +54,18 @@ def world(room, tmp_path):
 
 def _signed(client, plugin_id, dataset, **changes):
     ds = client.get_dataset(dataset)
-    p = {"type": "plugin-approval", "plugin_id": plugin_id, "dataset": dataset,
-         "policy_version": ds["policy_version"], "policy_sha256": ds["policy_sha256"],
-         "dataset_sha256": ds["sha256"], "decision": "approve",
-         "reason": "", "org": client.whoami()["name"], "issued_at": time.time()}
+    p = {
+        "type": "plugin-approval",
+        "plugin_id": plugin_id,
+        "dataset": dataset,
+        "policy_version": ds["policy_version"],
+        "policy_sha256": ds["policy_sha256"],
+        "dataset_sha256": ds["sha256"],
+        "decision": "approve",
+        "reason": "",
+        "org": client.whoami()["name"],
+        "issued_at": time.time(),
+    }
     p.update(changes)
     return p
 
@@ -115,13 +126,23 @@ def test_analyst_cannot_approve_its_own_plugin(world):
     _, _, analyst, ids = world
     pid = ids["impute"]
     with pytest.raises(PermissionDenied):
-        analyst.post(f"/plugins/{pid}/approvals", json={"payload": _signed(analyst, pid, "retail.purchases"),
-                                                        "signature": analyst.keys().sign({})})
+        analyst.post(
+            f"/plugins/{pid}/approvals",
+            json={"payload": _signed(analyst, pid, "retail.purchases"), "signature": analyst.keys().sign({})},
+        )
 
 
-@pytest.mark.parametrize("knob", ["network = true", "image = \"evil:latest\"", "privileged = true",
-                                  "[limits]\nmemory = \"64g\"", "[env]\nLD_PRELOAD = \"/tmp/x.so\"",
-                                  "runtime = \"runc\""])
+@pytest.mark.parametrize(
+    "knob",
+    [
+        "network = true",
+        'image = "evil:latest"',
+        "privileged = true",
+        '[limits]\nmemory = "64g"',
+        '[env]\nLD_PRELOAD = "/tmp/x.so"',
+        'runtime = "runc"',
+    ],
+)
 def test_job_spec_cannot_loosen_isolation(world, knob):
     _, _, analyst, ids = world
     spec = scenario.job_spec(ids)
@@ -149,14 +170,21 @@ def _file(name, data):
 MANIFEST = b'name = "x"\nversion = "1.0.0"\nkind = "preprocess"\nentry = "plugin.py"\n'
 
 
-@pytest.mark.parametrize("members", [
-    [_file("cleanroom-plugin.toml", MANIFEST), _file("../../etc/cron.d/x", b"* * * * * root sh")],
-    [_file("cleanroom-plugin.toml", MANIFEST), _file("/abs/plugin.py", b"")],
-    [_file("cleanroom-plugin.toml", MANIFEST),
-     (lambda i: (setattr(i, "type", tarfile.SYMTYPE), setattr(i, "linkname", "/etc/shadow"), (i, None))[-1])(
-         tarfile.TarInfo("plugin.py"))],
-    [_file("cleanroom-plugin.toml", MANIFEST), _file("plugin.py", b"\0" * (30 * 2**20))],
-], ids=["zip-slip", "absolute", "symlink", "bomb"])
+@pytest.mark.parametrize(
+    "members",
+    [
+        [_file("cleanroom-plugin.toml", MANIFEST), _file("../../etc/cron.d/x", b"* * * * * root sh")],
+        [_file("cleanroom-plugin.toml", MANIFEST), _file("/abs/plugin.py", b"")],
+        [
+            _file("cleanroom-plugin.toml", MANIFEST),
+            (lambda i: (setattr(i, "type", tarfile.SYMTYPE), setattr(i, "linkname", "/etc/shadow"), (i, None))[-1])(
+                tarfile.TarInfo("plugin.py")
+            ),
+        ],
+        [_file("cleanroom-plugin.toml", MANIFEST), _file("plugin.py", b"\0" * (30 * 2**20))],
+    ],
+    ids=["zip-slip", "absolute", "symlink", "bomb"],
+)
 def test_hostile_bundles_are_refused_and_nothing_is_stored(room, members):
     analyst = room.org("acme-analytics", "analyst")
     archive = _tar(members)
@@ -187,18 +215,27 @@ def test_runner_token_and_stolen_admin_routes(room, world):
     _, _, analyst, _ = world
     runner = {"authorization": f"Bearer {room.runner_token}"}
     assert httpx.get(room.url + "/datasets", headers=runner).status_code == 403
-    assert httpx.post(room.url + "/runner/claim", headers={"authorization": f"Bearer {analyst.token}"}
-                      ).status_code == 403
-    assert httpx.get(room.url + "/runner/datasets/retail.purchases/ciphertext",
-                     headers={"authorization": f"Bearer {analyst.token}"}).status_code == 403
+    assert (
+        httpx.post(room.url + "/runner/claim", headers={"authorization": f"Bearer {analyst.token}"}).status_code == 403
+    )
+    assert (
+        httpx.get(
+            room.url + "/runner/datasets/retail.purchases/ciphertext",
+            headers={"authorization": f"Bearer {analyst.token}"},
+        ).status_code
+        == 403
+    )
     assert httpx.post(room.url + "/runner/claim", headers=runner).status_code == 200  # control
 
 
 def test_room_key_takeover_is_refused(room):
     _register_room_key(room)
     other = crypto.generate_keypair()
-    r = httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-                   json={"enc_public": other.enc_public, "sign_public": other.sign_public})
+    r = httpx.post(
+        room.url + "/runner/register",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+        json={"enc_public": other.enc_public, "sign_public": other.sign_public},
+    )
     assert r.status_code == 409
 
 
@@ -206,10 +243,19 @@ def test_plaintext_upload_is_refused(room, tmp_path):
     _register_room_key(room)
     owner = room.org("retailer", "owner")
     plain = b"_pid,spend\nabc,1\n" * 10
-    decl = owner.post("/datasets/uploads", json={
-        "name": "plain.data", "policy": "[privacy]\nk = 10\n", "row_count": 10, "mock": [], "dropped": [],
-        "schema": {"columns": [{"name": "_pid", "type": "string"}]},
-        "sha256": hashlib.sha256(plain).hexdigest(), "size": len(plain)})
+    decl = owner.post(
+        "/datasets/uploads",
+        json={
+            "name": "plain.data",
+            "policy": "[privacy]\nk = 10\n",
+            "row_count": 10,
+            "mock": [],
+            "dropped": [],
+            "schema": {"columns": [{"name": "_pid", "type": "string"}]},
+            "sha256": hashlib.sha256(plain).hexdigest(),
+            "size": len(plain),
+        },
+    )
     with pytest.raises(ValidationError, match="age ciphertext"):
         owner.request("PUT", decl["put"], content=plain)
     assert owner.list_datasets() == []
@@ -217,11 +263,13 @@ def test_plaintext_upload_is_refused(room, tmp_path):
 
 # through the whole stack ------------------------------------------------------------------------
 
+
 def _evil_plugin(tmp_path, name, kind, body):
     folder = tmp_path / name
     folder.mkdir()
     (folder / "cleanroom-plugin.toml").write_text(
-        f'name = "{name}"\nversion = "1.0.0"\nkind = "{kind}"\nentry = "plugin.py"\n')
+        f'name = "{name}"\nversion = "1.0.0"\nkind = "{kind}"\nentry = "plugin.py"\n'
+    )
     (folder / "plugin.py").write_text("from cleanroom.hookspecs import hookimpl\n\n\n" + body)
     return folder
 
@@ -230,8 +278,11 @@ def _swap_step(spec, old_id, new_id):
     """The spec with the step of `old_id` replaced by a parameterless step of `new_id`."""
     import re
 
-    return re.sub(r'\[\[steps\]\]\nplugin = "' + old_id + r'"\nparams = \{(?:[^{}]|\{[^{}]*\})*\}\n',
-                  f'[[steps]]\nplugin = "{new_id}"\n', spec)
+    return re.sub(
+        r'\[\[steps\]\]\nplugin = "' + old_id + r'"\nparams = \{(?:[^{}]|\{[^{}]*\})*\}\n',
+        f'[[steps]]\nplugin = "{new_id}"\n',
+        spec,
+    )
 
 
 def _job_with(ids, extra_step_id, model=True, aggregates=True, params="{}"):
@@ -244,14 +295,22 @@ def _job_with(ids, extra_step_id, model=True, aggregates=True, params="{}"):
 @pytest.mark.slow
 def test_rows_smuggled_through_an_aggregate_or_a_model_are_not_released(room, runner, tmp_path):
     retailer, bank, analyst, ids = _world(room, tmp_path, with_key=False)
-    per_row = _evil_plugin(tmp_path, "per-row-table", "analysis",
-                           "@hookimpl\ndef analysis_spec(columns, params):\n"
-                           "    return {'name': 'rows', 'group_by': ['_pid', 'spend'],"
-                           " 'metrics': [{'agg': 'count'}]}\n")
-    knn = _evil_plugin(tmp_path, "knn-model", "model",
-                       "@hookimpl\ndef model_spec(columns, params):\n"
-                       "    return {'estimator': 'k_neighbors_regressor', 'params': {'n_neighbors': 1},"
-                       " 'target': 'spend', 'features': None, 'task': 'regression'}\n")
+    per_row = _evil_plugin(
+        tmp_path,
+        "per-row-table",
+        "analysis",
+        "@hookimpl\ndef analysis_spec(columns, params):\n"
+        "    return {'name': 'rows', 'group_by': ['_pid', 'spend'],"
+        " 'metrics': [{'agg': 'count'}]}\n",
+    )
+    knn = _evil_plugin(
+        tmp_path,
+        "knn-model",
+        "model",
+        "@hookimpl\ndef model_spec(columns, params):\n"
+        "    return {'estimator': 'k_neighbors_regressor', 'params': {'n_neighbors': 1},"
+        " 'target': 'spend', 'features': None, 'task': 'regression'}\n",
+    )
     evil = {p: analyst.submit_plugin(p)["id"] for p in (per_row, knn)}
     for pid in evil.values():
         retailer.decide_plugin(pid, "retail.purchases")
@@ -279,10 +338,14 @@ def test_rows_smuggled_through_an_aggregate_or_a_model_are_not_released(room, ru
 @pytest.mark.slow
 def test_exit_codes_and_error_messages_do_not_reach_the_analyst(room, runner, tmp_path):
     retailer, bank, analyst, ids = _world(room, tmp_path, with_key=False)
-    leak = _evil_plugin(tmp_path, "exit-leak", "preprocess",
-                        "@hookimpl\ndef preprocess(df, params):\n    import os\n"
-                        "    if len(df) <= 100:\n        return df\n"  # the mock run's rows pass; the real ones fail
-                        "    raise RuntimeError('SECRET ' + str(df['spend'].iloc[0]))\n")
+    leak = _evil_plugin(
+        tmp_path,
+        "exit-leak",
+        "preprocess",
+        "@hookimpl\ndef preprocess(df, params):\n    import os\n"
+        "    if len(df) <= 100:\n        return df\n"  # the mock run's rows pass; the real ones fail
+        "    raise RuntimeError('SECRET ' + str(df['spend'].iloc[0]))\n",
+    )
     pid = analyst.submit_plugin(leak)["id"]
     retailer.decide_plugin(pid, "retail.purchases")
     bank.decide_plugin(pid, "bank.customers")

@@ -32,8 +32,9 @@ from tests.test_web import add_dataset, csrf_of
 BIG = 23 * 2**20
 
 
-def raw_request(room: Any, head: str, body_chunks: list[bytes] | None = None,
-                timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+def raw_request(
+    room: Any, head: str, body_chunks: list[bytes] | None = None, timeout: float = 5.0
+) -> tuple[int, dict[str, str], bytes]:
     """Send a request by hand (a header block, then optional body chunks) and read the answer.
 
     The answer must come within `timeout` without the declared body: a server that waits for
@@ -67,8 +68,14 @@ def raw_request(room: Any, head: str, body_chunks: list[bytes] | None = None,
     return status, headers, body
 
 
-def head(method: str, path: str, length: int | None, token: str | None = None,
-         content_type: str = "application/json", extra: str = "") -> str:
+def head(
+    method: str,
+    path: str,
+    length: int | None,
+    token: str | None = None,
+    content_type: str = "application/json",
+    extra: str = "",
+) -> str:
     lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Type: {content_type}"]
     if length is not None:
         lines.append(f"Content-Length: {length}")
@@ -79,10 +86,19 @@ def head(method: str, path: str, length: int | None, token: str | None = None,
 
 # Pre-authentication cost -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("method,path", [("POST", "/jobs"), ("POST", "/datasets/uploads"), ("POST", "/orgs"),
-                                         ("PUT", "/datasets/uploads/upl_x"), ("POST", "/plugins"),
-                                         ("POST", "/runner/jobs/job_x/finish"),
-                                         ("PUT", "/runner/jobs/job_x/artifacts/a.csv")])
+
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("POST", "/jobs"),
+        ("POST", "/datasets/uploads"),
+        ("POST", "/orgs"),
+        ("PUT", "/datasets/uploads/upl_x"),
+        ("POST", "/plugins"),
+        ("POST", "/runner/jobs/job_x/finish"),
+        ("PUT", "/runner/jobs/job_x/artifacts/a.csv"),
+    ],
+)
 @pytest.mark.parametrize("token", [None, "crt_0000000000000000.wrong", "not-a-token"])
 def test_a_huge_body_without_a_valid_token_is_refused_before_it_is_read(room, method, path, token):
     started = time.monotonic()
@@ -94,9 +110,12 @@ def test_a_huge_body_without_a_valid_token_is_refused_before_it_is_read(room, me
 
 def test_a_wrong_role_is_refused_before_the_body_too(room):
     analyst, owner = room.org("acme", "analyst"), room.org("retailer", "owner")
-    for token, method, path in ((owner.token, "POST", "/jobs"), (analyst.token, "POST", "/datasets/uploads"),
-                                (analyst.token, "POST", "/runner/jobs/job_x/finish"),
-                                (room.runner_token, "POST", "/plugins")):
+    for token, method, path in (
+        (owner.token, "POST", "/jobs"),
+        (analyst.token, "POST", "/datasets/uploads"),
+        (analyst.token, "POST", "/runner/jobs/job_x/finish"),
+        (room.runner_token, "POST", "/plugins"),
+    ):
         status, _, body = raw_request(room, head(method, path, BIG, token))
         assert status == 403 and b"forbidden" in body, (path, body)
     # control: the same callers with small bodies reach the routes (and their own validation)
@@ -104,25 +123,30 @@ def test_a_wrong_role_is_refused_before_the_body_too(room):
     assert r.status_code == 400 and r.json()["error"] in ("invalid_input", "policy_violation")
 
 
-@pytest.mark.parametrize("method,path,who,length", [
-    ("POST", "/jobs", "analyst", 2**20 + 1),                     # JSON routes: max_json_bytes
-    ("POST", "/orgs", "admin", 2**20 + 1),
-    ("POST", "/datasets/uploads", "owner", 8 * 2**20 + 1),        # the declaration: max_upload_meta_bytes
-    ("POST", "/plugins", "analyst", 5 * 2**20 + 1),               # bundles: max_bundle_bytes
-    ("POST", "/runner/jobs/job_x/finish", "runner", 16 * 2**20 + 1),
-    ("PUT", "/runner/jobs/job_x/artifacts/a.csv", "runner", 100 * 2**20 + 1),
-    ("PUT", "/datasets/uploads/upl_x", "owner", 4 * 2**30 + 1),   # ciphertext: max_upload_bytes
-])
+@pytest.mark.parametrize(
+    "method,path,who,length",
+    [
+        ("POST", "/jobs", "analyst", 2**20 + 1),  # JSON routes: max_json_bytes
+        ("POST", "/orgs", "admin", 2**20 + 1),
+        ("POST", "/datasets/uploads", "owner", 8 * 2**20 + 1),  # the declaration: max_upload_meta_bytes
+        ("POST", "/plugins", "analyst", 5 * 2**20 + 1),  # bundles: max_bundle_bytes
+        ("POST", "/runner/jobs/job_x/finish", "runner", 16 * 2**20 + 1),
+        ("PUT", "/runner/jobs/job_x/artifacts/a.csv", "runner", 100 * 2**20 + 1),
+        ("PUT", "/datasets/uploads/upl_x", "owner", 4 * 2**30 + 1),  # ciphertext: max_upload_bytes
+    ],
+)
 def test_a_declared_length_over_the_routes_cap_is_refused_before_the_body(room, method, path, who, length):
-    tokens = {"analyst": room.org("acme", "analyst").token if who == "analyst" else None,
-              "owner": room.org("retailer", "owner").token if who == "owner" else None,
-              "admin": room.admin_token, "runner": room.runner_token}
+    tokens = {
+        "analyst": room.org("acme", "analyst").token if who == "analyst" else None,
+        "owner": room.org("retailer", "owner").token if who == "owner" else None,
+        "admin": room.admin_token,
+        "runner": room.runner_token,
+    }
     status, _, body = raw_request(room, head(method, path, length, tokens[who]))
     assert status == 413 and b"too_large" in body, body
     # control: one byte under the cap is not refused for its size (the body is then read and judged)
     if length < 20 * 2**20:
-        ok, _, body = raw_request(room, head(method, path, length - 2, tokens[who]), [b"x" * (length - 2)],
-                                  timeout=30)
+        ok, _, body = raw_request(room, head(method, path, length - 2, tokens[who]), [b"x" * (length - 2)], timeout=30)
         assert ok != 413, body
 
 
@@ -130,27 +154,31 @@ def test_a_streamed_body_without_a_length_is_counted(room):
     analyst = room.org("acme", "analyst")
     chunk = b"x" * 65536
     chunks = [f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(17)]  # 1.06 MiB > 1 MiB
-    status, _, body = raw_request(room, head("POST", "/jobs", None, analyst.token,
-                                             extra="Transfer-Encoding: chunked\n"), chunks, timeout=15)
+    status, _, body = raw_request(
+        room, head("POST", "/jobs", None, analyst.token, extra="Transfer-Encoding: chunked\n"), chunks, timeout=15
+    )
     assert status == 413 and b"too_large" in body, body
     # control: a small chunked body is read and judged
     small = [b'10\r\n{"spec": "x = 1"}\r\n', b"0\r\n\r\n"]
-    status, _, body = raw_request(room, head("POST", "/jobs", None, analyst.token,
-                                             extra="Transfer-Encoding: chunked\n"), small)
+    status, _, body = raw_request(
+        room, head("POST", "/jobs", None, analyst.token, extra="Transfer-Encoding: chunked\n"), small
+    )
     assert status == 400, body
 
 
 @pytest.mark.parametrize("value", ["-1", "abc", "1e9", "99999999999999999999999"])
 def test_a_malformed_content_length_is_refused(room, value):
     analyst = room.org("acme", "analyst")
-    status, _, _ = raw_request(room, f"POST /jobs HTTP/1.1\nHost: x\nAuthorization: Bearer {analyst.token}\n"
-                                     f"Content-Length: {value}\n")
+    status, _, _ = raw_request(
+        room, f"POST /jobs HTTP/1.1\nHost: x\nAuthorization: Bearer {analyst.token}\nContent-Length: {value}\n"
+    )
     assert status == 400
 
 
 def test_the_review_page_login_form_has_a_cap_too(room):
-    status, _, body = raw_request(room, head("POST", "/ui/login", BIG, None,
-                                             content_type="application/x-www-form-urlencoded"))
+    status, _, body = raw_request(
+        room, head("POST", "/ui/login", BIG, None, content_type="application/x-www-form-urlencoded")
+    )
     assert status == 413, body
     assert httpx.get(room.url + "/ui/login").status_code == 200  # control
 
@@ -159,8 +187,9 @@ def test_streaming_routes_keep_their_larger_caps(room, tmp_path):
     analyst = room.org("acme", "analyst")
     folder = tmp_path / "big-plugin"
     folder.mkdir()
-    (folder / "cleanroom-plugin.toml").write_text('name = "big-plugin"\nversion = "1.0.0"\nkind = "preprocess"\n'
-                                                  'entry = "plugin.py"\n')
+    (folder / "cleanroom-plugin.toml").write_text(
+        'name = "big-plugin"\nversion = "1.0.0"\nkind = "preprocess"\nentry = "plugin.py"\n'
+    )
     (folder / "plugin.py").write_text("def preprocess(df, params):\n    return df\n")
     (folder / "weights.csv").write_bytes(hashlib.sha256(b"seed").hexdigest().encode() * 40000)  # 2.5 MiB
     archive = bundle.pack(folder)
@@ -169,6 +198,7 @@ def test_streaming_routes_keep_their_larger_caps(room, tmp_path):
 
 
 # Sessions --------------------------------------------------------------------------------------
+
 
 def _browser(room: Any, token: str) -> httpx.Client:
     client = httpx.Client(base_url=room.url, follow_redirects=False, timeout=30)
@@ -199,8 +229,7 @@ def test_logout_revokes_the_session_on_the_server(room):
     session = client.cookies["cleanroom_session"]
     other = _browser(room, owner.token)  # a second browser of the same org
     page = client.get("/ui/datasets")
-    assert client.post("/ui/logout", data={"csrf": csrf_of(page.text)},
-                       headers={"origin": room.url}).status_code == 303
+    assert client.post("/ui/logout", data={"csrf": csrf_of(page.text)}, headers={"origin": room.url}).status_code == 303
     assert _with_session(room, session) == 401  # a copied cookie is dead too
     assert other.get("/ui/datasets").status_code == 200  # control: only that session ended
 
@@ -210,8 +239,7 @@ def test_a_new_login_rotates_the_session(room):
     client = _browser(room, owner.token)
     first = client.cookies["cleanroom_session"]
     form = client.get("/ui/datasets")
-    r = client.post("/ui/login", data={"token": owner.token, "csrf": csrf_of(form.text)},
-                    headers={"origin": room.url})
+    r = client.post("/ui/login", data={"token": owner.token, "csrf": csrf_of(form.text)}, headers={"origin": room.url})
     assert r.status_code == 303
     second = client.cookies["cleanroom_session"]
     assert second != first
@@ -260,15 +288,27 @@ def test_sessions_are_stored_hashed(room):
 
 # Names -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,why", [
-    ("acme\n", "not valid"), ("acme\u200b", "invisible"), ("acm\u0435", "non-ASCII|invisible|not valid"),
-    ("ACME", "not valid"), ("acme-analytlcs", "looks like"), ("acrne-analytics", "looks like"),
-    ("acme-analytics\t", "not valid"), ("acme-anal\u00adytics", "invisible"),
-])
+
+@pytest.mark.parametrize(
+    "name,why",
+    [
+        ("acme\n", "not valid"),
+        ("acme\u200b", "invisible"),
+        ("acm\u0435", "non-ASCII|invisible|not valid"),
+        ("ACME", "not valid"),
+        ("acme-analytlcs", "looks like"),
+        ("acrne-analytics", "looks like"),
+        ("acme-analytics\t", "not valid"),
+        ("acme-anal\u00adytics", "invisible"),
+    ],
+)
 def test_org_names_are_full_matches_and_no_look_alikes(room, name, why):
     room.org("acme-analytics", "analyst")
-    r = httpx.post(room.url + "/orgs", json={"name": name, "roles": ["analyst"]},
-                   headers={"authorization": f"Bearer {room.admin_token}"})
+    r = httpx.post(
+        room.url + "/orgs",
+        json={"name": name, "roles": ["analyst"]},
+        headers={"authorization": f"Bearer {room.admin_token}"},
+    )
     assert r.status_code == 400 and r.json()["error"] == "invalid_input", r.text
     import re
 
@@ -280,14 +320,34 @@ def test_org_names_are_full_matches_and_no_look_alikes(room, name, why):
 
 
 def _declare(owner: Any, name: str) -> httpx.Response:
-    return httpx.post(owner.url + "/datasets/uploads", headers={"authorization": f"Bearer {owner.token}"}, json={
-        "name": name, "policy": "[privacy]\nk = 5\n", "row_count": 10, "mock": [], "dropped": [],
-        "schema": {"columns": [{"name": "_pid", "type": "string"}]},
-        "sha256": hashlib.sha256(name.encode()).hexdigest(), "size": 100})
+    return httpx.post(
+        owner.url + "/datasets/uploads",
+        headers={"authorization": f"Bearer {owner.token}"},
+        json={
+            "name": name,
+            "policy": "[privacy]\nk = 5\n",
+            "row_count": 10,
+            "mock": [],
+            "dropped": [],
+            "schema": {"columns": [{"name": "_pid", "type": "string"}]},
+            "sha256": hashlib.sha256(name.encode()).hexdigest(),
+            "size": 100,
+        },
+    )
 
 
-@pytest.mark.parametrize("name", ["retail.purchases\n", "retail_purchases", "retail-purchases", "retai1.purchases",
-                                  "Retail.purchases", "retail.purchases\u200d", "retail.purchase\u0455"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "retail.purchases\n",
+        "retail_purchases",
+        "retail-purchases",
+        "retai1.purchases",
+        "Retail.purchases",
+        "retail.purchases\u200d",
+        "retail.purchase\u0455",
+    ],
+)
 def test_dataset_names_are_full_matches_and_no_look_alikes(room, name):
     _register_room_key(room)
     owner = room.org("retailer", "owner")
@@ -303,36 +363,46 @@ def test_plugin_versions_are_full_matches(room, tmp_path, version):
     folder = tmp_path / "p"
     folder.mkdir()
     toml_version = version.replace("\n", "\\n")
-    (folder / "cleanroom-plugin.toml").write_text(f'name = "tidy"\nversion = "{toml_version}"\nkind = "preprocess"\n'
-                                                  'entry = "plugin.py"\n', encoding="utf-8")
+    (folder / "cleanroom-plugin.toml").write_text(
+        f'name = "tidy"\nversion = "{toml_version}"\nkind = "preprocess"\nentry = "plugin.py"\n', encoding="utf-8"
+    )
     (folder / "plugin.py").write_text("def preprocess(df, params):\n    return df\n")
     with pytest.raises(ValidationError):
         analyst.submit_plugin(folder)
     assert analyst.list_plugins() == []
-    (folder / "cleanroom-plugin.toml").write_text('name = "tidy"\nversion = "1.0.0"\nkind = "preprocess"\n'
-                                                  'entry = "plugin.py"\n')
+    (folder / "cleanroom-plugin.toml").write_text(
+        'name = "tidy"\nversion = "1.0.0"\nkind = "preprocess"\nentry = "plugin.py"\n'
+    )
     assert analyst.submit_plugin(folder)["created"]  # control
 
 
 def test_a_job_name_with_a_trailing_newline_is_refused(room):
     analyst = room.org("acme", "analyst")
-    spec = ('name = "weekly\\n"\nrecipient = "acme"\n[[inputs]]\ndataset = "x"\n[[steps]]\nplugin = "' + "a" * 64
-            + '"\n[outputs]\n')
+    spec = (
+        'name = "weekly\\n"\nrecipient = "acme"\n[[inputs]]\ndataset = "x"\n[[steps]]\nplugin = "'
+        + "a" * 64
+        + '"\n[outputs]\n'
+    )
     r = httpx.post(room.url + "/jobs", json={"spec": spec}, headers={"authorization": f"Bearer {analyst.token}"})
     assert r.status_code == 400 and "job name" in r.json()["message"], r.text
-    r = httpx.post(room.url + "/jobs", json={"spec": spec.replace("weekly\\n", "weekly")},
-                   headers={"authorization": f"Bearer {analyst.token}"})
+    r = httpx.post(
+        room.url + "/jobs",
+        json={"spec": spec.replace("weekly\\n", "weekly")},
+        headers={"authorization": f"Bearer {analyst.token}"},
+    )
     assert r.status_code == 400 and "job name" not in r.json()["message"]  # control: fails later, for other reasons
 
 
 # Oracles ---------------------------------------------------------------------------------------
 
+
 def _fake_plugin(room: Any, org_id: str, plugin_id: str, name: str) -> None:
     with room.store.tx() as conn:
-        conn.execute("INSERT INTO plugins (id, name, version, kind, manifest, review, size, submitted_by,"
-                     " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                     (plugin_id, name, "1.0.0", "preprocess", dumps({"name": name}), dumps({"findings": []}), 1,
-                      org_id, now()))
+        conn.execute(
+            "INSERT INTO plugins (id, name, version, kind, manifest, review, size, submitted_by,"
+            " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (plugin_id, name, "1.0.0", "preprocess", dumps({"name": name}), dumps({"findings": []}), 1, org_id, now()),
+        )
 
 
 def test_plugin_lookups_are_exact_and_say_one_thing_to_those_who_may_not_see(room, tmp_path):
@@ -342,8 +412,9 @@ def test_plugin_lookups_are_exact_and_say_one_thing_to_those_who_may_not_see(roo
     _fake_plugin(room, bob_id, "deadbeef" + "2" * 56, "bob-two")
     folder = tmp_path / "rival-own"
     folder.mkdir()
-    (folder / "cleanroom-plugin.toml").write_text('name = "rival-own"\nversion = "1.0.0"\nkind = "preprocess"\n'
-                                                  'entry = "plugin.py"\n')
+    (folder / "cleanroom-plugin.toml").write_text(
+        'name = "rival-own"\nversion = "1.0.0"\nkind = "preprocess"\nentry = "plugin.py"\n'
+    )
     (folder / "plugin.py").write_text("def preprocess(df, params):\n    return df\n")
     own = rival.submit_plugin(folder)["id"]
 
@@ -353,12 +424,17 @@ def test_plugin_lookups_are_exact_and_say_one_thing_to_those_who_may_not_see(roo
 
     absent = ask(rival, "0123456789abcdef")
     assert absent[0] == 404
-    for ref in ("deadbeef",                  # ambiguous among bob's
-                "deadbeef1111",              # exactly one of bob's
-                "deadbeef" + "1" * 56,       # bob's full id
-                "bob-one@1.0.0",             # bob's name@version
-                "%25%25%25%25%25%25%25%25",   # LIKE wildcards: %%%%%%%%
-                "________", "dead____", "deadbee%25", "%25"):
+    for ref in (
+        "deadbeef",  # ambiguous among bob's
+        "deadbeef1111",  # exactly one of bob's
+        "deadbeef" + "1" * 56,  # bob's full id
+        "bob-one@1.0.0",  # bob's name@version
+        "%25%25%25%25%25%25%25%25",  # LIKE wildcards: %%%%%%%%
+        "________",
+        "dead____",
+        "deadbee%25",
+        "%25",
+    ):
         assert ask(rival, ref) == absent, ref  # byte for byte the same answer
     # wildcards are no wildcards, even for those who may see everything
     for ref in ("________", "%25%25%25%25%25%25%25%25", "dead%25"):
@@ -375,10 +451,18 @@ def test_other_lookups_answer_not_found_the_same_way(room, tmp_path):
     add_dataset(room, owner.whoami()["id"], "shop", "x")
     job_id = "job_" + "a" * 20
     with room.store.tx() as conn:
-        conn.execute("INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, created_at)"
-                     " VALUES (?,?,?,?,?,?,?)", (job_id, analyst.whoami()["id"], "j",
-                                                 dumps({"inputs": [{"dataset": "shop"}], "recipient": "acme"}),
-                                                 "{}", "queued", now()))
+        conn.execute(
+            "INSERT INTO jobs (id, org_id, name, spec, effective_policy, status, created_at) VALUES (?,?,?,?,?,?,?)",
+            (
+                job_id,
+                analyst.whoami()["id"],
+                "j",
+                dumps({"inputs": [{"dataset": "shop"}], "recipient": "acme"}),
+                "{}",
+                "queued",
+                now(),
+            ),
+        )
 
     def ask(client: Any, path: str) -> tuple[int, bytes]:
         r = httpx.get(room.url + path, headers={"authorization": f"Bearer {client.token}"})
@@ -391,6 +475,7 @@ def test_other_lookups_answer_not_found_the_same_way(room, tmp_path):
 
 
 # Assets and caching ----------------------------------------------------------------------------
+
 
 def test_api_docs_are_off_by_default(room):
     for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
@@ -417,16 +502,23 @@ def test_api_docs_when_on_load_nothing_from_outside(tmp_path: Path):
 def test_json_answers_are_not_cached(room):
     owner = room.org("retailer", "owner")
     auth = {"authorization": f"Bearer {owner.token}"}
-    for path, headers in (("/datasets", auth), ("/orgs/me", auth), ("/plugins/nope", auth), ("/datasets", {}),
-                          ("/audit", auth)):
+    for path, headers in (
+        ("/datasets", auth),
+        ("/orgs/me", auth),
+        ("/plugins/nope", auth),
+        ("/datasets", {}),
+        ("/audit", auth),
+    ):
         r = httpx.get(room.url + path, headers=headers)
         assert r.headers.get("cache-control") == "no-store", path
         assert r.headers.get("x-content-type-options") == "nosniff", path
     assert httpx.get(room.url + "/datasets", headers=auth).status_code == 200  # control
 
 
-@pytest.mark.parametrize("name,version", [("tidy\n", "1.0.0"), ("tidy", "1.0.0\n"), ("tidy", "1.0.0\u200b"),
-                                          ("tidy\u200b", "1.0.0"), ("tidy", "01.0.0")])
+@pytest.mark.parametrize(
+    "name,version",
+    [("tidy\n", "1.0.0"), ("tidy", "1.0.0\n"), ("tidy", "1.0.0\u200b"), ("tidy\u200b", "1.0.0"), ("tidy", "01.0.0")],
+)
 def test_a_hand_made_bundle_with_a_look_alike_manifest_is_refused_by_the_api(room, name, version):
     """The client refuses these before sending; a hostile client sends the archive by hand."""
     from cleanroom.sandbox.bundles import pack_files
@@ -436,13 +528,20 @@ def test_a_hand_made_bundle_with_a_look_alike_manifest_is_refused_by_the_api(roo
 
     def archive(n: str, v: str) -> bytes:
         manifest = f'name = "{n}"\nversion = "{v}"\nkind = "preprocess"\nentry = "plugin.py"\n'
-        return pack_files({"cleanroom-plugin.toml": manifest.encode(),
-                           "plugin.py": b"def preprocess(df, params):\n    return df\n"})
+        return pack_files(
+            {"cleanroom-plugin.toml": manifest.encode(), "plugin.py": b"def preprocess(df, params):\n    return df\n"}
+        )
 
-    r = httpx.post(room.url + "/plugins", content=archive(toml_name, toml_version),
-                   headers={"authorization": f"Bearer {analyst.token}", "content-type": "application/x-tar"})
+    r = httpx.post(
+        room.url + "/plugins",
+        content=archive(toml_name, toml_version),
+        headers={"authorization": f"Bearer {analyst.token}", "content-type": "application/x-tar"},
+    )
     assert r.status_code == 400 and r.json()["error"] in ("invalid_input", "invalid_bundle"), r.text
     assert analyst.list_plugins() == []
-    r = httpx.post(room.url + "/plugins", content=archive("tidy", "1.0.0"),
-                   headers={"authorization": f"Bearer {analyst.token}", "content-type": "application/x-tar"})
+    r = httpx.post(
+        room.url + "/plugins",
+        content=archive("tidy", "1.0.0"),
+        headers={"authorization": f"Bearer {analyst.token}", "content-type": "application/x-tar"},
+    )
     assert r.status_code == 201  # control

@@ -32,8 +32,11 @@ ANALYST = "eve-analytics"
 def world(room: Any, tmp_path: Path) -> SimpleNamespace:
     """Two owners with a dataset each, an analyst, an aggregate plugin approved by owner A for its data."""
     room_key = crypto.generate_keypair()
-    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-               json={"enc_public": room_key.enc_public, "sign_public": room_key.sign_public}).raise_for_status()
+    httpx.post(
+        room.url + "/runner/register",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+        json={"enc_public": room_key.enc_public, "sign_public": room_key.sign_public},
+    ).raise_for_status()
     w = SimpleNamespace(room=room, tmp=tmp_path, room_key=room_key, n=0, pins=KeyPins(tmp_path / "runner-home"))
     w.alice = room.org("alice-bank", "owner")
     w.bob = room.org("bob-retail", "owner")
@@ -57,15 +60,30 @@ def submit(w: SimpleNamespace, code: str, name: str | None = None, version: str 
 
 def spec(w: SimpleNamespace, plugin: str, dataset: str, epsilon: float | None = None) -> str:
     w.n += 1
-    return job_spec(f"job-{w.n}", ANALYST, dataset, [(plugin, {"name": "by_region", "group_by": ["region"]})],
-                    aggregates=True, epsilon=epsilon)
+    return job_spec(
+        f"job-{w.n}",
+        ANALYST,
+        dataset,
+        [(plugin, {"name": "by_region", "group_by": ["region"]})],
+        aggregates=True,
+        epsilon=epsilon,
+    )
 
 
 def payload(w: SimpleNamespace, owner: Any, plugin: str, dataset: str, **changes: Any) -> dict[str, Any]:
     ds = owner.get_dataset(dataset)
-    p = {"type": "plugin-approval", "plugin_id": plugin, "dataset": dataset, "policy_version": ds["policy_version"],
-         "policy_sha256": Policy.from_dict(ds["policy"]).sha256(), "dataset_sha256": ds["sha256"],
-         "decision": "approve", "reason": "", "org": owner.whoami()["name"], "issued_at": time.time()}
+    p = {
+        "type": "plugin-approval",
+        "plugin_id": plugin,
+        "dataset": dataset,
+        "policy_version": ds["policy_version"],
+        "policy_sha256": Policy.from_dict(ds["policy"]).sha256(),
+        "dataset_sha256": ds["sha256"],
+        "decision": "approve",
+        "reason": "",
+        "org": owner.whoami()["name"],
+        "issued_at": time.time(),
+    }
     p.update(changes)
     return p
 
@@ -81,8 +99,9 @@ def test_changed_code_after_approval_is_refused(world: SimpleNamespace) -> None:
     assert evil != w.plugin
     with pytest.raises(PolicyError, match="not approved"):
         w.eve.submit_job(spec(w, evil, w.ds_a))
-    folder = write_plugin(w.tmp / "same-version", "agg-1", AGGREGATE_CODE + "\nimport os\n", kind="analysis",
-                          params=AGGREGATE_PARAMS)
+    folder = write_plugin(
+        w.tmp / "same-version", "agg-1", AGGREGATE_CODE + "\nimport os\n", kind="analysis", params=AGGREGATE_PARAMS
+    )
     with pytest.raises(Conflict, match="exists already"):
         w.eve.submit_plugin(folder)  # same name and version, other code: never the same plugin
 
@@ -104,10 +123,19 @@ def test_an_approval_for_one_dataset_does_not_cover_another(world: SimpleNamespa
         w.eve.submit_job(spec(w, w.plugin, w.ds_a2))  # same owner, other dataset
 
 
-FORGERIES = ["bad signature", "signed with another org's key", "payload altered after signing",
-             "by an org that does not own the dataset", "for another org's dataset", "for another plugin",
-             "stale issued_at", "for another policy version", "for other data", "by the analyst",
-             "names another org than the caller"]
+FORGERIES = [
+    "bad signature",
+    "signed with another org's key",
+    "payload altered after signing",
+    "by an org that does not own the dataset",
+    "for another org's dataset",
+    "for another plugin",
+    "stale issued_at",
+    "for another policy version",
+    "for other data",
+    "by the analyst",
+    "names another org than the caller",
+]
 
 
 @pytest.mark.parametrize("forgery", FORGERIES)
@@ -201,16 +229,16 @@ def test_a_job_queued_before_revocation_fails_closed_on_the_runner(world: Simple
 
 
 FORBIDDEN_SPECS = {
-    "network at the top": 'network = true\n',
+    "network at the top": "network = true\n",
     "network mode in outputs": '[outputs]\nnetwork_mode = "host"\n',
     "memory limit": 'memory = "64g"\n',
-    "timeout": 'timeout = 999999\n',
-    "privileged": 'privileged = true\n',
+    "timeout": "timeout = 999999\n",
+    "privileged": "privileged = true\n",
     "image": 'image = "attacker/image:latest"\n',
     "mounts": 'mounts = ["/var/run/docker.sock:/var/run/docker.sock"]\n',
     "env": '[env]\nLD_PRELOAD = "/tmp/x.so"\n',
     "capabilities in a step": 'cap_add = ["SYS_ADMIN"]\n',
-    "pids limit": 'pids_limit = 0\n',
+    "pids limit": "pids_limit = 0\n",
     "runtime": 'runtime = "runc"\n',
 }
 
@@ -240,12 +268,22 @@ def test_differencing_queries_run_out_of_dp_budget(room: Any, tmp_path: Path) ->
     """Repeat a small-difference aggregate: each job spends epsilon, the budget runs out, the next is refused."""
     w = SimpleNamespace(room=room, tmp=tmp_path, n=0)
     room_key = crypto.generate_keypair()
-    httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-               json={"enc_public": room_key.enc_public, "sign_public": room_key.sign_public}).raise_for_status()
+    httpx.post(
+        room.url + "/runner/register",
+        headers={"authorization": f"Bearer {room.runner_token}"},
+        json={"enc_public": room_key.enc_public, "sign_public": room_key.sign_public},
+    ).raise_for_status()
     w.alice = room.org("alice-dp", "owner")
     w.eve = room.org(ANALYST, "analyst")
-    ds = upload_dataset(w.alice, tmp_path, "alice.dp", "dp", ANALYST,
-                        extra_privacy="epsilon = 1.0", extra="[columns.spend]\nbounds = [0, 5000]\n")
+    ds = upload_dataset(
+        w.alice,
+        tmp_path,
+        "alice.dp",
+        "dp",
+        ANALYST,
+        extra_privacy="epsilon = 1.0",
+        extra="[columns.spend]\nbounds = [0, 5000]\n",
+    )
     plugin = submit(w, AGGREGATE_CODE)
     w.alice.decide_plugin(plugin, ds)
     accepted = [w.eve.submit_job(spec(w, plugin, ds, epsilon=0.45)) for _ in range(2)]  # control: within budget
@@ -291,10 +329,22 @@ def test_an_operator_inserted_approval_without_a_valid_signature_fails_on_the_ru
     target = submit(w, AGGREGATE_CODE)
     p = payload(w, w.alice, target, w.ds_a)
     alice_id = w.alice.whoami()["id"]
-    _operator_sql(w.room, "INSERT INTO approvals (id, plugin_id, dataset, policy_version, dataset_sha256, org_id,"
-                  " decision, reason, payload, signature, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                  "apr_forged", target, w.ds_a, p["policy_version"], p["dataset_sha256"], alice_id, "approve", "",
-                  json.dumps(p), crypto.generate_keypair().sign(p), time.time())
+    _operator_sql(
+        w.room,
+        "INSERT INTO approvals (id, plugin_id, dataset, policy_version, dataset_sha256, org_id,"
+        " decision, reason, payload, signature, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        "apr_forged",
+        target,
+        w.ds_a,
+        p["policy_version"],
+        p["dataset_sha256"],
+        alice_id,
+        "approve",
+        "",
+        json.dumps(p),
+        crypto.generate_keypair().sign(p),
+        time.time(),
+    )
     job = w.eve.submit_job(spec(w, target, w.ds_a))  # the API trusts its own table...
     ctx, bundles = _context(w, job["id"])
     with pytest.raises(JobFailed) as failed:  # ...the runner checks the owner's signature and refuses
@@ -333,9 +383,14 @@ def test_an_operator_rewriting_a_policy_version_fails_on_the_runner(world: Simpl
     weaker = copy.deepcopy(ds["policy"])
     weaker["privacy"]["k"] = 2
     weaker["release"]["recipients"] = sorted({*weaker["release"]["recipients"], "operator-org"})
-    _operator_sql(w.room, "UPDATE policies SET policy = ?, sha256 = ? WHERE dataset = ? AND version = ?",
-                  json.dumps(weaker, sort_keys=True, separators=(",", ":")), Policy.from_dict(weaker).sha256(), w.ds_a,
-                  ds["policy_version"])
+    _operator_sql(
+        w.room,
+        "UPDATE policies SET policy = ?, sha256 = ? WHERE dataset = ? AND version = ?",
+        json.dumps(weaker, sort_keys=True, separators=(",", ":")),
+        Policy.from_dict(weaker).sha256(),
+        w.ds_a,
+        ds["policy_version"],
+    )
     job = w.eve.submit_job(spec(w, w.plugin, w.ds_a))
     ctx, bundles = _context(w, job["id"])
     assert ctx["datasets"][0]["policy"]["privacy"]["k"] == 2  # the API now serves the weaker policy...
@@ -367,10 +422,22 @@ def test_an_operator_swapping_an_owners_signing_key_fails_on_the_runner(world: S
     p = payload(w, w.alice, target, w.ds_a)
     alice_id = w.alice.whoami()["id"]
     _operator_sql(w.room, "UPDATE orgs SET sign_public = ? WHERE id = ?", operator_key.sign_public, alice_id)
-    _operator_sql(w.room, "INSERT INTO approvals (id, plugin_id, dataset, policy_version, dataset_sha256, org_id,"
-                  " decision, reason, payload, signature, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                  "apr_operator", target, w.ds_a, p["policy_version"], p["dataset_sha256"], alice_id, "approve", "",
-                  json.dumps(p), operator_key.sign(p), time.time())
+    _operator_sql(
+        w.room,
+        "INSERT INTO approvals (id, plugin_id, dataset, policy_version, dataset_sha256, org_id,"
+        " decision, reason, payload, signature, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        "apr_operator",
+        target,
+        w.ds_a,
+        p["policy_version"],
+        p["dataset_sha256"],
+        alice_id,
+        "approve",
+        "",
+        json.dumps(p),
+        operator_key.sign(p),
+        time.time(),
+    )
     job = w.eve.submit_job(spec(w, target, w.ds_a))
     with pytest.raises(JobFailed) as failed:
         verify_context(*_context(w, job["id"]), w.pins)
@@ -403,19 +470,42 @@ def test_a_signed_key_rotation_moves_the_runners_pin_and_a_forged_one_does_not(w
     # an operator forges a rotation to its own key: it cannot sign as alice's current key
     operator_key = crypto.generate_keypair()
     alice_id = w.alice.whoami()["id"]
-    p = {"type": "key-rotation", "org": "alice-bank", "old_sign_public": w.alice.keys().sign_public,
-         "new_enc_public": operator_key.enc_public, "new_sign_public": operator_key.sign_public,
-         "issued_at": time.time()}
-    _operator_sql(w.room, "INSERT INTO key_rotations (org_id, payload, old_signature, new_signature, created_at)"
-                  " VALUES (?,?,?,?,?)", alice_id, json.dumps(p), operator_key.sign(p), operator_key.sign(p),
-                  time.time())
+    p = {
+        "type": "key-rotation",
+        "org": "alice-bank",
+        "old_sign_public": w.alice.keys().sign_public,
+        "new_enc_public": operator_key.enc_public,
+        "new_sign_public": operator_key.sign_public,
+        "issued_at": time.time(),
+    }
+    _operator_sql(
+        w.room,
+        "INSERT INTO key_rotations (org_id, payload, old_signature, new_signature, created_at) VALUES (?,?,?,?,?)",
+        alice_id,
+        json.dumps(p),
+        operator_key.sign(p),
+        operator_key.sign(p),
+        time.time(),
+    )
     _operator_sql(w.room, "UPDATE orgs SET sign_public = ? WHERE id = ?", operator_key.sign_public, alice_id)
     target = submit(w, AGGREGATE_CODE)
     forged = payload(w, w.alice, target, w.ds_a)
-    _operator_sql(w.room, "INSERT INTO approvals (id, plugin_id, dataset, policy_version, dataset_sha256, org_id,"
-                  " decision, reason, payload, signature, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                  "apr_forged_rot", target, w.ds_a, forged["policy_version"], forged["dataset_sha256"], alice_id,
-                  "approve", "", json.dumps(forged), operator_key.sign(forged), time.time())
+    _operator_sql(
+        w.room,
+        "INSERT INTO approvals (id, plugin_id, dataset, policy_version, dataset_sha256, org_id,"
+        " decision, reason, payload, signature, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        "apr_forged_rot",
+        target,
+        w.ds_a,
+        forged["policy_version"],
+        forged["dataset_sha256"],
+        alice_id,
+        "approve",
+        "",
+        json.dumps(forged),
+        operator_key.sign(forged),
+        time.time(),
+    )
     job = w.eve.submit_job(spec(w, target, w.ds_a))
     with pytest.raises(JobFailed) as failed:
         verify_context(*_context(w, job["id"]), w.pins)
@@ -426,12 +516,19 @@ def test_key_rotation_statements_are_checked_by_the_api(world: SimpleNamespace) 
     w = world
     old = w.alice.keys()
     new = crypto.generate_keypair()
-    p = {"type": "key-rotation", "org": "alice-bank", "old_sign_public": old.sign_public,
-         "new_enc_public": new.enc_public, "new_sign_public": new.sign_public, "issued_at": time.time()}
+    p = {
+        "type": "key-rotation",
+        "org": "alice-bank",
+        "old_sign_public": old.sign_public,
+        "new_enc_public": new.enc_public,
+        "new_sign_public": new.sign_public,
+        "issued_at": time.time(),
+    }
 
     def send(payload: dict[str, Any], old_sig: str, new_sig: str) -> Any:
-        return w.alice.post("/orgs/me/keys/rotate", json={"payload": payload, "old_signature": old_sig,
-                                                          "new_signature": new_sig})
+        return w.alice.post(
+            "/orgs/me/keys/rotate", json={"payload": payload, "old_signature": old_sig, "new_signature": new_sig}
+        )
 
     with pytest.raises(IntegrityError):
         send(p, new.sign(p), new.sign(p))  # not signed by the registered key

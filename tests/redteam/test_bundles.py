@@ -68,9 +68,9 @@ def _declared_huge() -> bytes:
     archive = bytearray(_with(_file("big.py", b"y" * 512)))
     header = archive.index(b"big.py")
     size_field = header + 124
-    archive[size_field:size_field + 12] = b"17777777777\0"
-    checksum = sum(archive[header:header + 148]) + 8 * 32 + sum(archive[header + 156:header + 512])
-    archive[header + 148:header + 156] = f"{checksum:06o}\0 ".encode()
+    archive[size_field : size_field + 12] = b"17777777777\0"
+    checksum = sum(archive[header : header + 148]) + 8 * 32 + sum(archive[header + 156 : header + 512])
+    archive[header + 148 : header + 156] = f"{checksum:06o}\0 ".encode()
     return bytes(archive)
 
 
@@ -133,16 +133,22 @@ def test_malicious_archive_is_refused_by_unpack(attack: str, tmp_path: Path) -> 
 
 def test_malicious_archives_are_refused_by_the_api_and_store_nothing(room: Any, tmp_path: Path) -> None:
     analyst = room.org("bundler", "analyst")
-    before = sorted(p.relative_to(room.settings.data_dir) for p in room.settings.data_dir.rglob("*")
-                    if p.is_file() and "audit" not in p.name)
+    before = sorted(
+        p.relative_to(room.settings.data_dir)
+        for p in room.settings.data_dir.rglob("*")
+        if p.is_file() and "audit" not in p.name
+    )
     audit_before = len(list(room.admin.audit_events()))
     for attack, make in sorted(ATTACKS.items()):
         resp = analyst.http.post("/plugins", content=make(), headers={"content-type": "application/x-tar"})
         assert resp.status_code in (400, 413), (attack, resp.status_code, resp.text[:200])
         assert resp.json()["error"] in ("invalid_bundle", "too_large", "invalid_input"), attack
     assert analyst.list_plugins() == []
-    after = sorted(p.relative_to(room.settings.data_dir) for p in room.settings.data_dir.rglob("*")
-                   if p.is_file() and "audit" not in p.name)
+    after = sorted(
+        p.relative_to(room.settings.data_dir)
+        for p in room.settings.data_dir.rglob("*")
+        if p.is_file() and "audit" not in p.name
+    )
     assert [p for p in after if p not in before and "blob" in str(p)] == []
     assert len(list(room.admin.audit_events())) == audit_before  # no plugin.submitted event
     assert not list(tmp_path.parent.rglob("escaped.py"))

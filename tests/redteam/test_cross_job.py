@@ -14,7 +14,7 @@ from tests.redteam.conftest import canary_frame, preprocess, run_compute
 
 pytestmark = pytest.mark.docker
 
-SNOOP = '''
+SNOOP = """
     mine = str(df["secret"].iloc[0])
     open("/tmp/" + mine, "w").write(mine)       # bait for the other job
     time.sleep(3)                                # both containers run now
@@ -40,7 +40,7 @@ SNOOP = '''
     seen["hostname"] = socket.gethostname()
     OBS["seen"] = {"ok": True, "value": seen}
     print("SNOOPED", json.dumps(seen)[:4000], file=sys.stderr)
-'''
+"""
 
 
 def test_two_concurrent_jobs_cannot_see_each_others_data(sandbox: Any, tmp_path: Path) -> None:
@@ -68,14 +68,21 @@ def test_two_concurrent_jobs_cannot_see_each_others_data(sandbox: Any, tmp_path:
 
 def test_a_lock_on_a_shared_image_file_is_no_channel_between_jobs(sandbox: Any, tmp_path: Path) -> None:
     """Checklist D.42: flock on a file both containers share through the read-only image."""
-    holder = preprocess(tmp_path, "cross-lock-holder", '''
+    holder = preprocess(
+        tmp_path,
+        "cross-lock-holder",
+        """
         import fcntl
         fh = open("/usr/lib/os-release", "rb")
         fcntl.flock(fh, fcntl.LOCK_EX)
         OBS["held"] = {"ok": True, "value": True}
         time.sleep(7)
-    ''')
-    prober = preprocess(tmp_path, "cross-lock-prober", '''
+    """,
+    )
+    prober = preprocess(
+        tmp_path,
+        "cross-lock-prober",
+        """
         import fcntl
         time.sleep(3)
         fh = open("/usr/lib/os-release", "rb")
@@ -83,7 +90,8 @@ def test_a_lock_on_a_shared_image_file_is_no_channel_between_jobs(sandbox: Any, 
         # control: inside one container a second open file description does see the lock
         other = open("/usr/lib/os-release", "rb")
         attempt("control_same_container", lambda: fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB) or "acquired")
-    ''')
+    """,
+    )
     outs: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: outs.update(holder=run_compute(sandbox, holder)))
     thread.start()

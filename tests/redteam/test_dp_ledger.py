@@ -62,10 +62,12 @@ def test_control_a_fresh_dataset_still_admits_jobs(world, room, tmp_path):
 
     files = scenario.write_data(tmp_path / "fresh", 300)
     secret = new_join_secret()
-    retailer.upload_dataset(files["retail"], name="retail.fresh", policy=scenario.RETAIL_POLICY,
-                            id_column="customer_id", join_secret=secret)
-    bank.upload_dataset(files["bank"], name="bank.fresh", policy=scenario.BANK_POLICY, id_column="customer_id",
-                        join_secret=secret)
+    retailer.upload_dataset(
+        files["retail"], name="retail.fresh", policy=scenario.RETAIL_POLICY, id_column="customer_id", join_secret=secret
+    )
+    bank.upload_dataset(
+        files["bank"], name="bank.fresh", policy=scenario.BANK_POLICY, id_column="customer_id", join_secret=secret
+    )
     for pid in ids.values():
         retailer.decide_plugin(pid, "retail.fresh")
         bank.decide_plugin(pid, "bank.fresh")
@@ -79,9 +81,11 @@ def test_cancelled_and_failed_jobs_keep_their_charge(world, room):
     analyst.cancel_job(cancelled)
     failed = analyst.submit_job(spec)["id"]
     runner = {"authorization": f"Bearer {room.runner_token}"}
-    httpx.post(f"{room.url}/runner/jobs/{failed}/finish", headers=runner,
-               json={"status": "failed", "reason": "a data-dependent crash", "error_class": "plugin_error"}
-               ).raise_for_status()
+    httpx.post(
+        f"{room.url}/runner/jobs/{failed}/finish",
+        headers=runner,
+        json={"status": "failed", "reason": "a data-dependent crash", "error_class": "plugin_error"},
+    ).raise_for_status()
     budget = retailer.dataset_budget("retail.purchases")
     assert {c["job_id"] for c in budget["charges"]} == {cancelled, failed}
     assert budget["remaining_epsilon"] == pytest.approx(1.0)
@@ -121,10 +125,14 @@ def test_an_analyst_cannot_raise_its_own_per_job_cap_or_dodge_the_charge(world):
         analyst.submit_job(scenario.job_spec(ids) + "delta = 0.0005\n")
     job = analyst.submit_job(scenario.job_spec(ids, epsilon=0.01))  # a tiny epsilon is a tiny charge, not none
     assert retailer.dataset_budget("retail.purchases")["charges"][0] == {
-        **retailer.dataset_budget("retail.purchases")["charges"][0], "job_id": job["id"], "epsilon": 0.01}
+        **retailer.dataset_budget("retail.purchases")["charges"][0],
+        "job_id": job["id"],
+        "epsilon": 0.01,
+    }
 
 
 # -- former exact channels --------------------------------------------------------------------------------
+
 
 def test_published_summaries_hold_declared_facts_only(world, room):
     _, retailer, _, analyst, _ = world
@@ -150,18 +158,27 @@ def test_a_client_cannot_publish_exact_summaries_even_if_it_sends_them(world, ro
 
     _, retailer, _, _, _ = world
     files = scenario.write_data(tmp_path / "evil", 300)
-    prepared = prepare(files["retail"], recipient=room.admin.room_keys()["enc_public"], id_column="customer_id",
-                       join_secret=new_join_secret())
+    prepared = prepare(
+        files["retail"],
+        recipient=room.admin.room_keys()["enc_public"],
+        id_column="customer_id",
+        join_secret=new_join_secret(),
+    )
     meta = prepared.metadata()
     exact = prepared.suggested.column("spend").stats  # the owner-side summary of the rows
     assert "mean" in exact
     meta["schema"]["columns"] = [dict(c, stats=exact) if c["name"] == "spend" else c for c in meta["schema"]["columns"]]
     real = pd.read_csv(files["retail"]).drop(columns=["customer_id", "email"]).head(5)
     meta["mock"] = [dict(r, _pid="x") for r in json.loads(real.to_json(orient="records"))]
-    decl = retailer.post("/datasets/uploads", json={"name": "retail.evil", "description": "", "policy":
-                                                    scenario.RETAIL_POLICY, **meta})
-    retailer.request("PUT", decl["put"], content=prepared.ciphertext_path.read_bytes(),
-                     headers={"content-type": "application/octet-stream"})
+    decl = retailer.post(
+        "/datasets/uploads", json={"name": "retail.evil", "description": "", "policy": scenario.RETAIL_POLICY, **meta}
+    )
+    retailer.request(
+        "PUT",
+        decl["put"],
+        content=prepared.ciphertext_path.read_bytes(),
+        headers={"content-type": "application/octet-stream"},
+    )
     seen = room.admin.get_dataset("retail.evil")
     spend = next(c for c in seen["schema"]["columns"] if c["name"] == "spend")
     assert spend["stats"] == {"declared": True, "min": 0.0, "max": 2500.0}
@@ -179,15 +196,33 @@ def indicator_frame(n: int = 2000, target_value: float = 4321.0) -> pd.DataFrame
 
 
 def fit(frame: pd.DataFrame, *, dp: dict | None, metrics: bool = False) -> tuple[dict, object, dict]:
-    policy = {"k": 2, "outputs": ["model"], "estimators": ["linear_regression"], "allow_row_storing": False,
-              "max_model_bytes": 1_000_000, "never_output": [], "join_only": [],
-              "bounds": {"is_target": [0, 1], "spend": [0, 5000]}, "require_dp": dp is not None}
-    request = {"job_id": "job-rt", "policy": policy, "outputs": {"model": True, "metrics": metrics,
-                                                                 "aggregates": False, "holdout_fraction": 0.2},
-               "model_spec": {"estimator": "linear_regression", "params": {}, "target": "spend",
-                              "features": ["is_target"], "task": "regression"},
-               "analysis_specs": [], "table_names": [], "dp": dp or {"epsilon": None, "delta": None},
-               "names": {"schemas": {"w": {c: [] for c in frame.columns}}, "job_strings": []}}
+    policy = {
+        "k": 2,
+        "outputs": ["model"],
+        "estimators": ["linear_regression"],
+        "allow_row_storing": False,
+        "max_model_bytes": 1_000_000,
+        "never_output": [],
+        "join_only": [],
+        "bounds": {"is_target": [0, 1], "spend": [0, 5000]},
+        "require_dp": dp is not None,
+    }
+    request = {
+        "job_id": "job-rt",
+        "policy": policy,
+        "outputs": {"model": True, "metrics": metrics, "aggregates": False, "holdout_fraction": 0.2},
+        "model_spec": {
+            "estimator": "linear_regression",
+            "params": {},
+            "target": "spend",
+            "features": ["is_target"],
+            "task": "regression",
+        },
+        "analysis_specs": [],
+        "table_names": [],
+        "dp": dp or {"epsilon": None, "delta": None},
+        "names": {"schemas": {"w": {c: [] for c in frame.columns}}, "job_strings": []},
+    }
     meta, files = release.run(request, {release.FRAME: wire.frame_to_bytes(frame)})
     if not meta["ok"]:
         return meta, None, {}

@@ -29,14 +29,15 @@ from tests.redteam.conftest import (
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-MODEL_PARAMS = ('[params.estimator]\ntype = "string"\nrequired = true\n'
-                '[params.params]\ntype = "object"\nrequired = true\n')
-MODEL_CODE = '''\
+MODEL_PARAMS = (
+    '[params.estimator]\ntype = "string"\nrequired = true\n[params.params]\ntype = "object"\nrequired = true\n'
+)
+MODEL_CODE = """\
 @hookimpl
 def model_spec(columns, params):
     return {"estimator": params["estimator"], "params": params["params"], "target": "spend", "features": None,
             "task": "regression"}
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_keys: Path) -> Iterat
         w = SimpleNamespace(stack=stack, canary="cnry" + secrets.token_hex(6))
         w.owner = stack.owner("olivia-bank")
         w.ds = stack.dataset(w.owner, "olivia.customers", w.canary)
-        w.aggregate = stack.plugin(AGGREGATE_CODE, kind="analysis", params=AGGREGATE_PARAMS,
-                                   approvers=[(w.owner, w.ds)])
+        w.aggregate = stack.plugin(
+            AGGREGATE_CODE, kind="analysis", params=AGGREGATE_PARAMS, approvers=[(w.owner, w.ds)]
+        )
         w.model = stack.plugin(MODEL_CODE, kind="model", params=MODEL_PARAMS, approvers=[(w.owner, w.ds)])
         yield w
 
@@ -93,8 +95,9 @@ def api_plaintext_hits(w: SimpleNamespace, needle: str) -> list[str]:
 
 def test_aggregate_over_unique_values_is_suppressed_below_k(world: SimpleNamespace, tmp_path: Path) -> None:
     w = world
-    final = w.stack.run(w.stack.job_spec(
-        w.ds, [(w.aggregate, {"name": "by_secret", "group_by": ["secret_code"]})], aggregates=True))
+    final = w.stack.run(
+        w.stack.job_spec(w.ds, [(w.aggregate, {"name": "by_secret", "group_by": ["secret_code"]})], aggregates=True)
+    )
     assert final["status"] == "succeeded", final
     files = released_files(w, final["id"], tmp_path)
     table = pd.read_csv(__import__("io").BytesIO(files["aggregates/by_secret.csv"]))
@@ -106,25 +109,32 @@ def test_aggregate_over_unique_values_is_suppressed_below_k(world: SimpleNamespa
     # control: the same plugin over a coarse column releases groups of at least k units
     control = w.stack.run(w.stack.job_spec(w.ds, [by_region(w)], aggregates=True))
     assert control["status"] == "succeeded"
-    regions = pd.read_csv(__import__("io").BytesIO(released_files(w, control["id"], tmp_path)
-                                                   ["aggregates/by_region.csv"]))
+    regions = pd.read_csv(
+        __import__("io").BytesIO(released_files(w, control["id"], tmp_path)["aggregates/by_region.csv"])
+    )
     assert len(regions) >= 2 and (regions["count"].dropna() >= 5).all()
 
 
 def test_a_model_spec_asking_for_single_row_leaves_is_refused(world: SimpleNamespace, tmp_path: Path) -> None:
     w = world
-    final = w.stack.run(w.stack.job_spec(w.ds, [(w.model, {
-        "estimator": "decision_tree_regressor", "params": {"min_samples_leaf": 1, "max_depth": 40}})], model=True))
+    final = w.stack.run(
+        w.stack.job_spec(
+            w.ds,
+            [(w.model, {"estimator": "decision_tree_regressor", "params": {"min_samples_leaf": 1, "max_depth": 40}})],
+            model=True,
+        )
+    )
     assert final["status"] == "failed" and final["error_class"] == "release_check_failed"
     nothing_released(w, final)
     analyst_view_is_coarse(w, final)
-    control = w.stack.run(w.stack.job_spec(w.ds, [(w.model, {"estimator": "ridge", "params": {"alpha": 1.0}})],
-                                           model=True))
+    control = w.stack.run(
+        w.stack.job_spec(w.ds, [(w.model, {"estimator": "ridge", "params": {"alpha": 1.0}})], model=True)
+    )
     assert control["status"] == "succeeded"
     assert "model.skops" in released_files(w, control["id"], tmp_path)
 
 
-INDICATORS = '''\
+INDICATORS = """\
 import numpy
 import pandas as pd
 
@@ -135,15 +145,16 @@ def preprocess(df, params):
     # one column per person, named after the person's secret code: a model "feature" per row
     eye = pd.DataFrame(numpy.eye(len(df)), columns=["u_" + str(s) for s in df["secret_code"]])
     return pd.concat([df[["_pid", "spend"]], eye], axis=1)
-'''
+"""
 
 
 def test_model_parameters_do_not_carry_rows(world: SimpleNamespace, tmp_path: Path) -> None:
     """W1: one indicator feature per person + ridge would store each person's spend as a coefficient."""
     w = world
     leak = w.stack.plugin(INDICATORS, prelude=True, approvers=[(w.owner, w.ds)])
-    final = w.stack.run(w.stack.job_spec(w.ds, [(leak, {}), (w.model, {
-        "estimator": "ridge", "params": {"alpha": 1e-6}})], model=True))
+    final = w.stack.run(
+        w.stack.job_spec(w.ds, [(leak, {}), (w.model, {"estimator": "ridge", "params": {"alpha": 1e-6}})], model=True)
+    )
     assert final["status"] == "failed" and final["error_class"] == "release_check_failed", final
     nothing_released(w, final)
     owner_view = w.owner.get_job(final["id"])
@@ -151,8 +162,9 @@ def test_model_parameters_do_not_carry_rows(world: SimpleNamespace, tmp_path: Pa
     assert any(check in owner_view["reason"] for check in ("structure", "names", "model:leverage")), owner_view
     assert w.canary not in owner_view["reason"]
     # control: the same model over the owner's real columns is released, and loads
-    final = w.stack.run(w.stack.job_spec(w.ds, [(w.model, {"estimator": "ridge", "params": {"alpha": 1e-6}})],
-                                         model=True))
+    final = w.stack.run(
+        w.stack.job_spec(w.ds, [(w.model, {"estimator": "ridge", "params": {"alpha": 1e-6}})], model=True)
+    )
     assert final["status"] == "succeeded", final
     files = released_files(w, final["id"], tmp_path)
     from cleanroom.modelio import load_model
@@ -167,15 +179,16 @@ def test_per_person_features_with_public_names_are_refused_by_leverage(world: Si
     leverage check still refuses them (each person's own row would carry all the weight of its fit)."""
     w = world
     leak = w.stack.plugin(INDICATORS_PUBLIC_NAMES, prelude=True, approvers=[(w.owner, w.ds)])
-    final = w.stack.run(w.stack.job_spec(w.ds, [(leak, {}), (w.model, {
-        "estimator": "ridge", "params": {"alpha": 1e-6}})], model=True))
+    final = w.stack.run(
+        w.stack.job_spec(w.ds, [(leak, {}), (w.model, {"estimator": "ridge", "params": {"alpha": 1e-6}})], model=True)
+    )
     assert final["status"] == "failed" and final["error_class"] == "release_check_failed", final
     assert "model:leverage" in w.owner.get_job(final["id"])["reason"]
     nothing_released(w, final)
     harmless_job_succeeds(w)
 
 
-INDICATORS_PUBLIC_NAMES = '''\
+INDICATORS_PUBLIC_NAMES = """\
 import numpy
 import pandas as pd
 
@@ -187,23 +200,23 @@ def preprocess(df, params):
     df = df.reset_index(drop=True)
     picked = {f"visits_{word}": (numpy.arange(len(df)) == i).astype(float) for i, word in enumerate(WORDS)}
     return pd.concat([df[["_pid", "spend", "visits"]], pd.DataFrame(picked)], axis=1)
-'''
+"""
 
 
-NAME_CHANNEL_PRE = '''\
+NAME_CHANNEL_PRE = """\
 @hookimpl
 def preprocess(df, params):
     row = df.iloc[0]
     df = df.copy()
     df["leak_" + str(row["secret_code"]) + "_" + str(int(row["spend"] * 100))] = 1.0  # data in a column *name*
     return df
-'''
-NAME_CHANNEL_SPEC = '''\
+"""
+NAME_CHANNEL_SPEC = """\
 @hookimpl
 def analysis_spec(columns, params):
     leak = [c for c in columns if c.startswith("leak_")][0]
     return {"name": "innocent", "group_by": ["region"], "metrics": [{"agg": "count"}, {"agg": "mean", "column": leak}]}
-'''
+"""
 
 
 def test_column_names_do_not_carry_rows(world: SimpleNamespace, tmp_path: Path) -> None:
@@ -219,8 +232,9 @@ def test_column_names_do_not_carry_rows(world: SimpleNamespace, tmp_path: Path) 
     nothing_released(w, final)
     analyst_view_is_coarse(w, final)
     # control: the same analysis over a public column is released, named by the job spec
-    good = w.stack.plugin(NAME_CHANNEL_SPEC.replace('c.startswith("leak_")', 'c == "spend"'), kind="analysis",
-                          approvers=[(w.owner, w.ds)])
+    good = w.stack.plugin(
+        NAME_CHANNEL_SPEC.replace('c.startswith("leak_")', 'c == "spend"'), kind="analysis", approvers=[(w.owner, w.ds)]
+    )
     final = w.stack.run(w.stack.job_spec(w.ds, [(good, {})], aggregates=True))
     assert final["status"] == "succeeded", final
     files = released_files(w, final["id"], tmp_path)
@@ -230,7 +244,7 @@ def test_column_names_do_not_carry_rows(world: SimpleNamespace, tmp_path: Path) 
 
 # The hostile plugins act on the real rows only (the canary prefix is in the real data, never in the mock
 # rows made from declared facts), so they pass the mock run that fixes the job's structure first.
-CRASH_WITH_DATA = '''\
+CRASH_WITH_DATA = """\
 @hookimpl
 def preprocess(df, params):
     if not df["secret_code"].astype(str).str.startswith("cnry").any():
@@ -240,7 +254,7 @@ def preprocess(df, params):
     sys.stderr.flush()
     first = str(df["secret_code"].iloc[0])
     os._exit(100 + int(first[-1]))                                  # a data byte in the exit code
-'''
+"""
 
 
 def test_raw_rows_in_logs_and_exit_codes_reach_only_the_owners(world: SimpleNamespace) -> None:
@@ -260,13 +274,13 @@ def test_raw_rows_in_logs_and_exit_codes_reach_only_the_owners(world: SimpleName
     harmless_job_succeeds(w)
 
 
-RAISE_WITH_DATA = '''\
+RAISE_WITH_DATA = """\
 @hookimpl
 def preprocess(df, params):
     if not df["secret_code"].astype(str).str.startswith("cnry").any():
         return df
     raise ValueError("rows: " + " ".join(df["secret_code"].astype(str).head(8)))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +291,8 @@ def raising_job(world: SimpleNamespace) -> dict[str, Any]:
 
 
 def test_an_error_message_full_of_data_shows_the_analyst_only_that_nothing_was_released(
-        world: SimpleNamespace, raising_job: dict[str, Any]) -> None:
+    world: SimpleNamespace, raising_job: dict[str, Any]
+) -> None:
     w = world
     assert raising_job["status"] == "failed" and raising_job["error_class"] == "plugin_error"
     nothing_released(w, raising_job)
@@ -286,7 +301,8 @@ def test_an_error_message_full_of_data_shows_the_analyst_only_that_nothing_was_r
 
 
 def test_an_error_message_full_of_data_never_reaches_the_api_store_in_plaintext(
-        world: SimpleNamespace, raising_job: dict[str, Any]) -> None:
+    world: SimpleNamespace, raising_job: dict[str, Any]
+) -> None:
     w = world
     assert raising_job["status"] == "failed"
     assert w.canary not in (w.owner.get_job(raising_job["id"]).get("reason") or "")
@@ -295,13 +311,16 @@ def test_an_error_message_full_of_data_never_reaches_the_api_store_in_plaintext(
 
 def test_a_memory_bomb_ends_as_out_of_memory_and_leaves_nothing(world: SimpleNamespace, docker_client: Any) -> None:
     w = world
-    bomb = w.stack.plugin('''\
+    bomb = w.stack.plugin(
+        """\
 @hookimpl
 def preprocess(df, params):
     hoard = []
     while True:
         hoard.append(b"x" * (64 * 2**20))
-''', approvers=[(w.owner, w.ds)])
+""",
+        approvers=[(w.owner, w.ds)],
+    )
     final = w.stack.run(w.stack.job_spec(w.ds, [(bomb, {}), by_region(w)], aggregates=True))
     assert final["status"] == "failed" and final["error_class"] == "out_of_memory"
     nothing_released(w, final)
@@ -310,7 +329,7 @@ def preprocess(df, params):
     harmless_job_succeeds(w)
 
 
-SNOOPER = '''\
+SNOOPER = """\
 @hookimpl
 def preprocess(df, params):
     started = time.time()
@@ -323,7 +342,7 @@ def preprocess(df, params):
             "unix": open("/proc/net/unix").read(), "window": [started, time.time()]}
     print("SNOOP " + json.dumps(seen), file=sys.stderr)
     return df
-'''
+"""
 
 
 def test_two_concurrent_jobs_see_neither_each_other_nor_the_runner(world: SimpleNamespace) -> None:
@@ -332,13 +351,17 @@ def test_two_concurrent_jobs_see_neither_each_other_nor_the_runner(world: Simple
     other_canary = "cnry" + secrets.token_hex(6)
     other_owner = stack.owner("oscar-retail")
     other_ds = stack.dataset(other_owner, "oscar.purchases", other_canary, seed=2)
-    other_agg = stack.plugin(AGGREGATE_CODE, kind="analysis", params=AGGREGATE_PARAMS,
-                             approvers=[(other_owner, other_ds)])
+    other_agg = stack.plugin(
+        AGGREGATE_CODE, kind="analysis", params=AGGREGATE_PARAMS, approvers=[(other_owner, other_ds)]
+    )
     snoop = stack.plugin(SNOOPER, approvers=[(w.owner, w.ds), (other_owner, other_ds)])
     jobs = {
         "a": stack.analyst.submit_job(stack.job_spec(w.ds, [(snoop, {}), by_region(w)], aggregates=True)),
-        "b": stack.analyst.submit_job(stack.job_spec(other_ds, [(snoop, {}), (other_agg, {
-            "name": "by_region", "group_by": ["region"]})], aggregates=True)),
+        "b": stack.analyst.submit_job(
+            stack.job_spec(
+                other_ds, [(snoop, {}), (other_agg, {"name": "by_region", "group_by": ["region"]})], aggregates=True
+            )
+        ),
     }
     finals = {k: stack.room.end_time_budget(j["id"], timeout=240) for k, j in jobs.items()}
     assert [f["status"] for f in finals.values()] == ["succeeded", "succeeded"], finals

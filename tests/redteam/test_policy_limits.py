@@ -20,12 +20,12 @@ from tests.redteam.conftest import AGGREGATE_CODE, AGGREGATE_PARAMS, stack_for_m
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-HOARD = '''\
+HOARD = """\
 @hookimpl
 def preprocess(df, params):
     hoard = [b"x" * (64 * 2**20) for _ in range(8)]  # 512 MiB: fine under 2 GiB, not under 300 MB
     return df
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +33,15 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_keys: Path) -> Iterat
     with stack_for_module(tmp_path_factory, shared_keys, "limits") as stack:
         w = SimpleNamespace(stack=stack, canary="cnry" + secrets.token_hex(6))
         w.owner = stack.owner("tara-bank")
-        w.tight = stack.dataset(w.owner, "tara.tight", w.canary,
-                                extra="\n[limits]\nmemory_mb = 300\ntimeout_seconds = 120\ncpus = 0.5\n")
-        w.loose = stack.dataset(w.owner, "tara.loose", w.canary,
-                                extra="\n[limits]\nmemory_mb = 999999\n")  # asks for more than the room gives
-        w.aggregate = stack.plugin(AGGREGATE_CODE, kind="analysis", params=AGGREGATE_PARAMS,
-                                   approvers=[(w.owner, w.tight), (w.owner, w.loose)])
+        w.tight = stack.dataset(
+            w.owner, "tara.tight", w.canary, extra="\n[limits]\nmemory_mb = 300\ntimeout_seconds = 120\ncpus = 0.5\n"
+        )
+        w.loose = stack.dataset(
+            w.owner, "tara.loose", w.canary, extra="\n[limits]\nmemory_mb = 999999\n"
+        )  # asks for more than the room gives
+        w.aggregate = stack.plugin(
+            AGGREGATE_CODE, kind="analysis", params=AGGREGATE_PARAMS, approvers=[(w.owner, w.tight), (w.owner, w.loose)]
+        )
         w.hoard = stack.plugin(HOARD, approvers=[(w.owner, w.tight), (w.owner, w.loose)])
         yield w
 

@@ -15,7 +15,7 @@ from cleanroom.runner.isolation import CONTROLS, check_isolation, container_conf
 from cleanroom.settings import Settings
 from tests.redteam.conftest import RUNNER_CANARY, RUNNER_CANARY_VAR, preprocess, run_compute
 
-SYSCALLS = '''
+SYSCALLS = """
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -27,12 +27,15 @@ def syscall(number, *args):
         raise OSError(err, os.strerror(err))
     return result
 
-'''
+"""
 
 
 @pytest.mark.docker
 def test_every_thread_runs_unprivileged_under_seccomp(sandbox: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "priv-status", '''
+    plugin = preprocess(
+        tmp_path,
+        "priv-status",
+        """
         import threading
         def status(path):
             fields = dict(line.split(":", 1) for line in open(path).read().splitlines() if ":" in line)
@@ -43,7 +46,8 @@ def test_every_thread_runs_unprivileged_under_seccomp(sandbox: Any, tmp_path: Pa
         attempt("tasks", lambda: {t: status(f"/proc/self/task/{t}/status") for t in tasks})
         attempt("groups", lambda: os.getgroups())
         worker.join()
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     tasks = out.ok("tasks")
     assert len(tasks) >= 2  # the main thread, the worker and library threads: every one is checked
@@ -66,7 +70,11 @@ def test_the_status_parser_sees_privilege_where_there_is_some() -> None:
 
 @pytest.mark.docker
 def test_dangerous_syscalls_are_refused(sandbox: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "priv-syscalls", SYSCALLS.replace("\n", "\n        ") + '''
+    plugin = preprocess(
+        tmp_path,
+        "priv-syscalls",
+        SYSCALLS.replace("\n", "\n        ")
+        + """
         attempt("setuid_0", lambda: os.setuid(0))
         attempt("setgid_0", lambda: os.setgid(0))
         attempt("chroot", lambda: os.chroot("/tmp"))
@@ -84,10 +92,26 @@ def test_dangerous_syscalls_are_refused(sandbox: Any, tmp_path: Path) -> None:
         attempt("personality", lambda: syscall(135, 0xffffffff + 1 - 1))
         attempt("sethostname", lambda: socket.sethostname("evil"))
         attempt("control_getpid", lambda: syscall(39) > 0)
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
-    for name in ("setuid_0", "setgid_0", "chroot", "mount", "unshare_user", "unshare_net", "keyctl", "add_key",
-                 "bpf", "perf_event_open", "userfaultfd", "init_module", "kexec_load", "reboot", "sethostname"):
+    for name in (
+        "setuid_0",
+        "setgid_0",
+        "chroot",
+        "mount",
+        "unshare_user",
+        "unshare_net",
+        "keyctl",
+        "add_key",
+        "bpf",
+        "perf_event_open",
+        "userfaultfd",
+        "init_module",
+        "kexec_load",
+        "reboot",
+        "sethostname",
+    ):
         assert out.errno(name) in (errno.EPERM, errno.EACCES, errno.ENOSYS), name
     assert out.ok("control_getpid") is True
 
@@ -99,7 +123,11 @@ def test_io_uring_is_refused(sandbox: Any, tmp_path: Path) -> None:
     Docker's default profile refuses it only since engine 25 (moby/moby#46762); the runner passes its
     own profile (cleanroom/runner/seccomp.json), which refuses it on every engine.
     """
-    plugin = preprocess(tmp_path, "priv-io-uring", SYSCALLS.replace("\n", "\n        ") + '''
+    plugin = preprocess(
+        tmp_path,
+        "priv-io-uring",
+        SYSCALLS.replace("\n", "\n        ")
+        + """
         params = ctypes.create_string_buffer(120)
         attempt("io_uring_setup", lambda: syscall(425, 4, params))
         attempt("io_uring_enter", lambda: syscall(426, 0, 1, 0, 0, None, 0))
@@ -108,7 +136,8 @@ def test_io_uring_is_refused(sandbox: Any, tmp_path: Path) -> None:
         attempt("control_eventfd", lambda: os.close(syscall(290, 0, 0)) or "ok")
         ctx = ctypes.c_ulong(0)
         attempt("control_io_setup", lambda: syscall(206, 4, ctypes.byref(ctx)) == 0 and syscall(207, ctx) == 0)
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     assert out.ok("control_eventfd") == "ok"
     assert out.ok("control_io_setup") is True
@@ -118,7 +147,10 @@ def test_io_uring_is_refused(sandbox: Any, tmp_path: Path) -> None:
 
 @pytest.mark.docker
 def test_proc_and_sys_probing_finds_nothing(sandbox: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "priv-proc", '''
+    plugin = preprocess(
+        tmp_path,
+        "priv-proc",
+        """
         for path in ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
                      "/proc/sysrq-trigger", "/sys/firmware/efi/efivars", "/proc/acpi",
                      "/sys/kernel/debug", "/sys/fs/cgroup/../../../etc/shadow"):
@@ -129,7 +161,8 @@ def test_proc_and_sys_probing_finds_nothing(sandbox: Any, tmp_path: Path) -> Non
         attempt("write_sysrq", lambda: open("/proc/sysrq-trigger", "w").write("b"))
         attempt("write_core_pattern", lambda: open("/proc/sys/kernel/core_pattern", "w").write("|/tmp/x"))
         attempt("control_proc_self", lambda: open("/proc/self/cmdline", "rb").read().split(b"\\0")[0].decode())
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     for name in [n for n in out.obs if n.startswith("read ")]:
         entry = out.obs[name]
@@ -147,7 +180,10 @@ def test_proc_and_sys_probing_finds_nothing(sandbox: Any, tmp_path: Path) -> Non
 @pytest.mark.docker
 def test_the_runner_environment_never_reaches_a_plugin(sandbox: Any, tmp_path: Path) -> None:
     assert os.environ[RUNNER_CANARY_VAR] == RUNNER_CANARY  # planted in the launcher's own environment
-    plugin = preprocess(tmp_path, "priv-env", '''
+    plugin = preprocess(
+        tmp_path,
+        "priv-env",
+        """
         attempt("environ", lambda: dict(os.environ))
         attempt("proc_self_environ", lambda: open("/proc/self/environ", "rb").read().decode("latin-1"))
         environs = {}
@@ -164,7 +200,8 @@ def test_the_runner_environment_never_reaches_a_plugin(sandbox: Any, tmp_path: P
                           if any(k in f for k in ("key", "token", ".docker", "secret", "credential"))]
         OBS["key_files"] = {"ok": True, "value": found}
         print("ENVIRONMENT DUMP", dict(os.environ), file=sys.stderr)
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     environ = out.ok("environ")
     assert set(environ) <= {"PATH", "HOME", "HOSTNAME", "LANG", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED"}
@@ -177,9 +214,15 @@ def test_the_runner_environment_never_reaches_a_plugin(sandbox: Any, tmp_path: P
 
 OUR_SECCOMP = "seccomp=" + seccomp_profile()
 # the same profile, but one that lets io_uring through: the read-back wants ours, not any seccomp profile
-LOOSE_SECCOMP = "seccomp=" + json.dumps({**json.loads(seccomp_profile()), "syscalls": [
-    {"names": ["io_uring_setup", "io_uring_enter", "io_uring_register"], "action": "SCMP_ACT_ALLOW"},
-    *json.loads(seccomp_profile())["syscalls"]]})
+LOOSE_SECCOMP = "seccomp=" + json.dumps(
+    {
+        **json.loads(seccomp_profile()),
+        "syscalls": [
+            {"names": ["io_uring_setup", "io_uring_enter", "io_uring_register"], "action": "SCMP_ACT_ALLOW"},
+            *json.loads(seccomp_profile())["syscalls"],
+        ],
+    }
+)
 
 
 def test_the_container_config_is_the_hardened_baseline() -> None:
@@ -200,24 +243,45 @@ def test_the_container_config_is_the_hardened_baseline() -> None:
     assert config["command"][:2] == ["python", "-I"]
 
 
-@pytest.mark.parametrize("loosen", [
-    {"NetworkMode": "bridge"}, {"ReadonlyRootfs": False}, {"CapAdd": ["NET_RAW"]}, {"Privileged": True},
-    {"SecurityOpt": ["no-new-privileges:true", "seccomp=unconfined"]}, {"PidsLimit": 0}, {"MemorySwap": -1},
-    {"SecurityOpt": ["no-new-privileges:true"]},  # the engine's default profile instead of ours
-    {"SecurityOpt": ["no-new-privileges:true", LOOSE_SECCOMP]},  # a profile, but not ours
-    {"SecurityOpt": ["no-new-privileges:true", OUR_SECCOMP, "seccomp=unconfined"]},
-    {"SecurityOpt": ["no-new-privileges:false", OUR_SECCOMP]},  # the prefix alone is not enough
-    {"SecurityOpt": ["no-new-privileges:true", "no-new-privileges:false", OUR_SECCOMP]},
-    {"Binds": ["/var/run/docker.sock:/var/run/docker.sock"]}, {"PidMode": "host"},
-    {"Devices": [{"PathOnHost": "/dev/mem"}]}, {"IpcMode": "host"},
-])
+@pytest.mark.parametrize(
+    "loosen",
+    [
+        {"NetworkMode": "bridge"},
+        {"ReadonlyRootfs": False},
+        {"CapAdd": ["NET_RAW"]},
+        {"Privileged": True},
+        {"SecurityOpt": ["no-new-privileges:true", "seccomp=unconfined"]},
+        {"PidsLimit": 0},
+        {"MemorySwap": -1},
+        {"SecurityOpt": ["no-new-privileges:true"]},  # the engine's default profile instead of ours
+        {"SecurityOpt": ["no-new-privileges:true", LOOSE_SECCOMP]},  # a profile, but not ours
+        {"SecurityOpt": ["no-new-privileges:true", OUR_SECCOMP, "seccomp=unconfined"]},
+        {"SecurityOpt": ["no-new-privileges:false", OUR_SECCOMP]},  # the prefix alone is not enough
+        {"SecurityOpt": ["no-new-privileges:true", "no-new-privileges:false", OUR_SECCOMP]},
+        {"Binds": ["/var/run/docker.sock:/var/run/docker.sock"]},
+        {"PidMode": "host"},
+        {"Devices": [{"PathOnHost": "/dev/mem"}]},
+        {"IpcMode": "host"},
+    ],
+)
 def test_an_engine_that_drops_a_control_makes_the_runner_refuse(loosen: dict[str, Any]) -> None:
     """Fail closed: the read-back of what the engine applied catches any loosened control."""
     config = container_config(Settings(), "image", "compute", "job-1")
-    host = {"NetworkMode": "none", "ReadonlyRootfs": True, "CapDrop": ["ALL"], "CapAdd": None,
-            "SecurityOpt": config["security_opt"], "PidsLimit": config["pids_limit"],
-            "Memory": config["mem_limit"], "MemorySwap": config["mem_limit"], "NanoCpus": config["nano_cpus"],
-            "Tmpfs": {"/tmp": config["tmpfs"]["/tmp"]}, "IpcMode": "none", "Privileged": False, "PidMode": ""}
+    host = {
+        "NetworkMode": "none",
+        "ReadonlyRootfs": True,
+        "CapDrop": ["ALL"],
+        "CapAdd": None,
+        "SecurityOpt": config["security_opt"],
+        "PidsLimit": config["pids_limit"],
+        "Memory": config["mem_limit"],
+        "MemorySwap": config["mem_limit"],
+        "NanoCpus": config["nano_cpus"],
+        "Tmpfs": {"/tmp": config["tmpfs"]["/tmp"]},
+        "IpcMode": "none",
+        "Privileged": False,
+        "PidMode": "",
+    }
     attrs = {"HostConfig": host, "Config": {"User": config["user"], "Env": ["HOME=/tmp"]}, "Mounts": []}
     assert check_isolation(read_back(attrs, config), []) == []  # control: the baseline passes
     loose = {"HostConfig": {**host, **loosen}, "Config": attrs["Config"], "Mounts": []}

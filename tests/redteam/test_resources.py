@@ -28,7 +28,10 @@ pytestmark = pytest.mark.docker
 
 
 def test_fork_bomb_meets_the_pids_limit(sandbox: Any, docker_client: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "res-fork", '''
+    plugin = preprocess(
+        tmp_path,
+        "res-fork",
+        """
         children = 0
         try:
             while children < 10_000:
@@ -40,22 +43,30 @@ def test_fork_bomb_meets_the_pids_limit(sandbox: Any, docker_client: Any, tmp_pa
         except OSError as exc:
             OBS["stopped"] = {"ok": False, "errno": exc.errno}
         OBS["children"] = {"ok": True, "value": children}
-    ''')
+    """,
+    )
     started = time.monotonic()
     out = run_compute(sandbox, plugin)
     assert out.errno("stopped") == errno.EAGAIN
     assert 0 < out.ok("children") < sandbox.settings.job_pids
     assert not out.phase.timed_out and time.monotonic() - started < 45  # the children died with the phase
     assert containers_of(docker_client, out.job_id) == []
-    control = preprocess(tmp_path, "res-fork-control", '''
+    control = preprocess(
+        tmp_path,
+        "res-fork-control",
+        """
         import subprocess
         attempt("four", lambda: [subprocess.run(["true"]).returncode for _ in range(4)])
-    ''')
+    """,
+    )
     assert run_compute(sandbox, control).ok("four") == [0, 0, 0, 0]
 
 
 def test_thread_bomb_meets_the_pids_limit(sandbox: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "res-threads", '''
+    plugin = preprocess(
+        tmp_path,
+        "res-threads",
+        """
         import threading
         threads = []
         try:
@@ -65,39 +76,55 @@ def test_thread_bomb_meets_the_pids_limit(sandbox: Any, tmp_path: Path) -> None:
         except RuntimeError as exc:
             OBS["stopped"] = {"ok": False, "errno": None, "message": str(exc)}
         OBS["threads"] = {"ok": True, "value": len(threads)}
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     assert "can't start new thread" in out.entry("stopped")["message"]
     assert 0 < out.ok("threads") < sandbox.settings.job_pids
     assert not out.phase.timed_out
-    control = preprocess(tmp_path, "res-threads-control", '''
+    control = preprocess(
+        tmp_path,
+        "res-threads-control",
+        """
         import threading
         ts = [threading.Thread(target=time.sleep, args=(0.1,)) for _ in range(8)]
         [t.start() for t in ts]; [t.join() for t in ts]
         attempt("eight", lambda: len(ts))
-    ''')
+    """,
+    )
     assert run_compute(sandbox, control).ok("eight") == 8
 
 
 @pytest.mark.slow
 def test_memory_bomb_is_oom_killed(sandbox: Any, docker_client: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "res-memory", '''
+    plugin = preprocess(
+        tmp_path,
+        "res-memory",
+        """
         hoard = []
         while True:
             hoard.append(b"x" * (64 * 2**20))
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     assert out.phase.oom_killed is True
     assert out.phase.exit_code == 137 and out.result is None
     assert containers_of(docker_client, out.job_id) == []
-    control = preprocess(tmp_path, "res-memory-control", '''
+    control = preprocess(
+        tmp_path,
+        "res-memory-control",
+        """
         attempt("hundred_mb", lambda: len(b"x" * (100 * 2**20)))
-    ''')
+    """,
+    )
     assert run_compute(sandbox, control).ok("hundred_mb") == 100 * 2**20
 
 
 def test_filling_tmp_stops_at_the_tmpfs_cap(sandbox: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "res-tmpfs", '''
+    plugin = preprocess(
+        tmp_path,
+        "res-tmpfs",
+        """
         written, block = 0, b"y" * 2**20
         try:
             with open("/tmp/fill", "wb") as fh:
@@ -108,36 +135,52 @@ def test_filling_tmp_stops_at_the_tmpfs_cap(sandbox: Any, tmp_path: Path) -> Non
             OBS["stopped"] = {"ok": False, "errno": exc.errno}
         OBS["written"] = {"ok": True, "value": written}
         os.remove("/tmp/fill")
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     assert out.errno("stopped") in (errno.ENOSPC, errno.EFBIG)
     assert out.ok("written") <= sandbox.settings.job_tmpfs_bytes
-    control = preprocess(tmp_path, "res-tmpfs-control", '''
+    control = preprocess(
+        tmp_path,
+        "res-tmpfs-control",
+        """
         attempt("one_mb", lambda: open("/tmp/one", "wb").write(b"z" * 2**20))
-    ''')
+    """,
+    )
     assert run_compute(sandbox, control).ok("one_mb") == 2**20
 
 
 def test_cpu_spin_is_killed_at_the_wall_clock_limit(sandbox: Any, docker_client: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "res-spin", '''
+    plugin = preprocess(
+        tmp_path,
+        "res-spin",
+        """
         import signal
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         while True:
             pass
-    ''')
+    """,
+    )
     started = time.monotonic()
     out = run_compute(sandbox, plugin, timeout=4)
     assert out.phase.timed_out is True and out.result is None
     assert time.monotonic() - started < 4 + 20
     assert containers_of(docker_client, out.job_id) == []
-    control = preprocess(tmp_path, "res-spin-control", '''
+    control = preprocess(
+        tmp_path,
+        "res-spin-control",
+        """
         attempt("short_spin", lambda: sum(range(10**6)))
-    ''')
+    """,
+    )
     assert run_compute(sandbox, control, timeout=30).ok("short_spin") == sum(range(10**6))
 
 
 def test_background_processes_do_not_outlive_the_phase(sandbox: Any, docker_client: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "res-daemon", '''
+    plugin = preprocess(
+        tmp_path,
+        "res-daemon",
+        """
         import signal
         if os.fork() == 0:            # double fork + setsid: a daemon that ignores SIGTERM and SIGHUP
             os.setsid()
@@ -147,16 +190,21 @@ def test_background_processes_do_not_outlive_the_phase(sandbox: Any, docker_clie
             os._exit(0)
         time.sleep(0.5)
         attempt("processes", lambda: len([p for p in os.listdir("/proc") if p.isdigit()]))
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     assert out.ok("processes") >= 3  # init, the phase, the daemon
     assert not out.phase.timed_out and out.phase.seconds < 30
     assert containers_of(docker_client, out.job_id) == []
 
     # control: while a phase runs, the same query does see its container
-    sleeper = preprocess(tmp_path, "res-daemon-control", '''
+    sleeper = preprocess(
+        tmp_path,
+        "res-daemon-control",
+        """
         time.sleep(4)
-    ''')
+    """,
+    )
     job_id, seen = new_job_id(), []
     thread = threading.Thread(target=lambda: run_compute(sandbox, sleeper, job_id=job_id))
     thread.start()
@@ -166,13 +214,17 @@ def test_background_processes_do_not_outlive_the_phase(sandbox: Any, docker_clie
 
 
 def test_runaway_log_output_is_capped(sandbox: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "res-runaway", '''
+    plugin = preprocess(
+        tmp_path,
+        "res-runaway",
+        """
         line = "raw row " + str(df["secret"].iloc[0]) + " " + "x" * 1000
         for _ in range(50_000):      # ~50 MB on fd 1, which the compute phase points at the log
             print(line)
         sys.stderr.write(line * 1000)
         print("CONTROL-LAST-LINE", file=sys.stderr)
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     assert out.result and out.result["ok"]
     assert len(out.phase.stderr) <= sandbox.settings.job_log_bytes
@@ -180,7 +232,7 @@ def test_runaway_log_output_is_capped(sandbox: Any, tmp_path: Path) -> None:
     assert "CONTROL-LAST-LINE" not in out.stderr
 
 
-FLOOD = '''
+FLOOD = """
     def protocol_fd():
         taken = {os.readlink(f"/proc/self/fd/{n}") for n in (0, 2)}
         for fd in range(3, 64):
@@ -193,19 +245,23 @@ FLOOD = '''
     fd, junk = protocol_fd(), b"\\0" * 2**20
     for _ in range(256):
         os.write(fd, junk)
-'''
+"""
 
 
-def test_flooding_the_response_stream_is_cut_off_promptly(docker_client: Any, sandbox_image: str,
-                                                         tmp_path: Path) -> None:
+def test_flooding_the_response_stream_is_cut_off_promptly(
+    docker_client: Any, sandbox_image: str, tmp_path: Path
+) -> None:
     import docker as docker_sdk
 
     from cleanroom.runner.launcher import Sandbox
     from cleanroom.settings import Settings
 
     # the engine client's timeout bounds the hang; the phase's own timeout is out of the way
-    impatient = Sandbox(Settings(sandbox_image=sandbox_image, job_timeout_seconds=300),
-                        client=docker_sdk.from_env(timeout=8), runner_id=REDTEAM_RUNNER_ID)
+    impatient = Sandbox(
+        Settings(sandbox_image=sandbox_image, job_timeout_seconds=300),
+        client=docker_sdk.from_env(timeout=8),
+        runner_id=REDTEAM_RUNNER_ID,
+    )
     plugin = preprocess(tmp_path, "res-flood", FLOOD)
 
     def flood_once() -> tuple[str | None, Any, float]:
@@ -236,9 +292,13 @@ def test_flooding_the_response_stream_is_cut_off_promptly(docker_client: Any, sa
 
 
 def test_output_within_the_cap_is_collected_and_oversized_frames_are_refused(sandbox: Any, tmp_path: Path) -> None:
-    big = preprocess(tmp_path, "res-big-frame", '''
+    big = preprocess(
+        tmp_path,
+        "res-big-frame",
+        """
         df = df.assign(padding=[os.urandom(2**19).hex() for _ in range(len(df))])  # ~30 MB of noise
-    ''')
+    """,
+    )
     out = run_compute(sandbox, big, max_output=64 * 2**20, max_output_bytes=4 * 2**20)
     assert out.result is not None and out.result["ok"] is False
     assert "over the limit" in out.result["error"] and out.frame is None
@@ -248,7 +308,10 @@ def test_output_within_the_cap_is_collected_and_oversized_frames_are_refused(san
 
 
 def test_file_descriptor_exhaustion_meets_nofile(sandbox: Any, tmp_path: Path) -> None:
-    plugin = preprocess(tmp_path, "res-fds", '''
+    plugin = preprocess(
+        tmp_path,
+        "res-fds",
+        """
         held = []
         try:
             while len(held) < 10**6:
@@ -260,7 +323,8 @@ def test_file_descriptor_exhaustion_meets_nofile(sandbox: Any, tmp_path: Path) -
         for fd in held:
             os.close(fd)
         attempt("control_after", lambda: os.close(os.open("/dev/null", os.O_RDONLY)) or "ok")
-    ''')
+    """,
+    )
     out = run_compute(sandbox, plugin)
     assert out.errno("stopped") == errno.EMFILE
     assert out.ok("opened") < 256
@@ -268,18 +332,26 @@ def test_file_descriptor_exhaustion_meets_nofile(sandbox: Any, tmp_path: Path) -
 
 
 def test_crash_leaves_no_core_dump(sandbox: Any, docker_client: Any, tmp_path: Path) -> None:
-    limits = preprocess(tmp_path, "res-core-limit", '''
+    limits = preprocess(
+        tmp_path,
+        "res-core-limit",
+        """
         import resource
         attempt("core_limit", lambda: list(resource.getrlimit(resource.RLIMIT_CORE)))
         attempt("raise_core", lambda: resource.setrlimit(resource.RLIMIT_CORE, (2**30, 2**30)))
-    ''')
+    """,
+    )
     first = run_compute(sandbox, limits)
     assert first.ok("core_limit") == [0, 0]
     assert first.obs["raise_core"]["ok"] is False  # the hard limit cannot be raised
-    crash = preprocess(tmp_path, "res-core-abort", '''
+    crash = preprocess(
+        tmp_path,
+        "res-core-abort",
+        """
         os.chdir("/tmp")
         os.abort()
-    ''')
+    """,
+    )
     out = run_compute(sandbox, crash)
     assert out.phase.exit_code == 134 and out.result is None  # SIGABRT, reported as a crash
     assert b"core dumped" not in out.phase.stderr

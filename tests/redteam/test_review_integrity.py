@@ -31,12 +31,22 @@ REPO = Path(__file__).resolve().parents[2]
 IMPUTE = REPO / "plugins" / "impute"
 
 
-def _folder(root: Path, name: str, code: str, *, version: str = "1.0.0", description: str = "a plugin",
-            extra: dict[str, str] | None = None, folder_name: str | None = None) -> Path:
+def _folder(
+    root: Path,
+    name: str,
+    code: str,
+    *,
+    version: str = "1.0.0",
+    description: str = "a plugin",
+    extra: dict[str, str] | None = None,
+    folder_name: str | None = None,
+) -> Path:
     folder = root / (folder_name or re.sub(r"[^a-z0-9-]", "x", name))
     folder.mkdir(parents=True)
-    manifest = (f'name = "{name}"\nversion = "{version}"\nkind = "preprocess"\nentry = "plugin.py"\n'
-                f'description = "{description}"\n')
+    manifest = (
+        f'name = "{name}"\nversion = "{version}"\nkind = "preprocess"\nentry = "plugin.py"\n'
+        f'description = "{description}"\n'
+    )
     (folder / "cleanroom-plugin.toml").write_text(manifest, encoding="utf-8")
     (folder / "plugin.py").write_text(code, encoding="utf-8")
     for rel, text in (extra or {}).items():
@@ -73,14 +83,26 @@ def _squat(room: Any, tmp_path: Path, attacker: Any, name: str, version: str, co
     plugin_id = room.store.blobs.put_bytes(archive)
     org_id = attacker.whoami()["id"]
     with room.store.tx() as conn:
-        conn.execute("INSERT INTO plugins (id, name, version, kind, manifest, review, size, submitted_by,"
-                     " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                     (plugin_id, name, version, "preprocess", dumps(parsed.manifest),
-                      dumps(review.review(parsed).to_dict()), len(archive), org_id, now()))
+        conn.execute(
+            "INSERT INTO plugins (id, name, version, kind, manifest, review, size, submitted_by,"
+            " created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                plugin_id,
+                name,
+                version,
+                "preprocess",
+                dumps(parsed.manifest),
+                dumps(review.review(parsed).to_dict()),
+                len(archive),
+                org_id,
+                now(),
+            ),
+        )
     return plugin_id
 
 
 # Names belong to their lineage -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("version", ["1.0.1", "2.0.0", "1.0.0", "0.9.0"])
 def test_another_orgs_plugin_name_cannot_be_taken(world, room, tmp_path, version):
@@ -157,21 +179,22 @@ def test_the_owners_page_says_what_a_real_update_replaces(world, room, tmp_path)
 
 ATTACKS = {
     # the comment closes before the RLO for the interpreter; the page would draw it over the code
-    "bidi-override": HONEST.replace("    return df\n",
-                                    "    admin = False  # \u202e } \u2066if admin:\u2069 \u2066 begin admins only\n"
-                                    "    return df\n"),
-    "bidi-isolate-in-string": HONEST.replace("    return df\n",
-                                             "    tag = 'user\u2067 \u2066// check if admin\u2069 \u2066'\n"
-                                             "    return df\n"),
+    "bidi-override": HONEST.replace(
+        "    return df\n",
+        "    admin = False  # \u202e } \u2066if admin:\u2069 \u2066 begin admins only\n    return df\n",
+    ),
+    "bidi-isolate-in-string": HONEST.replace(
+        "    return df\n", "    tag = 'user\u2067 \u2066// check if admin\u2069 \u2066'\n    return df\n"
+    ),
     "zero-width-in-string": HONEST.replace("    return df\n", "    key = 'ad\u200bmin'\n    return df\n"),
-    "homoglyph-identifier": HONEST.replace("    return df\n",
-                                           "    \u0430dmin = True\n    return df\n"),
+    "homoglyph-identifier": HONEST.replace("    return df\n", "    \u0430dmin = True\n    return df\n"),
     "fullwidth-identifier": HONEST.replace("    return df\n", "    \uff45xtra = 1\n    return df\n"),
     "bom-mid-file": HONEST.replace("\n\n\n", "\n\ufeff\n\n"),
     "escape-sequence": HONEST.replace("    return df\n", "    # \x1b[2K hidden\n    return df\n"),
     # "ASCII smuggling": Unicode tag characters spell text no one sees; variation selectors carry bytes
-    "tag-characters": HONEST.replace("    return df\n", "    # ok" + "".join(chr(0xE0000 + ord(c)) for c in "leak")
-                                     + "\n    return df\n"),
+    "tag-characters": HONEST.replace(
+        "    return df\n", "    # ok" + "".join(chr(0xE0000 + ord(c)) for c in "leak") + "\n    return df\n"
+    ),
     "variation-selectors": HONEST.replace("    return df\n", "    note = 'a\ufe01\U000e0105'\n    return df\n"),
 }
 
@@ -196,13 +219,17 @@ def test_hidden_characters_in_code_are_blocking_findings_and_shown_on_the_page(r
 def test_hidden_characters_anywhere_in_the_bundle_are_findings(room, tmp_path, where):
     mallory = room.org("mallory", "analyst")
     rlo = "\u202e"
-    kw: dict[str, Any] = {"description": f"harmless {rlo}txt.exe"} if where == "description" else {
-        "extra": {"README.md" if where == "readme" else "weights.csv": f"note {rlo} here\n"}}
+    kw: dict[str, Any] = (
+        {"description": f"harmless {rlo}txt.exe"}
+        if where == "description"
+        else {"extra": {"README.md" if where == "readme" else "weights.csv": f"note {rlo} here\n"}}
+    )
     view = mallory.submit_plugin(_folder(tmp_path, f"hidden-{where}", HONEST, **kw))
     findings = [f for f in view["review"]["findings"] if f["rule"] == "hidden-character"]
     assert findings and findings[0]["severity"] == "blocking" and "<U+202E>" in findings[0]["message"]
-    assert findings[0]["file"] == ("cleanroom-plugin.toml" if where == "description" else
-                                   "README.md" if where == "readme" else "weights.csv")
+    assert findings[0]["file"] == (
+        "cleanroom-plugin.toml" if where == "description" else "README.md" if where == "readme" else "weights.csv"
+    )
 
 
 def test_honest_unicode_is_not_a_finding(room, tmp_path):
@@ -213,7 +240,7 @@ def test_honest_unicode_is_not_a_finding(room, tmp_path):
     assert view["review"]["findings"] == []
     owner = room.org("retailer", "owner")
     page = _page(room, owner.token, f"/ui/plugins/{view['id']}")
-    assert "Zürich" in page and "東京" in page and "hidden-char\"" not in page
+    assert "Zürich" in page and "東京" in page and 'hidden-char"' not in page
 
 
 def test_hidden_characters_in_a_dataset_description_are_shown_as_markers(room):

@@ -104,8 +104,13 @@ def world(room, runner, tmp_path):
     owner, analyst = room.org("clinic", "owner"), room.org("acme-analytics", "analyst")
     rng = np.random.default_rng(2)
     n = 200
-    people = pd.DataFrame({"person": [f"P{i:05d}" for i in range(n)], "secret": rng.uniform(0, 100, n).round(2),
-                           "target": [1] + [0] * (n - 1)})
+    people = pd.DataFrame(
+        {
+            "person": [f"P{i:05d}" for i in range(n)],
+            "secret": rng.uniform(0, 100, n).round(2),
+            "target": [1] + [0] * (n - 1),
+        }
+    )
     people.loc[0, "secret"] = 100.0
     path = tmp_path / "people.csv"
     people.to_csv(path, index=False)

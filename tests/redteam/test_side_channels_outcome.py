@@ -53,11 +53,11 @@ recipients = {recipients}
 review = true
 {extra}
 """
-VALIDATE = '''\
+VALIDATE = """\
 @hookimpl
 def preprocess(df, params):
     return df
-'''
+"""
 DS = "retail.sales"
 LIMITED = "retail.limited"
 
@@ -67,8 +67,9 @@ class RunnerHand:
 
     def __init__(self, room: Any, keys: KeyPair) -> None:
         self.keys = keys
-        self.http = httpx.Client(base_url=room.url, timeout=60,
-                                 headers={"authorization": f"Bearer {room.runner_token}"})
+        self.http = httpx.Client(
+            base_url=room.url, timeout=60, headers={"authorization": f"Bearer {room.runner_token}"}
+        )
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
         resp = self.http.request(method, path, **kw)
@@ -83,31 +84,55 @@ class RunnerHand:
             self.call("POST", f"/runner/jobs/{job_id}/progress", json={"phase": phase})
 
     def fail(self, job_id: str, status: str, error_class: str, reason: str) -> dict[str, Any]:
-        return self.call("POST", f"/runner/jobs/{job_id}/finish",
-                         json={"status": status, "error_class": error_class, "reason": reason})
+        return self.call(
+            "POST",
+            f"/runner/jobs/{job_id}/finish",
+            json={"status": status, "error_class": error_class, "reason": reason},
+        )
 
-    def succeed(self, job_id: str, files: dict[str, bytes], readers: list[str],
-                review_by: list[str]) -> dict[str, Any]:
+    def succeed(self, job_id: str, files: dict[str, bytes], readers: list[str], review_by: list[str]) -> dict[str, Any]:
         """Upload encrypted artifacts and finish with a manifest and a receipt signed by the room key."""
         outputs, uploaded = {}, {}
         for name, data in sorted(files.items()):
             outputs[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
             up = self.call("PUT", f"/runner/jobs/{job_id}/artifacts/{name}", content=encrypt_bytes(data, readers))
             uploaded[name] = {"blob": up["blob"], "size": up["size"]}
-        manifest = {"job_id": job_id, "outputs": outputs, "checks": [{"name": "min_group_size", "passed": True}],
-                    "epsilon_spent": 0.0, "recipient": "mallory"}
+        manifest = {
+            "job_id": job_id,
+            "outputs": outputs,
+            "checks": [{"name": "min_group_size", "passed": True}],
+            "epsilon_spent": 0.0,
+            "recipient": "mallory",
+        }
         receipt = self.receipt(job_id, outputs, manifest, self.keys)
-        return self.call("POST", f"/runner/jobs/{job_id}/finish", json={
-            "status": "succeeded", "release": {"manifest": manifest, "receipt": receipt, "artifacts": uploaded,
-                                               "review_by": review_by}})
+        return self.call(
+            "POST",
+            f"/runner/jobs/{job_id}/finish",
+            json={
+                "status": "succeeded",
+                "release": {"manifest": manifest, "receipt": receipt, "artifacts": uploaded, "review_by": review_by},
+            },
+        )
 
     @staticmethod
     def receipt(job_id: str, outputs: dict[str, Any], manifest: dict[str, Any], keys: KeyPair) -> dict[str, Any]:
-        body = {"type": "cleanroom-receipt", "version": 1, "job_id": job_id, "approvals": [], "outputs": outputs,
-                "manifest_sha256": hashlib.sha256(canonical_json(manifest)).hexdigest()}
-        return {"body": body, "signature": keys.sign(body),
-                "room_keys": {"enc_public": keys.enc_public, "sign_public": keys.sign_public,
-                              "fingerprint": fingerprint(keys.enc_public + keys.sign_public)}}
+        body = {
+            "type": "cleanroom-receipt",
+            "version": 1,
+            "job_id": job_id,
+            "approvals": [],
+            "outputs": outputs,
+            "manifest_sha256": hashlib.sha256(canonical_json(manifest)).hexdigest(),
+        }
+        return {
+            "body": body,
+            "signature": keys.sign(body),
+            "room_keys": {
+                "enc_public": keys.enc_public,
+                "sign_public": keys.sign_public,
+                "fingerprint": fingerprint(keys.enc_public + keys.sign_public),
+            },
+        }
 
 
 def _org(room: Any, name: str, role: str) -> Client:
@@ -129,23 +154,36 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_keys: Path) -> Iterat
         room = Room(base / "api-data")
         try:
             room_keys = generate_keypair()  # what the runner does on its first start
-            httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-                       json={"enc_public": room_keys.enc_public, "sign_public": room_keys.sign_public},
-                       timeout=30).raise_for_status()
+            httpx.post(
+                room.url + "/runner/register",
+                headers={"authorization": f"Bearer {room.runner_token}"},
+                json={"enc_public": room_keys.enc_public, "sign_public": room_keys.sign_public},
+                timeout=30,
+            ).raise_for_status()
             w = SimpleNamespace(room=room, base=base, hand=RunnerHand(room, room_keys), room_keys=room_keys)
-            w.retailer, w.mallory, w.eve = (_org(room, "retailer", "owner"), _org(room, "mallory", "analyst"),
-                                            _org(room, "eve", "analyst"))
+            w.retailer, w.mallory, w.eve = (
+                _org(room, "retailer", "owner"),
+                _org(room, "mallory", "analyst"),
+                _org(room, "eve", "analyst"),
+            )
             for name, extra in ((DS, ""), (LIMITED, "[limits]\nmax_jobs_per_day = 2\n")):
                 csv = owner_csv(base / f"{name}.csv", "cnry", n=60)
                 policy = POLICY.format(extra=extra, recipients='["mallory", "eve"]')
-                w.retailer.upload_dataset(csv, name=name, policy=policy, id_column="customer_id",
-                                          join_secret=b"s" * 32, drop_identifiers=False)
+                w.retailer.upload_dataset(
+                    csv,
+                    name=name,
+                    policy=policy,
+                    id_column="customer_id",
+                    join_secret=b"s" * 32,
+                    drop_identifiers=False,
+                )
             w.plugins = {}
             for who in ("mallory", "eve"):
                 client = getattr(w, who)
                 pre = client.submit_plugin(write_plugin(base / who, f"{who}-validate", VALIDATE))["id"]
-                agg = client.submit_plugin(write_plugin(base / who, f"{who}-agg", AGGREGATE_CODE, kind="analysis",
-                                                        params=AGGREGATE_PARAMS))["id"]
+                agg = client.submit_plugin(
+                    write_plugin(base / who, f"{who}-agg", AGGREGATE_CODE, kind="analysis", params=AGGREGATE_PARAMS)
+                )["id"]
                 for pid in (pre, agg):
                     for name in (DS, LIMITED):
                         w.retailer.decide_plugin(pid, name)
@@ -156,13 +194,16 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_keys: Path) -> Iterat
             room.stop()
 
 
-def spec(w: SimpleNamespace, who: str = "mallory", dataset: str = DS, budget: int | None = None,
-         name: str = "probe") -> str:
+def spec(
+    w: SimpleNamespace, who: str = "mallory", dataset: str = DS, budget: int | None = None, name: str = "probe"
+) -> str:
     pre, agg = w.plugins[who]
     head = f"time_budget = {budget}\n" if budget else ""
-    return (f'{head}name = "{name}"\nrecipient = "{who}"\n[[inputs]]\ndataset = "{dataset}"\n'
-            f'[[steps]]\nplugin = "{pre}"\n[[steps]]\nplugin = "{agg}"\n'
-            f'params = {{ name = "by_region", group_by = ["region"] }}\n[outputs]\naggregates = true\n')
+    return (
+        f'{head}name = "{name}"\nrecipient = "{who}"\n[[inputs]]\ndataset = "{dataset}"\n'
+        f'[[steps]]\nplugin = "{pre}"\n[[steps]]\nplugin = "{agg}"\n'
+        f'params = {{ name = "by_region", group_by = ["region"] }}\n[outputs]\naggregates = true\n'
+    )
 
 
 def reveal_now(w: SimpleNamespace, job_id: str) -> None:
@@ -197,14 +238,21 @@ def analyst_views(w: SimpleNamespace, job_id: str, since: int) -> dict[str, Any]
     row = re.search(r"<tr>(?:(?!</tr>).)*" + job_id + r"(?:(?!</tr>).)*</tr>", page, re.S)
     assert row, "the job is not on the analyst's jobs page"
     events = [e for e in m.audit_events() if e["seq"] > since]
-    shape = [("redacted",) if e.get("redacted") else (e["action"], e["object_type"], sorted(e["details"]))
-             for e in events]
+    shape = [
+        ("redacted",) if e.get("redacted") else (e["action"], e["object_type"], sorted(e["details"])) for e in events
+    ]
     probe = httpx.get(f"{w.room.url}/releases/{job_id}", headers={"authorization": f"Bearer {m.token}"})
-    return {"job": job, "list": listed, "page_row": _scrub(row.group(0), job_id), "audit": shape,
-            "releases": [r for r in m.list_releases() if r["job_id"] == job_id],
-            "release_get": (probe.status_code, probe.json()),
-            "logs": httpx.get(f"{w.room.url}/jobs/{job_id}/logs",
-                              headers={"authorization": f"Bearer {m.token}"}).status_code}
+    return {
+        "job": job,
+        "list": listed,
+        "page_row": _scrub(row.group(0), job_id),
+        "audit": shape,
+        "releases": [r for r in m.list_releases() if r["job_id"] == job_id],
+        "release_get": (probe.status_code, probe.json()),
+        "logs": httpx.get(
+            f"{w.room.url}/jobs/{job_id}/logs", headers={"authorization": f"Bearer {m.token}"}
+        ).status_code,
+    }
 
 
 # Every way a job can end, as the runner (or an org) makes it happen. Each gets the job claimed.
@@ -219,6 +267,7 @@ def _fail(phases: tuple[str, ...], status: str, error_class: str, delay: float =
         w.hand.progress(job, *phases)
         time.sleep(delay)
         w.hand.fail(job, status, error_class, f"{error_class}: target value 4242.17 is above 4000")
+
     return run
 
 
@@ -234,6 +283,7 @@ def _cancel(who: str, after_end: bool) -> Callable[..., None]:
         else:
             w.hand.progress(job, "decrypting", "compute")
         getattr(w, who).cancel_job(job)
+
     return run
 
 
@@ -266,22 +316,31 @@ def test_how_a_job_ended_and_when_are_invisible_to_its_analyst(world: SimpleName
         owner_saw[ending] = {k: w.retailer.get_job(job)[k] for k in ("status", "error_class", "finished_at")}
         reveal_now(w, job)
         after[ending] = analyst_views(w, job, since)
-        after[ending]["waited"] = {k: v for k, v in w.mallory.wait_job(job, timeout=10).items()
-                                   if k not in ("id", "name", "created_at", "started_at", "outcome_at", "spec")}
+        after[ending]["waited"] = {
+            k: v
+            for k, v in w.mallory.wait_job(job, timeout=10).items()
+            if k not in ("id", "name", "created_at", "started_at", "outcome_at", "spec")
+        }
     first = next(iter(ENDINGS))
     for ending in ENDINGS:
         assert during[ending] == during[first], ending
         assert after[ending] == after[first], ending
     assert during[first]["job"]["status"] == "running" and after[first]["job"]["status"] == "nothing_released"
-    assert during[first]["audit"] == [("job.submitted", "job", during[first]["audit"][0][2]),
-                                      ("job.started", "job", [])]  # nothing else until the outcome time
+    assert during[first]["audit"] == [
+        ("job.submitted", "job", during[first]["audit"][0][2]),
+        ("job.started", "job", []),
+    ]  # nothing else until the outcome time
     assert after[first]["audit"][2:] == [("redacted",)]  # then one entry, the same for every ending
     assert after[first]["job"]["error_class"] is None and after[first]["job"]["finished_at"] is None
     assert after[first]["release_get"][0] == 404 and after[first]["logs"] == 403
     # control: the owners see what happened, so the views above could have differed
     assert len({(v["status"], v["error_class"]) for v in owner_saw.values()}) >= 6
-    assert {v["error_class"] for v in owner_saw.values()} >= {"plugin_error", "release_check_failed", "timeout",
-                                                               "out_of_memory"}
+    assert {v["error_class"] for v in owner_saw.values()} >= {
+        "plugin_error",
+        "release_check_failed",
+        "timeout",
+        "out_of_memory",
+    }
 
 
 def test_an_approved_release_is_what_changes_the_analysts_view(world: SimpleNamespace) -> None:
@@ -295,7 +354,8 @@ def test_an_approved_release_is_what_changes_the_analysts_view(world: SimpleName
     shown = w.mallory.get_job(job)
     assert shown["status"] == "released" and shown["release_id"]
     assert w.mallory.get_release(job)["manifest"]["outputs"]["by_region.csv"]["bytes"] == len(
-        b"region,count\nnorth,12\n")
+        b"region,count\nnorth,12\n"
+    )
 
 
 def test_the_analyst_cannot_filter_or_cancel_its_way_to_the_outcome(world: SimpleNamespace) -> None:
@@ -313,9 +373,9 @@ def test_the_analyst_cannot_filter_or_cancel_its_way_to_the_outcome(world: Simpl
     assert failed in {j["id"] for j in w.room.admin.list_jobs(status="failed")}  # control: staff filter
     # cancelling a job that ended (unknown to the analyst) answers as for one still running
     answers = [w.mallory.cancel_job(j) for j in (failed, held)]
-    assert [{k: v for k, v in a.items() if k not in ("id", "created_at", "started_at", "outcome_at")}
-            for a in answers] == [{k: v for k, v in answers[0].items()
-                                   if k not in ("id", "created_at", "started_at", "outcome_at")}] * 2
+    assert [
+        {k: v for k, v in a.items() if k not in ("id", "created_at", "started_at", "outcome_at")} for a in answers
+    ] == [{k: v for k, v in answers[0].items() if k not in ("id", "created_at", "started_at", "outcome_at")}] * 2
     assert w.retailer.get_job(held)["withdrawn"] is True
     w.retailer.approve_release(held)
     reveal_now(w, held)
@@ -377,8 +437,7 @@ def test_held_and_rejected_releases_show_the_recipient_nothing(world: SimpleName
     for kind in ("held", "rejected", "failed"):
         job = w.mallory.submit_job(spec(w))["id"]
         w.hand.claim(job)
-        {"held": _held, "rejected": _rejected,
-         "failed": _fail(("compute",), "failed", "plugin_error")}[kind](w, job)
+        {"held": _held, "rejected": _rejected, "failed": _fail(("compute",), "failed", "plugin_error")}[kind](w, job)
         reveal_now(w, job)
         jobs[kind] = job
     rel = {k: w.retailer.get_job(j)["release_id"] for k, j in jobs.items()}
@@ -387,21 +446,34 @@ def test_held_and_rejected_releases_show_the_recipient_nothing(world: SimpleName
     seen = {}
     for kind, job in jobs.items():
         ref = rel[kind] or "rel_" + "0" * 20
-        probes = [httpx.get(f"{w.room.url}{path}", headers=auth) for path in (
-            f"/releases/{job}", f"/releases/{ref}", f"/releases/{ref}/artifacts/by_region.csv",
-            f"/releases/{job}/artifacts/by_region.csv")]
-        seen[kind] = {"probes": [(p.status_code, _scrub(p.text, job).replace(ref, "REL")) for p in probes],
-                      "listed": [r for r in w.mallory.list_releases() if r["job_id"] == job],
-                      "page": (page.get(f"/ui/releases/{ref}").status_code,
-                               job in page.get("/ui/releases").text, ref in page.get("/ui/releases").text),
-                      "release_id": w.mallory.get_job(job)["release_id"]}
+        probes = [
+            httpx.get(f"{w.room.url}{path}", headers=auth)
+            for path in (
+                f"/releases/{job}",
+                f"/releases/{ref}",
+                f"/releases/{ref}/artifacts/by_region.csv",
+                f"/releases/{job}/artifacts/by_region.csv",
+            )
+        ]
+        seen[kind] = {
+            "probes": [(p.status_code, _scrub(p.text, job).replace(ref, "REL")) for p in probes],
+            "listed": [r for r in w.mallory.list_releases() if r["job_id"] == job],
+            "page": (
+                page.get(f"/ui/releases/{ref}").status_code,
+                job in page.get("/ui/releases").text,
+                ref in page.get("/ui/releases").text,
+            ),
+            "release_id": w.mallory.get_job(job)["release_id"],
+        }
     assert seen["held"] == seen["rejected"] == seen["failed"]  # no hash, size, check or count: not even existence
     assert all(code == 404 for code, _ in seen["held"]["probes"]) and seen["held"]["listed"] == []
     assert "releases" not in w.mallory.room()["counts"]  # no room-wide count that moves when a job succeeds
     # control: the owners review it all (hashes, sizes, checks)
     owner_view = w.retailer.get_release(jobs["held"])
-    assert owner_view["manifest"]["outputs"]["by_region.csv"]["sha256"] == hashlib.sha256(
-        b"region,count\nnorth,12\n").hexdigest()
+    assert (
+        owner_view["manifest"]["outputs"]["by_region.csv"]["sha256"]
+        == hashlib.sha256(b"region,count\nnorth,12\n").hexdigest()
+    )
     assert len(owner_view["artifacts"]) == 1
 
 
@@ -448,8 +520,10 @@ def small_room(tmp_path: Path) -> Iterator[SimpleNamespace]:
 
     room = Room(tmp_path / "api-data")
     try:
-        orgs = {name: _org(room, name, role) for name, role in
-                (("owner1", "owner"), ("mallory", "analyst"), ("eve", "analyst"), ("bob", "analyst"))}
+        orgs = {
+            name: _org(room, name, role)
+            for name, role in (("owner1", "owner"), ("mallory", "analyst"), ("eve", "analyst"), ("bob", "analyst"))
+        }
         yield SimpleNamespace(room=room, **orgs)
     finally:
         room.stop()
@@ -464,10 +538,21 @@ def _write(room: Any, events: list[dict[str, Any]]) -> None:
     with room.store.tx() as conn:
         conn.execute("DELETE FROM audit")
         for e in events:
-            conn.execute("INSERT INTO audit (seq, ts, actor, action, object_type, object_id, details, prev_hash, hash)"
-                         " VALUES (?,?,?,?,?,?,?,?,?)", (e["seq"], e["ts"], e["actor"], e["action"], e["object_type"],
-                                                         e["object_id"], json.dumps(e["details"]), e["prev_hash"],
-                                                         e["hash"]))
+            conn.execute(
+                "INSERT INTO audit (seq, ts, actor, action, object_type, object_id, details, prev_hash, hash)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    e["seq"],
+                    e["ts"],
+                    e["actor"],
+                    e["action"],
+                    e["object_type"],
+                    e["object_id"],
+                    json.dumps(e["details"]),
+                    e["prev_hash"],
+                    e["hash"],
+                ),
+            )
 
 
 def _rechain(events: list[dict[str, Any]], start: int) -> None:
@@ -496,9 +581,13 @@ def _tamper(kind: str, events: list[dict[str, Any]], hidden: int, visible: int) 
     return events
 
 
-TAMPERING = ["drop a redacted entry", "edit a redacted entry and its hash",
-             "edit a redacted entry and rewrite the rest of the chain", "edit an entry mallory reads",
-             "reorder two redacted entries"]
+TAMPERING = [
+    "drop a redacted entry",
+    "edit a redacted entry and its hash",
+    "edit a redacted entry and rewrite the rest of the chain",
+    "edit an entry mallory reads",
+    "reorder two redacted entries",
+]
 
 
 @pytest.mark.parametrize("kind", TAMPERING)
@@ -509,8 +598,11 @@ def test_a_tampered_chain_with_redacted_entries_fails_verification(small_room: S
     first = s.mallory.audit_verify()  # pins the head in her profile
     assert first["ok"] and first["redacted"] >= 3, first  # control: the untouched log verifies with redactions
     seen = list(s.mallory.audit_events())
-    hidden = next(i for i, e in enumerate(seen) if e.get("redacted") and i + 1 < len(seen)
-                  and seen[i + 1].get("redacted") and i > 0)
+    hidden = next(
+        i
+        for i, e in enumerate(seen)
+        if e.get("redacted") and i + 1 < len(seen) and seen[i + 1].get("redacted") and i > 0
+    )
     visible = next(i for i, e in enumerate(seen) if not e.get("redacted"))
     _write(s.room, _tamper(kind, _rows(s.room), hidden, visible))
     result = s.mallory.audit_verify()
@@ -521,14 +613,26 @@ def test_a_tampered_chain_with_redacted_entries_fails_verification(small_room: S
 def test_redacted_entries_cannot_smuggle_or_drop_content() -> None:
     events: list[dict[str, Any]] = []
     for i, action in enumerate(("org.created", "job.submitted", "job.ended"), 1):
-        e = {"seq": i, "ts": float(i), "actor": "admin", "action": action, "object_type": "x", "object_id": str(i),
-             "details": {}, "prev_hash": events[-1]["hash"] if events else audit.GENESIS}
+        e = {
+            "seq": i,
+            "ts": float(i),
+            "actor": "admin",
+            "action": action,
+            "object_type": "x",
+            "object_id": str(i),
+            "details": {},
+            "prev_hash": events[-1]["hash"] if events else audit.GENESIS,
+        }
         e["hash"] = audit.event_hash(e)
         events.append(e)
     shown = [events[0], audit.redact(events[1]), events[2]]
     assert audit.verify_events(shown)["ok"]  # control
-    for bad in ({**shown[1], "action": "job.failed"}, {**shown[1], "hash": "zz" * 32},
-                {k: v for k, v in shown[1].items() if k != "prev_hash"}, {**shown[1], "redacted": "yes"}):
+    for bad in (
+        {**shown[1], "action": "job.failed"},
+        {**shown[1], "hash": "zz" * 32},
+        {k: v for k, v in shown[1].items() if k != "prev_hash"},
+        {**shown[1], "redacted": "yes"},
+    ):
         assert not audit.verify_events([shown[0], bad, shown[2]])["ok"], bad
 
 
@@ -548,8 +652,11 @@ def released(world: SimpleNamespace) -> SimpleNamespace:
     w.hand.succeed(job, files, w.readers, [DS])
     w.retailer.approve_release(job)
     reveal_now(w, job)
-    other = w.hand.call("PUT", f"/runner/jobs/{job}/artifacts/by_region.csv",
-                        content=encrypt_bytes(b"region,count\nnorth,99\n", w.readers))
+    other = w.hand.call(
+        "PUT",
+        f"/runner/jobs/{job}/artifacts/by_region.csv",
+        content=encrypt_bytes(b"region,count\nnorth,99\n", w.readers),
+    )
     return SimpleNamespace(job=job, files=files, release=w.retailer.get_release(job)["id"], other_blob=other["blob"])
 
 
@@ -562,8 +669,10 @@ class Operator:
     def __enter__(self) -> Operator:
         with self.room.store.read() as conn:
             self.release = dict(conn.execute("SELECT * FROM releases WHERE id = ?", (self.release_id,)).fetchone())
-            self.arts = [dict(r) for r in conn.execute("SELECT * FROM release_artifacts WHERE release_id = ?",
-                                                       (self.release_id,))]
+            self.arts = [
+                dict(r)
+                for r in conn.execute("SELECT * FROM release_artifacts WHERE release_id = ?", (self.release_id,))
+            ]
         return self
 
     def sql(self, statement: str, *args: Any) -> None:
@@ -572,51 +681,78 @@ class Operator:
 
     def __exit__(self, *exc: object) -> None:
         with self.room.store.tx() as conn:
-            conn.execute("UPDATE releases SET manifest = ?, receipt = ? WHERE id = ?",
-                         (self.release["manifest"], self.release["receipt"], self.release_id))
+            conn.execute(
+                "UPDATE releases SET manifest = ?, receipt = ? WHERE id = ?",
+                (self.release["manifest"], self.release["receipt"], self.release_id),
+            )
             conn.execute("DELETE FROM release_artifacts WHERE release_id = ?", (self.release_id,))
             for a in self.arts:
-                conn.execute("INSERT INTO release_artifacts (release_id, name, blob, size) VALUES (?,?,?,?)",
-                             (a["release_id"], a["name"], a["blob"], a["size"]))
+                conn.execute(
+                    "INSERT INTO release_artifacts (release_id, name, blob, size) VALUES (?,?,?,?)",
+                    (a["release_id"], a["name"], a["blob"], a["size"]),
+                )
 
 
 def _swap(w: SimpleNamespace, r: SimpleNamespace, op: Operator, kind: str) -> None:
     fake = b"region,count\nnorth,99\n"
     manifest = json.loads(op.release["manifest"])
     if kind == "swap an artifact":
-        op.sql("UPDATE release_artifacts SET blob = ? WHERE release_id = ? AND name = 'by_region.csv'",
-               r.other_blob, r.release)
+        op.sql(
+            "UPDATE release_artifacts SET blob = ? WHERE release_id = ? AND name = 'by_region.csv'",
+            r.other_blob,
+            r.release,
+        )
     elif kind == "swap an artifact and its manifest entry":
-        op.sql("UPDATE release_artifacts SET blob = ? WHERE release_id = ? AND name = 'by_region.csv'",
-               r.other_blob, r.release)
+        op.sql(
+            "UPDATE release_artifacts SET blob = ? WHERE release_id = ? AND name = 'by_region.csv'",
+            r.other_blob,
+            r.release,
+        )
         manifest["outputs"]["by_region.csv"] = {"sha256": hashlib.sha256(fake).hexdigest(), "bytes": len(fake)}
         op.sql("UPDATE releases SET manifest = ? WHERE id = ?", json.dumps(manifest), r.release)
     elif kind == "list an artifact the receipt does not":
-        op.sql("INSERT INTO release_artifacts (release_id, name, blob, size) VALUES (?,?,?,?)",
-               r.release, "extra.csv", r.other_blob, 10)
+        op.sql(
+            "INSERT INTO release_artifacts (release_id, name, blob, size) VALUES (?,?,?,?)",
+            r.release,
+            "extra.csv",
+            r.other_blob,
+            10,
+        )
     elif kind == "drop an artifact the receipt lists":
         op.sql("DELETE FROM release_artifacts WHERE release_id = ? AND name = 'summary.json'", r.release)
     elif kind == "re-sign the receipt with another key":
         receipt = json.loads(op.release["receipt"])
-        outputs = {**receipt["body"]["outputs"],
-                   "by_region.csv": {"sha256": hashlib.sha256(fake).hexdigest(), "bytes": len(fake)}}
+        outputs = {
+            **receipt["body"]["outputs"],
+            "by_region.csv": {"sha256": hashlib.sha256(fake).hexdigest(), "bytes": len(fake)},
+        }
         forged = RunnerHand.receipt(r.job, outputs, manifest, generate_keypair())
         op.sql("UPDATE releases SET receipt = ? WHERE id = ?", json.dumps(forged), r.release)
-        op.sql("UPDATE release_artifacts SET blob = ? WHERE release_id = ? AND name = 'by_region.csv'",
-               r.other_blob, r.release)
+        op.sql(
+            "UPDATE release_artifacts SET blob = ? WHERE release_id = ? AND name = 'by_region.csv'",
+            r.other_blob,
+            r.release,
+        )
     elif kind == "edit the receipt's outputs":
         receipt = json.loads(op.release["receipt"])
         receipt["body"]["outputs"]["by_region.csv"]["sha256"] = hashlib.sha256(fake).hexdigest()
         op.sql("UPDATE releases SET receipt = ? WHERE id = ?", json.dumps(receipt), r.release)
 
 
-SWAPS = ["swap an artifact", "swap an artifact and its manifest entry", "list an artifact the receipt does not",
-         "drop an artifact the receipt lists", "re-sign the receipt with another key", "edit the receipt's outputs"]
+SWAPS = [
+    "swap an artifact",
+    "swap an artifact and its manifest entry",
+    "list an artifact the receipt does not",
+    "drop an artifact the receipt lists",
+    "re-sign the receipt with another key",
+    "edit the receipt's outputs",
+]
 
 
 @pytest.mark.parametrize("kind", SWAPS)
-def test_result_get_refuses_what_the_signed_receipt_does_not_bind(world: SimpleNamespace, released: SimpleNamespace,
-                                                                  kind: str, tmp_path: Path) -> None:
+def test_result_get_refuses_what_the_signed_receipt_does_not_bind(
+    world: SimpleNamespace, released: SimpleNamespace, kind: str, tmp_path: Path
+) -> None:
     w, r = world, released
     w.mallory.room()  # pins the room key in mallory's profile, as on first use
     with Operator(w.room, r.release) as op:
@@ -627,8 +763,9 @@ def test_result_get_refuses_what_the_signed_receipt_does_not_bind(world: SimpleN
     assert {Path(f).name for f in done["files"]} == {"by_region.csv", "summary.json", "receipt.json"}
 
 
-def test_result_get_refuses_an_artifact_swapped_on_disk(world: SimpleNamespace, released: SimpleNamespace,
-                                                        tmp_path: Path) -> None:
+def test_result_get_refuses_an_artifact_swapped_on_disk(
+    world: SimpleNamespace, released: SimpleNamespace, tmp_path: Path
+) -> None:
     w, r = world, released
     w.mallory.room()
     with Operator(w.room, r.release) as op:
@@ -645,8 +782,12 @@ def test_result_get_refuses_an_artifact_swapped_on_disk(world: SimpleNamespace, 
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from cleanroom.cli import main; main()", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", "from cleanroom.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 DIR_EDITS: dict[str, Callable[[Path], None]] = {
@@ -654,17 +795,21 @@ DIR_EDITS: dict[str, Callable[[Path], None]] = {
     "a file missing": lambda d: (d / "summary.json").unlink(),
     "a file added": lambda d: (d / "extra.csv").write_text("x\n"),
     "a file renamed": lambda d: (d / "summary.json").rename(d / "summary2.json"),
-    "a file replaced by a symlink": lambda d: ((d.parent / "real.json").write_bytes((d / "summary.json").read_bytes()),
-                                               (d / "summary.json").unlink(),
-                                               (d / "summary.json").symlink_to(d.parent / "real.json")),
+    "a file replaced by a symlink": lambda d: (
+        (d.parent / "real.json").write_bytes((d / "summary.json").read_bytes()),
+        (d / "summary.json").unlink(),
+        (d / "summary.json").symlink_to(d.parent / "real.json"),
+    ),
     "the receipt's outputs edited": lambda d: d.joinpath("receipt.json").write_text(
-        d.joinpath("receipt.json").read_text().replace('"bytes": 9', '"bytes": 10')),
+        d.joinpath("receipt.json").read_text().replace('"bytes": 9', '"bytes": 10')
+    ),
 }
 
 
 @pytest.mark.parametrize("edit", list(DIR_EDITS))
-def test_receipt_verify_dir_checks_the_files_beside_the_receipt(world: SimpleNamespace, released: SimpleNamespace,
-                                                                edit: str, tmp_path: Path) -> None:
+def test_receipt_verify_dir_checks_the_files_beside_the_receipt(
+    world: SimpleNamespace, released: SimpleNamespace, edit: str, tmp_path: Path
+) -> None:
     w, r = world, released
     fp = w.mallory.room()["keys"]["fingerprint"]
     out = tmp_path / "result"
@@ -680,30 +825,47 @@ def test_receipt_verify_dir_checks_the_files_beside_the_receipt(world: SimpleNam
 
 
 def _approval(owner: KeyPair, org: str, plugin: str, ds: dict[str, Any], **change: Any) -> dict[str, Any]:
-    p = {"type": "plugin-approval", "plugin_id": plugin, "dataset": ds["name"], "policy_version": ds["policy_version"],
-         "policy_sha256": ds["policy_sha256"], "dataset_sha256": ds["sha256"], "decision": "approve",
-         "reason": "", "org": org, "issued_at": 1.0}
+    p = {
+        "type": "plugin-approval",
+        "plugin_id": plugin,
+        "dataset": ds["name"],
+        "policy_version": ds["policy_version"],
+        "policy_sha256": ds["policy_sha256"],
+        "dataset_sha256": ds["sha256"],
+        "decision": "approve",
+        "reason": "",
+        "org": org,
+        "issued_at": 1.0,
+    }
     p.update(change)
     return {"payload": p, "signature": owner.sign(p), "org": org}
 
 
 def test_a_receipt_names_exactly_the_approvals_that_covered_the_job() -> None:
     owner, stranger = generate_keypair(), generate_keypair()
-    ds = {"name": "retail.sales", "owner": "retailer", "sha256": "a" * 64, "policy_version": 3,
-          "policy_sha256": "b" * 64}
+    ds = {
+        "name": "retail.sales",
+        "owner": "retailer",
+        "sha256": "a" * 64,
+        "policy_version": 3,
+        "policy_sha256": "b" * 64,
+    }
     used, unused = "1" * 64, "2" * 64
-    ctx = {"job": {"spec": {"steps": [{"plugin": used}]}}, "datasets": [ds],
-           "owners": {"retailer": {"sign_public": owner.sign_public}}}
+    ctx = {
+        "job": {"spec": {"steps": [{"plugin": used}]}},
+        "datasets": [ds],
+        "owners": {"retailer": {"sign_public": owner.sign_public}},
+    }
     covering = _approval(owner, "retailer", used, ds)
     decoys = [
-        _approval(owner, "retailer", unused, ds),                          # a plugin the job does not run
-        _approval(owner, "retailer", used, ds, policy_sha256="c" * 64),    # another policy text
-        _approval(owner, "retailer", used, ds, policy_version=2),          # an older policy version
-        _approval(owner, "retailer", used, ds, dataset_sha256="d" * 64),   # other data
-        _approval(owner, "retailer", used, ds, decision="reject"),         # a rejection
-        _approval(stranger, "retailer", used, ds, reason="forged"),       # not the owner's key
-        _approval(stranger, "mallory", used, ds),                         # by another org
-        _approval(owner, "retailer", used, {**ds, "name": "bank.x"}),      # for another dataset
+        _approval(owner, "retailer", unused, ds),  # a plugin the job does not run
+        _approval(owner, "retailer", used, ds, policy_sha256="c" * 64),  # another policy text
+        _approval(owner, "retailer", used, ds, policy_version=2),  # an older policy version
+        _approval(owner, "retailer", used, ds, dataset_sha256="d" * 64),  # other data
+        _approval(owner, "retailer", used, ds, decision="reject"),  # a rejection
+        _approval(stranger, "retailer", used, ds, reason="forged"),  # not the owner's key
+        _approval(stranger, "mallory", used, ds),  # by another org
+        _approval(owner, "retailer", used, {**ds, "name": "bank.x"}),  # for another dataset
     ]
     digest = hashlib.sha256(canonical_json(covering["payload"])).hexdigest()
     assert JobContext.from_dict({**ctx, "approvals": [covering, *decoys]}).covering_approvals() == [digest]
@@ -713,7 +875,7 @@ def test_a_receipt_names_exactly_the_approvals_that_covered_the_job() -> None:
     assert len(JobContext.from_dict({**ctx, "approvals": [covering, second, *decoys]}).covering_approvals()) == 2
 
 
-REAL_VALIDATE = '''\
+REAL_VALIDATE = """\
 @hookimpl
 def preprocess(df, params):
     hit = bool((df["secret_code"] == params["target"]).any())  # one person's row, in the real data only
@@ -722,15 +884,15 @@ def preprocess(df, params):
     if hit and params["mode"] == "sleep":
         time.sleep(6)
     return df
-'''
-REAL_PARAMS = ('[params.target]\ntype = "string"\nrequired = true\n'
-               '[params.mode]\ntype = "string"\nrequired = true\n')
+"""
+REAL_PARAMS = '[params.target]\ntype = "string"\nrequired = true\n[params.mode]\ntype = "string"\nrequired = true\n'
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 def test_a_real_plugin_that_fails_or_sleeps_on_a_target_looks_the_same_to_its_analyst(
-        tmp_path_factory: pytest.TempPathFactory, shared_keys: Path) -> None:
+    tmp_path_factory: pytest.TempPathFactory, shared_keys: Path
+) -> None:
     from tests.redteam.conftest import stack_for_module
 
     hidden = ("id", "name", "created_at", "started_at", "outcome_at", "spec")
@@ -738,20 +900,29 @@ def test_a_real_plugin_that_fails_or_sleeps_on_a_target_looks_the_same_to_its_an
         owner = stack.owner("tara-shop")
         csv = owner_csv(stack.tmp / "shop.csv", "cnry", n=80)
         policy = POLICY.format(extra="", recipients=f'["{stack.analyst_name}"]')
-        owner.upload_dataset(csv, name="tara.shop", policy=policy, id_column="customer_id",
-                             join_secret=b"s" * 32, drop_identifiers=False)
+        owner.upload_dataset(
+            csv, name="tara.shop", policy=policy, id_column="customer_id", join_secret=b"s" * 32, drop_identifiers=False
+        )
         check = stack.plugin(REAL_VALIDATE, params=REAL_PARAMS, approvers=[(owner, "tara.shop")])
         agg = stack.plugin(AGGREGATE_CODE, kind="analysis", params=AGGREGATE_PARAMS, approvers=[(owner, "tara.shop")])
-        runs = {"never fails": {"target": "nobody", "mode": "fail"},
-                "fails on the target": {"target": "cnryx0017", "mode": "fail"},
-                "sleeps on the target": {"target": "cnryx0017", "mode": "sleep"}}
+        runs = {
+            "never fails": {"target": "nobody", "mode": "fail"},
+            "fails on the target": {"target": "cnryx0017", "mode": "fail"},
+            "sleeps on the target": {"target": "cnryx0017", "mode": "sleep"},
+        }
         table = (agg, {"name": "t", "group_by": ["region"]})
         steps = {label: [(check, params), table] for label, params in runs.items()}
-        jobs = {label: stack.analyst.submit_job("time_budget = 60\n" + stack.job_spec(
-                    "tara.shop", steps[label], aggregates=True))["id"] for label in runs}
+        jobs = {
+            label: stack.analyst.submit_job(
+                "time_budget = 60\n" + stack.job_spec("tara.shop", steps[label], aggregates=True)
+            )["id"]
+            for label in runs
+        }
         truth = {label: stack.room.admin.wait_job(job, timeout=180, interval=0.3) for label, job in jobs.items()}
-        during = {label: {k: v for k, v in stack.analyst.get_job(job).items() if k not in hidden}
-                  for label, job in jobs.items()}  # all three ended; none has reached its outcome time
+        during = {
+            label: {k: v for k, v in stack.analyst.get_job(job).items() if k not in hidden}
+            for label, job in jobs.items()
+        }  # all three ended; none has reached its outcome time
         views = {}
         for label, job in jobs.items():
             done = stack.analyst.wait_job(job, timeout=180, interval=0.5)

@@ -41,12 +41,14 @@ SCHEMA = {"columns": [{"name": "_pid", "type": "string"}, {"name": "x", "type": 
 
 # The world: a room with datasets, plugins and a released job ----------------------------------------
 
-def released_job(url: str, runner_token: str, analyst: Any, retailer: Any, bank: Any,
-                 ids: dict[str, str]) -> dict[str, Any]:
+
+def released_job(
+    url: str, runner_token: str, analyst: Any, retailer: Any, bank: Any, ids: dict[str, str]
+) -> dict[str, Any]:
     """A job finished through the runner's routes, with an encrypted artifact and an encrypted log."""
+
     def runner(method: str, path: str, **kw: Any) -> Any:
-        resp = httpx.request(method, url + path, timeout=60, headers={"authorization": f"Bearer {runner_token}"},
-                             **kw)
+        resp = httpx.request(method, url + path, timeout=60, headers={"authorization": f"Bearer {runner_token}"}, **kw)
         assert resp.status_code < 300, f"{method} {path}: {resp.status_code} {resp.text[:300]}"
         return resp.json()
 
@@ -58,14 +60,28 @@ def released_job(url: str, runner_token: str, analyst: Any, retailer: Any, bank:
     log = encrypt_bytes(b"the job's log", readers[1:])
     art = runner("PUT", f"/runner/jobs/{job}/artifacts/metrics.json", content=artifact)
     logged = runner("PUT", f"/runner/jobs/{job}/artifacts/_logs", content=log)
-    manifest = {"job_id": job, "outputs": {"metrics.json": {"sha256": hashlib.sha256(plain).hexdigest(),
-                                                            "bytes": len(plain)}},
-                "checks": [], "epsilon_spent": 0.0, "recipient": "acme-analytics"}
-    done = runner("POST", f"/runner/jobs/{job}/finish", json={
-        "status": "succeeded", "reason": "", "log_blob": logged["blob"],
-        "release": {"manifest": manifest, "receipt": {"body": {}, "signature": "", "room_keys": {}},
-                    "artifacts": {"metrics.json": {"blob": art["blob"], "size": art["size"]}},
-                    "review_by": ["retail.purchases"]}})
+    manifest = {
+        "job_id": job,
+        "outputs": {"metrics.json": {"sha256": hashlib.sha256(plain).hexdigest(), "bytes": len(plain)}},
+        "checks": [],
+        "epsilon_spent": 0.0,
+        "recipient": "acme-analytics",
+    }
+    done = runner(
+        "POST",
+        f"/runner/jobs/{job}/finish",
+        json={
+            "status": "succeeded",
+            "reason": "",
+            "log_blob": logged["blob"],
+            "release": {
+                "manifest": manifest,
+                "receipt": {"body": {}, "signature": "", "room_keys": {}},
+                "artifacts": {"metrics.json": {"blob": art["blob"], "size": art["size"]}},
+                "review_by": ["retail.purchases"],
+            },
+        },
+    )
     return {"job": job, "id": done["release_id"], "artifact": artifact, "log": log}
 
 
@@ -73,9 +89,11 @@ class World:
     def __init__(self, room: Room, tmp_path: Path) -> None:
         self.room = room
         self.room_keys = crypto.generate_keypair()
-        httpx.post(room.url + "/runner/register", headers={"authorization": f"Bearer {room.runner_token}"},
-                   json={"enc_public": self.room_keys.enc_public,
-                         "sign_public": self.room_keys.sign_public}).raise_for_status()
+        httpx.post(
+            room.url + "/runner/register",
+            headers={"authorization": f"Bearer {room.runner_token}"},
+            json={"enc_public": self.room_keys.enc_public, "sign_public": self.room_keys.sign_public},
+        ).raise_for_status()
         self.retailer, self.bank, self.analyst, _, self.ids = setup_scenario(room.org, tmp_path, 200, approve=True)
         self.attacker = room.org("mallory", "owner")  # another owner in the room
         self.release = self._release()
@@ -87,8 +105,10 @@ class World:
     def _release(self) -> dict[str, Any]:
         made = released_job(self.room.url, self.room.runner_token, self.analyst, self.retailer, self.bank, self.ids)
         made["bundle"] = self.analyst.request("GET", f"/plugins/{self.ids['impute']}/bundle").content
-        made["dataset"] = httpx.get(self.room.url + "/runner/datasets/bank.customers/ciphertext",
-                                    headers={"authorization": f"Bearer {self.room.runner_token}"}).content
+        made["dataset"] = httpx.get(
+            self.room.url + "/runner/datasets/bank.customers/ciphertext",
+            headers={"authorization": f"Bearer {self.room.runner_token}"},
+        ).content
         return made
 
     # what readers get ------------------------------------------------------------------------------
@@ -100,8 +120,10 @@ class World:
             return self.retailer.request("GET", f"/jobs/{rel['job']}/logs").content
         if kind == "bundle":
             return self.analyst.request("GET", f"/plugins/{self.ids['impute']}/bundle").content
-        return httpx.get(self.room.url + "/runner/datasets/bank.customers/ciphertext",
-                         headers={"authorization": f"Bearer {self.room.runner_token}"}).content
+        return httpx.get(
+            self.room.url + "/runner/datasets/bank.customers/ciphertext",
+            headers={"authorization": f"Bearer {self.room.runner_token}"},
+        ).content
 
     def assert_intact(self) -> None:
         """Every referenced blob is there with the right hash, readers get the original bytes, and
@@ -144,14 +166,25 @@ def world(room: Room, tmp_path: Path) -> World:
 
 def declare(client: Any, name: str, data: bytes, **overrides: Any) -> dict[str, Any]:
     # a policy without [columns.X] rules: the room refuses rules for columns the schema lacks
-    body = {"name": name, "description": "", "policy": "[privacy]\nk = 10\n", "schema": SCHEMA, "row_count": 1,
-            "mock": [], "dropped": [], "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), **overrides}
+    body = {
+        "name": name,
+        "description": "",
+        "policy": "[privacy]\nk = 10\n",
+        "schema": SCHEMA,
+        "row_count": 1,
+        "mock": [],
+        "dropped": [],
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        **overrides,
+    }
     return dict(client.post("/datasets/uploads", json=body))
 
 
 def put(client: Any, decl: dict[str, Any], data: bytes | Iterator[bytes]) -> dict[str, Any]:
-    return dict(client.request("PUT", decl["put"], content=data,
-                               headers={"content-type": "application/octet-stream"}).json())
+    return dict(
+        client.request("PUT", decl["put"], content=data, headers={"content-type": "application/octet-stream"}).json()
+    )
 
 
 def fresh(world: World, text: str = "") -> bytes:
@@ -160,6 +193,7 @@ def fresh(world: World, text: str = "") -> bytes:
 
 
 # 1. retries of one's own upload ------------------------------------------------------------------
+
 
 def test_retried_dataset_upload_keeps_its_ciphertext(world: World) -> None:
     owner, data = world.retailer, fresh(world, "retry")
@@ -181,13 +215,20 @@ def test_retried_dataset_upload_keeps_its_ciphertext(world: World) -> None:
     # a truncated retry of the done upload is refused too
     with pytest.raises(Conflict, match="done already"):
         put(owner, decl, data[:-5])
-    stored = httpx.get(world.room.url + "/runner/datasets/retail.retry/ciphertext",
-                       headers={"authorization": f"Bearer {world.room.runner_token}"}).content
+    stored = httpx.get(
+        world.room.url + "/runner/datasets/retail.retry/ciphertext",
+        headers={"authorization": f"Bearer {world.room.runner_token}"},
+    ).content
     assert stored == data
     assert audit_actions(world).count("dataset.uploaded") == 3  # 2 scenario + this one
     world.assert_intact()
-    assert httpx.get(world.room.url + "/runner/datasets/retail.retry/ciphertext",
-                     headers={"authorization": f"Bearer {world.room.runner_token}"}).content == data
+    assert (
+        httpx.get(
+            world.room.url + "/runner/datasets/retail.retry/ciphertext",
+            headers={"authorization": f"Bearer {world.room.runner_token}"},
+        ).content
+        == data
+    )
 
 
 def test_control_failed_puts_then_a_good_retry(world: World) -> None:
@@ -206,6 +247,7 @@ def test_control_failed_puts_then_a_good_retry(world: World) -> None:
 
 
 # 2. names are reserved while an upload is pending -------------------------------------------------
+
 
 def test_a_pending_upload_reserves_its_name(world: World) -> None:
     owner, data = world.retailer, fresh(world, "pending")
@@ -251,8 +293,7 @@ def test_withdrawing_a_pending_upload_frees_its_name_and_removes_no_bytes(world:
     target = world.release["artifact"]
     racing = declare(attacker, "mallory.withdrawn", target)
     outcome: dict[str, Any] = {}
-    sender = threading.Thread(target=lambda: outcome.update(r=_try(lambda: put(attacker, racing,
-                                                                               _slow(target, 1.0)))))
+    sender = threading.Thread(target=lambda: outcome.update(r=_try(lambda: put(attacker, racing, _slow(target, 1.0)))))
     sender.start()
     time.sleep(0.3)
     attacker.request("DELETE", racing["put"])
@@ -276,18 +317,21 @@ def _try(fn: Any) -> Any:
 
 # 3. failing uploads of bytes that a record references ---------------------------------------------
 
+
 def expire_soon(world: World, decl: dict[str, Any], seconds: float) -> None:
     """Back-date a declaration so that it expires `seconds` from now (as if it was made long ago)."""
     with world.room.store.tx() as conn:
-        conn.execute("UPDATE uploads SET created_at = ? WHERE id = ?",
-                     (time.time() - world.room.settings.upload_ttl_seconds + seconds, decl["upload_id"]))
+        conn.execute(
+            "UPDATE uploads SET created_at = ? WHERE id = ?",
+            (time.time() - world.room.settings.upload_ttl_seconds + seconds, decl["upload_id"]),
+        )
 
 
 def _slow(data: bytes, seconds: float) -> Iterator[bytes]:
     step = max(1, len(data) // 4)
     for offset in range(0, len(data), step):
         time.sleep(seconds / 4)
-        yield data[offset:offset + step]
+        yield data[offset : offset + step]
 
 
 @pytest.mark.parametrize("kind", ["artifact", "log", "bundle", "dataset"])
@@ -307,8 +351,10 @@ def test_failing_upload_of_referenced_bytes_deletes_nothing(world: World, kind: 
         with pytest.raises(ValidationError, match="age ciphertext" if kind == "bundle" else "incomplete"):
             put(attacker, decl, target[:-7])
     attempts = [
-        ("declared other hash", lambda: put(attacker, declare(attacker, f"mallory.{kind}.h", fresh(world),
-                                                              size=len(target)), target)),
+        (
+            "declared other hash",
+            lambda: put(attacker, declare(attacker, f"mallory.{kind}.h", fresh(world), size=len(target)), target),
+        ),
         ("too long", lambda: put(attacker, declare(attacker, f"mallory.{kind}.l", target[:-1]), target)),
     ]
     for label, attempt in attempts:
@@ -335,8 +381,10 @@ def test_control_a_failed_uploads_orphan_is_reported_and_swept(world: World) -> 
     attacker, data = world.attacker, fresh(world, "orphan")
     decl = declare(attacker, "mallory.orphan", data)
     with world.room.store.tx() as conn:
-        conn.execute("UPDATE uploads SET created_at = created_at - ? WHERE id = ?",
-                     (world.room.settings.upload_ttl_seconds + 60, decl["upload_id"]))
+        conn.execute(
+            "UPDATE uploads SET created_at = created_at - ? WHERE id = ?",
+            (world.room.settings.upload_ttl_seconds + 60, decl["upload_id"]),
+        )
     with pytest.raises(Conflict, match="expired"):
         put(attacker, decl, data)  # refused before it stores anything
     decl2 = declare(attacker, "mallory.orphan2", data)
@@ -358,6 +406,7 @@ def test_control_a_failed_uploads_orphan_is_reported_and_swept(world: World) -> 
 
 
 # 4. races ---------------------------------------------------------------------------------------------
+
 
 def _in_threads(n: int, fn: Any) -> list[Any]:
     results: list[Any] = [None] * n
@@ -420,8 +469,13 @@ def test_sweeps_racing_uploads_of_an_old_orphans_bytes(world: World) -> None:
             os.utime(world.blobs / digest[:2] / digest, (t, t))
             ds = put(world.retailer, declare(world.retailer, f"reborn.{i}", data), data)
             assert ds["sha256"] == digest
-            assert httpx.get(world.room.url + f"/runner/datasets/reborn.{i}/ciphertext",
-                             headers={"authorization": f"Bearer {world.room.runner_token}"}).content == data
+            assert (
+                httpx.get(
+                    world.room.url + f"/runner/datasets/reborn.{i}/ciphertext",
+                    headers={"authorization": f"Bearer {world.room.runner_token}"},
+                ).content
+                == data
+            )
     finally:
         stop.set()
         thread.join(60)
@@ -432,6 +486,7 @@ def test_sweeps_racing_uploads_of_an_old_orphans_bytes(world: World) -> None:
 
 
 # 5. the admin routes and the CLI -------------------------------------------------------------------
+
 
 def test_only_admins_sweep_or_check_and_a_short_grace_is_refused(world: World) -> None:
     for member in (world.retailer, world.analyst, world.attacker):
@@ -446,8 +501,11 @@ def test_only_admins_sweep_or_check_and_a_short_grace_is_refused(world: World) -
 
 
 def _cli(world: World, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CLEANROOM_") or k == "CLEANROOM_HOME"},
-           "CLEANROOM_URL": world.room.url, "CLEANROOM_TOKEN": token or world.room.admin_token}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CLEANROOM_") or k == "CLEANROOM_HOME"},
+        "CLEANROOM_URL": world.room.url,
+        "CLEANROOM_TOKEN": token or world.room.admin_token,
+    }
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -33,21 +33,39 @@ from tests.redteam.conftest import AGGREGATE_CODE, AGGREGATE_PARAMS, stack_for_m
 K = 5
 REGIONS = ["east", "north", "south", "west"]
 SEGMENTS = ["affluent", "mass", "private"]
-POLICY = {"k": K, "outputs": ["aggregate", "model"], "allow_row_storing": False, "max_model_bytes": 5_000_000,
-          "estimators": ["ridge", "linear_regression", "decision_tree_regressor", "random_forest_regressor",
-                         "gradient_boosting_regressor"],
-          "never_output": [], "join_only": [], "bounds": {}, "require_dp": False}
+POLICY = {
+    "k": K,
+    "outputs": ["aggregate", "model"],
+    "allow_row_storing": False,
+    "max_model_bytes": 5_000_000,
+    "estimators": [
+        "ridge",
+        "linear_regression",
+        "decision_tree_regressor",
+        "random_forest_regressor",
+        "gradient_boosting_regressor",
+    ],
+    "never_output": [],
+    "join_only": [],
+    "bounds": {},
+    "require_dp": False,
+}
 
 
 def frame(n: int = 400, seed: int = 0, rows_per_unit: int = 1) -> pd.DataFrame:
     """The joined frame as the compute phase hands it over (int64 `_pid` codes)."""
     rng = np.random.default_rng(seed)
     units = n // rows_per_unit
-    base = pd.DataFrame({
-        "_pid": np.arange(units, dtype=np.int64),
-        "region": rng.choice(REGIONS, units), "segment": rng.choice(SEGMENTS, units),
-        "age": rng.integers(18, 90, units), "visits": rng.poisson(10, units).astype("float64"),
-        "code": [f"person-{secrets.token_hex(4)}" for _ in range(units)]})
+    base = pd.DataFrame(
+        {
+            "_pid": np.arange(units, dtype=np.int64),
+            "region": rng.choice(REGIONS, units),
+            "segment": rng.choice(SEGMENTS, units),
+            "age": rng.integers(18, 90, units),
+            "visits": rng.poisson(10, units).astype("float64"),
+            "code": [f"person-{secrets.token_hex(4)}" for _ in range(units)],
+        }
+    )
     df = base.loc[base.index.repeat(rows_per_unit)].reset_index(drop=True)
     df["spend"] = 3.0 * df["age"] + 5 * df["visits"] + rng.normal(0, 10, len(df))
     return df
@@ -60,25 +78,44 @@ def mock(n: int = 100) -> pd.DataFrame:
     return df
 
 
-NAMES = {"schemas": {"owner.data": {"region": REGIONS, "segment": SEGMENTS, "age": [], "visits": [],
-                                    "spend": [], "code": []}},
-         "job_strings": ["_band", "_band2"]}
+NAMES = {
+    "schemas": {
+        "owner.data": {"region": REGIONS, "segment": SEGMENTS, "age": [], "visits": [], "spend": [], "code": []}
+    },
+    "job_strings": ["_band", "_band2"],
+}
 
 
-def run(real: pd.DataFrame, mocked: pd.DataFrame | None = None, *, specs: list[dict[str, Any]] | None = None,
-        model: dict[str, Any] | None = None, mock_specs: list[dict[str, Any]] | None = None,
-        mock_model: dict[str, Any] | None = None, policy: dict[str, Any] | None = None,
-        names: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
+def run(
+    real: pd.DataFrame,
+    mocked: pd.DataFrame | None = None,
+    *,
+    specs: list[dict[str, Any]] | None = None,
+    model: dict[str, Any] | None = None,
+    mock_specs: list[dict[str, Any]] | None = None,
+    mock_model: dict[str, Any] | None = None,
+    policy: dict[str, Any] | None = None,
+    names: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The release phase, fed as the runner feeds it (the mock run's specs default to the real run's)."""
     mocked = mock() if mocked is None else mocked
-    request = {"job_id": "job_structure", "policy": policy or POLICY,
-               "outputs": {"model": model is not None, "metrics": model is not None, "aggregates": bool(specs)},
-               "model_spec": model, "analysis_specs": specs or [], "dp": {"epsilon": None, "delta": None},
-               "names": names or NAMES, "table_names": [s["name"] for s in specs or []],
-               "mock": {"model_spec": model if mock_model is None else mock_model,
-                        "analysis_specs": (specs or []) if mock_specs is None else mock_specs}}
-    return release.run(request, {release.FRAME: wire.frame_to_bytes(real),
-                                 structure.MOCK_FRAME: wire.frame_to_bytes(mocked)})
+    request = {
+        "job_id": "job_structure",
+        "policy": policy or POLICY,
+        "outputs": {"model": model is not None, "metrics": model is not None, "aggregates": bool(specs)},
+        "model_spec": model,
+        "analysis_specs": specs or [],
+        "dp": {"epsilon": None, "delta": None},
+        "names": names or NAMES,
+        "table_names": [s["name"] for s in specs or []],
+        "mock": {
+            "model_spec": model if mock_model is None else mock_model,
+            "analysis_specs": (specs or []) if mock_specs is None else mock_specs,
+        },
+    }
+    return release.run(
+        request, {release.FRAME: wire.frame_to_bytes(real), structure.MOCK_FRAME: wire.frame_to_bytes(mocked)}
+    )
 
 
 def table(files: dict[str, bytes], name: str) -> pd.DataFrame:
@@ -97,6 +134,7 @@ BY_REGION = {**BY, "name": "by_region", "group_by": ["region"]}
 
 # ------------------------------------------------------------------------------ 1. structure chosen by the data
 
+
 def _whole_rows(df: pd.DataFrame) -> pd.Series:
     return df["code"] + "|" + df["age"].astype(str) + "|" + df["spend"].round(2).astype(str)
 
@@ -105,14 +143,20 @@ GROUP_KEY_ATTACKS = {
     # the plugin overwrites a public column with whole rows on the real data only (it can tell mock data)
     "whole rows on real data only": lambda real, mocked: (real.assign(segment=_whole_rows(real)), mocked),
     # ... or on both, so that the mock run declares its own rows and the real run brings others
-    "whole rows on both runs": lambda real, mocked: (real.assign(segment=_whole_rows(real)),
-                                                     mocked.assign(segment=_whole_rows(mocked))),
+    "whole rows on both runs": lambda real, mocked: (
+        real.assign(segment=_whole_rows(real)),
+        mocked.assign(segment=_whole_rows(mocked)),
+    ),
     # one person's value copied onto k units, so its group reaches k (the old known limit)
     "one row cloned onto k units": lambda real, mocked: (
-        real.assign(segment=np.where(real.index < K, real["code"].iloc[0], real["segment"])), mocked),
+        real.assign(segment=np.where(real.index < K, real["code"].iloc[0], real["segment"])),
+        mocked,
+    ),
     # a rare value: categories the owner never published (fewer than 20 rows hold each)
     "rare unpublished values": lambda real, mocked: (
-        real.assign(segment=np.where(real.index < 3 * K, "vip-" + real["code"].str[-2:], real["segment"])), mocked),
+        real.assign(segment=np.where(real.index < 3 * K, "vip-" + real["code"].str[-2:], real["segment"])),
+        mocked,
+    ),
 }
 
 
@@ -166,16 +210,20 @@ def test_columns_chosen_by_the_data_release_nothing(attack: str) -> None:
 def test_control_the_same_columns_in_another_order_release_in_the_mock_order() -> None:
     real = frame()
     shuffled = real[list(reversed(real.columns))]
-    model = {"estimator": "ridge", "params": {"alpha": 1.0}, "target": "spend", "features": None,
-             "task": "regression"}
+    model = {"estimator": "ridge", "params": {"alpha": 1.0}, "target": "spend", "features": None, "task": "regression"}
     meta, files = run(shuffled, model=model)
     assert meta["ok"] is True, meta
     metrics = json.loads(files["artifacts/metrics.json"])
     assert metrics["features"] == ["age", "visits"]  # the mock frame's order, not the real one's
 
 
-RIDGE = {"estimator": "ridge", "params": {"alpha": 1.0}, "target": "spend", "features": ["age", "visits"],
-         "task": "regression"}
+RIDGE = {
+    "estimator": "ridge",
+    "params": {"alpha": 1.0},
+    "target": "spend",
+    "features": ["age", "visits"],
+    "task": "regression",
+}
 SPEC_ATTACKS: dict[str, dict[str, Any]] = {
     "alpha from the data": {"model": {**RIDGE, "params": {"alpha": 1.2345}}},
     "features chosen by the data": {"model": {**RIDGE, "features": ["age"]}},
@@ -212,8 +260,11 @@ def test_low_decimals_of_exact_numbers_carry_no_value() -> None:
     with at most 3 significant digits (tables, metrics, model coefficients, tree thresholds and leaves)."""
     real = frame()
     real.loc[0, "spend"] += 0.004321 * len(real)  # the mean of everyone's spend now ends in ...4321
-    meta, files = run(real, specs=[BY_REGION, {**BY_REGION, "name": "by_region_sum",
-                                                "metrics": [{"agg": "sum", "column": "spend"}]}], model=RIDGE)
+    meta, files = run(
+        real,
+        specs=[BY_REGION, {**BY_REGION, "name": "by_region_sum", "metrics": [{"agg": "sum", "column": "spend"}]}],
+        model=RIDGE,
+    )
     assert meta["ok"] is True, meta
     for name in ("by_region", "by_region_sum"):
         cells = files[f"artifacts/aggregates/{name}.csv"].decode().splitlines()[1:]
@@ -243,9 +294,13 @@ def test_tree_thresholds_and_leaf_values_are_rounded() -> None:
 
 # ------------------------------------------------------------------------------ 4. differencing that renaming defeats
 
+
 def _bins(values: pd.Series, edges: list[float]) -> pd.Series:
-    labels = [f"< {edges[0]:g}", *[f"[{a:g}, {b:g})" for a, b in zip(edges, edges[1:], strict=False)],
-              f">= {edges[-1]:g}"]
+    labels = [
+        f"< {edges[0]:g}",
+        *[f"[{a:g}, {b:g})" for a, b in zip(edges, edges[1:], strict=False)],
+        f">= {edges[-1]:g}",
+    ]
     return pd.cut(values, [-np.inf, *edges, np.inf], right=False, labels=labels).astype(str)
 
 
@@ -264,15 +319,19 @@ def _binned(**columns: list[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
 DIFFERENCING = {
     # a table and its complement-of-one: bins [< 30, >= 30] and [< 30, [30, 31), >= 31] of the same column
     "two binnings of one column under two suffixes": (
-        _binned(age_band=[30], age_band2=[30, 31]), [_spec("coarse", "age_band"), _spec("fine", "age_band2")]),
+        _binned(age_band=[30], age_band2=[30, 31]),
+        [_spec("coarse", "age_band"), _spec("fine", "age_band2")],
+    ),
     "a binning and its raw column": (_binned(age_band=[30]), [_spec("coarse", "age_band"), _spec("fine", "age")]),
-    "the overall row and one renamed group-by": (
-        _binned(age_band=[30]), [_spec("overall"), _spec("fine", "age_band")]),
+    "the overall row and one renamed group-by": (_binned(age_band=[30]), [_spec("overall"), _spec("fine", "age_band")]),
     # a bin of age hidden under another public name: lineage is fooled, the groups themselves nest
     "a binning disguised as another column": (
-        (_with_bins(frame(), age_band=[30, 31]).assign(segment=lambda d: _bins(d["age"], [30])),
-         _with_bins(mock(), age_band=[30, 31]).assign(segment=lambda d: _bins(d["age"], [30]))),
-        [_spec("coarse", "segment"), _spec("fine", "age_band")]),
+        (
+            _with_bins(frame(), age_band=[30, 31]).assign(segment=lambda d: _bins(d["age"], [30])),
+            _with_bins(mock(), age_band=[30, 31]).assign(segment=lambda d: _bins(d["age"], [30])),
+        ),
+        [_spec("coarse", "segment"), _spec("fine", "age_band")],
+    ),
 }
 
 
@@ -286,23 +345,33 @@ def test_renamed_groupings_that_nest_release_nothing(attack: str) -> None:
 
 def test_control_unrelated_groupings_and_repeated_ones_release() -> None:
     real, mocked = _binned(age_band=[30, 60])
-    meta, files = run(real, mocked, specs=[_spec("a", "region"), _spec("b", "age_band"),
-                                           {**_spec("c", "region"), "metrics": [{"agg": "mean", "column": "spend"}]}])
+    meta, files = run(
+        real,
+        mocked,
+        specs=[
+            _spec("a", "region"),
+            _spec("b", "age_band"),
+            {**_spec("c", "region"), "metrics": [{"agg": "mean", "column": "spend"}]},
+        ],
+    )
     assert meta["ok"] is True, meta
     assert list(table(files, "b")["age_band"]) == [*sorted(set(mocked["age_band"])), "other"]
 
 
 # ------------------------------------------------------------------------------ 5. models that memorise
 
+
 def _model(estimator: str, **params: Any) -> dict[str, Any]:
     return {**RIDGE, "estimator": estimator, "params": params}
 
 
 SUBSAMPLED = {
-    "forest of small bootstraps": _model("random_forest_regressor", max_samples=0.02, min_samples_leaf=K,
-                                         n_estimators=3, max_depth=2, random_state=0),
-    "boosting on 5 % subsamples": _model("gradient_boosting_regressor", subsample=0.05, min_samples_leaf=K,
-                                         n_estimators=3, max_depth=2, random_state=1),
+    "forest of small bootstraps": _model(
+        "random_forest_regressor", max_samples=0.02, min_samples_leaf=K, n_estimators=3, max_depth=2, random_state=0
+    ),
+    "boosting on 5 % subsamples": _model(
+        "gradient_boosting_regressor", subsample=0.05, min_samples_leaf=K, n_estimators=3, max_depth=2, random_state=1
+    ),
 }
 
 
@@ -315,8 +384,9 @@ def test_subsampled_ensembles_over_repeated_rows_are_refused(attack: str) -> Non
 
 
 def test_control_a_subsampled_ensemble_over_one_row_per_unit_releases() -> None:
-    spec = _model("gradient_boosting_regressor", subsample=0.5, min_samples_leaf=K, n_estimators=3, max_depth=2,
-                  random_state=0)
+    spec = _model(
+        "gradient_boosting_regressor", subsample=0.5, min_samples_leaf=K, n_estimators=3, max_depth=2, random_state=0
+    )
     meta, files = run(frame(), model=spec)
     assert meta["ok"] is True and "artifacts/model.skops" in files, meta
 
@@ -341,8 +411,9 @@ def test_models_with_more_free_parameters_than_units_over_k_are_refused(attack: 
 
 
 def test_control_a_model_within_its_parameter_budget_releases() -> None:
-    meta, files = run(frame(), model=_model("gradient_boosting_regressor", n_estimators=4, max_depth=2,
-                                            min_samples_leaf=K))
+    meta, files = run(
+        frame(), model=_model("gradient_boosting_regressor", n_estimators=4, max_depth=2, min_samples_leaf=K)
+    )
     assert meta["ok"] is True, meta
     assert any(c["name"] == "model:parameters" and c["passed"] for c in meta["checks"])
 
@@ -353,7 +424,7 @@ NEVER_OUTPUT = '[columns.visits]\nrule = "never_output"\n'
 EXACT = "require_dp = false"
 # Looks for `visits` (by name or any name derived from it) and launders it into `spend`, which the
 # job releases as mean_spend; prints the columns it saw to the owners' log.
-LAUNDER = '''\
+LAUNDER = """\
 import sys
 
 
@@ -365,19 +436,19 @@ def preprocess(df, params):
     if seen:
         df["spend"] = df[seen[0]].astype("float64") * 1000.0 + 7.0  # laundered into an allowed column
     return df
-'''
+"""
 # Makes the group key out of whole rows, on the real data only (mock secret codes are public tokens).
-WHOLE_ROWS = '''\
+WHOLE_ROWS = """\
 @hookimpl
 def preprocess(df, params):
     df = df.copy()
     if not df["secret_code"].astype(str).str.startswith("secret_code-").all():
         df["region"] = df["secret_code"].astype(str) + "|" + df["spend"].astype(str)
     return df
-'''
+"""
 # The model_spec hook runs after the preprocess plugin saw the data: the two share the process, so a
 # value computed from the data can reach a hyper-parameter (here through `builtins`).
-PASS_ON = '''\
+PASS_ON = """\
 import builtins
 
 
@@ -385,8 +456,8 @@ import builtins
 def preprocess(df, params):
     builtins.CLEANROOM_ALPHA = float(df["spend"].mean()) if params.get("hostile") else 1.0
     return df
-'''
-MODEL_FROM_DATA = '''\
+"""
+MODEL_FROM_DATA = """\
 import builtins
 
 
@@ -394,7 +465,7 @@ import builtins
 def model_spec(columns, params):
     return {"estimator": "ridge", "params": {"alpha": getattr(builtins, "CLEANROOM_ALPHA", 1.0)},
             "target": "spend", "features": ["visits"], "task": "regression"}
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -407,8 +478,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_keys: Path) -> Iterat
         both = [(w.owner, w.hidden), (w.owner, w.plain)]
         w.launder = stack.plugin(LAUNDER, approvers=both)
         w.aggregate = stack.plugin(AGGREGATE_CODE, kind="analysis", params=AGGREGATE_PARAMS, approvers=both)
-        w.pass_on = stack.plugin(PASS_ON, params='[params.hostile]\ntype = "boolean"\ndefault = false\n',
-                                 approvers=both)
+        w.pass_on = stack.plugin(
+            PASS_ON, params='[params.hostile]\ntype = "boolean"\ndefault = false\n', approvers=both
+        )
         w.hyper = stack.plugin(MODEL_FROM_DATA, kind="model", approvers=both)
         w.whole = stack.plugin(WHOLE_ROWS, approvers=both)
         yield w

@@ -32,5 +32,8 @@ def numeric_columns(df: pd.DataFrame, params: dict[str, Any], verb: str) -> list
             if not is_numeric(df[column]):
                 raise ValueError(f"column {column!r} is not numeric")
         return columns
-    return [c for c in df.columns if not str(c).startswith("_") and c not in exclude
-            and is_numeric(df[c]) and not is_binary(df[c])]
+    return [
+        c
+        for c in df.columns
+        if not str(c).startswith("_") and c not in exclude and is_numeric(df[c]) and not is_binary(df[c])
+    ]

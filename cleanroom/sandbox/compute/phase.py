@@ -141,8 +141,9 @@ def check_frame(result: Any, columns: list[str], pids: pd.Series, label: str) ->
     if PID not in result.columns:
         raise ComputeError(f"{label} dropped the {PID} column; plugins must keep it")
     if result.columns.duplicated().any():
-        raise ComputeError(f"{label} returned a repeated column name "
-                           f"{result.columns[result.columns.duplicated()][0]!r}")
+        raise ComputeError(
+            f"{label} returned a repeated column name {result.columns[result.columns.duplicated()][0]!r}"
+        )
     reserved = sorted(c for c in result.columns if c.startswith("_") and c not in columns)
     if reserved:
         raise ComputeError(f"{label} added the column {reserved[0]!r}; names starting with '_' are reserved")
@@ -181,8 +182,10 @@ def check_spec(result: Any, label: str) -> dict[str, Any]:
 def join(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Inner join on `_pid`; a column held by several inputs becomes `<column>@<dataset>`."""
     counts = Counter(c for frame in frames.values() for c in frame.columns if c != PID)
-    renamed = [frame.rename(columns={c: f"{c}@{name}" for c in frame.columns if c != PID and counts[c] > 1})
-               for name, frame in frames.items()]
+    renamed = [
+        frame.rename(columns={c: f"{c}@{name}" for c in frame.columns if c != PID and counts[c] > 1})
+        for name, frame in frames.items()
+    ]
     joined = renamed[0]
     for frame in renamed[1:]:
         joined = joined.merge(frame, on=PID, how="inner", sort=False)
@@ -192,12 +195,15 @@ def join(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return joined.reset_index(drop=True)
 
 
-def _parse_request(meta: dict[str, Any], files: dict[str, bytes]) -> tuple[list[dict[str, Any]],
-                                                                            list[dict[str, Any]], int]:
+def _parse_request(
+    meta: dict[str, Any], files: dict[str, bytes]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     inputs, steps, cap = meta.get("inputs"), meta.get("steps"), meta.get("max_output_bytes")
-    if not isinstance(inputs, list) or not inputs or not all(
-            isinstance(i, dict) and isinstance(i.get("dataset"), str) and i.get("file") in files
-            for i in inputs):
+    if (
+        not isinstance(inputs, list)
+        or not inputs
+        or not all(isinstance(i, dict) and isinstance(i.get("dataset"), str) and i.get("file") in files for i in inputs)
+    ):
         raise ComputeError("job.json: inputs must be a non-empty list of {dataset, file} naming sent files")
     names = [i["dataset"] for i in inputs]
     if len(set(names)) != len(names):
@@ -205,14 +211,19 @@ def _parse_request(meta: dict[str, Any], files: dict[str, bytes]) -> tuple[list[
     if not isinstance(steps, list):
         raise ComputeError("job.json: steps must be a list")
     for n, step in enumerate(steps, 1):
-        if not isinstance(step, dict) or not isinstance(step.get("plugin_id"), str) \
-                or step.get("kind") not in STEP_KINDS or not isinstance(step.get("params") or {}, dict):
+        if (
+            not isinstance(step, dict)
+            or not isinstance(step.get("plugin_id"), str)
+            or step.get("kind") not in STEP_KINDS
+            or not isinstance(step.get("params") or {}, dict)
+        ):
             raise ComputeError(f"job.json: step {n} needs plugin_id, kind and params")
         if step.get("dataset") is not None and step["dataset"] not in names:
             raise ComputeError(f"job.json: step {n} names a dataset that is not an input")
         if step.get("dataset") is not None and step["kind"] not in TRANSFORMS:
-            raise ComputeError(f"job.json: step {n} is a {step['kind']} step; only preprocess and features "
-                               "steps run on one input")
+            raise ComputeError(
+                f"job.json: step {n} is a {step['kind']} step; only preprocess and features steps run on one input"
+            )
     if isinstance(cap, bool) or not isinstance(cap, int) or cap <= 0:
         raise ComputeError("job.json: max_output_bytes must be a positive integer")
     return inputs, steps, cap
@@ -248,8 +259,7 @@ def run(meta: dict[str, Any], files: dict[str, bytes], workdir: str) -> Response
         if pid not in loaded:
             bundle = _load_bundle(pid, files)
             root = os.path.join(workdir, bundle.id[:16])
-            manager = _guarded(f"loading plugin {bundle.name}", root, load_plugin, bundle=bundle,
-                               workdir=workdir)
+            manager = _guarded(f"loading plugin {bundle.name}", root, load_plugin, bundle=bundle, workdir=workdir)
             loaded[pid] = (bundle, manager, root)
     files.clear()
     stage("plugins")
@@ -302,13 +312,21 @@ def run(meta: dict[str, Any], files: dict[str, bytes], workdir: str) -> Response
     try:
         data = wire.frame_to_bytes(joined)
     except Exception as exc:  # noqa: BLE001 - the type names the problem; its message may hold values
-        raise ComputeError(f"the joined frame cannot be encoded as Arrow ({type(exc).__name__}): check that "
-                           "every column holds one type") from None
+        raise ComputeError(
+            f"the joined frame cannot be encoded as Arrow ({type(exc).__name__}): check that "
+            "every column holds one type"
+        ) from None
     if len(data) > cap:
         raise ComputeError(f"the joined frame is {len(data)} bytes, over the limit of {cap}")
     stage("encode")
-    response = {"ok": True, "error": None, "rows": len(joined), "columns": [str(c) for c in joined.columns],
-                "model_specs": model_specs, "analysis_specs": analysis_specs}
+    response = {
+        "ok": True,
+        "error": None,
+        "rows": len(joined),
+        "columns": [str(c) for c in joined.columns],
+        "model_specs": model_specs,
+        "analysis_specs": analysis_specs,
+    }
     return response, {"frames/joined.arrow": data}
 
 
@@ -335,8 +353,7 @@ def block_vector(result: Any) -> Any:
 
 
 def failure(message: str) -> dict[str, Any]:
-    return {"ok": False, "error": message[:2000], "rows": 0, "columns": [], "model_specs": [],
-            "analysis_specs": []}
+    return {"ok": False, "error": message[:2000], "rows": 0, "columns": [], "model_specs": [], "analysis_specs": []}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,4 +391,3 @@ def main(argv: list[str] | None = None) -> int:
     stage("write")
     print(f"compute: {stage.summary()}", file=sys.stderr, flush=True)
     return 0
-

@@ -88,8 +88,7 @@ def parse_spec(spec: Any, frame: pd.DataFrame, forbidden: set[str]) -> Aggregate
     if not isinstance(name, str) or not TABLE_NAME.fullmatch(name):
         raise AggregateError("aggregate name must match ^[a-z0-9_-]{1,64}$")
     group_by = spec.get("group_by", [])
-    if not isinstance(group_by, list) or len(group_by) > MAX_GROUP_BY or len(set(map(str, group_by))) != len(
-            group_by):
+    if not isinstance(group_by, list) or len(group_by) > MAX_GROUP_BY or len(set(map(str, group_by))) != len(group_by):
         raise AggregateError(f"{name}: group_by must be a list of at most {MAX_GROUP_BY} distinct columns")
     for column in group_by:
         _check_column(name, column, frame, forbidden, "group-by")
@@ -102,8 +101,9 @@ def parse_spec(spec: Any, frame: pd.DataFrame, forbidden: set[str]) -> Aggregate
             raise AggregateError(f"{name}: a metric is an object with keys agg and column")
         agg, column = raw.get("agg"), raw.get("column")
         if agg not in AGGS:
-            raise AggregateError(f"{name}: agg must be one of {', '.join(AGGS)} (min, max and median "
-                                 "reveal single rows)")
+            raise AggregateError(
+                f"{name}: agg must be one of {', '.join(AGGS)} (min, max and median reveal single rows)"
+            )
         if agg == "count":
             if column is not None:
                 raise AggregateError(f"{name}: count takes no column")
@@ -149,18 +149,21 @@ def check_nesting(specs: list[AggregateSpec], roots: Callable[[str], frozenset[s
             if i == j or set(a.group_by) == set(b.group_by):
                 continue
             if lineage[i] <= lineage[j]:
-                raise AggregateError(f"{a.name} groups by columns derived from a subset of the columns that "
-                                     f"{b.name}'s group-by is derived from; the difference could reveal "
-                                     "suppressed groups (use DP, or one spec)")
+                raise AggregateError(
+                    f"{a.name} groups by columns derived from a subset of the columns that "
+                    f"{b.name}'s group-by is derived from; the difference could reveal "
+                    "suppressed groups (use DP, or one spec)"
+                )
 
 
-def check_refinement(frame: pd.DataFrame, specs: list[AggregateSpec],
-                     domains: dict[str, list[str]] | None = None) -> None:
+def check_refinement(
+    frame: pd.DataFrame, specs: list[AggregateSpec], domains: dict[str, list[str]] | None = None
+) -> None:
     """Without DP, refuse two specs whose groups, on the rows they share, nest strictly (one spec's groups
     are unions of the other's): differencing them gives back suppressed groups, whatever the columns
     are called. Defence in depth: `check_nesting` decides on lineage before any value is read."""
     for i, a in enumerate(specs):
-        for b in specs[i + 1:]:
+        for b in specs[i + 1 :]:
             if set(a.group_by) == set(b.group_by):
                 continue
             columns = sorted(set(a.group_by) | set(b.group_by))
@@ -173,8 +176,10 @@ def check_refinement(frame: pd.DataFrame, specs: list[AggregateSpec],
             na, nb = len(pd.unique(ga)), len(pd.unique(gb))
             if na != nb and pairs in (na, nb):
                 coarse, fine = (a, b) if pairs == nb else (b, a)
-                raise AggregateError(f"{coarse.name}'s groups are unions of {fine.name}'s groups; the difference "
-                                     "could reveal suppressed groups (use DP, or one spec)")
+                raise AggregateError(
+                    f"{coarse.name}'s groups are unions of {fine.name}'s groups; the difference "
+                    "could reveal suppressed groups (use DP, or one spec)"
+                )
 
 
 def _group_ids(rows: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
@@ -256,15 +261,23 @@ def compute(frame: pd.DataFrame, spec: AggregateSpec, k: int) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def compute_dp(frame: pd.DataFrame, spec: AggregateSpec, k: int, bounds: dict[str, tuple[float, float]],
-               epsilon_per_query: float, delta: float, budget: dp.Budget) -> pd.DataFrame:
+def compute_dp(
+    frame: pd.DataFrame,
+    spec: AggregateSpec,
+    k: int,
+    bounds: dict[str, tuple[float, float]],
+    epsilon_per_query: float,
+    delta: float,
+    budget: dp.Budget,
+) -> pd.DataFrame:
     """The released table with DP: one row per unit, noisy threshold on counts, noisy sums."""
     for metric in spec.metrics:
         if metric.agg not in DP_AGGS:
             raise AggregateError(f"{spec.name}: {metric.agg} is not available with DP")
         if metric.column is not None and metric.column not in bounds:
-            raise AggregateError(f"{spec.name}: DP {metric.agg} of {metric.column!r} needs policy bounds "
-                                 "for that column")
+            raise AggregateError(
+                f"{spec.name}: DP {metric.agg} of {metric.column!r} needs policy bounds for that column"
+            )
     df = _usable_rows(frame, spec)
     # contribution bounding: each unit keeps one row chosen at random (independently of other units)
     order = np.random.default_rng().permutation(len(df))

@@ -45,6 +45,7 @@ def _opendp() -> Any:
     prelude.enable_features("contrib")
     return prelude
 
+
 DEFAULT_DELTA = 1e-6
 MAX_GROUPS_PER_UNIT = 1
 
@@ -64,8 +65,9 @@ class Budget:
 
     def charge(self, epsilon: float, delta: float = 0.0) -> None:
         # a tiny slack absorbs the rounding of the even split; OpenDP never overshoots a query
-        if self.epsilon_spent + epsilon > self.epsilon * (1 + 1e-9) or \
-                self.delta_spent + delta > self.delta * (1 + 1e-9):
+        if self.epsilon_spent + epsilon > self.epsilon * (1 + 1e-9) or self.delta_spent + delta > self.delta * (
+            1 + 1e-9
+        ):
             raise BudgetError("the DP budget is exhausted")
         self.epsilon_spent += epsilon
         self.delta_spent += delta
@@ -86,8 +88,10 @@ def _plain(value: Any) -> Any:
 
 def _count_space() -> tuple[Any, Any]:
     dp = _opendp()
-    return (dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T=int)),
-            dp.l01inf_distance(dp.absolute_distance(T=int)))
+    return (
+        dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T=int)),
+        dp.l01inf_distance(dp.absolute_distance(T=int)),
+    )
 
 
 def count_mechanism(epsilon: float, delta: float, min_threshold: int) -> Any:
@@ -109,13 +113,15 @@ def count_mechanism(epsilon: float, delta: float, min_threshold: int) -> Any:
     if with_threshold(min_threshold).check(d_in, (epsilon, delta)):
         return with_threshold(min_threshold)
     upper = min_threshold + 2 * math.ceil(scale * math.log(1 / delta)) + 16
-    threshold = dp.binary_search_param(with_threshold, d_in=d_in, d_out=(epsilon, delta),
-                                       bounds=(min_threshold, upper), T=int)
+    threshold = dp.binary_search_param(
+        with_threshold, d_in=d_in, d_out=(epsilon, delta), bounds=(min_threshold, upper), T=int
+    )
     return with_threshold(threshold)
 
 
-def noisy_counts(counts: dict[str, int], epsilon: float, delta: float, min_threshold: int,
-                 budget: Budget) -> dict[str, int]:
+def noisy_counts(
+    counts: dict[str, int], epsilon: float, delta: float, min_threshold: int, budget: Budget
+) -> dict[str, int]:
     """Release the groups whose noisy unit count reaches the threshold, with their noisy counts."""
     measurement = count_mechanism(epsilon, delta, min_threshold)
     spent_eps, spent_delta = measurement.map((MAX_GROUPS_PER_UNIT, MAX_GROUPS_PER_UNIT, 1))
@@ -132,8 +138,7 @@ def sum_mechanism(sensitivity: float, epsilon: float) -> Any:
     sensitivity = max(float(sensitivity), 1e-12)
 
     def with_scale(scale: float) -> Any:
-        return dp.m.make_laplace(dp.vector_domain(dp.atom_domain(T=float, nan=False)),
-                                 dp.l1_distance(T=float), scale)
+        return dp.m.make_laplace(dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.l1_distance(T=float), scale)
 
     return with_scale(dp.binary_search_param(with_scale, d_in=sensitivity, d_out=epsilon))
 

@@ -56,9 +56,12 @@ def classes_for(y_bounds: tuple[float, float]) -> np.ndarray:
     """The classes a DP classifier may predict: the integers inside the target's declared bounds."""
     lo, hi = math.ceil(y_bounds[0]), math.floor(y_bounds[1])
     if hi - lo + 1 < 2 or hi - lo + 1 > MAX_DP_CLASSES:
-        raise ModelError("model:classes", f"a DP classifier needs a target whose declared bounds hold 2 to "
-                         f"{MAX_DP_CLASSES} integer classes (e.g. bounds [0, 1] for a flag); these hold "
-                         f"{max(hi - lo + 1, 0)}")
+        raise ModelError(
+            "model:classes",
+            f"a DP classifier needs a target whose declared bounds hold 2 to "
+            f"{MAX_DP_CLASSES} integer classes (e.g. bounds [0, 1] for a flag); these hold "
+            f"{max(hi - lo + 1, 0)}",
+        )
     return np.arange(lo, hi + 1, dtype="int64")
 
 
@@ -66,8 +69,10 @@ def params_for(name: str, given: dict[str, Any]) -> dict[str, Any]:
     allowed = PARAMS[name]
     unknown = sorted(set(given) - set(allowed))
     if unknown:
-        raise ModelError("model:params", f"with differential privacy {name!r} takes only "
-                         f"{sorted(allowed) or 'no parameters'}; not {unknown}")
+        raise ModelError(
+            "model:params",
+            f"with differential privacy {name!r} takes only {sorted(allowed) or 'no parameters'}; not {unknown}",
+        )
     out: dict[str, Any] = {}
     for key, (default, cap) in allowed.items():
         value = given.get(key, default)
@@ -92,8 +97,16 @@ def _plain(fitted: Any, cls: type, params: dict[str, Any]) -> Any:
     return out
 
 
-def fit_classifier(name: str, X: np.ndarray, y: np.ndarray, x_bounds: np.ndarray, y_bounds: tuple[float, float],
-                   epsilon: float, budget: dp.Budget, given: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def fit_classifier(
+    name: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    x_bounds: np.ndarray,
+    y_bounds: tuple[float, float],
+    epsilon: float,
+    budget: dp.Budget,
+    given: dict[str, Any],
+) -> tuple[Any, dict[str, Any]]:
     """Fit `name` with `epsilon` (charged to `budget`); the plain scikit-learn model and what was used."""
     from diffprivlib import models as dpl
     from diffprivlib.utils import PrivacyLeakWarning
@@ -109,12 +122,14 @@ def fit_classifier(name: str, X: np.ndarray, y: np.ndarray, x_bounds: np.ndarray
         # a warning that bounds or a norm came from the data would mean a leak: never let it pass
         warnings.simplefilter("error", PrivacyLeakWarning)
         # diffprivlib 0.6 passes L-BFGS-B options SciPy deprecates; harmless until SciPy 1.18
-        warnings.filterwarnings("ignore", message="scipy.optimize: The `disp` and `iprint` options",
-                                category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message="scipy.optimize: The `disp` and `iprint` options", category=DeprecationWarning
+        )
         if name == "logistic_regression":
             p = X.shape[1]
-            model = dpl.LogisticRegression(epsilon=epsilon, data_norm=math.sqrt(p), C=params["C"],
-                                           max_iter=params["max_iter"])
+            model = dpl.LogisticRegression(
+                epsilon=epsilon, data_norm=math.sqrt(p), C=params["C"], max_iter=params["max_iter"]
+            )
             model.fit(_scale(X, x_bounds), y)
             # logit = w . xs + b with xs = a x + c: back to the original units
             a = 2.0 / (x_bounds[:, 1] - x_bounds[:, 0])
@@ -122,21 +137,33 @@ def fit_classifier(name: str, X: np.ndarray, y: np.ndarray, x_bounds: np.ndarray
             plain = _plain(model, linear_model.LogisticRegression, {"C": params["C"], "max_iter": params["max_iter"]})
             plain.intercept_ = model.intercept_ + model.coef_ @ c
             plain.coef_ = model.coef_ * a
-            facts.update(mechanism="objective perturbation (diffprivlib LogisticRegression)",
-                         data_norm=math.sqrt(p), scaling="features scaled to [-1, 1] within their bounds")
+            facts.update(
+                mechanism="objective perturbation (diffprivlib LogisticRegression)",
+                data_norm=math.sqrt(p),
+                scaling="features scaled to [-1, 1] within their bounds",
+            )
         elif name == "gaussian_nb":
             model = dpl.GaussianNB(epsilon=epsilon, bounds=bounds, priors=None)
             model.fit(X, y)
             plain = _plain(model, naive_bayes.GaussianNB, {})
             facts.update(mechanism="noisy class means, variances and counts (diffprivlib GaussianNB)")
         else:
-            model = dpl.RandomForestClassifier(n_estimators=params["n_estimators"], max_depth=params["max_depth"],
-                                               epsilon=epsilon, bounds=bounds, classes=classes.tolist())
+            model = dpl.RandomForestClassifier(
+                n_estimators=params["n_estimators"],
+                max_depth=params["max_depth"],
+                epsilon=epsilon,
+                bounds=bounds,
+                classes=classes.tolist(),
+            )
             model.fit(X, y)
-            trees = [_plain(t, tree.DecisionTreeClassifier, {"max_depth": params["max_depth"]})
-                     for t in model.estimators_]
-            plain = _plain(model, ensemble.RandomForestClassifier,
-                           {"n_estimators": params["n_estimators"], "max_depth": params["max_depth"]})
+            trees = [
+                _plain(t, tree.DecisionTreeClassifier, {"max_depth": params["max_depth"]}) for t in model.estimators_
+            ]
+            plain = _plain(
+                model,
+                ensemble.RandomForestClassifier,
+                {"n_estimators": params["n_estimators"], "max_depth": params["max_depth"]},
+            )
             plain.estimators_ = trees
             plain.estimator_ = tree.DecisionTreeClassifier(max_depth=params["max_depth"])
             facts.update(mechanism="random trees with noisy leaf labels (diffprivlib RandomForestClassifier)")
@@ -157,5 +184,8 @@ def holdout_accuracy(y: np.ndarray, pred: np.ndarray, classes: np.ndarray, epsil
     noisy_n, noisy_correct = measurement([float(len(y)), correct])
     n = max(noisy_n, 1.0)
     accuracy = min(max(noisy_correct / n, 0.0), 1.0)
-    return {"metrics": {"accuracy": float(f"{accuracy:.4g}")}, "noisy_units": int(round(max(noisy_n, 0.0))),
-            "noise_scale": {"count": scale, "correct": scale}}
+    return {
+        "metrics": {"accuracy": float(f"{accuracy:.4g}")},
+        "noisy_units": int(round(max(noisy_n, 0.0))),
+        "noise_scale": {"count": scale, "correct": scale},
+    }

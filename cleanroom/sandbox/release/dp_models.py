@@ -105,8 +105,15 @@ def to_original(theta: np.ndarray, x_bounds: np.ndarray, y_bounds: tuple[float, 
     return coef, float(intercept)
 
 
-def fit_ssp(X: np.ndarray, y: np.ndarray, x_bounds: np.ndarray, y_bounds: tuple[float, float],
-            epsilon: float, delta: float, budget: dp.Budget) -> dict[str, Any]:
+def fit_ssp(
+    X: np.ndarray,
+    y: np.ndarray,
+    x_bounds: np.ndarray,
+    y_bounds: tuple[float, float],
+    epsilon: float,
+    delta: float,
+    budget: dp.Budget,
+) -> dict[str, Any]:
     """Release the noisy moments (charged to `budget`) and solve; coefficients in original units."""
     d = dp_plan.ssp_dimension(X.shape[1])
     measurement, sigma = gaussian_mechanism(float(d), epsilon, delta)
@@ -119,8 +126,15 @@ def fit_ssp(X: np.ndarray, y: np.ndarray, x_bounds: np.ndarray, y_bounds: tuple[
     n = max(float(noisy[0]), 1.0)
     var_scaled = float(noisy[-1]) / n - (float(noisy[d - 1]) / n) ** 2
     y_variance = max(var_scaled, 0.0) * ((y_bounds[1] - y_bounds[0]) / 2) ** 2
-    return {"coef": coef, "intercept": intercept, "sigma": sigma, "noisy_units": float(noisy[0]),
-            "epsilon": spent_eps, "delta": spent_delta, "y_variance": y_variance}
+    return {
+        "coef": coef,
+        "intercept": intercept,
+        "sigma": sigma,
+        "noisy_units": float(noisy[0]),
+        "epsilon": spent_eps,
+        "delta": spent_delta,
+        "y_variance": y_variance,
+    }
 
 
 def holdout_sums(y: np.ndarray, pred: np.ndarray, y_bounds: tuple[float, float]) -> np.ndarray:
@@ -129,11 +143,12 @@ def holdout_sums(y: np.ndarray, pred: np.ndarray, y_bounds: tuple[float, float])
     lo, hi = y_bounds
     clip = dp_plan.residual_clip(y_bounds)
     r = np.clip(np.clip(y, lo, hi) - np.clip(pred, lo, hi), -clip, clip)
-    return np.array([len(r), np.abs(r).sum(), (r ** 2).sum()], dtype="float64")
+    return np.array([len(r), np.abs(r).sum(), (r**2).sum()], dtype="float64")
 
 
-def dp_metrics(y: np.ndarray, pred: np.ndarray, y_bounds: tuple[float, float], epsilon: float,
-               y_variance: float) -> dict[str, Any]:
+def dp_metrics(
+    y: np.ndarray, pred: np.ndarray, y_bounds: tuple[float, float], epsilon: float, y_variance: float
+) -> dict[str, Any]:
     """Noisy holdout sums (each normalised by its sensitivity, so the vector has l1 sensitivity 3).
 
     Spends `epsilon` on holdout units only (see `dp_plan`: parallel with the model's training units);
@@ -148,11 +163,18 @@ def dp_metrics(y: np.ndarray, pred: np.ndarray, y_bounds: tuple[float, float], e
     clip = dp_plan.residual_clip(y_bounds)
     # R^2 is clamped to [-1, 1] (post-processing); None when the noisy variance of the target is not positive
     r2 = max(min(1 - mse / y_variance, 1.0), -1.0) if y_variance > 0 else math.nan
-    return {"metrics": {"r2": _sig(r2),
-                        "mae": _sig(min(max(noisy[1], 0.0) / n, clip)), "rmse": _sig(min(math.sqrt(mse), clip))},
-            "noisy_units": int(round(max(noisy[0], 0.0))), "residual_clip": clip,
-            "noise_scale": {k: float(scale * s) for k, s in zip(
-                ("count", "sum_abs_residual", "sum_sq_residual"), sens, strict=True)}}
+    return {
+        "metrics": {
+            "r2": _sig(r2),
+            "mae": _sig(min(max(noisy[1], 0.0) / n, clip)),
+            "rmse": _sig(min(math.sqrt(mse), clip)),
+        },
+        "noisy_units": int(round(max(noisy[0], 0.0))),
+        "residual_clip": clip,
+        "noise_scale": {
+            k: float(scale * s) for k, s in zip(("count", "sum_abs_residual", "sum_sq_residual"), sens, strict=True)
+        },
+    }
 
 
 def _sig(value: float) -> float | None:
@@ -162,23 +184,41 @@ def _sig(value: float) -> float | None:
 def bounds_for(columns: list[str], bounds: dict[str, tuple[float, float]], what: str) -> np.ndarray:
     missing = [c for c in columns if c not in bounds]
     if missing:
-        raise ModelError("model:bounds", f"DP needs declared bounds for every {what}: none for "
-                         f"{', '.join(repr(c) for c in missing[:10])}; declare them in the policy "
-                         "([columns.<name>] bounds) or the job spec ([outputs.bounds])")
+        raise ModelError(
+            "model:bounds",
+            f"DP needs declared bounds for every {what}: none for "
+            f"{', '.join(repr(c) for c in missing[:10])}; declare them in the policy "
+            "([columns.<name>] bounds) or the job spec ([outputs.bounds])",
+        )
     return np.array([bounds[c] for c in columns], dtype="float64")
 
 
-def fit_dp(frame: pd.DataFrame, spec: Any, *, allowed: list[str], forbidden: set[str],
-           bounds: dict[str, tuple[float, float]], parts: dict[str, tuple[float, float]], budget: dp.Budget,
-           holdout_fraction: float, job_id: str, checks: list[dict[str, Any]], names: NameRule,
-           with_metrics: bool, rng: np.random.Generator | None = None) -> dict[str, bytes]:
+def fit_dp(
+    frame: pd.DataFrame,
+    spec: Any,
+    *,
+    allowed: list[str],
+    forbidden: set[str],
+    bounds: dict[str, tuple[float, float]],
+    parts: dict[str, tuple[float, float]],
+    budget: dp.Budget,
+    holdout_fraction: float,
+    job_id: str,
+    checks: list[dict[str, Any]],
+    names: NameRule,
+    with_metrics: bool,
+    rng: np.random.Generator | None = None,
+) -> dict[str, bytes]:
     """The DP model release: model.skops, metrics.json and model_card.md."""
     spec = unwrap(spec)
     name = spec.get("estimator") if isinstance(spec, dict) else None
     if name not in dp_plan.DP_ESTIMATORS:
-        raise ModelError("model:estimator", f"with differential privacy the room fits only "
-                         f"{', '.join(dp_plan.DP_ESTIMATORS)}; for any other model, ask for "
-                         "[outputs.sample_and_aggregate] with a statistic plugin")
+        raise ModelError(
+            "model:estimator",
+            f"with differential privacy the room fits only "
+            f"{', '.join(dp_plan.DP_ESTIMATORS)}; for any other model, ask for "
+            "[outputs.sample_and_aggregate] with a statistic plugin",
+        )
     name, _, task = build_estimator(spec, k=2, allowed=allowed, allow_row_storing=False)
     classifier = name in dp_plan.DP_CLASSIFIERS
     how = "diffprivlib" if classifier else "SSP"
@@ -188,11 +228,17 @@ def fit_dp(frame: pd.DataFrame, spec: Any, *, allowed: list[str], forbidden: set
     names.check([target], "target", forbidden)
     x_bounds = bounds_for(features, bounds, "feature")
     y_bounds = tuple(bounds_for([target], bounds, "target")[0])
-    checks.append({"name": "model:bounds", "passed": True,
-                   "detail": f"{len(features)} features and the target clipped to declared bounds"})
+    checks.append(
+        {
+            "name": "model:bounds",
+            "passed": True,
+            "detail": f"{len(features)} features and the target clipped to declared bounds",
+        }
+    )
     rng = rng or np.random.default_rng(secrets.randbits(128))
     data = frame[[PID, *features, target]].apply(
-        lambda col: col if col.name == PID else pd.to_numeric(col, errors="coerce").astype("float64"))
+        lambda col: col if col.name == PID else pd.to_numeric(col, errors="coerce").astype("float64")
+    )
     # missing or non-finite values are imputed with the middle of the declared bounds (a constant)
     for column, (lo, hi) in zip([*features, target], [*x_bounds.tolist(), y_bounds], strict=True):
         values = data[column].to_numpy()
@@ -202,79 +248,158 @@ def fit_dp(frame: pd.DataFrame, spec: Any, *, allowed: list[str], forbidden: set
     train, test = data[~holdout], data[holdout]
     e_model, d_model = parts["model"]
     if classifier:
-        return _classifier_release(name, task, features, target, train, test, x_bounds, y_bounds, e_model, budget,
-                                   spec, holdout_fraction, job_id, checks, with_metrics)
-    fit = fit_ssp(train[features].to_numpy(), train[target].to_numpy(), x_bounds, y_bounds, e_model, d_model,
-                  budget)
+        return _classifier_release(
+            name,
+            task,
+            features,
+            target,
+            train,
+            test,
+            x_bounds,
+            y_bounds,
+            e_model,
+            budget,
+            spec,
+            holdout_fraction,
+            job_id,
+            checks,
+            with_metrics,
+        )
+    fit = fit_ssp(train[features].to_numpy(), train[target].to_numpy(), x_bounds, y_bounds, e_model, d_model, budget)
     estimator = (linear_model.Ridge if name == "ridge" else linear_model.LinearRegression)()
     estimator.fit(np.zeros((2, len(features))), np.zeros(2))  # only to set sklearn's fitted attributes
     estimator.coef_ = fit["coef"]
     estimator.intercept_ = fit["intercept"]
     estimator.feature_names_in_ = np.array(features, dtype=object)
-    checks.append({"name": "model:dp", "passed": True,
-                   "detail": f"moments released with Gaussian noise sigma {fit['sigma']:.4g} "
-                             f"(epsilon {fit['epsilon']:.4g}, delta {fit['delta']:.3g})"})
+    checks.append(
+        {
+            "name": "model:dp",
+            "passed": True,
+            "detail": f"moments released with Gaussian noise sigma {fit['sigma']:.4g} "
+            f"(epsilon {fit['epsilon']:.4g}, delta {fit['delta']:.3g})",
+        }
+    )
     report: dict[str, Any] = {
-        "job_id": job_id, "estimator": name, "task": task, "target": target, "features": features,
-        "differential_privacy": True, "mechanism": "sufficient-statistics perturbation (Gaussian)",
-        "epsilon": fit["epsilon"], "delta": fit["delta"], "noise_scale_moments": fit["sigma"],
+        "job_id": job_id,
+        "estimator": name,
+        "task": task,
+        "target": target,
+        "features": features,
+        "differential_privacy": True,
+        "mechanism": "sufficient-statistics perturbation (Gaussian)",
+        "epsilon": fit["epsilon"],
+        "delta": fit["delta"],
+        "noise_scale_moments": fit["sigma"],
         "bounds": {c: list(b) for c, b in zip(features, x_bounds.tolist(), strict=True)} | {target: list(y_bounds)},
         "clipping": "every feature and the target were clipped to these bounds; how many values were clipped "
-                    "is not released (that count would be exact)",
-        "n_train_noisy": int(round(max(fit["noisy_units"], 0.0))), "holdout_fraction": holdout_fraction,
-        "metrics": {}, "coefficients": _coefficients(estimator, features),
+        "is not released (that count would be exact)",
+        "n_train_noisy": int(round(max(fit["noisy_units"], 0.0))),
+        "holdout_fraction": holdout_fraction,
+        "metrics": {},
+        "coefficients": _coefficients(estimator, features),
     }
     if with_metrics:
         e_metrics = e_model  # on holdout units only: parallel with the training units (dp_plan)
         pred = estimator.predict(test[features]) if len(test) else np.zeros(0)
         released = dp_metrics(test[target].to_numpy(), pred, y_bounds, e_metrics, fit["y_variance"])
-        report.update(metrics=released["metrics"], n_holdout_noisy=released["noisy_units"],
-                      metrics_epsilon=e_metrics, metrics_noise_scale=released["noise_scale"],
-                      residual_clip=released["residual_clip"])
-        checks.append({"name": "metrics:dp", "passed": True,
-                       "detail": f"holdout sums released with Laplace noise (epsilon {e_metrics:.4g})"})
+        report.update(
+            metrics=released["metrics"],
+            n_holdout_noisy=released["noisy_units"],
+            metrics_epsilon=e_metrics,
+            metrics_noise_scale=released["noise_scale"],
+            residual_clip=released["residual_clip"],
+        )
+        checks.append(
+            {
+                "name": "metrics:dp",
+                "passed": True,
+                "detail": f"holdout sums released with Laplace noise (epsilon {e_metrics:.4g})",
+            }
+        )
     blob = sio.dumps(estimator)
     sio.loads(blob, trusted=sio.get_untrusted_types(data=blob))
     card = model_card(report)
-    return {"model.skops": blob, "metrics.json": json.dumps(report, indent=2, sort_keys=True).encode(),
-            "model_card.md": card.encode()}
+    return {
+        "model.skops": blob,
+        "metrics.json": json.dumps(report, indent=2, sort_keys=True).encode(),
+        "model_card.md": card.encode(),
+    }
 
 
-def _classifier_release(name: str, task: str, features: list[str], target: str, train: pd.DataFrame,
-                        test: pd.DataFrame, x_bounds: np.ndarray, y_bounds: tuple[float, float], epsilon: float,
-                        budget: dp.Budget, spec: dict[str, Any], holdout_fraction: float, job_id: str,
-                        checks: list[dict[str, Any]], with_metrics: bool) -> dict[str, bytes]:
+def _classifier_release(
+    name: str,
+    task: str,
+    features: list[str],
+    target: str,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    x_bounds: np.ndarray,
+    y_bounds: tuple[float, float],
+    epsilon: float,
+    budget: dp.Budget,
+    spec: dict[str, Any],
+    holdout_fraction: float,
+    job_id: str,
+    checks: list[dict[str, Any]],
+    with_metrics: bool,
+) -> dict[str, bytes]:
     """A DP classifier (dp_classifiers) and its noisy holdout accuracy, released like the linear models."""
     given = spec.get("params") or {}
-    estimator, facts = dp_classifiers.fit_classifier(name, train[features].to_numpy(), train[target].to_numpy(),
-                                                     x_bounds, y_bounds, epsilon, budget, dict(given))
+    estimator, facts = dp_classifiers.fit_classifier(
+        name, train[features].to_numpy(), train[target].to_numpy(), x_bounds, y_bounds, epsilon, budget, dict(given)
+    )
     estimator.feature_names_in_ = np.array(features, dtype=object)
     estimator.n_features_in_ = len(features)
-    checks.append({"name": "model:dp", "passed": True,
-                   "detail": f"{facts['mechanism']}, epsilon {epsilon:.4g}, classes fixed by the declared bounds"})
+    checks.append(
+        {
+            "name": "model:dp",
+            "passed": True,
+            "detail": f"{facts['mechanism']}, epsilon {epsilon:.4g}, classes fixed by the declared bounds",
+        }
+    )
     report: dict[str, Any] = {
-        "job_id": job_id, "estimator": name, "task": task, "target": target, "features": features,
-        "differential_privacy": True, "mechanism": facts["mechanism"], "epsilon": epsilon, "delta": 0.0,
-        "classes": facts["classes"], "params": facts["params"],
+        "job_id": job_id,
+        "estimator": name,
+        "task": task,
+        "target": target,
+        "features": features,
+        "differential_privacy": True,
+        "mechanism": facts["mechanism"],
+        "epsilon": epsilon,
+        "delta": 0.0,
+        "classes": facts["classes"],
+        "params": facts["params"],
         "bounds": {c: list(b) for c, b in zip(features, x_bounds.tolist(), strict=True)} | {target: list(y_bounds)},
         "clipping": "every feature was clipped to these bounds and the target to the nearest declared class; how "
-                    "many values were clipped is not released (that count would be exact)",
-        "holdout_fraction": holdout_fraction, "metrics": {},
+        "many values were clipped is not released (that count would be exact)",
+        "holdout_fraction": holdout_fraction,
+        "metrics": {},
     }
     if name == "logistic_regression":
         report["coefficients"] = _coefficients(estimator, features)
     if with_metrics:
         pred = estimator.predict(test[features]) if len(test) else np.zeros(0)
-        released = dp_classifiers.holdout_accuracy(test[target].to_numpy(), pred, np.array(facts["classes"]),
-                                                   epsilon)
-        report.update(metrics=released["metrics"], n_holdout_noisy=released["noisy_units"], metrics_epsilon=epsilon,
-                      metrics_noise_scale=released["noise_scale"])
-        checks.append({"name": "metrics:dp", "passed": True,
-                       "detail": f"holdout accuracy from two Laplace counts (epsilon {epsilon:.4g})"})
+        released = dp_classifiers.holdout_accuracy(test[target].to_numpy(), pred, np.array(facts["classes"]), epsilon)
+        report.update(
+            metrics=released["metrics"],
+            n_holdout_noisy=released["noisy_units"],
+            metrics_epsilon=epsilon,
+            metrics_noise_scale=released["noise_scale"],
+        )
+        checks.append(
+            {
+                "name": "metrics:dp",
+                "passed": True,
+                "detail": f"holdout accuracy from two Laplace counts (epsilon {epsilon:.4g})",
+            }
+        )
     blob = sio.dumps(estimator)
     sio.loads(blob, trusted=sio.get_untrusted_types(data=blob))
-    return {"model.skops": blob, "metrics.json": json.dumps(report, indent=2, sort_keys=True).encode(),
-            "model_card.md": model_card(report).encode()}
+    return {
+        "model.skops": blob,
+        "metrics.json": json.dumps(report, indent=2, sort_keys=True).encode(),
+        "model_card.md": model_card(report).encode(),
+    }
 
 
 def _coefficients(estimator: Any, features: list[str]) -> dict[str, Any]:
@@ -282,17 +407,28 @@ def _coefficients(estimator: Any, features: list[str]) -> dict[str, Any]:
     coef = np.atleast_2d(estimator.coef_)
     intercept = np.atleast_1d(estimator.intercept_)
     if len(coef) == 1:
-        return {"intercept": _sig(float(intercept[0])),
-                "features": {f: _sig(float(v)) for f, v in zip(features, coef[0], strict=True)}}
-    return {str(cls): {"intercept": _sig(float(b)), "features": {f: _sig(float(v)) for f, v in zip(features, row,
-                                                                                                  strict=True)}}
-            for cls, row, b in zip(estimator.classes_, coef, intercept, strict=True)}
+        return {
+            "intercept": _sig(float(intercept[0])),
+            "features": {f: _sig(float(v)) for f, v in zip(features, coef[0], strict=True)},
+        }
+    return {
+        str(cls): {
+            "intercept": _sig(float(b)),
+            "features": {f: _sig(float(v)) for f, v in zip(features, row, strict=True)},
+        }
+        for cls, row, b in zip(estimator.classes_, coef, intercept, strict=True)
+    }
 
 
 def model_card(report: dict[str, Any]) -> str:
-    lines = [f"# Model card: {report['estimator']} (differentially private)", "",
-             f"- job: `{report['job_id']}`", f"- task: {report['task']}", f"- target: `{report['target']}`",
-             f"- mechanism: {report['mechanism']}, epsilon {report['epsilon']:.4g}, delta {report['delta']:.3g}"]
+    lines = [
+        f"# Model card: {report['estimator']} (differentially private)",
+        "",
+        f"- job: `{report['job_id']}`",
+        f"- task: {report['task']}",
+        f"- target: `{report['target']}`",
+        f"- mechanism: {report['mechanism']}, epsilon {report['epsilon']:.4g}, delta {report['delta']:.3g}",
+    ]
     if "noise_scale_moments" in report:
         lines.append(f"- noise scale on the scaled moments: {report['noise_scale_moments']:.4g}")
     if "n_train_noisy" in report:
@@ -304,14 +440,18 @@ def model_card(report: dict[str, Any]) -> str:
     lines += ["- format: skops (load with `cleanroom.modelio.load_model`)"]
     if report.get("coefficients"):
         lines += ["", "## Coefficients (original units)", "", *coefficient_table(report["coefficients"])]
-    lines += ["", "## Bounds used (declared, never read from the data)", "", "| column | lo | hi |",
-              "| --- | --- | --- |"]
+    lines += [
+        "",
+        "## Bounds used (declared, never read from the data)",
+        "",
+        "| column | lo | hi |",
+        "| --- | --- | --- |",
+    ]
     lines += [f"| `{c}` | {lo:g} | {hi:g} |" for c, (lo, hi) in report["bounds"].items()]
     lines += ["", report["clipping"] + "."]
     if report["metrics"]:
         clip = f"; residuals clipped to +-{report['residual_clip']:g}" if "residual_clip" in report else ""
-        lines += ["", f"## Holdout metrics (noisy, epsilon {report['metrics_epsilon']:.4g} on holdout units{clip})",
-                  ""]
+        lines += ["", f"## Holdout metrics (noisy, epsilon {report['metrics_epsilon']:.4g} on holdout units{clip})", ""]
         lines += [f"- {key}: {value}" for key, value in report["metrics"].items()]
     return "\n".join(lines) + "\n"
 
@@ -324,7 +464,10 @@ def coefficient_table(coefficients: dict[str, Any]) -> list[str]:
     heads = list(per_class)
     features = list(next(iter(per_class.values()))["features"])
     title = " | ".join(f"class {h}" if h else "coefficient" for h in heads)
-    rows = [f"| term | {title} |", "| --- |" + " --- |" * len(heads),
-            "| intercept | " + " | ".join(f"{per_class[h]['intercept']}" for h in heads) + " |"]
+    rows = [
+        f"| term | {title} |",
+        "| --- |" + " --- |" * len(heads),
+        "| intercept | " + " | ".join(f"{per_class[h]['intercept']}" for h in heads) + " |",
+    ]
     rows += [f"| `{f}` | " + " | ".join(f"{per_class[h]['features'][f]}" for h in heads) + " |" for f in features]
     return rows

@@ -38,8 +38,9 @@ RESIDUAL_FRACTION = 0.1
 Z95 = 1.959963984540054
 
 
-def split(epsilon: float, delta: float, *, aggregates: bool, model: bool,
-          metrics: bool) -> dict[str, tuple[float, float]]:
+def split(
+    epsilon: float, delta: float, *, aggregates: bool, model: bool, metrics: bool
+) -> dict[str, tuple[float, float]]:
     """(epsilon, delta) of each part the job releases; the parts add up to the job's budget."""
     wanted = {"aggregates": aggregates, "model": model or metrics}
     shares = {part: share for part, share in SHARES.items() if wanted[part]}
@@ -85,7 +86,7 @@ def residual_clip(y_bounds: tuple[float, float]) -> float:
 def metric_sensitivities(y_bounds: tuple[float, float]) -> list[float]:
     """l1 sensitivity of each holdout sum (one row per unit): count, sum |r|, sum r^2."""
     clip = residual_clip(y_bounds)
-    return [1.0, clip, clip ** 2]
+    return [1.0, clip, clip**2]
 
 
 def sample_aggregate_scale(lo: float, hi: float, outputs: int, blocks: int, epsilon: float) -> float:
@@ -101,24 +102,45 @@ def describe_sample_aggregate(epsilon: float, sa: dict[str, Any]) -> dict[str, A
     """The sample-and-aggregate part: the job's whole epsilon, the noise of each declared output."""
     k, m, how = len(sa["outputs"]), int(sa["blocks"]), sa.get("aggregate", "mean")
     entry: dict[str, Any] = {
-        "epsilon": epsilon, "delta": 0.0, "blocks": m, "aggregate": how, "block_seconds": sa.get("block_seconds"),
-        "mechanism": ("Laplace on the mean of the clipped block outputs" if how == "mean" else
-                      "DP median (exponential mechanism) of the clipped block outputs"),
-        "per_output_epsilon": epsilon / k, "outputs": {}}
+        "epsilon": epsilon,
+        "delta": 0.0,
+        "blocks": m,
+        "aggregate": how,
+        "block_seconds": sa.get("block_seconds"),
+        "mechanism": (
+            "Laplace on the mean of the clipped block outputs"
+            if how == "mean"
+            else "DP median (exponential mechanism) of the clipped block outputs"
+        ),
+        "per_output_epsilon": epsilon / k,
+        "outputs": {},
+    }
     for o in sa["outputs"]:
         if how == "mean":
             scale = sample_aggregate_scale(o["lo"], o["hi"], k, m, epsilon)
-            entry["outputs"][o["name"]] = {"range": [o["lo"], o["hi"]], "noise_scale": scale,
-                                           "interval_95": laplace_interval(scale)}
+            entry["outputs"][o["name"]] = {
+                "range": [o["lo"], o["hi"]],
+                "noise_scale": scale,
+                "interval_95": laplace_interval(scale),
+            }
         else:
             entry["outputs"][o["name"]] = {"range": [o["lo"], o["hi"]]}
     return entry
 
 
-def describe(epsilon: float, delta: float, *, aggregates: bool, model: bool, metrics: bool,
-             features: int | None = None, y_bounds: tuple[float, float] | None = None,
-             tables: int = 0, sample_aggregate: dict[str, Any] | None = None,
-             estimator: str | None = None) -> dict[str, Any]:
+def describe(
+    epsilon: float,
+    delta: float,
+    *,
+    aggregates: bool,
+    model: bool,
+    metrics: bool,
+    features: int | None = None,
+    y_bounds: tuple[float, float] | None = None,
+    tables: int = 0,
+    sample_aggregate: dict[str, Any] | None = None,
+    estimator: str | None = None,
+) -> dict[str, Any]:
     """The plan in words and numbers: per part its budget, mechanism, noise scale and 95 % interval."""
     parts = split(epsilon, delta, aggregates=aggregates, model=model, metrics=metrics)
     out: dict[str, Any] = {"epsilon": epsilon, "delta": delta, "parts": {}}
@@ -128,45 +150,68 @@ def describe(epsilon: float, delta: float, *, aggregates: bool, model: bool, met
         e, d = parts["aggregates"]
         per_table = e / max(tables, 1)
         out["parts"]["aggregates"] = {
-            "epsilon": e, "delta": d, "mechanism": "Laplace (counts with a noisy threshold, sums of clipped values)",
-            "tables": tables, "per_table_epsilon": per_table,
+            "epsilon": e,
+            "delta": d,
+            "mechanism": "Laplace (counts with a noisy threshold, sums of clipped values)",
+            "tables": tables,
+            "per_table_epsilon": per_table,
             "note": "the aggregates' epsilon is split evenly over every query of every table (one count per "
-                    "table and one sum per summed column): with q queries in all, a count gets Laplace scale "
-                    "q / epsilon and a sum of a column with bounds [lo, hi] that times max(|lo|, |hi|); "
-                    "per_table_epsilon is exact when the tables have the same number of queries"}
+            "table and one sum per summed column): with q queries in all, a count gets Laplace scale "
+            "q / epsilon and a sum of a column with bounds [lo, hi] that times max(|lo|, |hi|); "
+            "per_table_epsilon is exact when the tables have the same number of queries",
+        }
     classifier = estimator in DP_CLASSIFIERS
     if "model" in parts and (model or metrics) and classifier:
         e, _ = parts["model"]
         out["parts"]["model"] = {
-            "epsilon": e, "delta": 0.0, "estimator": estimator,
+            "epsilon": e,
+            "delta": 0.0,
+            "estimator": estimator,
             "mechanism": CLASSIFIER_MECHANISMS[str(estimator)] + " (diffprivlib), pure epsilon",
             "note": "classes are the integers inside the target's declared bounds; features are clipped to "
-                    "their declared bounds; the noise is internal to the fit, so its effect shows in the "
-                    "noisy holdout accuracy"}
+            "their declared bounds; the noise is internal to the fit, so its effect shows in the "
+            "noisy holdout accuracy",
+        }
     if "model" in parts and (model or metrics) and not classifier:
         e, d = parts["model"]
-        entry: dict[str, Any] = {"epsilon": e, "delta": d, "mechanism": "sufficient-statistics perturbation "
-                                 "(Gaussian noise on the moments of [1, x, y] scaled to [-1, 1])",
-                                 "estimators": list(DP_ESTIMATORS)}
+        entry: dict[str, Any] = {
+            "epsilon": e,
+            "delta": d,
+            "mechanism": "sufficient-statistics perturbation "
+            "(Gaussian noise on the moments of [1, x, y] scaled to [-1, 1])",
+            "estimators": list(DP_ESTIMATORS),
+        }
         if features:
             dim = ssp_dimension(features)
             sigma = gaussian_scale(dim, e, d)
-            entry.update(features=features, released_moments=ssp_entries(features), sensitivity_l2=dim,
-                         noise_scale=sigma, interval_95=Z95 * sigma,
-                         unit="per moment of the scaled data (each coordinate in [-1, 1])")
+            entry.update(
+                features=features,
+                released_moments=ssp_entries(features),
+                sensitivity_l2=dim,
+                noise_scale=sigma,
+                interval_95=Z95 * sigma,
+                unit="per moment of the scaled data (each coordinate in [-1, 1])",
+            )
         out["parts"]["model"] = entry
     if metrics and "model" in parts and classifier:
         e, _ = parts["model"]
         scale = laplace_scale(2.0, e)
         out["parts"]["metrics"] = {
-            "epsilon": e, "delta": 0.0, "composition": "parallel with the model (disjoint holdout units)",
+            "epsilon": e,
+            "delta": 0.0,
+            "composition": "parallel with the model (disjoint holdout units)",
             "mechanism": "Laplace on 2 holdout counts (units, correctly classified); accuracy is their ratio",
             "noise_scale": {"count": scale, "correct": scale},
-            "interval_95": {"count": laplace_interval(scale), "correct": laplace_interval(scale)}}
+            "interval_95": {"count": laplace_interval(scale), "correct": laplace_interval(scale)},
+        }
     if metrics and "model" in parts and not classifier:
         e, d = parts["model"]
-        entry = {"epsilon": e, "delta": 0.0, "composition": "parallel with the model (disjoint holdout units)",
-                 "mechanism": f"Laplace on {METRIC_QUERIES} holdout sums (count, |residual|, residual^2)"}
+        entry = {
+            "epsilon": e,
+            "delta": 0.0,
+            "composition": "parallel with the model (disjoint holdout units)",
+            "mechanism": f"Laplace on {METRIC_QUERIES} holdout sums (count, |residual|, residual^2)",
+        }
         if y_bounds:
             sens = metric_sensitivities(y_bounds)
             scales = [laplace_scale(s * METRIC_QUERIES, e) for s in sens]

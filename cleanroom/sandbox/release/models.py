@@ -73,8 +73,7 @@ ROW_STORING = frozenset(ROW_STORING_ESTIMATORS)
 # variances would be group statistics released with no minimum group size
 DP_ONLY = frozenset(DP_ONLY_ESTIMATORS)
 LINEAR_FAMILY = frozenset(LINEAR_ESTIMATORS)
-TREE_FAMILY = frozenset(name for name in ESTIMATORS if "tree" in name or "forest" in name
-                        or "boosting" in name)
+TREE_FAMILY = frozenset(name for name in ESTIMATORS if "tree" in name or "forest" in name or "boosting" in name)
 FIXED_PARAMS = {"n_jobs": (None, 1), "warm_start": (False,), "verbose": (0, False), "oob_score": (False,)}
 CAPS = {"n_estimators": 1000, "max_iter": 100_000}
 MAX_FEATURES = 1000
@@ -100,8 +99,7 @@ def unwrap(spec: Any) -> Any:
     return spec
 
 
-def build_estimator(spec: Any, *, k: int, allowed: list[str],
-                    allow_row_storing: bool) -> tuple[str, Any, str]:
+def build_estimator(spec: Any, *, k: int, allowed: list[str], allow_row_storing: bool) -> tuple[str, Any, str]:
     """Validate the spec's estimator and params; return (name, unfitted estimator, task)."""
     spec = unwrap(spec)
     if not isinstance(spec, dict) or set(spec) - SPEC_KEYS:
@@ -129,8 +127,9 @@ def build_estimator(spec: Any, *, k: int, allowed: list[str],
             raise ModelError("model:params", f"parameter {key!r} must be a JSON scalar")
         if isinstance(value, float) and not math.isfinite(value):
             raise ModelError("model:params", f"parameter {key!r} must be finite")
-        if key in FIXED_PARAMS and not any(value is v or (type(value) is type(v) and value == v)
-                                           for v in FIXED_PARAMS[key]):
+        if key in FIXED_PARAMS and not any(
+            value is v or (type(value) is type(v) and value == v) for v in FIXED_PARAMS[key]
+        ):
             raise ModelError("model:params", f"parameter {key!r} must be one of {FIXED_PARAMS[key]}")
         if key in CAPS and isinstance(value, int) and value > CAPS[key]:
             raise ModelError("model:params", f"parameter {key!r} is capped at {CAPS[key]}")
@@ -160,8 +159,15 @@ def select_features(frame: pd.DataFrame, spec: dict[str, Any], forbidden: set[st
         raise ModelError("model:features", f"column {target!r} cannot be the target (reserved or forbidden)")
     features = spec.get("features")
     if features is None:
-        features = [c for c in frame.columns if isinstance(c, str) and not c.startswith("_")
-                    and c != target and c not in forbidden and _numeric(frame[c])]
+        features = [
+            c
+            for c in frame.columns
+            if isinstance(c, str)
+            and not c.startswith("_")
+            and c != target
+            and c not in forbidden
+            and _numeric(frame[c])
+        ]
     if not isinstance(features, list) or not 1 <= len(features) <= MAX_FEATURES:
         raise ModelError("model:features", f"features must be a list of 1 to {MAX_FEATURES} columns")
     if len(set(map(str, features))) != len(features):
@@ -170,11 +176,14 @@ def select_features(frame: pd.DataFrame, spec: dict[str, Any], forbidden: set[st
         if not isinstance(column, str) or column not in frame.columns:
             raise ModelError("model:features", f"feature {column!r} is not in the frame")
         if column.startswith("_") or column in forbidden or column == target:
-            raise ModelError("model:features", f"column {column!r} cannot be a feature (reserved, "
-                             "forbidden by the policy, or the target)")
+            raise ModelError(
+                "model:features",
+                f"column {column!r} cannot be a feature (reserved, forbidden by the policy, or the target)",
+            )
         if not _numeric(frame[column]):
-            raise ModelError("model:features", f"feature {column!r} is not numeric; one-hot encode it "
-                             "in a features step first")
+            raise ModelError(
+                "model:features", f"feature {column!r} is not numeric; one-hot encode it in a features step first"
+            )
     return features, target
 
 
@@ -229,8 +238,7 @@ def find_stored_rows(model: Any, X: np.ndarray) -> list[str]:
         for axis, size in enumerate(array.shape):
             if size != n_features:
                 continue
-            slices = np.ascontiguousarray(np.moveaxis(array, axis, -1).reshape(-1, n_features),
-                                          dtype="float64") + 0.0
+            slices = np.ascontiguousarray(np.moveaxis(array, axis, -1).reshape(-1, n_features), dtype="float64") + 0.0
             slices = slices[np.ptp(slices, axis=1) > 0]
             if len(slices) <= 8:  # linear models: compare each slice with every row, vectorised
                 found = any(bool((X == s).all(axis=1).any()) for s in slices)
@@ -361,11 +369,16 @@ def evaluate(model: Any, task: str, X: pd.DataFrame, y: pd.Series, digits: int =
     """Holdout metrics, rounded to `digits` significant digits."""
     if task == "regression":
         pred = model.predict(X)
-        return {"r2": _sig(metrics.r2_score(y, pred), digits),
-                "mae": _sig(metrics.mean_absolute_error(y, pred), digits),
-                "rmse": _sig(metrics.root_mean_squared_error(y, pred), digits)}
-    out: dict[str, float | None] = {"accuracy": _sig(metrics.accuracy_score(y, model.predict(X)), digits),
-                                    "roc_auc": None, "log_loss": None}
+        return {
+            "r2": _sig(metrics.r2_score(y, pred), digits),
+            "mae": _sig(metrics.mean_absolute_error(y, pred), digits),
+            "rmse": _sig(metrics.root_mean_squared_error(y, pred), digits),
+        }
+    out: dict[str, float | None] = {
+        "accuracy": _sig(metrics.accuracy_score(y, model.predict(X)), digits),
+        "roc_auc": None,
+        "log_loss": None,
+    }
     if hasattr(model, "predict_proba"):
         proba = model.predict_proba(X)
         out["log_loss"] = _sig(metrics.log_loss(y, proba, labels=model.classes_), digits)
@@ -387,15 +400,15 @@ def max_unit_leverage(X: np.ndarray, units: np.ndarray, chunk: int = 65_536) -> 
     keep = scale > 0
     gram = np.zeros((int(keep.sum()),) * 2)
     for start in range(0, n, chunk):
-        block = (X[start:start + chunk, keep] - mean[keep]) / scale[keep]
+        block = (X[start : start + chunk, keep] - mean[keep]) / scale[keep]
         gram += block.T @ block
     values, vectors = np.linalg.eigh(gram) if len(gram) else (np.zeros(0), np.zeros((0, 0)))
     big = values > max(float(values.max(initial=0.0)), 1.0) * 1e-10 * max(p, 1)
     inverse = (vectors[:, big] / values[big]) @ vectors[:, big].T
     leverage = np.full(n, 1.0 / n)
     for start in range(0, n, chunk):
-        block = (X[start:start + chunk, keep] - mean[keep]) / scale[keep]
-        leverage[start:start + chunk] += np.einsum("ij,ij->i", block @ inverse, block)
+        block = (X[start : start + chunk, keep] - mean[keep]) / scale[keep]
+        leverage[start : start + chunk] += np.einsum("ij,ij->i", block @ inverse, block)
     codes, _ = pd.factorize(units)
     return float(np.bincount(codes, weights=leverage).max()) if n else 0.0
 
@@ -405,8 +418,9 @@ def _count_units(codes: np.ndarray) -> int:
     return int(np.count_nonzero(np.bincount(codes))) if len(codes) else 0
 
 
-def split(frame: pd.DataFrame, holdout_fraction: float, seed: int,
-          units: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split(
+    frame: pd.DataFrame, holdout_fraction: float, seed: int, units: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Train and holdout row positions, split by `_pid` so that no unit is in both.
 
     `units`: `pd.factorize(frame[PID])[0]` when the caller has it already (the same split).
@@ -417,10 +431,23 @@ def split(frame: pd.DataFrame, holdout_fraction: float, seed: int,
     return train, holdout
 
 
-def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str], allow_row_storing: bool,
-                  max_model_bytes: int, forbidden: set[str], holdout_fraction: float, seed: int,
-                  job_id: str, checks: list[dict[str, Any]], names: NameRule,
-                  with_metrics: bool = True, precision: int = 3) -> dict[str, bytes]:
+def fit_and_check(
+    frame: pd.DataFrame,
+    spec: Any,
+    *,
+    k: int,
+    allowed: list[str],
+    allow_row_storing: bool,
+    max_model_bytes: int,
+    forbidden: set[str],
+    holdout_fraction: float,
+    seed: int,
+    job_id: str,
+    checks: list[dict[str, Any]],
+    names: NameRule,
+    with_metrics: bool = True,
+    precision: int = 3,
+) -> dict[str, bytes]:
     """Fit, evaluate and check the model; return model.skops, metrics.json and model_card.md.
 
     Without `with_metrics` the card leaves out the holdout metrics (metrics.json is still built;
@@ -429,8 +456,10 @@ def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str],
     spec = unwrap(spec)
     name, estimator, task = build_estimator(spec, k=k, allowed=allowed, allow_row_storing=allow_row_storing)
     if name in DP_ONLY:
-        raise ModelError("model:estimator", f"{name!r} is fitted only with differential privacy; the inputs of "
-                         "this job are in exact mode")
+        raise ModelError(
+            "model:estimator",
+            f"{name!r} is fitted only with differential privacy; the inputs of this job are in exact mode",
+        )
     _passed(checks, "model:estimator", f"{name} is allow-listed and allowed by the policy")
     _passed(checks, "model:params", "known scalar parameters within floors")
     features, target = select_features(frame, spec, forbidden)
@@ -462,8 +491,10 @@ def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str],
     if task == "classification":
         per_class = data.iloc[train].groupby(target, observed=True)[PID].nunique()
         if not 2 <= len(per_class) <= MAX_CLASSES or int(per_class.min()) < k:
-            raise ModelError("model:classes", f"classification needs 2 to {MAX_CLASSES} classes, each with "
-                             f"at least k={k} units in the training set")
+            raise ModelError(
+                "model:classes",
+                f"classification needs 2 to {MAX_CLASSES} classes, each with at least k={k} units in the training set",
+            )
         if set(y.iloc[holdout]) - set(per_class.index):
             raise ModelError("model:classes", "the holdout holds a class the training set lacks")
         _passed(checks, "model:classes", f"{len(per_class)} classes, each with at least k units")
@@ -471,13 +502,19 @@ def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str],
     X_train, y_train = X.iloc[train], y.iloc[train]
     if name in LINEAR_FAMILY:
         if train_units < k * len(features):
-            raise ModelError("model:leverage", f"a linear model needs at least k={k} training units per "
-                             f"feature ({len(features)} features, fewer than {k * len(features)} units)")
+            raise ModelError(
+                "model:leverage",
+                f"a linear model needs at least k={k} training units per "
+                f"feature ({len(features)} features, fewer than {k * len(features)} units)",
+            )
         worst = max_unit_leverage(X_train.to_numpy(), pids[train])
         if worst > 1.0 / k + 1e-9:
-            raise ModelError("model:leverage", f"a training unit carries more than 1/k (k={k}) of the weight "
-                             "of its own fitted value: some feature singles out fewer than k units (a rare "
-                             "category, an outlier, a per-person column); merge rare values or drop it")
+            raise ModelError(
+                "model:leverage",
+                f"a training unit carries more than 1/k (k={k}) of the weight "
+                "of its own fitted value: some feature singles out fewer than k units (a rare "
+                "category, an outlier, a per-person column); merge rare values or drop it",
+            )
         _passed(checks, "model:leverage", "every training unit's leverage is at most 1/k")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -489,63 +526,97 @@ def fit_and_check(frame: pd.DataFrame, spec: Any, *, k: int, allowed: list[str],
     leaf = min_leaf_units(estimator, X_train.to_numpy(), pids[train])
     if leaf is not None:
         if leaf < k:
-            raise ModelError("model:leaf_units", f"a tree leaf holds fewer than k={k} distinct units; raise "
-                             "min_samples_leaf or aggregate to one row per unit first")
+            raise ModelError(
+                "model:leaf_units",
+                f"a tree leaf holds fewer than k={k} distinct units; raise "
+                "min_samples_leaf or aggregate to one row per unit first",
+            )
         _passed(checks, "model:leaf_units", "every tree leaf holds at least k units")
     counted = free_parameters(estimator)
     if counted is not None and not (name in ROW_STORING and allow_row_storing):
         count, what = counted
         if count * k > train_units:
-            raise ModelError("model:parameters", f"the model has {count} free parameters ({what}); its "
-                             f"{train_units} training units allow at most {train_units} / k={k} = "
-                             f"{train_units // k}: use fewer trees, leaves or features, or more data")
-        _passed(checks, "model:parameters", f"{count} free parameters, at most {train_units // k} "
-                f"({train_units} training units / k={k})")
+            raise ModelError(
+                "model:parameters",
+                f"the model has {count} free parameters ({what}); its "
+                f"{train_units} training units allow at most {train_units} / k={k} = "
+                f"{train_units // k}: use fewer trees, leaves or features, or more data",
+            )
+        _passed(
+            checks,
+            "model:parameters",
+            f"{count} free parameters, at most {train_units // k} ({train_units} training units / k={k})",
+        )
 
     if name in ROW_STORING:
         _passed(checks, "model:no_training_rows", "skipped: row-storing estimator allowed by the policy")
     else:
         stored = find_stored_rows(estimator, X_train.to_numpy())
         if stored:
-            raise ModelError("model:no_training_rows", "a training row is stored verbatim in "
-                             + ", ".join(stored[:5]))
+            raise ModelError("model:no_training_rows", "a training row is stored verbatim in " + ", ".join(stored[:5]))
         per_sample = find_per_sample_arrays(estimator, len(train))
         if per_sample:
-            raise ModelError("model:no_training_rows",
-                             "per-sample arrays stored in " + ", ".join(per_sample[:5]))
+            raise ModelError("model:no_training_rows", "per-sample arrays stored in " + ", ".join(per_sample[:5]))
         _passed(checks, "model:no_training_rows", "no training row nor per-sample array in the model")
 
     blob = sio.dumps(estimator)
     trusted = TRUSTED_SKOPS_TYPES | (ROW_STORING_SKOPS_TYPES if name in ROW_STORING else frozenset())
     untrusted = sio.get_untrusted_types(data=blob)
     if set(untrusted) - trusted:
-        raise ModelError("model:skops_types", "the skops dump holds types outside the allow-list: "
-                         + ", ".join(sorted(set(untrusted) - trusted)))
+        raise ModelError(
+            "model:skops_types",
+            "the skops dump holds types outside the allow-list: " + ", ".join(sorted(set(untrusted) - trusted)),
+        )
     sio.loads(blob, trusted=sorted(untrusted))
     _passed(checks, "model:skops_types", "skops dump loads with the explicit allow-list")
     if len(blob) > max_model_bytes:
         raise ModelError("model:size", f"model is {len(blob)} bytes, over the policy cap {max_model_bytes}")
     _passed(checks, "model:size", f"{len(blob)} bytes")
 
-    report = {"job_id": job_id, "estimator": name, "task": task, "target": target, "features": features,
-              "metrics": scores, "n_train": len(train) // 10 * 10, "n_holdout": len(holdout) // 10 * 10,
-              "holdout_fraction": holdout_fraction, "seed": seed, "fit_warnings": warned}
-    params = {key: value for key, value in estimator.get_params(deep=False).items()
-              if value is None or isinstance(value, str | int | float | bool)}
-    card = model_card(report if with_metrics else {**report, "metrics": {}}, params,
-                      {c: str(frame[c].dtype) for c in features})
-    return {"model.skops": blob, "metrics.json": json.dumps(report, indent=2, sort_keys=True).encode(),
-            "model_card.md": card.encode()}
+    report = {
+        "job_id": job_id,
+        "estimator": name,
+        "task": task,
+        "target": target,
+        "features": features,
+        "metrics": scores,
+        "n_train": len(train) // 10 * 10,
+        "n_holdout": len(holdout) // 10 * 10,
+        "holdout_fraction": holdout_fraction,
+        "seed": seed,
+        "fit_warnings": warned,
+    }
+    params = {
+        key: value
+        for key, value in estimator.get_params(deep=False).items()
+        if value is None or isinstance(value, str | int | float | bool)
+    }
+    card = model_card(
+        report if with_metrics else {**report, "metrics": {}}, params, {c: str(frame[c].dtype) for c in features}
+    )
+    return {
+        "model.skops": blob,
+        "metrics.json": json.dumps(report, indent=2, sort_keys=True).encode(),
+        "model_card.md": card.encode(),
+    }
 
 
 def model_card(report: dict[str, Any], params: dict[str, Any], dtypes: dict[str, str]) -> str:
     """A short markdown card: what was fitted and how well; never rows or values."""
-    lines = [f"# Model card: {report['estimator']}", "",
-             f"- job: `{report['job_id']}`", f"- task: {report['task']}", f"- target: `{report['target']}`",
-             f"- training rows (rounded down to 10): {report['n_train']}",
-             f"- holdout rows (rounded down to 10): {report['n_holdout']}, split by privacy unit "
-             f"(fraction {report['holdout_fraction']}, seed {report['seed']})",
-             "- format: skops (load with `cleanroom.modelio.load_model`)", "", "## Parameters", ""]
+    lines = [
+        f"# Model card: {report['estimator']}",
+        "",
+        f"- job: `{report['job_id']}`",
+        f"- task: {report['task']}",
+        f"- target: `{report['target']}`",
+        f"- training rows (rounded down to 10): {report['n_train']}",
+        f"- holdout rows (rounded down to 10): {report['n_holdout']}, split by privacy unit "
+        f"(fraction {report['holdout_fraction']}, seed {report['seed']})",
+        "- format: skops (load with `cleanroom.modelio.load_model`)",
+        "",
+        "## Parameters",
+        "",
+    ]
     lines += [f"- `{key}`: `{json.dumps(value)}`" for key, value in sorted(params.items())]
     lines += ["", "## Features (in order)", "", "| feature | dtype |", "| --- | --- |"]
     lines += [f"| `{name}` | {dtype} |" for name, dtype in dtypes.items()]

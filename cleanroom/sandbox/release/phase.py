@@ -62,8 +62,17 @@ from cleanroom.sandbox.vocabulary import OUTPUT_KINDS, PID, TABLE_NAME
 MAX_REQUEST_BYTES = 4 * 2**30
 MAX_ARTIFACT_BYTES = 128 * 2**20
 FRAME = "frames/joined.arrow"
-POLICY_KEYS = ("k", "outputs", "estimators", "allow_row_storing", "max_model_bytes", "never_output",
-               "join_only", "bounds", "require_dp")
+POLICY_KEYS = (
+    "k",
+    "outputs",
+    "estimators",
+    "allow_row_storing",
+    "max_model_bytes",
+    "never_output",
+    "join_only",
+    "bounds",
+    "require_dp",
+)
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 log = logging.getLogger("cleanroom.release")
@@ -123,16 +132,22 @@ def parse_policy(raw: Any) -> Policy:
         raise RequestError("policy", "policy bounds must be an object")
     bounds: dict[str, tuple[float, float]] = {}
     for column, pair in raw["bounds"].items():
-        if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(_finite(v) for v in pair)
-                and pair[0] < pair[1]):
+        if not (
+            isinstance(pair, list | tuple) and len(pair) == 2 and all(_finite(v) for v in pair) and pair[0] < pair[1]
+        ):
             raise RequestError("policy", f"policy bounds of {column!r} must be [lo, hi] with lo < hi")
         bounds[column] = (float(pair[0]), float(pair[1]))
-    return Policy(k=k, outputs=frozenset(outputs),
-                  estimators=tuple(_strings(raw["estimators"], "estimators")),
-                  allow_row_storing=raw["allow_row_storing"], max_model_bytes=size,
-                  never_output=frozenset(_strings(raw["never_output"], "never_output")),
-                  join_only=frozenset(_strings(raw["join_only"], "join_only")), bounds=bounds,
-                  require_dp=raw["require_dp"])
+    return Policy(
+        k=k,
+        outputs=frozenset(outputs),
+        estimators=tuple(_strings(raw["estimators"], "estimators")),
+        allow_row_storing=raw["allow_row_storing"],
+        max_model_bytes=size,
+        never_output=frozenset(_strings(raw["never_output"], "never_output")),
+        join_only=frozenset(_strings(raw["join_only"], "join_only")),
+        bounds=bounds,
+        require_dp=raw["require_dp"],
+    )
 
 
 def _finite(value: Any) -> bool:
@@ -164,8 +179,9 @@ def _read_frame(files: dict[str, bytes]) -> pd.DataFrame:
     return frame
 
 
-def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict[str, Any]]) -> tuple[
-        dict[str, bytes], float, float]:
+def _release(
+    request: dict[str, Any], files: dict[str, bytes], checks: list[dict[str, Any]]
+) -> tuple[dict[str, bytes], float, float]:
     def passed(name: str, detail: str) -> None:
         checks.append({"name": name, "passed": True, "detail": detail})
 
@@ -181,8 +197,11 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
     want_aggregates = _flag(outputs, "aggregates")
     if set(files) - {FRAME, structure.MOCK_FRAME}:
         raise RequestError("request", "unexpected files in the request")
-    denied = [kind for kind, wanted in (("model", want_model or want_metrics), ("aggregate", want_aggregates))
-              if wanted and kind not in policy.outputs]
+    denied = [
+        kind
+        for kind, wanted in (("model", want_model or want_metrics), ("aggregate", want_aggregates))
+        if wanted and kind not in policy.outputs
+    ]
     if denied:
         raise RequestError("outputs", f"the policy does not allow {' or '.join(denied)} outputs")
     passed("outputs", "requested outputs are allowed by the policy")
@@ -198,8 +217,11 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
 
     artifacts: dict[str, bytes] = {}
     budget = dp.Budget(float(epsilon or 0.0), float(delta or dp.DEFAULT_DELTA))
-    parts = dp_plan.split(budget.epsilon, budget.delta, aggregates=want_aggregates, model=want_model,
-                          metrics=want_metrics) if epsilon is not None else {}
+    parts = (
+        dp_plan.split(budget.epsilon, budget.delta, aggregates=want_aggregates, model=want_model, metrics=want_metrics)
+        if epsilon is not None
+        else {}
+    )
     if not (want_model or want_metrics or want_aggregates):
         return artifacts, 0.0, 0.0
     frame = _read_frame(files)
@@ -216,16 +238,21 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
         if not isinstance(raw_specs, list) or not raw_specs:
             raise RequestError("aggregate:spec", "aggregates were requested but there is no analysis spec")
         tables = request.get("table_names")
-        if not (isinstance(tables, list) and len(tables) == len(raw_specs)
-                and all(isinstance(t, str) and TABLE_NAME.fullmatch(t) for t in tables)
-                and len(set(tables)) == len(tables)):
-            raise RequestError("aggregate:spec", "table_names must name each analysis spec, uniquely, "
-                                                 "matching ^[a-z0-9_-]{1,64}$")
+        if not (
+            isinstance(tables, list)
+            and len(tables) == len(raw_specs)
+            and all(isinstance(t, str) and TABLE_NAME.fullmatch(t) for t in tables)
+            and len(set(tables)) == len(tables)
+        ):
+            raise RequestError(
+                "aggregate:spec", "table_names must name each analysis spec, uniquely, matching ^[a-z0-9_-]{1,64}$"
+            )
         specs = [aggregates.parse_spec(raw, frame, policy.forbidden) for raw in raw_specs]
         for table, spec in zip(tables, specs, strict=True):
             rule.check(spec.group_by, f"{table}: group-by column", policy.forbidden)
-            rule.check([m.column for m in spec.metrics if m.column is not None], f"{table}: metric column",
-                       policy.forbidden)
+            rule.check(
+                [m.column for m in spec.metrics if m.column is not None], f"{table}: metric column", policy.forbidden
+            )
         passed("names", "released column names are input columns or derived from them")
         if epsilon is None:
             aggregates.check_nesting(specs, rule.roots)
@@ -235,9 +262,15 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
             if epsilon is None:
                 result = aggregates.compute(fixed.source(frame, spec), spec, policy.k)
             else:
-                result = aggregates.compute_dp(fixed.source(frame, spec), spec, policy.k, policy.bounds,
-                                              parts["aggregates"][0] / queries,
-                                              parts["aggregates"][1] / len(specs), budget)
+                result = aggregates.compute_dp(
+                    fixed.source(frame, spec),
+                    spec,
+                    policy.k,
+                    policy.bounds,
+                    parts["aggregates"][0] / queries,
+                    parts["aggregates"][1] / len(specs),
+                    budget,
+                )
             artifacts[f"aggregates/{table}.csv"] = aggregates.to_csv(fixed.finish(result, spec))
             mode = "with DP" if epsilon is not None else "exact"
             passed(f"aggregate:{table}", f"{len(result)} groups, each with at least k units ({mode})")
@@ -252,16 +285,42 @@ def _release(request: dict[str, Any], files: dict[str, bytes], checks: list[dict
             raise RequestError("request", "holdout_fraction must be between 0.05 and 0.5")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise RequestError("request", "seed must be an integer in [0, 2**32)")
-        made = dp_models.fit_dp(
-            frame, model_spec, allowed=list(policy.estimators), forbidden=policy.forbidden, bounds=policy.bounds,
-            parts=parts, budget=budget, holdout_fraction=float(fraction), job_id=job_id, checks=checks,
-            names=rule, with_metrics=want_metrics) if epsilon is not None else models.fit_and_check(
-            frame, model_spec, k=policy.k, allowed=list(policy.estimators),
-            allow_row_storing=policy.allow_row_storing, max_model_bytes=policy.max_model_bytes,
-            forbidden=policy.forbidden, holdout_fraction=float(fraction), seed=seed, job_id=job_id,
-            checks=checks, with_metrics=want_metrics, names=rule, precision=fixed.digits)
+        made = (
+            dp_models.fit_dp(
+                frame,
+                model_spec,
+                allowed=list(policy.estimators),
+                forbidden=policy.forbidden,
+                bounds=policy.bounds,
+                parts=parts,
+                budget=budget,
+                holdout_fraction=float(fraction),
+                job_id=job_id,
+                checks=checks,
+                names=rule,
+                with_metrics=want_metrics,
+            )
+            if epsilon is not None
+            else models.fit_and_check(
+                frame,
+                model_spec,
+                k=policy.k,
+                allowed=list(policy.estimators),
+                allow_row_storing=policy.allow_row_storing,
+                max_model_bytes=policy.max_model_bytes,
+                forbidden=policy.forbidden,
+                holdout_fraction=float(fraction),
+                seed=seed,
+                job_id=job_id,
+                checks=checks,
+                with_metrics=want_metrics,
+                names=rule,
+                precision=fixed.digits,
+            )
+        )
         keep = ({"model.skops", "model_card.md"} if want_model else set()) | (
-            {"metrics.json"} if want_metrics else set())
+            {"metrics.json"} if want_metrics else set()
+        )
         artifacts.update({name: data for name, data in made.items() if name in keep})
 
     total = sum(len(data) for data in artifacts.values())
@@ -294,20 +353,23 @@ def run(request: dict[str, Any], files: dict[str, bytes]) -> tuple[dict[str, Any
         return _failure(checks, str(exc)), {}
     except Exception as exc:  # noqa: BLE001 - messages of library errors may quote data: class only
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        log.error("internal error %s at %s:%s", type(exc).__name__, os.path.basename(where.filename),
-                  where.lineno)
+        log.error("internal error %s at %s:%s", type(exc).__name__, os.path.basename(where.filename), where.lineno)
         checks.append({"name": "internal", "passed": False, "detail": type(exc).__name__})
         return _failure(checks, f"internal error: {type(exc).__name__}"), {}
-    manifest = {name: {"sha256": digest(data), "bytes": len(data)}
-                for name, data in sorted(artifacts.items())}
-    meta = {"ok": True, "error": None, "checks": checks, "artifacts": manifest,
-            "epsilon_spent": eps, "delta_spent": delta}
+    manifest = {name: {"sha256": digest(data), "bytes": len(data)} for name, data in sorted(artifacts.items())}
+    meta = {
+        "ok": True,
+        "error": None,
+        "checks": checks,
+        "artifacts": manifest,
+        "epsilon_spent": eps,
+        "delta_spent": delta,
+    }
     return meta, {f"artifacts/{name}": data for name, data in artifacts.items()}
 
 
 def _failure(checks: list[dict[str, Any]], error: str) -> dict[str, Any]:
-    return {"ok": False, "error": error, "checks": checks, "artifacts": {}, "epsilon_spent": 0.0,
-            "delta_spent": 0.0}
+    return {"ok": False, "error": error, "checks": checks, "artifacts": {}, "epsilon_spent": 0.0, "delta_spent": 0.0}
 
 
 def warm_up() -> float:
@@ -324,23 +386,43 @@ def warm_up() -> float:
     rng = np.random.default_rng(0)
     units = 400
     x = rng.normal(size=units)
-    frame = pd.DataFrame({PID: np.arange(units, dtype=np.int64), "x": x,
-                          "g": np.where(x > 0, "a", "b"), "y": 2 * x + rng.normal(size=units)})
-    policy: dict[str, Any] = {"k": 10, "outputs": list(OUTPUT_KINDS), "estimators": ["ridge"],
-                              "allow_row_storing": False, "max_model_bytes": 1_000_000, "never_output": [],
-                              "join_only": [], "bounds": {}, "require_dp": False}
+    frame = pd.DataFrame(
+        {
+            PID: np.arange(units, dtype=np.int64),
+            "x": x,
+            "g": np.where(x > 0, "a", "b"),
+            "y": 2 * x + rng.normal(size=units),
+        }
+    )
+    policy: dict[str, Any] = {
+        "k": 10,
+        "outputs": list(OUTPUT_KINDS),
+        "estimators": ["ridge"],
+        "allow_row_storing": False,
+        "max_model_bytes": 1_000_000,
+        "never_output": [],
+        "join_only": [],
+        "bounds": {},
+        "require_dp": False,
+    }
     request: dict[str, Any] = {
-               "job_id": "warm-up", "policy": policy,
-               "outputs": {"model": True, "metrics": True, "aggregates": True},
-               "model_spec": {"estimator": "ridge", "params": {}, "target": "y", "features": ["x"],
-                              "task": "regression"},
-               "analysis_specs": [{"name": "t", "group_by": ["g"],
-                                   "metrics": [{"agg": "count"}, {"agg": "mean", "column": "y"}]}],
-               "table_names": ["t"], "dp": {},
-               "names": {"schemas": {"warm": {c: ["a", "b"] for c in frame.columns}}, "job_strings": []}}
+        "job_id": "warm-up",
+        "policy": policy,
+        "outputs": {"model": True, "metrics": True, "aggregates": True},
+        "model_spec": {"estimator": "ridge", "params": {}, "target": "y", "features": ["x"], "task": "regression"},
+        "analysis_specs": [
+            {"name": "t", "group_by": ["g"], "metrics": [{"agg": "count"}, {"agg": "mean", "column": "y"}]}
+        ],
+        "table_names": ["t"],
+        "dp": {},
+        "names": {"schemas": {"warm": {c: ["a", "b"] for c in frame.columns}}, "job_strings": []},
+    }
     # DP is the default: warm its path too (OpenDP's import and first measurements take about a second)
-    private = {**request, "policy": {**policy, "require_dp": True, "bounds": {"x": [-4, 4], "y": [-10, 10]}},
-               "dp": {"epsilon": 1.0, "delta": 1e-7}}
+    private = {
+        **request,
+        "policy": {**policy, "require_dp": True, "bounds": {"x": [-4, 4], "y": [-10, 10]}},
+        "dp": {"epsilon": 1.0, "delta": 1e-7},
+    }
     for warm in (request, private):
         try:
             meta, _ = run(warm, {FRAME: wire.frame_to_bytes(frame)})
@@ -380,7 +462,11 @@ def main() -> int:
     wire.write_message(out, "result.json", meta, result)
     out.close()
     stage("write")
-    log.info("ok=%s artifacts=%d; warm-up %.2f s, %s", meta["ok"], len(meta["artifacts"]), warm,
-             ", ".join(f"{name} {seconds:.2f} s" for name, seconds in times.items()))
+    log.info(
+        "ok=%s artifacts=%d; warm-up %.2f s, %s",
+        meta["ok"],
+        len(meta["artifacts"]),
+        warm,
+        ", ".join(f"{name} {seconds:.2f} s" for name, seconds in times.items()),
+    )
     return 0
-

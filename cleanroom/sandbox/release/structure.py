@@ -74,16 +74,20 @@ def compare_specs(request: dict[str, Any], mock: dict[str, Any]) -> None:
     """The real run's specs must be the mock run's, byte for byte (as canonical JSON)."""
     real_model, mock_model = _unwrap(request.get("model_spec")), _unwrap(mock.get("model_spec"))
     if _canonical(real_model) != _canonical(mock_model):
-        raise StructureError("the model spec differs from the one the same pipeline gave on the mock data "
-                             "(estimator, hyper-parameters, features and target must not depend on the data)")
+        raise StructureError(
+            "the model spec differs from the one the same pipeline gave on the mock data "
+            "(estimator, hyper-parameters, features and target must not depend on the data)"
+        )
     real = [_unwrap(s) for s in request.get("analysis_specs") or []]
     fixed = [_unwrap(s) for s in mock.get("analysis_specs") or []]
     if len(real) != len(fixed):
         raise StructureError("the number of analysis specs differs from the mock run's")
     for n, (a, b) in enumerate(zip(real, fixed, strict=True), 1):
         if _canonical(a) != _canonical(b):
-            raise StructureError(f"analysis spec #{n} differs from the one the same pipeline gave on the mock "
-                                 "data (group-by and metrics must not depend on the data)")
+            raise StructureError(
+                f"analysis spec #{n} differs from the one the same pipeline gave on the mock "
+                "data (group-by and metrics must not depend on the data)"
+            )
 
 
 def compare_frames(real: bytes | memoryview, mock: bytes | memoryview) -> list[str]:
@@ -94,15 +98,19 @@ def compare_frames(real: bytes | memoryview, mock: bytes | memoryview) -> list[s
         raise StructureError("a frame repeats a column name")
     extra = sorted(set(real_types) - set(mock_types))
     if extra:
-        raise StructureError(f"the frame has {len(extra)} column(s) the mock run did not produce (not named "
-                             "here: such names were chosen on the data); columns must not depend on the data")
+        raise StructureError(
+            f"the frame has {len(extra)} column(s) the mock run did not produce (not named "
+            "here: such names were chosen on the data); columns must not depend on the data"
+        )
     missing = sorted(set(mock_types) - set(real_types))
     if missing:
         raise StructureError(f"the frame lacks the mock run's column {missing[0]!r}")
     for name, kind in mock_fields:
         if real_types[name] != kind:
-            raise StructureError(f"column {name!r} is {real_types[name]} in the real run but {kind} in the "
-                                 "mock run (a column with gaps in one of them? impute it)")
+            raise StructureError(
+                f"column {name!r} is {real_types[name]} in the real run but {kind} in the "
+                "mock run (a column with gaps in one of them? impute it)"
+            )
     return [name for name, _ in mock_fields]
 
 
@@ -138,9 +146,11 @@ def domains(mock_frame: pd.DataFrame, specs: list[Any], published: dict[str, set
             out[column] = sorted(values - {OTHER}) + [OTHER]  # `other` last
         size = math.prod(len(out[c]) for c in spec.group_by)
         if size > MAX_DECLARED_GROUPS:
-            raise StructureError(f"{spec.name}: the mock run declares {size} groups (the product of the "
-                                 f"group-by columns' domains), over the limit of {MAX_DECLARED_GROUPS}; "
-                                 "group by coarser columns (bin them with edges in the job spec)")
+            raise StructureError(
+                f"{spec.name}: the mock run declares {size} groups (the product of the "
+                f"group-by columns' domains), over the limit of {MAX_DECLARED_GROUPS}; "
+                "group by coarser columns (bin them with edges in the job spec)"
+            )
     return out
 
 
@@ -201,8 +211,9 @@ class Fixed:
     group-by domains and the precision of exact numbers. Without a mock run (direct callers), group-by
     values are released as they are (groups below k vanish) and only the rounding applies."""
 
-    def __init__(self, frame: pd.DataFrame, mock_frame: pd.DataFrame | None, published: dict[str, set[str]],
-                 digits: int) -> None:
+    def __init__(
+        self, frame: pd.DataFrame, mock_frame: pd.DataFrame | None, published: dict[str, set[str]], digits: int
+    ) -> None:
         self.frame, self.mock_frame, self.published, self.digits = frame, mock_frame, published, digits
         self._domains: dict[str, list[str]] | None = None
 
@@ -228,8 +239,9 @@ class Fixed:
         return aggregates.rounded(table, spec, self.digits)
 
 
-def fix(request: dict[str, Any], files: dict[str, bytes], frame_name: str, frame: pd.DataFrame,
-        checks: list[dict[str, Any]]) -> Fixed:
+def fix(
+    request: dict[str, Any], files: dict[str, bytes], frame_name: str, frame: pd.DataFrame, checks: list[dict[str, Any]]
+) -> Fixed:
     """Check the real run against the mock run (`check`) and return what the release uses from it."""
     from cleanroom.sandbox import wire
 
@@ -239,8 +251,7 @@ def fix(request: dict[str, Any], files: dict[str, bytes], frame_name: str, frame
         return Fixed(frame, None, {}, digits)
     order, mock_bytes = found
     mock_frame = wire.frame_from_bytes(mock_bytes)
-    checks.append({"name": "structure", "passed": True,
-                   "detail": "specs, frame columns and types are the mock run's"})
+    checks.append({"name": "structure", "passed": True, "detail": "specs, frame columns and types are the mock run's"})
     if list(frame.columns) != order:  # a copy of the whole frame: only when the order differs
         frame = frame[order]
     return Fixed(frame, mock_frame, published_categories(request.get("names")), digits)
