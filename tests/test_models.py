@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import skops.io as sio
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.neighbors import KNeighborsRegressor, NearestNeighbors
@@ -345,3 +346,15 @@ def test_feature_and_target_names_must_be_public() -> None:
     with pytest.raises(Exception, match="feature #3 has a name"):
         fit({**RIDGE, "features": ["age", "income", "leak_ab12_1234"]}, df, names=["age", "income", "spend"])
     fit({**RIDGE, "features": ["age", "income"]}, df, names=["age", "income", "spend"])  # control
+
+
+def test_linear_model_cards_list_the_released_coefficients() -> None:
+    out = fit({"estimator": "ridge", "params": {}, "target": "spend", "features": ["age", "income"]})
+    card = out["model_card.md"].decode()
+    model = sio.loads(out["model.skops"], trusted=sio.get_untrusted_types(data=out["model.skops"]))
+    assert "## Coefficients" in card and "| `age` |" in card and "| intercept |" in card
+    assert f"| `age` | {float(f'{model.coef_[0]:.4g}')} |" in card  # the released (rounded) value
+    tree_card = fit(
+        {"estimator": "decision_tree_regressor", "params": {}, "target": "spend", "features": ["age", "income"]}
+    )["model_card.md"].decode()
+    assert "## Coefficients" not in tree_card  # control: no coefficients to list

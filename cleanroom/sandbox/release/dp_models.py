@@ -32,7 +32,14 @@ from sklearn import linear_model
 
 from cleanroom.sandbox.names import NameRule
 from cleanroom.sandbox.release import dp, dp_classifiers, dp_plan
-from cleanroom.sandbox.release.models import ModelError, build_estimator, select_features, unwrap
+from cleanroom.sandbox.release.models import (
+    ModelError,
+    build_estimator,
+    coefficient_table,
+    linear_coefficients,
+    select_features,
+    unwrap,
+)
 from cleanroom.sandbox.vocabulary import PID
 
 
@@ -296,7 +303,7 @@ def fit_dp(
         "n_train_noisy": int(round(max(fit["noisy_units"], 0.0))),
         "holdout_fraction": holdout_fraction,
         "metrics": {},
-        "coefficients": _coefficients(estimator, features),
+        "coefficients": linear_coefficients(estimator, features),
     }
     if with_metrics:
         e_metrics = e_model  # on holdout units only: parallel with the training units (dp_plan)
@@ -376,7 +383,7 @@ def _classifier_release(
         "metrics": {},
     }
     if name == "logistic_regression":
-        report["coefficients"] = _coefficients(estimator, features)
+        report["coefficients"] = linear_coefficients(estimator, features)
     if with_metrics:
         pred = estimator.predict(test[features]) if len(test) else np.zeros(0)
         released = dp_classifiers.holdout_accuracy(test[target].to_numpy(), pred, np.array(facts["classes"]), epsilon)
@@ -399,24 +406,6 @@ def _classifier_release(
         "model.skops": blob,
         "metrics.json": json.dumps(report, indent=2, sort_keys=True).encode(),
         "model_card.md": model_card(report).encode(),
-    }
-
-
-def _coefficients(estimator: Any, features: list[str]) -> dict[str, Any]:
-    """Coefficients per feature (per class when there are more than two) and the intercept, rounded."""
-    coef = np.atleast_2d(estimator.coef_)
-    intercept = np.atleast_1d(estimator.intercept_)
-    if len(coef) == 1:
-        return {
-            "intercept": _sig(float(intercept[0])),
-            "features": {f: _sig(float(v)) for f, v in zip(features, coef[0], strict=True)},
-        }
-    return {
-        str(cls): {
-            "intercept": _sig(float(b)),
-            "features": {f: _sig(float(v)) for f, v in zip(features, row, strict=True)},
-        }
-        for cls, row, b in zip(estimator.classes_, coef, intercept, strict=True)
     }
 
 
@@ -454,20 +443,3 @@ def model_card(report: dict[str, Any]) -> str:
         lines += ["", f"## Holdout metrics (noisy, epsilon {report['metrics_epsilon']:.4g} on holdout units{clip})", ""]
         lines += [f"- {key}: {value}" for key, value in report["metrics"].items()]
     return "\n".join(lines) + "\n"
-
-
-def coefficient_table(coefficients: dict[str, Any]) -> list[str]:
-    """Markdown rows: one per feature (and the intercept), one column per class when there are several."""
-    per_class = {k: v for k, v in coefficients.items() if isinstance(v, dict) and "features" in v}
-    if not per_class:
-        per_class = {"": coefficients}
-    heads = list(per_class)
-    features = list(next(iter(per_class.values()))["features"])
-    title = " | ".join(f"class {h}" if h else "coefficient" for h in heads)
-    rows = [
-        f"| term | {title} |",
-        "| --- |" + " --- |" * len(heads),
-        "| intercept | " + " | ".join(f"{per_class[h]['intercept']}" for h in heads) + " |",
-    ]
-    rows += [f"| `{f}` | " + " | ".join(f"{per_class[h]['features'][f]}" for h in heads) + " |" for f in features]
-    return rows

@@ -594,6 +594,9 @@ def fit_and_check(
     card = model_card(
         report if with_metrics else {**report, "metrics": {}}, params, {c: str(frame[c].dtype) for c in features}
     )
+    if name in LINEAR_FAMILY:  # the coefficients are in model.skops already (rounded); the card lists them too
+        card += "\n## Coefficients\n\n" + "\n".join(coefficient_table(linear_coefficients(estimator, features)))
+        card += "\n"
     return {
         "model.skops": blob,
         "metrics.json": json.dumps(report, indent=2, sort_keys=True).encode(),
@@ -624,3 +627,42 @@ def model_card(report: dict[str, Any], params: dict[str, Any], dtypes: dict[str,
         lines += ["", "## Holdout metrics", ""]
         lines += [f"- {key}: {value}" for key, value in report["metrics"].items()]
     return "\n".join(lines) + "\n"
+
+
+def linear_coefficients(estimator: Any, features: list[str]) -> dict[str, Any]:
+    """Coefficients per feature (per class when there are more than two) and the intercept, rounded."""
+    coef = np.atleast_2d(estimator.coef_)
+    intercept = np.atleast_1d(estimator.intercept_)
+    if len(coef) == 1:
+        return {
+            "intercept": _round4(float(intercept[0])),
+            "features": {f: _round4(float(v)) for f, v in zip(features, coef[0], strict=True)},
+        }
+    return {
+        str(cls): {
+            "intercept": _round4(float(b)),
+            "features": {f: _round4(float(v)) for f, v in zip(features, row, strict=True)},
+        }
+        for cls, row, b in zip(estimator.classes_, coef, intercept, strict=True)
+    }
+
+
+def coefficient_table(coefficients: dict[str, Any]) -> list[str]:
+    """Markdown rows: one per feature (and the intercept), one column per class when there are several."""
+    per_class = {k: v for k, v in coefficients.items() if isinstance(v, dict) and "features" in v}
+    if not per_class:
+        per_class = {"": coefficients}
+    heads = list(per_class)
+    features = list(next(iter(per_class.values()))["features"])
+    title = " | ".join(f"class {h}" if h else "coefficient" for h in heads)
+    rows = [
+        f"| term | {title} |",
+        "| --- |" + " --- |" * len(heads),
+        "| intercept | " + " | ".join(f"{per_class[h]['intercept']}" for h in heads) + " |",
+    ]
+    rows += [f"| `{f}` | " + " | ".join(f"{per_class[h]['features'][f]}" for h in heads) + " |" for f in features]
+    return rows
+
+
+def _round4(value: float) -> float | None:
+    return float(f"{value:.4g}") if math.isfinite(value) else None
