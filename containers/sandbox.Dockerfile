@@ -24,6 +24,8 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
 WORKDIR /tmp
 LABEL cleanroom=1
 COPY containers/requirements-sandbox.txt /opt/venv-requirements.txt
+# setuptools comes in as a declared dependency of diffprivlib, which never imports it: removed, so the
+# sandbox holds no packaging tools.
 RUN export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 \
         PIP_TRUSTED_HOST=wheelhouse.cleanroom.invalid \
  && wheels="--no-index --find-links http://wheelhouse.cleanroom.invalid/" \
@@ -37,6 +39,8 @@ RUN export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYT
  && site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
  && test "$site" = /opt/venv/lib/python3.11/site-packages \
  && rm -f /opt/venv/bin/Activate.ps1 \
+ && rm -rf "$site"/setuptools "$site"/setuptools-* "$site"/pkg_resources "$site"/_distutils_hack \
+        "$site"/distutils-precedence.pth \
  && find "$site" -type d -name tests -prune -exec rm -rf {} + \
  && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv/lib \
  && rm -rf /root/.cache
