@@ -438,16 +438,17 @@ def test_the_cli_command_serves_the_pages(world):
         "review",
         "--no-browser",
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        url = (proc.stdout.readline() if proc.stdout else "").strip()
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/[A-Za-z0-9_-]{32}/", url), url
-        text = httpx.get(url, timeout=60).text
-        assert release_id(world, world.jobs[0]) in text and "clinic (owner)" in text
-        assert httpx.get(url.rsplit("/", 2)[0] + "/", timeout=30).status_code == 403
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    # the context manager closes the pipes when the server has stopped (no file left to the collector)
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            url = (proc.stdout.readline() if proc.stdout else "").strip()
+            assert re.fullmatch(r"http://127\.0\.0\.1:\d+/[A-Za-z0-9_-]{32}/", url), url
+            text = httpx.get(url, timeout=60).text
+            assert release_id(world, world.jobs[0]) in text and "clinic (owner)" in text
+            assert httpx.get(url.rsplit("/", 2)[0] + "/", timeout=30).status_code == 403
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=30)
     missing = subprocess.run(
         cmd[:3] + ["--profile", "clinc", "review", "--no-browser"], env=env, capture_output=True, text=True, timeout=60
     )
