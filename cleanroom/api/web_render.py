@@ -16,32 +16,9 @@ from typing import Any
 from urllib.parse import quote
 
 from cleanroom.identifiers import hidden_characters, marker
-
-
-class Safe(str):
-    """Markup built by this module or the pages: inserted as is."""
-
-
-_HIDDEN = re.compile(r"[^\x20-\x7e\t\n\r]")
-
-
-def h(value: Any) -> Safe:
-    """Escaped text; a hidden character (bidi control, zero-width, ...) becomes a visible marker."""
-    if isinstance(value, Safe):
-        return value
-    if value is None:
-        return Safe('<span class="muted">-</span>')
-    text = html.escape(str(value), quote=True)
-    if not text.isascii() or not text.isprintable():
-        text = _HIDDEN.sub(_show_hidden, text)
-    return Safe(text)
-
-
-def _show_hidden(match: re.Match[str]) -> str:
-    char = match.group()
-    if not hidden_characters(char):
-        return char
-    return f'<span class="hidden-char" title="hidden character">{html.escape(marker(char))}</span>'
+from cleanroom.markup import HIDDEN as _HIDDEN
+from cleanroom.markup import Safe as Safe  # re-exported for the pages
+from cleanroom.markup import h as h
 
 
 def attr(value: Any) -> str:

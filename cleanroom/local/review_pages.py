@@ -9,42 +9,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import html
 import json
 import math
-import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from cleanroom.identifiers import hidden_characters, marker
-
-
-class Safe(str):
-    """Markup built by this module: inserted as is."""
-
-
-_HIDDEN = re.compile(r"[^\x20-\x7e\t\n\r]")
-
-
-def h(value: Any) -> Safe:
-    """Escaped text; a hidden character becomes a visible marker."""
-    if isinstance(value, Safe):
-        return value
-    if value is None:
-        return Safe('<span class="muted">-</span>')
-    text = html.escape(str(value), quote=True)
-    if not text.isascii() or not text.isprintable():
-        text = _HIDDEN.sub(_show_hidden, text)
-    return Safe(text)
-
-
-def _show_hidden(match: re.Match[str]) -> str:
-    char = match.group()
-    if not hidden_characters(char):
-        return char
-    return f'<span class="hidden-char" title="hidden character">{html.escape(marker(char))}</span>'
+from cleanroom.markup import Safe as Safe  # re-exported for the pages
+from cleanroom.markup import h as h
 
 
 def join(parts: Iterable[Any], sep: str = "") -> Safe:
